@@ -1,0 +1,191 @@
+"""Streaming, constant-memory reading and atomic writing of ``.jsonl`` / ``.jsonl.gz``.
+
+Gzip is recognised by its magic bytes, not the file name, so a mislabelled file still reads and a
+``.gz`` that is not gzip gets a clear error. Writers go to a temporary file beside the target and
+are renamed into place only when complete: a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from reallod.data.records import Record
+from reallod.data.schema import check_record
+from reallod.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+_BUFFER = 1 << 20
+
+
+def dumps(obj: Any) -> bytes:
+    """One JSON line (no newline). Non-ASCII is kept as UTF-8."""
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def is_gzip_file(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def wants_gzip(path: str | os.PathLike) -> bool:
+    return str(path).endswith(".gz")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, raw line without the newline), skipping blank lines.
+
+    Read failures (missing file, a ``.gz`` that is not gzip, a truncated stream) raise
+    :class:`DataError` naming the file and the last line read; lines already yielded stay valid.
+    """
+    path = str(path)
+    try:
+        raw = open(path, "rb", buffering=_BUFFER)  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+    with raw:
+        magic = raw.peek(2)[:2]
+        if wants_gzip(path) and magic != GZIP_MAGIC:
+            raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+        stream: IO[bytes] = (
+            io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=_BUFFER) if magic == GZIP_MAGIC else raw
+        )
+        lineno = 0
+        try:
+            for lineno, line in enumerate(stream, 1):
+                line = line.rstrip(b"\r\n")
+                if line.strip():
+                    yield lineno, line
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({e})", path=path) from None
+
+
+def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed JSON); a line that does not parse raises :class:`DataError`."""
+    for lineno, line in iter_lines(path):
+        try:
+            yield lineno, orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e}", path=str(path), line=lineno) from None
+
+
+def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
+                 errors: list[DataError] | None = None) -> Iterator[Record]:
+    """Stream typed records. With ``on_error="skip"`` bad lines are collected in ``errors`` instead."""
+    for lineno, line in iter_lines(path):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            err = DataError(f"invalid JSON: {e}", path=str(path), line=lineno)
+        else:
+            problems = check_record(obj)
+            if not problems:
+                yield Record.from_dict(obj)
+                continue
+            first = problems[0]
+            err = DataError(first.message, path=str(path), line=lineno, field=first.field)
+        if on_error == "raise":
+            raise err
+        if errors is not None:
+            errors.append(err)
+
+
+class AtomicWriter:
+    """Binary writer that appears at ``path`` only after :meth:`close` succeeds."""
+
+    def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
+        self._out: IO[bytes] = (
+            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)
+            if wants_gzip(self.path) else self._raw
+        )
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self._tmp, self.path)
+        self.closed = True
+
+    def abort(self) -> None:
+        """Drop everything written; the target keeps whatever it held before."""
+        if self.closed:
+            return
+        try:
+            self._raw.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            self.closed = True
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class JsonlWriter(AtomicWriter):
+    """Atomic JSONL writer for records (written canonical) or plain dicts; counts what it wrote."""
+
+    def __init__(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.count = 0
+
+    def write_record(self, record: Record | dict[str, Any]) -> None:
+        obj = record.to_dict() if isinstance(record, Record) else record
+        self.write(orjson.dumps(obj) + b"\n")
+        self.count += 1
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write all records atomically; returns how many."""
+    with JsonlWriter(path) as w:
+        for r in records:
+            w.write_record(r)
+    return w.count
+
+
+@contextmanager
+def atomic_text(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Text file written atomically (JSON reports, Markdown, COCO json)."""
+    with AtomicWriter(path) as w:
+        text = io.TextIOWrapper(w._out, encoding="utf-8", write_through=True)
+        try:
+            yield text
+        finally:
+            text.detach()

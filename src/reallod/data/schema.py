@@ -1,0 +1,178 @@
+"""Per-record checks of the Real-Data schema, on the parsed JSON before it becomes a :class:`Record`.
+
+Pure and I/O-free, so the reader, ``data validate`` and the tests share one definition of "valid".
+Each problem names the field by its path (``pairs.llm[2].bboxes[0]``) and a kind used for the
+summary counts. Checks run on the canonical form, so every spelling variant of DESIGN §2 passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from reallod.data.records import RELATIONS, canonical_pairs
+
+# kind → short description (the validate summary lists them in this order)
+PROBLEM_KINDS = {
+    "bad_json": "line is not valid JSON",
+    "not_object": "line is not a JSON object",
+    "missing_field": "a required field is missing",
+    "wrong_type": "a field has the wrong type",
+    "bad_size": "height/width not a positive integer",
+    "bad_box": "box is not four numbers",
+    "nan_box": "box has NaN or infinite coordinates",
+    "degenerate_box": "box has no area (x2 <= x1 or y2 <= y1)",
+    "negative_box": "box has negative coordinates",
+    "box_outside_image": "box extends past the image width/height",
+    "empty_category": "category is empty",
+    "unknown_relation": "relation is not single/multi",
+    "relation_mismatch": "relation does not match the number of boxes",
+    "empty_expression": "expression is empty or whitespace only",
+    "no_positive": "pair has no positive expression",
+    "positive_and_negative": "expression is both positive and negative for the same pair",
+    "missing_image": "image file not found under the image root",
+    "unreadable_image": "image file cannot be decoded",
+    "image_size_mismatch": "image size differs from height/width",
+    "empty_file": "file holds no records",
+    "read_error": "file cannot be read (not gzip, truncated, missing)",
+}
+
+_INT = int
+_NUM = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    field: str
+    message: str
+
+
+def _check_box(box: Any, where: str, height: Any, width: Any, out: list[Problem]) -> None:
+    if not isinstance(box, list) or len(box) != 4 or not all(
+        isinstance(v, _NUM) and not isinstance(v, bool) for v in box
+    ):
+        out.append(Problem("bad_box", where, f"expected [x1, y1, x2, y2] numbers, got {_short(box)}"))
+        return
+    x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box):
+        out.append(Problem("nan_box", where, f"non-finite coordinate in {box}"))
+        return
+    if x2 <= x1 or y2 <= y1:
+        out.append(Problem("degenerate_box", where, f"no area: {box} (need x2 > x1 and y2 > y1)"))
+    if x1 < 0 or y1 < 0:
+        out.append(Problem("negative_box", where, f"negative coordinate in {box}"))
+    if isinstance(width, _INT) and isinstance(height, _INT) and (x2 > width or y2 > height):
+        out.append(Problem("box_outside_image", where, f"{box} extends past the image ({width}x{height})"))
+
+
+def _check_expressions(value: Any, where: str, out: list[Problem]) -> list[str]:
+    if not isinstance(value, list):
+        out.append(Problem("wrong_type", where, f"expected a list of strings, got {_typename(value)}"))
+        return []
+    good = []
+    for i, e in enumerate(value):
+        if not isinstance(e, str):
+            out.append(Problem("wrong_type", f"{where}[{i}]", f"expected a string, got {_typename(e)}"))
+        elif not e.strip():
+            out.append(Problem("empty_expression", f"{where}[{i}]", f"empty or whitespace-only expression {e!r}"))
+        else:
+            good.append(e)
+    return good
+
+
+def check_pair(pair: Any, where: str, height: Any, width: Any, out: list[Problem]) -> None:
+    """Append the problems of one canonicalised pair to ``out``."""
+    if not isinstance(pair, dict):
+        out.append(Problem("wrong_type", where, f"expected a pair object, got {_typename(pair)}"))
+        return
+    bboxes = pair.get("bboxes")
+    nboxes = 0
+    if bboxes is None:
+        out.append(Problem("missing_field", f"{where}.bboxes", "missing"))
+    elif not isinstance(bboxes, list) or not bboxes:
+        out.append(Problem("wrong_type", f"{where}.bboxes", f"expected a non-empty list of boxes, got {_short(bboxes)}"))
+    else:
+        if not isinstance(bboxes[0], list):
+            bboxes = [bboxes]  # one flat box
+        nboxes = len(bboxes)
+        for j, box in enumerate(bboxes):
+            _check_box(box, f"{where}.bboxes[{j}]", height, width, out)
+    category = pair.get("category")
+    if category is None:
+        out.append(Problem("missing_field", f"{where}.category", "missing"))
+    elif not isinstance(category, str):
+        out.append(Problem("wrong_type", f"{where}.category", f"expected a string, got {_typename(category)}"))
+    elif not category.strip():
+        out.append(Problem("empty_category", f"{where}.category", "empty category"))
+    relation = pair.get("relation")
+    if relation is not None:
+        if relation not in RELATIONS:
+            out.append(Problem("unknown_relation", f"{where}.relation", f"unknown relation {_short(relation)} (expected 'single' or 'multi')"))
+        elif relation == "single" and nboxes > 1:
+            out.append(Problem("relation_mismatch", f"{where}.relation", f"'single' with {nboxes} boxes"))
+    if "positive_expressions" not in pair:
+        out.append(Problem("missing_field", f"{where}.positive_expressions", "missing"))
+        positives: list[str] = []
+    else:
+        positives = _check_expressions(pair["positive_expressions"], f"{where}.positive_expressions", out)
+        if not positives and isinstance(pair["positive_expressions"], list) and not pair["positive_expressions"]:
+            out.append(Problem("no_positive", f"{where}.positive_expressions", "no positive expression"))
+    negatives = _check_expressions(pair.get("negative_expressions", []), f"{where}.negative_expressions", out)
+    if positives and negatives:
+        pos = {p.strip().casefold() for p in positives}
+        for i, n in enumerate(negatives):
+            if n.strip().casefold() in pos:
+                out.append(Problem("positive_and_negative", f"{where}.negative_expressions[{i}]",
+                                   f"{n!r} is also a positive expression of this pair"))
+    for key in ("origin_positive_expressions",):
+        if key in pair and pair[key] is not None:
+            _check_expressions(pair[key], f"{where}.{key}", out)
+
+
+def check_record(obj: Any) -> list[Problem]:
+    """All schema problems of one parsed line; an empty list means it is a valid record."""
+    if not isinstance(obj, dict):
+        return [Problem("not_object", "", f"expected a JSON object, got {_typename(obj)}")]
+    out: list[Problem] = []
+    filename = obj.get("filename")
+    if filename is None:
+        out.append(Problem("missing_field", "filename", "missing"))
+    elif not isinstance(filename, str) or not filename.strip():
+        out.append(Problem("wrong_type", "filename", f"expected a non-empty string, got {_short(filename)}"))
+    for key in ("height", "width"):
+        v = obj.get(key)
+        if v is None:
+            out.append(Problem("missing_field", key, "missing"))
+        elif not isinstance(v, _INT) or isinstance(v, bool) or v <= 0:
+            out.append(Problem("bad_size", key, f"expected a positive integer, got {_short(v)}"))
+    height = obj.get("height") if isinstance(obj.get("height"), int) and obj.get("height", 0) > 0 else None
+    width = obj.get("width") if isinstance(obj.get("width"), int) and obj.get("width", 0) > 0 else None
+    caption = obj.get("caption")
+    if caption is not None and not isinstance(caption, str):
+        out.append(Problem("wrong_type", "caption", f"expected a string, got {_typename(caption)}"))
+    pairs = obj.get("pairs")
+    if pairs is None:
+        out.append(Problem("missing_field", "pairs", "missing"))
+        return out
+    if not isinstance(pairs, dict):
+        out.append(Problem("wrong_type", "pairs", f"expected an object of source → pairs, got {_typename(pairs)}"))
+        return out
+    for source, items in canonical_pairs(pairs).items():
+        if not isinstance(items, list):
+            out.append(Problem("wrong_type", f"pairs.{source}", f"expected a list of pairs, got {_typename(items)}"))
+            continue
+        for i, pair in enumerate(items):
+            check_pair(pair, f"pairs.{source}[{i}]", height, width, out)
+    return out
+
+
+def _typename(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "integer", float: "number"}.get(type(v), type(v).__name__)
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."

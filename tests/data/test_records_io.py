@@ -1,0 +1,81 @@
+import gzip
+
+import pytest
+
+from reallod.data import Record, read_records, write_records
+from reallod.data.io import JsonlWriter, iter_lines
+from reallod.errors import DataError
+
+VARIANT = {
+    "filename": "a/b.jpg", "height": 480, "width": 640, "image_id": 7,
+    "pairs": {
+        "vlm_short": {"bboxes": [[1, 2, 30, 40]], "category": "dog", "relation": "single",
+                      "postive_expressions": ["a brown dog"], "negative_expressions": ["a cat"],
+                      "origin_postive_expressions": ["a black dog"]},
+        "llm": [{"bboxes": [[1, 2, 30, 40], [50, 60, 70, 80]], "category": "dog", "relation": "multiple",
+                 "positive_expressions": ["two dogs"], "negative_expressions": []}],
+    },
+}
+
+
+def test_variants_read_and_written_canonical(tmp_path):
+    rec = Record.from_dict(VARIANT)
+    short = rec.pairs["vlm_short"][0]
+    assert short.positive_expressions == ["a brown dog"]
+    assert short.origin_positive_expressions == ["a black dog"]
+    assert rec.pairs["llm"][0].relation == "multi"
+    d = rec.to_dict()
+    assert "postive_expressions" not in str(d)
+    assert d["image_id"] == 7  # unknown keys survive
+    assert list(d) == ["filename", "height", "width", "pairs", "image_id"]
+    assert Record.from_dict(d) == rec
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.jsonl.gz"])
+def test_roundtrip_plain_and_gzip(tmp_path, name):
+    path = tmp_path / name
+    assert write_records(path, [VARIANT, Record.from_dict(VARIANT)]) == 2
+    if name.endswith(".gz"):
+        assert gzip.decompress(path.read_bytes()).count(b"\n") == 2
+    recs = list(read_records(path))
+    assert len(recs) == 2 and recs[0].pairs == recs[1].pairs
+
+
+def test_writer_is_atomic(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError), JsonlWriter(path) as w:
+        w.write_record(VARIANT)
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old\n"
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_gz_that_is_not_gzip(tmp_path):
+    path = tmp_path / "x.jsonl.gz"
+    path.write_text('{"a": 1}\n')
+    with pytest.raises(DataError, match="not a gzip file"):
+        list(iter_lines(path))
+
+
+def test_truncated_gzip_keeps_earlier_lines(tmp_path):
+    path = tmp_path / "x.jsonl.gz"
+    data = gzip.compress(b"".join(b'{"i": %d, "h": "%x"}\n' % (i, hash(str(i))) for i in range(300_000)))
+    path.write_bytes(data[: len(data) // 2])
+    seen = []
+    with pytest.raises(DataError, match="truncated after line"):
+        for lineno, _ in iter_lines(path):
+            seen.append(lineno)
+    assert seen and seen == list(range(1, len(seen) + 1))
+
+
+def test_reader_names_file_line_and_field(tmp_path):
+    path = tmp_path / "x.jsonl"
+    bad = dict(VARIANT, height="tall")
+    path.write_text('{"filename": "ok.jpg", "height": 1, "width": 1, "pairs": {}}\n\n' + str(bad).replace("'", '"') + "\n")
+    with pytest.raises(DataError) as e:
+        list(read_records(path))
+    assert str(e.value).startswith(f"{path}:3: height: ")
+    errors: list[DataError] = []
+    assert len(list(read_records(path, on_error="skip", errors=errors))) == 1
+    assert errors[0].line == 3
