@@ -27,6 +27,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 _BUFFER = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def dumps(obj: Any) -> bytes:
     """One JSON line (no newline). Non-ASCII is kept as UTF-8."""
     return orjson.dumps(obj)
@@ -86,9 +92,9 @@ def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             raise DataError(f"invalid JSON: {e}", path=str(path), line=lineno) from None
 
 
-def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
-                 errors: list[DataError] | None = None) -> Iterator[Record]:
-    """Stream typed records. With ``on_error="skip"`` bad lines are collected in ``errors`` instead."""
+def read_numbered_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
+                          errors: list[DataError] | None = None) -> Iterator[tuple[int, Record]]:
+    """Stream (line number, typed record). With ``on_error="skip"`` bad lines go to ``errors`` instead."""
     for lineno, line in iter_lines(path):
         try:
             obj = orjson.loads(line)
@@ -97,7 +103,7 @@ def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] 
         else:
             problems = check_record(obj)
             if not problems:
-                yield Record.from_dict(obj)
+                yield lineno, Record.from_dict(obj)
                 continue
             first = problems[0]
             err = DataError(first.message, path=str(path), line=lineno, field=first.field)
@@ -105,6 +111,13 @@ def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] 
             raise err
         if errors is not None:
             errors.append(err)
+
+
+def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
+                 errors: list[DataError] | None = None) -> Iterator[Record]:
+    """Stream typed records; the first bad line raises :class:`DataError` naming file, line and field."""
+    for _, record in read_numbered_records(path, on_error=on_error, errors=errors):
+        yield record
 
 
 class AtomicWriter:
@@ -115,6 +128,7 @@ class AtomicWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)

@@ -1,0 +1,59 @@
+"""The one interface every model backend implements, whatever serves the model.
+
+A backend turns chat messages (OpenAI format; images as PIL images inside content parts) into text.
+Structured output is requested with ``schema`` (a JSON schema the reply must follow) or ``choices``
+(the reply must be exactly one of these strings); a backend enforces it where it can (server-side
+``response_format``, constrained decoding, scoring the options) and otherwise just asks for it — the
+caller parses, repairs and retries either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, Any]
+"""{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text": ...} |
+{"type": "image", "image": PIL.Image.Image}]}"""
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """A call that failed; ``retryable`` says whether trying again may help (timeouts, 429, 5xx).
+
+    ``kind`` is one of timeout, connection, rate_limit, server, client, error: a run that sees only
+    connection errors from an endpoint stops cleanly instead of failing every task.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
+                 kind: str = "error") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.kind = kind
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  # for reports: "openai:qwen2.5-7b@http://127.0.0.1:8000/v1"
+    supports_images: bool
+
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        choices: list[str] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Completion: ...
+
+    async def aclose(self) -> None: ...

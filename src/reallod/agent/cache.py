@@ -1,0 +1,94 @@
+"""Response cache: the same model, messages, images and parameters give the same answer, for free.
+
+Keys hash the model id, the messages (images by their pixel content), the structured-output request
+and the generation parameters. Identical calls made again inside one task (a retry after an answer
+that did not parse) must not replay the same bad answer, so each key also carries its occurrence
+number within the task's scope; a rerun of the task makes the same calls in the same order and so
+replays exactly. Stored in SQLite (WAL): safe for several processes on one machine, millions of rows.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.agent.backends.base import Completion
+
+_scope: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("reallod_cache_scope", default=None)
+_global_counts: dict[str, int] = {}
+
+
+def new_scope() -> None:
+    """Start counting occurrences afresh for the current task (call at the start of its coroutine)."""
+    _scope.set({})
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tobytes") and hasattr(obj, "size") and hasattr(obj, "mode"):  # PIL image
+        h = hashlib.blake2b(obj.tobytes(), digest_size=16)
+        return {"image": h.hexdigest(), "size": list(obj.size), "mode": obj.mode}
+    return obj
+
+
+def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    payload = {"model": model, "messages": _jsonable(messages), "params": _jsonable(params)}
+    return hashlib.blake2b(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), digest_size=20).hexdigest()
+
+
+def occurrence_key(key: str) -> str:
+    """The key plus how many times this exact request was already made in the current scope."""
+    counts = _scope.get()
+    if counts is None:
+        counts = _global_counts
+    n = counts.get(key, 0)
+    counts[key] = n + 1
+    return f"{key}:{n}"
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+            "prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, created REAL)")
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT text, prompt_tokens, completion_tokens, latency_s FROM responses WHERE key = ?",
+                (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return Completion(row[0], row[1] or 0, row[2] or 0, 0.0, {"cached": True, "original_latency_s": row[3]})
+
+    def put(self, key: str, completion: Completion) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                (key, completion.text, completion.prompt_tokens, completion.completion_tokens,
+                 completion.latency_s, time.time()))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,285 @@
+"""Real-Data ↔ COCO detection json.
+
+Out (``realdata_to_coco``): one COCO image per record, categories numbered from 1 in order of first
+appearance, one annotation per distinct (category, box) of an image with boxes as xywh. The
+expressions stay on the annotation: ``expressions`` (positives of every pair that holds the box),
+``negative_expressions`` and ``sources``. The same box described by several sources is one
+annotation, so the file is a valid detection ground truth.
+
+In (``coco_to_realdata``): COCO, LVIS and Objects365 detection json → the Real-Data skeleton the data
+engine starts from: one ``category``-source pair per box whose only positive expression is the
+category name. A COCO json is one document, so it is read whole (the output is still streamed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import posixpath
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+from reallod.data.convert_common import (
+    ConvertStats,
+    JsonSectionsWriter,
+    selected_pairs,
+    text_key,
+    unique_texts,
+    xyxy_to_xywh,
+)
+from reallod.data.io import GZIP_MAGIC, JsonlWriter, read_records
+from reallod.data.records import Pair, Record
+from reallod.errors import DataError
+
+# ----------------------------------------------------------------------------------------------
+# Real-Data → COCO
+# ----------------------------------------------------------------------------------------------
+
+
+class CategoryIndex:
+    """Category name → COCO id (from 1, in order of first appearance)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def id_for(self, name: str) -> int:
+        key = text_key(name)
+        if key not in self.ids:
+            self.names.append(" ".join(name.split()))
+            self.ids[key] = len(self.names)
+        return self.ids[key]
+
+    def categories(self) -> list[dict[str, Any]]:
+        return [{"id": i, "name": n} for i, n in enumerate(self.names, 1)]
+
+
+def record_to_coco(record: Record, image_id: int, first_ann_id: int, categories: CategoryIndex,
+                   sources: Sequence[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The COCO image and annotations of one record (pure apart from growing ``categories``)."""
+    image = {"id": image_id, "file_name": record.filename, "height": record.height, "width": record.width}
+    anns: dict[tuple, dict[str, Any]] = {}
+    for source, pair in selected_pairs(record, sources):
+        cat_id = categories.id_for(pair.category)
+        for box in pair.bboxes:
+            key = (cat_id, *box)
+            ann = anns.get(key)
+            if ann is None:
+                x, y, w, h = xyxy_to_xywh(box)
+                ann = anns[key] = {
+                    "id": first_ann_id + len(anns), "image_id": image_id, "category_id": cat_id,
+                    "bbox": [x, y, w, h], "area": _area(w, h), "iscrowd": 0,
+                    "expressions": [], "negative_expressions": [], "sources": [],
+                }
+            ann["expressions"] = unique_texts([*ann["expressions"], *pair.positive_expressions])
+            ann["negative_expressions"] = unique_texts([*ann["negative_expressions"], *pair.negative_expressions])
+            if source not in ann["sources"]:
+                ann["sources"].append(source)
+    return image, list(anns.values())
+
+
+def _area(w: float, h: float) -> float | int:
+    a = w * h
+    return int(a) if float(a).is_integer() else round(a, 3)
+
+
+def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
+                     sources: Sequence[str] | None = None, keep_empty: bool = False) -> ConvertStats:
+    """Stream ``src`` into a COCO json at ``dst`` (atomic; memory holds only the category names).
+
+    Images with no pair of the chosen sources are left out unless ``keep_empty``.
+    """
+    stats = ConvertStats()
+    categories = CategoryIndex()
+    with JsonSectionsWriter(dst, ["images", "annotations", "categories"],
+                            header={"info": {"description": f"converted from Real-Data {Path(src).name}"}}) as out:
+        image_id, ann_id = 0, 1
+        for record in read_records(src):
+            stats.records_in += 1
+            image, anns = record_to_coco(record, image_id + 1, ann_id, categories, sources)
+            if not anns and not keep_empty:
+                stats.skip("images with no pair of the chosen sources")
+                continue
+            image_id += 1
+            ann_id += len(anns)
+            out.add("images", image)
+            for ann in anns:
+                out.add("annotations", ann)
+        for cat in categories.categories():
+            out.add("categories", cat)
+    stats.records_out = out.counts["images"]
+    stats.items_out = {"annotations": out.counts["annotations"], "categories": out.counts["categories"]}
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO / LVIS / Objects365 → Real-Data skeleton
+# ----------------------------------------------------------------------------------------------
+
+
+def category_expression(name: str) -> str:
+    """LVIS writes ``aerosol_can`` and ``bow_(weapon)``: as an expression, ``aerosol can``, ``bow (weapon)``."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def image_filename(image: dict[str, Any]) -> str | None:
+    """``file_name``, or for LVIS (which has none) the last two parts of ``coco_url``: ``train2017/x.jpg``."""
+    name = image.get("file_name")
+    if isinstance(name, str) and name.strip():
+        return name
+    url = image.get("coco_url")
+    if isinstance(url, str) and url.strip():
+        parts = [p for p in urlparse(url).path.split("/") if p]
+        return posixpath.join(*parts[-2:]) if parts else None
+    return None
+
+
+def _fail(path: str, field: str, message: str) -> DataError:
+    return DataError(message, path=path, field=field)
+
+
+def _check_list(data: dict[str, Any], key: str, path: str) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        raise _fail(path, key, "missing (not a COCO detection json?)")
+    if not isinstance(value, list):
+        raise _fail(path, key, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _int_field(obj: Any, key: str, where: str, path: str) -> int:
+    if not isinstance(obj, dict):
+        raise _fail(path, where, f"expected an object, got {type(obj).__name__}")
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(path, f"{where}.{key}", "missing" if v is None else f"expected an integer, got {v!r}")
+    return v
+
+
+def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False, min_area: float = 0.0,
+                    prefix: str = "", synonyms: bool = False, keep_empty: bool = False,
+                    stats: ConvertStats | None = None) -> Iterator[Record]:
+    """Real-Data skeleton records of a parsed COCO detection json (pure; errors name ``path`` and the field).
+
+    Boxes are converted from xywh to xyxy and clamped to the image; boxes with no area inside the
+    image, crowd boxes (with ``skip_crowd``) and boxes under ``min_area`` (w × h, pixels) are dropped.
+    With ``synonyms`` the LVIS ``synonyms`` become extra positive expressions.
+    """
+    stats = stats if stats is not None else ConvertStats()
+    if not isinstance(data, dict):
+        raise _fail(path, "", f"expected a COCO json object, got {type(data).__name__}")
+    images = _check_list(data, "images", path)
+    anns = _check_list(data, "annotations", path)
+    cats = _check_list(data, "categories", path)
+
+    cat_texts: dict[int, list[str]] = {}
+    cat_names: dict[int, str] = {}
+    for i, cat in enumerate(cats):
+        cid = _int_field(cat, "id", f"categories[{i}]", path)
+        name = cat.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(path, f"categories[{i}].name", f"expected a non-empty string, got {name!r}")
+        cat_names[cid] = category_expression(name)
+        texts = [cat_names[cid]]
+        if synonyms and isinstance(cat.get("synonyms"), list):
+            texts += [category_expression(s) for s in cat["synonyms"] if isinstance(s, str)]
+        cat_texts[cid] = unique_texts(texts)
+
+    sizes: dict[int, tuple[int, int]] = {}
+    for i, img in enumerate(images):
+        iid = _int_field(img, "id", f"images[{i}]", path)
+        h = _int_field(img, "height", f"images[{i}]", path)
+        w = _int_field(img, "width", f"images[{i}]", path)
+        if h <= 0 or w <= 0:
+            raise _fail(path, f"images[{i}]", f"height/width must be positive, got {h}x{w}")
+        sizes[iid] = (h, w)
+
+    by_image: dict[int, list[tuple[int, list[float]]]] = {}
+    for i, ann in enumerate(anns):
+        where = f"annotations[{i}]"
+        iid = _int_field(ann, "image_id", where, path)
+        cid = _int_field(ann, "category_id", where, path)
+        if iid not in sizes:
+            raise _fail(path, f"{where}.image_id", f"image id {iid} is not in images")
+        if cid not in cat_names:
+            raise _fail(path, f"{where}.category_id", f"category id {cid} is not in categories")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+            raise _fail(path, f"{where}.bbox", f"expected [x, y, w, h] finite numbers, got {bbox!r}")
+        if skip_crowd and ann.get("iscrowd", 0):
+            stats.skip("crowd boxes")
+            continue
+        x, y, w, h = bbox
+        if w * h < min_area or w <= 0 or h <= 0:
+            stats.skip("boxes under the minimum area" if w > 0 and h > 0 else "boxes with no area")
+            continue
+        ih, iw = sizes[iid]
+        x1, y1 = max(0.0, float(x)), max(0.0, float(y))
+        x2, y2 = min(float(iw), float(x + w)), min(float(ih), float(y + h))
+        if x2 <= x1 or y2 <= y1:
+            stats.skip("boxes outside the image")
+            continue
+        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+            stats.note("boxes clamped to the image")
+        by_image.setdefault(iid, []).append((cid, [x1, y1, x2, y2]))
+
+    for i, img in enumerate(images):
+        iid = img["id"]
+        filename = image_filename(img)
+        if filename is None:
+            raise _fail(path, f"images[{i}].file_name", "missing (and no coco_url to take the name from)")
+        boxes = by_image.get(iid, [])
+        if not boxes and not keep_empty:
+            stats.skip("images with no box")
+            continue
+        h, w = sizes[iid]
+        pairs = [Pair(bboxes=[box], category=cat_names[cid], relation="single",
+                      positive_expressions=list(cat_texts[cid])) for cid, box in boxes]
+        yield Record(filename=posixpath.join(prefix, filename) if prefix else filename, height=h, width=w,
+                     pairs={"category": pairs} if pairs else {}, extra={"image_id": iid})
+
+
+def load_json_document(path: str | os.PathLike) -> Any:
+    """A whole JSON document (plain or gzip), with errors naming the file."""
+    path = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a .json file", path=path) from None
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path) from None
+    elif path.endswith(".gz"):
+        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e}", path=path) from None
+
+
+def coco_to_realdata(src: str | os.PathLike, dst: str | os.PathLike, *, skip_crowd: bool = False,
+                     min_area: float = 0.0, prefix: str = "", synonyms: bool = False,
+                     keep_empty: bool = False) -> ConvertStats:
+    """Read a COCO detection json and write the Real-Data skeleton to ``dst`` atomically."""
+    stats = ConvertStats()
+    data = load_json_document(src)
+    boxes = 0
+    with JsonlWriter(dst) as out:
+        for record in coco_to_records(data, path=str(src), skip_crowd=skip_crowd, min_area=min_area,
+                                      prefix=prefix, synonyms=synonyms, keep_empty=keep_empty, stats=stats):
+            out.write_record(record)
+            boxes += record.num_pairs()
+    stats.records_in = len(data["images"])
+    stats.records_out = out.count
+    stats.items_out = {"boxes": boxes}
+    return stats

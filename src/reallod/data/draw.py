@@ -1,0 +1,267 @@
+"""``reallod data show``: Real-Data records drawn as PNGs a person can read.
+
+Each pair gets a colour and a number. On the image: its boxes, and on its first box a label with the
+number and its first positive expression (on a filled background so it reads on any photo). Under
+the image, on a white panel: per pair, the source, category and relation, every positive expression,
+and the negative expressions. Images are rescaled to a readable width (small ones up, huge ones down)
+so the text keeps one size whatever the photo. Only PIL is used.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from reallod.data.io import AtomicWriter, read_numbered_records
+from reallod.data.records import Pair, Record
+from reallod.errors import DataError
+
+# Distinct colours (a Kelly/Trubetskoy-style palette), cycled when there are more pairs.
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 200, 200),
+    (240, 50, 230), (160, 200, 40), (0, 128, 128), (170, 110, 40), (128, 0, 0), (0, 0, 128),
+    (128, 128, 0), (255, 200, 25),
+]
+MIN_WIDTH, MAX_SIDE, MAX_UPSCALE = 900, 1400, 4.0
+LABEL_SIZE, TEXT_SIZE, TITLE_SIZE = 18, 17, 20
+MAX_POSITIVES_LISTED, MAX_NEGATIVE_LINES, MAX_PANEL_LINES = 6, 4, 140
+MARGIN = 14
+
+
+@dataclass(slots=True)
+class ShowStats:
+    """PNGs written, and records left out (with why)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, out_dir: str | os.PathLike) -> str:
+        text = f"wrote {len(self.written)} PNGs to {out_dir}"
+        if self.skipped:
+            text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+        return text
+
+
+def text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light colours, white on dark ones (relative luminance)."""
+    r, g, b = rgb
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _fit(text: str, font, width: float) -> str:
+    """``text`` cut with "..." so it fits ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text.rstrip() + "..."
+
+
+def wrap(text: str, font, width: float) -> list[str]:
+    """Greedy word wrap to ``width`` pixels; a single over-long word is cut."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}" if current else word
+        if font.getlength(trial) <= width:
+            current = trial
+            continue
+        if current:
+            lines.append(current)
+        current = word if font.getlength(word) <= width else _fit(word, font, width)
+    if current:
+        lines.append(current)
+    return lines or [""]
+
+
+def display_scale(width: int, height: int) -> float:
+    """Scale that brings an image to a readable size: at least MIN_WIDTH wide, no side over MAX_SIDE."""
+    s = min(MAX_UPSCALE, max(1.0, MIN_WIDTH / width))
+    if max(width, height) * s > MAX_SIDE:
+        s = MAX_SIDE / max(width, height)
+    return s
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: float) -> None:
+    draw = ImageDraw.Draw(canvas)
+    font = _font(LABEL_SIZE)
+    w, h = canvas.size
+    line_w = max(2, round(min(w, h) / 300))
+    pad = 4
+    label_h = font.getbbox("Ag")[3] + 2 * pad
+    placed: list[tuple[float, float, float, float]] = []
+    for idx, (_, pair) in enumerate(pairs, 1):  # every box first, so no box line crosses a label
+        for box in pair.bboxes:
+            draw.rectangle([v * scale for v in box], outline=PALETTE[(idx - 1) % len(PALETTE)], width=line_w)
+    for idx, (_, pair) in enumerate(pairs, 1):
+        colour = PALETTE[(idx - 1) % len(PALETTE)]
+        for b, box in enumerate(pair.bboxes):
+            x1, y1 = box[0] * scale, box[1] * scale
+            text = str(idx)
+            if b == 0 and pair.positive_expressions:
+                text = _fit(f"{idx}: {pair.positive_expressions[0]}", font, min(w * 0.6, 520) - 2 * pad)
+            tw = font.getlength(text) + 2 * pad
+            lx = min(max(0.0, x1 - line_w / 2), max(0.0, w - tw))
+            ly = y1 - label_h if y1 - label_h >= 0 else y1
+            rect = (lx, ly, lx + tw, ly + label_h)
+            for _ in range(12):  # step down past labels already placed
+                if not any(_overlaps(rect, p) for p in placed):
+                    break
+                ly = min(ly + label_h + 1, h - label_h)
+                rect = (lx, ly, lx + tw, ly + label_h)
+            placed.append(rect)
+            draw.rectangle(rect, fill=colour)
+            draw.text((lx + pad, ly + pad), text, font=font, fill=text_colour(colour))
+
+
+def _panel_lines(record: Record, pairs: Sequence[tuple[str, Pair]], width: int,
+                 notes: Sequence[str]) -> list[tuple[str, str, int | None]]:
+    """(kind, text, pair index) rows of the panel; kind is title, note, pair, pos, neg or more."""
+    font = _font(TEXT_SIZE)
+    title = _font(TITLE_SIZE)
+    inner = width - 2 * MARGIN
+    rows: list[tuple[str, str, int | None]] = [
+        ("title", _fit(f"{record.filename}   ({record.width} x {record.height})", title, inner), None)]
+    rows += [("note", line, None) for note in notes for line in wrap(note, font, inner)]
+    if not pairs:
+        rows.append(("note", "no pair of the chosen sources", None))
+    for idx, (source, pair) in enumerate(pairs, 1):
+        nbox = len(pair.bboxes)
+        rows.append(("pair", _fit(f"{idx}   {source}  |  {pair.category}  |  {pair.relation}, "
+                                  f"{nbox} box{'es' if nbox != 1 else ''}", font, inner - 40), idx))
+        pos = pair.positive_expressions
+        for text in pos[:MAX_POSITIVES_LISTED]:
+            for i, line in enumerate(wrap(text, font, inner - 70)):
+                rows.append(("pos", ("+ " if i == 0 else "   ") + line, idx))
+        if len(pos) > MAX_POSITIVES_LISTED:
+            rows.append(("more", f"   ... and {len(pos) - MAX_POSITIVES_LISTED} more positive expressions", idx))
+        neg = pair.negative_expressions
+        if neg:
+            lines = wrap(f"negatives ({len(neg)}): " + " | ".join(neg), font, inner - 40)
+            if len(lines) > MAX_NEGATIVE_LINES:
+                lines = [*lines[:MAX_NEGATIVE_LINES - 1], _fit(lines[MAX_NEGATIVE_LINES - 1], font, inner - 140) +
+                         "  (cut)"]
+            rows += [("neg", line, idx) for line in lines]
+        else:
+            rows.append(("more", "negatives: none", idx))
+    if len(rows) > MAX_PANEL_LINES:
+        rows = [*rows[:MAX_PANEL_LINES - 1], ("more", f"... {len(rows) - MAX_PANEL_LINES + 1} more lines not shown",
+                                               None)]
+    return rows
+
+
+def render_record(record: Record, image: Image.Image | None, *, sources: Sequence[str] | None = None,
+                  notes: Sequence[str] = ()) -> Image.Image:
+    """The PNG-ready picture of one record (no file I/O). ``image`` None draws on a grey canvas."""
+    wanted = set(sources) if sources else None
+    pairs = [(s, p) for s, items in record.pairs.items() if wanted is None or s in wanted for p in items]
+    notes = list(notes)
+    if image is None:
+        image = Image.new("RGB", (record.width, record.height), (150, 150, 150))
+    elif image.size != (record.width, record.height):
+        notes.append(f"note: the image file is {image.width} x {image.height}, the record says "
+                     f"{record.width} x {record.height}; drawn at the record's size")
+        image = image.resize((record.width, record.height))
+    image = image.convert("RGB")
+    scale = display_scale(record.width, record.height)
+    shown = image.resize((max(1, round(record.width * scale)), max(1, round(record.height * scale))),
+                         Image.Resampling.LANCZOS) if scale != 1.0 else image.copy()
+    _draw_boxes(shown, pairs, scale)
+
+    width = max(shown.width, MIN_WIDTH)
+    rows = _panel_lines(record, pairs, width, notes)
+    font, title = _font(TEXT_SIZE), _font(TITLE_SIZE)
+    step = round(TEXT_SIZE * 1.45)
+    heights = [round(TITLE_SIZE * 1.6) if k == "title" else step + (6 if k == "pair" else 0) for k, _, _ in rows]
+    canvas = Image.new("RGB", (width, shown.height + sum(heights) + 2 * MARGIN), (255, 255, 255))
+    canvas.paste(shown, ((width - shown.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = shown.height + MARGIN
+    for (kind, text, idx), height in zip(rows, heights, strict=True):
+        x = MARGIN
+        if kind == "title":
+            draw.text((x, y), text, font=title, fill=(0, 0, 0))
+        elif kind == "pair":
+            colour = PALETTE[(idx - 1) % len(PALETTE)]
+            y += 6
+            sw = TEXT_SIZE + 2
+            draw.rectangle([x, y, x + sw, y + sw], fill=colour, outline=(60, 60, 60))
+            draw.text((x + sw + 10, y), text, font=font, fill=(0, 0, 0))
+            y -= 6
+        elif kind == "pos":
+            draw.text((x + 30, y), text, font=font, fill=(0, 95, 20))
+        elif kind == "neg":
+            draw.text((x + 30, y), text, font=font, fill=(170, 20, 20))
+        elif kind == "note":
+            draw.text((x, y), text, font=font, fill=(120, 60, 0))
+        else:
+            draw.text((x + 30, y), text, font=font, fill=(90, 90, 90))
+        y += height
+    return canvas
+
+
+def output_name(index: int, filename: str) -> str:
+    """``0003_train2017_000000123.png``: ordered like the input, readable, safe on every filesystem."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(filename)[0]).strip("._") or "image"
+    return f"{index:04d}_{stem[-80:]}.png"
+
+
+def load_image(root: str | os.PathLike, record: Record, *, path: str, line: int) -> Image.Image:
+    """The record's image under ``root``; a missing or undecodable file raises a located DataError."""
+    full = Path(root) / record.filename
+    if not full.is_file():
+        raise DataError(f"image not found: {full}", path=path, line=line, field="filename")
+    try:
+        with Image.open(full) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode image {full}: {e}", path=path, line=line, field="filename") from None
+
+
+def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike, *, n: int = 20,
+              sources: Sequence[str] | None = None, skip_missing: bool = False) -> ShowStats:
+    """Draw the first ``n`` records of ``src`` that have pairs of the chosen sources, one PNG each."""
+    if not Path(images).is_dir():
+        raise DataError("image root is not a directory", path=str(images))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ShowStats()
+    wanted = set(sources) if sources else None
+    for lineno, record in read_numbered_records(src):
+        if len(stats.written) >= n:
+            break
+        if wanted is not None and not any(s in wanted and items for s, items in record.pairs.items()):
+            stats.skipped["records with no pair of the chosen sources"] = \
+                stats.skipped.get("records with no pair of the chosen sources", 0) + 1
+            continue
+        try:
+            image = load_image(images, record, path=str(src), line=lineno)
+        except DataError:
+            if not skip_missing:
+                raise
+            stats.skipped["records whose image is missing or unreadable"] = \
+                stats.skipped.get("records whose image is missing or unreadable", 0) + 1
+            continue
+        picture = render_record(record, image, sources=sources)
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG", optimize=False)
+        target = out / output_name(len(stats.written), record.filename)
+        with AtomicWriter(target) as w:
+            w.write(buf.getvalue())
+        stats.written.append(target)
+    return stats

@@ -1,0 +1,251 @@
+"""Filter, sample, split and merge Real-Data files: streaming, deterministic, atomic outputs.
+
+Random choices that must not depend on file order (the fraction sample, the train/val split) hash
+the image filename with the seed, so an image lands on the same side whatever file it is in, and a
+rerun with the same seed gives the same result. Merge finds the images that occur more than once in
+a first pass that keeps 8 bytes per image, then holds only those records in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from array import array
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import numpy as np
+import orjson
+
+from reallod.data.convert_common import ConvertStats, text_key, unique_texts
+from reallod.data.io import JsonlWriter, iter_json, read_numbered_records
+from reallod.data.records import RELATIONS, Pair, Record
+from reallod.errors import ConfigError, DataError
+
+
+def unit_hash(filename: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (filename, seed): the image-level coin of sample and split."""
+    digest = hashlib.blake2b(filename.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _name_hash(filename: str) -> int:
+    return int.from_bytes(hashlib.blake2b(filename.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+# ----------------------------------------------------------------------------------------------
+# filter
+# ----------------------------------------------------------------------------------------------
+
+
+def filter_record(record: Record, *, sources: Sequence[str] | None = None, relation: str | None = None,
+                  categories: Sequence[str] | None = None) -> Record | None:
+    """Keep the pairs that match every given criterion; ``None`` when no pair is left (pure)."""
+    if relation is not None and relation not in RELATIONS:
+        raise ConfigError(f"--relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
+    wanted_sources = set(sources) if sources else None
+    wanted_cats = {text_key(c) for c in categories} if categories else None
+    kept: dict[str, list[Pair]] = {}
+    for source, items in record.pairs.items():
+        if wanted_sources is not None and source not in wanted_sources:
+            continue
+        pairs = [p for p in items if (relation is None or p.relation == relation)
+                 and (wanted_cats is None or text_key(p.category) in wanted_cats)]
+        if pairs:
+            kept[source] = pairs
+    if not kept:
+        return None
+    return Record(filename=record.filename, height=record.height, width=record.width, pairs=kept,
+                  caption=record.caption, extra=record.extra)
+
+
+def filter_file(src: str | os.PathLike, dst: str | os.PathLike, *, sources: Sequence[str] | None = None,
+                relation: str | None = None, categories: Sequence[str] | None = None) -> ConvertStats:
+    """Write the matching pairs of ``src`` to ``dst``; images left with no pair are dropped."""
+    stats = ConvertStats()
+    pairs = 0
+    with JsonlWriter(dst) as out:
+        for _, record in read_numbered_records(src):
+            stats.records_in += 1
+            kept = filter_record(record, sources=sources, relation=relation, categories=categories)
+            if kept is None:
+                stats.skip("images with no matching pair")
+                continue
+            out.write_record(kept)
+            pairs += kept.num_pairs()
+    stats.records_out = out.count
+    stats.items_out = {"pairs": pairs}
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# sample
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None = None,
+                fraction: float | None = None, seed: int = 0) -> ConvertStats:
+    """Random sample of images, in input order, deterministic for a seed.
+
+    ``n``: exactly min(n, total) records by reservoir sampling (memory: the n sampled lines).
+    ``fraction``: each image kept when its filename hash is below ``fraction`` (constant memory;
+    about, not exactly, that share).
+    """
+    if (n is None) == (fraction is None):
+        raise ConfigError("give exactly one of -n/--n and --fraction")
+    if n is not None and n < 0:
+        raise ConfigError(f"-n must be >= 0, got {n}")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"--fraction must be between 0 and 1, got {fraction}")
+    stats = ConvertStats()
+    with JsonlWriter(dst) as out:
+        if fraction is not None:
+            for _, record in read_numbered_records(src):
+                stats.records_in += 1
+                if unit_hash(record.filename, seed) < fraction:
+                    out.write_record(record)
+        else:
+            rng = random.Random(seed)
+            reservoir: list[tuple[int, bytes]] = []
+            for i, (_, record) in enumerate(read_numbered_records(src)):
+                stats.records_in += 1
+                if len(reservoir) < n:
+                    reservoir.append((i, orjson.dumps(record.to_dict())))
+                else:
+                    j = rng.randrange(i + 1)
+                    if j < n:
+                        reservoir[j] = (i, orjson.dumps(record.to_dict()))
+            for _, line in sorted(reservoir):
+                out.write(line + b"\n")
+                out.count += 1
+    stats.records_out = out.count
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# split
+# ----------------------------------------------------------------------------------------------
+
+
+def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.PathLike, *,
+               val_fraction: float, seed: int = 0) -> ConvertStats:
+    """Image-level train/val split by filename hash: streaming, and every record of an image on one side."""
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if os.path.abspath(train) == os.path.abspath(val):
+        raise ConfigError("--train and --val must be different files")
+    stats = ConvertStats()
+    with ExitStack() as stack:
+        out_train = stack.enter_context(JsonlWriter(train))
+        out_val = stack.enter_context(JsonlWriter(val))
+        for _, record in read_numbered_records(src):
+            stats.records_in += 1
+            (out_val if unit_hash(record.filename, seed) < val_fraction else out_train).write_record(record)
+    stats.records_out = out_train.count + out_val.count
+    stats.items_out = {"train": out_train.count, "val": out_val.count}
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# merge
+# ----------------------------------------------------------------------------------------------
+
+
+def _pair_key(pair: Pair) -> tuple:
+    return (text_key(pair.category), pair.relation, tuple(tuple(b) for b in pair.bboxes))
+
+
+def merge_pair(into: Pair, other: Pair) -> None:
+    """Union the expressions of two descriptions of the same boxes (order kept, duplicates dropped)."""
+    into.positive_expressions = unique_texts([*into.positive_expressions, *other.positive_expressions])
+    into.negative_expressions = unique_texts([*into.negative_expressions, *other.negative_expressions])
+    if other.origin_positive_expressions is not None:
+        into.origin_positive_expressions = unique_texts(
+            [*(into.origin_positive_expressions or []), *other.origin_positive_expressions])
+    if other.provenance is not None:
+        into.provenance = [*(into.provenance or []), *other.provenance]
+    for k, v in other.extra.items():
+        into.extra.setdefault(k, v)
+
+
+def merge_records(first: Record, other: Record, *, first_at: str = "", other_path: str | None = None,
+                  other_line: int | None = None) -> Record:
+    """One record of an image from two; sizes must agree. ``first`` is modified and returned.
+
+    Pairs of the same source over the same boxes and category are combined, others appended.
+    A size conflict names both places: ``first_at`` in the message, ``other_path:other_line`` in front.
+    """
+    if (first.height, first.width) != (other.height, other.width):
+        raise DataError(f"image {first.filename!r} is {other.width}x{other.height} (width x height) here "
+                        f"but {first.width}x{first.height} at {first_at or 'its first record'}",
+                        path=other_path, line=other_line, field="height/width")
+    for source, items in other.pairs.items():
+        mine = first.pairs.setdefault(source, [])
+        index = {_pair_key(p): p for p in mine}
+        for pair in items:
+            match = index.get(_pair_key(pair))
+            if match is None:
+                mine.append(pair)
+                index[_pair_key(pair)] = pair
+            else:
+                merge_pair(match, pair)
+    if first.caption is None:
+        first.caption = other.caption
+    for k, v in other.extra.items():
+        first.extra.setdefault(k, v)
+    return first
+
+
+def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> ConvertStats:
+    """Concatenate Real-Data files, combining the records of an image that occurs more than once.
+
+    Two passes: the first counts filename hashes (8 bytes per record); the second writes unique
+    images straight through and holds a duplicated image only until its last record has been read,
+    where the combined record is written. Memory grows with the duplicated images only.
+    """
+    if not srcs:
+        raise ConfigError("merge needs at least one input file")
+    hashes = array("Q")
+    for src in srcs:
+        for _, obj in iter_json(src):
+            name = obj.get("filename") if isinstance(obj, dict) else None
+            if isinstance(name, str):
+                hashes.append(_name_hash(name))
+    values, counts = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_counts=True)
+    expected = {int(h): int(c) for h, c in zip(values[counts > 1], counts[counts > 1], strict=True)}
+    del hashes, values, counts
+
+    stats = ConvertStats()
+    seen: dict[int, int] = {}
+    pending: dict[int, list[tuple[bytes, str, int]]] = {}  # compact JSON: a third of a Record's memory
+    with JsonlWriter(dst) as out:
+        for src in srcs:
+            for lineno, record in read_numbered_records(src):
+                stats.records_in += 1
+                h = _name_hash(record.filename)
+                if h not in expected:
+                    out.write_record(record)
+                    continue
+                pending.setdefault(h, []).append((orjson.dumps(record.to_dict()), str(src), lineno))
+                seen[h] = seen.get(h, 0) + 1
+                if seen[h] == expected[h]:
+                    for merged in _combine(pending.pop(h), stats):
+                        out.write_record(merged)
+                    del seen[h]
+    stats.records_out = out.count
+    return stats
+
+
+def _combine(group: list[tuple[bytes, str, int]], stats: ConvertStats) -> list[Record]:
+    """Records of one filename hash → one record per filename (a hash collision keeps names apart)."""
+    by_name: dict[str, tuple[Record, str]] = {}
+    for data, path, line in group:
+        record = Record.from_dict(orjson.loads(data))
+        if record.filename in by_name:
+            first, first_at = by_name[record.filename]
+            merge_records(first, record, first_at=first_at, other_path=path, other_line=line)
+            stats.note("records combined into an earlier record of the same image")
+        else:
+            by_name[record.filename] = (record, f"{path}:{line}")
+    return [r for r, _ in by_name.values()]

@@ -1,0 +1,117 @@
+import asyncio
+import random
+
+import pytest
+from PIL import Image
+
+from reallod.agent.backends.base import BackendError, Completion
+from reallod.agent.cache import ResponseCache, new_scope
+from reallod.agent.retry import EndpointDown, ResilientBackend, RetryPolicy, backoff_delay
+from reallod.agent.shard import in_shard, parse_shard, shard_of
+from reallod.errors import ConfigError
+
+
+def test_shards_partition_ids_exactly():
+    ids = [f"img{i}#{j}" for i in range(300) for j in range(3)]
+    parts = [[t for t in ids if in_shard(t, (k, 4))] for k in range(1, 5)]
+    assert sorted(sum(parts, [])) == sorted(ids)
+    assert all(150 < len(p) < 300 for p in parts)
+    assert shard_of("x", 4) == shard_of("x", 4)
+
+
+@pytest.mark.parametrize("spec", ["0/4", "5/4", "a/b", "1", "1/0"])
+def test_bad_shard_spec(spec):
+    with pytest.raises(ConfigError, match="--shard"):
+        parse_shard(spec)
+
+
+def test_backoff_grows_and_honours_retry_after():
+    policy = RetryPolicy(base_delay_s=1, max_delay_s=8)
+    rng = random.Random(0)
+    caps = [max(backoff_delay(a, policy, rng) for _ in range(200)) for a in (1, 2, 3, 4, 6)]
+    assert caps[0] <= 1 and 1 < caps[1] <= 2 and 2 < caps[2] <= 4 and caps[4] <= 8
+    assert backoff_delay(1, policy, rng, retry_after=5) >= 5
+
+
+class FlakyBackend:
+    """Test double: fails with the given errors, then answers."""
+
+    name = "flaky"
+    supports_images = True
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def complete(self, messages, **kw):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return Completion(f"answer {self.calls}", 3, 2)
+
+    async def aclose(self):
+        pass
+
+
+FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.01, timeout_s=1)
+
+
+def test_retries_then_succeeds():
+    b = FlakyBackend([BackendError("503", retryable=True, kind="server"),
+                      BackendError("429", retryable=True, retry_after=0.01, kind="rate_limit")])
+    r = ResilientBackend(b, policy=FAST, seed=0)
+    c = asyncio.run(r.complete([{"role": "user", "content": "hi"}]))
+    assert c.text == "answer 3" and c.meta["attempts"] == 3
+    assert r.stats.retries == {"server": 1, "rate_limit": 1}
+
+
+def test_gives_up_after_max_attempts_and_on_client_errors():
+    b = FlakyBackend([BackendError("500", retryable=True, kind="server")] * 5)
+    with pytest.raises(BackendError, match="after 3 attempts"):
+        asyncio.run(ResilientBackend(b, policy=FAST).complete([]))
+    assert b.calls == 3
+    b = FlakyBackend([BackendError("400 bad request", retryable=False, kind="client")])
+    with pytest.raises(BackendError, match="after 1 attempt"):
+        asyncio.run(ResilientBackend(b, policy=FAST).complete([]))
+
+
+def test_timeout_is_retryable():
+    class Slow(FlakyBackend):
+        async def complete(self, messages, **kw):
+            self.calls += 1
+            if self.calls == 1:
+                await asyncio.sleep(5)
+            return Completion("late but fine")
+
+    b = Slow([])
+    r = ResilientBackend(b, policy=RetryPolicy(max_attempts=2, base_delay_s=0.001, timeout_s=0.05))
+    assert asyncio.run(r.complete([])).text == "late but fine"
+    assert r.stats.retries["timeout"] == 1
+
+
+def test_endpoint_down_is_reported_once():
+    b = FlakyBackend([BackendError("connection refused", retryable=True, kind="connection")] * 50)
+    r = ResilientBackend(b, policy=RetryPolicy(max_attempts=3, base_delay_s=0.001, down_after=3))
+    with pytest.raises(EndpointDown, match="unreachable"):
+        asyncio.run(r.complete([]))
+
+
+def test_cache_replays_per_occurrence_and_keys_images(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    img_a, img_b = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
+
+    def msgs(img):
+        return [{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "image", "image": img}]}]
+
+    async def run(backend):
+        new_scope()
+        r = ResilientBackend(backend, policy=FAST, cache=cache, model_id="m")
+        return [(await r.complete(msgs(img_a))).text, (await r.complete(msgs(img_a))).text,
+                (await r.complete(msgs(img_b))).text]
+
+    first = FlakyBackend([])
+    texts = asyncio.run(run(first))
+    assert texts == ["answer 1", "answer 2", "answer 3"]  # a repeated call is not replayed within a task
+    second = FlakyBackend([])
+    assert asyncio.run(run(second)) == texts and second.calls == 0  # a rerun costs nothing
+    cache.close()
