@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,15 +36,642 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 # reallod data ...
 # ---------------------------------------------------------------------------------------------
 
+# --- data validate / data stats (data:validate-stats) -----------------------------------------
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Annotated[Path, typer.Argument(help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root: also check each image exists, decodes and has the recorded size.")] = None,
+    max_errors: Annotated[int | None, typer.Option(
+        "--max-errors", min=0, metavar="N", help="Print at most N problems; the counts stay complete.")] = None,
+    fix: Annotated[Path | None, typer.Option(
+        "--fix", metavar="OUT", help="Write the valid records, in canonical form, to OUT (atomically).")] = None,
+    clamp: Annotated[bool, typer.Option(
+        "--clamp", help="With --fix: clamp boxes to the image and keep records whose only problem was that.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Check every line; print each problem as FILE:LINE: field: message, then counts per kind.
+
+    Exit code 0 when the file is valid, 1 when anything is wrong, 2 for unusable arguments.
+    """
+    import orjson
+
+    from reallod.data.validate import render_summary, validate_file
+
+    shown = 0
+
+    def on_issue(issue) -> None:
+        nonlocal shown
+        if as_json:
+            sys.stdout.write(('{"issues": [\n  ' if not shown else ",\n  ") + orjson.dumps(issue.to_dict()).decode())
+        else:
+            sys.stdout.write(issue.format() + "\n")
+        shown += 1
+
+    report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
+                           workers=workers, on_issue=on_issue)
+    if as_json:
+        sys.stdout.write(('{"issues": [' if not shown else "\n") + '], "summary": '
+                         + orjson.dumps(report.to_dict()).decode() + "}\n")
+    else:
+        _console().print(*render_summary(report, max_errors=max_errors))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@data_app.command("stats")
+def data_stats(
+    files: Annotated[list[Path], typer.Argument(help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Images / instances / expressions per file and in total, by source, relation and length.
+
+    Instances are the distinct boxes of an image across its sources; expressions count positives
+    and negatives. Lines that are not records are counted apart (run `data validate` for why).
+    """
+    import orjson
+
+    from reallod.data.stats import render_stats, stats_files, stats_report
+
+    per_file, total = stats_files(files, workers=workers)
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats_report(per_file, total), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _console().print(*render_stats(per_file, total))
+
+
+def _console():
+    """Rich console on stdout; wide when piped, so tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+# --- end data validate / data stats -----------------------------------------------------------
+
+# --- data convert / filter / sample / split / merge / show (data:tools) ------------------------
+
+convert_app = typer.Typer(
+    no_args_is_help=True,
+    help="Convert Real-Data to ODVG (training), COCO or OmniLabel json; or COCO detection json to Real-Data.",
+)
+data_app.add_typer(convert_app, name="convert")
+
+_SourcesOpt = Annotated[list[str] | None, typer.Option(
+    "--source", "-s", help="Use only this source (vlm_short, vlm_long, llm, category...); repeat for several. "
+    "Default: every source.", show_default=False)]
+
+
+def _done(out: object, summary: str) -> None:
+    typer.echo(f"{out}: {summary}")
+
+
+@convert_app.command("odvg")
+def data_convert_odvg(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="ODVG jsonl to write (.gz compresses).", show_default=False)],
+    sources: _SourcesOpt = None,
+    merge_sources: Annotated[bool, typer.Option(
+        "--merge-sources", help="One line per image with every chosen source, instead of one per image x source.")] = False,
+    positives: Annotated[int, typer.Option(
+        "--positives", min=0, help="Positive expressions per pair (0 = all).")] = 1,
+    max_negatives: Annotated[int, typer.Option(
+        "--max-negatives", help="Negative expressions per line, put in the caption with no box (-1 = all).")] = 50,
+    category_source: Annotated[bool, typer.Option(
+        "--category-source", help="Add a 'category' source made of the category names (when the image has none).")] = False,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Pick positives and negatives at random with this seed (default: the first ones).")] = None,
+) -> None:
+    """Real-Data → ODVG grounding jsonl (MM-Grounding-DINO / mmdet ODVGDataset).
+
+    Caption = chosen positives then negatives, as "a. b. c."; each positive is a region with its
+    boxes (xyxy pixels) and its character span; '.' and '?' inside expressions are removed.
+    """
+    from reallod.data.convert import realdata_to_odvg
+
+    stats = realdata_to_odvg(src, out, sources=sources, per_source=not merge_sources, positives=positives,
+                             max_negatives=max_negatives, category_source=category_source, seed=seed)
+    _done(out, stats.summary().replace(" written", " lines written"))
+
+
+@convert_app.command("coco")
+def data_convert_coco(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="COCO json to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+) -> None:
+    """Real-Data → COCO detection json: categories from the category names, boxes xywh.
+
+    One annotation per distinct box and category of an image; its expressions are kept on it as
+    "expressions", "negative_expressions" and "sources".
+    """
+    from reallod.data.convert import realdata_to_coco
+
+    _done(out, realdata_to_coco(src, out, sources=sources, keep_empty=keep_empty).summary())
+
+
+@convert_app.command("omnilabel")
+def data_convert_omnilabel(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="OmniLabel-style ground-truth json to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    categories: Annotated[bool, typer.Option(
+        "--categories", help="Also add each pair's category name as a plain-category (type C) description.")] = False,
+) -> None:
+    """Real-Data → OmniLabel-style GT json, to evaluate a Real-Data split as a LOD benchmark.
+
+    Positives become descriptions with their boxes; negatives become descriptions of the image that
+    refer to no box. The 'category' source gives plain-category descriptions.
+    """
+    from reallod.data.convert import realdata_to_omnilabel
+
+    _done(out, realdata_to_omnilabel(src, out, sources=sources, categories=categories).summary())
+
+
+@convert_app.command("from-coco")
+def data_convert_from_coco(
+    ann: Annotated[Path, typer.Argument(help="COCO / LVIS / Objects365 detection json (.json or .json.gz).",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data jsonl to write (.gz compresses).", show_default=False)],
+    skip_crowd: Annotated[bool, typer.Option("--skip-crowd", help="Drop boxes marked iscrowd.")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", min=0, help="Drop boxes smaller than this (w x h, pixels).")] = 0.0,
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="Folder put in front of every filename, e.g. train2017.")] = "",
+    synonyms: Annotated[bool, typer.Option(
+        "--synonyms", help="LVIS: add the category synonyms as extra positive expressions.")] = False,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+) -> None:
+    """COCO detection json → Real-Data skeleton: one 'category' pair per box, the name as its expression.
+
+    Boxes go from xywh to xyxy, clamped to the image. LVIS images without file_name take
+    'train2017/NAME.jpg' from coco_url, so point --images at the COCO root.
+    """
+    from reallod.data.convert import coco_to_realdata
+
+    stats = coco_to_realdata(ann, out, skip_crowd=skip_crowd, min_area=min_area, prefix=prefix,
+                             synonyms=synonyms, keep_empty=keep_empty)
+    _done(out, stats.summary().replace(" records read", " images read"))
+
+
+@data_app.command("filter")
+def data_filter(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    relation: Annotated[str | None, typer.Option("--relation", help="Keep only 'single' or 'multi' pairs.")] = None,
+    categories: Annotated[list[str] | None, typer.Option(
+        "--category", "-c", help="Keep only pairs of this category (case-insensitive); repeat for several.",
+        show_default=False)] = None,
+) -> None:
+    """Keep the pairs that match every criterion; images left with no pair are dropped."""
+    from reallod.data.ops import filter_file
+
+    _done(out, filter_file(src, out, sources=sources, relation=relation, categories=categories).summary())
+
+
+@data_app.command("sample")
+def data_sample(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    n: Annotated[int | None, typer.Option("-n", "--n", min=0, help="Exactly N images (reservoir sampling).")] = None,
+    fraction: Annotated[float | None, typer.Option(
+        "--fraction", min=0.0, max=1.0, help="About this share of the images (constant memory).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same sample.")] = 0,
+) -> None:
+    """Random sample of images, kept in input order, deterministic for a seed."""
+    from reallod.data.ops import sample_file
+
+    _done(out, sample_file(src, out, n=n, fraction=fraction, seed=seed).summary())
+
+
+@data_app.command("split")
+def data_split(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    train: Annotated[Path, typer.Option("--train", help="Train file to write.", show_default=False)],
+    val: Annotated[Path, typer.Option("--val", help="Validation file to write.", show_default=False)],
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", min=0.0, max=1.0, help="Share of images that go to --val.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same split.")] = 0,
+) -> None:
+    """Image-level train/val split by a seeded hash of the filename: streaming and reproducible."""
+    from reallod.data.ops import split_file
+
+    _done(f"{train} + {val}", split_file(src, train, val, val_fraction=val_fraction, seed=seed).summary())
+
+
+@data_app.command("merge")
+def data_merge(
+    srcs: Annotated[list[Path], typer.Argument(help="Real-Data files to merge.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Real-Data file to write.", show_default=False)],
+) -> None:
+    """Concatenate files; records of the same image are combined into one (sizes must agree).
+
+    Pairs of one source over the same boxes and category have their expressions united.
+    """
+    from reallod.data.ops import merge_files
+
+    _done(out, merge_files(srcs, out).summary())
+
+
+@data_app.command("show")
+def data_show(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    images: Annotated[Path, typer.Option("--images", help="Image root the filenames are relative to.",
+                                         show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Draw the first N records.")] = 20,
+    sources: _SourcesOpt = None,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Skip records whose image is missing instead of stopping.")] = False,
+) -> None:
+    """Draw boxes with their positive expressions, negatives listed under the image, one PNG per record."""
+    from reallod.data.draw import show_file
+
+    typer.echo(show_file(src, images, out_dir, n=n, sources=sources, skip_missing=skip_missing).summary(out_dir))
+
+# --- end data convert / filter / sample / split / merge / show ---------------------------------
+
 
 # ---------------------------------------------------------------------------------------------
 # reallod realign ... (agent)
 # ---------------------------------------------------------------------------------------------
 
+# --- realign / realign --explain (agent:io) ----------------------------------------------------
+
+
+@app.command("realign")
+def realign_cmd(
+    input: Annotated[Path | None, typer.Argument(
+        help="Real-Data records (.jsonl[.gz]) or the published task list (JSON list or JSONL).",
+        show_default=False)] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", help="Agent config: a YAML file or a shipped name (offline, vllm, published).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Real-Data output (.jsonl or .jsonl.gz); the trace goes to OUT.trace.jsonl.")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Captions keyed by image filename: a JSON object or JSONL {filename, caption}.")] = None,
+    max_cycles: Annotated[int | None, typer.Option(
+        "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="Run only the first N tasks.")] = None,
+    unresolved: Annotated[str, typer.Option(
+        "--unresolved", help="What happens to wrong, unresolved and failed expressions: drop, keep (as they "
+        "are) or negative (moved to the negatives).")] = "keep",
+    source: Annotated[str, typer.Option(
+        "--source", help="Source name of the output pairs when the input is a published task list.")] = "realigned",
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", help="Point every openai-backend role at this server (also REALLOD_BASE_URL).")] = None,
+    llm_base_url: Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")] = None,
+    vlm_base_url: Annotated[str | None, typer.Option("--vlm-base-url", help="... only the VLM role.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write a readable report (index.html, index.md, PNG per task) to this folder.")] = None,
+    explain: Annotated[Path | None, typer.Option(
+        "--explain", help="Print one task of this trace readably (with --task) instead of running.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With --explain: the task id.")] = None,
+) -> None:
+    """Re-align expressions with the agent: write Real-Data, a trace next to it, and print a summary.
+
+    Examples: reallod realign data.jsonl --config offline --out realigned.jsonl --images imgs/ --limit 10;
+    reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/0
+    """
+    if explain is not None:
+        if task is None:
+            raise typer.BadParameter("--explain needs --task ID", param_hint="--task")
+        from reallod.agent.explain import explain as explain_task
+
+        typer.echo(explain_task(explain, task))
+        return
+    missing = [name for name, v in (("INPUT", input), ("--config", config), ("--out", out)) if v is None]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)} (or use --explain TRACE --task ID)")
+    from rich.console import Console
+
+    from reallod.agent.runner import RealignOptions, realign
+    from reallod.agent.summary import render
+
+    run = realign(RealignOptions(
+        input=input, config=config, out=out, images=images, captions=captions, max_cycles=max_cycles,
+        limit=limit, unresolved=unresolved, source=source, base_url=base_url, llm_base_url=llm_base_url,
+        vlm_base_url=vlm_base_url, report_dir=report))
+    Console().print(render(run.summary, out=str(run.out), trace=str(run.trace),
+                           report=str(run.report) if run.report else None))
+
+
+# --- end realign -------------------------------------------------------------------------------
+
 
 # ---------------------------------------------------------------------------------------------
 # reallod detect / convert-checkpoint (model)
 # ---------------------------------------------------------------------------------------------
+
+# --- detect / convert-checkpoint (model) --------------------------------------------------------
+
+
+@app.command("detect")
+def detect_cmd(
+    inputs: Annotated[Path, typer.Argument(help="An image file or a folder of images (searched recursively).",
+                                           show_default=False)],
+    model: Annotated[str, typer.Argument(help="Detector: a Hugging Face folder (see convert-checkpoint) or hub id.",
+                                         show_default=False)],
+    texts: Annotated[list[str] | None, typer.Option(
+        "--texts", help="What to look for: \"a dog . a red car .\", one expression, a .txt file (one per line) "
+        "or \"$: coco\"; repeat to add more.", show_default=False)] = None,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", help="Replace MODEL's weights with this file: .safetensors/.pth in Hugging Face layout, or "
+        "an MMDetection MM-Grounding-DINO / Real-Model .pth (converted on the fly).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*.")] = Path("outputs"),
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if available].",
+                                               show_default=False)] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    pred_score_thr: Annotated[float, typer.Option(
+        "--pred-score-thr", min=0.0, max=1.0, help="Draw boxes scoring at least this (the JSON keeps all).")] = 0.3,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Prompts per forward pass; the image backbone runs once per image.")] = 8,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="parallel: one prompt per expression (benchmark mode); concat: all in one prompt.")] = "parallel",
+    topk: Annotated[int, typer.Option("--topk", min=1, help="Boxes kept per expression.")] = 300,
+    nms_iou: Annotated[float | None, typer.Option(
+        "--nms-iou", min=0.0, max=1.0, help="Per-expression NMS at this IoU [default: off].",
+        show_default=False)] = None,
+    max_text_len: Annotated[int | None, typer.Option(
+        "--max-text-len", min=4, max=512, help="Text limit in tokens [default: the model's].",
+        show_default=False)] = None,
+    image_size: Annotated[str | None, typer.Option(
+        "--image-size", help="Resize to SHORT,LONG (e.g. 800,1333) [default: the model's preprocessor].",
+        show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", help="Tokenizer folder or hub id [default: MODEL's].", show_default=False)] = None,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 89_478_485,
+    palette: Annotated[str, typer.Option("--palette", help="Box colours: coco, voc, citys, random or none.")] = "coco",
+    show: Annotated[bool, typer.Option("--show", help="Open each picture in an image viewer.")] = False,
+    no_save_vis: Annotated[bool, typer.Option("--no-save-vis", help="Do not write pictures.")] = False,
+    no_save_pred: Annotated[bool, typer.Option("--no-save-pred", help="Do not write JSON predictions.")] = False,
+    print_result: Annotated[bool, typer.Option("--print-result", help="Print each image's JSON on stdout.")] = False,
+) -> None:
+    """Detect the given expressions in images: one JSON (boxes xyxy, scores, expression per box) and one
+    labelled picture per image.
+
+    Example: reallod detect photos/ models/real-model-t --texts "the dog without a leash . a red cup ."
+    """
+    from reallod.model.detect import DetectOptions, run_detect
+    from reallod.model.draw import PALETTES
+    from reallod.model.inference import InferenceOptions
+    from reallod.model.loading import load_detector
+    from reallod.model.texts import parse_texts
+
+    if not texts:
+        raise typer.BadParameter("give at least one --texts (e.g. --texts \"a dog . a red car .\")",
+                                 param_hint="--texts")
+    if palette not in PALETTES:
+        raise typer.BadParameter(f"use one of {', '.join(PALETTES)}", param_hint="--palette")
+    size = None
+    if image_size is not None:
+        try:
+            short, long = (int(v) for v in image_size.split(","))
+        except ValueError:
+            raise typer.BadParameter("expected SHORT,LONG, e.g. 800,1333", param_hint="--image-size") from None
+        size = (short, long)
+    expressions = parse_texts(texts)
+    inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk, nms_iou=nms_iou)  # type: ignore[arg-type]
+    options = DetectOptions(out_dir=out_dir, score_thr=pred_score_thr, save_vis=not no_save_vis,
+                            save_pred=not no_save_pred, show=show, print_result=print_result, palette=palette,
+                            max_pixels=max_pixels)
+    _quiet_transformers()
+    detector = load_detector(model, weights=weights, device=device, dtype=dtype, max_text_len=max_text_len,
+                             tokenizer=tokenizer, image_size=size)
+    summary = run_detect(inputs, detector, expressions, options=options, inference=inference)
+    written = [f"{len(summary.pred_files)} JSON in {out_dir / 'preds'}" if options.save_pred else "",
+               f"{len(summary.vis_files)} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
+    typer.echo(f"{summary.processed} images, {len(expressions)} expressions ({mode}) on {detector.device}; "
+               + "; ".join(w for w in written if w) + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""),
+               err=print_result)
+    if summary.processed == 0:
+        raise ReallodError(f"{inputs}: none of the {len(summary.skipped)} images could be read")
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint_cmd(
+    src: Annotated[Path, typer.Argument(help="MMDetection MM-Grounding-DINO / Real-Model checkpoint (.pth).",
+                                        show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Hugging Face folder to create.", show_default=False)],
+    variant: Annotated[str | None, typer.Option(
+        "--variant", help="tiny (Swin-T) or base (Swin-B) [default: read from the checkpoint].",
+        show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Instead of --variant: an mm-grounding-dino config.json for another architecture.",
+        show_default=False)] = None,
+    tokenizer: Annotated[str, typer.Option(
+        "--tokenizer", help="Folder or hub id with the bert-base-uncased tokenizer files to copy in.")
+    ] = "google-bert/bert-base-uncased",
+    max_text_len: Annotated[int, typer.Option(
+        "--max-text-len", min=4, max=512, help="Text limit written to the config (Real-Model uses 512).")] = 512,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT_DIR if it is not empty.")] = False,
+) -> None:
+    """Convert an MMDetection checkpoint into a folder `reallod detect` and transformers load.
+
+    The folder is loaded back before it is moved into place; unknown or missing keys are listed by name.
+    """
+    from reallod.model.convert_checkpoint import config_from_file, convert_checkpoint
+
+    if variant is not None and variant not in ("tiny", "base"):
+        raise typer.BadParameter("use tiny or base", param_hint="--variant")
+    if variant is not None and config is not None:
+        raise typer.BadParameter("give --variant or --config, not both", param_hint="--config")
+    _quiet_transformers()
+    result = convert_checkpoint(src, out_dir, variant=variant,  # type: ignore[arg-type]
+                                config=config_from_file(config) if config is not None else None,
+                                tokenizer=tokenizer, max_text_len=max_text_len, overwrite=overwrite)
+    typer.echo(f"{result.out_dir}: MM-Grounding-DINO-{result.variant}, {result.report.summary()}; "
+               "loaded back with no missing or unexpected keys")
+
+
+def _quiet_transformers() -> None:
+    """No per-tensor progress bars or advisory warnings from transformers in the CLI's output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+# --- end detect / convert-checkpoint ------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# reallod eval ... (benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+# --- eval omnilabel / d3 / ovdeval (eval) ---------------------------------------------------------
+
+eval_app = typer.Typer(
+    no_args_is_help=True,
+    help="Score a detector on OmniLabel, D³ or OVDEval with the official protocols: run --model over the "
+    "images (one GPU, or sharded with torchrun / accelerate launch), or score saved --predictions.",
+)
+app.add_typer(eval_app, name="eval")
+
+_EvAnnotations = Annotated[Path, typer.Option(
+    "--annotations", metavar="GT", help="Ground truth (see the command's help).", show_default=False)]
+_EvImages = Annotated[Path | None, typer.Option(
+    "--images", metavar="ROOT", help="Image root the annotations' file names are relative to (with --model).")]
+_EvModel = Annotated[str | None, typer.Option(
+    "--model", help="Detector to run: a Hugging Face folder (see convert-checkpoint) or hub id.")]
+_EvPredictions = Annotated[Path | None, typer.Option(
+    "--predictions", help="Score this file (the benchmark's own result format) instead of running a model.")]
+_EvWeights = Annotated[Path | None, typer.Option(
+    "--weights", help="Replace MODEL's weights (.safetensors/.pth, or an MMDetection Real-Model .pth).")]
+_EvMode = Annotated[str, typer.Option(
+    "--mode", help="parallel: one prompt per description (the published protocol); concat: all in one prompt.")]
+_EvBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")]
+_EvTopk = Annotated[int, typer.Option(
+    "--topk", min=1, help="Boxes kept per description (the metrics use at most 100 per image and description).")]
+_EvMaxPerImage = Annotated[int | None, typer.Option(
+    "--max-per-image", min=1, help="Keep only the best N boxes of an image over all its descriptions.",
+    show_default=False)]
+_EvOut = Annotated[Path | None, typer.Option("--out", help="Write the predictions here (the benchmark's format).")]
+_EvShowDir = Annotated[Path | None, typer.Option(
+    "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR.")]
+_EvDevice = Annotated[str | None, typer.Option(
+    "--device", help="cpu, cuda or cuda:N \\[default: cuda if available; cuda:LOCAL_RANK per process].",
+    show_default=False)]
+_EvDtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")]
+_EvMetricsOut = Annotated[Path | None, typer.Option(
+    "--metrics-out", help="Metrics JSON \\[default: PRED.metrics.json beside the predictions].", show_default=False)]
+_EvBackend = Annotated[str, typer.Option(
+    "--backend", help="COCO evaluator: pycocotools (as the official scripts) or faster-coco-eval (faster, "
+    "equal to ~1e-15).")]
+_EvImageSize = Annotated[str | None, typer.Option(
+    "--image-size", help="Resize to SHORT,LONG \\[default: the model's preprocessor, 800,1333 for Real-Model].",
+    show_default=False)]
+_EvTokenizer = Annotated[str | None, typer.Option("--tokenizer", help="Tokenizer folder or hub id \\[default: MODEL's].",
+                                                  show_default=False)]
+_EvMaxTextLen = Annotated[int | None, typer.Option("--max-text-len", min=4, max=512, help="Text limit in tokens.",
+                                                   show_default=False)]
+
+
+def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: str | None,
+              predictions: Path | None, weights: Path | None, mode: str, batch_size: int, topk: int,
+              max_per_image: int | None, out: Path | None, show_dir: Path | None, device: str | None, dtype: str,
+              metrics_out: Path | None, image_size: str | None, tokenizer: str | None, max_text_len: int | None,
+              **extra) -> None:
+    from reallod.eval.jobs import EvalJob, run_job
+    from reallod.eval.report import render
+    from reallod.eval.runner import ModelSpec, RunOptions
+
+    spec = None
+    run = RunOptions(show_dir=show_dir, max_per_image=max_per_image)
+    if model is not None:
+        from transformers.utils import logging as hf_logging
+
+        from reallod.model.inference import InferenceOptions
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        size = None
+        if image_size is not None:
+            try:
+                short, long = (int(v) for v in image_size.split(","))
+            except ValueError:
+                raise typer.BadParameter("expected SHORT,LONG, e.g. 800,1333", param_hint="--image-size") from None
+            size = (short, long)
+        spec = ModelSpec(model, weights=str(weights) if weights else None, device=device, dtype=dtype,
+                         max_text_len=max_text_len, tokenizer=tokenizer, image_size=size)
+        run.inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk)  # type: ignore[arg-type]
+    job = EvalJob(benchmark, annotations, predictions=predictions, model=spec, images=images, out=out,
+                  metrics_out=metrics_out, run=run, **extra)
+    outcome = run_job(job)
+    if outcome.result is None:  # another process of a sharded run: rank 0 reports
+        return
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    console.print(render(outcome.result))
+    wrote = [f"metrics: {outcome.metrics_path}"]
+    if outcome.prediction_paths:
+        wrote.append("predictions: " + ", ".join(str(p) for p in outcome.prediction_paths))
+    typer.echo(f"{outcome.n_predictions} prediction rows scored ({outcome.processes} process"
+               f"{'es' if outcome.processes > 1 else ''}); " + "; ".join(wrote))
+
+
+@eval_app.command("omnilabel")
+def eval_omnilabel(
+    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
+    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
+    batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
+    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: _EvDtype = "fp32",
+    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
+    max_text_len: _EvMaxTextLen = None,
+    skip_categories: Annotated[bool, typer.Option(
+        "--skip-categories", help="Prompt and score free-form descriptions only (as the published Real-Model "
+        "did): AP-descr and AP-descr-pos; AP-categ and AP are then undefined.")] = False,
+) -> None:
+    """OmniLabel: AP (harmonic mean), AP-categ, AP-descr, AP-descr-pos, AP-descr-S/M/L, AP50/AP75, AR.
+
+    GT is the official json (images, descriptions, annotations; any version). Predictions:
+    [{image_id, bbox xywh, description_ids, scores}]. Example: reallod eval omnilabel --annotations
+    dataset_all_val_v0.1.3.json --images omnilabel/ --model models/real-model-b --skip-categories --out preds.json
+    """
+    _run_eval("omnilabel", annotations=annotations, images=images, model=model, predictions=predictions,
+              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
+              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
+              tokenizer=tokenizer, max_text_len=max_text_len, skip_categories=skip_categories)
+
+
+@eval_app.command("d3")
+def eval_d3(
+    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
+    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
+    batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
+    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: _EvDtype = "fp32",
+    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
+    max_text_len: _EvMaxTextLen = None, backend: _EvBackend = "pycocotools",
+    inter: Annotated[bool, typer.Option(
+        "--inter", help="Inter-scenario: prompt every image with all descriptions (default: intra-scenario, "
+        "its scenario's descriptions).")] = False,
+) -> None:
+    """D³: COCO AP / AP50 / AP75 on FULL, PRES and ABS, and AP by description length.
+
+    GT is the folder of annotation pickles (sentences/annotations/images/groups.pkl; needs
+    `pip install 'reallod\\[eval]'`). Predictions: COCO results [{image_id, category_id = sentence id,
+    bbox xywh, score}]. Example: reallod eval d3 --annotations d3/d3_pkl --images d3/d3_images --model M
+    """
+    _run_eval("d3", annotations=annotations, images=images, model=model, predictions=predictions,
+              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
+              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
+              tokenizer=tokenizer, max_text_len=max_text_len, backend=backend, inter=inter)
+
+
+@eval_app.command("ovdeval")
+def eval_ovdeval(
+    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
+    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
+    batch_size: _EvBatch = 8, topk: _EvTopk = 300, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
+    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: _EvDtype = "fp32",
+    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
+    max_text_len: _EvMaxTextLen = None, backend: _EvBackend = "pycocotools",
+    subset: Annotated[str | None, typer.Option(
+        "--subset", metavar="NAME", help="With a folder of subsets: evaluate only this one (e.g. negation).",
+        show_default=False)] = None,
+) -> None:
+    """OVDEval: NMS-AP per subset and their average (with AP50 / AP75).
+
+    GT is one subset's COCO json (images with text and neg_text) or a folder of them. Predictions:
+    COCO results per subset (one file, or a folder of <subset>.json). With several subsets --out is a
+    folder. Example: reallod eval ovdeval --annotations OVDEval/annotations --images OVDEval/images --model M
+    """
+    _run_eval("ovdeval", annotations=annotations, images=images, model=model, predictions=predictions,
+              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
+              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
+              tokenizer=tokenizer, max_text_len=max_text_len, backend=backend, subset=subset)
+
+
+# --- end eval -----------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------

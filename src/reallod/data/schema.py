@@ -16,6 +16,8 @@ from reallod.data.records import RELATIONS, canonical_pairs
 # kind → short description (the validate summary lists them in this order)
 PROBLEM_KINDS = {
     "bad_json": "line is not valid JSON",
+    "bad_utf8": "line is not valid UTF-8",
+    "bom": "line starts with a UTF-8 byte-order mark (strict JSON readers reject it)",
     "not_object": "line is not a JSON object",
     "missing_field": "a required field is missing",
     "wrong_type": "a field has the wrong type",
@@ -31,6 +33,7 @@ PROBLEM_KINDS = {
     "empty_expression": "expression is empty or whitespace only",
     "no_positive": "pair has no positive expression",
     "positive_and_negative": "expression is both positive and negative for the same pair",
+    "image_outside_root": "filename is absolute or leads out of the image root",
     "missing_image": "image file not found under the image root",
     "unreadable_image": "image file cannot be decoded",
     "image_size_mismatch": "image size differs from height/width",
@@ -40,6 +43,7 @@ PROBLEM_KINDS = {
 
 _INT = int
 _NUM = (int, float)
+MAX_SIDE = 2**31 - 1  # larger sizes overflow the int32 that image libraries and tensors use
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,8 @@ def check_record(obj: Any) -> list[Problem]:
             out.append(Problem("missing_field", key, "missing"))
         elif not isinstance(v, _INT) or isinstance(v, bool) or v <= 0:
             out.append(Problem("bad_size", key, f"expected a positive integer, got {_short(v)}"))
+        elif v > MAX_SIDE:
+            out.append(Problem("bad_size", key, f"{_short(v)} is too large (at most {MAX_SIDE})"))
     height = obj.get("height") if isinstance(obj.get("height"), int) and obj.get("height", 0) > 0 else None
     width = obj.get("width") if isinstance(obj.get("width"), int) and obj.get("width", 0) > 0 else None
     caption = obj.get("caption")

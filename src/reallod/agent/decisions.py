@@ -1,0 +1,224 @@
+"""What each role must answer, and how a reply becomes a decision (or a clear refusal).
+
+Every role answers with one JSON object. The schema is handed to the backend, which enforces it where
+it can (server-side ``response_format``, constrained decoding in-process); the reply is then parsed
+here whatever the backend did: plain JSON, JSON inside prose or a code fence, JSON that json-repair can
+fix. Enumerated fields are matched case-insensitively with a few synonyms; free-text fields keep their
+case (the published code lower-cased everything, which damaged proper nouns and rewrites). A reply
+that still cannot be used raises :class:`DecisionError` with a message the model can be shown on a
+retry; the workflow turns repeated failure into a failed task, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import json_repair
+
+REFLECT_VERDICTS: tuple[str, ...] = ("correct", "uncertain", "wrong")
+PLAN_STATES: tuple[str, ...] = ("correct", "wrong", "uncertain")
+FOCI: tuple[str, ...] = ("object", "surroundings", "position")
+"""What an uncertain expression is uncertain about; each maps to one image view (see ``state``)."""
+
+_SYNONYMS: dict[str, dict[str, str]] = {
+    "verdict": {
+        "right": "correct", "true": "correct", "yes": "correct", "consistent": "correct",
+        "accurate": "correct", "ok": "correct",
+        "unsure": "uncertain", "unknown": "uncertain", "unverified": "uncertain",
+        "incorrect": "wrong", "false": "wrong", "no": "wrong", "inconsistent": "wrong",
+    },
+    "focus": {
+        "itself": "object", "the object": "object", "attribute": "object", "attributes": "object",
+        "appearance": "object", "colour": "object", "color": "object", "material": "object",
+        "shape": "object", "crop": "object", "object crop": "object",
+        "surrounding": "surroundings", "relation": "surroundings", "relations": "surroundings",
+        "relationship": "surroundings", "context": "surroundings", "neighbours": "surroundings",
+        "neighbors": "surroundings", "extended crop": "surroundings",
+        "location": "position", "place": "position", "scene": "position", "whole scene": "position",
+        "image": "position", "whole image": "position", "highlight": "position",
+    },
+}
+_SYNONYMS["state"] = _SYNONYMS["verdict"]
+
+
+class DecisionError(ValueError):
+    """A reply that cannot be used as the role's decision; the message is shown to the model on retry."""
+
+
+def _string(description: str) -> dict[str, Any]:
+    return {"type": "string", "description": description}
+
+
+def _enum(values: tuple[str, ...], description: str) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values), "description": description}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    # Property order is generation order for constrained decoders: reasons before verdicts.
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+REFLECTOR_SCHEMA = _object({
+    "missing": _string("what the evidence does not confirm (colour, material, position, action, "
+                       "relation, ...); empty when nothing is missing"),
+    "feedback": _string("one or two sentences explaining the judgement"),
+    "verdict": _enum(REFLECT_VERDICTS, "correct, uncertain or wrong"),
+})
+PLANNER_SCHEMA = _object({
+    "reason": _string("one sentence: why this state and action"),
+    "state": _enum(PLAN_STATES, "correct, wrong or uncertain"),
+    # No "none": a schema-valid reply must always parse, so focus is always given and only read
+    # when the state is uncertain.
+    "focus": _enum(FOCI, "what to look at when uncertain (ignored otherwise)"),
+    "question": _string("for uncertain: the question for the vision model; else empty"),
+})
+REWRITER_SCHEMA = _object({
+    "expression": _string("the new expression for the chosen object"),
+})
+VLM_SCHEMA = _object({
+    "answer": _string("a short factual answer about what the image shows"),
+})
+
+
+def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise DecisionError(f'the field "{key}" is missing')
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)
+    return " ".join(str(value).split())
+
+
+def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    raw = _text(obj, key)
+    value = raw.strip(" .\"'`*").lower()
+    value = _SYNONYMS.get(key, {}).get(value, value)
+    if value not in allowed:
+        raise DecisionError(f'"{key}" is "{raw}", which is not one of: {", ".join(allowed)}')
+    return value
+
+
+def _normalise_reflection(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"verdict": _choice(obj, "verdict", REFLECT_VERDICTS),
+            "missing": _text(obj, "missing", required=False),
+            "feedback": _text(obj, "feedback", required=False)}
+
+
+def _normalise_plan(obj: dict[str, Any]) -> dict[str, Any]:
+    state = _choice(obj, "state", PLAN_STATES)
+    focus = "none"
+    if state == "uncertain":
+        if not _text(obj, "focus", required=False):
+            raise DecisionError('state "uncertain" needs "focus": object, surroundings or position')
+        focus = _choice(obj, "focus", FOCI)
+    return {"state": state, "focus": focus, "question": _text(obj, "question", required=False),
+            "reason": _text(obj, "reason", required=False)}
+
+
+def _normalise_rewrite(obj: dict[str, Any]) -> dict[str, Any]:
+    expression = _text(obj, "expression").strip("\"'` ")
+    if not expression:
+        raise DecisionError('"expression" is empty')
+    return {"expression": expression}
+
+
+def _normalise_answer(obj: dict[str, Any]) -> dict[str, Any]:
+    answer = _text(obj, "answer")
+    if not answer:
+        raise DecisionError('"answer" is empty')
+    return {"answer": answer}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionSpec:
+    """The answer one role must give: its JSON schema and how to validate a parsed object."""
+
+    role: str
+    schema: dict[str, Any]
+    normalise: Callable[[dict[str, Any]], dict[str, Any]]
+    free_text_field: str | None = None  # a reply that is not JSON at all is taken as this field
+
+    def parse(self, text: str) -> tuple[dict[str, Any], bool]:
+        """Return (decision, repaired); raise DecisionError when the reply cannot be used."""
+        obj, repaired = parse_json_object(text)
+        if obj is None:
+            stripped = " ".join(text.split())
+            if self.free_text_field and stripped:
+                return self.normalise({self.free_text_field: stripped}), True
+            raise DecisionError("the reply is not a JSON object")
+        return self.normalise(obj), repaired
+
+    def format_hint(self) -> str:
+        """A compact description of the expected object, for prompts and retry messages."""
+        parts = []
+        for key, prop in self.schema["properties"].items():
+            if "enum" in prop:
+                parts.append(f'"{key}": one of {", ".join(prop["enum"])}')
+            else:
+                parts.append(f'"{key}": {prop.get("description", "text")}')
+        return "a JSON object with " + "; ".join(parts)
+
+
+SPECS: dict[str, DecisionSpec] = {
+    "reflector": DecisionSpec("reflector", REFLECTOR_SCHEMA, _normalise_reflection),
+    "planner": DecisionSpec("planner", PLANNER_SCHEMA, _normalise_plan),
+    "rewriter": DecisionSpec("rewriter", REWRITER_SCHEMA, _normalise_rewrite),
+    "vlm": DecisionSpec("vlm", VLM_SCHEMA, _normalise_answer, free_text_field="answer"),
+}
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def _first_dict(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value or None
+    if isinstance(value, list):
+        return next((v for v in value if isinstance(v, dict) and v), None)
+    return None
+
+
+def parse_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
+    """Find the JSON object in a model reply: exact, fenced, embedded in prose, or repaired."""
+    text = text.strip()
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1).strip()] if fenced else []
+    candidates.append(text)
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start:end + 1])
+    for candidate in candidates:
+        try:
+            obj = _first_dict(json.loads(candidate))
+        except ValueError:
+            continue
+        if obj is not None:
+            return obj, False
+    if start < 0:
+        return None, False
+    try:
+        obj = _first_dict(json_repair.loads(text[start:]))
+    except Exception:  # json-repair gives up in many ways; any of them means "no object"
+        obj = None
+    return obj, obj is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often one role call is tried: unusable replies and retryable backend errors both count."""
+
+    max_attempts: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (exponential, or what the server asked)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_backoff_s)
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)

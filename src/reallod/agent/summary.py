@@ -1,0 +1,149 @@
+"""What a run did, in numbers: tasks per verdict, cycles, calls and tokens per role, tools, errors.
+
+:func:`summarize` folds result dicts (as the trace stores them) into a :class:`RunSummary`; it is pure,
+so the same numbers come from a live run or from a trace read back later. :func:`render` turns a
+summary into rich tables for the terminal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from reallod.agent.task import VERDICTS
+
+MAX_ERROR_EXAMPLES = 20
+
+
+@dataclass(slots=True)
+class RoleStats:
+    calls: int = 0  # role calls that reached a backend (a VLM reported unavailable is not a call)
+    attempts: int = 0  # requests sent, retries included
+    repaired: int = 0  # replies that needed json-repair
+    failed: int = 0  # calls that ended without a usable decision
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass(slots=True)
+class RunSummary:
+    tasks: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    cycles: Counter[int] = field(default_factory=Counter)
+    roles: dict[str, RoleStats] = field(default_factory=dict)
+    tools: Counter[str] = field(default_factory=Counter)  # vlm:<view>, vlm:<view> unavailable, rewrite
+    errors: Counter[str] = field(default_factory=Counter)  # error kind → failed tasks
+    error_examples: list[tuple[str, str]] = field(default_factory=list)  # (task id, error)
+    wall_s: float = 0.0
+    assembly: Counter[str] = field(default_factory=Counter)  # "<verdict>:<action>" → expressions, ...
+
+    def add(self, result: dict[str, Any]) -> None:
+        """Count one task's result (a trace ``result`` dict)."""
+        self.tasks += 1
+        self.verdicts[result["verdict"]] += 1
+        self.cycles[int(result.get("cycles") or 0)] += 1
+        if result["verdict"] == "failed":
+            self.errors[result.get("error_kind") or "agent_error"] += 1
+            if len(self.error_examples) < MAX_ERROR_EXAMPLES:
+                self.error_examples.append((result["task_id"], result.get("error") or "(no reason recorded)"))
+        for step in result.get("steps") or []:
+            role, view = step["role"], (step.get("view") or {}).get("name")
+            unavailable = not step.get("attempts") and str(step.get("error") or "").startswith("unavailable")
+            if role == "vlm":
+                self.tools[f"vlm:{view}" + (" unavailable" if unavailable else "")] += 1
+            elif role == "rewriter":
+                self.tools["rewrite"] += 1
+            if unavailable:
+                continue
+            stats = self.roles.setdefault(role, RoleStats())
+            stats.calls += 1
+            stats.attempts += int(step.get("attempts") or 0)
+            stats.repaired += bool(step.get("repaired"))
+            stats.failed += bool(step.get("error"))
+            stats.prompt_tokens += int(step.get("prompt_tokens") or 0)
+            stats.completion_tokens += int(step.get("completion_tokens") or 0)
+            stats.latency_s += float(step.get("latency_s") or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cycles"] = {str(k): v for k, v in sorted(self.cycles.items())}
+        return d
+
+
+def summarize(results: Iterable[dict[str, Any]], *, wall_s: float = 0.0,
+              assembly: Counter[str] | None = None) -> RunSummary:
+    summary = RunSummary(wall_s=wall_s, assembly=Counter(assembly or {}))
+    for result in results:
+        summary.add(result)
+    return summary
+
+
+def render(summary: RunSummary, *, out: str | None = None, trace: str | None = None,
+           report: str | None = None) -> Group:
+    """Rich tables: verdicts, cycles, roles, tools, errors, what reached the output."""
+    n = max(summary.tasks, 1)
+    verdicts = Table(title=f"{summary.tasks} task(s) in {summary.wall_s:.1f} s", title_justify="left")
+    verdicts.add_column("verdict")
+    verdicts.add_column("tasks", justify="right")
+    verdicts.add_column("share", justify="right")
+    for v in (*VERDICTS, *sorted(set(summary.verdicts) - set(VERDICTS))):
+        verdicts.add_row(v, str(summary.verdicts[v]), f"{100 * summary.verdicts[v] / n:.0f}%")
+
+    cycles = Table(title="cycles used", title_justify="left")
+    cycles.add_column("cycles")
+    cycles.add_column("tasks", justify="right")
+    for c, count in sorted(summary.cycles.items()):
+        cycles.add_row(str(c), f"{count}  {'█' * max(1, round(20 * count / n))}")
+
+    roles = Table(title="calls per role (tries: requests incl. retries; fixed: replies json-repair mended; "
+                        "secs: model time)", title_justify="left")
+    for col in ("role", "calls", "tries", "fixed", "failed", "tok in", "tok out", "secs"):
+        roles.add_column(col, justify="left" if col == "role" else "right")
+    totals = RoleStats()
+    for name, s in sorted(summary.roles.items()):
+        roles.add_row(name, str(s.calls), str(s.attempts), str(s.repaired), str(s.failed), str(s.prompt_tokens),
+                      str(s.completion_tokens), f"{s.latency_s:.1f}")
+        for f in ("calls", "attempts", "repaired", "failed", "prompt_tokens", "completion_tokens", "latency_s"):
+            setattr(totals, f, getattr(totals, f) + getattr(s, f))
+    roles.add_row("all", str(totals.calls), str(totals.attempts), str(totals.repaired), str(totals.failed),
+                  str(totals.prompt_tokens), str(totals.completion_tokens), f"{totals.latency_s:.1f}", style="bold")
+
+    parts: list[Any] = [verdicts, cycles, roles]
+    if summary.tools:
+        tools = Table(title="tool calls", title_justify="left")
+        tools.add_column("tool")
+        tools.add_column("calls", justify="right")
+        for name, count in sorted(summary.tools.items()):
+            tools.add_row(name, str(count))
+        parts.append(tools)
+    if summary.errors:
+        errors = Table(title="failed tasks by reason", title_justify="left")
+        errors.add_column("reason")
+        errors.add_column("tasks", justify="right")
+        for kind, count in summary.errors.most_common():
+            errors.add_row(kind, str(count))
+        parts.append(errors)
+        examples = Table(title="failed tasks (first ones)", title_justify="left")
+        examples.add_column("task")
+        examples.add_column("error", overflow="fold")
+        for tid, err in summary.error_examples:
+            examples.add_row(tid, err)
+        parts.append(examples)
+    if summary.assembly:
+        output = Table(title="what reached the output", title_justify="left")
+        output.add_column("what:action")
+        output.add_column("count", justify="right")
+        for key, count in sorted(summary.assembly.items()):
+            if count:
+                output.add_row(key, str(count))
+        parts.append(output)
+    paths = [f"{label}: {p}" for label, p in (("output", out), ("trace", trace), ("report", report)) if p]
+    if paths:
+        parts.append("\n".join(paths))
+    return Group(*parts)

@@ -1,0 +1,138 @@
+"""The trace file: one JSON line per finished task, written as tasks finish, read by everything after.
+
+The first line is a header (input, image root, config, roles); each further line holds the task (or
+the input problem that stood in for it) and its full result: every role call with its prompt,
+view and crop box, raw response, parsed decision, latency and tokens. Images inside prompts are not
+stored: an image part becomes ``{"type": "image", "image": {"size": [w, h]}}`` and the report
+re-renders the view from the task's image and the recorded view name and crop box.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from PIL import Image
+
+from reallod.agent.inputs import TaskItem, TaskProblem
+from reallod.agent.task import TaskResult
+from reallod.data.io import iter_lines
+from reallod.errors import DataError, ReallodError
+
+TRACE_VERSION = 1
+
+
+def trace_path_for(out: str | os.PathLike) -> Path:
+    """``OUT.jsonl`` → ``OUT.trace.jsonl`` (also for ``.jsonl.gz`` and ``.json``)."""
+    out = Path(out)
+    name = out.name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return out.with_name(f"{name}.trace.jsonl")
+
+
+def result_to_json(result: TaskResult) -> dict[str, Any]:
+    """The result as plain JSON (what the trace holds)."""
+    return orjson.loads(_dumps(_with_error_kind(result)))
+
+
+def item_to_json(item: TaskItem) -> dict[str, Any]:
+    """A task, or the input problem that stood in for it, as plain JSON."""
+    if isinstance(item, TaskProblem):
+        return {"task_id": item.task_id, "image_path": item.image_path, "raw_expression": item.raw_expression,
+                "origin": item.origin, "problem": {"kind": item.kind, "message": item.describe()}}
+    return item
+
+
+class TraceWriter:
+    """Appends one line per finished task and flushes it, so the trace can be read while a run goes on."""
+
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO[bytes] = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.count = 0
+        self._write({"trace": TRACE_VERSION, **header})
+
+    def write(self, item: TaskItem, result: TaskResult) -> None:
+        self._write({"task_id": result.task_id, "task": item_to_json(item), "result": _with_error_kind(result)})
+        self.count += 1
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._f.write(_dumps(obj) + b"\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """(header, iterator over task entries) of a trace file; a torn last line is skipped."""
+    lines = iter_lines(path)
+    try:
+        _, first = next(lines)
+        header = orjson.loads(first)
+    except StopIteration:
+        raise DataError("empty trace file", path=str(path)) from None
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or "trace" not in header:
+        raise ReallodError(f"{path}: not a reallod trace (its first line is no trace header)")
+
+    def entries() -> Iterator[dict[str, Any]]:
+        torn: int | None = None  # a line that did not parse: fine as the last one (a run cut short)
+        for lineno, line in lines:
+            if torn is not None:
+                raise DataError("invalid JSON in the trace", path=str(path), line=torn)
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                torn = lineno
+                continue
+            if isinstance(obj, dict) and "task_id" in obj:
+                yield obj
+
+    return header, entries()
+
+
+def find_entry(path: str | os.PathLike, task_id: str) -> dict[str, Any]:
+    """The trace entry of one task; the error lists a few ids that do exist."""
+    _, entries = read_trace(path)
+    seen: list[str] = []
+    total = 0
+    for entry in entries:
+        if entry["task_id"] == task_id:
+            return entry
+        total += 1
+        if len(seen) < 5:
+            seen.append(entry["task_id"])
+    hint = f"; it has {total} task(s), e.g. {', '.join(seen)}" if seen else "; it holds no tasks"
+    raise ReallodError(f"{path}: no task {task_id!r}{hint}")
+
+
+def _with_error_kind(result: TaskResult) -> TaskResult:
+    if result.verdict == "failed" and not result.error_kind:
+        result.error_kind = "agent_error"
+    return result
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_fallback)
+
+
+def _fallback(obj: Any) -> Any:
+    """PIL images in prompts become their size (the step's ``view`` says which view it was); anything
+    else orjson cannot write (a stray object in a decision) is stored as its repr, not lost."""
+    if isinstance(obj, Image.Image):
+        return {"size": list(obj.size)}
+    return repr(obj)

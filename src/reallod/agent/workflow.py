@@ -1,0 +1,252 @@
+"""Drives the state machine (``state``) with the roles for one task and records every call.
+
+``run_task`` never raises for a problem of the task: bad input, an unreadable image, a backend that
+keeps failing, replies that stay unusable after repair and retries — each ends the task with verdict
+``failed`` and ``error`` set, so a long run goes on. Every role call becomes a :class:`Step` with the
+messages sent (images replaced by their view name and crop box), the raw reply, the parsed decision,
+the rejected attempts, latency and token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from PIL import Image
+
+from reallod.agent import state as sm
+from reallod.agent.backends.base import BackendError, Message
+from reallod.agent.decisions import DecisionError
+from reallod.agent.roles import Role, Roles
+from reallod.agent.task import Step, Task, TaskResult
+from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
+from reallod.errors import DataError
+
+MAX_OTHERS_IN_PROMPT = 30
+
+_VIEW_TEXT = {
+    OBJECT_CROP: "a crop showing only the {c}",
+    EXTENDED_CROP: "a crop around the {c}, which is outlined in red, with what surrounds it",
+    "highlight": "the whole photograph, with the {c} outlined in red",
+}
+_DEFAULT_QUESTION = {
+    OBJECT_CROP: "Describe the {c}: its colour, material, shape and what it is doing.",
+    EXTENDED_CROP: "What is next to the {c}, and how is it related to those things?",
+    "highlight": "Where in the scene is the {c}, and what is around it?",
+}
+
+
+class StepFailed(Exception):
+    """A role call that produced no usable decision; the task ends as failed."""
+
+
+def validate_task(task: Task) -> str | None:
+    """Why the task cannot be run, or None. Pure: checks the task, not the image file."""
+    if not task.raw_expression or not task.raw_expression.strip():
+        return "empty raw expression"
+    if not task.chosen.category or not str(task.chosen.category).strip():
+        return "chosen object has no category"
+    if task.caption is None or not str(task.caption).strip():
+        return "no caption for this task"
+    if not (isinstance(task.width, int) and isinstance(task.height, int)) or task.width <= 0 \
+            or task.height <= 0:
+        return f"image size {task.width}x{task.height} is not positive"
+    if not task.chosen.bboxes:
+        return "chosen object has no box"
+    for box in task.chosen.bboxes:
+        try:
+            pixel_box(box, task.width, task.height)
+        except DataError as e:
+            return f"chosen object: {e}"
+    return None
+
+
+def _serialisable(messages: list[Message], view: dict[str, Any] | None) -> list[Message]:
+    out: list[Message] = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image":
+                    img = part.get("image")
+                    size = [img.width, img.height] if isinstance(img, Image.Image) else None
+                    parts.append({"type": "image", **(view or {}), "size": size})
+                else:
+                    parts.append(dict(part))
+            content = parts
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _fmt_box(box: list[float], w: int, h: int) -> str:
+    x1, y1, x2, y2 = box
+    return "[" + ", ".join(f"{v:.3f}" for v in (x1 / w, y1 / h, x2 / w, y2 / h)) + "]"
+
+
+@dataclass
+class _TaskRun:
+    """One task's driver: performs the actions the state machine asks for."""
+
+    task: Task
+    roles: Roles
+    load_image: Callable[[], Image.Image]
+    steps: list[Step] = field(default_factory=list)
+    _image: Image.Image | None = None
+
+    async def call(self, role: Role, cycle: int, values: dict[str, Any],
+                   images: list[Image.Image] | None = None, view: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask ``role`` until it gives a usable decision; record the call as one Step."""
+        policy = self.roles.retry
+        messages = role.messages(values, images)
+        convo = list(messages)
+        step = Step(cycle=cycle, role=role.name, messages=[], view=view, attempts=0)
+        self.steps.append(step)
+        try:
+            for attempt in range(1, policy.max_attempts + 1):
+                step.attempts = attempt
+                try:
+                    completion = await role.backend.complete(
+                        convo, schema=role.decision.schema, max_tokens=role.max_tokens,
+                        temperature=role.temperature)
+                except BackendError as e:
+                    step.rejected.append({"attempt": attempt, "error": f"backend: {e}"})
+                    if e.retryable and attempt < policy.max_attempts:
+                        await asyncio.sleep(policy.delay(attempt, e.retry_after))
+                        continue
+                    raise StepFailed(f"{role.name}: backend {role.backend.name} failed: {e}") from e
+                except Exception as e:  # a backend bug must not end the run
+                    step.rejected.append({"attempt": attempt, "error": f"{type(e).__name__}: {e}"})
+                    raise StepFailed(f"{role.name}: backend {role.backend.name} raised "
+                                     f"{type(e).__name__}: {e}") from e
+                step.raw_response = completion.text
+                step.latency_s += completion.latency_s
+                step.prompt_tokens += completion.prompt_tokens
+                step.completion_tokens += completion.completion_tokens
+                try:
+                    decision, repaired = role.decision.parse(completion.text)
+                except DecisionError as e:
+                    step.rejected.append({"attempt": attempt, "raw": completion.text, "error": str(e)})
+                    if attempt < policy.max_attempts:
+                        convo = [*messages, {"role": "assistant", "content": completion.text},
+                                 {"role": "user", "content": f"That answer cannot be used: {e}. Answer "
+                                  f"again with only {role.decision.format_hint()}."}]
+                        continue
+                    raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {e}") from e
+                step.decision, step.repaired = decision, repaired
+                return decision
+            raise StepFailed(f"{role.name}: no attempts allowed (max_attempts={policy.max_attempts})")
+        except StepFailed as e:
+            step.error = str(e)
+            raise
+        finally:
+            step.messages = _serialisable(convo, view)
+
+    def _evidence(self, state: sm.State) -> str:
+        return "\n".join(f"- {e}" for e in state.evidence) or "(none yet)"
+
+    def _feedback(self, state: sm.State) -> str:
+        parts = []
+        if state.reflection:
+            r = state.reflection
+            parts.append(f"judged {r.verdict}" + (f"; not confirmed: {r.missing}" if r.missing else "")
+                         + (f"; {r.feedback}" if r.feedback else ""))
+        if state.plan and state.plan.reason:
+            parts.append(f"planner: {state.plan.reason}")
+        if state.plan and state.plan.question:
+            parts.append(f"open question: {state.plan.question}")
+        if state.notes and state.notes[-1].startswith(f"cycle {state.cycle}:"):
+            parts.append("the image could not be checked, so keep only what the caption supports")
+        return ". ".join(parts) or "(none)"
+
+    async def reflect(self, state: sm.State) -> sm.Event:
+        d = await self.call(self.roles.reflector, state.cycle, {
+            "category": self.task.chosen.category, "caption": self.task.caption,
+            "evidence": self._evidence(state), "expression": state.expression})
+        return sm.Reflection(d["verdict"], d["missing"], d["feedback"])
+
+    async def plan(self, state: sm.State) -> sm.Event:
+        r = state.reflection or sm.Reflection("uncertain")
+        d = await self.call(self.roles.planner, state.cycle, {
+            "category": self.task.chosen.category, "expression": state.expression,
+            "verdict": r.verdict, "missing": r.missing or "(nothing)", "feedback": r.feedback or "(none)"})
+        return sm.Plan(d["state"], d["focus"], d["question"], d["reason"])
+
+    async def rewrite(self, state: sm.State) -> sm.Event:
+        t = self.task
+        others = [f"- {o.category} at " + ", ".join(_fmt_box(b, t.width, t.height) for b in o.bboxes)
+                  for o in t.others[:MAX_OTHERS_IN_PROMPT]]
+        if len(t.others) > MAX_OTHERS_IN_PROMPT:
+            others.append(f"- ... and {len(t.others) - MAX_OTHERS_IN_PROMPT} more")
+        d = await self.call(self.roles.rewriter, state.cycle, {
+            "category": t.chosen.category, "caption": t.caption, "evidence": self._evidence(state),
+            "expression": state.expression, "feedback": self._feedback(state),
+            "chosen_box": ", ".join(_fmt_box(b, t.width, t.height) for b in t.chosen.bboxes),
+            "others": "\n".join(others) or "(none)", "image_size": f"{t.width}x{t.height} pixels"})
+        return sm.Rewrite(d["expression"])
+
+    def _unavailable(self, state: sm.State, view: str, reason: str) -> sm.Event:
+        self.steps.append(Step(cycle=state.cycle, role="vlm", messages=[], view={"name": view, "crop_box": None},
+                               attempts=0, error=f"unavailable: {reason}"))
+        return sm.Unavailable(reason)
+
+    async def look(self, state: sm.State, action: sm.Action) -> sm.Event:
+        view_name = action.view or OBJECT_CROP
+        vlm = self.roles.vlm
+        if vlm is None:
+            return self._unavailable(state, view_name, "no VLM configured")
+        if not getattr(vlm.backend, "supports_images", False):
+            return self._unavailable(state, view_name, f"backend {vlm.backend.name} takes no images")
+        if self._image is None:
+            try:
+                self._image = self.load_image()
+                self._image.load()
+            except DataError:
+                raise
+            except Exception as e:
+                raise DataError(f"cannot read image {self.task.image_path}: {type(e).__name__}: {e}") from e
+        c = self.task.chosen.category
+        view_img, crop_box = make_view(self._image, self.task.chosen.union_box(), view_name)
+        question = action.question or _DEFAULT_QUESTION[view_name].format(c=c)
+        d = await self.call(vlm, state.cycle, {
+            "category": c, "expression": state.expression, "question": question,
+            "view": _VIEW_TEXT[view_name].format(c=c)}, images=[view_img],
+            view={"name": view_name, "crop_box": crop_box})
+        return sm.Look(d["answer"])
+
+    async def perform(self, state: sm.State) -> sm.Event:
+        action = sm.next_action(state)
+        try:
+            if action.kind == "reflect":
+                return await self.reflect(state)
+            if action.kind == "plan":
+                return await self.plan(state)
+            if action.kind == "rewrite":
+                return await self.rewrite(state)
+            if action.kind == "look":
+                return await self.look(state, action)
+        except (StepFailed, DataError) as e:
+            return sm.Failure(str(e))
+        raise sm.TransitionError(f"no action for {action}")
+
+
+async def run_task(task: Task, roles: Roles, *, load_image: Callable[[], Image.Image],
+                   max_cycles: int = 3) -> TaskResult:
+    """Re-align one task's expression. Task-level problems end as verdict "failed" with ``error``."""
+    state = sm.start(task.raw_expression, max_cycles)  # a bad max_cycles is the caller's bug: raises
+    problem = validate_task(task)
+    if problem is not None:
+        return TaskResult(task.task_id, "failed", task.raw_expression, task.raw_expression, 0, error=problem)
+    run = _TaskRun(task, roles, load_image)
+    try:
+        while not state.done:
+            state = sm.advance(state, await run.perform(state))
+    except Exception as e:  # a bug in one task must not end a long run; it is recorded, not hidden
+        state = replace(state, phase=sm.Phase.DONE, verdict="failed",
+                        error=f"internal error: {type(e).__name__}: {e}")
+    assert state.verdict is not None
+    return TaskResult(task.task_id, state.verdict, task.raw_expression, state.expression,  # type: ignore[arg-type]
+                      state.cycle, steps=run.steps, evidence=list(state.evidence), error=state.error,
+                      notes=list(state.notes))

@@ -1,0 +1,357 @@
+"""Counts of a Real-Data file: images / instances / expressions, by source, relation and length.
+
+The columns are the published table's (DESIGN §2): images are records (one line each), instances
+are the distinct boxes of an image across all its sources (the same object described by
+``vlm_short``, ``vlm_long`` and ``llm`` is one instance), expressions are positive plus negative
+expressions. Pairs (one box or box group with its expressions, per source) are counted too.
+
+Streaming and constant memory: a record is parsed with orjson, counted and dropped; expression
+lengths (whitespace-separated words) go into a histogram, which gives exact percentiles. No typed
+:class:`~reallod.data.records.Record` is built on this path, and uncompressed files are counted
+by several processes over newline-aligned byte ranges (:mod:`reallod.data.chunks`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import orjson
+
+from reallod.data.chunks import (
+    CHUNKS_PER_WORKER,
+    MIN_CHUNK_BYTES,
+    RangeLines,
+    default_workers,
+    map_ranges,
+    plan_ranges,
+)
+from reallod.data.io import GZIP_MAGIC, iter_lines
+from reallod.data.records import RELATION_ALIASES
+from reallod.errors import DataError
+
+# word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words (DESIGN §5)
+LENGTH_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 8), (9, 12), (13, 16), (17, 24), (25, 32), (33, None))
+LENGTH_GROUPS = (("S (<=3 words)", 0, 3), ("M (4-8)", 4, 8), ("L (>=9)", 9, None))
+PERCENTILES = (50, 90, 99)
+MAX_BAD_LINES_KEPT = 5
+_SOURCE_FIELDS = ("images", "instances", "pairs", "positives", "negatives")
+
+
+@dataclass
+class Stats:
+    """Counts of one file (or the sum of several: :meth:`merge`). All counters are bounded in size."""
+
+    images: int = 0
+    instances: int = 0
+    pairs: int = 0
+    positives: int = 0
+    negatives: int = 0
+    bad_lines: int = 0  # lines that are not a countable Real-Data record (validate says why)
+    first_bad_lines: list[int] = field(default_factory=list)
+    # source → [images, instances, pairs, positives, negatives]
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    relations: Counter = field(default_factory=Counter)
+    positive_lengths: Counter = field(default_factory=Counter)  # word count → expressions
+    negative_lengths: Counter = field(default_factory=Counter)
+
+    @property
+    def expressions(self) -> int:
+        return self.positives + self.negatives
+
+    def add(self, obj: Any) -> bool:
+        """Count one parsed line; False (and nothing counted) when it is not a usable record.
+
+        All counting happens in locals first, so a record that turns out malformed half-way leaves
+        the totals untouched.
+        """
+        try:
+            pairs = obj["pairs"]
+            all_boxes: set = set()
+            per_source = []
+            relations: list[str] = []
+            pos_lists: list = []
+            neg_lists: list = []
+            for source, items in pairs.items():
+                if isinstance(items, dict):
+                    items = (items,)
+                elif not items:
+                    continue
+                src_boxes: set = set()
+                npos = nneg = 0
+                for p in items:
+                    boxes = p["bboxes"]
+                    if boxes and not isinstance(boxes[0], list):
+                        boxes = (boxes,)  # one box written flat
+                    for box in boxes:
+                        src_boxes.add(tuple(box))
+                    rel = p.get("relation") or ("multi" if len(boxes) > 1 else "single")
+                    if rel.__class__ is not str:
+                        raise TypeError("relation must be a string")
+                    relations.append(RELATION_ALIASES.get(rel, rel))
+                    pos = p.get("positive_expressions")
+                    if pos is None:
+                        pos = p.get("postive_expressions")
+                    neg = p.get("negative_expressions")
+                    if (pos is not None and pos.__class__ is not list) or (
+                            neg is not None and neg.__class__ is not list):
+                        raise TypeError("expressions must be a list")
+                    if pos:
+                        pos_lists.append(pos)
+                        npos += len(pos)
+                    if neg:
+                        neg_lists.append(neg)
+                        nneg += len(neg)
+                all_boxes |= src_boxes
+                per_source.append((source, len(src_boxes), len(items), npos, nneg))
+            # word counts as plain lists (C loops, no per-record Counter), committed below
+            pos_len = list(map(len, map(str.split, chain.from_iterable(pos_lists))))
+            neg_len = list(map(len, map(str.split, chain.from_iterable(neg_lists))))
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError):
+            return False
+        self.images += 1
+        self.instances += len(all_boxes)
+        for source, ninst, npairs, npos, nneg in per_source:
+            s = self.sources.get(source)
+            if s is None:
+                s = self.sources[source] = [0, 0, 0, 0, 0]
+            s[0] += 1
+            s[1] += ninst
+            s[2] += npairs
+            s[3] += npos
+            s[4] += nneg
+            self.pairs += npairs
+            self.positives += npos
+            self.negatives += nneg
+        self.relations.update(relations)
+        self.positive_lengths.update(pos_len)
+        self.negative_lengths.update(neg_len)
+        return True
+
+    def add_bad_line(self, lineno: int) -> None:
+        self.bad_lines += 1
+        if len(self.first_bad_lines) < MAX_BAD_LINES_KEPT:
+            self.first_bad_lines.append(lineno)
+
+    def merge(self, other: Stats, *, line_offset: int = 0) -> None:
+        """Add ``other`` (a later part of the same file when ``line_offset`` is given, or another file)."""
+        self.images += other.images
+        self.instances += other.instances
+        self.pairs += other.pairs
+        self.positives += other.positives
+        self.negatives += other.negatives
+        self.bad_lines += other.bad_lines
+        room = MAX_BAD_LINES_KEPT - len(self.first_bad_lines)
+        self.first_bad_lines.extend(n + line_offset for n in other.first_bad_lines[:max(0, room)])
+        for source, counts in other.sources.items():
+            mine = self.sources.setdefault(source, [0] * len(_SOURCE_FIELDS))
+            for i, v in enumerate(counts):
+                mine[i] += v
+        self.relations.update(other.relations)
+        self.positive_lengths.update(other.positive_lengths)
+        self.negative_lengths.update(other.negative_lengths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: the ``--json`` output of ``reallod data stats``."""
+        all_lengths = self.positive_lengths + self.negative_lengths
+        return {
+            "images": self.images,
+            "instances": self.instances,
+            "expressions": self.expressions,
+            "pairs": self.pairs,
+            "positives": self.positives,
+            "negatives": self.negatives,
+            "expressions_per_instance": _ratio(self.expressions, self.instances),
+            "instances_per_image": _ratio(self.instances, self.images),
+            "bad_lines": self.bad_lines,
+            "first_bad_lines": self.first_bad_lines,
+            "sources": {src: dict(zip(_SOURCE_FIELDS, counts, strict=True))
+                        for src, counts in sorted(self.sources.items())},
+            "relations": dict(sorted(self.relations.items())),
+            "expression_words": {
+                "positive": length_summary(self.positive_lengths),
+                "negative": length_summary(self.negative_lengths),
+                "all": length_summary(all_lengths),
+            },
+        }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def percentile(hist: Counter, q: float) -> int | None:
+    """The smallest value with at least ``q`` percent of the counts at or below it (exact, nearest-rank)."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = max(1, -(-total * q // 100))  # ceil(total * q / 100)
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= rank:
+            return value
+    return max(hist)
+
+
+def binned(hist: Counter, bins: Iterable[tuple[int, int | None]] = LENGTH_BINS) -> list[tuple[str, int]]:
+    """Counts per word-count bin; expressions of 0 words (empty) get their own leading bin if any."""
+    out = []
+    if hist.get(0):
+        out.append(("0", hist[0]))
+    for lo, hi in bins:
+        label = f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
+        out.append((label, sum(n for v, n in hist.items() if v >= lo and (hi is None or v <= hi))))
+    return out
+
+
+def length_summary(hist: Counter) -> dict[str, Any]:
+    """Count, mean, min/max, percentiles, S/M/L groups and the full histogram of word counts."""
+    total = sum(hist.values())
+    out: dict[str, Any] = {"count": total}
+    if not total:
+        return out
+    out["mean"] = round(sum(v * n for v, n in hist.items()) / total, 3)
+    out["min"] = min(hist)
+    out["max"] = max(hist)
+    for q in PERCENTILES:
+        out[f"p{q}"] = percentile(hist, q)
+    out["groups"] = {name: sum(n for v, n in hist.items() if lo <= v and (hi is None or v <= hi))
+                     for name, lo, hi in LENGTH_GROUPS}
+    out["histogram"] = {str(v): hist[v] for v in sorted(hist)}
+    return out
+
+
+def _stats_range(job: tuple[str, int, int]) -> tuple[Stats, int]:
+    """Worker: counts of one byte range and its number of physical lines."""
+    path, start, end = job
+    stats = Stats()
+    lines = RangeLines(path, start, end)
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+    add = stats.add
+    for lineno, line in lines:
+        try:
+            obj = loads(line)
+        except JSONDecodeError:
+            stats.add_bad_line(lineno)
+            continue
+        if not add(obj):
+            stats.add_bad_line(lineno)
+    return stats, lines.lines
+
+
+def file_stats(path: str | os.PathLike, *, workers: int | None = None,
+               chunk_bytes: int = MIN_CHUNK_BYTES) -> Stats:
+    """Counts of one ``.jsonl`` / ``.jsonl.gz`` file.
+
+    Uncompressed files are split over ``workers`` processes (default: the usable CPUs); gzip is
+    read sequentially. Read failures (missing file, not gzip, truncated gzip) raise
+    :class:`DataError`; lines that are not records are counted in ``bad_lines``.
+    """
+    path = os.fspath(path)
+    workers = default_workers() if workers is None else workers
+    stats = Stats()
+    if _is_gzip(path):
+        loads = orjson.loads
+        for lineno, line in iter_lines(path):
+            try:
+                ok = stats.add(loads(line))
+            except orjson.JSONDecodeError:
+                ok = False
+            if not ok:
+                stats.add_bad_line(lineno)
+        return stats
+    ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
+    offset = 0
+    for part, nlines in map_ranges(_stats_range, [(path, s, e) for s, e in ranges], workers):
+        stats.merge(part, line_offset=offset)
+        offset += nlines
+    return stats
+
+
+def _is_gzip(path: str) -> bool:
+    """True for gzip content; raises DataError for files that cannot be opened or are misnamed ``.gz``."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+    if path.endswith(".gz") and magic != GZIP_MAGIC:
+        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    return magic == GZIP_MAGIC
+
+
+def stats_files(paths: Iterable[str | os.PathLike], *, workers: int | None = None,
+                chunk_bytes: int = MIN_CHUNK_BYTES) -> tuple[list[tuple[str, Stats]], Stats]:
+    """Per-file counts and their total."""
+    per_file = []
+    total = Stats()
+    for p in paths:
+        s = file_stats(p, workers=workers, chunk_bytes=chunk_bytes)
+        per_file.append((os.fspath(p), s))
+        total.merge(s)
+    total.first_bad_lines = []  # line numbers of different files do not add up
+    return per_file, total
+
+
+def stats_report(per_file: list[tuple[str, Stats]], total: Stats) -> dict[str, Any]:
+    """The ``--json`` document: every file's counts and the total."""
+    return {"files": [{"path": p, **s.to_dict()} for p, s in per_file], "total": total.to_dict()}
+
+
+def render_stats(per_file: list[tuple[str, Stats]], total: Stats) -> list[Any]:
+    """Rich tables for the terminal: per-file totals, sources, relations and expression lengths."""
+    from rich.table import Table
+
+    rows = [*per_file, ("total", total)] if len(per_file) > 1 else per_file
+    main = Table(title="Real-Data", title_justify="left")
+    for col in ("file", "images", "instances", "expressions", "positive", "negative", "pairs",
+                "expr/inst", "inst/img", "bad lines"):
+        main.add_column(col, justify="left" if col == "file" else "right")
+    for name, s in rows:
+        main.add_row(name, *(f"{v:,}" for v in (s.images, s.instances, s.expressions, s.positives,
+                                                 s.negatives, s.pairs)),
+                     _fmt(_ratio(s.expressions, s.instances)), _fmt(_ratio(s.instances, s.images)),
+                     f"{s.bad_lines:,}" + (f" (lines {', '.join(map(str, s.first_bad_lines))}"
+                                           f"{', ...' if s.bad_lines > len(s.first_bad_lines) else ''})"
+                                           if s.first_bad_lines else ""))
+    src = Table(title="By source", title_justify="left")
+    for col in ("file", "source", "images", "instances", "expressions", "positive", "negative", "pairs"):
+        src.add_column(col, justify="left" if col in ("file", "source") else "right")
+    for name, s in rows:
+        for source, (imgs, inst, npairs, pos, neg) in sorted(s.sources.items()):
+            src.add_row(name, source, *(f"{v:,}" for v in (imgs, inst, pos + neg, pos, neg, npairs)))
+    rel = Table(title="Relations (pairs)", title_justify="left")
+    rel.add_column("relation")
+    rel.add_column("pairs", justify="right")
+    for r, n in sorted(total.relations.items()):
+        rel.add_row(str(r), f"{n:,}")
+    lengths = Table(title="Expression length (words)", title_justify="left")
+    for col in ("words", "positive", "negative", "all", ""):
+        lengths.add_column(col, justify="left" if col in ("words", "") else "right")
+    pos_b = dict(binned(total.positive_lengths))
+    neg_b = dict(binned(total.negative_lengths))
+    labels = list(dict.fromkeys([*pos_b, *neg_b]))
+    peak = max([pos_b.get(k, 0) + neg_b.get(k, 0) for k in labels] + [1])
+    for label in labels:
+        p, n = pos_b.get(label, 0), neg_b.get(label, 0)
+        lengths.add_row(label, f"{p:,}", f"{n:,}", f"{p + n:,}", "█" * round(30 * (p + n) / peak))
+    summaries = [length_summary(h) for h in (total.positive_lengths, total.negative_lengths,
+                                             total.positive_lengths + total.negative_lengths)]
+    for key in ("mean", *(f"p{q}" for q in PERCENTILES), "max"):
+        lengths.add_row(key, *(_fmt(s.get(key)) for s in summaries), "")
+    return [main, src, rel, lengths]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"

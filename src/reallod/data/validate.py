@@ -1,0 +1,463 @@
+"""``reallod data validate``: every problem of a Real-Data file, located as ``FILE:LINE: field``.
+
+Schema checks are :func:`reallod.data.schema.check_record`; this module adds what needs more than
+one parsed line: raw-byte problems (invalid UTF-8, a byte-order mark, JSON that only a lenient
+parser reads such as ``NaN`` or ``1e400``), file-level problems (missing, empty, not gzip,
+truncated gzip) and, with an image root, the image checks (missing, undecodable, size differs).
+
+It streams in constant memory. Uncompressed files are checked by worker processes over
+newline-aligned byte ranges; each worker keeps only its first ``max_errors`` problems (in a
+temporary file, so an all-bad file does not fill memory) and its share of the ``--fix`` output,
+and the parent replays both in range order, so problems print in line order and the fixed file
+keeps the input's order. ``--fix`` writes valid records in canonical form through an atomic
+writer: an interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from reallod.data.chunks import (
+    CHUNKS_PER_WORKER,
+    MIN_CHUNK_BYTES,
+    RangeLines,
+    default_workers,
+    map_ranges,
+    plan_ranges,
+)
+from reallod.data.io import GZIP_MAGIC, AtomicWriter, iter_lines
+from reallod.data.records import Record
+from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
+from reallod.errors import ConfigError, DataError
+
+BOM = b"\xef\xbb\xbf"
+FIXABLE = frozenset({"bom"})  # the canonical rewrite removes these by itself
+CLAMPABLE = frozenset({"box_outside_image", "negative_box"})  # what --clamp repairs
+_UNPARSED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """A problem located in a file; ``line`` is None for problems of the whole file."""
+
+    path: str
+    line: int | None
+    kind: str
+    field: str
+    message: str
+
+    def format(self) -> str:
+        """``FILE:LINE: field: message [kind]`` (the field is left out when the whole line is wrong)."""
+        where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        if self.field:
+            where += f"{self.field}: "
+        return f"{where}{self.message} [{self.kind}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "kind": self.kind, "field": self.field,
+                "message": self.message}
+
+
+@dataclass
+class ValidationReport:
+    """What ``validate`` found in one file; counts are complete even when printing was capped."""
+
+    path: str
+    lines: int = 0  # physical lines, blank ones included
+    records: int = 0  # non-blank lines checked
+    invalid: int = 0  # records with at least one problem
+    counts: Counter = field(default_factory=Counter)  # problem kind → number of problems
+    shown: int = 0  # issues passed to the caller (at most max_errors, plus file-level ones)
+    fix_path: str | None = None
+    written: int = 0
+    clamped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+    @property
+    def valid(self) -> int:
+        return self.records - self.invalid
+
+    @property
+    def dropped(self) -> int:
+        return self.records - self.written if self.fix_path else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path, "ok": self.ok, "lines": self.lines, "records": self.records,
+            "valid": self.valid, "invalid": self.invalid, "problems": sum(self.counts.values()),
+            "counts": {k: self.counts[k] for k in _kind_order(self.counts)},
+        }
+        if self.fix_path:
+            out["fix"] = {"path": self.fix_path, "written": self.written, "dropped": self.dropped,
+                          "clamped": self.clamped}
+        return out
+
+
+def _kind_order(counts: Counter) -> list[str]:
+    known = [k for k in PROBLEM_KINDS if counts.get(k)]
+    return known + sorted(k for k in counts if k not in PROBLEM_KINDS)
+
+
+# ------------------------------------------------------------------------------------ per line
+
+
+def parse_line(line: bytes) -> tuple[Any, list[Problem]]:
+    """Parse one raw line: (object, problems of the bytes themselves).
+
+    The object is ``_UNPARSED`` when nothing could be read. JSON that orjson rejects but Python's
+    lenient parser reads (``NaN``, ``Infinity``, ``1e400``, lone surrogates) is parsed anyway so the
+    report can name the field; when the schema finds nothing else, the line is still reported as
+    not strict JSON, because every other reader (orjson, the training code) would fail on it.
+    """
+    problems: list[Problem] = []
+    if line.startswith(BOM):
+        problems.append(Problem("bom", "", "line starts with a UTF-8 byte-order mark (--fix removes it)"))
+        line = line[len(BOM):]
+    try:
+        return orjson.loads(line), problems
+    except orjson.JSONDecodeError as e:
+        strict_error = e
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as u:
+        bad = line[u.start:u.start + 1].hex()
+        problems.append(Problem("bad_utf8", "", f"invalid UTF-8 (byte 0x{bad} at offset {u.start} of the line)"))
+        return _UNPARSED, problems
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        problems.append(Problem("bad_json", "", _json_message(strict_error, text)))
+        return _UNPARSED, problems
+    problems.append(Problem("bad_json", "", f"not strict JSON at column {strict_error.pos + 1} ({strict_error.msg}): "
+                                            "NaN, Infinity, an out-of-range number or a lone surrogate, "
+                                            "which only lenient parsers read"))
+    return obj, problems
+
+
+def _json_message(e: orjson.JSONDecodeError, text: str) -> str:
+    msg = e.msg
+    if e.pos >= len(text.rstrip()) and "recursion" not in msg:
+        return f"invalid JSON: the line ends inside a JSON value ({msg}); truncated?"
+    return f"invalid JSON at column {e.pos + 1}: {msg}"
+
+
+def resolve_image(root: str, filename: str) -> str | None:
+    """Path of an image under ``root``; None when the filename is absolute or climbs out with ``..``."""
+    if os.path.isabs(filename) or "\0" in filename:
+        return None
+    norm = os.path.normpath(filename)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        return None
+    return os.path.join(root, norm)
+
+
+def check_image(obj: Any, root: str) -> list[Problem]:
+    """Image problems of one record: only the header is read (PIL opens lazily)."""
+    if not isinstance(obj, dict):
+        return []
+    filename = obj.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        return []  # the schema check reports it
+    path = resolve_image(root, filename)
+    if path is None:
+        return [Problem("image_outside_root", "filename",
+                        f"{filename!r} is absolute or leads out of the image root; refusing to open it")]
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decompression-bomb warnings: we read the header only
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+    except (FileNotFoundError, NotADirectoryError):
+        return [Problem("missing_image", "filename", f"{path} not found")]
+    except IsADirectoryError:
+        return [Problem("missing_image", "filename", f"{path} is a directory")]
+    except Exception as e:  # any decoder error means the same thing to the user
+        return [Problem("unreadable_image", "filename", f"{path}: cannot decode ({type(e).__name__}: {e})")]
+    want_h, want_w = obj.get("height"), obj.get("width")
+    if not (_is_size(want_h) and _is_size(want_w)) or (width, height) == (want_w, want_h):
+        return []
+    fields = ",".join(k for k, a, b in (("height", height, want_h), ("width", width, want_w)) if a != b)
+    note = ""
+    if (height, width) == (want_w, want_h) and orientation in (5, 6, 7, 8):
+        note = " (the EXIF orientation rotates it: the rotated size matches)"
+    return [Problem("image_size_mismatch", fields,
+                    f"image is {width}x{height} (width x height), record says {want_w}x{want_h}{note}")]
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def clamp_record(obj: dict[str, Any]) -> dict[str, Any]:
+    """Canonical copy of a record with every box clamped to ``[0, width] x [0, height]``."""
+    rec = Record.from_dict(obj)
+    w, h = float(rec.width), float(rec.height)
+    for _source, _i, pair in rec.iter_pairs():
+        pair.bboxes = [[min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
+                       for x1, y1, x2, y2 in pair.bboxes]
+    return rec.to_dict()
+
+
+class LineChecker:
+    """Checks lines one at a time; counts problems and, with ``fix_out``, writes the records to keep."""
+
+    def __init__(self, *, image_root: str | None = None, clamp: bool = False,
+                 fix_out: IO[bytes] | None = None) -> None:
+        self.image_root, self.clamp, self.fix_out = image_root, clamp, fix_out
+        self.records = self.invalid = self.written = self.clamped = 0
+        self.counts: Counter = Counter()
+
+    def check(self, line: bytes) -> list[Problem]:
+        self.records += 1
+        obj, problems = parse_line(line)
+        if obj is not _UNPARSED:
+            schema = check_record(obj)
+            if schema and problems and problems[-1].kind == "bad_json" and problems[-1].field == "":
+                problems.pop()  # lenient JSON: the schema problems say what is wrong more precisely
+            problems.extend(schema)
+            if self.image_root is not None:
+                problems.extend(check_image(obj, self.image_root))
+        if problems:
+            self.invalid += 1
+            self.counts.update(p.kind for p in problems)
+        if self.fix_out is not None and obj is not _UNPARSED:
+            self._fix(obj, problems)
+        return problems
+
+    def _fix(self, obj: Any, problems: list[Problem]) -> None:
+        kinds = {p.kind for p in problems}
+        if kinds <= FIXABLE:
+            out = Record.from_dict(obj).to_dict()
+        elif self.clamp and kinds <= FIXABLE | CLAMPABLE:
+            out = clamp_record(obj)
+            if check_record(out):  # e.g. a box wholly outside the image is degenerate once clamped
+                return
+            self.clamped += 1
+        else:
+            return
+        self.fix_out.write(orjson.dumps(out) + b"\n")
+        self.written += 1
+
+
+# ----------------------------------------------------------------------------------- per range
+
+
+@dataclass
+class _RangeResult:
+    lines: int
+    records: int
+    invalid: int
+    counts: Counter
+    spilled: int
+    written: int
+    clamped: int
+
+
+def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
+    """Worker: check one byte range; problems go to ``spill`` (at most ``cap``), kept records to ``part``."""
+    path, start, end, cfg = job
+    spilled = 0
+    spill = part = None
+    try:
+        part = open(cfg["part"], "wb") if cfg["part"] else None  # noqa: SIM115 - closed in finally
+        checker = LineChecker(image_root=cfg["image_root"], clamp=cfg["clamp"], fix_out=part)
+        cap = cfg["cap"]
+        lines = RangeLines(path, start, end)
+        for lineno, line in lines:
+            problems = checker.check(line)
+            for p in problems:
+                if cap is not None and spilled >= cap:
+                    break
+                if spill is None:
+                    spill = open(cfg["spill"], "wb")  # noqa: SIM115 - closed in finally
+                spill.write(orjson.dumps((lineno, p.kind, p.field, p.message)) + b"\n")
+                spilled += 1
+    finally:
+        for f in (spill, part):
+            if f is not None:
+                f.close()
+    return _RangeResult(lines.lines, checker.records, checker.invalid, checker.counts, spilled,
+                        checker.written, checker.clamped)
+
+
+# ------------------------------------------------------------------------------------ per file
+
+
+def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None = None,
+                  max_errors: int | None = None, fix: str | os.PathLike | None = None,
+                  clamp: bool = False, workers: int | None = None,
+                  on_issue: Callable[[Issue], None] | None = None,
+                  chunk_bytes: int = MIN_CHUNK_BYTES) -> ValidationReport:
+    """Check every line of ``path``; ``on_issue`` receives the first ``max_errors`` problems in line order.
+
+    File-level problems (missing file, not gzip, truncated gzip, empty file) are always passed on.
+    With ``fix`` the records without problems (and, with ``clamp``, those whose only problems are
+    boxes outside the image, once clamped) are written canonically to ``fix``. Unusable arguments
+    raise :class:`ConfigError`; nothing about the data raises.
+    """
+    path = os.fspath(path)
+    if max_errors is not None and max_errors < 0:
+        raise ConfigError(f"--max-errors must be >= 0, got {max_errors}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if clamp and fix is None:
+        raise ConfigError("--clamp changes what --fix writes: give --fix OUT as well")
+    image_root = None
+    if images is not None:
+        image_root = os.fspath(images)
+        if not os.path.isdir(image_root):
+            raise ConfigError(f"image root {image_root} is not a directory")
+    report = ValidationReport(path=path)
+    emit = on_issue or (lambda issue: None)
+
+    def file_issue(kind: str, message: str) -> None:
+        report.counts[kind] += 1
+        report.shown += 1
+        emit(Issue(path, None, kind, "", message))
+
+    try:
+        gz = _probe(path)
+    except DataError as e:
+        file_issue("read_error", e.message)
+        return report
+    writer = AtomicWriter(fix) if fix is not None else None
+    try:
+        if gz:
+            _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit, file_issue)
+        else:
+            _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers, chunk_bytes)
+        if report.records == 0 and not report.counts.get("read_error"):
+            file_issue("empty_file", "no records (the file is empty or holds only blank lines)")
+        if writer is not None:
+            writer.close()
+            report.fix_path = os.fspath(fix)
+    finally:
+        if writer is not None:
+            writer.abort()  # no-op once closed
+    return report
+
+
+def _probe(path: str) -> bool:
+    """True for gzip content; DataError when the file cannot be opened or a ``.gz`` is not gzip."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+    if path.endswith(".gz") and magic != GZIP_MAGIC:
+        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    return magic == GZIP_MAGIC
+
+
+def _validate_sequential(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
+                         writer: AtomicWriter | None, max_errors: int | None,
+                         emit: Callable[[Issue], None], file_issue: Callable[[str, str], None]) -> None:
+    """Gzip: one pass in this process, problems passed on as they are found."""
+    checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer)
+    last = 0
+    try:
+        for lineno, line in iter_lines(path):
+            last = lineno
+            for p in checker.check(line):
+                if max_errors is None or report.shown < max_errors:
+                    report.shown += 1
+                    emit(Issue(path, lineno, p.kind, p.field, p.message))
+    except DataError as e:  # corrupt or truncated stream: what was read so far stays checked
+        file_issue("read_error", e.message)
+    report.lines = last
+    report.records, report.invalid = checker.records, checker.invalid
+    report.written, report.clamped = checker.written, checker.clamped
+    report.counts.update(checker.counts)
+
+
+def _validate_ranges(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
+                     writer: AtomicWriter | None, max_errors: int | None,
+                     emit: Callable[[Issue], None], workers: int, chunk_bytes: int) -> None:
+    """Uncompressed: byte ranges in worker processes, replayed here in range order."""
+    ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
+    base = os.path.dirname(os.path.abspath(writer.path)) if writer is not None else None
+    tmp = tempfile.mkdtemp(prefix=".reallod-validate-", dir=base)
+    try:
+        jobs = [(path, s, e, {"image_root": image_root, "clamp": clamp, "cap": max_errors,
+                              "spill": os.path.join(tmp, f"{i}.issues"),
+                              "part": os.path.join(tmp, f"{i}.part") if writer is not None else None})
+                for i, (s, e) in enumerate(ranges)]
+        offset = 0
+        for job, res in zip(jobs, map_ranges(_validate_range, jobs, workers), strict=True):
+            cfg = job[3]
+            if res.spilled:
+                with open(cfg["spill"], "rb") as f:
+                    for raw in f:
+                        if max_errors is not None and report.shown >= max_errors:
+                            break
+                        lineno, kind, fld, message = orjson.loads(raw)
+                        report.shown += 1
+                        emit(Issue(path, offset + lineno, kind, fld, message))
+                os.unlink(cfg["spill"])
+            if writer is not None:
+                with open(cfg["part"], "rb") as f:
+                    shutil.copyfileobj(f, writer, 1 << 20)
+                os.unlink(cfg["part"])
+            offset += res.lines
+            report.records += res.records
+            report.invalid += res.invalid
+            report.written += res.written
+            report.clamped += res.clamped
+            report.counts.update(res.counts)
+        report.lines = offset
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary_rows(report: ValidationReport) -> Iterable[tuple[str, int, str]]:
+    """(kind, count, description) in the fixed order of :data:`PROBLEM_KINDS`."""
+    for kind in _kind_order(report.counts):
+        yield kind, report.counts[kind], PROBLEM_KINDS.get(kind, "")
+
+
+def render_summary(report: ValidationReport, *, max_errors: int | None = None) -> list[Any]:
+    """Rich renderables: the per-kind table and one line on records (and on ``--fix``)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list[Any] = []
+    total = sum(report.counts.values())
+    if total and max_errors is not None and report.shown < total:
+        out.append(Text(f"... {total - report.shown:,} more problems not shown (--max-errors {max_errors})"))
+    if report.counts:
+        table = Table(title=f"Problems in {report.path}", title_justify="left")
+        table.add_column("kind")
+        table.add_column("count", justify="right")
+        table.add_column("meaning")
+        for kind, n, meaning in summary_rows(report):
+            table.add_row(kind, f"{n:,}", meaning)
+        out.append(table)
+    verdict = "OK" if report.ok else "INVALID"
+    out.append(Text(f"{verdict}: {report.records:,} records checked, {report.valid:,} valid, "
+                    f"{report.invalid:,} with problems ({total:,} problems)"))
+    if report.fix_path:
+        out.append(Text(f"--fix: wrote {report.written:,} records to {report.fix_path}, dropped "
+                        f"{report.dropped:,}" + (f", clamped boxes in {report.clamped:,}" if report.clamped else "")))
+    return out

@@ -1,0 +1,236 @@
+"""Shared pieces of the benchmark evaluators: predictions as columns, images to prompt, results, checks.
+
+Predictions are held as numpy columns (one row per box and label) rather than a list of dicts:
+a benchmark run can hold tens of millions of boxes. Each benchmark converts them to and from its
+own JSON result format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reallod.errors import DataError
+
+BOX_DECIMALS = 2  # pixels: what is written to a predictions file
+SCORE_DECIMALS = 6
+
+
+@dataclass
+class EvalImage:
+    """One image to run the model on, with the texts to prompt and the id each text scores under."""
+
+    image_id: int
+    file_name: str
+    texts: list[str]
+    keys: list[int]  # description id (OmniLabel) or category id (D³, OVDEval), one per text
+    width: int | None = None
+    height: int | None = None
+    part: int = 0  # which ground-truth file the image belongs to (OVDEval subsets)
+
+
+@dataclass
+class Predictions:
+    """Boxes as columns: one row per (box, label) with its score; boxes xywh in image pixels."""
+
+    image_id: np.ndarray  # (N,) int64
+    label: np.ndarray  # (N,) int64: description id or category id
+    score: np.ndarray  # (N,) float64
+    bbox: np.ndarray  # (N, 4) float64, xywh
+    part: np.ndarray | None = None  # (N,) int64, OVDEval subset index
+    entry: np.ndarray | None = None  # (N,) int64: index of the JSON entry the row came from
+
+    def __post_init__(self) -> None:
+        self.image_id = np.asarray(self.image_id, dtype=np.int64).reshape(-1)
+        self.label = np.asarray(self.label, dtype=np.int64).reshape(-1)
+        self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
+        self.bbox = np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)
+        n = len(self.image_id)
+        if self.part is None:
+            self.part = np.zeros(n, dtype=np.int64)
+        self.part = np.asarray(self.part, dtype=np.int64).reshape(-1)
+        if self.entry is None:
+            self.entry = np.arange(n, dtype=np.int64)
+        self.entry = np.asarray(self.entry, dtype=np.int64).reshape(-1)
+        if not (len(self.label) == len(self.score) == len(self.bbox) == len(self.part) == len(self.entry) == n):
+            raise ValueError("Predictions: columns of different lengths")
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @classmethod
+    def empty(cls) -> Predictions:
+        return cls(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 4)))
+
+    @classmethod
+    def concat(cls, parts: list[Predictions]) -> Predictions:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("image_id", "label", "score", "bbox", "part")))
+
+    def take(self, index: np.ndarray) -> Predictions:
+        return Predictions(self.image_id[index], self.label[index], self.score[index], self.bbox[index],
+                           self.part[index], self.entry[index])
+
+
+@dataclass
+class EvalResult:
+    """What a benchmark scored: named metrics (None where undefined), per-part details, notes."""
+
+    benchmark: str
+    metrics: dict[str, float | None]
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"benchmark": self.benchmark, "metrics": self.metrics, "details": self.details, "notes": self.notes}
+
+
+def metric(value: float) -> float | None:
+    """pycocotools' -1 ("no ground truth") becomes None; everything else a plain float."""
+    return None if value is None or value == -1 else float(value)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A whole JSON document; a missing or malformed file is a DataError naming it."""
+    import orjson
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} not found", path=str(p))
+    if p.is_dir():
+        raise DataError(f"{what}: expected a JSON file, got a folder", path=str(p))
+    data = p.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        data = gzip.decompress(data)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"{what}: not valid JSON ({e})", path=str(p)) from e
+
+
+def xyxy_to_xywh(xyxy: np.ndarray) -> np.ndarray:
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+
+
+def round_predictions(bbox_xywh: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded as written to the predictions file, so a run scores exactly what it saves."""
+    return (np.round(np.asarray(bbox_xywh, dtype=np.float64), BOX_DECIMALS),
+            np.round(np.asarray(scores, dtype=np.float64), SCORE_DECIMALS))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class EntryChecker:
+    """Checks one JSON result entry's fields and raises a DataError naming the file, entry and field."""
+
+    def __init__(self, path: str | None, list_name: str = "predictions") -> None:
+        self.path = path
+        self.list_name = list_name
+
+    def fail(self, index: int, field_name: str, message: str, entry: Any = None) -> DataError:
+        where = f"{self.list_name}[{index}]"
+        if isinstance(entry, dict) and "image_id" in entry and field_name != "image_id":
+            where += f" (image_id {entry['image_id']!r})"
+        return DataError(message, path=self.path, field=f"{where}.{field_name}")
+
+    def entry(self, index: int, entry: Any, keys: tuple[str, ...]) -> dict:
+        if not isinstance(entry, dict):
+            raise DataError(f"expected an object, got {type(entry).__name__}", path=self.path,
+                            field=f"{self.list_name}[{index}]")
+        for key in keys:
+            if key not in entry:
+                raise self.fail(index, key, "missing", entry)
+        return entry
+
+    def int_id(self, index: int, entry: dict, key: str) -> int:
+        v = entry[key]
+        if not _is_int(v):
+            raise self.fail(index, key, f"expected an integer id, got {v!r}", entry)
+        return v
+
+    def score(self, index: int, entry: dict, key: str, value: Any) -> float:
+        if not _is_number(value):
+            raise self.fail(index, key, f"expected a number, got {value!r}", entry)
+        if not math.isfinite(value):
+            raise self.fail(index, key, f"score is {value!r}; scores must be finite numbers", entry)
+        return float(value)
+
+    def bbox(self, index: int, entry: dict, key: str = "bbox") -> list[float]:
+        b = entry[key]
+        if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(_is_number(v) for v in b):
+            raise self.fail(index, key, f"expected [x, y, width, height] (4 numbers), got {b!r}", entry)
+        if not all(math.isfinite(v) for v in b):
+            raise self.fail(index, key, f"box {b!r} has a value that is not finite", entry)
+        if b[2] < 0 or b[3] < 0:
+            raise self.fail(index, key, f"box {b!r} has a negative width or height (boxes are xywh)", entry)
+        return b
+
+
+def check_known(pred: Predictions, column: str, known: np.ndarray, what: str, path: str | None,
+                list_name: str = "predictions", field_name: str | None = None) -> None:
+    """Every value of ``column`` must be in ``known``; otherwise name the first entry that is not."""
+    values = getattr(pred, column)
+    known = np.unique(np.asarray(known, dtype=np.int64))
+    bad = ~np.isin(values, known)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{what} {int(values[i])} is not in the ground truth "
+                        f"({int(bad.sum())} prediction(s) like this)", path=path,
+                        field=f"{list_name}[{int(pred.entry[i])}].{field_name or column}")
+
+
+def coco_results(pred: Predictions) -> list[dict[str, Any]]:
+    """Predictions → COCO result entries {image_id, category_id, bbox, score} (D³, OVDEval)."""
+    return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(pred.image_id.tolist(), pred.label.tolist(), pred.bbox.tolist(),
+                                  pred.score.tolist(), strict=True)]
+
+
+def parse_coco_results(entries: Any, path: str | None, part: int = 0) -> Predictions:
+    """COCO result entries (D³, OVDEval) → Predictions, each field checked."""
+    if not isinstance(entries, list):
+        raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
+    check = EntryChecker(path)
+    n = len(entries)
+    image_id = np.empty(n, dtype=np.int64)
+    label = np.empty(n, dtype=np.int64)
+    score = np.empty(n, dtype=np.float64)
+    bbox = np.empty((n, 4), dtype=np.float64)
+    keys = ("image_id", "category_id", "bbox", "score")
+    for i, e in enumerate(entries):
+        check.entry(i, e, keys)
+        image_id[i] = check.int_id(i, e, "image_id")
+        label[i] = check.int_id(i, e, "category_id")
+        bbox[i] = check.bbox(i, e)
+        score[i] = check.score(i, e, "score", e["score"])
+    return Predictions(image_id, label, score, bbox, np.full(n, part, dtype=np.int64))
+
+
+def write_json_list(path: str | Path, items) -> None:
+    """A JSON list written atomically, one entry per line (streams; a big list never sits in one string)."""
+    import orjson
+
+    from reallod.data.io import AtomicWriter
+
+    with AtomicWriter(path) as w:
+        w.write(b"[")
+        first = True
+        for item in items:
+            w.write((b"\n" if first else b",\n") + orjson.dumps(item))
+            first = False
+        w.write(b"\n]\n")

@@ -1,0 +1,172 @@
+"""D³ (Described Object Detection): annotation pickles, prompts per image and the official metric.
+
+The annotation folder holds the four pickles of the release (``sentences.pkl``, ``annotations.pkl``,
+``images.pkl``, ``groups.pkl``), read with the ``ddd-dataset`` package (``from d_cube import D3``,
+the ``eval`` extra). Its COCO conversion gives the three ground truths: FULL (all 422 descriptions),
+PRES (presence descriptions) and ABS (absence descriptions, such as "dog without a leash"); the
+conversion numbers annotations from 0, which pycocotools reads as "unmatched", so they are
+renumbered from 1 (DESIGN §6).
+
+Settings: intra-scenario (default) prompts each image with its scenario's (group's) descriptions
+and keeps only those on the boxes; inter-scenario prompts every image with every description.
+
+Predictions, the benchmark's result format: a COCO result list {image_id, category_id (the
+sentence id), bbox xywh, score}. Scores: COCO bbox AP, AP50 and AP75 on each ground truth, and AP
+by description length as the official analysis script partitions it (words split on single spaces:
+short ≤3, mid 4–6, long 7–9, very long ≥10; the mean of the per-description APs).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reallod.errors import ConfigError, DataError
+from reallod.eval.coco_tools import coco_evaluate
+from reallod.eval.common import (
+    EvalImage,
+    EvalResult,
+    Predictions,
+    check_known,
+    coco_results,
+    metric,
+    parse_coco_results,
+    read_json,
+    write_json_list,
+)
+
+NAME = "d3"
+PICKLES = ("sentences.pkl", "annotations.pkl", "images.pkl", "groups.pkl")
+SETTINGS = (("FULL", 0), ("PRES", 1), ("ABS", 2))  # ddd-dataset's anti_mode
+LENGTH_BUCKETS = (("short", 1, 3), ("mid", 4, 6), ("long", 7, 9), ("very-long", 10, 10 ** 9))
+
+
+@dataclass
+class D3Benchmark:
+    """The images, each image's descriptions to prompt, and the three COCO ground truths."""
+
+    anno_dir: str
+    inter: bool
+    images: list[dict[str, Any]]  # id, file_name, width, height, group_id
+    sentences: dict[int, str]  # sentence id → text
+    absence: set[int]  # sentence ids of absence descriptions
+    prompts: dict[int, list[int]]  # image id → sentence ids
+    gts: dict[str, dict[str, Any]]  # FULL / PRES / ABS → COCO ground truth
+
+    def eval_images(self) -> list[EvalImage]:
+        return [EvalImage(img["id"], img["file_name"], [self.sentences[s] for s in self.prompts[img["id"]]],
+                          list(self.prompts[img["id"]]), img.get("width"), img.get("height"))
+                for img in self.images]
+
+    @property
+    def setting(self) -> str:
+        return "inter-scenario" if self.inter else "intra-scenario"
+
+
+def _d3_class():
+    try:
+        from d_cube import D3
+    except ImportError as e:
+        raise ConfigError("D³ needs the ddd-dataset package: pip install 'reallod[eval]'") from e
+    return D3
+
+
+def renumber_annotations(coco: dict[str, Any]) -> dict[str, Any]:
+    """Annotation ids 1..N in order (ddd-dataset starts at 0, which pycocotools cannot match)."""
+    for i, a in enumerate(coco["annotations"]):
+        a["id"] = i + 1
+    return coco
+
+
+def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | None = None) -> D3Benchmark:
+    """Read the pickles and build the FULL / PRES / ABS ground truths for the chosen setting."""
+    folder = Path(anno_dir)
+    if not folder.is_dir():
+        raise DataError("D³ annotations: expected the folder of annotation pickles "
+                        f"({', '.join(PICKLES)})", path=str(folder))
+    missing = [name for name in PICKLES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"D³ annotations: missing {', '.join(missing)}", path=str(folder))
+    D3 = _d3_class()
+    try:
+        d3 = D3(str(image_root or ""), str(folder))
+    except Exception as e:  # pickle errors come in many types
+        raise DataError(f"D³ annotations: cannot read the pickles ({type(e).__name__}: {e})", path=str(folder)) from e
+    try:
+        gts = {}
+        with tempfile.TemporaryDirectory(prefix="reallod-d3-") as tmp:
+            for setting, mode in SETTINGS:
+                d3.convert2coco(tmp, anti_mode=mode, is_group_separated=not inter)
+                with open(Path(tmp) / "coco_annotations.json") as f:
+                    gts[setting] = renumber_annotations(json.load(f))
+        sentences = {int(s["id"]): str(s["raw_sent"]) for s in d3.load_sents()}
+        absence = {int(s["id"]) for s in d3.load_sents() if s["is_negative"]}
+        images, prompts = [], {}
+        every = sorted(sentences)
+        for img in d3.load_imgs():
+            image_id = int(img["id"])
+            images.append({"id": image_id, "file_name": img["file_name"], "width": img.get("width"),
+                           "height": img.get("height"), "group_id": img.get("group_id")})
+            if inter:
+                prompts[image_id] = every
+            else:
+                groups = d3.get_group_ids(img_ids=[image_id])
+                prompts[image_id] = sorted(int(s) for s in d3.get_sent_ids(group_ids=groups))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise DataError(f"D³ annotations: unexpected pickle contents ({type(e).__name__}: {e})",
+                        path=str(folder)) from e
+    return D3Benchmark(str(folder), inter, images, sentences, absence, prompts, gts)
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions and metric
+# ---------------------------------------------------------------------------------------------
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    return parse_coco_results(read_json(path, "predictions"), str(path))
+
+
+def write_predictions(path: str | Path, pred: Predictions) -> None:
+    write_json_list(path, coco_results(pred))
+
+
+def length_partition(per_cat: dict[int, float], names: dict[int, str]) -> dict[str, float | None]:
+    """Mean per-description AP by length, summed in the official script's order (per length, then over lengths)."""
+    by_len: dict[int, list[float]] = {}
+    for cat, value in per_cat.items():
+        if not np.isnan(value):
+            by_len.setdefault(len(names[cat].split(" ")), []).append(value)
+    top = max(by_len, default=0)
+    out: dict[str, float | None] = {}
+    for name, lo, hi in LENGTH_BUCKETS:
+        lengths = range(lo, min(hi, top) + 1)
+        count = sum(len(by_len.get(n, [])) for n in lengths)
+        out[name] = sum([sum(by_len.get(n, [])) for n in lengths]) / count if count else None
+    return out
+
+
+def evaluate(bench: D3Benchmark, pred: Predictions, *, path: str | None = None,
+             backend: str = "pycocotools") -> EvalResult:
+    """AP / AP50 / AP75 and AP by description length on FULL, PRES and ABS."""
+    check_known(pred, "image_id", np.array([img["id"] for img in bench.images]), "image", path)
+    check_known(pred, "label", np.array(list(bench.sentences)), "description (sentence) id", path,
+                field_name="category_id")
+    results = coco_results(pred)
+    metrics: dict[str, float | None] = {}
+    details: dict[str, Any] = {"setting": bench.setting, "per_description_AP": {}}
+    for setting, _ in SETTINGS:
+        scores = coco_evaluate(bench.gts[setting], results, backend)
+        metrics[f"{setting}/AP"] = metric(scores.stats[0])
+        metrics[f"{setting}/AP50"] = metric(scores.stats[1])
+        metrics[f"{setting}/AP75"] = metric(scores.stats[2])
+        per_cat = scores.category_ap()
+        for name, value in length_partition(per_cat, dict(zip(scores.cat_ids, scores.cat_names, strict=True))).items():
+            metrics[f"{setting}/AP-{name}"] = value
+        details["per_description_AP"][setting] = {str(c): (None if np.isnan(v) else v) for c, v in per_cat.items()}
+    return EvalResult(NAME, metrics, details, [f"D³ {bench.setting}"])

@@ -1,0 +1,349 @@
+"""OmniLabel: ground truth, predictions and the official metric (DESIGN §5).
+
+Ground truth (any version): ``images`` {id, file_name, ...}; ``descriptions`` {id, text, image_ids,
+anno_info.type}, where type ``object_description`` is a free-form description (D) and anything else
+a plain category (C); ``annotations`` {id, image_id, bbox xywh, description_ids, iscrowd?}. An image's
+label space is every description listing it, in the order of ``descriptions``.
+
+Predictions, the toolkit's result format: a list of {image_id, bbox xywh, description_ids, scores}.
+
+The metric is the official toolkit's (omnilabeltools ``OmniLabelEval``): every (image, description)
+pair of a label space is matched COCO-style, then precision/recall are pooled over all pairs of a
+group into one curve. Groups: categ (C), descr (D: Dp pairs, which refer to at least one box of the
+image, and Dn pairs, which refer to none, so any box on them is a false positive), descr-pos (Dp),
+descr-S/M/L (D by word count: ≤3, 4–8, ≥9). AP is the harmonic mean ``2ab / (a + b + 1e-5)`` of
+AP-categ and AP-descr. Predictions for a description outside its image's label space are ignored,
+as the toolkit does; with ``skip_categories`` the label spaces hold free-form descriptions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reallod.errors import DataError
+from reallod.eval import coco_ap
+from reallod.eval.common import (
+    EntryChecker,
+    EvalImage,
+    EvalResult,
+    Predictions,
+    check_known,
+    metric,
+    read_json,
+    write_json_list,
+)
+
+NAME = "omnilabel"
+TYPE_DESCRIPTION = "object_description"
+_MAX_LEN = 100_000
+# name, pair types, word-count range (inclusive)
+GROUPS: tuple[tuple[str, tuple[str, ...], tuple[int, int]], ...] = (
+    ("categ", ("C",), (0, _MAX_LEN)),
+    ("descr", ("Dp", "Dn"), (0, _MAX_LEN)),
+    ("descr-pos", ("Dp",), (0, _MAX_LEN)),
+    ("descr-S", ("Dp", "Dn"), (0, 3)),
+    ("descr-M", ("Dp", "Dn"), (4, 8)),
+    ("descr-L", ("Dp", "Dn"), (9, _MAX_LEN)),
+)
+
+
+@dataclass
+class Description:
+    id: int
+    text: str
+    kind: str  # "C" (plain category) or "D" (free-form description)
+
+
+@dataclass
+class OmniLabelGT:
+    """The ground truth, checked, with boxes as columns (one row per box and description)."""
+
+    path: str | None
+    images: list[dict[str, Any]]  # id, file_name, width, height, in file order
+    descriptions: dict[int, Description]
+    labelspace: dict[int, list[int]]  # image id → description ids (file order)
+    box_image: np.ndarray  # (B,) int64
+    box_descr: np.ndarray  # (B,) int64
+    box_xywh: np.ndarray  # (B, 4) float64
+    box_crowd: np.ndarray  # (B,) bool
+    box_zero_id: np.ndarray  # (B,) bool: annotation id 0 (never counts as matched, see coco_ap)
+    skip_categories: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def eval_images(self) -> list[EvalImage]:
+        """Images with their label space as prompts, in file order."""
+        out = []
+        for img in self.images:
+            ids = self.labelspace.get(img["id"], [])
+            out.append(EvalImage(img["id"], img["file_name"], [self.descriptions[d].text for d in ids], list(ids),
+                                 img.get("width"), img.get("height")))
+        return out
+
+
+def _field(path: str | None, where: str, message: str) -> DataError:
+    return DataError(message, path=path, field=where)
+
+
+def parse_gt(obj: Any, path: str | None = None, *, skip_categories: bool = False) -> OmniLabelGT:
+    """Check an OmniLabel ground-truth document and index it."""
+    if not isinstance(obj, dict):
+        raise DataError("expected a JSON object with images, descriptions and annotations", path=path)
+    for key in ("images", "descriptions", "annotations"):
+        if not isinstance(obj.get(key), list):
+            raise _field(path, key, "missing or not a list (the validation ground truth has all three)")
+    images: list[dict[str, Any]] = []
+    seen_images: set[int] = set()
+    for i, img in enumerate(obj["images"]):
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int) or isinstance(img.get("id"), bool):
+            raise _field(path, f"images[{i}].id", "missing or not an integer")
+        if not isinstance(img.get("file_name"), str):
+            raise _field(path, f"images[{i}].file_name", "missing or not a string")
+        if img["id"] in seen_images:
+            raise _field(path, f"images[{i}].id", f"image id {img['id']} appears twice")
+        seen_images.add(img["id"])
+        images.append({"id": img["id"], "file_name": img["file_name"], "width": img.get("width"),
+                       "height": img.get("height")})
+
+    descriptions: dict[int, Description] = {}
+    labelspace: dict[int, list[int]] = {}
+    for i, d in enumerate(obj["descriptions"]):
+        where = f"descriptions[{i}]"
+        if not isinstance(d, dict) or not isinstance(d.get("id"), int) or isinstance(d.get("id"), bool):
+            raise _field(path, f"{where}.id", "missing or not an integer")
+        if not isinstance(d.get("text"), str) or not d["text"].split():
+            raise _field(path, f"{where}.text", "missing or empty")
+        info = d.get("anno_info")
+        if not isinstance(info, dict) or "type" not in info:
+            raise _field(path, f"{where}.anno_info.type", "missing (object_description or a category type)")
+        if d["id"] in descriptions:
+            raise _field(path, f"{where}.id", f"description id {d['id']} appears twice")
+        if not isinstance(d.get("image_ids"), list):
+            raise _field(path, f"{where}.image_ids", "missing or not a list")
+        kind = "D" if info["type"] == TYPE_DESCRIPTION else "C"
+        descriptions[d["id"]] = Description(d["id"], d["text"], kind)
+        if skip_categories and kind == "C":
+            continue
+        for image_id in d["image_ids"]:
+            space = labelspace.setdefault(image_id, [])
+            if d["id"] in space:
+                raise _field(path, f"{where}.image_ids", f"image {image_id} is listed twice")
+            space.append(d["id"])
+
+    rows_image: list[int] = []
+    rows_descr: list[int] = []
+    rows_box: list[list[float]] = []
+    rows_crowd: list[bool] = []
+    rows_zero: list[bool] = []
+    for i, a in enumerate(obj["annotations"]):
+        where = f"annotations[{i}]"
+        if not isinstance(a, dict):
+            raise _field(path, where, "expected an object")
+        for key in ("image_id", "bbox", "description_ids"):
+            if key not in a:
+                raise _field(path, f"{where}.{key}", "missing")
+        b = a["bbox"]
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
+            raise _field(path, f"{where}.bbox", f"expected [x, y, width, height], got {b!r}")
+        if not isinstance(a["description_ids"], list):
+            raise _field(path, f"{where}.description_ids", "not a list")
+        crowd = bool(a.get("iscrowd", 0))
+        zero = a.get("id", i + 1) == 0
+        for d_id in a["description_ids"]:
+            rows_image.append(a["image_id"])
+            rows_descr.append(d_id)
+            rows_box.append(b)
+            rows_crowd.append(crowd)
+            rows_zero.append(zero)
+    gt = OmniLabelGT(path, images, descriptions, labelspace, np.array(rows_image, dtype=np.int64),
+                     np.array(rows_descr, dtype=np.int64), np.array(rows_box, dtype=np.float64).reshape(-1, 4),
+                     np.array(rows_crowd, dtype=bool), np.array(rows_zero, dtype=bool), skip_categories)
+    if skip_categories:
+        gt.notes.append("plain categories left out (--skip-categories): AP-categ and AP are undefined")
+    return gt
+
+
+def load_gt(path: str | Path, *, skip_categories: bool = False) -> OmniLabelGT:
+    return parse_gt(read_json(path, "OmniLabel ground truth"), str(path), skip_categories=skip_categories)
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_predictions(entries: Any, path: str | None = None) -> Predictions:
+    """The toolkit's result list → Predictions (one row per box and description), each field checked."""
+    if not isinstance(entries, list):
+        raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
+    check = EntryChecker(path)
+    n_rows = 0
+    for i, e in enumerate(entries):
+        check.entry(i, e, ("image_id", "bbox", "description_ids", "scores"))
+        check.int_id(i, e, "image_id")
+        check.bbox(i, e)
+        ids, scores = e["description_ids"], e["scores"]
+        if not isinstance(ids, list) or not isinstance(scores, list):
+            raise check.fail(i, "description_ids" if not isinstance(ids, list) else "scores", "expected a list", e)
+        if len(ids) != len(scores):
+            raise check.fail(i, "scores", f"{len(scores)} scores for {len(ids)} description ids", e)
+        for k, (d, s) in enumerate(zip(ids, scores, strict=True)):
+            if not isinstance(d, int) or isinstance(d, bool):
+                raise check.fail(i, f"description_ids[{k}]", f"expected an integer id, got {d!r}", e)
+            check.score(i, e, f"scores[{k}]", s)
+        n_rows += len(ids)
+    counts = np.fromiter((len(e["description_ids"]) for e in entries), dtype=np.int64, count=len(entries))
+    entry = np.repeat(np.arange(len(entries), dtype=np.int64), counts)
+    image_id = np.repeat(np.fromiter((e["image_id"] for e in entries), dtype=np.int64, count=len(entries)), counts)
+    bbox = np.repeat(np.array([e["bbox"] for e in entries], dtype=np.float64).reshape(-1, 4), counts, axis=0)
+    label = np.fromiter(chain.from_iterable(e["description_ids"] for e in entries), dtype=np.int64, count=n_rows)
+    score = np.fromiter(chain.from_iterable(e["scores"] for e in entries), dtype=np.float64, count=n_rows)
+    return Predictions(image_id, label, score, bbox, None, entry)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    return parse_predictions(read_json(path, "predictions"), str(path))
+
+
+def prediction_entries(pred: Predictions):
+    """Predictions → the toolkit's result entries (one per row)."""
+    for i, b, d, s in zip(pred.image_id.tolist(), pred.bbox.tolist(), pred.label.tolist(), pred.score.tolist(),
+                          strict=True):
+        yield {"image_id": i, "bbox": b, "description_ids": [d], "scores": [s]}
+
+
+def write_predictions(path: str | Path, pred: Predictions) -> None:
+    write_json_list(path, prediction_entries(pred))
+
+
+# ---------------------------------------------------------------------------------------------
+# metric
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    """The (image, description) pairs evaluated, in the toolkit's order (images by id, label-space order)."""
+
+    image: np.ndarray
+    descr: np.ndarray
+    kind: np.ndarray  # "C", "Dp" or "Dn"
+    words: np.ndarray
+    keys: np.ndarray  # sorted (image rank, description index) keys
+    key_to_pair: np.ndarray
+    image_ids: np.ndarray  # sorted
+    descr_ids: np.ndarray  # sorted
+
+    def lookup(self, image: np.ndarray, descr: np.ndarray) -> np.ndarray:
+        """Pair index of each (image, description), -1 where it is not a pair."""
+        out = np.full(len(image), -1, dtype=np.int64)
+        if not len(self.keys):
+            return out
+        ii = np.minimum(np.searchsorted(self.image_ids, image), len(self.image_ids) - 1)
+        di = np.minimum(np.searchsorted(self.descr_ids, descr), len(self.descr_ids) - 1)
+        ok = (self.image_ids[ii] == image) & (self.descr_ids[di] == descr)
+        key = ii.astype(np.int64) * len(self.descr_ids) + di
+        pos = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        ok &= self.keys[pos] == key
+        out[ok] = self.key_to_pair[pos[ok]]
+        return out
+
+
+def build_pairs(gt: OmniLabelGT) -> Pairs:
+    image_ids = np.array(sorted(img["id"] for img in gt.images), dtype=np.int64)
+    descr_ids = np.array(sorted(gt.descriptions), dtype=np.int64)
+    img_list, descr_list = [], []
+    for image_id in image_ids.tolist():
+        for d in gt.labelspace.get(image_id, []):
+            img_list.append(image_id)
+            descr_list.append(d)
+    image = np.array(img_list, dtype=np.int64)
+    descr = np.array(descr_list, dtype=np.int64)
+    key = np.searchsorted(image_ids, image).astype(np.int64) * max(1, len(descr_ids)) + np.searchsorted(descr_ids, descr)
+    order = np.argsort(key, kind="stable")
+    pairs = Pairs(image, descr, np.empty(len(image), dtype=object), np.array(
+        [len(gt.descriptions[d].text.split()) for d in descr_list], dtype=np.int64), key[order], order, image_ids,
+        descr_ids)
+    # Dp: the description refers to some box of this image (any box, crowd or not)
+    positive = np.zeros(len(image), dtype=bool)
+    p = pairs.lookup(gt.box_image, gt.box_descr)
+    positive[p[p >= 0]] = True
+    kinds = np.array([gt.descriptions[d].kind for d in descr_list], dtype=object)
+    pairs.kind = np.where(kinds == "C", "C", np.where(positive, "Dp", "Dn")).astype(object)
+    return pairs
+
+
+def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
+             max_dets: int = coco_ap.MAX_DETS) -> EvalResult:
+    """The official OmniLabel metrics for ``pred`` (unknown images or descriptions are errors)."""
+    check_known(pred, "image_id", np.array([img["id"] for img in gt.images]), "image", path)
+    check_known(pred, "label", np.array(list(gt.descriptions)), "description", path, field_name="description_ids")
+    pairs = build_pairs(gt)
+    n_pairs = len(pairs.image)
+
+    dt_pair = pairs.lookup(pred.image_id, pred.label)
+    outside = int((dt_pair < 0).sum())
+    inside = dt_pair >= 0
+    dt_pair, dt_score, dt_box = dt_pair[inside], pred.score[inside], pred.bbox[inside]
+    index, _ = coco_ap.detection_order(dt_pair, dt_score, max_dets)
+    dt_pair, dt_score, dt_box = dt_pair[index], dt_score[index], dt_box[index]
+    dt_area = np.maximum(0, dt_box[:, 2] * dt_box[:, 3])
+
+    g_pair = pairs.lookup(gt.box_image, gt.box_descr)
+    g_keep = g_pair >= 0
+    g_pair = g_pair[g_keep]
+    g_box, g_crowd, g_zero = gt.box_xywh[g_keep], gt.box_crowd[g_keep], gt.box_zero_id[g_keep]
+    g_area = np.maximum(0, g_box[:, 2] * g_box[:, 3])
+    g_ignore = g_crowd | (g_area < coco_ap.AREA_ALL[0]) | (g_area > coco_ap.AREA_ALL[1])
+    g_order = np.lexsort((g_ignore, g_pair))
+    g_pair, g_box, g_crowd, g_zero, g_ignore = (a[g_order] for a in (g_pair, g_box, g_crowd, g_zero, g_ignore))
+
+    matches = coco_ap.match_pairs(dt_pair, dt_box, dt_area, g_pair, g_box, g_crowd, g_ignore, g_zero, n_pairs)
+
+    # pooled over pairs: one stable sort by score, each group is a subsequence of it
+    order = np.argsort(-dt_score, kind="mergesort")
+    pair_has_gt = np.bincount(g_pair, minlength=n_pairs) > 0
+    pair_has_dt = np.bincount(dt_pair, minlength=n_pairs) > 0
+    regular_gt = np.bincount(g_pair[~g_ignore], minlength=n_pairs)
+    curves: dict[str, coco_ap.Curve] = {}
+    for name, kinds, (lo, hi) in GROUPS:
+        in_group = np.isin(pairs.kind, kinds) & (pairs.words >= lo) & (pairs.words <= hi)
+        has_pairs = bool((in_group & (pair_has_gt | pair_has_dt)).any())
+        sel = order[in_group[dt_pair[order]]]
+        curves[name] = coco_ap.pooled_curve(dt_score[sel], matches.matched[sel], matches.ignored[sel],
+                                            int(regular_gt[in_group].sum()), has_pairs=has_pairs, presorted=True)
+    return _result(gt, curves, outside, n_pairs)
+
+
+def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_pairs: int) -> EvalResult:
+    ap = {name: coco_ap.ap(c) for name, c in curves.items()}
+    categ, descr = curves["categ"], curves["descr"]
+    if categ.n_gt > 0 and descr.n_gt > 0:
+        hm = (2 * ap["categ"] * ap["descr"]) / (ap["categ"] + ap["descr"] + 1e-5)
+    else:
+        hm = -1
+    metrics = {
+        "AP": metric(hm),
+        "AP-categ": metric(ap["categ"]),
+        "AP-descr": metric(ap["descr"]),
+        "AP-descr-pos": metric(ap["descr-pos"]),
+        "AP-descr-S": metric(ap["descr-S"]),
+        "AP-descr-M": metric(ap["descr-M"]),
+        "AP-descr-L": metric(ap["descr-L"]),
+        "AP50-descr": metric(coco_ap.ap(descr, .5)),
+        "AP75-descr": metric(coco_ap.ap(descr, .75)),
+        "AP50-categ": metric(coco_ap.ap(categ, .5)),
+        "AP75-categ": metric(coco_ap.ap(categ, .75)),
+        "AR-descr": metric(coco_ap.ar(descr)),
+        "AR-categ": metric(coco_ap.ar(categ)),
+    }
+    num_gt = {name: c.n_gt for name, c in curves.items()}
+    notes = list(gt.notes)
+    if outside:
+        notes.append(f"{outside} predicted (box, description) rows name a description outside their image's "
+                     "label space and were ignored, as the official toolkit does")
+    return EvalResult(NAME, metrics, {"num_gt": num_gt, "pairs": n_pairs}, notes)

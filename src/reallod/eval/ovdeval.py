@@ -1,0 +1,254 @@
+"""OVDEval: COCO-style subsets with hard negatives, and the NMS-AP metric (DESIGN §5).
+
+Each subset is one COCO json (negation, celebrity, color, landmark, logo, material, position,
+relationship, ...) whose images carry ``text`` (the positive labels) and ``neg_text`` (hard
+negatives); the subset's name is its file name up to the first dot, as in the official script.
+An image is prompted with its ``text`` then ``neg_text`` (repeats dropped), except in the subsets
+celebrity, landmark, logo and coco, which prompt every category of the subset. Each label maps to
+the category of that name.
+
+NMS-AP, as the official ``eval.py``: in each image, for every ground-truth box, the predictions of
+any label whose IoU with it is above 0.5 are ranked by score (numpy's default argsort, reversed) and
+all but the first are deleted — unless another box keeps that prediction as its first. The
+remaining predictions are scored with standard COCO bbox AP. A hard-negative label on the same box
+as the right one therefore costs nothing when it scores lower, and costs the right prediction when
+it scores higher.
+
+Predictions, the benchmark's result format: a COCO result list per subset {image_id, category_id,
+bbox xywh, score}: one file for one subset, or a folder of ``<subset>.json`` for several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reallod.errors import DataError
+from reallod.eval.coco_tools import coco_evaluate
+from reallod.eval.common import (
+    EvalImage,
+    EvalResult,
+    Predictions,
+    check_known,
+    coco_results,
+    metric,
+    parse_coco_results,
+    read_json,
+    write_json_list,
+)
+
+NAME = "ovdeval"
+ALL_CATEGORY_SUBSETS = frozenset({"coco", "celebrity", "logo", "landmark"})
+NMS_IOU = 0.5
+
+
+@dataclass
+class Subset:
+    name: str
+    path: str
+    gt: dict[str, Any]
+    images: list[EvalImage]
+
+
+@dataclass
+class OVDEvalBenchmark:
+    subsets: list[Subset]
+
+    def eval_images(self) -> list[EvalImage]:
+        return [img for s in self.subsets for img in s.images]
+
+
+def subset_name(path: str | Path) -> str:
+    return Path(path).name.split(".")[0]
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) -> Subset:
+    """Check one subset's COCO json and list its images with their prompts."""
+    name = name or subset_name(path)
+    if not isinstance(obj, dict):
+        raise DataError("expected a COCO-style JSON object", path=path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(obj.get(key), list):
+            raise DataError("missing or not a list", path=path, field=key)
+    by_name: dict[str, int] = {}
+    for i, c in enumerate(obj["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise DataError("expected {id, name}", path=path, field=f"categories[{i}]")
+        by_name[c["name"]] = c["id"]  # a repeated name maps to its last id, as the official script's dict
+    every = list(dict.fromkeys(c["name"] for c in obj["categories"]))
+    images = []
+    seen: set[int] = set()
+    for i, img in enumerate(obj["images"]):
+        where = f"images[{i}]"
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+            raise DataError("missing or not an integer", path=path, field=f"{where}.id")
+        if not isinstance(img.get("file_name"), str):
+            raise DataError("missing or not a string", path=path, field=f"{where}.file_name")
+        if img["id"] in seen:
+            raise DataError(f"image id {img['id']} appears twice", path=path, field=f"{where}.id")
+        seen.add(img["id"])
+        if name in ALL_CATEGORY_SUBSETS:
+            texts = every
+        else:
+            for key in ("text", "neg_text"):
+                if not _strings(img.get(key, [])):
+                    raise DataError("expected a list of label names", path=path, field=f"{where}.{key}")
+            texts = list(dict.fromkeys(img.get("text", []) + img.get("neg_text", [])))
+            for t in texts:
+                if t not in by_name:
+                    raise DataError(f"label {t!r} is not the name of a category of this subset", path=path,
+                                    field=f"{where}.text")
+        images.append(EvalImage(img["id"], img["file_name"], list(texts), [by_name[t] for t in texts],
+                                img.get("width"), img.get("height"), part))
+    for i, a in enumerate(obj["annotations"]):
+        if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+            raise DataError("expected {image_id, category_id, bbox}", path=path, field=f"annotations[{i}]")
+        b = a.get("bbox")
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
+            raise DataError(f"expected [x, y, width, height], got {b!r}", path=path, field=f"annotations[{i}].bbox")
+    return Subset(name, path, obj, images)
+
+
+def load(annotations: str | Path, subset: str | None = None) -> OVDEvalBenchmark:
+    """One subset json, or a folder of them (every ``*.json``, or only ``subset``)."""
+    p = Path(annotations)
+    if p.is_dir():
+        files = sorted(f for f in p.glob("*.json") if f.is_file())
+        if subset is not None:
+            chosen = [f for f in files if subset_name(f) == subset]
+            if not chosen:
+                raise DataError(f"no subset {subset!r} here (found: {', '.join(subset_name(f) for f in files) or 'none'})",
+                                path=str(p))
+            files = chosen
+        if not files:
+            raise DataError("no subset json files in this folder", path=str(p))
+    else:
+        if subset is not None and subset_name(p) != subset:
+            raise DataError(f"this file is subset {subset_name(p)!r}, not {subset!r}", path=str(p))
+        files = [p]
+    names = [subset_name(f) for f in files]
+    if len(set(names)) != len(names):
+        raise DataError("two files give the same subset name", path=str(p))
+    return OVDEvalBenchmark([parse_subset(read_json(f, "OVDEval subset"), str(f), k, subset_name(f))
+                             for k, f in enumerate(files)])
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def load_predictions(path: str | Path, bench: OVDEvalBenchmark) -> Predictions:
+    """A result list (one subset) or a folder with ``<subset>.json`` for each subset."""
+    p = Path(path)
+    if len(bench.subsets) == 1 and not p.is_dir():
+        return parse_coco_results(read_json(p, "predictions"), str(p), 0)
+    if not p.is_dir():
+        raise DataError(f"{len(bench.subsets)} subsets are evaluated: give a folder with one <subset>.json each",
+                        path=str(p))
+    parts = []
+    for k, s in enumerate(bench.subsets):
+        f = p / f"{s.name}.json"
+        if not f.is_file():
+            raise DataError(f"no predictions for subset {s.name!r} (expected {f.name})", path=str(p))
+        parts.append(parse_coco_results(read_json(f, "predictions"), str(f), k))
+    return _concat_keep_entry(parts)
+
+
+def _concat_keep_entry(parts: list[Predictions]) -> Predictions:
+    out = Predictions.concat(parts)
+    out.entry = np.concatenate([q.entry for q in parts]) if parts else out.entry
+    return out
+
+
+def write_predictions(path: str | Path, bench: OVDEvalBenchmark, pred: Predictions) -> list[Path]:
+    """One file for one subset; a folder of ``<subset>.json`` for several."""
+    p = Path(path)
+    if len(bench.subsets) == 1:
+        write_json_list(p, coco_results(pred))
+        return [p]
+    written = []
+    for k, s in enumerate(bench.subsets):
+        target = p / f"{s.name}.json"
+        write_json_list(target, coco_results(pred.take(pred.part == k)))
+        written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# NMS-AP
+# ---------------------------------------------------------------------------------------------
+
+
+def iou_official(gt_box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xywh box with many, as the official script computes it (0 where the union is 0)."""
+    x1, y1, w1, h1 = gt_box
+    x2, y2, w2, h2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    inter = (np.maximum(0, np.minimum(x1 + w1, x2 + w2) - np.maximum(x1, x2))
+             * np.maximum(0, np.minimum(y1 + h1, y2 + h2) - np.maximum(y1, y2)))
+    union = w1 * h1 + w2 * h2 - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union == 0, 0, inter / union)
+
+
+def nms_keep(gt_boxes: dict[int, np.ndarray], image_id: np.ndarray, bbox: np.ndarray, score: np.ndarray,
+             iou_threshold: float = NMS_IOU) -> np.ndarray:
+    """Mask of the predictions NMS-AP keeps: per ground-truth box, only the best overlapping prediction."""
+    keep = np.ones(len(image_id), dtype=bool)
+    if not len(image_id):
+        return keep
+    order = np.argsort(image_id, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, image_id[order][1:] != image_id[order][:-1], True])
+    for lo, hi in pairwise(bounds):
+        rows = order[lo:hi]  # this image's predictions, in file order
+        gts = gt_boxes.get(int(image_id[rows[0]]))
+        if gts is None or not len(gts):
+            continue
+        boxes, scores = bbox[rows], score[rows]
+        kept: set[int] = set()
+        removed: list[int] = []
+        for g in gts:
+            hits = np.where(iou_official(g, boxes) > iou_threshold)[0]
+            if len(hits):
+                ranked = hits[np.argsort(scores[hits])[::-1]]
+                kept.add(int(ranked[0]))
+                removed.extend(int(r) for r in ranked[1:])
+        gone = [r for r in removed if r not in kept]
+        keep[rows[gone]] = False
+    return keep
+
+
+def evaluate(bench: OVDEvalBenchmark, pred: Predictions, *, path: str | None = None,
+             backend: str = "pycocotools") -> EvalResult:
+    """NMS-AP (with AP50 / AP75) per subset, and their mean."""
+    metrics: dict[str, float | None] = {}
+    details: dict[str, Any] = {"subsets": {}}
+    aps = []
+    for k, s in enumerate(bench.subsets):
+        part = pred.take(pred.part == k)
+        check_known(part, "image_id", np.array([img.image_id for img in s.images]), f"{s.name} image", path)
+        check_known(part, "label", np.array([c["id"] for c in s.gt["categories"]]), f"{s.name} category", path,
+                    field_name="category_id")
+        gt_boxes: dict[int, list] = {}
+        for a in s.gt["annotations"]:
+            gt_boxes.setdefault(a["image_id"], []).append(a["bbox"])
+        kept = part.take(nms_keep({i: np.asarray(b, dtype=np.float64) for i, b in gt_boxes.items()},
+                                  part.image_id, part.bbox, part.score))
+        scores = coco_evaluate(s.gt, coco_results(kept), backend)
+        metrics[f"{s.name}/AP"] = metric(scores.stats[0])
+        metrics[f"{s.name}/AP50"] = metric(scores.stats[1])
+        metrics[f"{s.name}/AP75"] = metric(scores.stats[2])
+        details["subsets"][s.name] = {"predictions": len(part), "after_nms": len(kept)}
+        if metrics[f"{s.name}/AP"] is not None:
+            aps.append(metrics[f"{s.name}/AP"])
+    metrics["AP"] = float(np.mean(aps)) if aps else None
+    return EvalResult(NAME, {"AP": metrics.pop("AP"), **metrics}, details,
+                      [f"NMS-AP over {len(bench.subsets)} subset(s): {', '.join(s.name for s in bench.subsets)}"])

@@ -1,0 +1,424 @@
+"""MMDetection MM-Grounding-DINO / Real-Model checkpoints → a Hugging Face model folder.
+
+The published Real-Model checkpoints (``real-model_t-*.pth``, ``real-model_b-*.pth``) use MMDetection's
+MM-Grounding-DINO key layout. Each key is renamed to the name ``save_pretrained`` would write for
+transformers' ``MMGroundingDinoForObjectDetection``; a few tensors are reshaped on the way:
+
+- Swin ``w_msa.qkv`` and the text/decoder ``in_proj`` weights are split into query/key/value;
+- Swin patch-merging weights are reordered (MMDetection gathers the 2×2 patch with ``nn.Unfold``,
+  channel-major; transformers concatenates the four patches, patch-major, in the order
+  (0,0), (1,0), (0,1), (1,1));
+- ``backbone.norm{i}`` are the per-stage output norms of stage i + 1;
+- ``bbox_head.*_branches.{i}`` are the decoder heads for i < decoder_layers and the encoder's
+  two-stage proposal head for i == decoder_layers; the contrastive bias is a scalar in transformers.
+
+Heads are not shared across decoder layers in MM-Grounding-DINO, so the written config says so.
+Unknown keys and keys the model needs but the checkpoint lacks are errors that list them by name.
+The output folder is loaded back with ``from_pretrained`` before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reallod.errors import ConfigError, DataError
+
+Variant = Literal["tiny", "base"]
+SWIN = "model.backbone.conv_encoder.model."
+BERT = "language_model.language_backbone.body.model."
+
+# Swin presets of the published checkpoints (T: Swin-T, B: Swin-B); the rest is MM-Grounding-DINO's default.
+SWIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
+    "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384),
+}
+
+# Buffers (recomputed by the model) and training-only parameters: dropped, and reported as dropped.
+DROPPED = [
+    re.compile(r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index"),
+    re.compile(re.escape(BERT) + r"embeddings\.(position_ids|token_type_ids)"),
+    re.compile(re.escape(BERT) + r"pooler\..*"),
+    re.compile(r"dn_query_generator\.label_embedding\.weight"),
+]
+
+
+def _qkv(t):
+    return list(t.chunk(3, dim=0))
+
+
+def reorder_merge_reduction(weight):
+    """MMDetection patch-merging reduction (out, C·4 channel-major) → transformers' (out, 4·C patch-major)."""
+    out_ch, in_ch = weight.shape
+    w = weight.reshape(out_ch, in_ch // 4, 4).transpose(1, 2)  # (out, 4 unfold positions, C)
+    return w[:, [0, 2, 1, 3], :].reshape(out_ch, in_ch)
+
+
+def reorder_merge_norm(weight):
+    """Same reordering for the patch-merging LayerNorm's (C·4,) weight and bias."""
+    w = weight.reshape(weight.shape[0] // 4, 4).transpose(0, 1)
+    return w[[0, 2, 1, 3], :].reshape(-1)
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: re.Pattern
+    targets: tuple[str, ...]  # re.Match.expand templates
+    transform: Callable | None = None  # tensor -> tensor, or -> list of tensors (one per target)
+
+
+def _r(pattern: str, *targets: str, transform: Callable | None = None) -> Rule:
+    return Rule(re.compile(pattern), targets, transform)
+
+
+_WB = r"(weight|bias)"
+
+RULES: list[Rule] = [
+    # Swin backbone
+    _r(rf"backbone\.patch_embed\.projection\.{_WB}", SWIN + r"embeddings.patch_embeddings.projection.\1"),
+    _r(rf"backbone\.patch_embed\.norm\.{_WB}", SWIN + r"embeddings.norm.\1"),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.{_WB}", SWIN + r"encoder.layers.\1.blocks.\2.layernorm_before.\3"),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm2\.{_WB}", SWIN + r"encoder.layers.\1.blocks.\2.layernorm_after.\3"),
+    _r(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_bias_table",
+       SWIN + r"encoder.layers.\1.blocks.\2.attention.self.relative_position_bias_table"),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.qkv\.{_WB}",
+       *(SWIN + rf"encoder.layers.\1.blocks.\2.attention.self.{n}.\3" for n in ("query", "key", "value")),
+       transform=_qkv),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.proj\.{_WB}",
+       SWIN + r"encoder.layers.\1.blocks.\2.attention.output.dense.\3"),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.{_WB}",
+       SWIN + r"encoder.layers.\1.blocks.\2.intermediate.dense.\3"),
+    _r(rf"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.{_WB}",
+       SWIN + r"encoder.layers.\1.blocks.\2.output.dense.\3"),
+    _r(r"backbone\.stages\.(\d+)\.downsample\.reduction\.weight", SWIN + r"encoder.layers.\1.downsample.reduction.weight",
+       transform=reorder_merge_reduction),
+    _r(rf"backbone\.stages\.(\d+)\.downsample\.norm\.{_WB}", SWIN + r"encoder.layers.\1.downsample.norm.\2",
+       transform=reorder_merge_norm),
+    # backbone.norm{i} (i = 1..3 for out_indices 1..3) → hidden_states_norms.stage{i+1}: handled in _rename
+    # neck (ChannelMapper): convs.{i} then extra_convs.{j} → input_proj_vision.{i}, .{n_convs + j}
+    _r(rf"neck\.convs\.(\d+)\.conv\.{_WB}", r"model.input_proj_vision.\1.0.\2"),
+    _r(rf"neck\.convs\.(\d+)\.gn\.{_WB}", r"model.input_proj_vision.\1.1.\2"),
+    # text encoder
+    _r(re.escape(BERT) + r"(.+)", r"model.text_backbone.\1"),
+    _r(rf"text_feat_map\.{_WB}", r"model.text_projection.\1"),
+    # fusion encoder
+    _r(rf"encoder\.layers\.(\d+)\.self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.{_WB}",
+       r"model.encoder.layers.\1.deformable_layer.self_attn.\2.\3"),
+    _r(rf"encoder\.layers\.(\d+)\.norms\.0\.{_WB}", r"model.encoder.layers.\1.deformable_layer.self_attn_layer_norm.\2"),
+    _r(rf"encoder\.layers\.(\d+)\.norms\.1\.{_WB}", r"model.encoder.layers.\1.deformable_layer.final_layer_norm.\2"),
+    _r(rf"encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.encoder.layers.\1.deformable_layer.fc1.\2"),
+    _r(rf"encoder\.layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.encoder.layers.\1.deformable_layer.fc2.\2"),
+    _r(rf"encoder\.text_layers\.(\d+)\.self_attn\.attn\.in_proj_{_WB}",
+       *(rf"model.encoder.layers.\1.text_enhancer_layer.self_attn.{n}.\2" for n in ("query", "key", "value")),
+       transform=_qkv),
+    _r(rf"encoder\.text_layers\.(\d+)\.self_attn\.attn\.out_proj\.{_WB}",
+       r"model.encoder.layers.\1.text_enhancer_layer.self_attn.out_proj.\2"),
+    _r(rf"encoder\.text_layers\.(\d+)\.norms\.0\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_before.\2"),
+    _r(rf"encoder\.text_layers\.(\d+)\.norms\.1\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_after.\2"),
+    _r(rf"encoder\.text_layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.fc1.\2"),
+    _r(rf"encoder\.text_layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.fc2.\2"),
+    _r(r"encoder\.fusion_layers\.(\d+)\.gamma_v", r"model.encoder.layers.\1.fusion_layer.vision_param"),
+    _r(r"encoder\.fusion_layers\.(\d+)\.gamma_l", r"model.encoder.layers.\1.fusion_layer.text_param"),
+    _r(rf"encoder\.fusion_layers\.(\d+)\.layer_norm_v\.{_WB}", r"model.encoder.layers.\1.fusion_layer.layer_norm_vision.\2"),
+    _r(rf"encoder\.fusion_layers\.(\d+)\.layer_norm_l\.{_WB}", r"model.encoder.layers.\1.fusion_layer.layer_norm_text.\2"),
+    *(_r(rf"encoder\.fusion_layers\.(\d+)\.attn\.{mm}_proj\.{_WB}", rf"model.encoder.layers.\1.fusion_layer.attn.{hf}_proj.\2")
+      for mm, hf in [("v", "vision"), ("l", "text"), ("values_v", "values_vision"), ("values_l", "values_text"),
+                     ("out_v", "out_vision"), ("out_l", "out_text")]),
+    # decoder
+    _r(rf"decoder\.layers\.(\d+)\.self_attn\.attn\.in_proj_{_WB}",
+       *(rf"model.decoder.layers.\1.self_attn.{n}.\2" for n in ("query", "key", "value")), transform=_qkv),
+    _r(rf"decoder\.layers\.(\d+)\.self_attn\.attn\.out_proj\.{_WB}", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.cross_attn_text\.attn\.in_proj_{_WB}",
+       *(rf"model.decoder.layers.\1.encoder_attn_text.{n}.\2" for n in ("query", "key", "value")), transform=_qkv),
+    _r(rf"decoder\.layers\.(\d+)\.cross_attn_text\.attn\.out_proj\.{_WB}",
+       r"model.decoder.layers.\1.encoder_attn_text.out_proj.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.{_WB}",
+       r"model.decoder.layers.\1.encoder_attn.\2.\3"),
+    _r(rf"decoder\.layers\.(\d+)\.norms\.0\.{_WB}", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.norms\.1\.{_WB}", r"model.decoder.layers.\1.encoder_attn_text_layer_norm.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.norms\.2\.{_WB}", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.norms\.3\.{_WB}", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.decoder.layers.\1.fc1.\2"),
+    _r(rf"decoder\.layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.decoder.layers.\1.fc2.\2"),
+    _r(rf"decoder\.ref_point_head\.layers\.(\d+)\.{_WB}", r"model.decoder.reference_points_head.layers.\1.\2"),
+    _r(rf"decoder\.norm\.{_WB}", r"model.decoder.layer_norm.\1"),
+    # query selection and the rest
+    _r(r"level_embed", r"model.level_embed"),
+    _r(r"query_embedding\.weight", r"model.query_position_embeddings.weight"),
+    _r(rf"memory_trans_fc\.{_WB}", r"model.enc_output.\1"),
+    _r(rf"memory_trans_norm\.{_WB}", r"model.enc_output_norm.\1"),
+    # bbox_head.{cls,reg}_branches.{i}: handled in _rename (decoder layer i, or the encoder head)
+]
+
+_REG_LAYER = {"0": "0", "2": "1", "4": "2"}  # Linear, ReLU, Linear, ReLU, Linear
+
+
+@dataclass
+class ConversionReport:
+    """What happened to every key of the source checkpoint."""
+
+    converted: int = 0
+    dropped: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"{self.converted} tensors converted"
+        if self.dropped:
+            s += f", {len(self.dropped)} buffers/training-only tensors dropped"
+        return s
+
+
+def _rename(key: str, tensor, config) -> list[tuple[str, Any]] | None:
+    """(hf_key, tensor) pairs for one MMDetection key; None when no rule knows the key."""
+    m = re.fullmatch(r"backbone\.norm(\d+)\.(weight|bias)", key)
+    if m:
+        return [(SWIN + f"hidden_states_norms.stage{int(m.group(1)) + 1}.{m.group(2)}", tensor)]
+    m = re.fullmatch(r"neck\.extra_convs\.(\d+)\.(conv|gn)\.(weight|bias)", key)
+    if m:
+        level = len(config.backbone_config.out_features) + int(m.group(1))
+        return [(f"model.input_proj_vision.{level}.{0 if m.group(2) == 'conv' else 1}.{m.group(3)}", tensor)]
+    m = re.fullmatch(r"bbox_head\.(cls|reg)_branches\.(\d+)\.(.+)", key)
+    if m:
+        kind, layer, rest = m.group(1), int(m.group(2)), m.group(3)
+        if layer > config.decoder_layers:
+            return None
+        if kind == "cls":
+            if rest != "bias":
+                return None
+            name = f"class_embed.{layer}.bias" if layer < config.decoder_layers else "model.encoder_output_class_embed.bias"
+            return [(name, tensor.reshape(()))]
+        r = re.fullmatch(r"(\d)\.(weight|bias)", rest)
+        if not r or r.group(1) not in _REG_LAYER:
+            return None
+        head = f"bbox_embed.{layer}" if layer < config.decoder_layers else "model.encoder_output_bbox_embed"
+        return [(f"{head}.layers.{_REG_LAYER[r.group(1)]}.{r.group(2)}", tensor)]
+    for rule in RULES:
+        m = rule.pattern.fullmatch(key)
+        if not m:
+            continue
+        values = rule.transform(tensor) if rule.transform else tensor
+        values = values if isinstance(values, list) else [values]
+        names = [m.expand(t) for t in rule.targets]
+        return list(zip(names, values, strict=True))
+    return None
+
+
+def convert_state_dict(mm_state: dict[str, Any], config) -> tuple[dict[str, Any], ConversionReport]:
+    """MMDetection MM-GDINO state dict → transformers (``save_pretrained``) names; unknown keys are errors."""
+    report = ConversionReport()
+    out: dict[str, Any] = {}
+    for key, tensor in mm_state.items():
+        if any(p.fullmatch(key) for p in DROPPED):
+            report.dropped.append(key)
+            continue
+        pairs = _rename(key, tensor, config)
+        if pairs is None:
+            report.unknown.append(key)
+            continue
+        for name, value in pairs:
+            if name in out:
+                raise DataError(f"two checkpoint keys map to {name}", field=key)
+            out[name] = value
+            report.converted += 1
+    if report.unknown:
+        raise DataError(f"{len(report.unknown)} keys of the checkpoint are not part of MM-Grounding-DINO "
+                        "(not converted, nothing written): " + ", ".join(sorted(report.unknown)[:60])
+                        + (" ..." if len(report.unknown) > 60 else ""))
+    return out, report
+
+
+def check_fits(mm_state: dict[str, Any], config, variant: str = "the config") -> None:
+    """Fail early, with the reason, when a checkpoint's architecture differs from ``config``'s."""
+    problems = []
+    pe = mm_state.get("backbone.patch_embed.projection.weight")
+    embed = int(config.backbone_config.embed_dim)
+    if pe is not None and pe.shape[0] != embed:
+        problems.append(f"Swin embed dim {pe.shape[0]} (expected {embed})")
+    depths = [0] * len(config.backbone_config.depths)
+    for k in mm_state:
+        m = re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.weight", k)
+        if m and int(m.group(1)) < len(depths):
+            depths[int(m.group(1))] = max(depths[int(m.group(1))], int(m.group(2)) + 1)
+    if any(depths) and depths != list(config.backbone_config.depths):
+        problems.append(f"Swin stage depths {depths} (expected {list(config.backbone_config.depths)})")
+    for what, pattern, want in [("encoder layers", r"encoder\.layers\.(\d+)\.", config.encoder_layers),
+                                ("decoder layers", r"decoder\.layers\.(\d+)\.", config.decoder_layers)]:
+        idx = {int(m.group(1)) for k in mm_state if (m := re.match(pattern, k))}
+        if idx and len(idx) != want:
+            problems.append(f"{len(idx)} {what} (expected {want})")
+    q = mm_state.get("query_embedding.weight")
+    if q is not None and tuple(q.shape) != (config.num_queries, config.d_model):
+        problems.append(f"query embedding {tuple(q.shape)} (expected {(config.num_queries, config.d_model)})")
+    if problems:
+        guess = ""
+        if pe is not None:
+            guess = next((f"; it looks like --variant {n}" for n, v in SWIN_VARIANTS.items()
+                          if v["embed_dim"] == pe.shape[0] and n != variant), "")
+        raise ConfigError(f"checkpoint does not fit {variant}: " + "; ".join(problems) + guess)
+
+
+def guess_variant(state: dict[str, Any], where: str = "checkpoint") -> Variant:
+    """tiny or base, from the Swin patch-embedding width (96 for Swin-T, 128 for Swin-B)."""
+    pe = state.get("backbone.patch_embed.projection.weight")
+    if pe is None:
+        raise ConfigError(f"{where}: no backbone.patch_embed.projection.weight; pass --variant")
+    for name, preset in SWIN_VARIANTS.items():
+        if pe.shape[0] == preset["embed_dim"]:
+            return name  # type: ignore[return-value]
+    raise ConfigError(f"{where}: Swin embed dim {pe.shape[0]} is neither Swin-T (96) nor Swin-B (128)")
+
+
+def variant_config(variant: Variant, *, max_text_len: int = 512):
+    """The MM-Grounding-DINO config of a published variant (Swin-T or Swin-B, BERT-base text encoder)."""
+    from transformers import BertConfig, MMGroundingDinoConfig, SwinConfig
+
+    if variant not in SWIN_VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r} (use tiny or base)")
+    swin = SwinConfig(**SWIN_VARIANTS[variant], out_features=["stage2", "stage3", "stage4"])
+    return MMGroundingDinoConfig(backbone_config=swin, text_config=BertConfig(), max_text_len=max_text_len,
+                                 decoder_bbox_embed_share=False, decoder_cls_embed_share=False)
+
+
+def config_from_file(path: str | Path):
+    """An MM-Grounding-DINO config from a config.json file (or a folder holding one)."""
+    from transformers import MMGroundingDinoConfig
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not a valid JSON config ({e})") from e
+    if raw.get("model_type") != "mm-grounding-dino":
+        raise ConfigError(f"{p}: model_type {raw.get('model_type')!r} is not mm-grounding-dino")
+    try:
+        return MMGroundingDinoConfig.from_json_file(str(p))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{p}: {e}") from e
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """Tensors of a .safetensors file or a torch checkpoint (``weights_only=True``), unwrapped."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("checkpoint file not found", path=str(p))
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as e:  # safetensors raises its own error types
+            raise DataError(f"not a readable safetensors file ({e})", path=str(p)) from e
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, zipfile errors...
+        raise DataError(f"cannot load it with torch.load(weights_only=True): {str(e).splitlines()[0]} "
+                        "(only tensors and plain containers are accepted; re-save just the state_dict "
+                        "from a trusted copy if it holds other objects)", path=str(p)) from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise DataError("no state dict found (expected a dict of tensors, or one under 'state_dict')", path=str(p))
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(obj):
+        bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+        raise DataError("state dict entries that are not tensors: " + ", ".join(bad[:20]), path=str(p))
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def is_mmdet_layout(state: dict[str, Any]) -> bool:
+    return any(k.startswith(("backbone.stages.", "language_model.", "neck.convs.", "bbox_head.")) for k in state)
+
+
+def hf_state_from_file(path: str | Path, config) -> dict[str, Any]:
+    """A weights file in either layout → transformers names (MMDetection layout is converted)."""
+    state = load_state_file(path)
+    if is_mmdet_layout(state):
+        check_fits(state, config, "the model's config")
+        state, _ = convert_state_dict(state, config)
+    return state
+
+
+def write_model_folder(state: dict[str, Any], config, folder: str | Path) -> None:
+    """config.json + model.safetensors; tensors are cloned so none share memory (safetensors refuses)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+@dataclass
+class ConversionResult:
+    out_dir: Path
+    report: ConversionReport
+    variant: str
+
+
+def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant | None = None,
+                       config=None, tokenizer: str | Path = "google-bert/bert-base-uncased",
+                       max_text_len: int = 512, overwrite: bool = False) -> ConversionResult:
+    """Convert ``src`` (.pth) into ``out_dir``: config, safetensors weights, tokenizer, preprocessor config.
+
+    Pass ``config`` to convert a non-published architecture (tests use a tiny one). Nothing is
+    written to ``out_dir`` unless the converted folder loads with no missing or unexpected keys.
+    """
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    from reallod.model.loading import load_model_checked, load_tokenizer, save_tokenizer
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    state = load_state_file(src)
+    if not is_mmdet_layout(state):
+        raise DataError("does not have MMDetection's MM-Grounding-DINO key layout (no backbone.stages.*, "
+                        "language_model.*, neck.convs.* or bbox_head.* keys)", path=str(src))
+    if config is None:
+        variant = variant or guess_variant(state, str(src))
+        config = variant_config(variant, max_text_len=max_text_len)
+    name = variant or "custom"
+    check_fits(state, config, f"--variant {name}")
+    hf_state, report = convert_state_dict(state, config)
+    tok = load_tokenizer(tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=str(out.parent)))
+    try:
+        write_model_folder(hf_state, config, tmp)
+        load_model_checked(tmp, config)  # raises, naming the keys, if anything is missing or unexpected
+        save_tokenizer(tok, tmp)
+        GroundingDinoImageProcessorPil().save_pretrained(str(tmp))
+        (tmp / "reallod_conversion.json").write_text(json.dumps(
+            {"source": str(src), "variant": name, "converted_tensors": report.converted,
+             "dropped_keys": report.dropped}, indent=2) + "\n")
+        old = out.with_name(f".{out.name}.replaced") if out.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)  # the previous folder survives until the new one is in place
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ConversionResult(out, report, name)

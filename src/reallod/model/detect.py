@@ -1,0 +1,150 @@
+"""The ``reallod detect`` job: images (a file or a folder) × expressions → JSON predictions and pictures.
+
+Outputs follow MMDetection's demo layout: ``OUT/preds/<name>.json`` and ``OUT/vis/<name>.<ext>``,
+where ``<name>`` keeps the image's path relative to the input folder. The JSON holds every kept box
+(top-k per expression); the score threshold only decides what is drawn, as in the published demo.
+Unreadable images are skipped with a message; the others go on.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from reallod.data.io import AtomicWriter, atomic_text, dumps
+from reallod.errors import DataError
+from reallod.model.detections import Detections
+from reallod.model.draw import draw_detections
+from reallod.model.inference import InferenceOptions
+from reallod.model.loading import Detector
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459 × 9459)
+_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+def find_images(inputs: str | Path) -> list[tuple[Path, Path]]:
+    """(path, name relative to the input) for one image file or every image under a folder, sorted."""
+    root = Path(inputs).expanduser()
+    if root.is_file():
+        return [(root, Path(root.name))]
+    if not root.exists():
+        raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not found:
+        raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
+    return [(p, p.relative_to(root)) for p in found]
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode one image as RGB, upright (EXIF orientation), refusing more than ``max_pixels`` pixels."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # opening reads only the header; the size is checked below, before decoding
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise DataError(f"image is {width}×{height} = {width * height:,} pixels, above the "
+                                    f"limit of {max_pixels:,} (raise --max-pixels if it is genuine)", path=str(path))
+                im.load()
+                return ImageOps.exif_transpose(im).convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image too large: {e}", path=str(path)) from e
+    except UnidentifiedImageError as e:
+        raise DataError("not an image Pillow can read", path=str(path)) from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files
+        raise DataError(f"cannot decode the image ({e})", path=str(path)) from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+@dataclass
+class DetectOptions:
+    """Output side of the job (inference settings live in :class:`InferenceOptions`)."""
+
+    out_dir: Path = Path("outputs")
+    score_thr: float = 0.3  # what is drawn
+    save_vis: bool = True
+    save_pred: bool = True
+    show: bool = False
+    print_result: bool = False
+    palette: str = "coco"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class DetectSummary:
+    processed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    pred_files: list[Path] = field(default_factory=list)
+    vis_files: list[Path] = field(default_factory=list)
+
+
+def _save_picture(image: Image.Image, path: Path) -> Path:
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        path, fmt = path.with_suffix(".png"), "PNG"
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    with AtomicWriter(path) as w:
+        w.write(buf.getvalue())
+    return path
+
+
+def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
+               options: DetectOptions | None = None, inference: InferenceOptions | None = None,
+               progress: bool = True, echo: Callable[[str], None] | None = None) -> DetectSummary:
+    """Detect ``expressions`` in every image of ``inputs``; write one JSON and one picture per image."""
+    from tqdm import tqdm
+
+    options = options or DetectOptions()
+    inference = inference or InferenceOptions()
+    images = find_images(inputs)
+    summary = DetectSummary()
+    bar = tqdm(images, desc="detect", unit="img", disable=not progress or len(images) < 2, file=sys.stderr)
+    say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    for path, name in bar:
+        try:
+            image = open_image(path, options.max_pixels)
+        except DataError as e:
+            summary.skipped.append((str(path), str(e)))
+            say(f"skipped: {e}")
+            continue
+        dets = detector.detect(image, expressions, inference)
+        dets.image = str(path)
+        if options.save_pred:
+            target = options.out_dir / "preds" / name.with_suffix(".json")
+            with atomic_text(target) as f:
+                f.write(dumps(dets.to_dict()).decode())
+            summary.pred_files.append(target)
+        if options.print_result:
+            tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
+        if options.save_vis or options.show:
+            picture = draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette)
+            if options.save_vis:
+                summary.vis_files.append(_save_picture(picture, options.out_dir / "vis" / name))
+            if options.show:
+                picture.show(title=str(name))
+        summary.processed += 1
+    return summary
+
+
+def load_predictions(path: str | Path) -> Detections:
+    """Read back one JSON written by :func:`run_detect`."""
+    from reallod.data.io import loads
+
+    p = Path(path)
+    try:
+        obj = loads(p.read_bytes())
+    except ValueError as e:
+        raise DataError(f"not valid JSON ({e})", path=str(p)) from e
+    return Detections.from_dict(obj, path=str(p))

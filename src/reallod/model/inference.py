@@ -1,0 +1,224 @@
+"""Language-based inference: image + expressions → per-expression boxes and scores.
+
+``parallel`` mode (the benchmarks' mode) gives every expression its own prompt. The image backbone
+and the input projections do not depend on the text, so they run once per image; their outputs are
+replayed, expanded over a batch of prompts, inside the unchanged transformers forward pass, which
+runs the text encoder, the fusion encoder and the decoder for the whole batch at once. ``concat`` mode
+joins the expressions into as few prompts as the text limit allows and goes through the same path.
+
+Scores follow MMDetection's grounding head: the sigmoid of the token logits, averaged over the
+expression's tokens (``score_reduce="mean"``), per query; each expression keeps its top-k queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from reallod.errors import ConfigError
+from reallod.model import prompt as P
+from reallod.model.detections import Detections
+from reallod.model.nms import batched_nms, cxcywh_to_xyxy
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from reallod.model.loading import Detector
+
+Mode = Literal["parallel", "concat"]
+
+
+@dataclass
+class InferenceOptions:
+    """How to turn one image and its expressions into detections."""
+
+    mode: Mode = "parallel"
+    batch_size: int = 8  # prompts per forward pass (backbone features are shared across them)
+    topk: int = 300  # boxes kept per expression
+    score_thr: float = 0.0  # drop boxes below this score
+    nms_iou: float | None = None  # class-wise (per-expression) NMS IoU threshold; None = off
+    score_reduce: Literal["mean", "max"] = "mean"
+    reuse_backbone: bool = True  # False: a full forward pass per batch (the naive reference)
+    on_long: P.LongPolicy = "truncate"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("parallel", "concat"):
+            raise ConfigError(f"mode must be 'parallel' or 'concat', not {self.mode!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
+        if self.topk < 1:
+            raise ConfigError(f"topk must be >= 1, not {self.topk}")
+        if not 0.0 <= self.score_thr <= 1.0:
+            raise ConfigError(f"score threshold must be in [0, 1], not {self.score_thr}")
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise ConfigError(f"NMS IoU threshold must be in (0, 1], not {self.nms_iou}")
+        if self.score_reduce not in ("mean", "max"):
+            raise ConfigError(f"score_reduce must be 'mean' or 'max', not {self.score_reduce!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone reuse
+# ---------------------------------------------------------------------------------------------
+
+
+class _ReplayBackbone(nn.Module):
+    """Stands in for ``model.model.backbone``: returns cached features expanded to the batch size."""
+
+    def __init__(self, position_embedding: nn.Module, features: list, positions: list) -> None:
+        super().__init__()
+        self.position_embedding = position_embedding  # the forward uses it for the extra levels
+        self._features = features
+        self._positions = positions
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
+        b = pixel_values.shape[0]
+        feats = [(f.expand(b, *f.shape[1:]), m.expand(b, *m.shape[1:])) for f, m in self._features]
+        return feats, [p.expand(b, *p.shape[1:]) for p in self._positions]  # fresh list: the caller appends
+
+
+class _ReplayProjection(nn.Module):
+    """Stands in for one ``input_proj_vision`` level: returns its cached output, expanded."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self._output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._output.expand(x.shape[0], *self._output.shape[1:])
+
+
+@torch.inference_mode()
+def encode_image(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+                 ) -> tuple[list, list, list[torch.Tensor]]:
+    """The text-independent part for one image: backbone features, position embeddings, projections."""
+    core = model.model
+    features, positions = core.backbone(pixel_values, pixel_mask)
+    projections = [core.input_proj_vision[level](source) for level, (source, _) in enumerate(features)]
+    for level in range(len(features), core.config.num_feature_levels):
+        source = features[-1][0] if level == len(features) else projections[-1]
+        projections.append(core.input_proj_vision[level](source))
+    return list(features), list(positions), projections
+
+
+@contextlib.contextmanager
+def replay_image(model: nn.Module, encoded: tuple[list, list, list[torch.Tensor]]) -> Iterator[None]:
+    """Within the block, ``model(...)`` reuses ``encoded`` instead of running backbone and projections."""
+    core = model.model
+    features, positions, projections = encoded
+    backbone, projs = core.backbone, core.input_proj_vision
+    core.backbone = _ReplayBackbone(backbone.position_embedding, features, positions)
+    core.input_proj_vision = nn.ModuleList([_ReplayProjection(p) for p in projections])
+    try:
+        yield
+    finally:
+        core.backbone, core.input_proj_vision = backbone, projs
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_prompts(detector: Detector, expressions: Sequence[str], options: InferenceOptions) -> P.PromptPlan:
+    tokens = P.tokenize_expressions(expressions, detector.tokenize)
+    plan = P.plan_parallel if options.mode == "parallel" else P.plan_concat
+    return plan(tokens, detector.max_text_len, on_long=options.on_long, expressions=expressions)
+
+
+def preprocess(detector: Detector, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL image → (pixel_values (1, 3, H, W), pixel_mask (1, H, W)) on the detector's device/dtype."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    enc = detector.image_processor(images=[image], return_tensors="pt")
+    pixel_values = enc["pixel_values"].to(detector.device, detector.dtype)
+    pixel_mask = enc["pixel_mask"].to(detector.device)
+    return pixel_values, pixel_mask
+
+
+@torch.inference_mode()
+def run_prompts(detector: Detector, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                prompts: Sequence[P.Prompt], options: InferenceOptions
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per prompt: (logits (Q, T), boxes (Q, 4) normalised cxcywh), T = the prompt's length."""
+    model = detector.model
+    encoded = encode_image(model, pixel_values, pixel_mask) if options.reuse_backbone else None
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(prompts), options.batch_size):
+        batch = prompts[start:start + options.batch_size]
+        ids, mask = P.batch_ids(batch)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=detector.device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=detector.device)
+        b = len(batch)
+        kwargs = dict(pixel_values=pixel_values.expand(b, -1, -1, -1), pixel_mask=pixel_mask.expand(b, -1, -1),
+                      input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=torch.zeros_like(input_ids))
+        with replay_image(model, encoded) if encoded is not None else contextlib.nullcontext():
+            result = model(**kwargs)
+        for i, p in enumerate(batch):
+            out.append((result.logits[i, :, :len(p.input_ids)].float(), result.pred_boxes[i].float()))
+    return out
+
+
+def detect(detector: Detector, image: Image.Image, expressions: Sequence[str],
+           options: InferenceOptions | None = None, **overrides) -> Detections:
+    """Boxes for each expression in one image, in original-image pixels (xyxy)."""
+    if options is None:
+        options = InferenceOptions(**overrides)
+    elif overrides:
+        options = dataclasses.replace(options, **overrides)
+    expressions = P.check_expressions(list(expressions))
+    plan = plan_prompts(detector, expressions, options)
+    pixel_values, pixel_mask = preprocess(detector, image)
+    outputs = run_prompts(detector, pixel_values, pixel_mask, plan.prompts, options)
+    width, height = image.size
+    per_expression = select(plan.prompts, outputs, (height, width), options)
+    meta = {"mode": options.mode}
+    if plan.truncated:
+        meta["truncated_expressions"] = plan.truncated
+    return to_detections(per_expression, expressions, (height, width), meta)
+
+
+def select(prompts: Sequence[P.Prompt], outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+           image_size: tuple[int, int], options: InferenceOptions
+           ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per expression index: (boxes xyxy pixels (k, 4), scores (k,)) after top-k, NMS and threshold."""
+    height, width = image_size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    result: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for prompt, (logits, boxes) in zip(prompts, outputs, strict=True):
+        probs = logits.sigmoid()
+        xyxy = cxcywh_to_xyxy(boxes.cpu()) * scale
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        for (s, e), expr in zip(prompt.spans, prompt.expression_ids, strict=True):
+            token_probs = probs[:, s:e]
+            scores = (token_probs.mean(-1) if options.score_reduce == "mean" else token_probs.amax(-1)).cpu()
+            k = min(options.topk, len(scores))
+            top = scores.topk(k).indices  # sorted, descending
+            b, sc = xyxy[top], scores[top]
+            if options.nms_iou is not None:
+                keep = batched_nms(b, sc, torch.zeros(len(sc), dtype=torch.long), options.nms_iou)
+                b, sc = b[keep], sc[keep]
+            if options.score_thr > 0:
+                ok = sc >= options.score_thr
+                b, sc = b[ok], sc[ok]
+            result[expr] = (b, sc)
+    return result
+
+
+def to_detections(per_expression: dict[int, tuple[torch.Tensor, torch.Tensor]], expressions: Sequence[str],
+                  image_size: tuple[int, int], meta: dict) -> Detections:
+    parts = [(i, *per_expression[i]) for i in sorted(per_expression)]
+    if not parts:
+        return Detections.empty(list(expressions), image_size=image_size, meta=meta)
+    boxes = np.concatenate([b.numpy() for _, b, _ in parts]).reshape(-1, 4)
+    scores = np.concatenate([s.numpy() for _, _, s in parts])
+    labels = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, _, s in parts])
+    return Detections(boxes, scores, labels, list(expressions), image_size=image_size, meta=meta)

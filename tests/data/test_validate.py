@@ -1,0 +1,286 @@
+"""``reallod data validate``: parallel ranges, --max-errors, --fix/--clamp, image checks, JSON output."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import random
+
+import pytest
+from PIL import Image
+
+from reallod.cli import main
+from reallod.data.chunks import RangeLines, plan_ranges
+from reallod.data.validate import Issue, check_image, resolve_image, validate_file
+
+
+def rec(i: int = 0, **over) -> dict:
+    r = {"filename": f"img/{i}.png", "height": 30, "width": 40,
+         "pairs": {"llm": [{"bboxes": [[1, 2, 20, 25]], "category": "dog", "relation": "single",
+                            "positive_expressions": [f"dog number {i}"], "negative_expressions": ["a cat"]}]}}
+    r.update(over)
+    return r
+
+
+def dump(obj) -> str:
+    return json.dumps(obj) + "\n"
+
+
+def mixed_file(path, n: int = 600, seed: int = 0) -> None:
+    """Valid records mixed with bad lines, blank lines and CRLF endings, in a fixed random order."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        for i in range(n):
+            r = rng.random()
+            if r < 0.05:
+                f.write("\n")
+            elif r < 0.10:
+                f.write('{"filename": "cut\n')
+            elif r < 0.15:
+                f.write(dump(rec(i, height=-1)))
+            elif r < 0.20:
+                f.write(dump(rec(i)).replace("\n", "\r\n"))
+            elif r < 0.25:
+                bad = rec(i)
+                bad["pairs"]["llm"][0]["bboxes"] = [[1, 2, 90, 25]]
+                f.write(dump(bad))
+            else:
+                f.write(dump(rec(i)))
+
+
+def collect(path, **kw) -> tuple[list[Issue], object]:
+    issues: list[Issue] = []
+    report = validate_file(path, on_issue=issues.append, **kw)
+    return issues, report
+
+
+def test_plan_ranges_are_line_aligned_and_cover_the_file(tmp_path):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    data = path.read_bytes()
+    ranges = plan_ranges(path, 7, min_bytes=1000)
+    assert len(ranges) == 7
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    for (_, e1), (s2, _) in itertools.pairwise(ranges):
+        assert e1 == s2 and data[s2 - 1:s2] == b"\n"
+    total = 0
+    for s, e in ranges:
+        lines = RangeLines(path, s, e)
+        list(lines)
+        total += lines.lines
+    assert total == data.count(b"\n")
+    assert plan_ranges(path, 8) == [(0, len(data))]  # small file: one range
+    empty = tmp_path / "e.jsonl"
+    empty.write_bytes(b"")
+    assert plan_ranges(empty, 4) == [(0, 0)]
+
+
+def test_parallel_ranges_give_the_sequential_report(tmp_path):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    seq_issues, seq = collect(path, workers=1)
+    par_issues, par = collect(path, workers=2, chunk_bytes=2000)
+    assert seq.invalid > 50
+    assert par_issues == seq_issues  # same problems, same line numbers, same order
+    assert par.counts == seq.counts and par.records == seq.records and par.lines == seq.lines
+    # line numbers point at the right physical line (blank lines and CRLF included)
+    raw = path.read_bytes().split(b"\n")
+    for issue in seq_issues:
+        text = raw[issue.line - 1]
+        if issue.kind == "bad_json":
+            assert text == b'{"filename": "cut'
+        elif issue.kind == "bad_size":
+            assert b'"height": -1' in text
+        else:
+            assert b"90, 25" in text
+
+
+def test_gzip_is_read_sequentially_with_the_same_result(tmp_path):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    gz = tmp_path / "m.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    plain_issues, plain = collect(path, workers=2, chunk_bytes=2000)
+    gz_issues, gz_report = collect(gz, workers=2)
+    assert [(i.line, i.kind, i.field) for i in gz_issues] == [(i.line, i.kind, i.field) for i in plain_issues]
+    assert gz_report.counts == plain.counts
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_errors_caps_printing_not_counting(tmp_path, workers):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    all_issues, full = collect(path, workers=workers, chunk_bytes=2000)
+    issues, report = collect(path, workers=workers, chunk_bytes=2000, max_errors=7)
+    assert issues == all_issues[:7]
+    assert report.counts == full.counts and report.shown == 7
+    none, report0 = collect(path, workers=workers, chunk_bytes=2000, max_errors=0)
+    assert none == [] and report0.counts == full.counts
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fix_writes_valid_records_canonically_in_order(tmp_path, workers):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    out = tmp_path / "fixed.jsonl"
+    _, report = collect(path, workers=workers, chunk_bytes=2000, fix=out)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert report.written == len(lines) == report.valid
+    assert report.dropped == report.records - report.written > 0
+    numbers = [int(r["filename"].split("/")[1].split(".")[0]) for r in lines]
+    assert numbers == sorted(numbers)
+    assert all(r["pairs"]["llm"][0]["bboxes"] == [[1.0, 2.0, 20.0, 25.0]] for r in lines)
+    _, again = collect(out)
+    assert again.ok and again.records == len(lines)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_clamp_keeps_records_whose_only_problem_was_boxes_outside(tmp_path, workers):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path)
+    out = tmp_path / "fixed.jsonl.gz"
+    _, plain = collect(path, workers=workers, chunk_bytes=2000, fix=tmp_path / "plain.jsonl")
+    _, report = collect(path, workers=workers, chunk_bytes=2000, fix=out, clamp=True)
+    assert report.clamped == report.counts["box_outside_image"] > 0
+    assert report.written == plain.written + report.clamped
+    lines = [json.loads(x) for x in gzip.decompress(out.read_bytes()).splitlines()]
+    assert len(lines) == report.written
+    assert [[1.0, 2.0, 40.0, 25.0]] in [r["pairs"]["llm"][0]["bboxes"] for r in lines]
+
+
+def test_clamp_drops_a_box_wholly_outside_and_fix_removes_a_bom(tmp_path):
+    outside = rec(1)
+    outside["pairs"]["llm"][0]["bboxes"] = [[50, 2, 60, 25]]  # past width 40: zero width once clamped
+    negative = rec(2)
+    negative["pairs"]["llm"][0]["bboxes"] = [[-5, -1, 20, 25]]
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + dump(rec(0)).encode() + dump(outside).encode() + dump(negative).encode())
+    out = tmp_path / "out.jsonl"
+    issues, report = collect(path, fix=out, clamp=True)
+    assert [(i.line, i.kind) for i in issues] == [(1, "bom"), (2, "box_outside_image"), (3, "negative_box")]
+    kept = [json.loads(x) for x in out.read_bytes().splitlines()]
+    assert [r["filename"] for r in kept] == ["img/0.png", "img/2.png"]
+    assert kept[1]["pairs"]["llm"][0]["bboxes"] == [[0.0, 0.0, 20.0, 25.0]]
+    assert report.clamped == 1 and report.dropped == 1
+    assert not out.read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def test_fix_on_an_unreadable_input_leaves_the_output_alone(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    issues, report = collect(tmp_path / "missing.jsonl", fix=out)
+    assert [i.kind for i in issues] == ["read_error"]
+    assert out.read_text() == "precious\n" and report.fix_path is None
+
+
+def test_fix_in_place_is_atomic(tmp_path):
+    path = tmp_path / "m.jsonl"
+    mixed_file(path, n=200)
+    _, report = collect(path, workers=2, chunk_bytes=1000, fix=path)
+    _, again = collect(path)
+    assert again.ok and again.records == report.written
+
+
+# ------------------------------------------------------------------------------------- images
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "images"
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(root / "img" / "0.png")
+    Image.new("RGB", (41, 30), "red").save(root / "img" / "1.png")
+    (root / "img" / "2.png").write_bytes(b"not an image at all")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: stored 30x40, shown 40x30
+    Image.new("RGB", (30, 40), "blue").save(root / "img" / "4.jpg", exif=exif)
+    (tmp_path / "secret.png").write_bytes(b"")
+    return root
+
+
+def test_image_checks(tmp_path, image_root):
+    path = tmp_path / "i.jsonl"
+    path.write_text("".join([
+        dump(rec(0)),                                   # fine
+        dump(rec(1)),                                   # 41 wide, record says 40
+        dump(rec(2)),                                   # not an image
+        dump(rec(3)),                                   # missing
+        dump(rec(4, filename="img/4.jpg")),             # EXIF-rotated
+        dump(rec(5, filename="../secret.png")),         # leaves the root
+        dump(rec(6, filename=str(image_root / "img" / "0.png"))),  # absolute
+        dump(rec(7, filename="img/../img/0.png")),      # normalises inside the root: fine
+    ]))
+    issues, report = collect(path, images=image_root)
+    got = [(i.line, i.kind, i.field) for i in issues]
+    assert got == [(2, "image_size_mismatch", "width"), (3, "unreadable_image", "filename"),
+                   (4, "missing_image", "filename"), (5, "image_size_mismatch", "height,width"),
+                   (6, "image_outside_root", "filename"), (7, "image_outside_root", "filename")]
+    assert "image is 41x30 (width x height), record says 40x30" in issues[0].message
+    assert "EXIF orientation" in issues[3].message
+    assert report.invalid == 6 and report.valid == 2
+    par_issues, _ = collect(path, images=image_root, workers=2, chunk_bytes=100)
+    assert par_issues == issues
+
+
+def test_resolve_image_stays_inside_the_root():
+    assert resolve_image("/data", "a/b.jpg") == os.path.join("/data", "a/b.jpg")
+    assert resolve_image("/data", "a/../b.jpg") == os.path.join("/data", "b.jpg")
+    for bad in ("../b.jpg", "a/../../b.jpg", "/etc/passwd", "..", "a\0.jpg"):
+        assert resolve_image("/data", bad) is None
+    assert check_image(["not", "a", "record"], "/data") == []
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_json_report_and_exit_codes(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text(dump(rec(0)) + dump(rec(1)))
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate", str(good), "--json"])
+    assert exc.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["issues"] == [] and doc["summary"]["ok"] and doc["summary"]["records"] == 2
+
+    bad = tmp_path / "bad.jsonl"
+    mixed_file(bad, n=100)
+    out = tmp_path / "fixed.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate", str(bad), "--json", "--max-errors", "3", "--fix", str(out), "--clamp"])
+    assert exc.value.code == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["issues"]) == 3 and doc["summary"]["problems"] > 3
+    assert doc["summary"]["fix"]["written"] == len(out.read_text().splitlines())
+
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate", str(bad), "--fix", str(out)])
+    text = capsys.readouterr().out
+    assert exc.value.code == 1
+    assert "Problems in" in text and "box_outside_image" in text and "--fix: wrote" in text
+    numbers = [int(ln[len(str(bad)) + 1:].split(":")[0]) for ln in text.splitlines() if ln.startswith(f"{bad}:")]
+    assert len(numbers) == doc["summary"]["problems"] and numbers == sorted(numbers)
+
+
+def test_validate_and_stats_do_not_import_torch(tmp_path):
+    """Both stream in constant memory; importing torch/transformers alone would cost hundreds of MB."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.jsonl"
+    mixed_file(path, n=50)
+    code = (
+        "import sys\n"
+        "from reallod.cli import main\n"
+        "for cmd in (['data', 'validate', sys.argv[1], '--json'], ['data', 'stats', sys.argv[1], '--json']):\n"
+        "    try:\n"
+        "        main(cmd)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "HEAVY []"

@@ -1,0 +1,153 @@
+"""`reallod detect` and `reallod convert-checkpoint` through the real CLI entry point."""
+
+import json
+import struct
+import zlib
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from reallod.cli import main
+from reallod.errors import DataError
+from reallod.model.detect import find_images, load_predictions, open_image
+from reallod.model.draw import PALETTES, draw_detections, palette
+from reallod.model.tiny import minilm_dir, tiny_config
+
+from .mmdet_layout import to_mmdet_layout
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+@pytest.fixture
+def image_dir(tmp_path, photo):
+    d = tmp_path / "images"
+    (d / "sub").mkdir(parents=True)
+    photo.save(d / "astronaut.jpg")
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(d / "sub" / "flipped.png")
+    (d / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (d / "notes.md").write_text("ignored: not an image suffix")
+    return d
+
+
+def test_detect_folder_writes_json_and_pictures(capsys, image_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(capsys, "detect", str(image_dir), str(tiny_model_dir), "--texts",
+                               "an astronaut . a flag .", "--texts", "the helmet", "--out-dir", str(out),
+                               "--device", "cpu", "--topk", "10")
+    assert code == 0, stderr
+    assert "skipped" in stderr and "broken.jpg" in stderr
+    assert "2 images, 3 expressions" in stdout and "1 skipped" in stdout
+    pred = json.loads((out / "preds" / "astronaut.json").read_text())
+    assert pred["expressions"] == ["an astronaut", "a flag", "the helmet"]
+    assert len(pred["bboxes"]) == len(pred["scores"]) == len(pred["labels"]) == 30
+    assert (pred["height"], pred["width"]) == (150, 200)
+    assert (out / "preds" / "sub" / "flipped.json").is_file()
+    vis = Image.open(out / "vis" / "astronaut.jpg")
+    assert vis.size == (200, 150)
+    assert load_predictions(out / "preds" / "sub" / "flipped.json").expressions[2] == "the helmet"
+
+
+def test_detect_print_result_and_no_save(capsys, image_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "detect", str(image_dir / "astronaut.jpg"), str(tiny_model_dir), "--texts",
+                          "$: coco", "--out-dir", str(out), "--device", "cpu", "--no-save-vis", "--no-save-pred",
+                          "--print-result", "--topk", "1", "--mode", "concat", "--batch-size", "2")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert len(result["expressions"]) == 80 and len(result["labels"]) == 80
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--texts", "  "], "no expressions"),
+    ([], "at least one --texts"),
+    (["--texts", "dog", "--palette", "rainbow"], "--palette"),
+    (["--texts", "dog", "--mode", "both"], "mode must be"),
+    (["--texts", "dog", "--dtype", "int4"], "unknown dtype"),
+])
+def test_detect_bad_arguments(capsys, image_dir, tiny_model_dir, args, message):
+    code, _, stderr = run(capsys, "detect", str(image_dir), str(tiny_model_dir), "--device", "cpu", *args)
+    assert code == 2 and message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_detect_with_a_model_that_is_not_a_detector(capsys, image_dir):
+    code, _, stderr = run(capsys, "detect", str(image_dir), str(minilm_dir()), "--texts", "dog")
+    assert code == 2 and "is not a Grounding-DINO detector" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_detect_when_no_image_can_be_read(capsys, tmp_path, tiny_model_dir):
+    (tmp_path / "a.jpg").write_bytes(b"nope")
+    code, _, stderr = run(capsys, "detect", str(tmp_path), str(tiny_model_dir), "--texts", "dog",
+                          "--device", "cpu", "--out-dir", str(tmp_path / "o"))
+    assert code == 2 and "none of the 1 images could be read" in stderr
+
+
+def _png_claiming_size(path, width, height):
+    """A valid 1×1 PNG whose header claims width × height (decoding it would need that much memory)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_model_dir, photo):
+    bomb = tmp_path / "imgs" / "bomb.png"
+    bomb.parent.mkdir()
+    _png_claiming_size(bomb, 60_000, 60_000)
+    with pytest.raises(DataError, match="3,600,000,000 pixels"):
+        open_image(bomb)
+    photo.save(tmp_path / "imgs" / "ok.jpg")
+    code, _, stderr = run(capsys, "detect", str(tmp_path / "imgs"), str(tiny_model_dir), "--texts", "dog",
+                          "--device", "cpu", "--out-dir", str(tmp_path / "o"))
+    assert code == 0 and "bomb.png" in stderr and "above the limit" in stderr
+    with pytest.raises(DataError, match="above the limit of 100"):
+        open_image(tmp_path / "imgs" / "ok.jpg", max_pixels=100)
+
+
+def test_find_images_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        find_images(tmp_path / "missing")
+    with pytest.raises(DataError, match="no images"):
+        find_images(tmp_path)
+
+
+def test_palettes_and_drawing(tiny_detector, photo):
+    for name in PALETTES:
+        colors = palette(name, 25)
+        assert len(colors) == 25 and all(len(c) == 3 for c in colors)
+    assert len(set(palette("coco", 80))) == 80 and len(set(palette("voc", 20))) == 20
+    assert palette("voc", 3) == [(128, 0, 0), (0, 128, 0), (128, 128, 0)]
+    dets = tiny_detector.detect(photo, ["a dog", "a cat"], topk=3)
+    drawn = draw_detections(photo, dets, score_thr=0.0)
+    assert drawn.size == photo.size and drawn.tobytes() != photo.tobytes()
+    assert draw_detections(photo, dets, score_thr=1.01).tobytes() == photo.convert("RGB").tobytes()
+
+
+def test_convert_checkpoint_cli(capsys, tmp_path, tiny_model_dir):
+    config = tiny_config()
+    cfg_file = tmp_path / "tiny.json"
+    config.to_json_file(str(cfg_file))
+    mm = to_mmdet_layout(load_file(str(tiny_model_dir / "model.safetensors")), config)
+    src = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": mm}, src)
+    out = tmp_path / "hf"
+    code, stdout, stderr = run(capsys, "convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
+                               "--tokenizer", str(minilm_dir()))
+    assert code == 0, stderr
+    assert "no missing or unexpected keys" in stdout and (out / "model.safetensors").is_file()
+    code, _, stderr = run(capsys, "convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
+                          "--tokenizer", str(minilm_dir()))
+    assert code == 2 and "not empty" in stderr
+    code, _, stderr = run(capsys, "convert-checkpoint", str(src), str(tmp_path / "x"), "--variant", "base",
+                          "--tokenizer", str(minilm_dir()))
+    assert code == 2 and "does not fit --variant base" in stderr

@@ -1,0 +1,165 @@
+"""Language-based inference on a tiny random model: the parallel path must equal a naive loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from reallod.errors import ConfigError
+from reallod.model.detections import compare
+from reallod.model.inference import InferenceOptions
+
+EXPRESSIONS = [
+    "a dog",
+    "the astronaut in the orange suit on the left",
+    "flag?",
+    "Mr. Smith's helmet",
+    "person",
+    "the thing that is very far behind the person who is standing near the large window",
+    "a red and white striped flag on a pole",
+]
+
+
+def _count_backbone_calls(detector):
+    calls = []
+    handle = detector.model.model.backbone.conv_encoder.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def _assert_same(a, b, atol=1e-4):
+    """Scores rank by rank and boxes within atol; near-equal scores may swap places (float noise)."""
+    assert a.expressions == b.expressions
+    assert np.bincount(a.labels).tolist() == np.bincount(b.labels).tolist()
+    agreement = compare(a, b, atol)
+    assert agreement.within(atol), agreement
+
+
+def test_parallel_equals_naive_loop_of_full_forward_passes(tiny_detector, photo):
+    calls, handle = _count_backbone_calls(tiny_detector)
+    try:
+        naive = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(reuse_backbone=False, batch_size=1))
+        assert len(calls) == len(EXPRESSIONS)  # one full forward pass per expression
+        calls.clear()
+        fast = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=3))  # 3 + 3 + 1, padded
+        assert len(calls) == 1  # the backbone ran once for the image
+    finally:
+        handle.remove()
+    n_queries = tiny_detector.model.config.num_queries
+    assert len(naive) == len(EXPRESSIONS) * n_queries  # top-300 per expression, capped by the query count
+    _assert_same(naive, fast)
+    assert np.ptp(fast.scores) > 1e-3  # the comparison is not between constants
+
+
+def test_batched_text_equals_unbatched_text_with_reuse(tiny_detector, photo):
+    one = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=1))
+    many = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=len(EXPRESSIONS)))
+    _assert_same(one, many)
+
+
+def test_parallel_equals_naive_with_real_minilm_text_encoder(tmp_path_factory, photo):
+    from reallod.model.loading import load_detector
+    from reallod.model.tiny import save_tiny_detector
+
+    folder = save_tiny_detector(tmp_path_factory.mktemp("minilm") / "m", text_backbone="minilm", seed=1)
+    det = load_detector(folder, device="cpu")
+    exprs = EXPRESSIONS[:4]
+    naive = det.detect(photo, exprs, InferenceOptions(reuse_backbone=False, batch_size=1))
+    fast = det.detect(photo, exprs, InferenceOptions(batch_size=4))
+    _assert_same(naive, fast)
+
+
+def test_boxes_are_pixels_inside_the_image(tiny_detector, photo):
+    d = tiny_detector.detect(photo, ["a dog", "a flag"], topk=7)
+    w, h = photo.size
+    assert d.image_size == (h, w)
+    assert len(d) == 14 and d.labels.tolist() == [0] * 7 + [1] * 7
+    assert (d.xyxy[:, [0, 2]] >= 0).all() and (d.xyxy[:, [0, 2]] <= w).all()
+    assert (d.xyxy[:, [1, 3]] >= 0).all() and (d.xyxy[:, [1, 3]] <= h).all()
+    assert (d.xyxy[:, 2] >= d.xyxy[:, 0]).all() and (d.xyxy[:, 3] >= d.xyxy[:, 1]).all()
+    assert d.xyxy.max() > 20  # pixels, not normalised coordinates
+    assert np.all(np.diff(d.for_expression(0).scores) <= 0)  # best first
+
+
+def test_threshold_and_nms_options(tiny_detector, photo):
+    full = tiny_detector.detect(photo, ["a dog"])
+    thr = float(np.median(full.scores))
+    above = tiny_detector.detect(photo, ["a dog"], score_thr=thr)
+    assert len(above) == int((full.scores >= thr).sum()) and above.scores.min() >= thr
+    from reallod.model.nms import box_iou
+
+    iou_all = box_iou(torch.from_numpy(full.xyxy), torch.from_numpy(full.xyxy)).fill_diagonal_(0)
+    thr_iou = float(iou_all.max()) / 2  # some random boxes overlap more than this
+    kept = tiny_detector.detect(photo, ["a dog"], nms_iou=thr_iou)
+    assert 0 < len(kept) < len(full)
+    iou = box_iou(torch.from_numpy(kept.xyxy), torch.from_numpy(kept.xyxy)).fill_diagonal_(0)
+    assert iou.max() <= thr_iou + 1e-6
+
+
+def test_concat_mode_chunks_and_keeps_each_expression(tiny_model_dir, photo):
+    from reallod.model.loading import load_detector
+
+    det = load_detector(tiny_model_dir, device="cpu", max_text_len=24)
+    d = det.detect(photo, EXPRESSIONS[:5], mode="concat", topk=5)
+    assert sorted(set(d.labels.tolist())) == [0, 1, 2, 3, 4]
+    assert d.meta["mode"] == "concat"
+    # With one expression the concat prompt is the parallel prompt: same answer.
+    single_c = det.detect(photo, ["a dog"], mode="concat")
+    single_p = det.detect(photo, ["a dog"], mode="parallel")
+    _assert_same(single_c, single_p, atol=1e-6)
+
+
+def test_long_expression_is_reported_not_silently_cut(tiny_model_dir, photo):
+    from reallod.model.loading import load_detector
+
+    det = load_detector(tiny_model_dir, device="cpu", max_text_len=8)
+    with pytest.warns(UserWarning, match="cut to 5"):
+        d = det.detect(photo, ["a dog", EXPRESSIONS[5]])
+    assert d.meta["truncated_expressions"] == [1]
+    with pytest.raises(ConfigError, match="tokens"):
+        det.detect(photo, [EXPRESSIONS[5]], on_long="error")
+
+
+def test_compare_detects_a_real_difference_and_tolerates_near_ties():
+    from reallod.model.detections import Detections
+
+    a = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.5 - 1e-7], [0, 0], ["x"])
+    swapped = Detections([[20, 20, 30, 30], [0, 0, 10, 10]], [0.5, 0.5 - 1e-7], [0, 0], ["x"])
+    assert compare(a, swapped).within(1e-4)
+    moved = Detections([[0, 0, 10, 10], [20, 20, 31, 30]], [0.5, 0.5 - 1e-7], [0, 0], ["x"])
+    assert compare(a, moved).max_box_diff == 1.0 and not compare(a, moved).within(1e-4)
+    rescored = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.4], [0, 0], ["x"])
+    assert not compare(a, rescored).within(1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "both"}, {"batch_size": 0}, {"topk": 0}, {"score_thr": 2.0},
+                                    {"nms_iou": 0.0}])
+def test_bad_options(kwargs):
+    with pytest.raises(ConfigError):
+        InferenceOptions(**kwargs)
+
+
+def test_bad_expressions(tiny_detector, photo):
+    with pytest.raises(ConfigError, match="no expressions"):
+        tiny_detector.detect(photo, [])
+    with pytest.raises(ConfigError, match="empty"):
+        tiny_detector.detect(photo, ["a dog", "   "])
+
+
+def test_bf16_on_cpu_runs_close_to_fp32(tiny_model_dir, photo, tiny_detector):
+    from reallod.model.loading import load_detector
+
+    det = load_detector(tiny_model_dir, device="cpu", dtype="bf16")
+    assert det.model.dtype == torch.bfloat16
+    d = det.detect(photo, ["a dog"], topk=900)
+    ref = tiny_detector.detect(photo, ["a dog"], topk=900)
+    assert len(d) == len(ref)
+    assert abs(float(d.scores.mean()) - float(ref.scores.mean())) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(tiny_model_dir, photo, tiny_detector):
+    from reallod.model.loading import load_detector
+
+    det = load_detector(tiny_model_dir, device="cuda")
+    _assert_same(det.detect(photo, EXPRESSIONS[:3]), tiny_detector.detect(photo, EXPRESSIONS[:3]), atol=1e-3)
+    half = load_detector(tiny_model_dir, device="cuda", dtype="fp16").detect(photo, EXPRESSIONS[:3])
+    assert len(half) == len(EXPRESSIONS[:3]) * det.model.config.num_queries
