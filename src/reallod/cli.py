@@ -72,8 +72,12 @@ def data_validate(
             sys.stdout.write(issue.format() + "\n")
         shown += 1
 
-    report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
-                           workers=workers, on_issue=on_issue)
+    try:
+        report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
+                               workers=workers, on_issue=on_issue)
+    except BrokenPipeError:  # `validate ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(('{"issues": [' if not shown else "\n") + '], "summary": '
                          + orjson.dumps(report.to_dict()).decode() + "}\n")

@@ -72,6 +72,20 @@ def test_choices_are_scored_and_one_is_returned(offline_roles: Roles) -> None:
     assert c.text in ("yes", "no", "a mineral")
 
 
+def test_free_generation_without_a_schema(offline_roles: Roles) -> None:
+    b = offline_roles.reflector.backend
+    c = asyncio.run(b.complete([{"role": "user", "content": "Name a colour."}], max_tokens=5))
+    assert isinstance(c.text, str) and 0 < c.completion_tokens <= 5
+
+
+def test_a_missing_model_is_a_config_error(tmp_path) -> None:
+    from reallod.errors import ConfigError
+
+    b = TransformersBackend(str(tmp_path), gguf_file="nothere.gguf")
+    with pytest.raises(ConfigError, match="cannot load causal_lm model"):
+        asyncio.run(b.complete([{"role": "user", "content": "hi"}], max_tokens=2))
+
+
 def test_base_model_gets_a_plain_completion_prompt(offline_roles: Roles) -> None:
     b = offline_roles.reflector.backend
     msgs = offline_roles.reflector.messages(VALUES["reflector"])

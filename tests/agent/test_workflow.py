@@ -12,7 +12,7 @@ from PIL import Image
 from reallod.agent.backends.base import BackendError
 from reallod.agent.task import ObjectRef, Task, TaskResult
 from reallod.agent.workflow import run_task
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 from tests.agent.scripted import answer, plan, reflect, rewrite, scripted_roles
 
 
@@ -221,6 +221,14 @@ def test_backend_errors_that_persist_or_cannot_be_retried_fail_the_task() -> Non
     assert r.verdict == "failed" and r.steps[0].attempts == 3
 
 
+def test_a_model_that_cannot_be_loaded_stops_the_run() -> None:
+    roles = scripted_roles({"reflector": [ConfigError("cannot load causal_lm model x: no such file")]})
+    with pytest.raises(ConfigError, match="cannot load"):
+        asyncio.run(run_task(make_task(), roles, load_image=Images()))
+    with pytest.raises(ValueError, match="max_cycles"):
+        asyncio.run(run_task(make_task(), roles, load_image=Images(), max_cycles=0))
+
+
 def test_an_unexpected_backend_exception_fails_only_the_task() -> None:
     r, _ = run(make_task(), {"reflector": [RuntimeError("CUDA out of memory")]})
     assert r.verdict == "failed" and "RuntimeError: CUDA out of memory" in r.error
@@ -248,7 +256,8 @@ def test_a_box_outside_the_actual_image_fails_the_task() -> None:
     ({"chosen": ObjectRef("dog", [])}, "no box"),
     ({"chosen": ObjectRef("dog", [[300, 10, 320, 20]])}, "outside the 200x100 image"),
     ({"chosen": ObjectRef("dog", [[10, 10, 5, 20]])}, "x2 < x1"),
-    ({"width": 0}, "not positive"),
+    ({"width": 0}, "not a positive width x height"),
+    ({"height": None}, "not a positive width x height"),
 ])
 def test_bad_tasks_fail_before_any_call(change: dict[str, Any], message: str) -> None:
     r, calls = run(make_task(**change), {})

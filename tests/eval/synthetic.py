@@ -176,3 +176,28 @@ def write_images(root, images: list[dict]) -> None:
         path = Path(root) / img["file_name"]
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photos[k % len(photos)]).resize((img["width"], img["height"])).save(path)
+
+
+# ---------------------------------------------------------------------------------------------- OVDEval
+
+
+def ovdeval_subset(seed: int = 0, n_images: int = 6, size: tuple[int, int] = (160, 120),
+                   labels: tuple[str, ...] = ("red car", "blue car", "green car", "white car", "black car")) -> dict:
+    """A COCO json in OVDEval's layout: per image ``text`` (labels present) and ``neg_text`` (hard negatives)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(labels)]
+    images, annotations = [], []
+    for i in range(n_images):
+        pos = sorted(set(rng.choice(len(labels), size=int(rng.integers(1, 3))).tolist()))
+        neg = [k for k in range(len(labels)) if k not in pos][: int(rng.integers(1, 3))]
+        images.append({"id": i + 1, "file_name": f"img_{i}.png", "width": w, "height": h,
+                       "text": [labels[k] for k in pos], "neg_text": [labels[k] for k in neg]})
+        for k in pos:
+            for _ in range(int(rng.integers(1, 3))):
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": k + 1,
+                                    "bbox": [int(v) for v in _box(rng, w, h)], "iscrowd": 0,
+                                    "area": 0})
+    for a in annotations:
+        a["area"] = a["bbox"][2] * a["bbox"][3]
+    return {"images": images, "annotations": annotations, "categories": categories}

@@ -22,7 +22,7 @@ from reallod.agent.decisions import DecisionError
 from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 
 MAX_OTHERS_IN_PROMPT = 30
 
@@ -50,9 +50,9 @@ def validate_task(task: Task) -> str | None:
         return "chosen object has no category"
     if task.caption is None or not str(task.caption).strip():
         return "no caption for this task"
-    if not (isinstance(task.width, int) and isinstance(task.height, int)) or task.width <= 0 \
-            or task.height <= 0:
-        return f"image size {task.width}x{task.height} is not positive"
+    sizes = (task.width, task.height)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sizes):
+        return f"image size {task.width}x{task.height} is not a positive width x height"
     if not task.chosen.bboxes:
         return "chosen object has no box"
     for box in task.chosen.bboxes:
@@ -117,6 +117,8 @@ class _TaskRun:
                         await asyncio.sleep(policy.delay(attempt, e.retry_after))
                         continue
                     raise StepFailed(f"{role.name}: backend {role.backend.name} failed: {e}") from e
+                except ConfigError:
+                    raise  # the model cannot be loaded or used at all: a run-level problem, not this task's
                 except Exception as e:  # a backend bug must not end the run
                     step.rejected.append({"attempt": attempt, "error": f"{type(e).__name__}: {e}"})
                     raise StepFailed(f"{role.name}: backend {role.backend.name} raised "
@@ -234,7 +236,11 @@ class _TaskRun:
 
 async def run_task(task: Task, roles: Roles, *, load_image: Callable[[], Image.Image],
                    max_cycles: int = 3) -> TaskResult:
-    """Re-align one task's expression. Task-level problems end as verdict "failed" with ``error``."""
+    """Re-align one task's expression. Task-level problems end as verdict "failed" with ``error``.
+
+    Raises only for run-level problems: ``max_cycles`` < 1 (ValueError) and a backend that reports a
+    :class:`ConfigError` (a model that cannot be loaded), which would fail every task the same way.
+    """
     state = sm.start(task.raw_expression, max_cycles)  # a bad max_cycles is the caller's bug: raises
     problem = validate_task(task)
     if problem is not None:
@@ -243,6 +249,8 @@ async def run_task(task: Task, roles: Roles, *, load_image: Callable[[], Image.I
     try:
         while not state.done:
             state = sm.advance(state, await run.perform(state))
+    except ConfigError:
+        raise
     except Exception as e:  # a bug in one task must not end a long run; it is recorded, not hidden
         state = replace(state, phase=sm.Phase.DONE, verdict="failed",
                         error=f"internal error: {type(e).__name__}: {e}")

@@ -87,8 +87,7 @@ class Stats:
                     boxes = p["bboxes"]
                     if boxes and not isinstance(boxes[0], list):
                         boxes = (boxes,)  # one box written flat
-                    for box in boxes:
-                        src_boxes.add(tuple(box))
+                    src_boxes.update(map(tuple, boxes))
                     rel = p.get("relation") or ("multi" if len(boxes) > 1 else "single")
                     if rel.__class__ is not str:
                         raise TypeError("relation must be a string")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,13 @@ def read_json(path: str | Path, what: str) -> Any:
         data = gzip.decompress(data)
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError as e:
+    except orjson.JSONDecodeError:
+        pass
+    import json  # also reads NaN / Infinity, so the entry holding one can be named
+
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what}: not valid JSON ({e})", path=str(p)) from e
 
 
@@ -201,10 +208,53 @@ def coco_results(pred: Predictions) -> list[dict[str, Any]]:
                                   pred.score.tolist(), strict=True)]
 
 
+def fast_columns(entries: list[Any], keys: tuple[str, ...]) -> dict[str, list[Any]] | None:
+    """Each key's values as a list, or None when an entry is not a dict holding every key (slow path then)."""
+    try:
+        return {k: [e[k] for e in entries] for k in keys}
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _only(values, types: set[type]) -> bool:
+    """Every value is an instance of one of ``types`` (subclasses too, bool never): one pass, no per-item calls."""
+    wanted = tuple(types)
+    return all(issubclass(t, wanted) and not issubclass(t, bool) for t in set(map(type, values)))
+
+
+def bbox_array(boxes: list[Any]) -> np.ndarray | None:
+    """(N, 4) float64 from lists of 4 numbers, or None when any box is not that (the slow path says which)."""
+    if not _only(boxes, {list, tuple}) or not _only(chain.from_iterable(boxes), {int, float}):
+        return None
+    try:
+        arr = np.array(boxes, dtype=np.float64)
+    except ValueError:
+        return None
+    return arr if arr.shape == (len(boxes), 4) or (not boxes and arr.size == 0) else None
+
+
+def boxes_and_scores_ok(bbox: np.ndarray, score: np.ndarray) -> bool:
+    return bool(np.isfinite(bbox).all() and np.isfinite(score).all() and (bbox[:, 2:] >= 0).all())
+
+
 def parse_coco_results(entries: Any, path: str | None, part: int = 0) -> Predictions:
-    """COCO result entries (D³, OVDEval) → Predictions, each field checked."""
+    """COCO result entries (D³, OVDEval) → Predictions, each field checked (vectorised; per entry on failure)."""
     if not isinstance(entries, list):
         raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
+    n = len(entries)
+    cols = fast_columns(entries, ("image_id", "category_id", "bbox", "score"))
+    if cols is not None and _only(cols["image_id"], {int}) and _only(cols["category_id"], {int}) \
+            and _only(cols["score"], {int, float}):
+        bbox = bbox_array(cols["bbox"])
+        if bbox is not None:
+            score = np.array(cols["score"], dtype=np.float64).reshape(-1)
+            if boxes_and_scores_ok(bbox.reshape(-1, 4), score):
+                return Predictions(np.array(cols["image_id"], dtype=np.int64), np.array(cols["category_id"], dtype=np.int64),
+                                   score, bbox.reshape(-1, 4), np.full(n, part, dtype=np.int64))
+    return _parse_coco_results_slowly(entries, path, part)
+
+
+def _parse_coco_results_slowly(entries: list[Any], path: str | None, part: int) -> Predictions:
     check = EntryChecker(path)
     n = len(entries)
     image_id = np.empty(n, dtype=np.int64)

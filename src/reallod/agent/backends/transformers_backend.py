@@ -67,7 +67,7 @@ def _load(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
             else:
                 tok = tf.AutoProcessor.from_pretrained(model, **kwargs)
                 net = tf.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
             raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
                               + f": {e}") from e
         net.to(device).eval()

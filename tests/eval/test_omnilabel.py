@@ -1,0 +1,157 @@
+"""OmniLabel metric: hand-built cases with known answers, the pycocotools oracle, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from reallod.errors import DataError
+from reallod.eval import omnilabel as ol
+from tests.eval.omnilabel_reference import reference_evaluate
+from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions
+
+HM_OF_ONES = 2 / (2 + 1e-5)  # the toolkit's harmonic mean keeps a 1e-5 in the denominator
+
+
+def _gt():
+    """Two images. Image 1: 'dog' (C, 1 box), 'a brown dog on the grass' (Dp, 1 box), 'a red car' (Dn).
+    Image 2: 'person' (C, 2 boxes), 'the three people standing in a row near the tall window' (Dp, 3 boxes)."""
+    return {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
+                   {"id": 2, "file_name": "b.jpg", "width": 100, "height": 100},
+                   {"id": 3, "file_name": "empty.jpg", "width": 100, "height": 100}],
+        "descriptions": [
+            {"id": 10, "text": "dog", "image_ids": [1], "anno_info": {"type": "object_class"}},
+            {"id": 11, "text": "a brown dog on the grass", "image_ids": [1], "anno_info": {"type": "object_description"}},
+            {"id": 12, "text": "a red car", "image_ids": [1], "anno_info": {"type": "object_description"}},
+            {"id": 20, "text": "person", "image_ids": [2], "anno_info": {"type": "object_class"}},
+            {"id": 21, "text": "the three people standing in a row near the tall window", "image_ids": [2],
+             "anno_info": {"type": "object_description"}},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [10, 10, 30, 30], "description_ids": [10, 11]},
+            {"id": 2, "image_id": 2, "bbox": [0, 0, 20, 40], "description_ids": [20, 21]},
+            {"id": 3, "image_id": 2, "bbox": [30, 0, 20, 40], "description_ids": [20, 21]},
+            {"id": 4, "image_id": 2, "bbox": [60, 0, 20, 40], "description_ids": [21]},
+        ],
+    }
+
+
+def _perfect(gt):
+    return [{"image_id": a["image_id"], "bbox": a["bbox"], "description_ids": list(a["description_ids"]),
+             "scores": [1.0] * len(a["description_ids"])} for a in gt["annotations"]]
+
+
+def _score(gt, preds, **kw):
+    return ol.evaluate(ol.parse_gt(copy.deepcopy(gt), **kw), ol.parse_predictions(copy.deepcopy(preds))).metrics
+
+
+def test_perfect_predictions_give_one():
+    m = _score(_gt(), _perfect(_gt()))
+    for name in ("AP-categ", "AP-descr", "AP-descr-pos", "AP50-descr", "AP75-descr", "AR-descr", "AR-categ"):
+        assert m[name] == 1.0, name
+    assert m["AP"] == pytest.approx(HM_OF_ONES, abs=1e-15)
+
+
+def test_false_positive_on_a_negative_description_lowers_descr_not_descr_pos():
+    preds = [*_perfect(_gt()), {"image_id": 1, "bbox": [50, 50, 20, 20], "description_ids": [12], "scores": [2.0]}]
+    m = _score(_gt(), preds)
+    # descr pools 4 boxes; the false positive ranks first: precision 4/5 at full recall
+    assert m["AP-descr"] == pytest.approx(4 / 5, abs=1e-12)
+    assert m["AP-descr-pos"] == 1.0 and m["AP-categ"] == 1.0
+    assert m["AP"] < HM_OF_ONES
+
+
+def test_missing_prediction_and_description_with_several_boxes():
+    preds = [p for p in _perfect(_gt()) if p["bbox"] != [60, 0, 20, 40]]  # one of the three people missed
+    m = _score(_gt(), preds)
+    # descr: 4 boxes, 3 found first → precision 1 up to recall 0.75: 76 of 101 recall points
+    assert m["AP-descr"] == pytest.approx(76 / 101, abs=1e-12)
+    assert m["AR-descr"] == pytest.approx(0.75, abs=1e-12)
+    assert m["AP-categ"] == 1.0
+    assert m["AP-descr-L"] == pytest.approx(67 / 101, abs=1e-12)  # the 11-word description: 2 of 3 boxes
+    # "a brown dog on the grass" (6 words): one box, found (1 / (1 + eps), as pycocotools)
+    assert m["AP-descr-M"] == pytest.approx(1.0, abs=1e-15)
+    assert m["AP-descr-S"] is None  # "a red car" (3 words) is a Dn pair: no box at all → undefined
+
+
+def test_no_predictions_at_all():
+    m = _score(_gt(), [])
+    assert m["AP-descr"] == 0.0 and m["AP-categ"] == 0.0 and m["AR-descr"] == 0.0
+    assert m["AP"] == 0.0
+
+
+def test_boxes_on_an_empty_image_or_outside_the_label_space_are_ignored():
+    preds = [*_perfect(_gt()), {"image_id": 2, "bbox": [1, 1, 5, 5], "description_ids": [11], "scores": [0.9]}]
+    result = ol.evaluate(ol.parse_gt(_gt()), ol.parse_predictions(preds))
+    assert result.metrics["AP-descr"] == 1.0
+    assert any("outside their image's label space" in n for n in result.notes)
+
+
+def test_word_count_groups():
+    gt = _gt()
+    assert [len(d["text"].split()) for d in gt["descriptions"]] == [1, 6, 3, 1, 11]
+    pairs = ol.build_pairs(ol.parse_gt(gt))
+    assert pairs.kind.tolist() == ["C", "Dp", "Dn", "C", "Dp"]
+
+
+def test_skip_categories_prompts_and_scores_descriptions_only():
+    gt = ol.parse_gt(_gt(), skip_categories=True)
+    assert next(img.texts for img in gt.eval_images()) == ["a brown dog on the grass", "a red car"]
+    m = ol.evaluate(gt, ol.parse_predictions(_perfect(_gt()))).metrics
+    assert m["AP-descr"] == 1.0 and m["AP-descr-pos"] == 1.0
+    assert m["AP-categ"] is None and m["AP"] is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_the_per_pair_pycocotools_evaluator(seed):
+    gt = omnilabel_gt(seed, 14, zero_id=seed == 3)
+    preds = omnilabel_predictions(gt, seed, per_pair=[8, 30, 120][seed % 3])
+    ours = _score(gt, preds)
+    ref = reference_evaluate(copy.deepcopy(gt), copy.deepcopy(preds))
+    assert 0 < ref["AP-descr"] < 1
+    for name, value in ref.items():
+        assert (ours[name] if ours[name] is not None else -1.0) == value, name
+
+
+def test_skip_categories_equals_the_oracle():
+    gt = omnilabel_gt(7, 10)
+    preds = omnilabel_predictions(gt, 7)
+    ours = _score(gt, preds, skip_categories=True)
+    ref = reference_evaluate(copy.deepcopy(gt), copy.deepcopy(preds), skip_categories=True)
+    assert {k: (v if v is not None else -1.0) for k, v in ours.items()} == ref
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"image_id": 99, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [0.5]}, "image 99 is not in"),
+    ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [77], "scores": [0.5]}, "description 77 is not in"),
+    ({"image_id": 1, "bbox": [0, 0, -5, 5], "description_ids": [10], "scores": [0.5]}, "negative width or height"),
+    ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [float("nan")]}, "finite"),
+    ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10, 11], "scores": [0.5]}, "2 description ids"),
+    ({"image_id": "1", "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [0.5]}, "integer id"),
+    ({"image_id": 1, "bbox": [0, 0, 5], "description_ids": [10], "scores": [0.5]}, "x, y, width, height"),
+    ({"image_id": 1, "description_ids": [10], "scores": [0.5]}, "missing"),
+])
+def test_bad_predictions_name_the_entry(tmp_path, entry, message):
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps([*_perfect(_gt()), entry]))
+    with pytest.raises(DataError) as err:
+        ol.evaluate(ol.parse_gt(_gt()), ol.load_predictions(path), path=str(path))
+    text = str(err.value)
+    assert message in text and str(path) in text and "predictions[4]" in text, text
+
+
+def test_bad_ground_truth_names_the_field(tmp_path):
+    gt = _gt()
+    del gt["descriptions"][1]["anno_info"]
+    with pytest.raises(DataError, match=r"descriptions\[1\]\.anno_info\.type"):
+        ol.parse_gt(gt)
+    path = tmp_path / "gt.json"
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        ol.load_gt(path)
