@@ -32,9 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.eval.omnilabel_reference import quiet, reference_evaluate  # noqa: E402
+
 from reallod.eval import omnilabel as ol  # noqa: E402
 from reallod.eval.common import Predictions  # noqa: E402
-from tests.eval.omnilabel_reference import quiet, reference_evaluate  # noqa: E402
 
 TARGET = 5.0
 W, H = 640, 480
@@ -83,8 +84,16 @@ def make_predictions(gt: dict, per_pair: int = 100, seed: int = 1) -> Prediction
             pair_descr.append(d["id"])
             own = boxes_of.get((image_id, d["id"])) or image_boxes.get(image_id) or [[0, 0, W / 2, H / 2]]
             anchors.append(own[int(rng.integers(len(own)))])
-    n_pairs = len(pair_image)
-    n = n_pairs * per_pair
+    parts = []
+    for lo in range(0, len(pair_image), 20_000):  # in chunks: bounded temporaries at full scale
+        parts.append(_pair_boxes(rng, pair_image[lo:lo + 20_000], pair_descr[lo:lo + 20_000],
+                                 anchors[lo:lo + 20_000], per_pair))
+    return Predictions.concat(parts)
+
+
+def _pair_boxes(rng: np.random.Generator, pair_image: list, pair_descr: list, anchors: list, per_pair: int
+                ) -> Predictions:
+    n = len(pair_image) * per_pair
     anchor = np.repeat(np.asarray(anchors, dtype=np.float64), per_pair, axis=0)
     jitter = anchor + rng.normal(0, 0.08, (n, 4)) * anchor[:, [2, 3, 2, 3]]
     xy = rng.uniform(0, [W * 0.9, H * 0.9], (n, 2))
@@ -101,9 +110,10 @@ def as_result_list(pred: Predictions) -> list[dict]:
 
 
 def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
+    """(CPU seconds, wall seconds, result): CPU time is the fairer clock on a machine shared with other jobs."""
+    cpu, wall = time.process_time(), time.perf_counter()
     out = fn(*args, **kwargs)
-    return time.perf_counter() - start, out
+    return time.process_time() - cpu, time.perf_counter() - wall, out
 
 
 def ours_from_dicts(gt_json: dict, results: list[dict]) -> dict:
@@ -114,6 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1200, help="images in the head-to-head run")
     ap.add_argument("--full", action="store_true", help="also time ours alone at 12,000 images (24M boxes)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is reported")
     args = ap.parse_args()
 
     gt = make_gt(args.images)
@@ -123,12 +134,19 @@ def main() -> None:
     print(f"head-to-head: {args.images:,} images, {n_pairs:,} pairs, {len(gt['annotations']):,} boxes, "
           f"{len(results):,} predicted boxes")
 
-    t_ours, ours = timed(ours_from_dicts, copy.deepcopy(gt), results)
-    t_ref, ref = timed(quiet, reference_evaluate, copy.deepcopy(gt), results)
-    same = all((ours[k] if ours[k] is not None else -1.0) == v for k, v in ref.items())
-    print(f"  ours (from result dicts): {t_ours:8.2f} s")
-    print(f"  per-pair pycocotools:     {t_ref:8.2f} s")
-    print(f"  speed-up: {t_ref / t_ours:.1f}x (target >= {TARGET:.0f}x); identical numbers: {same}")
+    runs_ours = [timed(ours_from_dicts, copy.deepcopy(gt), results) for _ in range(args.repeat)]
+    runs_ref = [timed(quiet, reference_evaluate, copy.deepcopy(gt), results) for _ in range(args.repeat)]
+    ours, ref = runs_ours[0][2], runs_ref[0][2]
+    c_ours, w_ours = min(r[0] for r in runs_ours), min(r[1] for r in runs_ours)
+    c_ref, w_ref = min(r[0] for r in runs_ref), min(r[1] for r in runs_ref)
+    same = all((ours[k] if ours[k] is not None else -1.0) == v for k, v in ref.items()) \
+        and all(r[2] == ours for r in runs_ours)
+    print(f"  best of {args.repeat}          CPU s   wall s")
+    print(f"  ours (from dicts):  {c_ours:7.2f}  {w_ours:7.2f}")
+    print(f"  per-pair pycocotools:{c_ref:7.2f}  {w_ref:7.2f}")
+    speedup = c_ref / c_ours
+    print(f"  speed-up (CPU time): {speedup:.1f}x, wall: {w_ref / w_ours:.1f}x (target >= {TARGET:.0f}x); "
+          f"identical numbers: {same}")
     for k in ("AP", "AP-categ", "AP-descr", "AP-descr-pos", "AP-descr-S", "AP-descr-M", "AP-descr-L"):
         print(f"    {k:13s} ours {ours[k]!r:22} reference {ref[k]!r}")
     del results
@@ -136,12 +154,12 @@ def main() -> None:
     if args.full:
         gt = make_gt(12_000, seed=2)
         pred = make_predictions(gt, seed=3)
-        t_full, full = timed(lambda: ol.evaluate(ol.parse_gt(gt), pred).metrics)
-        print(f"full scale, ours alone from prediction columns: 12,000 images, {len(pred):,} boxes: {t_full:.1f} s "
-              f"(AP-descr {full['AP-descr']:.4f})")
+        c_full, w_full, full = timed(lambda: ol.evaluate(ol.parse_gt(gt), pred).metrics)
+        print(f"full scale, ours alone from prediction columns: 12,000 images, {len(pred):,} boxes: "
+              f"{c_full:.1f} s CPU, {w_full:.1f} s wall (AP-descr {full['AP-descr']:.4f})")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:,.0f} MB")
-    if not same or t_ref / t_ours < TARGET:
+    if not same or speedup < TARGET:
         sys.exit(1)
 
 

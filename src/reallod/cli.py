@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from reallod.errors import ReallodError
 
@@ -305,10 +306,38 @@ def data_show(
 # reallod realign ... (agent)
 # ---------------------------------------------------------------------------------------------
 
-# --- realign / realign --explain (agent:io) ----------------------------------------------------
+# --- realign / realign merge / realign --explain / agent-eval (agent:io, agent:scale) -----------
 
 
-@app.command("realign")
+class _RealignGroup(typer.core.TyperGroup):
+    """``reallod realign INPUT ...`` runs the agent; ``reallod realign merge ...`` joins shards.
+
+    Anything that is not a subcommand name goes to the hidden default command ``run``, so the plain
+    form keeps working. A bare ``--ray`` (no address after it) means a local Ray instance.
+    """
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if not args or args[0] not in self.commands:
+            args = ["run", *args]
+        fixed = []
+        for i, a in enumerate(args):
+            fixed.append(a)
+            if a == "--ray" and (i + 1 == len(args) or not _looks_like_address(args[i + 1])):
+                fixed.append("local")
+        return super().parse_args(ctx, fixed)
+
+
+def _looks_like_address(value: str) -> bool:
+    return value in ("auto", "local") or "://" in value or bool(__import__("re").fullmatch(r"[\w.\-]+:\d+", value))
+
+
+realign_app = typer.Typer(cls=_RealignGroup, no_args_is_help=False, add_completion=False,
+                          help="Re-align expressions with the agent (reallod realign INPUT --config CFG --out OUT); "
+                               "`reallod realign merge SHARDS... --out OUT` joins --shard outputs.")
+app.add_typer(realign_app, name="realign")
+
+
+@realign_app.command("run", hidden=True)
 def realign_cmd(
     input: Annotated[Path | None, typer.Argument(
         help="Real-Data records (.jsonl[.gz]) or the published task list (JSON list or JSONL).",
@@ -316,7 +345,7 @@ def realign_cmd(
     config: Annotated[str | None, typer.Option(
         "--config", help="Agent config: a YAML file or a shipped name (offline, vllm, published).")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Real-Data output (.jsonl or .jsonl.gz); the trace goes to OUT.trace.jsonl.")] = None,
+        "--out", help="Real-Data output (.jsonl or .jsonl.gz); OUT.trace.jsonl and OUT.journal.jsonl go next to it.")] = None,
     images: Annotated[Path | None, typer.Option(
         "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
     captions: Annotated[Path | None, typer.Option(
@@ -333,16 +362,39 @@ def realign_cmd(
         "--base-url", help="Point every openai-backend role at this server (also REALLOD_BASE_URL).")] = None,
     llm_base_url: Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")] = None,
     vlm_base_url: Annotated[str | None, typer.Option("--vlm-base-url", help="... only the VLM role.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")] = None,
+    endpoint_limit: Annotated[int | None, typer.Option(
+        "--endpoint-limit", min=1, help="Requests in flight per endpoint (base URL) (default: the concurrency).")] = None,
     report: Annotated[Path | None, typer.Option(
-        "--report", help="Write a readable report (index.html, index.md, PNG per task) to this folder.")] = None,
+        "--report", help="Write the run summary to FILE as JSON and Markdown (FILE.json + FILE.md).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report-dir", help="Write a readable per-task report (index.html, index.md, PNG per task) to this folder.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Response cache (SQLite) (default: ~/.cache/reallod/responses.sqlite, or $REALLOD_CACHE).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    force_resume: Annotated[bool, typer.Option(
+        "--force-resume", help="Resume even though the config or input changed since the journal was started.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", metavar="K/N", help="Process shard K of N (K from 1): a fixed slice, for N machines; "
+        "join with `reallod realign merge`.")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Run the shards as Ray tasks on the cluster at ADDRESS (a local "
+        "instance when none is given) and merge them into OUT.")] = None,
+    ray_shards: Annotated[int | None, typer.Option(
+        "--ray-shards", min=1, help="With --ray: number of shards (default: one per Ray node).")] = None,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
     explain: Annotated[Path | None, typer.Option(
         "--explain", help="Print one task of this trace readably (with --task) instead of running.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --explain: the task id.")] = None,
 ) -> None:
-    """Re-align expressions with the agent: write Real-Data, a trace next to it, and print a summary.
+    """Re-align expressions with the agent: write Real-Data, a trace and a journal next to it, print a summary.
 
-    Examples: reallod realign data.jsonl --config offline --out realigned.jsonl --images imgs/ --limit 10;
-    reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/0
+    Rerunning the same command resumes an interrupted run. Examples:
+    reallod realign data.jsonl --config vllm --out realigned.jsonl --images imgs/ --report run;
+    reallod realign data.jsonl --config vllm --out s1.jsonl --shard 1/4 (then `reallod realign merge s1.jsonl ... --out all.jsonl`);
+    reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/1
     """
     if explain is not None:
         if task is None:
@@ -354,17 +406,115 @@ def realign_cmd(
     missing = [name for name, v in (("INPUT", input), ("--config", config), ("--out", out)) if v is None]
     if missing:
         raise typer.BadParameter(f"missing {', '.join(missing)} (or use --explain TRACE --task ID)")
+    if ray is not None and shard is not None:
+        raise typer.BadParameter("--ray makes its own shards: leave out --shard", param_hint="--shard")
     from rich.console import Console
 
     from reallod.agent.runner import RealignOptions, realign
     from reallod.agent.summary import render
 
-    run = realign(RealignOptions(
+    opts = RealignOptions(
         input=input, config=config, out=out, images=images, captions=captions, max_cycles=max_cycles,
         limit=limit, unresolved=unresolved, source=source, base_url=base_url, llm_base_url=llm_base_url,
-        vlm_base_url=vlm_base_url, report_dir=report))
-    Console().print(render(run.summary, out=str(run.out), trace=str(run.trace),
-                           report=str(run.report) if run.report else None))
+        vlm_base_url=vlm_base_url, report_dir=report_dir, concurrency=concurrency, report=report, shard=shard,
+        cache=cache, no_cache=no_cache, force_resume=force_resume, endpoint_limit=endpoint_limit)
+    console = Console()
+    if ray is not None:
+        from reallod.agent.ray_runner import realign_on_ray
+
+        def shard_done(k: int, n: int, info: dict) -> None:
+            console.print(f"shard {k}/{n}: {info['tasks_total']} task(s) ({info['tasks_run']} run now) -> {info['out']}")
+
+        merged, _ = realign_on_ray(opts, address=None if ray == "local" else ray, shards=ray_shards,
+                                   on_shard_done=shard_done)
+        console.print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
+        return
+    err = Console(stderr=True)
+    monitor = None
+    if progress if progress is not None else err.is_terminal:
+        from reallod.agent.progress import RichMonitor
+
+        monitor = RichMonitor(err)
+    from reallod.agent.progress import run_table
+
+    run = realign(opts, monitor=monitor)
+    console.print(render(run.summary, out=str(run.out), trace=str(run.trace),
+                         report=str(run.report) if run.report else None))
+    console.print(run_table(run.info))
+    if run.run_report:
+        console.print(f"run report: {run.run_report[0]} and {run.run_report[1]}")
+
+
+@realign_app.command("merge")
+def realign_merge_cmd(
+    shards: Annotated[list[Path], typer.Argument(help="The --out files of the shard runs (all N of them).",
+                                                 show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl).")],
+    unresolved: Annotated[str, typer.Option(
+        "--unresolved", help="drop, keep or negative, as for realign.")] = "keep",
+    source: Annotated[str, typer.Option("--source", help="As for realign (published task lists).")] = "realigned",
+) -> None:
+    """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled.
+
+    The result equals what one unsharded run would have written. Example:
+    reallod realign merge out/s1.jsonl out/s2.jsonl --out out/all.jsonl
+    """
+    from rich.console import Console
+
+    from reallod.agent.merge import merge_shards
+    from reallod.agent.summary import render
+
+    merged = merge_shards(shards, out, unresolved=unresolved, source=source)
+    Console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
+    typer.echo(f"merged {merged.shards} shard(s) into {merged.out}")
+
+
+@app.command("agent-eval")
+def agent_eval_cmd(
+    labelled: Annotated[Path, typer.Argument(
+        help="Tasks (published format, JSON list or JSONL) each with \"gold\": {\"correct\": bool, "
+        "\"expression\": optional}.", show_default=False)],
+    config: Annotated[str, typer.Option("--config", help="Agent config: a YAML file or a shipped name.")],
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root (default: the labelled file's folder).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Keep the run's Real-Data, trace and journal here (default: a temporary folder).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the scores to FILE.json and FILE.md.")] = None,
+    max_cycles: Annotated[int | None, typer.Option("--max-cycles", min=1)] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url")] = None,
+    llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
+    vlm_base_url: Annotated[str | None, typer.Option("--vlm-base-url")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
+    min_f1: Annotated[float, typer.Option(
+        "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
+) -> None:
+    """Score the agent against gold labels: confusion matrix, precision of kept expressions, rewrite fix
+    rate, cost per task. Example: reallod agent-eval examples/labelled.jsonl --config vllm"""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from reallod.agent.agent_eval import agent_eval, eval_markdown
+    from reallod.agent.runner import RealignOptions
+
+    opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
+                          concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
+                          vlm_base_url=vlm_base_url, no_cache=no_cache)
+    rep, _ = agent_eval(labelled, opts, min_f1=min_f1)
+    text = eval_markdown(rep)
+    Console().print(Markdown(text))
+    if report is not None:
+        import orjson
+
+        from reallod.agent.run_report import report_paths
+        from reallod.data.io import atomic_text
+
+        json_path, md_path = report_paths(report)
+        with atomic_text(json_path) as f:
+            f.write(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        with atomic_text(md_path) as f:
+            f.write(text)
+        typer.echo(f"report: {json_path} and {md_path}")
 
 
 # --- end realign -------------------------------------------------------------------------------
@@ -676,6 +826,56 @@ def eval_ovdeval(
 
 
 # --- end eval -----------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# reallod train
+# ---------------------------------------------------------------------------------------------
+
+# --- train (train) -----------------------------------------------------------------------------
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(
+        help="Training config (YAML), e.g. configs/train/tiny-cpu.yaml.", show_default=False)],
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", help="Checkpoints, logs (log.csv, eval.csv) and best/ go here "
+        "(default: work_dirs/CONFIG-NAME).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the latest checkpoint in the work dir, or from the checkpoint "
+        "folder given right after it (--resume CKPT).")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: bf16 where supported, else fp16.")] = False,
+    auto_scale_lr: Annotated[bool, typer.Option(
+        "--auto-scale-lr", help="Scale the learning rate by total batch / optim.base_batch_size.")] = False,
+    cfg_options: Annotated[list[str] | None, typer.Option(
+        "--cfg-options", metavar="KEY=VALUE ...", help="Override config fields by dotted path, e.g. "
+        "--cfg-options optim.lr=1e-5 schedule.max_steps=100 data.train.0.ratio=2 (values read as YAML).")] = None,
+) -> None:
+    """Train Real-Model on Real-Data (one process, or one per device under `accelerate launch` / `torchrun`).
+
+    Examples: reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny;
+    reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny --resume;
+    accelerate launch --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp --auto-scale-lr
+    """
+    from reallod.train.cli_args import quiet_transformers, split_extra_args
+    from reallod.train.config import load_config
+    from reallod.train.loop import train
+
+    config, ckpt, overrides = split_extra_args(config, list(ctx.args), resume, list(cfg_options or []))
+    cfg = load_config(config, overrides)
+    quiet_transformers()
+    result = train(cfg, work_dir or Path("work_dirs") / config.stem,
+                   resume=ckpt if ckpt is not None else (True if resume else None),
+                   amp=amp, auto_scale_lr=True if auto_scale_lr else None)
+    if result.best:
+        typer.echo(f"best {result.best['metric']} = {result.best['value']:.4f} (step {result.best['step']}): "
+                   f"{result.work_dir / 'best'}")
+    typer.echo(f"trained to step {result.step}; last checkpoint: {result.last_checkpoint}")
+
+
+# --- end train ---------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------

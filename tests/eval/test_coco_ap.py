@@ -25,7 +25,8 @@ def _match(dts, scores, gts, crowd=None, ignore=None, zero=None):
     gts_a = np.asarray(gts, float).reshape(-1, 4)[g_order]
     m = coco_ap.match_pairs(np.zeros(len(idx), np.int64), dts_a, dts_a[:, 2] * dts_a[:, 3], np.zeros(n_g, np.int64),
                             gts_a, crowd[g_order], ignore[g_order], zero[g_order], 1)
-    return m.matched, m.ignored
+    matched, ignored = m.dense()
+    return matched.T, ignored.T  # (detection, threshold)
 
 
 def _pycoco(dts, scores, gts, crowd=None, gt_ids=None):
@@ -105,31 +106,71 @@ def test_many_pairs_at_once_equal_one_pair_at_a_time():
             dt_pair.append(p)
             dt_score.append(float(rng.choice([0.2, 0.4, 0.6, 0.8])))
     idx, _ = coco_ap.detection_order(np.array(dt_pair), np.array(dt_score))
-    db = np.asarray(dt_box)[idx]
-    m = coco_ap.match_pairs(np.array(dt_pair)[idx], db, db[:, 2] * db[:, 3], np.array(gt_pair), np.asarray(gt_box),
-                            np.zeros(len(gt_pair), bool), np.zeros(len(gt_pair), bool), np.zeros(len(gt_pair), bool), 60)
+    m = coco_ap.match_pairs(np.array(dt_pair)[idx], np.asarray(dt_box), np.prod(np.asarray(dt_box)[:, 2:], axis=1),
+                            np.array(gt_pair), np.asarray(gt_box), np.zeros(len(gt_pair), bool),
+                            np.zeros(len(gt_pair), bool), np.zeros(len(gt_pair), bool), 60, dt_rows=idx)
+    dense_matched, _ = m.dense()
     for p in range(60):
         rows = np.flatnonzero(np.array(dt_pair)[idx] == p)
         gts = [b for q, b in zip(gt_pair, gt_box, strict=True) if q == p]
         if not len(rows) or not gts:
-            assert not m.matched[rows].any()
+            assert not dense_matched[:, rows].any()
             continue
         order = [i for i in idx if dt_pair[i] == p]
         ref_m, _ = _pycoco([dt_box[i] for i in order], [dt_score[i] for i in order], gts)
-        assert np.array_equal(m.matched[rows], ref_m), p
+        assert np.array_equal(dense_matched[:, rows].T, ref_m), p
 
 
 def test_pooled_curve_known_answers():
     # two boxes; detections in score order: FP, TP, TP → precision envelope 2/3 at every recall point
-    matched = np.array([[False] * 10, [True] * 10, [True] * 10])
+    matched = np.array([[False] * 10, [True] * 10, [True] * 10]).T  # (threshold, detection)
     curve = coco_ap.pooled_curve(np.array([0.9, 0.8, 0.7]), matched, np.zeros_like(matched), 2)
     assert coco_ap.ap(curve) == pytest.approx(2 / 3, abs=1e-12)
     assert coco_ap.ar(curve) == 1.0
     # one of two boxes found, first: precision 1 up to recall 0.5 → 51 of 101 recall points
-    curve = coco_ap.pooled_curve(np.array([0.9]), matched[1:2], np.zeros((1, 10), bool), 2)
+    curve = coco_ap.pooled_curve(np.array([0.9]), matched[:, 1:2], np.zeros((10, 1), bool), 2)
     assert coco_ap.ap(curve) == pytest.approx(51 / 101, abs=1e-12)
     assert coco_ap.ap(curve, .5) == pytest.approx(51 / 101, abs=1e-12)
     # no boxes: undefined (-1), as pycocotools
-    assert coco_ap.ap(coco_ap.pooled_curve(np.array([0.5]), matched[:1], np.zeros((1, 10), bool), 0)) == -1
-    assert coco_ap.ap(coco_ap.pooled_curve(np.zeros(0), np.zeros((0, 10), bool), np.zeros((0, 10), bool), 0,
+    assert coco_ap.ap(coco_ap.pooled_curve(np.array([0.5]), matched[:, :1], np.zeros((10, 1), bool), 0)) == -1
+    assert coco_ap.ap(coco_ap.pooled_curve(np.zeros(0), np.zeros((10, 0), bool), np.zeros((10, 0), bool), 0,
                                            has_pairs=False)) == -1
+
+
+def _accumulate_like_pycocotools(scores, matched, ignored, n_gt, rec_thrs):
+    """pycocotools' accumulate for one category, written out plainly (dense arrays, Python loops)."""
+    order = np.argsort(-scores, kind="mergesort")
+    dtm, dtig = matched[:, order], ignored[:, order]
+    tps = np.logical_and(dtm, np.logical_not(dtig))
+    fps = np.logical_and(np.logical_not(dtm), np.logical_not(dtig))
+    tp_sum = np.cumsum(tps, axis=1).astype(dtype=float)
+    fp_sum = np.cumsum(fps, axis=1).astype(dtype=float)
+    precision, recall = np.zeros((len(tp_sum), len(rec_thrs))), np.zeros(len(tp_sum))
+    for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum, strict=True)):
+        nd = len(tp)
+        rc = tp / n_gt
+        pr = (tp / (fp + tp + np.spacing(1))).tolist()
+        recall[t] = rc[-1] if nd else 0
+        for i in range(nd - 1, 0, -1):
+            if pr[i] > pr[i - 1]:
+                pr[i - 1] = pr[i]
+        q = [0.0] * len(rec_thrs)
+        for ri, pi in enumerate(np.searchsorted(rc, rec_thrs, side="left")):
+            if pi >= nd:
+                break
+            q[ri] = pr[pi]
+        precision[t] = q
+    return precision, recall
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_curve_equals_the_dense_accumulation(seed):
+    rng = np.random.default_rng(seed)
+    n, n_t = int(rng.integers(1, 400)), 10
+    scores = rng.choice(np.linspace(0, 1, 7), n)  # many ties
+    matched = rng.random((n_t, n)) < rng.uniform(0.01, 0.4)
+    ignored = rng.random((n_t, n)) < 0.05
+    n_gt = int(matched.sum(axis=1).max()) + int(rng.integers(0, 5)) or 1
+    curve = coco_ap.pooled_curve(scores, matched, ignored, n_gt)
+    precision, recall = _accumulate_like_pycocotools(scores, matched, ignored, n_gt, coco_ap.RECALL_THRESHOLDS)
+    assert np.array_equal(curve.precision, precision) and np.array_equal(curve.recall, recall)

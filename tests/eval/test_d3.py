@@ -26,7 +26,7 @@ def pickles(tmp_path_factory):
     return folder, raw
 
 
-def _official(folder, tmp_path, preds, inter, renumber=True):
+def _official(folder, tmp_path, preds, renumber=True):
     """The release's flow: convert2coco → json on disk → COCO / loadRes / COCOeval, per setting."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -36,7 +36,7 @@ def _official(folder, tmp_path, preds, inter, renumber=True):
     dd = d_cube.D3("", str(folder))
     out = {}
     for setting, mode in d3.SETTINGS:
-        dd.convert2coco(str(tmp_path / setting), anti_mode=mode, is_group_separated=not inter)
+        dd.convert2coco(str(tmp_path / setting), anti_mode=mode)  # the same ground truth for both settings
         gt = json.loads((tmp_path / setting / "coco_annotations.json").read_text())
         if renumber:
             for i, a in enumerate(gt["annotations"]):
@@ -76,7 +76,7 @@ def test_equals_ddd_dataset_plus_pycocotools(pickles, tmp_path, inter):
     bench = d3.load(folder, inter=inter)
     preds = coco_predictions(bench.gts["FULL"], bench.prompts, seed=1)
     ours = d3.evaluate(bench, parse_coco_results(preds, None)).metrics
-    ref = _official(folder, tmp_path, preds, inter)
+    ref = _official(folder, tmp_path, preds)
     for setting, (stats, parts) in ref.items():
         assert ours[f"{setting}/AP"] == stats[0] and ours[f"{setting}/AP50"] == stats[1]
         assert ours[f"{setting}/AP75"] == stats[2]
@@ -94,7 +94,7 @@ def test_annotation_ids_are_renumbered_from_one(pickles, tmp_path):
                for a in bench.gts["FULL"]["annotations"]]
     ours = d3.evaluate(bench, parse_coco_results(perfect, None)).metrics
     assert ours["FULL/AP"] == pytest.approx(1.0, abs=1e-12)
-    raw = _official(folder, tmp_path, perfect, inter=False, renumber=False)
+    raw = _official(folder, tmp_path, perfect, renumber=False)
     assert raw["FULL"][0][0] < ours["FULL/AP"]
 
 
@@ -107,7 +107,7 @@ def test_prompts_intra_and_inter(pickles):
     assert inter.prompts[img["id"]] == sorted(raw["sentences"])
     texts = intra.eval_images()[0].texts
     assert texts == [raw["sentences"][s]["raw_sent"] for s in sorted(group["inner_sent_id"])]
-    assert len(intra.gts["FULL"]["annotations"]) <= len(inter.gts["FULL"]["annotations"])
+    assert intra.gts == inter.gts  # only the prompts differ between the settings
     assert intra.absence == {s for s, v in raw["sentences"].items() if v["is_negative"]}
 
 

@@ -84,10 +84,12 @@ def test_no_predictions_at_all():
 
 
 def test_boxes_on_an_empty_image_or_outside_the_label_space_are_ignored():
-    preds = [*_perfect(_gt()), {"image_id": 2, "bbox": [1, 1, 5, 5], "description_ids": [11], "scores": [0.9]}]
+    preds = [*_perfect(_gt()), {"image_id": 2, "bbox": [1, 1, 5, 5], "description_ids": [11], "scores": [0.9]},
+             {"image_id": 3, "bbox": [1, 1, 5, 5], "description_ids": [10], "scores": [0.9]}]  # image 3: empty
     result = ol.evaluate(ol.parse_gt(_gt()), ol.parse_predictions(preds))
-    assert result.metrics["AP-descr"] == 1.0
-    assert any("outside their image's label space" in n for n in result.notes)
+    assert result.metrics["AP-descr"] == 1.0 and result.metrics["AP-categ"] == 1.0
+    assert any(n.startswith("2 predicted") and "outside their image's label space" in n for n in result.notes)
+    assert ol.parse_gt(_gt()).eval_images()[2].texts == []  # nothing to prompt on an empty image
 
 
 def test_word_count_groups():

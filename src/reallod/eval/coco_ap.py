@@ -52,17 +52,41 @@ def iou_xywh(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
         return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
 
 
-def detection_order(pair: np.ndarray, score: np.ndarray, max_dets: int = MAX_DETS
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def detection_order(pair: np.ndarray, score: np.ndarray, max_dets: int = MAX_DETS,
+                    score_order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices that sort detections by pair, then score (descending, stable), keeping ``max_dets`` per pair.
 
     Returns ``(index, rank)``: ``rank`` is each kept detection's position within its pair.
+    ``score_order`` (the stable descending-score order, if the caller has it) saves a sort.
     """
-    order = np.lexsort((-np.asarray(score, dtype=np.float64), pair))
-    p = np.asarray(pair)[order]
+    pair = np.asarray(pair)
+    score = np.asarray(score, dtype=np.float64)
+    if len(pair) > 1 and _in_order(pair, score):  # e.g. predictions written by `reallod eval --model`
+        order = np.arange(len(pair))
+    else:
+        if score_order is None:
+            score_order = np.argsort(-score, kind="stable")
+        order = score_order[stable_argsort_ids(pair[score_order])]
+    p = pair[order]
     rank = _rank_within(p)
     keep = rank < max_dets
     return order[keep], rank[keep]
+
+
+def stable_argsort_ids(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integer ids: two 16-bit radix passes below 2**32 (numpy radix-sorts
+    16-bit keys in linear time), numpy's stable sort otherwise."""
+    keys = np.asarray(keys)
+    if not len(keys) or keys.min() < 0 or keys.max() >= 1 << 32:
+        return np.argsort(keys, kind="stable")
+    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    high = (keys[low] >> 16).astype(np.uint16)
+    return low if not high.any() else low[np.argsort(high, kind="stable")]
+
+
+def _in_order(pair: np.ndarray, score: np.ndarray) -> bool:
+    dp = np.diff(pair)
+    return bool(((dp > 0) | ((dp == 0) & (np.diff(score) <= 0))).all())
 
 
 def _rank_within(sorted_keys: np.ndarray) -> np.ndarray:
@@ -83,28 +107,42 @@ def _offsets(sorted_pair: np.ndarray, n_pairs: int) -> tuple[np.ndarray, np.ndar
 
 @dataclass
 class Matches:
-    """Per detection and IoU threshold: matched (to a box with a non-zero id) and ignored."""
+    """The detections matched or ignored at some IoU threshold; every other one is unmatched everywhere.
 
-    matched: np.ndarray  # (n_dt, T) bool — pycocotools' dtMatches > 0
-    ignored: np.ndarray  # (n_dt, T) bool — pycocotools' dtIgnore
+    Sparse because few detections overlap a box: ``index`` (ascending) are their positions in the
+    matching order, ``matched``/``ignored`` their flags per threshold.
+    """
+
+    n_dt: int
+    index: np.ndarray  # (k,) int64
+    matched: np.ndarray  # (T, k) bool — pycocotools' dtMatches > 0
+    ignored: np.ndarray  # (T, k) bool — pycocotools' dtIgnore
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        """(matched, ignored) as ``(T, n_dt)`` arrays."""
+        matched = np.zeros((self.matched.shape[0], self.n_dt), dtype=bool)
+        ignored = np.zeros_like(matched)
+        matched[:, self.index] = self.matched
+        ignored[:, self.index] = self.ignored
+        return matched, ignored
 
 
 def match_pairs(dt_pair: np.ndarray, dt_boxes: np.ndarray, dt_area: np.ndarray,
                 gt_pair: np.ndarray, gt_boxes: np.ndarray, gt_crowd: np.ndarray, gt_ignore: np.ndarray,
                 gt_zero_id: np.ndarray, n_pairs: int, iou_thresholds: np.ndarray = IOU_THRESHOLDS,
-                area_range: tuple[float, float] = AREA_ALL) -> Matches:
+                area_range: tuple[float, float] = AREA_ALL, dt_rows: np.ndarray | None = None) -> Matches:
     """Greedy COCO matching for every pair at once.
 
-    ``dt_*`` must be in :func:`detection_order` (by pair, best first, truncated); ``gt_*`` sorted by
-    pair with ignored boxes last (stable). Pair ids are ``0 .. n_pairs-1``.
+    ``dt_pair`` must be in :func:`detection_order` (by pair, best first, truncated); ``gt_*`` sorted by
+    pair with ignored boxes last (stable). Pair ids are ``0 .. n_pairs-1``. ``dt_rows``, when given,
+    says which row of ``dt_boxes``/``dt_area`` each detection is (so they need not be reordered).
     """
     thresholds = np.minimum(np.asarray(iou_thresholds, dtype=np.float64), 1 - 1e-10)
     n_t = len(thresholds)
-    n_dt = len(dt_pair)
     dt_pair = np.asarray(dt_pair, dtype=np.int64)
     gt_pair = np.asarray(gt_pair, dtype=np.int64)
-    matched = np.zeros((n_dt, n_t), dtype=bool)
-    ignored = np.zeros((n_dt, n_t), dtype=bool)
+    n_dt = len(dt_pair)
+    rows = np.arange(n_dt) if dt_rows is None else np.asarray(dt_rows, dtype=np.int64)
     dt_start, dt_count = _offsets(dt_pair, n_pairs)
     gt_start, gt_count = _offsets(gt_pair, n_pairs)
     gt_crowd = np.asarray(gt_crowd, dtype=bool)
@@ -113,6 +151,7 @@ def match_pairs(dt_pair: np.ndarray, dt_boxes: np.ndarray, dt_area: np.ndarray,
     dt_boxes = np.asarray(dt_boxes, dtype=np.float64).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
 
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     both = np.flatnonzero((dt_count > 0) & (gt_count > 0))
     if len(both):
         # Buckets of pairs with a similar number of boxes (rounded up to a power of two).
@@ -122,21 +161,34 @@ def match_pairs(dt_pair: np.ndarray, dt_boxes: np.ndarray, dt_area: np.ndarray,
             d_max = int(dt_count[bucket].max())
             per_chunk = max(1, _CHUNK_ELEMENTS // (d_max * int(g_slots)))
             for lo in range(0, len(bucket), per_chunk):
-                pairs = bucket[lo:lo + per_chunk]
-                _match_block(pairs, int(g_slots), d_max, dt_start, dt_count, gt_start, gt_count, dt_boxes,
-                             gt_boxes, gt_crowd, gt_ignore, gt_zero_id, thresholds, matched, ignored)
+                block = _match_block(bucket[lo:lo + per_chunk], int(g_slots), d_max, dt_start, dt_count, gt_start,
+                                     gt_count, dt_boxes, rows, gt_boxes, gt_crowd, gt_ignore, gt_zero_id, thresholds)
+                if block is not None:
+                    found.append(block)
 
-    # Unmatched detections outside the area range are ignored too.
-    area = np.asarray(dt_area, dtype=np.float64)
-    outside = (area < area_range[0]) | (area > area_range[1])
-    ignored |= ~matched & outside[:, None]  # pycocotools: dtMatches == 0 and outside the range
-    return Matches(matched, ignored)
+    # Unmatched detections outside the area range are ignored too (pycocotools: dtMatches == 0 there).
+    area = np.asarray(dt_area, dtype=np.float64)[rows]
+    outside = np.flatnonzero((area < area_range[0]) | (area > area_range[1]))
+    if len(outside):
+        found.append((outside, np.zeros((n_t, len(outside)), bool), np.zeros((n_t, len(outside)), bool)))
+    if not found:
+        return Matches(n_dt, np.zeros(0, np.int64), np.zeros((n_t, 0), bool), np.zeros((n_t, 0), bool))
+    index = np.concatenate([f[0] for f in found])
+    matched = np.concatenate([f[1] for f in found], axis=1)
+    ignored = np.concatenate([f[2] for f in found], axis=1)
+    index, first = np.unique(index, return_index=True)  # a detection outside the range may also be matched
+    matched, ignored = matched[:, first], ignored[:, first]
+    if len(outside):
+        is_out = np.isin(index, outside)
+        ignored |= ~matched & is_out[None, :]
+    return Matches(n_dt, index, matched, ignored)
 
 
 def _match_block(pairs: np.ndarray, g_slots: int, d_max: int, dt_start: np.ndarray, dt_count: np.ndarray,
-                 gt_start: np.ndarray, gt_count: np.ndarray, dt_boxes: np.ndarray, gt_boxes: np.ndarray,
-                 gt_crowd: np.ndarray, gt_ignore: np.ndarray, gt_zero_id: np.ndarray, thresholds: np.ndarray,
-                 matched: np.ndarray, ignored: np.ndarray) -> None:
+                 gt_start: np.ndarray, gt_count: np.ndarray, dt_boxes: np.ndarray, dt_rows: np.ndarray,
+                 gt_boxes: np.ndarray, gt_crowd: np.ndarray, gt_ignore: np.ndarray, gt_zero_id: np.ndarray,
+                 thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Match a block of pairs with at most ``g_slots`` boxes; (detections, matched, ignored) of the candidates."""
     n_p = len(pairs)
     n_t = len(thresholds)
     # dense detections (n_p, d_max) and boxes (n_p, g_slots)
@@ -147,7 +199,7 @@ def _match_block(pairs: np.ndarray, g_slots: int, d_max: int, dt_start: np.ndarr
     g_ok = np.arange(g_slots)[None, :] < gt_count[pairs, None]
     g_idx = np.where(g_ok, g_idx, 0)
     crowd = gt_crowd[g_idx] & g_ok
-    ious = iou_xywh(dt_boxes[d_idx], gt_boxes[g_idx], crowd)  # (n_p, d_max, g_slots)
+    ious = iou_xywh(dt_boxes[dt_rows[d_idx]], gt_boxes[g_idx], crowd)  # (n_p, d_max, g_slots)
     ious = np.where(g_ok[:, None, :] & d_ok[:, :, None], ious, -np.inf)
 
     # Only detections reaching the lowest threshold on some box can match; keep them, in rank order.
@@ -155,7 +207,7 @@ def _match_block(pairs: np.ndarray, g_slots: int, d_max: int, dt_start: np.ndarr
     n_cand = cand.sum(axis=1)
     c_max = int(n_cand.max()) if n_p else 0
     if c_max == 0:
-        return
+        return None
     rank = np.cumsum(cand, axis=1) - 1
     rows, cols = np.nonzero(cand)
     c_det = np.zeros((n_p, c_max), dtype=np.int64)  # column into d_max
@@ -195,9 +247,7 @@ def _match_block(pairs: np.ndarray, g_slots: int, d_max: int, dt_start: np.ndarr
     flat_det = d_idx[np.arange(n_p)[:, None], c_det]  # (n_p, c_max)
     is_match = hit & ~gt_zero_id[box]
     is_ignored = hit & gt_ignore[box]
-    rows = flat_det[c_ok]
-    matched[rows] = is_match[c_ok]
-    ignored[rows] = is_ignored[c_ok]
+    return flat_det[c_ok], is_match[c_ok].T, is_ignored[c_ok].T
 
 
 @dataclass
@@ -209,15 +259,36 @@ class Curve:
     n_gt: int  # regular (not ignored) boxes; -1 when the group has no pair at all
 
 
-def pooled_curve(scores: np.ndarray, matched: np.ndarray, ignored: np.ndarray, n_gt: int, *,
+def pooled_curve(scores: np.ndarray | None, matched: np.ndarray, ignored: np.ndarray, n_gt: int, *,
                  has_pairs: bool = True, presorted: bool = False,
                  recall_thresholds: np.ndarray = RECALL_THRESHOLDS) -> Curve:
-    """Precision/recall of detections pooled over pairs (pycocotools' accumulate).
+    """Precision/recall of detections pooled over pairs (pycocotools' accumulate), from dense flags.
 
-    Detections come in pair order, each pair best first; they are sorted stably by score here, unless
-    ``presorted`` says the caller already did so.
+    ``matched``/``ignored`` are ``(T, n)``. Detections come in pair order, each pair best first; they
+    are sorted stably by score here, unless ``presorted`` says the caller already did so.
     """
-    n_t = matched.shape[1] if matched.ndim == 2 else len(IOU_THRESHOLDS)
+    n = matched.shape[1]
+    if not presorted and n:
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+        matched, ignored = matched[:, order], ignored[:, order]
+    keep = np.flatnonzero((matched | ignored).any(axis=0))
+    return sparse_curve(n, keep, matched[:, keep], ignored[:, keep], n_gt, has_pairs=has_pairs,
+                        recall_thresholds=recall_thresholds)
+
+
+def sparse_curve(n_det: int, position: np.ndarray, matched: np.ndarray, ignored: np.ndarray, n_gt: int, *,
+                 has_pairs: bool = True, recall_thresholds: np.ndarray = RECALL_THRESHOLDS) -> Curve:
+    """The pooled curve from the few detections that are matched or ignored at some threshold.
+
+    ``n_det`` detections in score order; ``position`` (ascending) says where the listed ones sit,
+    ``matched``/``ignored`` ``(T, len(position))`` their flags; every other detection is a false
+    positive. Recall changes only at true positives and precision falls between them, so pycocotools'
+    interpolated precision at each recall point (the best precision from the first detection reaching
+    that recall onwards) is the best precision over the true positives from there on. The precision at
+    a true positive is computed from the same integer counts, in the same float operations, as
+    pycocotools computes it over the whole array, so the numbers are identical.
+    """
+    n_t = matched.shape[0]
     n_r = len(recall_thresholds)
     precision = -np.ones((n_t, n_r))
     recall = -np.ones(n_t)
@@ -225,23 +296,25 @@ def pooled_curve(scores: np.ndarray, matched: np.ndarray, ignored: np.ndarray, n
         return Curve(precision, recall, -1)
     if n_gt == 0:
         return Curve(precision, recall, 0)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.arange(len(scores)) if presorted else np.argsort(-scores, kind="mergesort")
-    nd = len(order)
+    if n_det == 0:
+        return Curve(np.zeros((n_t, n_r)), np.zeros(n_t), n_gt)
+    position = np.asarray(position, dtype=np.int64)
     for t in range(n_t):
-        m = matched[order, t]
-        ig = ignored[order, t]
-        tp = np.cumsum(m & ~ig).astype(dtype=float)
-        fp = np.cumsum(~m & ~ig).astype(dtype=float)
-        rc = tp / n_gt
-        pr = tp / (fp + tp + np.spacing(1))
-        recall[t] = rc[-1] if nd else 0
-        if nd:
-            pr = np.maximum.accumulate(pr[::-1])[::-1]
-        inds = np.searchsorted(rc, recall_thresholds, side="left")
+        tp_at = position[matched[t] & ~ignored[t]]  # positions of the true positives, ascending
+        ignored_at = position[ignored[t]]
+        k = len(tp_at)
+        tp = np.arange(1, k + 1, dtype=np.int64)
+        fp = tp_at + 1 - tp - np.searchsorted(ignored_at, tp_at, side="right")
+        tp_f = tp.astype(dtype=float)
+        rc = tp_f / n_gt
+        pr = tp_f / (fp.astype(dtype=float) + tp_f + np.spacing(1))
+        recall[t] = rc[-1] if k else 0.0
         q = np.zeros(n_r)
-        ok = inds < nd
-        q[ok] = pr[inds[ok]]
+        if k:
+            best = np.maximum.accumulate(pr[::-1])[::-1]  # best precision from each true positive on
+            j = np.searchsorted(rc, recall_thresholds, side="left")  # the first true positive reaching r
+            reached = j < k
+            q[reached] = best[j[reached]]
         precision[t] = q
     return Curve(precision, recall, n_gt)
 

@@ -7,9 +7,11 @@ own JSON result format.
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ class EvalImage:
     width: int | None = None
     height: int | None = None
     part: int = 0  # which ground-truth file the image belongs to (OVDEval subsets)
+    tag: str = ""  # that file's name, for pictures
 
 
 @dataclass
@@ -92,6 +95,19 @@ class EvalResult:
         return {"benchmark": self.benchmark, "metrics": self.metrics, "details": self.details, "notes": self.notes}
 
 
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Cyclic garbage collection paused while bulk-building acyclic objects: with millions of prediction dicts
+    alive, each full collection walks them all, and collections come every few hundred allocations."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def metric(value: float) -> float | None:
     """pycocotools' -1 ("no ground truth") becomes None; everything else a plain float."""
     return None if value is None or value == -1 else float(value)
@@ -111,16 +127,17 @@ def read_json(path: str | Path, what: str) -> Any:
         import gzip
 
         data = gzip.decompress(data)
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    import json  # also reads NaN / Infinity, so the entry holding one can be named
+    with no_gc():
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        import json  # also reads NaN / Infinity, so the entry holding one can be named
 
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what}: not valid JSON ({e})", path=str(p)) from e
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{what}: not valid JSON ({e})", path=str(p)) from e
 
 
 def xyxy_to_xywh(xyxy: np.ndarray) -> np.ndarray:
@@ -188,24 +205,57 @@ class EntryChecker:
         return b
 
 
-def check_known(pred: Predictions, column: str, known: np.ndarray, what: str, path: str | None,
-                list_name: str = "predictions", field_name: str | None = None) -> None:
-    """Every value of ``column`` must be in ``known``; otherwise name the first entry that is not."""
-    values = getattr(pred, column)
-    known = np.unique(np.asarray(known, dtype=np.int64))
-    bad = ~np.isin(values, known)
+class IdIndex:
+    """Position of integer ids in a sorted set of known ids, -1 for unknown ones.
+
+    A direct table when the ids are dense enough (one gather, no binary search), else a binary search.
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.unique(np.asarray(ids, dtype=np.int64))
+        self.table: np.ndarray | None = None
+        if len(self.ids) and self.ids[0] >= 0 and self.ids[-1] < 4 * len(self.ids) + (1 << 20):
+            self.table = np.full(int(self.ids[-1]) + 1, -1, dtype=np.int64)
+            self.table[self.ids] = np.arange(len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rank(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(values), -1, dtype=np.int64)
+        if self.table is not None:
+            inside = (values >= 0) & (values < len(self.table))
+            return np.where(inside, self.table[np.where(inside, values, 0)], -1)
+        pos = np.minimum(np.searchsorted(self.ids, values), len(self.ids) - 1)
+        return np.where(self.ids[pos] == values, pos, -1)
+
+
+def report_unknown(pred: Predictions, column: str, rank: np.ndarray, what: str, path: str | None,
+                   list_name: str = "predictions", field_name: str | None = None) -> None:
+    """A DataError naming the first prediction whose ``column`` value has no rank (-1), if any."""
+    bad = rank < 0
     if bad.any():
+        values = getattr(pred, column)
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{what} {int(values[i])} is not in the ground truth "
                         f"({int(bad.sum())} prediction(s) like this)", path=path,
                         field=f"{list_name}[{int(pred.entry[i])}].{field_name or column}")
 
 
+def check_known(pred: Predictions, column: str, known: np.ndarray, what: str, path: str | None,
+                list_name: str = "predictions", field_name: str | None = None) -> None:
+    """Every value of ``column`` must be in ``known``; otherwise name the first entry that is not."""
+    report_unknown(pred, column, IdIndex(known).rank(getattr(pred, column)), what, path, list_name, field_name)
+
+
 def coco_results(pred: Predictions) -> list[dict[str, Any]]:
     """Predictions → COCO result entries {image_id, category_id, bbox, score} (D³, OVDEval)."""
-    return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
-            for i, c, b, s in zip(pred.image_id.tolist(), pred.label.tolist(), pred.bbox.tolist(),
-                                  pred.score.tolist(), strict=True)]
+    with no_gc():
+        return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+                for i, c, b, s in zip(pred.image_id.tolist(), pred.label.tolist(), pred.bbox.tolist(),
+                                      pred.score.tolist(), strict=True)]
 
 
 def fast_columns(entries: list[Any], keys: tuple[str, ...]) -> dict[str, list[Any]] | None:
@@ -216,21 +266,33 @@ def fast_columns(entries: list[Any], keys: tuple[str, ...]) -> dict[str, list[An
         return None
 
 
-def _only(values, types: set[type]) -> bool:
+def all_instances(values, types: set[type]) -> bool:
     """Every value is an instance of one of ``types`` (subclasses too, bool never): one pass, no per-item calls."""
     wanted = tuple(types)
     return all(issubclass(t, wanted) and not issubclass(t, bool) for t in set(map(type, values)))
 
 
+def numeric_array(values: list[Any], kinds: str = "if") -> np.ndarray | None:
+    """``values`` as an array when numpy reads them all as numbers of these kinds (i: integers, f: floats).
+
+    Strings, None, nested or ragged values come out as another kind (or fail): None then, and the slow
+    path names the entry.
+    """
+    try:
+        arr = np.array(values)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if arr.size == 0:
+        return arr.astype(np.float64 if "f" in kinds else np.int64)
+    return arr if arr.dtype.kind in kinds else None
+
+
 def bbox_array(boxes: list[Any]) -> np.ndarray | None:
     """(N, 4) float64 from lists of 4 numbers, or None when any box is not that (the slow path says which)."""
-    if not _only(boxes, {list, tuple}) or not _only(chain.from_iterable(boxes), {int, float}):
+    arr = numeric_array(boxes)
+    if arr is None or (arr.shape != (len(boxes), 4) and arr.size):
         return None
-    try:
-        arr = np.array(boxes, dtype=np.float64)
-    except ValueError:
-        return None
-    return arr if arr.shape == (len(boxes), 4) or (not boxes and arr.size == 0) else None
+    return arr.astype(np.float64).reshape(-1, 4)
 
 
 def boxes_and_scores_ok(bbox: np.ndarray, score: np.ndarray) -> bool:
@@ -238,19 +300,17 @@ def boxes_and_scores_ok(bbox: np.ndarray, score: np.ndarray) -> bool:
 
 
 def parse_coco_results(entries: Any, path: str | None, part: int = 0) -> Predictions:
-    """COCO result entries (D³, OVDEval) → Predictions, each field checked (vectorised; per entry on failure)."""
+    """COCO result entries (D³, OVDEval) → Predictions, each field checked (by column; per entry on failure)."""
     if not isinstance(entries, list):
         raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
     n = len(entries)
     cols = fast_columns(entries, ("image_id", "category_id", "bbox", "score"))
-    if cols is not None and _only(cols["image_id"], {int}) and _only(cols["category_id"], {int}) \
-            and _only(cols["score"], {int, float}):
-        bbox = bbox_array(cols["bbox"])
-        if bbox is not None:
-            score = np.array(cols["score"], dtype=np.float64).reshape(-1)
-            if boxes_and_scores_ok(bbox.reshape(-1, 4), score):
-                return Predictions(np.array(cols["image_id"], dtype=np.int64), np.array(cols["category_id"], dtype=np.int64),
-                                   score, bbox.reshape(-1, 4), np.full(n, part, dtype=np.int64))
+    if cols is not None:
+        image_id, label = numeric_array(cols["image_id"], "i"), numeric_array(cols["category_id"], "i")
+        score, bbox = numeric_array(cols["score"]), bbox_array(cols["bbox"])
+        if image_id is not None and label is not None and score is not None and bbox is not None \
+                and score.ndim == 1 and boxes_and_scores_ok(bbox, score.astype(np.float64)):
+            return Predictions(image_id, label, score, bbox, np.full(n, part, dtype=np.int64))
     return _parse_coco_results_slowly(entries, path, part)
 
 

@@ -7,8 +7,10 @@ PRES (presence descriptions) and ABS (absence descriptions, such as "dog without
 conversion numbers annotations from 0, which pycocotools reads as "unmatched", so they are
 renumbered from 1 (DESIGN §6).
 
-Settings: intra-scenario (default) prompts each image with its scenario's (group's) descriptions
-and keeps only those on the boxes; inter-scenario prompts every image with every description.
+Settings: intra-scenario (default) prompts each image with its scenario's (group's) descriptions;
+inter-scenario prompts every image with all of them. The ground truth is the same in both (the
+conversion's default, which keeps on each box the descriptions of its own scenario): the release's
+documentation says the prompts are the only difference.
 
 Predictions, the benchmark's result format: a COCO result list {image_id, category_id (the
 sentence id), bbox xywh, score}. Scores: COCO bbox AP, AP50 and AP75 on each ground truth, and AP
@@ -101,7 +103,7 @@ def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | 
         gts = {}
         with tempfile.TemporaryDirectory(prefix="reallod-d3-") as tmp:
             for setting, mode in SETTINGS:
-                d3.convert2coco(tmp, anti_mode=mode, is_group_separated=not inter)
+                d3.convert2coco(tmp, anti_mode=mode)
                 with open(Path(tmp) / "coco_annotations.json") as f:
                     gts[setting] = renumber_annotations(json.load(f))
         sentences = {int(s["id"]): str(s["raw_sent"]) for s in d3.load_sents()}

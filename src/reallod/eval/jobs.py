@@ -109,6 +109,8 @@ def _check(job: EvalJob) -> None:
         raise ConfigError("give either --model (with --images) to run a detector, or --predictions to score a file")
     if job.model is not None and job.images is None:
         raise ConfigError("--model needs --images ROOT (the folder the file names in the annotations are relative to)")
+    if job.model is not None and not Path(job.images).is_dir():
+        raise ConfigError(f"--images {job.images}: not a folder")
     if job.predictions is not None and (job.out is not None or job.run.show_dir is not None):
         raise ConfigError("--out and --show-dir go with --model; --predictions only scores a file")
 

@@ -31,14 +31,17 @@ from reallod.eval.common import (
     EntryChecker,
     EvalImage,
     EvalResult,
+    IdIndex,
     Predictions,
-    _only,
+    all_instances,
     bbox_array,
     boxes_and_scores_ok,
-    check_known,
     fast_columns,
     metric,
+    no_gc,
+    numeric_array,
     read_json,
+    report_unknown,
     write_json_list,
 )
 
@@ -95,6 +98,11 @@ def _field(path: str | None, where: str, message: str) -> DataError:
 
 def parse_gt(obj: Any, path: str | None = None, *, skip_categories: bool = False) -> OmniLabelGT:
     """Check an OmniLabel ground-truth document and index it."""
+    with no_gc():
+        return _parse_gt(obj, path, skip_categories)
+
+
+def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
     if not isinstance(obj, dict):
         raise DataError("expected a JSON object with images, descriptions and annotations", path=path)
     for key in ("images", "descriptions", "annotations"):
@@ -185,33 +193,29 @@ def parse_predictions(entries: Any, path: str | None = None) -> Predictions:
 
     The checks run on whole columns; only when one fails are the entries walked one by one, to name it.
     """
+    with no_gc():
+        return _parse_predictions(entries, path)
+
+
+def _parse_predictions(entries: Any, path: str | None) -> Predictions:
     if not isinstance(entries, list):
         raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
     cols = fast_columns(entries, ("image_id", "bbox", "description_ids", "scores"))
-    if cols is not None and _fast_ok(cols):
-        ids, scores = cols["description_ids"], cols["scores"]
-        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        n_rows = int(counts.sum())
-        label = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=n_rows)
-        score = np.fromiter(chain.from_iterable(scores), dtype=np.float64, count=n_rows)
+    if cols is not None and all_instances(cols["description_ids"], {list}) and all_instances(cols["scores"], {list}):
+        counts = np.fromiter(map(len, cols["description_ids"]), dtype=np.int64, count=len(entries))
+        same = np.array_equal(counts, np.fromiter(map(len, cols["scores"]), dtype=np.int64, count=len(entries)))
+        label = numeric_array(list(chain.from_iterable(cols["description_ids"])), "i")
+        score = numeric_array(list(chain.from_iterable(cols["scores"])))
+        image_id = numeric_array(cols["image_id"], "i")
         bbox = bbox_array(cols["bbox"])
-        if bbox is not None:
-            bbox = bbox.reshape(-1, 4)
-            if boxes_and_scores_ok(bbox, score):
-                entry = np.repeat(np.arange(len(entries), dtype=np.int64), counts)
-                image_id = np.array(cols["image_id"], dtype=np.int64)
-                return Predictions(image_id[entry], label, score, bbox[entry], None, entry)
+        if same and label is not None and score is not None and image_id is not None and bbox is not None \
+                and label.ndim == score.ndim == image_id.ndim == 1 and boxes_and_scores_ok(bbox, score.astype(float)):
+            if (counts == 1).all():  # one description per box: the common case, no copies
+                return Predictions(image_id, label, score, bbox)
+            entry = np.repeat(np.arange(len(entries), dtype=np.int64), counts)
+            return Predictions(image_id[entry], label, score, bbox[entry], None, entry)
     _check_slowly(entries, path)
     raise DataError("predictions could not be read (no single entry is at fault)", path=path)
-
-
-def _fast_ok(cols: dict[str, list[Any]]) -> bool:
-    ids, scores = cols["description_ids"], cols["scores"]
-    if not (_only(cols["image_id"], {int}) and _only(ids, {list}) and _only(scores, {list})):
-        return False
-    if any(map(int.__ne__, map(len, ids), map(len, scores))):
-        return False
-    return _only(chain.from_iterable(ids), {int}) and _only(chain.from_iterable(scores), {int, float})
 
 
 def _check_slowly(entries: list[Any], path: str | None) -> None:
@@ -259,64 +263,80 @@ class Pairs:
     descr: np.ndarray
     kind: np.ndarray  # "C", "Dp" or "Dn"
     words: np.ndarray
-    keys: np.ndarray  # sorted (image rank, description index) keys
+    images: IdIndex
+    descrs: IdIndex
+    keys: np.ndarray  # sorted (image rank, description rank) keys
     key_to_pair: np.ndarray
-    image_ids: np.ndarray  # sorted
-    descr_ids: np.ndarray  # sorted
 
-    def lookup(self, image: np.ndarray, descr: np.ndarray) -> np.ndarray:
-        """Pair index of each (image, description), -1 where it is not a pair."""
-        out = np.full(len(image), -1, dtype=np.int64)
+    def lookup_ranks(self, image_rank: np.ndarray, descr_rank: np.ndarray) -> np.ndarray:
+        """Pair index of each (image rank, description rank), -1 where it is not a pair."""
+        out = np.full(len(image_rank), -1, dtype=np.int64)
         if not len(self.keys):
             return out
-        ii = np.minimum(np.searchsorted(self.image_ids, image), len(self.image_ids) - 1)
-        di = np.minimum(np.searchsorted(self.descr_ids, descr), len(self.descr_ids) - 1)
-        ok = (self.image_ids[ii] == image) & (self.descr_ids[di] == descr)
-        key = ii.astype(np.int64) * len(self.descr_ids) + di
+        key = image_rank * len(self.descrs) + descr_rank
         pos = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
-        ok &= self.keys[pos] == key
+        ok = (image_rank >= 0) & (descr_rank >= 0) & (self.keys[pos] == key)
         out[ok] = self.key_to_pair[pos[ok]]
         return out
 
+    def lookup(self, image: np.ndarray, descr: np.ndarray) -> np.ndarray:
+        """Pair index of each (image id, description id), -1 where it is not a pair."""
+        return self.lookup_ranks(self.images.rank(image), self.descrs.rank(descr))
+
 
 def build_pairs(gt: OmniLabelGT) -> Pairs:
-    image_ids = np.array(sorted(img["id"] for img in gt.images), dtype=np.int64)
-    descr_ids = np.array(sorted(gt.descriptions), dtype=np.int64)
+    """Every (image, description) of the label spaces, typed C, Dp (refers to a box of that image,
+    crowd or not) or Dn."""
+    images = IdIndex(np.array([img["id"] for img in gt.images], dtype=np.int64))
+    descrs = IdIndex(np.array(list(gt.descriptions), dtype=np.int64))
     img_list, descr_list = [], []
-    for image_id in image_ids.tolist():
+    for image_id in images.ids.tolist():
         for d in gt.labelspace.get(image_id, []):
             img_list.append(image_id)
             descr_list.append(d)
     image = np.array(img_list, dtype=np.int64)
     descr = np.array(descr_list, dtype=np.int64)
-    key = np.searchsorted(image_ids, image).astype(np.int64) * max(1, len(descr_ids)) + np.searchsorted(descr_ids, descr)
+    key = images.rank(image) * len(descrs) + descrs.rank(descr)
     order = np.argsort(key, kind="stable")
-    pairs = Pairs(image, descr, np.empty(len(image), dtype=object), np.array(
-        [len(gt.descriptions[d].text.split()) for d in descr_list], dtype=np.int64), key[order], order, image_ids,
-        descr_ids)
-    # Dp: the description refers to some box of this image (any box, crowd or not)
+    words = np.array([len(gt.descriptions[d].text.split()) for d in descr_list], dtype=np.int64)
+    pairs = Pairs(image, descr, np.array([], dtype=object), words, images, descrs, key[order], order)
     positive = np.zeros(len(image), dtype=bool)
     p = pairs.lookup(gt.box_image, gt.box_descr)
     positive[p[p >= 0]] = True
-    kinds = np.array([gt.descriptions[d].kind for d in descr_list], dtype=object)
-    pairs.kind = np.where(kinds == "C", "C", np.where(positive, "Dp", "Dn")).astype(object)
+    category = np.array([gt.descriptions[d].kind == "C" for d in descr_list], dtype=bool)
+    pairs.kind = np.where(category, "C", np.where(positive, "Dp", "Dn")).astype(object)
     return pairs
 
 
 def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
              max_dets: int = coco_ap.MAX_DETS) -> EvalResult:
     """The official OmniLabel metrics for ``pred`` (unknown images or descriptions are errors)."""
-    check_known(pred, "image_id", np.array([img["id"] for img in gt.images]), "image", path)
-    check_known(pred, "label", np.array(list(gt.descriptions)), "description", path, field_name="description_ids")
     pairs = build_pairs(gt)
     n_pairs = len(pairs.image)
+    image_rank = pairs.images.rank(pred.image_id)
+    report_unknown(pred, "image_id", image_rank, "image", path)
+    descr_rank = pairs.descrs.rank(pred.label)
+    report_unknown(pred, "label", descr_rank, "description", path, field_name="description_ids")
 
-    dt_pair = pairs.lookup(pred.image_id, pred.label)
-    outside = int((dt_pair < 0).sum())
+    dt_pair = pairs.lookup_ranks(image_rank, descr_rank)
     inside = dt_pair >= 0
-    dt_pair, dt_score, dt_box = dt_pair[inside], pred.score[inside], pred.bbox[inside]
-    index, _ = coco_ap.detection_order(dt_pair, dt_score, max_dets)
-    dt_pair, dt_score, dt_box = dt_pair[index], dt_score[index], dt_box[index]
+    outside = int(len(inside) - inside.sum())
+    if outside:
+        dt_pair, dt_score, dt_box = dt_pair[inside], pred.score[inside], pred.bbox[inside]
+    else:
+        dt_score, dt_box = pred.score, pred.bbox
+    # Detections are matched in (pair, best first) order, ``index`` into the rows above; boxes stay put.
+    by_score = np.argsort(-dt_score, kind="stable")
+    index, _ = coco_ap.detection_order(dt_pair, dt_score, max_dets, score_order=by_score)
+    # The pooled order is a stable score sort of the detections in pair order. When nothing was cut and
+    # the input already came in pair order, that is the score order of the input: no second sort.
+    if len(index) == len(dt_pair) and (len(dt_pair) < 2 or bool((np.diff(dt_pair) >= 0).all())):
+        position = np.empty(len(index), dtype=np.int64)
+        position[index] = np.arange(len(index))
+        pooled = position[by_score]
+    else:
+        pooled = np.argsort(-dt_score[index], kind="stable")
+    dt_pair = dt_pair[index]
     dt_area = np.maximum(0, dt_box[:, 2] * dt_box[:, 3])
 
     g_pair = pairs.lookup(gt.box_image, gt.box_descr)
@@ -328,10 +348,17 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
     g_order = np.lexsort((g_ignore, g_pair))
     g_pair, g_box, g_crowd, g_zero, g_ignore = (a[g_order] for a in (g_pair, g_box, g_crowd, g_zero, g_ignore))
 
-    matches = coco_ap.match_pairs(dt_pair, dt_box, dt_area, g_pair, g_box, g_crowd, g_ignore, g_zero, n_pairs)
+    matches = coco_ap.match_pairs(dt_pair, dt_box, dt_area, g_pair, g_box, g_crowd, g_ignore, g_zero, n_pairs,
+                                  dt_rows=index)
 
-    # pooled over pairs: one stable sort by score, each group is a subsequence of it
-    order = np.argsort(-dt_score, kind="mergesort")
+    # Pooled over pairs: one stable sort by score; each group is a subsequence of it. Only detections
+    # matched or ignored somewhere are carried; all others are false positives, counted by position.
+    where_pooled = np.empty(len(pooled), dtype=np.int64)
+    where_pooled[pooled] = np.arange(len(pooled))
+    by_pool = np.argsort(where_pooled[matches.index], kind="stable")
+    flagged = matches.index[by_pool]
+    flag_matched, flag_ignored = matches.matched[:, by_pool], matches.ignored[:, by_pool]
+    sorted_pair = dt_pair[pooled]
     pair_has_gt = np.bincount(g_pair, minlength=n_pairs) > 0
     pair_has_dt = np.bincount(dt_pair, minlength=n_pairs) > 0
     regular_gt = np.bincount(g_pair[~g_ignore], minlength=n_pairs)
@@ -339,9 +366,11 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
     for name, kinds, (lo, hi) in GROUPS:
         in_group = np.isin(pairs.kind, kinds) & (pairs.words >= lo) & (pairs.words <= hi)
         has_pairs = bool((in_group & (pair_has_gt | pair_has_dt)).any())
-        sel = order[in_group[dt_pair[order]]]
-        curves[name] = coco_ap.pooled_curve(dt_score[sel], matches.matched[sel], matches.ignored[sel],
-                                            int(regular_gt[in_group].sum()), has_pairs=has_pairs, presorted=True)
+        rank = np.cumsum(in_group[sorted_pair]) - 1  # position within the group's pooled sequence
+        mine = in_group[dt_pair[flagged]]
+        curves[name] = coco_ap.sparse_curve(
+            int(rank[-1] + 1) if len(rank) else 0, rank[where_pooled[flagged[mine]]], flag_matched[:, mine],
+            flag_ignored[:, mine], int(regular_gt[in_group].sum()), has_pairs=has_pairs)
     return _result(gt, curves, outside, n_pairs)
 
 

@@ -107,7 +107,7 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
                     raise DataError(f"label {t!r} is not the name of a category of this subset", path=path,
                                     field=f"{where}.text")
         images.append(EvalImage(img["id"], img["file_name"], list(texts), [by_name[t] for t in texts],
-                                img.get("width"), img.get("height"), part))
+                                img.get("width"), img.get("height"), part, name))
     for i, a in enumerate(obj["annotations"]):
         if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
             raise DataError("expected {image_id, category_id, bbox}", path=path, field=f"annotations[{i}]")
@@ -234,8 +234,9 @@ def evaluate(bench: OVDEvalBenchmark, pred: Predictions, *, path: str | None = N
     aps = []
     for k, s in enumerate(bench.subsets):
         part = pred.take(pred.part == k)
-        check_known(part, "image_id", np.array([img.image_id for img in s.images]), f"{s.name} image", path)
-        check_known(part, "label", np.array([c["id"] for c in s.gt["categories"]]), f"{s.name} category", path,
+        where = str(Path(path) / f"{s.name}.json") if path is not None and Path(path).is_dir() else path
+        check_known(part, "image_id", np.array([img.image_id for img in s.images]), f"{s.name} image", where)
+        check_known(part, "label", np.array([c["id"] for c in s.gt["categories"]]), f"{s.name} category", where,
                     field_name="category_id")
         gt_boxes: dict[int, list] = {}
         for a in s.gt["annotations"]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,7 +163,7 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
         if options.show_dir is not None:
             from reallod.model.draw import draw_detections
 
-            name = f"{img.part}_{img.image_id}.png" if img.part else f"{img.image_id}.png"
+            name = f"{img.tag}_{img.image_id}.png" if img.tag else f"{img.image_id}.png"
             _save_picture(draw_detections(picture, dets, score_thr=options.show_score_thr), options.show_dir / name)
     return out
 
@@ -178,10 +178,10 @@ def predict(images: list[EvalImage], detector: Detector, image_root: str | Path,
     mine: list[tuple[int, Predictions]] = []
     try:
         mine = _predict_shard(images, shard(len(images), dist), detector, root, options, dist, desc)
-    except (ReallodError, OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # with several processes, every one must reach the gather, or the others wait
         if dist.world_size == 1:
             raise
-        error = f"rank {dist.rank}: {e}"
+        error = f"rank {dist.rank}: {e}" if isinstance(e, ReallodError) else f"rank {dist.rank}: {type(e).__name__}: {e}"
     gathered = dist.gather((error, mine))
     if gathered is None:  # not rank 0
         if error:
@@ -205,7 +205,6 @@ class ModelSpec:
     max_text_len: int | None = None
     tokenizer: str | None = None
     image_size: tuple[int, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(spec: ModelSpec, dist: Dist) -> Detector:

@@ -1,0 +1,56 @@
+"""`reallod eval ...` without a model: scoring files, the default metrics path, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from reallod.cli import main
+from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions
+
+
+def _cli(capsys, *args):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _files(tmp_path, preds=None):
+    gt = omnilabel_gt(2, 6)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "preds.json").write_text(json.dumps(preds if preds is not None else omnilabel_predictions(gt, 2)))
+    return tmp_path / "gt.json", tmp_path / "preds.json"
+
+
+def test_scores_a_predictions_file_and_writes_metrics_beside_it(tmp_path, capsys):
+    gt, preds = _files(tmp_path)
+    code, out, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--predictions", preds)
+    assert code == 0, err
+    assert "OmniLabel (×100)" in out and "AP-descr-pos" in out
+    doc = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert doc["benchmark"] == "omnilabel" and 0 < doc["metrics"]["AP-descr"] < 1
+    assert doc["predictions"] == str(preds) and doc["details"]["num_gt"]["descr"] > 0
+
+
+def test_bad_predictions_are_one_line_naming_the_entry(tmp_path, capsys):
+    gt, preds = _files(tmp_path, [{"image_id": 10, "bbox": [0, 0, 5, 5], "description_ids": [1], "scores": [0.5]},
+                                  {"image_id": 10, "bbox": [0, 0, 5, 5], "description_ids": [1],
+                                   "scores": [float("nan")]}])
+    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--predictions", preds)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert f"{preds}: predictions[1] (image_id 10).scores[0]: score is nan" in err
+    assert not (tmp_path / "preds.metrics.json").exists()
+
+
+def test_needs_a_model_or_predictions(tmp_path, capsys):
+    gt, preds = _files(tmp_path)
+    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt)
+    assert code == 2 and "give either --model" in err
+    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--model", tmp_path / "m")
+    assert code == 2 and "--model needs --images" in err
+    code, _, err = _cli(capsys, "eval", "d3", "--annotations", tmp_path / "nowhere", "--predictions", preds)
+    assert code == 2 and "nowhere" in err
