@@ -540,7 +540,7 @@ def detect_cmd(
         "--weights", help="Replace MODEL's weights with this file: .safetensors/.pth in Hugging Face layout, or "
         "an MMDetection MM-Grounding-DINO / Real-Model .pth (converted on the fly).")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*.")] = Path("outputs"),
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if available].",
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).",
                                                show_default=False)] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
     pred_score_thr: Annotated[float, typer.Option(
@@ -551,16 +551,16 @@ def detect_cmd(
         "--mode", help="parallel: one prompt per expression (benchmark mode); concat: all in one prompt.")] = "parallel",
     topk: Annotated[int, typer.Option("--topk", min=1, help="Boxes kept per expression.")] = 300,
     nms_iou: Annotated[float | None, typer.Option(
-        "--nms-iou", min=0.0, max=1.0, help="Per-expression NMS at this IoU [default: off].",
+        "--nms-iou", min=0.0, max=1.0, help="Per-expression NMS at this IoU (default: off).",
         show_default=False)] = None,
     max_text_len: Annotated[int | None, typer.Option(
-        "--max-text-len", min=4, max=512, help="Text limit in tokens [default: the model's].",
+        "--max-text-len", min=4, max=512, help="Text limit in tokens (default: the model's).",
         show_default=False)] = None,
     image_size: Annotated[str | None, typer.Option(
-        "--image-size", help="Resize to SHORT,LONG (e.g. 800,1333) [default: the model's preprocessor].",
+        "--image-size", help="Resize to SHORT,LONG (e.g. 800,1333) (default: the model's preprocessor).",
         show_default=False)] = None,
     tokenizer: Annotated[str | None, typer.Option(
-        "--tokenizer", help="Tokenizer folder or hub id [default: MODEL's].", show_default=False)] = None,
+        "--tokenizer", help="Tokenizer folder or hub id (default: MODEL's).", show_default=False)] = None,
     max_pixels: Annotated[int, typer.Option(
         "--max-pixels", min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 89_478_485,
     palette: Annotated[str, typer.Option("--palette", help="Box colours: coco, voc, citys, random or none.")] = "coco",
@@ -616,7 +616,7 @@ def convert_checkpoint_cmd(
                                         show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="Hugging Face folder to create.", show_default=False)],
     variant: Annotated[str | None, typer.Option(
-        "--variant", help="tiny (Swin-T) or base (Swin-B) [default: read from the checkpoint].",
+        "--variant", help="tiny (Swin-T) or base (Swin-B) (default: read from the checkpoint).",
         show_default=False)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="Instead of --variant: an mm-grounding-dino config.json for another architecture.",

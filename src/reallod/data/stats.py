@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import orjson
 
 from reallod.data.chunks import (
@@ -107,9 +108,12 @@ class Stats:
                         nneg += len(neg)
                 all_boxes |= src_boxes
                 per_source.append((source, len(src_boxes), len(items), npos, nneg))
-            # word counts as plain lists (C loops, no per-record Counter), committed below
-            pos_len = list(map(len, map(str.split, chain.from_iterable(pos_lists))))
-            neg_len = list(map(len, map(str.split, chain.from_iterable(neg_lists))))
+            expressions = list(chain.from_iterable(pos_lists))
+            npos_all = len(expressions)
+            expressions.extend(chain.from_iterable(neg_lists))
+            words = word_counts(expressions)
+            pos_hist = np.bincount(words[:npos_all])
+            neg_hist = np.bincount(words[npos_all:])
         except (TypeError, AttributeError, KeyError, IndexError, ValueError):
             return False
         self.images += 1
@@ -127,8 +131,8 @@ class Stats:
             self.positives += npos
             self.negatives += nneg
         self.relations.update(relations)
-        self.positive_lengths.update(pos_len)
-        self.negative_lengths.update(neg_len)
+        _add_histogram(self.positive_lengths, pos_hist)
+        _add_histogram(self.negative_lengths, neg_hist)
         return True
 
     def add_bad_line(self, lineno: int) -> None:
@@ -177,6 +181,41 @@ class Stats:
                 "all": length_summary(all_lengths),
             },
         }
+
+
+_WHITESPACE = np.zeros(256, dtype=bool)  # the ASCII characters str.split() splits on
+_WHITESPACE[list(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")] = True
+
+
+def word_counts(expressions: list[str]) -> np.ndarray:
+    """``[len(e.split()) for e in expressions]``, vectorised: about twice as fast on typical data.
+
+    Counting words is most of what ``stats`` spends per record (a record holds ~200 expressions).
+    The batch is joined with newlines into one ASCII buffer; a word starts wherever a
+    non-whitespace byte follows whitespace, and ``reduceat`` sums word starts per expression.
+    Batches with non-ASCII text (where Unicode spaces count) take the exact ``str.split`` path.
+    Raises TypeError for a non-string, like ``str.split`` would.
+    """
+    n = len(expressions)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    joined = "\n".join(expressions)
+    if not joined.isascii():
+        return np.fromiter(map(len, map(str.split, expressions)), dtype=np.int64, count=n)
+    data = np.frombuffer(joined.encode("ascii") + b"\n", dtype=np.uint8)
+    space = _WHITESPACE[data]
+    starts = ~space
+    starts[1:] &= space[:-1]
+    sizes = np.fromiter(map(len, expressions), dtype=np.int64, count=n)
+    offsets = np.zeros(n, dtype=np.int64)  # each expression's slice includes its "\n": never empty
+    np.cumsum(sizes[:-1] + 1, out=offsets[1:])
+    return np.add.reduceat(starts.view(np.uint8), offsets, dtype=np.int64)
+
+
+def _add_histogram(counter: Counter, hist: np.ndarray) -> None:
+    nonzero = np.flatnonzero(hist)
+    for value, n in zip(nonzero.tolist(), hist[nonzero].tolist(), strict=True):
+        counter[value] += n
 
 
 def _ratio(a: int, b: int) -> float | None:
