@@ -49,6 +49,12 @@ def test_parallel_equals_naive_loop_of_full_forward_passes(tiny_detector, photo)
     assert np.ptp(fast.scores) > 1e-3  # the comparison is not between constants
 
 
+def test_backbone_reuse_alone_is_bit_exact(tiny_detector, photo):
+    naive = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(reuse_backbone=False, batch_size=1))
+    reused = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=1))
+    assert np.array_equal(naive.scores, reused.scores) and np.array_equal(naive.xyxy, reused.xyxy)
+
+
 def test_batched_text_equals_unbatched_text_with_reuse(tiny_detector, photo):
     one = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=1))
     many = tiny_detector.detect(photo, EXPRESSIONS, InferenceOptions(batch_size=len(EXPRESSIONS)))
@@ -125,7 +131,9 @@ def test_compare_detects_a_real_difference_and_tolerates_near_ties():
     swapped = Detections([[20, 20, 30, 30], [0, 0, 10, 10]], [0.5, 0.5 - 1e-7], [0, 0], ["x"])
     assert compare(a, swapped).within(1e-4)
     moved = Detections([[0, 0, 10, 10], [20, 20, 31, 30]], [0.5, 0.5 - 1e-7], [0, 0], ["x"])
-    assert compare(a, moved).max_box_diff == 1.0 and not compare(a, moved).within(1e-4)
+    agreement = compare(a, moved)
+    assert agreement.max_box_diff == 1.0 and not agreement.within(1e-4)
+    assert (agreement.compared, agreement.differing) == (2, 1)
     rescored = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.4], [0, 0], ["x"])
     assert not compare(a, rescored).within(1e-4)
 

@@ -41,6 +41,16 @@ def test_weights_that_do_not_match_the_config_are_named(tiny_model_dir, tmp_path
         load_detector(folder, device="cpu")
 
 
+def test_misshaped_weights_are_named(tiny_model_dir, tmp_path):
+    folder = tmp_path / "q"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_queries"] = 40
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"query_position_embeddings\.weight \(file \[30, 32\], model \[40, 32\]\)"):
+        load_detector(folder, device="cpu")
+
+
 def test_tokenizer_with_other_ids_is_refused(tiny_model_dir, tmp_path):
     folder = tmp_path / "tok"
     folder.mkdir()

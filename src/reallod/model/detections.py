@@ -112,6 +112,8 @@ class Agreement:
     max_score_diff: float
     max_box_diff: float
     unmatched: int  # boxes of ``a`` with no box in ``b`` of (nearly) the same score and place
+    compared: int = 0  # boxes of ``a`` compared
+    differing: int = 0  # boxes of ``a`` whose score (rank by rank) or place differs by more than atol
 
     def within(self, atol: float) -> bool:
         return self.unmatched == 0 and self.max_score_diff <= atol and self.max_box_diff <= atol
@@ -127,7 +129,7 @@ def compare(a: Detections, b: Detections, atol: float = 1e-4) -> Agreement:
     if a.expressions != b.expressions:
         raise ValueError("compare: the two results are for different expressions")
     score_diff = box_diff = 0.0
-    unmatched = 0
+    unmatched = compared = differing = 0
     for i in range(len(a.expressions)):
         sa, sb = a.for_expression(i), b.for_expression(i)
         if len(sa) != len(sb):
@@ -136,11 +138,16 @@ def compare(a: Detections, b: Detections, atol: float = 1e-4) -> Agreement:
         if n == 0:
             continue
         ia, ib = np.argsort(-sa.scores, kind="stable")[:n], np.argsort(-sb.scores, kind="stable")[:n]
-        score_diff = max(score_diff, float(np.abs(sa.scores[ia] - sb.scores[ib]).max()))
+        rank_diff = np.abs(sa.scores[ia] - sb.scores[ib])
+        score_diff = max(score_diff, float(rank_diff.max()))
         close = np.abs(sa.scores[:, None] - sb.scores[None, :]) <= atol
         dist = np.abs(sa.xyxy[:, None, :] - sb.xyxy[None, :, :]).max(-1)
         dist = np.where(close, dist, np.inf).min(1)
         unmatched += int(np.isinf(dist).sum())
+        compared += len(sa)
+        bad = dist > atol
+        bad[ia[rank_diff > atol]] = True
+        differing += int(bad.sum())
         if np.isfinite(dist).any():
             box_diff = max(box_diff, float(dist[np.isfinite(dist)].max()))
-    return Agreement(score_diff, box_diff, unmatched)
+    return Agreement(score_diff, box_diff, unmatched, compared, differing)

@@ -82,30 +82,49 @@ def _shorten(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def _place_label(box: tuple[float, float, float, float], size: tuple[float, float], canvas: tuple[int, int],
+                 taken: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """Where a label of ``size`` goes: above the box, else inside its top, below it, inside its bottom;
+    the first spot that hides no earlier (better-scoring) label, or the least-hiding one."""
+    x1, y1, _, y2 = box
+    w, h = size
+    x = min(max(0.0, x1), max(0.0, canvas[0] - w))
+    spots = [y1 - h, y1, y2, y2 - h]
+    rects = [(x, y, x + w, y + h) for y in (min(max(0.0, v), max(0.0, canvas[1] - h)) for v in spots)]
+    costs = [sum(_overlap(r, t) for t in taken) for r in rects]
+    return rects[costs.index(min(costs))]
+
+
 def draw_detections(image: Image.Image, detections: Detections, *, score_thr: float = 0.3,
                     palette_name: str = "coco", max_boxes: int = 100) -> Image.Image:
     """A copy of ``image`` with the boxes scoring at least ``score_thr`` (best ``max_boxes``) drawn."""
     canvas = image.convert("RGB").copy()
     dets = detections.above(score_thr)
-    if len(dets) > max_boxes:
-        order = dets.scores.argsort()[::-1][:max_boxes]
-        dets = dets._take(order)
+    order = dets.scores.argsort()[::-1][:max_boxes]  # best first
     colors = palette(palette_name, max(1, len(dets.expressions)))
     short = min(canvas.size)
     line = max(2, round(short / 250))
     font = _font(max(11, round(short / 40)))
+    pad = max(1, line // 2 + 1)
     draw = ImageDraw.Draw(canvas)
-    # Low scores first so the most confident boxes and labels end up on top.
-    for i in dets.scores.argsort():
-        x1, y1, x2, y2 = (float(v) for v in dets.xyxy[i])
+    labels, taken = [], []
+    for i in order:  # better scores choose label spots first
+        box = tuple(float(v) for v in dets.xyxy[i])
+        text = f"{_shorten(dets.expressions[int(dets.labels[i])])} {dets.scores[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        rect = _place_label(box, (right - left + 2 * pad, bottom - top + 2 * pad), canvas.size, taken)
+        taken.append(rect)
+        labels.append((i, box, text, rect, left, top))
+    for i, box, _, _, _, _ in reversed(labels):  # boxes, then labels, most confident drawn last (on top)
+        draw.rectangle(box, outline=colors[int(dets.labels[i])], width=line)
+    for i, _, text, rect, left, top in reversed(labels):
         color = colors[int(dets.labels[i])]
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=line)
-        label = f"{_shorten(dets.expressions[int(dets.labels[i])])} {dets.scores[i]:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        tw, th = right - left, bottom - top
-        pad = max(1, line // 2 + 1)
-        ty = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else y1  # above the box, else inside it
-        tx = min(max(0.0, x1), max(0.0, canvas.width - tw - 2 * pad))
-        draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=color)
-        draw.text((tx + pad - left, ty + pad - top), label, fill=_text_color(color), font=font)
+        draw.rectangle(rect, fill=color)
+        draw.text((rect[0] + pad - left, rect[1] + pad - top), text, fill=_text_color(color), font=font)
     return canvas

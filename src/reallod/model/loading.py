@@ -131,14 +131,19 @@ def load_model_checked(folder: str | Path, config, dtype: torch.dtype | None = N
     cls = detector_class(config)
     try:
         model, info = cls.from_pretrained(str(folder), config=config, dtype=dtype, output_loading_info=True,
-                                          **kwargs)
+                                          ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{folder}: cannot load the detector weights ({e})") from e
     except RuntimeError as e:  # size mismatches are raised by torch's load
         raise ConfigError(f"{folder}: weights do not fit the config: {e}") from e
     problems = []
+    def name(item: Any) -> str:
+        if isinstance(item, tuple) and len(item) == 3:  # (key, shape in the file, shape in the model)
+            return f"{item[0]} (file {list(item[1])}, model {list(item[2])})"
+        return str(item)
+
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        items = sorted(str(k) for k in (info.get(kind) or []))
+        items = sorted(name(k) for k in (info.get(kind) or []))
         if items:
             problems.append(f"{len(items)} {kind.replace('_', ' ')}: " + ", ".join(items[:50])
                             + (" ..." if len(items) > 50 else ""))
