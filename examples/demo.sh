@@ -13,7 +13,8 @@ MAX_CYCLES=${MAX_CYCLES:-2}
 echo "Re-aligning the first $LIMIT expressions of examples/realdata.jsonl with the offline agent"
 echo "(loading the model takes about a minute; each model call some seconds on a CPU)..."
 "$REALLOD" realign examples/realdata.jsonl --config offline --images examples/images \
-    --out "$OUT/realigned.jsonl" --report "$OUT/report" --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
+    --out "$OUT/realigned.jsonl" --report-dir "$OUT/report" --report "$OUT/run" \
+    --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
 
 cat <<MSG
 
@@ -22,6 +23,8 @@ Done.
   trace, every model call: $OUT/realigned.trace.jsonl
       read one task:  $REALLOD realign --explain $OUT/realigned.trace.jsonl --task 0/vlm_short/0/1
   report: $OUT/report/index.html   (also index.md; one PNG card per task in $OUT/report/img/)
+  run summary: $OUT/run.json and $OUT/run.md; journal: $OUT/realigned.journal.jsonl
+      (run this again and it resumes from the journal: finished tasks are not redone)
 The offline model is a small *base* model: it exercises the whole pipeline, its verdicts mean little.
 For real judgements run a shipped config against a model server (see README, "Real-Agent").
 MSG

@@ -869,6 +869,8 @@ def train_cmd(
     result = train(cfg, work_dir or Path("work_dirs") / config.stem,
                    resume=ckpt if ckpt is not None else (True if resume else None),
                    amp=amp, auto_scale_lr=True if auto_scale_lr else None)
+    if not result.main_process:
+        return
     if result.best:
         typer.echo(f"best {result.best['metric']} = {result.best['value']:.4f} (step {result.best['step']}): "
                    f"{result.work_dir / 'best'}")

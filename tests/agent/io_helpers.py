@@ -50,3 +50,27 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fake_server_config(path: Path, url: str, *, vlm: bool = True, timeout_s: float = 5.0, attempts: int = 3,
+                       backoff_s: float = 0.01, concurrency: int = 8) -> Path:
+    """An agent config whose roles all talk to a local fake OpenAI-compatible server."""
+    llm = (f"{{backend: openai, model: fake-llm, base_url: '{url}', timeout_s: {timeout_s}, max_tokens: 64, "
+           "temperature: 0.0}")
+    vlm_role = (f"{{backend: openai, model: fake-vlm, base_url: '{url}', timeout_s: {timeout_s}, max_tokens: 64, "
+                "image_format: png}") if vlm else "null"
+    path.write_text(f"name: fake\nmax_cycles: 3\nconcurrency: {concurrency}\n"
+                    f"retry: {{max_attempts: {attempts}, backoff_s: {backoff_s}, max_backoff_s: {backoff_s * 4}}}\n"
+                    f"roles:\n  reflector: {llm}\n  planner: {llm}\n  rewriter: {llm}\n  vlm: {vlm_role}\n")
+    return path
+
+
+def many_tasks(folder: Path, n: int, *, images: int = 5) -> Path:
+    """``n`` published-format tasks over ``images`` small generated images, interleaved (so grouping by
+    image has something to do), as JSONL in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(images):
+        write_image(folder / f"img{k}.png", colour=(40 * k % 256, 200, 30))
+    rows = [published(f"img{i % images}.png", f"the square number {i}", [4 + i % 7, 3, 30, 30],
+                      caption=f"a picture with a square, variant {i % images}") for i in range(n)]
+    return write_jsonl(folder / "tasks.jsonl", rows)

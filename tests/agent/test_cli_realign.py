@@ -48,7 +48,7 @@ def test_realign_writes_output_trace_report_and_prints_the_summary(tmp_path, cap
     out = tmp_path / "r.jsonl"
     code, stdout, err = cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
                             "--images", EXAMPLES / "images", "--limit", "4", "--max-cycles", "3",
-                            "--unresolved", "drop", "--base-url", "http://127.0.0.1:9/v1", "--report", tmp_path / "rep")
+                            "--unresolved", "drop", "--base-url", "http://127.0.0.1:9/v1", "--report-dir", tmp_path / "rep")
     assert code == 0, err
     assert scripted["base_url"] == "http://127.0.0.1:9/v1" and scripted["path"] == "offline"
     assert out.exists() and (tmp_path / "r.trace.jsonl").exists()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from reallod.agent.inputs import (
@@ -34,6 +34,9 @@ from reallod.agent.inputs import (
 from reallod.agent.task import Task
 from reallod.data.io import JsonlWriter
 from reallod.data.records import canonical_pairs
+
+Select = Callable[[str, str | None], bool]
+"""(task id — or record index for Real-Data records —, image path) → whether this run owns it (a shard)."""
 
 Policy = Literal["drop", "keep", "negative"]
 POLICIES: tuple[str, ...] = ("drop", "keep", "negative")
@@ -126,23 +129,27 @@ def _provenance(task_id: str, verdict: str, result: Mapping[str, Any] | None, ra
 def assemble(fmt: InputFormat, input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
              out_path: str | os.PathLike, *, policy: Policy = "keep", source: str = "realigned",
              agent: str | None = None, captions: dict[str, str] | None = None,
-             limit: int | None = None) -> Counter[str]:
-    """Write the Real-Data output (atomically) for the results of a run over ``input_path``."""
+             limit: int | None = None, select: Select | None = None) -> Counter[str]:
+    """Write the Real-Data output (atomically) for the results of a run over ``input_path``.
+
+    ``select`` keeps only a shard's part of the input (``--limit`` then counts within it)."""
     counts: Counter[str] = Counter()
     if fmt == "records":
-        _assemble_records(input_path, results, out_path, policy, counts, agent, captions, limit)
+        _assemble_records(input_path, results, out_path, policy, counts, agent, captions, limit, select)
     else:
-        _assemble_tasks(input_path, results, out_path, policy, source, counts, agent, captions, limit)
+        _assemble_tasks(input_path, results, out_path, policy, source, counts, agent, captions, limit, select)
     return counts
 
 
 def _assemble_records(input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
                       out_path: str | os.PathLike, policy: Policy, counts: Counter[str], agent: str | None,
-                      captions: dict[str, str] | None, limit: int | None) -> None:
+                      captions: dict[str, str] | None, limit: int | None, select: Select | None = None) -> None:
     """Real-Data in, Real-Data out, record for record (records past ``--limit`` are not written)."""
     tasks_before = 0
     with JsonlWriter(out_path) as writer:
         for ridx, (_, obj) in enumerate(iter_raw_records(input_path)):
+            if select is not None and not select(str(ridx), obj.get("filename") if isinstance(obj, dict) else None):
+                continue
             items = record_tasks(obj, ridx, captions=captions)
             if limit is not None and tasks_before >= limit:
                 counts["record past --limit:not written"] += 1
@@ -174,12 +181,16 @@ def _assemble_records(input_path: str | os.PathLike, results: Mapping[str, Mappi
 
 def _assemble_tasks(input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
                     out_path: str | os.PathLike, policy: Policy, source: str, counts: Counter[str],
-                    agent: str | None, captions: dict[str, str] | None, limit: int | None) -> None:
+                    agent: str | None, captions: dict[str, str] | None, limit: int | None,
+                    select: Select | None = None) -> None:
     """Published task list in, Real-Data out: one record per image, one pair per object (its tasks'
     expressions together) under ``source``."""
     images: dict[str, dict[str, Any]] = {}
     groups: dict[str, dict[tuple, tuple[dict[str, Any], list[str]]]] = {}
-    for n, item in enumerate(iter_tasks(input_path, captions=captions, fmt="tasks")):
+    items = iter_tasks(input_path, captions=captions, fmt="tasks")
+    if select is not None:
+        items = (item for item in items if select(item.task_id, item.image_path))
+    for n, item in enumerate(items):
         if limit is not None and n >= limit:
             counts["task past --limit:not written"] += 1
             continue

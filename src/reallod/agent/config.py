@@ -9,7 +9,7 @@ Format::
 
     name: vllm
     max_cycles: 3            # optional, default 3
-    concurrency: 8           # optional: how many tasks a runner may keep in flight
+    concurrency: 64          # optional (default 64): how many tasks a runner keeps in flight
     retry: {max_attempts: 3, backoff_s: 1.0, max_backoff_s: 30.0}
     roles:
       reflector: {backend: openai, model: ..., base_url: ..., api_key_env: ..., max_tokens: 256,
@@ -68,7 +68,7 @@ class AgentConfig:
     path: Path | None
     roles: dict[str, RoleConfig | None]
     max_cycles: int = 3
-    concurrency: int = 1
+    concurrency: int = 64  # sized for a vLLM server; --concurrency overrides
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def describe(self) -> dict[str, str | None]:
@@ -174,7 +174,7 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
     return AgentConfig(
         name=str(raw.get("name") or p.stem), path=p, roles=roles,
         max_cycles=_num(raw.get("max_cycles", 3), f"{p}: max_cycles", int, minimum=1),
-        concurrency=_num(raw.get("concurrency", 1), f"{p}: concurrency", int, minimum=1), retry=retry)
+        concurrency=_num(raw.get("concurrency", 64), f"{p}: concurrency", int, minimum=1), retry=retry)
 
 
 def _backend_for(rc: RoleConfig) -> Backend:

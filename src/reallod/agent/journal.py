@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +46,46 @@ def fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
+def journal_path_for(out: str | os.PathLike) -> Path:
+    """``OUT.jsonl`` → ``OUT.journal.jsonl`` (also for ``.jsonl.gz`` and ``.json``), next to the output."""
+    out = Path(out)
+    name = out.name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return out.with_name(f"{name}.journal.jsonl")
+
+
 class Journal:
     """``Journal.open(path, fp)`` loads what a previous run finished and appends new results."""
 
-    def __init__(self, path: Path, fp: dict[str, Any], done: dict[str, dict[str, Any]], fd: int) -> None:
+    def __init__(self, path: Path, fp: dict[str, Any], done: dict[str, Any], fd: int,
+                 header: dict[str, Any] | None = None) -> None:
         self.path = path
         self.fingerprint = fp
-        self.done = done  # task_id → result dict, in journal order
+        self.done = done  # task_id → result dict (or what ``keep`` made of it), in journal order
+        self.header = header or {"journal": JOURNAL_VERSION, "fingerprint": fp}
+        self.resumed = len(done)  # tasks finished by earlier runs
         self._fd = fd
         self._pending: list[tuple[str, dict[str, Any], asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
+        self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
+        self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
 
     @classmethod
-    def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False) -> Journal:
-        """Open or create; refuses a journal with another fingerprint unless ``force``."""
+    def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
+             meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None) -> Journal:
+        """Open or create; refuses a journal with another fingerprint unless ``force``.
+
+        ``meta`` goes into the header of a new journal (what a merge needs to know: input, shard...);
+        ``keep`` maps each loaded result to what ``done`` holds (a run over millions of tasks only
+        needs to know which ids are done, not their whole results).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        done: dict[str, dict[str, Any]] = {}
+        done: dict[str, Any] = {}
+        header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
         if path.exists() and path.stat().st_size > 0:
-            header, done, good_bytes = _load(path)
+            header, done, good_bytes = _load(path, keep)
             if header.get("fingerprint") != fp and not force:
                 changed = sorted(k for k in set(fp) | set(header.get("fingerprint", {}))
                                  if fp.get(k) != header.get("fingerprint", {}).get(k))
@@ -76,14 +98,22 @@ class Journal:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
-            _durable_write(fd, orjson.dumps({"journal": JOURNAL_VERSION, "fingerprint": fp}) + b"\n")
-        return cls(path, fp, done, fd)
+            try:
+                _durable_write(fd, orjson.dumps(header) + b"\n")
+            except OSError as e:
+                os.close(fd)
+                raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+        journal = cls(path, fp, done, fd, header)
+        if keep is not None:
+            journal._keep = keep
+        return journal
 
     def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
         """Write and fsync one result now (for synchronous callers)."""
         if task_id not in self.done:
-            _durable_write(self._fd, _line(task_id, result))
-            self.done[task_id] = result
+            with self._fd_lock:
+                _durable_write(self._fd, _line(task_id, result))
+            self.done[task_id] = self._keep(result)
 
     async def append(self, task_id: str, result: dict[str, Any]) -> None:
         """Returns once the result is durable; concurrent appends share one write + fsync.
@@ -105,7 +135,7 @@ class Journal:
             batch, self._pending = self._pending, []
             data = b"".join(_line(tid, res) for tid, res, _ in batch)
             try:
-                await asyncio.to_thread(_durable_write, self._fd, data)
+                await asyncio.to_thread(self._locked_write, data)
             except OSError as e:
                 err = JournalWriteError(f"{self.path}: cannot write the journal ({e.strerror or e}); "
                                         "the tasks finished so far are safe, rerun to resume")
@@ -114,14 +144,28 @@ class Journal:
                         fut.set_exception(err)
                 continue
             for tid, res, fut in batch:
-                self.done.setdefault(tid, res)
+                if tid not in self.done:
+                    self.done[tid] = self._keep(res)
                 if not fut.done():
                     fut.set_result(None)
 
+    def _locked_write(self, data: bytes) -> None:
+        with self._fd_lock:
+            if self._fd < 0:
+                raise OSError(9, "journal already closed")
+            _durable_write(self._fd, data)
+
+    async def drain(self) -> None:
+        """Wait for the write in progress (if any): call before closing from async code."""
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._flusher
+
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> Journal:
         return self
@@ -136,33 +180,75 @@ def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dic
     return header, done
 
 
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header line alone (cheap, whatever the journal's size)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or "journal" not in obj:
+        raise ReallodError(f"{path}: not a reallod journal (its first line is no journal header)")
+    return obj
+
+
+def iter_journal(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(task_id, result) of every finished task, first occurrence only, streaming (constant memory
+    but for the set of ids)."""
+    seen: set[str] = set()
+    lines = _lines(Path(path))
+    next(lines)  # the header
+    for obj in lines:
+        tid = obj["task_id"]
+        if tid not in seen:
+            seen.add(tid)
+            yield tid, obj["result"]
+
+
 def iter_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    yield from read_journal(path)[1].values()
+    for _, result in iter_journal(path):
+        yield result
 
 
-def _load(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int]:
-    """Header, results, and the byte length of the complete lines (a partial tail is not counted)."""
-    done: dict[str, dict[str, Any]] = {}
-    header: dict[str, Any] | None = None
+def _lines(path: Path, _good: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Task lines after checking the header; ``_good`` receives the byte length of complete lines."""
+    header_seen = False
     good = 0
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break  # partial write from a crash: cut on resume
             good += len(line)
+            if _good is not None:
+                _good[0] = good
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if header is None:
+            if not header_seen:
                 if not isinstance(obj, dict) or "journal" not in obj:
                     raise ReallodError(f"{path}: not a reallod journal (its first line is no journal header)")
-                header = obj
+                header_seen = True
+                yield obj
             elif isinstance(obj, dict) and "task_id" in obj:
-                done.setdefault(obj["task_id"], obj["result"])
-    if header is None:
+                yield obj
+    if not header_seen:
         raise ReallodError(f"{path}: not a reallod journal (no header line)")
-    return header, done, good
+
+
+def _load(path: Path, keep: Callable[[dict[str, Any]], Any] | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Header, results, and the byte length of the complete lines (a partial tail is not counted)."""
+    done: dict[str, Any] = {}
+    good = [0]
+    lines = _lines(path, good)
+    header = next(lines)
+    for obj in lines:
+        if obj["task_id"] not in done:
+            done[obj["task_id"]] = obj["result"] if keep is None else keep(obj["result"])
+    return header, done, good[0]
 
 
 def _line(task_id: str, result: dict[str, Any]) -> bytes:

@@ -1,5 +1,9 @@
 """Retries with backoff, per-request timeouts, per-endpoint limits and the response cache, around any
 backend. The backend itself stays simple: it makes one call and raises :class:`BackendError`.
+
+Connection errors are not charged to a task: they are retried (with backoff) until the endpoint answers
+again or ``down_after`` of them in a row say it is down, which stops the whole run (:class:`EndpointDown`)
+instead of failing every task on the way and recording those failures as if they were the tasks' own.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from reallod.agent.backends.base import Backend, BackendError, Completion, Message
 from reallod.agent.cache import ResponseCache, occurrence_key, request_key
-from reallod.errors import ReallodError
+from reallod.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +25,7 @@ class RetryPolicy:
     max_attempts: int = 5
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
-    timeout_s: float = 120.0
+    timeout_s: float | None = 120.0  # None: no per-request timeout (an in-process model)
     down_after: int = 8  # consecutive connection failures across tasks before the endpoint counts as down
 
 
@@ -35,16 +39,19 @@ def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random, retry_a
     return delay
 
 
-class EndpointDown(ReallodError):
-    """An endpoint refused every connection: the run stops cleanly instead of failing every task."""
+class EndpointDown(ConfigError):
+    """An endpoint refused every connection: the run stops cleanly instead of failing every task.
+
+    A :class:`ConfigError` so that the workflow treats it as a run-level problem, never a task's.
+    """
 
 
 @dataclass
 class CallStats:
-    calls: int = 0
+    calls: int = 0  # requests answered by the backend (not the cache)
     cache_hits: int = 0
-    retries: Counter = field(default_factory=Counter)  # by error kind
-    failures: Counter = field(default_factory=Counter)
+    retries: Counter = field(default_factory=Counter)  # requests sent again, by error kind
+    failures: Counter = field(default_factory=Counter)  # calls given up, by error kind
     in_flight: int = 0
 
 
@@ -69,19 +76,26 @@ class ResilientBackend:
                        choices: list[str] | None = None, max_tokens: int | None = None,
                        temperature: float | None = None) -> Completion:
         kwargs = {"schema": schema, "choices": choices, "max_tokens": max_tokens, "temperature": temperature}
-        key = occurrence_key(request_key(self.model_id, messages, kwargs)) if self.cache else None
-        if key and (hit := self.cache.get(key)) is not None:
-            self.stats.cache_hits += 1
-            return hit
+        key = None
+        if self.cache is not None:
+            if _has_image(messages):  # hashing pixels takes a while: not on the event loop
+                base = await asyncio.to_thread(request_key, self.model_id, messages, kwargs)
+            else:
+                base = request_key(self.model_id, messages, kwargs)
+            key = occurrence_key(base)  # in the task's own context: counts per task
+            if (hit := self.cache.get(key)) is not None:
+                self.stats.cache_hits += 1
+                return hit
         completion = await self._call(messages, kwargs)
-        if key:
+        if key is not None:
             self.cache.put(key, completion)
         return completion
 
     async def _call(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
-        attempt = 0
+        attempt = 0  # attempts charged to the call (connection failures are not)
+        tries = 0
         while True:
-            attempt += 1
+            tries += 1
             try:
                 start = time.perf_counter()
                 if self.limit is not None:
@@ -90,26 +104,35 @@ class ResilientBackend:
                 else:
                     completion = await self._timed(messages, kwargs)
                 completion.latency_s = completion.latency_s or time.perf_counter() - start
-                completion.meta["attempts"] = attempt
+                completion.meta["attempts"] = tries
                 self.stats.calls += 1
                 self._consecutive_connection_failures = 0
                 return completion
             except BackendError as e:
-                self.stats.retries[e.kind] += 1
                 if e.kind == "connection":
                     self._consecutive_connection_failures += 1
                     if self._consecutive_connection_failures >= self.policy.down_after:
+                        self.stats.failures[e.kind] += 1
                         raise EndpointDown(f"{self.name}: endpoint unreachable ({e}); "
                                            "check that the server is running and the base URL is right") from None
+                    # not charged to the task: either the endpoint comes back or the run stops
+                    self.stats.retries[e.kind] += 1
+                    await asyncio.sleep(backoff_delay(min(tries, 6), self.policy, self._rng, e.retry_after))
+                    continue
+                attempt += 1
+                self._consecutive_connection_failures = 0  # the endpoint answered, if badly
                 if not e.retryable or attempt >= self.policy.max_attempts:
                     self.stats.failures[e.kind] += 1
                     raise BackendError(f"{e} (after {attempt} attempt{'s' * (attempt > 1)})",
                                        retryable=False, kind=e.kind) from None
+                self.stats.retries[e.kind] += 1
                 await asyncio.sleep(backoff_delay(attempt, self.policy, self._rng, e.retry_after))
 
     async def _timed(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
         self.stats.in_flight += 1
         try:
+            if self.policy.timeout_s is None:
+                return await self.backend.complete(messages, **kwargs)
             return await asyncio.wait_for(self.backend.complete(messages, **kwargs), self.policy.timeout_s)
         except TimeoutError:
             raise BackendError(f"no answer within {self.policy.timeout_s:g} s", retryable=True, kind="timeout") from None
@@ -118,3 +141,8 @@ class ResilientBackend:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+def _has_image(messages: list[Message]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"])
+               for m in messages)

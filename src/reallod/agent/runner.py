@@ -1,33 +1,64 @@
-"""Runs tasks through the workflow and streams each result to the trace as soon as it is finished.
+"""Runs tasks through the workflow, many at once, with exactly-once results that survive any crash.
 
-One task is one coroutine; at most ``concurrency`` run at once and new ones are started as old ones
-finish, so a run over millions of tasks holds only the tasks in flight, never the whole input or all
-results. Every task ends with a result: an input problem or a broken image becomes a failed result
-with its reason before any model is called, and the workflow itself turns task-level trouble into a
-failed result. :func:`realign` is the whole command: tasks → trace → Real-Data → summary (→ report).
+One task is one coroutine; at most ``concurrency`` run at once and new ones start as old ones finish,
+so a run over millions of tasks holds only the tasks in flight, never the whole input or all results.
+The calls of one task stay in order (the workflow awaits each); images are decoded and views encoded
+in worker threads. Every task ends with a result: an input problem or a broken image becomes a failed
+result with its reason before any model is called, and the workflow turns task-level trouble into a
+failed result.
+
+:func:`realign` is the whole command. A task counts as done once its result is in the journal
+(``OUT.journal.jsonl``, fsync'ed, group-committed); the trace line follows. A rerun of the same
+command skips what the journal holds, so a run killed at any moment (``kill -9`` included) resumes
+with nothing redone, lost or doubled; a changed config or input is refused (``force_resume`` accepts
+it). The output, the summary and ``--report`` are built from the journal at the end, the output
+written atomically. A down endpoint or a disk that refuses the journal stops the run cleanly
+(:class:`RunStopped`) with the journal intact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reallod.agent import workflow
-from reallod.agent.assemble import POLICIES, Policy, assemble
+from reallod.agent.assemble import POLICIES, Policy, Select, assemble
+from reallod.agent.cache import ResponseCache, new_scope
+from reallod.agent.endpoints import Endpoints, harden, model_id
 from reallod.agent.images import ImageError, ImageLoader
-from reallod.agent.inputs import TaskItem, TaskProblem, detect_format, iter_tasks, load_captions
-from reallod.agent.roles import Roles
-from reallod.agent.summary import RunSummary, summarize
+from reallod.agent.inputs import InputFormat, TaskItem, TaskProblem, detect_format, iter_tasks, load_captions
+from reallod.agent.journal import (
+    Journal,
+    JournalWriteError,
+    fingerprint,
+    fingerprint_file,
+    iter_journal,
+    journal_path_for,
+)
+from reallod.agent.ordering import group_by_image
+from reallod.agent.progress import RunMonitor
+from reallod.agent.retry import EndpointDown
+from reallod.agent.roles import ROLE_NAMES, Roles
+from reallod.agent.shard import in_shard, parse_shard, shard_key
+from reallod.agent.summary import RunSummary
 from reallod.agent.task import TaskResult
-from reallod.agent.trace import TraceWriter, read_trace, trace_path_for
-from reallod.errors import ConfigError
+from reallod.agent.trace import TraceWriter, result_to_json, trace_ids, trace_path_for
+from reallod.errors import ConfigError, ReallodError
 
-ResultSink = Callable[[TaskItem, TaskResult], None]
+ResultSink = Callable[[TaskItem, TaskResult], Awaitable[None] | None]
+_Handler = Callable[[TaskItem, TaskResult, float], Awaitable[None]]
+
+DEFAULT_CONCURRENCY = 64
+
+
+class RunStopped(ReallodError):
+    """The run stopped before the end (endpoint down, disk refused the journal); it can be resumed."""
 
 
 async def run_one(item: TaskItem, roles: Roles, images: ImageLoader, *, max_cycles: int) -> TaskResult:
@@ -41,32 +72,41 @@ async def run_one(item: TaskItem, roles: Roles, images: ImageLoader, *, max_cycl
                           error=str(e), error_kind=e.kind)
     try:
         return await workflow.run_task(item, roles, load_image=images.loader_for(item), max_cycles=max_cycles)
+    except ConfigError:
+        raise  # run-level (a model that cannot load, an endpoint that is down): stops the run
     except Exception as e:  # a bug or an unforeseen backend failure must not end a long run
         return TaskResult(item.task_id, "failed", item.raw_expression, item.raw_expression, 0,
                           error=f"unexpected {type(e).__name__}: {e}", error_kind="agent_error")
 
 
-async def run_tasks(items: Iterable[TaskItem], roles: Roles, images: ImageLoader, sink: ResultSink, *,
-                    max_cycles: int = 3, concurrency: int = 1) -> int:
-    """Run every task, at most ``concurrency`` at a time, handing each result to ``sink`` as it
-    finishes (in completion order). Returns the number of tasks run."""
+async def _drive(items: Iterable[TaskItem], roles: Roles, images: ImageLoader, handle: _Handler, *,
+                 max_cycles: int, concurrency: int) -> int:
+    """Keep ``concurrency`` tasks in flight; each hands its result to ``handle`` itself (so results
+    finishing together are journaled in one group commit). The first run-level error cancels the
+    tasks in flight and is raised."""
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
-    pending: dict[asyncio.Task[TaskResult], TaskItem] = {}
     source = iter(items)
+    pending: set[asyncio.Task[None]] = set()
     done_count = 0
+
+    async def one(item: TaskItem) -> None:
+        new_scope()  # the response cache counts repeated requests per task
+        started = time.perf_counter()
+        result = await run_one(item, roles, images, max_cycles=max_cycles)
+        await handle(item, result, time.perf_counter() - started)
 
     def start_more() -> None:
         for item in itertools.islice(source, concurrency - len(pending)):
-            pending[asyncio.create_task(run_one(item, roles, images, max_cycles=max_cycles))] = item
+            pending.add(asyncio.create_task(one(item)))
 
     try:
         start_more()
         while pending:
             finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
-                item = pending.pop(fut)
-                sink(item, fut.result())
+                pending.discard(fut)
+                fut.result()  # a run-level error stops here
                 done_count += 1
             start_more()
     finally:
@@ -75,6 +115,55 @@ async def run_tasks(items: Iterable[TaskItem], roles: Roles, images: ImageLoader
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
     return done_count
+
+
+async def run_tasks(items: Iterable[TaskItem], roles: Roles, images: ImageLoader, sink: ResultSink, *,
+                    max_cycles: int = 3, concurrency: int = 1) -> int:
+    """Run every task, at most ``concurrency`` at a time, handing each result to ``sink`` as it
+    finishes (in completion order; ``sink`` may be async). Returns the number of tasks run."""
+
+    async def handle(item: TaskItem, result: TaskResult, _elapsed: float) -> None:
+        out = sink(item, result)
+        if asyncio.iscoroutine(out):
+            await out
+
+    return await _drive(items, roles, images, handle, max_cycles=max_cycles, concurrency=concurrency)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the journal keeps of a result
+# ---------------------------------------------------------------------------------------------
+
+_OUTPUT_FIELDS = ("verdict", "expression", "raw_expression", "cycles", "error", "error_kind")
+_STEP_FIELDS = ("cycle", "role", "attempts", "repaired", "prompt_tokens", "completion_tokens", "latency_s",
+                "decision")
+MAX_ERROR_CHARS = 500
+
+
+def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
+    """The compact result the journal keeps: what the output, the summary and agent-eval need
+    (verdict, expressions, error, and per call: role, view, attempts, tokens, time); the trace has
+    the rest (prompts, raw replies)."""
+    full = result_to_json(result)
+    entry = {k: full.get(k) for k in ("task_id", *_OUTPUT_FIELDS)}
+    if entry["error"]:
+        entry["error"] = str(entry["error"])[:MAX_ERROR_CHARS]
+    entry["notes"] = full.get("notes") or []
+    entry["elapsed_s"] = round(elapsed_s, 4)
+    steps = []
+    for step in full.get("steps") or []:
+        s = {k: step.get(k) for k in _STEP_FIELDS}
+        view = step.get("view") or None
+        s["view"] = {"name": view.get("name"), "crop_box": view.get("crop_box")} if view else None
+        if step.get("error"):
+            s["error"] = str(step["error"])[:MAX_ERROR_CHARS]
+        steps.append(s)
+    entry["steps"] = steps
+    return entry
+
+
+def output_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in _OUTPUT_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +185,14 @@ class RealignOptions:
     base_url: str | None = None
     llm_base_url: str | None = None
     vlm_base_url: str | None = None
-    report_dir: Path | None = None
-    concurrency: int | None = None  # default: the config's (1)
+    report_dir: Path | None = None  # the readable HTML/Markdown report of each task
+    concurrency: int | None = None  # default: the config's (64 unless it says otherwise)
+    report: Path | None = None  # the run summary as JSON + Markdown
+    shard: str | None = None  # "K/N"
+    cache: Path | None = None  # default: $REALLOD_CACHE/responses.sqlite (~/.cache/reallod)
+    no_cache: bool = False
+    force_resume: bool = False
+    endpoint_limit: int | None = None  # requests in flight per endpoint (default: the concurrency)
 
 
 @dataclass(slots=True)
@@ -106,23 +201,76 @@ class RealignRun:
     trace: Path
     summary: RunSummary
     report: Path | None = None
+    journal: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    run_report: tuple[Path, Path] | None = None
 
 
-def realign(opts: RealignOptions, *, roles: Roles | None = None) -> RealignRun:
-    """Run the agent over an input file and write Real-Data, the trace, and optionally a report.
+def default_cache_path() -> Path:
+    """Where responses are cached unless ``--cache`` says otherwise: the user's reallod cache folder
+    (``$REALLOD_CACHE``, else ``$XDG_CACHE_HOME/reallod``, else ``~/.cache/reallod``), shared by all
+    runs of that user so a rerun anywhere costs nothing; local to the machine, as SQLite wants."""
+    from reallod.agent.backends.packaged import cache_dir
 
-    ``roles`` replaces the ones built from ``opts.config`` (tests pass scripted roles).
+    return cache_dir() / "responses.sqlite"
+
+
+def roles_fingerprint(roles: Roles) -> str:
+    """What in the config changes results: per role the model (not its URL), sampling parameters,
+    prompt text and token limit."""
+    parts = {}
+    for name in ROLE_NAMES:
+        role = roles.get(name)
+        if role is not None:
+            parts[name] = {"model": model_id(role.backend), "system": role.prompt.system, "user": role.prompt.user,
+                           "max_tokens": role.max_tokens, "temperature": role.temperature}
+    return fingerprint(parts)
+
+
+def selection(fmt: InputFormat, shard: tuple[int, int] | None) -> Select | None:
+    """Which tasks (by id and image) belong to this run's shard."""
+    if shard is None:
+        return None
+    return lambda task_id, image_path: in_shard(shard_key(task_id, image_path, fmt), shard)
+
+
+def select_tasks(items: Iterable[TaskItem], select: Select | None, limit: int | None) -> Iterator[TaskItem]:
+    """The shard's tasks, then the first ``limit`` of them (assemble counts the same way)."""
+    if select is not None:
+        items = (item for item in items if select(item.task_id, item.image_path))
+    if limit is not None:
+        items = itertools.islice(items, limit)
+    return iter(items)
+
+
+def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None) -> RealignRun:
+    """Run the agent over an input file and write Real-Data, the trace, and optionally reports.
+
+    ``roles`` replaces the ones built from ``opts.config`` (tests pass scripted roles); ``monitor``
+    watches the run (a progress bar). Raises :class:`RunStopped` when the run had to stop early.
     """
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
     if opts.max_cycles is not None and opts.max_cycles < 1:
         raise ConfigError("--max-cycles must be at least 1")
     if opts.limit is not None and opts.limit < 0:
         raise ConfigError("--limit must not be negative")
     if opts.unresolved not in POLICIES:
         raise ConfigError(f"--unresolved {opts.unresolved!r}: expected drop, keep or negative")
+    if opts.concurrency is not None and opts.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    if opts.endpoint_limit is not None and opts.endpoint_limit < 1:
+        raise ConfigError("--endpoint-limit must be at least 1")
+    shard = parse_shard(opts.shard)
     fmt = detect_format(opts.input)
     captions = load_captions(opts.captions) if opts.captions else None
     images = ImageLoader(opts.images if opts.images is not None else opts.input.parent)
-    agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or 1
+    trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
+    outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
+    if len(outputs) < 3 or opts.input.resolve() in outputs:
+        raise ConfigError(f"--out {opts.out} would overwrite the input, the trace or the journal")
+
+    agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
     if roles is None:
         from reallod.agent.config import build_roles, load_agent_config
 
@@ -130,46 +278,139 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None) -> RealignRun:
                                 vlm_base_url=opts.vlm_base_url)
         agent, max_cycles, concurrency = cfg.name, opts.max_cycles or cfg.max_cycles, opts.concurrency or cfg.concurrency
         roles = build_roles(cfg)
-    trace_path = trace_path_for(opts.out)
-    if trace_path.resolve() == opts.out.resolve() or opts.out.resolve() == opts.input.resolve():
-        raise ConfigError(f"--out {opts.out} would overwrite the input or the trace")
-    header = {"input": str(opts.input), "format": fmt, "images": str(images.root), "config": str(opts.config),
-              "agent": agent, "roles": roles.describe(), "max_cycles": max_cycles, "limit": opts.limit,
-              "captions": str(opts.captions) if opts.captions else None}
-    started = time.perf_counter()
-    tasks = iter_tasks(opts.input, captions=captions, fmt=fmt)
-    if opts.limit is not None:
-        tasks = itertools.islice(tasks, opts.limit)
-
-    async def run() -> None:
+    shard_text = f"{shard[0]}/{shard[1]}" if shard else None
+    fp = {"config": roles_fingerprint(roles), "input": fingerprint_file(opts.input),
+          "captions": fingerprint_file(opts.captions) if opts.captions else None,
+          "max_cycles": max_cycles, "format": fmt, "shard": shard_text}
+    meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
+            "captions": str(opts.captions.resolve()) if opts.captions else None,
+            "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles}
+    select = selection(fmt, shard)
+    cache = None if opts.no_cache else ResponseCache(opts.cache or default_cache_path())
+    journal: Journal | None = None
+    try:
         try:
-            with TraceWriter(trace_path, header) as trace:
-                await run_tasks(tasks, roles, images, trace.write, max_cycles=max_cycles,
-                                concurrency=concurrency)
-        finally:
-            await roles.aclose()
+            journal = Journal.open(journal_path, fp, force=opts.force_resume, meta=meta, keep=lambda r: None)
+        except OSError as e:
+            parent = journal_path.parent
+            why = f"{parent} is not a folder" if parent.exists() and not parent.is_dir() else \
+                f"{journal_path}: {e.strerror or e}"
+            raise ReallodError(f"cannot create the journal next to the output ({why})") from e
+        roles, endpoints = harden(roles, cache=cache, endpoint_limit=opts.endpoint_limit or concurrency)
+        header = {"input": str(opts.input), "format": fmt, "images": str(images.root), "config": str(opts.config),
+                  "agent": agent, "roles": roles.describe(), "max_cycles": max_cycles, "limit": opts.limit,
+                  "captions": str(opts.captions) if opts.captions else None, "shard": shard_text}
+        stages["prepare"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ran = _run(opts, fmt, captions, images, roles, endpoints, journal, trace_path, header, select,
+                   max_cycles, concurrency, monitor)
+        stages["agent"] = time.perf_counter() - t1
+    finally:
+        if journal is not None:
+            journal.close()
+        if cache is not None:
+            cache.close()
 
-    asyncio.run(run())
-    _, entries = read_trace(trace_path)
+    t2 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    summary = summarize(_collect(entries, results))
-    summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=opts.source,
-                                agent=agent, captions=captions, limit=opts.limit)
-    summary.wall_s = time.perf_counter() - started
+    summary = RunSummary()
+    for tid, entry in iter_journal(journal_path):
+        results[tid] = output_fields(entry)
+        summary.add(entry)
+    try:
+        summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=opts.source,
+                                    agent=agent, captions=captions, limit=opts.limit, select=select)
+    except OSError as e:
+        raise RunStopped(f"cannot write the output {opts.out}: {e.strerror or e}; the {len(results)} finished "
+                         f"task(s) are safe in {journal_path}: rerun the same command once that is fixed "
+                         "(nothing is redone)") from e
+    stages["output"] = time.perf_counter() - t2
     report = None
     if opts.report_dir is not None:
         from reallod.agent.report import write_report
 
+        t3 = time.perf_counter()
         report = write_report(trace_path, opts.report_dir, images=images)
-    return RealignRun(opts.out, trace_path, summary, report)
+        stages["report"] = time.perf_counter() - t3
+    summary.wall_s = time.perf_counter() - t0
+    totals = endpoints.totals()
+    info = {"input": str(opts.input), "out": str(opts.out), "journal": str(journal_path), "trace": str(trace_path),
+            "agent": agent, "shard": shard_text, "concurrency": concurrency,
+            "tasks_total": summary.tasks, "tasks_resumed": journal.resumed, "tasks_run": ran,
+            "tasks_per_s": ran / stages["agent"] if stages["agent"] > 0 else 0.0,
+            "cache": None if cache is None else str(cache.path),
+            "requests": {"sent": totals.calls, "cache_hits": totals.cache_hits, "retries": dict(totals.retries),
+                         "gave_up": dict(totals.failures)},
+            "stages_s": {k: round(v, 3) for k, v in stages.items()}, "wall_s": round(summary.wall_s, 3)}
+    run = RealignRun(opts.out, trace_path, summary, report, journal_path, info)
+    if opts.report is not None:
+        from reallod.agent.run_report import write_run_report
+
+        run.run_report = write_run_report(opts.report, summary, info)
+    return run
 
 
-_OUTPUT_FIELDS = ("verdict", "expression", "raw_expression", "cycles", "error", "error_kind")
+def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,
+         roles: Roles, endpoints: Endpoints, journal: Journal, trace_path: Path, header: dict[str, Any],
+         select: Select | None, max_cycles: int, concurrency: int, monitor: RunMonitor | None) -> int:
+    """Run the tasks the journal does not hold yet; returns how many ran."""
+    monitor = monitor or RunMonitor()
+    if hasattr(monitor, "in_flight"):
+        monitor.in_flight = endpoints.in_flight  # type: ignore[attr-defined]
+    done = journal.done
+    tasks = select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)
+    if fmt == "tasks":
+        tasks = group_by_image(tasks)
+    todo = (item for item in tasks if item.task_id not in done)
+
+    async def count() -> None:
+        n = await asyncio.to_thread(
+            lambda: sum(1 for _ in select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)))
+        monitor.set_total(n)
+
+    async def main() -> int:
+        trace = TraceWriter(trace_path, header, append=journal.resumed > 0)
+        counter = asyncio.create_task(count()) if type(monitor) is not RunMonitor else None
+        try:
+            if journal.resumed:
+                _recover_trace(trace, journal)
+
+            async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
+                entry = journal_entry(result, elapsed)
+                await journal.append(result.task_id, entry)  # durable: now the task is done
+                trace.write(item, result)
+                monitor.task_done(result.verdict)
+
+            monitor.start(resumed=journal.resumed)
+            return await _drive(todo, roles, images, handle, max_cycles=max_cycles, concurrency=concurrency)
+        finally:
+            if counter is not None:
+                counter.cancel()
+                with contextlib.suppress(BaseException):
+                    await counter
+            monitor.stop()
+            await journal.drain()
+            trace.close()
+            await roles.aclose()
+
+    try:
+        return asyncio.run(main())
+    except EndpointDown as e:
+        raise RunStopped(f"{e}. The run stopped: {len(journal.done)} finished task(s) are safe in {journal.path}; "
+                         "rerun the same command to resume") from e
+    except JournalWriteError as e:
+        raise RunStopped(str(e)) from e
+    except OSError as e:  # the trace (the journal's own errors are JournalWriteError)
+        raise RunStopped(f"cannot write {e.filename or trace_path}: {e.strerror or e}; {len(journal.done)} finished "
+                         f"task(s) are safe in {journal.path}: rerun the same command to resume") from e
 
 
-def _collect(entries: Iterable[dict[str, Any]], into: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Pass results through to the summary while keeping the few fields the output needs."""
-    for entry in entries:
-        result = entry["result"]
-        into[entry["task_id"]] = {k: result.get(k) for k in _OUTPUT_FIELDS}
-        yield result
+def _recover_trace(trace: TraceWriter, journal: Journal) -> None:
+    """After a crash, the trace may lack the last tasks the journal got (the trace line follows the
+    journal's fsync): add them from the journal (compact: no prompts), so the trace lists every task
+    once."""
+    have = trace_ids(trace.path)
+    for tid, entry in iter_journal(journal.path):
+        if tid not in have:
+            trace.write_entry({"task_id": tid, "task": None, "result": entry, "recovered": True})
+

@@ -10,6 +10,7 @@ re-renders the view from the task's image and the recorded view name and crop bo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -48,17 +49,30 @@ def item_to_json(item: TaskItem) -> dict[str, Any]:
 
 
 class TraceWriter:
-    """Appends one line per finished task and flushes it, so the trace can be read while a run goes on."""
+    """Appends one line per finished task and flushes it, so the trace can be read while a run goes on.
 
-    def __init__(self, path: str | os.PathLike, header: dict[str, Any]) -> None:
+    ``append=True`` continues an existing trace (a resumed run): a line torn by a crash is cut first,
+    and the header is kept.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any], *, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: IO[bytes] = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self.count = 0
-        self._write({"trace": TRACE_VERSION, **header})
+        if append and _has_header(self.path):
+            _cut_torn_tail(self.path)
+            self._f: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        else:
+            self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._write({"trace": TRACE_VERSION, **header})
 
     def write(self, item: TaskItem, result: TaskResult) -> None:
         self._write({"task_id": result.task_id, "task": item_to_json(item), "result": _with_error_kind(result)})
+        self.count += 1
+
+    def write_entry(self, entry: dict[str, Any]) -> None:
+        """A ready entry (``task_id`` first), e.g. one rebuilt from the journal after a crash."""
+        self._write(entry)
         self.count += 1
 
     def _write(self, obj: dict[str, Any]) -> None:
@@ -74,6 +88,51 @@ class TraceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_ID = re.compile(rb'^\{"task_id":("(?:[^"\\]|\\.)*")')
+
+
+def trace_ids(path: str | os.PathLike) -> set[str]:
+    """The task ids a trace holds, read from the start of each line only (fast on big traces)."""
+    ids: set[str] = set()
+    with open(path, "rb") as f:
+        for line in f:
+            m = _ID.match(line)
+            if m is not None and line.endswith(b"\n"):
+                ids.add(orjson.loads(m.group(1)))
+    return ids
+
+
+def _has_header(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "trace" in obj
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an incomplete last line (a crash in the middle of a write)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        pos = size
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                end = pos - step + nl + 1
+                if end != size:
+                    f.truncate(end)
+                return
+            pos -= step
+        f.truncate(0)
 
 
 def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:

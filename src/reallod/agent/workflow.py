@@ -19,12 +19,15 @@ from PIL import Image
 from reallod.agent import state as sm
 from reallod.agent.backends.base import BackendError, Message
 from reallod.agent.decisions import DecisionError
+from reallod.agent.memo import IdentityMemo
 from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
 
 MAX_OTHERS_IN_PROMPT = 30
+VIEWS = IdentityMemo(64)
+"""Views already cut, by (decoded image, box, view): the tasks of one object share them."""
 
 _VIEW_TEXT = {
     OBJECT_CROP: "a crop showing only the {c}",
@@ -201,22 +204,29 @@ class _TaskRun:
             return self._unavailable(state, view_name, "no VLM configured")
         if not getattr(vlm.backend, "supports_images", False):
             return self._unavailable(state, view_name, f"backend {vlm.backend.name} takes no images")
-        if self._image is None:
+        if self._image is None:  # decoding and drawing take milliseconds: off the event loop
             try:
-                self._image = self.load_image()
-                self._image.load()
+                self._image = await asyncio.to_thread(self._decode)
             except DataError:
                 raise
             except Exception as e:
                 raise DataError(f"cannot read image {self.task.image_path}: {type(e).__name__}: {e}") from e
         c = self.task.chosen.category
-        view_img, crop_box = make_view(self._image, self.task.chosen.union_box(), view_name)
+        box = self.task.chosen.union_box()
+        image = self._image
+        view_img, crop_box = await asyncio.to_thread(
+            VIEWS.get, image, (tuple(box), view_name), lambda: make_view(image, box, view_name))
         question = action.question or _DEFAULT_QUESTION[view_name].format(c=c)
         d = await self.call(vlm, state.cycle, {
             "category": c, "expression": state.expression, "question": question,
             "view": _VIEW_TEXT[view_name].format(c=c)}, images=[view_img],
             view={"name": view_name, "crop_box": crop_box})
         return sm.Look(d["answer"])
+
+    def _decode(self) -> Image.Image:
+        image = self.load_image()
+        image.load()
+        return image
 
     async def perform(self, state: sm.State) -> sm.Event:
         action = sm.next_action(state)

@@ -1,0 +1,209 @@
+"""``reallod agent-eval``: how good is the agent itself? (The number the paper never reported.)
+
+Input: a published-style task list (JSON list or JSONL) whose tasks each carry a gold label::
+
+    {..., "raw_expression": "the blue coffee mug",
+     "gold": {"correct": false, "expression": "the red espresso cup"}}   # expression: optional, str or list
+
+The agent runs over the tasks like ``reallod realign`` (same runner, cache, journal); then, per task,
+its final verdict is set against the gold label:
+
+- the confusion matrix of gold (raw expression correct / wrong) × final verdict;
+- precision of kept expressions: of what the agent keeps (raw expressions it judged correct, and its
+  rewrites), how much is right: a kept raw expression is right when gold says it is correct; a rewrite
+  is right when it matches an acceptable expression (the raw one when gold says it is correct, and the
+  gold expressions) — rewrites with nothing to compare to are counted as unjudged, not guessed;
+- rewrite fix rate: of the wrong raw expressions, how many the agent replaced by a right one;
+- cost per task: calls, requests, tokens, seconds.
+
+Two expressions match when their content words (lower case, punctuation and a few function words
+removed) overlap with an F1 of at least ``match_f1`` (default 0.6), or are equal.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from reallod.agent.inputs import _iter_task_items
+from reallod.agent.journal import iter_journal
+from reallod.agent.roles import Roles
+from reallod.agent.runner import RealignOptions, RealignRun, realign
+from reallod.agent.task import VERDICTS
+from reallod.errors import DataError
+
+KEPT = ("correct", "rewritten")
+_STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
+
+
+@dataclass(frozen=True, slots=True)
+class Gold:
+    correct: bool
+    expressions: tuple[str, ...] = ()
+
+
+def load_gold(path: str | Path) -> dict[str, Gold]:
+    """Task id → gold label; a task without a usable ``gold`` is refused with file, line and field."""
+    out: dict[str, Gold] = {}
+    for index, line, item in _iter_task_items(path):
+        where = {"path": str(path), "line": line, "field": "gold" if line is not None else f"[{index}].gold"}
+        gold = item.get("gold") if isinstance(item, dict) else None
+        if not isinstance(gold, dict) or not isinstance(gold.get("correct"), bool):
+            raise DataError('expected "gold": {"correct": true|false, "expression": optional}', **where)
+        exprs = gold.get("expression", gold.get("expressions"))
+        if exprs is None:
+            exprs = []
+        if isinstance(exprs, str):
+            exprs = [exprs]
+        if not isinstance(exprs, list) or not all(isinstance(e, str) and e.strip() for e in exprs):
+            raise DataError("gold expression must be a non-empty string or a list of them", **where)
+        out[str(index)] = Gold(gold["correct"], tuple(exprs))
+    if not out:
+        raise DataError("no labelled tasks", path=str(path))
+    return out
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+", text.casefold()) if w not in _STOP]
+
+
+def match_f1(a: str, b: str) -> float:
+    """Token F1 of the content words of two expressions (1.0 when equal)."""
+    wa, wb = content_words(a), content_words(b)
+    if wa == wb:
+        return 1.0
+    if not wa or not wb:
+        return 0.0
+    common = sum((Counter(wa) & Counter(wb)).values())
+    if not common:
+        return 0.0
+    p, r = common / len(wa), common / len(wb)
+    return 2 * p * r / (p + r)
+
+
+@dataclass(slots=True)
+class EvalReport:
+    tasks: int = 0
+    confusion: dict[str, Counter[str]] = field(default_factory=lambda: {"correct": Counter(), "wrong": Counter()})
+    kept_raw: int = 0
+    kept_raw_right: int = 0
+    rewrites: int = 0
+    rewrites_right: int = 0
+    rewrites_unjudged: int = 0
+    gold_wrong: int = 0
+    fixed: int = 0  # gold-wrong raw expressions replaced by a right rewrite
+    caught: int = 0  # gold-wrong raw expressions the agent did not keep as they were
+    calls: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    unlabelled_results: int = 0
+    missing_results: int = 0
+
+    @property
+    def kept_precision(self) -> float | None:
+        judged = self.kept_raw + self.rewrites - self.rewrites_unjudged
+        return (self.kept_raw_right + self.rewrites_right) / judged if judged else None
+
+    @property
+    def fix_rate(self) -> float | None:
+        return self.fixed / self.gold_wrong if self.gold_wrong else None
+
+    def per_task(self) -> dict[str, float]:
+        n = max(self.tasks, 1)
+        return {"calls": self.calls / n, "requests": self.requests / n, "prompt_tokens": self.prompt_tokens / n,
+                "completion_tokens": self.completion_tokens / n, "seconds": self.seconds / n,
+                "model_seconds": self.model_seconds / n}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["confusion"] = {g: {v: c.get(v, 0) for v in VERDICTS} for g, c in self.confusion.items()}
+        d.update(kept_precision=self.kept_precision, fix_rate=self.fix_rate, per_task=self.per_task(),
+                 kept_raw_precision=self.kept_raw_right / self.kept_raw if self.kept_raw else None,
+                 wrong_caught_rate=self.caught / self.gold_wrong if self.gold_wrong else None)
+        return d
+
+
+def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]], *,
+             min_f1: float = 0.6) -> EvalReport:
+    """Score journal results against gold labels (pure)."""
+    rep = EvalReport()
+    rep.unlabelled_results = len(set(results) - set(gold))
+    for tid, g in gold.items():
+        r = results.get(tid)
+        if r is None:
+            rep.missing_results += 1
+            continue
+        rep.tasks += 1
+        verdict = r["verdict"]
+        rep.confusion["correct" if g.correct else "wrong"][verdict] += 1
+        acceptable = ([r.get("raw_expression") or ""] if g.correct else []) + list(g.expressions)
+        if verdict == "correct":
+            rep.kept_raw += 1
+            rep.kept_raw_right += g.correct
+        elif verdict == "rewritten":
+            rep.rewrites += 1
+            right = any(match_f1(r.get("expression") or "", a) >= min_f1 for a in acceptable if a)
+            if not any(acceptable):
+                rep.rewrites_unjudged += 1
+            elif right:
+                rep.rewrites_right += 1
+                rep.fixed += not g.correct
+        if not g.correct:
+            rep.gold_wrong += 1
+            rep.caught += verdict != "correct"
+        for step in r.get("steps") or []:
+            if not step.get("attempts"):
+                continue  # a VLM reported unavailable made no call
+            rep.calls += 1
+            rep.requests += int(step.get("attempts") or 0)
+            rep.prompt_tokens += int(step.get("prompt_tokens") or 0)
+            rep.completion_tokens += int(step.get("completion_tokens") or 0)
+            rep.model_seconds += float(step.get("latency_s") or 0.0)
+        rep.seconds += float(r.get("elapsed_s") or 0.0)
+    return rep
+
+
+def agent_eval(labelled: Path, opts: RealignOptions, *, roles: Roles | None = None,
+               min_f1: float = 0.6) -> tuple[EvalReport, RealignRun]:
+    """Run the agent over ``labelled`` (with ``opts``; ``opts.out`` None: a temporary folder) and score it."""
+    gold = load_gold(labelled)
+    with tempfile.TemporaryDirectory(prefix="reallod-agent-eval-") as tmp:
+        out = opts.out if opts.out is not None else Path(tmp) / "realigned.jsonl"
+        run = realign(replace(opts, input=labelled, out=out), roles=roles)
+        results = dict(iter_journal(run.journal)) if run.journal else {}
+    return evaluate(gold, results, min_f1=min_f1), run
+
+
+def eval_markdown(rep: EvalReport) -> str:
+    """The report as Markdown (``--report``)."""
+    d = rep.to_dict()
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    lines = ["# reallod agent-eval", "", f"{rep.tasks} labelled task(s).", "",
+             "## Final verdict vs gold", "", "| gold \\ verdict | " + " | ".join(VERDICTS) + " |",
+             "|---|" + "---:|" * len(VERDICTS)]
+    for g in ("correct", "wrong"):
+        lines.append(f"| raw {g} | " + " | ".join(str(d["confusion"][g][v]) for v in VERDICTS) + " |")
+    pt = d["per_task"]
+    lines += ["", "## Scores", "",
+              f"- precision of kept expressions: {pct(rep.kept_precision)} "
+              f"({rep.kept_raw_right + rep.rewrites_right} right of {rep.kept_raw + rep.rewrites - rep.rewrites_unjudged} "
+              f"judged; {rep.rewrites_unjudged} rewrite(s) unjudged)",
+              f"- precision of raw expressions kept as correct: {pct(d['kept_raw_precision'])}",
+              f"- wrong raw expressions not kept as they were: {pct(d['wrong_caught_rate'])}",
+              f"- rewrite fix rate (wrong raw expressions replaced by a right one): {pct(rep.fix_rate)} "
+              f"({rep.fixed} of {rep.gold_wrong})",
+              "", "## Cost per task", "",
+              f"- calls {pt['calls']:.2f}, requests {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} in / "
+              f"{pt['completion_tokens']:.0f} out, {pt['seconds']:.2f} s wall ({pt['model_seconds']:.2f} s model)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""``reallod realign merge``: join the outputs of ``--shard K/N`` runs into the output one run would give.
+
+Each shard run leaves a journal next to its output whose header says which shard of how many, and
+fingerprints the config and the input. The merge checks that the shards belong together (same N,
+config, input, captions, cycles), that every shard 1..N is there exactly once, that the input has not
+changed since, and — task by task over the input — that each task was done exactly once, by the shard
+it belongs to. Only then does it assemble the output from the journals' results, in input order
+(identical to an unsharded run's), and concatenate the shards' traces.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.agent.assemble import POLICIES, Policy, assemble
+from reallod.agent.inputs import iter_tasks, load_captions
+from reallod.agent.journal import fingerprint_file, iter_journal, journal_path_for, read_header
+from reallod.agent.runner import output_fields
+from reallod.agent.shard import parse_shard, shard_key, shard_of
+from reallod.agent.summary import RunSummary
+from reallod.agent.trace import TRACE_VERSION, trace_path_for
+from reallod.data.io import AtomicWriter
+from reallod.errors import ConfigError, ReallodError
+
+MAX_EXAMPLES = 5
+
+
+class MergeError(ReallodError):
+    """The shards cannot be merged: one is missing, doubled, incomplete, or from another job."""
+
+
+@dataclass(slots=True)
+class MergeResult:
+    out: Path
+    trace: Path | None
+    summary: RunSummary
+    shards: int
+
+
+def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:
+    journal = journal_path_for(path)
+    if not journal.is_file():
+        raise MergeError(f"{path}: no journal next to it ({journal.name}); merge takes the --out files of "
+                         "`reallod realign --shard K/N` runs")
+    header = read_header(journal)
+    spec = (header.get("fingerprint") or {}).get("shard")
+    if not spec:
+        raise MergeError(f"{path}: not a shard's output (its run had no --shard)")
+    shard = parse_shard(spec)
+    assert shard is not None
+    return journal, header, shard
+
+
+def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "keep",
+                 source: str = "realigned") -> MergeResult:
+    """Check the shards and write the merged output (atomically) and trace."""
+    if unresolved not in POLICIES:
+        raise ConfigError(f"--unresolved {unresolved!r}: expected drop, keep or negative")
+    if not shard_outs:
+        raise MergeError("no shard outputs given")
+    shards = [(p, *_shard_of_file(Path(p))) for p in shard_outs]
+    first_path, _, first_header, (_, n) = shards[0]
+    first_fp = {k: v for k, v in first_header["fingerprint"].items() if k != "shard"}
+    by_k: dict[int, list[Path]] = {}
+    for path, _, header, (k, nk) in shards:
+        if nk != n:
+            raise MergeError(f"{path} is shard {k}/{nk} but {first_path} is one of {n}: shards of one job share N")
+        fp = {key: v for key, v in header["fingerprint"].items() if key != "shard"}
+        changed = sorted(key for key in set(fp) | set(first_fp) if fp.get(key) != first_fp.get(key))
+        if changed:
+            raise MergeError(f"{path} and {first_path} were run with a different {', '.join(changed)}: "
+                             "not shards of the same job")
+        by_k.setdefault(k, []).append(Path(path))
+    doubled = {k: ps for k, ps in by_k.items() if len(ps) > 1}
+    if doubled:
+        k, ps = min(doubled.items())
+        raise MergeError(f"shard {k}/{n} given {len(ps)} times: {', '.join(map(str, ps))}")
+    missing = [k for k in range(1, n + 1) if k not in by_k]
+    if missing:
+        raise MergeError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: give all {n} shard outputs")
+
+    meta = first_header.get("meta") or {}
+    input_path = Path(meta.get("input") or "")
+    fmt = meta.get("format")
+    if not input_path.is_file():
+        raise MergeError(f"the shards' input {input_path} is not there any more (merge reads it for the record order)")
+    if fingerprint_file(input_path) != first_fp.get("input"):
+        raise MergeError(f"{input_path} changed since the shards ran: rerun them")
+    captions = load_captions(meta["captions"]) if meta.get("captions") else None
+
+    results: dict[str, dict[str, Any]] = {}
+    owner: dict[str, int] = {}
+    summary = RunSummary()
+    problems: Counter[str] = Counter()
+    examples: list[str] = []
+
+    def problem(kind: str, text: str) -> None:
+        problems[kind] += 1
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(text)
+
+    for path, journal, _, (k, _) in sorted(shards, key=lambda s: s[3][0]):
+        for tid, entry in iter_journal(journal):
+            if tid in owner:
+                problem("doubled", f"task {tid} is in shard {owner[tid]}/{n} and in shard {k}/{n} ({path})")
+                continue
+            owner[tid] = k
+            results[tid] = output_fields(entry)
+            summary.add(entry)
+    seen = 0
+    for item in iter_tasks(input_path, captions=captions, fmt=fmt):
+        seen += 1
+        k = shard_of(shard_key(item.task_id, item.image_path, fmt), n)
+        got = owner.get(item.task_id)
+        if got is None:
+            problem("missing", f"task {item.task_id} (shard {k}/{n}, {by_k[k][0]}) was not run")
+        elif got != k:
+            problem("doubled", f"task {item.task_id} belongs to shard {k}/{n} but shard {got}/{n} ran it")
+    if len(owner) > seen:
+        problem("unknown", f"{len(owner) - seen} result(s) are for tasks the input does not have")
+    if problems:
+        counts = ", ".join(f"{v} {k}" for k, v in problems.most_common())
+        raise MergeError(f"cannot merge {n} shard(s): {counts} task(s); e.g. " + "; ".join(examples)
+                         + " (an unfinished shard resumes when its command is run again)")
+
+    summary.assembly = assemble(fmt, input_path, results, out, policy=unresolved, source=source,
+                                agent=meta.get("agent"), captions=captions)
+    trace = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
+    return MergeResult(Path(out), trace, summary, n)
+
+
+def _merge_traces(shard_outs: list[Path], out: Path) -> Path | None:
+    """The shards' traces one after the other under one header (skipped when one is missing)."""
+    traces = [trace_path_for(p) for p in shard_outs]
+    if not all(t.is_file() for t in traces):
+        return None
+    target = trace_path_for(out)
+    with AtomicWriter(target) as w:
+        for i, t in enumerate(traces):
+            with open(t, "rb") as f:
+                first = f.readline()
+                if i == 0:
+                    try:
+                        header = orjson.loads(first)
+                    except orjson.JSONDecodeError:
+                        header = {"trace": TRACE_VERSION}
+                    header.update(shard=None, merged_from=[os.fspath(p) for p in shard_outs])
+                    w.write(orjson.dumps(header) + b"\n")
+                for line in f:
+                    if line.endswith(b"\n"):
+                        w.write(line)
+    return target

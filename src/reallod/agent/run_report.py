@@ -1,0 +1,92 @@
+"""``--report FILE``: the run's summary as JSON (for scripts) and Markdown (for people).
+
+Both hold the same numbers: tasks per verdict, cycles, calls / requests / tokens / model time per role,
+retries and given-up calls by error kind, failed tasks by reason (with examples), what reached the
+output, and wall time per stage. :func:`report_dict` and :func:`to_markdown` are pure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.agent.summary import RunSummary
+from reallod.agent.task import VERDICTS
+from reallod.data.io import atomic_text
+
+
+def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(JSON, Markdown) paths for ``--report FILE``: ``x.json``/``x`` → x.json + x.md; ``x.md`` → x.json + x.md."""
+    p = Path(path)
+    if p.suffix.lower() in (".json", ".md"):
+        return p.with_suffix(".json"), p.with_suffix(".md")
+    return p.with_name(p.name + ".json"), p.with_name(p.name + ".md")
+
+
+def report_dict(summary: RunSummary, info: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON."""
+    s = summary.to_dict()
+    roles = {name: dict(stats) for name, stats in sorted(s["roles"].items())}
+    return {
+        "tasks": summary.tasks,
+        "verdicts": {v: summary.verdicts.get(v, 0) for v in (*VERDICTS, *sorted(set(summary.verdicts) - set(VERDICTS)))},
+        "cycles": s["cycles"],
+        "roles": roles,
+        "tools": dict(sorted(summary.tools.items())),
+        "failures": {"by_reason": dict(summary.errors.most_common()),
+                     "examples": [{"task_id": t, "error": e} for t, e in summary.error_examples]},
+        "output": dict(sorted(summary.assembly.items())),
+        "run": info,
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    run = report["run"]
+    n = max(report["tasks"], 1)
+    lines = [f"# reallod realign: {run.get('input', '')}", "",
+             f"{report['tasks']} task(s); {run['tasks_resumed']} resumed from the journal, {run['tasks_run']} "
+             f"run now at {run['tasks_per_s']:.2f} tasks/s (concurrency {run['concurrency']}).", "",
+             "## Verdicts", "", "| verdict | tasks | share |", "|---|---:|---:|"]
+    lines += [f"| {v} | {c} | {100 * c / n:.0f}% |" for v, c in report["verdicts"].items()]
+    lines += ["", "## Cycles", "", "| cycles | tasks |", "|---|---:|"]
+    lines += [f"| {c} | {k} |" for c, k in report["cycles"].items()]
+    lines += ["", "## Calls per role", "",
+              "| role | calls | requests | repaired | failed | tokens in | tokens out | model s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["roles"].items():
+        lines.append(f"| {name} | {r['calls']} | {r['attempts']} | {r['repaired']} | {r['failed']} | "
+                     f"{r['prompt_tokens']} | {r['completion_tokens']} | {r['latency_s']:.1f} |")
+    req = run["requests"]
+    lines += ["", "## Requests (this session)", "",
+              f"- answered by the model: {req['sent']}; from the cache: {req['cache_hits']}",
+              "- retried: " + (", ".join(f"{k} {v}" for k, v in sorted(req["retries"].items())) or "none"),
+              "- given up: " + (", ".join(f"{k} {v}" for k, v in sorted(req["gave_up"].items())) or "none")]
+    lines += ["", "## Failed tasks", ""]
+    fail = report["failures"]
+    if fail["by_reason"]:
+        lines += ["| reason | tasks |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in fail["by_reason"].items()]
+        lines += ["", "First ones:", ""] + [f"- `{e['task_id']}`: {e['error']}" for e in fail["examples"]]
+    else:
+        lines.append("none")
+    if report["output"]:
+        lines += ["", "## What reached the output", "", "| what:action | count |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in report["output"].items() if v]
+    lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in run["stages_s"].items()]
+    model_s = sum(r["latency_s"] for r in report["roles"].values())
+    lines += [f"| (model time, all roles, summed over concurrent calls) | {model_s:.2f} |", ""]
+    return "\n".join(lines)
+
+
+def write_run_report(path: str | os.PathLike, summary: RunSummary, info: dict[str, Any]) -> tuple[Path, Path]:
+    """Write both files atomically; returns their paths."""
+    json_path, md_path = report_paths(path)
+    report = report_dict(summary, info)
+    with atomic_text(json_path) as f:
+        f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    with atomic_text(md_path) as f:
+        f.write(to_markdown(report))
+    return json_path, md_path

@@ -1,0 +1,137 @@
+"""Reliability against a real HTTP server (the fake one, through the real openai client): kill -9 at
+random moments with resume, a server failing one request in five, an endpoint that is down."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from reallod.agent.journal import read_journal
+from reallod.agent.task import VERDICTS
+from reallod.agent.trace import read_trace
+from tests.agent.fake_openai_server import FakeChatServer, FakeReply, chat_reply, error_reply, valid_decision
+from tests.agent.io_helpers import REPO, fake_server_config, many_tasks, read_jsonl
+from tests.agent.test_cli_realign import cli
+
+CLI = [sys.executable, "-c", "from reallod.cli import main; main()"]
+
+
+def journal_tasks(path) -> int:
+    try:
+        return max(path.read_bytes().count(b"\n") - 1, 0)
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    pick = random.Random(20240501)
+    server_rng = random.Random(7)  # answers are random: only the cache makes a rerun give the same
+
+    def respond(body):
+        return FakeReply(*chat_reply(valid_decision(body, server_rng)), delay_s=server_rng.uniform(0.005, 0.03))
+
+    with FakeChatServer(respond) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=4)
+        src = many_tasks(tmp_path / "in", 60)
+        out, cache = tmp_path / "out" / "o.jsonl", tmp_path / "cache.sqlite"
+        journal = tmp_path / "out" / "o.journal.jsonl"
+        def command(target):
+            return [*CLI, "realign", str(src), "--config", str(cfg), "--out", str(target), "--cache", str(cache),
+                    "--no-progress"]
+
+        args = command(out)
+        kills = 0
+        for _ in range(10):
+            target = journal_tasks(journal) + pick.randint(0, 6)  # 0: kill during start-up
+            proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and journal_tasks(journal) < target and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(pick.uniform(0, 0.03))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(30)
+        assert kills >= 8, "the run finished too early for the kills to mean anything"
+        final = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert final.returncode == 0, final.stderr
+        before = len(server.requests)
+        ref = subprocess.run(command(tmp_path / "ref" / "r.jsonl"), cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert ref.returncode == 0, ref.stderr
+        assert len(server.requests) == before  # the uninterrupted rerun came entirely from the cache
+    assert read_jsonl(out) == read_jsonl(tmp_path / "ref" / "r.jsonl")
+    _, done = read_journal(journal)
+    assert sorted(done, key=int) == [str(i) for i in range(60)]
+    assert journal.read_bytes().count(b"\n") == 61  # header + one line per task: none twice
+    ids = [e["task_id"] for e in read_trace(tmp_path / "out" / "o.trace.jsonl")[1]]
+    assert sorted(ids, key=int) == [str(i) for i in range(60)]
+    ref_journal = read_journal(tmp_path / "ref" / "r.journal.jsonl")[1]
+    assert {k: (v["verdict"], v["expression"]) for k, v in done.items()} == \
+        {k: (v["verdict"], v["expression"]) for k, v in ref_journal.items()}
+
+
+def test_a_server_failing_one_request_in_five(tmp_path, capsys):
+    rng = random.Random(11)
+    kinds = []
+
+    def respond(body):
+        x = rng.random()
+        valid = valid_decision(body, rng)
+        if x < 0.05:
+            kinds.append("500")
+            return error_reply(500, "internal error")
+        if x < 0.09:
+            kinds.append("429")
+            return error_reply(429, "slow down", {"retry-after": "0.05"})
+        if x < 0.13:
+            kinds.append("timeout")
+            return FakeReply(*chat_reply(valid), delay_s=1.0)
+        if x < 0.17:
+            kinds.append("truncated")
+            return FakeReply(*chat_reply(valid), truncate=True)
+        if x < 0.20:
+            kinds.append("invalid")
+            return chat_reply('{"verdict": "corr')
+        return chat_reply(valid)
+
+    with FakeChatServer(respond) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, timeout_s=0.4, concurrency=8)
+        src = many_tasks(tmp_path / "in", 40)
+        out = tmp_path / "o.jsonl"
+        code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", out, "--report", tmp_path / "run")
+    assert code == 0, err
+    assert {"500", "429", "timeout", "truncated", "invalid"} <= set(kinds)
+    _, done = read_journal(tmp_path / "o.journal.jsonl")
+    assert sorted(done, key=int) == [str(i) for i in range(40)]
+    for result in done.values():
+        assert result["verdict"] in VERDICTS
+        if result["verdict"] == "failed":
+            assert result["error"]
+    report = json.loads((tmp_path / "run.json").read_text())
+    retried = report["run"]["requests"]["retries"]
+    assert {"server", "rate_limit", "timeout", "connection"} <= set(retried), retried
+    assert report["tasks"] == 40 and sum(report["verdicts"].values()) == 40
+    assert "## Requests (this session)" in (tmp_path / "run.md").read_text()
+    assert len(read_jsonl(out)) == 5
+
+
+def test_an_endpoint_that_is_down_is_reported_once_and_the_run_stops(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = fake_server_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{port}/v1", concurrency=4)
+    src = many_tasks(tmp_path / "in", 10)
+    started = time.monotonic()
+    code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "o.jsonl")
+    assert code == 2 and time.monotonic() - started < 30
+    assert err.count("endpoint unreachable") == 1 and err.count("\n") == 1
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    _, done = read_journal(tmp_path / "o.journal.jsonl")
+    assert done == {}  # no task was charged with the endpoint's failure
+    assert not (tmp_path / "o.jsonl").exists()

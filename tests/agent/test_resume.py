@@ -1,0 +1,146 @@
+"""Resume and exactly-once output: reruns skip finished tasks, changed setups are refused, a disk that
+refuses writes or an output that cannot be written stops the run with the journal intact."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from reallod.agent import journal as journal_mod
+from reallod.agent.journal import read_journal
+from reallod.agent.runner import RealignOptions, RunStopped, realign
+from reallod.agent.trace import read_trace
+from reallod.errors import ReallodError
+from tests.agent.io_helpers import EXAMPLES, read_jsonl
+from tests.agent.scripted import plan, reflect, rewrite, scripted_roles
+from tests.agent.test_cli_realign import cli
+
+
+def colour_judge(role, messages):
+    """Deterministic: an expression naming blue or black is wrong and rewritten; others are correct."""
+    text = str(messages[-1]["content"])
+    if role == "reflector":
+        judged = text.rsplit("Expression to judge:", 1)[-1]
+        return reflect("wrong" if ("blue" in judged or "black" in judged) else "correct")
+    if role == "planner":
+        return plan("wrong" if "Reviewer's verdict: wrong" in text else "correct")
+    return rewrite("the fixed one")
+
+
+def run(tmp_path, name="o", **kw):
+    roles = scripted_roles(colour_judge, vlm=False)
+    kw.setdefault("concurrency", 4)
+    opts = RealignOptions(input=kw.pop("input", EXAMPLES / "realdata.jsonl"), config="scripted",
+                          out=tmp_path / f"{name}.jsonl", images=EXAMPLES / "images", **kw)
+    return realign(opts, roles=roles), roles
+
+
+def trace_ids(path):
+    return [e["task_id"] for e in read_trace(path)[1]]
+
+
+def test_rerun_resumes_without_redoing_or_doubling(tmp_path):
+    ref, _ = run(tmp_path, "ref")
+    first, _ = run(tmp_path, limit=5)
+    assert first.info["tasks_run"] == 5
+    second, _ = run(tmp_path)
+    assert second.info["tasks_resumed"] == 5 and second.info["tasks_run"] == ref.summary.tasks - 5
+    third, roles3 = run(tmp_path)
+    assert third.info["tasks_run"] == 0 and roles3.reflector.backend.calls == []  # nothing redone
+    header, done = read_journal(tmp_path / "o.journal.jsonl")
+    assert len(done) == ref.summary.tasks and header["meta"]["format"] == "records"
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert len(ids) == len(set(ids)) == ref.summary.tasks
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+    assert third.summary.verdicts == ref.summary.verdicts
+
+
+def test_changed_input_or_config_is_refused_unless_forced(tmp_path, capsys, monkeypatch):
+    import reallod.agent.config as agent_config
+
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes((EXAMPLES / "realdata.jsonl").read_bytes())
+    args = ["realign", src, "--config", "offline", "--out", tmp_path / "o.jsonl", "--images", EXAMPLES / "images",
+            "--limit", "3"]
+    assert cli(capsys, *args)[0] == 0
+    src.write_bytes(src.read_bytes() + b"\n")  # same records, one more (blank) line: other content
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and "different input" in err and "--force-resume" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, *args, "--max-cycles", "1")
+    assert code == 2 and "input, max_cycles" in err
+    assert cli(capsys, *args, "--force-resume")[0] == 0
+
+
+def test_disk_full_stops_cleanly_and_resume_finishes(tmp_path, monkeypatch):
+    ref, _ = run(tmp_path, "ref")
+    real = journal_mod._write_all
+    calls = {"n": 0}
+
+    def full_after_three(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the header and two batches fit; then the disk fills up mid-write
+            real(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(journal_mod, "_write_all", full_after_three)
+    with pytest.raises(RunStopped, match=r"No space left on device.*rerun to resume"):
+        run(tmp_path, concurrency=1)
+    monkeypatch.setattr(journal_mod, "_write_all", real)
+    _, done = read_journal(tmp_path / "o.journal.jsonl")  # readable, whole lines only
+    assert 1 <= len(done) < ref.summary.tasks
+    assert not (tmp_path / "o.jsonl").exists()
+    again, _ = run(tmp_path)
+    assert again.info["tasks_resumed"] == len(done)
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == ref.summary.tasks
+
+
+def test_unwritable_output_keeps_the_journal_and_a_rerun_writes_it(tmp_path, capsys, monkeypatch):
+    import reallod.agent.config as agent_config
+
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
+    out = tmp_path / "o.jsonl"
+    out.mkdir()  # something that is not a file stands where the output goes
+    args = ["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out, "--images",
+            EXAMPLES / "images"]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot write the output {out}" in err and "safe in" in err and "Traceback" not in err
+    _, done = read_journal(tmp_path / "o.journal.jsonl")
+    assert len(done) == 22
+    out.rmdir()
+    code, stdout, _ = cli(capsys, *args)
+    assert code == 0 and "22 resumed from the journal, 0 run now" in stdout
+    assert len(read_jsonl(out)) == 4
+
+
+def test_journal_in_a_folder_that_cannot_be_made(tmp_path, capsys, monkeypatch):
+    import reallod.agent.config as agent_config
+
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline",
+                       "--out", tmp_path / "file" / "o.jsonl", "--images", EXAMPLES / "images")
+    assert code == 2 and "cannot create the journal" in err and "is not a folder" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_the_journal_is_the_runs_record_even_without_trace(tmp_path):
+    run(tmp_path, limit=4)
+    (tmp_path / "o.trace.jsonl").unlink()  # lost; the journal still knows the 4 tasks
+    again, _ = run(tmp_path)
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert len(ids) == len(set(ids)) == again.summary.tasks
+    recovered = [e for e in read_trace(tmp_path / "o.trace.jsonl")[1] if e.get("recovered")]
+    assert len(recovered) == 4 and all(e["result"]["verdict"] for e in recovered)
+
+
+def test_bad_options(tmp_path):
+    with pytest.raises(ReallodError, match="--concurrency"):
+        run(tmp_path, concurrency=0)
+    with pytest.raises(ReallodError, match="--shard"):
+        run(tmp_path, shard="3/2")

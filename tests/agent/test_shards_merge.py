@@ -1,0 +1,126 @@
+"""--shard K/N, `reallod realign merge` (nothing missing or doubled), --ray on a local Ray instance,
+and the request ordering that keeps an image's tasks together."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+
+from reallod.agent.inputs import iter_tasks
+from reallod.agent.ordering import group_by_image
+from reallod.agent.shard import shard_key
+from reallod.cli import _looks_like_address
+from tests.agent.fake_openai_server import FakeChatServer, chat_reply, valid_decision
+from tests.agent.io_helpers import EXAMPLES, fake_server_config, many_tasks, read_jsonl
+from tests.agent.scripted import scripted_roles
+from tests.agent.test_cli_realign import cli
+from tests.agent.test_resume import colour_judge
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    import reallod.agent.config as agent_config
+
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
+
+
+def realign(capsys, src, out, *extra):
+    code, stdout, err = cli(capsys, "realign", src, "--config", "offline", "--out", out,
+                            "--images", EXAMPLES / "images", *extra)
+    assert code == 0, err
+    return stdout
+
+
+@pytest.mark.parametrize("src", [EXAMPLES / "realdata.jsonl", EXAMPLES / "tasks.json"])
+def test_three_shards_merge_into_what_one_run_writes(tmp_path, capsys, scripted, src):
+    realign(capsys, src, tmp_path / "all.jsonl")
+    outs = [tmp_path / f"s{k}.jsonl" for k in (1, 2, 3)]
+    sizes = []
+    for k, out in enumerate(outs, 1):
+        stdout = realign(capsys, src, out, "--shard", f"{k}/3")
+        sizes.append(int(stdout.split(" task(s)")[0].split()[-1]))
+    assert sum(sizes) == 22  # a shard may be empty: 4 images only
+    code, stdout, err = cli(capsys, "realign", "merge", *outs, "--out", tmp_path / "merged.jsonl")
+    assert code == 0, err
+    assert "merged 3 shard(s)" in stdout and "22 task(s)" in stdout
+    assert read_jsonl(tmp_path / "merged.jsonl") == read_jsonl(tmp_path / "all.jsonl")
+    trace = (tmp_path / "merged.trace.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["task_id"] for line in trace[1:]]
+    assert len(ids) == len(set(ids)) == 22
+
+
+def test_merge_refuses_missing_doubled_incomplete_or_foreign_shards(tmp_path, capsys, scripted):
+    src = EXAMPLES / "realdata.jsonl"
+    s1, s2 = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2")
+    realign(capsys, src, s2, "--shard", "2/2", "--limit", "2")  # unfinished
+
+    def merge(*shards):
+        code, _, err = cli(capsys, "realign", "merge", *shards, "--out", tmp_path / "m.jsonl")
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "shard(s) 2/2 missing" in merge(s1)
+    assert "shard 1/2 given 2 times" in merge(s1, s1)
+    err = merge(s1, s2)
+    assert "missing task(s)" in err and "was not run" in err and "resumes" in err
+    realign(capsys, src, tmp_path / "t3.jsonl", "--shard", "1/3")
+    assert "is one of 2" in merge(s1, s2, tmp_path / "t3.jsonl") or "shares N" in merge(s1, tmp_path / "t3.jsonl")
+    realign(capsys, src, tmp_path / "c2.jsonl", "--shard", "2/2", "--max-cycles", "1")
+    assert "different max_cycles" in merge(s1, tmp_path / "c2.jsonl")
+    realign(capsys, src, tmp_path / "whole.jsonl")
+    assert "not a shard's output" in merge(tmp_path / "whole.jsonl")
+    assert "no journal next to it" in merge(tmp_path / "nope.jsonl")
+    realign(capsys, src, s2, "--shard", "2/2")  # the unfinished shard resumes and completes
+    code, _, err = cli(capsys, "realign", "merge", s1, s2, "--out", tmp_path / "m.jsonl")
+    assert code == 0, err
+    assert read_jsonl(tmp_path / "m.jsonl") == read_jsonl(tmp_path / "whole.jsonl")
+
+
+def test_shard_keys_keep_records_and_images_whole():
+    assert shard_key("12/vlm_short/0/3", "a.jpg", "records") == shard_key("12", None, "records") == "12"
+    assert shard_key("7", "a.jpg", "tasks") == shard_key("9", "a.jpg", "tasks") != shard_key("9", "b.jpg", "tasks")
+    assert shard_key("9", None, "tasks") == "task:9"
+
+
+def test_group_by_image_keeps_every_task_once_and_images_together(tmp_path):
+    items = list(iter_tasks(many_tasks(tmp_path, 23, images=4)))
+    grouped = list(group_by_image(items, window=10))
+    assert sorted(i.task_id for i in grouped) == sorted(i.task_id for i in items)
+    for start in range(0, 23, 10):  # within a window, an image's tasks are one run
+        window = [i.image_path for i in grouped[start:start + 10]]
+        runs = [p for n, p in enumerate(window) if n == 0 or window[n - 1] != p]
+        assert len(runs) == len(set(runs))
+    assert [i.image_path for i in group_by_image(items, window=100)][:6] == ["img0.png"] * 6
+
+
+def test_ray_address_detection():
+    assert _looks_like_address("auto") and _looks_like_address("ray://head:10001")
+    assert _looks_like_address("10.0.0.5:6379") and _looks_like_address("localhost:6379")
+    assert not _looks_like_address("data.jsonl") and not _looks_like_address("--ray-shards")
+
+
+def deterministic(body):
+    """Same request, same answer (whatever the process that asks): shards and one run must agree."""
+    seed = hashlib.blake2b(json.dumps(body["messages"], sort_keys=True).encode(), digest_size=8).hexdigest()
+    return chat_reply(valid_decision(body, random.Random(seed)))
+
+
+def test_ray_runs_shards_on_a_local_instance_and_merges(tmp_path, capsys):
+    pytest.importorskip("ray")
+    with FakeChatServer(deterministic) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=4)
+        src = many_tasks(tmp_path / "in", 24)
+        code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "one.jsonl",
+                           "--no-cache")
+        assert code == 0, err
+        code, stdout, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "ray.jsonl",
+                                "--no-cache", "--ray", "--ray-shards", "2")
+        assert code == 0, err
+    assert "shard 1/2" in stdout and "shard 2/2" in stdout and "24 task(s)" in stdout
+    assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "one.jsonl")
+    assert sorted(p.name for p in (tmp_path / "ray.shards").glob("*.journal.jsonl")) == [
+        "shard-1-of-2.journal.jsonl", "shard-2-of-2.journal.jsonl"]
