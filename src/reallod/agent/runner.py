@@ -81,19 +81,27 @@ async def run_one(item: TaskItem, roles: Roles, images: ImageLoader, *, max_cycl
 
 async def _drive(items: Iterable[TaskItem], roles: Roles, images: ImageLoader, handle: _Handler, *,
                  max_cycles: int, concurrency: int) -> int:
-    """Keep ``concurrency`` tasks in flight; each hands its result to ``handle`` itself (so results
+    """Keep ``concurrency`` re-alignment tasks in flight (see :func:`drive`)."""
+    return await drive(items, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,
+                       concurrency=concurrency)
+
+
+async def drive(items: Iterable[Any], work: Callable[[Any], Awaitable[Any]],
+                handle: Callable[[Any, Any, float], Awaitable[None]], *, concurrency: int) -> int:
+    """Keep ``concurrency`` items in flight, each run by ``work`` (one re-alignment task, or one
+    image's generation in the data engine); each hands its result to ``handle`` itself (so results
     finishing together are journaled in one group commit). The first run-level error cancels the
-    tasks in flight and is raised."""
+    items in flight and is raised."""
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     source = iter(items)
     pending: set[asyncio.Task[None]] = set()
     done_count = 0
 
-    async def one(item: TaskItem) -> None:
+    async def one(item: Any) -> None:
         new_scope()  # the response cache counts repeated requests per task
         started = time.perf_counter()
-        result = await run_one(item, roles, images, max_cycles=max_cycles)
+        result = await work(item)
         await handle(item, result, time.perf_counter() - started)
 
     def start_more() -> None:

@@ -1,0 +1,1 @@
+"""The data engine: detection annotations → raw expressions (VLM/LLM) → agent re-alignment → Real-Data."""

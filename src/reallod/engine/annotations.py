@@ -1,0 +1,231 @@
+"""Detection annotations → per-image objects: the data engine's input.
+
+COCO-format json (COCO, LVIS, Objects365) is read by :func:`reallod.data.convert_coco.coco_to_records`
+(one reader for ``from-coco`` and the engine); on top of it the engine refuses what would silently
+lose or corrupt data: a box outside its image and an image missing under the image root are errors
+naming the entry. OpenImages box CSVs (normalised XMin/XMax/YMin/YMax, ``IsGroupOf``) are read with
+their class-description CSV (``LabelName,DisplayName``); image sizes come from the image headers.
+Boxes end up as pixel xyxy; crowd/group boxes and boxes under ``min_area`` are filtered by options.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from reallod.agent.images import ImageError, ImageLoader
+from reallod.data.convert_coco import category_expression, coco_to_records, load_json_document
+from reallod.data.convert_common import ConvertStats
+from reallod.errors import DataError
+
+OUTSIDE_TOLERANCE_PX = 1.0
+"""Annotation tools round; a box this far past the border is clamped, beyond it is an error."""
+
+
+@dataclass(slots=True)
+class AnnObject:
+    category: str
+    box: list[float]  # pixel xyxy
+
+
+@dataclass(slots=True)
+class ImageAnnotation:
+    filename: str
+    height: int
+    width: int
+    objects: list[AnnObject]
+    entry: str = ""  # where it came from, for messages: "annotations.json: images[3]"
+
+
+@dataclass(slots=True)
+class ReadOptions:
+    skip_crowd: bool = True
+    min_area: float = 0.0  # w × h in pixels; smaller boxes are dropped
+    check_images: bool = True  # every image must exist (and have the annotated size) under the root
+
+
+@dataclass(slots=True)
+class Annotations:
+    images: list[ImageAnnotation]
+    vocabulary: list[str]  # every category name of the dataset (easy negatives come from it)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *, classes: str | os.PathLike | None = None,
+                     options: ReadOptions | None = None) -> Annotations:
+    """COCO-format json, or an OpenImages box CSV (``classes`` = its class-description CSV)."""
+    options = options or ReadOptions()
+    p = str(path)
+    if p.lower().endswith(".csv"):
+        if classes is None:
+            raise DataError("an OpenImages box CSV needs its class-description CSV (--classes)", path=p)
+        return read_openimages(p, classes, images_root, options)
+    return read_coco(p, images_root, options)
+
+
+def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -> Annotations:
+    data = load_json_document(path)
+    _check_coco_boxes(data, path)
+    stats = ConvertStats()
+    index = {img.get("id"): i for i, img in enumerate(data.get("images") or []) if isinstance(img, dict)}
+    images: list[ImageAnnotation] = []
+    for record in coco_to_records(data, path=path, skip_crowd=options.skip_crowd, min_area=options.min_area,
+                                  stats=stats):
+        entry = f"images[{index.get(record.extra.get('image_id'))}]"
+        objects = [AnnObject(pair.category, [float(v) for v in pair.bboxes[0]])
+                   for pair in record.pairs.get("category", [])]
+        images.append(ImageAnnotation(record.filename, record.height, record.width, objects, entry))
+    vocabulary = [category_expression(c["name"]) for c in data["categories"]]
+    if options.check_images:
+        loader = ImageLoader(images_root)
+        for img in images:
+            _check_image(loader, img, path, f"{img.entry}.file_name")
+    return Annotations(images, vocabulary, dict(stats.skipped))
+
+
+def _check_coco_boxes(data: Any, path: str) -> None:
+    """A box that leaves its image is an annotation error: name it (coco_to_records would clamp it)."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+            data.get("annotations"), list):
+        return  # coco_to_records names what is missing
+    sizes = {img.get("id"): (img.get("width"), img.get("height")) for img in data["images"] if isinstance(img, dict)}
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            continue
+        size, bbox = sizes.get(ann.get("image_id")), ann.get("bbox")
+        if size is None or not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+            continue  # coco_to_records names wrong ids and malformed boxes
+        w, h = size
+        if not (isinstance(w, int) and isinstance(h, int)):
+            continue
+        x, y, bw, bh = bbox
+        t = OUTSIDE_TOLERANCE_PX
+        if x < -t or y < -t or x + bw > w + t or y + bh > h + t:
+            raise DataError(f"box [x, y, w, h] = {bbox} lies outside its image ({w}x{h}, image id "
+                            f"{ann.get('image_id')})", path=path, field=f"annotations[{i}].bbox")
+
+
+def _check_image(loader: ImageLoader, img: ImageAnnotation, path: str, where: str) -> None:
+    try:
+        file = loader.resolve(img.filename)
+    except ImageError as e:
+        raise DataError(f"{img.filename!r}: {e}", path=path, field=where) from None
+    if not file.is_file():
+        raise DataError(f"image {img.filename!r} not found under {loader.root}", path=path, field=where)
+    try:
+        with Image.open(file) as im:
+            size = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"image {img.filename!r} is not readable ({e})", path=path, field=where) from None
+    if size != (img.width, img.height):
+        raise DataError(f"image {img.filename!r} is {size[0]}x{size[1]} but the annotation says "
+                        f"{img.width}x{img.height}", path=path, field=where)
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenImages
+# ---------------------------------------------------------------------------------------------
+
+_OI_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
+
+
+def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
+    """``LabelName,DisplayName`` lines (with or without a header) → label → display name."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for n, row in enumerate(csv.reader(f), 1):
+                if not row or (n == 1 and row[0] == "LabelName"):
+                    continue
+                if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                    raise DataError("expected LabelName,DisplayName", path=str(path), line=n)
+                out[row[0].strip()] = " ".join(row[1].split())
+    except FileNotFoundError:
+        raise DataError("no such file", path=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason})", path=str(path)) from None
+    if not out:
+        raise DataError("no class descriptions", path=str(path))
+    return out
+
+
+def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os.PathLike,
+                    options: ReadOptions, *, extension: str = ".jpg") -> Annotations:
+    """OpenImages boxes: one row per box; images are ``<ImageID>.jpg`` under the root (their
+    sizes come from the image files, which therefore must exist)."""
+    names = read_class_descriptions(classes)
+    loader = ImageLoader(images_root)
+    by_image: dict[str, ImageAnnotation] = {}
+    skipped: dict[str, int] = {}
+    try:
+        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    with f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _OI_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"missing column(s) {', '.join(missing)} (not an OpenImages box CSV?)", path=path, line=1)
+        for row in reader:
+            line = reader.line_num
+            label = row["LabelName"]
+            if label not in names:
+                raise DataError(f"label {label!r} is not in the class descriptions {classes}", path=path, line=line,
+                                field="LabelName")
+            try:
+                x1, x2, y1, y2 = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
+            except (TypeError, ValueError):
+                raise DataError("XMin/XMax/YMin/YMax must be numbers", path=path, line=line) from None
+            if not all(-1e-3 <= v <= 1 + 1e-3 for v in (x1, x2, y1, y2)) or x2 < x1 or y2 < y1:
+                raise DataError(f"box (XMin {x1}, XMax {x2}, YMin {y1}, YMax {y2}) lies outside the image "
+                                "(coordinates are fractions of the image size)", path=path, line=line)
+            image_id = row["ImageID"]
+            img = by_image.get(image_id)
+            if img is None:
+                img = ImageAnnotation(image_id + extension, 0, 0, [], f"line {line}")
+                size = _image_size(loader, img.filename, path, line)
+                img.width, img.height = size
+                by_image[image_id] = img
+            if options.skip_crowd and row.get("IsGroupOf") == "1":
+                skipped["crowd boxes"] = skipped.get("crowd boxes", 0) + 1
+                continue
+            box = [min(max(x1, 0.0), 1.0) * img.width, min(max(y1, 0.0), 1.0) * img.height,
+                   min(max(x2, 0.0), 1.0) * img.width, min(max(y2, 0.0), 1.0) * img.height]
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            if area <= 0 or area < options.min_area:
+                key = "boxes under the minimum area" if area > 0 else "boxes with no area"
+                skipped[key] = skipped.get(key, 0) + 1
+                continue
+            img.objects.append(AnnObject(names[label], box))
+    images = [img for img in by_image.values() if img.objects]
+    return Annotations(images, sorted(set(names.values())), skipped)
+
+
+def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tuple[int, int]:
+    try:
+        file = loader.resolve(filename)
+        with Image.open(file) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"image {filename!r} not found under {loader.root}", path=path, line=line,
+                        field="ImageID") from None
+    except (ImageError, UnidentifiedImageError, OSError) as e:
+        raise DataError(f"image {filename!r} is not readable ({e})", path=path, line=line, field="ImageID") from None
+
+
+def image_ann_from_dict(obj: dict[str, Any]) -> ImageAnnotation:
+    """The inverse of :func:`image_ann_to_dict` (the journal keeps generated images as dicts)."""
+    return ImageAnnotation(obj["filename"], obj["height"], obj["width"],
+                           [AnnObject(o["category"], o["box"]) for o in obj["objects"]], obj.get("entry", ""))
+
+
+def image_ann_to_dict(img: ImageAnnotation) -> dict[str, Any]:
+    return {"filename": img.filename, "height": img.height, "width": img.width, "entry": img.entry,
+            "objects": [{"category": o.category, "box": o.box} for o in img.objects]}
+

@@ -1,0 +1,277 @@
+"""Generation of raw expressions for one image: caption, vlm_short, vlm_long, llm, groups, negatives.
+
+One image is one task of the runner (:func:`reallod.agent.runner.drive`); its result is the Real-Data
+record of raw expressions (each source's positives and the object's negatives) plus what was dropped
+and why. The VLM writes the caption (centred on the scene: the evidence the reflector later trusts),
+``vlm_short`` on the highlighted view and ``vlm_long`` with the box outlined; the LLM writes ``llm``
+phrases from the caption and every object's normalised box, group expressions (relation ``multi``) and
+hard negatives. Without a VLM those steps are reported unavailable and the caption is built from the
+annotations, so the LLM steps and the agent still run. A step whose backend fails is counted and
+skipped; only run-level errors (an endpoint that is down, a model that cannot load) stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from reallod.agent.backends.base import Backend, BackendError
+from reallod.agent.decisions import parse_json_object
+from reallod.agent.roles import PromptTemplate
+from reallod.agent.views import HIGHLIGHT, make_view
+from reallod.engine.annotations import ImageAnnotation
+from reallod.engine.groups import group_candidates
+from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
+from reallod.engine.text import accept, clean, fold
+from reallod.errors import ConfigError
+
+STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long", "llm", "group", "hard_negative")
+VLM_STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long")
+PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "caption": frozenset({"categories"}),
+    "vlm_short": frozenset({"category"}),
+    "vlm_long": frozenset({"category"}),
+    "llm": frozenset({"caption", "objects", "category", "box", "count", "format"}),
+    "group": frozenset({"caption", "objects", "category", "members", "boxes", "count", "format"}),
+    "hard_negative": frozenset({"caption", "category", "box", "positives", "count", "format"}),
+}
+
+
+@dataclass(slots=True)
+class GenerateSettings:
+    """How much to generate, and the limits a generation must respect to be kept."""
+
+    llm_expressions: int = 3
+    group_expressions: int = 2
+    hard_negatives: int = 2
+    easy_negatives: int = 2
+    max_words_short: int = 12
+    max_words_long: int = 48
+    max_words_llm: int = 20
+    caption_max_tokens: int = 160
+    vlm_max_tokens: int = 64
+    llm_max_tokens: int = 96
+    temperature: float | None = None  # None: each backend's own
+    max_objects: int | None = None  # per image (largest first); None: all
+
+    def describe(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+def load_prompt(step: str, path: str | Path | None = None) -> PromptTemplate:
+    """The packaged prompt of a generation step, or a user's file; unknown placeholders are refused."""
+    if path is None:
+        text = files("reallod.engine").joinpath("prompts", f"{step}.txt").read_text(encoding="utf-8")
+        name = f"{step}.txt"
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"prompt {path}: cannot read: {e.strerror or e}") from e
+        name = str(path)
+    template = PromptTemplate.parse(name, text)
+    unknown = template.placeholders() - PLACEHOLDERS[step]
+    if unknown:
+        raise ConfigError(f"prompt {name}: unknown placeholder(s) {', '.join(sorted(unknown))} for step {step}; "
+                          f"available: {', '.join(sorted(PLACEHOLDERS[step]))}")
+    return template
+
+
+@dataclass(slots=True)
+class Generators:
+    """The models of the generation steps: the config's LLM (its rewriter) and VLM (None: no VLM)."""
+
+    llm: Backend
+    vlm: Backend | None
+    prompts: dict[str, PromptTemplate] = field(default_factory=lambda: {s: load_prompt(s) for s in STEPS})
+    scorer: Any = None  # a clip_filter.RegionTextScorer, or None (the filter is off by default)
+    threshold: float = 0.0
+
+    def unavailable(self) -> list[str]:
+        return list(VLM_STEPS) if self.vlm is None else []
+
+
+def list_schema(n: int) -> dict[str, Any]:
+    """A flat object of ``n`` string fields: backends that constrain decoding support flat schemas."""
+    props = {f"expression_{i}": {"type": "string"} for i in range(1, n + 1)}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def format_hint(n: int) -> str:
+    keys = ", ".join(f'"expression_{i}": "..."' for i in range(1, n + 1))
+    return f"Reply with one JSON object: {{{keys}}}"
+
+
+def parse_list(text: str) -> list[str]:
+    """The phrases of a list reply: our JSON object, an ``expressions`` list, or one phrase a line."""
+    obj, _ = parse_json_object(text)
+    if obj is not None:
+        if isinstance(obj.get("expressions"), list):
+            return [v for v in obj["expressions"] if isinstance(v, str)]
+        return [v for k, v in sorted(obj.items()) if isinstance(v, str)]
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def norm_box(box: list[float], width: int, height: int) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in (box[0] / width, box[1] / height, box[2] / width,
+                                                   box[3] / height)) + "]"
+
+
+def annotation_caption(img: ImageAnnotation) -> str:
+    """The caption when no VLM is configured: what the annotations say, as plain sentences."""
+    counts = Counter(o.category for o in img.objects)
+    parts = [f"one {cat}" if n == 1 else f"{n} {cat} objects" for cat, n in counts.items()]
+    return "The image contains " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+
+
+async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any], counts: Counter[str], step: str, *,
+               image: Image.Image | None = None, schema: dict[str, Any] | None = None, max_tokens: int,
+               temperature: float | None) -> str | None:
+    messages = prompt.render(values, [image] if image is not None else None)
+    counts[f"{step}: calls"] += 1
+    try:
+        reply = await backend.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
+    except ConfigError:
+        raise  # run-level: stops the run (resumable)
+    except (BackendError, Exception) as e:  # one failed step must not end a long run
+        counts[f"{step}: {type(e).__name__}:failed"] += 1
+        return None
+    return reply.text
+
+
+async def generate_image(img: ImageAnnotation, gens: Generators, settings: GenerateSettings,
+                         load_image: Callable[[], Image.Image], vocabulary: list[str]) -> dict[str, Any]:
+    """The raw-expression record of one image and the counts of what was kept and dropped."""
+    counts: Counter[str] = Counter()
+    s, w, h = settings, img.width, img.height
+    objects = list(img.objects)
+    if s.max_objects is not None and len(objects) > s.max_objects:
+        objects = sorted(objects, key=lambda o: -(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))[:s.max_objects]
+        counts["objects over --max-objects:skipped"] += len(img.objects) - len(objects)
+    present = sorted({o.category for o in img.objects})
+    image = await asyncio.to_thread(load_image) if gens.vlm is not None else None
+    temp = s.temperature
+
+    caption, caption_source = None, "annotations"
+    if gens.vlm is not None:
+        text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
+                          image=image, max_tokens=s.caption_max_tokens, temperature=temp)
+        if text and text.strip():
+            caption, caption_source = " ".join(text.split()), "vlm"
+        else:
+            counts["caption: empty:annotation caption used"] += 1
+    caption = caption or annotation_caption(img)
+    listing = "; ".join(f"{o.category} {norm_box(o.box, w, h)}" for o in img.objects)
+
+    per_object: list[dict[str, list[str]]] = []
+    all_positives: set[str] = set()
+    for obj in objects:
+        others = [o.category for o in img.objects if o is not obj]
+        sources: dict[str, list[str]] = {}
+        if gens.vlm is not None:
+            view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
+            for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
+                text = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, image=view,
+                                  max_tokens=s.vlm_max_tokens, temperature=temp)
+                if text is not None:
+                    sources[step] = accept([clean(text)], obj.category, others, max_words=max_words, seen=set(),
+                                           counts=counts, step=step, limit=1)
+        if s.llm_expressions > 0:
+            text = await _ask(gens.llm, gens.prompts["llm"],
+                              {"caption": caption, "objects": listing, "category": obj.category,
+                               "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
+                               "format": format_hint(s.llm_expressions)}, counts, "llm",
+                              schema=list_schema(s.llm_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
+            if text is not None:
+                sources["llm"] = accept(parse_list(text), obj.category, others, max_words=s.max_words_llm,
+                                        seen=set(), counts=counts, step="llm", limit=s.llm_expressions)
+        per_object.append(sources)
+        for texts in sources.values():
+            all_positives.update(fold(t) for t in texts)
+        counts["object"] += 1
+
+    groups = []
+    for category, boxes in group_candidates(img.objects):
+        if s.group_expressions <= 0:
+            break
+        others = [c for c in present if c != category]
+        text = await _ask(gens.llm, gens.prompts["group"],
+                          {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
+                           "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
+                           "format": format_hint(s.group_expressions)}, counts, "group",
+                          schema=list_schema(s.group_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
+        texts = [] if text is None else accept(parse_list(text), category, others, max_words=s.max_words_llm,
+                                               seen=set(), counts=counts, step="group", limit=s.group_expressions)
+        all_positives.update(fold(t) for t in texts)
+        groups.append((category, boxes, texts))
+
+    absent = absent_categories(vocabulary, present)
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    for k, (obj, sources) in enumerate(zip(objects, per_object, strict=True)):
+        positives = [t for texts in sources.values() for t in texts]
+        if not positives:
+            counts["object without positives:no pair"] += 1
+            continue
+        negatives: list[str] = []
+        seen_neg = {fold(p) for p in positives}
+        if s.hard_negatives > 0:
+            text = await _ask(gens.llm, gens.prompts["hard_negative"],
+                              {"caption": caption, "category": obj.category, "box": norm_box(obj.box, w, h),
+                               "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
+                               "format": format_hint(s.hard_negatives)}, counts, "hard_negative",
+                              schema=list_schema(s.hard_negatives), max_tokens=s.llm_max_tokens, temperature=temp)
+            if text is not None:
+                hard = accept(parse_list(text), obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
+                              counts=counts, step="hard_negative", limit=s.hard_negatives)
+                kept, dropped = keep_negatives(hard, all_positives, present, seen_neg)
+                counts["hard_negative: fits the image:dropped"] += dropped
+                negatives += kept
+        easy = easy_negatives(positives, obj.category, absent, s.easy_negatives, key=f"{img.filename}/{k}")
+        kept, dropped = keep_negatives(easy, all_positives, present, seen_neg)
+        counts["easy_negative: fits the image:dropped"] += dropped
+        negatives += kept
+        counts["negative:kept"] += len(negatives)
+        for source, texts in sources.items():
+            if texts:
+                pairs.setdefault(source, []).append(_pair([obj.box], obj.category, texts, negatives))
+                counts[f"{source}:kept"] += len(texts)
+    for category, boxes, texts in groups:
+        if texts:
+            easy = easy_negatives(texts, category, absent, s.easy_negatives, key=f"{img.filename}/group/{category}")
+            negatives, _ = keep_negatives(easy, all_positives, present, {fold(t) for t in texts})
+            pairs.setdefault("llm", []).append(_pair(boxes, category, texts, negatives))
+            counts["group:kept"] += len(texts)
+
+    if gens.scorer is not None:
+        pairs = await asyncio.to_thread(_filter_pairs, pairs, gens, load_image, counts)
+    record = {"filename": img.filename, "height": h, "width": w, "caption": caption,
+              "caption_source": caption_source, "pairs": pairs}
+    return {"record": record, "counts": dict(counts), "unavailable": gens.unavailable()}
+
+
+def _pair(boxes: list[list[float]], category: str, positives: list[str], negatives: list[str]) -> dict[str, Any]:
+    return {"bboxes": [[round(v, 2) for v in b] for b in boxes], "category": category,
+            "relation": "multi" if len(boxes) > 1 else "single", "positive_expressions": list(positives),
+            "negative_expressions": list(negatives)}
+
+
+def _filter_pairs(pairs: dict[str, list[dict[str, Any]]], gens: Generators, load_image: Callable[[], Image.Image],
+                  counts: Counter[str]) -> dict[str, list[dict[str, Any]]]:
+    """Drop positives whose region–text similarity is below the threshold (pairs left empty go too)."""
+    image = load_image()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for source, items in pairs.items():
+        for pair in items:
+            scores = gens.scorer.scores(image, pair["bboxes"], pair["positive_expressions"])
+            kept = [t for t, sc in zip(pair["positive_expressions"], scores, strict=True) if sc >= gens.threshold]
+            counts["clip filter:dropped"] += len(pair["positive_expressions"]) - len(kept)
+            if kept:
+                out.setdefault(source, []).append({**pair, "positive_expressions": kept})
+    return out

@@ -1,0 +1,284 @@
+"""``reallod generate`` and ``reallod pipeline``: annotations → raw expressions → re-aligned Real-Data.
+
+Each stage resumes like ``realign`` does, through the same runner, journal, retries, response cache
+and progress: generation journals one result per image (``OUT.generated.journal.jsonl``) and a rerun
+skips the images it holds; re-alignment is :func:`reallod.agent.runner.realign` itself on the
+generated file (its own journal); assembly is a cheap streaming pass, redone each time. A pipeline
+killed at any moment resumes at the stage and the task where it stopped: the generated file is
+rewritten from the journal in input order, byte for byte the same, so the re-alignment journal
+accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.agent.cache import ResponseCache
+from reallod.agent.endpoints import harden
+from reallod.agent.images import ImageLoader
+from reallod.agent.journal import (
+    Journal,
+    JournalWriteError,
+    fingerprint,
+    fingerprint_file,
+    journal_path_for,
+)
+from reallod.agent.progress import RunMonitor
+from reallod.agent.retry import EndpointDown
+from reallod.agent.roles import Roles
+from reallod.agent.runner import (
+    RealignOptions,
+    RealignRun,
+    RunStopped,
+    default_cache_path,
+    drive,
+    realign,
+    roles_fingerprint,
+)
+from reallod.agent.shard import in_shard, parse_shard
+from reallod.data.io import JsonlWriter
+from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
+from reallod.engine.assemble import finish
+from reallod.engine.generate import GenerateSettings, Generators, generate_image
+from reallod.errors import ConfigError, ReallodError
+
+
+@dataclass(slots=True)
+class GenerateOptions:
+    annotations: Path
+    images: Path
+    config: str
+    out: Path
+    classes: Path | None = None  # OpenImages class descriptions
+    skip_crowd: bool = True
+    min_area: float = 0.0
+    settings: GenerateSettings = field(default_factory=GenerateSettings)
+    clip_model: str | None = None  # path or hub id; None: no filter
+    clip_threshold: float = 0.2
+    limit: int | None = None  # images
+    shard: str | None = None
+    concurrency: int | None = None
+    base_url: str | None = None
+    llm_base_url: str | None = None
+    vlm_base_url: str | None = None
+    cache: Path | None = None
+    no_cache: bool = False
+    force_resume: bool = False
+
+
+@dataclass(slots=True)
+class GenerateRun:
+    out: Path
+    journal: Path
+    images: int
+    resumed: int
+    ran: int
+    counts: Counter[str]
+    unavailable: list[str]
+    wall_s: float
+
+
+def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
+    """(roles, agent name, max cycles, concurrency) from the agent config."""
+    from reallod.agent.config import build_roles, load_agent_config
+
+    cfg = load_agent_config(opts.config, base_url=opts.base_url, llm_base_url=opts.llm_base_url,
+                            vlm_base_url=opts.vlm_base_url)
+    return build_roles(cfg), cfg.name, cfg.max_cycles, opts.concurrency or cfg.concurrency
+
+
+def image_id(index: int) -> str:
+    return f"image/{index}"
+
+
+def selected_images(images: list[ImageAnnotation], shard: tuple[int, int] | None,
+                    limit: int | None) -> list[tuple[str, ImageAnnotation]]:
+    """The shard's images (by file name: a shard never splits an image), then the first ``limit``."""
+    out = [(image_id(i), img) for i, img in enumerate(images) if in_shard(f"image:{img.filename}", shard)]
+    return out if limit is None else out[:limit]
+
+
+def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None,
+             scorer: Any = None, close: bool = True) -> GenerateRun:
+    """Write the raw-expression Real-Data for the annotated images (resumable; see the module doc).
+
+    ``roles`` replaces the config's (tests pass scripted ones; the pipeline shares its own with the
+    re-alignment stage, then ``close`` is False); ``scorer`` replaces ``clip_model``."""
+    t0 = time.perf_counter()
+    if opts.limit is not None and opts.limit < 0:
+        raise ConfigError("--limit must not be negative")
+    if opts.concurrency is not None and opts.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    shard = parse_shard(opts.shard)
+    journal_path = journal_path_for(opts.out)
+    if opts.out.resolve() in (opts.annotations.resolve(), journal_path.resolve()):
+        raise ConfigError(f"--out {opts.out} would overwrite the annotations or the journal")
+    anns = read_annotations(opts.annotations, opts.images, classes=opts.classes,
+                            options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area))
+    todo_all = selected_images(anns.images, shard, opts.limit)
+    concurrency = opts.concurrency or 8
+    if roles is None:
+        roles, _, _, concurrency = build_roles_for(opts)
+    if scorer is None and opts.clip_model:
+        from reallod.engine.clip_filter import RegionTextScorer
+
+        scorer = RegionTextScorer.load(opts.clip_model)
+    fp = {"config": roles_fingerprint(roles), "annotations": fingerprint_file(opts.annotations),
+          "classes": fingerprint_file(opts.classes) if opts.classes else None,
+          "settings": fingerprint({**opts.settings.describe(), "skip_crowd": opts.skip_crowd,
+                                   "min_area": opts.min_area}),
+          "clip": [opts.clip_model if scorer is not None else None, opts.clip_threshold if scorer is not None else None],
+          "shard": opts.shard}
+    cache = None if opts.no_cache else ResponseCache(opts.cache or default_cache_path())
+    loader = ImageLoader(opts.images)
+    monitor = monitor or RunMonitor()
+    journal: Journal | None = None
+    unavailable: list[str] = []
+    try:
+        try:
+            journal = Journal.open(journal_path, fp, force=opts.force_resume,
+                                   meta={"annotations": str(opts.annotations), "stage": "generate"},
+                                   keep=lambda r: None)
+        except OSError as e:
+            raise ReallodError(f"cannot create the journal {journal_path}: {e.strerror or e}") from e
+        hardened, _ = harden(roles, cache=cache, endpoint_limit=concurrency)
+        gens = Generators(llm=hardened.rewriter.backend, vlm=hardened.vlm.backend if hardened.vlm else None,
+                          scorer=scorer, threshold=opts.clip_threshold)
+        unavailable = gens.unavailable()
+        done = journal.done
+        todo = [(tid, img) for tid, img in todo_all if tid not in done]
+
+        async def work(item: tuple[str, ImageAnnotation]) -> dict[str, Any]:
+            img = item[1]
+            return await generate_image(img, gens, opts.settings, lambda: loader.load(img.filename), anns.vocabulary)
+
+        async def main() -> int:
+            async def handle(item: tuple[str, ImageAnnotation], entry: dict[str, Any], elapsed: float) -> None:
+                await journal.append(item[0], {**entry, "elapsed_s": round(elapsed, 4)})
+                monitor.task_done("generated")
+
+            monitor.start(resumed=journal.resumed)
+            monitor.set_total(len(todo_all))
+            try:
+                return await drive(todo, work, handle, concurrency=concurrency)
+            finally:
+                monitor.stop()
+                await journal.drain()
+                if close:
+                    await roles.aclose()
+
+        try:
+            ran = asyncio.run(main())
+        except EndpointDown as e:
+            raise RunStopped(f"{e}. Generation stopped: {len(journal.done)} image(s) are safe in {journal.path}; "
+                             "rerun the same command to resume") from e
+        except JournalWriteError as e:
+            raise RunStopped(str(e)) from e
+        resumed = journal.resumed
+    finally:
+        if journal is not None:
+            journal.close()
+        if cache is not None:
+            cache.close()
+    counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
+    return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran, counts, unavailable,
+                       time.perf_counter() - t0)
+
+
+def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[str]:
+    """The generated records in input order (atomic), and the summed counts of every image.
+
+    Memory holds one byte offset per image, not the records: a first pass indexes the journal, the
+    second reads each entry where it lies. Input order makes the output the same whatever order the
+    images finished in, and a larger ``--limit`` only appends images after the ones already there."""
+    offsets: dict[str, int] = {}
+    with open(journal_path, "rb") as f:
+        f.readline()  # the header
+        while True:
+            at = f.tell()
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                break  # end (a partial last line was cut when the journal was opened)
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # skipped as the journal's own reader skips it
+            if isinstance(obj, dict) and isinstance(obj.get("task_id"), str):
+                offsets.setdefault(obj["task_id"], at)
+        counts: Counter[str] = Counter()
+        with JsonlWriter(out) as writer:
+            for tid in order:
+                if tid not in offsets:
+                    counts["image not generated"] += 1
+                    continue
+                f.seek(offsets[tid])
+                entry = orjson.loads(f.readline())["result"]
+                counts.update(entry.get("counts") or {})
+                if entry["record"]["pairs"]:
+                    writer.write_record(entry["record"])
+                    counts["record:written"] += 1
+                else:
+                    counts["image without expressions:not written"] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PipelineOptions:
+    generate: GenerateOptions
+    unresolved: str = "negative"  # what becomes of expressions the agent judged wrong and could not fix
+    max_cycles: int | None = None
+    report: Path | None = None
+
+
+@dataclass(slots=True)
+class PipelineRun:
+    out: Path
+    generated: GenerateRun
+    realigned: RealignRun
+    assembled: Counter[str]
+    paths: dict[str, str]
+
+
+def stage_paths(out: Path) -> tuple[Path, Path]:
+    """(generated raw expressions, re-aligned records): intermediate files next to the output."""
+    stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
+    return out.with_name(f"{stem}.generated.jsonl"), out.with_name(f"{stem}.realigned.jsonl")
+
+
+def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
+             monitors: Callable[[str], RunMonitor | None] | None = None, scorer: Any = None) -> PipelineRun:
+    """generate → realign → assemble, every stage resumable; the models are loaded once.
+
+    ``monitors(stage)`` gives each stage ("generate", "realign") its own progress monitor."""
+    monitors = monitors or (lambda stage: None)
+    g = opts.generate
+    gen_path, realigned_path = stage_paths(g.out)
+    name, max_cycles, concurrency = str(g.config), opts.max_cycles, g.concurrency
+    if roles is None:
+        roles, name, cfg_cycles, concurrency = build_roles_for(g)
+        max_cycles = max_cycles or cfg_cycles
+    gen_opts = GenerateOptions(**{**{k: getattr(g, k) for k in g.__slots__}, "out": gen_path,
+                                  "concurrency": concurrency})
+    generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer, close=False)
+    realigned = realign(RealignOptions(input=gen_path, config=name, out=realigned_path, images=g.images,
+                                       max_cycles=max_cycles, unresolved=opts.unresolved,  # type: ignore[arg-type]
+                                       concurrency=concurrency, cache=g.cache, no_cache=g.no_cache,
+                                       force_resume=g.force_resume, report=opts.report),
+                        roles=roles, monitor=monitors("realign"))
+    assembled = finish(realigned_path, g.out)
+    paths = {"generated": str(gen_path), "realigned": str(realigned_path), "out": str(g.out),
+             "trace": str(realigned.trace), "journal": str(realigned.journal)}
+    return PipelineRun(g.out, generated, realigned, assembled, paths)

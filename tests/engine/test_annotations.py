@@ -1,0 +1,97 @@
+"""Annotation readers: COCO-format json and OpenImages CSVs; bad files name the entry."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from reallod.engine.annotations import ReadOptions, read_annotations
+from reallod.errors import DataError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def coco(tmp_path: Path, **change) -> Path:
+    data = json.loads((EXAMPLES / "annotations.json").read_text())
+    for key, fn in change.items():
+        fn(data[key])
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_reads_the_bundled_example():
+    anns = read_annotations(EXAMPLES / "annotations.json", EXAMPLES / "images")
+    assert [i.filename for i in anns.images] == ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg"]
+    assert sum(len(i.objects) for i in anns.images) == 12
+    assert "cat" in anns.vocabulary and anns.images[0].objects[0].box == [30.0, 15.0, 370.0, 512.0]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"annotations": lambda a: a[3].update(image_id=99)}, "annotations[3].image_id", "not in images"),
+    ({"annotations": lambda a: a[2].update(category_id=77)}, "annotations[2].category_id", "not in categories"),
+    ({"annotations": lambda a: a[1].update(bbox=[400, 10, 300, 20])}, "annotations[1].bbox", "outside its image"),
+    ({"annotations": lambda a: a[0].update(bbox=[1, 2, "x", 4])}, "annotations[0].bbox", "finite numbers"),
+    ({"images": lambda i: i[2].update(file_name="nope.jpg")}, "images[2].file_name", "not found"),
+    ({"images": lambda i: i[1].update(width=2000)}, "images[1].file_name", "but the annotation says"),
+])
+def test_bad_coco_entries_name_the_entry(tmp_path, change, field, words):
+    with pytest.raises(DataError) as e:
+        read_annotations(coco(tmp_path, **change), EXAMPLES / "images")
+    assert e.value.field == field and words in str(e.value)
+    assert "ann.json" in str(e.value)
+
+
+def test_crowd_and_tiny_boxes_are_filtered_by_option(tmp_path):
+    def mark(a):
+        a[0]["iscrowd"] = 1
+    p = coco(tmp_path, annotations=mark)
+    assert sum(len(i.objects) for i in read_annotations(p, EXAMPLES / "images").images) == 11
+    assert sum(len(i.objects) for i in read_annotations(
+        p, EXAMPLES / "images", options=ReadOptions(skip_crowd=False)).images) == 12
+    small = read_annotations(p, EXAMPLES / "images", options=ReadOptions(skip_crowd=False, min_area=20000))
+    assert 0 < sum(len(i.objects) for i in small.images) < 12
+
+
+def openimages(tmp_path: Path, rows: list[str]) -> tuple[Path, Path, Path]:
+    root = tmp_path / "img"
+    root.mkdir()
+    shutil.copy(EXAMPLES / "images" / "chelsea.jpg", root / "abc123.jpg")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
+                     "IsDepiction,IsInside\n" + "\n".join(rows) + "\n")
+    classes = tmp_path / "classes.csv"
+    classes.write_text("/m/01yrx,Cat\n/m/0k0pj,Human nose\n")
+    return boxes, classes, root
+
+
+def test_openimages_boxes_become_pixel_xyxy(tmp_path):
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0",
+                                                 "abc123,xclick,/m/0k0pj,1,0,0.2,0,0.2,0,0,1,0,0"])
+    anns = read_annotations(boxes, root, classes=classes)
+    w, h = Image.open(root / "abc123.jpg").size
+    img = anns.images[0]
+    assert (img.filename, img.width, img.height) == ("abc123.jpg", w, h)
+    assert [o.category for o in img.objects] == ["Cat"]  # the group box is filtered
+    assert img.objects[0].box == pytest.approx([0.1 * w, 0.2 * h, 0.5 * w, 1.0 * h])
+    assert anns.skipped == {"crowd boxes": 1} and sorted(anns.vocabulary) == ["Cat", "Human nose"]
+
+
+@pytest.mark.parametrize(("row", "words"), [
+    ("abc123,xclick,/m/zzz,1,0.1,0.5,0.2,1.0,0,0,0,0,0", "not in the class descriptions"),
+    ("abc123,xclick,/m/01yrx,1,0.1,1.5,0.2,1.0,0,0,0,0,0", "outside the image"),
+    ("missing,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0", "not found"),
+])
+def test_bad_openimages_rows_name_the_line(tmp_path, row, words):
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0", row])
+    with pytest.raises(DataError) as e:
+        read_annotations(boxes, root, classes=classes)
+    assert e.value.line == 3 and words in str(e.value)
+
+
+def test_openimages_needs_its_class_file(tmp_path):
+    boxes, _, root = openimages(tmp_path, [])
+    with pytest.raises(DataError, match="class-description"):
+        read_annotations(boxes, root)

@@ -1,0 +1,34 @@
+"""The real offline config end to end: Gemma 3 270M (GGUF, in-process) writes the LLM steps and
+re-aligns them; there is no VLM, so its steps are reported unavailable. A base model: this checks the
+plumbing (real constrained decoding, parsing, journal, assembly, a valid output), not the quality."""
+
+from pathlib import Path
+
+import pytest
+
+from reallod.data.validate import validate_file
+from reallod.engine.generate import GenerateSettings
+from reallod.engine.pipeline import GenerateOptions, PipelineOptions, pipeline
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_offline_pipeline_on_the_bundled_example(tmp_path):
+    out = tmp_path / "out.jsonl"
+    settings = GenerateSettings(llm_expressions=2, group_expressions=0, hard_negatives=2, easy_negatives=1,
+                                max_objects=1, llm_max_tokens=48)
+    opts = GenerateOptions(EXAMPLES / "annotations.json", EXAMPLES / "images", "offline", out, limit=1,
+                           settings=settings, no_cache=True)
+    run = pipeline(PipelineOptions(opts, max_cycles=1))
+    g = run.generated
+    assert g.unavailable == ["caption", "vlm_short", "vlm_long"]
+    assert g.counts["llm: calls"] == 1 and g.counts["hard_negative: calls"] == 1
+    assert validate_file(out).ok
+    llm_drops = sum(n for k, n in g.counts.items() if k.startswith("llm: ") and k.endswith(":dropped"))
+    assert g.counts["llm:kept"] + llm_drops >= 1  # every reply is accounted for: kept, or dropped with a reason
+    text = out.read_text()
+    if g.counts["llm:kept"]:  # what a base model writes may all be dropped as malformed
+        assert '"source":"llm"' in text and run.realigned.summary.tasks == g.counts["llm:kept"]
+    assert run.realigned.summary.tasks == sum(run.realigned.summary.verdicts.values())

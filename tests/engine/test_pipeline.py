@@ -1,0 +1,152 @@
+"""generate → realign → assemble with scripted models: every step, malformed generations, resume,
+and an output that passes ``data validate`` and ``data stats``."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from reallod.agent.retry import EndpointDown
+from reallod.agent.runner import RunStopped
+from reallod.cli import app
+from reallod.data.stats import file_stats
+from reallod.data.validate import validate_file
+from reallod.engine.generate import GenerateSettings
+from reallod.engine.pipeline import GenerateOptions, PipelineOptions, generate, pipeline
+from tests.agent.scripted import scripted_roles
+from tests.engine.scripted_models import generation_answers
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def options(out: Path, **kw) -> GenerateOptions:
+    return GenerateOptions(EXAMPLES / "annotations.json", EXAMPLES / "images", "offline", out, **kw)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_pipeline_writes_valid_realdata_with_every_source(tmp_path):
+    log: list[str] = []
+    out = tmp_path / "out.jsonl"
+    run = pipeline(PipelineOptions(options(out)), roles=scripted_roles(generation_answers(log=log)))
+    assert validate_file(out).ok
+    recs = records(out)
+    assert [r["filename"] for r in recs] == ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg"]
+    assert recs[0]["caption"].startswith("A photograph") and "caption_source" not in recs[0]
+    for r in recs:
+        assert set(r["pairs"]) == {"vlm_short", "vlm_long", "llm"}
+    rocket = recs[3]["pairs"]["llm"]
+    group = [p for p in rocket if p["relation"] == "multi"]
+    assert len(group) == 1 and group[0]["category"] == "mast" and len(group[0]["bboxes"]) == 2
+    assert group[0]["positive_expressions"] == ["both masts", "the two masts"]
+    cat = next(p for p in recs[2]["pairs"]["llm"] if p["category"] == "cat")
+    assert cat["positive_expressions"] == ["the cat on the left", "a large cat", "the cat near the middle"]
+    assert cat["origin_positive_expressions"] == cat["positive_expressions"]
+    assert cat["negative_expressions"][:2] == ["the green cat", "the cat upside down"]
+    easy = cat["negative_expressions"][2:]
+    assert len(easy) == 2 and not any("cat" in n or "nose" in n for n in easy)
+    assert all(p["source"] == "llm" and p["verdict"] == "correct" and "cycles" in p for p in cat["provenance"])
+    stats = file_stats(out)
+    assert stats.expressions > 0 and run.realigned.summary.verdicts["correct"] == run.realigned.summary.tasks
+    assert log.count("caption") == 4 and log.count("vlm_short") == 12 and log.count("group") == 1
+
+
+def test_malformed_generations_are_dropped_and_counted(tmp_path):
+    overrides = {
+        "vlm_short": lambda cat, t: "",  # empty
+        "vlm_long": lambda cat, t: "A " + cat + " " + "that is very nice " * 20,  # overlong
+        "llm": lambda cat, t: json.dumps({"expression_1": "the saucer under it" if cat == "cup" else f"a {cat}",
+                                          "expression_2": f"a {cat}", "expression_3": f"A {cat}."}),
+        "hard_negative": lambda cat, t: json.dumps({"expression_1": f"a {cat}", "expression_2": "the saucer"}),
+    }
+    run = generate(options(tmp_path / "gen.jsonl"), roles=scripted_roles(generation_answers(overrides)))
+    c = run.counts
+    assert c["vlm_short: empty:dropped"] == 12 and c["vlm_long: overlong:dropped"] == 12
+    assert c["llm: wrong object:dropped"] == 1  # "the saucer under it" for the cup
+    assert c["llm: duplicate:dropped"] >= 12
+    recs = records(tmp_path / "gen.jsonl")
+    cup = next(p for p in recs[1]["pairs"]["llm"] if p["category"] == "cup")
+    assert cup["positive_expressions"] == ["a cup"]
+    assert "a cup" not in cup["negative_expressions"] and "the saucer" not in cup["negative_expressions"]
+    assert all(set(r["pairs"]) == {"llm"} for r in recs)
+
+
+def test_without_a_vlm_the_vlm_steps_are_unavailable_and_llm_steps_run(tmp_path):
+    log: list[str] = []
+    run = generate(options(tmp_path / "gen.jsonl", limit=1),
+                   roles=scripted_roles(generation_answers(log=log), vlm=False))
+    assert run.unavailable == ["caption", "vlm_short", "vlm_long"]
+    rec = records(tmp_path / "gen.jsonl")[0]
+    assert rec["caption_source"] == "annotations" and "one person" in rec["caption"]
+    assert set(rec["pairs"]) == {"llm"} and "caption" not in log
+
+
+def test_a_killed_pipeline_resumes_at_the_stage_and_task_where_it_stopped(tmp_path):
+    out = tmp_path / "out.jsonl"
+    calls = {"n": 0}
+
+    def die_in_generation(cat, t):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the third image's caption
+            raise EndpointDown("scripted: endpoint down")
+        return "A caption."
+
+    with pytest.raises(RunStopped):
+        pipeline(PipelineOptions(options(out, concurrency=1)),
+                 roles=scripted_roles(generation_answers({"caption": die_in_generation})))
+    log: list[str] = []
+    seen = {"reflector": 0}
+
+    def die_in_realign(cat, t):
+        seen["reflector"] += 1
+        if seen["reflector"] > 5:
+            raise EndpointDown("scripted: endpoint down")
+        return generation_answers()("reflector", [{"role": "user", "content": t}])
+
+    with pytest.raises(RunStopped):
+        pipeline(PipelineOptions(options(out, concurrency=1)),
+                 roles=scripted_roles(generation_answers({"reflector": die_in_realign}, log=log)))
+    assert log.count("caption") == 2  # the two images done before the kill were not generated again
+    log.clear()
+    run = pipeline(PipelineOptions(options(out, concurrency=1)), roles=scripted_roles(generation_answers(log=log)))
+    assert "caption" not in log and "llm" not in log  # generation is complete
+    info = run.realigned.info  # one reflector call per task here: the 6th call stopped the run after 5 tasks
+    assert info["tasks_resumed"] == 5 and info["tasks_run"] == run.realigned.summary.tasks - 5
+    assert run.generated.resumed == 4 and run.generated.ran == 0
+    assert validate_file(out).ok
+
+
+def test_cli_pipeline_and_bad_annotations(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.json"
+    data = json.loads((EXAMPLES / "annotations.json").read_text())
+    data["annotations"][5]["image_id"] = 42
+    bad.write_text(json.dumps(data))
+    result = CliRunner().invoke(app, ["generate", "--annotations", str(bad), "--images", str(EXAMPLES / "images"),
+                                      "--out", str(tmp_path / "g.jsonl")])
+    assert result.exit_code != 0
+    assert "annotations[5].image_id" in str(result.exception) and "42" in str(result.exception)
+    import reallod.engine.pipeline as pl
+
+    monkeypatch.setattr(pl, "build_roles_for", lambda o: (scripted_roles(generation_answers()), "scripted", 3, 2))
+    result = CliRunner().invoke(app, ["pipeline", "--annotations", str(EXAMPLES / "annotations.json"), "--images",
+                                      str(EXAMPLES / "images"), "--out", str(tmp_path / "o.jsonl"), "--limit", "2",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "generate: 2 image(s)" in result.output and "assemble:" in result.output
+    assert len(records(tmp_path / "o.jsonl")) == 2
+
+
+def test_shards_split_images_and_settings_change_counts(tmp_path):
+    names = []
+    for k in (1, 2):
+        generate(options(tmp_path / f"s{k}.jsonl", shard=f"{k}/2",
+                         settings=GenerateSettings(llm_expressions=1, hard_negatives=0, easy_negatives=0)),
+                 roles=scripted_roles(generation_answers()))
+        names += [r["filename"] for r in records(tmp_path / f"s{k}.jsonl")]
+    assert sorted(names) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    rec = records(tmp_path / "s1.jsonl")[0]
+    single = [p for p in rec["pairs"]["llm"] if p["relation"] == "single"]
+    assert all(len(p["positive_expressions"]) == 1 and p["negative_expressions"] == [] for p in single)
