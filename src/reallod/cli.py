@@ -857,7 +857,7 @@ def train_cmd(
 
     Examples: reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny;
     reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny --resume;
-    accelerate launch --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp --auto-scale-lr
+    accelerate launch --multi_gpu --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp
     """
     from reallod.train.cli_args import quiet_transformers, split_extra_args
     from reallod.train.config import load_config
@@ -1018,14 +1018,14 @@ def _engine_options(annotations: Path, images: Path, config: str, out: Path, cla
                            base_url=base_url, cache=cache, no_cache=no_cache, force_resume=force_resume)
 
 
-def _engine_monitor(progress: bool | None):  # type: ignore[no-untyped-def]
+def _engine_monitor(progress: bool | None, stage: str = "generate"):  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     err = Console(stderr=True)
     if progress if progress is not None else err.is_terminal:
         from reallod.agent.progress import RichMonitor
 
-        return RichMonitor(err)
+        return RichMonitor(err, description="generating" if stage == "generate" else "re-aligning")
     return None
 
 
@@ -1105,7 +1105,7 @@ def pipeline_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer
                            group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
                            clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
     run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
-                   monitors=lambda stage: _engine_monitor(progress))
+                   monitors=lambda stage: _engine_monitor(progress, stage))
     g = run.generated
     typer.echo(f"generate: {g.images} image(s) ({g.ran} now, {g.resumed} resumed) -> {run.paths['generated']}")
     if g.unavailable:
