@@ -1,0 +1,67 @@
+"""The detector, tokenizer and image processor a training run starts from (or resumes).
+
+A pretrained start is a Hugging Face detector folder or hub id (MMDetection checkpoints are
+converted first with ``reallod convert-checkpoint``); ``model.tiny`` builds a random-initialised
+tiny detector (``reallod.model.tiny``) whose classification biases are reset to the focal-loss prior
+(p = 0.01), as a detector trained from scratch starts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from reallod.train.config import ModelConfig
+
+PRIOR_PROB = 0.01
+
+
+def reset_class_bias(model: Any, prior: float = PRIOR_PROB) -> None:
+    """Set every contrastive classification head's bias to log(p / (1 - p))."""
+    import torch
+
+    heads = [*model.class_embed, model.model.encoder_output_class_embed]
+    with torch.no_grad():
+        for head in heads:
+            if getattr(head, "bias", None) is not None:
+                head.bias.fill_(math.log(prior / (1 - prior)))
+
+
+def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], folder: str | Path | None = None
+                   ) -> tuple[Any, Any, Any]:
+    """(model in train mode, tokenizer, image processor). ``folder`` (a checkpoint's model) wins over the config."""
+    from reallod.model.loading import (
+        load_image_processor,
+        load_model_checked,
+        load_tokenizer,
+        read_detector_config,
+    )
+
+    if folder is not None:
+        config = read_detector_config(folder)
+        model = load_model_checked(folder, config)
+        tokenizer = load_tokenizer(folder)
+        processor = load_image_processor(folder, test_scale)
+    elif cfg.tiny is not None:
+        from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+            GroundingDinoImageProcessorPil,
+        )
+
+        from reallod.model.tiny import build_tiny_detector, load_vocab_tokenizer
+
+        t = cfg.tiny
+        model = build_tiny_detector(seed=seed, text_backbone=t.text_backbone, max_text_len=cfg.max_text_len,
+                                    d_model=t.d_model, num_queries=t.num_queries, encoder_layers=t.encoder_layers,
+                                    decoder_layers=t.decoder_layers)
+        reset_class_bias(model)
+        tokenizer = load_vocab_tokenizer(cfg.tokenizer)
+        processor = GroundingDinoImageProcessorPil(size={"shortest_edge": test_scale[0],
+                                                         "longest_edge": test_scale[1]})
+    else:
+        config = read_detector_config(cfg.init, cfg.max_text_len)
+        model = load_model_checked(cfg.init, config)
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.init)
+        processor = load_image_processor(cfg.init, test_scale)
+    model.config.auxiliary_loss = bool(cfg.aux_loss)
+    return model.train(), tokenizer, processor

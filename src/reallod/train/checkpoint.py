@@ -1,0 +1,151 @@
+"""Training checkpoints: a Hugging Face detector folder plus optimizer, scheduler, progress and RNG state.
+
+Layout of ``WORK/checkpoints/ckpt-00001234/``::
+
+    model/            config.json, model.safetensors, tokenizer, preprocessor config
+                      (a folder `reallod detect --model` loads as it is)
+    optimizer.pt      optimizer state (torch.save; loaded with weights_only=True)
+    scheduler.pt      learning-rate scheduler state
+    scaler.pt         fp16 gradient scaler state, when there is one
+    rng-0.pt ...      per process: Python, NumPy and torch (CPU and CUDA) generator states
+    state.json        step, epoch, batches already consumed in that epoch, why it was written
+    config.yaml       the resolved training config
+
+A checkpoint is written into ``ckpt-N.tmp`` and renamed when complete, so a run killed while
+writing never leaves a half checkpoint that ``--resume`` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reallod.errors import ConfigError
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
+
+
+@dataclass
+class Progress:
+    step: int  # optimizer steps done
+    epoch: int  # epoch the next batch belongs to
+    batch_in_epoch: int  # batches of that epoch already consumed (by each process)
+    reason: str = "interval"  # interval | epoch | final
+    processes: int = 1  # the run's process count and per-process batch: a resume with others
+    batch_size: int = 0  # still works, but no longer replays the same data order
+
+    @classmethod
+    def from_json(cls, path: Path) -> Progress:
+        try:
+            d = json.loads(path.read_text())
+            return cls(int(d["step"]), int(d["epoch"]), int(d["batch_in_epoch"]), str(d.get("reason", "")),
+                       int(d.get("processes", 1)), int(d.get("batch_size", 0)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not a readable checkpoint state ({e})") from None
+
+
+def checkpoint_dir(work_dir: str | Path) -> Path:
+    return Path(work_dir) / "checkpoints"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}"
+
+
+def list_checkpoints(work_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a work dir, oldest first."""
+    root = checkpoint_dir(work_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(work_dir: str | Path) -> Path | None:
+    found = list_checkpoints(work_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | Path | bool | None, work_dir: str | Path) -> Path | None:
+    """``True``/``"latest"``: the newest checkpoint in the work dir (None when there is none yet); a path: that one."""
+    if resume in (None, False):
+        return None
+    if resume is True or resume == "latest":
+        return latest_checkpoint(work_dir)
+    path = Path(resume)
+    if (path / "checkpoints").is_dir() and not (path / "state.json").exists():
+        found = latest_checkpoint(path)  # a work dir: its latest checkpoint
+        if found is None:
+            raise ConfigError(f"{path}: no complete checkpoint in this work dir")
+        return found
+    if not (path / "state.json").is_file() or not (path / "model" / "config.json").is_file():
+        raise ConfigError(f"{path}: not a training checkpoint (expected state.json and model/config.json)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (stored as plain tensors / lists so it loads with weights_only=True)
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ConfigError(f"{path}: cannot read checkpoint file ({e})") from None
+
+
+def replace_folder(new: Path, dst: Path) -> None:
+    """Move the complete folder ``new`` to ``dst``; the old ``dst`` is moved aside first, then deleted."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    new.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prune(work_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete interval checkpoints beyond the newest ``keep_last`` (epoch and final ones stay)."""
+    interval = [p for p in list_checkpoints(work_dir) if Progress.from_json(p / "state.json").reason == "interval"]
+    latest = latest_checkpoint(work_dir)
+    doomed = [p for p in interval[: max(0, len(interval) - max(keep_last, 0))] if p != latest]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def write_state(folder: Path, progress: Progress) -> None:
+    (folder / "state.json").write_text(json.dumps(asdict(progress), indent=2) + "\n")

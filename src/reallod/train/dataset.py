@@ -1,0 +1,303 @@
+"""The training dataset over one or more Real-Data files, each with its image root and sampling ratio.
+
+Each file is scanned once: lines that are not usable records are counted by reason and left out,
+the byte offsets of the others are kept (gzip files keep their lines in memory instead, since they
+cannot be seeked), and the category names are collected as the ``category`` source's negatives.
+An item is read, cleaned, augmented and turned into a prompt on demand.
+
+An epoch is a list of (file, record) indices: a file with ratio r contributes each record r times
+(a fractional part is a random subset drawn per epoch), shuffled with (seed, epoch). Every sample is
+keyed by (epoch, position, index) and draws all its randomness from a generator seeded by that key
+and the run's seed, so an epoch is reproducible whatever the worker count and after a resume.
+An image that cannot be read is replaced by another record drawn from the same key (and counted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from reallod.data.io import is_gzip_file, iter_lines
+from reallod.data.records import Record
+from reallod.errors import ConfigError, DataError
+from reallod.train import augment as A
+from reallod.train.records import all_boxes, apply_geometry, clean_record, record_targets
+from reallod.train.sampling import TextOptions, TextSample, build_text_sample
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
+IMAGE_STD = (0.229, 0.224, 0.225)
+MAX_IMAGE_RETRIES = 20
+Key = tuple[int, int, int]  # (epoch, position in the epoch, dataset index)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Real-Data file: where it is, where its images are, how often an epoch visits each record."""
+
+    path: str
+    images: str
+    ratio: float = 1.0
+
+
+@dataclass
+class FileIndex:
+    spec: DataFile
+    line_numbers: np.ndarray  # of the usable lines
+    offsets: np.ndarray | None  # byte offsets (plain files)
+    lines: list[bytes] | None  # the lines themselves (gzip files)
+    skipped: Counter = field(default_factory=Counter)  # reason -> lines left out
+    categories: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def read(self, i: int) -> bytes:
+        if self.lines is not None:
+            return self.lines[i]
+        with open(self.spec.path, "rb") as f:
+            f.seek(int(self.offsets[i]))
+            return f.readline()
+
+
+def _plain_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
+    with open(path, "rb") as f:
+        lineno = 0
+        while True:
+            offset = f.tell()
+            line = f.readline()
+            if not line:
+                return
+            lineno += 1
+            if line.strip():
+                yield lineno, offset, line
+
+
+def index_file(spec: DataFile) -> FileIndex:
+    """Scan one file: usable lines, skipped lines by reason, category names."""
+    if not os.path.isfile(spec.path):
+        raise DataError("training data file not found", path=spec.path)
+    if not os.path.isdir(spec.images):
+        raise DataError("image root not found (data.train[].images)", path=spec.images)
+    gz = is_gzip_file(spec.path)
+    numbers, offsets, lines = [], [], []
+    skipped: Counter = Counter()
+    categories: set[str] = set()
+    source = ((n, 0, line) for n, line in iter_lines(spec.path)) if gz else _plain_lines(spec.path)
+    for lineno, offset, line in source:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            skipped["bad_json"] += 1
+            continue
+        record, reason = clean_record(obj)
+        if record is None:
+            skipped[reason or "invalid"] += 1
+            continue
+        numbers.append(lineno)
+        if gz:
+            lines.append(line)
+        else:
+            offsets.append(offset)
+        for _, _, pair in record.iter_pairs():
+            if pair.category and len(categories) < 100_000:
+                categories.add(pair.category)
+    return FileIndex(spec, np.asarray(numbers, dtype=np.int64), None if gz else np.asarray(offsets, dtype=np.int64),
+                     lines if gz else None, skipped, categories)
+
+
+def epoch_plan(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
+    """Global dataset indices visited in ``epoch``, shuffled; file i contributes ``ratio_i × size_i`` of them."""
+    rng = np.random.default_rng([seed, epoch, 7])
+    parts, start = [], 0
+    for size, ratio in zip(sizes, ratios, strict=True):
+        idx = np.arange(start, start + size)
+        whole, frac = int(ratio), ratio - int(ratio)
+        chunk = [idx] * whole
+        if frac > 0:
+            chunk.append(rng.permutation(idx)[: round(frac * size)])
+        parts.extend(chunk)
+        start += size
+    plan = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return plan[rng.permutation(len(plan))]
+
+
+def shard(plan: np.ndarray, num_replicas: int, rank: int) -> np.ndarray:
+    """This process's share: the plan padded (from its start) to a multiple of the process count, strided."""
+    if len(plan) == 0:
+        return plan
+    total = -(-len(plan) // num_replicas) * num_replicas
+    padded = np.concatenate([plan, plan[: total - len(plan)]]) if total > len(plan) else plan
+    return padded[rank::num_replicas]
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Items keyed by (epoch, position, index): image tensor, normalised boxes, prompt, labels."""
+
+    def __init__(self, files: Sequence[FileIndex], tokenize: Callable[[str], list[int]], text: TextOptions,
+                 augment: A.AugmentOptions, seed: int = 0, *, mean: Sequence[float] = IMAGE_MEAN,
+                 std: Sequence[float] = IMAGE_STD, train: bool = True) -> None:
+        self.files = list(files)
+        self.tokenize, self.text, self.aug, self.seed, self.train = tokenize, text, augment, seed, train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.starts = np.cumsum([0] + [len(f) for f in self.files])
+        self.vocabulary = sorted({c for f in self.files for c in f.categories})
+        if len(self) == 0:
+            raise DataError("no usable training records in " + ", ".join(f.spec.path for f in self.files)
+                            + " (" + _skipped_text(self.files) + ")")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        return epoch_plan([len(f) for f in self.files], [f.spec.ratio for f in self.files], self.seed, epoch)
+
+    def locate(self, index: int) -> tuple[FileIndex, int]:
+        k = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return self.files[k], index - int(self.starts[k])
+
+    def record(self, index: int) -> tuple[Record, str]:
+        fidx, i = self.locate(index)
+        line = int(fidx.line_numbers[i])
+        try:
+            record, _ = clean_record(orjson.loads(fidx.read(i)))
+        except orjson.JSONDecodeError:
+            record = None
+        if record is None:  # it passed the same check when it was indexed
+            raise DataError("the file changed while training: this line no longer holds the record it held",
+                            path=fidx.spec.path, line=line)
+        return record, str(Path(fidx.spec.images) / record.filename)
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        epoch, position, index = key
+        failures: list[str] = []
+        for attempt in range(MAX_IMAGE_RETRIES):
+            rng = np.random.default_rng([self.seed, epoch, position, index, attempt])
+            record, path = self.record(index)
+            try:
+                image = load_image(path, record)
+            except DataError as e:
+                failures.append(str(e))
+                if len(self) > 1:  # another record, never the same one
+                    index = (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
+                continue
+            sample = self.make_sample(record, image, rng)
+            sample["failed_images"] = failures
+            sample["key"] = (epoch, position, index)
+            return sample
+        raise DataError(f"{MAX_IMAGE_RETRIES} images in a row could not be read; is the image root right? "
+                        f"last: {failures[-1]}")
+
+    def make_sample(self, record: Record, image: Image.Image, rng: np.random.Generator) -> dict[str, Any]:
+        targets = record_targets(record)
+        boxes, owner = all_boxes(targets)
+        scale = np.array([image.width / record.width, image.height / record.height] * 2)
+        boxes = boxes * scale
+        if self.train:
+            aug = A.augment(image, boxes, rng, self.aug)
+        else:
+            img, b = A.eval_resize(image, boxes, self.aug)
+            aug = A.Augmented(img, b, np.arange(len(boxes)), False)
+        targets = apply_geometry(targets, aug.boxes, owner, aug.keep, aug.flipped, self.aug.swap_left_right)
+        text = build_text_sample(targets, rng, self.tokenize, self.text, self.vocabulary)
+        return to_tensors(aug.image, text, self.mean, self.std)
+
+
+def load_image(path: str, record: Record) -> Image.Image:
+    """RGB image with EXIF orientation applied; an unreadable file is a :class:`DataError`."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError("image not found", path=path) from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"image cannot be decoded ({e})", path=path) from None
+
+
+def to_tensors(image: Image.Image, text: TextSample, mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
+    """Normalised CHW float tensor; boxes as cx, cy, w, h relative to this (unpadded) image."""
+    width, height = image.size
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    pixels = (pixels - mean) / std
+    b = torch.as_tensor(text.boxes, dtype=torch.float32).reshape(-1, 4)
+    cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
+                          (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], dim=-1)
+    return {"pixel_values": pixels, "input_ids": list(text.input_ids),
+            "labels": {"class_labels": torch.as_tensor(text.class_labels, dtype=torch.long),
+                       "boxes": cxcywh.clamp(0, 1)},
+            "phrases": text.phrases, "source": text.source}
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pad images (bottom/right, with a pixel mask) and prompts (with [PAD] = 0 and an attention mask)."""
+    h = max(s["pixel_values"].shape[1] for s in samples)
+    w = max(s["pixel_values"].shape[2] for s in samples)
+    t = max(len(s["input_ids"]) for s in samples)
+    n = len(samples)
+    pixel_values = torch.zeros(n, 3, h, w)
+    pixel_mask = torch.zeros(n, h, w, dtype=torch.long)
+    input_ids = torch.zeros(n, t, dtype=torch.long)
+    attention_mask = torch.zeros(n, t, dtype=torch.long)
+    for i, s in enumerate(samples):
+        _, sh, sw = s["pixel_values"].shape
+        pixel_values[i, :, :sh, :sw] = s["pixel_values"]
+        pixel_mask[i, :sh, :sw] = 1
+        ids = s["input_ids"]
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, :len(ids)] = 1
+    return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "input_ids": input_ids,
+            "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids),
+            "labels": [s["labels"] for s in samples],
+            "failed_images": [f for s in samples for f in s.get("failed_images", [])],
+            "sources": [s["source"] for s in samples], "keys": [s.get("key") for s in samples]}
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of keys for one process: the epoch plan, sharded, cut into batches, from a start batch on."""
+
+    def __init__(self, dataset: TrainDataset, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, not {batch_size}")
+        self.dataset, self.batch_size, self.num_replicas, self.rank = dataset, batch_size, num_replicas, rank
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        per_rank = -(-len(self.dataset.epoch_plan(0)) // self.num_replicas)
+        return -(-per_rank // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start)
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        plan = self.dataset.epoch_plan(self.epoch)
+        positions = shard(np.arange(len(plan)), self.num_replicas, self.rank)
+        for b in range(self.start, -(-len(positions) // self.batch_size)):
+            chunk = positions[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.epoch, int(p), int(plan[p])) for p in chunk]
+
+
+def _skipped_text(files: Sequence[FileIndex]) -> str:
+    total: Counter = Counter()
+    for f in files:
+        total.update(f.skipped)
+    return ", ".join(f"{n} {k}" for k, n in sorted(total.items())) or "nothing skipped"
+
+
+def skipped_summary(files: Sequence[FileIndex]) -> str:
+    """One line per file: usable records and lines left out by reason."""
+    return "; ".join(f"{f.spec.path}: {len(f)} records" + (f", skipped {_skipped_text([f])}" if f.skipped else "")
+                     for f in files)
+

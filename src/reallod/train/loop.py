@@ -1,0 +1,426 @@
+"""The training loop: one readable loop on ``accelerate``, from one CPU process to many GPUs on many machines.
+
+Launch it as a plain command (one process) or under ``accelerate launch`` / ``torchrun`` (one process
+per device; gloo on CPU, NCCL on GPU). Each process reads its own share of every epoch
+(:class:`reallod.train.dataset.EpochBatches`), so the data order depends only on the seed, the
+epoch and the process count; gradient accumulation is explicit (no gradient sync until the last
+micro-batch of a step), so a step is the same whether or not the run was resumed in between.
+
+Per optimizer step: forward with the loss (transformers' Grounding-DINO loss: focal classification
+over the prompt's tokens, L1 and GIoU on matched boxes, for the two-stage proposals and every
+decoder layer), backward, gradient clipping, AdamW, learning-rate schedule. Logging, checkpoints
+and the periodic evaluation happen between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reallod.errors import ConfigError
+from reallod.train import checkpoint as C
+from reallod.train.build import build_detector
+from reallod.train.config import TrainConfig, dump_yaml, resolve_paths
+from reallod.train.dataset import DataFile, EpochBatches, TrainDataset, collate, index_file, skipped_summary
+from reallod.train.losses import install as install_loss
+from reallod.train.losses import training_loss
+from reallod.train.metrics_log import MetricsLog
+from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
+from reallod.train.sampling import TextOptions
+
+MODEL_INPUTS = ("pixel_values", "pixel_mask", "input_ids", "attention_mask", "token_type_ids")
+MAX_FAILURES_SHOWN = 10
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_enc", "loss_bbox_enc", "loss_giou_enc")
+
+
+@dataclass
+class TrainResult:
+    work_dir: Path
+    step: int
+    epoch: int
+    last_checkpoint: Path | None
+    best: dict[str, Any] | None = None
+    last_eval: dict[str, float] | None = None
+    failed_images: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of a distributed run
+
+
+class TokenizeFn:
+    """Text → token ids without special tokens; a class (not a lambda) so data workers can pickle it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pick_mixed_precision(configured: str, amp: bool, use_cpu: bool) -> str:
+    """``--amp`` turns on bf16 where the device supports it, else fp16; a configured mode is kept."""
+    if configured != "no" or not amp:
+        return configured
+    if use_cpu or not torch.cuda.is_available() or torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp16"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool | None = None, amp: bool = False,
+          auto_scale_lr: bool | None = None, echo: Any = None) -> TrainResult:
+    """Train (or resume) as the config says; checkpoints, logs and the best model go under ``work_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    work_dir = Path(work_dir).resolve()
+    cfg = resolve_paths(cfg, work_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    mixed = pick_mixed_precision(cfg.train.mixed_precision, amp, cfg.train.cpu)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.train.cpu, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)])
+    main = accelerator.is_main_process
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    log = MetricsLog(work_dir, enabled=main, tensorboard=cfg.log.tensorboard, echo=echo)
+    try:
+        return _train(cfg, work_dir, accelerator, log, resume, auto_scale_lr, set_seed)
+    finally:
+        log.close()
+
+
+def _prepare_data(cfg: TrainConfig, accelerator: Any) -> TrainConfig:
+    """Generate the synthetic set when configured (main process), and point train/eval at it if unset."""
+    syn = cfg.data.synthetic
+    if syn is None:
+        return cfg
+    from reallod.train.config import DataFileConfig
+    from reallod.train.synthetic import ensure_shapes_dataset
+
+    if accelerator.is_main_process:
+        ensure_shapes_dataset(syn.dir, num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed,
+                              size=(syn.size[0], syn.size[1]), max_shapes=syn.max_shapes)
+    accelerator.wait_for_everyone()
+    root = Path(syn.dir)
+    if not cfg.data.train:
+        cfg.data.train = [DataFileConfig(str(root / "train.jsonl"), str(root), 1.0)]
+    if cfg.eval.file is None and syn.num_val > 0:
+        cfg.eval.file, cfg.eval.images = str(root / "val.jsonl"), str(root)
+    return cfg
+
+
+def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, resume: Any,
+           auto_scale_lr: bool | None, set_seed: Any) -> TrainResult:
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    cfg = _prepare_data(cfg, accelerator)
+    ckpt = C.resolve_resume(resume, work_dir)
+    if resume and ckpt is None:
+        log.info(f"no checkpoint in {work_dir} yet: starting from the beginning")
+    set_seed(cfg.seed)
+
+    test_scale = (cfg.augment.test_scale[0], cfg.augment.test_scale[1])
+    model, tokenizer, processor = build_detector(cfg.model, seed=cfg.seed, test_scale=test_scale,
+                                                 folder=ckpt / "model" if ckpt else None)
+    max_text_len = cfg.data.max_text_len or int(model.config.max_text_len)
+    if max_text_len > int(model.config.max_text_len):
+        raise ConfigError(f"data.max_text_len {max_text_len} exceeds the model's max_text_len "
+                          f"{model.config.max_text_len} (set model.max_text_len)")
+    files = [index_file(DataFile(f.file, f.images, f.ratio)) for f in cfg.data.train]
+    text = TextOptions(source_probs=dict(cfg.data.source_probs), positives_per_instance=cfg.data.positives_per_instance,
+                       max_negatives=cfg.data.max_negatives, max_text_len=max_text_len,
+                       relations=tuple(cfg.data.relations), shuffle_phrases=cfg.data.shuffle_phrases)
+    mean = tuple(getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406))
+    std = tuple(getattr(processor, "image_std", None) or (0.229, 0.224, 0.225))
+    dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std)
+    sampler = EpochBatches(dataset, cfg.train.batch_size, world, rank)
+    loader_gen = torch.Generator()
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=cfg.data.num_workers, generator=loader_gen,
+                                         pin_memory=accelerator.device.type == "cuda")
+    batches_per_epoch = sampler.batches_per_epoch()
+    accum = cfg.train.grad_accum
+    steps_per_epoch = -(-batches_per_epoch // accum)
+    total_batch = cfg.train.batch_size * world * accum
+    lr = scaled_lr(cfg.optim, total_batch, auto_scale_lr)
+    frozen = freeze_zero_lr(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
+    install_loss(model, cfg.model.fix_encoder_loss)
+    model_config = model.config
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    progress = C.Progress(0, 0, 0, "start")
+    if ckpt is not None:
+        progress = _load_training_state(ckpt, optimizer, scheduler, accelerator, rank)
+    eval_queries = _eval_queries(cfg) if main else None
+    best = _read_best(work_dir)
+    if main:
+        (work_dir / "config.yaml").write_text(dump_yaml(cfg))
+        log.info(f"reallod train: {world} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
+                 f"batch {cfg.train.batch_size}/process × {world} × accum {accum} = {total_batch}, lr {lr:.3g}"
+                 f"{' (auto-scaled)' if lr != cfg.optim.lr else ''}, {steps_per_epoch} steps/epoch, "
+                 f"{cfg.schedule.epochs} epochs")
+        log.info("data: " + skipped_summary(files))
+        if frozen:
+            log.info(f"frozen (lr multiplier 0): {', '.join(frozen)}")
+        if ckpt is not None:
+            log.info(f"resumed from {ckpt} (step {progress.step}, epoch {progress.epoch}, "
+                     f"batch {progress.batch_in_epoch})")
+            if progress.batch_size and (progress.processes, progress.batch_size) != (world, cfg.train.batch_size * accum):
+                log.info(f"warning: the checkpoint was written by {progress.processes} process(es) × "
+                         f"{progress.batch_size} images per step; this run has {world} × "
+                         f"{cfg.train.batch_size * accum}: training goes on, but not with the data order an "
+                         "uninterrupted run would have had")
+
+    result = TrainResult(work_dir, progress.step, progress.epoch, ckpt, best, main_process=main)
+    step, epoch, start_batch = progress.step, progress.epoch, progress.batch_in_epoch
+    max_steps = cfg.schedule.max_steps
+    stop = max_steps is not None and step >= max_steps
+    window = _Window()
+
+    while epoch < cfg.schedule.epochs and not stop:
+        sampler.set_epoch(epoch, start_batch)
+        loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
+        batch_idx = start_batch
+        model.train()
+        tic = time.perf_counter()
+        for batch in loader:
+            window.data_time += time.perf_counter() - tic
+            group_start = (batch_idx // accum) * accum
+            group_size = min(accum, batches_per_epoch - group_start)
+            sync = batch_idx + 1 == group_start + group_size
+            inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS}
+            labels = [{k: v.to(accelerator.device) for k, v in t.items()} for t in batch["labels"]]
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                out = model(**inputs, labels=labels)
+                loss, terms = training_loss(model_config, out, labels, inputs["input_ids"], inputs["attention_mask"],
+                                            cfg.model.fix_encoder_loss)
+                accelerator.backward(loss / group_size)
+            window.add(loss, terms, len(labels), batch["failed_images"])
+            if batch["failed_images"]:
+                result.failed_images += len(batch["failed_images"])
+                if result.failed_images <= MAX_FAILURES_SHOWN:  # then only counted (log.csv: failed_images)
+                    log.info(f"skipped {len(batch['failed_images'])} unreadable image(s) (replaced by other "
+                             f"records): {batch['failed_images'][0]}")
+            batch_idx += 1
+            if sync:
+                if cfg.optim.clip_grad:
+                    window.grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad))
+                window.lrs = [(str(g.get("name", "other")), g["lr"]) for g in optimizer.param_groups]
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                epoch_end = batch_idx >= batches_per_epoch
+                pos = C.Progress(step, epoch + 1, 0) if epoch_end else C.Progress(step, epoch, batch_idx)
+                if step % cfg.log.every_steps == 0:
+                    row = window.row(accelerator, world)
+                    row["epoch"] = epoch
+                    log.scalars(step, row)
+                    result.history.append({"step": step, **row})
+                stop = max_steps is not None and step >= max_steps
+                reason = _checkpoint_reason(cfg, step, pos, epoch_end, stop)
+                if reason:
+                    pos.reason, pos.processes, pos.batch_size = reason, world, cfg.train.batch_size * accum
+                    result.last_checkpoint = save_checkpoint(accelerator, model, tokenizer, processor, optimizer,
+                                                             scheduler, cfg, work_dir, pos)
+                if _eval_due(cfg, step, pos, epoch_end, stop) and cfg.eval.file:
+                    result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg,
+                                                              eval_queries, step, pos, work_dir, result, log)
+                if stop:
+                    break
+            tic = time.perf_counter()
+        if not stop:
+            epoch, start_batch = epoch + 1, 0
+        result.step, result.epoch = step, epoch
+    accelerator.wait_for_everyone()
+    result.step = step
+    if result.failed_images:
+        log.info(f"{result.failed_images} unreadable image(s) were replaced by other records in this process")
+    log.info(f"done: {step} steps; last checkpoint {result.last_checkpoint}"
+             + (f"; best {result.best['metric']} {result.best['value']:.4f} at step {result.best['step']}"
+                if result.best else ""))
+    return result
+
+
+class _Window:
+    """Running sums between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: dict[str, torch.Tensor] = {}
+        self.micro = 0
+        self.images = 0
+        self.failed = 0
+        self.data_time = 0.0
+        self.grad_norm = float("nan")
+        self.lrs: list[tuple[str, float]] = []
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, loss_terms: dict[str, torch.Tensor], n_images: int, failed: list[str]) -> None:
+        self.micro += 1
+        self.images += n_images
+        self.failed += len(failed)
+        terms = {"loss": loss.detach()}
+        terms.update({k: loss_terms[k].detach() for k in LOGGED_LOSSES if k in loss_terms})
+        for k, v in terms.items():
+            self.losses[k] = self.losses[k] + v if k in self.losses else v
+
+    def row(self, accelerator: Any, world: int) -> dict[str, Any]:
+        keys = sorted(self.losses)
+        local = torch.stack([self.losses[k].float() for k in keys]).to(accelerator.device) / max(self.micro, 1)
+        mean = accelerator.reduce(local, "mean") if world > 1 else local
+        failed = torch.tensor([float(self.failed)], device=accelerator.device)
+        failed = accelerator.reduce(failed, "sum") if world > 1 else failed
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        row: dict[str, Any] = {k: float(v) for k, v in zip(keys, mean.tolist(), strict=True)}
+        for name, lr in self.lrs:  # the rates the last step used: lr (base groups), lr_backbone, lr_text
+            part = name.split(".")[0]
+            row.setdefault("lr" if part == "other" else f"lr_{part}", lr)
+        row["grad_norm"] = self.grad_norm
+        row["images_per_s"] = self.images * world / elapsed
+        row["data_time_frac"] = self.data_time / elapsed
+        row["peak_mem_mb"] = peak_memory_mb(accelerator.device)
+        row["failed_images"] = int(failed.item())  # all processes
+        self.reset()
+        return row
+
+
+def _checkpoint_reason(cfg: TrainConfig, step: int, pos: C.Progress, epoch_end: bool, stop: bool) -> str | None:
+    if epoch_end and (pos.epoch % max(cfg.checkpoint.every_epochs, 1) == 0 or pos.epoch == cfg.schedule.epochs):
+        return "epoch"
+    if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+        return "interval"
+    if stop:
+        return "final"
+    return None
+
+
+def _eval_due(cfg: TrainConfig, step: int, pos: C.Progress, epoch_end: bool, stop: bool) -> bool:
+    """At the configured epochs/steps, and at the last step of a run when any periodic evaluation is on."""
+    e = cfg.eval
+    if epoch_end and e.every_epochs and (pos.epoch % e.every_epochs == 0 or pos.epoch == cfg.schedule.epochs):
+        return True
+    if stop and (e.every_epochs or e.every_steps):
+        return True
+    return bool(e.every_steps and step % e.every_steps == 0)
+
+
+def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any, optimizer: Any, scheduler: Any,
+                    cfg: TrainConfig, work_dir: Path, progress: C.Progress) -> Path:
+    """Write ``checkpoints/ckpt-STEP`` (all processes take part: each writes its RNG state)."""
+    from reallod.model.loading import save_tokenizer
+
+    final = C.checkpoint_dir(work_dir) / C.checkpoint_name(progress.step)
+    tmp = final.with_name(final.name + ".tmp")
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    tmp.mkdir(parents=True, exist_ok=True)  # a node without the shared work dir still writes its own copy
+    torch.save(C.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if main:
+        net = accelerator.unwrap_model(model)
+        net.save_pretrained(str(tmp / "model"))
+        save_tokenizer(tokenizer, tmp / "model")
+        processor.save_pretrained(str(tmp / "model"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "config.yaml").write_text(dump_yaml(cfg))
+        C.write_state(tmp, progress)
+    accelerator.wait_for_everyone()
+    if main:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        C.prune(work_dir, cfg.checkpoint.keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _load_training_state(ckpt: Path, optimizer: Any, scheduler: Any, accelerator: Any, rank: int) -> C.Progress:
+    progress = C.Progress.from_json(ckpt / "state.json")
+    optimizer.load_state_dict(C.load_torch(ckpt / "optimizer.pt"))
+    scheduler.load_state_dict(C.load_torch(ckpt / "scheduler.pt"))
+    if accelerator.scaler is not None and (ckpt / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(C.load_torch(ckpt / "scaler.pt"))
+    rng = ckpt / f"rng-{rank}.pt"
+    if rng.is_file():
+        C.set_rng_state(C.load_torch(rng))
+    return progress
+
+
+def _eval_queries(cfg: TrainConfig) -> list | None:
+    if not cfg.eval.file:
+        return None
+    from reallod.train.evaluate import eval_queries, load_eval_records
+
+    records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images)
+    queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
+    if not queries:
+        raise ConfigError(f"{cfg.eval.file}: no evaluation queries (no positive expressions in sources "
+                          f"{cfg.eval.sources})")
+    return queries
+
+
+def _read_best(work_dir: Path) -> dict[str, Any] | None:
+    path = work_dir / "best" / "best.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
+              step: int, pos: C.Progress, work_dir: Path, result: TrainResult, log: MetricsLog
+              ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves."""
+    metrics, best = None, result.best
+    if accelerator.is_main_process:
+        from reallod.model.loading import Detector, save_tokenizer
+        from reallod.train.evaluate import detect_queries, pooled_ap
+
+        net = accelerator.unwrap_model(model)
+        net.eval()
+        tic = time.perf_counter()
+        try:
+            dtype = next(net.parameters()).dtype
+            detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
+            metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size))
+        finally:
+            net.train()
+        value = metrics[cfg.eval.metric]
+        log.scalars(step, {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}, table="eval")
+        if not math.isnan(value) and (best is None or value > best["value"]):
+            best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
+            new = work_dir / "best.new"
+            shutil.rmtree(new, ignore_errors=True)
+            net.save_pretrained(str(new))
+            save_tokenizer(tokenizer, new)
+            processor.save_pretrained(str(new))
+            (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+            C.replace_folder(new, work_dir / "best")
+            log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")
+    accelerator.wait_for_everyone()
+    return metrics, best

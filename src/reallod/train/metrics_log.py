@@ -1,0 +1,81 @@
+"""Where training numbers go: the console, CSV files and (when the package is installed) TensorBoard.
+
+Training rows go to ``log.csv``, evaluation rows to ``eval.csv``. A CSV's columns are fixed by its
+first row, and a resumed run appends to the same file under the same header.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class MetricsLog:
+    """Console + CSV (+ TensorBoard) for the main process; other processes get ``enabled=False``."""
+
+    def __init__(self, work_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.enabled = enabled
+        self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.work_dir = Path(work_dir)
+        self._files: dict[str, tuple[TextIO, csv.DictWriter]] = {}
+        self._tb = None
+        if enabled and tensorboard and tensorboard_available():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(work_dir) / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            self.echo(message)
+
+    def scalars(self, step: int, values: dict[str, Any], table: str = "train") -> None:
+        """One row: to ``log.csv`` (train) or ``eval.csv`` and TensorBoard, and a line to the console."""
+        if not self.enabled:
+            return
+        self._csv(table, {"step": step, **values})
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float):
+                    self._tb.add_scalar(f"{table}/{k}", v, step)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        self.echo(f"{'' if table == 'train' else table + ' '}step {step} {shown}")
+
+    def _csv(self, table: str, row: dict[str, Any]) -> None:
+        if table not in self._files:
+            path = self.work_dir / ("log.csv" if table == "train" else f"{table}.csv")
+            fields = list(row)
+            new = not path.is_file() or path.stat().st_size == 0
+            if not new:
+                with open(path, newline="") as f:
+                    fields = next(csv.reader(f), None) or fields
+            handle = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            self._files[table] = (handle, writer)
+        handle, writer = self._files[table]
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+        handle.flush()
+
+    def close(self) -> None:
+        for handle, _ in self._files.values():
+            handle.close()
+        self._files.clear()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)

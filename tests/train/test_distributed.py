@@ -1,0 +1,52 @@
+"""Two CPU processes (gloo) through the same entry point: both train, one checkpoint is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reallod.train import checkpoint as C
+
+from .helpers import tiny_raw, write_yaml
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_two_processes_with_gloo_write_one_checkpoint(tmp_path):
+    raw = tiny_raw(tmp_path / "shapes", schedule={"epochs": 1, "max_steps": 3},
+                   train={"cpu": True, "threads": 1, "batch_size": 2})
+    config = write_yaml(tmp_path / "tiny.yaml", raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "-m", "reallod", "train", str(config), "--work-dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "2 process(es)" in out and "batch 2/process × 2 × accum 1 = 4" in out
+    assert out.count("trained to step 3") == 1  # only the main process reports
+    ckpts = C.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in ckpts] == ["ckpt-00000003"]
+    final = ckpts[0]
+    assert sorted(p.name for p in final.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    # 12 images, 2 per process: an epoch is 3 steps of 4 images, so this run saw the whole epoch once.
+    state = json.loads((final / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 1, 0)
+    weights = load_file(str(final / "model" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
