@@ -25,6 +25,7 @@ package that ships a GGUF, assembled into the cache), ``kind``, ``dtype``, ``dev
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,16 @@ from reallod.agent.decisions import RetryPolicy
 from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, PromptTemplate, Roles, make_role
 from reallod.errors import ConfigError
 
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "configs" / "agent"
-"""The checkout's ``configs/agent`` (configs are named by file stem: offline, vllm, published)."""
+
+def _shipped_dir() -> Path:
+    """``configs/agent`` of the checkout (editable install) or, from a wheel, ``<prefix>/share/reallod``."""
+    checkout = Path(__file__).resolve().parents[3] / "configs" / "agent"
+    installed = Path(sys.prefix) / "share" / "reallod" / "configs" / "agent"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+SHIPPED_DIR = _shipped_dir()
+"""Where the shipped configs live (named by file stem: offline, vllm, published)."""
 
 _COMMON = {"backend", "model", "prompt", "max_tokens", "temperature"}
 _OPTIONS: dict[str, set[str]] = {

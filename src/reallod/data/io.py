@@ -51,6 +51,23 @@ def wants_gzip(path: str | os.PathLike) -> bool:
     return str(path).endswith(".gz")
 
 
+def probe_gzip(path: str | os.PathLike) -> bool:
+    """True for gzip content; :class:`DataError` when the file cannot be opened or a ``.gz`` is not gzip."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+    if wants_gzip(path) and magic != GZIP_MAGIC:
+        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    return magic == GZIP_MAGIC
+
+
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the newline), skipping blank lines.
 
@@ -58,20 +75,10 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     :class:`DataError` naming the file and the last line read; lines already yielded stay valid.
     """
     path = str(path)
-    try:
-        raw = open(path, "rb", buffering=_BUFFER)  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot open: {e.strerror}", path=path) from None
-    with raw:
-        magic = raw.peek(2)[:2]
-        if wants_gzip(path) and magic != GZIP_MAGIC:
-            raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    gz = probe_gzip(path)
+    with open(path, "rb", buffering=_BUFFER) as raw:
         stream: IO[bytes] = (
-            io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=_BUFFER) if magic == GZIP_MAGIC else raw
+            io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=_BUFFER) if gz else raw
         )
         lineno = 0
         try:

@@ -31,9 +31,8 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
-from reallod.data.io import GZIP_MAGIC, iter_lines
+from reallod.data.io import iter_lines, probe_gzip
 from reallod.data.records import RELATION_ALIASES
-from reallod.errors import DataError
 
 # word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words (DESIGN §5)
 LENGTH_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 8), (9, 12), (13, 16), (17, 24), (25, 32), (33, None))
@@ -293,7 +292,7 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
     path = os.fspath(path)
     workers = default_workers() if workers is None else workers
     stats = Stats()
-    if _is_gzip(path):
+    if probe_gzip(path):
         loads = orjson.loads
         for lineno, line in iter_lines(path):
             try:
@@ -309,22 +308,6 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
         stats.merge(part, line_offset=offset)
         offset += nlines
     return stats
-
-
-def _is_gzip(path: str) -> bool:
-    """True for gzip content; raises DataError for files that cannot be opened or are misnamed ``.gz``."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot open: {e.strerror}", path=path) from None
-    if path.endswith(".gz") and magic != GZIP_MAGIC:
-        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
-    return magic == GZIP_MAGIC
 
 
 def stats_files(paths: Iterable[str | os.PathLike], *, workers: int | None = None,

@@ -34,7 +34,7 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
-from reallod.data.io import GZIP_MAGIC, AtomicWriter, iter_lines
+from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
 from reallod.errors import ConfigError, DataError
@@ -334,7 +334,7 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         emit(Issue(path, None, kind, "", message))
 
     try:
-        gz = _probe(path)
+        gz = probe_gzip(path)
     except DataError as e:
         file_issue("read_error", e.message)
         return report
@@ -353,22 +353,6 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         if writer is not None:
             writer.abort()  # no-op once closed
     return report
-
-
-def _probe(path: str) -> bool:
-    """True for gzip content; DataError when the file cannot be opened or a ``.gz`` is not gzip."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot open: {e.strerror}", path=path) from None
-    if path.endswith(".gz") and magic != GZIP_MAGIC:
-        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
-    return magic == GZIP_MAGIC
 
 
 def _validate_sequential(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
