@@ -326,6 +326,21 @@ class _RealignGroup(typer.core.TyperGroup):
                 fixed.append("local")
         return super().parse_args(ctx, fixed)
 
+    def resolve_command(self, ctx, args):  # type: ignore[no-untyped-def]
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # the default command's help and errors read "reallod realign ...", as users type it
+        return ("" if name == "run" else name), cmd, rest
+
+
+class _RealignRunContext(typer.core._click.core.Context):
+    @property
+    def command_path(self) -> str:  # no trailing space for the nameless default command
+        return super().command_path.rstrip()
+
+
+class _RealignRun(typer.core.TyperCommand):
+    context_class = _RealignRunContext
+
 
 def _looks_like_address(value: str) -> bool:
     return value in ("auto", "local") or "://" in value or bool(__import__("re").fullmatch(r"[\w.\-]+:\d+", value))
@@ -337,7 +352,7 @@ realign_app = typer.Typer(cls=_RealignGroup, no_args_is_help=False, add_completi
 app.add_typer(realign_app, name="realign")
 
 
-@realign_app.command("run", hidden=True)
+@realign_app.command("run", hidden=True, cls=_RealignRun)
 def realign_cmd(
     input: Annotated[Path | None, typer.Argument(
         help="Real-Data records (.jsonl[.gz]) or the published task list (JSON list or JSONL).",

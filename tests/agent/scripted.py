@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reallod.agent.backends.base import Completion
-from reallod.agent.decisions import RetryPolicy
+from reallod.agent.retry import RetryPolicy
 from reallod.agent.roles import ROLE_NAMES, Roles, make_role
 
 Answer = str | BaseException
@@ -74,7 +74,7 @@ def scripted_roles(answers: Script, *, vlm: bool = True, retry: RetryPolicy | No
     """Roles backed by one shared ScriptedBackend (no backoff waits by default)."""
     base = ScriptedBackend(answers)
     roles = {n: make_role(n, base.for_role(n)) for n in ROLE_NAMES if vlm or n != "vlm"}
-    return Roles(**roles, retry=retry or RetryPolicy(max_attempts=3, backoff_s=0.0))
+    return Roles(**roles, retry=retry or RetryPolicy(max_attempts=3, base_delay_s=0.0))
 
 
 def j(**fields: Any) -> str:

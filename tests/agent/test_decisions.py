@@ -10,7 +10,6 @@ from reallod.agent.decisions import (
     REFLECT_VERDICTS,
     SPECS,
     DecisionError,
-    RetryPolicy,
     parse_json_object,
 )
 from reallod.agent.roles import PLACEHOLDERS, ROLE_NAMES, PromptTemplate
@@ -112,12 +111,6 @@ def test_schemas_match_what_the_parsers_accept() -> None:
 def test_parse_json_object_prefers_the_fenced_object() -> None:
     obj, repaired = parse_json_object('{"a": 1} and ```json\n{"b": 2}\n```')
     assert obj == {"b": 2} and not repaired
-
-
-def test_retry_delays_grow_and_are_capped() -> None:
-    p = RetryPolicy(max_attempts=5, backoff_s=1.0, max_backoff_s=5.0)
-    assert [p.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
-    assert p.delay(1, retry_after=3.0) == 3.0 and p.delay(1, retry_after=99.0) == 5.0
 
 
 def test_packaged_prompts_load_and_use_only_known_placeholders() -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 from reallod.agent.backends.base import Completion
 from reallod.agent.cache import ResponseCache, new_scope
-from reallod.agent.decisions import RetryPolicy
 from reallod.agent.endpoints import harden, model_id
+from reallod.agent.retry import RetryPolicy
 from reallod.agent.roles import Roles, make_role
 
 
@@ -37,7 +37,7 @@ def test_one_limit_per_endpoint_across_roles():
     server = {"now": 0, "peak": 0}
     a, b = CountingBackend(server, "http://h:1/v1"), CountingBackend(server, "http://h:1/v1", "other")
     roles = Roles(reflector=make_role("reflector", a), planner=make_role("planner", b), rewriter=make_role("rewriter", a),
-                  retry=RetryPolicy(max_attempts=2, backoff_s=0.0))
+                  retry=RetryPolicy(max_attempts=2, base_delay_s=0.0))
     hardened, endpoints = harden(roles, endpoint_limit=2)
     assert hardened.reflector.backend is hardened.rewriter.backend  # a shared backend stays shared
     assert len(endpoints.wrappers) == 2 and hardened.reflector.backend.policy.timeout_s == 5.0

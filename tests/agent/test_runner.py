@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 
 from reallod.agent import runner
-from reallod.agent.decisions import RetryPolicy
 from reallod.agent.images import ImageLoader
 from reallod.agent.inputs import iter_tasks
+from reallod.agent.retry import RetryPolicy
 from reallod.agent.roles import Roles, make_role
 from reallod.agent.runner import RealignOptions, realign, run_tasks
 from reallod.agent.task import ObjectRef, Task, TaskResult
@@ -83,7 +83,7 @@ def test_concurrency_is_bounded_and_finish_order_is_kept(tmp_path):
     write_image(tmp_path / "a.png")
     state = {"now": 0, "peak": 0}
     roles = Roles(**{n: make_role(n, SlowBackend(state, n)) for n in ("reflector", "planner", "rewriter")},
-                  retry=RetryPolicy(max_attempts=1, backoff_s=0.0))
+                  retry=RetryPolicy(max_attempts=1, base_delay_s=0.0))
     got, sink = collect()
     asyncio.run(run_tasks((make_task(i) for i in range(7)), roles, ImageLoader(tmp_path), sink, concurrency=3))
     assert sorted(tid for tid, _ in got) == [f"t{i}" for i in range(7)]

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from reallod.agent.backends import BACKENDS, Backend, make_backend
-from reallod.agent.decisions import RetryPolicy
+from reallod.agent.retry import RetryPolicy
 from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, PromptTemplate, Roles, make_role
 from reallod.errors import ConfigError
 
@@ -178,8 +178,8 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
         raise ConfigError(f"{p}: retry: expected a mapping of max_attempts, backoff_s, max_backoff_s")
     retry = RetryPolicy(
         max_attempts=_num(retry_raw.get("max_attempts", 3), f"{p}: retry.max_attempts", int, minimum=1),
-        backoff_s=_num(retry_raw.get("backoff_s", 1.0), f"{p}: retry.backoff_s", float, minimum=0),
-        max_backoff_s=_num(retry_raw.get("max_backoff_s", 30.0), f"{p}: retry.max_backoff_s", float, minimum=0))
+        base_delay_s=_num(retry_raw.get("backoff_s", 1.0), f"{p}: retry.backoff_s", float, minimum=0),
+        max_delay_s=_num(retry_raw.get("max_backoff_s", 30.0), f"{p}: retry.max_backoff_s", float, minimum=0))
     return AgentConfig(
         name=str(raw.get("name") or p.stem), path=p, roles=roles,
         max_cycles=_num(raw.get("max_cycles", 3), f"{p}: max_cycles", int, minimum=1),

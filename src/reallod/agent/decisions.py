@@ -208,17 +208,3 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
         obj = None
     return obj, obj is not None
 
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often one role call is tried: unusable replies and retryable backend errors both count."""
-
-    max_attempts: int = 3
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (exponential, or what the server asked)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_backoff_s)
-        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)

@@ -58,9 +58,7 @@ def model_id(backend: Backend) -> str:
 
 def policy_for(backend: Backend, roles: Roles, *, down_after: int = 8) -> RetryPolicy:
     """The config's retry settings, with the backend's own timeout (none for in-process models)."""
-    r = roles.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.backoff_s, max_delay_s=max(r.max_backoff_s, 0.0),
-                       timeout_s=getattr(backend, "timeout_s", None), down_after=down_after)
+    return replace(roles.retry, timeout_s=getattr(backend, "timeout_s", None), down_after=down_after)
 
 
 def harden(roles: Roles, *, cache: ResponseCache | None = None, endpoint_limit: int | None = None,

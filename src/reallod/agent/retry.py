@@ -22,8 +22,11 @@ from reallod.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 5
-    base_delay_s: float = 0.5
+    """How often one call is tried (the config's ``retry:`` section); backend errors and unusable
+    replies both count against ``max_attempts``."""
+
+    max_attempts: int = 3
+    base_delay_s: float = 1.0
     max_delay_s: float = 30.0
     timeout_s: float | None = 120.0  # None: no per-request timeout (an in-process model)
     down_after: int = 8  # consecutive connection failures across tasks before the endpoint counts as down

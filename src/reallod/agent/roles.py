@@ -17,7 +17,8 @@ from typing import Any
 from PIL import Image
 
 from reallod.agent.backends.base import Backend, Message
-from reallod.agent.decisions import SPECS, DecisionSpec, RetryPolicy
+from reallod.agent.decisions import SPECS, DecisionSpec
+from reallod.agent.retry import RetryPolicy
 from reallod.errors import ConfigError
 
 LLM_ROLES: tuple[str, ...] = ("reflector", "planner", "rewriter")

@@ -10,6 +10,7 @@ the rejected attempts, latency and token counts.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,10 +21,13 @@ from reallod.agent import state as sm
 from reallod.agent.backends.base import BackendError, Message
 from reallod.agent.decisions import DecisionError
 from reallod.agent.memo import IdentityMemo
+from reallod.agent.retry import backoff_delay
 from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
+
+_JITTER = random.Random()  # backoff jitter when a backend is used without the runner's retry wrapper
 
 MAX_OTHERS_IN_PROMPT = 30
 VIEWS = IdentityMemo(64)
@@ -117,7 +121,7 @@ class _TaskRun:
                 except BackendError as e:
                     step.rejected.append({"attempt": attempt, "error": f"backend: {e}"})
                     if e.retryable and attempt < policy.max_attempts:
-                        await asyncio.sleep(policy.delay(attempt, e.retry_after))
+                        await asyncio.sleep(backoff_delay(attempt, policy, _JITTER, e.retry_after))
                         continue
                     raise StepFailed(f"{role.name}: backend {role.backend.name} failed: {e}") from e
                 except ConfigError:
