@@ -17,7 +17,6 @@ input always gives the same ids (resume and sharding depend on it).
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from reallod.agent.task import ObjectRef, PairRef, Task, TaskResult
-from reallod.data.io import GZIP_MAGIC, iter_json, iter_lines
+from reallod.data.io import iter_json, iter_lines, read_whole
 from reallod.data.records import canonical_pairs
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_pair, check_record
 from reallod.errors import DataError
@@ -163,7 +162,7 @@ def _iter_task_items(path: str | os.PathLike) -> Iterator[tuple[int, int | None,
     path = str(path)
     if _first_byte(path) == b"[":
         try:
-            items = orjson.loads(_read_bytes(path))
+            items = orjson.loads(read_whole(path))
         except orjson.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e}", path=path) from None
         for i, item in enumerate(items):
@@ -383,22 +382,6 @@ def _clamp_overshoot(box: list[float], width: int, height: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a file", path=path) from None
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path) from None
-    return data
-
-
 def _first_byte(path: str) -> bytes:
     """The first non-whitespace byte of the (decompressed) content, or b"" for an empty file."""
     for _, line in iter_lines(path):
@@ -409,6 +392,6 @@ def _first_byte(path: str) -> bytes:
 def _single_json(path: str) -> Any:
     """The file's content when it is one JSON value (a captions object), None when it is JSONL."""
     try:
-        return orjson.loads(_read_bytes(path))
+        return orjson.loads(read_whole(path))
     except orjson.JSONDecodeError:
         return None

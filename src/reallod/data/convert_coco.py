@@ -13,7 +13,6 @@ category name. A COCO json is one document, so it is read whole (the output is s
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import posixpath
@@ -32,7 +31,7 @@ from reallod.data.convert_common import (
     unique_texts,
     xyxy_to_xywh,
 )
-from reallod.data.io import GZIP_MAGIC, JsonlWriter, read_records
+from reallod.data.io import JsonlWriter, read_records, read_whole
 from reallod.data.records import Pair, Record
 from reallod.errors import DataError
 
@@ -248,19 +247,7 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
 def load_json_document(path: str | os.PathLike) -> Any:
     """A whole JSON document (plain or gzip), with errors naming the file."""
     path = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a .json file", path=path) from None
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path) from None
-    elif path.endswith(".gz"):
-        raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
+    data = read_whole(path)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:

@@ -60,12 +60,26 @@ def probe_gzip(path: str | os.PathLike) -> bool:
     except FileNotFoundError:
         raise DataError("no such file", path=path) from None
     except IsADirectoryError:
-        raise DataError("is a directory, expected a .jsonl or .jsonl.gz file", path=path) from None
+        raise DataError("is a directory, expected a file", path=path) from None
     except OSError as e:
         raise DataError(f"cannot open: {e.strerror}", path=path) from None
     if wants_gzip(path) and magic != GZIP_MAGIC:
         raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
     return magic == GZIP_MAGIC
+
+
+def read_whole(path: str | os.PathLike) -> bytes:
+    """A whole (small) file's content, gunzipped when it is gzip; errors name the file."""
+    path = str(path)
+    gz = probe_gzip(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if gz:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path) from None
+    return data
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
