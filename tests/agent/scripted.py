@@ -96,3 +96,22 @@ def rewrite(expression: str) -> str:
 
 def answer(text: str) -> str:
     return j(answer=text)
+
+
+def colour_judge_with(fixes: dict[str, str] | None = None, fallback: str = "the fixed one") -> Script:
+    """A deterministic script: an expression naming blue or black is wrong, everything else correct;
+    the rewriter answers ``fixes[k]`` when the prompt mentions ``k``, otherwise ``fallback``."""
+
+    def judge(role: str, messages: list[dict[str, Any]]) -> str:
+        text = str(messages[-1]["content"])
+        if role == "reflector":
+            judged = text.rsplit("Expression to judge:", 1)[-1]
+            return reflect("wrong" if ("blue" in judged or "black" in judged) else "correct")
+        if role == "planner":
+            return plan("wrong" if "Reviewer's verdict: wrong" in text else "correct")
+        return rewrite(next((v for k, v in (fixes or {}).items() if k in text), fallback))
+
+    return judge
+
+
+colour_judge = colour_judge_with()

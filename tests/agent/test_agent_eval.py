@@ -10,7 +10,7 @@ import reallod.agent.config as agent_config
 from reallod.agent.agent_eval import Gold, evaluate, load_gold, match_f1
 from reallod.errors import DataError
 from tests.agent.io_helpers import EXAMPLES
-from tests.agent.scripted import plan, reflect, rewrite, scripted_roles
+from tests.agent.scripted import colour_judge_with, scripted_roles
 from tests.agent.test_cli_realign import cli
 
 
@@ -62,15 +62,8 @@ def test_gold_labels_are_checked(tmp_path):
     assert all(g.expressions for g in gold.values() if not g.correct)
 
 
-def judge(role, messages):
-    """Blue/black expressions are wrong; the rewriter fixes the mug and botches the rest."""
-    text = str(messages[-1]["content"])
-    if role == "reflector":
-        judged = text.rsplit("Expression to judge:", 1)[-1]
-        return reflect("wrong" if ("blue" in judged or "black" in judged) else "correct")
-    if role == "planner":
-        return plan("wrong" if "Reviewer's verdict: wrong" in text else "correct")
-    return rewrite("the red espresso cup" if "blue coffee mug" in text else "the fixed one")
+# the rewriter fixes the mug and botches the rest
+judge = colour_judge_with({"blue coffee mug": "the red espresso cup"})
 
 
 def test_agent_eval_on_the_bundled_labelled_example(tmp_path, capsys, monkeypatch):

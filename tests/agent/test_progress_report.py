@@ -12,8 +12,7 @@ from reallod.agent.progress import RichMonitor, run_table
 from reallod.agent.run_report import report_paths
 from reallod.agent.runner import RealignOptions, realign
 from tests.agent.io_helpers import EXAMPLES
-from tests.agent.scripted import scripted_roles
-from tests.agent.test_resume import colour_judge
+from tests.agent.scripted import colour_judge, scripted_roles
 
 
 def test_report_paths():

@@ -13,19 +13,8 @@ from reallod.agent.runner import RealignOptions, RunStopped, realign
 from reallod.agent.trace import read_trace
 from reallod.errors import ReallodError
 from tests.agent.io_helpers import EXAMPLES, read_jsonl
-from tests.agent.scripted import plan, reflect, rewrite, scripted_roles
+from tests.agent.scripted import colour_judge, scripted_roles
 from tests.agent.test_cli_realign import cli
-
-
-def colour_judge(role, messages):
-    """Deterministic: an expression naming blue or black is wrong and rewritten; others are correct."""
-    text = str(messages[-1]["content"])
-    if role == "reflector":
-        judged = text.rsplit("Expression to judge:", 1)[-1]
-        return reflect("wrong" if ("blue" in judged or "black" in judged) else "correct")
-    if role == "planner":
-        return plan("wrong" if "Reviewer's verdict: wrong" in text else "correct")
-    return rewrite("the fixed one")
 
 
 def run(tmp_path, name="o", **kw):

@@ -15,9 +15,8 @@ from reallod.agent.shard import shard_key
 from reallod.cli import _looks_like_address
 from tests.agent.fake_openai_server import FakeChatServer, chat_reply, valid_decision
 from tests.agent.io_helpers import EXAMPLES, fake_server_config, many_tasks, read_jsonl
-from tests.agent.scripted import scripted_roles
+from tests.agent.scripted import colour_judge, scripted_roles
 from tests.agent.test_cli_realign import cli
-from tests.agent.test_resume import colour_judge
 
 
 @pytest.fixture
