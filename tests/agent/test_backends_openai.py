@@ -12,15 +12,24 @@ import pytest
 from PIL import Image
 
 from reallod.agent.backends.base import BackendError
+from reallod.agent.backends.http import TRANSPORTS
 from reallod.agent.backends.openai_backend import OpenAIBackend, image_data_url
 from reallod.agent.config import build_roles, load_agent_config
 from reallod.agent.decisions import SPECS
 from reallod.agent.task import ObjectRef, Task
 from reallod.agent.workflow import run_task
+from reallod.errors import ConfigError
 from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply
 from tests.agent.scripted import answer, plan, reflect, rewrite
 
 SCHEMA = SPECS["reflector"].schema
+
+
+@pytest.fixture(params=TRANSPORTS, autouse=True)
+def http_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through both ways of posting (aiohttp, the official client)."""
+    monkeypatch.setitem(OpenAIBackend.__init__.__kwdefaults__, "http_client", request.param)
+    return request.param
 
 
 def complete(backend: OpenAIBackend, messages: list[dict[str, Any]], **kw: Any):
@@ -35,10 +44,23 @@ def complete(backend: OpenAIBackend, messages: list[dict[str, Any]], **kw: Any):
 def test_data_urls_round_trip() -> None:
     img = Image.new("RGB", (7, 5), (255, 0, 0))
     url = image_data_url(img)
-    assert url.startswith("data:image/png;base64,")
+    assert url.startswith("data:image/jpeg;base64,")
     back = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert back.size == (7, 5) and back.getpixel((3, 2)) == (255, 0, 0)
-    assert image_data_url(img.convert("L"), "jpeg").startswith("data:image/jpeg;base64,")
+    assert back.size == (7, 5) and max(abs(a - b) for a, b in zip(back.getpixel((3, 2)), (255, 0, 0))) <= 4
+    lossless = image_data_url(img.convert("L"), "png")
+    assert lossless.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(lossless.split(",", 1)[1]))).getpixel((3, 2)) == img.convert("L").getpixel((3, 2))
+
+
+def test_a_thin_red_outline_keeps_its_colour_in_jpeg() -> None:
+    """Chroma subsampling would smear a one-pixel red line into its neighbours; 4:4:4 keeps it."""
+    img = Image.new("RGB", (64, 64), (120, 140, 160))
+    for x in range(64):
+        img.putpixel((x, 30), (255, 0, 0))
+    back = Image.open(io.BytesIO(base64.b64decode(image_data_url(img).split(",", 1)[1]))).convert("RGB")
+    r, g, b = back.getpixel((20, 30))
+    assert r > 200 and g < 60 and b < 60
+    assert back.getpixel((20, 28))[0] < 160  # two rows away: the background, not pink
 
 
 def test_request_carries_model_params_key_images_and_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +83,7 @@ def test_request_carries_model_params_key_images_and_the_schema(monkeypatch: pyt
     assert req["messages"][0] == {"role": "system", "content": "judge"}
     parts = req["messages"][1]["content"]
     assert parts[1] == {"type": "text", "text": "what?"}
-    data = base64.b64decode(parts[0]["image_url"]["url"].removeprefix("data:image/png;base64,"))
+    data = base64.b64decode(parts[0]["image_url"]["url"].removeprefix("data:image/jpeg;base64,"))
     assert Image.open(io.BytesIO(data)).size == (10, 6)
     assert server.headers[0]["authorization"] == "Bearer sk-test-123"
     assert b.name == f"openai:qwen-vl@{server.url}"
@@ -187,3 +209,37 @@ roles:
     assert models == ["text-model", "text-model", "vision-model"] + ["text-model"] * 4
     assert server.requests[2]["messages"][1]["content"][0]["type"] == "image_url"
     assert server.requests[0]["max_tokens"] == 64
+
+
+def test_one_backend_serves_one_event_loop_after_another() -> None:
+    """A backend built once and used from two ``asyncio.run`` calls (a warm-up, then the run) works."""
+    with FakeChatServer() as server:
+        server.replies = [chat_reply("one"), chat_reply("two")]
+        b = OpenAIBackend("m", base_url=server.url)
+        first = asyncio.run(b.complete([{"role": "user", "content": "a"}])).text
+        assert complete(b, [{"role": "user", "content": "b"}]).text == "two" and first == "one"
+
+
+def test_the_http_client_is_checked_and_named_in_the_config(tmp_path) -> None:
+    cfg = tmp_path / "a.yaml"
+    body = "roles:\n  reflector: &m {{backend: openai, model: m, http_client: {}}}\n  planner: *m\n  rewriter: *m\n"
+    cfg.write_text(body.format("openai"))
+    roles = build_roles(load_agent_config(cfg))
+    assert roles.reflector.backend.http_client == "openai"
+    cfg.write_text(body.format("curl"))
+    with pytest.raises(ConfigError, match="role reflector: http_client must be one of"):
+        build_roles(load_agent_config(cfg))
+
+
+def test_the_environment_proxy_is_looked_up_once_and_honours_no_proxy(monkeypatch) -> None:
+    from reallod.agent.backends.http import env_proxy
+
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert env_proxy("http://127.0.0.1:8000/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.example:3128"
+    assert env_proxy("http://gpu-box:8000/v1") is None  # no proxy named for plain http
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert env_proxy("https://api.openai.com/v1") is None

@@ -38,6 +38,21 @@ def test_check_reports_missing_unreadable_and_size_mismatch(tmp_path):
         assert e.value.kind == kind and words in str(e.value) and name in str(e.value)  # the message names the file
 
 
+def test_an_image_header_is_read_once_for_all_its_tasks(tmp_path, monkeypatch):
+    write_image(tmp_path / "ok.png")
+    loader = ImageLoader(tmp_path)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    assert not loader.knows("ok.png")
+    loader.check(task("ok.png"))
+    assert loader.knows("ok.png")
+    loader.check(task("ok.png"))
+    with pytest.raises(ImageError, match="64x48 but the task says 10x10") as e:
+        loader.check(task("ok.png", size=(10, 10)))  # a wrong size is still caught, from memory
+    assert e.value.kind == "image_size_mismatch" and len(opened) == 1
+
+
 def test_load_decodes_rgb_once_and_reports_broken_files(tmp_path):
     Image.new("L", (64, 48), 128).save(tmp_path / "grey.png")
     good = (tmp_path / "grey.png").read_bytes()

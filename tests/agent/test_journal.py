@@ -89,3 +89,18 @@ def test_write_error_leaves_journal_exact(tmp_path, monkeypatch):
 
     asyncio.run(main())
     assert list(read_journal(path)[1]) == ["ok", "later"]
+
+
+def test_before_write_runs_before_every_write(tmp_path):
+    """The response cache commits there: a task the journal holds has its answers kept."""
+    path = tmp_path / "j.jsonl"
+    seen: list[int] = []
+    j = Journal.open(path, FP, before_write=lambda: seen.append(len(read_journal(path)[1])))
+    j.append_sync("t1", {"v": 1})
+
+    async def more():
+        await asyncio.gather(*(j.append(f"t{i}", {"i": i}) for i in range(2, 6)))
+
+    asyncio.run(more())
+    j.close()
+    assert seen[0] == 0 and seen[1] == 1 and len(read_journal(path)[1]) == 5  # called before each write lands

@@ -8,9 +8,17 @@ import email.utils
 import pytest
 
 from reallod.agent.backends.base import BackendError
+from reallod.agent.backends.http import TRANSPORTS
 from reallod.agent.backends.openai_backend import OpenAIBackend, parse_retry_after
 from reallod.agent.retry import ResilientBackend, RetryPolicy
 from tests.agent.fake_openai_server import FakeChatServer, FakeReply, chat_reply, error_reply
+
+
+@pytest.fixture(params=TRANSPORTS, autouse=True)
+def http_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through both ways of posting (aiohttp, the official client)."""
+    monkeypatch.setitem(OpenAIBackend.__init__.__kwdefaults__, "http_client", request.param)
+    return request.param
 
 
 def error_of(reply) -> BackendError:
@@ -48,8 +56,15 @@ def test_the_client_does_not_retry_on_its_own():
     calls = []
     with FakeChatServer(lambda body: calls.append(1) or error_reply(500, "boom")) as server:
         backend = OpenAIBackend("m", base_url=server.url)
+
+        async def go():
+            try:
+                await backend.complete([{"role": "user", "content": "hi"}])
+            finally:
+                await backend.aclose()
+
         with pytest.raises(BackendError):
-            asyncio.run(backend.complete([{"role": "user", "content": "hi"}]))
+            asyncio.run(go())
     assert len(calls) == 1
 
 
@@ -67,5 +82,12 @@ def test_connection_failures_are_not_charged_to_the_task():
     with FakeChatServer(lambda body: next(flaky)) as server:
         backend = ResilientBackend(OpenAIBackend("m", base_url=server.url),
                                    policy=RetryPolicy(max_attempts=2, base_delay_s=0.001, down_after=8))
-        completion = asyncio.run(backend.complete([{"role": "user", "content": "hi"}]))
+
+        async def go():
+            try:
+                return await backend.complete([{"role": "user", "content": "hi"}])
+            finally:
+                await backend.aclose()
+
+        completion = asyncio.run(go())
     assert completion.text == "fine" and backend.stats.retries["connection"] == 4

@@ -115,3 +115,31 @@ def test_cache_replays_per_occurrence_and_keys_images(tmp_path):
     second = FlakyBackend([])
     assert asyncio.run(run(second)) == texts and second.calls == 0  # a rerun costs nothing
     cache.close()
+
+
+def _rows_seen_by_another_process(path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as other:
+        return other.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+def test_cache_commits_in_groups_on_commit_and_on_close(tmp_path, monkeypatch):
+    from reallod.agent import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "COMMIT_AFTER_S", 3600.0)
+    monkeypatch.setattr(cache_mod, "COMMIT_EVERY", 5)
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    for i in range(4):
+        cache.put(f"k{i}", Completion(f"a{i}", 1, 1, 0.1))
+    assert _rows_seen_by_another_process(path) == 0  # not committed yet: a crash now loses them
+    cache.put("k4", Completion("a4", 1, 1, 0.1))
+    assert _rows_seen_by_another_process(path) == 5  # the fifth put filled the group
+    cache.put("k5", Completion("a5", 1, 1, 0.1))
+    cache.commit()
+    assert _rows_seen_by_another_process(path) == 6
+    cache.put("k6", Completion("a6", 1, 1, 0.1))
+    cache.close()
+    assert _rows_seen_by_another_process(path) == 7
+    assert ResponseCache(path).get("k6").text == "a6"

@@ -5,6 +5,11 @@ and the generation parameters. Identical calls made again inside one task (a ret
 that did not parse) must not replay the same bad answer, so each key also carries its occurrence
 number within the task's scope; a rerun of the task makes the same calls in the same order and so
 replays exactly. Stored in SQLite (WAL): safe for several processes on one machine, millions of rows.
+
+Writes are committed in groups (a commit per answer cost more CPU than the HTTP request that fetched
+it): every :data:`COMMIT_EVERY` answers, after :data:`COMMIT_AFTER_S`, on :meth:`ResponseCache.commit`
+and on close. ``realign`` commits before each journal write, so every task the journal calls done has
+its answers in the cache even after ``kill -9``; a crash loses at most the answers of tasks in flight.
 """
 
 from __future__ import annotations
@@ -36,21 +41,24 @@ def new_scope() -> None:
     _scope.set({})
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+def _image_ref(obj: Any) -> Any:
+    """How an image enters a key (orjson's ``default``: called only for what JSON cannot hold)."""
     if hasattr(obj, "tobytes") and hasattr(obj, "size") and hasattr(obj, "mode"):  # PIL image
         # sha256: hardware-accelerated on current CPUs, twice as fast as blake2b on pixel buffers
         digest = _DIGESTS.get(obj, None, lambda: hashlib.sha256(obj.tobytes()).hexdigest()[:32])
         return {"image": digest, "size": list(obj.size), "mode": obj.mode}
-    return obj
+    raise TypeError(f"cannot key a request on a {type(obj).__name__}")
+
+
+def digests_known(images: list[Any]) -> bool:
+    """Whether :func:`request_key` can key these images without hashing pixels (fast enough for the loop)."""
+    return all(_DIGESTS.has(img, None) for img in images)
 
 
 def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    payload = {"model": model, "messages": _jsonable(messages), "params": _jsonable(params)}
-    return hashlib.blake2b(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), digest_size=20).hexdigest()
+    payload = {"model": model, "messages": messages, "params": params}
+    return hashlib.blake2b(orjson.dumps(payload, default=_image_ref, option=orjson.OPT_SORT_KEYS),
+                           digest_size=20).hexdigest()
 
 
 def occurrence_key(key: str) -> str:
@@ -63,10 +71,16 @@ def occurrence_key(key: str) -> str:
     return f"{key}:{n}"
 
 
+COMMIT_EVERY = 256
+COMMIT_AFTER_S = 2.0
+
+
 class ResponseCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -104,9 +118,25 @@ class ResponseCache:
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
                     (key, completion.text, completion.prompt_tokens, completion.completion_tokens,
                      completion.latency_s, time.time()))
-                self._db.commit()
+                self._uncommitted += 1
+                if self._uncommitted >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_AFTER_S:
+                    self._commit_locked()
         except sqlite3.Error as e:  # disk full, locked too long: the answer is used, just not kept
             self._trouble(e)
+
+    def commit(self) -> None:
+        """Make the answers put so far survive a crash of this process."""
+        try:
+            with self._lock:
+                self._commit_locked()
+        except sqlite3.Error as e:
+            self._trouble(e)
+
+    def _commit_locked(self) -> None:
+        if self._uncommitted:
+            self._db.commit()
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
 
     def _trouble(self, error: sqlite3.Error) -> None:
         self.errors += 1
@@ -114,5 +144,6 @@ class ResponseCache:
             log.warning("response cache %s: %s; going on without it where it fails", self.path, error)
 
     def close(self) -> None:
+        self.commit()
         with self._lock:
             self._db.close()

@@ -13,7 +13,8 @@ Format::
     retry: {max_attempts: 3, backoff_s: 1.0, max_backoff_s: 30.0}
     roles:
       reflector: {backend: openai, model: ..., base_url: ..., api_key_env: ..., max_tokens: 256,
-                  temperature: 0.0, params: {top_p: 0.9}, prompt: my_reflector.txt}
+                  temperature: 0.0, params: {top_p: 0.9}, prompt: my_reflector.txt,
+                  http_client: aiohttp}   # or openai: the official client (slower per request)
       planner: ...
       rewriter: ...
       vlm: null              # or a role; null = no VLM (its actions are reported unavailable)
@@ -51,7 +52,7 @@ SHIPPED_DIR = _shipped_dir()
 _COMMON = {"backend", "model", "prompt", "max_tokens", "temperature"}
 _OPTIONS: dict[str, set[str]] = {
     "openai": {"base_url", "api_key_env", "timeout_s", "params", "image_format", "structured",
-               "supports_images"},
+               "supports_images", "http_client"},
     "transformers": {"gguf_file", "gguf_package", "kind", "dtype", "device", "trust_remote_code",
                      "max_new_tokens", "constrained"},
 }

@@ -5,8 +5,9 @@ of the root with ``..`` is refused, so a task file cannot make the agent read (a
 server) an arbitrary file. The check is on the path as written: symbolic links placed inside the root
 by its owner (a common way to assemble a dataset) are followed.
 
-:meth:`ImageLoader.check` reads only the file header (cheap, run for every task so a missing or
-broken image is a per-task error even when no VLM ever needs the pixels); :meth:`ImageLoader.load`
+:meth:`ImageLoader.check` reads only the file header (run for every task so a missing or broken
+image is a per-task error even when no VLM ever needs the pixels) and remembers the sizes it read, so
+the other tasks of an image are checked without touching the disk; :meth:`ImageLoader.load`
 decodes, with a small cache because tasks of one image run close together.
 """
 
@@ -36,12 +37,14 @@ class ImageError(DataError):
 class ImageLoader:
     """Opens ``root``-relative image paths; thread-safe (views are made off the event loop)."""
 
-    def __init__(self, root: str | os.PathLike, *, cache_size: int = 8) -> None:
+    def __init__(self, root: str | os.PathLike, *, cache_size: int = 8, sizes_kept: int = 65536) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError("image root is not a directory", path=str(root))
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_size = cache_size
+        self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()  # image_path → (width, height) read
+        self._sizes_kept = sizes_kept
         self._lock = threading.Lock()
 
     def resolve(self, rel: str) -> Path:
@@ -59,9 +62,22 @@ class ImageLoader:
                 raise ImageError("unsafe_path", "image path leaves the image root ('..')", path=rel)
         return self.root.joinpath(*posix.parts)
 
+    def knows(self, rel: str) -> bool:
+        """Whether :meth:`check` can answer for this image from memory (no file to open)."""
+        return rel in self._sizes
+
     def check(self, task: Task) -> None:
         """Raise :class:`ImageError` when the task's image is missing, not an image or of another size."""
-        path = self.resolve(task.image_path)
+        size = self._sizes.get(task.image_path)
+        if size is None:
+            size = self._read_size(task.image_path)
+        if size != (task.width, task.height):
+            raise ImageError("image_size_mismatch",
+                             f"image is {size[0]}x{size[1]} but the task says {task.width}x{task.height}",
+                             path=str(self.resolve(task.image_path)))
+
+    def _read_size(self, rel: str) -> tuple[int, int]:
+        path = self.resolve(rel)
         if not path.is_file():
             raise ImageError("missing_image", f"image not found under {self.root}", path=str(path))
         try:
@@ -69,10 +85,11 @@ class ImageLoader:
                 size = im.size
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ImageError("unreadable_image", f"not a readable image ({_reason(e)})", path=str(path)) from None
-        if size != (task.width, task.height):
-            raise ImageError("image_size_mismatch",
-                             f"image is {size[0]}x{size[1]} but the task says {task.width}x{task.height}",
-                             path=str(path))
+        with self._lock:
+            self._sizes[rel] = size
+            while len(self._sizes) > self._sizes_kept:
+                self._sizes.popitem(last=False)
+        return size
 
     def load(self, rel: str) -> Image.Image:
         """The decoded RGB image (callers must not modify it: it is shared through the cache)."""

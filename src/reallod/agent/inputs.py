@@ -28,7 +28,7 @@ import orjson
 from reallod.agent.task import ObjectRef, PairRef, Task, TaskResult
 from reallod.data.io import iter_json, iter_lines, read_whole
 from reallod.data.records import canonical_pairs
-from reallod.data.schema import PROBLEM_KINDS, Problem, check_pair, check_record
+from reallod.data.schema import PROBLEM_KINDS, Problem, check_box, check_pair, check_record
 from reallod.errors import DataError
 
 InputFormat = Literal["records", "tasks"]
@@ -336,9 +336,10 @@ def published_task(item: Any, index: int, *, captions: dict[str, str] | None = N
             continue
         oboxes, oproblem = _published_boxes(other.get("bbox"), width, height)
         ocat = other.get("category")
-        if oproblem is not None or not isinstance(ocat, str) or box_key(oboxes) in seen:
+        okey = box_key(oboxes)
+        if oproblem is not None or not isinstance(ocat, str) or okey in seen:
             continue  # context only: a bad or repeated other object is left out, the task still runs
-        seen.add(box_key(oboxes))
+        seen.add(okey)
         others.append(ObjectRef(category=ocat, bboxes=oboxes, id=other.get("id")))
     return Task(task_id=tid, image_path=image_path, height=height, width=width, raw_expression=raw,
                 chosen=chosen_ref, others=others, caption=caption)
@@ -362,9 +363,9 @@ def _published_boxes(bbox: Any, width: int, height: int) -> tuple[list[list[floa
             return [], Problem("bad_box", "bbox", f"expected [x, y, w, h] numbers, got {b!r}")
         boxes.append(_clamp_overshoot(xywh_to_xyxy(b), width, height))
     out: list[Problem] = []
-    check_pair({"bboxes": boxes, "category": "x", "positive_expressions": ["x"]}, "", height, width, out)
-    box_problems = [p for p in out if ".bboxes" in p.field]
-    return boxes, (box_problems[0] if box_problems else None)
+    for j, box in enumerate(boxes):
+        check_box(box, f"bbox[{j}]", height, width, out)
+    return boxes, (out[0] if out else None)
 
 
 def _clamp_overshoot(box: list[float], width: int, height: int) -> list[float]:

@@ -70,15 +70,18 @@ class Journal:
         self._flusher: asyncio.Task | None = None
         self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
         self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
+        self._before_write: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
-             meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None) -> Journal:
+             meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None,
+             before_write: Callable[[], None] | None = None) -> Journal:
         """Open or create; refuses a journal with another fingerprint unless ``force``.
 
         ``meta`` goes into the header of a new journal (what a merge needs to know: input, shard...);
         ``keep`` maps each loaded result to what ``done`` holds (a run over millions of tasks only
-        needs to know which ids are done, not their whole results).
+        needs to know which ids are done, not their whole results); ``before_write`` runs before each
+        write (the response cache commits there, so a task called done has its answers kept).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,13 +109,13 @@ class Journal:
         journal = cls(path, fp, done, fd, header)
         if keep is not None:
             journal._keep = keep
+        journal._before_write = before_write
         return journal
 
     def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
         """Write and fsync one result now (for synchronous callers)."""
         if task_id not in self.done:
-            with self._fd_lock:
-                _durable_write(self._fd, _line(task_id, result))
+            self._locked_write(_line(task_id, result))
             self.done[task_id] = self._keep(result)
 
     async def append(self, task_id: str, result: dict[str, Any]) -> None:
@@ -150,6 +153,8 @@ class Journal:
                     fut.set_result(None)
 
     def _locked_write(self, data: bytes) -> None:
+        if self._before_write is not None:
+            self._before_write()
         with self._fd_lock:
             if self._fd < 0:
                 raise OSError(9, "journal already closed")

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from reallod.agent.backends.base import Backend, BackendError, Completion, Message
-from reallod.agent.cache import ResponseCache, occurrence_key, request_key
+from reallod.agent.backends.base import Backend, BackendError, Completion, Message, message_images
+from reallod.agent.cache import ResponseCache, digests_known, occurrence_key, request_key
 from reallod.errors import ConfigError
 
 
@@ -81,7 +81,7 @@ class ResilientBackend:
         kwargs = {"schema": schema, "choices": choices, "max_tokens": max_tokens, "temperature": temperature}
         key = None
         if self.cache is not None:
-            if _has_image(messages):  # hashing pixels takes a while: not on the event loop
+            if not digests_known(message_images(messages)):  # hashing pixels takes a while: off the loop
                 base = await asyncio.to_thread(request_key, self.model_id, messages, kwargs)
             else:
                 base = request_key(self.model_id, messages, kwargs)
@@ -136,7 +136,8 @@ class ResilientBackend:
         try:
             if self.policy.timeout_s is None:
                 return await self.backend.complete(messages, **kwargs)
-            return await asyncio.wait_for(self.backend.complete(messages, **kwargs), self.policy.timeout_s)
+            async with asyncio.timeout(self.policy.timeout_s):  # unlike wait_for, no extra task per call
+                return await self.backend.complete(messages, **kwargs)
         except TimeoutError:
             raise BackendError(f"no answer within {self.policy.timeout_s:g} s", retryable=True, kind="timeout") from None
         finally:
@@ -145,7 +146,3 @@ class ResilientBackend:
     async def aclose(self) -> None:
         await self.backend.aclose()
 
-
-def _has_image(messages: list[Message]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"])
-               for m in messages)

@@ -66,7 +66,10 @@ async def run_one(item: TaskItem, roles: Roles, images: ImageLoader, *, max_cycl
     if isinstance(item, TaskProblem):
         return item.as_result()
     try:
-        await asyncio.to_thread(images.check, item)  # header only: cheap, and off the event loop
+        if images.knows(item.image_path):  # another task of this image read its header
+            images.check(item)
+        else:  # the header, off the event loop
+            await asyncio.to_thread(images.check, item)
     except ImageError as e:
         return TaskResult(item.task_id, "failed", item.raw_expression, item.raw_expression, 0,
                           error=str(e), error_kind=e.kind)
@@ -96,7 +99,8 @@ async def drive(items: Iterable[Any], work: Callable[[Any], Awaitable[Any]],
         raise ConfigError("concurrency must be at least 1")
     source = iter(items)
     pending: set[asyncio.Task[None]] = set()
-    done_count = 0
+    finished: asyncio.Queue[asyncio.Task[None]] = asyncio.Queue()  # each task posts itself when done:
+    done_count = 0  # unlike asyncio.wait, no pass over all tasks in flight for every one that ends
 
     async def one(item: Any) -> None:
         new_scope()  # the response cache counts repeated requests per task
@@ -106,17 +110,19 @@ async def drive(items: Iterable[Any], work: Callable[[Any], Awaitable[Any]],
 
     def start_more() -> None:
         for item in itertools.islice(source, concurrency - len(pending)):
-            pending.add(asyncio.create_task(one(item)))
+            task = asyncio.create_task(one(item))
+            task.add_done_callback(finished.put_nowait)
+            pending.add(task)
 
     try:
         start_more()
         while pending:
-            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for fut in finished:
-                pending.discard(fut)
-                fut.result()  # a run-level error stops here
-                done_count += 1
-            start_more()
+            fut = await finished.get()
+            pending.discard(fut)
+            fut.result()  # a run-level error stops here
+            done_count += 1
+            if finished.empty():  # refill once per wake-up, not once per finished task
+                start_more()
     finally:
         for fut in pending:
             fut.cancel()
@@ -298,7 +304,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     journal: Journal | None = None
     try:
         try:
-            journal = Journal.open(journal_path, fp, force=opts.force_resume, meta=meta, keep=lambda r: None)
+            journal = Journal.open(journal_path, fp, force=opts.force_resume, meta=meta, keep=lambda r: None,
+                                   before_write=cache.commit if cache is not None else None)
         except OSError as e:
             parent = journal_path.parent
             why = f"{parent} is not a folder" if parent.exists() and not parent.is_dir() else \

@@ -218,8 +218,8 @@ class _TaskRun:
         c = self.task.chosen.category
         box = self.task.chosen.union_box()
         image = self._image
-        view_img, crop_box = await asyncio.to_thread(
-            VIEWS.get, image, (tuple(box), view_name), lambda: make_view(image, box, view_name))
+        view_img, crop_box = await VIEWS.get_off_loop(image, (tuple(box), view_name),
+                                                      lambda: make_view(image, box, view_name))
         question = action.question or _DEFAULT_QUESTION[view_name].format(c=c)
         d = await self.call(vlm, state.cycle, {
             "category": c, "expression": state.expression, "question": question,

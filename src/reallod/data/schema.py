@@ -53,7 +53,8 @@ class Problem:
     message: str
 
 
-def _check_box(box: Any, where: str, height: Any, width: Any, out: list[Problem]) -> None:
+def check_box(box: Any, where: str, height: Any, width: Any, out: list[Problem]) -> None:
+    """Append the problems of one xyxy box to ``out``."""
     if not isinstance(box, list) or len(box) != 4 or not all(
         isinstance(v, _NUM) and not isinstance(v, bool) for v in box
     ):
@@ -102,7 +103,7 @@ def check_pair(pair: Any, where: str, height: Any, width: Any, out: list[Problem
             bboxes = [bboxes]  # one flat box
         nboxes = len(bboxes)
         for j, box in enumerate(bboxes):
-            _check_box(box, f"{where}.bboxes[{j}]", height, width, out)
+            check_box(box, f"{where}.bboxes[{j}]", height, width, out)
     category = pair.get("category")
     if category is None:
         out.append(Problem("missing_field", f"{where}.category", "missing"))

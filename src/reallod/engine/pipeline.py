@@ -146,7 +146,7 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         try:
             journal = Journal.open(journal_path, fp, force=opts.force_resume,
                                    meta={"annotations": str(opts.annotations), "stage": "generate"},
-                                   keep=lambda r: None)
+                                   keep=lambda r: None, before_write=cache.commit if cache is not None else None)
         except OSError as e:
             raise ReallodError(f"cannot create the journal {journal_path}: {e.strerror or e}") from e
         hardened, _ = harden(roles, cache=cache, endpoint_limit=concurrency)

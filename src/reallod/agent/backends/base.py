@@ -17,6 +17,12 @@ Message = dict[str, Any]
 {"type": "image", "image": PIL.Image.Image}]}"""
 
 
+def message_images(messages: list[Message]) -> list[Any]:
+    """The images in the messages' content parts, in order."""
+    return [part["image"] for m in messages if isinstance(m.get("content"), list)
+            for part in m["content"] if part.get("type") == "image"]
+
+
 @dataclass(slots=True)
 class Completion:
     text: str
