@@ -46,7 +46,7 @@ def test_data_urls_round_trip() -> None:
     url = image_data_url(img)
     assert url.startswith("data:image/jpeg;base64,")
     back = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert back.size == (7, 5) and max(abs(a - b) for a, b in zip(back.getpixel((3, 2)), (255, 0, 0))) <= 4
+    assert back.size == (7, 5) and max(abs(a - b) for a, b in zip(back.getpixel((3, 2)), (255, 0, 0), strict=True)) <= 4
     lossless = image_data_url(img.convert("L"), "png")
     assert lossless.startswith("data:image/png;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(lossless.split(",", 1)[1]))).getpixel((3, 2)) == img.convert("L").getpixel((3, 2))

@@ -28,7 +28,7 @@ import orjson
 from reallod.agent.task import ObjectRef, PairRef, Task, TaskResult
 from reallod.data.io import iter_json, iter_lines, read_whole
 from reallod.data.records import canonical_pairs
-from reallod.data.schema import PROBLEM_KINDS, Problem, check_box, check_pair, check_record
+from reallod.data.schema import PROBLEM_KINDS, Problem, check_box, check_record
 from reallod.errors import DataError
 
 InputFormat = Literal["records", "tasks"]

@@ -94,7 +94,7 @@ class AiohttpTransport:
                 raw = await response.read()
                 if response.status >= 400:
                     raise HTTPStatusError(response.status, raw, response.headers)
-        except asyncio.TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
+        except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
             raise BackendError(f"{self.name}: timed out after {self.timeout_s:g} s", retryable=True,
                                kind="timeout") from e
         except aiohttp.ClientPayloadError as e:  # the body was cut short
