@@ -11,11 +11,19 @@ encoded) are run
   (b) by ``reallod realign``'s runner at concurrency 1, 8 and 64, with everything a real run has:
       journal with fsync, trace, a fresh response cache, output written from the journal.
 
+and, for scale, at c=64 once more with ``http_client: openai`` (the official client instead of
+aiohttp), and
+
+  (c) the HTTP floor: no agent at all, bare aiohttp posting as many requests as (b) c=64 sent
+      (bodies of the same mean size), 64 at a time, to the same server: what the HTTP client
+      library and the kernel's loopback path cost by themselves at that request rate.
+
 Decisions are a fixed function of the request, so every configuration does the same work
 (about 60% of raw expressions judged correct at once, the rest rewritten or checked with the VLM).
 Printed: wall time, tasks/s, ratio to (a), agent CPU time (user + system of this process, all its
 threads) as a share of wall time and per request. Targets: c=64 at least 40x (a); agent CPU time
-under 5% of wall time.
+under 5% of wall time. On loopback the kernel charges the receiving side's TCP work to the
+sender too, so every row here pays for part of the server's reads.
 
     .venv/bin/python benchmarks/agent_throughput.py                      # 500 tasks, 100 ms
     .venv/bin/python benchmarks/agent_throughput.py --tasks 100 --skip-sequential   # quick look
@@ -71,6 +79,8 @@ def _decide(body: dict) -> str:
 
 
 async def _serve(port_out: mp.Queue, latency_s: float) -> None:
+    received = {"requests": 0, "body_bytes": 0}  # GET /stats answers these (for the HTTP floor)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -82,6 +92,13 @@ async def _serve(port_out: mp.Queue, latency_s: float) -> None:
                     name, _, value = line.decode("latin-1").partition(":")
                     if name.strip().lower() == "content-length":
                         length = int(value)
+                if request_line.startswith(b"GET /stats"):
+                    stats = orjson.dumps(received)
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: " + str(len(stats)).encode() + b"\r\n\r\n" + stats)
+                    await writer.drain()
+                    continue
+                received["requests"] += 1
+                received["body_bytes"] += length
                 body = orjson.loads(await reader.readexactly(length)) if length else {}
                 await asyncio.sleep(latency_s)
                 text = _decide(body)
@@ -112,6 +129,8 @@ def _server_main(port_out: mp.Queue, latency_s: float) -> None:
 
 
 def _write_inputs(folder: Path, n: int, url: str, concurrency: int, vlm: bool = True) -> tuple[Path, Path]:
+    """The task list, and a config whose roles all post to ``url`` (``bench.yaml``; ``bench-openai.yaml``
+    is the same with the official client)."""
     tasks = json.loads((EXAMPLES / "tasks.json").read_text())
     with open(folder / "tasks.jsonl", "w") as f:
         for i in range(n):
@@ -121,11 +140,12 @@ def _write_inputs(folder: Path, n: int, url: str, concurrency: int, vlm: bool = 
     role = f"{{backend: openai, model: bench-llm, base_url: '{url}', timeout_s: 60, max_tokens: 128}}"
     vlm_role = f"{{backend: openai, model: bench-vlm, base_url: '{url}', timeout_s: 60, max_tokens: 128}}" \
         if vlm else "null"
-    cfg = folder / "bench.yaml"
-    cfg.write_text(f"name: bench\nmax_cycles: 3\nconcurrency: {concurrency}\n"
-                   "retry: {max_attempts: 3, backoff_s: 0.1, max_backoff_s: 1.0}\n"
-                   f"roles:\n  reflector: {role}\n  planner: {role}\n  rewriter: {role}\n  vlm: {vlm_role}\n")
-    return folder / "tasks.jsonl", cfg
+    for name, client in (("bench", "aiohttp"), ("bench-openai", "openai")):
+        text = (f"name: {name}\nmax_cycles: 3\nconcurrency: {concurrency}\n"
+                "retry: {max_attempts: 3, backoff_s: 0.1, max_backoff_s: 1.0}\n"
+                f"roles:\n  reflector: {role}\n  planner: {role}\n  rewriter: {role}\n  vlm: {vlm_role}\n")
+        (folder / f"{name}.yaml").write_text(text.replace("max_tokens: 128}", f"max_tokens: 128, http_client: {client}}}"))
+    return folder / "tasks.jsonl", folder / "bench.yaml"
 
 
 def _cpu() -> float:
@@ -182,6 +202,32 @@ def run_ours(src: Path, cfg: Path, out: Path, concurrency: int) -> tuple[int, in
     return run.summary.tasks, run.info["requests"]["sent"]
 
 
+def run_floor(url: str, requests: int, body_bytes: int, concurrency: int = 64) -> int:
+    """(c) Bare aiohttp, no agent: ``requests`` posts of about ``body_bytes``, ``concurrency`` at a time."""
+    import aiohttp
+
+    async def go() -> int:
+        words = max(body_bytes // 6, 1)
+        body = orjson.dumps({"model": "bench-llm", "max_tokens": 128, "messages": [
+            {"role": "user", "content": "Expression to judge: " + "word " * words}]})
+        left = requests
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def worker() -> int:
+                nonlocal left
+                sent = 0
+                while left > 0:
+                    left -= 1
+                    async with session.post(url + "/chat/completions", data=body,
+                                            headers={"Content-Type": "application/json"}) as r:
+                        orjson.loads(await r.read())
+                    sent += 1
+                return sent
+
+            return sum(await asyncio.gather(*(worker() for _ in range(concurrency))))
+
+    return asyncio.run(go())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=500)
@@ -189,6 +235,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--skip-sequential", action="store_true", help="skip (a); ratios then use c=1")
     ap.add_argument("--no-vlm", action="store_true", help="no VLM role: text requests only (no views to encode)")
+    ap.add_argument("--skip-openai", action="store_true", help="skip the run with the official openai client")
     args = ap.parse_args()
 
     ctx = mp.get_context("spawn")
@@ -198,23 +245,35 @@ def main() -> None:
     url = f"http://127.0.0.1:{port_q.get(timeout=30)}/v1"
     tmp = Path(tempfile.mkdtemp(prefix="reallod-bench-"))
     rows = []
+    top = max(args.concurrency)
     try:
-        src, cfg = _write_inputs(tmp, args.tasks, url, max(args.concurrency), vlm=not args.no_vlm)
+        src, cfg = _write_inputs(tmp, args.tasks, url, top, vlm=not args.no_vlm)
         _warm_up(src, cfg)  # imports and first connections are not part of any measurement
 
-        plan = ([("(a) one at a time", None)] if not args.skip_sequential else []) + \
-            [(f"(b) runner c={c}", c) for c in args.concurrency]
-        for label, c in plan:
-            work = tmp / (label.split()[0].strip("()") + (str(c) if c else ""))
+        plan = ([("(a) one at a time", None, cfg)] if not args.skip_sequential else []) + \
+            [(f"(b) runner c={c}", c, cfg) for c in args.concurrency] + \
+            ([(f"(b) c={top}, openai client", top, tmp / "bench-openai.yaml")] if not args.skip_openai else [])
+        body_bytes = 0
+        for label, c, config in plan:
+            work = tmp / f"run{len(rows)}"
             work.mkdir()
+            before = _server_stats(url)
             cpu0, t0 = _cpu(), time.perf_counter()
-            n, requests = run_sequential(src, cfg, work / "out.jsonl") if c is None else \
-                run_ours(src, cfg, work / "out.jsonl", c)
+            n, requests = run_sequential(src, config, work / "out.jsonl") if c is None else \
+                run_ours(src, config, work / "out.jsonl", c)
             wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+            after = _server_stats(url)
+            if c == top:
+                body_bytes = (after["body_bytes"] - before["body_bytes"]) // max(after["requests"] - before["requests"], 1)
             rows.append((label, n, requests, wall, cpu))
-            print(f"{label:22s} {n} tasks, {requests} requests: {wall:7.2f} s  {n / wall:7.2f} tasks/s  "
-                  f"agent CPU {cpu:6.2f} s ({100 * cpu / wall:4.1f}% of wall, {1000 * cpu / max(requests, 1):.2f} ms "
-                  "per request)", flush=True)
+            _print_row(label, n, requests, wall, cpu)
+        label = f"(c) HTTP floor c={top}"
+        requests = next(r[2] for r in rows if r[0] == f"(b) runner c={top}")
+        cpu0, t0 = _cpu(), time.perf_counter()
+        run_floor(url, requests, body_bytes, top)
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        floor = (label, 0, requests, wall, cpu)
+        _print_row(f"{label} (bare aiohttp, {body_bytes // 1024} KB bodies)", 0, requests, wall, cpu)
     finally:
         server.terminate()
         server.join(5)
@@ -223,19 +282,38 @@ def main() -> None:
     base_label, base_n, _, base_wall, _ = rows[0]
     base_rate = base_n / base_wall
     print(f"\nlatency {args.latency_ms:g} ms per request, {args.tasks} tasks"
-          f"{', no VLM' if args.no_vlm else ', with a VLM role (PNG views)'}; ratios against {base_label.strip()}:")
-    for label, n, _, wall, cpu in rows:
-        print(f"  {label:22s} {n / wall / base_rate:6.1f}x   CPU {100 * cpu / wall:4.1f}% of wall")
-    if not args.skip_sequential:
-        best = [r for r in rows if r[0].endswith("c=64")]
-        if best:
-            _, n, _, wall, cpu = best[0]
-            speed = n / wall / base_rate
-            print(f"targets: c=64 >= {TARGET_SPEEDUP:g}x (a): {speed:.1f}x {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}; "
-                  f"agent CPU < {100 * TARGET_CPU_SHARE:g}% of wall: "
-                  + ", ".join(f"{r[0].split()[-1]} {100 * r[4] / r[3]:.1f}%" for r in rows))
+          f"{', no VLM' if args.no_vlm else ', with a VLM role (JPEG views)'}; ratios against {base_label.strip()}:")
+    for label, n, requests, wall, cpu in rows:
+        print(f"  {label:28s} {n / wall / base_rate:6.1f}x   CPU {100 * cpu / wall:4.1f}% of wall, "
+              f"{1000 * cpu / max(requests, 1):.3f} ms a request ({100 * cpu / max(requests, 1) / (args.latency_ms / 1000):.2f}% of "
+              "its latency)")
+    label, _, requests, wall, cpu = floor
+    print(f"  {label:28s}          CPU {100 * cpu / wall:4.1f}% of wall, {1000 * cpu / requests:.3f} ms a request: "
+          "the HTTP client alone, no agent")
+    ours = next((r for r in rows if r[0] == f"(b) runner c={top}"), None)
+    if not args.skip_sequential and ours is not None:
+        _, n, requests, wall, cpu = ours
+        speed = n / wall / base_rate
+        share, floor_share = cpu / wall, floor[4] / floor[3]
+        print(f"targets: c={top} >= {TARGET_SPEEDUP:g}x (a): {speed:.1f}x {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}; "
+              f"agent CPU < {100 * TARGET_CPU_SHARE:g}% of wall at c={top}: {100 * share:.1f}% "
+              f"{'met' if share < TARGET_CPU_SHARE else 'NOT met'} (the HTTP floor at this request rate: "
+              f"{100 * floor_share:.1f}%; per request {100 * cpu / requests / (args.latency_ms / 1000):.2f}% of its latency)")
     sys.stdout.flush()
 
+
+def _print_row(label: str, n: int, requests: int, wall: float, cpu: float) -> None:
+    tasks = f"{n} tasks, " if n else ""
+    rate = f"{n / wall:7.2f} tasks/s  " if n else ""
+    print(f"{label:28s} {tasks}{requests} requests: {wall:7.2f} s  {rate}agent CPU {cpu:6.2f} s "
+          f"({100 * cpu / wall:4.1f}% of wall, {1000 * cpu / max(requests, 1):.3f} ms per request)", flush=True)
+
+
+def _server_stats(url: str) -> dict[str, int]:
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as r:
+        return orjson.loads(r.read())
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,12 @@
 """The two ways :class:`OpenAIBackend` posts a chat request: ``aiohttp`` (default) or the ``openai`` client.
 
-Why two: the official client costs about 0.7 ms of CPU per request (its httpx connection pool scans
-every idle connection on each request; its aiohttp transport still converts each request and reply
-between httpx and aiohttp objects), several times what aiohttp alone costs (about 0.1 ms). A run with
-64 tasks in flight sends hundreds of requests a second, so that difference decides whether the agent
-or the model server is the bottleneck. vLLM's and SGLang's own serving benchmarks post to
-OpenAI-compatible servers with aiohttp for the same reason. The ``openai`` transport stays for what
-only the official client does (its own environment settings, hooks, proxies on every platform).
+Why two: with 64 requests in flight, the official client spends about 0.7 ms of CPU on each (its
+httpx connection pool scans every idle connection per request; even on its aiohttp transport each
+request and reply is converted between httpx and aiohttp objects), aiohttp alone about 0.1 ms. A run
+with 64 tasks in flight sends hundreds of requests a second, so that difference decides whether the
+agent or the model server is the bottleneck (``benchmarks/agent_throughput.py`` measures both).
+vLLM's and SGLang's own serving benchmarks post to OpenAI-compatible servers with aiohttp for the
+same reason. ``http_client: openai`` keeps the official client for those who prefer it.
 
 Both return the reply's JSON and raise :class:`HTTPStatusError` for an HTTP error status, or
 :class:`BackendError` for timeouts, connection failures and unreadable bodies.
