@@ -220,6 +220,30 @@ def test_one_backend_serves_one_event_loop_after_another() -> None:
         assert complete(b, [{"role": "user", "content": "b"}]).text == "two" and first == "one"
 
 
+def test_closing_from_another_thread_closes_the_serving_loops_connections() -> None:
+    """As the demo does: requests served on one thread's loop, the backend closed from another."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with FakeChatServer() as server:
+            server.replies = [chat_reply("served")]
+            b = OpenAIBackend("m", base_url=server.url)
+            reply = asyncio.run_coroutine_threadsafe(b.complete([{"role": "user", "content": "a"}]), loop).result(10)
+            assert reply.text == "served"
+            transport = b._transport
+            session = getattr(transport, "_session", None) or transport._client
+            asyncio.run(b.aclose())
+            closed = session.closed if hasattr(session, "closed") else session.is_closed()
+            assert closed
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 def test_the_http_client_is_checked_and_named_in_the_config(tmp_path) -> None:
     cfg = tmp_path / "a.yaml"
     body = "roles:\n  reflector: &m {{backend: openai, model: m, http_client: {}}}\n  planner: *m\n  rewriter: *m\n"

@@ -111,9 +111,14 @@ class AiohttpTransport:
             raise BackendError(f"{self.name}: unreadable reply: {e}", retryable=True, kind="server") from e
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
-            await session.close()
+        session, loop, self._session = self._session, self._loop, None
+        if session is None or session.closed:
+            return
+        if loop is None or loop is asyncio.get_running_loop() or loop.is_closed():
+            await session.close()  # on a closed loop this only marks it closed: its sockets went with it
+        elif loop.is_running():  # a demo closes from another thread than the one serving requests
+            done = asyncio.run_coroutine_threadsafe(session.close(), loop)
+            await asyncio.wait_for(asyncio.wrap_future(done), 10)
 
 
 def env_proxy(url: str) -> str | None:
