@@ -8,12 +8,13 @@ llama.cpp Python server's form, grammar-constrained; it answers ``json_schema`` 
 reply is parsed and repaired by the caller either way. Images in content parts are sent as
 base64 data URLs (JPEG by default, see :func:`image_data_url`), encoded in a worker thread so the
 event loop keeps serving the other tasks.
+
 Requests go out through aiohttp, or with ``http_client: openai`` through the official client
 (:mod:`reallod.agent.backends.http` says why the default is the lighter one). Neither retries by
-itself: the runner retries with its own policy, and errors
-come back as :class:`BackendError` with a ``kind`` (timeout, connection, rate_limit, server, client)
-and marked retryable (timeouts, connection errors, 408, 409, 429, 5xx, unreadable replies) or not
-(other 4xx), with the server's ``Retry-After`` (seconds, HTTP date, or ``retry-after-ms``).
+itself: the runner retries with its own policy. Errors come back as :class:`BackendError` with a
+``kind`` (timeout, connection, rate_limit, server, client) and marked retryable (timeouts,
+connection errors, 408, 409, 429, 5xx, unreadable replies) or not (other 4xx), with the server's
+``Retry-After`` (seconds, HTTP date, or ``retry-after-ms``).
 """
 
 from __future__ import annotations
