@@ -33,20 +33,6 @@ def _quiet_transformers():
     hf_logging.disable_progress_bar()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from reallod.model.tiny import save_tiny_detector
-
-    return save_tiny_detector(tmp_path_factory.mktemp("tiny-detector") / "model", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_detector(tiny_model_dir):
-    from reallod.model.loading import load_detector
-
-    return load_detector(tiny_model_dir, device="cpu")
-
-
 @pytest.fixture(scope="module")
 def browser():
     """One Chromium per test module: Playwright's sync API holds an event loop on the main thread

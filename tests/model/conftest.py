@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random-initialised detectors with the real bert-base-uncased vocabulary.
 
-Other test suites (training, evaluation, demo) can reuse them through ``reallod.model.tiny`` or by
-importing these fixtures; nothing is downloaded.
+The tiny detector itself (``tiny_model_dir``, ``tiny_detector``) is in ``tests/conftest.py``, shared
+with the demo tests; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reallod.model.tiny import load_vocab_tokenizer, save_tiny_detector
+from reallod.model.tiny import load_vocab_tokenizer
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,19 +24,6 @@ def _quiet_transformers():
 @pytest.fixture(scope="session")
 def bert_tokenizer():
     return load_vocab_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A loadable tiny detector folder (config, safetensors, tokenizer, 128/224 preprocessor)."""
-    return save_tiny_detector(tmp_path_factory.mktemp("tiny-detector") / "model", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_detector(tiny_model_dir):
-    from reallod.model.loading import load_detector
-
-    return load_detector(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
