@@ -157,7 +157,7 @@ def _cpu() -> float:
 
 
 def _warm_up(src: Path, cfg: Path) -> None:
-    from reallod.agent.config import build_roles, load_agent_config
+    from reallod.agent.agent_config import build_roles, load_agent_config
 
     roles = build_roles(load_agent_config(cfg))
 
@@ -168,16 +168,16 @@ def _warm_up(src: Path, cfg: Path) -> None:
             await roles.aclose()
 
     asyncio.run(one_call())
-    import reallod.agent.runner  # noqa: F401
+    import reallod.agent.realign  # noqa: F401
 
 
 def run_sequential(src: Path, cfg: Path, out: Path) -> tuple[int, int]:
     """(a) The published loop: one task at a time, results in memory, output written at the end."""
+    from reallod.agent.agent_config import build_roles, load_agent_config
     from reallod.agent.assemble import assemble
-    from reallod.agent.config import build_roles, load_agent_config
-    from reallod.agent.images import ImageLoader
     from reallod.agent.inputs import iter_tasks
-    from reallod.agent.runner import run_one
+    from reallod.agent.realign import run_one
+    from reallod.runs.image_root import ImageLoader
 
     roles = build_roles(load_agent_config(cfg))
     images = ImageLoader(EXAMPLES / "images")
@@ -195,7 +195,7 @@ def run_sequential(src: Path, cfg: Path, out: Path) -> tuple[int, int]:
 
 def run_ours(src: Path, cfg: Path, out: Path, concurrency: int) -> tuple[int, int]:
     """(b) ``reallod realign`` as a user runs it, minus the terminal output."""
-    from reallod.agent.runner import RealignOptions, realign
+    from reallod.agent.realign import RealignOptions, realign
 
     run = realign(RealignOptions(input=src, config=str(cfg), out=out, images=EXAMPLES / "images",
                                  concurrency=concurrency, cache=out.parent / "cache.sqlite"))

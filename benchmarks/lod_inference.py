@@ -55,7 +55,7 @@ def build(device: torch.device, size: tuple[int, int], dtype: torch.dtype):
     )
 
     from reallod.model.convert_checkpoint import variant_config
-    from reallod.model.loading import Detector
+    from reallod.model.inference import Detector
     from reallod.model.tiny import load_vocab_tokenizer
 
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ def _swin_t_folder(out: Path, max_text_len: int) -> Path:
     )
 
     from reallod.model.convert_checkpoint import variant_config
-    from reallod.model.loading import save_tokenizer
+    from reallod.model.hf_folder import save_tokenizer
     from reallod.model.tiny import load_vocab_tokenizer
 
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def _config(case: str, work: Path, steps: int, warmup: int) -> tuple[object, int
 
 def run_case(case: str, steps: int, warmup: int) -> dict:
     """Train ``warmup + steps`` steps; throughput over the last ``steps`` (data loading included)."""
-    from reallod.train.cli_args import quiet_transformers
+    from reallod.cli.common import quiet_transformers
     from reallod.train.loop import train
 
     quiet_transformers()

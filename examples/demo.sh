@@ -26,5 +26,5 @@ Done.
   run summary: $OUT/run.json and $OUT/run.md; journal: $OUT/realigned.journal.jsonl
       (run this again and it resumes from the journal: finished tasks are not redone)
 The offline model is a small *base* model: it exercises the whole pipeline, its verdicts mean little.
-For real judgements run a shipped config against a model server (see README, "Real-Agent").
+For real judgements run a shipped config against a model server (see docs/agent.md).
 MSG

@@ -1,8 +1,19 @@
-"""Fixtures more than one test suite uses: a tiny random-initialised detector (nothing downloaded)."""
+"""Fixtures more than one test suite uses: a private response cache for every test, and a tiny
+random-initialised detector (nothing downloaded)."""
 
 from __future__ import annotations
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_response_cache(tmp_path_factory, monkeypatch):
+    """No test reads another's cached answers, and nothing is written to the user's
+    ~/.cache/reallod/responses.sqlite (packaged model files still come from that folder)."""
+    import reallod.runs.session as session
+
+    path = tmp_path_factory.mktemp("reallod-cache") / "responses.sqlite"
+    monkeypatch.setattr(session, "default_cache_path", lambda: path)
 
 
 @pytest.fixture(scope="session")

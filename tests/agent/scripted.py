@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reallod.agent.backends.base import Completion
-from reallod.agent.retry import RetryPolicy
 from reallod.agent.roles import ROLE_NAMES, Roles, make_role
+from reallod.llm.backends.base import Completion
+from reallod.llm.policy import RetryPolicy
 
 Answer = str | BaseException
 Script = dict[str, list[Answer]] | Callable[[str, list[dict[str, Any]]], str]

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-import reallod.agent.config as agent_config
+import reallod.agent.agent_config as agent_config
 from reallod.agent.agent_eval import Gold, evaluate, load_gold, match_f1
 from reallod.errors import DataError
 from tests.agent.io_helpers import EXAMPLES
 from tests.agent.scripted import colour_judge_with, scripted_roles
-from tests.agent.test_cli_realign import cli
+from tests.cli_helpers import run_cli
 
 
 def test_match_f1():
@@ -68,8 +68,8 @@ judge = colour_judge_with({"blue coffee mug": "the red espresso cup"})
 
 def test_agent_eval_on_the_bundled_labelled_example(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(judge, vlm=False))
-    code, stdout, err = cli(capsys, "agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline",
-                            "--images", EXAMPLES / "images", "--report", tmp_path / "eval")
+    code, stdout, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline",
+                            "--images", EXAMPLES / "images", "--report", tmp_path / "eval"], capsys)
     assert code == 0, err
     rep = json.loads((tmp_path / "eval.json").read_text())
     # gold wrong: 11; the judge catches the 4 blue/black ones (rewrites), keeps the 7 others as correct

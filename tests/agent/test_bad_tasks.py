@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from reallod.agent.runner import RealignOptions, realign
+from reallod.agent.realign import RealignOptions, realign
 from reallod.agent.trace import read_trace
 from reallod.data.schema import check_record
 from tests.agent.io_helpers import pair, published, read_jsonl, record, write_image, write_jsonl

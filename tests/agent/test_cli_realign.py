@@ -1,9 +1,9 @@
 import pytest
 
-import reallod.agent.config as agent_config
-from reallod.cli import main
+import reallod.agent.agent_config as agent_config
 from tests.agent.io_helpers import EXAMPLES, read_jsonl
 from tests.agent.scripted import answer, plan, reflect, rewrite, scripted_roles
+from tests.cli_helpers import run_cli
 
 
 def script(role, messages):
@@ -34,21 +34,12 @@ def scripted(monkeypatch):
     return seen
 
 
-def cli(capsys, *args):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_realign_writes_output_trace_report_and_prints_the_summary(tmp_path, capsys, scripted):
     out = tmp_path / "r.jsonl"
-    code, stdout, err = cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
-                            "--images", EXAMPLES / "images", "--limit", "4", "--max-cycles", "3",
-                            "--unresolved", "drop", "--base-url", "http://127.0.0.1:9/v1", "--report-dir", tmp_path / "rep")
+    code, stdout, err = run_cli(["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
+                                 "--images", EXAMPLES / "images", "--limit", "4", "--max-cycles", "3",
+                                 "--unresolved", "drop", "--base-url", "http://127.0.0.1:9/v1",
+                                 "--report-dir", tmp_path / "rep"], capsys)
     assert code == 0, err
     assert scripted["base_url"] == "http://127.0.0.1:9/v1" and scripted["path"] == "offline"
     assert out.exists() and (tmp_path / "r.trace.jsonl").exists()
@@ -67,15 +58,15 @@ def test_realign_writes_output_trace_report_and_prints_the_summary(tmp_path, cap
 
 def test_explain_prints_one_task(tmp_path, capsys, scripted):
     out = tmp_path / "r.jsonl"
-    assert cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
-               "--images", EXAMPLES / "images", "--limit", "2")[0] == 0
-    code, stdout, _ = cli(capsys, "realign", "--explain", tmp_path / "r.trace.jsonl", "--task", "0/vlm_short/0/1")
+    assert run_cli(["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
+                    "--images", EXAMPLES / "images", "--limit", "2"], capsys)[0] == 0
+    code, stdout, _ = run_cli(["realign", "--explain", tmp_path / "r.trace.jsonl", "--task", "0/vlm_short/0/1"], capsys)
     assert code == 0
     for words in ("task 0/vlm_short/0/1", "the astronaut in a blue spacesuit", "reflector", "planner",
                   "view object_crop crop [30, 15, 370, 512]", "What colour is it?", "it is orange",
                   "verdict    unresolved after 3 cycle(s)"):
         assert words in stdout, words
-    code, _, err = cli(capsys, "realign", "--explain", tmp_path / "r.trace.jsonl", "--task", "nope")
+    code, _, err = run_cli(["realign", "--explain", tmp_path / "r.trace.jsonl", "--task", "nope"], capsys)
     assert code == 2 and err.count("\n") == 1 and "no task 'nope'" in err and "0/vlm_short/0/0" in err
 
 
@@ -91,18 +82,18 @@ def test_explain_prints_one_task(tmp_path, capsys, scripted):
 ])
 def test_usage_and_input_errors_are_one_line(tmp_path, capsys, scripted, args, words):
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
-    code, _, err = cli(capsys, *args)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and words in err
     assert "Traceback" not in err
 
 
 def test_report_shows_only_crops_that_match_the_trace(tmp_path, capsys, scripted):
-    from reallod.agent.images import ImageLoader
-    from reallod.agent.report import write_report
+    from reallod.agent.task_report import write_report
+    from reallod.runs.image_root import ImageLoader
 
     out = tmp_path / "r.jsonl"
-    assert cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
-               "--images", EXAMPLES / "images", "--limit", "2")[0] == 0
+    assert run_cli(["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out,
+                    "--images", EXAMPLES / "images", "--limit", "2"], capsys)[0] == 0
     trace = tmp_path / "r.trace.jsonl"
     lines = trace.read_text().splitlines()
     tampered = [line.replace('"crop_box":[30,15,370,512]', '"crop_box":[0,0,10,10]') for line in lines]

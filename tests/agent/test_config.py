@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from reallod.agent.backends.openai_backend import OpenAIBackend
-from reallod.agent.backends.transformers_backend import TransformersBackend
-from reallod.agent.config import build_roles, load_agent_config
+from reallod.agent.agent_config import build_roles, load_agent_config
 from reallod.errors import ConfigError
+from reallod.llm.backends.openai_backend import OpenAIBackend
+from reallod.llm.backends.transformers_backend import TransformersBackend
 
 
 @pytest.fixture(autouse=True)

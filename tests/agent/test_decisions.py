@@ -10,10 +10,11 @@ from reallod.agent.decisions import (
     REFLECT_VERDICTS,
     SPECS,
     DecisionError,
-    parse_json_object,
 )
-from reallod.agent.roles import PLACEHOLDERS, ROLE_NAMES, PromptTemplate
+from reallod.agent.roles import PLACEHOLDERS, ROLE_NAMES, load_prompt
 from reallod.errors import ConfigError
+from reallod.llm.prompts import PromptTemplate
+from reallod.llm.replies import parse_json_object
 
 
 def test_exact_json() -> None:
@@ -115,7 +116,7 @@ def test_parse_json_object_prefers_the_fenced_object() -> None:
 
 def test_packaged_prompts_load_and_use_only_known_placeholders() -> None:
     for role in ROLE_NAMES:
-        t = PromptTemplate.load(role)
+        t = load_prompt(role)
         assert t.system and t.user
         assert t.placeholders() <= PLACEHOLDERS[role]
         assert "format" in t.placeholders()
@@ -125,13 +126,14 @@ def test_a_prompt_with_an_unknown_placeholder_is_refused(tmp_path) -> None:
     p = tmp_path / "mine.txt"
     p.write_text("[system]\nYou judge.\n[user]\nJudge $expression against $weather.\n")
     with pytest.raises(ConfigError, match=r"unknown placeholder\(s\) weather"):
-        PromptTemplate.load("reflector", p)
+        load_prompt("reflector", p)
     p.write_text("no sections at all $expression")
     with pytest.raises(ConfigError, match="no \\[user\\] section"):
-        PromptTemplate.load("reflector", p)
+        load_prompt("reflector", p)
 
 
 def test_prompt_values_are_substituted_verbatim() -> None:
-    t = PromptTemplate.parse("x", "[user]\nSay $expression costs $$5 {not a field}", role="reflector")
+    t = PromptTemplate.parse("x", "[user]\nSay $expression costs $$5 {not a field}",
+                             allowed=PLACEHOLDERS["reflector"], role="reflector")
     msgs = t.render({"expression": "the Red $cup"})
     assert msgs == [{"role": "user", "content": "Say the Red $cup costs $5 {not a field}"}]

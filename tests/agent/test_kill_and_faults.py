@@ -11,12 +11,12 @@ import subprocess
 import sys
 import time
 
-from reallod.agent.journal import read_journal
 from reallod.agent.task import VERDICTS
 from reallod.agent.trace import read_trace
+from reallod.runs.journal import read_journal
 from tests.agent.fake_openai_server import FakeChatServer, FakeReply, chat_reply, error_reply, valid_decision
 from tests.agent.io_helpers import REPO, fake_server_config, many_tasks, read_jsonl
-from tests.agent.test_cli_realign import cli
+from tests.cli_helpers import run_cli
 
 CLI = [sys.executable, "-c", "from reallod.cli import main; main()"]
 
@@ -104,7 +104,7 @@ def test_a_server_failing_one_request_in_five(tmp_path, capsys):
         cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, timeout_s=0.4, concurrency=8)
         src = many_tasks(tmp_path / "in", 40)
         out = tmp_path / "o.jsonl"
-        code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", out, "--report", tmp_path / "run")
+        code, _, err = run_cli(["realign", src, "--config", cfg, "--out", out, "--report", tmp_path / "run"], capsys)
     assert code == 0, err
     assert {"500", "429", "timeout", "truncated", "invalid"} <= set(kinds)
     _, done = read_journal(tmp_path / "o.journal.jsonl")
@@ -128,7 +128,7 @@ def test_an_endpoint_that_is_down_is_reported_once_and_the_run_stops(tmp_path, c
     cfg = fake_server_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{port}/v1", concurrency=4)
     src = many_tasks(tmp_path / "in", 10)
     started = time.monotonic()
-    code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "o.jsonl")
+    code, _, err = run_cli(["realign", src, "--config", cfg, "--out", tmp_path / "o.jsonl"], capsys)
     assert code == 2 and time.monotonic() - started < 30
     assert err.count("endpoint unreachable") == 1 and err.count("\n") == 1
     assert "rerun the same command to resume" in err and "Traceback" not in err

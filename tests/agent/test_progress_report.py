@@ -8,9 +8,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reallod.agent.progress import RichMonitor, run_table
-from reallod.agent.run_report import report_paths
-from reallod.agent.runner import RealignOptions, realign
+from reallod.agent.realign import RealignOptions, realign
+from reallod.agent.run_report import report_paths, run_table
+from reallod.agent.task import VERDICTS
+from reallod.runs.progress import RichMonitor
 from tests.agent.io_helpers import EXAMPLES
 from tests.agent.scripted import colour_judge, scripted_roles
 
@@ -24,7 +25,7 @@ def test_report_paths():
 def test_progress_bar_and_reports(tmp_path):
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=160)
-    monitor = RichMonitor(console)
+    monitor = RichMonitor(console, labels=VERDICTS)
     run = realign(RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=tmp_path / "o.jsonl",
                                  images=EXAMPLES / "images", report=tmp_path / "run", concurrency=3),
                   roles=scripted_roles(colour_judge, vlm=False), monitor=monitor)

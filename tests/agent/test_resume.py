@@ -7,14 +7,15 @@ import errno
 
 import pytest
 
-from reallod.agent import journal as journal_mod
-from reallod.agent.journal import read_journal
-from reallod.agent.runner import RealignOptions, RunStopped, realign
+from reallod.agent.realign import RealignOptions, realign
 from reallod.agent.trace import read_trace
 from reallod.errors import ReallodError
+from reallod.runs import journal as journal_mod
+from reallod.runs.journal import read_journal
+from reallod.runs.session import RunStopped
 from tests.agent.io_helpers import EXAMPLES, read_jsonl
 from tests.agent.scripted import colour_judge, scripted_roles
-from tests.agent.test_cli_realign import cli
+from tests.cli_helpers import run_cli
 
 
 def run(tmp_path, name="o", **kw):
@@ -46,20 +47,20 @@ def test_rerun_resumes_without_redoing_or_doubling(tmp_path):
 
 
 def test_changed_input_or_config_is_refused_unless_forced(tmp_path, capsys, monkeypatch):
-    import reallod.agent.config as agent_config
+    import reallod.agent.agent_config as agent_config
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
     src = tmp_path / "in.jsonl"
     src.write_bytes((EXAMPLES / "realdata.jsonl").read_bytes())
     args = ["realign", src, "--config", "offline", "--out", tmp_path / "o.jsonl", "--images", EXAMPLES / "images",
             "--limit", "3"]
-    assert cli(capsys, *args)[0] == 0
+    assert run_cli(args, capsys)[0] == 0
     src.write_bytes(src.read_bytes() + b"\n")  # same records, one more (blank) line: other content
-    code, _, err = cli(capsys, *args)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and "different input" in err and "--force-resume" in err and err.count("\n") == 1
-    code, _, err = cli(capsys, *args, "--max-cycles", "1")
+    code, _, err = run_cli([*args, "--max-cycles", "1"], capsys)
     assert code == 2 and "input, max_cycles" in err
-    assert cli(capsys, *args, "--force-resume")[0] == 0
+    assert run_cli([*args, "--force-resume"], capsys)[0] == 0
 
 
 def test_disk_full_stops_cleanly_and_resume_finishes(tmp_path, monkeypatch):
@@ -89,31 +90,31 @@ def test_disk_full_stops_cleanly_and_resume_finishes(tmp_path, monkeypatch):
 
 
 def test_unwritable_output_keeps_the_journal_and_a_rerun_writes_it(tmp_path, capsys, monkeypatch):
-    import reallod.agent.config as agent_config
+    import reallod.agent.agent_config as agent_config
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
     out = tmp_path / "o.jsonl"
     out.mkdir()  # something that is not a file stands where the output goes
     args = ["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out, "--images",
             EXAMPLES / "images"]
-    code, _, err = cli(capsys, *args)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert f"cannot write the output {out}" in err and "safe in" in err and "Traceback" not in err
     _, done = read_journal(tmp_path / "o.journal.jsonl")
     assert len(done) == 22
     out.rmdir()
-    code, stdout, _ = cli(capsys, *args)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and "22 resumed from the journal, 0 run now" in stdout
     assert len(read_jsonl(out)) == 4
 
 
 def test_journal_in_a_folder_that_cannot_be_made(tmp_path, capsys, monkeypatch):
-    import reallod.agent.config as agent_config
+    import reallod.agent.agent_config as agent_config
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
     (tmp_path / "file").write_text("x")
-    code, _, err = cli(capsys, "realign", EXAMPLES / "realdata.jsonl", "--config", "offline",
-                       "--out", tmp_path / "file" / "o.jsonl", "--images", EXAMPLES / "images")
+    code, _, err = run_cli(["realign", EXAMPLES / "realdata.jsonl", "--config", "offline",
+                       "--out", tmp_path / "file" / "o.jsonl", "--images", EXAMPLES / "images"], capsys)
     assert code == 2 and "cannot create the journal" in err and "is not a folder" in err
     assert "Traceback" not in err and err.count("\n") == 1
 

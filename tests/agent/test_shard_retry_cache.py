@@ -4,11 +4,11 @@ import random
 import pytest
 from PIL import Image
 
-from reallod.agent.backends.base import BackendError, Completion
-from reallod.agent.cache import ResponseCache, new_scope
-from reallod.agent.retry import EndpointDown, ResilientBackend, RetryPolicy, backoff_delay
-from reallod.agent.shard import in_shard, parse_shard, shard_of
 from reallod.errors import ConfigError
+from reallod.llm.backends.base import BackendError, Completion
+from reallod.llm.cache import ResponseCache, new_scope
+from reallod.llm.retry import EndpointDown, ResilientBackend, RetryPolicy, backoff_delay
+from reallod.runs.shard import in_shard, parse_shard, shard_of
 
 
 def test_shards_partition_ids_exactly():
@@ -125,7 +125,7 @@ def _rows_seen_by_another_process(path) -> int:
 
 
 def test_cache_commits_in_groups_on_commit_and_on_close(tmp_path, monkeypatch):
-    from reallod.agent import cache as cache_mod
+    from reallod.llm import cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "COMMIT_AFTER_S", 3600.0)
     monkeypatch.setattr(cache_mod, "COMMIT_EVERY", 5)

@@ -9,26 +9,25 @@ import random
 
 import pytest
 
-from reallod.agent.inputs import iter_tasks
+from reallod.agent.inputs import iter_tasks, shard_key
 from reallod.agent.ordering import group_by_image
-from reallod.agent.shard import shard_key
-from reallod.cli import _looks_like_address
+from reallod.cli.realign import looks_like_address as _looks_like_address
 from tests.agent.fake_openai_server import FakeChatServer, chat_reply, valid_decision
 from tests.agent.io_helpers import EXAMPLES, fake_server_config, many_tasks, read_jsonl
 from tests.agent.scripted import colour_judge, scripted_roles
-from tests.agent.test_cli_realign import cli
+from tests.cli_helpers import run_cli
 
 
 @pytest.fixture
 def scripted(monkeypatch):
-    import reallod.agent.config as agent_config
+    import reallod.agent.agent_config as agent_config
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
 
 
 def realign(capsys, src, out, *extra):
-    code, stdout, err = cli(capsys, "realign", src, "--config", "offline", "--out", out,
-                            "--images", EXAMPLES / "images", *extra)
+    code, stdout, err = run_cli(["realign", src, "--config", "offline", "--out", out,
+                            "--images", EXAMPLES / "images", *extra], capsys)
     assert code == 0, err
     return stdout
 
@@ -42,7 +41,7 @@ def test_three_shards_merge_into_what_one_run_writes(tmp_path, capsys, scripted,
         stdout = realign(capsys, src, out, "--shard", f"{k}/3")
         sizes.append(int(stdout.split(" task(s)")[0].split()[-1]))
     assert sum(sizes) == 22  # a shard may be empty: 4 images only
-    code, stdout, err = cli(capsys, "realign", "merge", *outs, "--out", tmp_path / "merged.jsonl")
+    code, stdout, err = run_cli(["realign", "merge", *outs, "--out", tmp_path / "merged.jsonl"], capsys)
     assert code == 0, err
     assert "merged 3 shard(s)" in stdout and "22 task(s)" in stdout
     assert read_jsonl(tmp_path / "merged.jsonl") == read_jsonl(tmp_path / "all.jsonl")
@@ -58,7 +57,7 @@ def test_merge_refuses_missing_doubled_incomplete_or_foreign_shards(tmp_path, ca
     realign(capsys, src, s2, "--shard", "2/2", "--limit", "2")  # unfinished
 
     def merge(*shards):
-        code, _, err = cli(capsys, "realign", "merge", *shards, "--out", tmp_path / "m.jsonl")
+        code, _, err = run_cli(["realign", "merge", *shards, "--out", tmp_path / "m.jsonl"], capsys)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
         return err
 
@@ -74,7 +73,7 @@ def test_merge_refuses_missing_doubled_incomplete_or_foreign_shards(tmp_path, ca
     assert "not a shard's output" in merge(tmp_path / "whole.jsonl")
     assert "no journal next to it" in merge(tmp_path / "nope.jsonl")
     realign(capsys, src, s2, "--shard", "2/2")  # the unfinished shard resumes and completes
-    code, _, err = cli(capsys, "realign", "merge", s1, s2, "--out", tmp_path / "m.jsonl")
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", tmp_path / "m.jsonl"], capsys)
     assert code == 0, err
     assert read_jsonl(tmp_path / "m.jsonl") == read_jsonl(tmp_path / "whole.jsonl")
 
@@ -113,11 +112,11 @@ def test_ray_runs_shards_on_a_local_instance_and_merges(tmp_path, capsys):
     with FakeChatServer(deterministic) as server:
         cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=4)
         src = many_tasks(tmp_path / "in", 24)
-        code, _, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "one.jsonl",
-                           "--no-cache")
+        code, _, err = run_cli(["realign", src, "--config", cfg, "--out", tmp_path / "one.jsonl",
+                           "--no-cache"], capsys)
         assert code == 0, err
-        code, stdout, err = cli(capsys, "realign", src, "--config", cfg, "--out", tmp_path / "ray.jsonl",
-                                "--no-cache", "--ray", "--ray-shards", "2")
+        code, stdout, err = run_cli(["realign", src, "--config", cfg, "--out", tmp_path / "ray.jsonl",
+                                "--no-cache", "--ray", "--ray-shards", "2"], capsys)
         assert code == 0, err
     assert "shard 1/2" in stdout and "shard 2/2" in stdout and "24 task(s)" in stdout
     assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "one.jsonl")

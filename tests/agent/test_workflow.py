@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from reallod.agent.backends.base import BackendError
 from reallod.agent.task import ObjectRef, Task, TaskResult
 from reallod.agent.workflow import run_task
 from reallod.errors import ConfigError, DataError
+from reallod.llm.backends.base import BackendError
 from tests.agent.scripted import answer, plan, reflect, rewrite, scripted_roles
 
 

@@ -1,6 +1,6 @@
 """Malformed Real-Data inputs: each names the exact problem ``reallod data validate`` must report.
 
-Every case runs the real CLI in-process (``reallod.cli.main``) and checks the exit code, the
+Every case runs the real CLI in-process (``tests.cli_helpers.run_cli``) and checks the exit code, the
 (kind, field, line) of every problem in the ``--json`` report, the human-readable
 ``FILE:LINE: field: message`` line, and that no traceback escapes. One case runs the installed
 console script in a subprocess.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reallod.cli import main
+from tests.cli_helpers import run_cli
 
 
 def rec(**over) -> dict:
@@ -106,15 +106,6 @@ CASES: dict[str, tuple[bytes, str, list[tuple[str, str, int | None]]]] = {
     "crlf_line_endings_are_fine": (GOOD.replace(b"\n", b"\r\n") * 2 + line(rec(width=-2)).replace(b"\n", b"\r\n"),
                                    "x.jsonl", [("bad_size", "width", 3)]),
 }
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (0 if code is None else code), out, err
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -6,7 +6,6 @@ import orjson
 import pytest
 from pycocotools.coco import COCO
 
-from reallod.cli import main
 from reallod.data import Record, read_records, write_records
 from reallod.data.convert import (
     JsonSectionsWriter,
@@ -19,6 +18,7 @@ from reallod.data.convert_coco import coco_to_records, image_filename
 from reallod.data.convert_odvg import record_to_odvg, sanitize_phrase
 from reallod.data.convert_omnilabel import record_to_omnilabel
 from reallod.errors import DataError
+from tests.cli_helpers import run_cli
 
 DOG = [10, 20, 110, 220]
 CAT = [200, 40, 300, 140]
@@ -50,13 +50,6 @@ def realdata(tmp_path):
     path = tmp_path / "in.jsonl"
     write_records(path, [IMAGE, OTHER])
     return path
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 def load_jsonl(path):

@@ -3,9 +3,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from reallod.cli import main
 from reallod.data import Record, write_records
-from reallod.data.draw import (
+from reallod.data.show import (
     MIN_WIDTH,
     PALETTE,
     TEXT_SIZE,
@@ -19,6 +18,7 @@ from reallod.data.draw import (
     wrap,
 )
 from reallod.errors import DataError
+from tests.cli_helpers import run_cli
 
 FACE = [140, 30, 330, 270]
 ASTRONAUT = {
@@ -40,13 +40,6 @@ def photo_root(tmp_path):
     (root / "photos").mkdir(parents=True)
     Image.fromarray(skdata.astronaut()).save(root / "photos" / "astronaut.png")
     return root
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 def test_render_draws_boxes_labels_and_panel(photo_root):

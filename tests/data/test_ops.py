@@ -1,7 +1,6 @@
 import orjson
 import pytest
 
-from reallod.cli import main
 from reallod.data import Record, read_records, write_records
 from reallod.data.convert_common import ConvertStats
 from reallod.data.io import read_numbered_records
@@ -16,6 +15,7 @@ from reallod.data.ops import (
     unit_hash,
 )
 from reallod.errors import ConfigError, DataError
+from tests.cli_helpers import run_cli
 
 
 def pair(category="dog", box=(0, 0, 10, 10), pos=("a dog",), neg=(), relation=None, boxes=None):
@@ -40,13 +40,6 @@ def many(n, prefix="img"):
 
 def names(path):
     return [r.filename for r in read_records(path)]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 # ---------------------------------------------------------------------------------------------- filter

@@ -9,11 +9,11 @@ import numpy as np
 from PIL import Image
 
 from reallod.agent import workflow
-from reallod.agent.backends.base import BackendError
 from reallod.agent.task import ObjectRef, Task
 from reallod.agent.views import OBJECT_CROP, make_view
 from reallod.demo.agent_watch import CallLog, live_markdown, observe, result_markdown
 from reallod.demo.examples import EXAMPLES_DIR
+from reallod.llm.backends.base import BackendError
 from tests.agent.scripted import plan, reflect, scripted_roles
 from tests.demo.doubles import EVIDENCE, REWRITTEN, astronaut_roles
 

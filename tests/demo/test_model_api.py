@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from reallod.data.images import open_image
 from reallod.demo.examples import EXAMPLES_DIR
 from reallod.demo.forms import TABLE_HEADERS
-from reallod.model.detect import open_image
 from reallod.model.detections import Detections, compare
 from reallod.model.inference import InferenceOptions
 from tests.demo.api import api_client

@@ -5,16 +5,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from reallod.agent.retry import EndpointDown
-from reallod.agent.runner import RunStopped
-from reallod.cli import app
+from reallod.agent.realign import RunStopped
 from reallod.data.stats import file_stats
 from reallod.data.validate import validate_file
 from reallod.engine.generate import GenerateSettings
 from reallod.engine.pipeline import GenerateOptions, PipelineOptions, generate, pipeline
+from reallod.llm.retry import EndpointDown
 from tests.agent.scripted import scripted_roles
+from tests.cli_helpers import run_cli
 from tests.engine.scripted_models import generation_answers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -119,23 +118,23 @@ def test_a_killed_pipeline_resumes_at_the_stage_and_task_where_it_stopped(tmp_pa
     assert validate_file(out).ok
 
 
-def test_cli_pipeline_and_bad_annotations(tmp_path, monkeypatch):
+def test_cli_pipeline_and_bad_annotations(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.json"
     data = json.loads((EXAMPLES / "annotations.json").read_text())
     data["annotations"][5]["image_id"] = 42
     bad.write_text(json.dumps(data))
-    result = CliRunner().invoke(app, ["generate", "--annotations", str(bad), "--images", str(EXAMPLES / "images"),
-                                      "--out", str(tmp_path / "g.jsonl")])
-    assert result.exit_code != 0
-    assert "annotations[5].image_id" in str(result.exception) and "42" in str(result.exception)
+    code, _, err = run_cli(["generate", "--annotations", bad, "--images", EXAMPLES / "images",
+                            "--out", tmp_path / "g.jsonl"], capsys)
+    assert code != 0
+    assert "annotations[5].image_id" in err and "42" in err
     import reallod.engine.pipeline as pl
 
     monkeypatch.setattr(pl, "build_roles_for", lambda o: (scripted_roles(generation_answers()), "scripted", 3, 2))
-    result = CliRunner().invoke(app, ["pipeline", "--annotations", str(EXAMPLES / "annotations.json"), "--images",
-                                      str(EXAMPLES / "images"), "--out", str(tmp_path / "o.jsonl"), "--limit", "2",
-                                      "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "generate: 2 image(s)" in result.output and "assemble:" in result.output
+    code, out, err = run_cli(["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images",
+                              EXAMPLES / "images", "--out", tmp_path / "o.jsonl", "--limit", "2", "--no-progress"],
+                             capsys)
+    assert code == 0, out + err
+    assert "generate: 2 image(s)" in out and "assemble:" in out
     assert len(records(tmp_path / "o.jsonl")) == 2
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from reallod.eval.jobs import EvalJob, run_job
-from reallod.eval.runner import ModelSpec, RunOptions, init_distributed
+from reallod.eval.predict import ModelSpec, RunOptions, init_distributed
 from reallod.model.inference import InferenceOptions
 
 

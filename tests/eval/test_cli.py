@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reallod.cli import main
+from tests.cli_helpers import run_cli
 from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions
-
-
-def _cli(capsys, *args):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _files(tmp_path, preds=None):
@@ -27,7 +17,7 @@ def _files(tmp_path, preds=None):
 
 def test_scores_a_predictions_file_and_writes_metrics_beside_it(tmp_path, capsys):
     gt, preds = _files(tmp_path)
-    code, out, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--predictions", preds)
+    code, out, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds], capsys)
     assert code == 0, err
     assert "OmniLabel (×100)" in out and "AP-descr-pos" in out
     doc = json.loads((tmp_path / "preds.metrics.json").read_text())
@@ -39,7 +29,7 @@ def test_bad_predictions_are_one_line_naming_the_entry(tmp_path, capsys):
     gt, preds = _files(tmp_path, [{"image_id": 10, "bbox": [0, 0, 5, 5], "description_ids": [1], "scores": [0.5]},
                                   {"image_id": 10, "bbox": [0, 0, 5, 5], "description_ids": [1],
                                    "scores": [float("nan")]}])
-    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--predictions", preds)
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds], capsys)
     assert code == 2
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert f"{preds}: predictions[1] (image_id 10).scores[0]: score is nan" in err
@@ -48,9 +38,9 @@ def test_bad_predictions_are_one_line_naming_the_entry(tmp_path, capsys):
 
 def test_needs_a_model_or_predictions(tmp_path, capsys):
     gt, preds = _files(tmp_path)
-    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt)
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt], capsys)
     assert code == 2 and "give either --model" in err
-    code, _, err = _cli(capsys, "eval", "omnilabel", "--annotations", gt, "--model", tmp_path / "m")
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--model", tmp_path / "m"], capsys)
     assert code == 2 and "--model needs --images" in err
-    code, _, err = _cli(capsys, "eval", "d3", "--annotations", tmp_path / "nowhere", "--predictions", preds)
+    code, _, err = run_cli(["eval", "d3", "--annotations", tmp_path / "nowhere", "--predictions", preds], capsys)
     assert code == 2 and "nowhere" in err

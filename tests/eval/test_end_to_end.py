@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from reallod.cli import main
+from tests.cli_helpers import run_cli
 from tests.eval import synthetic as syn
 
 pytest.importorskip("d_cube")
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _model_boxes(detector, root: Path, images: list[dict], texts_of) -> dict:
     """The tiny model's best box (xywh) per (image id, text): ground truth the random model can hit."""
-    from reallod.model.detect import open_image
+    from reallod.data.images import open_image
 
     out = {}
     for img in images:
@@ -80,16 +81,6 @@ def setup(tmp_path_factory):
     return model, data
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 COMMON = ("--device", "cpu", "--batch-size", "2")
 
 
@@ -143,8 +134,8 @@ def test_saved_predictions_score_the_same(single, setup, name, capsys):
     gt = {"omnilabel": data / "omnilabel" / "gt.json", "d3": data / "d3" / "pkl",
           "ovdeval": data / "ovdeval" / "annotations"}[name]
     pred = out / ("ovdeval" if name == "ovdeval" else f"{name}.json")
-    code, stdout, err = _cli(capsys, "eval", name, "--annotations", gt, "--predictions", pred,
-                             "--metrics-out", out / f"{name}.rescored.json")
+    code, stdout, err = run_cli(["eval", name, "--annotations", gt, "--predictions", pred,
+                                 "--metrics-out", out / f"{name}.rescored.json"], capsys)
     assert code == 0, err
     assert "(×100)" in stdout and "prediction rows scored" in stdout
     assert _metrics(out / f"{name}.rescored.json") == _metrics(out / f"{name}.metrics.json")

@@ -9,20 +9,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from reallod.cli import main
+from reallod.data.images import open_image
 from reallod.errors import DataError
-from reallod.model.detect import find_images, load_predictions, open_image
+from reallod.model.detect import find_images, load_predictions
 from reallod.model.draw import PALETTES, draw_detections, palette
 from reallod.model.tiny import minilm_dir, tiny_config
+from tests.cli_helpers import run_cli
 
 from .mmdet_layout import to_mmdet_layout
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, out.err
 
 
 @pytest.fixture
@@ -38,9 +32,9 @@ def image_dir(tmp_path, photo):
 
 def test_detect_folder_writes_json_and_pictures(capsys, image_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = run(capsys, "detect", str(image_dir), str(tiny_model_dir), "--texts",
-                               "an astronaut . a flag .", "--texts", "the helmet", "--out-dir", str(out),
-                               "--device", "cpu", "--topk", "10")
+    code, stdout, stderr = run_cli(["detect", str(image_dir), str(tiny_model_dir), "--texts",
+                                    "an astronaut . a flag .", "--texts", "the helmet", "--out-dir", str(out),
+                                    "--device", "cpu", "--topk", "10"], capsys)
     assert code == 0, stderr
     assert "skipped" in stderr and "broken.jpg" in stderr
     assert "2 images, 3 expressions" in stdout and "1 skipped" in stdout
@@ -56,9 +50,9 @@ def test_detect_folder_writes_json_and_pictures(capsys, image_dir, tiny_model_di
 
 def test_detect_print_result_and_no_save(capsys, image_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "detect", str(image_dir / "astronaut.jpg"), str(tiny_model_dir), "--texts",
-                          "$: coco", "--out-dir", str(out), "--device", "cpu", "--no-save-vis", "--no-save-pred",
-                          "--print-result", "--topk", "1", "--mode", "concat", "--batch-size", "2")
+    code, stdout, _ = run_cli(["detect", str(image_dir / "astronaut.jpg"), str(tiny_model_dir), "--texts",
+                               "$: coco", "--out-dir", str(out), "--device", "cpu", "--no-save-vis", "--no-save-pred",
+                               "--print-result", "--topk", "1", "--mode", "concat", "--batch-size", "2"], capsys)
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
     assert len(result["expressions"]) == 80 and len(result["labels"]) == 80
@@ -73,20 +67,20 @@ def test_detect_print_result_and_no_save(capsys, image_dir, tiny_model_dir, tmp_
     (["--texts", "dog", "--dtype", "int4"], "unknown dtype"),
 ])
 def test_detect_bad_arguments(capsys, image_dir, tiny_model_dir, args, message):
-    code, _, stderr = run(capsys, "detect", str(image_dir), str(tiny_model_dir), "--device", "cpu", *args)
+    code, _, stderr = run_cli(["detect", str(image_dir), str(tiny_model_dir), "--device", "cpu", *args], capsys)
     assert code == 2 and message in stderr
     assert "Traceback" not in stderr
 
 
 def test_detect_with_a_model_that_is_not_a_detector(capsys, image_dir):
-    code, _, stderr = run(capsys, "detect", str(image_dir), str(minilm_dir()), "--texts", "dog")
+    code, _, stderr = run_cli(["detect", str(image_dir), str(minilm_dir()), "--texts", "dog"], capsys)
     assert code == 2 and "is not a Grounding-DINO detector" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_detect_when_no_image_can_be_read(capsys, tmp_path, tiny_model_dir):
     (tmp_path / "a.jpg").write_bytes(b"nope")
-    code, _, stderr = run(capsys, "detect", str(tmp_path), str(tiny_model_dir), "--texts", "dog",
-                          "--device", "cpu", "--out-dir", str(tmp_path / "o"))
+    code, _, stderr = run_cli(["detect", str(tmp_path), str(tiny_model_dir), "--texts", "dog",
+                               "--device", "cpu", "--out-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "none of the 1 images could be read" in stderr
 
 
@@ -107,8 +101,8 @@ def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_mo
     with pytest.raises(DataError, match="3,600,000,000 pixels"):
         open_image(bomb)
     photo.save(tmp_path / "imgs" / "ok.jpg")
-    code, _, stderr = run(capsys, "detect", str(tmp_path / "imgs"), str(tiny_model_dir), "--texts", "dog",
-                          "--device", "cpu", "--out-dir", str(tmp_path / "o"))
+    code, _, stderr = run_cli(["detect", str(tmp_path / "imgs"), str(tiny_model_dir), "--texts", "dog",
+                               "--device", "cpu", "--out-dir", str(tmp_path / "o")], capsys)
     assert code == 0 and "bomb.png" in stderr and "above the limit" in stderr
     with pytest.raises(DataError, match="above the limit of 100"):
         open_image(tmp_path / "imgs" / "ok.jpg", max_pixels=100)
@@ -141,13 +135,13 @@ def test_convert_checkpoint_cli(capsys, tmp_path, tiny_model_dir):
     src = tmp_path / "ckpt.pth"
     torch.save({"state_dict": mm}, src)
     out = tmp_path / "hf"
-    code, stdout, stderr = run(capsys, "convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
-                               "--tokenizer", str(minilm_dir()))
+    code, stdout, stderr = run_cli(["convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
+                                    "--tokenizer", str(minilm_dir())], capsys)
     assert code == 0, stderr
     assert "no missing or unexpected keys" in stdout and (out / "model.safetensors").is_file()
-    code, _, stderr = run(capsys, "convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
-                          "--tokenizer", str(minilm_dir()))
+    code, _, stderr = run_cli(["convert-checkpoint", str(src), str(out), "--config", str(cfg_file),
+                               "--tokenizer", str(minilm_dir())], capsys)
     assert code == 2 and "not empty" in stderr
-    code, _, stderr = run(capsys, "convert-checkpoint", str(src), str(tmp_path / "x"), "--variant", "base",
-                          "--tokenizer", str(minilm_dir()))
+    code, _, stderr = run_cli(["convert-checkpoint", str(src), str(tmp_path / "x"), "--variant", "base",
+                               "--tokenizer", str(minilm_dir())], capsys)
     assert code == 2 and "does not fit --variant base" in stderr

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from reallod.cli.train import split_extra_args
 from reallod.errors import ConfigError
-from reallod.train.cli_args import split_extra_args
 from reallod.train.config import TrainConfig, apply_overrides, load_config, resolve_paths
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"

@@ -22,8 +22,8 @@ from reallod.train.dataset import (
     shard,
     skipped_summary,
 )
-from reallod.train.records import clean_record
 from reallod.train.sampling import TextOptions
+from reallod.train.targets import clean_record
 
 AUG = AugmentOptions(scales=(48, 64), max_size=96, crop_prob=0.5, crop_pre_scales=(64,), crop_size=(32, 64))
 

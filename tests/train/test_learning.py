@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reallod.model.loading import Detector, load_detector
+from reallod.model.inference import Detector
+from reallod.model.loading import load_detector
 from reallod.train.build import build_detector
 from reallod.train.config import load_config
 from reallod.train.evaluate import detect_queries, eval_queries, load_eval_records, pooled_ap
@@ -25,7 +26,7 @@ from reallod.train.loop import train
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny-cpu.yaml"
 SEED = 0
-# Measured here: AP50 0.414 (AP 0.189) after training, 0.00002 untrained (see the README).
+# Measured here: AP50 0.414 (AP 0.189) after training, 0.00002 untrained (see docs/training.md).
 MIN_TRAINED_AP50 = 0.2
 MAX_UNTRAINED_AP50 = 0.05
 

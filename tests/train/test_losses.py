@@ -7,7 +7,7 @@ import torch
 from transformers.loss.loss_grounding_dino import GroundingDinoHungarianMatcher, GroundingDinoImageLoss
 from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import build_label_maps
 
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
 from reallod.model.tiny import build_tiny_detector
 from reallod.train.losses import GroundingLoss, install, training_loss
 

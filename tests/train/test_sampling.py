@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reallod.errors import ConfigError
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
 from reallod.train.sampling import (
     Target,
     TextOptions,

@@ -22,6 +22,7 @@ removed) overlap with an F1 of at least ``match_f1`` (default 0.6), or are equal
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections import Counter
@@ -30,12 +31,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from reallod.agent.inputs import _iter_task_items
-from reallod.agent.journal import iter_journal
+from reallod.agent.realign import RealignOptions, RealignRun, realign
 from reallod.agent.roles import Roles
-from reallod.agent.runner import RealignOptions, RealignRun, realign
+from reallod.agent.run_report import report_paths
 from reallod.agent.task import VERDICTS
+from reallod.data.io import atomic_text
 from reallod.errors import DataError
+from reallod.runs.journal import iter_journal
 
 KEPT = ("correct", "rewritten")
 _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
@@ -207,3 +212,14 @@ def eval_markdown(rep: EvalReport) -> str:
               f"- calls {pt['calls']:.2f}, requests {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} in / "
               f"{pt['completion_tokens']:.0f} out, {pt['seconds']:.2f} s wall ({pt['model_seconds']:.2f} s model)", ""]
     return "\n".join(lines)
+
+
+def write_eval_report(rep: EvalReport, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the scores to ``path`` as JSON and Markdown, each atomically (``--report FILE``: the files are
+    named as realign's run report, see :func:`reallod.agent.run_report.report_paths`); returns their paths."""
+    json_path, md_path = report_paths(path)
+    with atomic_text(json_path) as f:
+        f.write(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    with atomic_text(md_path) as f:
+        f.write(eval_markdown(rep))
+    return json_path, md_path

@@ -11,13 +11,11 @@ retry; the workflow turns repeated failure into a failed task, never a crash.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import json_repair
+from reallod.llm.replies import parse_json_object
 
 REFLECT_VERDICTS: tuple[str, ...] = ("correct", "uncertain", "wrong")
 PLAN_STATES: tuple[str, ...] = ("correct", "wrong", "uncertain")
@@ -172,39 +170,3 @@ SPECS: dict[str, DecisionSpec] = {
     "rewriter": DecisionSpec("rewriter", REWRITER_SCHEMA, _normalise_rewrite),
     "vlm": DecisionSpec("vlm", VLM_SCHEMA, _normalise_answer, free_text_field="answer"),
 }
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-
-
-def _first_dict(value: Any) -> dict[str, Any] | None:
-    if isinstance(value, dict):
-        return value or None
-    if isinstance(value, list):
-        return next((v for v in value if isinstance(v, dict) and v), None)
-    return None
-
-
-def parse_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
-    """Find the JSON object in a model reply: exact, fenced, embedded in prose, or repaired."""
-    text = text.strip()
-    fenced = _FENCE.search(text)
-    candidates = [fenced.group(1).strip()] if fenced else []
-    candidates.append(text)
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        candidates.append(text[start:end + 1])
-    for candidate in candidates:
-        try:
-            obj = _first_dict(json.loads(candidate))
-        except ValueError:
-            continue
-        if obj is not None:
-            return obj, False
-    if start < 0:
-        return None, False
-    try:
-        obj = _first_dict(json_repair.loads(text[start:]))
-    except Exception:  # json-repair gives up in many ways; any of them means "no object"
-        obj = None
-    return obj, obj is not None
-

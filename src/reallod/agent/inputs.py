@@ -396,3 +396,12 @@ def _single_json(path: str) -> Any:
         return orjson.loads(read_whole(path))
     except orjson.JSONDecodeError:
         return None
+
+
+def shard_key(task_id: str, image_path: str | None, fmt: str) -> str:
+    """What decides a task's shard: its record for Real-Data input (so a record is never split
+    between shards and each shard writes whole records), its image for a published task list (so
+    the tasks of an image, which share prompt prefixes and become one output record, stay together)."""
+    if fmt == "records":
+        return task_id.split("/", 1)[0]
+    return f"image:{image_path}" if image_path else f"task:{task_id}"

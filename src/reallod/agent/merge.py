@@ -19,14 +19,14 @@ from typing import Any
 import orjson
 
 from reallod.agent.assemble import POLICIES, Policy, assemble
-from reallod.agent.inputs import iter_tasks, load_captions
-from reallod.agent.journal import fingerprint_file, iter_journal, journal_path_for, read_header
-from reallod.agent.runner import output_fields
-from reallod.agent.shard import parse_shard, shard_key, shard_of
+from reallod.agent.inputs import iter_tasks, load_captions, shard_key
+from reallod.agent.realign import output_fields
 from reallod.agent.summary import RunSummary
 from reallod.agent.trace import TRACE_VERSION, trace_path_for
 from reallod.data.io import AtomicWriter
 from reallod.errors import ConfigError, ReallodError
+from reallod.runs.journal import fingerprint_file, iter_journal, journal_path_for, read_header
+from reallod.runs.shard import parse_shard, shard_of
 
 MAX_EXAMPLES = 5
 

@@ -1,4 +1,5 @@
-"""``--report FILE``: the run's summary as JSON (for scripts) and Markdown (for people).
+"""``--report FILE``: the run's summary as JSON (for scripts) and Markdown (for people), and the
+run's own table printed at the end.
 
 Both hold the same numbers: tasks per verdict, cycles, calls / requests / tokens / model time per role,
 retries and given-up calls by error kind, failed tasks by reason (with examples), what reached the
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich.table import Table
 
 from reallod.agent.summary import RunSummary
 from reallod.agent.task import VERDICTS
@@ -90,3 +92,26 @@ def write_run_report(path: str | os.PathLike, summary: RunSummary, info: dict[st
     with atomic_text(md_path) as f:
         f.write(to_markdown(report))
     return json_path, md_path
+
+
+def run_table(info: dict[str, Any]) -> Table:
+    """The run's own numbers (beside the agent summary): resumed vs new tasks, pace, cache, retries,
+    time per stage. ``info`` is :func:`reallod.agent.run_report.run_info`'s dict."""
+    table = Table(title="run", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("tasks", f"{info['tasks_total']} ({info['tasks_resumed']} resumed from the journal, "
+                           f"{info['tasks_run']} run now)")
+    table.add_row("pace", f"{info['tasks_per_s']:.2f} tasks/s at concurrency {info['concurrency']}")
+    calls = info["requests"]
+    table.add_row("requests", f"{calls['sent']} answered by the model, {calls['cache_hits']} from the cache"
+                              + (f" ({info['cache']})" if info.get("cache") else " (cache off)"))
+    if calls["retries"]:
+        table.add_row("retries", ", ".join(f"{k} {v}" for k, v in sorted(calls["retries"].items())))
+    if calls["gave_up"]:
+        table.add_row("gave up", ", ".join(f"{k} {v}" for k, v in sorted(calls["gave_up"].items())))
+    table.add_row("stages", "  ".join(f"{k} {v:.1f} s" for k, v in info["stages_s"].items()))
+    if info.get("shard"):
+        table.add_row("shard", info["shard"])
+    table.add_row("journal", str(info["journal"]))
+    return table

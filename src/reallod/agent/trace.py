@@ -22,17 +22,14 @@ from reallod.agent.inputs import TaskItem, TaskProblem
 from reallod.agent.task import TaskResult
 from reallod.data.io import iter_lines
 from reallod.errors import DataError, ReallodError
+from reallod.runs.journal import beside
 
 TRACE_VERSION = 1
 
 
 def trace_path_for(out: str | os.PathLike) -> Path:
     """``OUT.jsonl`` → ``OUT.trace.jsonl`` (also for ``.jsonl.gz`` and ``.json``)."""
-    out = Path(out)
-    name = out.name
-    for suffix in (".gz", ".jsonl", ".json"):
-        name = name.removesuffix(suffix)
-    return out.with_name(f"{name}.trace.jsonl")
+    return beside(out, ".trace.jsonl")
 
 
 def result_to_json(result: TaskResult) -> dict[str, Any]:

@@ -18,14 +18,14 @@ from typing import Any
 from PIL import Image
 
 from reallod.agent import state as sm
-from reallod.agent.backends.base import BackendError, Message
 from reallod.agent.decisions import DecisionError
-from reallod.agent.memo import IdentityMemo
-from reallod.agent.retry import backoff_delay
 from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
+from reallod.llm.backends.base import BackendError, Message
+from reallod.llm.memo import IdentityMemo
+from reallod.llm.policy import backoff_delay
 
 _JITTER = random.Random()  # backoff jitter when a backend is used without the runner's retry wrapper
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reallod.agent import workflow
-from reallod.agent.config import AgentConfig
+from reallod.agent.agent_config import AgentConfig
 from reallod.agent.explain import explain
 from reallod.agent.roles import Roles
 from reallod.agent.task import ObjectRef, Task, TaskResult
@@ -238,7 +238,7 @@ def build_agent_app(roles: Roles, *, config_name: str, limits: DemoLimits | None
 def roles_from_config(config: str | Path, *, base_url: str | None = None, llm_base_url: str | None = None,
                       vlm_base_url: str | None = None) -> tuple[AgentConfig, Roles]:
     """The config and its roles, built once for the page (models load here, not per request)."""
-    from reallod.agent.config import build_roles, load_agent_config
+    from reallod.agent.agent_config import build_roles, load_agent_config
 
     cfg = load_agent_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
     return cfg, build_roles(cfg)

@@ -18,11 +18,11 @@ from typing import Any
 
 from PIL import Image
 
-from reallod.agent.backends.base import Backend, Completion, Message
 from reallod.agent.decisions import DecisionError
 from reallod.agent.roles import ROLE_NAMES, Role, Roles
 from reallod.agent.state import FOCUS_VIEW
 from reallod.agent.task import Step, TaskResult
+from reallod.llm.backends.base import Backend, Completion, Message
 
 VIEW_LABEL = {"object_crop": "object crop", "extended_crop": "extended crop", "highlight": "highlight"}
 

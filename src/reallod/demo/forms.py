@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 
 from reallod.demo.limits import DemoInputError, DemoLimits
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
 from reallod.model.detections import Detections
 from reallod.model.texts import split_caption
 

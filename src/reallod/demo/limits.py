@@ -126,7 +126,7 @@ def open_upload(path: str | Path, limits: DemoLimits, allowed_roots: list[Path])
     Only files under ``allowed_roots`` (Gradio's upload folder, the bundled examples) are opened: a path
     is never taken from what a user typed. The pixel count is checked from the header before decoding.
     """
-    from reallod.model.detect import open_image
+    from reallod.data.images import open_image
 
     p = Path(path).resolve()
     if not any(p.is_relative_to(root.resolve()) for root in allowed_roots):

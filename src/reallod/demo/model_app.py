@@ -27,8 +27,7 @@ from reallod.demo.limits import ClientGate, DemoInputError, DemoLimits, WorkSlot
 from reallod.demo.server import RunningDemo, ServerOptions, launch, prune, upload_roots
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections, palette
-from reallod.model.inference import InferenceOptions
-from reallod.model.loading import Detector
+from reallod.model.inference import Detector, InferenceOptions
 
 TOPK = 100  # boxes kept per expression: more than anyone reads on a page
 MAX_DRAWN = 100

@@ -18,10 +18,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from reallod.agent.images import ImageError, ImageLoader
 from reallod.data.convert_coco import category_expression, coco_to_records, load_json_document
 from reallod.data.convert_common import ConvertStats
 from reallod.errors import DataError
+from reallod.runs.image_root import ImageError, ImageLoader
 
 OUTSIDE_TOLERANCE_PX = 1.0
 """Annotation tools round; a box this far past the border is clamped, beyond it is an error."""

@@ -1,6 +1,6 @@
 """Generation of raw expressions for one image: caption, vlm_short, vlm_long, llm, groups, negatives.
 
-One image is one task of the runner (:func:`reallod.agent.runner.drive`); its result is the Real-Data
+One image is one task of the runner (:func:`reallod.runs.drive.drive`); its result is the Real-Data
 record of raw expressions (each source's positives and the object's negatives) plus what was dropped
 and why. The VLM writes the caption (centred on the scene: the evidence the reflector later trusts),
 ``vlm_short`` on the highlighted view and ``vlm_long`` with the box outlined; the LLM writes ``llm``
@@ -22,15 +22,15 @@ from typing import Any
 
 from PIL import Image
 
-from reallod.agent.backends.base import Backend, BackendError
-from reallod.agent.decisions import parse_json_object
-from reallod.agent.roles import PromptTemplate
 from reallod.agent.views import HIGHLIGHT, make_view
 from reallod.engine.annotations import ImageAnnotation
 from reallod.engine.groups import group_candidates
 from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
 from reallod.engine.text import accept, clean, fold
 from reallod.errors import ConfigError
+from reallod.llm.backends.base import Backend, BackendError
+from reallod.llm.prompts import PromptTemplate
+from reallod.llm.replies import parse_json_object
 
 STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long", "llm", "group", "hard_negative")
 VLM_STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long")

@@ -1,8 +1,8 @@
 """``reallod generate`` and ``reallod pipeline``: annotations → raw expressions → re-aligned Real-Data.
 
-Each stage resumes like ``realign`` does, through the same runner, journal, retries, response cache
-and progress: generation journals one result per image (``OUT.generated.journal.jsonl``) and a rerun
-skips the images it holds; re-alignment is :func:`reallod.agent.runner.realign` itself on the
+Each stage resumes like ``realign`` does, through the same run session (:mod:`reallod.runs.session`:
+response cache, journal, retries, progress): generation journals one result per image (``OUT.generated.journal.jsonl``) and a rerun
+skips the images it holds; re-alignment is :func:`reallod.agent.realign.realign` itself on the
 generated file (its own journal); assembly is a cheap streaming pass, redone each time. A pipeline
 killed at any moment resumes at the stage and the task where it stopped: the generated file is
 rewritten from the journal in input order, byte for byte the same, so the re-alignment journal
@@ -11,7 +11,6 @@ accepts it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,34 +20,19 @@ from typing import Any
 
 import orjson
 
-from reallod.agent.cache import ResponseCache
-from reallod.agent.endpoints import harden
-from reallod.agent.images import ImageLoader
-from reallod.agent.journal import (
-    Journal,
-    JournalWriteError,
-    fingerprint,
-    fingerprint_file,
-    journal_path_for,
-)
-from reallod.agent.progress import RunMonitor
-from reallod.agent.retry import EndpointDown
+from reallod.agent.realign import RealignOptions, RealignRun, realign
 from reallod.agent.roles import Roles
-from reallod.agent.runner import (
-    RealignOptions,
-    RealignRun,
-    RunStopped,
-    default_cache_path,
-    drive,
-    realign,
-    roles_fingerprint,
-)
-from reallod.agent.shard import in_shard, parse_shard
+from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.data.io import JsonlWriter
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
-from reallod.engine.assemble import finish
+from reallod.engine.finish import finish
 from reallod.engine.generate import GenerateSettings, Generators, generate_image
-from reallod.errors import ConfigError, ReallodError
+from reallod.errors import ConfigError
+from reallod.runs.image_root import ImageLoader
+from reallod.runs.journal import fingerprint, fingerprint_file, journal_path_for
+from reallod.runs.progress import RunMonitor
+from reallod.runs.session import open_session
+from reallod.runs.shard import in_shard, parse_shard
 
 
 @dataclass(slots=True)
@@ -88,7 +72,7 @@ class GenerateRun:
 
 def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
     """(roles, agent name, max cycles, concurrency) from the agent config."""
-    from reallod.agent.config import build_roles, load_agent_config
+    from reallod.agent.agent_config import build_roles, load_agent_config
 
     cfg = load_agent_config(opts.config, base_url=opts.base_url, llm_base_url=opts.llm_base_url,
                             vlm_base_url=opts.vlm_base_url)
@@ -137,57 +121,29 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                                    "min_area": opts.min_area}),
           "clip": [opts.clip_model if scorer is not None else None, opts.clip_threshold if scorer is not None else None],
           "shard": opts.shard}
-    cache = None if opts.no_cache else ResponseCache(opts.cache or default_cache_path())
     loader = ImageLoader(opts.images)
     monitor = monitor or RunMonitor()
-    journal: Journal | None = None
-    unavailable: list[str] = []
-    try:
-        try:
-            journal = Journal.open(journal_path, fp, force=opts.force_resume,
-                                   meta={"annotations": str(opts.annotations), "stage": "generate"},
-                                   keep=lambda r: None, before_write=cache.commit if cache is not None else None)
-        except OSError as e:
-            raise ReallodError(f"cannot create the journal {journal_path}: {e.strerror or e}") from e
-        hardened, _ = harden(roles, cache=cache, endpoint_limit=concurrency)
+    with open_session(journal_path, fp, meta={"annotations": str(opts.annotations), "stage": "generate"},
+                      cache_path=opts.cache, no_cache=opts.no_cache, force=opts.force_resume,
+                      unit="image(s)", stage="Generation") as session:
+        journal = session.journal
+        hardened, _ = harden(roles, cache=session.cache, endpoint_limit=concurrency)
         gens = Generators(llm=hardened.rewriter.backend, vlm=hardened.vlm.backend if hardened.vlm else None,
                           scorer=scorer, threshold=opts.clip_threshold)
         unavailable = gens.unavailable()
-        done = journal.done
-        todo = [(tid, img) for tid, img in todo_all if tid not in done]
+        todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
 
         async def work(item: tuple[str, ImageAnnotation]) -> dict[str, Any]:
             img = item[1]
             return await generate_image(img, gens, opts.settings, lambda: loader.load(img.filename), anns.vocabulary)
 
-        async def main() -> int:
-            async def handle(item: tuple[str, ImageAnnotation], entry: dict[str, Any], elapsed: float) -> None:
-                await journal.append(item[0], {**entry, "elapsed_s": round(elapsed, 4)})
-                monitor.task_done("generated")
+        async def handle(item: tuple[str, ImageAnnotation], entry: dict[str, Any], elapsed: float) -> None:
+            await journal.append(item[0], {**entry, "elapsed_s": round(elapsed, 4)})
+            monitor.task_done("generated")
 
-            monitor.start(resumed=journal.resumed)
-            monitor.set_total(len(todo_all))
-            try:
-                return await drive(todo, work, handle, concurrency=concurrency)
-            finally:
-                monitor.stop()
-                await journal.drain()
-                if close:
-                    await roles.aclose()
-
-        try:
-            ran = asyncio.run(main())
-        except EndpointDown as e:
-            raise RunStopped(f"{e}. Generation stopped: {len(journal.done)} image(s) are safe in {journal.path}; "
-                             "rerun the same command to resume") from e
-        except JournalWriteError as e:
-            raise RunStopped(str(e)) from e
+        ran = session.run(todo, work, handle, concurrency=concurrency, monitor=monitor, total=len(todo_all),
+                          aclose=roles.aclose if close else None)
         resumed = journal.resumed
-    finally:
-        if journal is not None:
-            journal.close()
-        if cache is not None:
-            cache.close()
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran, counts, unavailable,
                        time.perf_counter() - t0)

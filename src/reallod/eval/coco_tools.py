@@ -71,8 +71,10 @@ def _results_like_load_res(results: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = "pycocotools") -> CocoScores:
-    """``COCOeval(gt, results, "bbox")``: evaluate, accumulate, summarize."""
+def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], backend: str = "pycocotools", *,
+                  max_dets: int = 100) -> CocoScores:
+    """``COCOeval(gt, results, "bbox")``: evaluate, accumulate, summarize (``max_dets``: the largest
+    of COCO's three detection limits, 100 as in the benchmarks)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown COCO backend {backend!r} (use {' or '.join(BACKENDS)})")
     gt = complete_gt(gt)
@@ -98,6 +100,8 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], backend: st
             coco_dt = FCOCO({"images": list(gt["images"]), "categories": copy.deepcopy(gt["categories"]),
                              "annotations": _results_like_load_res(results)})
             ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+        if max_dets != 100:
+            ev.params.maxDets = [1, 10, max_dets]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -14,7 +14,7 @@ from typing import Any
 
 from reallod.errors import ConfigError
 from reallod.eval.common import EvalImage, EvalResult, Predictions
-from reallod.eval.runner import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict
+from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict
 
 BENCHMARKS = ("omnilabel", "d3", "ovdeval")
 

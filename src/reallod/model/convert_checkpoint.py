@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reallod.errors import ConfigError, DataError
+from reallod.model.hf_folder import load_model_checked, load_tokenizer, save_tokenizer, write_model_folder
 
 Variant = Literal["tiny", "base"]
 SWIN = "model.backbone.conv_encoder.model."
@@ -355,17 +356,6 @@ def hf_state_from_file(path: str | Path, config) -> dict[str, Any]:
     return state
 
 
-def write_model_folder(state: dict[str, Any], config, folder: str | Path) -> None:
-    """config.json + model.safetensors; tensors are cloned so none share memory (safetensors refuses)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(folder))
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
-
-
 @dataclass
 class ConversionResult:
     out_dir: Path
@@ -384,8 +374,6 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
-
-    from reallod.model.loading import load_model_checked, load_tokenizer, save_tokenizer
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import io
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
 from reallod.errors import DataError
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
-from reallod.model.inference import InferenceOptions
-from reallod.model.loading import Detector
+from reallod.model.inference import Detector, InferenceOptions
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459 × 9459)
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
@@ -41,30 +39,6 @@ def find_images(inputs: str | Path) -> list[tuple[Path, Path]]:
     if not found:
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
     return [(p, p.relative_to(root)) for p in found]
-
-
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image as RGB, upright (EXIF orientation), refusing more than ``max_pixels`` pixels."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # opening reads only the header; the size is checked below, before decoding
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise DataError(f"image is {width}×{height} = {width * height:,} pixels, above the "
-                                    f"limit of {max_pixels:,} (raise --max-pixels if it is genuine)", path=str(path))
-                im.load()
-                return ImageOps.exif_transpose(im).convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise DataError(f"image too large: {e}", path=str(path)) from e
-    except UnidentifiedImageError as e:
-        raise DataError("not an image Pillow can read", path=str(path)) from e
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files
-        raise DataError(f"cannot decode the image ({e})", path=str(path)) from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
 
 
 @dataclass

@@ -16,23 +16,45 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from reallod.errors import ConfigError
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
 from reallod.model.detections import Detections
 from reallod.model.nms import batched_nms, cxcywh_to_xyxy
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from reallod.model.loading import Detector
-
 Mode = Literal["parallel", "concat"]
+
+
+@dataclass
+class Detector:
+    """Everything inference needs, on one device and dtype."""
+
+    model: Any  # MMGroundingDinoForObjectDetection | GroundingDinoForObjectDetection
+    tokenizer: Any  # BertTokenizer with the bert-base-uncased vocabulary
+    image_processor: Any  # GroundingDinoImageProcessorPil
+    device: torch.device
+    dtype: torch.dtype
+    source: str = ""
+
+    @property
+    def max_text_len(self) -> int:
+        return int(self.model.config.max_text_len)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detect(self, image: Image.Image, expressions: list[str], options: InferenceOptions | None = None,
+               **kwargs: Any) -> Detections:
+        """Detect every expression in one PIL image (see :func:`detect`)."""
+        return detect(self, image, expressions, options, **kwargs)
 
 
 @dataclass

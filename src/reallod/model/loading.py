@@ -5,52 +5,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reallod.errors import ConfigError
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
+from reallod.model.convert_checkpoint import hf_state_from_file
+from reallod.model.hf_folder import (
+    DETECTOR_CLASSES,
+    load_model_checked,
+    load_tokenizer,
+    write_model_folder,
+)
+from reallod.model.inference import Detector
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
-    from reallod.model.detections import Detections
-    from reallod.model.inference import InferenceOptions
-
-DETECTOR_CLASSES = {
-    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
-    "grounding-dino": "GroundingDinoForObjectDetection",
-}
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
-
-
-@dataclass
-class Detector:
-    """Everything inference needs, on one device and dtype."""
-
-    model: Any  # MMGroundingDinoForObjectDetection | GroundingDinoForObjectDetection
-    tokenizer: Any  # BertTokenizer with the bert-base-uncased vocabulary
-    image_processor: Any  # GroundingDinoImageProcessorPil
-    device: torch.device
-    dtype: torch.dtype
-    source: str = ""
-
-    @property
-    def max_text_len(self) -> int:
-        return int(self.model.config.max_text_len)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def detect(self, image: Image.Image, expressions: list[str], options: InferenceOptions | None = None,
-               **kwargs: Any) -> Detections:
-        """Detect every expression in one PIL image (see :func:`reallod.model.inference.detect`)."""
-        from reallod.model.inference import detect
-
-        return detect(self, image, expressions, options, **kwargs)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -120,63 +93,6 @@ def read_detector_config(model: str | Path, max_text_len: int | None = None):
     return config
 
 
-def detector_class(config):
-    import transformers
-
-    return getattr(transformers, DETECTOR_CLASSES[config.model_type])
-
-
-def load_model_checked(folder: str | Path, config, dtype: torch.dtype | None = None, **kwargs: Any):
-    """``from_pretrained`` that fails, naming the keys, when any weight is missing, unexpected or misshaped."""
-    cls = detector_class(config)
-    try:
-        model, info = cls.from_pretrained(str(folder), config=config, dtype=dtype, output_loading_info=True,
-                                          ignore_mismatched_sizes=True, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{folder}: cannot load the detector weights ({e})") from e
-    except RuntimeError as e:  # size mismatches are raised by torch's load
-        raise ConfigError(f"{folder}: weights do not fit the config: {e}") from e
-    problems = []
-    def name(item: Any) -> str:
-        if isinstance(item, tuple) and len(item) == 3:  # (key, shape in the file, shape in the model)
-            return f"{item[0]} (file {list(item[1])}, model {list(item[2])})"
-        return str(item)
-
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        items = sorted(name(k) for k in (info.get(kind) or []))
-        if items:
-            problems.append(f"{len(items)} {kind.replace('_', ' ')}: " + ", ".join(items[:50])
-                            + (" ..." if len(items) > 50 else ""))
-    if problems:
-        raise ConfigError(f"{folder}: weights do not match the {config.model_type} config; " + "; ".join(problems))
-    return model
-
-
-def load_tokenizer(source: str | Path):
-    """The BERT tokenizer, checked to use bert-base-uncased ids for the delimiters the model hard-codes."""
-    from transformers import BertTokenizer
-
-    try:
-        tok = BertTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{source}: no BERT tokenizer files (vocab.txt) found: {e}; pass --tokenizer with a "
-                          "folder or hub id holding the bert-base-uncased vocabulary") from e
-    got = tok.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?", "[PAD]"])
-    want = [P.CLS_ID, P.SEP_ID, P.DOT_ID, P.QUESTION_ID, P.PAD_ID]
-    if got != want:
-        raise ConfigError(f"{source}: tokenizer ids for [CLS] [SEP] . ? [PAD] are {got}; Grounding-DINO needs "
-                          f"the bert-base-uncased ids {want}")
-    return tok
-
-
-def save_tokenizer(tokenizer, folder: str | Path) -> None:
-    """Tokenizer files plus a plain ``vocab.txt`` (what other BERT tooling, MMDetection included, reads)."""
-    tokenizer.save_pretrained(str(folder))
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    if [i for _, i in vocab] == list(range(len(vocab))):
-        (Path(folder) / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab), encoding="utf-8")
-
-
 def load_image_processor(source: str | Path | None, image_size: tuple[int, int] | None = None):
     """The PIL Grounding-DINO image processor (folder settings if present), optionally resized."""
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
@@ -216,8 +132,6 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     if weights is None:
         net = load_model_checked(src, config, dt)
     else:
-        from reallod.model.convert_checkpoint import hf_state_from_file, write_model_folder
-
         state = hf_state_from_file(weights, config)
         with tempfile.TemporaryDirectory(prefix="reallod-weights-") as tmp:
             write_model_folder(state, config, tmp)

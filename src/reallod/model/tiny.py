@@ -105,7 +105,7 @@ def save_tiny_detector(out_dir: str | Path, *, seed: int = 0, text_backbone: Tex
         GroundingDinoImageProcessorPil,
     )
 
-    from reallod.model.loading import save_tokenizer
+    from reallod.model.hf_folder import save_tokenizer
 
     out = Path(out_dir)
     model = build_tiny_detector(seed=seed, text_backbone=text_backbone, **config_kwargs)

@@ -31,12 +31,8 @@ def reset_class_bias(model: Any, prior: float = PRIOR_PROB) -> None:
 def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], folder: str | Path | None = None
                    ) -> tuple[Any, Any, Any]:
     """(model in train mode, tokenizer, image processor). ``folder`` (a checkpoint's model) wins over the config."""
-    from reallod.model.loading import (
-        load_image_processor,
-        load_model_checked,
-        load_tokenizer,
-        read_detector_config,
-    )
+    from reallod.model.hf_folder import load_model_checked, load_tokenizer
+    from reallod.model.loading import load_image_processor, read_detector_config
 
     if folder is not None:
         config = read_detector_config(folder)

@@ -30,8 +30,8 @@ from reallod.data.io import is_gzip_file, iter_lines
 from reallod.data.records import Record
 from reallod.errors import ConfigError, DataError
 from reallod.train import augment as A
-from reallod.train.records import all_boxes, apply_geometry, clean_record, record_targets
 from reallod.train.sampling import TextOptions, TextSample, build_text_sample
+from reallod.train.targets import all_boxes, apply_geometry, clean_record, record_targets
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)

@@ -5,25 +5,30 @@ precision/recall are pooled over all pairs (OmniLabel's way, DESIGN §5): a posi
 ground truth is its pair's boxes; a negative expression has none, so any box it gets is a false
 positive. A detector that finds shapes but ignores the words therefore scores low. Inference runs
 one expression per forward pass (the benchmarks' "parallel" mode) through
-:mod:`reallod.model.inference`.
+:mod:`reallod.model.inference`, on images opened upright (EXIF) as everywhere else; the scoring is
+:func:`reallod.eval.coco_tools.coco_evaluate`, the benchmarks' own COCO code.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
+from reallod.data.images import open_image
 from reallod.data.records import Record
-from reallod.errors import DataError
+from reallod.eval.coco_tools import coco_evaluate
+from reallod.eval.common import xyxy_to_xywh
+from reallod.model.detections import Detections
 from reallod.train.dataset import DataFile, index_file
-from reallod.train.records import clean_record
+from reallod.train.targets import clean_record
+
+if TYPE_CHECKING:
+    from reallod.model.inference import Detector
 
 METRICS = ("ap50", "ap", "ap50_pos", "ap_pos")
 
@@ -56,8 +61,8 @@ def eval_queries(records: Sequence[tuple[Record, str]], *, sources: Sequence[str
     return out
 
 
-def pooled_ap(queries: Sequence[EvalQuery], detections: Sequence[tuple[np.ndarray, np.ndarray]],
-              max_dets: int = 100) -> dict[str, float]:
+def pooled_ap(queries: Sequence[EvalQuery], detections: Sequence[Detections], max_dets: int = 100
+              ) -> dict[str, float]:
     """AP (IoU .50:.95) and AP50 pooled over all queries, and over positive queries only (``*_pos``)."""
     out: dict[str, float] = {}
     for suffix, keep in (("", lambda q: True), ("_pos", lambda q: len(q.boxes) > 0)):
@@ -67,64 +72,38 @@ def pooled_ap(queries: Sequence[EvalQuery], detections: Sequence[tuple[np.ndarra
     return out
 
 
-def _coco_ap(queries: Sequence[EvalQuery], detections: Sequence[tuple[np.ndarray, np.ndarray]],
-             max_dets: int) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+def _coco_ap(queries: Sequence[EvalQuery], detections: Sequence[Detections], max_dets: int) -> tuple[float, float]:
+    """Each query is one COCO image with one category: its boxes are the ground truth."""
     images, annotations, results = [], [], []
-    for i, (q, (boxes, scores)) in enumerate(zip(queries, detections, strict=True), start=1):
+    for i, (q, det) in enumerate(zip(queries, detections, strict=True), start=1):
         images.append({"id": i})
-        for b in q.boxes:
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
-                                "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h})
-        order = np.argsort(-np.asarray(scores), kind="stable")[:max_dets]
-        for k in order:
-            b = boxes[k]
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            results.append({"id": len(results) + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
-                            "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "score": float(scores[k])})
+        annotations += [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in b]} for b in xyxy_to_xywh(q.boxes)]
+        top = det.sorted()
+        results += [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in b], "score": float(score)}
+                    for b, score in zip(xyxy_to_xywh(top.xyxy[:max_dets]), top.scores[:max_dets], strict=True)]
     if not annotations:
         return float("nan"), float("nan")
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "query"}]}
-        gt.createIndex()
-        dt = COCO()
-        dt.dataset = {"images": images, "annotations": results, "categories": [{"id": 1, "name": "query"}]}
-        dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.maxDets = [1, 10, max_dets]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0]), float(ev.stats[1])
+    scores = coco_evaluate({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "query"}]},
+                           results, max_dets=max_dets)
+    return float(scores.stats[0]), float(scores.stats[1])
 
 
-def detect_queries(detector: Any, queries: Sequence[EvalQuery], *, batch_size: int = 8, topk: int = 100
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Boxes (xyxy pixels) and scores for every query, one image at a time, expressions batched."""
-    from PIL import Image
-
+def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_size: int = 8, topk: int = 100
+                   ) -> list[Detections]:
+    """The detections of every query, one image at a time, expressions batched."""
     from reallod.model.inference import InferenceOptions, detect
 
     opts = InferenceOptions(mode="parallel", batch_size=batch_size, topk=topk)
     by_image: dict[str, list[int]] = {}
     for i, q in enumerate(queries):
         by_image.setdefault(q.image, []).append(i)
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
+    out: list[Detections | None] = [None] * len(queries)
     for path, idx in by_image.items():
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise DataError(f"evaluation image cannot be read ({e})", path=path) from None
+        image = open_image(path)
         det = detect(detector, image, [queries[i].expression for i in idx], opts)
         for j, i in enumerate(idx):
-            sub = det.for_expression(j)
-            out[i] = (sub.xyxy.astype(np.float64), sub.scores.astype(np.float64))
-    return [o if o is not None else (np.zeros((0, 4)), np.zeros(0)) for o in out]
+            out[i] = det.for_expression(j)
+    return [o if o is not None else Detections.empty([queries[i].expression]) for i, o in enumerate(out)]
 
 
 def load_eval_records(path: str | Path, images: str | Path, max_images: int | None = None

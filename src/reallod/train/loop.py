@@ -327,7 +327,7 @@ def _eval_due(cfg: TrainConfig, step: int, pos: C.Progress, epoch_end: bool, sto
 def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any, optimizer: Any, scheduler: Any,
                     cfg: TrainConfig, work_dir: Path, progress: C.Progress) -> Path:
     """Write ``checkpoints/ckpt-STEP`` (all processes take part: each writes its RNG state)."""
-    from reallod.model.loading import save_tokenizer
+    from reallod.model.hf_folder import save_tokenizer
 
     final = C.checkpoint_dir(work_dir) / C.checkpoint_name(progress.step)
     tmp = final.with_name(final.name + ".tmp")
@@ -398,7 +398,8 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
     """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves."""
     metrics, best = None, result.best
     if accelerator.is_main_process:
-        from reallod.model.loading import Detector, save_tokenizer
+        from reallod.model.hf_folder import save_tokenizer
+        from reallod.model.inference import Detector
         from reallod.train.evaluate import detect_queries, pooled_ap
 
         net = accelerator.unwrap_model(model)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reallod.errors import ConfigError
-from reallod.model import prompt as P
+from reallod.model import token_prompt as P
 
 DEFAULT_SOURCE_PROBS: dict[str, float] = {"category": 0.5, "vlm_short": 0.2, "llm": 0.2, "vlm_long": 0.1}
 CATEGORY = "category"

@@ -1,0 +1,324 @@
+"""``reallod realign``: tasks through the workflow, many at once, with exactly-once results that
+survive any crash.
+
+One task is one coroutine, kept in flight by :func:`reallod.runs.drive.drive` inside a run session
+(:mod:`reallod.runs.session`: response cache, journal, hardened backends, progress). The calls of one task stay in order (the workflow awaits each); images are decoded and views encoded
+in worker threads. Every task ends with a result: an input problem or a broken image becomes a failed
+result with its reason before any model is called, and the workflow turns task-level trouble into a
+failed result.
+
+:func:`realign` is the whole command. A task counts as done once its result is in the journal
+(``OUT.journal.jsonl``, fsync'ed, group-committed); the trace line follows. A rerun of the same
+command skips what the journal holds, so a run killed at any moment (``kill -9`` included) resumes
+with nothing redone, lost or doubled; a changed config or input is refused (``force_resume`` accepts
+it). The output, the summary and ``--report`` are built from the journal at the end, the output
+written atomically. A down endpoint or a disk that refuses the journal stops the run cleanly
+(:class:`RunStopped`) with the journal intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reallod.agent import workflow
+from reallod.agent.assemble import POLICIES, Policy, Select, assemble
+from reallod.agent.inputs import (
+    InputFormat,
+    TaskItem,
+    TaskProblem,
+    detect_format,
+    iter_tasks,
+    load_captions,
+    shard_key,
+)
+from reallod.agent.ordering import group_by_image
+from reallod.agent.roles import Roles
+from reallod.agent.run_roles import harden, roles_fingerprint
+from reallod.agent.summary import RunSummary
+from reallod.agent.task import TaskResult
+from reallod.agent.trace import TraceWriter, result_to_json, trace_ids, trace_path_for
+from reallod.errors import ConfigError
+from reallod.llm.endpoints import Endpoints
+from reallod.runs.drive import drive
+from reallod.runs.image_root import ImageError, ImageLoader
+from reallod.runs.journal import Journal, fingerprint_file, iter_journal, journal_path_for
+from reallod.runs.progress import RunMonitor
+from reallod.runs.session import RunSession, RunStopped, open_session
+from reallod.runs.shard import in_shard, parse_shard
+
+ResultSink = Callable[[TaskItem, TaskResult], Awaitable[None] | None]
+
+DEFAULT_CONCURRENCY = 64
+
+
+async def run_one(item: TaskItem, roles: Roles, images: ImageLoader, *, max_cycles: int) -> TaskResult:
+    """The result of one task; never raises for a problem of the task itself."""
+    if isinstance(item, TaskProblem):
+        return item.as_result()
+    try:
+        if images.knows(item.image_path):  # another task of this image read its header
+            images.check(item)
+        else:  # the header, off the event loop
+            await asyncio.to_thread(images.check, item)
+    except ImageError as e:
+        return TaskResult(item.task_id, "failed", item.raw_expression, item.raw_expression, 0,
+                          error=str(e), error_kind=e.kind)
+    try:
+        return await workflow.run_task(item, roles, load_image=images.loader_for(item), max_cycles=max_cycles)
+    except ConfigError:
+        raise  # run-level (a model that cannot load, an endpoint that is down): stops the run
+    except Exception as e:  # a bug or an unforeseen backend failure must not end a long run
+        return TaskResult(item.task_id, "failed", item.raw_expression, item.raw_expression, 0,
+                          error=f"unexpected {type(e).__name__}: {e}", error_kind="agent_error")
+
+
+async def run_tasks(items: Iterable[TaskItem], roles: Roles, images: ImageLoader, sink: ResultSink, *,
+                    max_cycles: int = 3, concurrency: int = 1) -> int:
+    """Run every task, at most ``concurrency`` at a time, handing each result to ``sink`` as it
+    finishes (in completion order; ``sink`` may be async). Returns the number of tasks run."""
+
+    async def handle(item: TaskItem, result: TaskResult, _elapsed: float) -> None:
+        out = sink(item, result)
+        if asyncio.iscoroutine(out):
+            await out
+
+    return await drive(items, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,
+                       concurrency=concurrency)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the journal keeps of a result
+# ---------------------------------------------------------------------------------------------
+
+_OUTPUT_FIELDS = ("verdict", "expression", "raw_expression", "cycles", "error", "error_kind")
+_STEP_FIELDS = ("cycle", "role", "attempts", "repaired", "prompt_tokens", "completion_tokens", "latency_s",
+                "decision")
+MAX_ERROR_CHARS = 500
+
+
+def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
+    """The compact result the journal keeps: what the output, the summary and agent-eval need
+    (verdict, expressions, error, and per call: role, view, attempts, tokens, time); the trace has
+    the rest (prompts, raw replies)."""
+    full = result_to_json(result)
+    entry = {k: full.get(k) for k in ("task_id", *_OUTPUT_FIELDS)}
+    if entry["error"]:
+        entry["error"] = str(entry["error"])[:MAX_ERROR_CHARS]
+    entry["notes"] = full.get("notes") or []
+    entry["elapsed_s"] = round(elapsed_s, 4)
+    steps = []
+    for step in full.get("steps") or []:
+        s = {k: step.get(k) for k in _STEP_FIELDS}
+        view = step.get("view") or None
+        s["view"] = {"name": view.get("name"), "crop_box": view.get("crop_box")} if view else None
+        if step.get("error"):
+            s["error"] = str(step["error"])[:MAX_ERROR_CHARS]
+        steps.append(s)
+    entry["steps"] = steps
+    return entry
+
+
+def output_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in _OUTPUT_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole command
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RealignOptions:
+    input: Path
+    config: str
+    out: Path
+    images: Path | None = None  # default: the input file's folder
+    captions: Path | None = None
+    max_cycles: int | None = None  # default: the config's (3)
+    limit: int | None = None
+    unresolved: Policy = "keep"
+    source: str = "realigned"  # pairs' source name when the input is a published task list
+    base_url: str | None = None
+    llm_base_url: str | None = None
+    vlm_base_url: str | None = None
+    report_dir: Path | None = None  # the readable HTML/Markdown report of each task
+    concurrency: int | None = None  # default: the config's (64 unless it says otherwise)
+    report: Path | None = None  # the run summary as JSON + Markdown
+    shard: str | None = None  # "K/N"
+    cache: Path | None = None  # default: $REALLOD_CACHE/responses.sqlite (~/.cache/reallod)
+    no_cache: bool = False
+    force_resume: bool = False
+    endpoint_limit: int | None = None  # requests in flight per endpoint (default: the concurrency)
+
+
+@dataclass(slots=True)
+class RealignRun:
+    out: Path
+    trace: Path
+    summary: RunSummary
+    report: Path | None = None
+    journal: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    run_report: tuple[Path, Path] | None = None
+
+
+def selection(fmt: InputFormat, shard: tuple[int, int] | None) -> Select | None:
+    """Which tasks (by id and image) belong to this run's shard."""
+    if shard is None:
+        return None
+    return lambda task_id, image_path: in_shard(shard_key(task_id, image_path, fmt), shard)
+
+
+def select_tasks(items: Iterable[TaskItem], select: Select | None, limit: int | None) -> Iterator[TaskItem]:
+    """The shard's tasks, then the first ``limit`` of them (assemble counts the same way)."""
+    if select is not None:
+        items = (item for item in items if select(item.task_id, item.image_path))
+    if limit is not None:
+        items = itertools.islice(items, limit)
+    return iter(items)
+
+
+def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None) -> RealignRun:
+    """Run the agent over an input file and write Real-Data, the trace, and optionally reports.
+
+    ``roles`` replaces the ones built from ``opts.config`` (tests pass scripted roles); ``monitor``
+    watches the run (a progress bar). Raises :class:`RunStopped` when the run had to stop early.
+    """
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if opts.max_cycles is not None and opts.max_cycles < 1:
+        raise ConfigError("--max-cycles must be at least 1")
+    if opts.limit is not None and opts.limit < 0:
+        raise ConfigError("--limit must not be negative")
+    if opts.unresolved not in POLICIES:
+        raise ConfigError(f"--unresolved {opts.unresolved!r}: expected drop, keep or negative")
+    if opts.concurrency is not None and opts.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    if opts.endpoint_limit is not None and opts.endpoint_limit < 1:
+        raise ConfigError("--endpoint-limit must be at least 1")
+    shard = parse_shard(opts.shard)
+    fmt = detect_format(opts.input)
+    captions = load_captions(opts.captions) if opts.captions else None
+    images = ImageLoader(opts.images if opts.images is not None else opts.input.parent)
+    trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
+    outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
+    if len(outputs) < 3 or opts.input.resolve() in outputs:
+        raise ConfigError(f"--out {opts.out} would overwrite the input, the trace or the journal")
+
+    agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
+    if roles is None:
+        from reallod.agent.agent_config import build_roles, load_agent_config
+
+        cfg = load_agent_config(opts.config, base_url=opts.base_url, llm_base_url=opts.llm_base_url,
+                                vlm_base_url=opts.vlm_base_url)
+        agent, max_cycles, concurrency = cfg.name, opts.max_cycles or cfg.max_cycles, opts.concurrency or cfg.concurrency
+        roles = build_roles(cfg)
+    shard_text = f"{shard[0]}/{shard[1]}" if shard else None
+    fp = {"config": roles_fingerprint(roles), "input": fingerprint_file(opts.input),
+          "captions": fingerprint_file(opts.captions) if opts.captions else None,
+          "max_cycles": max_cycles, "format": fmt, "shard": shard_text}
+    meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
+            "captions": str(opts.captions.resolve()) if opts.captions else None,
+            "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles}
+    select = selection(fmt, shard)
+    with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
+                      force=opts.force_resume) as session:
+        roles, endpoints = harden(roles, cache=session.cache, endpoint_limit=opts.endpoint_limit or concurrency)
+        header = {"input": str(opts.input), "format": fmt, "images": str(images.root), "config": str(opts.config),
+                  "agent": agent, "roles": roles.describe(), "max_cycles": max_cycles, "limit": opts.limit,
+                  "captions": str(opts.captions) if opts.captions else None, "shard": shard_text}
+        stages["prepare"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ran = _run(opts, fmt, captions, images, roles, endpoints, session, trace_path, header, select,
+                   max_cycles, concurrency, monitor)
+        stages["agent"] = time.perf_counter() - t1
+    journal, cache = session.journal, session.cache
+
+    t2 = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    summary = RunSummary()
+    for tid, entry in iter_journal(journal_path):
+        results[tid] = output_fields(entry)
+        summary.add(entry)
+    try:
+        summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=opts.source,
+                                    agent=agent, captions=captions, limit=opts.limit, select=select)
+    except OSError as e:
+        raise RunStopped(f"cannot write the output {opts.out}: {e.strerror or e}; the {len(results)} finished "
+                         f"task(s) are safe in {journal_path}: rerun the same command once that is fixed "
+                         "(nothing is redone)") from e
+    stages["output"] = time.perf_counter() - t2
+    report = None
+    if opts.report_dir is not None:
+        from reallod.agent.task_report import write_report
+
+        t3 = time.perf_counter()
+        report = write_report(trace_path, opts.report_dir, images=images)
+        stages["report"] = time.perf_counter() - t3
+    summary.wall_s = time.perf_counter() - t0
+    totals = endpoints.totals()
+    info = {"input": str(opts.input), "out": str(opts.out), "journal": str(journal_path), "trace": str(trace_path),
+            "agent": agent, "shard": shard_text, "concurrency": concurrency,
+            "tasks_total": summary.tasks, "tasks_resumed": journal.resumed, "tasks_run": ran,
+            "tasks_per_s": ran / stages["agent"] if stages["agent"] > 0 else 0.0,
+            "cache": None if cache is None else str(cache.path),
+            "requests": {"sent": totals.calls, "cache_hits": totals.cache_hits, "retries": dict(totals.retries),
+                         "gave_up": dict(totals.failures)},
+            "stages_s": {k: round(v, 3) for k, v in stages.items()}, "wall_s": round(summary.wall_s, 3)}
+    run = RealignRun(opts.out, trace_path, summary, report, journal_path, info)
+    if opts.report is not None:
+        from reallod.agent.run_report import write_run_report
+
+        run.run_report = write_run_report(opts.report, summary, info)
+    return run
+
+
+def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,
+         roles: Roles, endpoints: Endpoints, session: RunSession, trace_path: Path, header: dict[str, Any],
+         select: Select | None, max_cycles: int, concurrency: int, monitor: RunMonitor | None) -> int:
+    """Run the tasks the journal does not hold yet; returns how many ran."""
+    monitor = monitor or RunMonitor()
+    if hasattr(monitor, "in_flight"):
+        monitor.in_flight = endpoints.in_flight  # type: ignore[attr-defined]
+    journal = session.journal
+    done = journal.done
+    tasks = select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)
+    if fmt == "tasks":
+        tasks = group_by_image(tasks)
+    todo = (item for item in tasks if item.task_id not in done)
+
+    def count() -> int:
+        return sum(1 for _ in select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit))
+
+    trace = TraceWriter(trace_path, header, append=journal.resumed > 0)
+    try:
+        if journal.resumed:
+            _recover_trace(trace, journal)
+
+        async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
+            entry = journal_entry(result, elapsed)
+            await journal.append(result.task_id, entry)  # durable: now the task is done
+            trace.write(item, result)
+            monitor.task_done(result.verdict)
+
+        return session.run(todo, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,
+                           concurrency=concurrency, monitor=monitor, total=count, aclose=roles.aclose)
+    finally:
+        trace.close()
+
+
+def _recover_trace(trace: TraceWriter, journal: Journal) -> None:
+    """After a crash, the trace may lack the last tasks the journal got (the trace line follows the
+    journal's fsync): add them from the journal (compact: no prompts), so the trace lists every task
+    once."""
+    have = trace_ids(trace.path)
+    for tid, entry in iter_journal(journal.path):
+        if tid not in have:
+            trace.write_entry({"task_id": tid, "task": None, "result": entry, "recovered": True})
+

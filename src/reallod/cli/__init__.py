@@ -1,0 +1,77 @@
+"""The ``reallod`` command: a thin Typer layer that parses arguments and calls library functions.
+
+One module per section, registered here in the order data flows (which is also the order of
+``reallod --help``): ``data`` (Real-Data toolkit), ``generate`` / ``pipeline`` (engine), ``realign`` /
+``agent-eval`` (agent), ``detect`` / ``convert-checkpoint`` (model), ``train``, ``eval``, ``demo``.
+
+Heavy modules (torch, transformers, gradio, the agent) are imported inside the commands that need
+them, so ``reallod data ...`` starts fast and stays small in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from reallod.cli import data, demo, engine, model, realign, train
+from reallod.cli import eval as eval_
+from reallod.cli.common import ordered_group
+from reallod.errors import ReallodError
+
+__all__ = ["app", "main"]
+
+SECTIONS = (data, engine, realign, model, train, eval_, demo)
+"""The CLI's sections, in the order data flows: each adds its commands with ``register(app)``."""
+
+COMMANDS = ("data", "generate", "pipeline", "realign", "agent-eval", "detect", "convert-checkpoint", "train",
+            "eval", "demo")
+"""The commands, as ``reallod --help`` lists them (Typer would put single commands before groups)."""
+
+app = typer.Typer(
+    name="reallod", cls=ordered_group(*COMMANDS), no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Real-LOD: re-align language to visual objects, the Real-Data toolkit and Real-Model.",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from reallod import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True, callback=_print_version)] = False) -> None:
+    # no docstring: the help is the Typer's; --version is eager, so it works without a command
+    pass
+
+
+for _section in SECTIONS:
+    _section.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; errors a user can act on are printed as one line, never as a traceback."""
+    try:
+        app(args=argv)  # standalone: usage errors, --help and exit codes are handled by Typer
+    except ReallodError as e:
+        _fail(f"error: {e}", 2)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        _fail(f"error: {e.filename}: {e.strerror}", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as e:
+        if os.environ.get("REALLOD_DEBUG") == "1":
+            raise
+        _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(message, err=True)
+    sys.exit(code)

@@ -1,0 +1,274 @@
+"""``reallod data ...``: the Real-Data toolkit (validate, stats, convert, filter, sample, split, merge, show).
+
+Every command parses its arguments, calls one function of :mod:`reallod.data` and prints its summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reallod.cli.common import console, ordered_group
+
+app = typer.Typer(cls=ordered_group("validate", "stats", "convert", "filter", "sample", "split", "merge", "show"),
+                  no_args_is_help=True, help="Real-Data toolkit: validate, stats, convert, filter, show.")
+
+
+@app.command("validate")
+def data_validate(
+    file: Annotated[Path, typer.Argument(help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root: also check each image exists, decodes and has the recorded size.")] = None,
+    max_errors: Annotated[int | None, typer.Option(
+        "--max-errors", min=0, metavar="N", help="Print at most N problems; the counts stay complete.")] = None,
+    fix: Annotated[Path | None, typer.Option(
+        "--fix", metavar="OUT", help="Write the valid records, in canonical form, to OUT (atomically).")] = None,
+    clamp: Annotated[bool, typer.Option(
+        "--clamp", help="With --fix: clamp boxes to the image and keep records whose only problem was that.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Check every line; print each problem as FILE:LINE: field: message, then counts per kind.
+
+    Exit code 0 when the file is valid, 1 when anything is wrong, 2 for unusable arguments.
+    """
+    import orjson
+
+    from reallod.data.validate import render_summary, validate_file
+
+    shown = 0
+
+    def on_issue(issue) -> None:
+        nonlocal shown
+        if as_json:
+            sys.stdout.write(('{"issues": [\n  ' if not shown else ",\n  ") + orjson.dumps(issue.to_dict()).decode())
+        else:
+            sys.stdout.write(issue.format() + "\n")
+        shown += 1
+
+    try:
+        report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
+                               workers=workers, on_issue=on_issue)
+    except BrokenPipeError:  # `validate ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(('{"issues": [' if not shown else "\n") + '], "summary": '
+                         + orjson.dumps(report.to_dict()).decode() + "}\n")
+    else:
+        console().print(*render_summary(report, max_errors=max_errors))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("stats")
+def data_stats(
+    files: Annotated[list[Path], typer.Argument(help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Images / instances / expressions per file and in total, by source, relation and length.
+
+    Instances are the distinct boxes of an image across its sources; expressions count positives
+    and negatives. Lines that are not records are counted apart (run `data validate` for why).
+    """
+    import orjson
+
+    from reallod.data.stats import render_stats, stats_files, stats_report
+
+    per_file, total = stats_files(files, workers=workers)
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats_report(per_file, total), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        console().print(*render_stats(per_file, total))
+
+
+# --- convert / filter / sample / split / merge / show -------------------------------------------
+
+convert_app = typer.Typer(
+    no_args_is_help=True,
+    help="Convert Real-Data to ODVG (training), COCO or OmniLabel json; or COCO detection json to Real-Data.",
+)
+app.add_typer(convert_app, name="convert")
+
+_SourcesOpt = Annotated[list[str] | None, typer.Option(
+    "--source", "-s", help="Use only this source (vlm_short, vlm_long, llm, category...); repeat for several. "
+    "Default: every source.", show_default=False)]
+
+
+def _done(out: object, summary: str) -> None:
+    typer.echo(f"{out}: {summary}")
+
+
+@convert_app.command("odvg")
+def data_convert_odvg(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="ODVG jsonl to write (.gz compresses).", show_default=False)],
+    sources: _SourcesOpt = None,
+    merge_sources: Annotated[bool, typer.Option(
+        "--merge-sources", help="One line per image with every chosen source, instead of one per image x source.")] = False,
+    positives: Annotated[int, typer.Option(
+        "--positives", min=0, help="Positive expressions per pair (0 = all).")] = 1,
+    max_negatives: Annotated[int, typer.Option(
+        "--max-negatives", help="Negative expressions per line, put in the caption with no box (-1 = all).")] = 50,
+    category_source: Annotated[bool, typer.Option(
+        "--category-source", help="Add a 'category' source made of the category names (when the image has none).")] = False,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Pick positives and negatives at random with this seed (default: the first ones).")] = None,
+) -> None:
+    """Real-Data → ODVG grounding jsonl (MM-Grounding-DINO / mmdet ODVGDataset).
+
+    Caption = chosen positives then negatives, as "a. b. c."; each positive is a region with its
+    boxes (xyxy pixels) and its character span; '.' and '?' inside expressions are removed.
+    """
+    from reallod.data.convert import realdata_to_odvg
+
+    stats = realdata_to_odvg(src, out, sources=sources, per_source=not merge_sources, positives=positives,
+                             max_negatives=max_negatives, category_source=category_source, seed=seed)
+    _done(out, stats.summary().replace(" written", " lines written"))
+
+
+@convert_app.command("coco")
+def data_convert_coco(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="COCO json to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+) -> None:
+    """Real-Data → COCO detection json: categories from the category names, boxes xywh.
+
+    One annotation per distinct box and category of an image; its expressions are kept on it as
+    "expressions", "negative_expressions" and "sources".
+    """
+    from reallod.data.convert import realdata_to_coco
+
+    _done(out, realdata_to_coco(src, out, sources=sources, keep_empty=keep_empty).summary())
+
+
+@convert_app.command("omnilabel")
+def data_convert_omnilabel(
+    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="OmniLabel-style ground-truth json to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    categories: Annotated[bool, typer.Option(
+        "--categories", help="Also add each pair's category name as a plain-category (type C) description.")] = False,
+) -> None:
+    """Real-Data → OmniLabel-style GT json, to evaluate a Real-Data split as a LOD benchmark.
+
+    Positives become descriptions with their boxes; negatives become descriptions of the image that
+    refer to no box. The 'category' source gives plain-category descriptions.
+    """
+    from reallod.data.convert import realdata_to_omnilabel
+
+    _done(out, realdata_to_omnilabel(src, out, sources=sources, categories=categories).summary())
+
+
+@convert_app.command("from-coco")
+def data_convert_from_coco(
+    ann: Annotated[Path, typer.Argument(help="COCO / LVIS / Objects365 detection json (.json or .json.gz).",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data jsonl to write (.gz compresses).", show_default=False)],
+    skip_crowd: Annotated[bool, typer.Option("--skip-crowd", help="Drop boxes marked iscrowd.")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", min=0, help="Drop boxes smaller than this (w x h, pixels).")] = 0.0,
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="Folder put in front of every filename, e.g. train2017.")] = "",
+    synonyms: Annotated[bool, typer.Option(
+        "--synonyms", help="LVIS: add the category synonyms as extra positive expressions.")] = False,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+) -> None:
+    """COCO detection json → Real-Data skeleton: one 'category' pair per box, the name as its expression.
+
+    Boxes go from xywh to xyxy, clamped to the image. LVIS images without file_name take
+    'train2017/NAME.jpg' from coco_url, so point --images at the COCO root.
+    """
+    from reallod.data.convert import coco_to_realdata
+
+    stats = coco_to_realdata(ann, out, skip_crowd=skip_crowd, min_area=min_area, prefix=prefix,
+                             synonyms=synonyms, keep_empty=keep_empty)
+    _done(out, stats.summary().replace(" records read", " images read"))
+
+
+@app.command("filter")
+def data_filter(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    sources: _SourcesOpt = None,
+    relation: Annotated[str | None, typer.Option("--relation", help="Keep only 'single' or 'multi' pairs.")] = None,
+    categories: Annotated[list[str] | None, typer.Option(
+        "--category", "-c", help="Keep only pairs of this category (case-insensitive); repeat for several.",
+        show_default=False)] = None,
+) -> None:
+    """Keep the pairs that match every criterion; images left with no pair are dropped."""
+    from reallod.data.ops import filter_file
+
+    _done(out, filter_file(src, out, sources=sources, relation=relation, categories=categories).summary())
+
+
+@app.command("sample")
+def data_sample(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    n: Annotated[int | None, typer.Option("-n", "--n", min=0, help="Exactly N images (reservoir sampling).")] = None,
+    fraction: Annotated[float | None, typer.Option(
+        "--fraction", min=0.0, max=1.0, help="About this share of the images (constant memory).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same sample.")] = 0,
+) -> None:
+    """Random sample of images, kept in input order, deterministic for a seed."""
+    from reallod.data.ops import sample_file
+
+    _done(out, sample_file(src, out, n=n, fraction=fraction, seed=seed).summary())
+
+
+@app.command("split")
+def data_split(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    train: Annotated[Path, typer.Option("--train", help="Train file to write.", show_default=False)],
+    val: Annotated[Path, typer.Option("--val", help="Validation file to write.", show_default=False)],
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", min=0.0, max=1.0, help="Share of images that go to --val.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same split.")] = 0,
+) -> None:
+    """Image-level train/val split by a seeded hash of the filename: streaming and reproducible."""
+    from reallod.data.ops import split_file
+
+    _done(f"{train} + {val}", split_file(src, train, val, val_fraction=val_fraction, seed=seed).summary())
+
+
+@app.command("merge")
+def data_merge(
+    srcs: Annotated[list[Path], typer.Argument(help="Real-Data files to merge.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Real-Data file to write.", show_default=False)],
+) -> None:
+    """Concatenate files; records of the same image are combined into one (sizes must agree).
+
+    Pairs of one source over the same boxes and category have their expressions united.
+    """
+    from reallod.data.ops import merge_files
+
+    _done(out, merge_files(srcs, out).summary())
+
+
+@app.command("show")
+def data_show(
+    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    images: Annotated[Path, typer.Option("--images", help="Image root the filenames are relative to.",
+                                         show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Draw the first N records.")] = 20,
+    sources: _SourcesOpt = None,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Skip records whose image is missing instead of stopping.")] = False,
+) -> None:
+    """Draw boxes with their positive expressions, negatives listed under the image, one PNG per record."""
+    from reallod.data.show import show_file
+
+    typer.echo(show_file(src, images, out_dir, n=n, sources=sources, skip_missing=skip_missing).summary(out_dir))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="data")

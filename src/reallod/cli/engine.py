@@ -1,0 +1,129 @@
+"""``reallod generate`` and ``reallod pipeline``: detection annotations to raw expressions, and on to
+Real-Data (generate → realign → assemble); the work is :mod:`reallod.engine.pipeline`'s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reallod.cli.common import progress_monitor
+
+
+def register(root: typer.Typer) -> None:
+    """``generate`` and ``pipeline``."""
+    root.command("generate")(generate_cmd)
+    root.command("pipeline")(pipeline_cmd)
+
+
+_ANN_HELP = "Detection annotations: COCO-format json (COCO, LVIS, Objects365) or an OpenImages box CSV."
+
+
+def _engine_options(annotations: Path, images: Path, config: str, out: Path, classes: Path | None,
+                    keep_crowd: bool, min_area: float, llm_expressions: int, group_expressions: int,
+                    hard_negatives: int, easy_negatives: int, max_objects: int | None, clip_model: str | None,
+                    clip_threshold: float, limit: int | None, shard: str | None, concurrency: int | None,
+                    base_url: str | None, cache: Path | None, no_cache: bool, force_resume: bool):  # type: ignore[no-untyped-def]
+    from reallod.engine.generate import GenerateSettings
+    from reallod.engine.pipeline import GenerateOptions
+
+    settings = GenerateSettings(llm_expressions=llm_expressions, group_expressions=group_expressions,
+                                hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
+    return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
+                           skip_crowd=not keep_crowd, min_area=min_area, settings=settings, clip_model=clip_model,
+                           clip_threshold=clip_threshold, limit=limit, shard=shard, concurrency=concurrency,
+                           base_url=base_url, cache=cache, no_cache=no_cache, force_resume=force_resume)
+
+
+def _engine_monitor(progress: bool | None, stage: str = "generate"):  # type: ignore[no-untyped-def]
+    if stage == "generate":
+        return progress_monitor(progress, description="generating", labels=())
+    from reallod.agent.task import VERDICTS
+
+    return progress_monitor(progress, description="re-aligning", labels=VERDICTS)
+
+
+def _counts_line(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+
+_A = Annotated
+_OPT_ANN = _A[Path, typer.Option("--annotations", help=_ANN_HELP, show_default=False)]
+_OPT_IMAGES = _A[Path, typer.Option("--images", help="Image root the annotations' file names are relative to.",
+                                    show_default=False)]
+_OPT_CONFIG = _A[str, typer.Option("--config", help="Agent config (path, or shipped name: offline, vllm, published); "
+                                   "its rewriter model writes the LLM steps, its vlm the VLM steps.")]
+_OPT_CLASSES = _A[Path | None, typer.Option("--classes", help="OpenImages class-description CSV.")]
+_OPT_CROWD = _A[bool, typer.Option("--keep-crowd", help="Keep crowd (COCO iscrowd / OpenImages IsGroupOf) boxes.")]
+_OPT_MIN_AREA = _A[float, typer.Option("--min-box-area", help="Drop boxes smaller than this (w×h pixels).")]
+_OPT_NLLM = _A[int, typer.Option("--llm-expressions", help="LLM phrases per object.")]
+_OPT_NGROUP = _A[int, typer.Option("--group-expressions", help="Group phrases per multi-instance category.")]
+_OPT_NHARD = _A[int, typer.Option("--hard-negatives", help="Hard negatives per object (LLM).")]
+_OPT_NEASY = _A[int, typer.Option("--easy-negatives", help="Easy negatives per object (absent categories).")]
+_OPT_MAXOBJ = _A[int | None, typer.Option("--max-objects", help="At most this many objects per image (largest).")]
+_OPT_CLIP = _A[str | None, typer.Option("--clip-model", help="CLIP/SigLIP path or hub id: drop expressions whose "
+                                        "region-text similarity is under --clip-threshold (off by default).")]
+_OPT_CLIPT = _A[float, typer.Option("--clip-threshold", help="Similarity threshold of the --clip-model filter.")]
+_OPT_LIMIT = _A[int | None, typer.Option("--limit", help="Only the first N images (of the shard).")]
+_OPT_SHARD = _A[str | None, typer.Option("--shard", help="K/N: this run's share of the images.")]
+_OPT_CONC = _A[int | None, typer.Option("--concurrency", help="Images (and agent tasks) in flight.")]
+_OPT_URL = _A[str | None, typer.Option("--base-url", help="OpenAI-compatible server for every openai role.")]
+_OPT_CACHE = _A[Path | None, typer.Option("--cache", help="Response cache file.")]
+_OPT_NOCACHE = _A[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")]
+_OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config or input changed.")]
+_OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
+
+
+def generate_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer.Option(
+        "--out", help="Raw-expression Real-Data (.jsonl) to write.", show_default=False)],
+        config: _OPT_CONFIG = "offline", classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False,
+        min_box_area: _OPT_MIN_AREA = 0.0, llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2,
+        hard_negatives: _OPT_NHARD = 2, easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None,
+        clip_model: _OPT_CLIP = None, clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None,
+        shard: _OPT_SHARD = None, concurrency: _OPT_CONC = None, base_url: _OPT_URL = None,
+        cache: _OPT_CACHE = None, no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
+        progress: _OPT_PROGRESS = None) -> None:
+    """Write raw expressions (caption, vlm_short, vlm_long, llm, groups, negatives) for annotated objects."""
+    from reallod.engine.pipeline import generate
+
+    opts = _engine_options(annotations, images, config, out, classes, keep_crowd, min_box_area, llm_expressions,
+                           group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
+                           clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
+    run = generate(opts, monitor=_engine_monitor(progress))
+    typer.echo(f"generated {run.images} image(s) ({run.ran} now, {run.resumed} resumed) -> {run.out}")
+    if run.unavailable:
+        typer.echo(f"unavailable without a VLM: {', '.join(run.unavailable)} (caption taken from the annotations)")
+    typer.echo(_counts_line(run.counts))
+
+
+def pipeline_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer.Option(
+        "--out", help="Real-Data (.jsonl) to write; intermediate files go next to it.", show_default=False)],
+        config: _OPT_CONFIG = "offline", classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False,
+        min_box_area: _OPT_MIN_AREA = 0.0, llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2,
+        hard_negatives: _OPT_NHARD = 2, easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None,
+        clip_model: _OPT_CLIP = None, clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None,
+        shard: _OPT_SHARD = None, concurrency: _OPT_CONC = None, base_url: _OPT_URL = None,
+        cache: _OPT_CACHE = None, no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
+        progress: _OPT_PROGRESS = None,
+        unresolved: _A[str, typer.Option("--unresolved", help="Expressions the agent judged wrong and could not "
+                                         "repair: negative (default), drop or keep.")] = "negative",
+        max_cycles: _A[int | None, typer.Option("--max-cycles", help="Agent cycles per expression.")] = None,
+        report: _A[Path | None, typer.Option("--report", help="Re-alignment run summary (JSON + Markdown).")] = None,
+) -> None:
+    """generate → realign → assemble: detection annotations to Real-Data, resumable at every stage."""
+    from reallod.engine.pipeline import PipelineOptions, pipeline
+
+    opts = _engine_options(annotations, images, config, out, classes, keep_crowd, min_box_area, llm_expressions,
+                           group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
+                           clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
+    run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
+                   monitors=lambda stage: _engine_monitor(progress, stage))
+    g = run.generated
+    typer.echo(f"generate: {g.images} image(s) ({g.ran} now, {g.resumed} resumed) -> {run.paths['generated']}")
+    if g.unavailable:
+        typer.echo(f"unavailable without a VLM: {', '.join(g.unavailable)} (caption taken from the annotations)")
+    s = run.realigned.summary
+    typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts))} -> {run.paths['realigned']}")
+    typer.echo(f"assemble: {_counts_line(dict(run.assembled))} -> {run.out}")
+

@@ -1,0 +1,226 @@
+"""``reallod realign ...`` (the agent over a file, ``realign merge`` for shards) and ``reallod agent-eval``.
+
+The commands parse and print; running, Ray and reports are :mod:`reallod.agent.dispatch`'s and
+:mod:`reallod.agent.agent_eval`'s. ``realign`` is a group whose plain form ``reallod realign INPUT ...``
+goes to a hidden default command: see :func:`realign_argv`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.core
+
+from reallod.cli.common import AGENT_CONFIG_HELP, BASE_URL_HELP, LlmBaseUrl, VlmBaseUrl, progress_monitor
+
+_ADDRESS = re.compile(r"[\w.\-]+:\d+")
+
+
+def looks_like_address(value: str) -> bool:
+    """Whether the word after ``--ray`` is a Ray address (auto, local, ray://..., host:port), not an input."""
+    return value in ("auto", "local") or "://" in value or bool(_ADDRESS.fullmatch(value))
+
+
+def realign_argv(args: list[str], subcommands: Collection[str], default: str = "run") -> list[str]:
+    """The words after ``reallod realign``, as the group parses them.
+
+    Anything that does not start with a subcommand name (``merge``) goes to the hidden ``default``
+    command, so ``reallod realign INPUT --config C --out O`` keeps working; a bare ``--ray`` (followed
+    by another option, a non-address word or nothing) gets the value ``local``: a local Ray instance.
+    """
+    if not args or args[0] not in subcommands:
+        args = [default, *args]
+    fixed = []
+    for i, word in enumerate(args):
+        fixed.append(word)
+        if word == "--ray" and (i + 1 == len(args) or not looks_like_address(args[i + 1])):
+            fixed.append("local")
+    return fixed
+
+
+class _RealignGroup(typer.core.TyperGroup):
+    """``reallod realign INPUT ...`` runs the agent; ``reallod realign merge ...`` joins shards."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, realign_argv(args, self.commands))
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):  # type: ignore[no-untyped-def]
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # the default command's help and errors read "reallod realign ...", as users type it
+        return ("" if name == "run" else name), cmd, rest
+
+
+class _RealignRunContext(typer.Context):
+    @property
+    def command_path(self) -> str:  # no trailing space for the nameless default command
+        return super().command_path.rstrip()
+
+
+class _RealignRun(typer.core.TyperCommand):
+    context_class = _RealignRunContext
+
+
+app = typer.Typer(cls=_RealignGroup, no_args_is_help=False, add_completion=False,
+                  help="Re-align expressions with the agent (reallod realign INPUT --config CFG --out OUT); "
+                       "`reallod realign merge SHARDS... --out OUT` joins --shard outputs.")
+
+
+def register(root: typer.Typer) -> None:
+    """``realign`` (with ``realign merge``) and ``agent-eval``, in this order."""
+    root.add_typer(app, name="realign")
+    root.command("agent-eval")(agent_eval_cmd)
+
+
+@app.command("run", hidden=True, cls=_RealignRun)
+def realign_cmd(
+    input: Annotated[Path | None, typer.Argument(
+        help="Real-Data records (.jsonl[.gz]) or the published task list (JSON list or JSONL).",
+        show_default=False)] = None,
+    config: Annotated[str | None, typer.Option("--config", help=AGENT_CONFIG_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Real-Data output (.jsonl or .jsonl.gz); OUT.trace.jsonl and OUT.journal.jsonl go next to it.")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Captions keyed by image filename: a JSON object or JSONL {filename, caption}.")] = None,
+    max_cycles: Annotated[int | None, typer.Option(
+        "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="Run only the first N tasks.")] = None,
+    unresolved: Annotated[str, typer.Option(
+        "--unresolved", help="What happens to wrong, unresolved and failed expressions: drop, keep (as they "
+        "are) or negative (moved to the negatives).")] = "keep",
+    source: Annotated[str, typer.Option(
+        "--source", help="Source name of the output pairs when the input is a published task list.")] = "realigned",
+    base_url: Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)] = None,
+    llm_base_url: LlmBaseUrl = None,
+    vlm_base_url: VlmBaseUrl = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")] = None,
+    endpoint_limit: Annotated[int | None, typer.Option(
+        "--endpoint-limit", min=1, help="Requests in flight per endpoint (base URL) (default: the concurrency).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the run summary to FILE as JSON and Markdown (FILE.json + FILE.md).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report-dir", help="Write a readable per-task report (index.html, index.md, PNG per task) to this folder.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Response cache (SQLite) (default: ~/.cache/reallod/responses.sqlite, or $REALLOD_CACHE).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    force_resume: Annotated[bool, typer.Option(
+        "--force-resume", help="Resume even though the config or input changed since the journal was started.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", metavar="K/N", help="Process shard K of N (K from 1): a fixed slice, for N machines; "
+        "join with `reallod realign merge`.")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]", help="Run the shards as Ray tasks on the cluster at ADDRESS (a local "
+        "instance when none is given) and merge them into OUT.")] = None,
+    ray_shards: Annotated[int | None, typer.Option(
+        "--ray-shards", min=1, help="With --ray: number of shards (default: one per Ray node).")] = None,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
+    explain: Annotated[Path | None, typer.Option(
+        "--explain", help="Print one task of this trace readably (with --task) instead of running.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With --explain: the task id.")] = None,
+) -> None:
+    """Re-align expressions with the agent: write Real-Data, a trace and a journal next to it, print a summary.
+
+    Rerunning the same command resumes an interrupted run. Examples:
+    reallod realign data.jsonl --config vllm --out realigned.jsonl --images imgs/ --report run;
+    reallod realign data.jsonl --config vllm --out s1.jsonl --shard 1/4 (then `reallod realign merge s1.jsonl ... --out all.jsonl`);
+    reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/1
+    """
+    from rich.console import Console
+
+    from reallod.agent.dispatch import run_realign, shard_line
+
+    opts = monitor = None
+    if explain is not None:
+        if task is None:
+            raise typer.BadParameter("--explain needs --task ID", param_hint="--task")
+    else:
+        missing = [name for name, v in (("INPUT", input), ("--config", config), ("--out", out)) if v is None]
+        if missing:
+            raise typer.BadParameter(f"missing {', '.join(missing)} (or use --explain TRACE --task ID)")
+        if ray is not None and shard is not None:
+            raise typer.BadParameter("--ray makes its own shards: leave out --shard", param_hint="--shard")
+        from reallod.agent.realign import RealignOptions
+        from reallod.agent.task import VERDICTS
+
+        opts = RealignOptions(
+            input=input, config=config, out=out, images=images, captions=captions, max_cycles=max_cycles,
+            limit=limit, unresolved=unresolved, source=source, base_url=base_url, llm_base_url=llm_base_url,
+            vlm_base_url=vlm_base_url, report_dir=report_dir, concurrency=concurrency, report=report, shard=shard,
+            cache=cache, no_cache=no_cache, force_resume=force_resume, endpoint_limit=endpoint_limit)
+        if ray is None:
+            monitor = progress_monitor(progress, labels=VERDICTS)
+    console = Console()
+    outcome = run_realign(opts, explain=explain, task=task, ray=ray, ray_shards=ray_shards, monitor=monitor,
+                          on_shard_done=lambda k, n, info: console.print(shard_line(k, n, info)))
+    if outcome.text is not None:
+        typer.echo(outcome.text)
+    for shown in outcome.renderables():
+        console.print(shown)
+
+
+@app.command("merge")
+def realign_merge_cmd(
+    shards: Annotated[list[Path], typer.Argument(help="The --out files of the shard runs (all N of them).",
+                                                 show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl).")],
+    unresolved: Annotated[str, typer.Option(
+        "--unresolved", help="drop, keep or negative, as for realign.")] = "keep",
+    source: Annotated[str, typer.Option("--source", help="As for realign (published task lists).")] = "realigned",
+) -> None:
+    """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled.
+
+    The result equals what one unsharded run would have written. Example:
+    reallod realign merge out/s1.jsonl out/s2.jsonl --out out/all.jsonl
+    """
+    from rich.console import Console
+
+    from reallod.agent.merge import merge_shards
+    from reallod.agent.summary import render
+
+    merged = merge_shards(shards, out, unresolved=unresolved, source=source)
+    Console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
+    typer.echo(f"merged {merged.shards} shard(s) into {merged.out}")
+
+
+def agent_eval_cmd(
+    labelled: Annotated[Path, typer.Argument(
+        help="Tasks (published format, JSON list or JSONL) each with \"gold\": {\"correct\": bool, "
+        "\"expression\": optional}.", show_default=False)],
+    config: Annotated[str, typer.Option("--config", help="Agent config: a YAML file or a shipped name.")],
+    images: Annotated[Path | None, typer.Option(
+        "--images", metavar="ROOT", help="Image root (default: the labelled file's folder).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Keep the run's Real-Data, trace and journal here (default: a temporary folder).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the scores to FILE.json and FILE.md.")] = None,
+    max_cycles: Annotated[int | None, typer.Option("--max-cycles", min=1)] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url")] = None,
+    llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
+    vlm_base_url: Annotated[str | None, typer.Option("--vlm-base-url")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
+    min_f1: Annotated[float, typer.Option(
+        "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
+) -> None:
+    """Score the agent against gold labels: confusion matrix, precision of kept expressions, rewrite fix
+    rate, cost per task. Example: reallod agent-eval examples/labelled.jsonl --config vllm"""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from reallod.agent.agent_eval import agent_eval, eval_markdown, write_eval_report
+    from reallod.agent.realign import RealignOptions
+
+    opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
+                          concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
+                          vlm_base_url=vlm_base_url, no_cache=no_cache)
+    rep, _ = agent_eval(labelled, opts, min_f1=min_f1)
+    Console().print(Markdown(eval_markdown(rep)))
+    if report is not None:
+        json_path, md_path = write_eval_report(rep, report)
+        typer.echo(f"report: {json_path} and {md_path}")

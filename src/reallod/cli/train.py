@@ -1,0 +1,82 @@
+"""``reallod train``: train Real-Model on Real-Data (:func:`reallod.train.loop.train` does the work).
+
+``--resume`` takes an optional checkpoint (``--resume`` alone: the latest in the work dir), and
+``--cfg-options`` takes any number of ``key=value`` words (MMDetection's convention). Typer options
+take a fixed number of values, so the command accepts extra words and :func:`split_extra_args`
+sorts them out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reallod.cli.common import quiet_transformers
+from reallod.errors import ConfigError
+
+
+def register(root: typer.Typer) -> None:
+    root.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cmd)
+
+
+def split_extra_args(config: Path, extra: list[str], resume: bool, cfg_options: list[str]
+                     ) -> tuple[Path, Path | None, list[str]]:
+    """(config, checkpoint or None, overrides) from the parsed CONFIG and the words Typer left over."""
+    unknown = [w for w in extra if w.startswith("-")]
+    if unknown:
+        raise ConfigError(f"no such option: {unknown[0]} (see reallod train --help)")
+    overrides = list(cfg_options)
+    loose = [w for w in extra if "=" in w]
+    if loose and not cfg_options:
+        raise ConfigError(f"{loose[0]!r}: put overrides after --cfg-options (e.g. --cfg-options optim.lr=1e-5)")
+    overrides += loose
+    paths = [w for w in extra if "=" not in w]
+    if len(paths) > 1 or (paths and not resume):
+        raise ConfigError(f"unexpected argument(s): {' '.join(paths)} (a checkpoint goes right after --resume)")
+    ckpt = Path(paths[0]) if paths else None
+    if ckpt is not None and config.is_dir() and not ckpt.is_dir():
+        config, ckpt = ckpt, config  # `--resume CKPT CONFIG`: Typer took the checkpoint for CONFIG
+    return config, ckpt, overrides
+
+
+def train_cmd(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(
+        help="Training config (YAML), e.g. configs/train/tiny-cpu.yaml.", show_default=False)],
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", help="Checkpoints, logs (log.csv, eval.csv) and best/ go here "
+        "(default: work_dirs/CONFIG-NAME).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the latest checkpoint in the work dir, or from the checkpoint "
+        "folder given right after it (--resume CKPT).")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: bf16 where supported, else fp16.")] = False,
+    auto_scale_lr: Annotated[bool, typer.Option(
+        "--auto-scale-lr", help="Scale the learning rate by total batch / optim.base_batch_size.")] = False,
+    cfg_options: Annotated[list[str] | None, typer.Option(
+        "--cfg-options", metavar="KEY=VALUE ...", help="Override config fields by dotted path, e.g. "
+        "--cfg-options optim.lr=1e-5 schedule.max_steps=100 data.train.0.ratio=2 (values read as YAML).")] = None,
+) -> None:
+    """Train Real-Model on Real-Data (one process, or one per device under `accelerate launch` / `torchrun`).
+
+    Examples: reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny;
+    reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny --resume;
+    accelerate launch --multi_gpu --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp
+    """
+    from reallod.train.config import load_config
+    from reallod.train.loop import train
+
+    config, ckpt, overrides = split_extra_args(config, list(ctx.args), resume, list(cfg_options or []))
+    cfg = load_config(config, overrides)
+    quiet_transformers()
+    result = train(cfg, work_dir or Path("work_dirs") / config.stem,
+                   resume=ckpt if ckpt is not None else (True if resume else None),
+                   amp=amp, auto_scale_lr=True if auto_scale_lr else None)
+    if not result.main_process:
+        return
+    if result.best:
+        typer.echo(f"best {result.best['metric']} = {result.best['value']:.4f} (step {result.best['step']}): "
+                   f"{result.work_dir / 'best'}")
+    typer.echo(f"trained to step {result.step}; last checkpoint: {result.last_checkpoint}")
+

@@ -1,0 +1,213 @@
+"""Run a detector over a benchmark's images, in one process or sharded over several.
+
+Sharding: under ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1 in the environment) each
+process takes every ``WORLD_SIZE``-th image starting at its ``RANK``, on ``cuda:LOCAL_RANK`` when
+CUDA is used; the predictions are gathered on rank 0 (a gloo group, so CPU objects travel whatever
+the GPUs' backend) and put back in the benchmark's image order, so the file written and the numbers
+are the same as a single-process run. An error on any rank is passed to the others at the gather, so
+no process is left waiting.
+
+Inference is the Real-Model API (``reallod.model``): ``Detector.detect`` per image with the image's
+texts, in ``parallel`` mode by default (one prompt per expression, DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reallod.data.images import DEFAULT_MAX_PIXELS
+from reallod.errors import ReallodError
+from reallod.eval.common import EvalImage, Predictions, round_predictions, xyxy_to_xywh
+
+if TYPE_CHECKING:
+    from reallod.model.detections import Detections
+    from reallod.model.inference import Detector, InferenceOptions
+
+
+
+@dataclass
+class RunOptions:
+    """How images become predictions (inference settings live in ``InferenceOptions``)."""
+
+    inference: InferenceOptions | None = None
+    max_per_image: int | None = None  # keep only the best N boxes of an image, over all its texts
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    show_dir: Path | None = None  # draw each image's detections here
+    show_score_thr: float = 0.3
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    """This process's place among the processes of one run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    group: Any = None
+    owned: bool = False  # this code started the process group and closes it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj`` on rank 0 (rank order), None elsewhere."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        td.gather_object(obj, out, dst=0, group=self.group)
+        return out
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+            self.owned = False
+
+
+def init_distributed(timeout_hours: float = 12.0) -> Dist:
+    """A Dist from the launcher's environment (RANK / WORLD_SIZE / LOCAL_RANK), one process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    owned = False
+    if not td.is_initialized():
+        td.init_process_group(backend="gloo", timeout=timedelta(hours=timeout_hours))
+        owned = True
+    group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
+    return Dist(td.get_rank(), td.get_world_size(), local_rank, group, owned)
+
+
+def process_device(device: str | None, dist: Dist) -> str | None:
+    """Each process on its own GPU (``cuda:LOCAL_RANK``) unless a device index was given."""
+    if dist.world_size == 1 or device not in (None, "", "auto", "cuda"):
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{dist.local_rank % max(1, torch.cuda.device_count())}"
+    return device if device not in ("", "auto") else None
+
+
+def shard(n: int, dist: Dist) -> range:
+    """This process's images: every world_size-th one from its rank (balanced, in order)."""
+    return range(dist.rank, n, dist.world_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# predicting
+# ---------------------------------------------------------------------------------------------
+
+
+def to_predictions(image: EvalImage, dets: Detections, max_per_image: int | None = None) -> Predictions:
+    """One image's detections → prediction rows under the benchmark's ids, rounded as written."""
+    bbox, score = round_predictions(xyxy_to_xywh(dets.xyxy), dets.scores)
+    label = np.asarray(image.keys, dtype=np.int64)[dets.labels] if len(dets) else np.zeros(0, dtype=np.int64)
+    if max_per_image is not None and len(score) > max_per_image:
+        top = np.sort(np.argsort(-score, kind="stable")[:max_per_image])
+        bbox, score, label = bbox[top], score[top], label[top]
+    n = len(score)
+    return Predictions(np.full(n, image.image_id), label, score, bbox, np.full(n, image.part))
+
+
+def _save_picture(picture, path: Path) -> None:
+    from reallod.data.io import AtomicWriter
+
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    with AtomicWriter(path) as w:
+        w.write(buf.getvalue())
+
+
+def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, image_root: Path,
+                   options: RunOptions, dist: Dist, desc: str) -> list[tuple[int, Predictions]]:
+    from tqdm import tqdm
+
+    from reallod.data.images import open_image
+    from reallod.model.inference import InferenceOptions
+
+    inference = options.inference or InferenceOptions()
+    out: list[tuple[int, Predictions]] = []
+    label = desc if dist.world_size == 1 else f"{desc} [{dist.world_size} processes]"
+    bar = tqdm(indices, desc=label, unit="img", file=sys.stderr, disable=not options.progress or not dist.is_main,
+               total=len(indices))
+    for i in bar:
+        img = images[i]
+        if not img.texts:
+            continue
+        picture = open_image(image_root / img.file_name, options.max_pixels)
+        dets = detector.detect(picture, img.texts, inference)
+        out.append((i, to_predictions(img, dets, options.max_per_image)))
+        if options.show_dir is not None:
+            from reallod.model.draw import draw_detections
+
+            name = f"{img.tag}_{img.image_id}.png" if img.tag else f"{img.image_id}.png"
+            _save_picture(draw_detections(picture, dets, score_thr=options.show_score_thr), options.show_dir / name)
+    return out
+
+
+def predict(images: list[EvalImage], detector: Detector, image_root: str | Path, options: RunOptions | None = None,
+            dist: Dist | None = None, desc: str = "eval") -> Predictions | None:
+    """Predictions for every image (on rank 0; None on the other ranks), in the images' order."""
+    options = options or RunOptions()
+    dist = dist or Dist()
+    root = Path(image_root)
+    error: str | None = None
+    mine: list[tuple[int, Predictions]] = []
+    try:
+        mine = _predict_shard(images, shard(len(images), dist), detector, root, options, dist, desc)
+    except Exception as e:  # with several processes, every one must reach the gather, or the others wait
+        if dist.world_size == 1:
+            raise
+        error = f"rank {dist.rank}: {e}" if isinstance(e, ReallodError) else f"rank {dist.rank}: {type(e).__name__}: {e}"
+    gathered = dist.gather((error, mine))
+    if gathered is None:  # not rank 0
+        if error:
+            raise ReallodError(error)
+        return None
+    errors = [e for e, _ in gathered if e]
+    if errors:
+        raise ReallodError("; ".join(errors))
+    chunks = sorted((item for _, part in gathered for item in part), key=lambda item: item[0])
+    return Predictions.concat([p for _, p in chunks])
+
+
+@dataclass
+class ModelSpec:
+    """Which detector to load and how (see ``reallod.model.loading.load_detector``)."""
+
+    model: str
+    weights: str | None = None
+    device: str | None = None
+    dtype: str = "fp32"
+    max_text_len: int | None = None
+    tokenizer: str | None = None
+    image_size: tuple[int, int] | None = None
+
+
+def load_model(spec: ModelSpec, dist: Dist) -> Detector:
+    from reallod.model.loading import load_detector
+
+    return load_detector(spec.model, weights=spec.weights, device=process_device(spec.device, dist), dtype=spec.dtype,
+                         max_text_len=spec.max_text_len, tokenizer=spec.tokenizer, image_size=spec.image_size)

@@ -1,0 +1,175 @@
+"""The two ways :class:`OpenAIBackend` posts a chat request: ``aiohttp`` (default) or the ``openai`` client.
+
+Why two: with 64 requests in flight, the official client spends about 0.7 ms of CPU on each (its
+httpx connection pool scans every idle connection per request; even on its aiohttp transport each
+request and reply is converted between httpx and aiohttp objects), aiohttp alone about 0.1 ms. A run
+with 64 tasks in flight sends hundreds of requests a second, so that difference decides whether the
+agent or the model server is the bottleneck (``benchmarks/agent_throughput.py`` measures both).
+vLLM's and SGLang's own serving benchmarks post to OpenAI-compatible servers with aiohttp for the
+same reason. ``http_client: openai`` keeps the official client for those who prefer it.
+
+Both return the reply's JSON and raise :class:`HTTPStatusError` for an HTTP error status, or
+:class:`BackendError` for timeouts, connection failures and unreadable bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+import urllib.request
+from typing import Any, Protocol
+
+import orjson
+
+from reallod.llm.backends.base import BackendError
+
+TRANSPORTS: tuple[str, ...] = ("aiohttp", "openai")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class HTTPStatusError(Exception):
+    """The server answered with an error status; ``message`` is its error text."""
+
+    def __init__(self, status: int, body: bytes, headers: Any) -> None:
+        self.status = status
+        self.message = _error_text(body)
+        self.body = body[:4000].decode("utf-8", "replace")  # whole, for telling what the server rejected
+        self.headers = headers  # case-insensitive mapping (Retry-After)
+        super().__init__(f"HTTP {status}: {self.message}")
+
+
+class Transport(Protocol):
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _error_text(raw: bytes) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else the body's start."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:500].decode("utf-8", "replace").strip()
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return orjson.dumps(obj).decode()[:500]
+
+
+class AiohttpTransport:
+    """One aiohttp session per event loop, created on first use (a session belongs to its loop)."""
+
+    def __init__(self, name: str, base_url: str, api_key: str, timeout_s: float) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         "Authorization": f"Bearer {api_key}"}
+        self._session: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _session_for_loop(self) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            if self._session is not None and self._loop is not None and self._loop.is_closed():
+                await self._session.close()  # its sockets went with its loop: this only marks it closed
+            self._loop = loop
+            self._session = aiohttp.ClientSession(
+                # No pool limit here: the runner bounds requests per endpoint (--endpoint-limit).
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                cookie_jar=aiohttp.DummyCookieJar(), proxy=env_proxy(self.base_url), raise_for_status=False)
+        return self._session
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import aiohttp
+
+        session = await self._session_for_loop()
+        try:
+            async with session.post(self.base_url + path, data=orjson.dumps(body)) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise HTTPStatusError(response.status, raw, response.headers)
+        except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
+            raise BackendError(f"{self.name}: timed out after {self.timeout_s:g} s", retryable=True,
+                               kind="timeout") from e
+        except aiohttp.ClientPayloadError as e:  # the body was cut short
+            raise BackendError(f"{self.name}: reply cut short: {e}", retryable=True, kind="connection") from e
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise BackendError(f"{self.name}: cannot connect: {type(e).__name__}: {e}", retryable=True,
+                               kind="connection") from e
+        except aiohttp.ClientError as e:  # malformed HTTP from the server
+            raise BackendError(f"{self.name}: bad HTTP reply: {type(e).__name__}: {e}", retryable=True,
+                               kind="server") from e
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise BackendError(f"{self.name}: unreadable reply: {e}", retryable=True, kind="server") from e
+
+    async def aclose(self) -> None:
+        session, loop, self._session = self._session, self._loop, None
+        if session is None or session.closed:
+            return
+        if loop is None or loop is asyncio.get_running_loop() or loop.is_closed():
+            await session.close()  # on a closed loop this only marks it closed: its sockets went with it
+        elif loop.is_running():  # a demo closes from another thread than the one serving requests
+            done = asyncio.run_coroutine_threadsafe(session.close(), loop)
+            await asyncio.wait_for(asyncio.wrap_future(done), 10)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY``...) names for ``url``, looked up once:
+    aiohttp's ``trust_env`` looks it up on every request, which costs more CPU than the request."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+class OpenAIClientTransport:
+    """The official ``openai`` client's plain POST (its auth, errors and timeouts; its retries off)."""
+
+    def __init__(self, name: str, base_url: str | None, api_key: str, timeout_s: float,
+                 client: Any | None = None) -> None:
+        import openai
+
+        self.name = name
+        self.timeout_s = timeout_s
+        self._client = client or openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
+                                                    max_retries=0)
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import openai
+
+        try:
+            # Without the client's per-request type transforms and models: the reply is parsed here.
+            raw = await self._client.post(path, body=body, cast_to=_http_response_class())
+            return orjson.loads(raw.content)
+        except openai.APIStatusError as e:
+            response = e.response
+            raise HTTPStatusError(e.status_code, response.content if response is not None else str(e).encode(),
+                                  response.headers if response is not None else {}) from e
+        except openai.APITimeoutError as e:
+            raise BackendError(f"{self.name}: timed out", retryable=True, kind="timeout") from e
+        except openai.APIConnectionError as e:
+            raise BackendError(f"{self.name}: cannot connect: {e}", retryable=True, kind="connection") from e
+        except (openai.APIResponseValidationError, ValueError) as e:  # a 200 whose body is no JSON
+            raise BackendError(f"{self.name}: unreadable reply: {type(e).__name__}: {e}", retryable=True,
+                               kind="server") from e
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _http_response_class() -> type:
+    """The HTTP response class of the client's transport (httpx, or httpx2 in newer openai releases):
+    asked for as ``cast_to``, the client returns the response as it came."""
+    import openai._base_client as base
+
+    module = getattr(base, "httpx2", None) or base.httpx  # type: ignore[attr-defined]
+    return module.Response

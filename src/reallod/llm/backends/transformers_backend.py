@@ -1,0 +1,333 @@
+"""In-process models through transformers: causal LMs (GGUF files included) and image-text-to-text VLMs.
+
+One model instance is loaded per (model, file, kind, dtype, device) and shared by every role that names
+it. Generation is blocking, so it runs in a worker thread and the event loop stays free; a lock per
+model keeps two roles from generating on it at once.
+
+Structured output for causal LMs is enforced by constrained decoding: for a flat JSON-object schema
+(the shape of every decision), the object is written field by field — keys and punctuation are forced,
+an enumerated field is chosen by scoring each allowed value's likelihood, a string field is generated
+until its closing quote. ``choices`` are scored the same way. Any other schema is only asked for in the
+prompt. VLMs generate freely (the processor's chat template places the image); the caller parses.
+
+A model with a chat template is prompted through it; a base model without one (like the offline Gemma
+GGUF) gets a plain completion prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from reallod.errors import ConfigError
+from reallod.llm.backends.base import BackendError, Completion, Message
+
+KINDS: tuple[str, ...] = ("causal_lm", "image_text_to_text")
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any  # the tokenizer (causal LM) or the processor (VLM)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    quote_ids: frozenset[int] = frozenset()  # tokens that contain '"' or a newline
+    blank_ids: frozenset[int] = frozenset()  # whitespace-only tokens
+    cache_kw: str = "cache"  # transformers renamed ``past_key_values`` to ``cache`` during 5.x
+
+
+_CACHE: dict[tuple[Any, ...], _Loaded] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
+          trust_remote_code: bool) -> _Loaded:
+    key = (model, gguf_file, kind, dtype, device)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        import torch
+        import transformers as tf
+
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        try:
+            if kind == "causal_lm":
+                tok = tf.AutoTokenizer.from_pretrained(model, **kwargs)
+                net = tf.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **kwargs)
+            else:
+                tok = tf.AutoProcessor.from_pretrained(model, **kwargs)
+                net = tf.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
+            raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
+                              + f": {e}") from e
+        net.to(device).eval()
+        loaded = _Loaded(net, tok)
+        if kind == "causal_lm":
+            loaded.quote_ids, loaded.blank_ids = _token_classes(tok)
+            params = inspect.signature(net.forward).parameters
+            loaded.cache_kw = "cache" if "cache" in params else "past_key_values"
+        _CACHE[key] = loaded
+        return loaded
+
+
+def _token_classes(tok: Any) -> tuple[frozenset[int], frozenset[int]]:
+    """Tokens that contain a quote or a line break (they end a JSON string), and tokens that are only
+    whitespace (a string must not start with them, or it could end up empty)."""
+    quotes, blanks = set(), set()
+    for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+        if not t:
+            continue
+        if '"' in t or "\n" in t or "\r" in t or t in ("<0x0A>", "<0x22>", "<0x0D>"):
+            quotes.add(i)
+        elif not t.replace("\u2581", " ").replace("\u0120", " ").strip() or t in ("<0x20>", "<0x09>"):
+            blanks.add(i)
+    return frozenset(quotes), frozenset(blanks)
+
+
+def plain_prompt(messages: list[Message]) -> str:
+    """A completion prompt for a model without a chat template."""
+    lines = []
+    for m in messages:
+        label = {"system": "Instructions", "user": "User", "assistant": "Assistant"}.get(m["role"], m["role"])
+        lines.append(f"{label}:\n{_text_of(m['content'])}\n")
+    lines.append("Assistant:\n")
+    return "\n".join(lines)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def flat_schema_fields(schema: dict[str, Any] | None) -> list[tuple[str, list[str] | None]] | None:
+    """(key, allowed values or None for free text) per property, or None if not a flat object schema."""
+    if not schema or schema.get("type") != "object" or not schema.get("properties"):
+        return None
+    fields: list[tuple[str, list[str] | None]] = []
+    for key, prop in schema["properties"].items():
+        if "enum" in prop and all(isinstance(v, str) for v in prop["enum"]):
+            fields.append((key, list(prop["enum"])))
+        elif prop.get("type") == "string":
+            fields.append((key, None))
+        else:
+            return None
+    return fields
+
+
+class _Decoder:
+    """Greedy or sampled decoding over a growing prefix, with the KV cache kept between pieces."""
+
+    def __init__(self, loaded: _Loaded, prompt_ids: list[int], temperature: float) -> None:
+        import torch
+
+        self.torch = torch
+        self.model, self.tok, self.loaded = loaded.model, loaded.tokenizer, loaded
+        self.temperature = temperature
+        self.past: Any = None
+        self.logits: Any = None
+        self.generated = 0
+        self.feed(prompt_ids)
+
+    def _forward(self, ids: list[int], past: Any, keep: int = 0) -> tuple[Any, Any]:
+        """Run ``ids`` after ``past``; return the new cache and the logits of the last ``keep`` tokens
+        (all when 0). Projecting only what is needed matters: the LM head dominates on long prompts."""
+        t = self.torch.tensor([ids], device=self.model.device)
+        out = self.model(input_ids=t, use_cache=True, logits_to_keep=keep, **{self.loaded.cache_kw: past})
+        cache = getattr(out, "cache", None)
+        return (cache if cache is not None else out.past_key_values), out.logits[0]
+
+    def feed(self, ids: list[int]) -> None:
+        if ids:
+            self.past, logits = self._forward(ids, self.past, keep=1)
+            self.logits = logits[-1]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def choose(self, options: list[str], suffix: str = "") -> str:
+        """The option (followed by ``suffix``) with the highest log-likelihood here; it is fed."""
+        torch = self.torch
+        best: tuple[float, str, Any, Any] | None = None
+        first = torch.log_softmax(self.logits.float(), -1)
+        for option in options:
+            ids = self.encode(option + suffix)
+            past, out = self._forward(ids, copy.deepcopy(self.past))
+            score = float(first[ids[0]])
+            if len(ids) > 1:  # out[i] predicts ids[i + 1]
+                rest = torch.log_softmax(out[:-1].float(), -1)
+                score += float(sum(rest[i, ids[i + 1]] for i in range(len(ids) - 1)))
+            logits = out[-1]
+            if best is None or score > best[0]:
+                best = (score, option, past, logits)
+        assert best is not None
+        _, option, self.past, self.logits = best
+        return option
+
+    def _pick(self, logits: Any) -> int:
+        if self.temperature and self.temperature > 0:
+            probs = self.torch.softmax(logits.float() / self.temperature, -1)
+            return int(self.torch.multinomial(probs, 1))
+        return int(logits.argmax())
+
+    def string(self, max_tokens: int) -> tuple[str, str]:
+        """Generate a JSON string's content up to its closing quote, never empty.
+
+        Returns (content, unfed): the text of the stopping token before its quote is not in the cache
+        yet, so the caller feeds ``unfed`` and the closing quote.
+        """
+        eos = self.tok.eos_token_id
+        ids: list[int] = []
+        for step in range(max_tokens):
+            logits = self.logits.clone()
+            if step == 0:
+                banned = [*self.loaded.quote_ids, *self.loaded.blank_ids, *([eos] if eos is not None else [])]
+                logits[banned] = float("-inf")
+            nxt = self._pick(logits)
+            if nxt == eos:
+                break
+            self.generated += 1
+            if nxt in self.loaded.quote_ids:
+                before = self.tok.decode(ids, skip_special_tokens=True)
+                piece = self.tok.decode([*ids, nxt], skip_special_tokens=True)[len(before):]
+                cut = min((piece.find(c) for c in ('"', "\n") if c in piece), default=len(piece))
+                return (before + piece[:cut]).strip(), piece[:cut]
+            ids.append(nxt)
+            self.feed([nxt])
+        return self.tok.decode(ids, skip_special_tokens=True).strip(), ""
+
+    def free(self, max_tokens: int) -> str:
+        eos = self.tok.eos_token_id
+        ids: list[int] = []
+        for _ in range(max_tokens):
+            nxt = self._pick(self.logits)
+            if nxt == eos:
+                break
+            ids.append(nxt)
+            self.feed([nxt])
+        self.generated += len(ids)
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+class TransformersBackend:
+    """One in-process model. ``kind``: ``causal_lm`` (LLM roles) or ``image_text_to_text`` (VLM)."""
+
+    def __init__(self, model: str, *, gguf_file: str | None = None, kind: str = "causal_lm",
+                 dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
+                 max_new_tokens: int = 128, constrained: bool = True) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"transformers backend: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.model_id, self.gguf_file, self.kind = model, gguf_file, kind
+        self.dtype, self.device, self.trust_remote_code = dtype, device, trust_remote_code
+        self.max_new_tokens, self.constrained = max_new_tokens, constrained
+        self.name = f"transformers:{model}" + (f"/{gguf_file}" if gguf_file else "")
+        self.supports_images = kind == "image_text_to_text"
+        self._loaded: _Loaded | None = None
+
+    def load(self) -> _Loaded:
+        """Load (or reuse) the shared model instance; blocking."""
+        if self._loaded is None:
+            self._loaded = _load(self.model_id, self.gguf_file, self.kind, self.dtype, self.device,
+                                 self.trust_remote_code)
+        return self._loaded
+
+    async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
+                       choices: list[str] | None = None, max_tokens: int | None = None,
+                       temperature: float | None = None) -> Completion:
+        return await asyncio.to_thread(self._complete, messages, schema, choices,
+                                       max_tokens or self.max_new_tokens, temperature or 0.0)
+
+    def _complete(self, messages: list[Message], schema: dict[str, Any] | None, choices: list[str] | None,
+                  max_tokens: int, temperature: float) -> Completion:
+        loaded = self.load()
+        started = time.perf_counter()
+        try:
+            import torch
+
+            with loaded.lock, torch.inference_mode():
+                if self.kind == "image_text_to_text":
+                    text, n_in, n_out = self._vlm(loaded, messages, max_tokens, temperature)
+                else:
+                    text, n_in, n_out = self._llm(loaded, messages, schema, choices, max_tokens, temperature)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            raise BackendError(f"{self.name}: generation failed: {type(e).__name__}: {e}") from e
+        return Completion(text, prompt_tokens=n_in, completion_tokens=n_out,
+                          latency_s=time.perf_counter() - started)
+
+    def prompt_text(self, messages: list[Message]) -> str:
+        tok = self.load().tokenizer
+        if getattr(tok, "chat_template", None):
+            chat = [{"role": m["role"], "content": _text_of(m["content"])} for m in messages]
+            return tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return plain_prompt(messages)
+
+    def _llm(self, loaded: _Loaded, messages: list[Message], schema: dict[str, Any] | None,
+             choices: list[str] | None, max_tokens: int, temperature: float) -> tuple[str, int, int]:
+        tok = loaded.tokenizer
+        prompt = self.prompt_text(messages)
+        prompt_ids = tok.encode(prompt, add_special_tokens=not getattr(tok, "chat_template", None))
+        dec = _Decoder(loaded, prompt_ids, temperature)
+        fields = flat_schema_fields(schema) if self.constrained else None
+        if choices and self.constrained:
+            text = dec.choose(list(choices))
+        elif fields:
+            text = self._json(dec, fields, max_tokens)
+        else:
+            text = dec.free(max_tokens)
+        return text, len(prompt_ids), dec.generated
+
+    @staticmethod
+    def _json(dec: _Decoder, fields: list[tuple[str, list[str] | None]], max_tokens: int) -> str:
+        n_free = sum(1 for _, allowed in fields if allowed is None)
+        per_string = max(4, max_tokens // max(1, n_free))
+        obj: dict[str, str] = {}
+        for i, (key, allowed) in enumerate(fields):
+            dec.feed(dec.encode(("{" if i == 0 else ", ") + json.dumps(key) + ': "'))
+            if allowed is None:
+                obj[key], unfed = dec.string(per_string)
+                dec.feed(dec.encode(unfed + '"'))
+            else:
+                obj[key] = dec.choose(allowed, suffix='"')
+        return json.dumps(obj, ensure_ascii=False)
+
+    def _vlm(self, loaded: _Loaded, messages: list[Message], max_tokens: int,
+             temperature: float) -> tuple[str, int, int]:
+        processor = loaded.tokenizer
+        chat, images = [], []
+        for m in messages:
+            content = m["content"]
+            if isinstance(content, str):
+                chat.append({"role": m["role"], "content": [{"type": "text", "text": content}]})
+                continue
+            parts = []
+            for p in content:
+                if p.get("type") == "image":
+                    img = p["image"]
+                    images.append(img.convert("RGB") if isinstance(img, Image.Image) else img)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": p.get("text", "")})
+            chat.append({"role": m["role"], "content": parts})
+        prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[prompt], images=images or None, return_tensors="pt").to(loaded.model.device)
+        gen = {"max_new_tokens": max_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            gen["temperature"] = temperature
+        out = loaded.model.generate(**inputs, **gen)
+        n_in = int(inputs["input_ids"].shape[1])
+        new = out[0, n_in:]
+        text = processor.decode(new, skip_special_tokens=True)
+        return text.strip(), n_in, int(new.shape[0])
+
+    async def aclose(self) -> None:
+        """Nothing to close: the shared model stays loaded for other roles and later runs."""

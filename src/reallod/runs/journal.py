@@ -1,0 +1,284 @@
+"""Append-only journal of finished tasks: the run's memory across crashes.
+
+A task counts as done only once its line is on disk (written and fsync'ed). The first line is a
+header with the run's fingerprint, so a rerun against a changed config or input is refused instead of
+silently mixing results. A crash can leave at most one partial last line; it is cut off on resume.
+Appends from many coroutines are batched into one write + fsync (group commit), so durability does
+not cost one disk flush per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.errors import ReallodError
+
+JOURNAL_VERSION = 1
+
+
+class JournalMismatch(ReallodError):
+    """The journal was started by a run with another config or input."""
+
+
+class JournalWriteError(ReallodError):
+    """The disk refused a journal write (full, read-only, gone)."""
+
+
+def fingerprint_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Content hash of an input or config file (blake2b, fast enough for multi-GB inputs)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def beside(out: str | os.PathLike, suffix: str) -> Path:
+    """``OUT.jsonl`` (also ``.jsonl.gz`` and ``.json``) → ``OUT<suffix>``, next to the output: where a
+    run keeps what belongs to one output (journal, trace, shards)."""
+    out = Path(out)
+    name = out.name
+    for ending in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(ending)
+    return out.with_name(f"{name}{suffix}")
+
+
+def journal_path_for(out: str | os.PathLike) -> Path:
+    """``OUT.jsonl`` → ``OUT.journal.jsonl``."""
+    return beside(out, ".journal.jsonl")
+
+
+class Journal:
+    """``Journal.open(path, fp)`` loads what a previous run finished and appends new results."""
+
+    def __init__(self, path: Path, fp: dict[str, Any], done: dict[str, Any], fd: int,
+                 header: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.fingerprint = fp
+        self.done = done  # task_id → result dict (or what ``keep`` made of it), in journal order
+        self.header = header or {"journal": JOURNAL_VERSION, "fingerprint": fp}
+        self.resumed = len(done)  # tasks finished by earlier runs
+        self._fd = fd
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
+        self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
+        self._before_write: Callable[[], None] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
+             meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None,
+             before_write: Callable[[], None] | None = None) -> Journal:
+        """Open or create; refuses a journal with another fingerprint unless ``force``.
+
+        ``meta`` goes into the header of a new journal (what a merge needs to know: input, shard...);
+        ``keep`` maps each loaded result to what ``done`` holds (a run over millions of tasks only
+        needs to know which ids are done, not their whole results); ``before_write`` runs before each
+        write (the response cache commits there, so a task called done has its answers kept).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done: dict[str, Any] = {}
+        header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
+        if path.exists() and path.stat().st_size > 0:
+            header, done, good_bytes = _load(path, keep)
+            if header.get("fingerprint") != fp and not force:
+                changed = sorted(k for k in set(fp) | set(header.get("fingerprint", {}))
+                                 if fp.get(k) != header.get("fingerprint", {}).get(k))
+                raise JournalMismatch(
+                    f"{path}: this journal was started with a different {', '.join(changed) or 'setup'}; "
+                    "rerun with the original config and input, pass --force-resume to continue anyway, "
+                    "or delete the journal to start over")
+            with open(path, "r+b") as f:  # cut a partial last line left by a crash
+                f.truncate(good_bytes)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _durable_write(fd, orjson.dumps(header) + b"\n")
+            except OSError as e:
+                os.close(fd)
+                raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+        journal = cls(path, fp, done, fd, header)
+        if keep is not None:
+            journal._keep = keep
+        journal._before_write = before_write
+        return journal
+
+    def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
+        """Write and fsync one result now (for synchronous callers)."""
+        if task_id not in self.done:
+            self._locked_write(_line(task_id, result))
+            self.done[task_id] = self._keep(result)
+
+    async def append(self, task_id: str, result: dict[str, Any]) -> None:
+        """Returns once the result is durable; concurrent appends share one write + fsync.
+
+        Raises :class:`JournalWriteError` when the disk refuses the write; the journal is left as it
+        was before the failed batch, so a later resume is exact.
+        """
+        if task_id in self.done:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((task_id, result, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let coroutines finishing in the same tick join this batch
+        while self._pending:
+            batch, self._pending = self._pending, []
+            data = b"".join(_line(tid, res) for tid, res, _ in batch)
+            try:
+                await asyncio.to_thread(self._locked_write, data)
+            except OSError as e:
+                err = JournalWriteError(f"{self.path}: cannot write the journal ({e.strerror or e}); "
+                                        "the tasks finished so far are safe, rerun to resume")
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            for tid, res, fut in batch:
+                if tid not in self.done:
+                    self.done[tid] = self._keep(res)
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _locked_write(self, data: bytes) -> None:
+        if self._before_write is not None:
+            self._before_write()
+        with self._fd_lock:
+            if self._fd < 0:
+                raise OSError(9, "journal already closed")
+            _durable_write(self._fd, data)
+
+    async def drain(self) -> None:
+        """Wait for the write in progress (if any): call before closing from async code."""
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._flusher
+
+    def close(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(header, task_id → result) of a journal, ignoring a partial last line."""
+    header, done, _ = _load(Path(path))
+    return header, done
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header line alone (cheap, whatever the journal's size)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or "journal" not in obj:
+        raise ReallodError(f"{path}: not a reallod journal (its first line is no journal header)")
+    return obj
+
+
+def iter_journal(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(task_id, result) of every finished task, first occurrence only, streaming (constant memory
+    but for the set of ids)."""
+    seen: set[str] = set()
+    lines = _lines(Path(path))
+    next(lines)  # the header
+    for obj in lines:
+        tid = obj["task_id"]
+        if tid not in seen:
+            seen.add(tid)
+            yield tid, obj["result"]
+
+
+def iter_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    for _, result in iter_journal(path):
+        yield result
+
+
+def _lines(path: Path, _good: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Task lines after checking the header; ``_good`` receives the byte length of complete lines."""
+    header_seen = False
+    good = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # partial write from a crash: cut on resume
+            good += len(line)
+            if _good is not None:
+                _good[0] = good
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not header_seen:
+                if not isinstance(obj, dict) or "journal" not in obj:
+                    raise ReallodError(f"{path}: not a reallod journal (its first line is no journal header)")
+                header_seen = True
+                yield obj
+            elif isinstance(obj, dict) and "task_id" in obj:
+                yield obj
+    if not header_seen:
+        raise ReallodError(f"{path}: not a reallod journal (no header line)")
+
+
+def _load(path: Path, keep: Callable[[dict[str, Any]], Any] | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Header, results, and the byte length of the complete lines (a partial tail is not counted)."""
+    done: dict[str, Any] = {}
+    good = [0]
+    lines = _lines(path, good)
+    header = next(lines)
+    for obj in lines:
+        if obj["task_id"] not in done:
+            done[obj["task_id"]] = obj["result"] if keep is None else keep(obj["result"])
+    return header, done, good[0]
+
+
+def _line(task_id: str, result: dict[str, Any]) -> bytes:
+    return orjson.dumps({"task_id": task_id, "result": result}) + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _durable_write(fd: int, data: bytes) -> None:
+    """Write and fsync, or leave the file exactly as it was (no torn line in the middle)."""
+    size = os.fstat(fd).st_size
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise

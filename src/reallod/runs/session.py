@@ -1,0 +1,111 @@
+"""One resumable run, set up and torn down the same way by every command that journals its work
+(``realign``, and ``generate`` inside the data engine's pipeline).
+
+The sequence: the response cache opens, the journal opens (refusing another setup's journal unless
+forced; the cache commits before every journal write, so work the journal calls done keeps its
+answers); the caller hardens its backends with the cache; :meth:`RunSession.run` keeps the items the
+journal lacks in flight and maps every way a run can be stopped (an endpoint down, a disk that
+refuses a write) to :class:`RunStopped`, saying what is safe; closing flushes and closes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reallod.errors import ReallodError
+from reallod.llm.cache import ResponseCache, default_cache_path
+from reallod.llm.retry import EndpointDown
+from reallod.runs.drive import drive
+from reallod.runs.journal import Journal, JournalWriteError
+from reallod.runs.progress import RunMonitor
+
+
+class RunStopped(ReallodError):
+    """The run stopped before the end (endpoint down, disk refused the journal); it can be resumed."""
+
+
+@dataclass(slots=True)
+class RunSession:
+    """An open journal and response cache; ``unit`` names what the journal holds (for messages)."""
+
+    journal: Journal
+    cache: ResponseCache | None
+    unit: str = "task(s)"
+    stage: str = "The run"
+
+    def run(self, todo: Iterable[Any], work: Callable[[Any], Awaitable[Any]],
+            handle: Callable[[Any, Any, float], Awaitable[None]], *, concurrency: int,
+            monitor: RunMonitor | None = None, total: int | Callable[[], int] | None = None,
+            aclose: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Run ``todo`` (see :func:`reallod.runs.drive.drive`); returns how many ran.
+
+        ``handle`` journals each result (and may write more); ``total`` is the run's size for the
+        progress bar, or a function that counts it (called in a thread, only when someone watches);
+        ``aclose`` closes the backends when the run ends, however it ends."""
+        monitor = monitor or RunMonitor()
+
+        async def count(counter: Callable[[], int]) -> None:
+            monitor.set_total(await asyncio.to_thread(counter))
+
+        async def main() -> int:
+            counting = None
+            if callable(total):
+                if type(monitor) is not RunMonitor:
+                    counting = asyncio.create_task(count(total))
+            elif total is not None:
+                monitor.set_total(total)
+            monitor.start(resumed=self.journal.resumed)
+            try:
+                return await drive(todo, work, handle, concurrency=concurrency)
+            finally:
+                if counting is not None:
+                    counting.cancel()
+                    with contextlib.suppress(BaseException):
+                        await counting
+                monitor.stop()
+                await self.journal.drain()
+                if aclose is not None:
+                    await aclose()
+
+        try:
+            return asyncio.run(main())
+        except EndpointDown as e:
+            safe = f"{len(self.journal.done)} finished {self.unit}"
+            raise RunStopped(f"{e}. {self.stage} stopped: {safe} are safe in {self.journal.path}; "
+                             "rerun the same command to resume") from e
+        except JournalWriteError as e:
+            raise RunStopped(str(e)) from e
+        except OSError as e:  # an output written beside the journal (the trace)
+            safe = f"{len(self.journal.done)} finished {self.unit}"
+            raise RunStopped(f"cannot write {e.filename or 'an output'}: {e.strerror or e}; {safe} are safe in "
+                             f"{self.journal.path}: rerun the same command to resume") from e
+
+
+@contextlib.contextmanager
+def open_session(journal_path: Path, fp: dict[str, Any], *, meta: dict[str, Any], cache_path: Path | None = None,
+                 no_cache: bool = False, force: bool = False, unit: str = "task(s)",
+                 stage: str = "The run") -> Iterator[RunSession]:
+    """The response cache (``cache_path``, else the user's shared one; none with ``no_cache``) and the
+    journal of one run, closed on exit."""
+    cache = None if no_cache else ResponseCache(cache_path or default_cache_path())
+    journal: Journal | None = None
+    try:
+        try:
+            journal = Journal.open(journal_path, fp, force=force, meta=meta, keep=lambda r: None,
+                                   before_write=cache.commit if cache is not None else None)
+        except OSError as e:
+            parent = journal_path.parent
+            why = f"{parent} is not a folder" if parent.exists() and not parent.is_dir() else \
+                f"{journal_path}: {e.strerror or e}"
+            raise ReallodError(f"cannot create the journal next to the output ({why})") from e
+        yield RunSession(journal, cache, unit, stage)
+    finally:
+        if journal is not None:
+            journal.close()
+        if cache is not None:
+            cache.close()

@@ -1,0 +1,44 @@
+"""The runner's pieces without a model: sharding, detections → prediction rows, errors across processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reallod.errors import ReallodError
+from reallod.eval.common import EvalImage
+from reallod.eval.predict import Dist, RunOptions, predict, shard, to_predictions
+from reallod.model.detections import Detections
+
+
+def test_shards_cover_every_image_once():
+    seen = sorted(i for r in range(3) for i in shard(10, Dist(rank=r, world_size=3)))
+    assert seen == list(range(10))
+    assert list(shard(10, Dist(rank=1, world_size=3))) == [1, 4, 7]
+
+
+def test_detections_become_rows_under_the_benchmark_ids():
+    img = EvalImage(42, "a.jpg", ["a dog", "a cat"], [7, 9], part=1)
+    dets = Detections(np.array([[10, 10, 30, 50], [0, 0, 5, 5], [1, 2, 3, 4]], float),
+                      np.array([0.9, 0.123456789, 0.5]), np.array([1, 0, 1]), ["a dog", "a cat"])
+    rows = to_predictions(img, dets)
+    assert rows.image_id.tolist() == [42, 42, 42] and rows.label.tolist() == [9, 7, 9]
+    assert rows.bbox.tolist()[0] == [10, 10, 20, 40]  # xyxy → xywh
+    assert rows.score.tolist()[1] == 0.123457  # rounded as written
+    assert rows.part.tolist() == [1, 1, 1]
+    best_two = to_predictions(img, dets, max_per_image=2)
+    assert best_two.score.tolist() == [0.9, 0.5]  # the best two, in their original order
+
+
+class _TwoProcesses(Dist):
+    """A stand-in for rank 0 of two processes whose other process failed (no process group needed)."""
+
+    def gather(self, obj):
+        return [obj, ("rank 1: images/x.jpg: image not found", [])]
+
+
+def test_an_error_on_another_process_stops_rank_zero_with_its_message():
+    images = [EvalImage(1, "x.jpg", [], []), EvalImage(2, "y.jpg", [], [])]  # nothing to prompt: no model call
+    with pytest.raises(ReallodError, match=r"rank 1: images/x\.jpg: image not found"):
+        predict(images, detector=None, image_root=".", options=RunOptions(progress=False),
+                dist=_TwoProcesses(rank=0, world_size=2))

@@ -1,0 +1,106 @@
+import asyncio
+import os
+
+import pytest
+
+from reallod.errors import ReallodError
+from reallod.runs.journal import Journal, JournalMismatch, JournalWriteError, read_journal
+
+FP = {"config": "abc", "input": "def"}
+
+
+def test_append_resume_and_no_duplicates(tmp_path):
+    path = tmp_path / "out.journal.jsonl"
+    with Journal.open(path, FP) as j:
+        j.append_sync("t1", {"v": 1})
+        j.append_sync("t1", {"v": "again"})  # second result of the same task is ignored
+    with Journal.open(path, FP) as j:
+        assert j.done == {"t1": {"v": 1}}
+        j.append_sync("t2", {"v": 2})
+    header, done = read_journal(path)
+    assert header["fingerprint"] == FP and list(done) == ["t1", "t2"]
+
+
+def test_partial_last_line_is_cut_on_resume(tmp_path):
+    path = tmp_path / "j.jsonl"
+    with Journal.open(path, FP) as j:
+        j.append_sync("t1", {"v": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"task_id": "t2", "res')  # crash mid-write
+    with Journal.open(path, FP) as j:
+        assert list(j.done) == ["t1"]
+        j.append_sync("t3", {"v": 3})
+    assert list(read_journal(path)[1]) == ["t1", "t3"]
+
+
+def test_changed_fingerprint_is_refused_unless_forced(tmp_path):
+    path = tmp_path / "j.jsonl"
+    Journal.open(path, FP).close()
+    with pytest.raises(JournalMismatch, match="different input"):
+        Journal.open(path, {"config": "abc", "input": "CHANGED"})
+    Journal.open(path, {"config": "abc", "input": "CHANGED"}, force=True).close()
+
+
+def test_not_a_journal(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"hello": 1}\n')
+    with pytest.raises(ReallodError, match="not a reallod journal"):
+        Journal.open(path, FP)
+
+
+def test_concurrent_appends_group_commit(tmp_path, monkeypatch):
+    path = tmp_path / "j.jsonl"
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+
+    async def main():
+        with Journal.open(path, FP) as j:
+            syncs.clear()
+            await asyncio.gather(*(j.append(f"t{i}", {"i": i}) for i in range(50)))
+            return j.done
+
+    done = asyncio.run(main())
+    assert len(done) == 50 and len(read_journal(path)[1]) == 50
+    assert 1 <= len(syncs) < 50  # batched
+
+
+def test_write_error_leaves_journal_exact(tmp_path, monkeypatch):
+    path = tmp_path / "j.jsonl"
+
+    async def main():
+        with Journal.open(path, FP) as j:
+            await j.append("ok", {"v": 1})
+            real_write = os.write
+            calls = {"n": 0}
+
+            def failing_write(fd, data):
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    real_write(fd, bytes(data)[:5])  # a torn partial write, then the disk is full
+                    raise OSError(28, "No space left on device")
+                return real_write(fd, data)
+
+            monkeypatch.setattr(os, "write", failing_write)
+            with pytest.raises(JournalWriteError, match="No space left"):
+                await j.append("lost", {"v": 2})
+            monkeypatch.setattr(os, "write", real_write)
+            await j.append("later", {"v": 3})
+
+    asyncio.run(main())
+    assert list(read_journal(path)[1]) == ["ok", "later"]
+
+
+def test_before_write_runs_before_every_write(tmp_path):
+    """The response cache commits there: a task the journal holds has its answers kept."""
+    path = tmp_path / "j.jsonl"
+    seen: list[int] = []
+    j = Journal.open(path, FP, before_write=lambda: seen.append(len(read_journal(path)[1])))
+    j.append_sync("t1", {"v": 1})
+
+    async def more():
+        await asyncio.gather(*(j.append(f"t{i}", {"i": i}) for i in range(2, 6)))
+
+    asyncio.run(more())
+    j.close()
+    assert seen[0] == 0 and seen[1] == 1 and len(read_journal(path)[1]) == 5  # called before each write lands
