@@ -15,6 +15,7 @@ Nothing is downloaded: the tokenizer is the bert-base-uncased vocabulary of gt-a
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -105,17 +106,28 @@ def main() -> None:
     from skimage import data
     from transformers.utils import logging as hf_logging
 
+    from reallod.errors import ReallodError
     from reallod.model.detections import Detections, compare
     from reallod.model.inference import InferenceOptions, preprocess
-    from reallod.model.loading import resolve_dtype
+    from reallod.model.loading import resolve_device, resolve_dtype
+
+    try:
+        size = tuple(int(v) for v in args.size.split(","))
+        if len(size) != 2:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--size {args.size!r}: expected SHORT,LONG, e.g. 800,1333")
+    try:  # an unavailable --device cuda is one line, not a traceback
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    except ReallodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    size = tuple(int(v) for v in args.size.split(","))
     image = Image.fromarray(data.astronaut())  # 512 × 512 photograph shipped with scikit-image
-    det = build(device, size, resolve_dtype(args.dtype))
+    det = build(device, size, dtype)
     exprs = expressions(args.expressions)
     params = sum(p.numel() for p in det.model.parameters()) / 1e6
     pv, _ = preprocess(det, image)

@@ -12,7 +12,8 @@ Cases (each runs in its own process, so peak memory is the case's own):
 Every case runs ``reallod.train.loop.train`` on coloured-shapes images (generated at 640×480 for the
 Swin-T cases), with a log line per step; the first steps are a warm-up and are left out. The prompts
 of this data are shorter than Real-Data's (about 10 phrases, not 50 negatives), so the text side of
-the Swin-T cases is lighter than in a real run. Nothing is downloaded.
+the Swin-T cases is lighter than in a real run. Nothing is downloaded. Progress (the case, step i/N)
+goes to stderr as it runs; the table goes to stdout at the end.
 
     .venv/bin/python benchmarks/train_step.py                 # all cases this machine can run
     .venv/bin/python benchmarks/train_step.py --case tiny-cpu --steps 20
@@ -21,6 +22,7 @@ the Swin-T cases is lighter than in a real run. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -77,6 +79,24 @@ def _config(case: str, work: Path, steps: int, warmup: int) -> tuple[object, int
     return cfg, batch
 
 
+def progress(message: str) -> None:
+    print(f"train_step: {message}", file=sys.stderr, flush=True)
+
+
+class StepEcho:
+    """The training log's lines as progress: ``CASE: step i/N`` (warm-up steps marked), nothing else."""
+
+    def __init__(self, case: str, total: int, warmup: int) -> None:
+        self.case, self.total, self.warmup = case, total, warmup
+
+    def __call__(self, line: str) -> None:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "step" and words[1].isdigit():
+            i = int(words[1])
+            loss = next((w for w in words[2:] if w.startswith("loss=")), "")
+            progress(f"{self.case}: step {i}/{self.total}{' (warm-up)' if i <= self.warmup else ''} {loss}".rstrip())
+
+
 def run_case(case: str, steps: int, warmup: int) -> dict:
     """Train ``warmup + steps`` steps; throughput over the last ``steps`` (data loading included)."""
     from reallod.cli.common import quiet_transformers
@@ -85,8 +105,10 @@ def run_case(case: str, steps: int, warmup: int) -> dict:
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="reallod-bench-") as tmp:
         work = Path(tmp)
+        progress(f"{case}: building the model and the data")
         cfg, batch = _config(case, work, steps, warmup)
-        result = train(cfg, work / "run", echo=lambda s: None)
+        progress(f"{case}: training {warmup} warm-up + {steps} measured steps")
+        result = train(cfg, work / "run", echo=StepEcho(case, warmup + steps, warmup))
         rows = [r for r in result.history if r["step"] > warmup]
         seconds = sum(batch / r["images_per_s"] for r in rows)
         return {"case": case, "batch": batch, "steps": len(rows), "images_per_s": len(rows) * batch / seconds,
@@ -114,17 +136,28 @@ def main() -> None:
         print("swin-t-gpu: skipped (no CUDA device)", file=sys.stderr)
         cases.remove("swin-t-gpu")
     results = []
-    for case in cases:
+    for k, case in enumerate(cases, 1):
         cmd = [sys.executable, __file__, "--one", case]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
         if args.warmup:
             cmd += ["--warmup", str(args.warmup)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        progress(f"case {k}/{len(cases)}: {case} (its own process)")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        tail: collections.deque[str] = collections.deque(maxlen=60)
+        for line in proc.stderr:  # the child's progress, shown as it comes; the rest kept for a failure
+            if line.startswith("train_step: "):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            else:
+                tail.append(line)
+        out = proc.stdout.read()
+        proc.wait()
         if proc.returncode != 0:
-            print(f"{case}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            print(f"{case}: failed\n{''.join(tail)[-3000:]}", file=sys.stderr)
             continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(json.loads(out.strip().splitlines()[-1]))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device}; torch {torch.__version__}")
     print(f"{'case':<12} {'batch':>5} {'steps':>5} {'images/s':>9} {'s/step':>7} {'peak MiB':>9}")

@@ -23,3 +23,10 @@ class DataError(ReallodError):
 
 class ConfigError(ReallodError):
     """A config file or option that cannot be used."""
+
+
+class Interrupted(ReallodError):
+    """Ctrl-C stopped a run; the message says where it stopped and what is safe (what was saved, how to
+    continue). The CLI prints it as one line and exits with ``exit_code``."""
+
+    exit_code = 130

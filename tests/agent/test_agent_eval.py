@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import typer
 
 import reallod.agent.agent_config as agent_config
-from reallod.agent.agent_eval import Gold, evaluate, load_gold, match_f1
+from reallod.agent.agent_eval import Gold, eval_markdown, evaluate, load_gold, match_f1
 from reallod.errors import DataError
 from tests.agent.io_helpers import EXAMPLES
 from tests.agent.scripted import colour_judge_with, scripted_roles
@@ -81,3 +82,45 @@ def test_agent_eval_on_the_bundled_labelled_example(tmp_path, capsys, monkeypatc
     md = (tmp_path / "eval.md").read_text()
     assert "| raw wrong | 7 | 4 |" in md and "rewrite fix rate" in md
     assert "precision of kept expressions" in stdout
+
+
+def test_failed_tasks_are_left_out_of_the_scores():
+    gold = {"0": Gold(False, ("the red cup",)), "1": Gold(False), "2": Gold(True)}
+    failed = {"verdict": "failed", "raw_expression": "x", "expression": "x", "steps": [],
+              "error": "image not found", "error_kind": "missing_image"}
+    rep = evaluate(gold, {"0": dict(failed), "1": dict(failed), "2": result("correct", "the cup")})
+    assert rep.tasks == 3 and rep.failed == 2 and rep.failures == {"missing_image": 2}
+    assert rep.failure_examples["missing_image"] == ("0", "image not found")
+    assert rep.gold_wrong == 0 and rep.caught == 0  # a task that failed caught nothing
+    assert rep.kept_precision == 1.0 and not rep.all_failed
+    assert rep.to_dict()["confusion"]["wrong"]["failed"] == 2
+    everything = evaluate(gold, {k: dict(failed) for k in gold})
+    assert everything.all_failed and everything.kept_precision is None and everything.fix_rate is None
+    md = eval_markdown(everything)
+    assert "Every task failed (3 of 3)" in md and "no score" in md
+    assert "| missing_image | 3 | `0`: image not found |" in md
+    assert "wrong raw expressions not kept as they were: n/a" in md  # it read 100% before
+
+
+def test_agent_eval_with_the_wrong_image_root_says_every_task_failed_and_exits_1(tmp_path, capsys, monkeypatch):
+    """The images of examples/labelled.jsonl are in examples/images, not next to it (the default root)."""
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(judge, vlm=False))
+    code, stdout, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline",
+                                 "--report", tmp_path / "eval"], capsys)
+    assert code == 1, stdout + err
+    assert "Every task failed (22 of 22)" in stdout and "Failed tasks by reason" in stdout
+    assert "missing_image" in stdout and "image not found" in stdout  # the reason, with an example
+    assert err.startswith("error: every task of agent-eval failed (22 of 22)") and err.count("\n") == 1
+    assert "missing_image: 22 task(s), e.g. 0: " in err
+    rep = json.loads((tmp_path / "eval.json").read_text())
+    assert rep["all_failed"] and rep["failures"] == {"missing_image": 22} and rep["kept_precision"] is None
+    assert rep["wrong_caught_rate"] is None  # it read 100% ("wrong raw expressions not kept") before
+
+
+def test_the_documented_agent_eval_example_names_the_image_root():
+    from reallod.cli import app
+
+    docs = (EXAMPLES.parent / "docs" / "agent-at-scale.md").read_text()
+    assert "reallod agent-eval examples/labelled.jsonl --images examples/images" in docs
+    help_text = typer.main.get_command(app).get_command(None, "agent-eval").help
+    assert "reallod agent-eval examples/labelled.jsonl --images examples/images" in help_text

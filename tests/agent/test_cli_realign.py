@@ -106,3 +106,49 @@ def test_report_shows_only_crops_that_match_the_trace(tmp_path, capsys, scripted
     write_report(trace, tmp_path / "rep2", images=ImageLoader(tmp_path))  # no images there
     assert "image not shown" in (tmp_path / "rep2" / "index.md").read_text()
     assert list((tmp_path / "rep2" / "img").glob("*_card.png"))  # the card is still made, without pictures
+
+
+def test_failed_tasks_are_shown_by_reason_and_every_task_failing_exits_1(tmp_path, capsys, scripted):
+    # the images are in examples/images, not next to the input (the default image root)
+    args = ["realign", EXAMPLES / "tasks.json", "--config", "offline", "--out", tmp_path / "r.jsonl",
+            "--report", tmp_path / "run"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 1, stdout + err
+    assert "EVERY TASK FAILED (22): failed tasks by reason (one example each)" in stdout
+    assert "missing_image" in stdout and "image not found" in stdout  # the reason and one example
+    assert err.startswith("error: every task of realign failed (22 of 22), so nothing was re-aligned: "
+                          "missing_image: 22 task(s), e.g. 0: ") and err.count("\n") == 1
+    assert (tmp_path / "r.jsonl").exists()  # the output is written all the same (--unresolved keep)
+    assert "**Every task failed (22): nothing was re-aligned.**" in (tmp_path / "run.md").read_text()
+    # some tasks failing is a normal run: status 0, the reasons shown
+    lines = (EXAMPLES / "realdata.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('"astronaut.jpg"', '"gone.jpg"')
+    (tmp_path / "some.jsonl").write_text("\n".join(lines) + "\n")
+    code, stdout, err = run_cli(["realign", tmp_path / "some.jsonl", "--config", "offline", "--out",
+                                 tmp_path / "some-out.jsonl", "--images", EXAMPLES / "images"], capsys)
+    assert code == 0, err
+    assert "failed tasks by reason (one example each)" in stdout and "EVERY TASK" not in stdout
+    assert "missing_image" in stdout and "0/vlm_short/0/0" in stdout and "image not found" in stdout
+
+
+def test_the_documented_realign_examples_write_to_distinct_outputs():
+    """Two examples over different inputs must not share an --out: the second would be refused."""
+    import re
+    import shlex
+
+    commands = []
+    for doc in [EXAMPLES.parent / "README.md", *sorted((EXAMPLES.parent / "docs").glob("*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        for line in text.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("reallod realign ") and " merge " not in f" {line} " and "--out" in line:
+                words = shlex.split(line)
+                out = words[words.index("--out") + 1]
+                source = next(w for w in words[2:] if not w.startswith("-"))
+                commands.append((out, source, doc.name))
+    assert len(commands) >= 5, commands
+    inputs: dict[str, set[str]] = {}
+    for out, source, _ in commands:
+        inputs.setdefault(out, set()).add(source)
+    shared = {out: srcs for out, srcs in inputs.items() if len(srcs) > 1}
+    assert not shared, f"documented realign examples over different inputs share an --out: {shared}"

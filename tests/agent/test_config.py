@@ -109,3 +109,37 @@ def test_a_missing_prompt_file_is_a_config_error(tmp_path: Path) -> None:
         "  planner: {backend: openai, model: m}\n  rewriter: {backend: openai, model: m}\n")
     with pytest.raises(ConfigError, match=r"nothere\.txt: cannot read"):
         build_roles(load_agent_config(tmp_path / "a.yaml"))
+
+
+def config_format_block() -> str:
+    """The YAML example of docs/agent-backends.md's "Config format" section, as the page shows it."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent-backends.md").read_text(encoding="utf-8")
+    section = doc.split("## Config format", 1)[1]
+    match = re.search(r"^(```+|~~~+)\s*yaml[^\n]*\n(.*?)^\1", section, re.M | re.S)
+    assert match, "no yaml block under ## Config format"
+    return match.group(2)
+
+
+def test_the_documented_config_format_example_loads_and_builds(tmp_path: Path, monkeypatch) -> None:
+    """The example once shared the reflector's prompt with the planner and rewriter through its YAML
+    anchor, which stopped with "unknown placeholder(s)"; here it is loaded as the page shows it."""
+    from importlib.resources import files
+
+    monkeypatch.setenv("MY_KEY", "secret")
+    cfg_path = tmp_path / "my-setup.yaml"
+    cfg_path.write_text(config_format_block(), encoding="utf-8")
+    (tmp_path / "prompts").mkdir()
+    packaged = files("reallod.agent").joinpath("prompts", "reflector.txt").read_text(encoding="utf-8")
+    (tmp_path / "prompts" / "my_reflector.txt").write_text(packaged.replace("[user]", "[user]\nMy own words."))
+    cfg = load_agent_config(cfg_path)
+    assert cfg.name == "my-setup" and cfg.max_cycles == 3 and cfg.concurrency == 8
+    assert cfg.roles["reflector"].prompt == tmp_path / "prompts" / "my_reflector.txt"
+    assert cfg.roles["planner"].prompt is None and cfg.roles["rewriter"].prompt is None
+    assert cfg.roles["rewriter"].max_tokens == 96 and cfg.roles["planner"].max_tokens == 256
+    roles = build_roles(cfg)  # prompts are checked against each role's placeholders here
+    assert "My own words." in roles.reflector.prompt.user
+    assert "My own words." not in roles.planner.prompt.user + roles.rewriter.prompt.user
+    assert roles.planner.backend is roles.reflector.backend  # the same model, one backend
+    assert roles.vlm is not None and roles.vlm.backend.model == "Qwen/Qwen2.5-VL-7B-Instruct"

@@ -1,5 +1,6 @@
 """Reliability against a real HTTP server (the fake one, through the real openai client): kill -9 at
-random moments with resume, a server failing one request in five, an endpoint that is down."""
+random moments with resume, a server failing one request in five, an endpoint that is down, Ctrl-C
+mid-run and while the offline model loads."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 from reallod.agent.task import VERDICTS
 from reallod.agent.trace import read_trace
@@ -135,3 +138,93 @@ def test_an_endpoint_that_is_down_is_reported_once_and_the_run_stops(tmp_path, c
     _, done = read_journal(tmp_path / "o.journal.jsonl")
     assert done == {}  # no task was charged with the endpoint's failure
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def wait_for(predicate, proc, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.02)
+
+
+def interrupt(proc) -> tuple[float, str]:
+    """SIGINT, as Ctrl-C sends it; (seconds until the process ended, its stderr)."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    return time.monotonic() - sent, err
+
+
+def test_ctrl_c_mid_run_stops_at_once_says_what_is_safe_and_a_rerun_resumes(tmp_path):
+    rng = random.Random(5)
+
+    def respond(body):  # slow enough that the run is mid-way when interrupted
+        return FakeReply(*chat_reply(valid_decision(body, rng)), delay_s=0.1)
+
+    with FakeChatServer(respond) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=2)
+        out, journal = tmp_path / "o.jsonl", tmp_path / "o.journal.jsonl"
+        args = [*CLI, "realign", str(REPO / "examples" / "realdata.jsonl"), "--images", str(REPO / "examples" / "images"),
+                "--config", str(cfg), "--out", str(out), "--cache", str(tmp_path / "cache.sqlite"), "--no-progress"]
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: journal_tasks(journal) >= 2, proc)
+        took, err = interrupt(proc)
+        assert proc.returncode == 130 and took < 5, (took, err)
+        done = len(read_journal(journal)[1])
+        assert 2 <= done < 22
+        assert err.strip() == f"interrupted: {done} task(s) are in the journal {journal}; rerun the same command " \
+                              "to resume", err
+        assert not out.exists()
+        rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"22 ({done} resumed from the journal, {22 - done} run now)" in rerun.stdout
+    assert len(read_journal(journal)[1]) == 22
+
+
+SLOW_MODEL = """
+import pathlib, sys, time
+import reallod.llm.backends.packaged as packaged
+import reallod.llm.backends.transformers_backend as tb
+
+def stand_in(package):  # no GGUF assembled: the model never loads anyway
+    path = pathlib.Path(sys.argv[1]) / "models" / "stand-in.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF stand-in")
+    return path
+
+def loading(*args):  # what Gemma does for over a minute on a small CPU, holding its worker thread
+    (pathlib.Path(sys.argv[1]) / "loading").write_text("now")
+    time.sleep(120)
+
+packaged.packaged_gguf, tb._load = stand_in, loading
+from reallod.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("command", ["realign", "pipeline", "agent-eval"])
+def test_ctrl_c_while_the_offline_model_loads_stops_at_once(tmp_path, command):
+    examples = REPO / "examples"
+    out = tmp_path / "o.jsonl"
+    args = {
+        "realign": ["realign", str(examples / "realdata.jsonl"), "--images", str(examples / "images"), "--out", str(out)],
+        "pipeline": ["pipeline", "--annotations", str(examples / "annotations.json"), "--images",
+                     str(examples / "images"), "--out", str(out), "--limit", "1"],
+        "agent-eval": ["agent-eval", str(examples / "labelled.jsonl"), "--images", str(examples / "images")],
+    }[command]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_MODEL, str(tmp_path), *args, "--config", "offline",
+                             "--no-cache"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for((tmp_path / "loading").exists, proc)
+    took, err = interrupt(proc)
+    assert proc.returncode == 130 and took < 5, (took, err)
+    said = {"realign": f"interrupted: 0 task(s) are in the journal {tmp_path / 'o.journal.jsonl'}; rerun the same "
+                       "command to resume",
+            "pipeline": f"interrupted: 0 image(s) are in the journal {tmp_path / 'o.generated.journal.jsonl'}; rerun "
+                        "the same command to resume",
+            "agent-eval": "interrupted: agent-eval ran in a temporary folder (no --out), so nothing was kept; pass "
+                          "--out to make a run resumable"}[command]
+    assert err.strip() == said, err

@@ -46,21 +46,32 @@ def test_rerun_resumes_without_redoing_or_doubling(tmp_path):
     assert third.summary.verdicts == ref.summary.verdicts
 
 
-def test_changed_input_or_config_is_refused_unless_forced(tmp_path, capsys, monkeypatch):
+def test_changed_config_is_refused_unless_forced_and_another_input_always(tmp_path, capsys, monkeypatch):
     import reallod.agent.agent_config as agent_config
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
     src = tmp_path / "in.jsonl"
     src.write_bytes((EXAMPLES / "realdata.jsonl").read_bytes())
-    args = ["realign", src, "--config", "offline", "--out", tmp_path / "o.jsonl", "--images", EXAMPLES / "images",
-            "--limit", "3"]
+    out = tmp_path / "o.jsonl"
+    args = ["realign", src, "--config", "offline", "--out", out, "--images", EXAMPLES / "images", "--limit", "3"]
     assert run_cli(args, capsys)[0] == 0
-    src.write_bytes(src.read_bytes() + b"\n")  # same records, one more (blank) line: other content
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and "different input" in err and "--force-resume" in err and err.count("\n") == 1
     code, _, err = run_cli([*args, "--max-cycles", "1"], capsys)
-    assert code == 2 and "input, max_cycles" in err
-    assert run_cli([*args, "--force-resume"], capsys)[0] == 0
+    assert code == 2 and "different max_cycles" in err and "--force-resume" in err and err.count("\n") == 1
+    assert run_cli([*args, "--max-cycles", "1", "--force-resume"], capsys)[0] == 0  # a changed config: forced on
+    before = out.read_bytes()
+
+    # another input into the same --out (the docs' two examples once shared one): refused, forced or not
+    other = ["realign", EXAMPLES / "tasks.json", "--config", "offline", "--out", out, "--images", EXAMPLES / "images"]
+    src.write_bytes(src.read_bytes() + b"\n")  # or the same file with other content
+    for command in (other, args):
+        for force in ([], ["--force-resume"]):
+            code, _, err = run_cli([*command, *force], capsys)
+            assert code == 2 and err.count("\n") == 1, err
+            assert "started on a different input" in err and f"the journal's: {src.resolve()}" in err
+            assert "not even with --force-resume" in err and "another --out" in err and "delete the journal" in err
+    assert out.read_bytes() == before  # nothing mixed in
+    _, done = read_journal(tmp_path / "o.journal.jsonl")
+    assert len(done) == 3
 
 
 def test_disk_full_stops_cleanly_and_resume_finishes(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ def serving(args: list[str], port: int, timeout_s: float = 180.0):
         yield proc
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+        proc.captured = (proc.stdout.read(), proc.stderr.read())  # what a user saw in the terminal
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -65,6 +66,8 @@ def test_demo_model_serves_the_page_until_interrupted(tiny_model_dir):
             client.close()
         assert "1 expression(s)" in status and table["headers"][0] == "expression"
     assert proc.returncode in (0, 130)
+    stdout, _ = proc.captured
+    assert "pass --share" in stdout and "share=True" not in stdout  # the command's option, not Gradio's code
 
 
 def test_demo_agent_runs_a_config_against_an_openai_compatible_server():

@@ -32,3 +32,25 @@ def test_offline_pipeline_on_the_bundled_example(tmp_path):
     if g.counts["llm:kept"]:  # what a base model writes may all be dropped as malformed
         assert '"source":"llm"' in text and run.realigned.summary.tasks == g.counts["llm:kept"]
     assert run.realigned.summary.tasks == sum(run.realigned.summary.verdicts.values())
+
+
+def test_the_documented_offline_pipeline_command_finishes_cleanly(tmp_path, capsys):
+    """README's and docs/engine.md's example, as a user runs it. The base model's phrases may all be
+    dropped (they often copy the prompt): the run still ends with status 0, says why, and writes every
+    file, empty or not."""
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "engine" / "realdata.jsonl"
+    code, stdout, err = run_cli(["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images",
+                                 EXAMPLES / "images", "--config", "offline", "--out", out, "--limit", "1",
+                                 "--max-objects", "1", "--max-cycles", "1", "--cache", tmp_path / "c.sqlite",
+                                 "--no-progress"], capsys)
+    assert code == 0, stdout + err
+    assert "generate: 1 image(s) (1 now, 0 resumed)" in stdout and "llm: calls 1" in stdout
+    assert "realign: " in stdout and f"-> {out}" in stdout
+    for name in ("realdata.generated.jsonl", "realdata.realigned.jsonl", "realdata.jsonl"):
+        assert (out.parent / name).is_file(), name
+    if not out.read_bytes():
+        assert "no record written: every expression was dropped" in stdout
+    else:
+        assert validate_file(out).ok

@@ -12,6 +12,7 @@ from reallod.data.validate import validate_file
 from reallod.engine.generate import GenerateSettings
 from reallod.engine.pipeline import GenerateOptions, PipelineOptions, generate, pipeline
 from reallod.llm.retry import EndpointDown
+from reallod.runs.journal import JournalMismatch
 from tests.agent.scripted import scripted_roles
 from tests.cli_helpers import run_cli
 from tests.engine.scripted_models import generation_answers
@@ -149,3 +150,136 @@ def test_shards_split_images_and_settings_change_counts(tmp_path):
     rec = records(tmp_path / "s1.jsonl")[0]
     single = [p for p in rec["pairs"]["llm"] if p["relation"] == "single"]
     assert all(len(p["positive_expressions"]) == 1 and p["negative_expressions"] == [] for p in single)
+
+
+# --- a stage that yields nothing finishes cleanly -------------------------------------------------
+
+NOTHING_KEPT = {  # every generation is empty: every expression of every step is dropped
+    "vlm_short": lambda cat, t: "",
+    "vlm_long": lambda cat, t: "",
+    "llm": lambda cat, t: json.dumps({"expression_1": "", "expression_2": "", "expression_3": ""}),
+    "group": lambda cat, t: json.dumps({"expression_1": "", "expression_2": ""}),
+}
+
+
+def stage_files(out: Path) -> list[Path]:
+    return [out.with_name("o.generated.jsonl"), out.with_name("o.realigned.jsonl"), out]
+
+
+def test_a_pipeline_whose_generation_keeps_nothing_finishes_with_empty_outputs(tmp_path):
+    out = tmp_path / "o.jsonl"
+    run = pipeline(PipelineOptions(options(out, limit=2)), roles=scripted_roles(generation_answers(NOTHING_KEPT)))
+    c = run.generated.counts
+    assert run.generated.records == 0 and c["image without expressions:not written"] == 2
+    assert c["vlm_short: empty:dropped"] > 0 and c["llm: empty:dropped"] > 0  # why: counted per step
+    assert run.realigned.summary.tasks == 0 and not run.realigned.summary.all_failed
+    for path in stage_files(out):
+        assert path.is_file() and path.read_bytes() == b"", path
+    # the empty stage resumes like any other: nothing is generated again
+    log: list[str] = []
+    again = pipeline(PipelineOptions(options(out, limit=2)), roles=scripted_roles(generation_answers(log=log)))
+    assert log == [] and again.generated.resumed == 2
+
+
+def test_cli_pipeline_that_keeps_nothing_prints_why_and_exits_0(tmp_path, monkeypatch, capsys):
+    import reallod.engine.pipeline as pl
+
+    monkeypatch.setattr(pl, "build_roles_for",
+                        lambda o: (scripted_roles(generation_answers(NOTHING_KEPT)), "scripted", 3, 2))
+    out = tmp_path / "o.jsonl"
+    code, stdout, err = run_cli(["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images",
+                                 EXAMPLES / "images", "--out", out, "--limit", "1", "--no-progress"], capsys)
+    assert code == 0, stdout + err
+    assert "generate: 1 image(s) (1 now, 0 resumed)" in stdout
+    assert "vlm_short: empty:dropped" in stdout and "llm: empty:dropped" in stdout  # the generate summary
+    assert "no record written: every expression was dropped" in stdout
+    assert "realign: 0 task(s): nothing to re-align" in stdout and f"assemble: no record -> {out}" in stdout
+    assert all(path.is_file() for path in stage_files(out))
+
+
+def empty_shard(n: int = 8) -> str:
+    """A shard K/N that holds none of the example's 4 images."""
+    from reallod.runs.shard import shard_of
+
+    names = [img["file_name"] for img in json.loads((EXAMPLES / "annotations.json").read_text())["images"]]
+    used = {shard_of(f"image:{name}", n) for name in names}
+    return f"{min(set(range(1, n + 1)) - used)}/{n}"
+
+
+def test_a_shard_without_images_finishes_cleanly(tmp_path, monkeypatch, capsys):
+    import reallod.engine.pipeline as pl
+
+    log: list[str] = []
+    monkeypatch.setattr(pl, "build_roles_for", lambda o: (scripted_roles(generation_answers(log=log)), "scripted", 3, 2))
+    out = tmp_path / "o.jsonl"
+    code, stdout, err = run_cli(["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images",
+                                 EXAMPLES / "images", "--out", out, "--shard", empty_shard(), "--no-progress"], capsys)
+    assert code == 0, stdout + err
+    assert "generate: 0 image(s)" in stdout and "no record written: no image selected" in stdout
+    assert "realign: 0 task(s)" in stdout and log == []
+    for path in stage_files(out):
+        assert path.is_file() and path.read_bytes() == b"", path
+    code, stdout, err = run_cli(["generate", "--annotations", EXAMPLES / "annotations.json", "--images",
+                                 EXAMPLES / "images", "--out", tmp_path / "g.jsonl", "--shard", empty_shard(),
+                                 "--no-progress"], capsys)
+    assert code == 0 and "generated 0 image(s)" in stdout and (tmp_path / "g.jsonl").read_bytes() == b""
+
+
+def test_a_larger_limit_resumes_every_stage(tmp_path):
+    """The generated file grows by appended records; the re-alignment journal still takes it."""
+    out = tmp_path / "o.jsonl"
+    first = pipeline(PipelineOptions(options(out, limit=1)), roles=scripted_roles(generation_answers()))
+    log: list[str] = []
+    second = pipeline(PipelineOptions(options(out, limit=2)), roles=scripted_roles(generation_answers(log=log)))
+    assert log.count("caption") == 1 and second.generated.resumed == 1  # only the new image is generated
+    assert second.realigned.info["tasks_resumed"] == first.realigned.summary.tasks
+    assert second.realigned.info["tasks_run"] == second.realigned.summary.tasks - first.realigned.summary.tasks > 0
+    assert len(records(out)) == 2 and validate_file(out).ok
+    # a generation started over (its journal deleted) may write other expressions: another input
+    out.with_name("o.generated.journal.jsonl").unlink()
+    with pytest.raises(JournalMismatch, match="different input"):
+        pipeline(PipelineOptions(options(out, limit=2, force_resume=True)), roles=scripted_roles(generation_answers()))
+
+
+def test_a_pipeline_whose_every_task_failed_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    import reallod.engine.pipeline as pl
+    from reallod.llm.backends.base import BackendError
+
+    def broken(cat, t):
+        raise BackendError("scripted: the model answers nothing usable")
+
+    monkeypatch.setattr(pl, "build_roles_for", lambda o: (
+        scripted_roles(generation_answers({"reflector": broken})), "scripted", 1, 2))
+    code, stdout, err = run_cli(["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images",
+                                 EXAMPLES / "images", "--out", tmp_path / "o.jsonl", "--limit", "1",
+                                 "--no-progress"], capsys)
+    assert code == 1, stdout + err
+    assert "failed tasks by reason" in stdout and "scripted: the model answers nothing usable" in stdout
+    assert "every task of the pipeline's re-alignment failed" in err and err.count("\n") == 1
+    assert (tmp_path / "o.jsonl").is_file()  # written all the same: the failed expressions, by --unresolved
+
+
+@pytest.mark.parametrize("http_client", ["aiohttp", "openai"])
+def test_a_pipeline_against_a_server_closes_every_connection_it_opens(tmp_path, http_client):
+    """Generation and re-alignment are two event loops sharing the roles: each closes what it opened
+    (a run used to end with aiohttp's "Unclosed client session")."""
+    import random
+    import subprocess
+    import sys
+
+    from tests.agent.fake_openai_server import FakeChatServer, chat_reply, valid_decision
+    from tests.agent.io_helpers import REPO, fake_server_config
+
+    rng = random.Random(3)
+    with FakeChatServer(lambda body: chat_reply(valid_decision(body, rng))) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=4)
+        cfg.write_text(cfg.read_text().replace("max_tokens: 64", f"max_tokens: 64, http_client: {http_client}"))
+        proc = subprocess.run(
+            [sys.executable, "-W", "error::ResourceWarning", "-c", "from reallod.cli import main; main()",
+             "pipeline", "--annotations", str(EXAMPLES / "annotations.json"), "--images", str(EXAMPLES / "images"),
+             "--config", str(cfg), "--out", str(tmp_path / "o.jsonl"), "--limit", "2", "--max-cycles", "1",
+             "--no-cache", "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert len(server.requests) > 10
+    assert "Unclosed" not in proc.stderr and "ResourceWarning" not in proc.stderr, proc.stderr
+    assert "realign: " in proc.stdout and validate_file(tmp_path / "o.jsonl").ok

@@ -44,3 +44,21 @@ def test_needs_a_model_or_predictions(tmp_path, capsys):
     assert code == 2 and "--model needs --images" in err
     code, _, err = run_cli(["eval", "d3", "--annotations", tmp_path / "nowhere", "--predictions", preds], capsys)
     assert code == 2 and "nowhere" in err
+
+
+def test_a_missing_model_folder_fails_before_the_benchmark_is_read(tmp_path, capsys):
+    import time
+
+    gt, _ = _files(tmp_path)
+    start = time.perf_counter()
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--images", tmp_path, "--model",
+                            "./no/such/model"], capsys)
+    assert time.perf_counter() - start < 1.0
+    assert code == 2 and "./no/such/model: model folder not found" in err and err.strip().count("\n") == 0
+
+
+def test_score_over_goes_with_a_model(tmp_path, capsys):
+    gt, preds = _files(tmp_path)
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds,
+                            "--score-over", "all-tokens"], capsys)
+    assert code == 2 and "--score-over" in err and "goes with --model" in err

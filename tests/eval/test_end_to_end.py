@@ -158,3 +158,32 @@ def test_two_processes_give_the_same_predictions_and_numbers(single, setup, tmp_
     for sub in ("color", "material"):
         assert (dist_out / "ovdeval" / f"{sub}.json").read_bytes() == (out / "ovdeval" / f"{sub}.json").read_bytes()
     assert _metrics(dist_out / "ovdeval.metrics.json") == _metrics(out / "ovdeval.metrics.json")
+
+
+def test_score_over_all_tokens_reaches_the_detector(setup, tmp_path, capsys):
+    """--score-over all-tokens: each (image, description)'s best score is the detector's under that rule."""
+    from reallod.data.images import open_image
+    from reallod.model.inference import InferenceOptions
+    from reallod.model.loading import load_detector
+
+    model, data = setup
+    out = tmp_path / "all-tokens.json"
+    code, _, err = run_cli(["eval", "omnilabel", "--model", model, *COMMON, "--annotations",
+                            data / "omnilabel" / "gt.json", "--images", data / "omnilabel" / "images", "--out", out,
+                            "--score-over", "all-tokens"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "all-tokens.metrics.json").read_text())["score_over"] == "all-tokens"
+    gt = json.loads((data / "omnilabel" / "gt.json").read_text())
+    image = gt["images"][0]
+    descr = [d for d in gt["descriptions"] if image["id"] in d["image_ids"]]
+    detector = load_detector(model, device="cpu")
+    options = InferenceOptions(score_over="all-tokens", topk=100)
+    dets = detector.detect(open_image(data / "omnilabel" / "images" / image["file_name"]),
+                           [d["text"] for d in descr], options)
+    best: dict[int, float] = {}
+    for row in json.loads(out.read_text()):
+        if row["image_id"] == image["id"]:
+            for d, s in zip(row["description_ids"], row["scores"], strict=True):
+                best[d] = max(best.get(d, 0.0), s)
+    for k, d in enumerate(descr):
+        assert best[d["id"]] == pytest.approx(float(dets.for_expression(k).scores.max()), abs=1e-3)

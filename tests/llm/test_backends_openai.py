@@ -267,3 +267,35 @@ def test_the_environment_proxy_is_looked_up_once_and_honours_no_proxy(monkeypatc
     assert env_proxy("http://gpu-box:8000/v1") is None  # no proxy named for plain http
     monkeypatch.setenv("NO_PROXY", "api.openai.com")
     assert env_proxy("https://api.openai.com/v1") is None
+
+
+def test_each_run_opens_one_pool_and_every_pool_is_closed(http_client, monkeypatch) -> None:
+    """A backend shared by two runs (two event loops, as the data engine's pipeline does): tasks that
+    start together on the new loop share one new pool, and the pool a run left open is closed too."""
+    if http_client == "aiohttp":
+        import aiohttp as module
+
+        name, is_closed = "ClientSession", lambda pool: pool.closed
+    else:
+        import openai as module
+
+        name, is_closed = "AsyncOpenAI", lambda pool: pool.is_closed()
+    real, made = getattr(module, name), []
+
+    def making(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(module, name, making)
+    with FakeChatServer(lambda body: chat_reply("ok")) as server:
+        b = OpenAIBackend("m", base_url=server.url)
+
+        async def run(n: int, close: bool) -> None:
+            await asyncio.gather(*(b.complete([{"role": "user", "content": str(i)}]) for i in range(n)))
+            if close:
+                await b.aclose()
+
+        asyncio.run(run(1, close=False))  # a run that leaves its pool open
+        asyncio.run(run(8, close=True))  # eight tasks start together on a new loop
+        asyncio.run(run(2, close=True))
+    assert len(made) == 3 and all(is_closed(pool) for pool in made)

@@ -1,6 +1,7 @@
 """`reallod detect` and `reallod convert-checkpoint` through the real CLI entry point."""
 
 import json
+import re
 import struct
 import zlib
 
@@ -145,3 +146,64 @@ def test_convert_checkpoint_cli(capsys, tmp_path, tiny_model_dir):
     code, _, stderr = run_cli(["convert-checkpoint", str(src), str(tmp_path / "x"), "--variant", "base",
                                "--tokenizer", str(minilm_dir())], capsys)
     assert code == 2 and "does not fit --variant base" in stderr
+
+
+def test_detect_scores_over_all_tokens_on_request(capsys, image_dir, tiny_model_dir, tiny_detector, tmp_path):
+    from reallod.model.inference import InferenceOptions
+
+    args = ["detect", str(image_dir / "astronaut.jpg"), str(tiny_model_dir), "--texts", "the helmet", "--device",
+            "cpu", "--no-save-vis", "--no-save-pred", "--print-result", "--topk", "5"]
+    code, stdout, err = run_cli([*args, "--score-over", "all-tokens"], capsys)
+    assert code == 0, err
+    got = json.loads(stdout.strip().splitlines()[-1])
+    want = tiny_detector.detect(open_image(image_dir / "astronaut.jpg"), ["the helmet"],
+                                InferenceOptions(topk=5, score_over="all-tokens"))
+    assert got["scores"] == pytest.approx(sorted(want.scores.tolist(), reverse=True), abs=1e-4)
+    code, stdout, _ = run_cli(args, capsys)
+    assert json.loads(stdout.strip().splitlines()[-1])["scores"] != pytest.approx(got["scores"], abs=1e-3)
+    code, _, err = run_cli([*args, "--score-over", "all-tokens", "--mode", "concat"], capsys)
+    assert code == 2 and "needs parallel mode" in err
+
+
+def test_detect_with_a_missing_model_folder_fails_at_once(capsys, image_dir, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    code, _, err = run_cli(["detect", str(image_dir), "./no/such/model", "--texts", "a dog"], capsys)
+    assert time.perf_counter() - start < 1.0
+    assert code == 2 and err.strip() == "error: ./no/such/model: model folder not found (a local path; hub ids " \
+        "look like ORG/NAME)"
+
+
+def test_weights_that_do_not_fit_name_the_users_file_and_a_few_keys(capsys, image_dir, tiny_model_dir, tmp_path):
+    fake = tmp_path / "fake.pth"
+    torch.save({"a.weight": torch.zeros(2), "b.bias": torch.zeros(3)}, fake)
+    code, _, err = run_cli(["detect", str(image_dir), str(tiny_model_dir), "--texts", "a dog", "--device", "cpu",
+                            "--weights", str(fake)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {fake}: weights do not match the mm-grounding-dino config; ")
+    assert "reallod-weights" not in err  # not the temporary folder the file was written into
+    assert re.search(r"\d+ missing keys, e\.g\. [^,;]+, [^,;]+, [^,;]+; … and \d+ more; "
+                     r"2 unexpected keys: a\.weight, b\.bias$", err.strip()), err
+    assert len(err) < 400
+
+
+def test_a_text_file_is_not_a_checkpoint(capsys, tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world\n")
+    code, _, err = run_cli(["convert-checkpoint", str(text), str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert err.strip() == (f"error: {text}: cannot load it: not a PyTorch checkpoint or safetensors file "
+                           "(it is text, starting 'hello world')")
+    assert "101" not in err and not (tmp_path / "out").exists()
+
+
+def test_safetensors_content_loads_whatever_the_name(tmp_path):
+    from safetensors.torch import save_file
+
+    from reallod.model.convert_checkpoint import load_state_file
+
+    path = tmp_path / "weights.pth"
+    save_file({"x": torch.ones(2)}, str(path))
+    assert load_state_file(path)["x"].tolist() == [1.0, 1.0]

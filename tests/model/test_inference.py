@@ -171,3 +171,43 @@ def test_cuda_matches_cpu(tiny_model_dir, photo, tiny_detector):
     _assert_same(det.detect(photo, EXPRESSIONS[:3]), tiny_detector.detect(photo, EXPRESSIONS[:3]), atol=1e-3)
     half = load_detector(tiny_model_dir, device="cuda", dtype="fp16").detect(photo, EXPRESSIONS[:3])
     assert len(half) == len(EXPRESSIONS[:3]) * det.model.config.num_queries
+
+
+# --- the published demos' scoring: max over every token of the prompt --------------------------------
+
+
+def _independent_all_token_scores(detector, image, expression):
+    """Per query, the max sigmoid over all tokens of MMDetection's demo prompt "EXPR. " ([CLS] expr . [SEP]),
+    computed straight from the model's outputs, without reallod's prompt or selection code."""
+    enc = detector.tokenizer(expression + ". ", return_tensors="pt")
+    pix = detector.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        out = detector.model(pixel_values=pix["pixel_values"], pixel_mask=pix["pixel_mask"],
+                             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                             token_type_ids=torch.zeros_like(enc["input_ids"]))
+    n = enc["input_ids"].shape[1]
+    probs = out.logits[0, :, :n].float().sigmoid()
+    expr_tokens = probs[:, 1:n - 2]  # without [CLS], "." and [SEP]
+    return probs.amax(-1), expr_tokens.mean(-1)
+
+
+def test_all_tokens_scoring_is_the_max_over_every_prompt_token(tiny_detector, photo):
+    exprs = ["a dog", "the astronaut in the orange suit"]
+    queries = tiny_detector.model.config.num_queries
+    published = tiny_detector.detect(photo, exprs, InferenceOptions(score_over="all-tokens", topk=queries))
+    default = tiny_detector.detect(photo, exprs, InferenceOptions(topk=queries))
+    assert published.meta["score_over"] == "all-tokens" and "score_over" not in default.meta
+    for label, expression in enumerate(exprs):
+        all_tokens, expression_mean = _independent_all_token_scores(tiny_detector, photo, expression)
+        got = np.sort(published.scores[published.labels == label])[::-1]
+        np.testing.assert_allclose(got, np.sort(all_tokens.numpy())[::-1], atol=1e-5)
+        unchanged = np.sort(default.scores[default.labels == label])[::-1]
+        np.testing.assert_allclose(unchanged, np.sort(expression_mean.numpy())[::-1], atol=1e-5)
+        assert not np.allclose(got, unchanged, atol=1e-3)  # the two rules really differ on this model
+
+
+def test_all_tokens_scoring_needs_parallel_mode():
+    with pytest.raises(ConfigError, match="needs parallel mode"):
+        InferenceOptions(mode="concat", score_over="all-tokens")
+    with pytest.raises(ConfigError, match="score_over must be one of expression-tokens, all-tokens"):
+        InferenceOptions(score_over="every")  # type: ignore[arg-type]

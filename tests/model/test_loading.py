@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_weights_that_do_not_match_the_config_are_named(tiny_model_dir, tmp_path
     cfg = json.loads((folder / "config.json").read_text())
     cfg["decoder_layers"] = 3  # a layer the weights do not have
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=r"missing keys: .*decoder\.layers\.2\."):
+    with pytest.raises(ConfigError, match=r"\d+ missing keys, e\.g\. bbox_embed\.2\.\S+, class_embed\.2\.\S+, \S+; … and \d+ more$"):
         load_detector(folder, device="cpu")
 
 
@@ -84,3 +85,83 @@ def test_weights_override_in_hf_layout(tiny_model_dir, tmp_path, photo, tiny_det
     a, b = swapped.detect(photo, ["a dog"]), direct.detect(photo, ["a dog"])
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     assert not np.allclose(a.scores, tiny_detector.detect(photo, ["a dog"]).scores, atol=1e-3)
+
+
+# --- local paths and the hub: a mistyped path or an unreachable hub is one line, at once -------------
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """The hub is unreachable (a closed local port) and its cache empty; nothing leaves the machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "no/such/model", "~/no-such-reallod-model", "models/typo",
+                                  "real-model_t.pth", "models\\typo"])
+def test_a_missing_local_path_fails_at_once_without_the_hub(name, monkeypatch, tmp_path, no_hub):
+    import time
+
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local path was sent to the hub")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # the parent folder exists: models/typo is a path, not ORG/NAME
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"model folder not found|checkpoint file") as err:
+        load_detector(name, device="cpu")
+    assert time.perf_counter() - start < 0.5
+    assert name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_file_as_model_says_to_use_weights(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"a checkpoint file, not a model folder.*--weights"):
+        load_detector(str(tmp_path / "w.pth"), device="cpu")
+
+
+def test_a_hub_id_offline_fails_fast_with_one_line(monkeypatch, no_hub):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_detector("some-org/some-detector", device="cpu")
+    assert time.perf_counter() - start < 1.0
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("some-org/some-detector: cannot reach the Hugging Face hub")
+    assert "HF_HUB_OFFLINE" in msg and "pass a local folder" in msg
+
+
+def test_an_unreachable_hub_fails_fast_with_one_line(no_hub):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"cannot reach the Hugging Face hub for some-org/some-detector \(offline\?\); "
+                       "pass a local folder") as err:
+        load_detector("some-org/some-detector", device="cpu")
+    assert time.perf_counter() - start < 3.0  # one look-up, no retries (the hub library's retries take ~26 s)
+    assert "\n" not in str(err.value)
+
+
+def test_a_cached_hub_model_loads_offline(monkeypatch, tmp_path, tiny_model_dir, no_hub):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub-cache" / "models--some-org--tiny"
+    commit = "0" * 40
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert Path(constants.HF_HUB_CACHE) == tmp_path / "hub-cache"
+    det = load_detector("some-org/tiny", device="cpu")  # the hub is unreachable: the cache serves it
+    assert det.source == "some-org/tiny" and det.tokenize("a dog") == [1037, 3899]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_detector("some-org/tiny", device="cpu").max_text_len == det.max_text_len

@@ -33,12 +33,29 @@ def test_partial_last_line_is_cut_on_resume(tmp_path):
     assert list(read_journal(path)[1]) == ["t1", "t3"]
 
 
-def test_changed_fingerprint_is_refused_unless_forced(tmp_path):
+def test_changed_config_is_refused_unless_forced(tmp_path):
     path = tmp_path / "j.jsonl"
     Journal.open(path, FP).close()
-    with pytest.raises(JournalMismatch, match="different input"):
-        Journal.open(path, {"config": "abc", "input": "CHANGED"})
-    Journal.open(path, {"config": "abc", "input": "CHANGED"}, force=True).close()
+    with pytest.raises(JournalMismatch, match=r"different config.*--force-resume to continue"):
+        Journal.open(path, {"config": "CHANGED", "input": "def"})
+    Journal.open(path, {"config": "CHANGED", "input": "def"}, force=True).close()
+
+
+@pytest.mark.parametrize("key", ["input", "annotations"])
+def test_another_input_is_refused_even_when_forced(tmp_path, key):
+    """--force-resume never puts two inputs' results in one output; the message says what to do."""
+    path = tmp_path / "j.jsonl"
+    fp = {"config": "abc", key: "def"}
+    with Journal.open(path, fp, meta={key: "/data/first.jsonl"}) as j:
+        j.append_sync("t1", {"v": 1})
+    for force in (False, True):
+        with pytest.raises(JournalMismatch) as caught:
+            Journal.open(path, {"config": "other", key: "CHANGED"}, force=force)
+        message = str(caught.value)
+        assert f"different {key} (the journal's: /data/first.jsonl" in message and "also changed: config" in message
+        assert "not even with --force-resume" in message
+        assert "another --out" in message and "delete the journal" in message
+    assert list(read_journal(path)[1]) == ["t1"]  # untouched
 
 
 def test_not_a_journal(tmp_path):

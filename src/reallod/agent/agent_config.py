@@ -191,10 +191,12 @@ def _backend_for(rc: RoleConfig) -> Backend:
     options = dict(rc.options)
     model = rc.model
     if rc.backend == "transformers" and options.get("gguf_package"):
-        from reallod.llm.backends.packaged import packaged_gguf
+        from reallod.llm.backends.packaged import packaged_gguf, packaged_identity
 
-        gguf = packaged_gguf(str(options.pop("gguf_package")))
+        package = str(options.pop("gguf_package"))
+        gguf = packaged_gguf(package)
         model, options["gguf_file"] = str(gguf.parent), gguf.name
+        options["identity"] = f"{packaged_identity(package)}/{gguf.name}"  # not the cache folder's path
     else:
         options.pop("gguf_package", None)
     try:

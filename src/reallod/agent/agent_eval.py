@@ -16,6 +16,11 @@ its final verdict is set against the gold label:
 - rewrite fix rate: of the wrong raw expressions, how many the agent replaced by a right one;
 - cost per task: calls, requests, tokens, seconds.
 
+A task whose run failed (a missing image, a backend that never answered usably) made no judgement: it
+is counted in the confusion matrix's ``failed`` column and by reason, and left out of every score
+(a failed wrong expression is not "caught"). When every task failed, no score is given at all and the
+report says so, so a broken setup never reads as a good agent.
+
 Two expressions match when their content words (lower case, punctuation and a few function words
 removed) overlap with an F1 of at least ``match_f1`` (default 0.6), or are equal.
 """
@@ -41,6 +46,7 @@ from reallod.agent.task import VERDICTS
 from reallod.data.io import atomic_text
 from reallod.errors import DataError
 from reallod.runs.journal import iter_journal
+from reallod.runs.session import RunInterrupted
 
 KEPT = ("correct", "rewritten")
 _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
@@ -111,6 +117,13 @@ class EvalReport:
     model_seconds: float = 0.0
     unlabelled_results: int = 0
     missing_results: int = 0
+    failed: int = 0  # tasks whose run failed: in the confusion matrix, left out of the scores
+    failures: Counter[str] = field(default_factory=Counter)  # error kind → failed tasks
+    failure_examples: dict[str, tuple[str, str]] = field(default_factory=dict)  # error kind → (task id, error)
+
+    @property
+    def all_failed(self) -> bool:
+        return self.tasks > 0 and self.failed == self.tasks
 
     @property
     def kept_precision(self) -> float | None:
@@ -130,6 +143,9 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["confusion"] = {g: {v: c.get(v, 0) for v in VERDICTS} for g, c in self.confusion.items()}
+        d["failures"] = dict(self.failures.most_common())
+        d["failure_examples"] = {k: {"task_id": t, "error": e} for k, (t, e) in self.failure_examples.items()}
+        d["all_failed"] = self.all_failed
         d.update(kept_precision=self.kept_precision, fix_rate=self.fix_rate, per_task=self.per_task(),
                  kept_raw_precision=self.kept_raw_right / self.kept_raw if self.kept_raw else None,
                  wrong_caught_rate=self.caught / self.gold_wrong if self.gold_wrong else None)
@@ -149,6 +165,13 @@ def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]],
         rep.tasks += 1
         verdict = r["verdict"]
         rep.confusion["correct" if g.correct else "wrong"][verdict] += 1
+        _add_cost(rep, r)
+        if verdict == "failed":  # no judgement was made: left out of the scores
+            rep.failed += 1
+            kind = r.get("error_kind") or "agent_error"
+            rep.failures[kind] += 1
+            rep.failure_examples.setdefault(kind, (tid, str(r.get("error") or "(no reason recorded)")))
+            continue
         acceptable = ([r.get("raw_expression") or ""] if g.correct else []) + list(g.expressions)
         if verdict == "correct":
             rep.kept_raw += 1
@@ -164,16 +187,19 @@ def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]],
         if not g.correct:
             rep.gold_wrong += 1
             rep.caught += verdict != "correct"
-        for step in r.get("steps") or []:
-            if not step.get("attempts"):
-                continue  # a VLM reported unavailable made no call
-            rep.calls += 1
-            rep.requests += int(step.get("attempts") or 0)
-            rep.prompt_tokens += int(step.get("prompt_tokens") or 0)
-            rep.completion_tokens += int(step.get("completion_tokens") or 0)
-            rep.model_seconds += float(step.get("latency_s") or 0.0)
-        rep.seconds += float(r.get("elapsed_s") or 0.0)
     return rep
+
+
+def _add_cost(rep: EvalReport, r: Mapping[str, Any]) -> None:
+    for step in r.get("steps") or []:
+        if not step.get("attempts"):
+            continue  # a VLM reported unavailable made no call
+        rep.calls += 1
+        rep.requests += int(step.get("attempts") or 0)
+        rep.prompt_tokens += int(step.get("prompt_tokens") or 0)
+        rep.completion_tokens += int(step.get("completion_tokens") or 0)
+        rep.model_seconds += float(step.get("latency_s") or 0.0)
+    rep.seconds += float(r.get("elapsed_s") or 0.0)
 
 
 def agent_eval(labelled: Path, opts: RealignOptions, *, roles: Roles | None = None,
@@ -182,7 +208,13 @@ def agent_eval(labelled: Path, opts: RealignOptions, *, roles: Roles | None = No
     gold = load_gold(labelled)
     with tempfile.TemporaryDirectory(prefix="reallod-agent-eval-") as tmp:
         out = opts.out if opts.out is not None else Path(tmp) / "realigned.jsonl"
-        run = realign(replace(opts, input=labelled, out=out), roles=roles)
+        try:
+            run = realign(replace(opts, input=labelled, out=out), roles=roles)
+        except KeyboardInterrupt as e:
+            if opts.out is not None:
+                raise  # the journal under --out says what is safe
+            raise RunInterrupted("agent-eval ran in a temporary folder (no --out), so nothing was kept; "
+                                 "pass --out to make a run resumable") from e
         results = dict(iter_journal(run.journal)) if run.journal else {}
     return evaluate(gold, results, min_f1=min_f1), run
 
@@ -194,9 +226,13 @@ def eval_markdown(rep: EvalReport) -> str:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
-    lines = ["# reallod agent-eval", "", f"{rep.tasks} labelled task(s).", "",
-             "## Final verdict vs gold", "", "| gold \\ verdict | " + " | ".join(VERDICTS) + " |",
-             "|---|" + "---:|" * len(VERDICTS)]
+    lines = ["# reallod agent-eval", "", f"{rep.tasks} labelled task(s)"
+             + (f", {rep.failed} of them failed (left out of the scores)." if rep.failed else "."), ""]
+    if rep.all_failed:
+        lines += [f"**Every task failed ({rep.failed} of {rep.tasks}): the agent judged nothing, so there is "
+                  "no score. Fix the cause below (often the image root: --images) and run again.**", ""]
+    lines += ["## Final verdict vs gold", "", "| gold \\ verdict | " + " | ".join(VERDICTS) + " |",
+              "|---|" + "---:|" * len(VERDICTS)]
     for g in ("correct", "wrong"):
         lines.append(f"| raw {g} | " + " | ".join(str(d["confusion"][g][v]) for v in VERDICTS) + " |")
     pt = d["per_task"]
@@ -208,10 +244,21 @@ def eval_markdown(rep: EvalReport) -> str:
               f"- wrong raw expressions not kept as they were: {pct(d['wrong_caught_rate'])}",
               f"- rewrite fix rate (wrong raw expressions replaced by a right one): {pct(rep.fix_rate)} "
               f"({rep.fixed} of {rep.gold_wrong})",
+              *_failure_lines(rep),
               "", "## Cost per task", "",
               f"- calls {pt['calls']:.2f}, requests {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} in / "
               f"{pt['completion_tokens']:.0f} out, {pt['seconds']:.2f} s wall ({pt['model_seconds']:.2f} s model)", ""]
     return "\n".join(lines)
+
+
+def _failure_lines(rep: EvalReport) -> list[str]:
+    if not rep.failed:
+        return []
+    lines = ["", "## Failed tasks by reason", "", "| reason | tasks | example |", "|---|---:|---|"]
+    for kind, count in rep.failures.most_common():
+        tid, err = rep.failure_examples.get(kind, ("", ""))
+        lines.append(f"| {kind} | {count} | `{tid}`: {err.replace('|', chr(92) + '|')} |")
+    return lines
 
 
 def write_eval_report(rep: EvalReport, path: str | os.PathLike) -> tuple[Path, Path]:

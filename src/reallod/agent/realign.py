@@ -11,9 +11,10 @@ failed result.
 (``OUT.journal.jsonl``, fsync'ed, group-committed); the trace line follows. A rerun of the same
 command skips what the journal holds, so a run killed at any moment (``kill -9`` included) resumes
 with nothing redone, lost or doubled; a changed config or input is refused (``force_resume`` accepts
-it). The output, the summary and ``--report`` are built from the journal at the end, the output
+a changed config, never another input). The output, the summary and ``--report`` are built from the journal at the end, the output
 written atomically. A down endpoint or a disk that refuses the journal stops the run cleanly
-(:class:`RunStopped`) with the journal intact.
+(:class:`RunStopped`) with the journal intact; Ctrl-C stops it within a second or two, whatever it is
+doing (loading a model included), with :class:`RunInterrupted` saying how many tasks the journal holds.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from reallod.runs.drive import drive
 from reallod.runs.image_root import ImageError, ImageLoader
 from reallod.runs.journal import Journal, fingerprint_file, iter_journal, journal_path_for
 from reallod.runs.progress import RunMonitor
-from reallod.runs.session import RunSession, RunStopped, open_session
+from reallod.runs.session import RunInterrupted, RunSession, RunStopped, interrupted_message, open_session
 from reallod.runs.shard import in_shard, parse_shard
 
 ResultSink = Callable[[TaskItem, TaskResult], Awaitable[None] | None]
@@ -155,6 +156,8 @@ class RealignOptions:
     no_cache: bool = False
     force_resume: bool = False
     endpoint_limit: int | None = None  # requests in flight per endpoint (default: the concurrency)
+    format: InputFormat | None = None  # default: recognised from the content (an empty file is refused)
+    input_id: str | None = None  # what the journal fingerprints as the input (default: its content hash)
 
 
 @dataclass(slots=True)
@@ -203,7 +206,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     if opts.endpoint_limit is not None and opts.endpoint_limit < 1:
         raise ConfigError("--endpoint-limit must be at least 1")
     shard = parse_shard(opts.shard)
-    fmt = detect_format(opts.input)
+    fmt = opts.format or detect_format(opts.input)
     captions = load_captions(opts.captions) if opts.captions else None
     images = ImageLoader(opts.images if opts.images is not None else opts.input.parent)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
@@ -220,7 +223,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         agent, max_cycles, concurrency = cfg.name, opts.max_cycles or cfg.max_cycles, opts.concurrency or cfg.concurrency
         roles = build_roles(cfg)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else None
-    fp = {"config": roles_fingerprint(roles), "input": fingerprint_file(opts.input),
+    fp = {"config": roles_fingerprint(roles), "input": opts.input_id or fingerprint_file(opts.input),
           "captions": fingerprint_file(opts.captions) if opts.captions else None,
           "max_cycles": max_cycles, "format": fmt, "shard": shard_text}
     meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
@@ -243,16 +246,18 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     t2 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     summary = RunSummary()
-    for tid, entry in iter_journal(journal_path):
-        results[tid] = output_fields(entry)
-        summary.add(entry)
     try:
+        for tid, entry in iter_journal(journal_path):
+            results[tid] = output_fields(entry)
+            summary.add(entry)
         summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=opts.source,
                                     agent=agent, captions=captions, limit=opts.limit, select=select)
     except OSError as e:
         raise RunStopped(f"cannot write the output {opts.out}: {e.strerror or e}; the {len(results)} finished "
                          f"task(s) are safe in {journal_path}: rerun the same command once that is fixed "
                          "(nothing is redone)") from e
+    except KeyboardInterrupt as e:  # the output is written atomically: none, or the whole of it
+        raise RunInterrupted(interrupted_message(len(journal.done), "task(s)", journal_path)) from e
     stages["output"] = time.perf_counter() - t2
     report = None
     if opts.report_dir is not None:

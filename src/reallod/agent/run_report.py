@@ -39,7 +39,9 @@ def report_dict(summary: RunSummary, info: dict[str, Any]) -> dict[str, Any]:
         "roles": roles,
         "tools": dict(sorted(summary.tools.items())),
         "failures": {"by_reason": dict(summary.errors.most_common()),
-                     "examples": [{"task_id": t, "error": e} for t, e in summary.error_examples]},
+                     "example_by_reason": {k: {"task_id": t, "error": e} for k, (t, e) in summary.reason_examples.items()},
+                     "examples": [{"task_id": t, "error": e} for t, e in summary.error_examples],
+                     "all_failed": summary.all_failed},
         "output": dict(sorted(summary.assembly.items())),
         "run": info,
     }
@@ -69,7 +71,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Failed tasks", ""]
     fail = report["failures"]
     if fail["by_reason"]:
-        lines += ["| reason | tasks |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in fail["by_reason"].items()]
+        if fail.get("all_failed"):
+            lines += [f"**Every task failed ({report['tasks']}): nothing was re-aligned.**", ""]
+        examples = fail.get("example_by_reason") or {}
+
+        def example(kind: str) -> str:
+            e = examples.get(kind)
+            return f"`{e['task_id']}`: {e['error']}".replace("|", "\\|") if e else ""
+
+        lines += ["| reason | tasks | example |", "|---|---:|---|"]
+        lines += [f"| {k} | {v} | {example(k)} |" for k, v in fail["by_reason"].items()]
         lines += ["", "First ones:", ""] + [f"- `{e['task_id']}`: {e['error']}" for e in fail["examples"]]
     else:
         lines.append("none")

@@ -2,7 +2,9 @@
 
 :func:`summarize` folds result dicts (as the trace stores them) into a :class:`RunSummary`; it is pure,
 so the same numbers come from a live run or from a trace read back later. :func:`render` turns a
-summary into rich tables for the terminal.
+summary into rich tables for the terminal; failed tasks are shown by reason, with one example each.
+A run in which every task failed re-aligned nothing: the commands print the summary, then raise
+:class:`AllTasksFailed` (:func:`check_some_succeeded`), so a script sees a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ from rich.console import Group
 from rich.table import Table
 
 from reallod.agent.task import VERDICTS
+from reallod.errors import ReallodError
 
 MAX_ERROR_EXAMPLES = 20
+
+
+class AllTasksFailed(ReallodError):
+    """Every task of a run failed (a wrong image root, a model that answers nothing usable...): the
+    output holds no re-aligned expression. The CLI exits with status 1 (2 is for runs that could not
+    start or stopped)."""
+
+    exit_code = 1
 
 
 @dataclass(slots=True)
@@ -39,7 +50,8 @@ class RunSummary:
     roles: dict[str, RoleStats] = field(default_factory=dict)
     tools: Counter[str] = field(default_factory=Counter)  # vlm:<view>, vlm:<view> unavailable, rewrite
     errors: Counter[str] = field(default_factory=Counter)  # error kind → failed tasks
-    error_examples: list[tuple[str, str]] = field(default_factory=list)  # (task id, error)
+    error_examples: list[tuple[str, str]] = field(default_factory=list)  # (task id, error), the first ones
+    reason_examples: dict[str, tuple[str, str]] = field(default_factory=dict)  # error kind → its first (id, error)
     wall_s: float = 0.0
     assembly: Counter[str] = field(default_factory=Counter)  # "<verdict>:<action>" → expressions, ...
 
@@ -49,9 +61,12 @@ class RunSummary:
         self.verdicts[result["verdict"]] += 1
         self.cycles[int(result.get("cycles") or 0)] += 1
         if result["verdict"] == "failed":
-            self.errors[result.get("error_kind") or "agent_error"] += 1
+            kind = result.get("error_kind") or "agent_error"
+            self.errors[kind] += 1
+            example = (result["task_id"], result.get("error") or "(no reason recorded)")
             if len(self.error_examples) < MAX_ERROR_EXAMPLES:
-                self.error_examples.append((result["task_id"], result.get("error") or "(no reason recorded)"))
+                self.error_examples.append(example)
+            self.reason_examples.setdefault(kind, example)
         for step in result.get("steps") or []:
             role, view = step["role"], (step.get("view") or {}).get("name")
             unavailable = not step.get("attempts") and str(step.get("error") or "").startswith("unavailable")
@@ -70,10 +85,33 @@ class RunSummary:
             stats.completion_tokens += int(step.get("completion_tokens") or 0)
             stats.latency_s += float(step.get("latency_s") or 0.0)
 
+    @property
+    def all_failed(self) -> bool:
+        """Whether there were tasks and every one failed (none at all is not a failure)."""
+        return self.tasks > 0 and self.verdicts["failed"] == self.tasks
+
+    def failure_lines(self) -> list[str]:
+        """One line per reason, most frequent first: ``KIND: N task(s), e.g. ID: ERROR``."""
+        lines = []
+        for kind, count in self.errors.most_common():
+            tid, err = self.reason_examples.get(kind, ("?", "(no example kept)"))
+            lines.append(f"{kind}: {count} task(s), e.g. {tid}: {err}")
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cycles"] = {str(k): v for k, v in sorted(self.cycles.items())}
         return d
+
+
+def check_some_succeeded(summary: RunSummary, *, what: str = "the run") -> None:
+    """Raise :class:`AllTasksFailed` when every task of ``summary`` failed (call it once the summary
+    has been shown: the message names the reasons again, briefly)."""
+    if not summary.all_failed:
+        return
+    reasons = "; ".join(summary.failure_lines()[:3])
+    raise AllTasksFailed(f"every task of {what} failed ({summary.tasks} of {summary.tasks}), so nothing was "
+                         f"re-aligned: {reasons}")
 
 
 def summarize(results: Iterable[dict[str, Any]], *, wall_s: float = 0.0,
@@ -123,18 +161,7 @@ def render(summary: RunSummary, *, out: str | None = None, trace: str | None = N
             tools.add_row(name, str(count))
         parts.append(tools)
     if summary.errors:
-        errors = Table(title="failed tasks by reason", title_justify="left")
-        errors.add_column("reason")
-        errors.add_column("tasks", justify="right")
-        for kind, count in summary.errors.most_common():
-            errors.add_row(kind, str(count))
-        parts.append(errors)
-        examples = Table(title="failed tasks (first ones)", title_justify="left")
-        examples.add_column("task")
-        examples.add_column("error", overflow="fold")
-        for tid, err in summary.error_examples:
-            examples.add_row(tid, err)
-        parts.append(examples)
+        parts.append(failures_table(summary))
     if summary.assembly:
         output = Table(title="what reached the output", title_justify="left")
         output.add_column("what:action")
@@ -147,3 +174,19 @@ def render(summary: RunSummary, *, out: str | None = None, trace: str | None = N
     if paths:
         parts.append("\n".join(paths))
     return Group(*parts)
+
+
+def failures_table(summary: RunSummary) -> Table:
+    """Failed tasks by reason, most frequent first, with one example (task id and error) each."""
+    title = "failed tasks by reason (one example each)"
+    if summary.all_failed:
+        title = f"EVERY TASK FAILED ({summary.tasks}): " + title
+    errors = Table(title=title, title_justify="left")
+    errors.add_column("reason")
+    errors.add_column("tasks", justify="right")
+    errors.add_column("example task")
+    errors.add_column("error", overflow="fold")
+    for kind, count in summary.errors.most_common():
+        tid, err = summary.reason_examples.get(kind, ("", ""))
+        errors.add_row(kind, str(count), tid, err)
+    return errors

@@ -19,7 +19,7 @@ import typer
 from reallod.cli import data, demo, engine, model, realign, train
 from reallod.cli import eval as eval_
 from reallod.cli.common import ordered_group
-from reallod.errors import ReallodError
+from reallod.errors import Interrupted, ReallodError
 
 __all__ = ["app", "main"]
 
@@ -57,19 +57,49 @@ for _section in SECTIONS:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; errors a user can act on are printed as one line, never as a traceback."""
+    """Run the CLI; errors a user can act on are printed as one line, never as a traceback.
+
+    Exit status: 0 done; 1 an unexpected error, or a run in which every task failed; 2 an error in the
+    input, the config or the environment (nothing or not everything ran; the message says what is
+    safe); 130 interrupted (Ctrl-C), with what is safe when the run says so."""
     try:
         app(args=argv)  # standalone: usage errors, --help and exit codes are handled by Typer
+    except Interrupted as e:  # Ctrl-C in a command that says what is safe (train)
+        _fail(str(e), e.exit_code)  # its message starts with "interrupted"
     except ReallodError as e:
-        _fail(f"error: {e}", 2)
+        _fail(f"error: {e}", getattr(e, "exit_code", 2))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         _fail(f"error: {e.filename}: {e.strerror}", 2)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as e:
+        _fail(_interrupted(e), 130)
+    except SystemExit as e:
+        interrupt = _interrupt_behind(e)
+        if interrupt is None:
+            raise
+        _fail(_interrupted(interrupt), 130)
     except Exception as e:
         if os.environ.get("REALLOD_DEBUG") == "1":
             raise
         _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+
+
+def _interrupt_behind(exit_: SystemExit) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind an exit: Typer turns a KeyboardInterrupt raised by a command into exit status
+    130 (``Exit(130) from KeyboardInterrupt``) and prints nothing."""
+    if exit_.code != 130:
+        return None
+    seen: BaseException | None = exit_
+    for _ in range(4):
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """``interrupted``, with the run's word on what is safe (a library's ``RunInterrupted`` message)."""
+    said = str(e).strip()
+    return f"interrupted: {said}" if said else "interrupted"
 
 
 def _fail(message: str, code: int) -> None:

@@ -76,6 +76,7 @@ def data_stats(
 
     Instances are the distinct boxes of an image across its sources; expressions count positives
     and negatives. Lines that are not records are counted apart (run `data validate` for why).
+    Exit code 1 when a file has no valid record.
     """
     import orjson
 
@@ -86,6 +87,13 @@ def data_stats(
         sys.stdout.write(orjson.dumps(stats_report(per_file, total), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         console().print(*render_stats(per_file, total))
+    empty = [(path, st) for path, st in per_file if not st.images]
+    for path, st in empty:
+        typer.echo(f"warning: {path}: no valid Real-Data record"
+                   + (f" ({st.bad_lines:,} lines are not records; `reallod data validate {path}` says why)"
+                      if st.bad_lines else " (the file is empty or holds only blank lines)"), err=True)
+    if empty:
+        raise typer.Exit(1)
 
 
 # --- convert / filter / sample / split / merge / show -------------------------------------------

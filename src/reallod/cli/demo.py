@@ -67,6 +67,11 @@ def demo_model_cmd(
     server_port: _ServerPort = 7860,
     score_thre: Annotated[float, typer.Option(
         "--score_thre", "--score-thre", min=0.0, max=1.0, help="Initial score threshold of the page.")] = 0.3,
+    score_over: Annotated[str, typer.Option(
+        "--score-over", help="expression-tokens: a box scores the mean over the expression's own tokens (the "
+        "benchmark protocol); all-tokens: the max over every token of the prompt, special tokens and \".\" "
+        "included, as the published Real-Model demos score (the page then runs parallel mode only).")
+    ] = "expression-tokens",
     share: _Share = False,
     debug: _Debug = False,
     max_upload_mb: _MaxUpload = 10.0,
@@ -79,6 +84,13 @@ def demo_model_cmd(
 
     Example: reallod demo model models/real-model-t --server_port 7860
     """
+    from reallod.model.hf_folder import check_local_folder
+
+    check_local_folder(model)  # a mistyped local path fails here, before gradio and torch load
+    from reallod.model.inference import SCORE_OVER
+
+    if score_over not in SCORE_OVER:
+        raise typer.BadParameter(f"use one of {', '.join(SCORE_OVER)}", param_hint="--score-over")
     options, limits = _demo_setup(server_name, server_port, share, debug, max_upload_mb, max_pixels, timeout,
                                   concurrency, per_client)
     from reallod.demo.model_app import serve_model_demo
@@ -88,7 +100,8 @@ def demo_model_cmd(
     detector = load_detector(model, weights=weights, device=device, dtype=dtype)
     typer.echo(f"Real-Model demo: {model} on {detector.device}; http://{server_name}:{server_port} (Ctrl-C stops it)",
                err=True)
-    serve_model_demo(detector, options, limits=limits, score_thr=score_thre)
+    serve_model_demo(detector, options, limits=limits, score_thr=score_thre,
+                     score_over=score_over)  # type: ignore[arg-type]
 
 
 @app.command("agent")

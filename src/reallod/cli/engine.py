@@ -71,7 +71,8 @@ _OPT_CONC = _A[int | None, typer.Option("--concurrency", help="Images (and agent
 _OPT_URL = _A[str | None, typer.Option("--base-url", help="OpenAI-compatible server for every openai role.")]
 _OPT_CACHE = _A[Path | None, typer.Option("--cache", help="Response cache file.")]
 _OPT_NOCACHE = _A[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")]
-_OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config or input changed.")]
+_OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config changed (never on other "
+                                    "annotations: give those another --out).")]
 _OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
 
 
@@ -92,9 +93,18 @@ def generate_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer
                            clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
     run = generate(opts, monitor=_engine_monitor(progress))
     typer.echo(f"generated {run.images} image(s) ({run.ran} now, {run.resumed} resumed) -> {run.out}")
+    _generation_summary(run)
+
+
+def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
+    """What generation kept and dropped, and why; plainly when it kept nothing."""
     if run.unavailable:
         typer.echo(f"unavailable without a VLM: {', '.join(run.unavailable)} (caption taken from the annotations)")
-    typer.echo(_counts_line(run.counts))
+    typer.echo(_counts_line(run.counts) or "nothing to count")
+    if not run.records:
+        why = "no image selected (an empty shard, or --limit 0)" if not run.images else \
+            "every expression was dropped (the reasons are counted above)"
+        typer.echo(f"no record written: {why}; {run.out} is empty")
 
 
 def pipeline_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer.Option(
@@ -117,13 +127,19 @@ def pipeline_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer
     opts = _engine_options(annotations, images, config, out, classes, keep_crowd, min_box_area, llm_expressions,
                            group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
                            clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
+    from reallod.agent.summary import check_some_succeeded, failures_table
+    from reallod.cli.common import console
+
     run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
                    monitors=lambda stage: _engine_monitor(progress, stage))
     g = run.generated
     typer.echo(f"generate: {g.images} image(s) ({g.ran} now, {g.resumed} resumed) -> {run.paths['generated']}")
-    if g.unavailable:
-        typer.echo(f"unavailable without a VLM: {', '.join(g.unavailable)} (caption taken from the annotations)")
+    _generation_summary(g)
     s = run.realigned.summary
-    typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts))} -> {run.paths['realigned']}")
-    typer.echo(f"assemble: {_counts_line(dict(run.assembled))} -> {run.out}")
+    typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts)) or 'nothing to re-align'} "
+               f"-> {run.paths['realigned']}")
+    if s.errors:
+        console().print(failures_table(s))
+    typer.echo(f"assemble: {_counts_line(dict(run.assembled)) or 'no record'} -> {run.out}")
+    check_some_succeeded(s, what="the pipeline's re-alignment")  # exit status 1, after the reasons
 

@@ -34,6 +34,10 @@ _EvWeights = Annotated[Path | None, typer.Option(
 _EvMode = Annotated[str, typer.Option(
     "--mode", help="parallel: one prompt per description (the published protocol); concat: all in one prompt.")]
 _EvBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")]
+_EvScoreOver = Annotated[str, typer.Option(
+    "--score-over", help="expression-tokens: a box scores the mean over the description's own tokens (the "
+    "benchmark protocol); all-tokens: the max over every token of the prompt, special tokens and \".\" included, "
+    "as the published Real-Model demos score (parallel mode only).")]
 _EvTopk = Annotated[int, typer.Option(
     "--topk", min=1, help="Boxes kept per description (the metrics use at most 100 per image and description).")]
 _EvMaxPerImage = Annotated[int | None, typer.Option(
@@ -63,11 +67,17 @@ def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: 
               predictions: Path | None, weights: Path | None, mode: str, batch_size: int, topk: int,
               max_per_image: int | None, out: Path | None, show_dir: Path | None, device: str | None, dtype: str,
               metrics_out: Path | None, image_size: str | None, tokenizer: str | None, max_text_len: int | None,
-              **extra) -> None:
+              score_over: str = "expression-tokens", **extra) -> None:
+    if model is not None and predictions is None and images is not None and images.is_dir():
+        from reallod.model.hf_folder import check_local_folder
+
+        check_local_folder(model)  # a mistyped local path fails here, before torch and the benchmark load
     from reallod.eval.jobs import EvalJob, run_job
     from reallod.eval.predict import ModelSpec, RunOptions
     from reallod.eval.report import render
 
+    if model is None and score_over != "expression-tokens":
+        raise typer.BadParameter("goes with --model (saved predictions are already scored)", param_hint="--score-over")
     spec = None
     run = RunOptions(show_dir=show_dir, max_per_image=max_per_image)
     if model is not None:
@@ -76,7 +86,8 @@ def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: 
         quiet_transformers()
         spec = ModelSpec(model, weights=str(weights) if weights else None, device=device, dtype=dtype,
                          max_text_len=max_text_len, tokenizer=tokenizer, image_size=parse_image_size(image_size))
-        run.inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk)  # type: ignore[arg-type]
+        run.inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk,  # type: ignore[arg-type]
+                                         score_over=score_over)  # type: ignore[arg-type]
     job = EvalJob(benchmark, annotations, predictions=predictions, model=spec, images=images, out=out,
                   metrics_out=metrics_out, run=run, **extra)
     outcome = run_job(job)
@@ -97,7 +108,7 @@ def eval_omnilabel(
     batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
     show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
     metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None,
+    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
     skip_categories: Annotated[bool, typer.Option(
         "--skip-categories", help="Prompt and score free-form descriptions only (as the published Real-Model "
         "did): AP-descr and AP-descr-pos; AP-categ and AP are then undefined.")] = False,
@@ -111,7 +122,7 @@ def eval_omnilabel(
     _run_eval("omnilabel", annotations=annotations, images=images, model=model, predictions=predictions,
               weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
               show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, skip_categories=skip_categories)
+              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, skip_categories=skip_categories)
 
 
 @app.command("d3")
@@ -121,7 +132,8 @@ def eval_d3(
     batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
     show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
     metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None, backend: _EvBackend = "pycocotools",
+    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
+    backend: _EvBackend = "pycocotools",
     inter: Annotated[bool, typer.Option(
         "--inter", help="Inter-scenario: prompt every image with all descriptions (default: intra-scenario, "
         "its scenario's descriptions).")] = False,
@@ -135,7 +147,7 @@ def eval_d3(
     _run_eval("d3", annotations=annotations, images=images, model=model, predictions=predictions,
               weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
               show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, backend=backend, inter=inter)
+              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, backend=backend, inter=inter)
 
 
 @app.command("ovdeval")
@@ -145,7 +157,8 @@ def eval_ovdeval(
     batch_size: _EvBatch = 8, topk: _EvTopk = 300, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
     show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
     metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None, backend: _EvBackend = "pycocotools",
+    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
+    backend: _EvBackend = "pycocotools",
     subset: Annotated[str | None, typer.Option(
         "--subset", metavar="NAME", help="With a folder of subsets: evaluate only this one (e.g. negation).",
         show_default=False)] = None,
@@ -159,5 +172,5 @@ def eval_ovdeval(
     _run_eval("ovdeval", annotations=annotations, images=images, model=model, predictions=predictions,
               weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
               show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, backend=backend, subset=subset)
+              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, backend=backend, subset=subset)
 

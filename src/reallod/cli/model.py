@@ -39,6 +39,10 @@ def detect_cmd(
     mode: Annotated[str, typer.Option(
         "--mode", help="parallel: one prompt per expression (benchmark mode); concat: all in one prompt.")] = "parallel",
     topk: Annotated[int, typer.Option("--topk", min=1, help="Boxes kept per expression.")] = 300,
+    score_over: Annotated[str, typer.Option(
+        "--score-over", help="expression-tokens: a box scores the mean over the expression's own tokens (the "
+        "benchmark protocol); all-tokens: the max over every token of the prompt, special tokens and \".\" "
+        "included, as the published Real-Model demos score (parallel mode only).")] = "expression-tokens",
     nms_iou: Annotated[float | None, typer.Option(
         "--nms-iou", min=0.0, max=1.0, help="Per-expression NMS at this IoU (default: off).",
         show_default=False)] = None,
@@ -63,6 +67,9 @@ def detect_cmd(
 
     Example: reallod detect photos/ models/real-model-t --texts "the dog without a leash . a red cup ."
     """
+    from reallod.model.hf_folder import check_local_folder
+
+    check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
     from reallod.model.detect import DetectOptions, run_detect
     from reallod.model.draw import PALETTES
     from reallod.model.inference import InferenceOptions
@@ -76,7 +83,8 @@ def detect_cmd(
         raise typer.BadParameter(f"use one of {', '.join(PALETTES)}", param_hint="--palette")
     size = parse_image_size(image_size)
     expressions = parse_texts(texts)
-    inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk, nms_iou=nms_iou)  # type: ignore[arg-type]
+    inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk, nms_iou=nms_iou,  # type: ignore[arg-type]
+                                 score_over=score_over)  # type: ignore[arg-type]
     options = DetectOptions(out_dir=out_dir, score_thr=pred_score_thr, save_vis=not no_save_vis,
                             save_pred=not no_save_pred, show=show, print_result=print_result, palette=palette,
                             max_pixels=max_pixels)

@@ -110,7 +110,8 @@ def realign_cmd(
         "--cache", help="Response cache (SQLite) (default: ~/.cache/reallod/responses.sqlite, or $REALLOD_CACHE).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
     force_resume: Annotated[bool, typer.Option(
-        "--force-resume", help="Resume even though the config or input changed since the journal was started.")] = False,
+        "--force-resume", help="Resume even though the config changed since the journal was started (never on "
+        "another input: give that one another --out).")] = False,
     shard: Annotated[str | None, typer.Option(
         "--shard", metavar="K/N", help="Process shard K of N (K from 1): a fixed slice, for N machines; "
         "join with `reallod realign merge`.")] = None,
@@ -127,7 +128,8 @@ def realign_cmd(
 ) -> None:
     """Re-align expressions with the agent: write Real-Data, a trace and a journal next to it, print a summary.
 
-    Rerunning the same command resumes an interrupted run. Examples:
+    Rerunning the same command resumes an interrupted run (Ctrl-C included). When every task fails, the
+    reasons are shown and the exit status is 1. Examples:
     reallod realign data.jsonl --config vllm --out realigned.jsonl --images imgs/ --report run;
     reallod realign data.jsonl --config vllm --out s1.jsonl --shard 1/4 (then `reallod realign merge s1.jsonl ... --out all.jsonl`);
     reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/1
@@ -163,6 +165,11 @@ def realign_cmd(
         typer.echo(outcome.text)
     for shown in outcome.renderables():
         console.print(shown)
+    summary = outcome.run.summary if outcome.run else outcome.merged.summary if outcome.merged else None
+    if summary is not None:
+        from reallod.agent.summary import check_some_succeeded
+
+        check_some_succeeded(summary, what="realign")  # exit status 1, after the reasons were shown
 
 
 @app.command("merge")
@@ -199,28 +206,34 @@ def agent_eval_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Keep the run's Real-Data, trace and journal here (default: a temporary folder).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the scores to FILE.json and FILE.md.")] = None,
-    max_cycles: Annotated[int | None, typer.Option("--max-cycles", min=1)] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url")] = None,
-    llm_base_url: Annotated[str | None, typer.Option("--llm-base-url")] = None,
-    vlm_base_url: Annotated[str | None, typer.Option("--vlm-base-url")] = None,
+    max_cycles: Annotated[int | None, typer.Option(
+        "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)] = None,
+    llm_base_url: LlmBaseUrl = None,
+    vlm_base_url: VlmBaseUrl = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
     min_f1: Annotated[float, typer.Option(
         "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
 ) -> None:
     """Score the agent against gold labels: confusion matrix, precision of kept expressions, rewrite fix
-    rate, cost per task. Example: reallod agent-eval examples/labelled.jsonl --config vllm"""
+    rate, cost per task. Failed tasks are listed by reason and left out of the scores; when every task
+    fails there is no score and the exit status is 1. Example:
+    reallod agent-eval examples/labelled.jsonl --images examples/images --config vllm --base-url http://127.0.0.1:8000/v1"""
     from rich.console import Console
     from rich.markdown import Markdown
 
     from reallod.agent.agent_eval import agent_eval, eval_markdown, write_eval_report
     from reallod.agent.realign import RealignOptions
+    from reallod.agent.summary import check_some_succeeded
 
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
                           vlm_base_url=vlm_base_url, no_cache=no_cache)
-    rep, _ = agent_eval(labelled, opts, min_f1=min_f1)
+    rep, run = agent_eval(labelled, opts, min_f1=min_f1)
     Console().print(Markdown(eval_markdown(rep)))
     if report is not None:
         json_path, md_path = write_eval_report(rep, report)
         typer.echo(f"report: {json_path} and {md_path}")
+    check_some_succeeded(run.summary, what="agent-eval")

@@ -8,6 +8,7 @@ sorts them out.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,9 @@ def train_cmd(
 ) -> None:
     """Train Real-Model on Real-Data (one process, or one per device under `accelerate launch` / `torchrun`).
 
+    Ctrl-C stops within a second or two (exit status 130) and says the step reached, the last checkpoint
+    and the command that continues from it.
+
     Examples: reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny;
     reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny --resume;
     accelerate launch --multi_gpu --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp
@@ -70,9 +74,12 @@ def train_cmd(
     config, ckpt, overrides = split_extra_args(config, list(ctx.args), resume, list(cfg_options or []))
     cfg = load_config(config, overrides)
     quiet_transformers()
-    result = train(cfg, work_dir or Path("work_dirs") / config.stem,
-                   resume=ckpt if ckpt is not None else (True if resume else None),
-                   amp=amp, auto_scale_lr=True if auto_scale_lr else None)
+    work_dir = work_dir or Path("work_dirs") / config.stem
+    again = ["reallod", "train", str(config), "--work-dir", str(work_dir), "--resume",
+             *(["--amp"] if amp else []), *(["--auto-scale-lr"] if auto_scale_lr else []),
+             *(["--cfg-options", *overrides] if overrides else [])]
+    result = train(cfg, work_dir, resume=ckpt if ckpt is not None else (True if resume else None),
+                   amp=amp, auto_scale_lr=True if auto_scale_lr else None, resume_command=shlex.join(again))
     if not result.main_process:
         return
     if result.best:

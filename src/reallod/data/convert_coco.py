@@ -25,7 +25,10 @@ import orjson
 
 from reallod.data.convert_common import (
     ConvertStats,
+    EmptyRunError,
     JsonSectionsWriter,
+    SourceCheck,
+    require_output,
     selected_pairs,
     text_key,
     unique_texts,
@@ -95,11 +98,13 @@ def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
     """
     stats = ConvertStats()
     categories = CategoryIndex()
+    check = SourceCheck(sources)
     with JsonSectionsWriter(dst, ["images", "annotations", "categories"],
                             header={"info": {"description": f"converted from Real-Data {Path(src).name}"}}) as out:
         image_id, ann_id = 0, 1
         for record in read_records(src):
             stats.records_in += 1
+            check.see(record)
             image, anns = record_to_coco(record, image_id + 1, ann_id, categories, sources)
             if not anns and not keep_empty:
                 stats.skip("images with no pair of the chosen sources")
@@ -111,7 +116,9 @@ def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
                 out.add("annotations", ann)
         for cat in categories.categories():
             out.add("categories", cat)
-    stats.records_out = out.counts["images"]
+        stats.records_out = out.counts["images"]
+        check.check(src)  # raising here drops the output: an earlier file at dst stays
+        require_output(stats, src, "a COCO image")
     stats.items_out = {"annotations": out.counts["annotations"], "categories": out.counts["categories"]}
     return stats
 
@@ -266,7 +273,13 @@ def coco_to_realdata(src: str | os.PathLike, dst: str | os.PathLike, *, skip_cro
                                       prefix=prefix, synonyms=synonyms, keep_empty=keep_empty, stats=stats):
             out.write_record(record)
             boxes += record.num_pairs()
-    stats.records_in = len(data["images"])
-    stats.records_out = out.count
+        stats.records_in = len(data["images"])
+        stats.records_out = out.count
+        if not stats.records_in:  # raising here drops the output: an earlier file at dst stays
+            raise EmptyRunError("no images in this COCO json; nothing written", path=str(src), field="images")
+        if not stats.records_out:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items()))
+            raise EmptyRunError(f"none of its {stats.records_in} images kept a box ({why}; --keep-empty keeps "
+                                "images with no box); nothing written", path=str(src))
     stats.items_out = {"boxes": boxes}
     return stats

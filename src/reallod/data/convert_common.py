@@ -8,6 +8,7 @@ document appears at its path only when complete.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import tempfile
@@ -19,7 +20,8 @@ from typing import IO, Any
 import orjson
 
 from reallod.data.io import AtomicWriter
-from reallod.data.records import Pair, Record
+from reallod.data.records import TRAINING_SOURCES, Pair, Record
+from reallod.errors import ConfigError, DataError
 
 
 @dataclass(slots=True)
@@ -47,6 +49,81 @@ class ConvertStats:
         if self.notes:
             text += "; " + ", ".join(f"{n} {what}" for what, n in sorted(self.notes.items()))
         return text
+
+
+class EmptyRunError(DataError):
+    """A run that read no record, or that would write nothing: nothing was written, and what was at the
+    output path before is still there."""
+
+
+def require_records(records_in: int, src: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    """Refuse a run that read no record (an empty file, only blank lines, the wrong file)."""
+    if records_in:
+        return
+    if not isinstance(src, str | os.PathLike) and len(src) == 1:
+        src = src[0]
+    if isinstance(src, str | os.PathLike):
+        raise EmptyRunError("no Real-Data record in this file (empty, or only blank lines); nothing written",
+                            path=str(src))
+    raise EmptyRunError(f"no Real-Data record in {', '.join(map(str, src))} (empty, or only blank lines); "
+                        "nothing written")
+
+
+def require_output(stats: ConvertStats, src: str | os.PathLike, what: str) -> None:
+    """Refuse a run whose records all were skipped: an empty output is never what was asked for."""
+    require_records(stats.records_in, src)
+    if stats.records_out:
+        return
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())) or "nothing matched"
+    raise EmptyRunError(f"{stats.records_in} records read but none gave {what} ({why}); nothing written",
+                        path=str(src))
+
+
+def _source_key(name: str) -> str:
+    return name.strip().casefold().replace("-", "_").replace(" ", "_")
+
+
+class SourceCheck:
+    """Refuses a ``--source`` that no record has, instead of writing an empty or partial output.
+
+    Files may hold sources of their own (the format allows any name), so what counts is what the
+    records read hold. A near-miss of a standard name (``vlm-short``, ``VLM_Short``) is refused before
+    any record is read; any other name is checked when the input has been read.
+    """
+
+    def __init__(self, sources: Sequence[str] | None, *, also: Iterable[str] = ()) -> None:
+        self.wanted = list(dict.fromkeys(sources or ()))
+        self.also = set(also)  # sources the command makes itself (e.g. ``category`` for ODVG)
+        self.seen: set[str] = set()
+        for name in self.wanted:
+            if name in TRAINING_SOURCES or name in self.also:
+                continue
+            near = [s for s in TRAINING_SOURCES if _source_key(s) == _source_key(name)]
+            if near:
+                raise ConfigError(f"--source {name}: no such source; did you mean {near[0]}? (the sources of "
+                                  f"Real-Data are {', '.join(TRAINING_SOURCES)}, and a file may hold its own)")
+
+    def see(self, record: Record) -> None:
+        if self.wanted:
+            self.seen.update(record.pairs)
+
+    def check(self, path: str | os.PathLike | Sequence[str | os.PathLike], *,
+              outcome: str = "nothing written") -> None:
+        """After the whole input was read: every wanted source must have appeared in some record."""
+        missing = [s for s in self.wanted if s not in self.seen and s not in self.also]
+        if not missing:
+            return
+        where = str(path) if isinstance(path, str | os.PathLike) else ", ".join(map(str, path))
+        seen = ", ".join(sorted(self.seen)) or "none"
+        hints = []
+        for name in missing:
+            close = difflib.get_close_matches(name, sorted(self.seen | set(TRAINING_SOURCES)), n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{name} → {close[0]}?")
+        raise DataError(f"--source {', '.join(missing)}: no record read has "
+                        f"{'this source' if len(missing) == 1 else 'these sources'} (sources in {where}: {seen}; "
+                        f"Real-Data's standard ones: {', '.join(TRAINING_SOURCES)})"
+                        + (f"; did you mean {' '.join(hints)}" if hints else "") + f"; {outcome}")
 
 
 def selected_pairs(record: Record, sources: Sequence[str] | None) -> Iterator[tuple[str, Pair]]:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reallod.data.convert_common import ConvertStats, selected_pairs, text_key
+from reallod.data.convert_common import ConvertStats, SourceCheck, require_output, selected_pairs, text_key
 from reallod.data.io import JsonlWriter, read_records
 from reallod.data.records import Pair, Record
 
@@ -139,9 +139,11 @@ def realdata_to_odvg(src: str | os.PathLike, dst: str | os.PathLike, *, sources:
     stats = ConvertStats()
     rng = random.Random(seed) if seed is not None else None
     regions = 0
+    check = SourceCheck(sources, also=("category",) if category_source else ())
     with JsonlWriter(dst) as out:
         for record in read_records(src):
             stats.records_in += 1
+            check.see(record)
             lines = record_to_odvg(record, sources=sources, per_source=per_source, positives=positives,
                                    max_negatives=max_negatives, category_source=category_source, rng=rng)
             if not lines:
@@ -149,6 +151,8 @@ def realdata_to_odvg(src: str | os.PathLike, dst: str | os.PathLike, *, sources:
             for line in lines:
                 out.write_record(line)
                 regions += len(line["grounding"]["regions"])
-    stats.records_out = out.count
+        stats.records_out = out.count
+        check.check(src)  # raising here drops the output: an earlier file at dst stays
+        require_output(stats, src, "an ODVG line")
     stats.items_out = {"regions": regions}
     return stats

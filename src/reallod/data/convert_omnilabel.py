@@ -25,6 +25,8 @@ from typing import Any
 from reallod.data.convert_common import (
     ConvertStats,
     JsonSectionsWriter,
+    SourceCheck,
+    require_output,
     selected_pairs,
     text_key,
     unique_texts,
@@ -85,10 +87,12 @@ def realdata_to_omnilabel(src: str | os.PathLike, dst: str | os.PathLike, *,
     stats = ConvertStats()
     # "name" must not contain "omnilabel": the official tools then demand their own version string.
     header = {"info": {"name": "reallod", "description": f"converted from Real-Data {Path(src).name}"}}
+    check = SourceCheck(sources)
     with JsonSectionsWriter(dst, ["images", "descriptions", "annotations"], header=header) as out:
         image_id, desc_id, ann_id = 0, 1, 1
         for record in read_records(src):
             stats.records_in += 1
+            check.see(record)
             image, descs, anns = record_to_omnilabel(record, image_id + 1, desc_id, ann_id, sources=sources,
                                                      categories=categories, stats=stats)
             if not descs:
@@ -100,6 +104,8 @@ def realdata_to_omnilabel(src: str | os.PathLike, dst: str | os.PathLike, *,
                 out.add("descriptions", d)
             for a in anns:
                 out.add("annotations", a)
-    stats.records_out = out.counts["images"]
+        stats.records_out = out.counts["images"]
+        check.check(src)  # raising here drops the output: an earlier file at dst stays
+        require_output(stats, src, "an image with a description")
     stats.items_out = {"descriptions": out.counts["descriptions"], "annotations": out.counts["annotations"]}
     return stats

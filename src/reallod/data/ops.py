@@ -18,7 +18,14 @@ from contextlib import ExitStack
 import numpy as np
 import orjson
 
-from reallod.data.convert_common import ConvertStats, text_key, unique_texts
+from reallod.data.convert_common import (
+    ConvertStats,
+    EmptyRunError,
+    SourceCheck,
+    require_records,
+    text_key,
+    unique_texts,
+)
 from reallod.data.io import JsonlWriter, iter_json, read_numbered_records
 from reallod.data.records import RELATIONS, Pair, Record
 from reallod.errors import ConfigError, DataError
@@ -63,18 +70,30 @@ def filter_record(record: Record, *, sources: Sequence[str] | None = None, relat
 def filter_file(src: str | os.PathLike, dst: str | os.PathLike, *, sources: Sequence[str] | None = None,
                 relation: str | None = None, categories: Sequence[str] | None = None) -> ConvertStats:
     """Write the matching pairs of ``src`` to ``dst``; images left with no pair are dropped."""
+    if relation is not None and relation not in RELATIONS:
+        raise ConfigError(f"--relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
     stats = ConvertStats()
     pairs = 0
+    check = SourceCheck(sources)
     with JsonlWriter(dst) as out:
         for _, record in read_numbered_records(src):
             stats.records_in += 1
+            check.see(record)
             kept = filter_record(record, sources=sources, relation=relation, categories=categories)
             if kept is None:
                 stats.skip("images with no matching pair")
                 continue
             out.write_record(kept)
             pairs += kept.num_pairs()
-    stats.records_out = out.count
+        stats.records_out = out.count
+        # raising here drops the output: an earlier file at dst stays
+        require_records(stats.records_in, src)
+        check.check(src)
+        if not stats.records_out:
+            wanted = [f"--source {' '.join(sources)}" if sources else "", f"--relation {relation}" if relation else "",
+                      f"--category {' / '.join(categories)}" if categories else ""]
+            raise EmptyRunError(f"none of the {stats.records_in} records has a pair matching "
+                                f"{', '.join(w for w in wanted if w) or 'the criteria'}; nothing written", path=str(src))
     stats.items_out = {"pairs": pairs}
     return stats
 
@@ -119,6 +138,7 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
             for _, line in sorted(reservoir):
                 out.write(line + b"\n")
                 out.count += 1
+        require_records(stats.records_in, src)  # raising here drops the output: an earlier file stays
     stats.records_out = out.count
     return stats
 
@@ -142,6 +162,7 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
         for _, record in read_numbered_records(src):
             stats.records_in += 1
             (out_val if unit_hash(record.filename, seed) < val_fraction else out_train).write_record(record)
+        require_records(stats.records_in, src)  # raising here drops both outputs: earlier files stay
     stats.records_out = out_train.count + out_val.count
     stats.items_out = {"train": out_train.count, "val": out_val.count}
     return stats
@@ -219,6 +240,7 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
     stats = ConvertStats()
     seen: dict[int, int] = {}
     pending: dict[int, list[tuple[bytes, str, int]]] = {}  # compact JSON: a third of a Record's memory
+    before = 0
     with JsonlWriter(dst) as out:
         for src in srcs:
             for lineno, record in read_numbered_records(src):
@@ -233,6 +255,10 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
                     for merged in _combine(pending.pop(h), stats):
                         out.write_record(merged)
                     del seen[h]
+            if stats.records_in == before:
+                stats.note(f"input file with no record: {src}")
+            before = stats.records_in
+        require_records(stats.records_in, srcs)  # raising here drops the output: an earlier file stays
     stats.records_out = out.count
     return stats
 

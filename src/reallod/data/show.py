@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from reallod.data.convert_common import EmptyRunError, SourceCheck, require_records
 from reallod.data.io import AtomicWriter, read_numbered_records
 from reallod.data.records import Pair, Record
 from reallod.errors import DataError
@@ -238,13 +239,17 @@ def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | 
     """Draw the first ``n`` records of ``src`` that have pairs of the chosen sources, one PNG each."""
     if not Path(images).is_dir():
         raise DataError("image root is not a directory", path=str(images))
+    check = SourceCheck(sources)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = ShowStats()
     wanted = set(sources) if sources else None
+    records_in = 0
     for lineno, record in read_numbered_records(src):
         if len(stats.written) >= n:
             break
+        records_in += 1
+        check.see(record)
         if wanted is not None and not any(s in wanted and items for s, items in record.pairs.items()):
             stats.skipped["records with no pair of the chosen sources"] = \
                 stats.skipped.get("records with no pair of the chosen sources", 0) + 1
@@ -264,4 +269,9 @@ def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | 
         with AtomicWriter(target) as w:
             w.write(buf.getvalue())
         stats.written.append(target)
+    if not stats.written:
+        require_records(records_in, src)
+        check.check(src, outcome="no PNG written")
+        why = ", ".join(f"{k} {reason}" for reason, k in sorted(stats.skipped.items()))
+        raise EmptyRunError(f"none of its {records_in} records could be drawn ({why}); no PNG written", path=str(src))
     return stats

@@ -27,7 +27,7 @@ from reallod.demo.limits import ClientGate, DemoInputError, DemoLimits, WorkSlot
 from reallod.demo.server import RunningDemo, ServerOptions, launch, prune, upload_roots
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections, palette
-from reallod.model.inference import Detector, InferenceOptions
+from reallod.model.inference import Detector, InferenceOptions, ScoreOver
 
 TOPK = 100  # boxes kept per expression: more than anyone reads on a page
 MAX_DRAWN = 100
@@ -46,8 +46,11 @@ class Shown:
 class ModelPage:
     """The handlers of the page, holding the detector and the limits."""
 
-    def __init__(self, detector: Detector, limits: DemoLimits, *, palette_name: str = "coco") -> None:
+    def __init__(self, detector: Detector, limits: DemoLimits, *, palette_name: str = "coco",
+                 score_over: ScoreOver = "expression-tokens") -> None:
+        InferenceOptions(score_over=score_over)  # a bad value fails here, not on the first request
         self.detector = detector
+        self.score_over = score_over
         self.limits = limits
         self.palette_name = palette_name
         self.gate = ClientGate(limits.per_client)
@@ -65,11 +68,14 @@ class ModelPage:
         expressions = parse_expressions(text, self.limits)
         if mode not in ("parallel", "concat"):
             raise DemoInputError(f"mode must be parallel or concat, not {mode!r}")
+        if mode != "parallel" and self.score_over == "all-tokens":
+            raise DemoInputError("this demo scores boxes over all prompt tokens (as the published demos do), "
+                                 "which needs parallel mode: pick parallel")
         threshold = _threshold(threshold)
         with self.gate.admit(client_key(request)):
             deadline = time.monotonic() + self.limits.timeout_s
             image = open_upload(image_path, self.limits, self.roots)
-            options = InferenceOptions(mode=mode, topk=TOPK)  # type: ignore[arg-type]
+            options = InferenceOptions(mode=mode, topk=TOPK, score_over=self.score_over)  # type: ignore[arg-type]
             self.slots.acquire(deadline - time.monotonic())
             try:
                 future = self.pool.submit(self._run, image, expressions, options)
@@ -139,10 +145,15 @@ def _threshold(value: Any) -> float:
 
 
 def build_model_app(detector: Detector, *, limits: DemoLimits | None = None, score_thr: float = 0.3,
-                    debug: bool = False) -> tuple[Any, ModelPage]:
-    """The page (a ``gr.Blocks``) and its handlers; scripts call ``/detect`` (redrawing is page-only)."""
+                    debug: bool = False, score_over: ScoreOver = "expression-tokens") -> tuple[Any, ModelPage]:
+    """The page (a ``gr.Blocks``) and its handlers; scripts call ``/detect`` (redrawing is page-only).
+
+    ``score_over="all-tokens"`` scores boxes as the published Real-Model demos do (see
+    :class:`reallod.model.inference.InferenceOptions`)."""
     limits = limits or DemoLimits()
-    page = ModelPage(detector, limits)
+    page = ModelPage(detector, limits, score_over=score_over)
+    scoring = (" Boxes score the maximum over all prompt tokens, as the published Real-Model demos do "
+               "(parallel mode only)." if score_over == "all-tokens" else "")
     examples = detect_examples()
     with gr.Blocks(title="Real-Model demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(
@@ -151,7 +162,7 @@ def build_model_app(detector: Detector, *, limits: DemoLimits | None = None, sco
             "enter what to look for (one expression per line), and press **Detect**. *parallel* mode gives "
             "every expression its own prompt (the benchmark mode); *concat* puts them in one prompt. "
             f"Limits: {limits.max_upload_mb:g} MB, {limits.max_pixels / 1e6:g} MP, "
-            f"{limits.max_expressions} expressions, {limits.timeout_s:g} s per request.",
+            f"{limits.max_expressions} expressions, {limits.timeout_s:g} s per request." + scoring,
             elem_id="intro")
         shown = gr.State(None)
         with gr.Row():
@@ -184,8 +195,10 @@ def build_model_app(detector: Detector, *, limits: DemoLimits | None = None, sco
 
 
 def serve_model_demo(detector: Detector, options: ServerOptions, *, limits: DemoLimits | None = None,
-                     score_thr: float = 0.3, block: bool = True) -> RunningDemo:
+                     score_thr: float = 0.3, block: bool = True,
+                     score_over: ScoreOver = "expression-tokens") -> RunningDemo:
     """Build and serve the page; with ``block`` (the CLI) return only when the server stops."""
     limits = limits or DemoLimits()
-    blocks, page = build_model_app(detector, limits=limits, score_thr=score_thr, debug=options.debug)
+    blocks, page = build_model_app(detector, limits=limits, score_thr=score_thr, debug=options.debug,
+                                   score_over=score_over)
     return launch(blocks, options, limits, block=block, cleanup=page.close)

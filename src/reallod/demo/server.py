@@ -90,6 +90,24 @@ class RunningDemo:
         self.close()
 
 
+GRADIO_SHARE_HINT = "* To create a public link, set `share=True` in `launch()`."
+SHARE_HINT = "* To create a public link, pass --share (anyone with the link can use the page)."
+
+
+class _GradioHints:
+    """Stands in for stdout while Gradio starts: its advice to set ``share=True`` in ``launch()`` (code
+    the user never wrote) becomes the command's own ``--share``; everything else passes through."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.replace(GRADIO_SHARE_HINT, SHARE_HINT))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def launch(blocks: Any, options: ServerOptions, limits: DemoLimits, *, block: bool = True,
            cleanup: Callable[[], None] | None = None) -> RunningDemo:
     """Serve ``blocks``; with ``block`` (the CLI) this returns only when the server stops.
@@ -105,6 +123,8 @@ def launch(blocks: Any, options: ServerOptions, limits: DemoLimits, *, block: bo
     # Fairness and work slots are enforced by the handlers (ClientGate, WorkSlots); Gradio's queue
     # only bounds how many requests the page holds at once.
     blocks.queue(max_size=limits.queue_size, default_concurrency_limit=limits.queue_size)
+    stdout = sys.stdout
+    sys.stdout = _GradioHints(stdout)  # the hint is printed before launch() blocks; restored below
     try:
         _, local_url, share_url = blocks.launch(
             server_name=options.server_name, server_port=options.server_port, share=options.share,
@@ -115,6 +135,9 @@ def launch(blocks: Any, options: ServerOptions, limits: DemoLimits, *, block: bo
         if cleanup is not None:
             cleanup()
         raise ConfigError(f"cannot serve on {options.server_name}:{options.server_port}: {e}") from e
+    finally:
+        if isinstance(sys.stdout, _GradioHints):
+            sys.stdout = stdout
     running = RunningDemo(blocks, str(local_url), share_url, cleanup)
     if block:  # the server has stopped
         running.close()

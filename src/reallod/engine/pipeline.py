@@ -5,13 +5,21 @@ response cache, journal, retries, progress): generation journals one result per 
 skips the images it holds; re-alignment is :func:`reallod.agent.realign.realign` itself on the
 generated file (its own journal); assembly is a cheap streaming pass, redone each time. A pipeline
 killed at any moment resumes at the stage and the task where it stopped: the generated file is
-rewritten from the journal in input order, byte for byte the same, so the re-alignment journal
-accepts it.
+rewritten from the journal in input order, byte for byte the same. The re-alignment journal names its
+input by the annotations the generated file comes from and the generation journal that wrote it (not
+the file's bytes), so a rerun with a larger ``--limit``, which only appends records, resumes too, while
+a generation started over (its journal deleted) is another input.
+
+A stage that yields nothing (every expression dropped, a shard without images) is no error: its
+summary says what was dropped and why, every file is written (empty where there is nothing), and the
+next stage runs on nothing. Each stage's event loop closes the backends' connections it opened
+(:meth:`reallod.agent.roles.Roles.aclose`); the next stage opens its own.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +76,12 @@ class GenerateRun:
     counts: Counter[str]
     unavailable: list[str]
     wall_s: float
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # the generation journal's, and its "run" id
+
+    @property
+    def records(self) -> int:
+        """Records written to the generated file (0: every image's expressions were dropped)."""
+        return self.counts["record:written"]
 
 
 def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
@@ -91,11 +105,12 @@ def selected_images(images: list[ImageAnnotation], shard: tuple[int, int] | None
 
 
 def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None,
-             scorer: Any = None, close: bool = True) -> GenerateRun:
+             scorer: Any = None) -> GenerateRun:
     """Write the raw-expression Real-Data for the annotated images (resumable; see the module doc).
 
     ``roles`` replaces the config's (tests pass scripted ones; the pipeline shares its own with the
-    re-alignment stage, then ``close`` is False); ``scorer`` replaces ``clip_model``."""
+    re-alignment stage: their connections are closed at the end of this stage's loop and reopened by
+    the next); ``scorer`` replaces ``clip_model``."""
     t0 = time.perf_counter()
     if opts.limit is not None and opts.limit < 0:
         raise ConfigError("--limit must not be negative")
@@ -123,10 +138,12 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
           "shard": opts.shard}
     loader = ImageLoader(opts.images)
     monitor = monitor or RunMonitor()
-    with open_session(journal_path, fp, meta={"annotations": str(opts.annotations), "stage": "generate"},
-                      cache_path=opts.cache, no_cache=opts.no_cache, force=opts.force_resume,
-                      unit="image(s)", stage="Generation") as session:
+    # "run" tells this generation journal from one deleted and started again (other expressions)
+    meta = {"annotations": str(opts.annotations), "stage": "generate", "run": uuid.uuid4().hex}
+    with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
+                      force=opts.force_resume, unit="image(s)", stage="Generation") as session:
         journal = session.journal
+        started = (journal.header.get("meta") or {}).get("run")  # this journal's, when it was begun
         hardened, _ = harden(roles, cache=session.cache, endpoint_limit=concurrency)
         gens = Generators(llm=hardened.rewriter.backend, vlm=hardened.vlm.backend if hardened.vlm else None,
                           scorer=scorer, threshold=opts.clip_threshold)
@@ -142,11 +159,11 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
             monitor.task_done("generated")
 
         ran = session.run(todo, work, handle, concurrency=concurrency, monitor=monitor, total=len(todo_all),
-                          aclose=roles.aclose if close else None)
+                          aclose=hardened.aclose)  # this loop's connections, closed on this loop
         resumed = journal.resumed
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran, counts, unavailable,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, {**fp, "run": started})
 
 
 def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[str]:
@@ -228,11 +245,16 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
         max_cycles = max_cycles or cfg_cycles
     gen_opts = GenerateOptions(**{**{k: getattr(g, k) for k in g.__slots__}, "out": gen_path,
                                   "concurrency": concurrency})
-    generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer, close=False)
+    generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer)
+    # the generated file is Real-Data even when empty (nothing kept: the stage says why), and it is
+    # named by what it was generated from, by which generation journal: a larger --limit appends
+    # records and still resumes, a generation started over is another input
+    source = fingerprint({k: generated.fingerprint.get(k) for k in ("annotations", "classes", "shard", "run")})
     realigned = realign(RealignOptions(input=gen_path, config=name, out=realigned_path, images=g.images,
                                        max_cycles=max_cycles, unresolved=opts.unresolved,  # type: ignore[arg-type]
                                        concurrency=concurrency, cache=g.cache, no_cache=g.no_cache,
-                                       force_resume=g.force_resume, report=opts.report),
+                                       force_resume=g.force_resume, report=opts.report, format="records",
+                                       input_id=f"generated from {source}"),
                         roles=roles, monitor=monitors("realign"))
     assembled = finish(realigned_path, g.out)
     paths = {"generated": str(gen_path), "realigned": str(realigned_path), "out": str(g.out),

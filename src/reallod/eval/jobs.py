@@ -111,6 +111,10 @@ def _check(job: EvalJob) -> None:
         raise ConfigError("--model needs --images ROOT (the folder the file names in the annotations are relative to)")
     if job.model is not None and not Path(job.images).is_dir():
         raise ConfigError(f"--images {job.images}: not a folder")
+    if job.model is not None:
+        from reallod.model.hf_folder import check_local_folder
+
+        check_local_folder(job.model.model)  # a mistyped path fails before the benchmark is read
     if job.predictions is not None and (job.out is not None or job.run.show_dir is not None):
         raise ConfigError("--out and --show-dir go with --model; --predictions only scores a file")
 
@@ -152,6 +156,7 @@ def _finish(job: EvalJob, bench: _Bench, result: EvalResult, n: int, written: li
            "processes": processes, **bench.describe}
     if job.model is not None and job.run.inference is not None:
         doc["mode"] = job.run.inference.mode
+        doc["score_over"] = job.run.inference.score_over
     with atomic_text(path) as f:
         f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return JobOutcome(result, path, written, n, processes)

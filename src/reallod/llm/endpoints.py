@@ -47,7 +47,17 @@ def endpoint_of(backend: Backend) -> str:
 
 def model_id(backend: Backend) -> str:
     """The cache's idea of "the same model": backend kind, model and sampling parameters, not the URL
-    (a server moved to another port still answers the same)."""
+    (a server moved to another port still answers the same); journals fingerprint it too.
+
+    A backend may name itself (``model_identity``): an in-process model is named by what it is (a
+    packaged GGUF by package and version, a local file by name, size and content, a hub id by the id),
+    not by the path it was loaded from, so moving ``$REALLOD_CACHE`` keeps journals resumable and cached
+    answers valid. (This used to be the backend's name, path included: the response cache entries of
+    in-process models made before that change are not found again, once; openai backends are keyed as
+    they always were.)"""
+    identity = getattr(backend, "model_identity", None)
+    if isinstance(identity, str):
+        return identity
     model = getattr(backend, "model", None)
     if model is None:
         return backend.name

@@ -122,6 +122,11 @@ class ResilientBackend:
         finally:
             self.stats.in_flight -= 1
 
+    @property
+    def model_identity(self) -> str:
+        """The wrapped backend's (see :func:`reallod.llm.endpoints.model_id`)."""
+        return self.model_id
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reallod.errors import ConfigError, DataError
-from reallod.model.hf_folder import load_model_checked, load_tokenizer, save_tokenizer, write_model_folder
+from reallod.model.hf_folder import (
+    key_listing,
+    load_model_checked,
+    load_tokenizer,
+    one_line,
+    save_tokenizer,
+    write_model_folder,
+)
 
 Variant = Literal["tiny", "base"]
 SWIN = "model.backbone.conv_encoder.model."
@@ -228,9 +235,8 @@ def convert_state_dict(mm_state: dict[str, Any], config) -> tuple[dict[str, Any]
             out[name] = value
             report.converted += 1
     if report.unknown:
-        raise DataError(f"{len(report.unknown)} keys of the checkpoint are not part of MM-Grounding-DINO "
-                        "(not converted, nothing written): " + ", ".join(sorted(report.unknown)[:60])
-                        + (" ..." if len(report.unknown) > 60 else ""))
+        raise DataError(key_listing("keys of the checkpoint that are not part of MM-Grounding-DINO",
+                                    sorted(report.unknown)) + " (not converted, nothing written)")
     return out, report
 
 
@@ -307,24 +313,61 @@ def config_from_file(path: str | Path):
         raise ConfigError(f"{p}: {e}") from e
 
 
+def sniff_weights_file(path: str | Path) -> Literal["zip", "pickle", "safetensors", "other"]:
+    """What a weights file holds, from its first bytes: a torch zip checkpoint, a legacy torch pickle,
+    safetensors (an 8-byte header length, then JSON), or something else."""
+    p = Path(path)
+    with p.open("rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < p.stat().st_size:
+        return "safetensors"
+    return "other"
+
+
+def _describe_start(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(40)
+    if not head:
+        return "the file is empty"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:12].hex(' ')}"
+    if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is text, starting {' '.join(text.split())[:30]!r}"
+    return f"it starts with the bytes {head[:12].hex(' ')}"
+
+
 def load_state_file(path: str | Path) -> dict[str, Any]:
-    """Tensors of a .safetensors file or a torch checkpoint (``weights_only=True``), unwrapped."""
+    """Tensors of a .safetensors file or a torch checkpoint (``weights_only=True``), unwrapped.
+
+    The kind is read from the content, so a safetensors file named ``.pth`` loads too; anything that
+    is neither (a text file, an image...) is one clear line saying so.
+    """
     import torch
 
     p = Path(path)
     if not p.is_file():
         raise DataError("checkpoint file not found", path=str(p))
-    if p.suffix == ".safetensors":
+    kind = sniff_weights_file(p)
+    if kind == "other":
+        raise DataError(f"cannot load it: not a PyTorch checkpoint or safetensors file ({_describe_start(p)})",
+                        path=str(p))
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p))
         except Exception as e:  # safetensors raises its own error types
-            raise DataError(f"not a readable safetensors file ({e})", path=str(p)) from e
+            raise DataError(f"not a readable safetensors file ({one_line(e)})", path=str(p)) from e
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, zipfile errors...
-        raise DataError(f"cannot load it with torch.load(weights_only=True): {str(e).splitlines()[0]} "
+        raise DataError(f"cannot load it with torch.load(weights_only=True): {one_line(e, 160)} "
                         "(only tensors and plain containers are accepted; re-save just the state_dict "
                         "from a trusted copy if it holds other objects)", path=str(p)) from e
     if isinstance(obj, dict):
@@ -351,8 +394,13 @@ def hf_state_from_file(path: str | Path, config) -> dict[str, Any]:
     """A weights file in either layout → transformers names (MMDetection layout is converted)."""
     state = load_state_file(path)
     if is_mmdet_layout(state):
-        check_fits(state, config, "the model's config")
-        state, _ = convert_state_dict(state, config)
+        try:
+            check_fits(state, config, "the model's config")
+            state, _ = convert_state_dict(state, config)
+        except ConfigError as e:  # name the user's file: the message alone says "checkpoint"
+            raise ConfigError(f"{path}: {e}") from e
+        except DataError as e:
+            raise DataError(str(e), path=str(path)) from e
     return state
 
 

@@ -6,8 +6,11 @@ replayed, expanded over a batch of prompts, inside the unchanged transformers fo
 runs the text encoder, the fusion encoder and the decoder for the whole batch at once. ``concat`` mode
 joins the expressions into as few prompts as the text limit allows and goes through the same path.
 
-Scores follow MMDetection's grounding head: the sigmoid of the token logits, averaged over the
-expression's tokens (``score_reduce="mean"``), per query; each expression keeps its top-k queries.
+Scores follow MMDetection's grounding head in its benchmark setting: the sigmoid of the token logits,
+averaged over the expression's tokens (``score_reduce="mean"``), per query; each expression keeps its
+top-k queries. The published Real-Model demos call MMDetection with ``tokens_positive=-1,
+custom_entities=False`` instead, where a box scores the maximum sigmoid over *all* tokens of the
+prompt ([CLS], the expression, ".", [SEP]); ``score_over="all-tokens"`` reproduces their numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 Mode = Literal["parallel", "concat"]
+ScoreOver = Literal["expression-tokens", "all-tokens"]
+SCORE_OVER: tuple[str, ...] = ("expression-tokens", "all-tokens")
 
 
 @dataclass
@@ -66,7 +71,10 @@ class InferenceOptions:
     topk: int = 300  # boxes kept per expression
     score_thr: float = 0.0  # drop boxes below this score
     nms_iou: float | None = None  # class-wise (per-expression) NMS IoU threshold; None = off
-    score_reduce: Literal["mean", "max"] = "mean"
+    score_reduce: Literal["mean", "max"] = "mean"  # over the expression's tokens
+    # "all-tokens": a box scores the max over every token of its prompt, special tokens and "." included
+    # (the published demos' rule, MMDetection's tokens_positive=-1); parallel mode only
+    score_over: ScoreOver = "expression-tokens"
     reuse_backbone: bool = True  # False: a full forward pass per batch (the naive reference)
     on_long: P.LongPolicy = "truncate"
 
@@ -83,6 +91,11 @@ class InferenceOptions:
             raise ConfigError(f"NMS IoU threshold must be in (0, 1], not {self.nms_iou}")
         if self.score_reduce not in ("mean", "max"):
             raise ConfigError(f"score_reduce must be 'mean' or 'max', not {self.score_reduce!r}")
+        if self.score_over not in SCORE_OVER:
+            raise ConfigError(f"score_over must be one of {', '.join(SCORE_OVER)}, not {self.score_over!r}")
+        if self.score_over == "all-tokens" and self.mode != "parallel":
+            raise ConfigError("scoring over all tokens (the published demos' rule) needs parallel mode: in one "
+                              "prompt of several expressions every box would score the same for each of them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +214,9 @@ def detect(detector: Detector, image: Image.Image, expressions: Sequence[str],
     outputs = run_prompts(detector, pixel_values, pixel_mask, plan.prompts, options)
     width, height = image.size
     per_expression = select(plan.prompts, outputs, (height, width), options)
-    meta = {"mode": options.mode}
+    meta: dict[str, Any] = {"mode": options.mode}
+    if options.score_over != "expression-tokens":
+        meta["score_over"] = options.score_over
     if plan.truncated:
         meta["truncated_expressions"] = plan.truncated
     return to_detections(per_expression, expressions, (height, width), meta)
@@ -220,8 +235,11 @@ def select(prompts: Sequence[P.Prompt], outputs: Sequence[tuple[torch.Tensor, to
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
         for (s, e), expr in zip(prompt.spans, prompt.expression_ids, strict=True):
-            token_probs = probs[:, s:e]
-            scores = (token_probs.mean(-1) if options.score_reduce == "mean" else token_probs.amax(-1)).cpu()
+            if options.score_over == "all-tokens":  # every position of the prompt: [CLS] ... . [SEP]
+                scores = probs.amax(-1).cpu()
+            else:
+                token_probs = probs[:, s:e]
+                scores = (token_probs.mean(-1) if options.score_reduce == "mean" else token_probs.amax(-1)).cpu()
             k = min(options.topk, len(scores))
             top = scores.topk(k).indices  # sorted, descending
             b, sc = xyxy[top], scores[top]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +12,12 @@ from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
     DETECTOR_CLASSES,
+    check_local_folder,
     load_model_checked,
     load_tokenizer,
+    looks_like_path,
+    one_line,
+    resolve_source,
     write_model_folder,
 )
 from reallod.model.inference import Detector
@@ -54,37 +57,43 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _is_local(model: str | Path) -> bool:
-    s = str(model)
-    return isinstance(model, Path) or os.path.exists(s) or s.startswith((".", "/", "~")) or s.count("/") > 1
+def check_local_model(model: str | Path) -> Path | None:
+    """A path-like ``model`` as a checked folder (no network, no transformers); None for a hub id.
+
+    A path that does not exist, or is not a model folder, is a :class:`ConfigError` naming it, at once.
+    """
+    return check_local_folder(model, "model")
 
 
-def read_detector_config(model: str | Path, max_text_len: int | None = None):
-    """The model's config, checked to be a Grounding-DINO detector, with an optional new text limit."""
+def resolve_model_source(model: str | Path) -> str:
+    """What to load ``model`` from: a checked local folder, a cached hub snapshot, or a hub id
+    (see :func:`reallod.model.hf_folder.resolve_source`)."""
+    return resolve_source(model, "model")
+
+
+def read_detector_config(model: str | Path, max_text_len: int | None = None, *, resolved: bool = False):
+    """The model's config, checked to be a Grounding-DINO detector, with an optional new text limit.
+
+    ``resolved``: ``model`` already comes from :func:`resolve_model_source` (no second hub look-up).
+    """
+    src = str(model) if resolved else resolve_model_source(model)
     from transformers import AutoConfig
 
-    src = str(model)
-    if _is_local(model):
-        path = Path(src).expanduser()
-        if not path.exists():
-            raise ConfigError(f"{src}: model folder not found")
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ConfigError(f"{src}: not a model folder (expected a folder with config.json; "
-                              "convert MMDetection .pth checkpoints with `reallod convert-checkpoint`)")
+    path = Path(src)
+    if path.is_dir():
         try:
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-            raise ConfigError(f"{path / 'config.json'}: not a valid JSON config ({e})") from e
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"{path / 'config.json'}: not a valid JSON config ({one_line(e)})") from e
         if model_type not in DETECTOR_CLASSES:
-            raise ConfigError(f"{src}: model_type {model_type!r} is not a Grounding-DINO detector "
+            raise ConfigError(f"{model}: model_type {model_type!r} is not a Grounding-DINO detector "
                               f"(expected one of {', '.join(DETECTOR_CLASSES)})")
-        src = str(path)
     try:
         config = AutoConfig.from_pretrained(src)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{src}: cannot read the model config ({e})") from e
+        raise ConfigError(f"{model}: cannot read the model config ({one_line(e)})") from e
     if config.model_type not in DETECTOR_CLASSES:
-        raise ConfigError(f"{src}: model_type {config.model_type!r} is not a Grounding-DINO detector")
+        raise ConfigError(f"{model}: model_type {config.model_type!r} is not a Grounding-DINO detector")
     if max_text_len is not None:
         limit = min(P.MAX_TEXT_LEN, int(getattr(config.text_config, "max_position_embeddings", P.MAX_TEXT_LEN)))
         if not 4 <= max_text_len <= limit:
@@ -102,7 +111,7 @@ def load_image_processor(source: str | Path | None, image_size: tuple[int, int] 
     proc = None
     if source is not None:
         local = Path(str(source)).expanduser()
-        if not _is_local(source) or (local / "preprocessor_config.json").is_file():
+        if not looks_like_path(source) or (local / "preprocessor_config.json").is_file():
             try:
                 proc = GroundingDinoImageProcessorPil.from_pretrained(str(source))
             except (OSError, ValueError):
@@ -126,16 +135,16 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     ``weights`` replaces the folder's weights with a state dict file: Hugging Face layout
     (.safetensors / .bin / .pth) or an MMDetection MM-Grounding-DINO checkpoint, converted on the fly.
     """
-    config = read_detector_config(model, max_text_len)
+    src = resolve_model_source(model)
+    config = read_detector_config(src, max_text_len, resolved=True)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    src = str(Path(str(model)).expanduser()) if _is_local(model) else str(model)
     if weights is None:
         net = load_model_checked(src, config, dt)
     else:
         state = hf_state_from_file(weights, config)
         with tempfile.TemporaryDirectory(prefix="reallod-weights-") as tmp:
             write_model_folder(state, config, tmp)
-            net = load_model_checked(tmp, config, dt)
+            net = load_model_checked(tmp, config, dt, source=weights)  # errors name the user's file
     net = net.to(dev).eval()
     tok = load_tokenizer(tokenizer if tokenizer is not None else src)
     proc = load_image_processor(src, image_size)

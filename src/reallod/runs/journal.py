@@ -2,7 +2,9 @@
 
 A task counts as done only once its line is on disk (written and fsync'ed). The first line is a
 header with the run's fingerprint, so a rerun against a changed config or input is refused instead of
-silently mixing results. A crash can leave at most one partial last line; it is cut off on resume.
+silently mixing results; ``force`` (``--force-resume``) accepts a changed config, never a changed input
+(:data:`INPUT_KEYS`): one output never holds the results of two inputs. A crash can leave at most one
+partial last line; it is cut off on resume.
 Appends from many coroutines are batched into one write + fsync (group commit), so durability does
 not cost one disk flush per task.
 """
@@ -23,6 +25,11 @@ import orjson
 from reallod.errors import ReallodError
 
 JOURNAL_VERSION = 1
+
+INPUT_KEYS: tuple[str, ...] = ("input", "annotations")
+"""Fingerprint keys that name what a run reads (realign's input, the data engine's annotations): a
+journal started on another input is refused even with ``force``, since resuming it would mix two
+inputs' results in one output."""
 
 
 class JournalMismatch(ReallodError):
@@ -82,7 +89,8 @@ class Journal:
     def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
              meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None,
              before_write: Callable[[], None] | None = None) -> Journal:
-        """Open or create; refuses a journal with another fingerprint unless ``force``.
+        """Open or create; refuses a journal with another fingerprint unless ``force``, and one started
+        on another input (:data:`INPUT_KEYS`) always.
 
         ``meta`` goes into the header of a new journal (what a merge needs to know: input, shard...);
         ``keep`` maps each loaded result to what ``done`` holds (a run over millions of tasks only
@@ -95,13 +103,7 @@ class Journal:
         header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
         if path.exists() and path.stat().st_size > 0:
             header, done, good_bytes = _load(path, keep)
-            if header.get("fingerprint") != fp and not force:
-                changed = sorted(k for k in set(fp) | set(header.get("fingerprint", {}))
-                                 if fp.get(k) != header.get("fingerprint", {}).get(k))
-                raise JournalMismatch(
-                    f"{path}: this journal was started with a different {', '.join(changed) or 'setup'}; "
-                    "rerun with the original config and input, pass --force-resume to continue anyway, "
-                    "or delete the journal to start over")
+            _check_fingerprint(path, header, fp, force)
             with open(path, "r+b") as f:  # cut a partial last line left by a crash
                 f.truncate(good_bytes)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -183,6 +185,31 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], force: bool) -> None:
+    """Refuse another setup's journal: any change unless ``force``; a changed input always."""
+    before = header.get("fingerprint")
+    before = before if isinstance(before, dict) else {}
+    if before == fp:
+        return
+    changed = sorted(k for k in set(fp) | set(before) if fp.get(k) != before.get(k))
+    inputs = [k for k in changed if k in INPUT_KEYS]
+    if inputs:
+        meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+        was = next((str(meta[k]) for k in inputs if meta.get(k)), None)
+        also = [k for k in changed if k not in inputs]
+        raise JournalMismatch(
+            f"{path}: this journal was started on a different {inputs[0]}"
+            + (f" (the journal's: {was}, with the content it had then)" if was else "")
+            + (f" (also changed: {', '.join(also)})" if also else "")
+            + "; its results cannot be resumed on this one, not even with --force-resume (one output never "
+            "mixes two inputs): write this run to another --out, or delete the journal to start over")
+    if not force:
+        raise JournalMismatch(
+            f"{path}: this journal was started with a different {', '.join(changed) or 'setup'}; "
+            "rerun with the original config and options, pass --force-resume to continue anyway, "
+            "or delete the journal to start over")
 
 
 def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

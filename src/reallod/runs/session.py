@@ -6,6 +6,11 @@ forced; the cache commits before every journal write, so work the journal calls 
 answers); the caller hardens its backends with the cache; :meth:`RunSession.run` keeps the items the
 journal lacks in flight and maps every way a run can be stopped (an endpoint down, a disk that
 refuses a write) to :class:`RunStopped`, saying what is safe; closing flushes and closes both.
+
+Ctrl-C (SIGINT) at any point of :meth:`RunSession.run` cancels the items in flight (a model loading
+or generating in a worker thread is not waited for: see :mod:`reallod.llm.threads`), lets the
+journal finish the write in progress, closes the backends, and raises :class:`RunInterrupted`: a
+:class:`KeyboardInterrupt` whose message says what the journal holds and that the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from reallod.errors import ReallodError
 from reallod.llm.cache import ResponseCache, default_cache_path
 from reallod.llm.retry import EndpointDown
+from reallod.llm.threads import in_daemon_thread
 from reallod.runs.drive import drive
 from reallod.runs.journal import Journal, JournalWriteError
 from reallod.runs.progress import RunMonitor
@@ -27,6 +33,16 @@ from reallod.runs.progress import RunMonitor
 
 class RunStopped(ReallodError):
     """The run stopped before the end (endpoint down, disk refused the journal); it can be resumed."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; the message says what is safe. Still a :class:`KeyboardInterrupt`, so
+    whatever does not know it treats it as one (the CLI exits 130 and prints the message)."""
+
+
+def interrupted_message(done: int, unit: str, journal: Path) -> str:
+    """What an interrupted run leaves: ``N task(s) are in the journal J; rerun the same command to resume``."""
+    return f"{done} {unit} are in the journal {journal}; rerun the same command to resume"
 
 
 @dataclass(slots=True)
@@ -49,8 +65,8 @@ class RunSession:
         ``aclose`` closes the backends when the run ends, however it ends."""
         monitor = monitor or RunMonitor()
 
-        async def count(counter: Callable[[], int]) -> None:
-            monitor.set_total(await asyncio.to_thread(counter))
+        async def count(counter: Callable[[], int]) -> None:  # a large input takes a while: not waited for
+            monitor.set_total(await in_daemon_thread(counter))
 
         async def main() -> int:
             counting = None
@@ -74,6 +90,10 @@ class RunSession:
 
         try:
             return asyncio.run(main())
+        except KeyboardInterrupt as e:  # asyncio.run cancelled main() on SIGINT: the journal is whole
+            if isinstance(e, RunInterrupted):
+                raise
+            raise RunInterrupted(interrupted_message(len(self.journal.done), self.unit, self.journal.path)) from e
         except EndpointDown as e:
             safe = f"{len(self.journal.done)} finished {self.unit}"
             raise RunStopped(f"{e}. {self.stage} stopped: {safe} are safe in {self.journal.path}; "
@@ -91,7 +111,8 @@ def open_session(journal_path: Path, fp: dict[str, Any], *, meta: dict[str, Any]
                  no_cache: bool = False, force: bool = False, unit: str = "task(s)",
                  stage: str = "The run") -> Iterator[RunSession]:
     """The response cache (``cache_path``, else the user's shared one; none with ``no_cache``) and the
-    journal of one run, closed on exit."""
+    journal of one run, closed on exit. Ctrl-C inside the block, once the journal is open, becomes
+    :class:`RunInterrupted` saying what the journal holds."""
     cache = None if no_cache else ResponseCache(cache_path or default_cache_path())
     journal: Journal | None = None
     try:
@@ -104,6 +125,10 @@ def open_session(journal_path: Path, fp: dict[str, Any], *, meta: dict[str, Any]
                 f"{journal_path}: {e.strerror or e}"
             raise ReallodError(f"cannot create the journal next to the output ({why})") from e
         yield RunSession(journal, cache, unit, stage)
+    except KeyboardInterrupt as e:
+        if journal is None or isinstance(e, RunInterrupted):
+            raise
+        raise RunInterrupted(interrupted_message(len(journal.done), unit, journal.path)) from e
     finally:
         if journal is not None:
             journal.close()

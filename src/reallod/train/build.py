@@ -32,7 +32,7 @@ def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], 
                    ) -> tuple[Any, Any, Any]:
     """(model in train mode, tokenizer, image processor). ``folder`` (a checkpoint's model) wins over the config."""
     from reallod.model.hf_folder import load_model_checked, load_tokenizer
-    from reallod.model.loading import load_image_processor, read_detector_config
+    from reallod.model.loading import load_image_processor, read_detector_config, resolve_model_source
 
     if folder is not None:
         config = read_detector_config(folder)
@@ -55,9 +55,10 @@ def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], 
         processor = GroundingDinoImageProcessorPil(size={"shortest_edge": test_scale[0],
                                                          "longest_edge": test_scale[1]})
     else:
-        config = read_detector_config(cfg.init, cfg.max_text_len)
-        model = load_model_checked(cfg.init, config)
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.init)
-        processor = load_image_processor(cfg.init, test_scale)
+        init = resolve_model_source(cfg.init)  # one hub look-up; a cached snapshot when offline
+        config = read_detector_config(init, cfg.max_text_len, resolved=True)
+        model = load_model_checked(init, config)
+        tokenizer = load_tokenizer(cfg.tokenizer or init)
+        processor = load_image_processor(init, test_scale)
     model.config.auxiliary_loss = bool(cfg.aux_loss)
     return model.train(), tokenizer, processor

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, Interrupted
 from reallod.train import checkpoint as C
 from reallod.train.build import build_detector
 from reallod.train.config import TrainConfig, dump_yaml, resolve_paths
@@ -81,8 +81,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool | None = None, amp: bool = False,
-          auto_scale_lr: bool | None = None, echo: Any = None) -> TrainResult:
-    """Train (or resume) as the config says; checkpoints, logs and the best model go under ``work_dir``."""
+          auto_scale_lr: bool | None = None, echo: Any = None, resume_command: str | None = None) -> TrainResult:
+    """Train (or resume) as the config says; checkpoints, logs and the best model go under ``work_dir``.
+
+    Ctrl-C (SIGINT) stops the run at once and raises :class:`TrainInterrupted` (exit status 130 in the
+    CLI), whose message says the step reached, the last complete checkpoint and how to continue:
+    ``resume_command`` (the CLI passes the command line with ``--resume``), else ``resume=True``.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -98,10 +103,48 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
         work_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     log = MetricsLog(work_dir, enabled=main, tensorboard=cfg.log.tensorboard, echo=echo)
+    live = _Live()
     try:
-        return _train(cfg, work_dir, accelerator, log, resume, auto_scale_lr, set_seed)
+        return _train(cfg, work_dir, accelerator, log, resume, auto_scale_lr, set_seed, live)
+    except KeyboardInterrupt:
+        raise TrainInterrupted.at(live.step, work_dir, resume_command) from None
     finally:
         log.close()
+
+
+@dataclass
+class _Live:
+    """Where the run is, readable when Ctrl-C arrives anywhere inside it."""
+
+    step: int | None = None  # None until the run has set up (model, data, checkpoint) and begins stepping
+
+
+class TrainInterrupted(Interrupted):
+    """Ctrl-C stopped training: the step reached, the last complete checkpoint and how to continue."""
+
+    def __init__(self, message: str, *, step: int | None, checkpoint: Path | None, checkpoint_step: int | None,
+                 work_dir: Path) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint, self.checkpoint_step, self.work_dir = step, checkpoint, checkpoint_step, work_dir
+
+    @classmethod
+    def at(cls, step: int | None, work_dir: Path, resume_command: str | None) -> TrainInterrupted:
+        ckpt = C.latest_checkpoint(work_dir)
+        ckpt_step = None
+        if ckpt is not None:
+            try:
+                ckpt_step = C.Progress.from_json(ckpt / "state.json").step
+            except ConfigError:
+                ckpt = None
+        how = f"`{resume_command}`" if resume_command else "train(..., resume=True)"
+        where = "while setting up, before the first step" if step is None else f"at step {step}"
+        if ckpt is None:
+            message = (f"interrupted {where}; no checkpoint in {work_dir} yet, so nothing is saved; "
+                       f"{how} starts from the beginning")
+        else:
+            message = (f"interrupted {where}; checkpoint at step {ckpt_step} in {work_dir} ({ckpt.name}); "
+                       f"{how} continues from there")
+        return cls(message, step=step, checkpoint=ckpt, checkpoint_step=ckpt_step, work_dir=work_dir)
 
 
 def _prepare_data(cfg: TrainConfig, accelerator: Any) -> TrainConfig:
@@ -125,7 +168,7 @@ def _prepare_data(cfg: TrainConfig, accelerator: Any) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, resume: Any,
-           auto_scale_lr: bool | None, set_seed: Any) -> TrainResult:
+           auto_scale_lr: bool | None, set_seed: Any, live: _Live) -> TrainResult:
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     cfg = _prepare_data(cfg, accelerator)
     ckpt = C.resolve_resume(resume, work_dir)
@@ -189,6 +232,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
 
     result = TrainResult(work_dir, progress.step, progress.epoch, ckpt, best, main_process=main)
     step, epoch, start_batch = progress.step, progress.epoch, progress.batch_in_epoch
+    live.step = step
     max_steps = cfg.schedule.max_steps
     stop = max_steps is not None and step >= max_steps
     window = _Window()
@@ -227,6 +271,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                live.step = step
                 epoch_end = batch_idx >= batches_per_epoch
                 pos = C.Progress(step, epoch + 1, 0) if epoch_end else C.Progress(step, epoch, batch_idx)
                 if step % cfg.log.every_steps == 0:

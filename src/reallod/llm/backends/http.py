@@ -10,6 +10,12 @@ same reason. ``http_client: openai`` keeps the official client for those who pre
 
 Both return the reply's JSON and raise :class:`HTTPStatusError` for an HTTP error status, or
 :class:`BackendError` for timeouts, connection failures and unreadable bodies.
+
+A connection pool belongs to the event loop it was opened on, and every run (``asyncio.run``) is a
+loop of its own (the data engine's pipeline runs two: generation, then re-alignment, with the same
+backends). So each transport opens its pool on first use in a loop, and ``aclose`` closes it on that
+loop, at the end of the run that opened it; the next run opens a fresh one. Closed exactly once, on
+its own loop: no "Unclosed client session" at exit.
 """
 
 from __future__ import annotations
@@ -74,16 +80,21 @@ class AiohttpTransport:
         import aiohttp
 
         loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            if self._session is not None and self._loop is not None and self._loop.is_closed():
-                await self._session.close()  # its sockets went with its loop: this only marks it closed
-            self._loop = loop
-            self._session = aiohttp.ClientSession(
-                # No pool limit here: the runner bounds requests per endpoint (--endpoint-limit).
-                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                cookie_jar=aiohttp.DummyCookieJar(), proxy=env_proxy(self.base_url), raise_for_status=False)
-        return self._session
+        session = self._session
+        if session is not None and self._loop is loop and not session.closed:
+            return session
+        # No await between the check above and the new session below: tasks starting together on a
+        # new loop must share one session, not each make one (all but the last would never be closed).
+        old, old_loop = session, self._loop
+        self._loop = loop
+        self._session = session = aiohttp.ClientSession(
+            # No pool limit here: the runner bounds requests per endpoint (--endpoint-limit).
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+            headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(), proxy=env_proxy(self.base_url), raise_for_status=False)
+        if old is not None and not old.closed and old_loop is not None and old_loop.is_closed():
+            await old.close()  # left open by a run that was not closed: its sockets went with its loop
+        return session
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import aiohttp
@@ -132,23 +143,44 @@ def env_proxy(url: str) -> str | None:
 
 
 class OpenAIClientTransport:
-    """The official ``openai`` client's plain POST (its auth, errors and timeouts; its retries off)."""
+    """The official ``openai`` client's plain POST (its auth, errors and timeouts; its retries off).
+
+    One client per event loop, made on first use (its connection pool belongs to the loop), unless
+    the caller gives one (then that one is used throughout and closed by :meth:`aclose`)."""
 
     def __init__(self, name: str, base_url: str | None, api_key: str, timeout_s: float,
                  client: Any | None = None) -> None:
-        import openai
+        import openai  # a missing package is reported when the config is built, not at the first request
 
         self.name = name
         self.timeout_s = timeout_s
-        self._client = client or openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
-                                                    max_retries=0)
+        self._given = client
+        self._make = lambda: openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
+                                                max_retries=0)
+        self._client: Any = client
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _client_for_loop(self) -> Any:
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is not None and self._loop is loop:
+            return client
+        old, old_loop = client, self._loop  # as for aiohttp: no await before the new client is in place
+        client = self._make()
+        self._client, self._loop = client, loop
+        if old is not None and old_loop is not None and old_loop.is_closed():
+            await old.close()  # left open by a run that was not closed
+        return client
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import openai
 
+        client = await self._client_for_loop()
         try:
             # Without the client's per-request type transforms and models: the reply is parsed here.
-            raw = await self._client.post(path, body=body, cast_to=_http_response_class())
+            raw = await client.post(path, body=body, cast_to=_http_response_class())
             return orjson.loads(raw.content)
         except openai.APIStatusError as e:
             response = e.response
@@ -163,7 +195,11 @@ class OpenAIClientTransport:
                                kind="server") from e
 
     async def aclose(self) -> None:
-        await self._client.close()
+        client = self._client
+        if self._given is None:
+            self._client = self._loop = None
+        if client is not None:
+            await client.close()
 
 
 def _http_response_class() -> type:

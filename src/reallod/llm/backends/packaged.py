@@ -4,11 +4,14 @@ The offline config's LLM is the Gemma 3 270M GGUF from the ``gemma3-270m-q4-k-m-
 stores the file in chunks and has an ``assemble(path)`` function. It is assembled into
 ``$REALLOD_CACHE`` (default ``$XDG_CACHE_HOME/reallod``, else ``~/.cache/reallod``) under ``models/``,
 through a temporary name and a rename, so an interrupted assembly never leaves a broken file behind.
+Such a model is named by its package and version (:func:`packaged_identity`), not by where the cache
+put it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -48,3 +51,14 @@ def packaged_gguf(package: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def packaged_identity(package: str) -> str:
+    """The model of a packaged GGUF, as fingerprints and the response cache name it: the package and
+    its version (the same file wherever ``$REALLOD_CACHE`` puts it)."""
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        module = importlib.import_module(package.replace("-", "_"))
+        version = str(getattr(module, "__version__", "unknown"))
+    return f"package:{package}=={version}"

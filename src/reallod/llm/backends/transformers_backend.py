@@ -12,23 +12,32 @@ prompt. VLMs generate freely (the processor's chat template places the image); t
 
 A model with a chat template is prompted through it; a base model without one (like the offline Gemma
 GGUF) gets a plain completion prompt.
+
+Loading and generating run in a daemon thread of their own (:mod:`reallod.llm.threads`), not the
+loop's executor: Ctrl-C during the minute a model takes to load stops the run at once.
+
+:attr:`TransformersBackend.model_identity` names the model by what it is, not where it sits (see
+:func:`model_identity`), so a journal and the response cache stay valid when the cache folder moves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
+import hashlib
 import inspect
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from reallod.errors import ConfigError
 from reallod.llm.backends.base import BackendError, Completion, Message
+from reallod.llm.threads import in_daemon_thread
 
 KINDS: tuple[str, ...] = ("causal_lm", "image_text_to_text")
 
@@ -219,12 +228,48 @@ class _Decoder:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+SAMPLE_BYTES = 1 << 20
+"""Bytes read at the start, middle and end of a local model file for its identity."""
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """A local model file by name, size and a hash of three samples of its content (start, middle,
+    end): cheap for multi-GB files, and two different weights of the same size still differ."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        for at in sorted({0, max(size // 2 - SAMPLE_BYTES // 2, 0), max(size - SAMPLE_BYTES, 0)}):
+            f.seek(at)
+            h.update(f.read(SAMPLE_BYTES))
+    return f"{path.name}:{size}:{h.hexdigest()}"
+
+
+def model_identity(model: str, gguf_file: str | None = None) -> str:
+    """What a model is, wherever it sits: a local GGUF file or a local folder by its files' names, sizes
+    and sampled content (:func:`file_identity`; not the folder's path, so moving ``$REALLOD_CACHE`` or a
+    models folder changes nothing), anything else (a hub id) by its id. A packaged GGUF is named by its
+    package and version instead (:func:`reallod.llm.backends.packaged.packaged_identity`)."""
+    local = Path(model)
+    if gguf_file and (local / gguf_file).is_file():
+        return "file:" + file_identity(local / gguf_file)
+    if local.is_file():
+        return "file:" + file_identity(local)
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.is_file() and not p.name.startswith("."))
+        return "folder:" + ",".join(file_identity(p) for p in files)
+    return f"hub:{model}" + (f"/{gguf_file}" if gguf_file else "")
+
+
 class TransformersBackend:
-    """One in-process model. ``kind``: ``causal_lm`` (LLM roles) or ``image_text_to_text`` (VLM)."""
+    """One in-process model. ``kind``: ``causal_lm`` (LLM roles) or ``image_text_to_text`` (VLM).
+
+    ``identity`` names the model for fingerprints and the response cache (default:
+    :func:`model_identity` of ``model`` and ``gguf_file``)."""
 
     def __init__(self, model: str, *, gguf_file: str | None = None, kind: str = "causal_lm",
                  dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
-                 max_new_tokens: int = 128, constrained: bool = True) -> None:
+                 max_new_tokens: int = 128, constrained: bool = True, identity: str | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"transformers backend: kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.model_id, self.gguf_file, self.kind = model, gguf_file, kind
@@ -232,7 +277,20 @@ class TransformersBackend:
         self.max_new_tokens, self.constrained = max_new_tokens, constrained
         self.name = f"transformers:{model}" + (f"/{gguf_file}" if gguf_file else "")
         self.supports_images = kind == "image_text_to_text"
+        self._identity = identity
         self._loaded: _Loaded | None = None
+
+    @property
+    def model_identity(self) -> str:
+        """The model and what changes its answers (kind, dtype, constrained decoding), never its path:
+        what :func:`reallod.llm.endpoints.model_id` keys journals' fingerprints and the response cache on."""
+        if self._identity is None:
+            try:
+                self._identity = model_identity(self.model_id, self.gguf_file)
+            except OSError as e:
+                raise ConfigError(f"{self.name}: cannot read the model file: {e.strerror or e}") from e
+        return (f"transformers:{self._identity}:{self.kind}:{self.dtype}"
+                + ("" if self.constrained else ":unconstrained"))
 
     def load(self) -> _Loaded:
         """Load (or reuse) the shared model instance; blocking."""
@@ -244,8 +302,10 @@ class TransformersBackend:
     async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
                        choices: list[str] | None = None, max_tokens: int | None = None,
                        temperature: float | None = None) -> Completion:
-        return await asyncio.to_thread(self._complete, messages, schema, choices,
-                                       max_tokens or self.max_new_tokens, temperature or 0.0)
+        # a daemon thread, not the loop's executor: an interrupted run does not wait for the minute a
+        # model takes to load, nor for a generation in progress
+        return await in_daemon_thread(self._complete, messages, schema, choices,
+                                      max_tokens or self.max_new_tokens, temperature or 0.0)
 
     def _complete(self, messages: list[Message], schema: dict[str, Any] | None, choices: list[str] | None,
                   max_tokens: int, temperature: float) -> Completion:

@@ -1,0 +1,38 @@
+"""Every option of every ``reallod`` command says what it does in ``--help``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from reallod.cli import app
+
+EXEMPT = {"--help", "--version"}  # Typer's and the root's own, self-explanatory
+
+
+def commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, command) of every command that is not hidden, groups included (typer vendors its own
+    click, so the walk is duck-typed). A hidden command is left out, unless it is a group's default
+    (``reallod realign INPUT`` runs the hidden ``run``): its options are what users type."""
+    found = [(path, command)]
+    if hasattr(command, "list_commands"):
+        ctx = command.context_class(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            if sub is not None and (not sub.hidden or (path, name) == (("realign",), "run")):
+                found.extend(commands(sub, (*path, name)))
+    return found
+
+
+def test_no_option_has_an_empty_help_text():
+    blank = []
+    walked = commands(typer.main.get_command(app))
+    for path, command in walked:
+        for param in command.params:
+            if param.param_type_name != "option" or param.hidden or EXEMPT & set(param.opts):
+                continue
+            if not (getattr(param, "help", None) or "").strip():
+                blank.append(f"reallod {' '.join(path)} {'/'.join(param.opts)}")
+    assert len(walked) > 20, [p for p, _ in walked]
+    assert not blank, f"options without a help text: {blank}"
