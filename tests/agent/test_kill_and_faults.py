@@ -173,7 +173,7 @@ def test_ctrl_c_mid_run_stops_at_once_says_what_is_safe_and_a_rerun_resumes(tmp_
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: journal_tasks(journal) >= 2, proc)
         took, err = interrupt(proc)
-        assert proc.returncode == 130 and took < 5, (took, err)
+        assert proc.returncode == 130 and took < 10, (took, err)
         done = len(read_journal(journal)[1])
         assert 2 <= done < 22
         assert err.strip() == f"interrupted: {done} task(s) are in the journal {journal}; rerun the same command " \
@@ -220,7 +220,7 @@ def test_ctrl_c_while_the_offline_model_loads_stops_at_once(tmp_path, command):
                              "--no-cache"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for((tmp_path / "loading").exists, proc)
     took, err = interrupt(proc)
-    assert proc.returncode == 130 and took < 5, (took, err)
+    assert proc.returncode == 130 and took < 10, (took, err)
     said = {"realign": f"interrupted: 0 task(s) are in the journal {tmp_path / 'o.journal.jsonl'}; rerun the same "
                        "command to resume",
             "pipeline": f"interrupted: 0 image(s) are in the journal {tmp_path / 'o.generated.journal.jsonl'}; rerun "

@@ -53,7 +53,7 @@ def test_a_missing_model_folder_fails_before_the_benchmark_is_read(tmp_path, cap
     start = time.perf_counter()
     code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--images", tmp_path, "--model",
                             "./no/such/model"], capsys)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5  # no hub look-up (that would retry for ~26 s)
     assert code == 2 and "./no/such/model: model folder not found" in err and err.strip().count("\n") == 0
 
 

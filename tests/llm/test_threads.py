@@ -47,5 +47,5 @@ def test_a_cancelled_run_ends_at_once_while_the_work_goes_on():
 
     started = time.monotonic()
     asyncio.run(main())
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # the slow load (up to 30 s) is not waited for
     release.set()  # the thread finishes later; its loop is gone and the result is dropped quietly

@@ -171,7 +171,7 @@ def test_detect_with_a_missing_model_folder_fails_at_once(capsys, image_dir, tmp
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
     code, _, err = run_cli(["detect", str(image_dir), "./no/such/model", "--texts", "a dog"], capsys)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5  # no hub look-up (that would retry for ~26 s)
     assert code == 2 and err.strip() == "error: ./no/such/model: model folder not found (a local path; hub ids " \
         "look like ORG/NAME)"
 

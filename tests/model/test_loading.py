@@ -118,7 +118,7 @@ def test_a_missing_local_path_fails_at_once_without_the_hub(name, monkeypatch, t
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"model folder not found|checkpoint file") as err:
         load_detector(name, device="cpu")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5  # no hub look-up (that would retry for ~26 s)
     assert name in str(err.value) and "\n" not in str(err.value)
 
 
@@ -135,7 +135,7 @@ def test_a_hub_id_offline_fails_fast_with_one_line(monkeypatch, no_hub):
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         load_detector("some-org/some-detector", device="cpu")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 5
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("some-org/some-detector: cannot reach the Hugging Face hub")
     assert "HF_HUB_OFFLINE" in msg and "pass a local folder" in msg
@@ -148,7 +148,7 @@ def test_an_unreachable_hub_fails_fast_with_one_line(no_hub):
     with pytest.raises(ConfigError, match=r"cannot reach the Hugging Face hub for some-org/some-detector \(offline\?\); "
                        "pass a local folder") as err:
         load_detector("some-org/some-detector", device="cpu")
-    assert time.perf_counter() - start < 3.0  # one look-up, no retries (the hub library's retries take ~26 s)
+    assert time.perf_counter() - start < 12  # one look-up, no retries (the hub library's retries take ~26 s)
     assert "\n" not in str(err.value)
 
 
