@@ -15,7 +15,14 @@ from typing import Annotated
 import typer
 import typer.core
 
-from reallod.cli.common import AGENT_CONFIG_HELP, BASE_URL_HELP, LlmBaseUrl, VlmBaseUrl, progress_monitor
+from reallod.cli.common import (
+    AGENT_CONFIG_HELP,
+    BASE_URL_HELP,
+    LlmBaseUrl,
+    VlmBaseUrl,
+    console,
+    progress_monitor,
+)
 
 _ADDRESS = re.compile(r"[\w.\-]+:\d+")
 
@@ -134,7 +141,6 @@ def realign_cmd(
     reallod realign data.jsonl --config vllm --out s1.jsonl --shard 1/4 (then `reallod realign merge s1.jsonl ... --out all.jsonl`);
     reallod realign --explain realigned.trace.jsonl --task 0/vlm_short/0/1
     """
-    from rich.console import Console
 
     from reallod.agent.dispatch import run_realign, shard_line
 
@@ -158,13 +164,13 @@ def realign_cmd(
             cache=cache, no_cache=no_cache, force_resume=force_resume, endpoint_limit=endpoint_limit)
         if ray is None:
             monitor = progress_monitor(progress, labels=VERDICTS)
-    console = Console()
+    out_console = console()
     outcome = run_realign(opts, explain=explain, task=task, ray=ray, ray_shards=ray_shards, monitor=monitor,
-                          on_shard_done=lambda k, n, info: console.print(shard_line(k, n, info)))
+                          on_shard_done=lambda k, n, info: out_console.print(shard_line(k, n, info)))
     if outcome.text is not None:
         typer.echo(outcome.text)
     for shown in outcome.renderables():
-        console.print(shown)
+        out_console.print(shown)
     summary = outcome.run.summary if outcome.run else outcome.merged.summary if outcome.merged else None
     if summary is not None:
         from reallod.agent.summary import check_some_succeeded
@@ -186,13 +192,12 @@ def realign_merge_cmd(
     The result equals what one unsharded run would have written. Example:
     reallod realign merge out/s1.jsonl out/s2.jsonl --out out/all.jsonl
     """
-    from rich.console import Console
 
     from reallod.agent.merge import merge_shards
     from reallod.agent.summary import render
 
     merged = merge_shards(shards, out, unresolved=unresolved, source=source)
-    Console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
+    console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
     typer.echo(f"merged {merged.shards} shard(s) into {merged.out}")
 
 
@@ -221,7 +226,6 @@ def agent_eval_cmd(
     rate, cost per task. Failed tasks are listed by reason and left out of the scores; when every task
     fails there is no score and the exit status is 1. Example:
     reallod agent-eval examples/labelled.jsonl --images examples/images --config vllm --base-url http://127.0.0.1:8000/v1"""
-    from rich.console import Console
     from rich.markdown import Markdown
 
     from reallod.agent.agent_eval import agent_eval, eval_markdown, write_eval_report
@@ -232,7 +236,7 @@ def agent_eval_cmd(
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
                           vlm_base_url=vlm_base_url, no_cache=no_cache)
     rep, run = agent_eval(labelled, opts, min_f1=min_f1)
-    Console().print(Markdown(eval_markdown(rep)))
+    console().print(Markdown(eval_markdown(rep)))
     if report is not None:
         json_path, md_path = write_eval_report(rep, report)
         typer.echo(f"report: {json_path} and {md_path}")
