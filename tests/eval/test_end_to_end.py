@@ -145,7 +145,7 @@ def test_two_processes_give_the_same_predictions_and_numbers(single, setup, tmp_
     model, data = setup
     out = single
     dist_out = tmp_path / "dist"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "eval" / "dist_driver.py"), str(model), str(data), str(dist_out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
