@@ -5,6 +5,9 @@ random weights, one image, 50 expressions, both paths in one run on the same mac
 
     .venv/bin/python benchmarks/lod_inference.py                      # CPU, image resized to 224 x 224
     .venv/bin/python benchmarks/lod_inference.py --device cuda --size 800,1333
+    .venv/bin/python benchmarks/lod_inference.py --model tiny --size 128,224   # seconds: the tiny random model
+
+``--json FILE`` appends the figures as one JSON line (``benchmarks/gpu_check.sh`` collects them).
 
 It reports the speed-up, the share of a full forward pass spent in the text-independent part
 (backbone + input projections), the ideal speed-up that reusing it allows, 1 / (1 - share), and
@@ -49,7 +52,7 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - t0, result
 
 
-def build(device: torch.device, size: tuple[int, int], dtype: torch.dtype):
+def build(device: torch.device, size: tuple[int, int], dtype: torch.dtype, model: str = "swin-t"):
     from transformers import MMGroundingDinoForObjectDetection
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
@@ -60,9 +63,14 @@ def build(device: torch.device, size: tuple[int, int], dtype: torch.dtype):
     from reallod.model.tiny import load_vocab_tokenizer
 
     torch.manual_seed(0)
-    model = MMGroundingDinoForObjectDetection(variant_config("tiny", max_text_len=256)).to(device, dtype).eval()
     proc = GroundingDinoImageProcessorPil(size={"shortest_edge": size[0], "longest_edge": size[1]})
-    return Detector(model, load_vocab_tokenizer(), proc, device, dtype, source="random Swin-T layout")
+    if model == "tiny":  # reallod.model.tiny: 2-level tiny Swin, 1-layer text encoder, 30 queries
+        from reallod.model.tiny import build_tiny_detector
+
+        net = build_tiny_detector(seed=0).to(device, dtype).eval()
+        return Detector(net, load_vocab_tokenizer(), proc, device, dtype, source="tiny random model")
+    net = MMGroundingDinoForObjectDetection(variant_config("tiny", max_text_len=256)).to(device, dtype).eval()
+    return Detector(net, load_vocab_tokenizer(), proc, device, dtype, source="random Swin-T layout")
 
 
 class SectionTimer:
@@ -92,7 +100,8 @@ class SectionTimer:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32",
+                    help="fp32, fp16 or bf16; several comma-separated (fp32,bf16,fp16) run one after another")
     ap.add_argument("--size", default="224,373", help="SHORT,LONG resize of the image")
     ap.add_argument("--expressions", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=10, help="prompts per forward pass in the parallel path")
@@ -100,6 +109,9 @@ def main() -> None:
     ap.add_argument("--exact-check", type=int, default=5,
                     help="expressions also run with backbone reuse at batch size 1 (must be bit-exact)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--model", choices=["swin-t", "tiny"], default="swin-t",
+                    help="swin-t: the published MM-GDINO-T layout; tiny: reallod.model.tiny's test model")
+    ap.add_argument("--json", default=None, help="append the figures to this file as one JSON line")
     args = ap.parse_args()
 
     from PIL import Image
@@ -107,8 +119,6 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from reallod.errors import ReallodError
-    from reallod.model.detections import Detections, compare
-    from reallod.model.inference import InferenceOptions, preprocess
     from reallod.model.loading import resolve_device, resolve_dtype
 
     try:
@@ -118,7 +128,8 @@ def main() -> None:
     except ValueError:
         ap.error(f"--size {args.size!r}: expected SHORT,LONG, e.g. 800,1333")
     try:  # an unavailable --device cuda is one line, not a traceback
-        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        device = resolve_device(args.device)
+        dtypes = [(name, resolve_dtype(name)) for name in args.dtype.split(",")]
     except ReallodError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -127,11 +138,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     image = Image.fromarray(data.astronaut())  # 512 × 512 photograph shipped with scikit-image
-    det = build(device, size, dtype)
+    for name, dtype in dtypes:
+        measure(args, device, name, dtype, size, image)
+
+
+def measure(args, device: torch.device, dtype_name: str, dtype: torch.dtype, size: tuple[int, int], image) -> None:
+    """Both paths for one dtype; prints the figures (and appends them to --json)."""
+    from reallod.model.detections import Detections, compare
+    from reallod.model.inference import InferenceOptions, preprocess
+
+    args.dtype = dtype_name
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    det = build(device, size, dtype, args.model)
     exprs = expressions(args.expressions)
     params = sum(p.numel() for p in det.model.parameters()) / 1e6
     pv, _ = preprocess(det, image)
-    print(f"model: MM-Grounding-DINO Swin-T / BERT-base layout, random weights, {params:.0f}M parameters")
+    print(f"model: {det.source}, random weights, {params:.1f}M parameters" if args.model == "tiny" else
+          f"model: MM-Grounding-DINO Swin-T / BERT-base layout, random weights, {params:.0f}M parameters")
     print(f"input: {image.size[0]}x{image.size[1]} photo resized to {pv.shape[-1]}x{pv.shape[-2]}; "
           f"{len(exprs)} expressions; device {device}, {args.dtype}, {torch.get_num_threads()} CPU threads")
 
@@ -175,6 +200,7 @@ def main() -> None:
     print(f"batched vs naive: {agreement.differing} of {agreement.compared} boxes differ by more than 1e-4 "
           f"(max |score diff| {agreement.max_score_diff:.1e}, max |box diff| {agreement.max_box_diff:.1e} px, "
           f"{agreement.unmatched} unmatched)")
+    same = None
     if args.exact_check:
         few = exprs[: args.exact_check]
         a = det.detect(image, few, naive_opts)
@@ -182,6 +208,19 @@ def main() -> None:
         same = bool((a.scores == b.scores).all() and (a.xyxy == b.xyxy).all())
         print(f"reuse at batch size 1 vs naive on {len(few)} expressions: "
               f"{'bit-identical' if same else 'DIFFERENT'}")
+    if args.json:
+        import json
+
+        row = {"stage": "lod-inference", "model": args.model, "device": str(device), "dtype": args.dtype,
+               "input": [int(pv.shape[-2]), int(pv.shape[-1])], "expressions": len(exprs),
+               "batch_size": args.batch_size, "naive_s": t_naive, "parallel_s": t_fast, "speedup": speedup,
+               "backbone_share": share, "ideal_speedup": ideal,
+               "parallel_img_expr_per_s": len(exprs) / t_fast, "naive_img_expr_per_s": len(exprs) / t_naive,
+               "boxes_differing": agreement.differing, "boxes_compared": agreement.compared,
+               "max_score_diff": agreement.max_score_diff, "reuse_bs1_bit_identical": same,
+               "peak_mem_mib": (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None}
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def test_bf16_on_cpu_runs_close_to_fp32(tiny_model_dir, photo, tiny_detector):
     assert abs(float(d.scores.mean()) - float(ref.scores.mean())) < 0.05
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_cuda_matches_cpu(tiny_model_dir, photo, tiny_detector):
     from reallod.model.loading import load_detector
 

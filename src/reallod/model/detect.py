@@ -53,6 +53,10 @@ class DetectOptions:
     print_result: bool = False
     palette: str = "coco"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Images decoded ahead in worker threads, and outputs written behind, while the device computes;
+    # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (there the threads would only take
+    # cores from the model's own).
+    prefetch: int | None = None
 
 
 @dataclass
@@ -74,41 +78,103 @@ def _save_picture(image: Image.Image, path: Path) -> Path:
     return path
 
 
+def _load(path: Path, detector: Detector, max_pixels: int):
+    """Decode one image and prepare its pixels (runs in a worker thread, ahead of the device)."""
+    from reallod.model.inference import prepare_pixels
+
+    try:
+        image = open_image(path, max_pixels)
+    except DataError as e:
+        return None, None, e
+    return image, prepare_pixels(detector, image), None
+
+
+def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOptions
+           ) -> tuple[Path | None, Path | None]:
+    """One image's JSON and picture (runs in a worker thread, behind the device)."""
+    pred = vis = None
+    if options.save_pred:
+        pred = options.out_dir / "preds" / name.with_suffix(".json")
+        with atomic_text(pred) as f:
+            f.write(dumps(dets.to_dict()).decode())
+    if options.save_vis:
+        picture = draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette)
+        vis = _save_picture(picture, options.out_dir / "vis" / name)
+    return pred, vis
+
+
 def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
                options: DetectOptions | None = None, inference: InferenceOptions | None = None,
                progress: bool = True, echo: Callable[[str], None] | None = None) -> DetectSummary:
-    """Detect ``expressions`` in every image of ``inputs``; write one JSON and one picture per image."""
+    """Detect ``expressions`` in every image of ``inputs``; write one JSON and one picture per image.
+
+    With ``options.prefetch`` (the default on CUDA) the device does not wait for the host: worker
+    threads decode and resize the next images while the current one runs, and write JSON and pictures
+    behind it (``prefetch=0``: everything in turn, in this thread). Results are the same either way.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from tqdm import tqdm
 
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     images = find_images(inputs)
     summary = DetectSummary()
-    bar = tqdm(images, desc="detect", unit="img", disable=not progress or len(images) < 2, file=sys.stderr)
+    bar = tqdm(total=len(images), desc="detect", unit="img", disable=not progress or len(images) < 2,
+               file=sys.stderr)
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    for path, name in bar:
-        try:
-            image = open_image(path, options.max_pixels)
-        except DataError as e:
-            summary.skipped.append((str(path), str(e)))
-            say(f"skipped: {e}")
-            continue
-        dets = detector.detect(image, expressions, inference)
-        dets.image = str(path)
-        if options.save_pred:
-            target = options.out_dir / "preds" / name.with_suffix(".json")
-            with atomic_text(target) as f:
-                f.write(dumps(dets.to_dict()).decode())
-            summary.pred_files.append(target)
-        if options.print_result:
-            tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
-        if options.save_vis or options.show:
-            picture = draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette)
-            if options.save_vis:
-                summary.vis_files.append(_save_picture(picture, options.out_dir / "vis" / name))
-            if options.show:
-                picture.show(title=str(name))
-        summary.processed += 1
+    ahead = max(0, options.prefetch if options.prefetch is not None else 2 if detector.device.type == "cuda" else 0)
+    loader = ThreadPoolExecutor(max_workers=min(ahead, 4), thread_name_prefix="detect-load") if ahead else None
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if ahead else None
+    pending: dict[int, Future] = {}
+    written: list[Future] = []  # writes not yet collected, oldest first
+
+    def load(k: int):
+        if loader is None:
+            return _load(images[k][0], detector, options.max_pixels)
+        for j in range(k, min(k + ahead + 1, len(images))):  # keep `ahead` images in flight
+            if j not in pending:
+                pending[j] = loader.submit(_load, images[j][0], detector, options.max_pixels)
+        return pending.pop(k).result()
+
+    def collect(files: tuple[Path | None, Path | None]) -> None:
+        pred, vis = files
+        if pred is not None:
+            summary.pred_files.append(pred)
+        if vis is not None:
+            summary.vis_files.append(vis)
+
+    try:
+        for k, (path, name) in enumerate(images):
+            image, prepared, error = load(k)
+            bar.update(1)
+            if error is not None:
+                summary.skipped.append((str(path), str(error)))
+                say(f"skipped: {error}")
+                continue
+            dets = detector.detect(image, expressions, inference, prepared=prepared)
+            dets.image = str(path)
+            if options.print_result:
+                tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
+            if writer is not None and not options.show:
+                written.append(writer.submit(_write, dets, image, name, options))
+                while len(written) > ahead + 1:  # bounded: finished images do not pile up in memory
+                    collect(written.pop(0).result())
+            else:
+                collect(_write(dets, image, name, options))
+                if options.show:
+                    draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
+                                    ).show(title=str(name))
+            summary.processed += 1
+        for f in written:  # in input order; a failed write raises here
+            collect(f.result())
+    finally:
+        bar.close()
+        for f in pending.values():
+            f.cancel()
+        for pool in (loader, writer):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     return summary
 
 

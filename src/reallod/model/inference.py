@@ -167,50 +167,89 @@ def plan_prompts(detector: Detector, expressions: Sequence[str], options: Infere
     return plan(tokens, detector.max_text_len, on_long=options.on_long, expressions=expressions)
 
 
-def preprocess(detector: Detector, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL image → (pixel_values (1, 3, H, W), pixel_mask (1, H, W)) on the detector's device/dtype."""
+def prepare_pixels(detector: Detector, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU half of :func:`preprocess` (decode-side work: convert, resize, normalise, pad).
+
+    Safe to run in a worker thread while the device works on another image. On a CUDA detector the
+    tensors are pinned, so :func:`to_device` can copy them without blocking the host.
+    """
     if image.mode != "RGB":
         image = image.convert("RGB")
     enc = detector.image_processor(images=[image], return_tensors="pt")
-    pixel_values = enc["pixel_values"].to(detector.device, detector.dtype)
-    pixel_mask = enc["pixel_mask"].to(detector.device)
+    pixel_values, pixel_mask = enc["pixel_values"], enc["pixel_mask"]
+    if detector.device.type == "cuda":
+        pixel_values, pixel_mask = pixel_values.pin_memory(), pixel_mask.pin_memory()
     return pixel_values, pixel_mask
+
+
+def to_device(detector: Detector, pixels: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepared (CPU) pixels → the detector's device and dtype; asynchronous from pinned memory."""
+    pixel_values, pixel_mask = pixels
+    non_blocking = detector.device.type == "cuda"
+    return (pixel_values.to(detector.device, non_blocking=non_blocking).to(detector.dtype),
+            pixel_mask.to(detector.device, non_blocking=non_blocking))
+
+
+def preprocess(detector: Detector, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL image → (pixel_values (1, 3, H, W), pixel_mask (1, H, W)) on the detector's device/dtype."""
+    return to_device(detector, prepare_pixels(detector, image))
+
+
+def _batches(prompts: Sequence[P.Prompt], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length (less padding in the text encoder and fusion layers).
+
+    Prompts are ordered by token count (stable, so equal lengths keep their order) before they are cut
+    into batches; a batch is padded only to its own longest prompt.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
 def run_prompts(detector: Detector, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
                 prompts: Sequence[P.Prompt], options: InferenceOptions
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per prompt: (logits (Q, T), boxes (Q, 4) normalised cxcywh), T = the prompt's length."""
+    """Per prompt, on the host in float32: (logits (Q, T), boxes (Q, 4) normalised cxcywh), T = its length."""
     model = detector.model
     encoded = encode_image(model, pixel_values, pixel_mask) if options.reuse_backbone else None
-    out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for start in range(0, len(prompts), options.batch_size):
-        batch = prompts[start:start + options.batch_size]
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(prompts)
+    non_blocking = detector.device.type == "cuda"
+    results = []
+    for indices in _batches(prompts, options.batch_size):
+        batch = [prompts[i] for i in indices]
         ids, mask = P.batch_ids(batch)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=detector.device)
-        attention_mask = torch.tensor(mask, dtype=torch.long, device=detector.device)
-        b = len(batch)
+        input_ids = torch.tensor(ids, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
+        attention_mask = torch.tensor(mask, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
+        b, width = len(batch), input_ids.shape[1]
         kwargs = dict(pixel_values=pixel_values.expand(b, -1, -1, -1), pixel_mask=pixel_mask.expand(b, -1, -1),
                       input_ids=input_ids, attention_mask=attention_mask,
                       token_type_ids=torch.zeros_like(input_ids))
         with replay_image(model, encoded) if encoded is not None else contextlib.nullcontext():
             result = model(**kwargs)
-        for i, p in enumerate(batch):
-            out.append((result.logits[i, :, :len(p.input_ids)].float(), result.pred_boxes[i].float()))
-    return out
+        # Kept on the device, cut to the batch's own text width (the model pads its logits to max_text_len):
+        # nothing waits for the device until every batch of the image is queued.
+        results.append((indices, batch, result.logits[:, :, :width].float(), result.pred_boxes.float()))
+    for indices, batch, logits, boxes in results:  # one device→host copy per batch, not one per expression
+        logits, boxes = logits.cpu(), boxes.cpu()
+        for row, (i, p) in enumerate(zip(indices, batch, strict=True)):
+            out[i] = (logits[row, :, :len(p.input_ids)], boxes[row])
+    return out  # type: ignore[return-value]
 
 
 def detect(detector: Detector, image: Image.Image, expressions: Sequence[str],
-           options: InferenceOptions | None = None, **overrides) -> Detections:
-    """Boxes for each expression in one image, in original-image pixels (xyxy)."""
+           options: InferenceOptions | None = None, *, prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
+           **overrides) -> Detections:
+    """Boxes for each expression in one image, in original-image pixels (xyxy).
+
+    ``prepared``: the image's :func:`prepare_pixels`, computed ahead (e.g. in a worker thread).
+    """
     if options is None:
         options = InferenceOptions(**overrides)
     elif overrides:
         options = dataclasses.replace(options, **overrides)
     expressions = P.check_expressions(list(expressions))
     plan = plan_prompts(detector, expressions, options)
-    pixel_values, pixel_mask = preprocess(detector, image)
+    pixel_values, pixel_mask = to_device(detector, prepared) if prepared is not None else preprocess(detector, image)
     outputs = run_prompts(detector, pixel_values, pixel_mask, plan.prompts, options)
     width, height = image.size
     per_expression = select(plan.prompts, outputs, (height, width), options)
@@ -231,7 +270,7 @@ def select(prompts: Sequence[P.Prompt], outputs: Sequence[tuple[torch.Tensor, to
     result: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for prompt, (logits, boxes) in zip(prompts, outputs, strict=True):
         probs = logits.sigmoid()
-        xyxy = cxcywh_to_xyxy(boxes.cpu()) * scale
+        xyxy = cxcywh_to_xyxy(boxes.cpu()) * scale  # already on the host (run_prompts): no copy
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
         for (s, e), expr in zip(prompt.spans, prompt.expression_ids, strict=True):
