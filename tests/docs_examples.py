@@ -435,6 +435,8 @@ PLACEHOLDERS: dict[str, str] = {
     "photos": "images",
     "photo.jpg": "image",
     "queries.txt": "queries",
+    # a base model to fine-tune: a tiny random causal LM (tests/finetune/tiny_models.py)
+    "models/small-lm": "causal-lm",
     # detectors: the tiny random-initialised one (tests/conftest.py's tiny_model_dir)
     "models/real-model-t": "detector",
     "models/real-model-b": "detector",
@@ -547,6 +549,10 @@ class Sandbox:
             target.write_text(QUERIES)
         elif kind == "detector":
             target.symlink_to(self.detector, target_is_directory=True)
+        elif kind == "causal-lm":
+            from tests.finetune.tiny_models import save_tiny_causal_lm
+
+            save_tiny_causal_lm(target)
         elif kind.startswith("openimages"):
             boxes, classes = openimages_csvs(examples / "annotations.json")
             target.write_text(boxes if kind == "openimages-boxes" else classes)

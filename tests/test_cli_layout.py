@@ -10,7 +10,7 @@ import reallod
 from tests.cli_helpers import run_cli
 
 CLI_DIR = Path(reallod.__file__).parent / "cli"
-DATA_FLOW = ("data", "generate", "pipeline", "realign", "agent-eval", "detect", "convert-checkpoint", "train",
+DATA_FLOW = ("data", "generate", "pipeline", "realign", "agent-eval", "agent", "detect", "convert-checkpoint", "train",
              "eval", "demo")
 DATA_TOOLS = ("validate", "stats", "convert", "filter", "sample", "split", "merge", "show")
 

@@ -35,6 +35,17 @@ def test_shipped_configs_load_by_name() -> None:
         "THUDM/chatglm-6b", "lmsys/vicuna-13b-v1.5", "lmsys/vicuna-13b-v1.5", "llava-hf/llava-v1.6-34b-hf"]
 
 
+def test_the_student_config_points_a_role_at_the_served_adapter_name() -> None:
+    """configs/agent/vllm-student.yaml: the reflector asks vLLM for the LoRA adapter by the name given to
+    --lora-modules NAME=PATH (docs/agent-finetune.md); the other roles ask for the base model."""
+    cfg = load_agent_config("vllm-student")
+    assert cfg.roles["reflector"].model == "reflector-student" and cfg.roles["vlm"] is None
+    assert cfg.roles["planner"].model == cfg.roles["rewriter"].model == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert set(urls(cfg).values()) - {None} == {"http://127.0.0.1:8001/v1"}
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "agent-finetune.md").read_text()
+    assert "--lora-modules reflector-student=" in docs and "vllm-student" in docs
+
+
 def test_base_url_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     every = urls(load_agent_config("vllm", base_url="http://gpu:9000/v1"))
     assert set(every.values()) == {"http://gpu:9000/v1"}
@@ -99,7 +110,8 @@ def test_bad_configs_name_the_file_and_field(tmp_path: Path, text: str, message:
 
 
 def test_a_missing_config_lists_the_shipped_ones() -> None:
-    with pytest.raises(ConfigError, match="no such config file; shipped configs: offline, published, vllm"):
+    with pytest.raises(ConfigError, match="no such config file; shipped configs: offline, published, vllm, "
+                                          "vllm-student"):
         load_agent_config("nonexistent")
 
 

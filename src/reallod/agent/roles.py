@@ -55,7 +55,15 @@ class Role:
     temperature: float | None = None
 
     def messages(self, values: dict[str, Any], images: list[Image.Image] | None = None) -> list[Message]:
-        return self.prompt.render({"format": self.decision.format_hint(), **values}, images)
+        return render_messages(self.prompt, self.decision, values, images)
+
+
+def render_messages(prompt: PromptTemplate, decision: DecisionSpec, values: dict[str, Any],
+                    images: list[Image.Image] | None = None) -> list[Message]:
+    """The chat messages a role with this template and decision sends for ``values`` (what the workflow
+    provides, recorded per call in the trace): the one rendering the workflow and the fine-tuning data
+    (:mod:`reallod.finetune.sft_data`) share, so a student is trained on exactly what it is later asked."""
+    return prompt.render({"format": decision.format_hint(), **values}, images)
 
 
 def make_role(name: str, backend: Backend, *, prompt: PromptTemplate | None = None,

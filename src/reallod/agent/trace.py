@@ -1,8 +1,9 @@
 """The trace file: one JSON line per finished task, written as tasks finish, read by everything after.
 
-The first line is a header (input, image root, config, roles); each further line holds the task (or
-the input problem that stood in for it) and its full result: every role call with its prompt,
-view and crop box, raw response, parsed decision, latency and tokens. Images inside prompts are not
+The first line is a header (``"trace": TRACE_VERSION``, input, image root, config, roles); each further
+line holds the task (or the input problem that stood in for it) and its full result: every role call
+with the values its template was rendered with, its prompt, view and crop box, raw response, parsed
+decision, latency and tokens. Images inside prompts are not
 stored: an image part becomes ``{"type": "image", "image": {"size": [w, h]}}`` and the report
 re-renders the view from the task's image and the recorded view name and crop box.
 """
@@ -24,7 +25,9 @@ from reallod.data.io import iter_lines
 from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import beside
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+"""1: the first format; 2: each step also records ``values``, what its role's template was rendered with
+(needed to build fine-tuning data, :mod:`reallod.finetune.sft_data`; the other readers take both)."""
 
 
 def trace_path_for(out: str | os.PathLike) -> Path:

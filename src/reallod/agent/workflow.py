@@ -109,7 +109,8 @@ class _TaskRun:
         policy = self.roles.retry
         messages = role.messages(values, images)
         convo = list(messages)
-        step = Step(cycle=cycle, role=role.name, messages=[], view=view, attempts=0)
+        step = Step(cycle=cycle, role=role.name, messages=[], view=view, attempts=0,
+                    values={k: v for k, v in values.items() if isinstance(v, (str, int, float))})
         self.steps.append(step)
         try:
             for attempt in range(1, policy.max_attempts + 1):

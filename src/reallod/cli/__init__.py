@@ -2,7 +2,8 @@
 
 One module per section, registered here in the order data flows (which is also the order of
 ``reallod --help``): ``data`` (Real-Data toolkit), ``generate`` / ``pipeline`` (engine), ``realign`` /
-``agent-eval`` (agent), ``detect`` / ``convert-checkpoint`` (model), ``train``, ``eval``, ``demo``.
+``agent-eval`` (agent), ``agent`` (fine-tuning the agent's models on its traces), ``detect`` /
+``convert-checkpoint`` (model), ``train``, ``eval``, ``demo``.
 
 Heavy modules (torch, transformers, gradio, the agent) are imported inside the commands that need
 them, so ``reallod data ...`` starts fast and stays small in memory.
@@ -16,18 +17,18 @@ from typing import Annotated
 
 import typer
 
-from reallod.cli import data, demo, engine, model, realign, train
+from reallod.cli import agent, data, demo, engine, model, realign, train
 from reallod.cli import eval as eval_
 from reallod.cli.common import ordered_group
 from reallod.errors import Interrupted, ReallodError
 
 __all__ = ["app", "main"]
 
-SECTIONS = (data, engine, realign, model, train, eval_, demo)
+SECTIONS = (data, engine, realign, agent, model, train, eval_, demo)
 """The CLI's sections, in the order data flows: each adds its commands with ``register(app)``."""
 
-COMMANDS = ("data", "generate", "pipeline", "realign", "agent-eval", "detect", "convert-checkpoint", "train",
-            "eval", "demo")
+COMMANDS = ("data", "generate", "pipeline", "realign", "agent-eval", "agent", "detect", "convert-checkpoint",
+            "train", "eval", "demo")
 """The commands, as ``reallod --help`` lists them (Typer would put single commands before groups)."""
 
 app = typer.Typer(

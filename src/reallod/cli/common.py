@@ -78,7 +78,7 @@ def progress_monitor(progress: bool | None, *, description: str = "re-aligning",
 
 # --- options that read the same in several commands ---------------------------------------------
 
-AGENT_CONFIG_HELP = "Agent config: a YAML file or a shipped name (offline, vllm, published)."
+AGENT_CONFIG_HELP = "Agent config: a YAML file or a shipped name (offline, vllm, published, vllm-student)."
 BASE_URL_HELP = "Point every openai-backend role at this server (also REALLOD_BASE_URL)."
 
 LlmBaseUrl = Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")]

@@ -1,7 +1,7 @@
 """In-process models through transformers: causal LMs (GGUF files included) and image-text-to-text VLMs.
 
-One model instance is loaded per (model, file, kind, dtype, device) and shared by every role that names
-it. Generation is blocking, so it runs in a worker thread and the event loop stays free; a lock per
+One model instance is loaded per (model, file, kind, dtype, device, adapter) and shared by every role
+that names it; a role with a LoRA ``adapter`` gets the base with the adapter merged in. Generation is blocking, so it runs in a worker thread and the event loop stays free; a lock per
 model keeps two roles from generating on it at once.
 
 Structured output for causal LMs is enforced by constrained decoding: for a flat JSON-object schema
@@ -57,28 +57,15 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _load(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
-          trust_remote_code: bool) -> _Loaded:
-    key = (model, gguf_file, kind, dtype, device)
+          trust_remote_code: bool, adapter: str | None = None) -> _Loaded:
+    key = (model, gguf_file, kind, dtype, device, adapter)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        import torch
-        import transformers as tf
-
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if gguf_file:
-            kwargs["gguf_file"] = gguf_file
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        try:
-            if kind == "causal_lm":
-                tok = tf.AutoTokenizer.from_pretrained(model, **kwargs)
-                net = tf.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **kwargs)
-            else:
-                tok = tf.AutoProcessor.from_pretrained(model, **kwargs)
-                net = tf.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
-            raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
-                              + f": {e}") from e
+        if adapter is None:
+            tok, net = _load_base(model, gguf_file, kind, dtype, trust_remote_code)
+        else:
+            tok, net = _load_adapted(model, gguf_file, kind, dtype, device, trust_remote_code, adapter)
         net.to(device).eval()
         loaded = _Loaded(net, tok)
         if kind == "causal_lm":
@@ -87,6 +74,53 @@ def _load(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
             loaded.cache_kw = "cache" if "cache" in params else "past_key_values"
         _CACHE[key] = loaded
         return loaded
+
+
+def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """(tokenizer or processor, model) from the hub, a folder or a GGUF file; a ConfigError if it cannot."""
+    import torch
+    import transformers as tf
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    try:
+        if kind == "causal_lm":
+            tok = tf.AutoTokenizer.from_pretrained(model, **kwargs)
+            net = tf.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **kwargs)
+        else:
+            tok = tf.AutoProcessor.from_pretrained(model, **kwargs)
+            net = tf.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
+                          + f": {e}") from e
+    return tok, net
+
+
+def _load_adapted(model: str, gguf_file: str | None, kind: str, dtype: str, device: str, trust_remote_code: bool,
+                  adapter: str) -> tuple[Any, Any]:
+    """The base model with a PEFT (LoRA) adapter merged into its weights: a plain model again, as fast as
+    the base. The base comes as a copy of the already loaded instance when another role uses it (a GGUF
+    takes a minute to load, a copy a second), else it is loaded for this adapter alone."""
+    base = _CACHE.get((model, gguf_file, kind, dtype, device, None))
+    if base is not None:
+        tok, net = base.tokenizer, copy.deepcopy(base.model)
+    else:
+        tok, net = _load_base(model, gguf_file, kind, dtype, trust_remote_code)
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"adapter {adapter}: not a PEFT adapter folder (no adapter_config.json); "
+                          "`reallod agent finetune` writes one")
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ConfigError("an adapter needs peft: pip install 'reallod[tune]'") from e
+    try:
+        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"cannot apply adapter {adapter} to {model}"
+                          + (f" ({gguf_file})" if gguf_file else "") + f": {type(e).__name__}: {e}") from e
+    return tok, net
 
 
 def _token_classes(tok: Any) -> tuple[frozenset[int], frozenset[int]]:
@@ -111,6 +145,52 @@ def plain_prompt(messages: list[Message]) -> str:
         lines.append(f"{label}:\n{_text_of(m['content'])}\n")
     lines.append("Assistant:\n")
     return "\n".join(lines)
+
+
+def chat_prompt(tokenizer: Any, messages: list[Message]) -> str:
+    """The prompt text a model is given for ``messages``: its chat template with the generation prompt
+    when it has one, else :func:`plain_prompt`. Fine-tuning (:mod:`reallod.finetune`) builds its
+    examples with this same function, so a student is trained on exactly what it is later asked."""
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": m["role"], "content": _text_of(m["content"])} for m in messages]
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return plain_prompt(messages)
+
+
+def prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """The token ids of :func:`chat_prompt` as the backend feeds them (special tokens added only when
+    there is no chat template: a template writes its own)."""
+    return tokenizer.encode(chat_prompt(tokenizer, messages),
+                            add_special_tokens=not getattr(tokenizer, "chat_template", None))
+
+
+def _field_prefix(i: int, key: str) -> str:
+    return ("{" if i == 0 else ", ") + json.dumps(key) + ': "'
+
+
+def reply_ids(tokenizer: Any, reply: str, schema: dict[str, Any] | None) -> list[int]:
+    """The token ids of a reply as the constrained decoder writes it, piece by piece: for a flat schema
+    and a reply that is its JSON object (fields in schema order), each field's forced prefix, then an
+    enumerated value with its closing quote (as :meth:`_Decoder.choose` scores it) or a string's content
+    and then the quote, and the closing brace; any other reply as one piece. Fine-tuning trains on these
+    ids, so what a student learns is what the decoder asks it."""
+    def enc(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    fields = flat_schema_fields(schema)
+    try:
+        obj = json.loads(reply)
+    except ValueError:
+        obj = None
+    if not fields or not isinstance(obj, dict) or list(obj) != [k for k, _ in fields] \
+            or not all(isinstance(v, str) for v in obj.values()):
+        return enc(reply)
+    ids: list[int] = []
+    for i, (key, allowed) in enumerate(fields):
+        value = json.dumps(obj[key], ensure_ascii=False)[1:-1]
+        ids += enc(_field_prefix(i, key))
+        ids += enc(value + '"') if allowed is not None else enc(value) + enc('"')
+    return ids + enc("}")
 
 
 def _text_of(content: Any) -> str:
@@ -265,19 +345,25 @@ class TransformersBackend:
     """One in-process model. ``kind``: ``causal_lm`` (LLM roles) or ``image_text_to_text`` (VLM).
 
     ``identity`` names the model for fingerprints and the response cache (default:
-    :func:`model_identity` of ``model`` and ``gguf_file``)."""
+    :func:`model_identity` of ``model`` and ``gguf_file``). ``adapter``: a PEFT (LoRA) adapter folder
+    (what ``reallod agent finetune`` writes) merged into the base at load time; its files' identity
+    joins the model's, so a retrained adapter never reuses the old one's cached answers."""
 
     def __init__(self, model: str, *, gguf_file: str | None = None, kind: str = "causal_lm",
                  dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
-                 max_new_tokens: int = 128, constrained: bool = True, identity: str | None = None) -> None:
+                 max_new_tokens: int = 128, constrained: bool = True, identity: str | None = None,
+                 adapter: str | os.PathLike | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"transformers backend: kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.model_id, self.gguf_file, self.kind = model, gguf_file, kind
         self.dtype, self.device, self.trust_remote_code = dtype, device, trust_remote_code
         self.max_new_tokens, self.constrained = max_new_tokens, constrained
-        self.name = f"transformers:{model}" + (f"/{gguf_file}" if gguf_file else "")
+        self.adapter = None if adapter is None else str(Path(adapter).resolve())
+        self.name = (f"transformers:{model}" + (f"/{gguf_file}" if gguf_file else "")
+                     + (f"+adapter:{adapter}" if adapter is not None else ""))
         self.supports_images = kind == "image_text_to_text"
         self._identity = identity
+        self._adapter_identity: str | None = None
         self._loaded: _Loaded | None = None
 
     @property
@@ -289,14 +375,18 @@ class TransformersBackend:
                 self._identity = model_identity(self.model_id, self.gguf_file)
             except OSError as e:
                 raise ConfigError(f"{self.name}: cannot read the model file: {e.strerror or e}") from e
-        return (f"transformers:{self._identity}:{self.kind}:{self.dtype}"
-                + ("" if self.constrained else ":unconstrained"))
+        if self.adapter is not None and self._adapter_identity is None:
+            if not Path(self.adapter).is_dir():
+                raise ConfigError(f"{self.name}: the adapter folder {self.adapter} does not exist")
+            self._adapter_identity = model_identity(self.adapter)  # its files, not its path
+        return (f"transformers:{self._identity}" + (f"+adapter:{self._adapter_identity}" if self.adapter else "")
+                + f":{self.kind}:{self.dtype}" + ("" if self.constrained else ":unconstrained"))
 
     def load(self) -> _Loaded:
         """Load (or reuse) the shared model instance; blocking."""
         if self._loaded is None:
             self._loaded = _load(self.model_id, self.gguf_file, self.kind, self.dtype, self.device,
-                                 self.trust_remote_code)
+                                 self.trust_remote_code, self.adapter)
         return self._loaded
 
     async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
@@ -325,18 +415,12 @@ class TransformersBackend:
                           latency_s=time.perf_counter() - started)
 
     def prompt_text(self, messages: list[Message]) -> str:
-        tok = self.load().tokenizer
-        if getattr(tok, "chat_template", None):
-            chat = [{"role": m["role"], "content": _text_of(m["content"])} for m in messages]
-            return tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        return plain_prompt(messages)
+        return chat_prompt(self.load().tokenizer, messages)
 
     def _llm(self, loaded: _Loaded, messages: list[Message], schema: dict[str, Any] | None,
              choices: list[str] | None, max_tokens: int, temperature: float) -> tuple[str, int, int]:
-        tok = loaded.tokenizer
-        prompt = self.prompt_text(messages)
-        prompt_ids = tok.encode(prompt, add_special_tokens=not getattr(tok, "chat_template", None))
-        dec = _Decoder(loaded, prompt_ids, temperature)
+        ids = prompt_ids(loaded.tokenizer, messages)
+        dec = _Decoder(loaded, ids, temperature)
         fields = flat_schema_fields(schema) if self.constrained else None
         if choices and self.constrained:
             text = dec.choose(list(choices))
@@ -344,7 +428,7 @@ class TransformersBackend:
             text = self._json(dec, fields, max_tokens)
         else:
             text = dec.free(max_tokens)
-        return text, len(prompt_ids), dec.generated
+        return text, len(ids), dec.generated
 
     @staticmethod
     def _json(dec: _Decoder, fields: list[tuple[str, list[str] | None]], max_tokens: int) -> str:
@@ -352,7 +436,7 @@ class TransformersBackend:
         per_string = max(4, max_tokens // max(1, n_free))
         obj: dict[str, str] = {}
         for i, (key, allowed) in enumerate(fields):
-            dec.feed(dec.encode(("{" if i == 0 else ", ") + json.dumps(key) + ': "'))
+            dec.feed(dec.encode(_field_prefix(i, key)))
             if allowed is None:
                 obj[key], unfed = dec.string(per_string)
                 dec.feed(dec.encode(unfed + '"'))

@@ -1,0 +1,144 @@
+"""``reallod agent agreement``: how often a model's decisions equal the teacher's, on an sft-data split.
+
+Each example of the split (by default ``val``: images the student never saw) is asked again, exactly as
+stored — the prompt the role's template renders, with the view for VLM examples — through the role of an
+agent config (its backend, with constrained decoding where the backend has it), and the decision is set
+against the teacher's: the reflector's verdict, the planner's state (and focus when uncertain) must be
+equal; a rewrite or a VLM answer must match the teacher's by content words (F1 ≥ 0.6, as agent-eval
+matches rewrites). Run it with the base model's config and with the student's to see what the
+fine-tuning bought.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reallod.agent.agent_eval import match_f1
+from reallod.agent.decisions import SPECS, DecisionError
+from reallod.agent.roles import Role
+from reallod.errors import ConfigError, DataError
+from reallod.finetune.sft_data import SPLITS, role_files
+
+
+@dataclass
+class Agreement:
+    role: str
+    split: str
+    examples: int = 0
+    equal: int = 0
+    unusable: int = 0  # replies that did not parse as a decision (counted as not equal)
+    confusion: Counter[tuple[str, str]] = field(default_factory=Counter)  # (teacher, model) → n
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        return self.equal / self.examples if self.examples else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "split": self.split, "examples": self.examples, "equal": self.equal,
+                "rate": self.rate, "unusable": self.unusable, "seconds": round(self.seconds, 2),
+                "confusion": {f"{t} -> {m}": n for (t, m), n in sorted(self.confusion.items())}}
+
+
+def same_decision(role: str, teacher: dict[str, Any], model: dict[str, Any]) -> bool:
+    """Whether two decisions of ``role`` agree (see the module docstring)."""
+    if role == "reflector":
+        return teacher["verdict"] == model["verdict"]
+    if role == "planner":
+        return teacher["state"] == model["state"] and (teacher["state"] != "uncertain"
+                                                       or teacher["focus"] == model["focus"])
+    key = "expression" if role == "rewriter" else "answer"
+    return match_f1(str(teacher.get(key) or ""), str(model.get(key) or "")) >= 0.6
+
+
+def _label(role: str, decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "(unusable)"
+    if role == "reflector":
+        return decision["verdict"]
+    if role == "planner":
+        return decision["state"] + (f"/{decision['focus']}" if decision["state"] == "uncertain" else "")
+    return "match"
+
+
+def _prompt(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str, Any]]:
+    """The stored prompt as backend messages: image parts get their pictures back."""
+    pictures = iter(images)
+    out = []
+    for m in messages[:-1]:
+        content = m["content"]
+        if isinstance(content, list):
+            parts = []
+            for p in content:
+                if p.get("type") == "image":
+                    parts.append({"type": "image", "image": next(pictures)})
+                else:
+                    parts.append({"type": "text", "text": p.get("text", "")})
+            if all(p["type"] == "text" for p in parts):  # a text message stored as parts
+                content = "\n".join(p["text"] for p in parts)
+            else:
+                content = parts
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+async def _measure(role: Role, rows: list[dict[str, Any]], data: Path, rep: Agreement) -> None:
+    from PIL import Image
+
+    spec = SPECS[rep.role]
+    for row in rows:
+        teacher, _ = spec.parse(row["messages"][-1]["content"] if isinstance(row["messages"][-1]["content"], str)
+                                else row["messages"][-1]["content"][0]["text"])
+        images = []
+        for rel in row.get("images") or []:
+            with Image.open(data / rel) as im:
+                images.append(im.convert("RGB"))
+        completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
+                                                 max_tokens=role.max_tokens, temperature=role.temperature)
+        rep.seconds += completion.latency_s
+        try:
+            decision, _ = spec.parse(completion.text)
+        except DecisionError:
+            decision = None
+            rep.unusable += 1
+        rep.examples += 1
+        equal = decision is not None and same_decision(rep.role, teacher, decision)
+        rep.equal += equal
+        rep.confusion[(_label(rep.role, teacher), "match" if equal and rep.role in ("rewriter", "vlm")
+                       else _label(rep.role, decision) if rep.role in ("reflector", "planner") else "differs")] += 1
+
+
+def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: str = "val",
+                      limit: int | None = None) -> Agreement:
+    """Ask the ``split`` examples of ``role_name`` through that role of ``config``; count agreement."""
+    from reallod.agent.agent_config import build_roles, load_agent_config
+
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: expected train or val")
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    files = role_files(Path(data), role_name)
+    if split not in files:
+        raise DataError(f"no {split} examples for the {role_name} role", path=str(data))
+    cfg = load_agent_config(config)
+    if cfg.roles.get(role_name) is None:
+        raise ConfigError(f"{cfg.path}: the config has no {role_name} role")
+    roles = build_roles(cfg)
+    role = roles.get(role_name)
+    assert role is not None
+    rows = [json.loads(line) for line in files[split].read_text(encoding="utf-8").splitlines() if line.strip()]
+    rep = Agreement(role_name, split)
+
+    async def go() -> None:
+        try:
+            await _measure(role, rows[:limit] if limit else rows, Path(data), rep)
+        finally:
+            await roles.aclose()
+
+    asyncio.run(go())
+    return rep

@@ -1,0 +1,412 @@
+"""``reallod agent finetune``: LoRA-tune a student for one role on an ``sft-data`` folder.
+
+TRL's :class:`~trl.SFTTrainer` does the training (transformers' Trainer underneath, so accelerate
+spreads it over GPUs under ``accelerate launch``), with a ``peft`` LoRA config; nothing of what it does
+is written here. What this module adds is what TRL cannot know:
+
+- **the exact tokens the agent will use.** Text roles are tokenized here, not by TRL: the prompt with
+  :func:`~reallod.llm.backends.transformers_backend.prompt_ids` (the model's chat template, or the plain
+  completion prompt of a base model such as the offline Gemma GGUF — what the in-process backend feeds),
+  the reply with :func:`~reallod.llm.backends.transformers_backend.reply_ids` (the pieces the constrained
+  decoder forces and chooses) and the end-of-sequence token. TRL receives ``input_ids`` and a
+  ``completion_mask`` and, with ``completion_only_loss``, puts the loss on the reply only. VLM examples
+  go to TRL as conversational prompt/completion pairs with their images; TRL applies the processor's
+  chat template, as the backend does when it asks the VLM.
+- **loading any base:** a hub id or folder, or a GGUF file (dequantized at load: transformers cannot
+  train packed GGUF weights), as a causal LM for the text roles and an image-text-to-text model for the
+  VLM role; one that cannot load is a one-line error naming it.
+- **resume and refuse:** checkpoints go to ``OUT/checkpoints`` every ``save_steps`` steps; running the
+  same command again resumes from the last one (a Ctrl-C saves one first); a finished fine-tune (an
+  adapter in ``OUT``) is never overwritten unless ``overwrite`` says so; other settings in an unfinished
+  ``OUT`` are refused rather than mixed.
+
+``OUT`` ends as a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``, the
+tokenizer) with ``finetune.json`` (settings, data, losses: train per logging step, validation per epoch)
+and, with ``merge``, ``OUT/merged``: the base with the adapter merged, a plain transformers folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reallod.agent.decisions import SPECS
+from reallod.errors import ConfigError, DataError, Interrupted
+from reallod.finetune.sft_data import read_manifest, role_files
+
+RUN_FILE = "finetune.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class FinetuneOptions:
+    data: Path
+    role: str
+    base: str  # hub id, model folder, or a .gguf file
+    out: Path
+    gguf_file: str | None = None  # a GGUF file inside the ``base`` folder
+    epochs: float = 3.0
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_layers: int | None = None  # adapt only the last N transformer layers (None: all)
+    target_modules: str = "all-linear"
+    max_length: int = 2048
+    save_steps: int = 50
+    logging_steps: int = 10
+    gradient_checkpointing: bool | None = None  # None: on a GPU only
+    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    trust_remote_code: bool = False
+    merge: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a rerun to resume (not how long it trains nor how it reports)."""
+        keep = ("data", "role", "base", "gguf_file", "learning_rate", "batch_size", "grad_accum", "lora_r",
+                "lora_alpha", "lora_dropout", "lora_layers", "target_modules", "max_length", "seed")
+        d = asdict(self)
+        return {k: str(d[k]) if isinstance(d[k], Path) else d[k] for k in keep}
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    steps: int
+    train_examples: int
+    val_examples: int
+    skipped_too_long: int
+    train_loss: float | None
+    val_losses: list[dict[str, float]] = field(default_factory=list)  # {"epoch", "loss"} per evaluation
+    resumed_from: str | None = None
+    merged: Path | None = None
+    seconds: float = 0.0
+    tokens: int = 0  # tokens the training steps of this run went through (prompt and reply; TRL's count)
+    train_seconds: float = 0.0  # the training loop's own time (no loading, no saving)
+
+
+def resolve_base(base: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``path/model.gguf`` → (folder, file name); anything else as given."""
+    p = Path(base).expanduser()
+    if gguf_file is None and p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError(f"--base {base}: no such GGUF file")
+        return str(p.parent), p.name
+    return base, gguf_file
+
+
+def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "auto",
+              trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer or processor) to train; a ConfigError naming the model when it cannot load."""
+    import torch
+    import transformers as tf
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+        kwargs["quantization_config"] = tf.GgufConfig(dequantize=True)  # packed GGUF weights cannot train
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    what = f"{base}" + (f" ({gguf_file})" if gguf_file else "")
+    try:
+        if vision:
+            processor = tf.AutoProcessor.from_pretrained(base, **{k: v for k, v in kwargs.items()
+                                                                   if k != "quantization_config"})
+            model = tf.AutoModelForImageTextToText.from_pretrained(base, dtype=getattr(torch, dtype), **kwargs)
+        else:
+            processor = tf.AutoTokenizer.from_pretrained(base, **{k: v for k, v in kwargs.items()
+                                                                  if k != "quantization_config"})
+            model = tf.AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), **kwargs)
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError, TypeError) as e:
+        kind = "vision-language (image-text-to-text)" if vision else "causal language"
+        raise ConfigError(f"cannot load the base model {what} as a {kind} model: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    return model, processor
+
+
+def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Tokenized rows (``input_ids``, ``completion_mask``) of one split; also how many were too long."""
+    from reallod.llm.backends.transformers_backend import prompt_ids, reply_ids
+
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the base model's tokenizer has no end-of-sequence token; a student could not learn "
+                          "where its reply ends")
+    rows, too_long = [], 0
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            messages = json.loads(line)["messages"]
+            prompt, reply = messages[:-1], messages[-1]
+            if reply["role"] != "assistant":
+                raise ValueError("the last message is not the assistant's reply")
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise DataError(f"not an sft-data example: {e}", path=str(path), line=lineno) from None
+        p = prompt_ids(tokenizer, prompt)
+        c = [*reply_ids(tokenizer, reply["content"], SPECS[role].schema), eos]
+        if len(p) + len(c) > max_length:
+            too_long += 1
+            continue
+        rows.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+    return rows, too_long
+
+
+def _vision_rows(path: Path, data: Path) -> list[dict[str, Any]]:
+    """Conversational prompt/completion rows with their images, for TRL's vision collator."""
+    from PIL import Image
+
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+            messages = ex["messages"]
+            images = []
+            for rel in ex.get("images") or []:
+                with Image.open(data / rel) as im:
+                    images.append(im.convert("RGB"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"not a usable VLM example: {e}", path=str(path), line=lineno) from None
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:], "images": images})
+    return rows
+
+
+def _read_run(out: Path) -> dict[str, Any] | None:
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(f"invalid JSON: {e}", path=str(path)) from None
+
+
+def _write_run(out: Path, record: dict[str, Any]) -> None:
+    tmp = out / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / RUN_FILE)
+
+
+def prepare_out(opts: FinetuneOptions) -> str | None:
+    """Check ``OUT`` against this run; return the checkpoint to resume from, if any."""
+    out = Path(opts.out)
+    run = _read_run(out)
+    finished = (out / "adapter_config.json").is_file() or (run or {}).get("status") == "finished"
+    if out.exists() and opts.overwrite:
+        if run is None and not finished and out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"{out} is not a fine-tune folder (no {RUN_FILE}); --overwrite replaces only "
+                              "fine-tunes: choose another --out")
+        shutil.rmtree(out)
+        return None
+    if finished:
+        raise ConfigError(f"{out} holds a finished fine-tune (see {out / RUN_FILE}); pass --overwrite to replace "
+                          "it, or choose another --out")
+    if run is not None:
+        if run.get("settings") != opts.settings():
+            diff = sorted(k for k in opts.settings() if (run.get("settings") or {}).get(k) != opts.settings()[k])
+            raise ConfigError(f"{out} holds an unfinished fine-tune with other settings ({', '.join(diff)}); "
+                              "rerun it with the same settings to resume, or pass --overwrite to start over")
+        from transformers.trainer_utils import get_last_checkpoint
+
+        ckpts = out / CHECKPOINTS
+        return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
+    return None
+
+
+def finetune(opts: FinetuneOptions) -> FinetuneResult:
+    """Train the LoRA student of ``opts.role`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    try:
+        import peft
+        import trl  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"fine-tuning needs peft, TRL and datasets: pip install 'reallod[tune]' ({e})") from e
+    for name, value, least in (("--epochs", opts.epochs, 0), ("--learning-rate", opts.learning_rate, 0),
+                               ("--batch-size", opts.batch_size, 1), ("--grad-accum", opts.grad_accum, 1),
+                               ("--lora-r", opts.lora_r, 1), ("--max-length", opts.max_length, 8),
+                               ("--save-steps", opts.save_steps, 1)):
+        if value < least or (least == 0 and value == 0):
+            raise ConfigError(f"{name} must be {'above 0' if least == 0 else f'at least {least}'}, got {value}")
+    if opts.max_steps is not None and opts.max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {opts.max_steps}")
+    data = Path(opts.data)
+    manifest = read_manifest(data)
+    files = role_files(data, opts.role)
+    opts.base, opts.gguf_file = resolve_base(opts.base, opts.gguf_file)
+    resume = prepare_out(opts)
+    out = Path(opts.out)
+    vision = opts.role == "vlm"
+    model, processor = load_base(opts.base, opts.gguf_file, vision=vision, dtype=opts.dtype,
+                                 trust_remote_code=opts.trust_remote_code)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:  # TRL pads batches with it; the loss never sees it
+        tokenizer.pad_token = tokenizer.eos_token
+    from datasets import Dataset
+
+    too_long = 0
+    splits: dict[str, Any] = {}
+    for split, path in files.items():
+        if vision:
+            rows = _vision_rows(path, data)
+        else:
+            rows, skipped = _text_rows(path, tokenizer, opts.role, opts.max_length)
+            too_long += skipped
+        if rows:
+            splits[split] = Dataset.from_list(rows)
+    if "train" not in splits:
+        raise DataError(f"every {opts.role} training example is longer than --max-length {opts.max_length} "
+                        "tokens", path=str(files["train"]))
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"status": "training", "settings": opts.settings(), "data_manifest": {
+        k: manifest.get(k) for k in ("source", "labelled", "config", "traces", "val_images", "templates")},
+        "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
+    _write_run(out, record)
+    trainer = _trainer(opts, model, processor, splits, out, peft)
+    stop = _StopOnSignal()
+    trainer.add_callback(stop.callback())
+    try:
+        with stop:
+            trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt as e:
+        raise Interrupted(f"fine-tuning stopped; the checkpoints in {out / CHECKPOINTS} are kept: rerun the same "
+                          "command to resume") from e
+    if stop.requested:
+        raise Interrupted(f"fine-tuning stopped at step {trainer.state.global_step} and saved a checkpoint in "
+                          f"{out / CHECKPOINTS}: rerun the same command to resume")
+    val_losses = []
+    if "val" in splits:
+        if not any("eval_loss" in h for h in trainer.state.log_history if h.get("epoch") == trainer.state.epoch):
+            trainer.evaluate()
+        val_losses = [{"epoch": round(float(h["epoch"]), 4), "loss": float(h["eval_loss"])}
+                      for h in trainer.state.log_history if "eval_loss" in h]
+    train_losses = [{"step": int(h["step"]), "loss": float(h["loss"])} for h in trainer.state.log_history
+                    if "loss" in h and "step" in h]
+    result = FinetuneResult(out, trainer.state.global_step, len(splits["train"]), len(splits.get("val") or []),
+                            too_long, train_losses[-1]["loss"] if train_losses else None, val_losses, resume)
+    for h in trainer.state.log_history:
+        if "num_tokens" in h and "eval_loss" not in h:
+            result.tokens = int(float(h["num_tokens"]))
+        if "train_runtime" in h:
+            result.train_seconds = float(h["train_runtime"])
+    trainer.save_model(str(out))  # every process calls it (sharded setups gather); the main one writes
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(out))
+        if opts.merge:
+            merged = out / "merged"
+            shutil.rmtree(merged, ignore_errors=True)
+            trainer.model.merge_and_unload().save_pretrained(str(merged))
+            processor.save_pretrained(str(merged))
+            result.merged = merged
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        result.seconds = time.perf_counter() - t0
+        _write_run(out, {**record, "status": "finished", "steps": result.steps, "train_losses": train_losses,
+                         "val_losses": val_losses, "resumed_from": resume,
+                         "merged": str(result.merged) if result.merged else None,
+                         "seconds": round(result.seconds, 1), "tokens": result.tokens,
+                         "train_seconds": round(result.train_seconds, 2)})
+    return result
+
+
+def _trainer(opts: FinetuneOptions, model: Any, processor: Any, splits: dict[str, Any], out: Path, peft: Any) -> Any:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and model.dtype == torch.bfloat16
+    layers = None
+    if opts.lora_layers is not None:
+        n = int(getattr(model.config.get_text_config(), "num_hidden_layers", 0) or 0)
+        if not 1 <= opts.lora_layers <= max(n, 1):
+            raise ConfigError(f"--lora-layers {opts.lora_layers}: the base model has {n} layers")
+        layers = list(range(n - opts.lora_layers, n))
+    targets: str | list[str] = opts.target_modules
+    if layers is not None and targets == "all-linear":  # peft takes a layer subset only with named modules
+        targets = _layer_linears(model)
+    lora = peft.LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                           target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
+    checkpointing = cuda if opts.gradient_checkpointing is None else opts.gradient_checkpointing
+    args = SFTConfig(
+        output_dir=str(out / CHECKPOINTS), num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps if opts.max_steps is not None else -1,
+        per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.learning_rate,
+        lr_scheduler_type="linear", warmup_steps=0, logging_steps=opts.logging_steps,
+        eval_strategy="epoch" if "val" in splits else "no", save_strategy="steps", save_steps=opts.save_steps,
+        save_total_limit=2, seed=opts.seed, data_seed=opts.seed, bf16=bf16, use_cpu=not cuda,
+        gradient_checkpointing=checkpointing, report_to=[], completion_only_loss=True,
+        max_length=None if opts.role == "vlm" else opts.max_length, disable_tqdm=not opts.progress,
+        dataloader_num_workers=0, remove_unused_columns=opt_remove_columns(opts.role), logging_first_step=True,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=splits["train"], eval_dataset=splits.get("val"),
+                      processing_class=processor, peft_config=lora)
+
+
+def _layer_linears(model: Any) -> list[str]:
+    """The names of the linear modules inside the transformer layers (``q_proj``, ``down_proj``, ...)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".layers." in name}
+    if not names:
+        raise ConfigError("--lora-layers: no linear modules found inside the model's layers")
+    return sorted(names)
+
+
+def opt_remove_columns(role: str) -> bool:
+    """TRL's vision collator needs the raw ``prompt``/``completion``/``images`` columns kept."""
+    return role != "vlm"
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, save a checkpoint, stop. A second one
+    interrupts at once (the last saved checkpoint is kept)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        stop = self
+
+        class StopOnSignal(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                if stop.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return StopOnSignal()

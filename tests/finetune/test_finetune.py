@@ -1,0 +1,213 @@
+"""``reallod agent finetune`` on tiny random models: loss on the reply only, exactly the tokens the
+backend uses, the adapter and merged weights, resume after a kill, refusal to overwrite, the ``adapter:``
+option of a config and the adapter's identity, and errors for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from reallod.agent.agent_config import build_roles, load_agent_config
+from reallod.agent.decisions import SPECS
+from reallod.errors import ConfigError, DataError, Interrupted
+from reallod.finetune import trainer as trainer_mod
+from reallod.finetune.trainer import FinetuneOptions, _text_rows, finetune
+from reallod.llm.backends.transformers_backend import TransformersBackend, prompt_ids, reply_ids
+from reallod.llm.endpoints import model_id
+from tests.cli_helpers import run_cli
+from tests.finetune.tiny_models import save_tiny_vlm
+
+QUICK = {"max_steps": 4, "batch_size": 2, "learning_rate": 5e-2, "save_steps": 2, "logging_steps": 1,
+         "progress": False}
+
+
+def opts(data: Path, base: Path, out: Path, role: str = "reflector", **kw) -> FinetuneOptions:
+    return FinetuneOptions(data=data, role=role, base=str(base), out=out, **{**QUICK, **kw})
+
+
+def test_the_reply_alone_carries_the_loss_and_its_tokens_are_the_decoders(teacher_data, tiny_lm) -> None:
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(tiny_lm)
+    rows, too_long = _text_rows(teacher_data / "reflector" / "train.jsonl", tok, "reflector", 4096)
+    examples = [json.loads(line) for line in (teacher_data / "reflector" / "train.jsonl").read_text().splitlines()]
+    assert too_long == 0 and len(rows) == len(examples)
+    for row, ex in zip(rows, examples, strict=True):
+        prompt = prompt_ids(tok, ex["messages"][:-1])  # what the backend feeds the model
+        reply = reply_ids(tok, ex["messages"][-1]["content"], SPECS["reflector"].schema)
+        assert row["input_ids"] == [*prompt, *reply, tok.eos_token_id]
+        assert row["completion_mask"] == [0] * len(prompt) + [1] * (len(reply) + 1)
+    # the reply's pieces are those the constrained decoder forces and chooses
+    first = json.loads(examples[0]["messages"][-1]["content"])
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    assert reply_ids(tok, examples[0]["messages"][-1]["content"], SPECS["reflector"].schema) == [
+        *enc('{"missing": "'), *enc(first["missing"]), *enc('"'), *enc(', "feedback": "'), *enc(first["feedback"]),
+        *enc('"'), *enc(', "verdict": "'), *enc(first["verdict"] + '"'), *enc("}")]
+    _, too_long = _text_rows(teacher_data / "reflector" / "train.jsonl", tok, "reflector", 40)
+    assert too_long == len(examples)
+
+
+def test_finetune_writes_an_adapter_that_the_backend_loads(teacher_data, tiny_lm, tmp_path) -> None:
+    out = tmp_path / "student"
+    res = finetune(opts(teacher_data, tiny_lm, out, merge=True))
+    assert res.steps == 4 and res.train_examples > 20 and res.val_examples > 5 and res.train_loss is not None
+    assert res.val_losses and all(v["loss"] > 0 for v in res.val_losses)
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["status"] == "finished" and record["steps"] == 4 and record["val_losses"] == res.val_losses
+    assert record["settings"]["role"] == "reflector" and record["examples"]["train"] == res.train_examples
+
+    base = TransformersBackend(str(tiny_lm))
+    student = TransformersBackend(str(tiny_lm), adapter=out)
+    merged = TransformersBackend(str(out / "merged"))
+    assert "+adapter:folder:" in model_id(student) and model_id(student) != model_id(base)
+    w_base = base.load().model.model.layers[0].self_attn.q_proj.weight
+    w_student = student.load().model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(w_base, w_student)  # the LoRA update is merged in; the base is untouched
+    assert torch.allclose(w_student, merged.load().model.model.layers[0].self_attn.q_proj.weight, atol=1e-6)
+    messages = [{"role": "user", "content": "Category: cat\nExpression: \"the cat\""}]
+    c = asyncio.run(student.complete(messages, schema=SPECS["reflector"].schema, max_tokens=8))
+    SPECS["reflector"].parse(c.text)  # a constrained decision, whatever the tiny model thinks
+
+    # a retrained adapter is another model for the cache and the journals
+    before = model_id(TransformersBackend(str(tiny_lm), adapter=out))
+    (out / "adapter_model.safetensors").write_bytes((out / "adapter_model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    assert model_id(TransformersBackend(str(tiny_lm), adapter=out)) != before
+
+
+def test_a_config_role_takes_an_adapter_relative_to_the_config(teacher_data, tiny_lm, tmp_path) -> None:
+    finetune(opts(teacher_data, tiny_lm, tmp_path / "cfgs" / "student", max_steps=1))
+    cfg = tmp_path / "cfgs" / "student.yaml"
+    cfg.write_text(f"roles:\n  reflector: {{backend: transformers, model: {tiny_lm}, adapter: student}}\n"
+                   f"  planner: {{backend: transformers, model: {tiny_lm}}}\n"
+                   f"  rewriter: {{backend: transformers, model: {tiny_lm}}}\n")
+    roles = build_roles(load_agent_config(cfg))
+    assert roles.reflector.backend.adapter == str(tmp_path / "cfgs" / "student")
+    assert roles.planner.backend is roles.rewriter.backend and roles.planner.backend is not roles.reflector.backend
+    cfg.write_text(f"roles:\n  reflector: {{backend: transformers, model: {tiny_lm}, adapter: nowhere}}\n"
+                   f"  planner: {{backend: transformers, model: {tiny_lm}}}\n"
+                   f"  rewriter: {{backend: transformers, model: {tiny_lm}}}\n")
+    with pytest.raises(ConfigError, match=r"student.yaml: roles.reflector.adapter: .*nowhere is not a PEFT adapter "
+                                          r"folder \(no adapter_config.json\)"):
+        load_agent_config(cfg)
+
+
+def test_a_finished_finetune_is_never_overwritten_silently(teacher_data, tiny_lm, tmp_path) -> None:
+    out = tmp_path / "student"
+    finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
+    with pytest.raises(ConfigError, match=r"student holds a finished fine-tune .* pass --overwrite"):
+        finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
+    res = finetune(opts(teacher_data, tiny_lm, out, max_steps=2, overwrite=True))
+    assert res.steps == 2
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a fine-tune folder"):
+        finetune(opts(teacher_data, tiny_lm, other, max_steps=1, overwrite=True))
+    assert (other / "mine.txt").read_text() == "keep me"
+
+
+def _interrupt_at(monkeypatch, step: int, how: str) -> None:
+    """Make the trainer of the next fine-tune stop at ``step``: ``kill`` raises as a killed process would
+    stop (no checkpoint of its own), ``ctrl-c`` sends SIGINT to this process."""
+    from transformers import TrainerCallback
+
+    real = trainer_mod._trainer
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                if how == "kill":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
+            return control
+
+    def with_interrupt(*a, **kw):
+        t = real(*a, **kw)
+        t.add_callback(Interrupt())
+        return t
+
+    monkeypatch.setattr(trainer_mod, "_trainer", with_interrupt)
+
+
+def test_a_killed_finetune_resumes_from_its_last_checkpoint(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "student"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3, "kill")
+        with pytest.raises(Interrupted, match=r"checkpoints .* are kept: rerun the same command to resume"):
+            finetune(opts(teacher_data, tiny_lm, out))
+    assert json.loads((out / "finetune.json").read_text())["status"] == "training"
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    with pytest.raises(ConfigError, match=r"unfinished fine-tune with other settings \(learning_rate\)"):
+        finetune(opts(teacher_data, tiny_lm, out, learning_rate=1e-3))
+    res = finetune(opts(teacher_data, tiny_lm, out))
+    assert res.resumed_from is not None and res.resumed_from.endswith("checkpoint-2") and res.steps == 4
+    assert json.loads((out / "finetune.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_saves_a_checkpoint_then_stops(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "student"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3, "ctrl-c")
+        with pytest.raises(Interrupted, match="stopped at step 3 and saved a checkpoint"):
+            finetune(opts(teacher_data, tiny_lm, out, save_steps=100))
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
+    assert finetune(opts(teacher_data, tiny_lm, out, save_steps=100)).resumed_from.endswith("checkpoint-3")
+
+
+def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot load the base model .*no-such-model as a causal language model"):
+        finetune(opts(teacher_data, tmp_path / "no-such-model", tmp_path / "a"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"cannot load the base model .*broken"):
+        finetune(opts(teacher_data, broken, tmp_path / "b"))
+    with pytest.raises(DataError, match=r"not an sft-data folder \(no manifest.json\)"):
+        finetune(opts(tmp_path, tiny_lm, tmp_path / "c"))
+    with pytest.raises(ConfigError, match=r"unknown role 'judge'"):
+        finetune(opts(teacher_data, tiny_lm, tmp_path / "d", role="judge"))
+    with pytest.raises(DataError, match=r"every reflector training example is longer than --max-length 16"):
+        finetune(opts(teacher_data, tiny_lm, tmp_path / "e", max_length=16))
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_vlm_role_tunes_a_vision_language_model(teacher_data, tmp_path) -> None:
+    vlm = save_tiny_vlm(tmp_path / "tiny-vlm")
+    out = tmp_path / "vlm-student"
+    res = finetune(opts(teacher_data, vlm, out, role="vlm", max_steps=2, batch_size=2))
+    assert res.steps == 2 and (out / "adapter_config.json").is_file() and res.val_losses
+    backend = TransformersBackend(str(vlm), kind="image_text_to_text", adapter=out)
+    from PIL import Image
+
+    msgs = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30))},
+                                         {"type": "text", "text": "What is it?"}]}]
+    assert asyncio.run(backend.complete(msgs, max_tokens=4)).completion_tokens > 0
+    with pytest.raises(ConfigError, match="as a vision-language"):
+        finetune(opts(teacher_data, tmp_path / "tiny-vlm-missing", tmp_path / "v2", role="vlm"))
+
+
+def test_cli_finetune_and_agreement(teacher_data, tiny_lm, tmp_path, capsys) -> None:
+    out = tmp_path / "student"
+    code, stdout, err = run_cli(["agent", "finetune", teacher_data, "--role", "planner", "--base", tiny_lm,
+                                 "--out", out, "--max-steps", "2", "--batch-size", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "2 step(s) on" in stdout and "validation loss at epoch" in stdout and f"adapter: {out}" in stdout
+    code, _, err = run_cli(["agent", "finetune", teacher_data, "--role", "planner", "--base", tiny_lm,
+                            "--out", out, "--max-steps", "2", "--no-progress"], capsys)
+    assert code == 2 and "holds a finished fine-tune" in err and "Traceback" not in err
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text(f"roles:\n  reflector: {{backend: transformers, model: {tiny_lm}}}\n"
+                   f"  planner: {{backend: transformers, model: {tiny_lm}, adapter: student, max_tokens: 8}}\n"
+                   f"  rewriter: {{backend: transformers, model: {tiny_lm}}}\n")
+    code, stdout, err = run_cli(["agent", "agreement", teacher_data, "--role", "planner", "--config", cfg,
+                                 "--limit", "3"], capsys)
+    assert code == 0, err
+    assert "planner on val: " in stdout and " of 3 decision(s) equal the teacher's" in stdout
