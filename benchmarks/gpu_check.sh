@@ -6,11 +6,13 @@
 #   bash benchmarks/gpu_check.sh --device cpu --out cpu_check.jsonl     # every stage at small sizes (CI)
 #
 # Writes JSON lines to --out (one per figure, each with a "stage"), prints a summary and the packages
-# found. Nothing is downloaded. PYTHON=... picks the interpreter (default: .venv/bin/python, else python3).
+# found. Nothing is downloaded (the hubs are set offline). PYTHON=... picks the interpreter (default:
+# .venv/bin/python, else python3). On a machine that reaches no package index, carry the folder that
+# benchmarks/gpu_carry.sh prepares (.gpu-carry/): the check installs what this Python lacks from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

