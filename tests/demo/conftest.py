@@ -16,6 +16,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 pytest.importorskip("gradio", reason="gradio is the demo extra (part of dev)")
 
+from reallod.cli.common import quiet_transformers
 from tests.demo.browser import ARGS, CHROMIUM, require_browser
 
 
@@ -27,10 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()  # no weight-loading progress bars or advisory warnings in the test output
 
 
 @pytest.fixture(scope="module")

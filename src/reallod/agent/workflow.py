@@ -23,7 +23,7 @@ from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
-from reallod.llm.backends.base import BackendError, Message
+from reallod.llm.backends.base import BackendError, Message, map_parts
 from reallod.llm.memo import IdentityMemo
 from reallod.llm.policy import backoff_delay
 
@@ -71,21 +71,12 @@ def validate_task(task: Task) -> str | None:
 
 
 def _serialisable(messages: list[Message], view: dict[str, Any] | None) -> list[Message]:
-    out: list[Message] = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") == "image":
-                    img = part.get("image")
-                    size = [img.width, img.height] if isinstance(img, Image.Image) else None
-                    parts.append({"type": "image", **(view or {}), "size": size})
-                else:
-                    parts.append(dict(part))
-            content = parts
-        out.append({"role": m["role"], "content": content})
-    return out
+    def image(part: dict[str, Any]) -> dict[str, Any]:
+        img = part.get("image")
+        size = [img.width, img.height] if isinstance(img, Image.Image) else None
+        return {"type": "image", **(view or {}), "size": size}
+
+    return map_parts(messages, image)
 
 
 def _fmt_box(box: list[float], w: int, h: int) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 import typer.core
 
-from reallod.cli.common import AGENT_CONFIG_HELP, console, ordered_group, quiet_transformers
+from reallod.cli.common import AgentConfig, console, ordered_group, quiet_transformers
 
 app = typer.Typer(cls=ordered_group("sft-data", "finetune", "agreement"), no_args_is_help=True,
                   add_completion=False,
@@ -175,7 +175,7 @@ def finetune_cmd(
 def agreement_cmd(
     data: Annotated[Path, typer.Argument(help="An sft-data folder.", show_default=False)],
     role: Annotated[str, typer.Option("--role", help="reflector, planner, rewriter or vlm.")],
-    config: Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP)],
+    config: AgentConfig,
     split: Annotated[str, typer.Option("--split", help="train or val (images the student never saw).")] = "val",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only the first N examples.")] = None,
 ) -> None:

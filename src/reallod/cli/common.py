@@ -1,23 +1,27 @@
 """What the sections of the CLI share: command order in help, the console, ``--image-size``, quiet
-transformers, the progress bar, and a few options that read the same everywhere.
+transformers, the progress bar, a few options that read the same everywhere, and :func:`with_options`
+for commands that share a block of options.
 
 Nothing heavy is imported here: rich, transformers and the agent are imported inside the helpers.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import TYPE_CHECKING, Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import typer
 import typer.core
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from rich.console import Console
 
     from reallod.runs.progress import RichMonitor
+
+F = TypeVar("F", bound="Callable[..., Any]")
 
 
 class OrderedGroup(typer.core.TyperGroup):
@@ -78,9 +82,35 @@ def progress_monitor(progress: bool | None, *, description: str = "re-aligning",
 
 # --- options that read the same in several commands ---------------------------------------------
 
+
+def with_options(shared: Callable[..., Any], *, own_first: bool = False) -> Callable[[F], F]:
+    """Give a command the options that ``shared``'s signature declares, so that commands sharing a block
+    of options declare each of them once; the command takes their values as ``**kwargs`` (and usually
+    hands them on to ``shared``).
+
+    The command's options are ``shared``'s followed by its own (its own first with ``own_first``); an own
+    parameter named like one of ``shared``'s takes that one's place, with its own default or help text.
+    """
+
+    def decorate(command: F) -> F:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.kind is not p.VAR_KEYWORD]
+        replacing = {p.name: p for p in own}
+        block = [replacing.pop(p.name, p) for p in inspect.signature(shared, eval_str=True).parameters.values()]
+        rest = [p for p in own if p.name in replacing]
+        params = [*rest, *block] if own_first else [*block, *rest]
+        # keyword-only: Typer passes keywords, and a required option may then follow one with a default
+        command.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in params])  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
 AGENT_CONFIG_HELP = "Agent config: a YAML file or a shipped name (offline, vllm, published, vllm-student)."
 BASE_URL_HELP = "Point every openai-backend role at this server (also REALLOD_BASE_URL)."
 
+AgentConfig = Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP)]
+BaseUrl = Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)]
 LlmBaseUrl = Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")]
 VlmBaseUrl = Annotated[str | None, typer.Option("--vlm-base-url", help="... only the VLM role.")]
 ModelArg = Annotated[str, typer.Argument(help="Detector: a Hugging Face folder (see convert-checkpoint) or hub id.",

@@ -18,6 +18,13 @@ app = typer.Typer(cls=ordered_group("validate", "stats", "convert", "filter", "s
                   no_args_is_help=True, help="Real-Data toolkit: validate, stats, convert, filter, show.")
 
 
+_Src = Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)]
+_Out = Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)]
+_Workers = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")]
+_Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+
 @app.command("validate")
 def data_validate(
     file: Annotated[Path, typer.Argument(help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
@@ -29,9 +36,8 @@ def data_validate(
         "--fix", metavar="OUT", help="Write the valid records, in canonical form, to OUT (atomically).")] = None,
     clamp: Annotated[bool, typer.Option(
         "--clamp", help="With --fix: clamp boxes to the image and keep records whose only problem was that.")] = False,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    workers: _Workers = None,
+    as_json: _Json = False,
 ) -> None:
     """Check every line; print each problem as FILE:LINE: field: message, then counts per kind.
 
@@ -68,9 +74,8 @@ def data_validate(
 @app.command("stats")
 def data_stats(
     files: Annotated[list[Path], typer.Argument(help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    workers: _Workers = None,
+    as_json: _Json = False,
 ) -> None:
     """Images / instances / expressions per file and in total, by source, relation and length.
 
@@ -104,6 +109,8 @@ convert_app = typer.Typer(
 )
 app.add_typer(convert_app, name="convert")
 
+_ConvertSrc = Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)]
+_KeepEmpty = Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")]
 _SourcesOpt = Annotated[list[str] | None, typer.Option(
     "--source", "-s", help="Use only this source (vlm_short, vlm_long, llm, category...); repeat for several. "
     "Default: every source.", show_default=False)]
@@ -115,7 +122,7 @@ def _done(out: object, summary: str) -> None:
 
 @convert_app.command("odvg")
 def data_convert_odvg(
-    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    src: _ConvertSrc,
     out: Annotated[Path, typer.Argument(help="ODVG jsonl to write (.gz compresses).", show_default=False)],
     sources: _SourcesOpt = None,
     merge_sources: Annotated[bool, typer.Option(
@@ -143,10 +150,10 @@ def data_convert_odvg(
 
 @convert_app.command("coco")
 def data_convert_coco(
-    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    src: _ConvertSrc,
     out: Annotated[Path, typer.Argument(help="COCO json to write.", show_default=False)],
     sources: _SourcesOpt = None,
-    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+    keep_empty: _KeepEmpty = False,
 ) -> None:
     """Real-Data → COCO detection json: categories from the category names, boxes xywh.
 
@@ -160,7 +167,7 @@ def data_convert_coco(
 
 @convert_app.command("omnilabel")
 def data_convert_omnilabel(
-    src: Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)],
+    src: _ConvertSrc,
     out: Annotated[Path, typer.Argument(help="OmniLabel-style ground-truth json to write.", show_default=False)],
     sources: _SourcesOpt = None,
     categories: Annotated[bool, typer.Option(
@@ -187,7 +194,7 @@ def data_convert_from_coco(
         "--prefix", help="Folder put in front of every filename, e.g. train2017.")] = "",
     synonyms: Annotated[bool, typer.Option(
         "--synonyms", help="LVIS: add the category synonyms as extra positive expressions.")] = False,
-    keep_empty: Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")] = False,
+    keep_empty: _KeepEmpty = False,
 ) -> None:
     """COCO detection json → Real-Data skeleton: one 'category' pair per box, the name as its expression.
 
@@ -203,8 +210,8 @@ def data_convert_from_coco(
 
 @app.command("filter")
 def data_filter(
-    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    src: _Src,
+    out: _Out,
     sources: _SourcesOpt = None,
     relation: Annotated[str | None, typer.Option("--relation", help="Keep only 'single' or 'multi' pairs.")] = None,
     categories: Annotated[list[str] | None, typer.Option(
@@ -219,8 +226,8 @@ def data_filter(
 
 @app.command("sample")
 def data_sample(
-    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)],
+    src: _Src,
+    out: _Out,
     n: Annotated[int | None, typer.Option("-n", "--n", min=0, help="Exactly N images (reservoir sampling).")] = None,
     fraction: Annotated[float | None, typer.Option(
         "--fraction", min=0.0, max=1.0, help="About this share of the images (constant memory).")] = None,
@@ -234,7 +241,7 @@ def data_sample(
 
 @app.command("split")
 def data_split(
-    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    src: _Src,
     train: Annotated[Path, typer.Option("--train", help="Train file to write.", show_default=False)],
     val: Annotated[Path, typer.Option("--val", help="Validation file to write.", show_default=False)],
     val_fraction: Annotated[float, typer.Option(
@@ -263,7 +270,7 @@ def data_merge(
 
 @app.command("show")
 def data_show(
-    src: Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)],
+    src: _Src,
     images: Annotated[Path, typer.Option("--images", help="Image root the filenames are relative to.",
                                          show_default=False)],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.", show_default=False)],

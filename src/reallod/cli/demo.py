@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from reallod.cli.common import (
-    AGENT_CONFIG_HELP,
-    BASE_URL_HELP,
+    AgentConfig,
+    BaseUrl,
     Dtype,
     LlmBaseUrl,
     ModelArg,
     VlmBaseUrl,
     quiet_transformers,
+    with_options,
 )
 from reallod.errors import ReallodError
 
@@ -40,9 +41,12 @@ _PerClient = Annotated[int, typer.Option(
     "--per-client", min=1, help="Requests one client address may have waiting or running.")]
 
 
-def _demo_setup(server_name: str, server_port: int, share: bool, debug: bool, max_upload_mb: float,
-                max_pixels: int, timeout: float, concurrency: int, per_client: int):  # type: ignore[no-untyped-def]
-    """Server options and limits; a clear error when gradio (the demo extra) is missing."""
+def _demo_setup(server_name: _ServerName = "127.0.0.1", server_port: _ServerPort = 7860, share: _Share = False,
+                debug: _Debug = False, max_upload_mb: _MaxUpload = 10.0, max_pixels: _MaxPixels = 25_000_000,
+                timeout: _Timeout = 120.0, concurrency: _Concurrency = 1,
+                per_client: _PerClient = 1):  # type: ignore[no-untyped-def]
+    """The server options of both demos (:func:`with_options`) as server options and limits; a clear error
+    when gradio (the demo extra) is missing."""
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:
@@ -56,6 +60,7 @@ def _demo_setup(server_name: str, server_port: int, share: bool, debug: bool, ma
 
 
 @app.command("model")
+@with_options(_demo_setup, own_first=True)
 def demo_model_cmd(
     model: ModelArg,
     weights: Annotated[Path | None, typer.Option(
@@ -63,8 +68,6 @@ def demo_model_cmd(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if available].",
                                                show_default=False)] = None,
     dtype: Dtype = "fp32",
-    server_name: _ServerName = "127.0.0.1",
-    server_port: _ServerPort = 7860,
     score_thre: Annotated[float, typer.Option(
         "--score_thre", "--score-thre", min=0.0, max=1.0, help="Initial score threshold of the page.")] = 0.3,
     score_over: Annotated[str, typer.Option(
@@ -72,13 +75,7 @@ def demo_model_cmd(
         "benchmark protocol); all-tokens: the max over every token of the prompt, special tokens and \".\" "
         "included, as the published Real-Model demos score (the page then runs parallel mode only).")
     ] = "expression-tokens",
-    share: _Share = False,
-    debug: _Debug = False,
-    max_upload_mb: _MaxUpload = 10.0,
-    max_pixels: _MaxPixels = 25_000_000,
-    timeout: _Timeout = 120.0,
-    concurrency: _Concurrency = 1,
-    per_client: _PerClient = 1,
+    **server: Any,
 ) -> None:
     """Serve the Real-Model page: upload an image, type expressions, see boxes, a table and a JSON download.
 
@@ -91,47 +88,40 @@ def demo_model_cmd(
 
     if score_over not in SCORE_OVER:
         raise typer.BadParameter(f"use one of {', '.join(SCORE_OVER)}", param_hint="--score-over")
-    options, limits = _demo_setup(server_name, server_port, share, debug, max_upload_mb, max_pixels, timeout,
-                                  concurrency, per_client)
+    options, limits = _demo_setup(**server)
     from reallod.demo.model_app import serve_model_demo
     from reallod.model.loading import load_detector
 
     quiet_transformers()
     detector = load_detector(model, weights=weights, device=device, dtype=dtype)
-    typer.echo(f"Real-Model demo: {model} on {detector.device}; http://{server_name}:{server_port} (Ctrl-C stops it)",
-               err=True)
+    typer.echo(f"Real-Model demo: {model} on {detector.device}; http://{options.server_name}:{options.server_port} "
+               "(Ctrl-C stops it)", err=True)
     serve_model_demo(detector, options, limits=limits, score_thr=score_thre,
                      score_over=score_over)  # type: ignore[arg-type]
 
 
 @app.command("agent")
+@with_options(_demo_setup, own_first=True)
 def demo_agent_cmd(
-    config: Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP)],
-    base_url: Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)] = None,
+    config: AgentConfig,
+    base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
     max_cycles: Annotated[int | None, typer.Option(
         "--max-cycles", min=1, max=20, help="Initial cycles per task (default: the config's).")] = None,
-    server_name: _ServerName = "127.0.0.1",
-    server_port: _ServerPort = 7860,
-    share: _Share = False,
-    debug: _Debug = False,
-    max_upload_mb: _MaxUpload = 10.0,
-    max_pixels: _MaxPixels = 25_000_000,
     timeout: _Timeout = 300.0,
-    concurrency: _Concurrency = 1,
-    per_client: _PerClient = 1,
+    **server: Any,
 ) -> None:
     """Serve the agent page: give an object, a caption and an expression; watch the workflow re-align it.
 
     Example: reallod demo agent --config offline
     """
-    options, limits = _demo_setup(server_name, server_port, share, debug, max_upload_mb, max_pixels, timeout,
-                                  concurrency, per_client)
+    options, limits = _demo_setup(timeout=timeout, **server)
     from reallod.demo.agent_app import roles_from_config, serve_agent_demo
 
     quiet_transformers()
     cfg, roles = roles_from_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
-    typer.echo(f"Real-Agent demo: config {cfg.name}; http://{server_name}:{server_port} (Ctrl-C stops it)", err=True)
+    typer.echo(f"Real-Agent demo: config {cfg.name}; http://{options.server_name}:{options.server_port} "
+               "(Ctrl-C stops it)", err=True)
     serve_agent_demo(roles, options, config_name=cfg.name, max_cycles=max_cycles or cfg.max_cycles, limits=limits)
 

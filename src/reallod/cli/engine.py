@@ -4,11 +4,11 @@ Real-Data (generate → realign → assemble); the work is :mod:`reallod.engine.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from reallod.cli.common import progress_monitor
+from reallod.cli.common import progress_monitor, quiet_transformers, with_options
 
 
 def register(root: typer.Typer) -> None:
@@ -18,22 +18,6 @@ def register(root: typer.Typer) -> None:
 
 
 _ANN_HELP = "Detection annotations: COCO-format json (COCO, LVIS, Objects365) or an OpenImages box CSV."
-
-
-def _engine_options(annotations: Path, images: Path, config: str, out: Path, classes: Path | None,
-                    keep_crowd: bool, min_area: float, llm_expressions: int, group_expressions: int,
-                    hard_negatives: int, easy_negatives: int, max_objects: int | None, clip_model: str | None,
-                    clip_threshold: float, limit: int | None, shard: str | None, concurrency: int | None,
-                    base_url: str | None, cache: Path | None, no_cache: bool, force_resume: bool):  # type: ignore[no-untyped-def]
-    from reallod.engine.generate import GenerateSettings
-    from reallod.engine.pipeline import GenerateOptions
-
-    settings = GenerateSettings(llm_expressions=llm_expressions, group_expressions=group_expressions,
-                                hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
-    return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
-                           skip_crowd=not keep_crowd, min_area=min_area, settings=settings, clip_model=clip_model,
-                           clip_threshold=clip_threshold, limit=limit, shard=shard, concurrency=concurrency,
-                           base_url=base_url, cache=cache, no_cache=no_cache, force_resume=force_resume)
 
 
 def _engine_monitor(progress: bool | None, stage: str = "generate"):  # type: ignore[no-untyped-def]
@@ -76,22 +60,36 @@ _OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the co
 _OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
 
 
-def generate_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer.Option(
-        "--out", help="Raw-expression Real-Data (.jsonl) to write.", show_default=False)],
-        config: _OPT_CONFIG = "offline", classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False,
-        min_box_area: _OPT_MIN_AREA = 0.0, llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2,
-        hard_negatives: _OPT_NHARD = 2, easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None,
-        clip_model: _OPT_CLIP = None, clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None,
-        shard: _OPT_SHARD = None, concurrency: _OPT_CONC = None, base_url: _OPT_URL = None,
-        cache: _OPT_CACHE = None, no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
-        progress: _OPT_PROGRESS = None) -> None:
+def _generate_options(
+        annotations: _OPT_ANN, images: _OPT_IMAGES, out: Path, config: _OPT_CONFIG = "offline",
+        classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False, min_box_area: _OPT_MIN_AREA = 0.0,
+        llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2, hard_negatives: _OPT_NHARD = 2,
+        easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None, clip_model: _OPT_CLIP = None,
+        clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None, shard: _OPT_SHARD = None,
+        concurrency: _OPT_CONC = None, base_url: _OPT_URL = None, cache: _OPT_CACHE = None,
+        no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
+        progress: _OPT_PROGRESS = None):  # type: ignore[no-untyped-def]
+    """The options of ``generate`` and ``pipeline`` (:func:`with_options`; each command declares its own
+    ``--out``), as the engine's :class:`GenerateOptions` (``--progress`` is the command's)."""
+    from reallod.engine.generate import GenerateSettings
+    from reallod.engine.pipeline import GenerateOptions
+
+    settings = GenerateSettings(llm_expressions=llm_expressions, group_expressions=group_expressions,
+                                hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
+    return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
+                           skip_crowd=not keep_crowd, min_area=min_box_area, settings=settings, clip_model=clip_model,
+                           clip_threshold=clip_threshold, limit=limit, shard=shard, concurrency=concurrency,
+                           base_url=base_url, cache=cache, no_cache=no_cache, force_resume=force_resume)
+
+
+@with_options(_generate_options)
+def generate_cmd(out: _A[Path, typer.Option("--out", help="Raw-expression Real-Data (.jsonl) to write.",
+                                            show_default=False)], **options: Any) -> None:
     """Write raw expressions (caption, vlm_short, vlm_long, llm, groups, negatives) for annotated objects."""
     from reallod.engine.pipeline import generate
 
-    opts = _engine_options(annotations, images, config, out, classes, keep_crowd, min_box_area, llm_expressions,
-                           group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
-                           clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
-    run = generate(opts, monitor=_engine_monitor(progress))
+    quiet_transformers()  # the config's roles may be transformers models
+    run = generate(_generate_options(out=out, **options), monitor=_engine_monitor(options["progress"]))
     typer.echo(f"generated {run.images} image(s) ({run.ran} now, {run.resumed} resumed) -> {run.out}")
     _generation_summary(run)
 
@@ -107,31 +105,26 @@ def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
         typer.echo(f"no record written: {why}; {run.out} is empty")
 
 
-def pipeline_cmd(annotations: _OPT_ANN, images: _OPT_IMAGES, out: _A[Path, typer.Option(
-        "--out", help="Real-Data (.jsonl) to write; intermediate files go next to it.", show_default=False)],
-        config: _OPT_CONFIG = "offline", classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False,
-        min_box_area: _OPT_MIN_AREA = 0.0, llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2,
-        hard_negatives: _OPT_NHARD = 2, easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None,
-        clip_model: _OPT_CLIP = None, clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None,
-        shard: _OPT_SHARD = None, concurrency: _OPT_CONC = None, base_url: _OPT_URL = None,
-        cache: _OPT_CACHE = None, no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
-        progress: _OPT_PROGRESS = None,
+@with_options(_generate_options)
+def pipeline_cmd(
+        out: _A[Path, typer.Option("--out", help="Real-Data (.jsonl) to write; intermediate files go next to it.",
+                                   show_default=False)],
         unresolved: _A[str, typer.Option("--unresolved", help="Expressions the agent judged wrong and could not "
                                          "repair: negative (default), drop or keep.")] = "negative",
         max_cycles: _A[int | None, typer.Option("--max-cycles", help="Agent cycles per expression.")] = None,
         report: _A[Path | None, typer.Option("--report", help="Re-alignment run summary (JSON + Markdown).")] = None,
+        **options: Any,
 ) -> None:
     """generate → realign → assemble: detection annotations to Real-Data, resumable at every stage."""
     from reallod.engine.pipeline import PipelineOptions, pipeline
 
-    opts = _engine_options(annotations, images, config, out, classes, keep_crowd, min_box_area, llm_expressions,
-                           group_expressions, hard_negatives, easy_negatives, max_objects, clip_model,
-                           clip_threshold, limit, shard, concurrency, base_url, cache, no_cache, force_resume)
+    quiet_transformers()  # the config's roles may be transformers models
+    opts = _generate_options(out=out, **options)
     from reallod.agent.summary import check_some_succeeded, failures_table
     from reallod.cli.common import console
 
     run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
-                   monitors=lambda stage: _engine_monitor(progress, stage))
+                   monitors=lambda stage: _engine_monitor(options["progress"], stage))
     g = run.generated
     typer.echo(f"generate: {g.images} image(s) ({g.ran} now, {g.resumed} resumed) -> {run.paths['generated']}")
     _generation_summary(g)

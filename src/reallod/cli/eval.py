@@ -4,11 +4,11 @@ by running a model (:mod:`reallod.eval.jobs`) or from saved predictions."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from reallod.cli.common import Dtype, console, parse_image_size, quiet_transformers
+from reallod.cli.common import Dtype, console, parse_image_size, quiet_transformers, with_options
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -63,18 +63,20 @@ _EvMaxTextLen = Annotated[int | None, typer.Option("--max-text-len", min=4, max=
                                                    show_default=False)]
 
 
-def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: str | None,
-              predictions: Path | None, weights: Path | None, mode: str, batch_size: int, topk: int,
-              max_per_image: int | None, out: Path | None, show_dir: Path | None, device: str | None, dtype: str,
-              metrics_out: Path | None, image_size: str | None, tokenizer: str | None, max_text_len: int | None,
-              score_over: str = "expression-tokens", **extra) -> None:
+def _eval_job(
+    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
+    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
+    batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
+    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
+    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
+    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
+) -> dict[str, Any]:
+    """The options every benchmark takes (:func:`with_options`), as :class:`EvalJob` fields."""
     if model is not None and predictions is None and images is not None and images.is_dir():
         from reallod.model.hf_folder import check_local_folder
 
         check_local_folder(model)  # a mistyped local path fails here, before torch and the benchmark load
-    from reallod.eval.jobs import EvalJob, run_job
     from reallod.eval.predict import ModelSpec, RunOptions
-    from reallod.eval.report import render
 
     if model is None and score_over != "expression-tokens":
         raise typer.BadParameter("goes with --model (saved predictions are already scored)", param_hint="--score-over")
@@ -88,9 +90,15 @@ def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: 
                          max_text_len=max_text_len, tokenizer=tokenizer, image_size=parse_image_size(image_size))
         run.inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk,  # type: ignore[arg-type]
                                          score_over=score_over)  # type: ignore[arg-type]
-    job = EvalJob(benchmark, annotations, predictions=predictions, model=spec, images=images, out=out,
-                  metrics_out=metrics_out, run=run, **extra)
-    outcome = run_job(job)
+    return dict(annotations=annotations, predictions=predictions, model=spec, images=images, out=out,
+                metrics_out=metrics_out, run=run)
+
+
+def _run_eval(benchmark: str, job: dict[str, Any], **extra: Any) -> None:
+    from reallod.eval.jobs import EvalJob, run_job
+    from reallod.eval.report import render
+
+    outcome = run_job(EvalJob(benchmark, **job, **extra))
     if outcome.result is None:  # another process of a sharded run: rank 0 reports
         return
     console().print(render(outcome.result))
@@ -102,16 +110,12 @@ def _run_eval(benchmark: str, *, annotations: Path, images: Path | None, model: 
 
 
 @app.command("omnilabel")
+@with_options(_eval_job)
 def eval_omnilabel(
-    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
-    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
-    batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
-    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
-    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
     skip_categories: Annotated[bool, typer.Option(
         "--skip-categories", help="Prompt and score free-form descriptions only (as the published Real-Model "
         "did): AP-descr and AP-descr-pos; AP-categ and AP are then undefined.")] = False,
+    **options: Any,
 ) -> None:
     """OmniLabel: AP (harmonic mean), AP-categ, AP-descr, AP-descr-pos, AP-descr-S/M/L, AP50/AP75, AR.
 
@@ -119,24 +123,17 @@ def eval_omnilabel(
     [{image_id, bbox xywh, description_ids, scores}]. Example: reallod eval omnilabel --annotations
     dataset_all_val_v0.1.3.json --images omnilabel/ --model models/real-model-b --skip-categories --out preds.json
     """
-    _run_eval("omnilabel", annotations=annotations, images=images, model=model, predictions=predictions,
-              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
-              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, skip_categories=skip_categories)
+    _run_eval("omnilabel", _eval_job(**options), skip_categories=skip_categories)
 
 
 @app.command("d3")
+@with_options(_eval_job)
 def eval_d3(
-    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
-    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
-    batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
-    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
-    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
     backend: _EvBackend = "pycocotools",
     inter: Annotated[bool, typer.Option(
         "--inter", help="Inter-scenario: prompt every image with all descriptions (default: intra-scenario, "
         "its scenario's descriptions).")] = False,
+    **options: Any,
 ) -> None:
     """D³: COCO AP / AP50 / AP75 on FULL, PRES and ABS, and AP by description length.
 
@@ -144,24 +141,18 @@ def eval_d3(
     `pip install 'reallod\\[eval]'`). Predictions: COCO results [{image_id, category_id = sentence id,
     bbox xywh, score}]. Example: reallod eval d3 --annotations d3/d3_pkl --images d3/d3_images --model M
     """
-    _run_eval("d3", annotations=annotations, images=images, model=model, predictions=predictions,
-              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
-              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, backend=backend, inter=inter)
+    _run_eval("d3", _eval_job(**options), backend=backend, inter=inter)
 
 
 @app.command("ovdeval")
+@with_options(_eval_job)
 def eval_ovdeval(
-    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
-    predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
-    batch_size: _EvBatch = 8, topk: _EvTopk = 300, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
-    show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
-    metrics_out: _EvMetricsOut = None, image_size: _EvImageSize = None, tokenizer: _EvTokenizer = None,
-    max_text_len: _EvMaxTextLen = None, score_over: _EvScoreOver = "expression-tokens",
+    topk: _EvTopk = 300,
     backend: _EvBackend = "pycocotools",
     subset: Annotated[str | None, typer.Option(
         "--subset", metavar="NAME", help="With a folder of subsets: evaluate only this one (e.g. negation).",
         show_default=False)] = None,
+    **options: Any,
 ) -> None:
     """OVDEval: NMS-AP per subset and their average (with AP50 / AP75).
 
@@ -169,8 +160,4 @@ def eval_ovdeval(
     COCO results per subset (one file, or a folder of <subset>.json). With several subsets --out is a
     folder. Example: reallod eval ovdeval --annotations OVDEval/annotations --images OVDEval/images --model M
     """
-    _run_eval("ovdeval", annotations=annotations, images=images, model=model, predictions=predictions,
-              weights=weights, mode=mode, batch_size=batch_size, topk=topk, max_per_image=max_per_image, out=out,
-              show_dir=show_dir, device=device, dtype=dtype, metrics_out=metrics_out, image_size=image_size,
-              tokenizer=tokenizer, max_text_len=max_text_len, score_over=score_over, backend=backend, subset=subset)
-
+    _run_eval("ovdeval", _eval_job(topk=topk, **options), backend=backend, subset=subset)

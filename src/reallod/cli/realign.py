@@ -17,11 +17,12 @@ import typer.core
 
 from reallod.cli.common import (
     AGENT_CONFIG_HELP,
-    BASE_URL_HELP,
+    BaseUrl,
     LlmBaseUrl,
     VlmBaseUrl,
     console,
     progress_monitor,
+    quiet_transformers,
 )
 
 _ADDRESS = re.compile(r"[\w.\-]+:\d+")
@@ -82,6 +83,12 @@ def register(root: typer.Typer) -> None:
     root.command("agent-eval")(agent_eval_cmd)
 
 
+_MaxCycles = Annotated[int | None, typer.Option(
+    "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")]
+_Concurrency = Annotated[int | None, typer.Option(
+    "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")]
+
+
 @app.command("run", hidden=True, cls=_RealignRun)
 def realign_cmd(
     input: Annotated[Path | None, typer.Argument(
@@ -94,19 +101,17 @@ def realign_cmd(
         "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
     captions: Annotated[Path | None, typer.Option(
         "--captions", help="Captions keyed by image filename: a JSON object or JSONL {filename, caption}.")] = None,
-    max_cycles: Annotated[int | None, typer.Option(
-        "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")] = None,
+    max_cycles: _MaxCycles = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="Run only the first N tasks.")] = None,
     unresolved: Annotated[str, typer.Option(
         "--unresolved", help="What happens to wrong, unresolved and failed expressions: drop, keep (as they "
         "are) or negative (moved to the negatives).")] = "keep",
     source: Annotated[str, typer.Option(
         "--source", help="Source name of the output pairs when the input is a published task list.")] = "realigned",
-    base_url: Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)] = None,
+    base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")] = None,
+    concurrency: _Concurrency = None,
     endpoint_limit: Annotated[int | None, typer.Option(
         "--endpoint-limit", min=1, help="Requests in flight per endpoint (base URL) (default: the concurrency).")] = None,
     report: Annotated[Path | None, typer.Option(
@@ -157,6 +162,7 @@ def realign_cmd(
         from reallod.agent.realign import RealignOptions
         from reallod.agent.task import VERDICTS
 
+        quiet_transformers()  # the config's roles may be transformers models
         opts = RealignOptions(
             input=input, config=config, out=out, images=images, captions=captions, max_cycles=max_cycles,
             limit=limit, unresolved=unresolved, source=source, base_url=base_url, llm_base_url=llm_base_url,
@@ -211,11 +217,9 @@ def agent_eval_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Keep the run's Real-Data, trace and journal here (default: a temporary folder).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the scores to FILE.json and FILE.md.")] = None,
-    max_cycles: Annotated[int | None, typer.Option(
-        "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, help="Tasks in flight (default: the config's; 64 when it says nothing).")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)] = None,
+    max_cycles: _MaxCycles = None,
+    concurrency: _Concurrency = None,
+    base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
@@ -232,6 +236,7 @@ def agent_eval_cmd(
     from reallod.agent.realign import RealignOptions
     from reallod.agent.summary import check_some_succeeded
 
+    quiet_transformers()  # the config's roles may be transformers models
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
                           vlm_base_url=vlm_base_url, no_cache=no_cache)

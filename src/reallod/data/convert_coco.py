@@ -28,13 +28,13 @@ from reallod.data.convert_common import (
     EmptyRunError,
     JsonSectionsWriter,
     SourceCheck,
-    require_output,
+    add_image_records,
     selected_pairs,
     text_key,
     unique_texts,
     xyxy_to_xywh,
 )
-from reallod.data.io import JsonlWriter, read_records, read_whole
+from reallod.data.io import JsonlWriter, read_whole
 from reallod.data.records import Pair, Record
 from reallod.errors import DataError
 
@@ -98,27 +98,17 @@ def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
     """
     stats = ConvertStats()
     categories = CategoryIndex()
-    check = SourceCheck(sources)
+
+    def convert(record: Record, ids: dict[str, int]) -> dict[str, list[Any]] | None:
+        image, anns = record_to_coco(record, ids["images"], ids["annotations"], categories, sources)
+        return {"images": [image], "annotations": anns} if anns or keep_empty else None
+
+    check = SourceCheck(sources)  # a near-miss --source is refused before anything is written
     with JsonSectionsWriter(dst, ["images", "annotations", "categories"],
                             header={"info": {"description": f"converted from Real-Data {Path(src).name}"}}) as out:
-        image_id, ann_id = 0, 1
-        for record in read_records(src):
-            stats.records_in += 1
-            check.see(record)
-            image, anns = record_to_coco(record, image_id + 1, ann_id, categories, sources)
-            if not anns and not keep_empty:
-                stats.skip("images with no pair of the chosen sources")
-                continue
-            image_id += 1
-            ann_id += len(anns)
-            out.add("images", image)
-            for ann in anns:
-                out.add("annotations", ann)
+        add_image_records(src, out, convert, check=check, stats=stats, what="a COCO image")
         for cat in categories.categories():
             out.add("categories", cat)
-        stats.records_out = out.counts["images"]
-        check.check(src)  # raising here drops the output: an earlier file at dst stays
-        require_output(stats, src, "a COCO image")
     stats.items_out = {"annotations": out.counts["annotations"], "categories": out.counts["categories"]}
     return stats
 

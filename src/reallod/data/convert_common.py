@@ -12,14 +12,14 @@ import difflib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from reallod.data.io import AtomicWriter
+from reallod.data.io import AtomicOutput, AtomicWriter, read_records
 from reallod.data.records import TRAINING_SOURCES, Pair, Record
 from reallod.errors import ConfigError, DataError
 
@@ -162,7 +162,7 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else round(float(v), 3)
 
 
-class JsonSectionsWriter:
+class JsonSectionsWriter(AtomicOutput):
     """One JSON object ``{header..., "a": [...], "b": [...]}`` written atomically in constant memory.
 
     Items of the first section go straight to the output; the others are spooled to unnamed
@@ -227,18 +227,35 @@ class JsonSectionsWriter:
         for spool in self._spools.values():
             spool.close()
 
-    def __enter__(self) -> JsonSectionsWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 class _Sink:
     """File-like adapter so ``shutil.copyfileobj`` can write into an :class:`AtomicWriter`."""
 
     def __init__(self, writer: AtomicWriter) -> None:
         self.write = writer.write
+
+
+def add_image_records(src: str | os.PathLike, out: JsonSectionsWriter,
+                      convert: Callable[[Record, dict[str, int]], dict[str, list[Any]] | None], *,
+                      check: SourceCheck, stats: ConvertStats, what: str) -> None:
+    """Stream the records of ``src`` into ``out``, whose first section holds one image per record.
+
+    ``convert(record, next_ids)`` gives a record's items by section (``next_ids``: the id the next item
+    of each section gets, from 1), or None when the record has nothing of the chosen sources. Records
+    are counted in ``stats`` and shown to ``check``; then a ``--source`` that no record has, or a run
+    that wrote no image (``what`` names one), is refused: raised inside ``out``'s ``with`` block, nothing
+    is written.
+    """
+    for record in read_records(src):
+        stats.records_in += 1
+        check.see(record)
+        items = convert(record, {name: n + 1 for name, n in out.counts.items()})
+        if items is None:
+            stats.skip("images with no pair of the chosen sources")
+            continue
+        for section, values in items.items():
+            for item in values:
+                out.add(section, item)
+    stats.records_out = out.counts[out.sections[0]]
+    check.check(src)  # raising here drops the output: an earlier file at dst stays
+    require_output(stats, src, what)

@@ -26,13 +26,12 @@ from reallod.data.convert_common import (
     ConvertStats,
     JsonSectionsWriter,
     SourceCheck,
-    require_output,
+    add_image_records,
     selected_pairs,
     text_key,
     unique_texts,
     xyxy_to_xywh,
 )
-from reallod.data.io import read_records
 from reallod.data.records import Record
 
 TYPE_DESCRIPTION = "object_description"
@@ -87,25 +86,14 @@ def realdata_to_omnilabel(src: str | os.PathLike, dst: str | os.PathLike, *,
     stats = ConvertStats()
     # "name" must not contain "omnilabel": the official tools then demand their own version string.
     header = {"info": {"name": "reallod", "description": f"converted from Real-Data {Path(src).name}"}}
-    check = SourceCheck(sources)
+
+    def convert(record: Record, ids: dict[str, int]) -> dict[str, list[Any]] | None:
+        image, descs, anns = record_to_omnilabel(record, ids["images"], ids["descriptions"], ids["annotations"],
+                                                 sources=sources, categories=categories, stats=stats)
+        return {"images": [image], "descriptions": descs, "annotations": anns} if descs else None
+
+    check = SourceCheck(sources)  # a near-miss --source is refused before anything is written
     with JsonSectionsWriter(dst, ["images", "descriptions", "annotations"], header=header) as out:
-        image_id, desc_id, ann_id = 0, 1, 1
-        for record in read_records(src):
-            stats.records_in += 1
-            check.see(record)
-            image, descs, anns = record_to_omnilabel(record, image_id + 1, desc_id, ann_id, sources=sources,
-                                                     categories=categories, stats=stats)
-            if not descs:
-                stats.skip("images with no pair of the chosen sources")
-                continue
-            image_id, desc_id, ann_id = image_id + 1, desc_id + len(descs), ann_id + len(anns)
-            out.add("images", image)
-            for d in descs:
-                out.add("descriptions", d)
-            for a in anns:
-                out.add("annotations", a)
-        stats.records_out = out.counts["images"]
-        check.check(src)  # raising here drops the output: an earlier file at dst stays
-        require_output(stats, src, "an image with a description")
+        add_image_records(src, out, convert, check=check, stats=stats, what="an image with a description")
     stats.items_out = {"descriptions": out.counts["descriptions"], "annotations": out.counts["annotations"]}
     return stats

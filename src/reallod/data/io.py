@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Self
 
 import orjson
 
@@ -141,7 +141,27 @@ def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] 
         yield record
 
 
-class AtomicWriter:
+class AtomicOutput:
+    """An output that :meth:`close` puts in place and :meth:`abort` drops. In a ``with`` block it is
+    closed when the block ends and aborted when it raises: an error never leaves a partial output."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class AtomicWriter(AtomicOutput):
     """Binary writer that appears at ``path`` only after :meth:`close` succeeds."""
 
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
@@ -181,15 +201,6 @@ class AtomicWriter:
             self._tmp.unlink(missing_ok=True)
             self.closed = True
 
-    def __enter__(self) -> AtomicWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 class JsonlWriter(AtomicWriter):
     """Atomic JSONL writer for records (written canonical) or plain dicts; counts what it wrote."""
@@ -202,9 +213,6 @@ class JsonlWriter(AtomicWriter):
         obj = record.to_dict() if isinstance(record, Record) else record
         self.write(orjson.dumps(obj) + b"\n")
         self.count += 1
-
-    def __enter__(self) -> JsonlWriter:
-        return self
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record | dict[str, Any]]) -> int:

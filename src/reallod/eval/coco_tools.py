@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from reallod.errors import ConfigError
+from reallod.eval.common import metric
 
 Backend = Literal["pycocotools", "faster-coco-eval"]
 BACKENDS: tuple[str, ...] = ("pycocotools", "faster-coco-eval")
@@ -32,6 +33,10 @@ class CocoScores:
     precision: np.ndarray  # (T, R, K, A, M)
     cat_ids: list[int]
     cat_names: list[str]
+
+    def ap(self, prefix: str) -> dict[str, float | None]:
+        """``PREFIX/AP``, ``PREFIX/AP50`` and ``PREFIX/AP75`` (None where there is no ground truth)."""
+        return {f"{prefix}/{name}": metric(self.stats[i]) for i, name in enumerate(STAT_NAMES[:3])}
 
     def category_ap(self) -> dict[int, float]:
         """AP per category (area all, 100 detections); NaN where the category has no ground truth."""

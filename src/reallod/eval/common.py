@@ -344,3 +344,13 @@ def write_json_list(path: str | Path, items) -> None:
             w.write((b"\n" if first else b",\n") + orjson.dumps(item))
             first = False
         w.write(b"\n]\n")
+
+
+def read_coco_results(path: str | Path, part: int = 0) -> Predictions:
+    """A file of COCO results ({image_id, category_id, bbox xywh, score}), as predictions of subset ``part``."""
+    return parse_coco_results(read_json(path, "predictions"), str(path), part)
+
+
+def write_coco_results(path: str | Path, pred: Predictions) -> None:
+    """Predictions written as a COCO result list."""
+    write_json_list(path, coco_results(pred))

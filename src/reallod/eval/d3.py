@@ -36,10 +36,8 @@ from reallod.eval.common import (
     Predictions,
     check_known,
     coco_results,
-    metric,
-    parse_coco_results,
-    read_json,
-    write_json_list,
+    read_coco_results,
+    write_coco_results,
 )
 
 NAME = "d3"
@@ -130,12 +128,8 @@ def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | 
 # ---------------------------------------------------------------------------------------------
 
 
-def load_predictions(path: str | Path) -> Predictions:
-    return parse_coco_results(read_json(path, "predictions"), str(path))
-
-
-def write_predictions(path: str | Path, pred: Predictions) -> None:
-    write_json_list(path, coco_results(pred))
+load_predictions = read_coco_results  # the benchmark's format is the COCO result list
+write_predictions = write_coco_results
 
 
 def length_partition(per_cat: dict[int, float], names: dict[int, str]) -> dict[str, float | None]:
@@ -164,9 +158,7 @@ def evaluate(bench: D3Benchmark, pred: Predictions, *, path: str | None = None,
     details: dict[str, Any] = {"setting": bench.setting, "per_description_AP": {}}
     for setting, _ in SETTINGS:
         scores = coco_evaluate(bench.gts[setting], results, backend)
-        metrics[f"{setting}/AP"] = metric(scores.stats[0])
-        metrics[f"{setting}/AP50"] = metric(scores.stats[1])
-        metrics[f"{setting}/AP75"] = metric(scores.stats[2])
+        metrics.update(scores.ap(setting))
         per_cat = scores.category_ap()
         for name, value in length_partition(per_cat, dict(zip(scores.cat_ids, scores.cat_names, strict=True))).items():
             metrics[f"{setting}/AP-{name}"] = value

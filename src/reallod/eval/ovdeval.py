@@ -35,10 +35,9 @@ from reallod.eval.common import (
     Predictions,
     check_known,
     coco_results,
-    metric,
-    parse_coco_results,
+    read_coco_results,
     read_json,
-    write_json_list,
+    write_coco_results,
 )
 
 NAME = "ovdeval"
@@ -150,7 +149,7 @@ def load_predictions(path: str | Path, bench: OVDEvalBenchmark) -> Predictions:
     """A result list (one subset) or a folder with ``<subset>.json`` for each subset."""
     p = Path(path)
     if len(bench.subsets) == 1 and not p.is_dir():
-        return parse_coco_results(read_json(p, "predictions"), str(p), 0)
+        return read_coco_results(p)
     if not p.is_dir():
         raise DataError(f"{len(bench.subsets)} subsets are evaluated: give a folder with one <subset>.json each",
                         path=str(p))
@@ -159,7 +158,7 @@ def load_predictions(path: str | Path, bench: OVDEvalBenchmark) -> Predictions:
         f = p / f"{s.name}.json"
         if not f.is_file():
             raise DataError(f"no predictions for subset {s.name!r} (expected {f.name})", path=str(p))
-        parts.append(parse_coco_results(read_json(f, "predictions"), str(f), k))
+        parts.append(read_coco_results(f, k))
     return _concat_keep_entry(parts)
 
 
@@ -173,12 +172,12 @@ def write_predictions(path: str | Path, bench: OVDEvalBenchmark, pred: Predictio
     """One file for one subset; a folder of ``<subset>.json`` for several."""
     p = Path(path)
     if len(bench.subsets) == 1:
-        write_json_list(p, coco_results(pred))
+        write_coco_results(p, pred)
         return [p]
     written = []
     for k, s in enumerate(bench.subsets):
         target = p / f"{s.name}.json"
-        write_json_list(target, coco_results(pred.take(pred.part == k)))
+        write_coco_results(target, pred.take(pred.part == k))
         written.append(target)
     return written
 
@@ -244,9 +243,7 @@ def evaluate(bench: OVDEvalBenchmark, pred: Predictions, *, path: str | None = N
         kept = part.take(nms_keep({i: np.asarray(b, dtype=np.float64) for i, b in gt_boxes.items()},
                                   part.image_id, part.bbox, part.score))
         scores = coco_evaluate(s.gt, coco_results(kept), backend)
-        metrics[f"{s.name}/AP"] = metric(scores.stats[0])
-        metrics[f"{s.name}/AP50"] = metric(scores.stats[1])
-        metrics[f"{s.name}/AP75"] = metric(scores.stats[2])
+        metrics.update(scores.ap(s.name))
         details["subsets"][s.name] = {"predictions": len(part), "after_nms": len(kept)}
         if metrics[f"{s.name}/AP"] is not None:
             aps.append(metrics[f"{s.name}/AP"])

@@ -23,6 +23,7 @@ from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import Role
 from reallod.errors import ConfigError, DataError
 from reallod.finetune.sft_data import SPLITS, role_files
+from reallod.llm.backends.base import map_parts
 
 
 @dataclass
@@ -69,21 +70,11 @@ def _label(role: str, decision: dict[str, Any] | None) -> str:
 def _prompt(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str, Any]]:
     """The stored prompt as backend messages: image parts get their pictures back."""
     pictures = iter(images)
-    out = []
-    for m in messages[:-1]:
-        content = m["content"]
-        if isinstance(content, list):
-            parts = []
-            for p in content:
-                if p.get("type") == "image":
-                    parts.append({"type": "image", "image": next(pictures)})
-                else:
-                    parts.append({"type": "text", "text": p.get("text", "")})
-            if all(p["type"] == "text" for p in parts):  # a text message stored as parts
-                content = "\n".join(p["text"] for p in parts)
-            else:
-                content = parts
-        out.append({"role": m["role"], "content": content})
+    out = map_parts(messages[:-1], lambda p: {"type": "image", "image": next(pictures)},
+                    lambda p: {"type": "text", "text": p.get("text", "")})
+    for m in out:
+        if isinstance(m["content"], list) and all(p["type"] == "text" for p in m["content"]):
+            m["content"] = "\n".join(p["text"] for p in m["content"])  # a text message stored as parts
     return out
 
 

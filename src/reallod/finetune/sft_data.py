@@ -47,6 +47,7 @@ from reallod.agent.trace import TRACE_VERSION, read_trace
 from reallod.agent.views import make_view
 from reallod.data.io import atomic_text
 from reallod.errors import ConfigError, DataError
+from reallod.llm.backends.base import map_parts
 from reallod.llm.prompts import PromptTemplate
 from reallod.runs.image_root import ImageLoader
 
@@ -217,13 +218,7 @@ def _recorded_prompt(step: dict[str, Any], n: int) -> list[dict[str, Any]]:
 def _comparable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages with image parts reduced to their type, for comparing a re-rendered prompt with the
     recorded one (the trace keeps an image's view name, crop box and size instead of its pixels)."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            content = [{"type": "image"} if p.get("type") == "image" else dict(p) for p in content]
-        out.append({"role": m["role"], "content": content})
-    return out
+    return map_parts(messages, lambda p: {"type": "image"})
 
 
 def _dataset_messages(role: str, prompt: list[dict[str, Any]], reply: str) -> list[dict[str, Any]]:

@@ -87,6 +87,22 @@ def _r(pattern: str, *targets: str, transform: Callable | None = None) -> Rule:
 
 _WB = r"(weight|bias)"
 
+
+def _mha(mm: str, hf: str) -> list[Rule]:
+    """An ``nn.MultiheadAttention`` at ``MM.attn`` (query, key and value packed in ``in_proj``) → transformers'
+    ``HF.query|key|value`` and ``HF.out_proj``; ``mm`` holds one group, the layer number."""
+    return [_r(rf"{mm}\.attn\.in_proj_{_WB}", *(rf"{hf}.{n}.\2" for n in ("query", "key", "value")), transform=_qkv),
+            _r(rf"{mm}\.attn\.out_proj\.{_WB}", rf"{hf}.out_proj.\2")]
+
+
+def _norms_ffn(mm: str, hf: str, *norms: str) -> list[Rule]:
+    """A layer's ``MM.norms.{i}`` → ``HF.{norms[i]}`` and its FFN (``MM.ffn.layers.0.0``, ``MM.ffn.layers.1``)
+    → ``HF.fc1``, ``HF.fc2``; ``mm`` holds one group, the layer number."""
+    return [*(_r(rf"{mm}\.norms\.{i}\.{_WB}", rf"{hf}.{name}.\2") for i, name in enumerate(norms)),
+            _r(rf"{mm}\.ffn\.layers\.0\.0\.{_WB}", rf"{hf}.fc1.\2"),
+            _r(rf"{mm}\.ffn\.layers\.1\.{_WB}", rf"{hf}.fc2.\2")]
+
+
 RULES: list[Rule] = [
     # Swin backbone
     _r(rf"backbone\.patch_embed\.projection\.{_WB}", SWIN + r"embeddings.patch_embeddings.projection.\1"),
@@ -118,19 +134,11 @@ RULES: list[Rule] = [
     # fusion encoder
     _r(rf"encoder\.layers\.(\d+)\.self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.{_WB}",
        r"model.encoder.layers.\1.deformable_layer.self_attn.\2.\3"),
-    _r(rf"encoder\.layers\.(\d+)\.norms\.0\.{_WB}", r"model.encoder.layers.\1.deformable_layer.self_attn_layer_norm.\2"),
-    _r(rf"encoder\.layers\.(\d+)\.norms\.1\.{_WB}", r"model.encoder.layers.\1.deformable_layer.final_layer_norm.\2"),
-    _r(rf"encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.encoder.layers.\1.deformable_layer.fc1.\2"),
-    _r(rf"encoder\.layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.encoder.layers.\1.deformable_layer.fc2.\2"),
-    _r(rf"encoder\.text_layers\.(\d+)\.self_attn\.attn\.in_proj_{_WB}",
-       *(rf"model.encoder.layers.\1.text_enhancer_layer.self_attn.{n}.\2" for n in ("query", "key", "value")),
-       transform=_qkv),
-    _r(rf"encoder\.text_layers\.(\d+)\.self_attn\.attn\.out_proj\.{_WB}",
-       r"model.encoder.layers.\1.text_enhancer_layer.self_attn.out_proj.\2"),
-    _r(rf"encoder\.text_layers\.(\d+)\.norms\.0\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_before.\2"),
-    _r(rf"encoder\.text_layers\.(\d+)\.norms\.1\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_after.\2"),
-    _r(rf"encoder\.text_layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.fc1.\2"),
-    _r(rf"encoder\.text_layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.encoder.layers.\1.text_enhancer_layer.fc2.\2"),
+    *_norms_ffn(r"encoder\.layers\.(\d+)", r"model.encoder.layers.\1.deformable_layer",
+                "self_attn_layer_norm", "final_layer_norm"),
+    *_mha(r"encoder\.text_layers\.(\d+)\.self_attn", r"model.encoder.layers.\1.text_enhancer_layer.self_attn"),
+    *_norms_ffn(r"encoder\.text_layers\.(\d+)", r"model.encoder.layers.\1.text_enhancer_layer",
+                "layer_norm_before", "layer_norm_after"),
     _r(r"encoder\.fusion_layers\.(\d+)\.gamma_v", r"model.encoder.layers.\1.fusion_layer.vision_param"),
     _r(r"encoder\.fusion_layers\.(\d+)\.gamma_l", r"model.encoder.layers.\1.fusion_layer.text_param"),
     _r(rf"encoder\.fusion_layers\.(\d+)\.layer_norm_v\.{_WB}", r"model.encoder.layers.\1.fusion_layer.layer_norm_vision.\2"),
@@ -139,21 +147,12 @@ RULES: list[Rule] = [
       for mm, hf in [("v", "vision"), ("l", "text"), ("values_v", "values_vision"), ("values_l", "values_text"),
                      ("out_v", "out_vision"), ("out_l", "out_text")]),
     # decoder
-    _r(rf"decoder\.layers\.(\d+)\.self_attn\.attn\.in_proj_{_WB}",
-       *(rf"model.decoder.layers.\1.self_attn.{n}.\2" for n in ("query", "key", "value")), transform=_qkv),
-    _r(rf"decoder\.layers\.(\d+)\.self_attn\.attn\.out_proj\.{_WB}", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.cross_attn_text\.attn\.in_proj_{_WB}",
-       *(rf"model.decoder.layers.\1.encoder_attn_text.{n}.\2" for n in ("query", "key", "value")), transform=_qkv),
-    _r(rf"decoder\.layers\.(\d+)\.cross_attn_text\.attn\.out_proj\.{_WB}",
-       r"model.decoder.layers.\1.encoder_attn_text.out_proj.\2"),
+    *_mha(r"decoder\.layers\.(\d+)\.self_attn", r"model.decoder.layers.\1.self_attn"),
+    *_mha(r"decoder\.layers\.(\d+)\.cross_attn_text", r"model.decoder.layers.\1.encoder_attn_text"),
     _r(rf"decoder\.layers\.(\d+)\.cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.{_WB}",
        r"model.decoder.layers.\1.encoder_attn.\2.\3"),
-    _r(rf"decoder\.layers\.(\d+)\.norms\.0\.{_WB}", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.norms\.1\.{_WB}", r"model.decoder.layers.\1.encoder_attn_text_layer_norm.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.norms\.2\.{_WB}", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.norms\.3\.{_WB}", r"model.decoder.layers.\1.final_layer_norm.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.{_WB}", r"model.decoder.layers.\1.fc1.\2"),
-    _r(rf"decoder\.layers\.(\d+)\.ffn\.layers\.1\.{_WB}", r"model.decoder.layers.\1.fc2.\2"),
+    *_norms_ffn(r"decoder\.layers\.(\d+)", r"model.decoder.layers.\1", "self_attn_layer_norm",
+                "encoder_attn_text_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"),
     _r(rf"decoder\.ref_point_head\.layers\.(\d+)\.{_WB}", r"model.decoder.reference_points_head.layers.\1.\2"),
     _r(rf"decoder\.norm\.{_WB}", r"model.decoder.layer_norm.\1"),
     # query selection and the rest

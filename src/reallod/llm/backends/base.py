@@ -9,12 +9,26 @@ caller parses, repairs and retries either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]
 """{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text": ...} |
 {"type": "image", "image": PIL.Image.Image}]}"""
+
+
+def map_parts(messages: list[Message], image: Callable[[dict[str, Any]], dict[str, Any]],
+              text: Callable[[dict[str, Any]], dict[str, Any]] = dict) -> list[Message]:
+    """New messages whose content parts are ``image(part)`` for an image part and ``text(part)`` for any
+    other (a copy by default); a plain-string content stays as it is."""
+
+    def parts(content: Any) -> Any:
+        if not isinstance(content, list):
+            return content
+        return [image(p) if p.get("type") == "image" else text(p) for p in content]
+
+    return [{"role": m["role"], "content": parts(m["content"])} for m in messages]
 
 
 def message_images(messages: list[Message]) -> list[Any]:

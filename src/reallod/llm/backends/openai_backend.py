@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from reallod.llm.backends.base import BackendError, Completion, Message, message_images
+from reallod.llm.backends.base import BackendError, Completion, Message, map_parts, message_images
 from reallod.llm.backends.http import (
     DEFAULT_BASE_URL,
     TRANSPORTS,
@@ -83,20 +83,9 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> str:
 
 def to_openai_messages(messages: list[Message], image_format: str = "jpeg") -> list[dict[str, Any]]:
     """Our messages (PIL images in parts) as OpenAI chat messages (image_url parts)."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") == "image":
-                    parts.append({"type": "image_url",
-                                  "image_url": {"url": image_data_url(part["image"], image_format)}})
-                else:
-                    parts.append({"type": "text", "text": part.get("text", "")})
-            content = parts
-        out.append({"role": m["role"], "content": content})
-    return out
+    return map_parts(messages,
+                     lambda p: {"type": "image_url", "image_url": {"url": image_data_url(p["image"], image_format)}},
+                     lambda p: {"type": "text", "text": p.get("text", "")})
 
 
 def _choice_schema(choices: list[str]) -> dict[str, Any]:
