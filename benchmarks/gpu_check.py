@@ -244,6 +244,14 @@ def eval_stage(device: str, report: Report, timeout: int, model_dir: Path, work:
     say(f"eval: {n_images} images in {dt:.1f} s (model loading included)")
 
 
+def stage_timeout(limit: int, left: float | None, least: int = 60) -> int | None:
+    """A stage's time limit under what is left of the budget (None: no budget); None when under ``least``
+    seconds are left, as a stage cut shorter would only be killed half-way."""
+    if left is None:
+        return limit
+    return min(limit, int(left)) if left >= least else None
+
+
 def swin_t_folder(work: Path) -> Path:
     sys.path.insert(0, str(BENCH))
     from detect_throughput import model_folder
@@ -256,6 +264,10 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--out", type=Path, default=None, help="report (JSON lines) [default: gpu_check-DEVICE.jsonl]")
     ap.add_argument("--skip", default="", help="stages to leave out, comma-separated (e.g. train,eval)")
+    ap.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                    help="finish within this many seconds: each stage's time limit is cut to what is left, and a "
+                         "stage with under a minute left is not started (reported), so the report is complete "
+                         "when a caller's own time limit would otherwise kill the check mid-stage")
     args = ap.parse_args()
     out = args.out or Path(f"gpu_check-{args.device}.jsonl")
     report = Report(out.resolve())
@@ -281,19 +293,23 @@ def main() -> None:
             from reallod.model.tiny import save_tiny_detector
 
             model_dir = save_tiny_detector(work / "tiny", seed=0)
-        stages = [("cuda-tests", lambda: cuda_tests(args.device, report, limits["cuda-tests"])),
-                  ("lod-inference", lambda: lod_stage(args.device, report, limits["lod-inference"])),
-                  ("detect", lambda: detect_stage(args.device, report, limits["detect"],
-                                                  model_dir if args.device == "cuda" else None)),
-                  ("detect-cli", lambda: detect_cli_stage(args.device, report, limits["detect-cli"], model_dir, work)),
-                  ("train", lambda: train_stage(args.device, report, limits["train"], work)),
-                  ("eval", lambda: eval_stage(args.device, report, limits["eval"], model_dir, work))]
+        stages = [("cuda-tests", lambda t: cuda_tests(args.device, report, t)),
+                  ("lod-inference", lambda t: lod_stage(args.device, report, t)),
+                  ("detect", lambda t: detect_stage(args.device, report, t, model_dir if args.device == "cuda" else None)),
+                  ("detect-cli", lambda t: detect_cli_stage(args.device, report, t, model_dir, work)),
+                  ("train", lambda t: train_stage(args.device, report, t, work)),
+                  ("eval", lambda t: eval_stage(args.device, report, t, model_dir, work))]
         for name, fn in stages:
             if name in skip:
                 continue
             t1 = time.perf_counter()
+            left = None if args.budget is None else args.budget - (t1 - t0)
+            timeout = stage_timeout(limits[name], left)
+            if timeout is None:
+                report.add({"stage": name, "error": f"not started: {max(left or 0, 0):.0f} s of --budget left"})
+                continue
             try:
-                fn()
+                fn(timeout)
             except Exception as e:  # a stage's own failure is a line of the report, not the end of the check
                 report.add({"stage": name, "error": f"{type(e).__name__}: {e}"})
             timings[name] = round(time.perf_counter() - t1, 1)

@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh --device cuda --out gpu_check.jsonl    # published sizes, < 8 min on one GPU
 #   bash benchmarks/gpu_check.sh --device cpu --out cpu_check.jsonl     # every stage at small sizes (CI)
+#   ... --budget 480    # finish within 480 s whatever the stages take (a complete report under a call limit)
 #
 # Writes JSON lines to --out (one per figure, each with a "stage"), prints a summary and the packages
 # found. Nothing is downloaded (the hubs are set offline). PYTHON=... picks the interpreter (default:

