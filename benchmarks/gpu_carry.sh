@@ -34,7 +34,7 @@ for name in "${PACKAGES[@]}"; do
     echo "gpu_carry: $name is not installed in $PYTHON (run make install first)" >&2; exit 2; }
   pins+=("$name==$version")
 done
-rm -rf "$OUT_DIR" && mkdir -p "$OUT_DIR/wheels"
+rm -rf "$OUT_DIR/wheels" "$OUT_DIR/minilm" && mkdir -p "$OUT_DIR/wheels"  # only what this script writes
 tag=${PY_VERSION/./}
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do

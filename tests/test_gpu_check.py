@@ -1,5 +1,6 @@
-"""``benchmarks/gpu_check.sh --device cpu``: the CPU form of the GPU check, as CI runs it. Every stage
-must write its figures to the one report file (JSON lines), and none may fail."""
+"""``benchmarks/gpu_check.sh``: its CPU form as CI runs it (every stage writes its figures to the one
+report file, none fails), the carried wheels and vocabulary of ``benchmarks/gpu_carry.sh``, and
+``--budget``."""
 
 from __future__ import annotations
 
