@@ -23,6 +23,10 @@ from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_rep
 from tests.agent.scripted import answer, plan, reflect, rewrite
 
 SCHEMA = SPECS["reflector"].schema
+# OpenAI's strict mode refuses minLength (HTTP 400: "minLength is not permitted"); the rest is sent as is
+STRICT = {**SCHEMA, "properties": {k: {kk: vv for kk, vv in v.items() if kk != "minLength"}
+                                   for k, v in SCHEMA["properties"].items()}}
+assert STRICT != SCHEMA and "minLength" not in str(STRICT)
 
 
 @pytest.fixture(params=TRANSPORTS, autouse=True)
@@ -79,7 +83,7 @@ def test_request_carries_model_params_key_images_and_the_schema(monkeypatch: pyt
     assert (req["model"], req["max_tokens"], req["temperature"], req["top_p"], req["seed"]) == (
         "qwen-vl", 33, 0.1, 0.5, 1)
     assert req["response_format"] == {"type": "json_schema",
-                                      "json_schema": {"name": "decision", "schema": SCHEMA, "strict": True}}
+                                      "json_schema": {"name": "decision", "schema": STRICT, "strict": True}}
     assert req["messages"][0] == {"role": "system", "content": "judge"}
     parts = req["messages"][1]["content"]
     assert parts[1] == {"type": "text", "text": "what?"}
@@ -109,8 +113,8 @@ def test_a_rejected_response_format_falls_back_one_level_at_a_time_and_remembers
         first, second = asyncio.run(go())
     formats = [r.get("response_format") for r in server.requests]
     assert formats == [
-        {"type": "json_schema", "json_schema": {"name": "decision", "schema": SCHEMA, "strict": True}},
-        {"type": "json_object", "schema": SCHEMA},
+        {"type": "json_schema", "json_schema": {"name": "decision", "schema": STRICT, "strict": True}},
+        {"type": "json_object", "schema": SCHEMA},  # a grammar server is given minLength
         {"type": "json_object"},
         {"type": "json_object"},
     ]

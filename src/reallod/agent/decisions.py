@@ -48,8 +48,10 @@ class DecisionError(ValueError):
     """A reply that cannot be used as the role's decision; the message is shown to the model on retry."""
 
 
-def _string(description: str) -> dict[str, Any]:
-    return {"type": "string", "description": description}
+def _string(description: str, *, may_be_empty: bool = False) -> dict[str, Any]:
+    # minLength tells constrained decoders which answers may be empty (a teacher's empty "missing" must
+    # be one a student can write); OpenAI's strict mode refuses the keyword, so that backend drops it.
+    return {"type": "string", "description": description, **({} if may_be_empty else {"minLength": 1})}
 
 
 def _enum(values: tuple[str, ...], description: str) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
 
 REFLECTOR_SCHEMA = _object({
     "missing": _string("what the evidence does not confirm (colour, material, position, action, "
-                       "relation, ...); empty when nothing is missing"),
+                       "relation, ...); empty when nothing is missing", may_be_empty=True),
     "feedback": _string("one or two sentences explaining the judgement"),
     "verdict": _enum(REFLECT_VERDICTS, "correct, uncertain or wrong"),
 })
@@ -74,7 +76,7 @@ PLANNER_SCHEMA = _object({
     # No "none": a schema-valid reply must always parse, so focus is always given and only read
     # when the state is uncertain.
     "focus": _enum(FOCI, "what to look at when uncertain (ignored otherwise)"),
-    "question": _string("for uncertain: the question for the vision model; else empty"),
+    "question": _string("for uncertain: the question for the vision model; else empty", may_be_empty=True),
 })
 REWRITER_SCHEMA = _object({
     "expression": _string("the new expression for the chosen object"),

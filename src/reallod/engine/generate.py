@@ -100,7 +100,7 @@ class Generators:
 
 def list_schema(n: int) -> dict[str, Any]:
     """A flat object of ``n`` string fields: backends that constrain decoding support flat schemas."""
-    props = {f"expression_{i}": {"type": "string"} for i in range(1, n + 1)}
+    props = {f"expression_{i}": {"type": "string", "minLength": 1} for i in range(1, n + 1)}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 

@@ -88,6 +88,20 @@ def to_openai_messages(messages: list[Message], image_format: str = "jpeg") -> l
                      lambda p: {"type": "text", "text": p.get("text", "")})
 
 
+STRICT_REFUSED = frozenset({"minLength", "maxLength"})
+"""Keywords OpenAI's strict mode answers with HTTP 400; the parsers check what they meant."""
+
+
+def strict_schema(schema: Any) -> Any:
+    """``schema`` without the keywords strict mode refuses (grammar servers given the schema itself, as
+    ``json_object+schema``, keep them)."""
+    if isinstance(schema, dict):
+        return {k: strict_schema(v) for k, v in schema.items() if k not in STRICT_REFUSED}
+    if isinstance(schema, list):
+        return [strict_schema(v) for v in schema]
+    return schema
+
+
 def _choice_schema(choices: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": {"choice": {"type": "string", "enum": list(choices)}},
             "required": ["choice"], "additionalProperties": False}
@@ -129,7 +143,8 @@ class OpenAIBackend:
             return {"type": "json_object", "schema": schema}
         if self.structured == "json_object":
             return {"type": "json_object"}
-        return {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema, "strict": True}}
+        return {"type": "json_schema", "json_schema": {"name": "decision", "schema": strict_schema(schema),
+                                                       "strict": True}}
 
     def _degrade(self, error: HTTPStatusError) -> None:
         nxt = STRUCTURED_MODES[STRUCTURED_MODES.index(self.structured) + 1]

@@ -7,7 +7,8 @@ model keeps two roles from generating on it at once.
 Structured output for causal LMs is enforced by constrained decoding: for a flat JSON-object schema
 (the shape of every decision), the object is written field by field — keys and punctuation are forced,
 an enumerated field is chosen by scoring each allowed value's likelihood, a string field is generated
-until its closing quote. ``choices`` are scored the same way. Any other schema is only asked for in the
+until its closing quote (empty only where the schema gives no ``minLength``, so a student reproduces a
+teacher's empty answers). ``choices`` are scored the same way. Any other schema is only asked for in the
 prompt. VLMs generate freely (the processor's chat template places the image); the caller parses.
 
 A model with a chat template is prompted through it; a base model without one (like the offline Gemma
@@ -31,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -182,11 +183,11 @@ def reply_ids(tokenizer: Any, reply: str, schema: dict[str, Any] | None) -> list
         obj = json.loads(reply)
     except ValueError:
         obj = None
-    if not fields or not isinstance(obj, dict) or list(obj) != [k for k, _ in fields] \
+    if not fields or not isinstance(obj, dict) or list(obj) != [f.key for f in fields] \
             or not all(isinstance(v, str) for v in obj.values()):
         return enc(reply)
     ids: list[int] = []
-    for i, (key, allowed) in enumerate(fields):
+    for i, (key, allowed, _) in enumerate(fields):
         value = json.dumps(obj[key], ensure_ascii=False)[1:-1]
         ids += enc(_field_prefix(i, key))
         ids += enc(value + '"') if allowed is not None else enc(value) + enc('"')
@@ -199,16 +200,22 @@ def _text_of(content: Any) -> str:
     return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
 
 
-def flat_schema_fields(schema: dict[str, Any] | None) -> list[tuple[str, list[str] | None]] | None:
-    """(key, allowed values or None for free text) per property, or None if not a flat object schema."""
+class SchemaField(NamedTuple):
+    key: str
+    allowed: list[str] | None  # the enumerated values; None for free text
+    nonempty: bool  # free text with ``minLength`` ≥ 1 (JSON Schema: a string may otherwise be empty)
+
+
+def flat_schema_fields(schema: dict[str, Any] | None) -> list[SchemaField] | None:
+    """The properties of a flat object schema in order, or None for any other schema."""
     if not schema or schema.get("type") != "object" or not schema.get("properties"):
         return None
-    fields: list[tuple[str, list[str] | None]] = []
+    fields: list[SchemaField] = []
     for key, prop in schema["properties"].items():
         if "enum" in prop and all(isinstance(v, str) for v in prop["enum"]):
-            fields.append((key, list(prop["enum"])))
+            fields.append(SchemaField(key, list(prop["enum"]), True))
         elif prop.get("type") == "string":
-            fields.append((key, None))
+            fields.append(SchemaField(key, None, int(prop.get("minLength", 0)) > 0))
         else:
             return None
     return fields
@@ -269,8 +276,9 @@ class _Decoder:
             return int(self.torch.multinomial(probs, 1))
         return int(logits.argmax())
 
-    def string(self, max_tokens: int) -> tuple[str, str]:
-        """Generate a JSON string's content up to its closing quote, never empty.
+    def string(self, max_tokens: int, *, nonempty: bool = True) -> tuple[str, str]:
+        """Generate a JSON string's content up to its closing quote; it starts with a word (whitespace
+        alone would be stripped to nothing) and, unless ``nonempty`` is False, the quote cannot come first.
 
         Returns (content, unfed): the text of the stopping token before its quote is not in the cache
         yet, so the caller feeds ``unfed`` and the closing quote.
@@ -280,7 +288,8 @@ class _Decoder:
         for step in range(max_tokens):
             logits = self.logits.clone()
             if step == 0:
-                banned = [*self.loaded.quote_ids, *self.loaded.blank_ids, *([eos] if eos is not None else [])]
+                banned = [*self.loaded.blank_ids, *([eos] if eos is not None else []),
+                          *(self.loaded.quote_ids if nonempty else ())]
                 logits[banned] = float("-inf")
             nxt = self._pick(logits)
             if nxt == eos:
@@ -431,14 +440,14 @@ class TransformersBackend:
         return text, len(ids), dec.generated
 
     @staticmethod
-    def _json(dec: _Decoder, fields: list[tuple[str, list[str] | None]], max_tokens: int) -> str:
-        n_free = sum(1 for _, allowed in fields if allowed is None)
+    def _json(dec: _Decoder, fields: list[SchemaField], max_tokens: int) -> str:
+        n_free = sum(1 for f in fields if f.allowed is None)
         per_string = max(4, max_tokens // max(1, n_free))
         obj: dict[str, str] = {}
-        for i, (key, allowed) in enumerate(fields):
+        for i, (key, allowed, nonempty) in enumerate(fields):
             dec.feed(dec.encode(_field_prefix(i, key)))
             if allowed is None:
-                obj[key], unfed = dec.string(per_string)
+                obj[key], unfed = dec.string(per_string, nonempty=nonempty)
                 dec.feed(dec.encode(unfed + '"'))
             else:
                 obj[key] = dec.choose(allowed, suffix='"')

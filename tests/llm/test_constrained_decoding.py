@@ -1,0 +1,87 @@
+"""The in-process constrained decoder writes back what fine-tuning taught: a model that has learned a
+teacher's reply token by token (``reply_ids``) gets that very reply from the decoder, empty answers
+included, while a field with ``minLength`` is never left empty."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from reallod.agent.decisions import SPECS
+from reallod.llm.backends.transformers_backend import (
+    TransformersBackend,
+    _Decoder,
+    _Loaded,
+    _token_classes,
+    flat_schema_fields,
+    prompt_ids,
+    reply_ids,
+)
+from tests.finetune.tiny_models import bert_tokenizer
+
+MESSAGES = [{"role": "user", "content": 'Category: dog\nExpression: "the brown dog on the left"'}]
+
+
+class TeacherForcedLM(torch.nn.Module):
+    """Test double for a perfectly fine-tuned student: at every position its logits put the next token
+    of one fixed sequence first; its "cache" is the number of tokens seen."""
+
+    def __init__(self, sequence: list[int], vocab: int) -> None:
+        super().__init__()
+        self.sequence, self.vocab, self.device = sequence, vocab, torch.device("cpu")
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool, logits_to_keep: int = 0,
+                cache: int | None = None) -> SimpleNamespace:
+        seen, n = cache or 0, input_ids.shape[1]
+        logits = torch.zeros(1, n, self.vocab)
+        for j in range(n):
+            if seen + j + 1 < len(self.sequence):
+                logits[0, j, self.sequence[seen + j + 1]] = 30.0
+        return SimpleNamespace(logits=logits[:, -(logits_to_keep or n):], cache=seen + n)
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    return bert_tokenizer()
+
+
+def decode_as_student(tok, reply: str, schema: dict) -> str:  # type: ignore[no-untyped-def]
+    """What the decoder writes for ``schema`` when the model has learned ``reply`` exactly."""
+    prompt = prompt_ids(tok, MESSAGES)
+    quotes, blanks = _token_classes(tok)
+    model = TeacherForcedLM([*prompt, *reply_ids(tok, reply, schema), tok.eos_token_id], len(tok))
+    loaded = _Loaded(model=model, tokenizer=tok, quote_ids=quotes, blank_ids=blanks)
+    fields = flat_schema_fields(schema)
+    assert fields is not None
+    return TransformersBackend._json(_Decoder(loaded, prompt, temperature=0.0), fields, max_tokens=64)
+
+
+@pytest.mark.parametrize(("role", "reply"), [
+    ("reflector", {"missing": "", "feedback": "the dog is brown and on the left", "verdict": "correct"}),
+    ("reflector", {"missing": "colour", "feedback": "the colour cannot be seen", "verdict": "uncertain"}),
+    ("planner", {"reason": "the verdict was correct", "state": "correct", "focus": "object", "question": ""}),
+    ("planner", {"reason": "the colour is unknown", "state": "uncertain", "focus": "object",
+                 "question": "what colour is the dog"}),
+])
+def test_a_student_writes_back_the_teachers_reply_empty_answers_included(tok, role: str, reply: dict) -> None:
+    text = json.dumps(reply)
+    assert json.loads(decode_as_student(tok, text, SPECS[role].schema)) == reply
+    SPECS[role].parse(text)
+
+
+def test_a_field_with_min_length_is_never_empty(tok) -> None:
+    schema = SPECS["rewriter"].schema
+    assert schema["properties"]["expression"]["minLength"] == 1
+    # the student would close the quote at once; the decoder makes it write a word first
+    out = json.loads(decode_as_student(tok, json.dumps({"expression": ""}), schema))
+    assert out["expression"].strip()
+
+
+def test_which_fields_may_be_empty_comes_from_the_schema() -> None:
+    fields = {f.key: f for f in flat_schema_fields(SPECS["planner"].schema) or []}
+    assert (fields["question"].nonempty, fields["reason"].nonempty) == (False, True)
+    assert fields["state"].allowed == ["correct", "wrong", "uncertain"]
+    assert flat_schema_fields({"type": "object", "properties": {"n": {"type": "integer"}}}) is None
