@@ -22,7 +22,7 @@ from reallod.llm.backends.openai_backend import OpenAIBackend, image_data_url
 from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply
 from tests.agent.scripted import answer, plan, reflect, rewrite
 
-SCHEMA = SPECS["reflector"].schema
+SCHEMA = SPECS["rewriter"].schema
 # OpenAI's strict mode refuses minLength (HTTP 400: "minLength is not permitted"); the rest is sent as is
 STRICT = {**SCHEMA, "properties": {k: {kk: vv for kk, vv in v.items() if kk != "minLength"}
                                    for k, v in SCHEMA["properties"].items()}}

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reallod.agent.decisions import SPECS
+from reallod.agent.decisions import SPECS, DecisionError
 from reallod.llm.backends.transformers_backend import (
     TransformersBackend,
     _Decoder,
@@ -63,6 +63,7 @@ def decode_as_student(tok, reply: str, schema: dict) -> str:  # type: ignore[no-
     ("reflector", {"missing": "", "feedback": "the dog is brown and on the left", "verdict": "correct"}),
     ("reflector", {"missing": "colour", "feedback": "the colour cannot be seen", "verdict": "uncertain"}),
     ("planner", {"reason": "the verdict was correct", "state": "correct", "focus": "object", "question": ""}),
+    ("reflector", {"missing": "", "feedback": "", "verdict": "wrong"}),
     ("planner", {"reason": "the colour is unknown", "state": "uncertain", "focus": "object",
                  "question": "what colour is the dog"}),
 ])
@@ -80,8 +81,24 @@ def test_a_field_with_min_length_is_never_empty(tok) -> None:
     assert out["expression"].strip()
 
 
-def test_which_fields_may_be_empty_comes_from_the_schema() -> None:
+@pytest.mark.parametrize("role", sorted(SPECS))
+def test_a_field_is_nonempty_exactly_where_the_parser_refuses_it_empty(role: str) -> None:
+    """So every decision a teacher's reply parses to is one the decoder can write back."""
+    spec = SPECS[role]
+    fields = flat_schema_fields(spec.schema)
+    assert fields is not None
+    full = {f.key: (f.allowed[0] if f.allowed else "some words") for f in fields}
+    for f in fields:
+        if f.allowed is None:
+            try:
+                spec.parse(json.dumps({**full, f.key: ""}))
+                refused = False
+            except DecisionError:
+                refused = True
+            assert f.nonempty == refused, f"{role}.{f.key}"
+
+
+def test_fields_come_from_a_flat_schema_only() -> None:
     fields = {f.key: f for f in flat_schema_fields(SPECS["planner"].schema) or []}
-    assert (fields["question"].nonempty, fields["reason"].nonempty) == (False, True)
-    assert fields["state"].allowed == ["correct", "wrong", "uncertain"]
+    assert fields["state"].allowed == ["correct", "wrong", "uncertain"] and fields["state"].nonempty
     assert flat_schema_fields({"type": "object", "properties": {"n": {"type": "integer"}}}) is None

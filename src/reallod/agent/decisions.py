@@ -48,10 +48,11 @@ class DecisionError(ValueError):
     """A reply that cannot be used as the role's decision; the message is shown to the model on retry."""
 
 
-def _string(description: str, *, may_be_empty: bool = False) -> dict[str, Any]:
-    # minLength tells constrained decoders which answers may be empty (a teacher's empty "missing" must
-    # be one a student can write); OpenAI's strict mode refuses the keyword, so that backend drops it.
-    return {"type": "string", "description": description, **({} if may_be_empty else {"minLength": 1})}
+def _string(description: str, *, nonempty: bool = False) -> dict[str, Any]:
+    # minLength marks exactly the answers the parser refuses empty: a constrained decoder may then close
+    # any other string at once, as a teacher did ("missing": "") and a student must be able to repeat.
+    # OpenAI's strict mode refuses the keyword, so that backend drops it.
+    return {"type": "string", "description": description, **({"minLength": 1} if nonempty else {})}
 
 
 def _enum(values: tuple[str, ...], description: str) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
 
 REFLECTOR_SCHEMA = _object({
     "missing": _string("what the evidence does not confirm (colour, material, position, action, "
-                       "relation, ...); empty when nothing is missing", may_be_empty=True),
+                       "relation, ...); empty when nothing is missing"),
     "feedback": _string("one or two sentences explaining the judgement"),
     "verdict": _enum(REFLECT_VERDICTS, "correct, uncertain or wrong"),
 })
@@ -76,13 +77,13 @@ PLANNER_SCHEMA = _object({
     # No "none": a schema-valid reply must always parse, so focus is always given and only read
     # when the state is uncertain.
     "focus": _enum(FOCI, "what to look at when uncertain (ignored otherwise)"),
-    "question": _string("for uncertain: the question for the vision model; else empty", may_be_empty=True),
+    "question": _string("for uncertain: the question for the vision model; else empty"),
 })
 REWRITER_SCHEMA = _object({
-    "expression": _string("the new expression for the chosen object"),
+    "expression": _string("the new expression for the chosen object", nonempty=True),
 })
 VLM_SCHEMA = _object({
-    "answer": _string("a short factual answer about what the image shows"),
+    "answer": _string("a short factual answer about what the image shows", nonempty=True),
 })
 
 
