@@ -3,7 +3,7 @@ tasks on the bundled photos, and tiny random-initialised models built from confi
 
 ``keyword_teacher`` (a test double standing in for an expensive teacher model) judges an expression by
 its words alone: one that names a colour is **wrong**, one that names a position is **uncertain**
-(missing: position), any other is **correct**. The planner follows the reviewer's verdict (uncertain →
+(missing: position), any other is **correct** (missing: empty, which a student must be able to repeat). The planner follows the reviewer's verdict (uncertain →
 look at the position), the rewriter writes ``the CATEGORY``, the VLM tool answers in one line. The rule
 is arbitrary on purpose: a base model cannot guess it, so a student that follows it learned it from the
 teacher's traces.
@@ -38,7 +38,7 @@ def keyword_verdict(expression: str) -> tuple[str, str, str]:
         return "wrong", "colour", "names a colour"
     if words & set(POSITIONS):
         return "uncertain", "position", "names a position"
-    return "correct", "nothing", "plain name"
+    return "correct", "", "plain name"  # nothing missing: empty, as the schema asks
 
 
 def _quoted_after(text: str, label: str) -> str:
