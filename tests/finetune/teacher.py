@@ -3,10 +3,10 @@ tasks on the bundled photos, and tiny random-initialised models built from confi
 
 ``keyword_teacher`` (a test double standing in for an expensive teacher model) judges an expression by
 its words alone: one that names a colour is **wrong**, one that names a position is **uncertain**
-(missing: position), any other is **correct** (missing: empty, which a student must be able to repeat). The planner follows the reviewer's verdict (uncertain →
-look at the position), the rewriter writes ``the CATEGORY``, the VLM tool answers in one line. The rule
-is arbitrary on purpose: a base model cannot guess it, so a student that follows it learned it from the
-teacher's traces.
+(missing: position), any other is **correct** (missing: empty, which a student must be able to repeat).
+The planner follows the reviewer's verdict (uncertain → look at the position), the rewriter writes
+``the CATEGORY``, the VLM tool answers in one line. The rule is arbitrary on purpose: a base model cannot
+guess it, so a student that follows it learned it from the teacher's traces.
 
 ``teacher_tasks`` writes a published-style task list over the four bundled photos (objects and
 captions of ``examples/tasks.json``), five expressions per object: the plain name, two with a colour,
