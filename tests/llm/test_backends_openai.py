@@ -18,7 +18,7 @@ from reallod.agent.workflow import run_task
 from reallod.errors import ConfigError
 from reallod.llm.backends.base import BackendError
 from reallod.llm.backends.http import TRANSPORTS
-from reallod.llm.backends.openai_backend import OpenAIBackend, image_data_url
+from reallod.llm.backends.openai_backend import OpenAIBackend, image_data_url, strict_schema
 from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply
 from tests.agent.scripted import answer, plan, reflect, rewrite
 
@@ -91,6 +91,16 @@ def test_request_carries_model_params_key_images_and_the_schema(monkeypatch: pyt
     assert Image.open(io.BytesIO(data)).size == (10, 6)
     assert server.headers[0]["authorization"] == "Bearer sk-test-123"
     assert b.name == f"openai:qwen-vl@{server.url}"
+
+
+def test_strict_mode_loses_the_length_keywords_and_nothing_else() -> None:
+    schema = {"type": "object", "required": ["maxLength", "note"], "additionalProperties": False,
+              "properties": {"maxLength": {"type": "string", "minLength": 1},  # a field, not the keyword
+                             "note": {"type": "array", "items": {"type": "string", "maxLength": 9}}}}
+    assert strict_schema(schema) == {
+        "type": "object", "required": ["maxLength", "note"], "additionalProperties": False,
+        "properties": {"maxLength": {"type": "string"}, "note": {"type": "array", "items": {"type": "string"}}}}
+    assert schema["properties"]["maxLength"] == {"type": "string", "minLength": 1}  # the input is not changed
 
 
 def test_a_rejected_response_format_falls_back_one_level_at_a_time_and_remembers() -> None:

@@ -98,6 +98,13 @@ def test_a_field_is_nonempty_exactly_where_the_parser_refuses_it_empty(role: str
             assert f.nonempty == refused, f"{role}.{f.key}"
 
 
+def test_no_string_starts_with_a_token_that_writes_nothing(tok) -> None:
+    """Special tokens are skipped when decoding: one first and a quote next would leave the string empty."""
+    quotes, blanks = _token_classes(tok)
+    assert set(tok.all_special_ids) <= blanks | quotes
+    assert tok.convert_tokens_to_ids('"') in quotes and tok.convert_tokens_to_ids("dog") not in blanks | quotes
+
+
 def test_fields_come_from_a_flat_schema_only() -> None:
     fields = {f.key: f for f in flat_schema_fields(SPECS["planner"].schema) or []}
     assert fields["state"].allowed == ["correct", "wrong", "uncertain"] and fields["state"].nonempty

@@ -94,12 +94,16 @@ STRICT_REFUSED = frozenset({"minLength", "maxLength"})
 
 def strict_schema(schema: Any) -> Any:
     """``schema`` without the keywords strict mode refuses (grammar servers given the schema itself, as
-    ``json_object+schema``, keep them)."""
-    if isinstance(schema, dict):
-        return {k: strict_schema(v) for k, v in schema.items() if k not in STRICT_REFUSED}
+    ``json_object+schema``, keep them). Property names are names, not keywords: a field may be called
+    ``maxLength``."""
     if isinstance(schema, list):
         return [strict_schema(v) for v in schema]
-    return schema
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items() if k not in STRICT_REFUSED}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {name: strict_schema(sub) for name, sub in schema["properties"].items()}
+    return out
 
 
 def _choice_schema(choices: list[str]) -> dict[str, Any]:

@@ -125,9 +125,10 @@ def _load_adapted(model: str, gguf_file: str | None, kind: str, dtype: str, devi
 
 
 def _token_classes(tok: Any) -> tuple[frozenset[int], frozenset[int]]:
-    """Tokens that contain a quote or a line break (they end a JSON string), and tokens that are only
-    whitespace (a string must not start with them, or it could end up empty)."""
-    quotes, blanks = set(), set()
+    """Tokens that contain a quote or a line break (they end a JSON string), and tokens that write nothing
+    visible: whitespace, and special tokens, which decoding skips (a string must not start with them, or
+    it could end up empty)."""
+    quotes, blanks = set(), set(getattr(tok, "all_special_ids", ()))
     for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
         if not t:
             continue
@@ -203,7 +204,7 @@ def _text_of(content: Any) -> str:
 class SchemaField(NamedTuple):
     key: str
     allowed: list[str] | None  # the enumerated values; None for free text
-    nonempty: bool  # free text with ``minLength`` ≥ 1 (JSON Schema: a string may otherwise be empty)
+    nonempty: bool  # an enumerated value, or free text with ``minLength`` ≥ 1 (JSON Schema: else may be empty)
 
 
 def flat_schema_fields(schema: dict[str, Any] | None) -> list[SchemaField] | None:
