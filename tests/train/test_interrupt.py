@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from reallod.errors import Interrupted, ReallodError
 from reallod.train import checkpoint as C
 from reallod.train.loop import TrainInterrupted
@@ -106,3 +108,59 @@ def test_the_error_is_a_reallod_error_with_exit_code_130(tmp_path):
     assert isinstance(e, Interrupted) and isinstance(e, ReallodError) and e.exit_code == 130
     assert str(e) == (f"interrupted at step 7; no checkpoint in {tmp_path} yet, so nothing is saved; "
                       "train(..., resume=True) starts from the beginning")
+
+
+
+def test_what_the_interrupt_left_half_built_is_freed_quietly_before_the_message(tmp_path, monkeypatch):
+    """A DataLoader iterator interrupted in its constructor raises from ``__del__`` once freed; that used to
+    happen at exit, printing "Exception ignored ..." after our message (seen in CI)."""
+    from reallod.train import loop
+    from tests.train.helpers import tiny_config
+
+    freed, reported = [], []
+
+    class HalfBuilt:
+        def __del__(self):
+            freed.append(True)
+            raise AttributeError("'HalfBuilt' object has no attribute '_shutdown'")
+
+    def interrupted(*args):
+        half = HalfBuilt()
+        half.itself = half  # in a cycle, as such objects often are: only the collector frees it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train", interrupted)
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with pytest.raises(TrainInterrupted, match="while setting up"):
+        loop.train(tiny_config(tmp_path / "shapes"), tmp_path / "run")
+    assert freed and not reported
+    assert sys.unraisablehook == reported.append  # the user's hook is back
+
+
+def test_a_ctrl_c_that_code_swallowed_is_raised_at_the_next_check(monkeypatch):
+    """SIGINT landing in code whose exceptions Python only reports (a fork hook as DataLoader workers start,
+    a ``__del__``) used to be printed and lost: training went on (about one Ctrl-C in ten in the test above)."""
+    from reallod.train.ctrl_c import CtrlC
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    reported, swallowed = [], []
+
+    class Swallows:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+            swallowed.append("not reached: the handler raised above")
+
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with CtrlC() as ctrl_c:
+        ctrl_c.check()
+        Swallows()  # freed at once; the KeyboardInterrupt dies in __del__
+        assert not swallowed and not reported
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook == reported.append
+
+    Swallows.__del__ = lambda self: 1 / 0
+    with CtrlC():
+        Swallows()  # before any Ctrl-C, reports go where they always went
+    assert len(reported) == 1 and reported[0].exc_type is ZeroDivisionError

@@ -15,6 +15,7 @@ and the periodic evaluation happen between steps.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import resource
@@ -30,6 +31,7 @@ from reallod.errors import ConfigError, Interrupted
 from reallod.train import checkpoint as C
 from reallod.train.build import build_detector
 from reallod.train.config import TrainConfig, dump_yaml, resolve_paths
+from reallod.train.ctrl_c import CtrlC
 from reallod.train.dataset import DataFile, EpochBatches, TrainDataset, collate, index_file, skipped_summary
 from reallod.train.losses import install as install_loss
 from reallod.train.losses import training_loss
@@ -105,11 +107,15 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
     log = MetricsLog(work_dir, enabled=main, tensorboard=cfg.log.tensorboard, echo=echo)
     live = _Live()
     try:
-        return _train(cfg, work_dir, accelerator, log, resume, auto_scale_lr, set_seed, live)
-    except KeyboardInterrupt:
-        raise TrainInterrupted.at(live.step, work_dir, resume_command) from None
+        with live.ctrl_c:
+            try:
+                return _train(cfg, work_dir, accelerator, log, resume, auto_scale_lr, set_seed, live)
+            except KeyboardInterrupt:
+                live.ctrl_c.pressed = True  # however it came: what its frames held is freed next, quietly
+            gc.collect()  # what the interrupt left half-built complains from __del__: here, not after our message
     finally:
         log.close()
+    raise TrainInterrupted.at(live.step, work_dir, resume_command)
 
 
 @dataclass
@@ -117,6 +123,7 @@ class _Live:
     """Where the run is, readable when Ctrl-C arrives anywhere inside it."""
 
     step: int | None = None  # None until the run has set up (model, data, checkpoint) and begins stepping
+    ctrl_c: CtrlC = field(default_factory=CtrlC)
 
 
 class TrainInterrupted(Interrupted):
@@ -244,6 +251,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
         model.train()
         tic = time.perf_counter()
         for batch in loader:
+            live.ctrl_c.check()
             window.data_time += time.perf_counter() - tic
             group_start = (batch_idx // accum) * accum
             group_size = min(accum, batches_per_epoch - group_start)
