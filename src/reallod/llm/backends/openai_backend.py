@@ -100,10 +100,8 @@ def strict_schema(schema: Any) -> Any:
         return [strict_schema(v) for v in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: strict_schema(v) for k, v in schema.items() if k not in STRICT_REFUSED}
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {name: strict_schema(sub) for name, sub in schema["properties"].items()}
-    return out
+    return {k: {name: strict_schema(sub) for name, sub in v.items()} if k == "properties" and isinstance(v, dict)
+            else strict_schema(v) for k, v in schema.items() if k not in STRICT_REFUSED}
 
 
 def _choice_schema(choices: list[str]) -> dict[str, Any]:
