@@ -158,6 +158,7 @@ def test_two_processes_give_the_same_predictions_and_numbers(single, setup, tmp_
     for sub in ("color", "material"):
         assert (dist_out / "ovdeval" / f"{sub}.json").read_bytes() == (out / "ovdeval" / f"{sub}.json").read_bytes()
     assert _metrics(dist_out / "ovdeval.metrics.json") == _metrics(out / "ovdeval.metrics.json")
+    assert not list(dist_out.glob("*.journal*"))  # each process kept one; rank 0 removed them all at the end
 
 
 def test_score_over_all_tokens_reaches_the_detector(setup, tmp_path, capsys):
@@ -187,3 +188,43 @@ def test_score_over_all_tokens_reaches_the_detector(setup, tmp_path, capsys):
                 best[d] = max(best.get(d, 0.0), s)
     for k, d in enumerate(descr):
         assert best[d["id"]] == pytest.approx(float(dets.for_expression(k).scores.max()), abs=1e-3)
+
+
+def test_a_run_killed_by_ctrl_c_resumes_through_the_cli(single, setup, tmp_path, capsys, monkeypatch):
+    """Ctrl-C at the third image: exit 130 with what is kept; the same command again runs the rest, and
+    the predictions are byte for byte those of the uninterrupted run; no journal is left."""
+    import torch
+
+    from reallod.model.inference import Detector
+
+    model, data = setup
+    out = tmp_path / "omnilabel.json"
+    args = ["eval", "omnilabel", "--model", model, *COMMON, "--annotations", data / "omnilabel" / "gt.json",
+            "--images", data / "omnilabel" / "images", "--out", out]
+    real = Detector.detect
+    calls = []
+
+    def ctrl_c_at_the_third_image(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3 and stop:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Detector, "detect", ctrl_c_at_the_third_image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the run it is compared with
+    try:
+        stop = True
+        code, _, err = run_cli(args, capsys)
+        assert code == 130, err
+        assert "interrupted: 2 of 4 images done, kept in" in err and "omnilabel.journal.jsonl" in err
+        assert not out.exists() and (tmp_path / "omnilabel.journal.jsonl").is_file()
+        stop, calls[:] = False, []
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2
+    assert out.read_bytes() == (single / "omnilabel.json").read_bytes()
+    assert _metrics(tmp_path / "omnilabel.metrics.json") == _metrics(single / "omnilabel.metrics.json")
+    assert not list(tmp_path.glob("*.journal*")) and not list(single.glob("*.journal*"))

@@ -43,7 +43,8 @@ _EvTopk = Annotated[int, typer.Option(
 _EvMaxPerImage = Annotated[int | None, typer.Option(
     "--max-per-image", min=1, help="Keep only the best N boxes of an image over all its descriptions.",
     show_default=False)]
-_EvOut = Annotated[Path | None, typer.Option("--out", help="Write the predictions here (the benchmark's format).")]
+_EvOut = Annotated[Path | None, typer.Option("--out", help="Write the predictions here (the benchmark's format); "
+                                             "a run killed part-way resumes from the journal kept beside it.")]
 _EvShowDir = Annotated[Path | None, typer.Option(
     "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR.")]
 _EvDevice = Annotated[str | None, typer.Option(

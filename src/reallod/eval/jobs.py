@@ -14,7 +14,8 @@ from typing import Any
 
 from reallod.errors import ConfigError
 from reallod.eval.common import EvalImage, EvalResult, Predictions
-from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict
+from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict, shard
+from reallod.eval.resume import PredictionJournal, remove_journals
 
 BENCHMARKS = ("omnilabel", "d3", "ovdeval")
 
@@ -129,18 +130,46 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
         return _finish(job, bench, result, len(pred), [])
     own_dist = dist is None
     dist = dist or init_distributed()
+    journal: PredictionJournal | None = None
     try:
         bench = _open_benchmark(job)
+        if job.out is not None:  # what each image gives is kept as it comes: a killed run resumes
+            journal = PredictionJournal(Path(job.out), resume_settings(job, bench), dist.rank, dist.world_size,
+                                        mine=set(shard(len(bench.images), dist)))
         detector = load_model(job.model, dist)
-        pred = predict(bench.images, detector, job.images, job.run, dist, desc=f"eval {bench.name}")
+        pred = predict(bench.images, detector, job.images, job.run, dist, desc=f"eval {bench.name}",
+                       journal=journal)
         if pred is None:
             return JobOutcome(None, processes=dist.world_size)
         written = bench.write(Path(job.out), pred) if job.out is not None else []
+        if job.out is not None:
+            journal.close()
+            remove_journals(Path(job.out))  # the predictions file holds it all now
         result = bench.score(pred, str(written[0]) if len(written) == 1 else None)
         return _finish(job, bench, result, len(pred), written, dist.world_size)
     finally:
+        if journal is not None:
+            journal.close()
         if own_dist:
             dist.close()
+
+
+def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
+    """What a run's predictions depend on: a journal left with other settings is not resumed."""
+    from dataclasses import asdict
+
+    from reallod.model.inference import InferenceOptions
+    from reallod.runs.journal import fingerprint_path
+
+    assert job.model is not None and job.images is not None
+    inference = asdict(job.run.inference or InferenceOptions())
+    inference.pop("batch_size")  # not the batch size or the device: a resume may change them
+    model = asdict(job.model)
+    model.pop("device")
+    return {"benchmark": bench.name, "annotations": fingerprint_path(job.annotations),
+            **{k: v for k, v in bench.describe.items() if k != "backend"},
+            "images": str(Path(job.images).resolve()), "model": model, "inference": inference,
+            "max_per_image": job.run.max_per_image, "max_pixels": job.run.max_pixels}
 
 
 def _finish(job: EvalJob, bench: _Bench, result: EvalResult, n: int, written: list[Path],

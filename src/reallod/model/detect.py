@@ -54,8 +54,7 @@ class DetectOptions:
     palette: str = "coco"
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Images decoded ahead in worker threads, and outputs written behind, while the device computes;
-    # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (there the threads would only take
-    # cores from the model's own).
+    # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (``prefetch.depth``).
     prefetch: int | None = None
 
 
@@ -116,6 +115,8 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
 
     from tqdm import tqdm
 
+    from reallod.model.prefetch import ahead, depth
+
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     images = find_images(inputs)
@@ -123,19 +124,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     bar = tqdm(total=len(images), desc="detect", unit="img", disable=not progress or len(images) < 2,
                file=sys.stderr)
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    ahead = max(0, options.prefetch if options.prefetch is not None else 2 if detector.device.type == "cuda" else 0)
-    loader = ThreadPoolExecutor(max_workers=min(ahead, 4), thread_name_prefix="detect-load") if ahead else None
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if ahead else None
-    pending: dict[int, Future] = {}
+    n_ahead = depth(options.prefetch, detector.device)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if n_ahead else None
     written: list[Future] = []  # writes not yet collected, oldest first
-
-    def load(k: int):
-        if loader is None:
-            return _load(images[k][0], detector, options.max_pixels)
-        for j in range(k, min(k + ahead + 1, len(images))):  # keep `ahead` images in flight
-            if j not in pending:
-                pending[j] = loader.submit(_load, images[j][0], detector, options.max_pixels)
-        return pending.pop(k).result()
 
     def collect(files: tuple[Path | None, Path | None]) -> None:
         pred, vis = files
@@ -144,9 +135,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         if vis is not None:
             summary.vis_files.append(vis)
 
+    loaded = ahead(lambda item: _load(item[0], detector, options.max_pixels), images, n_ahead, name="detect-load")
     try:
-        for k, (path, name) in enumerate(images):
-            image, prepared, error = load(k)
+        for (path, name), (image, prepared, error) in zip(images, loaded, strict=True):
             bar.update(1)
             if error is not None:
                 summary.skipped.append((str(path), str(error)))
@@ -158,7 +149,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
                 written.append(writer.submit(_write, dets, image, name, options))
-                while len(written) > ahead + 1:  # bounded: finished images do not pile up in memory
+                while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
                     collect(written.pop(0).result())
             else:
                 collect(_write(dets, image, name, options))
@@ -170,11 +161,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             collect(f.result())
     finally:
         bar.close()
-        for f in pending.values():
-            f.cancel()
-        for pool in (loader, writer):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        loaded.close()
+        if writer is not None:
+            writer.shutdown(wait=True, cancel_futures=True)
     return summary
 
 

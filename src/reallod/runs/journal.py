@@ -49,6 +49,16 @@ def fingerprint_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def fingerprint_path(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of every file under a folder with its relative name (a benchmark's
+    ground truth can be either)."""
+    path = Path(path)
+    if not path.is_dir():
+        return fingerprint_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return fingerprint({str(p.relative_to(path)): fingerprint_file(p) for p in files})
+
+
 def fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
@@ -122,9 +132,15 @@ class Journal:
 
     def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
         """Write and fsync one result now (for synchronous callers)."""
-        if task_id not in self.done:
-            self._locked_write(_line(task_id, result))
-            self.done[task_id] = self._keep(result)
+        self.append_many_sync([(task_id, result)])
+
+    def append_many_sync(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write and fsync several results with one flush (a synchronous caller's group commit)."""
+        new = [(tid, res) for tid, res in items if tid not in self.done]
+        if new:
+            self._locked_write(b"".join(_line(tid, res) for tid, res in new))
+            for tid, res in new:
+                self.done[tid] = self._keep(res)
 
     async def append(self, task_id: str, result: dict[str, Any]) -> None:
         """Returns once the result is durable; concurrent appends share one write + fsync.

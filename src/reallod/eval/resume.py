@@ -1,0 +1,129 @@
+"""What a model run over a benchmark keeps as it goes, so a killed run resumes where it stopped.
+
+Each process appends its images' prediction rows to a journal beside ``--out`` (``OUT.journal.jsonl``;
+``OUT.journal.rankR.jsonl`` for process R of a sharded run), a few images per write and fsync. A rerun
+with the same settings reads every journal there, whatever the number of processes that wrote them,
+runs only the images none holds, and writes the predictions one uninterrupted run writes. The journals
+are removed once the predictions file is written.
+
+The settings are what changes the predictions (ground truth content, model, precision, inference
+options, image root), not the batch size or the device: resuming at a smaller batch after running out
+of GPU memory, or on other GPUs, keeps the finished images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reallod.errors import Interrupted
+from reallod.eval.common import EvalImage, Predictions
+from reallod.runs.journal import Journal, JournalMismatch, beside, iter_journal, read_header
+
+FLUSH_EVERY_S = 2.0  # at most this much finished work is lost to a crash (Ctrl-C loses none)
+
+
+def journal_files(out: Path) -> list[Path]:
+    """Every journal beside ``out``, whichever process wrote it."""
+    base = beside(out, ".journal").name
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if p.is_file() and (
+        p.name == f"{base}.jsonl" or (p.name.startswith(f"{base}.rank") and p.name.endswith(".jsonl"))))
+
+
+def own_journal(out: Path, rank: int, world_size: int) -> Path:
+    return beside(out, ".journal.jsonl" if world_size == 1 else f".journal.rank{rank}.jsonl")
+
+
+def remove_journals(out: Path) -> None:
+    for p in journal_files(out):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def to_result(rows: Predictions) -> dict[str, Any]:
+    """One image's rows as a journal result (its image id and part come back from the benchmark)."""
+    return {"label": rows.label.tolist(), "score": rows.score.tolist(), "bbox": rows.bbox.tolist()}
+
+
+def from_result(image: EvalImage, result: dict[str, Any]) -> Predictions:
+    n = len(result["score"])
+    return Predictions([image.image_id] * n, result["label"], result["score"], result["bbox"] or [],
+                       [image.part] * n)
+
+
+def _usable(path: Path, fp: dict[str, Any]) -> bool:
+    """Whether the journal holds images of these settings; one of other settings that holds none (left by
+    a run stopped before its first image) is passed over, one that holds some is refused."""
+    try:
+        if path.stat().st_size == 0:  # a run stopped as it created it
+            return False
+        before = read_header(path).get("fingerprint")
+        if before == fp:
+            return True
+        if next(iter_journal(path), None) is None:
+            return False
+    except FileNotFoundError:  # its own process started it afresh
+        return False
+    before = before if isinstance(before, dict) else {}
+    changed = sorted(k for k in set(fp) | set(before) if fp.get(k) != before.get(k))
+    raise JournalMismatch(
+        f"{path}: left by an interrupted run with another {', '.join(changed)}; rerun with that run's "
+        "settings to resume it, or delete the journal to start over")
+
+
+class PredictionJournal:
+    """This process's journal, and the images earlier runs finished among those it is to run."""
+
+    def __init__(self, out: Path, fp: dict[str, Any], rank: int = 0, world_size: int = 1,
+                 mine: set[int] | None = None) -> None:
+        out = Path(out)
+        fp = orjson.loads(orjson.dumps(fp))  # as a journal's header reads back (tuples become lists)
+        self.path = own_journal(out, rank, world_size)
+        if self.path.exists() and not _usable(self.path, fp):
+            self.path.unlink()  # only its own process starts a journal afresh
+        self._journal = Journal.open(self.path, fp, keep=lambda result: None)  # cuts a torn last line
+        self.done: dict[int, dict[str, Any]] = {}  # image index → result, this process's images only
+        for p in [p for p in journal_files(out) if p == self.path or _usable(p, fp)]:
+            for tid, result in iter_journal(p):
+                i = int(tid)
+                if mine is None or i in mine:
+                    self.done.setdefault(i, result)
+        self._buffer: list[tuple[str, dict[str, Any]]] = []
+        self._last = time.monotonic()
+        self.kept = len(self.done)  # this process's images in the journals, this run's included
+
+    def add(self, index: int, rows: Predictions) -> None:
+        """Keep one finished image (written with the next flush, at most ``FLUSH_EVERY_S`` later)."""
+        self._buffer.append((str(index), to_result(rows)))
+        self.kept += 1
+        if time.monotonic() - self._last >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._journal.append_many_sync(self._buffer)
+            self._buffer = []
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._journal.close()
+
+
+class EvalInterrupted(Interrupted):
+    """Ctrl-C stopped a model run; the message says how many images are kept and how to go on."""
+
+    @classmethod
+    def of(cls, journal: PredictionJournal | None, total: int) -> EvalInterrupted:
+        if journal is None:
+            return cls("interrupted: the predictions were not kept (give --out to make a model run resumable)")
+        return cls(f"interrupted: {journal.kept} of {total} images done, kept in {journal.path}; rerun the same "
+                   "command to go on from there")

@@ -1,0 +1,148 @@
+"""A model run over a benchmark killed part-way resumes from its journal: the images done are not run again,
+and the predictions are those of one uninterrupted run."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reallod.eval.common import EvalImage, Predictions
+from reallod.eval.predict import RunOptions, predict
+from reallod.eval.resume import (
+    EvalInterrupted,
+    PredictionJournal,
+    journal_files,
+    own_journal,
+    remove_journals,
+)
+from reallod.model.inference import InferenceOptions
+from reallod.runs.journal import JournalMismatch
+
+SETTINGS = {"benchmark": "omnilabel", "annotations": "0123", "model": {"model": "tiny", "dtype": "fp32"}}
+OPTIONS = RunOptions(inference=InferenceOptions(batch_size=2, topk=5), progress=False)
+
+
+class CountingDetector:
+    """Test double around the real tiny detector: counts its calls, and presses Ctrl-C at call ``stop_at``."""
+
+    def __init__(self, detector, stop_at: int | None = None) -> None:
+        self.detector, self.stop_at, self.calls = detector, stop_at, 0
+
+    def __getattr__(self, name: str):  # the image processor, the device...: the detector's own
+        return getattr(self.detector, name)
+
+    def detect(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return self.detector.detect(*args, **kwargs)
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """Six images (one without texts: never run), as a benchmark lists them."""
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    images = []
+    for k in range(6):
+        Image.fromarray((rng.random((60 + 8 * k, 90, 3)) * 255).astype("uint8")).save(root / f"{k}.png")
+        texts = [] if k == 4 else ["a dog", "a red cup"][: 1 + k % 2]
+        images.append(EvalImage(100 + k, f"{k}.png", texts, [7, 9][: len(texts)], part=k % 2))
+    return images, root
+
+
+def _same(a: Predictions, b: Predictions) -> None:
+    for name in ("image_id", "label", "score", "bbox", "part"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def _ctrl_c_at(call: int, bench, detector, out) -> str:
+    """A journaled run that Ctrl-C stops at the detector's ``call``-th call; its message."""
+    images, root = bench
+    journal = PredictionJournal(out, SETTINGS)
+    with pytest.raises(EvalInterrupted) as stopped:
+        predict(images, CountingDetector(detector, stop_at=call), root, OPTIONS, journal=journal)
+    journal.close()
+    return str(stopped.value)
+
+
+def test_a_killed_run_resumes_where_it_stopped(bench, tiny_detector, tmp_path):
+    images, root = bench
+    whole = predict(images, tiny_detector, root, OPTIONS)
+    out = tmp_path / "preds.json"
+
+    said = _ctrl_c_at(4, bench, tiny_detector, out)
+    assert re.fullmatch(r"interrupted: 3 of 5 images done, kept in .*preds\.journal\.jsonl; rerun .*", said), said
+
+    journal = PredictionJournal(out, SETTINGS)
+    assert sorted(journal.done) == [0, 1, 2]
+    counting = CountingDetector(tiny_detector)
+    resumed = predict(images, counting, root, OPTIONS, journal=journal)
+    journal.close()
+    assert counting.calls == 2  # images 3 and 5: 4 has no texts, 0-2 were kept
+    _same(resumed, whole)
+    assert len(resumed) > 0 and set(resumed.part.tolist()) == {0, 1}
+
+    assert journal_files(out) == [own_journal(out, 0, 1)]
+    remove_journals(out)
+    assert journal_files(out) == []
+
+
+def test_without_a_journal_ctrl_c_says_nothing_is_kept(bench, tiny_detector):
+    images, root = bench
+    with pytest.raises(EvalInterrupted, match="give --out"):
+        predict(images, CountingDetector(tiny_detector, stop_at=1), root, OPTIONS)
+
+
+def test_journals_of_other_processes_count_whatever_their_number(bench, tiny_detector, tmp_path):
+    """Process 1 of a two-process run finished its images (1, 3, 5); a one-process rerun runs the others."""
+    images, root = bench
+    out = tmp_path / "preds.json"
+    whole = predict(images, tiny_detector, root, OPTIONS)
+    rank1 = PredictionJournal(out, SETTINGS, rank=1, world_size=2, mine={1, 3, 5})
+    by_image = {i: whole.take(np.flatnonzero(whole.image_id == images[i].image_id)) for i in (1, 3, 5)}
+    for i, rows in by_image.items():
+        rank1.add(i, rows)
+    rank1.close()
+    assert rank1.path.name == "preds.journal.rank1.jsonl"
+
+    journal = PredictionJournal(out, SETTINGS)
+    assert sorted(journal.done) == [1, 3, 5]
+    counting = CountingDetector(tiny_detector)
+    _same(predict(images, counting, root, OPTIONS, journal=journal), whole)
+    journal.close()
+    assert counting.calls == 2  # images 0 and 2
+
+
+def test_a_journal_of_other_settings_is_refused_and_named(bench, tiny_detector, tmp_path):
+    out = tmp_path / "preds.json"
+    _ctrl_c_at(2, bench, tiny_detector, out)
+    other = {**SETTINGS, "model": {"model": "tiny", "dtype": "bf16"}}
+    with pytest.raises(JournalMismatch, match=r"preds\.journal\.jsonl: .*another model; .*delete the journal"):
+        PredictionJournal(out, other)
+
+
+def test_a_journal_that_holds_no_image_gives_way_to_new_settings(tmp_path):
+    out = tmp_path / "preds.json"
+    PredictionJournal(out, SETTINGS).close()  # stopped before its first image
+    journal = PredictionJournal(out, {**SETTINGS, "annotations": "4567"})
+    journal.close()
+    assert journal.done == {}
+
+
+def test_a_torn_last_line_is_cut_and_its_image_run_again(bench, tiny_detector, tmp_path):
+    images, root = bench
+    out = tmp_path / "preds.json"
+    _ctrl_c_at(3, bench, tiny_detector, out)
+    with open(own_journal(out, 0, 1), "ab") as f:
+        f.write(b'{"task_id": "2", "result": {"label": [7')  # a crash in the middle of a write
+    journal = PredictionJournal(out, SETTINGS)
+    assert sorted(journal.done) == [0, 1]
+    counting = CountingDetector(tiny_detector)
+    _same(predict(images, counting, root, OPTIONS, journal=journal), predict(images, tiny_detector, root, OPTIONS))
+    journal.close()
+    assert counting.calls == 3
