@@ -135,7 +135,7 @@ def main() -> None:
 
         def run(name: str, images: Path, inference: InferenceOptions, prefetch: int | None) -> None:
             extra = {"prefetch": prefetch} if has_prefetch and prefetch is not None else {}
-            opts = DetectOptions(out_dir=work / "out" / name, **extra)
+            opts = DetectOptions(out_dir=work / "out" / name / images.name, **extra)  # a fresh folder: no resume
             if name not in warmed:  # allocator, kernels, threads: every variant with its own shapes, untimed
                 run_detect(work / "warm", det, exprs, options=opts, inference=inference, progress=False)
                 warmed.add(name)

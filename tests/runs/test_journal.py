@@ -21,6 +21,24 @@ def test_append_resume_and_no_duplicates(tmp_path):
     assert header["fingerprint"] == FP and list(done) == ["t1", "t2"]
 
 
+def test_results_appended_soon_share_one_write(tmp_path, monkeypatch):
+    """append_soon buffers until ``within_s`` has passed since the last write; flush_sync and close write
+    the rest; the first result of a task counts."""
+    path = tmp_path / "soon.journal.jsonl"
+    clock = [100.0]
+    monkeypatch.setattr("reallod.runs.journal.time.monotonic", lambda: clock[0])
+    j = Journal.open(path, FP)
+    j.append_soon("t1", {"v": 1}, within_s=2.0)
+    j.append_soon("t1", {"v": "again"}, within_s=2.0)
+    assert read_journal(path)[1] == {} and "t1" not in j.done  # buffered: not done until on disk
+    clock[0] += 2.5
+    j.append_soon("t2", {"v": 2}, within_s=2.0)  # 2.5 s since the last write: both go in one write
+    assert read_journal(path)[1] == {"t1": {"v": 1}, "t2": {"v": 2}}
+    j.append_soon("t3", {"v": 3}, within_s=2.0)
+    j.close()
+    assert list(read_journal(path)[1]) == ["t1", "t2", "t3"]
+
+
 def test_partial_last_line_is_cut_on_resume(tmp_path):
     path = tmp_path / "j.jsonl"
     with Journal.open(path, FP) as j:

@@ -28,7 +28,9 @@ def detect_cmd(
     weights: Annotated[Path | None, typer.Option(
         "--weights", help="Replace MODEL's weights with this file: .safetensors/.pth in Hugging Face layout, or "
         "an MMDetection MM-Grounding-DINO / Real-Model .pth (converted on the fly).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*.")] = Path("outputs"),
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*; a rerun with the same settings skips the images "
+        "done there.")] = Path("outputs"),
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).",
                                                show_default=False)] = None,
     dtype: Dtype = "fp32",
@@ -94,10 +96,11 @@ def detect_cmd(
     summary = run_detect(inputs, detector, expressions, options=options, inference=inference)
     written = [f"{len(summary.pred_files)} JSON in {out_dir / 'preds'}" if options.save_pred else "",
                f"{len(summary.vis_files)} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
-    typer.echo(f"{summary.processed} images, {len(expressions)} expressions ({mode}) on {detector.device}; "
-               + "; ".join(w for w in written if w) + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""),
-               err=print_result)
-    if summary.processed == 0:
+    resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
+    typer.echo(f"{summary.processed + summary.resumed} images{resumed}, {len(expressions)} expressions ({mode}) on "
+               f"{detector.device}; " + "; ".join(w for w in written if w)
+               + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""), err=print_result)
+    if summary.processed + summary.resumed == 0:
         raise ReallodError(f"{inputs}: none of the {len(summary.skipped)} images could be read")
 
 

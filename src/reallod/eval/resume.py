@@ -14,7 +14,6 @@ of GPU memory, or on other GPUs, keeps the finished images.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -94,28 +93,18 @@ class PredictionJournal:
                 i = int(tid)
                 if mine is None or i in mine:
                     self.done.setdefault(i, result)
-        self._buffer: list[tuple[str, dict[str, Any]]] = []
-        self._last = time.monotonic()
         self.kept = len(self.done)  # this process's images in the journals, this run's included
 
     def add(self, index: int, rows: Predictions) -> None:
         """Keep one finished image (written with the next flush, at most ``FLUSH_EVERY_S`` later)."""
-        self._buffer.append((str(index), to_result(rows)))
+        self._journal.append_soon(str(index), to_result(rows), within_s=FLUSH_EVERY_S)
         self.kept += 1
-        if time.monotonic() - self._last >= FLUSH_EVERY_S:
-            self.flush()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._journal.append_many_sync(self._buffer)
-            self._buffer = []
-        self._last = time.monotonic()
+        self._journal.flush_sync()
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._journal.close()
+        self._journal.close()
 
 
 class EvalInterrupted(Interrupted):

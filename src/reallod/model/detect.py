@@ -11,17 +11,20 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
 from PIL import Image
 
 from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import DataError
+from reallod.errors import DataError, Interrupted
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
+from reallod.runs.journal import Journal, JournalMismatch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
@@ -60,7 +63,8 @@ class DetectOptions:
 
 @dataclass
 class DetectSummary:
-    processed: int = 0
+    processed: int = 0  # by this run
+    resumed: int = 0  # done by an earlier run with the same settings, their files kept
     skipped: list[tuple[str, str]] = field(default_factory=list)
     pred_files: list[Path] = field(default_factory=list)
     vis_files: list[Path] = field(default_factory=list)
@@ -102,6 +106,45 @@ def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOpti
     return pred, vis
 
 
+JOURNAL_NAME = "detect.journal.jsonl"
+
+
+def detect_settings(inputs: str | Path, detector: Detector, expressions: list[str], inference: InferenceOptions,
+                    options: DetectOptions) -> dict[str, Any]:
+    """What the files written depend on: an earlier run's files are kept only if these are the same.
+    Not the batch size or the device: a resume may change them."""
+    run = asdict(inference)
+    run.pop("batch_size")
+    return {"input": str(Path(inputs).expanduser().resolve()), "model": detector.source,
+            "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
+            "tokenizer": str(getattr(detector.tokenizer, "name_or_path", "")),
+            "image_size": dict(getattr(detector.image_processor, "size", None) or {}), "expressions": expressions,
+            "inference": run, "save_pred": options.save_pred, "max_pixels": options.max_pixels,
+            "drawing": [options.score_thr, options.palette] if options.save_vis else None}
+
+
+def _open_journal(out_dir: Path, settings: dict[str, Any], say: Callable[[str], None]) -> Journal:
+    """The journal of the images written into ``out_dir``; one of other settings starts afresh (their
+    files are overwritten as the run goes)."""
+    path = out_dir / JOURNAL_NAME
+    try:
+        return Journal.open(path, orjson.loads(orjson.dumps(settings)), keep=lambda files: files)
+    except JournalMismatch:
+        say(f"{out_dir}: written by a run with other settings; every image is detected again")
+        path.unlink()
+        return Journal.open(path, orjson.loads(orjson.dumps(settings)), keep=lambda files: files)
+
+
+def _kept(journal: Journal, out_dir: Path) -> dict[str, tuple[Path | None, Path | None]]:
+    """Images an earlier run finished whose files are all still there."""
+    kept = {}
+    for name, files in journal.done.items():
+        paths = tuple(out_dir / f if f else None for f in (files.get("pred"), files.get("vis")))
+        if all(p is None or p.is_file() for p in paths):
+            kept[name] = paths
+    return kept
+
+
 def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
                options: DetectOptions | None = None, inference: InferenceOptions | None = None,
                progress: bool = True, echo: Callable[[str], None] | None = None) -> DetectSummary:
@@ -110,6 +153,8 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     With ``options.prefetch`` (the default on CUDA) the device does not wait for the host: worker
     threads decode and resize the next images while the current one runs, and write JSON and pictures
     behind it (``prefetch=0``: everything in turn, in this thread). Results are the same either way.
+    Each image written is noted in ``OUT/detect.journal.jsonl``: a rerun with the same settings skips the
+    images whose files are there, so a killed run goes on where it stopped.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -121,12 +166,18 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     inference = inference or InferenceOptions()
     images = find_images(inputs)
     summary = DetectSummary()
-    bar = tqdm(total=len(images), desc="detect", unit="img", disable=not progress or len(images) < 2,
-               file=sys.stderr)
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    journal = None
+    if options.save_pred or options.save_vis:
+        journal = _open_journal(options.out_dir, detect_settings(inputs, detector, expressions, inference, options),
+                                say)
+    kept = _kept(journal, options.out_dir) if journal is not None else {}
+    todo = [(path, name) for path, name in images if str(name) not in kept]
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="detect", unit="img", file=sys.stderr,
+               disable=not progress or len(images) < 2)
     n_ahead = depth(options.prefetch, detector.device)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if n_ahead else None
-    written: list[Future] = []  # writes not yet collected, oldest first
+    written: list[tuple[Path, Future]] = []  # writes not yet collected, oldest first
 
     def collect(files: tuple[Path | None, Path | None]) -> None:
         pred, vis = files
@@ -135,9 +186,21 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         if vis is not None:
             summary.vis_files.append(vis)
 
-    loaded = ahead(lambda item: _load(item[0], detector, options.max_pixels), images, n_ahead, name="detect-load")
+    def finished(name: Path, files: tuple[Path | None, Path | None]) -> None:
+        collect(files)
+        summary.processed += 1
+        if journal is not None:  # its files are on disk: a rerun may skip it
+            journal.append_soon(str(name), {k: str(f.relative_to(options.out_dir)) if f else None
+                                            for k, f in zip(("pred", "vis"), files, strict=True)})
+
+    for _, name in images:  # what an earlier run wrote, in input order
+        if str(name) in kept:
+            collect(kept[str(name)])
+            summary.resumed += 1
+
+    loaded = ahead(lambda item: _load(item[0], detector, options.max_pixels), todo, n_ahead, name="detect-load")
     try:
-        for (path, name), (image, prepared, error) in zip(images, loaded, strict=True):
+        for (path, name), (image, prepared, error) in zip(todo, loaded, strict=True):
             bar.update(1)
             if error is not None:
                 summary.skipped.append((str(path), str(error)))
@@ -148,22 +211,29 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             if options.print_result:
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
-                written.append(writer.submit(_write, dets, image, name, options))
+                written.append((name, writer.submit(_write, dets, image, name, options)))
                 while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
-                    collect(written.pop(0).result())
+                    done, future = written.pop(0)
+                    finished(done, future.result())
             else:
-                collect(_write(dets, image, name, options))
+                finished(name, _write(dets, image, name, options))
                 if options.show:
                     draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
                                     ).show(title=str(name))
-            summary.processed += 1
-        for f in written:  # in input order; a failed write raises here
-            collect(f.result())
+        for name, future in written:  # in input order; a failed write raises here
+            finished(name, future.result())
+    except KeyboardInterrupt:
+        if journal is None:
+            raise
+        raise Interrupted(f"interrupted: {summary.processed + summary.resumed} of {len(images)} images written to "
+                          f"{options.out_dir}; rerun the same command to go on from there") from None
     finally:
         bar.close()
         loaded.close()
         if writer is not None:
             writer.shutdown(wait=True, cancel_futures=True)
+        if journal is not None:
+            journal.close()
     return summary
 
 

@@ -47,7 +47,7 @@ class Detector:
     image_processor: Any  # GroundingDinoImageProcessorPil
     device: torch.device
     dtype: torch.dtype
-    source: str = ""
+    source: str = ""  # where it was loaded from (folder or hub id, + the weights file that replaced its own)
 
     @property
     def max_text_len(self) -> int:

@@ -148,4 +148,4 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     net = net.to(dev).eval()
     tok = load_tokenizer(tokenizer if tokenizer is not None else src)
     proc = load_image_processor(src, image_size)
-    return Detector(net, tok, proc, dev, dt, source=str(model))
+    return Detector(net, tok, proc, dev, dt, source=str(model) if weights is None else f"{model} + {weights}")

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ class Journal:
         self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
         self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
         self._before_write: Callable[[], None] | None = None
+        self._soon: list[tuple[str, dict[str, Any]]] = []  # buffered by append_soon
+        self._last_sync = time.monotonic()
 
     @classmethod
     def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
@@ -132,15 +135,27 @@ class Journal:
 
     def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
         """Write and fsync one result now (for synchronous callers)."""
-        self.append_many_sync([(task_id, result)])
+        self.append_soon(task_id, result, within_s=0.0)
 
-    def append_many_sync(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Write and fsync several results with one flush (a synchronous caller's group commit)."""
-        new = [(tid, res) for tid, res in items if tid not in self.done]
+    def append_soon(self, task_id: str, result: dict[str, Any], *, within_s: float = 2.0) -> None:
+        """Buffer one result; the buffer is written with one fsync once ``within_s`` has passed since the
+        last write (a synchronous caller's group commit: a crash loses at most that much work, and
+        :meth:`flush_sync` or :meth:`close` writes the rest)."""
+        self._soon.append((task_id, result))
+        if time.monotonic() - self._last_sync >= within_s:
+            self.flush_sync()
+
+    def flush_sync(self) -> None:
+        new: dict[str, dict[str, Any]] = {}
+        for tid, res in self._soon:
+            if tid not in self.done:
+                new.setdefault(tid, res)  # the first result of a task counts, as on disk
+        self._soon = []
         if new:
-            self._locked_write(b"".join(_line(tid, res) for tid, res in new))
-            for tid, res in new:
+            self._locked_write(b"".join(_line(tid, res) for tid, res in new.items()))
+            for tid, res in new.items():
                 self.done[tid] = self._keep(res)
+        self._last_sync = time.monotonic()
 
     async def append(self, task_id: str, result: dict[str, Any]) -> None:
         """Returns once the result is durable; concurrent appends share one write + fsync.
@@ -191,6 +206,14 @@ class Journal:
                 await self._flusher
 
     def close(self) -> None:
+        """Writes what :meth:`append_soon` buffered, then closes."""
+        try:
+            if self._soon and self._fd >= 0:
+                self.flush_sync()
+        finally:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         with self._fd_lock:
             if self._fd >= 0:
                 os.close(self._fd)

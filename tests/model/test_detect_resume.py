@@ -1,0 +1,112 @@
+"""`reallod detect` over a folder, killed part-way: the same command again detects only the images not yet
+written, and the folder ends up as one uninterrupted run leaves it."""
+
+from __future__ import annotations
+
+import pytest
+
+from reallod.model.detect import JOURNAL_NAME
+from reallod.model.inference import Detector
+from tests.cli_helpers import run_cli
+
+
+@pytest.fixture
+def five_images(tmp_path, photo):
+    d = tmp_path / "images"
+    (d / "sub").mkdir(parents=True)
+    for k in range(4):
+        photo.rotate(90 * k, expand=True).save(d / f"p{k}.jpg")
+    photo.save(d / "sub" / "p4.png")
+    return d
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The detector's calls; Ctrl-C at call ``calls.stop_at`` (a test double around the real detect)."""
+    real = Detector.detect
+
+    class Calls(list):
+        stop_at: int | None = None
+
+    seen = Calls()
+
+    def detect(self, image, *args, **kwargs):
+        seen.append(image.size)
+        if len(seen) == seen.stop_at:
+            raise KeyboardInterrupt
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", detect)
+    return seen
+
+
+def _args(images, model, out, texts="an astronaut . a flag ."):
+    return ["detect", str(images), str(model), "--texts", texts, "--out-dir", str(out), "--device", "cpu",
+            "--topk", "5"]
+
+
+def _files(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+            and p.name != JOURNAL_NAME}
+
+
+def test_a_killed_run_goes_on_where_it_stopped(capsys, five_images, tiny_model_dir, tmp_path, calls):
+    whole = tmp_path / "whole"
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, whole), capsys)
+    assert code == 0, err
+    out = tmp_path / "out"
+    calls[:], calls.stop_at = [], 3
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 130
+    assert f"interrupted: 2 of 5 images written to {out}; rerun the same command" in err
+    assert sorted(_files(out)) == ["preds/p0.json", "preds/p1.json", "vis/p0.jpg", "vis/p1.jpg"]
+
+    calls[:], calls.stop_at = [], None
+    code, stdout, err = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 0, err
+    assert len(calls) == 3  # p2, p3 and sub/p4 only
+    assert "5 images (2 done by an earlier run)" in stdout and "5 JSON" in stdout
+    assert _files(out) == _files(whole)
+
+    calls[:] = []  # everything is done: nothing to detect
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0 and calls == []
+
+
+def test_other_settings_or_a_missing_file_mean_detecting_again(capsys, five_images, tiny_model_dir, tmp_path,
+                                                              calls):
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    (out / "vis" / "p1.jpg").unlink()
+    calls[:] = []
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    assert len(calls) == 1 and (out / "vis" / "p1.jpg").is_file()  # only the image whose picture was gone
+
+    calls[:] = []
+    code, stdout, err = run_cli(_args(five_images, tiny_model_dir, out, texts="a helmet"), capsys)
+    assert code == 0, err
+    assert "written by a run with other settings; every image is detected again" in err
+    assert len(calls) == 5 and "earlier run" not in stdout
+
+    calls[:] = []
+    code, _, err = run_cli([*_args(five_images, tiny_model_dir, out, texts="a helmet"), "--batch-size", "1"], capsys)
+    assert code == 0 and calls == []  # the batch size is not a setting the files depend on
+
+
+def test_writes_behind_the_device_are_kept_only_once_on_disk(five_images, tiny_detector, tmp_path, calls):
+    """With images prepared ahead and files written behind (the CUDA default), Ctrl-C leaves writes in
+    flight: an image counts as done only once its files are written, and the rerun completes the rest."""
+    from reallod.errors import Interrupted
+    from reallod.model.detect import DetectOptions, run_detect
+
+    def run(out):
+        return run_detect(five_images, tiny_detector, ["an astronaut"], progress=False, echo=lambda m: None,
+                          options=DetectOptions(out_dir=out, prefetch=2))
+
+    run(tmp_path / "whole")
+    calls[:], calls.stop_at = [], 4
+    with pytest.raises(Interrupted, match=r"interrupted: [0-3] of 5 images written"):
+        run(tmp_path / "out")
+    calls[:], calls.stop_at = [], None
+    summary = run(tmp_path / "out")
+    assert summary.resumed + summary.processed == 5 and len(calls) == summary.processed >= 2
+    assert _files(tmp_path / "out") == _files(tmp_path / "whole")
