@@ -17,6 +17,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from reallod.errors import Interrupted
@@ -50,10 +51,17 @@ def to_result(rows: Predictions) -> dict[str, Any]:
     return {"label": rows.label.tolist(), "score": rows.score.tolist(), "bbox": rows.bbox.tolist()}
 
 
+def compact(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A journal result as arrays: a resumed benchmark's millions of rows kept as numbers, not Python lists."""
+    return {"label": np.asarray(result["label"], dtype=np.int64),
+            "score": np.asarray(result["score"], dtype=np.float64),
+            "bbox": np.asarray(result["bbox"], dtype=np.float64).reshape(-1, 4)}
+
+
 def from_result(image: EvalImage, result: dict[str, Any]) -> Predictions:
     n = len(result["score"])
-    return Predictions([image.image_id] * n, result["label"], result["score"], result["bbox"] or [],
-                       [image.part] * n)
+    return Predictions(np.full(n, image.image_id), result["label"], result["score"], result["bbox"],
+                       np.full(n, image.part))
 
 
 def _usable(path: Path, fp: dict[str, Any]) -> bool:
@@ -87,12 +95,12 @@ class PredictionJournal:
         if self.path.exists() and not _usable(self.path, fp):
             self.path.unlink()  # only its own process starts a journal afresh
         self._journal = Journal.open(self.path, fp, keep=lambda result: None)  # cuts a torn last line
-        self.done: dict[int, dict[str, Any]] = {}  # image index → result, this process's images only
+        self.done: dict[int, dict[str, np.ndarray]] = {}  # image index → rows, this process's images only
         for p in [p for p in journal_files(out) if p == self.path or _usable(p, fp)]:
             for tid, result in iter_journal(p):
                 i = int(tid)
-                if mine is None or i in mine:
-                    self.done.setdefault(i, result)
+                if (mine is None or i in mine) and i not in self.done:
+                    self.done[i] = compact(result)
         self.kept = len(self.done)  # this process's images in the journals, this run's included
 
     def add(self, index: int, rows: Predictions) -> None:
