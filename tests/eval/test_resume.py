@@ -146,3 +146,27 @@ def test_a_torn_last_line_is_cut_and_its_image_run_again(bench, tiny_detector, t
     _same(predict(images, counting, root, OPTIONS, journal=journal), predict(images, tiny_detector, root, OPTIONS))
     journal.close()
     assert counting.calls == 3
+
+
+def test_the_settings_tell_weights_written_over_the_same_folder_apart(tmp_path, tiny_model_dir):
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from reallod.eval.jobs import EvalJob, resume_settings
+    from reallod.eval.predict import ModelSpec
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (tmp_path / "gt.json").write_text("{}")
+    job = EvalJob("omnilabel", tmp_path / "gt.json", model=ModelSpec(str(model), device="cpu"), images=tmp_path,
+                  run=OPTIONS)
+    bench = SimpleNamespace(name="omnilabel", describe={"skip_categories": False})
+    before = resume_settings(job, bench)
+    assert resume_settings(job, bench) == before
+    assert resume_settings(EvalJob(**{**vars(job), "run": RunOptions(
+        inference=InferenceOptions(batch_size=1, topk=5))}), bench) == before  # the batch size is free
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert resume_settings(job, bench)["model"] != before["model"]
+    (tmp_path / "gt.json").write_text('{"images": []}')
+    assert resume_settings(job, bench)["annotations"] != before["annotations"]

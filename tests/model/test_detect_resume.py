@@ -110,3 +110,20 @@ def test_writes_behind_the_device_are_kept_only_once_on_disk(five_images, tiny_d
     summary = run(tmp_path / "out")
     assert summary.resumed + summary.processed == 5 and len(calls) == summary.processed >= 2
     assert _files(tmp_path / "out") == _files(tmp_path / "whole")
+
+
+def test_weights_retrained_into_the_same_folder_mean_detecting_again(capsys, five_images, tiny_model_dir, tmp_path,
+                                                                     calls):
+    """The model keeps its path when a checkpoint is written over it: the weight files' size and time
+    tell the runs apart."""
+    import os
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, model, out), capsys)[0] == 0
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    calls[:] = []
+    code, _, err = run_cli(_args(five_images, model, out), capsys)
+    assert code == 0 and len(calls) == 5 and "other settings" in err

@@ -159,6 +159,7 @@ def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
     from dataclasses import asdict
 
     from reallod.model.inference import InferenceOptions
+    from reallod.model.loading import resolve_model_source, weights_stamp
     from reallod.runs.journal import fingerprint_path
 
     assert job.model is not None and job.images is not None
@@ -166,6 +167,7 @@ def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
     inference.pop("batch_size")  # not the batch size or the device: a resume may change them
     model = asdict(job.model)
     model.pop("device")
+    model["stamp"] = weights_stamp(resolve_model_source(job.model.model), job.model.weights)
     return {"benchmark": bench.name, "annotations": fingerprint_path(job.annotations),
             **{k: v for k, v in bench.describe.items() if k != "backend"},
             "images": str(Path(job.images).resolve()), "model": model, "inference": inference,

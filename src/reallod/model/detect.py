@@ -115,7 +115,7 @@ def detect_settings(inputs: str | Path, detector: Detector, expressions: list[st
     Not the batch size or the device: a resume may change them."""
     run = asdict(inference)
     run.pop("batch_size")
-    return {"input": str(Path(inputs).expanduser().resolve()), "model": detector.source,
+    return {"input": str(Path(inputs).expanduser().resolve()), "model": detector.source, "weights": detector.stamp,
             "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
             "tokenizer": str(getattr(detector.tokenizer, "name_or_path", "")),
             "image_size": dict(getattr(detector.image_processor, "size", None) or {}), "expressions": expressions,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -48,6 +48,7 @@ class Detector:
     device: torch.device
     dtype: torch.dtype
     source: str = ""  # where it was loaded from (folder or hub id, + the weights file that replaced its own)
+    stamp: list = field(default_factory=list)  # which weights (loading.weights_stamp): what resumes compare
 
     @property
     def max_text_len(self) -> int:

@@ -11,6 +11,7 @@ from reallod.errors import ConfigError
 from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
+    CHECKPOINT_SUFFIXES,
     DETECTOR_CLASSES,
     check_local_folder,
     load_model_checked,
@@ -127,6 +128,18 @@ def load_image_processor(source: str | Path | None, image_size: tuple[int, int] 
     return proc
 
 
+def weights_stamp(model: str | Path, weights: str | Path | None = None) -> list[list]:
+    """Which weights these are, cheaply: name, size and modification time of each weight file of the
+    (resolved) model folder and of ``weights``. Outputs kept for a resume must come from the same weights,
+    and a checkpoint retrained into the same folder keeps its path; hashing gigabytes would cost more
+    than the check is worth."""
+    folder = Path(model)
+    files = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
+    if weights is not None:
+        files.append(Path(weights))
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+
+
 def load_detector(model: str | Path, *, weights: str | Path | None = None, device: str | None = None,
                   dtype: str | torch.dtype = "fp32", max_text_len: int | None = None,
                   tokenizer: str | Path | None = None, image_size: tuple[int, int] | None = None) -> Detector:
@@ -148,4 +161,5 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     net = net.to(dev).eval()
     tok = load_tokenizer(tokenizer if tokenizer is not None else src)
     proc = load_image_processor(src, image_size)
-    return Detector(net, tok, proc, dev, dt, source=str(model) if weights is None else f"{model} + {weights}")
+    return Detector(net, tok, proc, dev, dt, source=str(model) if weights is None else f"{model} + {weights}",
+                    stamp=weights_stamp(src, weights))
