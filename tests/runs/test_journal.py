@@ -126,6 +126,26 @@ def test_write_error_leaves_journal_exact(tmp_path, monkeypatch):
     assert list(read_journal(path)[1]) == ["ok", "later"]
 
 
+def test_a_refused_synchronous_write_is_a_clear_error_and_leaves_the_journal_whole(tmp_path, monkeypatch):
+    path = tmp_path / "j.jsonl"
+    j = Journal.open(path, FP)
+    j.append_sync("ok", {"v": 1})
+    real_write = os.write
+
+    def disk_full(fd, data):
+        real_write(fd, bytes(data)[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    j.append_soon("lost", {"v": 2}, within_s=60.0)
+    with pytest.raises(JournalWriteError, match=r"j\.jsonl: cannot write the journal \(No space left"):
+        j.flush_sync()
+    monkeypatch.setattr(os, "write", real_write)
+    j.append_sync("later", {"v": 3})
+    j.close()
+    assert list(read_journal(path)[1]) == ["ok", "later"]
+
+
 def test_before_write_runs_before_every_write(tmp_path):
     """The response cache commits there: a task the journal holds has its answers kept."""
     path = tmp_path / "j.jsonl"

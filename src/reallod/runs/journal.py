@@ -152,7 +152,11 @@ class Journal:
                 new.setdefault(tid, res)  # the first result of a task counts, as on disk
         self._soon = []
         if new:
-            self._locked_write(b"".join(_line(tid, res) for tid, res in new.items()))
+            try:
+                self._locked_write(b"".join(_line(tid, res) for tid, res in new.items()))
+            except OSError as e:  # the journal is left as it was: those tasks are run again on resume
+                raise JournalWriteError(f"{self.path}: cannot write the journal ({e.strerror or e}); the tasks "
+                                        "recorded before are safe, rerun to resume") from e
             for tid, res in new.items():
                 self.done[tid] = self._keep(res)
         self._last_sync = time.monotonic()
