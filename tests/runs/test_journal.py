@@ -159,3 +159,12 @@ def test_before_write_runs_before_every_write(tmp_path):
     asyncio.run(more())
     j.close()
     assert seen[0] == 0 and seen[1] == 1 and len(read_journal(path)[1]) == 5  # called before each write lands
+
+
+def test_a_fingerprint_with_tuples_resumes(tmp_path):
+    """A fingerprint is compared as its header reads back from JSON (a tuple comes back a list)."""
+    path = tmp_path / "j.jsonl"
+    with Journal.open(path, {"size": (800, 1333)}) as j:
+        j.append_sync("t1", {"v": 1})
+    with Journal.open(path, {"size": (800, 1333)}) as j:
+        assert list(j.done) == ["t1"]

@@ -142,7 +142,7 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
         if pred is None:
             return JobOutcome(None, processes=dist.world_size)
         written = bench.write(Path(job.out), pred) if job.out is not None else []
-        if job.out is not None:
+        if journal is not None:
             journal.close()
             remove_journals(Path(job.out))  # the predictions file holds it all now
         result = bench.score(pred, str(written[0]) if len(written) == 1 else None)

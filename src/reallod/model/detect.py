@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from PIL import Image
 
 from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
@@ -128,11 +127,11 @@ def _open_journal(out_dir: Path, settings: dict[str, Any], say: Callable[[str], 
     files are overwritten as the run goes)."""
     path = out_dir / JOURNAL_NAME
     try:
-        return Journal.open(path, orjson.loads(orjson.dumps(settings)), keep=lambda files: files)
+        return Journal.open(path, settings)
     except JournalMismatch:
         say(f"{out_dir}: written by a run with other settings; every image is detected again")
         path.unlink()
-        return Journal.open(path, orjson.loads(orjson.dumps(settings)), keep=lambda files: files)
+        return Journal.open(path, settings)
 
 
 def _kept(journal: Journal, out_dir: Path) -> dict[str, tuple[Path | None, Path | None]]:

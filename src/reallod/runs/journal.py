@@ -112,6 +112,7 @@ class Journal:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        fp = orjson.loads(orjson.dumps(fp))  # as the header reads back (tuples become lists), or no resume matches
         done: dict[str, Any] = {}
         header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
         if path.exists() and path.stat().st_size > 0:
