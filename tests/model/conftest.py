@@ -1,4 +1,5 @@
-"""Fixtures of the model tests: quiet transformers, a photograph and a noise image.
+"""Fixtures of the model tests: quiet transformers, a photograph, a noise image, a folder of five photos
+and a record of the detector's calls.
 
 The tiny random-initialised detector (``tiny_model_dir``, ``tiny_detector``) and ``bert_tokenizer`` (the
 real bert-base-uncased vocabulary) are in ``tests/conftest.py``, shared with the demo and training tests;
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from reallod.cli.common import quiet_transformers
+from reallod.model.inference import Detector
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,3 +33,33 @@ def photo() -> Image.Image:
 def noise_image() -> Image.Image:
     rng = np.random.default_rng(0)
     return Image.fromarray((rng.random((90, 160, 3)) * 255).astype("uint8"))
+
+
+@pytest.fixture
+def five_images(tmp_path, photo):
+    d = tmp_path / "images"
+    (d / "sub").mkdir(parents=True)
+    for k in range(4):
+        photo.rotate(90 * k, expand=True).save(d / f"p{k}.jpg")
+    photo.save(d / "sub" / "p4.png")
+    return d
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The detector's calls; Ctrl-C at call ``calls.stop_at`` (a test double around the real detect)."""
+    real = Detector.detect
+
+    class Calls(list):
+        stop_at: int | None = None
+
+    seen = Calls()
+
+    def detect(self, image, *args, **kwargs):
+        seen.append(image.size)
+        if len(seen) == seen.stop_at:
+            raise KeyboardInterrupt
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", detect)
+    return seen

@@ -6,38 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reallod.model.detect import JOURNAL_NAME
-from reallod.model.inference import Detector
 from tests.cli_helpers import run_cli
-
-
-@pytest.fixture
-def five_images(tmp_path, photo):
-    d = tmp_path / "images"
-    (d / "sub").mkdir(parents=True)
-    for k in range(4):
-        photo.rotate(90 * k, expand=True).save(d / f"p{k}.jpg")
-    photo.save(d / "sub" / "p4.png")
-    return d
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """The detector's calls; Ctrl-C at call ``calls.stop_at`` (a test double around the real detect)."""
-    real = Detector.detect
-
-    class Calls(list):
-        stop_at: int | None = None
-
-    seen = Calls()
-
-    def detect(self, image, *args, **kwargs):
-        seen.append(image.size)
-        if len(seen) == seen.stop_at:
-            raise KeyboardInterrupt
-        return real(self, image, *args, **kwargs)
-
-    monkeypatch.setattr(Detector, "detect", detect)
-    return seen
 
 
 def _args(images, model, out, texts="an astronaut . a flag ."):

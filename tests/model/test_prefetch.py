@@ -77,6 +77,8 @@ def test_detect_with_images_prepared_ahead_writes_the_same_files(tmp_path, tiny_
     assert summaries[0].processed == summaries[2].processed == 5
     assert [p for p, _ in summaries[2].skipped] == [str(images / "p2b.jpg")]
     for f in sorted((tmp_path / "out0").rglob("*.*")):
+        if f.name.startswith("detect.journal"):  # names the files with their times: not the same
+            continue
         twin = tmp_path / "out2" / f.relative_to(tmp_path / "out0")
         assert twin.read_bytes() == f.read_bytes(), f.name
     assert not _threads("detect-")

@@ -168,3 +168,31 @@ def test_a_fingerprint_with_tuples_resumes(tmp_path):
         j.append_sync("t1", {"v": 1})
     with Journal.open(path, {"size": (800, 1333)}) as j:
         assert list(j.done) == ["t1"]
+
+
+def test_rewrite_keeps_exactly_the_results_given_and_goes_on_appending(tmp_path):
+    path = tmp_path / "out.journal.jsonl"
+    with Journal.open(path, {"config": "old"}) as j:
+        j.append_sync("stale", {"v": 0})
+    with Journal.rewrite(path, FP, [("t1", {"v": 1}), ("t2", {"v": 2}), ("t1", {"v": "again"})],
+                         keep=lambda r: r["v"]) as j:
+        assert j.done == {"t1": 1, "t2": 2}
+        j.append_sync("t3", {"v": 3})
+    header, done = read_journal(path)
+    assert header["fingerprint"] == FP and done == {"t1": {"v": 1}, "t2": {"v": 2}, "t3": {"v": 3}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.journal.jsonl"]  # no temporary file left
+
+
+def test_a_rewrite_that_fails_leaves_the_old_journal(tmp_path):
+    path = tmp_path / "out.journal.jsonl"
+    with Journal.open(path, FP) as j:
+        j.append_sync("t1", {"v": 1})
+
+    def results():
+        yield "t9", {"v": 9}
+        raise RuntimeError("the caller failed half-way")
+
+    with pytest.raises(RuntimeError):
+        Journal.rewrite(path, {"config": "new"}, results())
+    assert read_journal(path) == ({"journal": 1, "fingerprint": FP}, {"t1": {"v": 1}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.journal.jsonl"]

@@ -31,8 +31,9 @@ def detect_cmd(
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*; a rerun with the same settings skips the images "
         "done there.")] = Path("outputs"),
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).",
-                                               show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda or cuda:N \\[default: cuda if available; cuda:LOCAL_RANK per process under "
+        "torchrun / accelerate launch].", show_default=False)] = None,
     dtype: Dtype = "fp32",
     pred_score_thr: Annotated[float, typer.Option(
         "--pred-score-thr", min=0.0, max=1.0, help="Draw boxes scoring at least this (the JSON keeps all).")] = 0.3,
@@ -77,6 +78,7 @@ def detect_cmd(
     from reallod.model.inference import InferenceOptions
     from reallod.model.loading import load_detector
     from reallod.model.texts import parse_texts
+    from reallod.runs.launch import launch_place, process_device
 
     if not texts:
         raise typer.BadParameter("give at least one --texts (e.g. --texts \"a dog . a red car .\")",
@@ -90,17 +92,19 @@ def detect_cmd(
     options = DetectOptions(out_dir=out_dir, score_thr=pred_score_thr, save_vis=not no_save_vis,
                             save_pred=not no_save_pred, show=show, print_result=print_result, palette=palette,
                             max_pixels=max_pixels)
+    place = launch_place()  # one of several processes under torchrun / accelerate launch: its share of the images
     quiet_transformers()
-    detector = load_detector(model, weights=weights, device=device, dtype=dtype, max_text_len=max_text_len,
-                             tokenizer=tokenizer, image_size=size)
-    summary = run_detect(inputs, detector, expressions, options=options, inference=inference)
+    detector = load_detector(model, weights=weights, device=process_device(device, place.local_rank, place.world_size),
+                             dtype=dtype, max_text_len=max_text_len, tokenizer=tokenizer, image_size=size)
+    summary = run_detect(inputs, detector, expressions, options=options, inference=inference, place=place)
     written = [f"{len(summary.pred_files)} JSON in {out_dir / 'preds'}" if options.save_pred else "",
                f"{len(summary.vis_files)} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
     resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
-    typer.echo(f"{summary.processed + summary.resumed} images{resumed}, {len(expressions)} expressions ({mode}) on "
-               f"{detector.device}; " + "; ".join(w for w in written if w)
+    who = "" if place.world_size == 1 else f"process {place.rank} of {place.world_size}: "
+    typer.echo(f"{who}{summary.processed + summary.resumed} images{resumed}, {len(expressions)} expressions ({mode}) "
+               f"on {detector.device}; " + "; ".join(w for w in written if w)
                + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""), err=print_result)
-    if summary.processed + summary.resumed == 0:
+    if summary.images and summary.processed + summary.resumed == 0:
         raise ReallodError(f"{inputs}: none of the {len(summary.skipped)} images could be read")
 
 

@@ -14,7 +14,6 @@ texts, in ``parallel`` mode by default (one prompt per expression, DESIGN §4).
 from __future__ import annotations
 
 import io
-import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +26,7 @@ from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ReallodError
 from reallod.eval.common import EvalImage, Predictions, round_predictions, xyxy_to_xywh
 from reallod.eval.resume import EvalInterrupted, PredictionJournal, from_result
+from reallod.runs.launch import launch_place, process_device
 
 if TYPE_CHECKING:
     from reallod.model.detections import Detections
@@ -87,30 +87,17 @@ class Dist:
 
 def init_distributed(timeout_hours: float = 12.0) -> Dist:
     """A Dist from the launcher's environment (RANK / WORLD_SIZE / LOCAL_RANK), one process without it."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    place = launch_place()
+    if place.world_size == 1:
         return Dist()
     import torch.distributed as td
 
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     owned = False
     if not td.is_initialized():
         td.init_process_group(backend="gloo", timeout=timedelta(hours=timeout_hours))
         owned = True
     group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
-    return Dist(td.get_rank(), td.get_world_size(), local_rank, group, owned)
-
-
-def process_device(device: str | None, dist: Dist) -> str | None:
-    """Each process on its own GPU (``cuda:LOCAL_RANK``) unless a device index was given."""
-    if dist.world_size == 1 or device not in (None, "", "auto", "cuda"):
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{dist.local_rank % max(1, torch.cuda.device_count())}"
-    return device if device not in ("", "auto") else None
+    return Dist(td.get_rank(), td.get_world_size(), place.local_rank, group, owned)
 
 
 def shard(n: int, dist: Dist) -> range:
@@ -238,5 +225,6 @@ class ModelSpec:
 def load_model(spec: ModelSpec, dist: Dist) -> Detector:
     from reallod.model.loading import load_detector
 
-    return load_detector(spec.model, weights=spec.weights, device=process_device(spec.device, dist), dtype=spec.dtype,
+    return load_detector(spec.model, weights=spec.weights, dtype=spec.dtype,
+                         device=process_device(spec.device, dist.local_rank, dist.world_size),
                          max_text_len=spec.max_text_len, tokenizer=spec.tokenizer, image_size=spec.image_size)

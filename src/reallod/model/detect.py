@@ -15,15 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from PIL import Image
 
 from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import DataError, Interrupted
+from reallod.errors import DataError, Interrupted, ReallodError
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
-from reallod.runs.journal import Journal, JournalMismatch
+from reallod.runs.journal import Journal, iter_journal, read_header
+from reallod.runs.launch import Place
+from reallod.runs.shard import shard_of
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
@@ -62,6 +65,7 @@ class DetectOptions:
 
 @dataclass
 class DetectSummary:
+    images: int = 0  # this process's (all of them, but when several processes share the folder)
     processed: int = 0  # by this run
     resumed: int = 0  # done by an earlier run with the same settings, their files kept
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -105,13 +109,17 @@ def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOpti
     return pred, vis
 
 
-JOURNAL_NAME = "detect.journal.jsonl"
+JOURNAL_NAME = "detect.journal.jsonl"  # one process's; process R of several: detect.journal.rankR.jsonl
+
+
+def journal_name(place: Place) -> str:
+    return JOURNAL_NAME if place.world_size == 1 else f"detect.journal.rank{place.rank}.jsonl"
 
 
 def detect_settings(inputs: str | Path, detector: Detector, expressions: list[str], inference: InferenceOptions,
                     options: DetectOptions) -> dict[str, Any]:
     """What the files written depend on: an earlier run's files are kept only if these are the same.
-    Not the batch size or the device: a resume may change them."""
+    Not the batch size, the device or the number of processes: a resume may change them."""
     run = asdict(inference)
     run.pop("batch_size")
     return {"input": str(Path(inputs).expanduser().resolve()), "model": detector.source, "weights": detector.stamp,
@@ -122,38 +130,88 @@ def detect_settings(inputs: str | Path, detector: Detector, expressions: list[st
             "drawing": [options.score_thr, options.palette] if options.save_vis else None}
 
 
-def _open_journal(out_dir: Path, settings: dict[str, Any], say: Callable[[str], None]) -> Journal:
-    """The journal of the images written into ``out_dir``; one of other settings starts afresh (their
-    files are overwritten as the run goes)."""
-    path = out_dir / JOURNAL_NAME
-    try:
-        return Journal.open(path, settings)
-    except JournalMismatch:
-        say(f"{out_dir}: written by a run with other settings; every image is detected again")
-        path.unlink()
-        return Journal.open(path, settings)
+Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: not written)
 
 
-def _kept(journal: Journal, out_dir: Path) -> dict[str, tuple[Path | None, Path | None]]:
-    """Images an earlier run finished whose files are all still there."""
-    kept = {}
-    for name, files in journal.done.items():
-        paths = tuple(out_dir / f if f else None for f in (files.get("pred"), files.get("vis")))
-        if all(p is None or p.is_file() for p in paths):
-            kept[name] = paths
+def _entry(files: Files, out_dir: Path) -> dict[str, Any]:
+    """What the journal says of an image's files: name, size and time as written, so a file another run
+    wrote over since (other settings, another number of processes) is not taken for this run's."""
+    entry: dict[str, Any] = {}
+    for key, f in zip(("pred", "vis"), files, strict=True):
+        entry[key] = None
+        if f is not None:
+            st = f.stat()
+            entry[key] = [str(f.relative_to(out_dir)), st.st_size, st.st_mtime_ns]
+    return entry
+
+
+def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
+    """The entry's files if each is still there as written, else None."""
+    files: list[Path | None] = []
+    for key in ("pred", "vis"):
+        written = entry.get(key)
+        if written is None:
+            files.append(None)
+            continue
+        if not (isinstance(written, list) and len(written) == 3):
+            return None
+        path = out_dir / written[0]
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if [st.st_size, st.st_mtime_ns] != written[1:]:
+            return None
+        files.append(path)
+    return files[0], files[1]
+
+
+def _kept(out_dir: Path, settings: dict[str, Any], mine: set[str]) -> dict[str, tuple[Files, dict[str, Any]]]:
+    """This process's images that a run with these settings finished, their files still as it wrote
+    them, from every process's journal (the number of processes may differ from run to run)."""
+    kept: dict[str, tuple[Files, dict[str, Any]]] = {}
+    for path in sorted(out_dir.glob("detect.journal*.jsonl")):
+        try:
+            if read_header(path).get("fingerprint") != settings:
+                continue
+            for name, entry in iter_journal(path):
+                if name in mine and name not in kept and (files := _files_as_written(entry, out_dir)):
+                    kept[name] = (files, entry)
+        except (OSError, ReallodError):  # gone, or being started by its process
+            continue
     return kept
+
+
+def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], kept: dict[str, tuple[Files, Any]],
+                  say: Callable[[str], None]) -> Journal:
+    """This process's journal, rewritten to hold what it keeps (so it never vouches for files written
+    over since); says so when the one there was written with other settings."""
+    path = out_dir / journal_name(place)
+    try:
+        if read_header(path).get("fingerprint") != settings:
+            say(f"{out_dir}: written by a run with other settings; every image is detected again")
+    except (OSError, ReallodError):
+        pass
+    return Journal.rewrite(path, settings, ((name, entry) for name, (_, entry) in kept.items()),
+                           keep=lambda entry: None)
 
 
 def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
                options: DetectOptions | None = None, inference: InferenceOptions | None = None,
-               progress: bool = True, echo: Callable[[str], None] | None = None) -> DetectSummary:
+               progress: bool = True, echo: Callable[[str], None] | None = None,
+               place: Place | None = None) -> DetectSummary:
     """Detect ``expressions`` in every image of ``inputs``; write one JSON and one picture per image.
 
     With ``options.prefetch`` (the default on CUDA) the device does not wait for the host: worker
     threads decode and resize the next images while the current one runs, and write JSON and pictures
     behind it (``prefetch=0``: everything in turn, in this thread). Results are the same either way.
     Each image written is noted in ``OUT/detect.journal.jsonl``: a rerun with the same settings skips the
-    images whose files are there, so a killed run goes on where it stopped.
+    images whose files are there as it wrote them, so a killed run goes on where it stopped.
+
+    ``place``: this process among several (``torchrun``, ``accelerate launch``; :func:`launch_place`)
+    writing into one folder. Each takes the images whose name hashes to its rank, so the split holds
+    whatever order the processes list the folder in, and keeps its own journal
+    (``detect.journal.rankR.jsonl``); a rerun reads them all, whatever the number of processes.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -163,38 +221,41 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
 
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
-    images = find_images(inputs)
-    summary = DetectSummary()
+    place = place or Place()
+    images = [(path, name) for path, name in find_images(inputs)
+              if place.world_size == 1 or shard_of(str(name), place.world_size) == place.rank + 1]
+    summary = DetectSummary(images=len(images))
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
     journal = None
+    kept: dict[str, tuple[Files, dict[str, Any]]] = {}
     if options.save_pred or options.save_vis:
-        journal = _open_journal(options.out_dir, detect_settings(inputs, detector, expressions, inference, options),
-                                say)
-    kept = _kept(journal, options.out_dir) if journal is not None else {}
+        settings = orjson.loads(orjson.dumps(detect_settings(inputs, detector, expressions, inference, options)))
+        kept = _kept(options.out_dir, settings, {str(name) for _, name in images})
+        journal = _open_journal(options.out_dir, place, settings, kept, say)
     todo = [(path, name) for path, name in images if str(name) not in kept]
-    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="detect", unit="img", file=sys.stderr,
-               disable=not progress or len(images) < 2)
+    label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=label, unit="img", file=sys.stderr,
+               disable=not progress or len(images) < 2 or not place.is_main)
     n_ahead = depth(options.prefetch, detector.device)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if n_ahead else None
     written: list[tuple[Path, Future]] = []  # writes not yet collected, oldest first
 
-    def collect(files: tuple[Path | None, Path | None]) -> None:
+    def collect(files: Files) -> None:
         pred, vis = files
         if pred is not None:
             summary.pred_files.append(pred)
         if vis is not None:
             summary.vis_files.append(vis)
 
-    def finished(name: Path, files: tuple[Path | None, Path | None]) -> None:
+    def finished(name: Path, files: Files) -> None:
         collect(files)
         summary.processed += 1
         if journal is not None:  # its files are on disk: a rerun may skip it
-            journal.append_soon(str(name), {k: str(f.relative_to(options.out_dir)) if f else None
-                                            for k, f in zip(("pred", "vis"), files, strict=True)})
+            journal.append_soon(str(name), _entry(files, options.out_dir))
 
     for _, name in images:  # what an earlier run wrote, in input order
         if str(name) in kept:
-            collect(kept[str(name)])
+            collect(kept[str(name)][0])
             summary.resumed += 1
 
     loaded = ahead(lambda item: _load(item[0], detector, options.max_pixels), todo, n_ahead, name="detect-load")
@@ -224,8 +285,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     except KeyboardInterrupt:
         if journal is None:
             raise
+        who = "" if place.world_size == 1 else f" (process {place.rank} of {place.world_size})"
         raise Interrupted(f"interrupted: {summary.processed + summary.resumed} of {len(images)} images written to "
-                          f"{options.out_dir}; rerun the same command to go on from there") from None
+                          f"{options.out_dir}{who}; rerun the same command to go on from there") from None
     finally:
         bar.close()
         loaded.close()

@@ -17,12 +17,13 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from reallod.data.io import AtomicWriter
 from reallod.errors import ReallodError
 
 JOURNAL_VERSION = 1
@@ -132,6 +133,32 @@ class Journal:
         if keep is not None:
             journal._keep = keep
         journal._before_write = before_write
+        return journal
+
+    @classmethod
+    def rewrite(cls, path: str | os.PathLike, fp: dict[str, Any], results: Iterable[tuple[str, dict[str, Any]]],
+                *, keep: Callable[[dict[str, Any]], Any] | None = None) -> Journal:
+        """A journal of these settings holding exactly ``results`` (first result of a task counts), in
+        place of whatever ``path`` held, open for appends: written aside and renamed over it, so a crash
+        leaves one journal or the other, never a mix. For a run whose outputs can change under an old
+        journal (files rewritten since), which keeps only the results it checked."""
+        path = Path(path)
+        fp = orjson.loads(orjson.dumps(fp))
+        header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp}
+        keep = keep or (lambda r: r)
+        done: dict[str, Any] = {}
+        try:
+            with AtomicWriter(path) as w:
+                w.write(orjson.dumps(header) + b"\n")
+                for tid, res in results:
+                    if tid not in done:
+                        w.write(_line(tid, res))
+                        done[tid] = keep(res)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+        journal = cls(path, fp, done, fd, header)
+        journal._keep = keep
         return journal
 
     def append_sync(self, task_id: str, result: dict[str, Any]) -> None:
