@@ -151,15 +151,17 @@ def wait_for(predicate, proc, timeout_s=60.0):
         time.sleep(0.02)
 
 
-def interrupt(proc) -> tuple[float, str]:
-    """SIGINT, as Ctrl-C sends it; (seconds until the process ended, its stderr)."""
+def interrupt(proc, sig: int = signal.SIGINT) -> tuple[float, str]:
+    """SIGINT, as Ctrl-C sends it (or ``sig``); (seconds until the process ended, its stderr)."""
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     return time.monotonic() - sent, err
 
 
-def test_ctrl_c_mid_run_stops_at_once_says_what_is_safe_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_mid_run_stops_at_once_says_what_is_safe_and_a_rerun_resumes(tmp_path, sig):
+    """SIGTERM (a scheduler's preemption) does what Ctrl-C does."""
     rng = random.Random(5)
 
     def respond(body):  # slow enough that the run is mid-way when interrupted
@@ -172,7 +174,7 @@ def test_ctrl_c_mid_run_stops_at_once_says_what_is_safe_and_a_rerun_resumes(tmp_
                 "--config", str(cfg), "--out", str(out), "--cache", str(tmp_path / "cache.sqlite"), "--no-progress"]
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: journal_tasks(journal) >= 2, proc)
-        took, err = interrupt(proc)
+        took, err = interrupt(proc, sig)
         assert proc.returncode == 130 and took < 10, (took, err)
         done = len(read_journal(journal)[1])
         assert 2 <= done < 22

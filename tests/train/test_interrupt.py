@@ -35,8 +35,9 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _ctrl_c(proc: subprocess.Popen, ready, timeout: float = 300) -> tuple[list[str], float]:
-    """Read the output until ``ready(line)``; then SIGINT to the group. Returns the lines and when it was sent."""
+def _ctrl_c(proc: subprocess.Popen, ready, timeout: float = 300, sig: int = signal.SIGINT) -> tuple[list[str], float]:
+    """Read the output until ``ready(line)``; then SIGINT (or ``sig``) to the group, as a terminal's Ctrl-C
+    or a scheduler's preemption sends it to every process of the job. Returns the lines and when it was sent."""
     lines = []
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
@@ -47,17 +48,18 @@ def _ctrl_c(proc: subprocess.Popen, ready, timeout: float = 300) -> tuple[list[s
     else:
         raise AssertionError(f"exited ({proc.wait()}) before it could be interrupted:\n{''.join(lines[-20:])}")
     sent = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     return lines, sent
 
 
-def test_ctrl_c_stops_at_once_says_what_is_safe_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_at_once_says_what_is_safe_and_resumes(tmp_path, sig):
     work = tmp_path / "run"
     proc = _start(["train", str(CONFIG), "--work-dir", str(work), "--cfg-options", *_overrides(tmp_path)], tmp_path)
     try:
         # after the first step and its checkpoint (written right after the step's log line)
         _, sent = _ctrl_c(proc, lambda line: (line.startswith("step ") and C.latest_checkpoint(work) is not None)
-                          or line.startswith("step 2 "))
+                          or line.startswith("step 2 "), sig=sig)
         rest = proc.communicate(timeout=30)[0]
         stopped = time.monotonic() - sent
     finally:

@@ -11,8 +11,12 @@ them, so ``reallod data ...`` starts fast and stays small in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -62,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
 
     Exit status: 0 done; 1 an unexpected error, or a run in which every task failed; 2 an error in the
     input, the config or the environment (nothing or not everything ran; the message says what is
-    safe); 130 interrupted (Ctrl-C), with what is safe when the run says so."""
+    safe); 130 interrupted (Ctrl-C, or SIGTERM: see :func:`sigterm_as_ctrl_c`), with what is safe when the
+    run says so."""
     try:
-        app(args=argv)  # standalone: usage errors, --help and exit codes are handled by Typer
+        with sigterm_as_ctrl_c():
+            app(args=argv)  # standalone: usage errors, --help and exit codes are handled by Typer
     except Interrupted as e:  # Ctrl-C in a command that says what is safe (train)
         _fail(str(e), e.exit_code)  # its message starts with "interrupted"
     except ReallodError as e:
@@ -82,6 +88,31 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("REALLOD_DEBUG") == "1":
             raise
         _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM — a scheduler preempting the job, torchrun stopping the other workers when one fails,
+    ``kill`` — stops a command as Ctrl-C does, so a long job keeps what it finished and says how to go
+    on. Left alone where a SIGTERM handler is already set; where SIGINT is ignored (a background job of a
+    script) SIGTERM keeps its default and ends the process."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)  # whatever Ctrl-C does here: asyncio's, training's, Python's own
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _interrupt_behind(exit_: SystemExit) -> KeyboardInterrupt | None:
