@@ -116,6 +116,31 @@ def test_find_images_errors(tmp_path):
         find_images(tmp_path)
 
 
+def test_find_images_passes_over_hidden_files_links_to_folders_and_the_output(tmp_path, photo):
+    d = tmp_path / "photos"
+    (d / "a" / "b").mkdir(parents=True)
+    (d / ".cache").mkdir()
+    (d / "outputs" / "vis").mkdir(parents=True)
+    for name in ("z.jpg", "a/b/y.png", "a/x.JPG", ".hidden.jpg", ".cache/w.jpg", "outputs/vis/z.jpg"):
+        photo.save(d / name)
+    (d / "elsewhere").symlink_to(d / "a", target_is_directory=True)
+    assert [str(n) for _, n in find_images(d, skip=d / "outputs")] == ["a/b/y.png", "a/x.JPG", "z.jpg"]
+    assert "outputs/vis/z.jpg" in [str(n) for _, n in find_images(d)]
+
+
+def test_a_run_inside_its_own_input_does_not_take_its_pictures_for_images(capsys, image_dir, tiny_model_dir,
+                                                                           monkeypatch):
+    """``cd photos && reallod detect . MODEL`` writes into photos/outputs: a rerun finds the same images."""
+    monkeypatch.chdir(image_dir)
+    args = ["detect", ".", str(tiny_model_dir), "--texts", "an astronaut", "--device", "cpu", "--topk", "3"]
+    assert run_cli(args, capsys)[0] == 0
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "2 images (2 done by an earlier run)" in stdout
+    assert sorted(str(p.relative_to(image_dir)) for p in (image_dir / "outputs").rglob("*.json")) == [
+        "outputs/preds/astronaut.json", "outputs/preds/sub/flipped.json"]
+
+
 def test_palettes_and_drawing(tiny_detector, photo):
     for name in PALETTES:
         colors = palette(name, 25)

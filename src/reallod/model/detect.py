@@ -9,6 +9,7 @@ Unreadable images are skipped with a message; the others go on.
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,18 +33,24 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def find_images(inputs: str | Path) -> list[tuple[Path, Path]]:
-    """(path, name relative to the input) for one image file or every image under a folder, sorted."""
+def find_images(inputs: str | Path, skip: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """(path, name relative to the input) for one image file or every image under a folder, sorted.
+    Hidden files and folders are passed over, and so is ``skip``: the run's own output folder, when it
+    lies inside the input (``cd photos && reallod detect . ...``), whose pictures are no input."""
     root = Path(inputs).expanduser()
     if root.is_file():
         return [(root, Path(root.name))]
     if not root.exists():
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    skip_dir = Path(skip).expanduser().resolve() if skip is not None else None
+    found = []
+    for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed (as rglob)
+        here = Path(folder)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and (here / d).resolve() != skip_dir]
+        found.extend(here / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
-    return [(p, p.relative_to(root)) for p in found]
+    return [(p, p.relative_to(root)) for p in sorted(found)]
 
 
 @dataclass
@@ -222,7 +229,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     place = place or Place()
-    images = [(path, name) for path, name in find_images(inputs)
+    images = [(path, name) for path, name in find_images(inputs, skip=options.out_dir)
               if place.world_size == 1 or shard_of(str(name), place.world_size) == place.rank + 1]
     summary = DetectSummary(images=len(images))
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
