@@ -141,6 +141,23 @@ def test_a_run_inside_its_own_input_does_not_take_its_pictures_for_images(capsys
         "outputs/preds/astronaut.json", "outputs/preds/sub/flipped.json"]
 
 
+def test_images_that_differ_only_in_suffix_keep_their_own_outputs(capsys, tiny_model_dir, tmp_path, photo):
+    """photo.jpg and photo.png once wrote one preds/photo.json, the second over the first, and a rerun
+    redid them for ever; now such images are named whole, every other as MMDetection names it."""
+    d = tmp_path / "images"
+    d.mkdir()
+    for name in ("p.jpg", "p.png", "q.tif", "q.png", "r.gif"):
+        photo.save(d / name)
+    out = tmp_path / "out"
+    args = ["detect", str(d), str(tiny_model_dir), "--texts", "an astronaut", "--device", "cpu", "--topk", "3",
+            "--out-dir", str(out)]
+    assert run_cli(args, capsys)[0] == 0
+    assert sorted(p.name for p in (out / "preds").iterdir()) == [
+        "p.jpg.json", "p.png.json", "q.png.json", "q.tif.json", "r.json"]
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["p.jpg", "p.png", "q.png", "q.tif.png", "r.png"]
+    assert "5 images (5 done by an earlier run)" in run_cli(args, capsys)[1]
+
+
 def test_palettes_and_drawing(tiny_detector, photo):
     for name in PALETTES:
         colors = palette(name, 25)

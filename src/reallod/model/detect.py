@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,19 @@ class DetectSummary:
     vis_files: list[Path] = field(default_factory=list)
 
 
-def _save_picture(image: Image.Image, path: Path) -> Path:
+def shared_stems(names: Iterable[Path]) -> set[Path]:
+    """Images whose name but for its suffix another image has (``photo.jpg``, ``photo.png``): their outputs
+    keep the whole name (``preds/photo.jpg.json``), or one image's JSON would overwrite the other's."""
+    names = list(names)
+    count = Counter(n.with_suffix("") for n in names)
+    return {n for n in names if count[n.with_suffix("")] > 1}
+
+
+def _save_picture(image: Image.Image, path: Path, base: Path) -> Path:
+    """At ``path`` in its own format; one Pillow does not write (TIFF, GIF...) as ``base``.png."""
     fmt = _SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        path, fmt = path.with_suffix(".png"), "PNG"
+        path, fmt = path.with_name(f"{base.name}.png"), "PNG"
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     with AtomicWriter(path) as w:
@@ -102,17 +112,19 @@ def _load(path: Path, detector: Detector, max_pixels: int):
     return image, prepare_pixels(detector, image), None
 
 
-def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOptions
+def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOptions, whole_name: bool = False
            ) -> tuple[Path | None, Path | None]:
-    """One image's JSON and picture (runs in a worker thread, behind the device)."""
+    """One image's JSON and picture (runs in a worker thread, behind the device); ``whole_name``: the
+    outputs are named with the image's suffix too (:func:`shared_stems`)."""
     pred = vis = None
+    base = name if whole_name else name.with_suffix("")
     if options.save_pred:
-        pred = options.out_dir / "preds" / name.with_suffix(".json")
+        pred = options.out_dir / "preds" / f"{base}.json"
         with atomic_text(pred) as f:
             f.write(dumps(dets.to_dict()).decode())
     if options.save_vis:
         picture = draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette)
-        vis = _save_picture(picture, options.out_dir / "vis" / name)
+        vis = _save_picture(picture, options.out_dir / "vis" / name, base)
     return pred, vis
 
 
@@ -229,8 +241,11 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     place = place or Place()
-    images = [(path, name) for path, name in find_images(inputs, skip=options.out_dir)
+    listed = find_images(inputs, skip=options.out_dir)
+    shared = shared_stems(name for _, name in listed)  # of all images, whichever process writes them
+    images = [(path, name) for path, name in listed
               if place.world_size == 1 or shard_of(str(name), place.world_size) == place.rank + 1]
+    del listed
     summary = DetectSummary(images=len(images))
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
     journal = None
@@ -278,12 +293,12 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             if options.print_result:
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
-                written.append((name, writer.submit(_write, dets, image, name, options)))
+                written.append((name, writer.submit(_write, dets, image, name, options, name in shared)))
                 while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
                     done, future = written.pop(0)
                     finished(done, future.result())
             else:
-                finished(name, _write(dets, image, name, options))
+                finished(name, _write(dets, image, name, options, name in shared))
                 if options.show:
                     draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
                                     ).show(title=str(name))
