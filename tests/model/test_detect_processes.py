@@ -48,6 +48,17 @@ def test_processes_share_the_images_and_any_number_resumes_them(five_images, tin
     assert _outputs(out) == _outputs(whole)
 
 
+def test_a_run_resumed_on_more_processes_loses_no_finished_image(five_images, tiny_detector, tmp_path, calls):
+    """Two processes, then three: each rewrites its journal as it starts, and must keep the entries of images
+    that are now another process's, or a process starting later finds them gone and detects them again."""
+    out = tmp_path / "out"
+    for rank in (0, 1):
+        _run(five_images, tiny_detector, out, Place(rank, 2, rank))
+    calls.clear()
+    shares = [_run(five_images, tiny_detector, out, Place(rank, 3, rank)) for rank in range(3)]
+    assert calls == [] and sum(s.resumed for s in shares) == 5
+
+
 def test_files_written_over_by_another_run_are_not_taken_from_an_old_journal(five_images, tiny_detector, tmp_path,
                                                                               calls):
     """Two processes write with settings A; one process writes over every file with settings B (its own

@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -202,16 +203,21 @@ def _kept(out_dir: Path, settings: dict[str, Any], mine: set[str]) -> dict[str, 
 
 
 def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], kept: dict[str, tuple[Files, Any]],
-                  say: Callable[[str], None]) -> Journal:
+                  mine: set[str], say: Callable[[str], None]) -> Journal:
     """This process's journal, rewritten to hold what it keeps (so it never vouches for files written
-    over since); says so when the one there was written with other settings."""
+    over since) and, as they are, its entries of images that are now another process's (that process
+    checks them: a run resumed on another number of processes loses none); says so when the one there
+    was written with other settings."""
     path = out_dir / journal_name(place)
+    carried: Iterable[tuple[str, Any]] = ()
     try:
         if read_header(path).get("fingerprint") != settings:
             say(f"{out_dir}: written by a run with other settings; every image is detected again")
+        else:  # read while the new journal is written aside: the old one stays whole until the rename
+            carried = ((name, entry) for name, entry in iter_journal(path) if name not in mine)
     except (OSError, ReallodError):
         pass
-    return Journal.rewrite(path, settings, ((name, entry) for name, (_, entry) in kept.items()),
+    return Journal.rewrite(path, settings, chain(((name, entry) for name, (_, entry) in kept.items()), carried),
                            keep=lambda entry: None)
 
 
@@ -245,15 +251,15 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     shared = shared_stems(name for _, name in listed)  # of all images, whichever process writes them
     images = [(path, name) for path, name in listed
               if place.world_size == 1 or shard_of(str(name), place.world_size) == place.rank + 1]
-    del listed
     summary = DetectSummary(images=len(images))
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
     journal = None
     kept: dict[str, tuple[Files, dict[str, Any]]] = {}
     if options.save_pred or options.save_vis:
         settings = orjson.loads(orjson.dumps(detect_settings(inputs, detector, expressions, inference, options)))
-        kept = _kept(options.out_dir, settings, {str(name) for _, name in images})
-        journal = _open_journal(options.out_dir, place, settings, kept, say)
+        mine = {str(name) for _, name in images}
+        kept = _kept(options.out_dir, settings, mine)
+        journal = _open_journal(options.out_dir, place, settings, kept, mine, say)
     todo = [(path, name) for path, name in images if str(name) not in kept]
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
     bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=label, unit="img", file=sys.stderr,
