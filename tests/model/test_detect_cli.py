@@ -4,6 +4,7 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,8 +125,17 @@ def test_find_images_passes_over_hidden_files_links_to_folders_and_the_output(tm
     for name in ("z.jpg", "a/b/y.png", "a/x.JPG", ".hidden.jpg", ".cache/w.jpg", "outputs/vis/z.jpg"):
         photo.save(d / name)
     (d / "elsewhere").symlink_to(d / "a", target_is_directory=True)
-    assert [str(n) for _, n in find_images(d, skip=d / "outputs")] == ["a/b/y.png", "a/x.JPG", "z.jpg"]
-    assert "outputs/vis/z.jpg" in [str(n) for _, n in find_images(d)]
+    assert find_images(d, skip=d / "outputs") == (d, ["a/b/y.png", "a/x.JPG", "z.jpg"])
+    assert "outputs/vis/z.jpg" in find_images(d)[1]
+    assert find_images(d / "z.jpg") == (d, ["z.jpg"])
+
+
+def test_find_images_lists_folder_by_folder_as_paths_sort(tmp_path, photo):
+    names = ["a.b/y.jpg", "a/x.jpg", "a-c.jpg", "a/b/c.jpg", "a/b.c.jpg", "b.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(tmp_path / name)
+    assert find_images(tmp_path)[1] == [str(p) for p in sorted(Path(n) for n in names)]
 
 
 def test_a_run_inside_its_own_input_does_not_take_its_pictures_for_images(capsys, image_dir, tiny_model_dir,

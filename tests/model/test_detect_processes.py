@@ -39,7 +39,7 @@ def test_processes_share_the_images_and_any_number_resumes_them(five_images, tin
 
     calls.clear()  # one process now: everything is there
     again = _run(five_images, tiny_detector, out)
-    assert calls == [] and again.resumed == 5 and len(again.pred_files) == 5
+    assert calls == [] and again.resumed == 5 and again.preds == again.pictures == 5
 
     (out / "preds" / "p3.json").unlink()
     calls.clear()  # three processes: only the missing image, by the process it falls to

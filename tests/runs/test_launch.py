@@ -12,6 +12,13 @@ def test_alone_is_rank_zero_of_one():
     assert launch_place({}) == Place() and launch_place({"WORLD_SIZE": "1", "RANK": "0"}).is_main
 
 
+def test_each_name_is_taken_by_exactly_one_process():
+    names = [f"part{k // 10}/img{k}.jpg" for k in range(300)]
+    shares = [[n for n in names if Place(r, 3).takes(n)] for r in range(3)]
+    assert sorted(n for share in shares for n in share) == sorted(names) and all(60 < len(s) < 140 for s in shares)
+    assert all(Place().takes(n) for n in names)
+
+
 def test_torchrun_and_accelerate_variables():
     assert launch_place({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == Place(3, 4, 1)
     assert launch_place({"WORLD_SIZE": "2", "RANK": "1"}) == Place(1, 2, 1)  # no LOCAL_RANK: one machine

@@ -97,8 +97,8 @@ def detect_cmd(
     detector = load_detector(model, weights=weights, device=process_device(device, place.local_rank, place.world_size),
                              dtype=dtype, max_text_len=max_text_len, tokenizer=tokenizer, image_size=size)
     summary = run_detect(inputs, detector, expressions, options=options, inference=inference, place=place)
-    written = [f"{len(summary.pred_files)} JSON in {out_dir / 'preds'}" if options.save_pred else "",
-               f"{len(summary.vis_files)} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
+    written = [f"{summary.preds} JSON in {out_dir / 'preds'}" if options.save_pred else "",
+               f"{summary.pictures} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
     resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
     who = "" if place.world_size == 1 else f"process {place.rank} of {place.world_size}: "
     typer.echo(f"{who}{summary.processed + summary.resumed} images{resumed}, {len(expressions)} expressions ({mode}) "

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -29,19 +29,19 @@ from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
 from reallod.runs.journal import Journal, iter_journal, read_header
 from reallod.runs.launch import Place
-from reallod.runs.shard import shard_of
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def find_images(inputs: str | Path, skip: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """(path, name relative to the input) for one image file or every image under a folder, sorted.
+def find_images(inputs: str | Path, skip: str | Path | None = None) -> tuple[Path, list[str]]:
+    """The folder and, relative to it, one image file or every image under a folder, sorted by path.
     Hidden files and folders are passed over, and so is ``skip``: the run's own output folder, when it
-    lies inside the input (``cd photos && reallod detect . ...``), whose pictures are no input."""
+    lies inside the input (``cd photos && reallod detect . ...``), whose pictures are no input.
+    Names are plain strings, a few dozen bytes each: a folder of ten million images lists in ~1 GB."""
     root = Path(inputs).expanduser()
     if root.is_file():
-        return [(root, Path(root.name))]
+        return root.parent, [root.name]
     if not root.exists():
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
     skip_dir = Path(skip).expanduser().resolve() if skip is not None else None
@@ -49,10 +49,12 @@ def find_images(inputs: str | Path, skip: str | Path | None = None) -> list[tupl
     for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed (as rglob)
         here = Path(folder)
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and (here / d).resolve() != skip_dir]
-        found.extend(here / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        prefix = here.relative_to(root).as_posix() + "/" if here != root else ""
+        found.extend(prefix + f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
-    return [(p, p.relative_to(root)) for p in sorted(found)]
+    found.sort(key=lambda name: name.replace("/", "\0"))  # folder by folder, as paths compare
+    return root, found
 
 
 @dataclass
@@ -78,16 +80,15 @@ class DetectSummary:
     processed: int = 0  # by this run
     resumed: int = 0  # done by an earlier run with the same settings, their files kept
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    pred_files: list[Path] = field(default_factory=list)
-    vis_files: list[Path] = field(default_factory=list)
+    preds: int = 0  # JSON files there (this run's and those kept), one per image
+    pictures: int = 0
 
 
-def shared_stems(names: Iterable[Path]) -> set[Path]:
+def shared_stems(names: list[str]) -> set[str]:
     """Images whose name but for its suffix another image has (``photo.jpg``, ``photo.png``): their outputs
     keep the whole name (``preds/photo.jpg.json``), or one image's JSON would overwrite the other's."""
-    names = list(names)
-    count = Counter(n.with_suffix("") for n in names)
-    return {n for n in names if count[n.with_suffix("")] > 1}
+    count = Counter(os.path.splitext(n)[0] for n in names)
+    return {n for n in names if count[os.path.splitext(n)[0]] > 1}
 
 
 def _save_picture(image: Image.Image, path: Path, base: Path) -> Path:
@@ -186,38 +187,43 @@ def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
     return files[0], files[1]
 
 
-def _kept(out_dir: Path, settings: dict[str, Any], mine: set[str]) -> dict[str, tuple[Files, dict[str, Any]]]:
-    """This process's images that a run with these settings finished, their files still as it wrote
-    them, from every process's journal (the number of processes may differ from run to run)."""
-    kept: dict[str, tuple[Files, dict[str, Any]]] = {}
+def _kept(out_dir: Path, settings: dict[str, Any], pending: dict[str, str], summary: DetectSummary
+          ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The journal entries of this process's images that a run with these settings finished, their files
+    still as it wrote them, from every process's journal (the number of processes may differ from run
+    to run); each image found leaves ``pending`` and is counted in ``summary``. Streamed, so a resumed
+    run of millions of images holds no more than their names."""
     for path in sorted(out_dir.glob("detect.journal*.jsonl")):
         try:
             if read_header(path).get("fingerprint") != settings:
                 continue
             for name, entry in iter_journal(path):
-                if name in mine and name not in kept and (files := _files_as_written(entry, out_dir)):
-                    kept[name] = (files, entry)
+                if name in pending and (files := _files_as_written(entry, out_dir)):
+                    name = pending.pop(name)  # this process's own string: the journal keeps no copy
+                    summary.resumed += 1
+                    summary.preds += files[0] is not None
+                    summary.pictures += files[1] is not None
+                    yield name, entry
         except (OSError, ReallodError):  # gone, or being started by its process
             continue
-    return kept
 
 
-def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], kept: dict[str, tuple[Files, Any]],
-                  mine: set[str], say: Callable[[str], None]) -> Journal:
+def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], pending: dict[str, str],
+                  summary: DetectSummary, say: Callable[[str], None]) -> Journal:
     """This process's journal, rewritten to hold what it keeps (so it never vouches for files written
     over since) and, as they are, its entries of images that are now another process's (that process
     checks them: a run resumed on another number of processes loses none); says so when the one there
-    was written with other settings."""
+    was written with other settings. What it keeps leaves ``pending``."""
     path = out_dir / journal_name(place)
     carried: Iterable[tuple[str, Any]] = ()
     try:
         if read_header(path).get("fingerprint") != settings:
             say(f"{out_dir}: written by a run with other settings; every image is detected again")
         else:  # read while the new journal is written aside: the old one stays whole until the rename
-            carried = ((name, entry) for name, entry in iter_journal(path) if name not in mine)
+            carried = ((name, entry) for name, entry in iter_journal(path) if not place.takes(name))
     except (OSError, ReallodError):
         pass
-    return Journal.rewrite(path, settings, chain(((name, entry) for name, (_, entry) in kept.items()), carried),
+    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, pending, summary), carried),
                            keep=lambda entry: None)
 
 
@@ -247,74 +253,63 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     place = place or Place()
-    listed = find_images(inputs, skip=options.out_dir)
-    shared = shared_stems(name for _, name in listed)  # of all images, whichever process writes them
-    images = [(path, name) for path, name in listed
-              if place.world_size == 1 or shard_of(str(name), place.world_size) == place.rank + 1]
-    summary = DetectSummary(images=len(images))
+    root, names = find_images(inputs, skip=options.out_dir)
+    shared = shared_stems(names)  # of all images, whichever process writes them
+    if place.world_size > 1:
+        names = [name for name in names if place.takes(name)]
+    summary = DetectSummary(images=len(names))
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
     journal = None
-    kept: dict[str, tuple[Files, dict[str, Any]]] = {}
+    todo = names
     if options.save_pred or options.save_vis:
         settings = orjson.loads(orjson.dumps(detect_settings(inputs, detector, expressions, inference, options)))
-        mine = {str(name) for _, name in images}
-        kept = _kept(options.out_dir, settings, mine)
-        journal = _open_journal(options.out_dir, place, settings, kept, mine, say)
-    todo = [(path, name) for path, name in images if str(name) not in kept]
+        pending = {name: name for name in names}
+        journal = _open_journal(options.out_dir, place, settings, pending, summary, say)
+        todo = [name for name in names if name in pending]  # in input order
+        del pending
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
-    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=label, unit="img", file=sys.stderr,
-               disable=not progress or len(images) < 2 or not place.is_main)
+    bar = tqdm(total=len(names), initial=summary.resumed, desc=label, unit="img", file=sys.stderr,
+               disable=not progress or len(names) < 2 or not place.is_main)
     n_ahead = depth(options.prefetch, detector.device)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if n_ahead else None
-    written: list[tuple[Path, Future]] = []  # writes not yet collected, oldest first
+    written: list[tuple[str, Future]] = []  # writes not yet collected, oldest first
 
-    def collect(files: Files) -> None:
-        pred, vis = files
-        if pred is not None:
-            summary.pred_files.append(pred)
-        if vis is not None:
-            summary.vis_files.append(vis)
-
-    def finished(name: Path, files: Files) -> None:
-        collect(files)
+    def finished(name: str, files: Files) -> None:
         summary.processed += 1
+        summary.preds += files[0] is not None
+        summary.pictures += files[1] is not None
         if journal is not None:  # its files are on disk: a rerun may skip it
-            journal.append_soon(str(name), _entry(files, options.out_dir))
+            journal.append_soon(name, _entry(files, options.out_dir))
 
-    for _, name in images:  # what an earlier run wrote, in input order
-        if str(name) in kept:
-            collect(kept[str(name)][0])
-            summary.resumed += 1
-
-    loaded = ahead(lambda item: _load(item[0], detector, options.max_pixels), todo, n_ahead, name="detect-load")
+    loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
     try:
-        for (path, name), (image, prepared, error) in zip(todo, loaded, strict=True):
+        for name, (image, prepared, error) in zip(todo, loaded, strict=True):
             bar.update(1)
             if error is not None:
-                summary.skipped.append((str(path), str(error)))
+                summary.skipped.append((str(root / name), str(error)))
                 say(f"skipped: {error}")
                 continue
             dets = detector.detect(image, expressions, inference, prepared=prepared)
-            dets.image = str(path)
+            dets.image = str(root / name)
             if options.print_result:
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
-                written.append((name, writer.submit(_write, dets, image, name, options, name in shared)))
+                written.append((name, writer.submit(_write, dets, image, Path(name), options, name in shared)))
                 while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
                     done, future = written.pop(0)
                     finished(done, future.result())
             else:
-                finished(name, _write(dets, image, name, options, name in shared))
+                finished(name, _write(dets, image, Path(name), options, name in shared))
                 if options.show:
                     draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
-                                    ).show(title=str(name))
+                                    ).show(title=name)
         for name, future in written:  # in input order; a failed write raises here
             finished(name, future.result())
     except KeyboardInterrupt:
         if journal is None:
             raise
         who = "" if place.world_size == 1 else f" (process {place.rank} of {place.world_size})"
-        raise Interrupted(f"interrupted: {summary.processed + summary.resumed} of {len(images)} images written to "
+        raise Interrupted(f"interrupted: {summary.processed + summary.resumed} of {len(names)} images written to "
                           f"{options.out_dir}{who}; rerun the same command to go on from there") from None
     finally:
         bar.close()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reallod.errors import ConfigError
+from reallod.runs.shard import shard_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Place:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def takes(self, name: str) -> bool:
+        """Whether the item ``name`` is this process's: its name's hash picks the rank, so every process
+        agrees however it came by the list."""
+        return self.world_size == 1 or shard_of(name, self.world_size) == self.rank + 1
 
 
 def _number(env: Mapping[str, str], name: str, default: int) -> int:
