@@ -69,3 +69,35 @@ def test_a_detect_run_stopped_by_sigterm_keeps_its_images_and_resumes(tmp_path, 
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"60 images ({done} done by an earlier run)" in again.stdout
     assert len(list((out / "preds").glob("*.json"))) == 60
+
+
+def test_an_eval_run_stopped_by_sigterm_keeps_its_images_and_resumes(tmp_path, tiny_model_dir):
+    """A scheduler preempting `reallod eval`: exit 130 with the images kept in the journal; the same command
+    again runs the rest only and writes the predictions, with no journal left."""
+    import json
+
+    from tests.eval import synthetic as syn
+
+    gt = syn.omnilabel_gt(1, n_images=80)
+    syn.write_images(tmp_path / "images", gt["images"])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    out = tmp_path / "preds.json"
+    journal = tmp_path / "preds.journal.jsonl"
+    cmd = [sys.executable, "-m", "reallod", "eval", "omnilabel", "--model", str(tiny_model_dir), "--device", "cpu",
+           "--annotations", str(tmp_path / "gt.json"), "--images", str(tmp_path / "images"), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            journal.is_file() and journal.read_bytes().count(b"\n") >= 2):  # the header and one image at least
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: " in err and "kept in" in err and not out.exists()
+    kept = int(err.split("interrupted: ")[1].split(" of ")[0])
+    assert 1 <= kept < 80
+
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert out.is_file() and not journal.exists()
+    assert {p["image_id"] for p in json.loads(out.read_text())} <= {img["id"] for img in gt["images"]}
