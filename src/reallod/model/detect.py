@@ -50,7 +50,8 @@ def find_images(inputs: str | Path, skip: str | Path | None = None) -> tuple[Pat
         here = Path(folder)
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and (here / d).resolve() != skip_dir]
         prefix = here.relative_to(root).as_posix() + "/" if here != root else ""
-        found.extend(prefix + f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        found.extend(prefix + f for f in files
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
     if not found:
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
     found.sort(key=lambda name: name.replace("/", "\0"))  # folder by folder, as paths compare
