@@ -51,6 +51,23 @@ def test_writer_is_atomic(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_permissions_the_umask_gives_and_the_umask_is_never_set(tmp_path, monkeypatch, umask, mode):
+    """Reading the umask means setting it for a moment, and a file another thread creates then is
+    world-writable: the writer creates its file with the umask applied by the system instead."""
+    import os
+
+    set_umask = os.umask
+    old = set_umask(umask)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("the writer changed the process umask"))
+        with JsonlWriter(tmp_path / "out.jsonl") as w:
+            w.write_record(VARIANT)
+    finally:
+        set_umask(old)  # the other tests' umask, whatever happened
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == mode
+
+
 def test_gz_that_is_not_gzip(tmp_path):
     path = tmp_path / "x.jsonl.gz"
     path.write_text('{"a": 1}\n')

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
+import secrets
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,10 +27,17 @@ GZIP_MAGIC = b"\x1f\x8b"
 _BUFFER = 1 << 20
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file next to ``path``, made with the permissions the umask gives any new
+    file. (``mkstemp`` makes it 0600, and reading the umask to widen that means setting it for a moment:
+    a file another thread created then would be world-writable.)"""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:  # O_EXCL: never an existing file, nor a link planted at that name
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def dumps(obj: Any) -> bytes:
@@ -167,9 +174,7 @@ class AtomicWriter(AtomicOutput):
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        fd, self._tmp = _create_beside(self.path)
         self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)
