@@ -180,6 +180,26 @@ def test_palettes_and_drawing(tiny_detector, photo):
     assert draw_detections(photo, dets, score_thr=1.01).tobytes() == photo.convert("RGB").tobytes()
 
 
+def test_labels_go_above_then_inside_top_then_below_then_inside_bottom():
+    """Each spot taken in turn by an earlier label sends the next label of the same box to the next
+    spot; with all four taken, the least-hiding one (here inside the bottom, half hidden)."""
+    import numpy as np
+
+    from reallod.model.draw import _place_label
+
+    box, size, canvas = (10.0, 50.0, 60.0, 100.0), (30.0, 10.0), (200, 200)
+    taken, spots = np.empty((0, 4)), []
+    for _ in range(4):
+        spots.append(_place_label(box, size, canvas, taken))
+        taken = np.vstack([taken, spots[-1]])
+    assert spots == [(10.0, 40.0, 40.0, 50.0), (10.0, 50.0, 40.0, 60.0), (10.0, 100.0, 40.0, 110.0),
+                     (10.0, 90.0, 40.0, 100.0)]
+    half = np.array([*spots[:3], (10.0, 95.0, 40.0, 105.0)])  # three spots covered whole, the last half
+    assert _place_label(box, size, canvas, half) == (10.0, 90.0, 40.0, 100.0)
+    # above a box at the top edge is off the picture: the label is kept inside it
+    assert _place_label((0.0, 0.0, 20.0, 20.0), size, (25, 25), np.empty((0, 4))) == (0.0, 0.0, 30.0, 10.0)
+
+
 def test_convert_checkpoint_cli(capsys, tmp_path, tiny_model_dir):
     config = tiny_config()
     cfg_file = tmp_path / "tiny.json"
