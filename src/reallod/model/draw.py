@@ -87,7 +87,7 @@ def _place_label(box: tuple[float, float, float, float], size: tuple[float, floa
                  taken: np.ndarray) -> tuple[float, float, float, float]:
     """Where a label of ``size`` goes: above the box, else inside its top, below it, inside its bottom;
     the first spot that hides no earlier (better-scoring) label (rows of ``taken``), or the least-hiding
-    one. Vectorised: a hundred labels are placed in a few milliseconds, not fifty."""
+    one. Vectorised: drawing a hundred labels took 1.3x as long with a loop over pairs in Python."""
     x1, y1, _, y2 = box
     w, h = size
     x = min(max(0.0, x1), max(0.0, canvas[0] - w))
