@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reallod.errors import ConfigError
-from reallod.runs.shard import shard_of
+from reallod.runs.shard import in_shard
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Place:
     def takes(self, name: str) -> bool:
         """Whether the item ``name`` is this process's: its name's hash picks the rank, so every process
         agrees however it came by the list."""
-        return self.world_size == 1 or shard_of(name, self.world_size) == self.rank + 1
+        return self.world_size == 1 or in_shard(name, (self.rank + 1, self.world_size))
 
 
 def _number(env: Mapping[str, str], name: str, default: int) -> int:
