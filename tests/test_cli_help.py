@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -36,3 +37,14 @@ def test_no_option_has_an_empty_help_text():
                 blank.append(f"reallod {' '.join(path)} {'/'.join(param.opts)}")
     assert len(walked) > 20, [p for p, _ in walked]
     assert not blank, f"options without a help text: {blank}"
+
+
+def test_every_command_lists_a_short_summary():
+    """A group's help lists each command by its help's first paragraph: it must read as one summary,
+    not the whole text with its example (``agent-eval`` once filled ten lines of ``reallod --help``)."""
+    long = {}
+    for path, command in commands(typer.main.get_command(app)):
+        first = inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0]
+        if not first.strip() or len(first) > 200:
+            long[" ".join(path)] = len(first)
+    assert not long, f"commands whose summary is empty or over 200 characters: {long}"

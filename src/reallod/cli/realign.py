@@ -80,7 +80,7 @@ app = typer.Typer(cls=_RealignGroup, no_args_is_help=False, add_completion=False
 def register(root: typer.Typer) -> None:
     """``realign`` (with ``realign merge``) and ``agent-eval``, in this order."""
     root.add_typer(app, name="realign")
-    root.command("agent-eval")(agent_eval_cmd)
+    root.command("agent-eval", short_help="Score the agent against gold labels (confusion matrix, precision, fix rate, cost).")(agent_eval_cmd)
 
 
 _MaxCycles = Annotated[int | None, typer.Option(
