@@ -15,6 +15,8 @@ from reallod.cli import main
 from reallod.data.chunks import RangeLines, plan_ranges
 from reallod.data.validate import Issue, check_image, resolve_image, validate_file
 
+from .image_files import png_claiming_size
+
 
 def rec(i: int = 0, **over) -> dict:
     r = {"filename": f"img/{i}.png", "height": 30, "width": 40,
@@ -223,6 +225,24 @@ def test_image_checks(tmp_path, image_root):
     assert report.invalid == 6 and report.valid == 2
     par_issues, _ = collect(path, images=image_root, workers=2, chunk_bytes=100)
     assert par_issues == issues
+
+
+def test_a_very_large_image_is_checked_by_its_header(tmp_path):
+    """Validation decodes nothing, so Pillow's decompression-bomb limit does not apply: a genuine
+    30,000 × 20,000 scan (600 M pixels, over twice Pillow's limit) was once reported unreadable, and
+    every PNG was decoded whole to look for an EXIF orientation (these PNGs cannot be decoded at all)."""
+    root = tmp_path / "images"
+    (root / "img").mkdir(parents=True)
+    for i in range(3):
+        png_claiming_size(root / "img" / f"{i}.png", 30_000, 20_000)
+    path = tmp_path / "big.jsonl"
+    path.write_text(dump(rec(0, width=30_000, height=20_000)) + dump(rec(1))
+                    + dump(rec(2, width=20_000, height=30_000)))  # swapped: the orientation is looked for
+    issues, report = collect(path, images=root)
+    assert [(i.line, i.kind, i.field) for i in issues] == [(2, "image_size_mismatch", "height,width"),
+                                                           (3, "image_size_mismatch", "height,width")]
+    assert "image is 30000x20000" in issues[0].message and report.valid == 1
+    assert "EXIF" not in issues[1].message
 
 
 def test_resolve_image_stays_inside_the_root():

@@ -2,8 +2,6 @@
 
 import json
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from reallod.model.detect import find_images, load_predictions
 from reallod.model.draw import PALETTES, draw_detections, palette
 from reallod.model.tiny import minilm_dir, tiny_config
 from tests.cli_helpers import run_cli
+from tests.data.image_files import png_claiming_size
 
 from .mmdet_layout import to_mmdet_layout
 
@@ -86,20 +85,10 @@ def test_detect_when_no_image_can_be_read(capsys, tmp_path, tiny_model_dir):
     assert code == 2 and "none of the 1 images could be read" in stderr
 
 
-def _png_claiming_size(path, width, height):
-    """A valid 1×1 PNG whose header claims width × height (decoding it would need that much memory)."""
-    Image.new("RGB", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
-    path.write_bytes(bytes(data))
-
-
 def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_model_dir, photo):
     bomb = tmp_path / "imgs" / "bomb.png"
     bomb.parent.mkdir()
-    _png_claiming_size(bomb, 60_000, 60_000)
+    png_claiming_size(bomb, 60_000, 60_000)
     with pytest.raises(DataError, match="3,600,000,000 pixels"):
         open_image(bomb)
     photo.save(tmp_path / "imgs" / "ok.jpg")

@@ -174,16 +174,12 @@ def check_image(obj: Any, root: str) -> list[Problem]:
     if path is None:
         return [Problem("image_outside_root", "filename",
                         f"{filename!r} is absolute or leads out of the image root; refusing to open it")]
-    import warnings
-
-    from PIL import Image
+    from reallod.data.images import open_header
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # decompression-bomb warnings: we read the header only
-            with Image.open(path) as im:
-                width, height = im.size
-                orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+        with open_header(path) as im:  # no size limit: nothing is decoded
+            width, height = im.size
+            orientation = _orientation(im) if (height, width) == (obj.get("width"), obj.get("height")) else 1
     except (FileNotFoundError, NotADirectoryError):
         return [Problem("missing_image", "filename", f"{path} not found")]
     except IsADirectoryError:
@@ -199,6 +195,14 @@ def check_image(obj: Any, root: str) -> list[Problem]:
         note = " (the EXIF orientation rotates it: the rotated size matches)"
     return [Problem("image_size_mismatch", fields,
                     f"image is {width}x{height} (width x height), record says {want_w}x{want_h}{note}")]
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF orientation the header holds. A PNG may keep its EXIF after the pixels, and Pillow
+    decodes the whole image to reach it there: such a PNG counts as upright, so nothing is decoded."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return im.getexif().get(0x0112, 1)
 
 
 def _is_size(v: Any) -> bool:

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from reallod.data.images import open_image
 from reallod.data.io import is_gzip_file, iter_lines
 from reallod.data.records import Record
 from reallod.errors import ConfigError, DataError
@@ -184,7 +185,7 @@ class TrainDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, epoch, position, index, attempt])
             record, path = self.record(index)
             try:
-                image = load_image(path, record)
+                image = open_image(path)
             except DataError as e:
                 failures.append(str(e))
                 if len(self) > 1:  # another record, never the same one
@@ -210,18 +211,6 @@ class TrainDataset(torch.utils.data.Dataset):
         targets = apply_geometry(targets, aug.boxes, owner, aug.keep, aug.flipped, self.aug.swap_left_right)
         text = build_text_sample(targets, rng, self.tokenize, self.text, self.vocabulary)
         return to_tensors(aug.image, text, self.mean, self.std)
-
-
-def load_image(path: str, record: Record) -> Image.Image:
-    """RGB image with EXIF orientation applied; an unreadable file is a :class:`DataError`."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError("image not found", path=path) from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"image cannot be decoded ({e})", path=path) from None
 
 
 def to_tensors(image: Image.Image, text: TextSample, mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
