@@ -212,3 +212,47 @@ def test_all_tokens_scoring_needs_parallel_mode():
         InferenceOptions(mode="concat", score_over="all-tokens")
     with pytest.raises(ConfigError, match="score_over must be one of expression-tokens, all-tokens"):
         InferenceOptions(score_over="every")  # type: ignore[arg-type]
+
+
+def test_threads_sharing_a_detector_get_their_own_images_results(tiny_model_dir, photo, noise_image):
+    """The demo runs requests in several threads (``--concurrency``) on one detector. Backbone reuse
+    stands cached features in for the model's backbone while it runs; two calls at once once took each
+    other's features, and the last to finish left the other image's features in place for good.
+    The text encoder is slowed down here so that the calls overlap every time."""
+    import threading
+    import time
+
+    from reallod.model.loading import load_detector
+
+    det = load_detector(tiny_model_dir, device="cpu")  # its own: a failure must not spoil the shared one
+    backbone, projections = det.model.model.backbone, det.model.model.input_proj_vision
+    images = {"photo": photo, "noise": noise_image}
+    options = [InferenceOptions(batch_size=2), InferenceOptions(reuse_backbone=False, batch_size=2)]
+    expected = {(name, i): det.detect(image, EXPRESSIONS[:4], opts)
+                for name, image in images.items() for i, opts in enumerate(options)}
+    slow = det.model.model.text_backbone.register_forward_pre_hook(lambda *a: time.sleep(0.01))
+    got: dict = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            for round_ in range(3):
+                i = round_ % 2
+                got[(name, round_)] = ((name, i), det.detect(images[name], EXPRESSIONS[:4], options[i]))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(name, 0.005 * k)) for k, name in enumerate(images)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        slow.remove()
+    assert not errors
+    assert det.model.model.backbone is backbone and det.model.model.input_proj_vision is projections
+    assert len(got) == 6
+    for key, dets in got.values():
+        _assert_same(expected[key], dets, atol=1e-6)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -143,9 +145,25 @@ def encode_image(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch
     return list(features), list(positions), projections
 
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """The lock under which a model runs its forward passes here. :func:`replay_image` swaps modules
+    inside the model, so calls from several threads (the demo's requests) must take turns on it."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
 @contextlib.contextmanager
 def replay_image(model: nn.Module, encoded: tuple[list, list, list[torch.Tensor]]) -> Iterator[None]:
-    """Within the block, ``model(...)`` reuses ``encoded`` instead of running backbone and projections."""
+    """Within the block, ``model(...)`` reuses ``encoded`` instead of running backbone and projections.
+
+    It changes the model for every thread: hold :func:`model_lock` around it."""
     core = model.model
     features, positions, projections = encoded
     backbone, projs = core.backbone, core.input_proj_vision
@@ -212,24 +230,25 @@ def run_prompts(detector: Detector, pixel_values: torch.Tensor, pixel_mask: torc
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per prompt, on the host in float32: (logits (Q, T), boxes (Q, 4) normalised cxcywh), T = its length."""
     model = detector.model
-    encoded = encode_image(model, pixel_values, pixel_mask) if options.reuse_backbone else None
     out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(prompts)
     non_blocking = detector.device.type == "cuda"
     results = []
-    for indices in _batches(prompts, options.batch_size):
-        batch = [prompts[i] for i in indices]
-        ids, mask = P.batch_ids(batch)
-        input_ids = torch.tensor(ids, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
-        attention_mask = torch.tensor(mask, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
-        b, width = len(batch), input_ids.shape[1]
-        kwargs = dict(pixel_values=pixel_values.expand(b, -1, -1, -1), pixel_mask=pixel_mask.expand(b, -1, -1),
-                      input_ids=input_ids, attention_mask=attention_mask,
-                      token_type_ids=torch.zeros_like(input_ids))
-        with replay_image(model, encoded) if encoded is not None else contextlib.nullcontext():
-            result = model(**kwargs)
-        # Kept on the device, cut to the batch's own text width (the model pads its logits to max_text_len):
-        # nothing waits for the device until every batch of the image is queued.
-        results.append((indices, batch, result.logits[:, :, :width].float(), result.pred_boxes.float()))
+    with model_lock(model):
+        encoded = encode_image(model, pixel_values, pixel_mask) if options.reuse_backbone else None
+        for indices in _batches(prompts, options.batch_size):
+            batch = [prompts[i] for i in indices]
+            ids, mask = P.batch_ids(batch)
+            input_ids = torch.tensor(ids, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
+            attention_mask = torch.tensor(mask, dtype=torch.long).to(detector.device, non_blocking=non_blocking)
+            b, width = len(batch), input_ids.shape[1]
+            kwargs = dict(pixel_values=pixel_values.expand(b, -1, -1, -1), pixel_mask=pixel_mask.expand(b, -1, -1),
+                          input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=torch.zeros_like(input_ids))
+            with replay_image(model, encoded) if encoded is not None else contextlib.nullcontext():
+                result = model(**kwargs)
+            # Kept on the device, cut to the batch's own text width (the model pads its logits to
+            # max_text_len): nothing waits for the device until every batch of the image is queued.
+            results.append((indices, batch, result.logits[:, :, :width].float(), result.pred_boxes.float()))
     for indices, batch, logits, boxes in results:  # one device→host copy per batch, not one per expression
         logits, boxes = logits.cpu(), boxes.cpu()
         for row, (i, p) in enumerate(zip(indices, batch, strict=True)):
