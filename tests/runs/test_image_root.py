@@ -5,6 +5,7 @@ from reallod.agent.task import ObjectRef, Task
 from reallod.errors import DataError
 from reallod.runs.image_root import ImageError, ImageLoader
 from tests.agent.io_helpers import write_image
+from tests.data.image_files import png_claiming_size
 
 
 def task(path: str, size=(64, 48)) -> Task:
@@ -36,6 +37,19 @@ def test_check_reports_missing_unreadable_and_size_mismatch(tmp_path):
         with pytest.raises(ImageError) as e:
             loader.check(task(name))
         assert e.value.kind == kind and words in str(e.value) and name in str(e.value)  # the message names the file
+
+
+def test_a_very_large_image_is_checked_by_its_header_and_refused_when_decoded(tmp_path):
+    """Pillow's decompression-bomb error once escaped the header check, where only the task's own
+    problems are caught, and ended the whole run; the check decodes nothing, so it need not apply."""
+    png_claiming_size(tmp_path / "scan.png", 30_000, 20_000)
+    loader = ImageLoader(tmp_path)
+    loader.check(task("scan.png", size=(30_000, 20_000)))
+    with pytest.raises(ImageError, match="30000x20000 but the task says 64x48"):
+        loader.check(task("scan.png"))
+    with pytest.raises(ImageError, match=r"scan\.png: not a readable image .*DecompressionBombError") as e:
+        loader.load("scan.png")
+    assert e.value.kind == "unreadable_image"
 
 
 def test_an_image_header_is_read_once_for_all_its_tasks(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
+from reallod.data.images import open_header
 from reallod.errors import DataError
 
 
@@ -90,7 +91,7 @@ class ImageLoader:
         if not path.is_file():
             raise ImageError("missing_image", f"image not found under {self.root}", path=str(path))
         try:
-            with Image.open(path) as im:
+            with open_header(path) as im:  # any size: nothing is decoded here (load() keeps Pillow's limit)
                 size = im.size
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ImageError("unreadable_image", f"not a readable image ({_reason(e)})", path=str(path)) from None
