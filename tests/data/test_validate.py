@@ -210,19 +210,21 @@ def test_image_checks(tmp_path, image_root):
         dump(rec(1)),                                   # 41 wide, record says 40
         dump(rec(2)),                                   # not an image
         dump(rec(3)),                                   # missing
-        dump(rec(4, filename="img/4.jpg")),             # EXIF-rotated
+        dump(rec(4, filename="img/4.jpg")),             # EXIF-rotated: the upright size, fine
         dump(rec(5, filename="../secret.png")),         # leaves the root
         dump(rec(6, filename=str(image_root / "img" / "0.png"))),  # absolute
         dump(rec(7, filename="img/../img/0.png")),      # normalises inside the root: fine
+        dump(rec(8, filename="img/4.jpg", width=30, height=40)),  # the size the file stores, not upright
     ]))
     issues, report = collect(path, images=image_root)
     got = [(i.line, i.kind, i.field) for i in issues]
     assert got == [(2, "image_size_mismatch", "width"), (3, "unreadable_image", "filename"),
-                   (4, "missing_image", "filename"), (5, "image_size_mismatch", "height,width"),
-                   (6, "image_outside_root", "filename"), (7, "image_outside_root", "filename")]
+                   (4, "missing_image", "filename"), (6, "image_outside_root", "filename"),
+                   (7, "image_outside_root", "filename"), (9, "image_size_mismatch", "height,width")]
     assert "image is 41x30 (width x height), record says 40x30" in issues[0].message
-    assert "EXIF orientation" in issues[3].message
-    assert report.invalid == 6 and report.valid == 2
+    assert issues[-1].message.startswith("image is 40x30 (width x height), record says 30x40 (the file stores it "
+                                         "30x40 and its EXIF orientation 6 turns it upright")
+    assert report.invalid == 6 and report.valid == 3
     par_issues, _ = collect(path, images=image_root, workers=2, chunk_bytes=100)
     assert par_issues == issues
 

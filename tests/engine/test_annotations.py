@@ -95,3 +95,27 @@ def test_openimages_needs_its_class_file(tmp_path):
     boxes, _, root = openimages(tmp_path, [])
     with pytest.raises(DataError, match="class-description"):
         read_annotations(boxes, root)
+
+
+def test_rotated_photos_are_read_at_their_upright_size(tmp_path):
+    """A photo stored 100 × 40 with EXIF orientation 6 is a 40 × 100 picture, as every part of reallod
+    (and OpenCV, hence MMDetection) loads it: a COCO entry must say so, and OpenImages fractions are
+    fractions of that picture."""
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0"])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (100, 40)).save(root / "abc123.jpg", exif=exif)  # in place of the example photo
+    img = read_annotations(boxes, root, classes=classes).images[0]
+    assert (img.width, img.height) == (40, 100)
+    assert img.objects[0].box == pytest.approx([4.0, 20.0, 20.0, 100.0])
+
+    data = {"images": [{"id": 1, "file_name": "abc123.jpg", "width": 40, "height": 100}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 30, 90], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    assert read_annotations(tmp_path / "ann.json", root).images[0].height == 100
+    data["images"][0].update(width=100, height=40)  # the size the file stores
+    data["annotations"][0]["bbox"] = [2, 3, 30, 30]
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="is 40x100 but the annotation says 100x40"):
+        read_annotations(tmp_path / "ann.json", root)

@@ -1,6 +1,10 @@
-"""Decoding one image file as the detector, training and evaluation all need it: RGB, upright (EXIF
-orientation applied, as cameras and phones store many photos rotated), and refused, before decoding,
-when larger than a pixel budget. Errors name the file."""
+"""Decoding one image file as the detector, training, evaluation and the agent all need it: RGB,
+upright (EXIF orientation applied, as cameras and phones store many photos rotated), and refused,
+before decoding, when larger than a pixel budget. Errors name the file.
+
+Upright is the one space of the project: a record's ``width``/``height`` and boxes are those of the
+image as it loads, as OpenCV (hence MMDetection) loads it too. The header checks (``data validate``,
+the agent's) compare sizes in that space (:func:`upright_size`)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reallod.errors import DataError
 
+ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459 × 9459)
 
 # Pillow's guard is one process-wide setting: the threads that open images ahead (detect, eval) take
@@ -31,16 +36,38 @@ def open_header(path: str | Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image as RGB, upright (EXIF orientation), refusing more than ``max_pixels`` pixels.
+def header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) the header holds. A PNG may keep its EXIF after the pixels, and
+    Pillow decodes the whole image to reach it there: such a PNG counts as upright, so nothing is decoded."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block counts as none
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened (not decoded) image once its EXIF orientation is applied."""
+    width, height = im.size
+    return (height, width) if header_orientation(im) in ROTATING_ORIENTATIONS else (width, height)
+
+
+MAX_PIXELS_HINT = "raise --max-pixels if it is genuine"  # for the commands that have the option
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, hint: str = "") -> Image.Image:
+    """Decode one image as RGB, upright (EXIF orientation), refusing more than ``max_pixels`` pixels
+    (``hint``: what the user can do then, for the message).
 
     Safe to call from several threads at once."""
     try:
         with open_header(path) as im:
             width, height = im.size
             if width * height > max_pixels:
-                raise DataError(f"image is {width}×{height} = {width * height:,} pixels, above the "
-                                f"limit of {max_pixels:,} (raise --max-pixels if it is genuine)", path=str(path))
+                raise DataError(f"image is {width}×{height} = {width * height:,} pixels, above the limit of "
+                                f"{max_pixels:,}" + (f" ({hint})" if hint else ""), path=str(path))
             im.load()
             return ImageOps.exif_transpose(im).convert("RGB")
     except FileNotFoundError:

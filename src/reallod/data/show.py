@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from reallod.data.convert_common import EmptyRunError, SourceCheck, require_records
+from reallod.data.images import open_image
 from reallod.data.io import AtomicWriter, read_numbered_records
 from reallod.data.records import Pair, Record
 from reallod.errors import DataError
@@ -227,11 +228,9 @@ def load_image(root: str | os.PathLike, record: Record, *, path: str, line: int)
     if not full.is_file():
         raise DataError(f"image not found: {full}", path=path, line=line, field="filename")
     try:
-        with Image.open(full) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode image {full}: {e}", path=path, line=line, field="filename") from None
+        return open_image(full)  # upright: the space of the record's boxes
+    except DataError as e:
+        raise DataError(f"cannot decode image {full}: {e.message}", path=path, line=line, field="filename") from None
 
 
 def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike, *, n: int = 20,

@@ -174,35 +174,29 @@ def check_image(obj: Any, root: str) -> list[Problem]:
     if path is None:
         return [Problem("image_outside_root", "filename",
                         f"{filename!r} is absolute or leads out of the image root; refusing to open it")]
-    from reallod.data.images import open_header
+    from reallod.data.images import ROTATING_ORIENTATIONS, header_orientation, open_header
 
     try:
         with open_header(path) as im:  # no size limit: nothing is decoded
-            width, height = im.size
-            orientation = _orientation(im) if (height, width) == (obj.get("width"), obj.get("height")) else 1
+            stored, orientation = im.size, header_orientation(im)
     except (FileNotFoundError, NotADirectoryError):
         return [Problem("missing_image", "filename", f"{path} not found")]
     except IsADirectoryError:
         return [Problem("missing_image", "filename", f"{path} is a directory")]
     except Exception as e:  # any decoder error means the same thing to the user
         return [Problem("unreadable_image", "filename", f"{path}: cannot decode ({type(e).__name__}: {e})")]
+    rotated = orientation in ROTATING_ORIENTATIONS
+    width, height = (stored[1], stored[0]) if rotated else stored  # as the image loads: upright
     want_h, want_w = obj.get("height"), obj.get("width")
     if not (_is_size(want_h) and _is_size(want_w)) or (width, height) == (want_w, want_h):
         return []
     fields = ",".join(k for k, a, b in (("height", height, want_h), ("width", width, want_w)) if a != b)
     note = ""
-    if (height, width) == (want_w, want_h) and orientation in (5, 6, 7, 8):
-        note = " (the EXIF orientation rotates it: the rotated size matches)"
+    if rotated:
+        note = (f" (the file stores it {stored[0]}x{stored[1]} and its EXIF orientation {orientation} turns it "
+                f"upright, as it loads for detection and training: sizes and boxes are the upright image's)")
     return [Problem("image_size_mismatch", fields,
                     f"image is {width}x{height} (width x height), record says {want_w}x{want_h}{note}")]
-
-
-def _orientation(im: Any) -> int:
-    """The EXIF orientation the header holds. A PNG may keep its EXIF after the pixels, and Pillow
-    decodes the whole image to reach it there: such a PNG counts as upright, so nothing is decoded."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return 1
-    return im.getexif().get(0x0112, 1)
 
 
 def _is_size(v: Any) -> bool:

@@ -139,7 +139,7 @@ def open_upload(path: str | Path, limits: DemoLimits, allowed_roots: list[Path])
     try:
         image = open_image(p, max_pixels=limits.max_pixels)
     except DataError as e:
-        message = e.message.replace(" (raise --max-pixels if it is genuine)", "")
+        message = e.message
         if "pixels" in message:
             message = "the " + message.replace("above the limit", "above this demo's limit") + "; use a smaller image"
         elif "too large" not in message:

@@ -16,10 +16,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from reallod.data.convert_coco import category_expression, coco_to_records, load_json_document
 from reallod.data.convert_common import ConvertStats
+from reallod.data.images import open_header, upright_size
 from reallod.errors import DataError
 from reallod.runs.image_root import ImageError, ImageLoader
 
@@ -119,8 +120,8 @@ def _check_image(loader: ImageLoader, img: ImageAnnotation, path: str, where: st
     if not file.is_file():
         raise DataError(f"image {img.filename!r} not found under {loader.root}", path=path, field=where)
     try:
-        with Image.open(file) as im:
-            size = im.size
+        with open_header(file) as im:
+            size = upright_size(im)  # the space every part of reallod loads images in
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"image {img.filename!r} is not readable ({e})", path=path, field=where) from None
     if size != (img.width, img.height):
@@ -210,8 +211,8 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
 def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tuple[int, int]:
     try:
         file = loader.resolve(filename)
-        with Image.open(file) as im:
-            return im.size
+        with open_header(file) as im:
+            return upright_size(im)  # OpenImages boxes are fractions of the image as it is shown
     except FileNotFoundError:
         raise DataError(f"image {filename!r} not found under {loader.root}", path=path, line=line,
                         field="ImageID") from None

@@ -135,7 +135,7 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
                    ) -> list[tuple[int, Predictions]]:
     from tqdm import tqdm
 
-    from reallod.data.images import open_image
+    from reallod.data.images import MAX_PIXELS_HINT, open_image
     from reallod.model.inference import InferenceOptions, prepare_pixels
     from reallod.model.prefetch import ahead, depth
 
@@ -148,7 +148,7 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
                disable=not options.progress or not dist.is_main)
 
     def load(i: int):  # in a worker thread on CUDA: the next images are decoded while the GPU works
-        picture = open_image(image_root / images[i].file_name, options.max_pixels)
+        picture = open_image(image_root / images[i].file_name, options.max_pixels, hint=MAX_PIXELS_HINT)
         return picture, prepare_pixels(detector, picture)
 
     loaded = ahead(load, todo, depth(options.prefetch, detector.device) if todo else 0, name="eval-load")

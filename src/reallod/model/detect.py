@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from PIL import Image
 
-from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
+from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
 from reallod.errors import DataError, Interrupted, ReallodError
 from reallod.model.detections import Detections
@@ -109,7 +109,7 @@ def _load(path: Path, detector: Detector, max_pixels: int):
     from reallod.model.inference import prepare_pixels
 
     try:
-        image = open_image(path, max_pixels)
+        image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
     except DataError as e:
         return None, None, e
     return image, prepare_pixels(detector, image), None

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from reallod.data.images import open_header
+from reallod.data.images import open_header, open_image, upright_size
 from reallod.errors import DataError
 
 
@@ -91,8 +91,8 @@ class ImageLoader:
         if not path.is_file():
             raise ImageError("missing_image", f"image not found under {self.root}", path=str(path))
         try:
-            with open_header(path) as im:  # any size: nothing is decoded here (load() keeps Pillow's limit)
-                size = im.size
+            with open_header(path) as im:  # any size: nothing is decoded here (load() has a pixel budget)
+                size = upright_size(im)  # as load() returns it
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ImageError("unreadable_image", f"not a readable image ({_reason(e)})", path=str(path)) from None
         with self._lock:
@@ -112,11 +112,9 @@ class ImageLoader:
         if not path.is_file():
             raise ImageError("missing_image", f"image not found under {self.root}", path=str(path))
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-                image.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ImageError("unreadable_image", f"not a readable image ({_reason(e)})", path=str(path)) from None
+            image = open_image(path)  # upright, as the detector and training see it
+        except DataError as e:
+            raise ImageError("unreadable_image", f"not a readable image ({e.message})", path=str(path)) from None
         with self._lock:
             self._cache[rel] = image
             while len(self._cache) > self._cache_size:
