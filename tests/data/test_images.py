@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reallod.data.images import open_image
+from reallod.data.images import open_header, open_image, upright_size
 from reallod.errors import DataError
 
 from .image_files import noise_jpeg
@@ -89,3 +89,28 @@ def test_missing_and_unreadable_files_are_named(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(whole.read_bytes()[:2000])
     with pytest.raises(DataError, match="cannot decode the image"):
         open_image(tmp_path / "cut.jpg")
+
+
+def test_a_png_is_turned_as_its_header_says(tmp_path):
+    """The header checks (validate, the agent's) read the orientation without decoding; a PNG whose EXIF
+    block follows its pixels is upright to them, so decoding leaves it as stored too: sizes agree."""
+    pixels = np.zeros((40, 100, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    early = tmp_path / "early.png"
+    Image.fromarray(pixels).save(early, exif=exif)
+    data = early.read_bytes()
+    start = data.index(b"eXIf") - 4  # the chunk: length, type, data, CRC
+    length = int.from_bytes(data[start:start + 4], "big")
+    chunk = data[start:start + 12 + length]
+    rest = data[:start] + data[start + len(chunk):]
+    end = rest.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(rest[:end] + chunk + rest[end:])
+    with open_header(early) as im:
+        assert upright_size(im) == (40, 100)
+    assert open_image(early).size == (40, 100)
+    with open_header(tmp_path / "late.png") as im:
+        assert upright_size(im) == (100, 40)
+    late = open_image(tmp_path / "late.png")
+    assert late.size == (100, 40)
+    assert late.getexif().get(0x0112) == 6  # the block is there: it is only not looked for

@@ -68,8 +68,9 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, hint: 
             if width * height > max_pixels:
                 raise DataError(f"image is {width}×{height} = {width * height:,} pixels, above the limit of "
                                 f"{max_pixels:,}" + (f" ({hint})" if hint else ""), path=str(path))
+            orientation = header_orientation(im)  # the rule of the header checks, so sizes agree
             im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return (ImageOps.exif_transpose(im) if orientation != 1 else im).convert("RGB")
     except FileNotFoundError:
         raise DataError("image not found", path=str(path)) from None
     except Image.DecompressionBombError as e:  # a frame larger than the file's header said (GIF)
