@@ -38,7 +38,8 @@ def open_header(path: str | Path) -> Image.Image:
 
 def header_orientation(im: Image.Image) -> int:
     """The EXIF orientation (1 to 8) the header holds. A PNG may keep its EXIF after the pixels, and
-    Pillow decodes the whole image to reach it there: such a PNG counts as upright, so nothing is decoded."""
+    Pillow decodes the whole image to reach it there: such a PNG counts as upright (as stored), here and
+    in :func:`open_image`, so sizes always agree and nothing is decoded to know them."""
     if im.format == "PNG" and "exif" not in im.info:
         return 1
     try:
