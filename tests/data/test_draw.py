@@ -116,6 +116,17 @@ def test_show_file_writes_pngs_and_reports_missing_images(photo_root, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [p.name for p in stats.written]  # no temp files left
 
 
+def test_show_never_opens_an_image_outside_the_root(photo_root, tmp_path):
+    src = tmp_path / "rd.jsonl"
+    outside = photo_root.parent / "secret.jpg"
+    Image.fromarray(skdata.astronaut()).save(outside)  # a real image, one folder up
+    for name in ("../secret.jpg", str(outside)):
+        write_records(src, [{**ASTRONAUT, "filename": name}])
+        with pytest.raises(DataError, match="leads out of the image root; refusing to open it") as exc:
+            show_file(src, photo_root, tmp_path / "o")
+        assert (exc.value.line, exc.value.field) == (1, "filename")
+
+
 def test_show_unreadable_image_and_cli(photo_root, tmp_path, capsys):
     (photo_root / "photos" / "broken.jpg").write_bytes(b"not a jpeg at all")
     src = tmp_path / "rd.jsonl"

@@ -13,7 +13,8 @@ from PIL import Image
 
 from reallod.cli import main
 from reallod.data.chunks import RangeLines, plan_ranges
-from reallod.data.validate import Issue, check_image, resolve_image, validate_file
+from reallod.data.images import resolve_image
+from reallod.data.validate import Issue, check_image, validate_file
 
 from .image_files import png_claiming_size
 

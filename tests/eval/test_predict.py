@@ -42,3 +42,15 @@ def test_an_error_on_another_process_stops_rank_zero_with_its_message():
     with pytest.raises(ReallodError, match=r"rank 1: images/x\.jpg: image not found"):
         predict(images, detector=None, image_root=".", options=RunOptions(progress=False),
                 dist=_TwoProcesses(rank=0, world_size=2))
+
+
+def test_an_image_outside_the_root_is_refused_before_it_is_opened(tmp_path, tiny_detector):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "secret.jpg")  # a real image, one folder up
+    for name in ("../secret.jpg", str(tmp_path / "secret.jpg")):
+        with pytest.raises(ReallodError, match=r"leads out of the image root .*refusing to open it") as exc:
+            predict([EvalImage(1, name, ["a dog"], [1])], tiny_detector, root, RunOptions(progress=False))
+        assert exc.value.path == name

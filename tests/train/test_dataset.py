@@ -76,6 +76,8 @@ def test_clean_record_clamps_boxes_and_drops_bad_pairs():
     assert pair.bboxes == [[0.0, 2.0, 64.0, 40.0]] and pair.negative_expressions == ["x"]
     assert clean_record({"filename": "a", "height": 0, "width": 3, "pairs": {}}) == (None, "bad_size")
     assert clean_record(_record("a.png", box=(5, 5, 5, 9)))[1] == "no_usable_box"
+    for outside in ("../a.png", "/etc/a.png", "x/../../a.png"):  # training never reads outside --images
+        assert clean_record(_record(outside)) == (None, "image_outside_root")
 
 
 def test_missing_paths_are_data_errors(tmp_path):

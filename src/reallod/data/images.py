@@ -8,6 +8,7 @@ the agent's) compare sizes in that space (:func:`upright_size`)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -21,6 +22,16 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (ab
 # Pillow's guard is one process-wide setting: the threads that open images ahead (detect, eval) take
 # turns to set it aside, or one could put back what another had set aside and leave it off for good.
 _PILLOW_LIMIT = threading.Lock()
+
+
+def resolve_image(root: str, filename: str) -> str | None:
+    """Path of an image under ``root``; None when the filename is absolute or climbs out with ``..``."""
+    if os.path.isabs(filename) or "\0" in filename:
+        return None
+    norm = os.path.normpath(filename)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        return None
+    return os.path.join(root, norm)
 
 
 def open_header(path: str | Path) -> Image.Image:

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from reallod.data.convert_common import EmptyRunError, SourceCheck, require_records
-from reallod.data.images import open_image
+from reallod.data.images import open_image, resolve_image
 from reallod.data.io import AtomicWriter, read_numbered_records
 from reallod.data.records import Pair, Record
 from reallod.errors import DataError
@@ -224,7 +224,11 @@ def output_name(index: int, filename: str) -> str:
 
 def load_image(root: str | os.PathLike, record: Record, *, path: str, line: int) -> Image.Image:
     """The record's image under ``root``; a missing or undecodable file raises a located DataError."""
-    full = Path(root) / record.filename
+    resolved = resolve_image(str(root), record.filename)
+    if resolved is None:
+        raise DataError(f"{record.filename!r} is absolute or leads out of the image root; refusing to open it",
+                        path=path, line=line, field="filename")
+    full = Path(resolved)
     if not full.is_file():
         raise DataError(f"image not found: {full}", path=path, line=line, field="filename")
     try:

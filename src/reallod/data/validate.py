@@ -34,6 +34,7 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
+from reallod.data.images import resolve_image
 from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
@@ -151,16 +152,6 @@ def _json_message(e: orjson.JSONDecodeError, text: str) -> str:
     if e.pos >= len(text.rstrip()) and "recursion" not in msg:
         return f"invalid JSON: the line ends inside a JSON value ({msg}); truncated?"
     return f"invalid JSON at column {e.pos + 1}: {msg}"
-
-
-def resolve_image(root: str, filename: str) -> str | None:
-    """Path of an image under ``root``; None when the filename is absolute or climbs out with ``..``."""
-    if os.path.isabs(filename) or "\0" in filename:
-        return None
-    norm = os.path.normpath(filename)
-    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
-        return None
-    return os.path.join(root, norm)
 
 
 def check_image(obj: Any, root: str) -> list[Problem]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reallod.data.images import DEFAULT_MAX_PIXELS
-from reallod.errors import ReallodError
+from reallod.errors import DataError, ReallodError
 from reallod.eval.common import EvalImage, Predictions, round_predictions, xyxy_to_xywh
 from reallod.eval.resume import EvalInterrupted, PredictionJournal, from_result
 from reallod.runs.launch import launch_place, process_device
@@ -135,7 +135,7 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
                    ) -> list[tuple[int, Predictions]]:
     from tqdm import tqdm
 
-    from reallod.data.images import MAX_PIXELS_HINT, open_image
+    from reallod.data.images import MAX_PIXELS_HINT, open_image, resolve_image
     from reallod.model.inference import InferenceOptions, prepare_pixels
     from reallod.model.prefetch import ahead, depth
 
@@ -148,7 +148,11 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
                disable=not options.progress or not dist.is_main)
 
     def load(i: int):  # in a worker thread on CUDA: the next images are decoded while the GPU works
-        picture = open_image(image_root / images[i].file_name, options.max_pixels, hint=MAX_PIXELS_HINT)
+        path = resolve_image(str(image_root), images[i].file_name)
+        if path is None:
+            raise DataError(f"absolute or leads out of the image root {image_root}; refusing to open it",
+                            path=images[i].file_name)
+        picture = open_image(path, options.max_pixels, hint=MAX_PIXELS_HINT)
         return picture, prepare_pixels(detector, picture)
 
     loaded = ahead(load, todo, depth(options.prefetch, detector.device) if todo else 0, name="eval-load")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from reallod.data.images import resolve_image
 from reallod.data.records import Pair, Record
 from reallod.data.schema import check_record
 from reallod.train.sampling import Target
@@ -52,6 +53,8 @@ def clean_record(obj: Any) -> tuple[Record | None, str | None]:
         record = Record.from_dict(obj)
     except (KeyError, TypeError, ValueError):
         return None, "wrong_type"
+    if resolve_image(".", record.filename) is None:  # never read an image outside --images
+        return None, "image_outside_root"
     pairs: dict[str, list[Pair]] = {}
     for source, items in record.pairs.items():
         kept = [p for p in (_clean_pair(pair, record.width, record.height) for pair in items) if p is not None]
