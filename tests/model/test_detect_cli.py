@@ -1,6 +1,7 @@
 """`reallod detect` and `reallod convert-checkpoint` through the real CLI entry point."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -83,6 +84,25 @@ def test_detect_when_no_image_can_be_read(capsys, tmp_path, tiny_model_dir):
     code, _, stderr = run_cli(["detect", str(tmp_path), str(tiny_model_dir), "--texts", "dog",
                                "--device", "cpu", "--out-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "none of the 1 images could be read" in stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_others_go_on(tmp_path, capsys, tiny_model_dir, photo):
+    """Linux keeps file names as bytes: a Latin-1 name (café in a scraped dataset) once ended the whole
+    run at its image with a TypeError from the JSON writer, and again at each rerun."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    try:
+        photo.save(os.fsencode(imgs) + b"/caf\xe9.jpg", format="JPEG")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    photo.save(imgs / "ok.jpg")
+    args = ["detect", str(imgs), str(tiny_model_dir), "--texts", "dog", "--device", "cpu", "--out-dir",
+            str(tmp_path / "o"), "--no-save-vis"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0 and "caf\\xe9.jpg: the file name is not valid UTF-8" in stderr and "Traceback" not in stderr
+    assert [p.name for p in (tmp_path / "o" / "preds").iterdir()] == ["ok.json"]
+    code, _, stderr = run_cli(args, capsys)  # the rerun keeps ok.jpg and skips the other again
+    assert code == 0 and "not valid UTF-8" in stderr
 
 
 def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_model_dir, photo):

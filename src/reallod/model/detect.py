@@ -109,6 +109,12 @@ def _load(path: Path, detector: Detector, max_pixels: int):
     from reallod.model.inference import prepare_pixels
 
     try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system kept that no JSON (predictions, journal) can hold
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return None, None, DataError("the file name is not valid UTF-8, so the predictions could not name it; "
+                                     "rename the file", path=shown)
+    try:
         image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
     except DataError as e:
         return None, None, e
