@@ -54,3 +54,12 @@ def test_an_image_outside_the_root_is_refused_before_it_is_opened(tmp_path, tiny
         with pytest.raises(ReallodError, match=r"leads out of the image root .*refusing to open it") as exc:
             predict([EvalImage(1, name, ["a dog"], [1])], tiny_detector, root, RunOptions(progress=False))
         assert exc.value.path == name
+
+
+def test_an_image_too_thin_to_resize_is_named(tmp_path, tiny_detector):
+    from PIL import Image
+
+    Image.new("RGB", (5000, 3)).save(tmp_path / "strip.png")
+    with pytest.raises(ReallodError, match="image is 5000×3: too thin to resize") as exc:
+        predict([EvalImage(1, "strip.png", ["a dog"], [1])], tiny_detector, tmp_path, RunOptions(progress=False))
+    assert exc.value.path == str(tmp_path / "strip.png")

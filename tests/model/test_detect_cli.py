@@ -105,6 +105,20 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_the_others_go_on(tmp_path, 
     assert code == 0 and "not valid UTF-8" in stderr
 
 
+def test_an_image_too_thin_to_resize_is_skipped_and_the_others_go_on(tmp_path, capsys, tiny_model_dir, photo):
+    """transformers' processor raised a bare ValueError for an image whose short side would resize to
+    nothing (a 5000 × 3 strip at this model's 224-pixel limit), which ended the whole run."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (5000, 3)).save(imgs / "a_strip.png")
+    photo.save(imgs / "b.jpg")
+    code, _, stderr = run_cli(["detect", str(imgs), str(tiny_model_dir), "--texts", "dog", "--device", "cpu",
+                               "--out-dir", str(tmp_path / "o"), "--no-save-vis"], capsys)
+    assert code == 0 and "Traceback" not in stderr
+    assert "a_strip.png: image is 5000×3: too thin to resize to the model's input" in stderr
+    assert [p.name for p in (tmp_path / "o" / "preds").iterdir()] == ["b.json"]
+
+
 def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_model_dir, photo):
     bomb = tmp_path / "imgs" / "bomb.png"
     bomb.parent.mkdir()

@@ -153,7 +153,10 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
             raise DataError(f"absolute or leads out of the image root {image_root}; refusing to open it",
                             path=images[i].file_name)
         picture = open_image(path, options.max_pixels, hint=MAX_PIXELS_HINT)
-        return picture, prepare_pixels(detector, picture)
+        try:
+            return picture, prepare_pixels(detector, picture)
+        except DataError as e:  # too thin to resize: name the image
+            raise DataError(e.message, path=path) from e
 
     loaded = ahead(load, todo, depth(options.prefetch, detector.device) if todo else 0, name="eval-load")
     try:

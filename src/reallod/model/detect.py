@@ -116,9 +116,9 @@ def _load(path: Path, detector: Detector, max_pixels: int):
                                      "rename the file", path=shown)
     try:
         image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
+        return image, prepare_pixels(detector, image), None
     except DataError as e:
-        return None, None, e
-    return image, prepare_pixels(detector, image), None
+        return None, None, e if e.path else DataError(e.message, path=str(path))
 
 
 def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOptions, whole_name: bool = False

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, DataError
 from reallod.model import token_prompt as P
 from reallod.model.detections import Detections
 from reallod.model.nms import batched_nms, cxcywh_to_xyxy
@@ -194,7 +194,12 @@ def prepare_pixels(detector: Detector, image: Image.Image) -> tuple[torch.Tensor
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
-    enc = detector.image_processor(images=[image], return_tensors="pt")
+    try:
+        enc = detector.image_processor(images=[image], return_tensors="pt")
+    except ValueError as e:  # one side would resize to under a pixel (a strip thousands of times longer)
+        width, height = image.size
+        raise DataError(f"image is {width}×{height}: too thin to resize to the model's input (a side "
+                        f"would be under one pixel)") from e
     pixel_values, pixel_mask = enc["pixel_values"], enc["pixel_mask"]
     if detector.device.type == "cuda":
         pixel_values, pixel_mask = pixel_values.pin_memory(), pixel_mask.pin_memory()
