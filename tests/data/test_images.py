@@ -114,3 +114,21 @@ def test_a_png_is_turned_as_its_header_says(tmp_path):
     late = open_image(tmp_path / "late.png")
     assert late.size == (100, 40)
     assert late.getexif().get(0x0112) == 6  # the block is there: it is only not looked for
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_a_16_bit_grey_image_keeps_its_high_byte(tmp_path, mode):
+    """Pillow converts 16-bit grey to RGB by clipping at 255, which turned such a scan nearly white; OpenCV
+    (hence MMDetection) and Pillow's own 16-bit colour keep the high byte."""
+    values = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    image = Image.open(path)
+    if mode == "I":  # what older Pillow gives for the same file
+        image = image.convert("I")
+        image.save(tmp_path / "grey32.tif")
+        path = tmp_path / "grey32.tif"
+    rgb = np.asarray(open_image(path))
+    assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], values >> 8)

@@ -12,6 +12,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reallod.errors import DataError
@@ -66,6 +67,16 @@ def upright_size(im: Image.Image) -> tuple[int, int]:
     return (height, width) if header_orientation(im) in ROTATING_ORIENTATIONS else (width, height)
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with 8 bits a channel. Pillow converts a 16-bit grey image by clipping at 255 (nearly all of it
+    white); keep the high byte instead, as Pillow does for 16-bit colour and OpenCV (hence MMDetection)
+    for both."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        high = np.asarray(im).clip(0, 65535).astype(np.uint32) >> 8
+        im = Image.fromarray(high.astype(np.uint8))  # mode L
+    return im.convert("RGB")
+
+
 MAX_PIXELS_HINT = "raise --max-pixels if it is genuine"  # for the commands that have the option
 
 
@@ -82,7 +93,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, hint: 
                                 f"{max_pixels:,}" + (f" ({hint})" if hint else ""), path=str(path))
             orientation = header_orientation(im)  # the rule of the header checks, so sizes agree
             im.load()
-            return (ImageOps.exif_transpose(im) if orientation != 1 else im).convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
     except FileNotFoundError:
         raise DataError("image not found", path=str(path)) from None
     except Image.DecompressionBombError as e:  # a frame larger than the file's header said (GIF)
