@@ -17,7 +17,7 @@ from reallod.agent.agent_config import build_roles, load_agent_config
 from reallod.agent.decisions import SPECS
 from reallod.errors import ConfigError, DataError, Interrupted
 from reallod.finetune import trainer as trainer_mod
-from reallod.finetune.trainer import FinetuneOptions, _text_rows, finetune
+from reallod.finetune.trainer import FinetuneOptions, _text_rows, _vision_rows, finetune
 from reallod.llm.backends.transformers_backend import TransformersBackend, prompt_ids, reply_ids
 from reallod.llm.endpoints import model_id
 from tests.cli_helpers import run_cli
@@ -177,6 +177,25 @@ def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:
     with pytest.raises(DataError, match=r"every reflector training example is longer than --max-length 16"):
         finetune(opts(teacher_data, tiny_lm, tmp_path / "e", max_length=16))
     assert not (tmp_path / "a").exists()
+
+
+def test_a_vlm_example_reads_images_only_inside_its_dataset_folder(tmp_path) -> None:
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 6), "red").save(data / "images" / "view.png")
+    Image.new("RGB", (8, 6)).save(tmp_path / "outside.png")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]},
+                {"role": "assistant", "content": "a cat"}]
+    train = data / "train.jsonl"
+    train.write_text(json.dumps({"messages": messages, "images": ["images/view.png"]}) + "\n")
+    [row] = _vision_rows(train, data)
+    assert row["images"][0].size == (8, 6) and row["images"][0].mode == "RGB"
+    for rel in ("../outside.png", str(tmp_path / "outside.png")):
+        train.write_text("\n" + json.dumps({"messages": messages, "images": [rel]}) + "\n")
+        with pytest.raises(DataError, match=r"train\.jsonl:2: .*not a path inside the dataset folder"):
+            _vision_rows(train, data)
 
 
 def test_the_vlm_role_tunes_a_vision_language_model(teacher_data, tmp_path) -> None:

@@ -22,7 +22,7 @@ from reallod.agent.agent_eval import match_f1
 from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import Role
 from reallod.errors import ConfigError, DataError
-from reallod.finetune.sft_data import SPLITS, role_files
+from reallod.finetune.sft_data import SPLITS, open_view, role_files
 from reallod.llm.backends.base import map_parts
 
 
@@ -79,16 +79,11 @@ def _prompt(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str,
 
 
 async def _measure(role: Role, rows: list[dict[str, Any]], data: Path, rep: Agreement) -> None:
-    from PIL import Image
-
     spec = SPECS[rep.role]
     for row in rows:
         teacher, _ = spec.parse(row["messages"][-1]["content"] if isinstance(row["messages"][-1]["content"], str)
                                 else row["messages"][-1]["content"][0]["text"])
-        images = []
-        for rel in row.get("images") or []:
-            with Image.open(data / rel) as im:
-                images.append(im.convert("RGB"))
+        images = [open_view(data, rel) for rel in row.get("images") or []]
         completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
                                                  max_tokens=role.max_tokens, temperature=role.temperature)
         rep.seconds += completion.latency_s

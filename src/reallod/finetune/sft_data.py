@@ -429,3 +429,13 @@ def role_files(data: Path, role: str) -> dict[str, Path]:
         raise DataError(f"no training examples for the {role} role (the data has: {have or 'none'})",
                         path=str(data))
     return files
+
+
+def open_view(data: Path, rel: Any) -> Any:
+    """One VLM view of a dataset folder as an RGB image; a path that leaves the folder is refused, not read."""
+    from reallod.data.images import open_image, resolve_image
+
+    path = resolve_image(str(data), rel) if isinstance(rel, str) else None
+    if path is None:
+        raise DataError(f"image path {rel!r} is not a path inside the dataset folder", path=str(data))
+    return open_image(path)

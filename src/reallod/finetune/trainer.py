@@ -38,7 +38,7 @@ from typing import Any
 
 from reallod.agent.decisions import SPECS
 from reallod.errors import ConfigError, DataError, Interrupted
-from reallod.finetune.sft_data import read_manifest, role_files
+from reallod.finetune.sft_data import open_view, read_manifest, role_files
 
 RUN_FILE = "finetune.json"
 CHECKPOINTS = "checkpoints"
@@ -165,8 +165,6 @@ def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[
 
 def _vision_rows(path: Path, data: Path) -> list[dict[str, Any]]:
     """Conversational prompt/completion rows with their images, for TRL's vision collator."""
-    from PIL import Image
-
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -174,11 +172,10 @@ def _vision_rows(path: Path, data: Path) -> list[dict[str, Any]]:
         try:
             ex = json.loads(line)
             messages = ex["messages"]
-            images = []
-            for rel in ex.get("images") or []:
-                with Image.open(data / rel) as im:
-                    images.append(im.convert("RGB"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            images = [open_view(data, rel) for rel in ex.get("images") or []]
+        except DataError as e:
+            raise DataError(f"not a usable VLM example: {e}", path=str(path), line=lineno) from None
+        except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"not a usable VLM example: {e}", path=str(path), line=lineno) from None
         rows.append({"prompt": messages[:-1], "completion": messages[-1:], "images": images})
     return rows
