@@ -143,3 +143,49 @@ def test_cache_commits_in_groups_on_commit_and_on_close(tmp_path, monkeypatch):
     cache.close()
     assert _rows_seen_by_another_process(path) == 7
     assert ResponseCache(path).get("k6").text == "a6"
+
+
+class NumberingBackend(FlakyBackend):
+    """Test double: answers each request with a new number after a pause, so identical requests overlap."""
+
+    async def complete(self, messages, **kw):
+        self.calls += 1
+        n = self.calls
+        await asyncio.sleep(0.02)
+        if self.errors:
+            raise self.errors.pop(0)
+        return Completion(f"answer {n}", 3, 2)
+
+
+def _two_tasks_ask_the_same(backend, cache):
+    async def task():
+        new_scope()
+        return (await ResilientBackend(backend, policy=FAST, cache=cache, model_id="m").complete(
+            [{"role": "user", "content": "the same question"}])).text
+
+    async def both():
+        return await asyncio.gather(task(), task(), return_exceptions=True)
+
+    return asyncio.run(both())
+
+
+def test_two_tasks_asking_the_same_at_once_share_one_answer_the_cache_keeps(tmp_path):
+    """Both once got an answer and the second replaced the first in the cache, so the task that had used
+    the first disagreed with its own rerun."""
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    backend = NumberingBackend([])
+    assert _two_tasks_ask_the_same(backend, cache) == ["answer 1", "answer 1"] and backend.calls == 1
+    assert _two_tasks_ask_the_same(FlakyBackend([]), cache) == ["answer 1", "answer 1"]  # the rerun replays it
+    # another process stored first: its answer is kept and used
+    from reallod.llm.cache import occurrence_key
+    key = occurrence_key("k")
+    assert cache.put(key, Completion("theirs", 1, 1)).text == "theirs"
+    assert cache.put(key, Completion("ours", 1, 1)).text == "theirs" and cache.get(key).text == "theirs"
+    # a request that fails fails both, once
+    failing = NumberingBackend([BackendError("400 bad request", retryable=False, kind="client")])
+    other = ResponseCache(tmp_path / "d.sqlite")
+    results = _two_tasks_ask_the_same(failing, other)
+    assert [type(r) for r in results] == [BackendError, BackendError] and failing.calls == 1
+    assert not cache.in_flight and not other.in_flight
+    cache.close()
+    other.close()

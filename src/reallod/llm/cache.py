@@ -6,6 +6,11 @@ that did not parse) must not replay the same bad answer, so each key also carrie
 number within the task's scope; a rerun of the task makes the same calls in the same order and so
 replays exactly. Stored in SQLite (WAL): safe for several processes on one machine, millions of rows.
 
+One key, one answer: the first answer stored for a key is the one kept and used (two tasks that send
+the same request at once, in one process or two, end up with the same answer, and a rerun replays
+what each of them used); within a process the second one waits for the first one's answer
+(:attr:`ResponseCache.in_flight`) instead of paying for the request again.
+
 Writes are committed in groups (a commit per answer cost more CPU than the HTTP request that fetched
 it): every :data:`COMMIT_EVERY` answers, after :data:`COMMIT_AFTER_S`, on :meth:`ResponseCache.commit`
 and on close. ``realign`` commits before each journal write, so every task the journal calls done has
@@ -96,6 +101,8 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        # keys being answered now (their futures end when the answer is stored), for one event loop
+        self.in_flight: dict[str, Any] = {}
 
     def get(self, key: str) -> Completion | None:
         try:
@@ -112,18 +119,24 @@ class ResponseCache:
         self.hits += 1
         return Completion(row[0], row[1] or 0, row[2] or 0, 0.0, {"cached": True, "original_latency_s": row[3]})
 
-    def put(self, key: str, completion: Completion) -> None:
+    def put(self, key: str, completion: Completion) -> Completion:
+        """Store an answer; returns the one to use: an answer another run stored first for the key wins."""
         try:
             with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                stored = self._db.execute(
+                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
                     (key, completion.text, completion.prompt_tokens, completion.completion_tokens,
-                     completion.latency_s, time.time()))
-                self._uncommitted += 1
-                if self._uncommitted >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_AFTER_S:
-                    self._commit_locked()
+                     completion.latency_s, time.time())).rowcount
+                if stored:
+                    self._uncommitted += 1
+                    if self._uncommitted >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_AFTER_S:
+                        self._commit_locked()
         except sqlite3.Error as e:  # disk full, locked too long: the answer is used, just not kept
             self._trouble(e)
+            return completion
+        if stored:
+            return completion
+        return self.get(key) or completion
 
     def commit(self) -> None:
         """Make the answers put so far survive a crash of this process."""

@@ -58,20 +58,35 @@ class ResilientBackend:
                        choices: list[str] | None = None, max_tokens: int | None = None,
                        temperature: float | None = None) -> Completion:
         kwargs = {"schema": schema, "choices": choices, "max_tokens": max_tokens, "temperature": temperature}
-        key = None
-        if self.cache is not None:
-            if not digests_known(message_images(messages)):  # hashing pixels takes a while: off the loop
-                base = await asyncio.to_thread(request_key, self.model_id, messages, kwargs)
-            else:
-                base = request_key(self.model_id, messages, kwargs)
-            key = occurrence_key(base)  # in the task's own context: counts per task
-            if (hit := self.cache.get(key)) is not None:
+        cache = self.cache
+        if cache is None:
+            return await self._call(messages, kwargs)
+        if not digests_known(message_images(messages)):  # hashing pixels takes a while: off the loop
+            base = await asyncio.to_thread(request_key, self.model_id, messages, kwargs)
+        else:
+            base = request_key(self.model_id, messages, kwargs)
+        key = occurrence_key(base)  # in the task's own context: counts per task
+        while True:
+            if (hit := cache.get(key)) is not None:
                 self.stats.cache_hits += 1
                 return hit
-        completion = await self._call(messages, kwargs)
-        if key is not None:
-            self.cache.put(key, completion)
-        return completion
+            if (first := cache.in_flight.get(key)) is None:
+                break
+            await asyncio.wait([first])  # another task asks the same: its answer is ours (the cache's)
+            if not first.cancelled() and isinstance(error := first.result(), BackendError):
+                raise BackendError(str(error), retryable=False, kind=error.kind) from None
+        done = asyncio.get_running_loop().create_future()
+        cache.in_flight[key] = done
+        try:
+            completion = cache.put(key, await self._call(messages, kwargs))
+            done.set_result(None)
+            return completion
+        except BackendError as e:
+            done.set_result(e)  # the same request fails the same way for those waiting
+            raise
+        finally:
+            done.cancel()  # ended otherwise (cancelled, stopped): those waiting ask for themselves
+            del cache.in_flight[key]
 
     async def _call(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
         attempt = 0  # attempts charged to the call (connection failures are not)
