@@ -21,8 +21,9 @@ from tests.cli_helpers import run_cli
 def run(tmp_path, name="o", **kw):
     roles = scripted_roles(colour_judge, vlm=False)
     kw.setdefault("concurrency", 4)
+    kw.setdefault("images", EXAMPLES / "images")
     opts = RealignOptions(input=kw.pop("input", EXAMPLES / "realdata.jsonl"), config="scripted",
-                          out=tmp_path / f"{name}.jsonl", images=EXAMPLES / "images", **kw)
+                          out=tmp_path / f"{name}.jsonl", **kw)
     return realign(opts, roles=roles), roles
 
 
@@ -145,3 +146,39 @@ def test_bad_options(tmp_path):
         run(tmp_path, concurrency=0)
     with pytest.raises(ReallodError, match="--shard"):
         run(tmp_path, shard="3/2")
+
+
+def test_a_rerun_does_again_the_tasks_that_failed(tmp_path):
+    """A wrong --images root failed every task and a fixed rerun only reloaded those failures: the
+    journal counted them done. Now they are run again, their new results replace the failed ones in the
+    journal and the trace, and the output equals a run that never failed."""
+    ref, _ = run(tmp_path, "ref")
+    (tmp_path / "nowhere").mkdir()
+    failed, _ = run(tmp_path, images=tmp_path / "nowhere")
+    assert set(failed.summary.verdicts) == {"failed"}
+    again, _ = run(tmp_path)
+    assert again.info["tasks_retried"] == ref.summary.tasks and again.info["tasks_run"] == ref.summary.tasks
+    assert again.summary.verdicts == ref.summary.verdicts
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert len(ids) == len(set(ids)) == ref.summary.tasks
+    assert all(e["result"]["verdict"] != "failed" for e in read_trace(tmp_path / "o.trace.jsonl")[1])
+    assert len(read_journal(tmp_path / "o.journal.jsonl")[1]) == ref.summary.tasks
+    third, _ = run(tmp_path)
+    assert third.info["tasks_run"] == 0 and third.info["tasks_retried"] == 0
+
+
+def test_a_crash_between_the_journal_and_the_trace_still_gives_each_task_once(tmp_path):
+    """The journal drops the failed results first; a run killed before the trace followed finds stale
+    trace lines for tasks the journal no longer holds: they go, the new ones take their place."""
+    (tmp_path / "nowhere").mkdir()
+    run(tmp_path, images=tmp_path / "nowhere", limit=3)
+    header, _ = read_journal(tmp_path / "o.journal.jsonl")
+    journal_mod.Journal.open(tmp_path / "o.journal.jsonl", header["fingerprint"],
+                             retry=lambda r: r["verdict"] == "failed").close()  # the crash: the trace not yet done
+    assert len(read_journal(tmp_path / "o.journal.jsonl")[1]) == 0 and len(trace_ids(tmp_path / "o.trace.jsonl")) == 3
+    run(tmp_path, limit=2)  # journal: 2 done now; trace: 3 stale + 2 new until cleaned
+    done = run(tmp_path)[0]
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert len(ids) == len(set(ids)) == done.summary.tasks
+    assert all(e["result"]["verdict"] != "failed" for e in read_trace(tmp_path / "o.trace.jsonl")[1])

@@ -43,7 +43,7 @@ from reallod.agent.roles import Roles
 from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.summary import RunSummary
 from reallod.agent.task import TaskResult
-from reallod.agent.trace import TraceWriter, result_to_json, trace_ids, trace_path_for
+from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
 from reallod.errors import ConfigError
 from reallod.llm.endpoints import Endpoints
 from reallod.runs.drive import drive
@@ -231,7 +231,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
             "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles}
     select = selection(fmt, shard)
     with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
-                      force=opts.force_resume) as session:
+                      force=opts.force_resume, retry=lambda entry: entry.get("verdict") == "failed") as session:
         roles, endpoints = harden(roles, cache=session.cache, endpoint_limit=opts.endpoint_limit or concurrency)
         header = {"input": str(opts.input), "format": fmt, "images": str(images.root), "config": str(opts.config),
                   "agent": agent, "roles": roles.describe(), "max_cycles": max_cycles, "limit": opts.limit,
@@ -270,7 +270,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     totals = endpoints.totals()
     info = {"input": str(opts.input), "out": str(opts.out), "journal": str(journal_path), "trace": str(trace_path),
             "agent": agent, "shard": shard_text, "concurrency": concurrency,
-            "tasks_total": summary.tasks, "tasks_resumed": journal.resumed, "tasks_run": ran,
+            "tasks_total": summary.tasks, "tasks_resumed": journal.resumed, "tasks_retried": journal.retried,
+            "tasks_run": ran,
             "tasks_per_s": ran / stages["agent"] if stages["agent"] > 0 else 0.0,
             "cache": None if cache is None else str(cache.path),
             "requests": {"sent": totals.calls, "cache_hits": totals.cache_hits, "retries": dict(totals.retries),
@@ -301,10 +302,11 @@ def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None
     def count() -> int:
         return sum(1 for _ in select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit))
 
+    have = keep_tasks(trace_path, done) if journal.resumed else set()
     trace = TraceWriter(trace_path, header, append=journal.resumed > 0)
     try:
         if journal.resumed:
-            _recover_trace(trace, journal)
+            _recover_trace(trace, journal, have)
 
         async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
             entry = journal_entry(result, elapsed)
@@ -318,11 +320,10 @@ def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None
         trace.close()
 
 
-def _recover_trace(trace: TraceWriter, journal: Journal) -> None:
+def _recover_trace(trace: TraceWriter, journal: Journal, have: set[str]) -> None:
     """After a crash, the trace may lack the last tasks the journal got (the trace line follows the
     journal's fsync): add them from the journal (compact: no prompts), so the trace lists every task
     once."""
-    have = trace_ids(trace.path)
     for tid, entry in iter_journal(journal.path):
         if tid not in have:
             trace.write_entry({"task_id": tid, "task": None, "result": entry, "recovered": True})

@@ -47,12 +47,17 @@ def report_dict(summary: RunSummary, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _retried(info: dict[str, Any]) -> str:
+    n = info.get("tasks_retried") or 0
+    return f", of which {n} had failed before" if n else ""
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     n = max(report["tasks"], 1)
     lines = [f"# reallod realign: {run.get('input', '')}", "",
              f"{report['tasks']} task(s); {run['tasks_resumed']} resumed from the journal, {run['tasks_run']} "
-             f"run now at {run['tasks_per_s']:.2f} tasks/s (concurrency {run['concurrency']}).", "",
+             f"run now{_retried(run)} at {run['tasks_per_s']:.2f} tasks/s (concurrency {run['concurrency']}).", "",
              "## Verdicts", "", "| verdict | tasks | share |", "|---|---:|---:|"]
     lines += [f"| {v} | {c} | {100 * c / n:.0f}% |" for v, c in report["verdicts"].items()]
     lines += ["", "## Cycles", "", "| cycles | tasks |", "|---|---:|"]
@@ -112,7 +117,7 @@ def run_table(info: dict[str, Any]) -> Table:
     table.add_column("what")
     table.add_column("value", overflow="fold")
     table.add_row("tasks", f"{info['tasks_total']} ({info['tasks_resumed']} resumed from the journal, "
-                           f"{info['tasks_run']} run now)")
+                           f"{info['tasks_run']} run now{_retried(info)})")
     table.add_row("pace", f"{info['tasks_per_s']:.2f} tasks/s at concurrency {info['concurrency']}")
     calls = info["requests"]
     table.add_row("requests", f"{calls['sent']} answered by the model, {calls['cache_hits']} from the cache"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ from PIL import Image
 
 from reallod.agent.inputs import TaskItem, TaskProblem
 from reallod.agent.task import TaskResult
-from reallod.data.io import iter_lines
+from reallod.data.io import AtomicWriter, iter_lines
 from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import beside
 
@@ -102,6 +102,25 @@ def trace_ids(path: str | os.PathLike) -> set[str]:
             if m is not None and line.endswith(b"\n"):
                 ids.add(orjson.loads(m.group(1)))
     return ids
+
+
+def keep_tasks(path: str | os.PathLike, done: Container[str]) -> set[str]:
+    """Drop the lines of tasks the journal does not hold (failed ones it gave back to be run again:
+    their new line replaces the old), so the trace lists every task once; returns the ids it keeps.
+    Rewritten aside and renamed, and only when something goes."""
+    path = Path(path)
+    if not _has_header(path):
+        return set()
+    ids = trace_ids(path)
+    if all(tid in done for tid in ids):
+        return ids
+    with open(path, "rb") as f, AtomicWriter(path) as w:
+        w.write(f.readline())  # the header
+        for line in f:
+            m = _ID.match(line)
+            if m is not None and line.endswith(b"\n") and orjson.loads(m.group(1)) in done:
+                w.write(line)
+    return {tid for tid in ids if tid in done}
 
 
 def _has_header(path: Path) -> bool:

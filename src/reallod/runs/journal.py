@@ -90,6 +90,7 @@ class Journal:
         self.done = done  # task_id → result dict (or what ``keep`` made of it), in journal order
         self.header = header or {"journal": JOURNAL_VERSION, "fingerprint": fp}
         self.resumed = len(done)  # tasks finished by earlier runs
+        self.retried = 0  # results dropped at open to be run again (see ``retry``)
         self._fd = fd
         self._pending: list[tuple[str, dict[str, Any], asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
@@ -102,25 +103,37 @@ class Journal:
     @classmethod
     def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
              meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None,
-             before_write: Callable[[], None] | None = None) -> Journal:
+             before_write: Callable[[], None] | None = None,
+             retry: Callable[[dict[str, Any]], bool] | None = None) -> Journal:
         """Open or create; refuses a journal with another fingerprint unless ``force``, and one started
         on another input (:data:`INPUT_KEYS`) always.
 
         ``meta`` goes into the header of a new journal (what a merge needs to know: input, shard...);
         ``keep`` maps each loaded result to what ``done`` holds (a run over millions of tasks only
         needs to know which ids are done, not their whole results); ``before_write`` runs before each
-        write (the response cache commits there, so a task called done has its answers kept).
+        write (the response cache commits there, so a task called done has its answers kept);
+        results for which ``retry`` is true (a task that failed: the server was down, the image root
+        wrong) are taken out of the journal, so this run does them again, as whoever reruns expects.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fp = orjson.loads(orjson.dumps(fp))  # as the header reads back (tuples become lists), or no resume matches
         done: dict[str, Any] = {}
+        again: set[str] = set()
         header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
         if path.exists() and path.stat().st_size > 0:
-            header, done, good_bytes = _load(path, keep)
+            header, done, good_bytes, again = _load(path, keep, retry)
             _check_fingerprint(path, header, fp, force)
-            with open(path, "r+b") as f:  # cut a partial last line left by a crash
-                f.truncate(good_bytes)
+            if again:
+                try:
+                    _drop(path, again)
+                except OSError as e:
+                    raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+                for tid in again:
+                    del done[tid]
+            else:
+                with open(path, "r+b") as f:  # cut a partial last line left by a crash
+                    f.truncate(good_bytes)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -130,6 +143,7 @@ class Journal:
                 os.close(fd)
                 raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
         journal = cls(path, fp, done, fd, header)
+        journal.retried = len(again)
         if keep is not None:
             journal._keep = keep
         journal._before_write = before_write
@@ -285,7 +299,7 @@ def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], f
 
 def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(header, task_id → result) of a journal, ignoring a partial last line."""
-    header, done, _ = _load(Path(path))
+    header, done, _, _ = _load(Path(path))
     return header, done
 
 
@@ -347,17 +361,38 @@ def _lines(path: Path, _good: list[int] | None = None) -> Iterator[dict[str, Any
         raise ReallodError(f"{path}: not a reallod journal (no header line)")
 
 
-def _load(path: Path, keep: Callable[[dict[str, Any]], Any] | None = None
-          ) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """Header, results, and the byte length of the complete lines (a partial tail is not counted)."""
+def _load(path: Path, keep: Callable[[dict[str, Any]], Any] | None = None,
+          retry: Callable[[dict[str, Any]], bool] | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any], int, set[str]]:
+    """Header, results, the byte length of the complete lines (a partial tail is not counted) and the
+    ids whose result ``retry`` wants run again."""
     done: dict[str, Any] = {}
+    again: set[str] = set()
     good = [0]
     lines = _lines(path, good)
     header = next(lines)
     for obj in lines:
         if obj["task_id"] not in done:
             done[obj["task_id"]] = obj["result"] if keep is None else keep(obj["result"])
-    return header, done, good[0]
+            if retry is not None and retry(obj["result"]):
+                again.add(obj["task_id"])
+    return header, done, good[0], again
+
+
+def _drop(path: Path, ids: set[str]) -> None:
+    """Rewrite the journal without the lines of ``ids`` (and without a torn tail): written aside and
+    renamed over it, so a crash leaves the old journal or the new one."""
+    with open(path, "rb") as f, AtomicWriter(path) as w:
+        w.write(f.readline())  # the header
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a torn tail
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not (isinstance(obj, dict) and obj.get("task_id") in ids):
+                w.write(line)
 
 
 def _line(task_id: str, result: dict[str, Any]) -> bytes:

@@ -109,15 +109,16 @@ class RunSession:
 @contextlib.contextmanager
 def open_session(journal_path: Path, fp: dict[str, Any], *, meta: dict[str, Any], cache_path: Path | None = None,
                  no_cache: bool = False, force: bool = False, unit: str = "task(s)",
-                 stage: str = "The run") -> Iterator[RunSession]:
+                 stage: str = "The run", retry: Callable[[dict[str, Any]], bool] | None = None
+                 ) -> Iterator[RunSession]:
     """The response cache (``cache_path``, else the user's shared one; none with ``no_cache``) and the
-    journal of one run, closed on exit. Ctrl-C inside the block, once the journal is open, becomes
+    journal of one run (results ``retry`` picks are run again: :meth:`Journal.open`), closed on exit. Ctrl-C inside the block, once the journal is open, becomes
     :class:`RunInterrupted` saying what the journal holds."""
     cache = None if no_cache else ResponseCache(cache_path or default_cache_path())
     journal: Journal | None = None
     try:
         try:
-            journal = Journal.open(journal_path, fp, force=force, meta=meta, keep=lambda r: None,
+            journal = Journal.open(journal_path, fp, force=force, meta=meta, keep=lambda r: None, retry=retry,
                                    before_write=cache.commit if cache is not None else None)
         except OSError as e:
             parent = journal_path.parent
