@@ -29,6 +29,7 @@ class FakeReply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     truncate: bool = False  # announce the full length, send half, close: the client sees a cut body
+    hang_up: bool = False  # close the connection without a word: the client cannot tell it from a crash
 
 
 Responder = Callable[[dict[str, Any]], "Reply | FakeReply"]
@@ -111,6 +112,9 @@ class FakeChatServer:
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                if reply.hang_up:
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")

@@ -189,3 +189,32 @@ def test_two_tasks_asking_the_same_at_once_share_one_answer_the_cache_keeps(tmp_
     assert not cache.in_flight and not other.in_flight
     cache.close()
     other.close()
+
+
+def test_a_request_that_keeps_losing_its_connection_while_others_are_answered_fails_alone():
+    """Connection errors are free while the endpoint answers nobody; one request that breaks its
+    connection every time (a prompt that crashes a server worker) was retried for as long as others
+    were answered, then stopped the whole run as 'endpoint unreachable', on every rerun."""
+
+    class PoisonBackend(FlakyBackend):
+        async def complete(self, messages, **kw):
+            self.calls += 1
+            await asyncio.sleep(0.002)
+            if messages[0]["content"] == "poison":
+                raise BackendError("server closed the connection", retryable=True, kind="connection")
+            return Completion("fine")
+
+    r = ResilientBackend(PoisonBackend([]), policy=RetryPolicy(max_attempts=3, base_delay_s=0.001,
+                                                               max_delay_s=0.004, down_after=3), seed=0)
+
+    async def others():
+        for _ in range(100):
+            await r.complete([{"role": "user", "content": "fine"}])
+
+    async def main():
+        return await asyncio.gather(r.complete([{"role": "user", "content": "poison"}]), others(),
+                                    return_exceptions=True)
+
+    poisoned, rest = asyncio.run(main())
+    assert isinstance(poisoned, BackendError) and not isinstance(poisoned, EndpointDown), poisoned
+    assert "after 3 attempts" in str(poisoned) and rest is None

@@ -45,11 +45,19 @@ def error_of(reply) -> BackendError:
     (error_reply(408, "too slow"), "timeout", True, None),
     (FakeReply(200, b"{this is not json"), "server", True, None),
     (FakeReply(*chat_reply("late"), delay_s=1.0), "timeout", True, None),
-    (FakeReply(*chat_reply("cut"), truncate=True), "connection", True, None),
+    (FakeReply(*chat_reply("bye"), hang_up=True), "connection", True, None),
 ])
 def test_errors_are_classified(reply, kind, retryable, retry_after):
     e = error_of(reply)
     assert (e.kind, e.retryable, e.retry_after) == (kind, retryable, retry_after), str(e)
+
+
+def test_a_reply_cut_short_is_the_servers_failure(http_client):
+    """The server answered, then broke off: it is up, so the attempt is charged to the request. As a
+    connection error it was retried for ever and, once the last task left, stopped the run as 'endpoint
+    unreachable' on every rerun. (The official client cannot tell the two apart: the retry rule covers it.)"""
+    e = error_of(FakeReply(*chat_reply("cut"), truncate=True))
+    assert (e.kind, e.retryable) == ("server" if http_client == "aiohttp" else "connection", True)
 
 
 def test_the_client_does_not_retry_on_its_own():
@@ -78,7 +86,7 @@ def test_retry_after_as_a_date():
 
 def test_connection_failures_are_not_charged_to_the_task():
     """Connection errors below the 'down' threshold are retried beyond max_attempts: the endpoint came back."""
-    flaky = iter([FakeReply(*chat_reply("x"), truncate=True)] * 4 + [chat_reply("fine")])
+    flaky = iter([FakeReply(*chat_reply("x"), hang_up=True)] * 4 + [chat_reply("fine")])
     with FakeChatServer(lambda body: next(flaky)) as server:
         backend = ResilientBackend(OpenAIBackend("m", base_url=server.url),
                                    policy=RetryPolicy(max_attempts=2, base_delay_s=0.001, down_after=8))

@@ -4,6 +4,8 @@ backend. The backend itself stays simple: it makes one call and raises :class:`B
 Connection errors are not charged to a task: they are retried (with backoff) until the endpoint answers
 again or ``down_after`` of them in a row say it is down, which stops the whole run (:class:`EndpointDown`)
 instead of failing every task on the way and recording those failures as if they were the tasks' own.
+Only while the endpoint answers nobody, though: a request that loses its connection again after others
+were answered in between is charged like any failed attempt.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class ResilientBackend:
     async def _call(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
         attempt = 0  # attempts charged to the call (connection failures are not)
         tries = 0
+        answered_then: int | None = None  # requests answered at this one's last connection failure
         while True:
             tries += 1
             try:
@@ -106,7 +109,10 @@ class ResilientBackend:
                 self._consecutive_connection_failures = 0
                 return completion
             except BackendError as e:
+                others_answered = answered_then is not None and self.stats.calls > answered_then
                 if e.kind == "connection":
+                    answered_then = self.stats.calls
+                if e.kind == "connection" and not others_answered:
                     self._consecutive_connection_failures += 1
                     if self._consecutive_connection_failures >= self.policy.down_after:
                         self.stats.failures[e.kind] += 1
@@ -116,8 +122,10 @@ class ResilientBackend:
                     self.stats.retries[e.kind] += 1
                     await asyncio.sleep(backoff_delay(min(tries, 6), self.policy, self._rng, e.retry_after))
                     continue
+                # charged: the endpoint answered, if badly, or answered others since this request last
+                # lost its connection (a request that crashes a server worker must not loop for ever)
                 attempt += 1
-                self._consecutive_connection_failures = 0  # the endpoint answered, if badly
+                self._consecutive_connection_failures = 0
                 if not e.retryable or attempt >= self.policy.max_attempts:
                     self.stats.failures[e.kind] += 1
                     raise BackendError(f"{e} (after {attempt} attempt{'s' * (attempt > 1)})",

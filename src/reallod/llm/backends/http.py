@@ -108,8 +108,8 @@ class AiohttpTransport:
         except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
             raise BackendError(f"{self.name}: timed out after {self.timeout_s:g} s", retryable=True,
                                kind="timeout") from e
-        except aiohttp.ClientPayloadError as e:  # the body was cut short
-            raise BackendError(f"{self.name}: reply cut short: {e}", retryable=True, kind="connection") from e
+        except aiohttp.ClientPayloadError as e:  # the body was cut short: the server is up, this reply broke
+            raise BackendError(f"{self.name}: reply cut short: {e}", retryable=True, kind="server") from e
         except (aiohttp.ClientConnectionError, OSError) as e:
             raise BackendError(f"{self.name}: cannot connect: {type(e).__name__}: {e}", retryable=True,
                                kind="connection") from e
