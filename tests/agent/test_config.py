@@ -100,6 +100,13 @@ def test_a_custom_prompt_is_read_relative_to_the_config(tmp_path: Path) -> None:
      "max_cycles: must be at least 1"),
     ("roles: {reflector: {backend: openai, model: m}}", "roles.planner: the planner role is required"),
     ("roles: {reflector: [unclosed", "not valid YAML"),
+    ("roles: {reflector: {backend: openai, model: m, timeout_s: fast}}", "roles.reflector.timeout_s: expected a number"),
+    ("roles: {reflector: {backend: openai, model: m, timeout_s: -1}}", "timeout_s: must be more than 0 seconds"),
+    ("roles: {reflector: {backend: openai, model: m, base_url: 'localhost:8000'}}",
+     "roles.reflector.base_url: expected a URL starting with http:// or https://"),
+    ("roles: {reflector: {backend: openai, model: m, supports_images: maybe}}",
+     "supports_images: expected true or false"),
+    ("roles: {reflector: {backend: transformers, model: m, max_new_tokens: 0}}", "max_new_tokens: must be at least 1"),
 ])
 def test_bad_configs_name_the_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "bad.yaml"
@@ -107,6 +114,11 @@ def test_bad_configs_name_the_file_and_field(tmp_path: Path, text: str, message:
     with pytest.raises(ConfigError) as e:
         load_agent_config(p)
     assert str(p) in str(e.value) and message in str(e.value)
+
+
+def test_a_base_url_option_without_a_scheme_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"--base-url option .*http:// or https://, got 'localhost:8000'"):
+        load_agent_config("vllm", base_url="localhost:8000")
 
 
 def test_a_missing_config_lists_the_shipped_ones() -> None:

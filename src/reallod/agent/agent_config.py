@@ -132,11 +132,26 @@ def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> R
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"{where}.model: a model name is required")
     options = {k: v for k, v in raw.items() if k in _OPTIONS[backend]}
+    for key in ("supports_images", "trust_remote_code", "constrained"):
+        if key in options and not isinstance(options[key], bool):
+            raise ConfigError(f"{where}.{key}: expected true or false, got {options[key]!r}")
+    if options.get("max_new_tokens") is not None:
+        options["max_new_tokens"] = _num(options["max_new_tokens"], f"{where}.max_new_tokens", int, minimum=1)
     if backend == "openai":
+        if options.get("timeout_s") is not None:
+            timeout = _num(options["timeout_s"], f"{where}.timeout_s", float)
+            if timeout <= 0:
+                raise ConfigError(f"{where}.timeout_s: must be more than 0 seconds, got {options['timeout_s']!r}")
+            options["timeout_s"] = timeout
         if url:
             options["base_url"] = url
         if "params" in options and not isinstance(options["params"], dict):
             raise ConfigError(f"{where}.params: expected a mapping")
+        given = options.get("base_url")
+        if given is not None and (not isinstance(given, str) or not given.startswith(("http://", "https://"))):
+            source = "the --base-url option (or $REALLOD_BASE_URL)" if url else f"{where}.base_url"
+            raise ConfigError(f"{source}: expected a URL starting with http:// or https://, got {given!r} "
+                              "(e.g. http://localhost:8000/v1)")
     else:
         if "kind" not in options:
             options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
