@@ -310,8 +310,8 @@ def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None
 
         async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
             entry = journal_entry(result, elapsed)
-            await journal.append(result.task_id, entry)  # durable: now the task is done
-            trace.write(item, result)
+            # durable: now the task is done; its trace line follows at once, even if Ctrl-C came meanwhile
+            await journal.append(result.task_id, entry, then=lambda: trace.write(item, result))
             monitor.task_done(result.verdict)
 
         return session.run(todo, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,

@@ -92,7 +92,7 @@ class Journal:
         self.resumed = len(done)  # tasks finished by earlier runs
         self.retried = 0  # results dropped at open to be run again (see ``retry``)
         self._fd = fd
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future]] = []
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future, Callable[[], None] | None]] = []
         self._flusher: asyncio.Task | None = None
         self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
         self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
@@ -203,8 +203,10 @@ class Journal:
                 self.done[tid] = self._keep(res)
         self._last_sync = time.monotonic()
 
-    async def append(self, task_id: str, result: dict[str, Any]) -> None:
-        """Returns once the result is durable; concurrent appends share one write + fsync.
+    async def append(self, task_id: str, result: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Returns once the result is durable; concurrent appends share one write + fsync. ``then`` runs
+        right after the write, even when the caller was cancelled meanwhile (Ctrl-C): what must follow
+        a durable result (its trace line) is never left out.
 
         Raises :class:`JournalWriteError` when the disk refuses the write; the journal is left as it
         was before the failed batch, so a later resume is exact.
@@ -212,7 +214,7 @@ class Journal:
         if task_id in self.done:
             return
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((task_id, result, future))
+        self._pending.append((task_id, result, future, then))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -221,19 +223,25 @@ class Journal:
         await asyncio.sleep(0)  # let coroutines finishing in the same tick join this batch
         while self._pending:
             batch, self._pending = self._pending, []
-            data = b"".join(_line(tid, res) for tid, res, _ in batch)
+            data = b"".join(_line(tid, res) for tid, res, _, _ in batch)
             try:
                 await asyncio.to_thread(self._locked_write, data)
             except OSError as e:
                 err = JournalWriteError(f"{self.path}: cannot write the journal ({e.strerror or e}); "
                                         "the tasks finished so far are safe, rerun to resume")
-                for _, _, fut in batch:
+                for _, _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
-            for tid, res, fut in batch:
+            for tid, res, fut, then in batch:
                 if tid not in self.done:
                     self.done[tid] = self._keep(res)
+                try:
+                    if then is not None:
+                        then()
+                except Exception as e:  # the result is safe; the caller (if still waiting) hears why
+                    if not fut.done():
+                        fut.set_exception(e)
                 if not fut.done():
                     fut.set_result(None)
 
