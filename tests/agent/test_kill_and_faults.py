@@ -95,9 +95,12 @@ def test_a_server_failing_one_request_in_five(tmp_path, capsys):
         if x < 0.13:
             kinds.append("timeout")
             return FakeReply(*chat_reply(valid), delay_s=1.0)
-        if x < 0.17:
+        if x < 0.15:
             kinds.append("truncated")
             return FakeReply(*chat_reply(valid), truncate=True)
+        if x < 0.17:
+            kinds.append("hung up")
+            return FakeReply(*chat_reply(valid), hang_up=True)
         if x < 0.20:
             kinds.append("invalid")
             return chat_reply('{"verdict": "corr')
@@ -109,7 +112,7 @@ def test_a_server_failing_one_request_in_five(tmp_path, capsys):
         out = tmp_path / "o.jsonl"
         code, _, err = run_cli(["realign", src, "--config", cfg, "--out", out, "--report", tmp_path / "run"], capsys)
     assert code == 0, err
-    assert {"500", "429", "timeout", "truncated", "invalid"} <= set(kinds)
+    assert {"500", "429", "timeout", "truncated", "hung up", "invalid"} <= set(kinds)
     _, done = read_journal(tmp_path / "o.journal.jsonl")
     assert sorted(done, key=int) == [str(i) for i in range(40)]
     for result in done.values():
