@@ -146,6 +146,14 @@ def test_bad_options(tmp_path):
         run(tmp_path, concurrency=0)
     with pytest.raises(ReallodError, match="--shard"):
         run(tmp_path, shard="3/2")
+    # outputs that could not be written at the end are refused before any task runs (and is paid for)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(ReallodError, match=r"--out .*folder\.jsonl is a folder"):
+        run(tmp_path, "folder")
+    with pytest.raises(ReallodError, match=r"--report .*a_file is a file, not a folder"):
+        run(tmp_path, report=tmp_path / "a_file" / "run")
+    assert not (tmp_path / "o.journal.jsonl").exists()
 
 
 def test_a_rerun_does_again_the_tasks_that_failed(tmp_path):

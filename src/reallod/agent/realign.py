@@ -213,6 +213,9 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
     if len(outputs) < 3 or opts.input.resolve() in outputs:
         raise ConfigError(f"--out {opts.out} would overwrite the input, the trace or the journal")
+    _check_output(opts.out, "--out")
+    if opts.report is not None:
+        _check_output(opts.report, "--report")
 
     agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
     if roles is None:
@@ -283,6 +286,18 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
 
         run.run_report = write_run_report(opts.report, summary, info)
     return run
+
+
+def _check_output(path: Path, option: str) -> None:
+    """Refuse, before any task runs (and is paid for), an output that could not be written at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder: give the path of a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+            return
 
 
 def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,
