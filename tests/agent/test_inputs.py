@@ -166,6 +166,9 @@ def test_detect_format_refuses_other_files(tmp_path):
         detect_format(tmp_path / "e.jsonl")
     with pytest.raises(DataError, match="no such file"):
         detect_format(tmp_path / "missing.jsonl")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "realdata.jsonl").read_bytes())
+    with pytest.raises(DataError, match=r"bom\.jsonl: the file starts with a UTF-8 byte-order mark"):
+        detect_format(tmp_path / "bom.jsonl")
 
 
 def test_shipped_examples_hold_the_same_tasks_in_both_formats():
