@@ -19,7 +19,7 @@ from reallod.agent.roles import ROLE_NAMES, Roles, make_role
 from reallod.llm.backends.base import Completion
 from reallod.llm.policy import RetryPolicy
 
-Answer = str | BaseException
+Answer = str | BaseException | Completion
 Script = dict[str, list[Answer]] | Callable[[str, list[dict[str, Any]]], str]
 
 
@@ -64,6 +64,8 @@ class ScriptedBackend:
             answer = queue.pop(0)
         if isinstance(answer, BaseException):
             raise answer
+        if isinstance(answer, Completion):  # with what a server adds (finish_reason...)
+            return answer
         return Completion(answer, prompt_tokens=10, completion_tokens=len(answer.split()), latency_s=0.001)
 
     async def aclose(self) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from reallod.agent.task import ObjectRef, Task, TaskResult
 from reallod.agent.workflow import run_task
 from reallod.errors import ConfigError, DataError
-from reallod.llm.backends.base import BackendError
+from reallod.llm.backends.base import BackendError, Completion
 from tests.agent.scripted import answer, plan, reflect, rewrite, scripted_roles
 
 
@@ -202,6 +202,14 @@ def test_unusable_answers_end_the_task_as_failed_after_the_retries(role: str, ba
     failed = r.steps[-1]
     assert failed.role == role and failed.attempts == 3 and len(failed.rejected) == 3
     assert failed.error == r.error and failed.decision is None
+
+
+def test_a_reply_cut_at_the_token_limit_says_so() -> None:
+    """It said only 'field "verdict" is missing', which points at the model, not at max_tokens."""
+    cut = Completion('{"missing": "", "feedback": "because the', 10, 8, 0.0, {"finish_reason": "length"})
+    r, _ = run(make_task(), {"reflector": [cut] * 3})
+    assert r.verdict == "failed" and "the reply was cut at the token limit" in r.error
+    assert all("cut at the token limit" in x["error"] for x in r.steps[0].rejected)
 
 
 def test_retryable_backend_errors_are_retried() -> None:

@@ -129,13 +129,17 @@ class _TaskRun:
                 try:
                     decision, repaired = role.decision.parse(completion.text)
                 except DecisionError as e:
-                    step.rejected.append({"attempt": attempt, "raw": completion.text, "error": str(e)})
+                    why = str(e)
+                    if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer
+                        why += (f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
+                                "the config)" if role.max_tokens else " (the reply was cut at the token limit)")
+                    step.rejected.append({"attempt": attempt, "raw": completion.text, "error": why})
                     if attempt < policy.max_attempts:
                         convo = [*messages, {"role": "assistant", "content": completion.text},
                                  {"role": "user", "content": f"That answer cannot be used: {e}. Answer "
                                   f"again with only {role.decision.format_hint()}."}]
                         continue
-                    raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {e}") from e
+                    raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {why}") from e
                 step.decision, step.repaired = decision, repaired
                 return decision
             raise StepFailed(f"{role.name}: no attempts allowed (max_attempts={policy.max_attempts})")
