@@ -98,6 +98,9 @@ def test_load_captions_formats(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"filename": "x.jpg", "caption": "one"}, {"filename": "y.jpg", "text": 3}])
     with pytest.raises(DataError, match=r"bad\.jsonl:2: "):
         load_captions(tmp_path / "bad.jsonl")
+    write_jsonl(tmp_path / "typo.jsonl", [{"filename": "x.jpg", "capton": "one"}])  # was taken as a map of 2 images
+    with pytest.raises(DataError, match=r"typo\.jsonl:1: expected \{\"filename\""):
+        load_captions(tmp_path / "typo.jsonl")
 
 
 def test_record_problems_fail_only_their_tasks(tmp_path):

@@ -85,7 +85,8 @@ def load_captions(path: str | os.PathLike) -> dict[str, str]:
     (``image_path`` is accepted for ``filename``) or one-key objects ``{"a.jpg": "caption"}``."""
     path = str(path)
     obj = _single_json(path) if _first_byte(path) == b"{" else None
-    if isinstance(obj, dict) and not ({"caption"} <= set(obj) and {"filename", "image_path"} & set(obj)):
+    # a map of image names; one with a "filename" key is a JSONL line (maybe with a misspelt "caption")
+    if isinstance(obj, dict) and not {"filename", "image_path"} & set(obj):
         bad = [k for k, v in obj.items() if not isinstance(v, str)]
         if bad:
             raise DataError("caption must be a string", path=path, field=bad[0])
