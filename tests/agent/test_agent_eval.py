@@ -58,6 +58,9 @@ def test_gold_labels_are_checked(tmp_path):
     bad.write_text(json.dumps({"raw_expression": "x", "gold": {"correct": False, "expression": ""}}) + "\n")
     with pytest.raises(DataError, match="non-empty string"):
         load_gold(bad)
+    bad.write_text(json.dumps({"raw_expression": "x", "gold": {"correct": True}}) + '\n{"gold": {"correct": tru\n')
+    with pytest.raises(DataError, match=r"l\.jsonl:2: not valid JSON"):
+        load_gold(bad)
     gold = load_gold(EXAMPLES / "labelled.jsonl")
     assert len(gold) == 22 and sum(not g.correct for g in gold.values()) == 11
     assert all(g.expressions for g in gold.values() if not g.correct)

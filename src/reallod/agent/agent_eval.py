@@ -69,6 +69,8 @@ def load_gold(path: str | Path) -> dict[str, Gold]:
     """Task id → gold label; a task without a usable ``gold`` is refused with file, line and field."""
     out: dict[str, Gold] = {}
     for index, line, item in _iter_task_items(path):
+        if item is None and line is not None:  # how the reader hands over a line that is no JSON
+            raise DataError("not valid JSON", path=str(path), line=line)
         where = {"path": str(path), "line": line, "field": "gold" if line is not None else f"[{index}].gold"}
         gold = item.get("gold") if isinstance(item, dict) else None
         if not isinstance(gold, dict) or not isinstance(gold.get("correct"), bool):
