@@ -82,10 +82,16 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(t
 def test_a_server_failing_one_request_in_five(tmp_path, capsys):
     rng = random.Random(11)
     kinds = []
+    requests = []
+    forced = [0.0, 0.06, 0.1, 0.14, 0.16, 0.18]  # one of each fault among the first requests, whatever the timing
 
     def respond(body):
         x = rng.random()
         valid = valid_decision(body, rng)
+        n = len(requests)
+        requests.append(n)
+        if n % 5 == 0 and n // 5 < len(forced):
+            x = forced[n // 5]
         if x < 0.05:
             kinds.append("500")
             return error_reply(500, "internal error")

@@ -103,10 +103,16 @@ def test_disk_full_stops_cleanly_and_resume_finishes(tmp_path, monkeypatch):
 
 def test_unwritable_output_keeps_the_journal_and_a_rerun_writes_it(tmp_path, capsys, monkeypatch):
     import reallod.agent.agent_config as agent_config
+    import reallod.agent.realign as realign_mod
 
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(colour_judge, vlm=False))
     out = tmp_path / "o.jsonl"
-    out.mkdir()  # something that is not a file stands where the output goes
+    real_assemble = realign_mod.assemble
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(realign_mod, "assemble", full_disk)  # the disk fills up as the output is written
     args = ["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", out, "--images",
             EXAMPLES / "images"]
     code, _, err = run_cli(args, capsys)
@@ -114,7 +120,7 @@ def test_unwritable_output_keeps_the_journal_and_a_rerun_writes_it(tmp_path, cap
     assert f"cannot write the output {out}" in err and "safe in" in err and "Traceback" not in err
     _, done = read_journal(tmp_path / "o.journal.jsonl")
     assert len(done) == 22
-    out.rmdir()
+    monkeypatch.setattr(realign_mod, "assemble", real_assemble)
     code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and "22 resumed from the journal, 0 run now" in stdout
     assert len(read_jsonl(out)) == 4
@@ -127,7 +133,7 @@ def test_journal_in_a_folder_that_cannot_be_made(tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("x")
     code, _, err = run_cli(["realign", EXAMPLES / "realdata.jsonl", "--config", "offline",
                        "--out", tmp_path / "file" / "o.jsonl", "--images", EXAMPLES / "images"], capsys)
-    assert code == 2 and "cannot create the journal" in err and "is not a folder" in err
+    assert code == 2 and f"{tmp_path / 'file'} is a file, not a folder" in err
     assert "Traceback" not in err and err.count("\n") == 1
 
 

@@ -199,6 +199,7 @@ def test_unusable_answers_end_the_task_as_failed_after_the_retries(role: str, ba
         answers["planner"] = [bad] * 3
     r, _ = run(make_task(), answers)
     assert r.verdict == "failed" and r.error.startswith(f"{role}: no usable answer after 3 attempt(s)")
+    assert r.error_kind == "unusable_answer"
     failed = r.steps[-1]
     assert failed.role == role and failed.attempts == 3 and len(failed.rejected) == 3
     assert failed.error == r.error and failed.decision is None
@@ -225,6 +226,7 @@ def test_backend_errors_that_persist_or_cannot_be_retried_fail_the_task() -> Non
     r, _ = run(make_task(), {"reflector": [BackendError("HTTP 401 unauthorised")]})
     assert r.verdict == "failed" and r.steps[0].attempts == 1
     assert "backend scripted:reflector failed: HTTP 401 unauthorised" in r.error
+    assert r.error_kind == "backend_error"  # told apart from a model's unusable answers in the summary
     r, _ = run(make_task(), {"reflector": [BackendError("down", retryable=True)] * 3})
     assert r.verdict == "failed" and r.steps[0].attempts == 3
 

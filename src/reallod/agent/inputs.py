@@ -41,7 +41,10 @@ TASK_PROBLEM_KINDS = {
     "bad_task": "task is not a usable task object",
     "bad_record": "record cannot be read, so none of its expressions can be re-aligned",
     "unsafe_path": "image path is absolute or leaves the image root",
-    "agent_error": "the agent could not finish the task (model output, backend)",
+    "backend_error": "the model's server refused or kept failing the request (after the retries)",
+    "unusable_answer": "the model gave no usable answer (after the re-asks)",
+    "image_error": "the image could not be read or does not match the task",
+    "agent_error": "the agent could not finish the task (an internal error)",
 }
 
 OUTSIDE_TOLERANCE_PX = 1.0

@@ -93,7 +93,7 @@ class TaskResult:
     evidence: list[str] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. a VLM action reported unavailable
-    error_kind: str | None = None  # for summaries: an input problem kind (inputs.TASK_PROBLEM_KINDS) or "agent_error"
+    error_kind: str | None = None  # for summaries: a kind of inputs.TASK_PROBLEM_KINDS ("agent_error" if unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

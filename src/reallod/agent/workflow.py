@@ -46,7 +46,13 @@ _DEFAULT_QUESTION = {
 
 
 class StepFailed(Exception):
-    """A role call that produced no usable decision; the task ends as failed."""
+    """A role call that produced no usable decision; the task ends as failed, for the reason ``kind``
+    (:data:`reallod.agent.inputs.TASK_PROBLEM_KINDS`), so a summary tells a server's refusals from a
+    model's unusable answers."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def validate_task(task: Task) -> str | None:
@@ -93,6 +99,7 @@ class _TaskRun:
     load_image: Callable[[], Image.Image]
     steps: list[Step] = field(default_factory=list)
     _image: Image.Image | None = None
+    failure_kind: str | None = None  # why the task failed, when it did
 
     async def call(self, role: Role, cycle: int, values: dict[str, Any],
                    images: list[Image.Image] | None = None, view: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,13 +122,14 @@ class _TaskRun:
                     if e.retryable and attempt < policy.max_attempts:
                         await asyncio.sleep(backoff_delay(attempt, policy, _JITTER, e.retry_after))
                         continue
-                    raise StepFailed(f"{role.name}: backend {role.backend.name} failed: {e}") from e
+                    raise StepFailed(f"{role.name}: backend {role.backend.name} failed: {e}",
+                                     "backend_error") from e
                 except ConfigError:
                     raise  # the model cannot be loaded or used at all: a run-level problem, not this task's
                 except Exception as e:  # a backend bug must not end the run
                     step.rejected.append({"attempt": attempt, "error": f"{type(e).__name__}: {e}"})
                     raise StepFailed(f"{role.name}: backend {role.backend.name} raised "
-                                     f"{type(e).__name__}: {e}") from e
+                                     f"{type(e).__name__}: {e}", "backend_error") from e
                 step.raw_response = completion.text
                 step.latency_s += completion.latency_s
                 step.prompt_tokens += completion.prompt_tokens
@@ -139,10 +147,12 @@ class _TaskRun:
                                  {"role": "user", "content": f"That answer cannot be used: {e}. Answer "
                                   f"again with only {role.decision.format_hint()}."}]
                         continue
-                    raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {why}") from e
+                    raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {why}",
+                                     "unusable_answer") from e
                 step.decision, step.repaired = decision, repaired
                 return decision
-            raise StepFailed(f"{role.name}: no attempts allowed (max_attempts={policy.max_attempts})")
+            raise StepFailed(f"{role.name}: no attempts allowed (max_attempts={policy.max_attempts})",
+                             "backend_error")
         except StepFailed as e:
             step.error = str(e)
             raise
@@ -239,7 +249,11 @@ class _TaskRun:
                 return await self.rewrite(state)
             if action.kind == "look":
                 return await self.look(state, action)
-        except (StepFailed, DataError) as e:
+        except StepFailed as e:
+            self.failure_kind = e.kind
+            return sm.Failure(str(e))
+        except DataError as e:
+            self.failure_kind = "image_error"
             return sm.Failure(str(e))
         raise sm.TransitionError(f"no action for {action}")
 
@@ -254,7 +268,8 @@ async def run_task(task: Task, roles: Roles, *, load_image: Callable[[], Image.I
     state = sm.start(task.raw_expression, max_cycles)  # a bad max_cycles is the caller's bug: raises
     problem = validate_task(task)
     if problem is not None:
-        return TaskResult(task.task_id, "failed", task.raw_expression, task.raw_expression, 0, error=problem)
+        return TaskResult(task.task_id, "failed", task.raw_expression, task.raw_expression, 0, error=problem,
+                          error_kind="bad_task")
     run = _TaskRun(task, roles, load_image)
     try:
         while not state.done:
@@ -267,4 +282,4 @@ async def run_task(task: Task, roles: Roles, *, load_image: Callable[[], Image.I
     assert state.verdict is not None
     return TaskResult(task.task_id, state.verdict, task.raw_expression, state.expression,  # type: ignore[arg-type]
                       state.cycle, steps=run.steps, evidence=list(state.evidence), error=state.error,
-                      notes=list(state.notes))
+                      notes=list(state.notes), error_kind=run.failure_kind if state.verdict == "failed" else None)
