@@ -149,3 +149,48 @@ def test_show_that_draws_nothing_fails(files, capsys):
                             files / "pngs", "-s", "nothing_like_it"], capsys)
     assert code == 2 and "--source nothing_like_it: no record read has this source" in err
     assert "no PNG written" in err
+
+
+@pytest.mark.parametrize("target", ["out.jsonl", "data.jsonl"])  # another file, or the input itself
+def test_validate_fix_that_keeps_no_record_writes_nothing(files, capsys, target):
+    (files / "wrongroot").mkdir()
+    before = (files / target).read_bytes()
+    code, out, err = run_cli(["data", "validate", files / "data.jsonl", "--images", files / "wrongroot", "--fix",
+                              files / target, "--workers", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--fix: no record to write (2 read, all dropped)" in err
+    assert "missing_image" in out  # the problems are still listed
+    assert (files / target).read_bytes() == before
+    code, out, err = run_cli(["data", "validate", files / "bad.jsonl", "--fix", files / target, "--json"], capsys)
+    assert code == 2 and "nothing written" in err
+    assert {i["line"] for i in json.loads(out)["issues"]} == {1, 2}  # --json output stays one JSON document
+    assert (files / target).read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [["-n", "0"], ["--fraction", "0.0001"], ["--fraction", "0"]])
+def test_sample_that_keeps_no_record_writes_nothing(files, capsys, args):
+    code, _, err = run_cli(["data", "sample", files / "data.jsonl", files / "out.jsonl", *args], capsys)
+    assert code == 2 and err.count("\n") == 1 and "keeps none of the 2 records; nothing written" in err
+    assert (files / "out.jsonl").read_text() == OLD
+
+
+CONVERTS = ["odvg", "coco", "omnilabel", "from-coco"]
+
+
+@pytest.mark.parametrize("convert", CONVERTS)
+def test_convert_refuses_to_write_over_its_input(files, capsys, convert, monkeypatch):
+    src = files / "data.jsonl"
+    if convert == "from-coco":
+        src = files / "coco.json"
+        src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": 9, "width": 9}],
+                                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+                                   "categories": [{"id": 1, "name": "dog"}]}))
+    before = src.read_bytes()
+    (files / "link.json").symlink_to(src)
+    (files / "hard.json").hardlink_to(src)
+    monkeypatch.chdir(files)
+    for out in (src, f"./{src.name}", files / "images" / ".." / src.name, files / "link.json", files / "hard.json"):
+        code, _, err = run_cli(["data", "convert", convert, src, out], capsys)
+        assert code == 2 and err.count("\n") == 1 and "is the input file" in err, (out, err)
+        assert src.read_bytes() == before
+    code, _, err = run_cli(["data", "convert", convert, src, files / "out.json"], capsys)
+    assert code == 0, err

@@ -103,7 +103,7 @@ def test_sample_fraction_and_argument_errors(tmp_path):
     sample_file(src, out, fraction=0.25, seed=3)
     kept = names(out)
     assert 60 < len(kept) < 140
-    assert kept == [n for n in names(src) if unit_hash(n, 3) < 0.25]
+    assert kept == [n for n in names(src) if unit_hash(n, 3, "sample") < 0.25]
     with pytest.raises(ConfigError, match="exactly one"):
         sample_file(src, out, n=3, fraction=0.1)
     with pytest.raises(ConfigError, match="exactly one"):
@@ -134,6 +134,19 @@ def test_split_is_image_level_deterministic_and_complete(tmp_path):
     assert names(tmp_path / "v4.jsonl") == []
     with pytest.raises(ConfigError, match="different files"):
         split_file(src, train, train, val_fraction=0.5)
+
+
+def test_sample_and_split_with_the_same_seed_draw_independently(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_records(src, many(1000))
+    sample_file(src, tmp_path / "s.jsonl", fraction=0.2, seed=0)
+    split_file(src, tmp_path / "t.jsonl", tmp_path / "v.jsonl", val_fraction=0.2, seed=0)
+    sample, val = set(names(tmp_path / "s.jsonl")), set(names(tmp_path / "v.jsonl"))
+    assert 140 < len(sample) < 260 and 140 < len(val) < 260
+    assert 15 < len(sample & val) < 70  # about 0.2 x 0.2 x 1000, not the whole sample
+    # sample, then split the sample: about a fifth goes to val, not all of it
+    split_file(tmp_path / "s.jsonl", tmp_path / "t2.jsonl", tmp_path / "v2.jsonl", val_fraction=0.2, seed=0)
+    assert 0.1 < len(names(tmp_path / "v2.jsonl")) / len(sample) < 0.3
 
 
 def test_split_bad_line_writes_neither_output(tmp_path):

@@ -1,4 +1,5 @@
 import gzip
+import zlib
 
 import pytest
 
@@ -84,6 +85,27 @@ def test_truncated_gzip_keeps_earlier_lines(tmp_path):
         for lineno, _ in iter_lines(path):
             seen.append(lineno)
     assert seen and seen == list(range(1, len(seen) + 1))
+
+
+@pytest.mark.parametrize("cut", [300, 1000, 5000, -9, -1])  # bytes kept (from the end when negative)
+def test_truncated_gzip_yields_every_complete_line_and_names_the_last(tmp_path, cut):
+    path = tmp_path / "x.jsonl.gz"
+    body = b"".join(b'{"i": %d, "pad": "%s"}\n' % (i, b"%x" % hash(str(i)) * (i % 7)) for i in range(3000))
+    data = gzip.compress(body)
+    path.write_bytes(data[:cut])
+    complete = zlib.decompressobj(wbits=31).decompress(data[:cut]).count(b"\n")
+    assert complete  # every cut keeps whole lines: they must all come out
+    seen = []
+    with pytest.raises(DataError, match=f"truncated after line {complete} "):
+        for _, line in iter_lines(path):
+            seen.append(line)
+    assert seen == body.split(b"\n")[:complete]
+
+
+def test_gzip_members_and_zero_padding_read_whole(tmp_path):
+    path = tmp_path / "x.jsonl.gz"
+    path.write_bytes(gzip.compress(b"a\nb") + b"\0" * 70_000 + gzip.compress(b"c\n\nd\r\n") + b"\0\0")
+    assert list(iter_lines(path)) == [(1, b"a"), (2, b"bc"), (4, b"d")]
 
 
 def test_reader_names_file_line_and_field(tmp_path):

@@ -45,6 +45,7 @@ def data_validate(
     """
     import orjson
 
+    from reallod.data.convert_common import EmptyRunError
     from reallod.data.validate import render_summary, validate_file
 
     shown = 0
@@ -63,6 +64,10 @@ def data_validate(
     except BrokenPipeError:  # `validate ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
+    except EmptyRunError:  # --fix would write nothing: the issues stay a JSON document, the error follows
+        if as_json:
+            sys.stdout.write(('{"issues": [' if not shown else "\n") + "]}\n")
+        raise
     if as_json:
         sys.stdout.write(('{"issues": [' if not shown else "\n") + '], "summary": '
                          + orjson.dumps(report.to_dict()).decode() + "}\n")

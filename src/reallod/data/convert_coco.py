@@ -29,6 +29,7 @@ from reallod.data.convert_common import (
     JsonSectionsWriter,
     SourceCheck,
     add_image_records,
+    refuse_same_file,
     selected_pairs,
     text_key,
     unique_texts,
@@ -96,6 +97,7 @@ def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     Images with no pair of the chosen sources are left out unless ``keep_empty``.
     """
+    refuse_same_file(src, dst)
     stats = ConvertStats()
     categories = CategoryIndex()
 
@@ -255,6 +257,7 @@ def coco_to_realdata(src: str | os.PathLike, dst: str | os.PathLike, *, skip_cro
                      min_area: float = 0.0, prefix: str = "", synonyms: bool = False,
                      keep_empty: bool = False) -> ConvertStats:
     """Read a COCO detection json and write the Real-Data skeleton to ``dst`` atomically."""
+    refuse_same_file(src, dst)
     stats = ConvertStats()
     data = load_json_document(src)
     boxes = 0

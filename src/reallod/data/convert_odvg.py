@@ -20,7 +20,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reallod.data.convert_common import ConvertStats, SourceCheck, require_output, selected_pairs, text_key
+from reallod.data.convert_common import (
+    ConvertStats,
+    SourceCheck,
+    refuse_same_file,
+    require_output,
+    selected_pairs,
+    text_key,
+)
 from reallod.data.io import JsonlWriter, read_records
 from reallod.data.records import Pair, Record
 
@@ -136,6 +143,7 @@ def realdata_to_odvg(src: str | os.PathLike, dst: str | os.PathLike, *, sources:
                      per_source: bool = True, positives: int = 1, max_negatives: int = 50,
                      category_source: bool = False, seed: int | None = None) -> ConvertStats:
     """Stream ``src`` (Real-Data) into ``dst`` (ODVG jsonl, gzip if it ends in .gz), atomically."""
+    refuse_same_file(src, dst)
     stats = ConvertStats()
     rng = random.Random(seed) if seed is not None else None
     regions = 0

@@ -27,6 +27,7 @@ from reallod.data.convert_common import (
     JsonSectionsWriter,
     SourceCheck,
     add_image_records,
+    refuse_same_file,
     selected_pairs,
     text_key,
     unique_texts,
@@ -83,6 +84,7 @@ def record_to_omnilabel(record: Record, image_id: int, first_desc_id: int, first
 def realdata_to_omnilabel(src: str | os.PathLike, dst: str | os.PathLike, *,
                           sources: Sequence[str] | None = None, categories: bool = False) -> ConvertStats:
     """Stream ``src`` into an OmniLabel-style GT json at ``dst`` (atomic, constant memory)."""
+    refuse_same_file(src, dst)
     stats = ConvertStats()
     # "name" must not contain "omnilabel": the official tools then demand their own version string.
     header = {"info": {"name": "reallod", "description": f"converted from Real-Data {Path(src).name}"}}

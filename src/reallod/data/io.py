@@ -89,26 +89,71 @@ def read_whole(path: str | os.PathLike) -> bytes:
     return data
 
 
+class _Gunzip(io.RawIOBase):
+    """The gunzipped content of ``raw`` (every member, zero padding between them skipped, as gzip does).
+
+    A truncated or corrupt stream ends it like an end of file, the reason kept in :attr:`error`: an
+    exception would make the :class:`io.BufferedReader` above it drop the complete lines it holds.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._member: Any = None  # the member's decompressor; None between members
+        self._input = b""
+        self.error: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while self.error is None:
+            if not self._input:
+                self._input = self._raw.read(1 << 16)
+                if not self._input:
+                    if self._member is not None:
+                        self.error = "the file ends inside a gzip member"
+                    return 0
+            if self._member is None:
+                self._input = self._input.lstrip(b"\0")
+                if not self._input:
+                    continue
+                self._member = zlib.decompressobj(wbits=31)
+            try:
+                out = self._member.decompress(self._input, len(buf))
+            except zlib.error as e:
+                self.error = str(e)
+                return 0
+            self._input = self._member.unconsumed_tail
+            if self._member.eof:
+                self._input, self._member = self._member.unused_data, None
+            if out:
+                buf[: len(out)] = out
+                return len(out)
+        return 0
+
+
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the newline), skipping blank lines.
 
     Read failures (missing file, a ``.gz`` that is not gzip, a truncated stream) raise
-    :class:`DataError` naming the file and the last line read; lines already yielded stay valid.
+    :class:`DataError` naming the file and the last line read; every complete line before a
+    truncated or corrupt gzip stream breaks off is yielded first.
     """
     path = str(path)
     gz = probe_gzip(path)
     with open(path, "rb", buffering=_BUFFER) as raw:
-        stream: IO[bytes] = (
-            io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=_BUFFER) if gz else raw
-        )
+        gunzip = _Gunzip(raw) if gz else None
+        stream: IO[bytes] = io.BufferedReader(gunzip, buffer_size=_BUFFER) if gunzip is not None else raw
         lineno = 0
-        try:
-            for lineno, line in enumerate(stream, 1):
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield lineno, line
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({e})", path=path) from None
+        for lineno, line in enumerate(stream, 1):
+            if gunzip is not None and gunzip.error and not line.endswith(b"\n"):
+                lineno -= 1  # the line the break cut short
+                break
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield lineno, line
+        if gunzip is not None and gunzip.error:
+            raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({gunzip.error})", path=path)
 
 
 def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:

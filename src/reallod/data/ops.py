@@ -2,7 +2,8 @@
 
 Random choices that must not depend on file order (the fraction sample, the train/val split) hash
 the image filename with the seed, so an image lands on the same side whatever file it is in, and a
-rerun with the same seed gives the same result. Merge finds the images that occur more than once in
+rerun with the same seed gives the same result; sample and split hash with different keys, so their
+draws are independent. Merge finds the images that occur more than once in
 a first pass that keeps 8 bytes per image, then holds only those records in memory.
 """
 
@@ -14,6 +15,7 @@ import random
 from array import array
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Literal
 
 import numpy as np
 import orjson
@@ -31,9 +33,14 @@ from reallod.data.records import RELATIONS, Pair, Record
 from reallod.errors import ConfigError, DataError
 
 
-def unit_hash(filename: str, seed: int) -> float:
-    """A number in [0, 1) fixed by (filename, seed): the image-level coin of sample and split."""
-    digest = hashlib.blake2b(filename.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
+def unit_hash(filename: str, seed: int, purpose: Literal["sample", "split"]) -> float:
+    """A number in [0, 1) fixed by (purpose, filename, seed): the image-level coin of sample and split.
+
+    ``purpose`` keys the hash apart, so a ``--fraction`` sample and a split with the same seed are
+    independent draws: otherwise a 2% sample would be exactly the 2% validation split.
+    """
+    key = f"{purpose}:{seed}".encode()
+    digest = hashlib.blake2b(filename.encode("utf-8"), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -122,7 +129,7 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
         if fraction is not None:
             for _, record in read_numbered_records(src):
                 stats.records_in += 1
-                if unit_hash(record.filename, seed) < fraction:
+                if unit_hash(record.filename, seed, "sample") < fraction:
                     out.write_record(record)
         else:
             rng = random.Random(seed)
@@ -139,6 +146,10 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
                 out.write(line + b"\n")
                 out.count += 1
         require_records(stats.records_in, src)  # raising here drops the output: an earlier file stays
+        if not out.count:
+            asked = f"-n {n}" if n is not None else f"--fraction {fraction} (seed {seed})"
+            raise EmptyRunError(f"{asked} keeps none of the {stats.records_in} records; nothing written",
+                                path=str(src))
     stats.records_out = out.count
     return stats
 
@@ -161,7 +172,7 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
         out_val = stack.enter_context(JsonlWriter(val))
         for _, record in read_numbered_records(src):
             stats.records_in += 1
-            (out_val if unit_hash(record.filename, seed) < val_fraction else out_train).write_record(record)
+            (out_val if unit_hash(record.filename, seed, "split") < val_fraction else out_train).write_record(record)
         require_records(stats.records_in, src)  # raising here drops both outputs: earlier files stay
     stats.records_out = out_train.count + out_val.count
     stats.items_out = {"train": out_train.count, "val": out_val.count}

@@ -34,6 +34,7 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
+from reallod.data.convert_common import EmptyRunError
 from reallod.data.images import resolve_image
 from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
 from reallod.data.records import Record
@@ -298,8 +299,9 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
 
     File-level problems (missing file, not gzip, truncated gzip, empty file) are always passed on.
     With ``fix`` the records without problems (and, with ``clamp``, those whose only problems are
-    boxes outside the image, once clamped) are written canonically to ``fix``. Unusable arguments
-    raise :class:`ConfigError`; nothing about the data raises.
+    boxes outside the image, once clamped) are written canonically to ``fix``; when none would be,
+    :class:`EmptyRunError` is raised and ``fix`` keeps what it held. Unusable arguments raise
+    :class:`ConfigError`; nothing else about the data raises.
     """
     path = os.fspath(path)
     if max_errors is not None and max_errors < 0:
@@ -336,6 +338,9 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         if report.records == 0 and not report.counts.get("read_error"):
             file_issue("empty_file", "no records (the file is empty or holds only blank lines)")
         if writer is not None:
+            if not report.written:  # an empty --fix would replace an earlier output, even the input itself
+                raise EmptyRunError(f"--fix: no record to write ({report.records:,} read, all dropped); nothing "
+                                    f"written, {os.fspath(fix)} left as it was", path=path)
             writer.close()
             report.fix_path = os.fspath(fix)
     finally:
