@@ -78,6 +78,25 @@ def test_merge_refuses_missing_doubled_incomplete_or_foreign_shards(tmp_path, ca
     assert read_jsonl(tmp_path / "m.jsonl") == read_jsonl(tmp_path / "whole.jsonl")
 
 
+def test_merge_refuses_an_out_over_its_input_or_a_shards_files(tmp_path, capsys, scripted):
+    """An out (or its trace) over the input or a shard's output, trace or journal would destroy what the
+    merge reads; it is refused before anything is written."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes((EXAMPLES / "realdata.jsonl").read_bytes())
+    s1, s2 = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2")
+    realign(capsys, src, s2, "--shard", "2/2")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    bad = [src, s1, tmp_path / "s2.trace.jsonl", tmp_path / "s1.journal.jsonl",
+           tmp_path / "s2.jsonl.gz"]  # the last one's trace is s2.trace.jsonl
+    for out in bad:
+        code, _, err = run_cli(["realign", "merge", s1, s2, "--out", out], capsys)
+        assert code == 2 and "would overwrite" in err and err.count("\n") == 1, (out, err)
+        assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before, out
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", tmp_path / "m.jsonl"], capsys)
+    assert code == 0, err
+
+
 def test_shard_keys_keep_records_and_images_whole():
     assert shard_key("12/vlm_short/0/3", "a.jpg", "records") == shard_key("12", None, "records") == "12"
     assert shard_key("7", "a.jpg", "tasks") == shard_key("9", "a.jpg", "tasks") != shard_key("9", "b.jpg", "tasks")

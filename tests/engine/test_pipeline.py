@@ -259,6 +259,88 @@ def test_a_pipeline_whose_every_task_failed_says_so_and_exits_1(tmp_path, monkey
     assert (tmp_path / "o.jsonl").is_file()  # written all the same: the failed expressions, by --unresolved
 
 
+def boom(cat, t):
+    from reallod.llm.backends.base import BackendError
+
+    raise BackendError("scripted: HTTP 500: boom", kind="server")
+
+
+def test_a_pipeline_against_a_failing_server_exits_1_with_its_error_and_a_rerun_retries(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """Failed model calls are no dropped expressions: the images are not journaled as done."""
+    import reallod.engine.pipeline as pl
+
+    answers = {"answers": generation_answers({step: boom for step in ("caption", "vlm_short", "vlm_long", "llm",
+                                                                        "group", "hard_negative")})}
+    monkeypatch.setattr(pl, "build_roles_for", lambda o: (scripted_roles(answers["answers"]), "scripted", 1, 2))
+    out = tmp_path / "o.jsonl"
+    argv = ["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images", EXAMPLES / "images",
+            "--out", out, "--limit", "2", "--no-progress"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 1, stdout + err
+    assert "2 image(s) not generated" in err and "server" in err and "HTTP 500: boom" in err
+    assert err.count("\n") == 1 and not out.with_name("o.realigned.jsonl").exists()
+    answers["answers"] = generation_answers()  # the server works again
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, stdout + err
+    assert "generate: 2 image(s) (2 now, 0 resumed)" in stdout and len(records(out)) == 2
+
+
+def test_images_whose_calls_failed_are_generated_again_and_the_pipeline_waits_for_them(tmp_path):
+    from reallod.engine.pipeline import GenerationFailed, check_generated
+
+    calls = {"n": 0}
+
+    def second_caption_fails(cat, t):
+        calls["n"] += 1
+        return boom(cat, t) if calls["n"] == 2 else "A caption."
+
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(GenerationFailed, match=r"1 image\(s\) not generated.*server 1 call.*HTTP 500: boom"):
+        pipeline(PipelineOptions(options(out, concurrency=1)),
+                 roles=scripted_roles(generation_answers({"caption": second_caption_fails})))
+    assert len(records(out.with_name("o.generated.jsonl"))) == 3 and not out.with_name("o.realigned.jsonl").exists()
+    log: list[str] = []
+    run = pipeline(PipelineOptions(options(out, concurrency=1)), roles=scripted_roles(generation_answers(log=log)))
+    assert log.count("caption") == 1 and run.generated.resumed == 3 and run.generated.ran == 1
+    assert [r["filename"] for r in records(out)] == ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg"]
+    # `reallod generate` alone: an error only when every image it tried failed (no cache: answered above)
+    gen = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers({"llm": boom})))
+    assert gen.failed == 1 and gen.ran == 0 and gen.failures["server"][1].startswith("llm: scripted: HTTP 500")
+    with pytest.raises(GenerationFailed, match="nothing was generated"):
+        check_generated(gen)
+
+
+def test_a_generation_step_that_raises_a_bug_is_not_swallowed(tmp_path):
+    def bug(cat, t):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        generate(options(tmp_path / "g.jsonl", limit=1), roles=scripted_roles(generation_answers({"llm": bug})))
+
+
+def test_a_pipeline_refuses_an_out_over_its_inputs_before_any_work(tmp_path, monkeypatch, capsys):
+    import reallod.engine.pipeline as pl
+    from reallod.errors import ConfigError
+
+    log: list[str] = []
+    monkeypatch.setattr(pl, "build_roles_for",
+                        lambda o: (scripted_roles(generation_answers(log=log)), "scripted", 1, 2))
+    ann = tmp_path / "ann.json"
+    ann.write_bytes((EXAMPLES / "annotations.json").read_bytes())
+    code, stdout, err = run_cli(["pipeline", "--annotations", ann, "--images", EXAMPLES / "images", "--out", ann,
+                                 "--limit", "1", "--no-progress"], capsys)
+    assert code == 2 and "would overwrite the annotations" in err, stdout + err
+    assert ann.read_bytes() == (EXAMPLES / "annotations.json").read_bytes() and log == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.json"]  # nothing written
+    classes = tmp_path / "classes.csv"
+    classes.write_text("/m/01,Cat\n")
+    with pytest.raises(ConfigError, match="would overwrite the classes file"):
+        pipeline(PipelineOptions(options(classes, classes=classes)), roles=scripted_roles(generation_answers()))
+    assert classes.read_text() == "/m/01,Cat\n"
+
+
 @pytest.mark.parametrize("http_client", ["aiohttp", "openai"])
 def test_a_pipeline_against_a_server_closes_every_connection_it_opens(tmp_path, http_client):
     """Generation and re-alignment are two event loops sharing the roles: each closes what it opened

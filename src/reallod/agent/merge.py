@@ -88,6 +88,7 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
     meta = first_header.get("meta") or {}
     input_path = Path(meta.get("input") or "")
     fmt = meta.get("format")
+    _refuse_overwrite(Path(out), input_path, meta.get("captions"), [Path(p) for p, *_ in shards])
     if not input_path.is_file():
         raise MergeError(f"the shards' input {input_path} is not there any more (merge reads it for the record order)")
     if fingerprint_file(input_path) != first_fp.get("input"):
@@ -133,6 +134,20 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
                                 agent=meta.get("agent"), captions=captions)
     trace = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
     return MergeResult(Path(out), trace, summary, n)
+
+
+def _refuse_overwrite(out: Path, input_path: Path, captions: str | None, shard_outs: list[Path]) -> None:
+    """Refuse an ``out`` (or its trace) over what the merge reads: the input must stay as the shards
+    saw it, and a shard's output, trace and journal are paid-for work that only a rerun would restore."""
+    read = {input_path.resolve(): "the shards' input"}
+    if captions:
+        read[Path(captions).resolve()] = "the shards' captions"
+    for p in shard_outs:
+        for what, path in (("output", p), ("trace", trace_path_for(p)), ("journal", journal_path_for(p))):
+            read.setdefault(path.resolve(), f"the {what} of shard {p}")
+    for mine in (out, trace_path_for(out)):
+        if mine.resolve() in read:
+            raise ConfigError(f"--out {out} would overwrite {read[mine.resolve()]} ({mine}): give another --out")
 
 
 def _merge_traces(shard_outs: list[Path], out: Path) -> Path | None:

@@ -86,12 +86,13 @@ def _generate_options(
 def generate_cmd(out: _A[Path, typer.Option("--out", help="Raw-expression Real-Data (.jsonl) to write.",
                                             show_default=False)], **options: Any) -> None:
     """Write raw expressions (caption, vlm_short, vlm_long, llm, groups, negatives) for annotated objects."""
-    from reallod.engine.pipeline import generate
+    from reallod.engine.pipeline import check_generated, generate
 
     quiet_transformers()  # the config's roles may be transformers models
     run = generate(_generate_options(out=out, **options), monitor=_engine_monitor(options["progress"]))
     typer.echo(f"generated {run.images} image(s) ({run.ran} now, {run.resumed} resumed) -> {run.out}")
     _generation_summary(run)
+    check_generated(run)  # exit status 1 when every image tried failed, after the summary
 
 
 def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
@@ -99,8 +100,11 @@ def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
     if run.unavailable:
         typer.echo(f"unavailable without a VLM: {', '.join(run.unavailable)} (caption taken from the annotations)")
     typer.echo(_counts_line(run.counts) or "nothing to count")
+    if run.failed:
+        typer.echo(f"{run.failure_line()}: rerun the same command to retry them")
     if not run.records:
         why = "no image selected (an empty shard, or --limit 0)" if not run.images else \
+            "model calls failed or every expression was dropped (above)" if run.failed else \
             "every expression was dropped (the reasons are counted above)"
         typer.echo(f"no record written: {why}; {run.out} is empty")
 

@@ -6,8 +6,10 @@ and why. The VLM writes the caption (centred on the scene: the evidence the refl
 ``vlm_short`` on the highlighted view and ``vlm_long`` with the box outlined; the LLM writes ``llm``
 phrases from the caption and every object's normalised box, group expressions (relation ``multi``) and
 hard negatives. Without a VLM those steps are reported unavailable and the caption is built from the
-annotations, so the LLM steps and the agent still run. A step whose backend fails is counted and
-skipped; only run-level errors (an endpoint that is down, a model that cannot load) stop the run.
+annotations, so the LLM steps and the agent still run. A step whose backend fails is skipped and
+recorded in the result's ``failures`` (per error kind: calls and one example message): the run goes on,
+but such an image is not journaled, so a rerun generates it again. Only run-level errors (an endpoint
+that is down, a model that cannot load) stop the run.
 """
 
 from __future__ import annotations
@@ -131,17 +133,17 @@ def annotation_caption(img: ImageAnnotation) -> str:
     return "The image contains " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
 
 
-async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any], counts: Counter[str], step: str, *,
-               image: Image.Image | None = None, schema: dict[str, Any] | None = None, max_tokens: int,
-               temperature: float | None) -> str | None:
+async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any], counts: Counter[str], step: str,
+               failures: dict[str, list[Any]], *, image: Image.Image | None = None,
+               schema: dict[str, Any] | None = None, max_tokens: int, temperature: float | None) -> str | None:
+    """The reply, or None when the call failed: recorded in ``failures`` (kind → [calls, first message]),
+    since one failed call must not end a long run. Run-level errors (a ConfigError) propagate."""
     messages = prompt.render(values, [image] if image is not None else None)
     counts[f"{step}: calls"] += 1
     try:
         reply = await backend.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
-    except ConfigError:
-        raise  # run-level: stops the run (resumable)
-    except (BackendError, Exception) as e:  # one failed step must not end a long run
-        counts[f"{step}: {type(e).__name__}:failed"] += 1
+    except BackendError as e:
+        failures.setdefault(e.kind, [0, f"{step}: {e}"])[0] += 1
         return None
     return reply.text
 
@@ -150,6 +152,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                          load_image: Callable[[], Image.Image], vocabulary: list[str]) -> dict[str, Any]:
     """The raw-expression record of one image and the counts of what was kept and dropped."""
     counts: Counter[str] = Counter()
+    failures: dict[str, list[Any]] = {}
     s, w, h = settings, img.width, img.height
     objects = list(img.objects)
     if s.max_objects is not None and len(objects) > s.max_objects:
@@ -162,7 +165,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     caption, caption_source = None, "annotations"
     if gens.vlm is not None:
         text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
-                          image=image, max_tokens=s.caption_max_tokens, temperature=temp)
+                          failures, image=image, max_tokens=s.caption_max_tokens, temperature=temp)
         if text and text.strip():
             caption, caption_source = " ".join(text.split()), "vlm"
         else:
@@ -178,8 +181,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         if gens.vlm is not None:
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
-                text = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, image=view,
-                                  max_tokens=s.vlm_max_tokens, temperature=temp)
+                text = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
+                                  image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
                 if text is not None:
                     sources[step] = accept([clean(text)], obj.category, others, max_words=max_words, seen=set(),
                                            counts=counts, step=step, limit=1)
@@ -187,7 +190,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             text = await _ask(gens.llm, gens.prompts["llm"],
                               {"caption": caption, "objects": listing, "category": obj.category,
                                "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
-                               "format": format_hint(s.llm_expressions)}, counts, "llm",
+                               "format": format_hint(s.llm_expressions)}, counts, "llm", failures,
                               schema=list_schema(s.llm_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
             if text is not None:
                 sources["llm"] = accept(parse_list(text), obj.category, others, max_words=s.max_words_llm,
@@ -205,7 +208,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         text = await _ask(gens.llm, gens.prompts["group"],
                           {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
                            "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
-                           "format": format_hint(s.group_expressions)}, counts, "group",
+                           "format": format_hint(s.group_expressions)}, counts, "group", failures,
                           schema=list_schema(s.group_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
         texts = [] if text is None else accept(parse_list(text), category, others, max_words=s.max_words_llm,
                                                seen=set(), counts=counts, step="group", limit=s.group_expressions)
@@ -225,7 +228,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             text = await _ask(gens.llm, gens.prompts["hard_negative"],
                               {"caption": caption, "category": obj.category, "box": norm_box(obj.box, w, h),
                                "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
-                               "format": format_hint(s.hard_negatives)}, counts, "hard_negative",
+                               "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
                               schema=list_schema(s.hard_negatives), max_tokens=s.llm_max_tokens, temperature=temp)
             if text is not None:
                 hard = accept(parse_list(text), obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
@@ -253,7 +256,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         pairs = await asyncio.to_thread(_filter_pairs, pairs, gens, load_image, counts)
     record = {"filename": img.filename, "height": h, "width": w, "caption": caption,
               "caption_source": caption_source, "pairs": pairs}
-    return {"record": record, "counts": dict(counts), "unavailable": gens.unavailable()}
+    return {"record": record, "counts": dict(counts), "unavailable": gens.unavailable(), "failures": failures}
 
 
 def _pair(boxes: list[list[float]], category: str, positives: list[str], negatives: list[str]) -> dict[str, Any]:

@@ -12,8 +12,10 @@ a generation started over (its journal deleted) is another input.
 
 A stage that yields nothing (every expression dropped, a shard without images) is no error: its
 summary says what was dropped and why, every file is written (empty where there is nothing), and the
-next stage runs on nothing. Each stage's event loop closes the backends' connections it opened
-(:meth:`reallod.agent.roles.Roles.aclose`); the next stage opens its own.
+next stage runs on nothing. Images whose model calls failed are not journaled, so a rerun generates
+them again, and re-alignment waits for a complete generation (:func:`check_generated`). Each stage's
+event loop closes the backends' connections it opened (:meth:`reallod.agent.roles.Roles.aclose`); the
+next stage opens its own.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import orjson
 from reallod.agent.realign import RealignOptions, RealignRun, realign
 from reallod.agent.roles import Roles
 from reallod.agent.run_roles import harden, roles_fingerprint
+from reallod.agent.trace import trace_path_for
 from reallod.data.io import JsonlWriter
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
 from reallod.engine.finish import finish
 from reallod.engine.generate import GenerateSettings, Generators, generate_image
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, ReallodError
 from reallod.runs.image_root import ImageLoader
 from reallod.runs.journal import fingerprint, fingerprint_file, journal_path_for
 from reallod.runs.progress import RunMonitor
@@ -77,11 +80,35 @@ class GenerateRun:
     unavailable: list[str]
     wall_s: float
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the generation journal's, and its "run" id
+    failed: int = 0  # images of this run whose model calls failed: not journaled, a rerun generates them
+    failures: dict[str, list[Any]] = field(default_factory=dict)  # error kind → [failed calls, one message]
 
     @property
     def records(self) -> int:
         """Records written to the generated file (0: every image's expressions were dropped)."""
         return self.counts["record:written"]
+
+    def failure_line(self) -> str:
+        """How many images failed and why: failed calls per error kind, with one message each."""
+        kinds = "; ".join(f"{kind} {n} call(s), e.g. {example}"
+                          for kind, (n, example) in sorted(self.failures.items()))
+        return f"{self.failed} image(s) not generated, their model calls failed ({kinds})"
+
+
+class GenerationFailed(ReallodError):
+    """Images whose model calls failed (the server errs, the model cannot answer): nothing, or not
+    everything, was generated. The images are not journaled, so the same command retries them."""
+
+    exit_code = 1
+
+
+def check_generated(run: GenerateRun, *, complete: bool = False) -> None:
+    """Raise :class:`GenerationFailed` when every image this run tried failed, or with ``complete`` when
+    any did (the pipeline re-aligns a complete generation only: its task ids are record positions, so a
+    record generated later in the middle of the file would shift them under the re-alignment journal)."""
+    if run.failed and (complete or not run.ran):
+        what = "re-alignment waits for every image" if complete else "nothing was generated"
+        raise GenerationFailed(f"{run.failure_line()}; {what}: rerun the same command to retry them")
 
 
 def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
@@ -118,8 +145,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         raise ConfigError("--concurrency must be at least 1")
     shard = parse_shard(opts.shard)
     journal_path = journal_path_for(opts.out)
-    if opts.out.resolve() in (opts.annotations.resolve(), journal_path.resolve()):
-        raise ConfigError(f"--out {opts.out} would overwrite the annotations or the journal")
+    if opts.out.resolve() in {p.resolve() for p in (opts.annotations, opts.classes, journal_path) if p}:
+        raise ConfigError(f"--out {opts.out} would overwrite the annotations, the classes file or the journal")
     anns = read_annotations(opts.annotations, opts.images, classes=opts.classes,
                             options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area))
     todo_all = selected_images(anns.images, shard, opts.limit)
@@ -149,12 +176,21 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                           scorer=scorer, threshold=opts.clip_threshold)
         unavailable = gens.unavailable()
         todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
+        failed: dict[str, list[Any]] = {}
+        failed_images = 0
 
         async def work(item: tuple[str, ImageAnnotation]) -> dict[str, Any]:
             img = item[1]
             return await generate_image(img, gens, opts.settings, lambda: loader.load(img.filename), anns.vocabulary)
 
         async def handle(item: tuple[str, ImageAnnotation], entry: dict[str, Any], elapsed: float) -> None:
+            nonlocal failed_images
+            if entry["failures"]:  # not journaled: the next run generates this image again
+                failed_images += 1
+                for kind, (n, example) in entry["failures"].items():
+                    failed.setdefault(kind, [0, example])[0] += n
+                monitor.task_done("failed")
+                return
             await journal.append(item[0], {**entry, "elapsed_s": round(elapsed, 4)})
             monitor.task_done("generated")
 
@@ -162,8 +198,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                           aclose=hardened.aclose)  # this loop's connections, closed on this loop
         resumed = journal.resumed
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
-    return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran, counts, unavailable,
-                       time.perf_counter() - t0, {**fp, "run": started})
+    return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - failed_images, counts, unavailable,
+                       time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed)
 
 
 def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[str]:
@@ -231,6 +267,19 @@ def stage_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{stem}.generated.jsonl"), out.with_name(f"{stem}.realigned.jsonl")
 
 
+def _refuse_overwrite(g: GenerateOptions, gen_path: Path, realigned_path: Path) -> None:
+    """Refuse an ``--out`` that is an input or a stage's file: the output is written last, over it
+    (the annotations would be lost, a stage's journal would stop resuming)."""
+    named = {"the annotations": g.annotations, "the classes file": g.classes, "the generated file": gen_path,
+             "the generation journal": journal_path_for(gen_path), "the re-aligned file": realigned_path,
+             "the re-alignment journal": journal_path_for(realigned_path),
+             "the re-alignment trace": trace_path_for(realigned_path)}
+    out = g.out.resolve()
+    for what, path in named.items():
+        if path is not None and path.resolve() == out:
+            raise ConfigError(f"--out {g.out} would overwrite {what}: give another --out")
+
+
 def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
              monitors: Callable[[str], RunMonitor | None] | None = None, scorer: Any = None) -> PipelineRun:
     """generate → realign → assemble, every stage resumable; the models are loaded once.
@@ -239,6 +288,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
     monitors = monitors or (lambda stage: None)
     g = opts.generate
     gen_path, realigned_path = stage_paths(g.out)
+    _refuse_overwrite(g, gen_path, realigned_path)
     name, max_cycles, concurrency = str(g.config), opts.max_cycles, g.concurrency
     if roles is None:
         roles, name, cfg_cycles, concurrency = build_roles_for(g)
@@ -246,6 +296,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
     gen_opts = GenerateOptions(**{**{k: getattr(g, k) for k in g.__slots__}, "out": gen_path,
                                   "concurrency": concurrency})
     generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer)
+    check_generated(generated, complete=True)
     # the generated file is Real-Data even when empty (nothing kept: the stage says why), and it is
     # named by what it was generated from, by which generation journal: a larger --limit appends
     # records and still resumes, a generation started over is another input
