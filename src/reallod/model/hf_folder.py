@@ -169,6 +169,8 @@ def load_model_checked(folder: str | Path, config, dtype: torch.dtype | None = N
 
     ``source``: what the user gave (a weights file written into a temporary ``folder``), named in errors.
     """
+    from safetensors import SafetensorError
+
     where = str(source) if source is not None else str(folder)
     cls = detector_class(config)
     try:
@@ -176,6 +178,10 @@ def load_model_checked(folder: str | Path, config, dtype: torch.dtype | None = N
                                           ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}: cannot load the detector weights ({one_line(e)})") from e
+    except SafetensorError as e:  # a truncated or overwritten file: name it
+        files = sorted(Path(folder).glob("*.safetensors"))
+        name = source if source is not None else files[0] if len(files) == 1 else folder
+        raise ConfigError(f"{name}: damaged or incomplete weights file ({one_line(e)})") from e
     except RuntimeError as e:  # size mismatches are raised by torch's load
         raise ConfigError(f"{where}: weights do not fit the config: {one_line(e)}") from e
     problems = []

@@ -49,7 +49,7 @@ class Progress:
             return cls(int(d["step"]), int(d["epoch"]), int(d["batch_in_epoch"]), str(d.get("reason", "")),
                        int(d.get("processes", 1)), int(d.get("batch_size", 0)))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: not a readable checkpoint state ({e})") from None
+            raise damaged(path, f"{path}: not a readable checkpoint state ({e})") from None
 
 
 def checkpoint_dir(work_dir: str | Path) -> Path:
@@ -121,10 +121,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_torch(path: Path) -> Any:
+    """``torch.load`` with ``weights_only``; a damaged file fails in many ways (``KeyError: 101`` for
+    text), each one a :class:`ConfigError` naming the file and what to do."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ConfigError(f"{path}: cannot read checkpoint file ({e})") from None
+    except Exception as e:  # whatever the unpickler raises, the file is unusable
+        detail = " ".join(str(e).split())[:200]
+        raise damaged(path, f"{path}: cannot read this checkpoint file ({type(e).__name__}: {detail})") from None
+
+
+def damaged(path: Path, message: str) -> ConfigError:
+    """``message`` plus what to do: resume from the newest older checkpoint of the work dir, or delete this one."""
+    ckpt = next((p for p in Path(path).parents if CKPT_RE.match(p.name)), Path(path).parent)
+    older = [c for c in list_checkpoints(ckpt.parent.parent) if c.name < ckpt.name]
+    if older:
+        return ConfigError(f"{message}; the checkpoint is damaged: resume from an older one "
+                           f"(`--resume {older[-1]}`), or delete {ckpt}")
+    return ConfigError(f"{message}; the checkpoint is damaged and there is no older one: delete {ckpt} and start over")
 
 
 def replace_folder(new: Path, dst: Path) -> None:

@@ -57,6 +57,7 @@ class FileIndex:
     lines: list[bytes] | None  # the lines themselves (gzip files)
     skipped: Counter = field(default_factory=Counter)  # reason -> lines left out
     categories: set[str] = field(default_factory=set)
+    sources: set[str] = field(default_factory=set)  # text sources its records have (data.source_probs keys)
 
     def __len__(self) -> int:
         return len(self.line_numbers)
@@ -92,6 +93,7 @@ def index_file(spec: DataFile) -> FileIndex:
     numbers, offsets, lines = [], [], []
     skipped: Counter = Counter()
     categories: set[str] = set()
+    sources: set[str] = set()
     source = ((n, 0, line) for n, line in iter_lines(spec.path)) if gz else _plain_lines(spec.path)
     for lineno, offset, line in source:
         try:
@@ -108,11 +110,12 @@ def index_file(spec: DataFile) -> FileIndex:
             lines.append(line)
         else:
             offsets.append(offset)
+        sources.update(record.pairs)
         for _, _, pair in record.iter_pairs():
             if pair.category and len(categories) < 100_000:
                 categories.add(pair.category)
     return FileIndex(spec, np.asarray(numbers, dtype=np.int64), None if gz else np.asarray(offsets, dtype=np.int64),
-                     lines if gz else None, skipped, categories)
+                     lines if gz else None, skipped, categories, sources)
 
 
 def epoch_plan(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from reallod.data.images import open_image
+from reallod.data.images import open_header, open_image, upright_size
 from reallod.data.records import Record
+from reallod.errors import DataError
 from reallod.eval.coco_tools import coco_evaluate
 from reallod.eval.common import xyxy_to_xywh
 from reallod.model.detections import Detections
@@ -116,3 +117,22 @@ def load_eval_records(path: str | Path, images: str | Path, max_images: int | No
         if record is not None:
             out.append((record, str(Path(images) / record.filename)))
     return out
+
+
+def check_images(records: Sequence[tuple[Record, str]]) -> None:
+    """Refuse, naming the file, a held-out image that is missing, unreadable, truncated (where the format
+    lets us tell without decoding: PNG) or not of its record's size. Run at setup: the first evaluation,
+    an epoch later, would otherwise be the one to find it, and end the run."""
+    for record, path in records:
+        try:
+            with open_header(path) as im:
+                size = upright_size(im)
+                im.verify()  # walks the file's chunks (PNG: to the end, CRCs checked) without decoding
+        except FileNotFoundError:
+            raise DataError("held-out image not found (is eval.images the root of eval.file's filenames?)",
+                            path=path) from None
+        except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated, damaged
+            raise DataError(f"held-out image cannot be read ({type(e).__name__}: {e})", path=path) from None
+        if size != (record.width, record.height):
+            raise DataError(f"held-out image is {size[0]}×{size[1]}, its record says {record.width}×{record.height}",
+                            path=path)

@@ -37,10 +37,11 @@ from reallod.train.losses import install as install_loss
 from reallod.train.losses import training_loss
 from reallod.train.metrics_log import MetricsLog
 from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
-from reallod.train.sampling import TextOptions
+from reallod.train.sampling import TextOptions, check_source_names
 
 MODEL_INPUTS = ("pixel_values", "pixel_mask", "input_ids", "attention_mask", "token_type_ids")
 MAX_FAILURES_SHOWN = 10
+HYPERPARAMETERS = ("initial_lr", "lr_mult", "weight_decay", "betas", "eps")  # of each group, set by the config
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_enc", "loss_bbox_enc", "loss_giou_enc")
 
 
@@ -184,8 +185,13 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     set_seed(cfg.seed)
 
     test_scale = (cfg.augment.test_scale[0], cfg.augment.test_scale[1])
-    model, tokenizer, processor = build_detector(cfg.model, seed=cfg.seed, test_scale=test_scale,
-                                                 folder=ckpt / "model" if ckpt else None)
+    try:
+        model, tokenizer, processor = build_detector(cfg.model, seed=cfg.seed, test_scale=test_scale,
+                                                     folder=ckpt / "model" if ckpt else None)
+    except ConfigError as e:
+        if ckpt is None:
+            raise
+        raise C.damaged(ckpt / "model", str(e)) from None
     max_text_len = cfg.data.max_text_len or int(model.config.max_text_len)
     if max_text_len > int(model.config.max_text_len):
         raise ConfigError(f"data.max_text_len {max_text_len} exceeds the model's max_text_len "
@@ -194,6 +200,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     text = TextOptions(source_probs=dict(cfg.data.source_probs), positives_per_instance=cfg.data.positives_per_instance,
                        max_negatives=cfg.data.max_negatives, max_text_len=max_text_len,
                        relations=tuple(cfg.data.relations), shuffle_phrases=cfg.data.shuffle_phrases)
+    check_source_names(text.source_probs, {s for f in files for s in f.sources})
     mean = tuple(getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406))
     std = tuple(getattr(processor, "image_std", None) or (0.229, 0.224, 0.225))
     dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std)
@@ -203,6 +210,10 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                                          num_workers=cfg.data.num_workers, generator=loader_gen,
                                          pin_memory=accelerator.device.type == "cuda")
     batches_per_epoch = sampler.batches_per_epoch()
+    if batches_per_epoch == 0:
+        raise ConfigError("nothing to train: data.train gives no image an epoch ("
+                          + ", ".join(f"{f.spec.path}: {len(f)} usable records × ratio {f.spec.ratio:g}" for f in files)
+                          + ")")
     accum = cfg.train.grad_accum
     steps_per_epoch = -(-batches_per_epoch // accum)
     total_batch = cfg.train.batch_size * world * accum
@@ -214,9 +225,11 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     model_config = model.config
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    progress = C.Progress(0, 0, 0, "start")
+    progress, overridden = C.Progress(0, 0, 0, "start"), ""
     if ckpt is not None:
-        progress = _load_training_state(ckpt, optimizer, scheduler, accelerator, rank)
+        progress, overridden = _load_training_state(ckpt, optimizer, scheduler, accelerator, rank)
+    if resume:
+        log.drop_after(progress.step)  # the steps after the checkpoint are done again
     eval_queries = _eval_queries(cfg) if main else None
     best = _read_best(work_dir)
     if main:
@@ -231,6 +244,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
         if ckpt is not None:
             log.info(f"resumed from {ckpt} (step {progress.step}, epoch {progress.epoch}, "
                      f"batch {progress.batch_in_epoch})")
+            if overridden:
+                log.info(f"the config's optimizer settings replace the checkpoint's: {overridden}")
             if progress.batch_size and (progress.processes, progress.batch_size) != (world, cfg.train.batch_size * accum):
                 log.info(f"warning: the checkpoint was written by {progress.processes} process(es) × "
                          f"{progress.batch_size} images per step; this run has {world} × "
@@ -243,6 +258,10 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     max_steps = cfg.schedule.max_steps
     stop = max_steps is not None and step >= max_steps
     window = _Window()
+    if ckpt is not None and cfg.eval.file and _eval_due(cfg, step, progress, start_batch == 0, stop):
+        # The checkpoint is written before its evaluation, which an interrupt may have cut short: do it now.
+        result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg, eval_queries, step,
+                                                  progress, work_dir, result, log, missing_only=True)
 
     while epoch < cfg.schedule.epochs and not stop:
         sampler.set_epoch(epoch, start_batch)
@@ -412,24 +431,46 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any
     return final
 
 
-def _load_training_state(ckpt: Path, optimizer: Any, scheduler: Any, accelerator: Any, rank: int) -> C.Progress:
+def _load_training_state(ckpt: Path, optimizer: Any, scheduler: Any, accelerator: Any, rank: int
+                         ) -> tuple[C.Progress, str]:
+    """Progress, and which optimizer settings of the checkpoint the config replaced ("" for none)."""
     progress = C.Progress.from_json(ckpt / "state.json")
+    configured = [{k: g[k] for k in HYPERPARAMETERS} for g in optimizer.param_groups]
     optimizer.load_state_dict(C.load_torch(ckpt / "optimizer.pt"))
     scheduler.load_state_dict(C.load_torch(ckpt / "scheduler.pt"))
+    overridden = _keep_configured(optimizer, scheduler, configured)
     if accelerator.scaler is not None and (ckpt / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(C.load_torch(ckpt / "scaler.pt"))
     rng = ckpt / f"rng-{rank}.pt"
     if rng.is_file():
         C.set_rng_state(C.load_torch(rng))
-    return progress
+    return progress, overridden
+
+
+def _keep_configured(optimizer: Any, scheduler: Any, configured: list[dict[str, Any]]) -> str:
+    """The config wins over the checkpoint: ``load_state_dict`` brings back the saved rate, weight decay,
+    betas and eps (and the scheduler its base rates), so ``--cfg-options optim.lr=...`` on a resume would
+    otherwise be ignored. The rate is recomputed from the configured base and the schedule at the
+    checkpoint's step; unchanged settings give the very same numbers. Returns what changed, e.g.
+    ``"lr 0.001 → 0.0005"``."""
+    changed: dict[str, str] = {}
+    for i, (group, want) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
+        for k, v in want.items():
+            if group.get(k) != v:
+                changed.setdefault("lr" if k == "initial_lr" else k, f"{group.get(k)} → {v}")
+            group[k] = v
+        scheduler.base_lrs[i] = want["initial_lr"]
+        group["lr"] = want["initial_lr"] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+    return ", ".join(f"{k} {v}" for k, v in changed.items())
 
 
 def _eval_queries(cfg: TrainConfig) -> list | None:
     if not cfg.eval.file:
         return None
-    from reallod.train.evaluate import eval_queries, load_eval_records
+    from reallod.train.evaluate import check_images, eval_queries, load_eval_records
 
     records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images)
+    check_images(records)  # now, not at the first evaluation an epoch later
     queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
     if not queries:
         raise ConfigError(f"{cfg.eval.file}: no evaluation queries (no positive expressions in sources "
@@ -446,11 +487,13 @@ def _read_best(work_dir: Path) -> dict[str, Any] | None:
 
 
 def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
-              step: int, pos: C.Progress, work_dir: Path, result: TrainResult, log: MetricsLog
-              ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves."""
+              step: int, pos: C.Progress, work_dir: Path, result: TrainResult, log: MetricsLog,
+              missing_only: bool = False) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves.
+    ``best/`` is settled before the ``eval.csv`` row is written, so a row means this step is done
+    (``missing_only``: skip a step that has one)."""
     metrics, best = None, result.best
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not (missing_only and step in log.steps("eval")):
         from reallod.model.hf_folder import save_tokenizer
         from reallod.model.inference import Detector
         from reallod.train.evaluate import detect_queries, pooled_ap
@@ -465,8 +508,9 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
         finally:
             net.train()
         value = metrics[cfg.eval.metric]
-        log.scalars(step, {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}, table="eval")
-        if not math.isnan(value) and (best is None or value > best["value"]):
+        row = {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}
+        improved = not math.isnan(value) and (best is None or value > best["value"])
+        if improved:
             best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
             new = work_dir / "best.new"
             shutil.rmtree(new, ignore_errors=True)
@@ -475,6 +519,8 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
             processor.save_pretrained(str(new))
             (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
             C.replace_folder(new, work_dir / "best")
+        log.scalars(step, row, table="eval")
+        if improved:
             log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")
     accelerator.wait_for_everyone()
     return metrics, best

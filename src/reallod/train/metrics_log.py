@@ -1,13 +1,15 @@
 """Where training numbers go: the console, CSV files and (when the package is installed) TensorBoard.
 
 Training rows go to ``log.csv``, evaluation rows to ``eval.csv``. A CSV's columns are fixed by its
-first row, and a resumed run appends to the same file under the same header.
+first row, and a resumed run appends to the same file under the same header, after dropping the rows
+of the steps it does again (:meth:`MetricsLog.drop_after`).
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +51,37 @@ class MetricsLog:
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         self.echo(f"{'' if table == 'train' else table + ' '}step {step} {shown}")
 
+    def drop_after(self, step: int) -> None:
+        """On resume: the steps after the checkpoint are done again, so their rows go (each CSV rewritten
+        atomically; TensorBoard hides the events from ``step + 1`` on)."""
+        if not self.enabled:
+            return
+        for table in ("train", "eval"):
+            path = self._path(table)
+            rows = _read_csv(path)
+            if not rows:
+                continue
+            kept = [r for r in rows[1:] if (s := _step(r)) is not None and s <= step]
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([rows[0], *kept])
+            os.replace(tmp, path)
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(str(self.work_dir / "tensorboard"), purge_step=step + 1)
+
+    def steps(self, table: str) -> set[int]:
+        """The steps ``table`` has rows for."""
+        return {s for r in _read_csv(self._path(table))[1:] if (s := _step(r)) is not None}
+
+    def _path(self, table: str) -> Path:
+        return self.work_dir / ("log.csv" if table == "train" else f"{table}.csv")
+
     def _csv(self, table: str, row: dict[str, Any]) -> None:
         if table not in self._files:
-            path = self.work_dir / ("log.csv" if table == "train" else f"{table}.csv")
+            path = self._path(table)
             fields = list(row)
             new = not path.is_file() or path.stat().st_size == 0
             if not new:
@@ -79,3 +109,19 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
     return str(v)
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    """Header and rows (the step first); empty when there is no file yet."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def _step(row: list[str]) -> int | None:
+    """A row's step; None for a line a kill cut short."""
+    try:
+        return int(row[0])
+    except (IndexError, ValueError):
+        return None

@@ -15,11 +15,12 @@ delimiter ids, DESIGN §6). Pure logic: the tokenizer is passed in as text → t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from reallod.data.records import TRAINING_SOURCES
 from reallod.errors import ConfigError
 from reallod.model import token_prompt as P
 
@@ -77,6 +78,16 @@ class TextSample:
     spans: list[tuple[int, int]]  # per phrase: [start, end) token positions
     boxes: np.ndarray  # (n, 4) xyxy pixels
     class_labels: np.ndarray  # (n,) phrase index of each box
+
+
+def check_source_names(source_probs: Mapping[str, float], data_sources: Iterable[str]) -> None:
+    """Refuse a ``data.source_probs`` key that is neither a training source nor one the data has: a typo
+    (``vlm-short``) would otherwise never be drawn, and its share silently go to the others."""
+    known = {*TRAINING_SOURCES, *data_sources}
+    unknown = sorted(set(source_probs) - known)
+    if unknown:
+        raise ConfigError(f"data.source_probs: unknown source {', '.join(unknown)}; the known sources are "
+                          f"{', '.join(sorted(known))}")
 
 
 def _key(text: str) -> str:

@@ -1,0 +1,134 @@
+"""Resume keeps what an uninterrupted run would have (evaluations, logs, the config's optimizer settings)
+and names a damaged checkpoint file; setup refuses what would fail or do nothing later."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reallod.errors import ConfigError, DataError
+from reallod.train import checkpoint as C
+from reallod.train import evaluate
+from reallod.train.loop import TrainInterrupted, train
+
+from .helpers import tiny_config
+
+
+def _quiet(s: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    data = tmp_path_factory.mktemp("shapes") / "data"
+    train(tiny_config(data, ["schedule.max_steps=1"]), tmp_path_factory.mktemp("gen"), echo=_quiet)  # generates it
+    return data
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_an_evaluation_cut_short_is_done_on_resume(tmp_path, shapes, monkeypatch):
+    # 2 epochs of 6 steps, an evaluation at each epoch end (6, 12), each written after its checkpoint.
+    opts = ["schedule.epochs=2", "eval.every_epochs=1"]
+    full = tmp_path / "full"
+    train(tiny_config(shapes, opts), full, echo=_quiet)
+    detect = evaluate.detect_queries
+    calls: list[int] = []
+
+    def interrupt_at(n: int):
+        def fake(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return detect(*args, **kwargs)
+        return fake
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(1))  # Ctrl-C during the evaluation at step 6
+    with pytest.raises(TrainInterrupted):
+        train(tiny_config(shapes, opts), run, echo=_quiet)
+    calls.clear()
+    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(2))  # the redone one at 6, then the last one, at 12
+    with pytest.raises(TrainInterrupted):
+        train(tiny_config(shapes, opts), run, resume=True, echo=_quiet)
+    monkeypatch.setattr(evaluate, "detect_queries", detect)
+    train(tiny_config(shapes, opts), run, resume=True, echo=_quiet)
+    want, got = _rows(full / "eval.csv"), _rows(run / "eval.csv")
+    assert [r["step"] for r in got] == ["6", "12"]
+    for a, b in zip(want, got, strict=True):
+        assert {k: v for k, v in a.items() if k != "eval_s"} == {k: v for k, v in b.items() if k != "eval_s"}
+    assert (run / "best" / "best.json").read_text() == (full / "best" / "best.json").read_text()
+
+
+def test_resume_drops_the_log_rows_it_redoes(tmp_path, shapes):
+    cfg = tiny_config(shapes, ["schedule.max_steps=3", "checkpoint.every_steps=2"])
+    train(cfg, tmp_path, echo=_quiet)
+    shutil.rmtree(tmp_path / "checkpoints" / C.checkpoint_name(3))  # as if killed after step 3's log row
+    train(tiny_config(shapes, ["schedule.max_steps=4"]), tmp_path, resume=True, echo=_quiet)
+    assert [r["step"] for r in _rows(tmp_path / "log.csv")] == ["1", "2", "3", "4"]
+
+
+def test_resume_takes_the_configs_optimizer_settings(tmp_path, shapes):
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    messages: list[str] = []
+    train(tiny_config(shapes, ["schedule.max_steps=2", "optim.lr=5e-4", "optim.weight_decay=0.01",
+                               "optim.betas=[0.8,0.99]"]), tmp_path, resume=True, echo=messages.append)
+    # step 2 is in the warm-up: factor 0.5 + 0.5 × 1/2 of the new base rate
+    assert float(_rows(tmp_path / "log.csv")[-1]["lr"]) == pytest.approx(5e-4 * 0.75)
+    assert any("optimizer settings replace the checkpoint's: lr 0.001 → 0.0005, weight_decay 0.0001 → 0.01, "
+               "betas (0.9, 0.999) → (0.8, 0.99)" in m for m in messages)
+    ckpt = tmp_path / "checkpoints" / C.checkpoint_name(2)
+    groups = C.load_torch(ckpt / "optimizer.pt")["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01} and {tuple(g["betas"]) for g in groups} == {(0.8, 0.99)}
+    assert C.load_torch(ckpt / "scheduler.pt")["base_lrs"][0] == pytest.approx(5e-4)
+
+
+def test_a_damaged_checkpoint_file_is_named_with_what_to_do(tmp_path, shapes):
+    train(tiny_config(shapes, ["schedule.max_steps=2", "checkpoint.every_steps=1"]), tmp_path, echo=_quiet)
+    older, ckpt = tmp_path / "checkpoints" / C.checkpoint_name(1), tmp_path / "checkpoints" / C.checkpoint_name(2)
+    (ckpt / "optimizer.pt").write_text("not a checkpoint\n")
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=_quiet)
+    assert str(ckpt / "optimizer.pt") in str(e.value) and f"--resume {older}" in str(e.value)
+    weights = ckpt / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=_quiet)
+    assert str(weights) in str(e.value) and "damaged" in str(e.value) and f"--resume {older}" in str(e.value)
+
+
+@pytest.mark.parametrize("problem", ["truncated", "wrong root"])
+def test_a_bad_held_out_image_fails_at_setup(tmp_path, shapes, problem):
+    images = tmp_path / "eval"
+    if problem == "truncated":
+        shutil.copytree(shapes / "images", images / "images")
+        bad = images / "images" / "val_00001.png"
+        bad.write_bytes(bad.read_bytes()[:200])  # the header is whole: only the pixels are cut
+    else:
+        images.mkdir()
+        bad = images / "images" / "val_00000.png"
+    cfg = tiny_config(shapes, ["schedule.max_steps=1", "eval.every_epochs=1", f"eval.file={shapes / 'val.jsonl'}",
+                               f"eval.images={images}"])
+    with pytest.raises(DataError, match=re.escape(str(bad))):
+        train(cfg, tmp_path / "run", echo=_quiet)
+    assert C.latest_checkpoint(tmp_path / "run") is None  # found before any training
+
+
+def test_nothing_to_train_is_an_error(tmp_path, shapes):
+    cfg = tiny_config(shapes, [f"data.train=[{{file: {shapes / 'train.jsonl'}, images: {shapes}, ratio: 0}}]"])
+    with pytest.raises(ConfigError, match=r"nothing to train.*12 usable records × ratio 0"):
+        train(cfg, tmp_path, echo=_quiet)
+
+
+def test_a_misspelt_text_source_is_refused(tmp_path, shapes):
+    cfg = tiny_config(shapes, ["data.source_probs={category: 0.5, vlm-short: 0.5}"])
+    with pytest.raises(ConfigError, match="unknown source vlm-short; the known sources are category, llm, "
+                                          "vlm_long, vlm_short"):
+        train(cfg, tmp_path, echo=_quiet)
