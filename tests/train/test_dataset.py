@@ -65,8 +65,18 @@ def test_index_skips_unusable_lines_with_reasons(files):
     b = index_file(DataFile(str(files / "b.jsonl.gz"), str(files)))
     assert len(a) == 6 and a.line_numbers.tolist() == [1, 2, 3, 4, 8, 9]
     assert dict(a.skipped) == {"bad_json": 1, "missing_field": 1, "no_usable_box": 1}
-    assert len(b) == 3 and b.lines is not None and b.categories == {"cube"}
+    assert len(b) == 3 and b.blob is not None and b.categories == {"cube"}
     assert "6 records, skipped 1 bad_json, 1 missing_field, 1 no_usable_box" in skipped_summary([a, b])
+    assert [orjson.loads(b.read(i))["filename"] for i in range(3)] == ["im0.png", "im1.png", "im2.png"]
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.jsonl.gz"])
+def test_a_byte_order_mark_does_not_cost_the_first_record(files, name):
+    """It was counted as bad JSON and the first record left out, without a word beyond the count."""
+    _write(files / name, [b"\xef\xbb\xbf" + orjson.dumps(_record("im0.png")), _record("im1.png")])
+    index = index_file(DataFile(str(files / name), str(files)))
+    assert len(index) == 2 and not index.skipped
+    assert orjson.loads(index.read(0))["filename"] == "im0.png"
 
 
 def test_clean_record_clamps_boxes_and_drops_bad_pairs():

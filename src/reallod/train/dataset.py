@@ -1,8 +1,9 @@
 """The training dataset over one or more Real-Data files, each with its image root and sampling ratio.
 
 Each file is scanned once: lines that are not usable records are counted by reason and left out,
-the byte offsets of the others are kept (gzip files keep their lines in memory instead, since they
-cannot be seeked), and the category names are collected as the ``category`` source's negatives.
+the byte offsets of the others are kept (gzip files cannot be seeked: their usable lines are kept in
+memory, decompressed, as one buffer that DataLoader workers share with the process that forked them),
+and the category names are collected as the ``category`` source's negatives.
 An item is read, cleaned, augmented and turned into a prompt on demand.
 
 An epoch is a list of (file, record) indices: a file with ratio r contributes each record r times
@@ -34,6 +35,8 @@ from reallod.train import augment as A
 from reallod.train.sampling import TextOptions, TextSample, build_text_sample
 from reallod.train.targets import all_boxes, apply_geometry, clean_record, record_targets
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first
+
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)
 MAX_IMAGE_RETRIES = 20
@@ -53,8 +56,8 @@ class DataFile:
 class FileIndex:
     spec: DataFile
     line_numbers: np.ndarray  # of the usable lines
-    offsets: np.ndarray | None  # byte offsets (plain files)
-    lines: list[bytes] | None  # the lines themselves (gzip files)
+    offsets: np.ndarray  # byte offsets of the usable lines: in the file, or in ``blob`` (one more: its end)
+    blob: bytearray | None  # the usable lines themselves, back to back (gzip files)
     skipped: Counter = field(default_factory=Counter)  # reason -> lines left out
     categories: set[str] = field(default_factory=set)
     sources: set[str] = field(default_factory=set)  # text sources its records have (data.source_probs keys)
@@ -63,11 +66,11 @@ class FileIndex:
         return len(self.line_numbers)
 
     def read(self, i: int) -> bytes:
-        if self.lines is not None:
-            return self.lines[i]
+        if self.blob is not None:
+            return bytes(memoryview(self.blob)[int(self.offsets[i]):int(self.offsets[i + 1])])
         with open(self.spec.path, "rb") as f:
             f.seek(int(self.offsets[i]))
-            return f.readline()
+            return f.readline().removeprefix(BOM)
 
 
 def _plain_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
@@ -90,12 +93,15 @@ def index_file(spec: DataFile) -> FileIndex:
     if not os.path.isdir(spec.images):
         raise DataError("image root not found (data.train[].images)", path=spec.images)
     gz = is_gzip_file(spec.path)
-    numbers, offsets, lines = [], [], []
+    numbers, offsets = [], []
+    blob = bytearray() if gz else None
     skipped: Counter = Counter()
     categories: set[str] = set()
     sources: set[str] = set()
     source = ((n, 0, line) for n, line in iter_lines(spec.path)) if gz else _plain_lines(spec.path)
     for lineno, offset, line in source:
+        if lineno == 1:
+            line = line.removeprefix(BOM)
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -106,16 +112,19 @@ def index_file(spec: DataFile) -> FileIndex:
             skipped[reason or "invalid"] += 1
             continue
         numbers.append(lineno)
-        if gz:
-            lines.append(line)
+        if blob is not None:
+            offsets.append(len(blob))
+            blob += line
         else:
             offsets.append(offset)
         sources.update(record.pairs)
         for _, _, pair in record.iter_pairs():
             if pair.category and len(categories) < 100_000:
                 categories.add(pair.category)
-    return FileIndex(spec, np.asarray(numbers, dtype=np.int64), None if gz else np.asarray(offsets, dtype=np.int64),
-                     lines if gz else None, skipped, categories, sources)
+    if blob is not None:
+        offsets.append(len(blob))
+    return FileIndex(spec, np.asarray(numbers, dtype=np.int64), np.asarray(offsets, dtype=np.int64), blob, skipped,
+                     categories, sources)
 
 
 def epoch_plan(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
