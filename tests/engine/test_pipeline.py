@@ -280,6 +280,9 @@ def test_a_pipeline_against_a_failing_server_exits_1_with_its_error_and_a_rerun_
     assert code == 1, stdout + err
     assert "2 image(s) not generated" in err and "server" in err and "HTTP 500: boom" in err
     assert err.count("\n") == 1 and not out.with_name("o.realigned.jsonl").exists()
+    generate_argv = ["generate", *argv[1:argv.index("--out") + 1], tmp_path / "g.jsonl", *argv[argv.index("--out") + 2:]]
+    code, stdout, err = run_cli(generate_argv, capsys)  # `reallod generate` alone: its count line says so too
+    assert code == 1 and "generated 2 image(s) (0 now, 0 resumed, 2 failed)" in stdout, stdout + err
     answers["answers"] = generation_answers()  # the server works again
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, stdout + err

@@ -90,9 +90,13 @@ def generate_cmd(out: _A[Path, typer.Option("--out", help="Raw-expression Real-D
 
     quiet_transformers()  # the config's roles may be transformers models
     run = generate(_generate_options(out=out, **options), monitor=_engine_monitor(options["progress"]))
-    typer.echo(f"generated {run.images} image(s) ({run.ran} now, {run.resumed} resumed) -> {run.out}")
+    typer.echo(f"generated {run.images} image(s) ({_done(run)}) -> {run.out}")
     _generation_summary(run)
     check_generated(run)  # exit status 1 when every image tried failed, after the summary
+
+
+def _done(run) -> str:  # type: ignore[no-untyped-def]
+    return f"{run.ran} now, {run.resumed} resumed" + (f", {run.failed} failed" if run.failed else "")
 
 
 def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +134,7 @@ def pipeline_cmd(
     run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
                    monitors=lambda stage: _engine_monitor(options["progress"], stage))
     g = run.generated
-    typer.echo(f"generate: {g.images} image(s) ({g.ran} now, {g.resumed} resumed) -> {run.paths['generated']}")
+    typer.echo(f"generate: {g.images} image(s) ({_done(g)}) -> {run.paths['generated']}")
     _generation_summary(g)
     s = run.realigned.summary
     typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts)) or 'nothing to re-align'} "
