@@ -90,6 +90,16 @@ def test_resume_takes_the_configs_optimizer_settings(tmp_path, shapes):
     assert C.load_torch(ckpt / "scheduler.pt")["base_lrs"][0] == pytest.approx(5e-4)
 
 
+def test_a_resume_that_freezes_a_part_says_why_it_cannot_go_on(tmp_path, shapes):
+    """A multiplier set to 0 drops the part's parameter groups: PyTorch's bare ValueError said only that
+    the groups differ."""
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    with pytest.raises(ConfigError, match=r"optimizer\.pt: the checkpoint's optimizer does not fit this config .*"
+                                          r"multiplier set to or from 0 .*model\.init="):
+        train(tiny_config(shapes, ["schedule.max_steps=2", "optim.text_lr_mult=0"]), tmp_path, resume=True,
+              echo=_quiet)
+
+
 def test_a_damaged_checkpoint_file_is_named_with_what_to_do(tmp_path, shapes):
     train(tiny_config(shapes, ["schedule.max_steps=2", "checkpoint.every_steps=1"]), tmp_path, echo=_quiet)
     older, ckpt = tmp_path / "checkpoints" / C.checkpoint_name(1), tmp_path / "checkpoints" / C.checkpoint_name(2)

@@ -436,7 +436,14 @@ def _load_training_state(ckpt: Path, optimizer: Any, scheduler: Any, accelerator
     """Progress, and which optimizer settings of the checkpoint the config replaced ("" for none)."""
     progress = C.Progress.from_json(ckpt / "state.json")
     configured = [{k: g[k] for k in HYPERPARAMETERS} for g in optimizer.param_groups]
-    optimizer.load_state_dict(C.load_torch(ckpt / "optimizer.pt"))
+    saved = C.load_torch(ckpt / "optimizer.pt")
+    try:
+        optimizer.load_state_dict(saved)
+    except ValueError as e:  # PyTorch: the parameter groups differ from the checkpoint's
+        raise ConfigError(f"{ckpt / 'optimizer.pt'}: the checkpoint's optimizer does not fit this config ({e}); a "
+                          "learning-rate multiplier set to or from 0 freezes or unfreezes a part: resume with the "
+                          f"checkpoint's settings, or start a new run from its weights (model.init={ckpt / 'model'})"
+                          ) from None
     scheduler.load_state_dict(C.load_torch(ckpt / "scheduler.pt"))
     overridden = _keep_configured(optimizer, scheduler, configured)
     if accelerator.scaler is not None and (ckpt / "scaler.pt").is_file():
