@@ -90,6 +90,16 @@ def test_resume_takes_the_configs_optimizer_settings(tmp_path, shapes):
     assert C.load_torch(ckpt / "scheduler.pt")["base_lrs"][0] == pytest.approx(5e-4)
 
 
+def test_a_rerun_without_resume_does_not_write_over_a_run(tmp_path, shapes):
+    """It started over in place: its checkpoints replaced the old run's of the same steps (and rotation
+    deleted the others), its rows were appended to the old logs."""
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    before = (tmp_path / "log.csv").read_bytes()
+    with pytest.raises(ConfigError, match=r"already holds a training run \(latest checkpoint ckpt-0+1\).*--resume"):
+        train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    assert (tmp_path / "log.csv").read_bytes() == before
+
+
 def test_a_resume_that_freezes_a_part_says_why_it_cannot_go_on(tmp_path, shapes):
     """A multiplier set to 0 drops the part's parameter groups: PyTorch's bare ValueError said only that
     the groups differ."""

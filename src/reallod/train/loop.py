@@ -96,6 +96,10 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
 
     work_dir = Path(work_dir).resolve()
     cfg = resolve_paths(cfg, work_dir)
+    if not resume and (found := C.list_checkpoints(work_dir)):  # a rerun that forgot --resume
+        raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
+                          "over there would write over its checkpoints and logs: add --resume to continue it, or "
+                          "give another --work-dir (or delete that one) to start a new run")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     mixed = pick_mixed_precision(cfg.train.mixed_precision, amp, cfg.train.cpu)
