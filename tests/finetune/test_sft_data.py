@@ -201,9 +201,21 @@ def test_an_empty_selection_and_a_role_without_examples(teacher_run, tmp_path) -
         role_files(tmp_path / "sft", "rewriter")
 
 
-def test_an_existing_dataset_is_not_overwritten_silently(teacher_run, teacher_data) -> None:
+def test_an_existing_dataset_is_not_overwritten_silently(teacher_run, teacher_data, tmp_path) -> None:
     with pytest.raises(ConfigError, match="already exists and is not empty; pass --overwrite"):
         build_sft_data([teacher_run / "teacher.trace.jsonl"], teacher_data)
+    # --overwrite replaces a dataset, never another folder: the teacher run itself was deleted
+    run = tmp_path / "run"
+    shutil.copytree(teacher_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(DataError, match="not an sft-data folder"):
+        build_sft_data([teacher_run / "teacher.trace.jsonl"], run, overwrite=True)
+    (run / "manifest.json").write_text(json.dumps({"sft_format": 1}))  # a dataset folder that holds the trace
+    with pytest.raises(ConfigError, match="holds the trace"):
+        build_sft_data([run / "teacher.trace.jsonl"], run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, "manifest.json"])
+    with pytest.raises(ConfigError, match="is a file"):
+        build_sft_data([teacher_run / "teacher.trace.jsonl"], run / "teacher.trace.jsonl", overwrite=True)
 
 
 def test_cli_prints_counts_per_role_verdict_and_split(teacher_run, tmp_path, capsys) -> None:

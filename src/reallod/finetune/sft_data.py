@@ -337,9 +337,16 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
         raise ConfigError("--from gold needs the labelled task file: --from gold LABELLED")
     if not traces:
         raise ConfigError("no trace given")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the dataset")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+        read_manifest(out)  # --overwrite replaces a dataset, never another folder (a teacher run, say)
+    inside = [t for t in traces if Path(t).resolve().is_relative_to(out)]
+    if inside:
+        raise ConfigError(f"--out {out} holds the trace {inside[0]}: give another folder for the dataset")
     templates = role_templates(config)
     gold = load_gold(labelled) if source == "gold" and labelled is not None else None
     tmp = out.with_name(f".{out.name}.building")
