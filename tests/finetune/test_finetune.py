@@ -104,6 +104,10 @@ def test_a_finished_finetune_is_never_overwritten_silently(teacher_data, tiny_lm
     finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
     with pytest.raises(ConfigError, match=r"student holds a finished fine-tune .* pass --overwrite"):
         finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
+    (tmp_path / "empty-base").mkdir()
+    with pytest.raises(ConfigError):  # a run that cannot start (a wrong base) leaves the old one in place
+        finetune(opts(teacher_data, tmp_path / "empty-base", out, max_steps=1, overwrite=True))
+    assert (out / "adapter_config.json").is_file()
     res = finetune(opts(teacher_data, tiny_lm, out, max_steps=2, overwrite=True))
     assert res.steps == 2
     other = tmp_path / "notes"
@@ -147,7 +151,11 @@ def test_a_killed_finetune_resumes_from_its_last_checkpoint(teacher_data, tiny_l
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
     with pytest.raises(ConfigError, match=r"unfinished fine-tune with other settings \(learning_rate\)"):
         finetune(opts(teacher_data, tiny_lm, out, learning_rate=1e-3))
-    res = finetune(opts(teacher_data, tiny_lm, out))
+    # a checkpoint cut short while saving (transformers writes its trainer state last) is passed over
+    (out / "checkpoints" / "checkpoint-3").mkdir()
+    (out / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(teacher_data.parent)  # the same data, written another way: still the same run
+    res = finetune(opts(Path(teacher_data.name), tiny_lm, out))
     assert res.resumed_from is not None and res.resumed_from.endswith("checkpoint-2") and res.steps == 4
     assert json.loads((out / "finetune.json").read_text())["status"] == "finished"
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +79,9 @@ class FinetuneOptions:
         keep = ("data", "role", "base", "gguf_file", "learning_rate", "batch_size", "grad_accum", "lora_r",
                 "lora_alpha", "lora_dropout", "lora_layers", "target_modules", "max_length", "seed")
         d = asdict(self)
+        d["data"] = Path(d["data"]).resolve()  # the same folder however it is written (a job run elsewhere)
+        if d["base"] and Path(d["base"]).exists():
+            d["base"] = Path(d["base"]).resolve()
         return {k: str(d[k]) if isinstance(d[k], Path) else d[k] for k in keep}
 
 
@@ -197,8 +202,10 @@ def _write_run(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, out / RUN_FILE)
 
 
-def prepare_out(opts: FinetuneOptions) -> str | None:
-    """Check ``OUT`` against this run; return the checkpoint to resume from, if any."""
+def prepare_out(opts: FinetuneOptions) -> tuple[str | None, bool]:
+    """Check ``OUT`` against this run: (the checkpoint to resume from, if any; whether ``OUT`` is to be
+    replaced — by the caller, once the base model and the data have loaded, so a run that cannot start
+    leaves the old fine-tune as it was)."""
     out = Path(opts.out)
     run = _read_run(out)
     finished = (out / "adapter_config.json").is_file() or (run or {}).get("status") == "finished"
@@ -206,8 +213,7 @@ def prepare_out(opts: FinetuneOptions) -> str | None:
         if run is None and not finished and out.is_dir() and any(out.iterdir()):
             raise ConfigError(f"{out} is not a fine-tune folder (no {RUN_FILE}); --overwrite replaces only "
                               "fine-tunes: choose another --out")
-        shutil.rmtree(out)
-        return None
+        return None, True
     if finished:
         raise ConfigError(f"{out} holds a finished fine-tune (see {out / RUN_FILE}); pass --overwrite to replace "
                           "it, or choose another --out")
@@ -216,12 +222,21 @@ def prepare_out(opts: FinetuneOptions) -> str | None:
             diff = sorted(k for k in opts.settings() if (run.get("settings") or {}).get(k) != opts.settings()[k])
             raise ConfigError(f"{out} holds an unfinished fine-tune with other settings ({', '.join(diff)}); "
                               "rerun it with the same settings to resume, or pass --overwrite to start over")
-        from transformers.trainer_utils import get_last_checkpoint
-
-        ckpts = out / CHECKPOINTS
-        return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+        return _last_complete_checkpoint(out / CHECKPOINTS), False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
+    return None, False
+
+
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` that holds its trainer state. transformers writes that file last, so a
+    process killed while saving leaves a newer one without it, which every resume would fail on."""
+    found = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint-*")
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir())
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        print(f"skipping {path}: incomplete (a process stopped while saving it)", file=sys.stderr)
     return None
 
 
@@ -245,7 +260,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     manifest = read_manifest(data)
     files = role_files(data, opts.role)
     opts.base, opts.gguf_file = resolve_base(opts.base, opts.gguf_file)
-    resume = prepare_out(opts)
+    resume, replace = prepare_out(opts)
     out = Path(opts.out)
     vision = opts.role == "vlm"
     model, processor = load_base(opts.base, opts.gguf_file, vision=vision, dtype=opts.dtype,
@@ -268,6 +283,8 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     if "train" not in splits:
         raise DataError(f"every {opts.role} training example is longer than --max-length {opts.max_length} "
                         "tokens", path=str(files["train"]))
+    if replace:  # the new run can start: only now does the old fine-tune go
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"status": "training", "settings": opts.settings(), "data_manifest": {
         k: manifest.get(k) for k in ("source", "labelled", "config", "traces", "val_images", "templates")},
