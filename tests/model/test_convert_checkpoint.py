@@ -121,7 +121,7 @@ def test_unsafe_or_foreign_files_are_refused(tmp_path):
 
     pickled = tmp_path / "object.pth"  # an arbitrary Python object: refused by weights_only loading
     torch.save({"state_dict": {"backbone.stages.0.x": torch.zeros(1)}, "meta": argparse.Namespace(lr=1)}, pickled)
-    with pytest.raises(DataError, match=r"weights_only=True"):
+    with pytest.raises(DataError, match=r"weights_only=True.*only tensors and plain containers"):
         convert_checkpoint(pickled, tmp_path / "out", variant="tiny")
     hf_like = _save(tmp_path / "hf.pth", {"model.level_embed": torch.zeros(4, 32)})
     with pytest.raises(DataError, match="MMDetection's MM-Grounding-DINO key layout"):
@@ -144,6 +144,41 @@ def test_existing_output_is_kept_unless_overwrite(mmdet_checkpoint, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     convert_checkpoint(src, out, config=config, tokenizer=minilm_dir(), overwrite=True)
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    assert out.stat().st_mode & 0o077 == 0o777 & ~_umask() & 0o077  # readable as the umask allows, not 0700
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_an_output_that_holds_the_checkpoint_or_is_a_file_is_refused(mmdet_checkpoint, tmp_path):
+    """--overwrite deleted the folder the checkpoint was in; the checkpoint as its own output became a
+    hidden '.NAME.replaced' file."""
+    import shutil
+
+    src, _, config = mmdet_checkpoint
+    models = tmp_path / "models"
+    models.mkdir()
+    inside = shutil.copy(src, models / "model.pth")
+    with pytest.raises(ConfigError, match="holds the checkpoint"):
+        convert_checkpoint(inside, models, config=config, tokenizer=minilm_dir(), overwrite=True)
+    with pytest.raises(ConfigError, match="is a file"):
+        convert_checkpoint(inside, inside, config=config, tokenizer=minilm_dir(), overwrite=True)
+    assert sorted(p.name for p in models.iterdir()) == ["model.pth"]
+
+
+def test_a_checkpoint_cut_short_is_called_that(mmdet_checkpoint, tmp_path):
+    """It was told to re-save the state_dict without other objects, as if it held unsafe ones."""
+    src = mmdet_checkpoint[0]
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(DataError, match="cut short or damaged: an interrupted download") as e:
+        convert_checkpoint(cut, tmp_path / "out", variant="tiny")
+    assert "plain containers" not in str(e.value)
 
 
 def test_variant_configs_have_the_published_layout():

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,9 +366,18 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, zipfile errors...
-        raise DataError(f"cannot load it with torch.load(weights_only=True): {one_line(e, 160)} "
-                        "(only tensors and plain containers are accepted; re-save just the state_dict "
-                        "from a trusted copy if it holds other objects)", path=str(p)) from e
+        import pickle
+        import zipfile
+
+        if isinstance(e, pickle.UnpicklingError):  # weights_only met an object it will not build
+            why = ("only tensors and plain containers are accepted; re-save just the state_dict from a trusted "
+                   "copy if it holds other objects")
+        elif (kind == "zip" and not zipfile.is_zipfile(p)) or isinstance(e, EOFError):
+            why = "the file is cut short or damaged: an interrupted download or copy? fetch it again"
+        else:
+            why = "a damaged file, or one saved by another program"
+        raise DataError(f"cannot load it with torch.load(weights_only=True): {one_line(e, 160)} ({why})",
+                        path=str(p)) from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if isinstance(obj.get(key), dict):
@@ -423,7 +432,12 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
     )
 
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; the converted model is a folder: give another output path")
+    if Path(src).resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"{out}: holds the checkpoint {src}, which replacing it would delete: give another "
+                          "output folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     state = load_state_file(src)
     if not is_mmdet_layout(state):
@@ -437,7 +451,8 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
     hf_state, report = convert_state_dict(state, config)
     tok = load_tokenizer(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=str(out.parent)))
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()  # with the umask's permissions (mkdtemp's 0700 kept a serving account from reading the model)
     try:
         write_model_folder(hf_state, config, tmp)
         load_model_checked(tmp, config)  # raises, naming the keys, if anything is missing or unexpected
