@@ -238,3 +238,25 @@ def test_cli_finetune_and_agreement(teacher_data, tiny_lm, tmp_path, capsys) -> 
                                  "--limit", "3"], capsys)
     assert code == 0, err
     assert "planner on val: " in stdout and " of 3 decision(s) equal the teacher's" in stdout
+
+
+def test_agreement_names_a_damaged_example_before_loading_a_model(teacher_data, tmp_path, capsys) -> None:
+    """A hand-edited split gave 'unexpected JSONDecodeError' (or DecisionError), exit 1, no file or line."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(teacher_data, data)
+    val = data / "planner" / "val.jsonl"
+    lines = val.read_text().splitlines()
+    lines[1] = '{"messages": [truncated'
+    val.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "never-loaded.yaml"  # the error comes first: no model is loaded for it
+    cfg.write_text("roles:\n  reflector: &m {backend: transformers, model: /no/such/model}\n"
+                   "  planner: *m\n  rewriter: *m\n")
+    code, _, err = run_cli(["agent", "agreement", data, "--role", "planner", "--config", cfg], capsys)
+    assert code == 2 and f"{val}:2: not an sft-data example of the planner role" in err, err
+    lines[1] = json.dumps({"messages": [{"role": "user", "content": "q"},
+                                        {"role": "assistant", "content": '{"state": "maybe"}'}]})
+    val.write_text("\n".join(lines) + "\n")
+    code, _, err = run_cli(["agent", "agreement", data, "--role", "planner", "--config", cfg], capsys)
+    assert code == 2 and f"{val}:2: " in err and "maybe" in err, err

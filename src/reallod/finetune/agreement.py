@@ -78,11 +78,28 @@ def _prompt(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str,
     return out
 
 
-async def _measure(role: Role, rows: list[dict[str, Any]], data: Path, rep: Agreement) -> None:
+def _read_rows(path: Path, role: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(example, the teacher's decision) of each line; a line that is neither is an error naming it,
+    found before any model loads."""
+    spec = SPECS[role]
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            reply = row["messages"][-1]["content"]
+            teacher, _ = spec.parse(reply if isinstance(reply, str) else reply[0]["text"])
+        except (ValueError, KeyError, TypeError, IndexError, DecisionError) as e:
+            raise DataError(f"not an sft-data example of the {role} role: {e}", path=str(path), line=lineno) from None
+        rows.append((row, teacher))
+    return rows
+
+
+async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]], data: Path,
+                   rep: Agreement) -> None:
     spec = SPECS[rep.role]
-    for row in rows:
-        teacher, _ = spec.parse(row["messages"][-1]["content"] if isinstance(row["messages"][-1]["content"], str)
-                                else row["messages"][-1]["content"][0]["text"])
+    for row, teacher in rows:
         images = [open_view(data, rel) for rel in row.get("images") or []]
         completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
                                                  max_tokens=role.max_tokens, temperature=role.temperature)
@@ -111,13 +128,13 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
     files = role_files(Path(data), role_name)
     if split not in files:
         raise DataError(f"no {split} examples for the {role_name} role", path=str(data))
+    rows = _read_rows(files[split], role_name)
     cfg = load_agent_config(config)
     if cfg.roles.get(role_name) is None:
         raise ConfigError(f"{cfg.path}: the config has no {role_name} role")
     roles = build_roles(cfg)
     role = roles.get(role_name)
     assert role is not None
-    rows = [json.loads(line) for line in files[split].read_text(encoding="utf-8").splitlines() if line.strip()]
     rep = Agreement(role_name, split)
 
     async def go() -> None:
