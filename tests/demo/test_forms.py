@@ -56,6 +56,7 @@ def test_box_accepts_brackets_and_clips_to_the_image():
     ("", "four numbers"),
     ("30, 10, 20, 40", "x2 must be above x1"),
     ("200, 10, 300, 40", "outside the 100×50 image"),
+    ("1, 1, 1.5, 1.5", "under a pixel wide or high inside the 100×50 image"),
     ("1e999, 1, 2e999, 3", "finite"),
 ])
 def test_bad_boxes_are_explained(text, message):

@@ -55,7 +55,8 @@ def parse_box(text: str | None, width: int, height: int) -> list[float]:
     cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
     cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
     if cx2 - cx1 < 1 or cy2 - cy1 < 1:
-        raise DemoInputError(f"box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the {width}×{height} image")
+        where = "is under a pixel wide or high inside" if (cx1, cy1, cx2, cy2) == (x1, y1, x2, y2) else "lies outside"
+        raise DemoInputError(f"box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] {where} the {width}×{height} image")
     return [cx1, cy1, cx2, cy2]
 
 
