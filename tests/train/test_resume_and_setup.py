@@ -139,6 +139,11 @@ def test_a_bad_held_out_image_fails_at_setup(tmp_path, shapes, problem):
     with pytest.raises(DataError, match=re.escape(str(bad))):
         train(cfg, tmp_path / "run", echo=_quiet)
     assert C.latest_checkpoint(tmp_path / "run") is None  # found before any training
+    if problem == "wrong root":  # a root that is not there at all is named as eval.images
+        cfg = tiny_config(shapes, ["schedule.max_steps=1", f"eval.file={shapes / 'val.jsonl'}",
+                                   f"eval.images={tmp_path / 'nowhere'}"])
+        with pytest.raises(DataError, match=r"nowhere: image root not found \(eval\.images\)"):
+            train(cfg, tmp_path / "run", echo=_quiet)
 
 
 def test_nothing_to_train_is_an_error(tmp_path, shapes):
