@@ -17,7 +17,7 @@ from reallod.agent.agent_config import build_roles, load_agent_config
 from reallod.agent.decisions import SPECS
 from reallod.errors import ConfigError, DataError, Interrupted
 from reallod.finetune import trainer as trainer_mod
-from reallod.finetune.trainer import FinetuneOptions, _text_rows, _vision_rows, finetune
+from reallod.finetune.trainer import FinetuneOptions, _text_rows, _vision_rows, finetune, prepare_out
 from reallod.llm.backends.transformers_backend import TransformersBackend, prompt_ids, reply_ids
 from reallod.llm.endpoints import model_id
 from tests.cli_helpers import run_cli
@@ -260,3 +260,21 @@ def test_agreement_names_a_damaged_example_before_loading_a_model(teacher_data, 
     val.write_text("\n".join(lines) + "\n")
     code, _, err = run_cli(["agent", "agreement", data, "--role", "planner", "--config", cfg], capsys)
     assert code == 2 and f"{val}:2: " in err and "maybe" in err, err
+
+
+def test_a_dataset_rebuilt_in_place_is_not_resumed_onto(teacher_data, tiny_lm, tmp_path) -> None:
+    """sft-data --overwrite at the same path: the unfinished fine-tune would have gone on with other data."""
+    from reallod.finetune.sft_data import read_manifest
+
+    out = tmp_path / "student"
+    out.mkdir()
+    o = opts(teacher_data, tiny_lm, out)
+    manifest = read_manifest(teacher_data)
+    started = {**manifest, "val_images": ["another.jpg"]}
+    (out / "finetune.json").write_text(json.dumps({"status": "training", "settings": o.settings(),
+                                                   "data_manifest": trainer_mod._manifest_view(started)}))
+    with pytest.raises(ConfigError, match="unfinished fine-tune of another dataset"):
+        prepare_out(o, manifest)
+    (out / "finetune.json").write_text(json.dumps({"status": "training", "settings": o.settings(),
+                                                   "data_manifest": trainer_mod._manifest_view(manifest)}))
+    assert prepare_out(o, manifest) == (None, False)  # the same data: resumes (no checkpoint yet)

@@ -202,7 +202,13 @@ def _write_run(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, out / RUN_FILE)
 
 
-def prepare_out(opts: FinetuneOptions) -> tuple[str | None, bool]:
+def _manifest_view(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a dataset's content (its traces, selection, split, prompts), as the run records it."""
+    keys = ("source", "labelled", "config", "traces", "val_images", "templates")
+    return json.loads(json.dumps({k: manifest.get(k) for k in keys}))  # as finetune.json reads back
+
+
+def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -> tuple[str | None, bool]:
     """Check ``OUT`` against this run: (the checkpoint to resume from, if any; whether ``OUT`` is to be
     replaced — by the caller, once the base model and the data have loaded, so a run that cannot start
     leaves the old fine-tune as it was)."""
@@ -222,6 +228,10 @@ def prepare_out(opts: FinetuneOptions) -> tuple[str | None, bool]:
             diff = sorted(k for k in opts.settings() if (run.get("settings") or {}).get(k) != opts.settings()[k])
             raise ConfigError(f"{out} holds an unfinished fine-tune with other settings ({', '.join(diff)}); "
                               "rerun it with the same settings to resume, or pass --overwrite to start over")
+        started_on = run.get("data_manifest")
+        if manifest is not None and started_on is not None and started_on != _manifest_view(manifest):
+            raise ConfigError(f"{out} holds an unfinished fine-tune of another dataset: {opts.data} was rebuilt "
+                              "since it started (sft-data --overwrite); pass --overwrite to start over on it")
         return _last_complete_checkpoint(out / CHECKPOINTS), False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
@@ -260,7 +270,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     manifest = read_manifest(data)
     files = role_files(data, opts.role)
     opts.base, opts.gguf_file = resolve_base(opts.base, opts.gguf_file)
-    resume, replace = prepare_out(opts)
+    resume, replace = prepare_out(opts, manifest)
     out = Path(opts.out)
     vision = opts.role == "vlm"
     model, processor = load_base(opts.base, opts.gguf_file, vision=vision, dtype=opts.dtype,
@@ -286,8 +296,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     if replace:  # the new run can start: only now does the old fine-tune go
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"status": "training", "settings": opts.settings(), "data_manifest": {
-        k: manifest.get(k) for k in ("source", "labelled", "config", "traces", "val_images", "templates")},
+    record = {"status": "training", "settings": opts.settings(), "data_manifest": _manifest_view(manifest),
         "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
     _write_run(out, record)
     trainer = _trainer(opts, model, processor, splits, out, peft)
