@@ -1,4 +1,5 @@
 import gzip
+import os
 import zlib
 
 import pytest
@@ -67,6 +68,28 @@ def test_outputs_get_the_permissions_the_umask_gives_and_the_umask_is_never_set(
     finally:
         set_umask(old)  # the other tests' umask, whatever happened
     assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == mode
+
+
+def test_a_writer_removes_what_a_killed_writer_of_the_same_output_left(tmp_path):
+    """kill -9 during a write left the hidden temporary file, and each rerun over a large input one more."""
+    import subprocess
+    import sys
+
+    from reallod.data import io as data_io
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = data_io._HOST
+    orphan = tmp_path / f".o.jsonl.{host}.{gone.pid}.0a1b2c3d.tmp"
+    running = tmp_path / f".o.jsonl.{host}.{os.getpid()}.0a1b2c3e.tmp"  # a writer still at work
+    elsewhere = tmp_path / f".o.jsonl.another-host.{gone.pid}.0a1b2c3f.tmp"  # its process is not ours to see
+    other_output = tmp_path / f".p.jsonl.{host}.{gone.pid}.0a1b2c40.tmp"
+    for f in (orphan, running, elsewhere, other_output):
+        f.write_bytes(b"half")
+    with JsonlWriter(tmp_path / "o.jsonl") as w:
+        w.write_record(VARIANT)
+    assert not orphan.exists() and running.exists() and elsewhere.exists() and other_output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["o.jsonl"]
 
 
 def test_gz_that_is_not_gzip(tmp_path):

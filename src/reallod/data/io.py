@@ -7,10 +7,12 @@ are renamed into place only when complete: a crash never leaves a half-written o
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import secrets
+import socket
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,14 +32,45 @@ _BUFFER = 1 << 20
 def _create_beside(path: Path) -> tuple[int, Path]:
     """A new, empty temporary file next to ``path``, made with the permissions the umask gives any new
     file. (``mkstemp`` makes it 0600, and reading the umask to widen that means setting it for a moment:
-    a file another thread created then would be world-writable.)"""
+    a file another thread created then would be world-writable.) Its name holds this host and process,
+    so the next writer of ``path`` can remove what a killed one left (:func:`_remove_orphans`)."""
+    _remove_orphans(path)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:  # O_EXCL: never an existing file, nor a link planted at that name
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of ``path`` that a process of this host left when it was killed
+    (``kill -9``, out of memory): a rerun over a large input would otherwise leave one more each time.
+    A file is an orphan only when its process is gone; those of other hosts are left alone."""
+    prefix = f".{path.name}.{_HOST}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def dumps(obj: Any) -> bytes:
