@@ -134,6 +134,29 @@ def test_a_journal_that_holds_no_image_gives_way_to_new_settings(tmp_path):
     assert journal.done == {}
 
 
+def test_an_interrupt_during_an_images_own_write_still_counts_it(tmp_path, monkeypatch):
+    """SIGTERM in the fsync of an image's write left it on disk but out of the count ('0 of 80 kept'):
+    the count is taken when the image is handed over."""
+    from reallod.eval import resume as resume_mod
+    from reallod.runs.journal import read_journal
+
+    monkeypatch.setattr(resume_mod, "FLUSH_EVERY_S", 0.0)  # every image is written at once
+    journal = PredictionJournal(tmp_path / "preds.json", SETTINGS)
+    real_write = journal._journal._locked_write
+
+    def written_then_interrupted(data):
+        real_write(data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal._journal, "_locked_write", written_then_interrupted)
+    rows = Predictions(np.zeros(1, np.int64), np.ones(1, np.int64), np.full(1, 0.5), np.ones((1, 4)), np.zeros(1))
+    with pytest.raises(KeyboardInterrupt):
+        journal.add(0, rows)
+    journal.close()
+    assert journal.kept == 1 == len(read_journal(journal.path)[1])
+    assert "interrupted: 1 of 3 images done" in str(EvalInterrupted.of(journal, 3))
+
+
 def test_a_torn_last_line_is_cut_and_its_image_run_again(bench, tiny_detector, tmp_path):
     images, root = bench
     out = tmp_path / "preds.json"

@@ -104,9 +104,11 @@ class PredictionJournal:
         self.kept = len(self.done)  # this process's images in the journals, this run's included
 
     def add(self, index: int, rows: Predictions) -> None:
-        """Keep one finished image (written with the next flush, at most ``FLUSH_EVERY_S`` later)."""
-        self._journal.append_soon(str(index), to_result(rows), within_s=FLUSH_EVERY_S)
+        """Keep one finished image (written with the next flush, at most ``FLUSH_EVERY_S`` later, or by the
+        flush an interrupt ends with). Counted first: an interrupt that lands while this very call writes
+        (its fsync) must not leave the image on disk and out of the count."""
         self.kept += 1
+        self._journal.append_soon(str(index), to_result(rows), within_s=FLUSH_EVERY_S)
 
     def flush(self) -> None:
         self._journal.flush_sync()
