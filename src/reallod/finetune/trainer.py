@@ -178,9 +178,7 @@ def _vision_rows(path: Path, data: Path) -> list[dict[str, Any]]:
             ex = json.loads(line)
             messages = ex["messages"]
             images = [open_view(data, rel) for rel in ex.get("images") or []]
-        except DataError as e:
-            raise DataError(f"not a usable VLM example: {e}", path=str(path), line=lineno) from None
-        except (ValueError, KeyError, TypeError) as e:
+        except (DataError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"not a usable VLM example: {e}", path=str(path), line=lineno) from None
         rows.append({"prompt": messages[:-1], "completion": messages[-1:], "images": images})
     return rows
