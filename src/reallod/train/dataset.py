@@ -30,12 +30,11 @@ from PIL import Image
 from reallod.data.images import open_image
 from reallod.data.io import is_gzip_file, iter_lines
 from reallod.data.records import Record
+from reallod.data.validate import BOM
 from reallod.errors import ConfigError, DataError
 from reallod.train import augment as A
 from reallod.train.sampling import TextOptions, TextSample, build_text_sample
 from reallod.train.targets import all_boxes, apply_geometry, clean_record, record_targets
-
-BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)
