@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reallod.errors import ConfigError, DataError
@@ -157,3 +158,21 @@ def test_a_misspelt_text_source_is_refused(tmp_path, shapes):
     with pytest.raises(ConfigError, match="unknown source vlm-short; the known sources are category, llm, "
                                           "vlm_long, vlm_short"):
         train(cfg, tmp_path, echo=_quiet)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a_held_out_image_cut_after_its_header_is_found_at_setup(tmp_path, fmt):
+    """Pillow's verify() checks a PNG to its end but reads little more than a JPEG's header: a JPEG cut
+    short passed the setup check and ended the run at its first evaluation."""
+    from PIL import Image
+
+    from reallod.data.records import Record
+
+    rng = np.random.default_rng(0)
+    good, cut = tmp_path / "good.img", tmp_path / "cut.img"
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(good, fmt, quality=95)
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    record = Record.from_dict({"filename": "x", "height": 96, "width": 128, "pairs": {}})
+    evaluate.check_images([(record, str(good))])
+    with pytest.raises(DataError, match=re.escape(str(cut)) + ".*held-out image cannot be read"):
+        evaluate.check_images([(record, str(cut))])
