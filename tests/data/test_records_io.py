@@ -53,6 +53,28 @@ def test_writer_is_atomic(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
+def test_an_output_that_is_a_folder_or_under_a_file_is_named_before_anything_is_written(tmp_path):
+    """Found only by the rename at the end, a folder left the whole output in a hidden temporary file
+    and the error named that file."""
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(DataError, match=r"adir: is a folder: give the output a file name"):
+        JsonlWriter(tmp_path / "adir")
+    (tmp_path / "afile").write_text("x\n")
+    with pytest.raises(DataError, match=r"afile/out\.jsonl: cannot be written: a folder above it is a file"):
+        JsonlWriter(tmp_path / "afile" / "out.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+    w = JsonlWriter(path)
+    w.write_record(VARIANT)
+    path.mkdir()  # the target became a folder while it was written
+    with pytest.raises(OSError):
+        w.close()
+    assert list(tmp_path.iterdir()) == [path]
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_get_the_permissions_the_umask_gives_and_the_umask_is_never_set(tmp_path, monkeypatch, umask, mode):
     """Reading the umask means setting it for a moment, and a file another thread creates then is

@@ -251,7 +251,12 @@ class AtomicWriter(AtomicOutput):
 
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():  # else found only by the rename at the end, the output left in a hidden file
+            raise DataError("is a folder: give the output a file name", path=str(self.path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise DataError("cannot be written: a folder above it is a file", path=str(self.path)) from None
         fd, self._tmp = _create_beside(self.path)
         self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (
@@ -266,12 +271,16 @@ class AtomicWriter(AtomicOutput):
     def close(self) -> None:
         if self.closed:
             return
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp, self.path)
+        try:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:  # disk full, the target became a folder: no hidden temporary file stays
+            self.abort()
+            raise
         self.closed = True
 
     def abort(self) -> None:
