@@ -77,5 +77,9 @@ def test_the_filter_drops_expressions_under_the_threshold(scorer):
 
 
 def test_a_model_that_is_not_there_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load a CLIP/SigLIP model"):
+    with pytest.raises(ConfigError, match=r"--clip-model .*nothing: model folder not found"):
         RegionTextScorer.load(str(tmp_path / "nothing"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ConfigError, match="cannot load a CLIP/SigLIP model"):
+        RegionTextScorer.load(str(tmp_path / "folder"))

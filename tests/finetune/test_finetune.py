@@ -171,7 +171,7 @@ def test_ctrl_c_saves_a_checkpoint_then_stops(teacher_data, tiny_lm, tmp_path, m
 
 
 def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot load the base model .*no-such-model as a causal language model"):
+    with pytest.raises(ConfigError, match=r"--base .*no-such-model: model folder not found"):
         finetune(opts(teacher_data, tmp_path / "no-such-model", tmp_path / "a"))
     broken = tmp_path / "broken"
     broken.mkdir()

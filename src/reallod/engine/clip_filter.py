@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 
 from reallod.errors import ConfigError
+from reallod.hub import resolve_source
 
 
 class RegionTextScorer:
@@ -28,11 +29,15 @@ class RegionTextScorer:
     @classmethod
     def load(cls, name_or_path: str, *, device: str = "cpu") -> RegionTextScorer:
         try:
+            source = resolve_source(name_or_path)  # a typo: at once, not after a minute of hub retries
+        except ConfigError as e:
+            raise ConfigError(f"--clip-model {e}") from None
+        try:
             from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-            model = AutoModel.from_pretrained(name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            processor = AutoImageProcessor.from_pretrained(name_or_path)
+            model = AutoModel.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            processor = AutoImageProcessor.from_pretrained(source)
         except Exception as e:  # not found, no network, not a CLIP/SigLIP checkpoint
             raise ConfigError(f"--clip-model {name_or_path}: cannot load a CLIP/SigLIP model ({e})") from e
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):

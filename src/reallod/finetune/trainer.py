@@ -41,6 +41,7 @@ from typing import Any
 from reallod.agent.decisions import SPECS
 from reallod.errors import ConfigError, DataError, Interrupted
 from reallod.finetune.sft_data import open_view, read_manifest, role_files
+from reallod.hub import resolve_source
 
 RUN_FILE = "finetune.json"
 CHECKPOINTS = "checkpoints"
@@ -124,6 +125,10 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     what = f"{base}" + (f" ({gguf_file})" if gguf_file else "")
+    try:
+        base = resolve_source(base, "GGUF model" if gguf_file else "model")  # a typo: at once, not after retries
+    except ConfigError as e:
+        raise ConfigError(f"--base {e}") from None
     try:
         if vision:
             processor = tf.AutoProcessor.from_pretrained(base, **{k: v for k, v in kwargs.items()

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reallod.errors import ConfigError, DataError
+from reallod.hub import one_line
 from reallod.model.hf_folder import (
     key_listing,
     load_model_checked,
     load_tokenizer,
-    one_line,
     save_tokenizer,
     write_model_folder,
 )

@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reallod.errors import ConfigError
+from reallod.hub import CHECKPOINT_SUFFIXES, looks_like_path, one_line
 from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
-    CHECKPOINT_SUFFIXES,
     DETECTOR_CLASSES,
     check_local_folder,
     load_model_checked,
     load_tokenizer,
-    looks_like_path,
-    one_line,
-    resolve_source,
+    resolve_detector_source,
     write_model_folder,
 )
 from reallod.model.inference import Detector
@@ -68,8 +66,8 @@ def check_local_model(model: str | Path) -> Path | None:
 
 def resolve_model_source(model: str | Path) -> str:
     """What to load ``model`` from: a checked local folder, a cached hub snapshot, or a hub id
-    (see :func:`reallod.model.hf_folder.resolve_source`)."""
-    return resolve_source(model, "model")
+    (see :func:`reallod.model.hf_folder.resolve_detector_source`)."""
+    return resolve_detector_source(model, "model")
 
 
 def read_detector_config(model: str | Path, max_text_len: int | None = None, *, resolved: bool = False):

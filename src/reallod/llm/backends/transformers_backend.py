@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from reallod.errors import ConfigError
+from reallod.hub import resolve_source
 from reallod.llm.backends.base import BackendError, Completion, Message
 from reallod.llm.threads import in_daemon_thread
 
@@ -86,6 +87,7 @@ def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_r
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = resolve_source(model, "GGUF model" if gguf_file else "model")  # a typo: at once, not after hub retries
     try:
         if kind == "causal_lm":
             tok = tf.AutoTokenizer.from_pretrained(model, **kwargs)
