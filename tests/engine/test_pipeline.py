@@ -368,3 +368,27 @@ def test_a_pipeline_against_a_server_closes_every_connection_it_opens(tmp_path, 
         assert len(server.requests) > 10
     assert "Unclosed" not in proc.stderr and "ResourceWarning" not in proc.stderr, proc.stderr
     assert "realign: " in proc.stdout and validate_file(tmp_path / "o.jsonl").ok
+
+
+def test_the_pipeline_takes_a_server_per_role_kind_and_refuses_values_it_would_replace(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """generate and pipeline had --base-url only (the two-server vllm config could not be split across
+    hosts), and --max-cycles 0 / --concurrency 0 silently became the config's values."""
+    import reallod.engine.pipeline as pl
+
+    seen = []
+
+    def roles_for(opts):
+        seen.append((opts.base_url, opts.llm_base_url, opts.vlm_base_url))
+        return scripted_roles(generation_answers()), "scripted", 1, 2
+
+    monkeypatch.setattr(pl, "build_roles_for", roles_for)
+    argv = ["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images", EXAMPLES / "images",
+            "--out", tmp_path / "o.jsonl", "--limit", "1", "--no-progress"]
+    code, stdout, err = run_cli([*argv, "--llm-base-url", "http://a:1/v1", "--vlm-base-url", "http://b:2/v1"], capsys)
+    assert code == 0, stdout + err
+    assert seen == [(None, "http://a:1/v1", "http://b:2/v1")]
+    for option, value in (("--max-cycles", "0"), ("--concurrency", "0"), ("--llm-expressions", "-1"),
+                          ("--min-box-area", "-5"), ("--limit", "0")):
+        code, _, err = run_cli([*argv, option, value], capsys)
+        assert code == 2 and f"Invalid value for '{option}'" in err, (option, err)

@@ -278,3 +278,13 @@ def test_a_dataset_rebuilt_in_place_is_not_resumed_onto(teacher_data, tiny_lm, t
     (out / "finetune.json").write_text(json.dumps({"status": "training", "settings": o.settings(),
                                                    "data_manifest": trainer_mod._manifest_view(manifest)}))
     assert prepare_out(o, manifest) == (None, False)  # the same data: resumes (no checkpoint yet)
+
+
+def test_agreement_takes_the_server_options_and_names_a_server_that_is_down(teacher_data, tmp_path, capsys) -> None:
+    """agreement had no --base-url (the docs ran it with --config vllm), and a server that was down gave
+    'unexpected BackendError', exit 1."""
+    code, _, err = run_cli(["agent", "agreement", teacher_data, "--role", "planner", "--config", "vllm",
+                            "--base-url", "http://127.0.0.1:9/v1", "--limit", "1"], capsys)
+    assert code == 2 and "Traceback" not in err and "unexpected" not in err, err
+    assert "the planner role's model failed on example 1 (connection: " in err
+    assert "127.0.0.1:9" in err and "check that the server is running" in err

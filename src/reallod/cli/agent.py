@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 import typer.core
 
-from reallod.cli.common import AgentConfig, console, ordered_group, quiet_transformers
+from reallod.cli.common import (
+    AgentConfig,
+    BaseUrl,
+    LlmBaseUrl,
+    VlmBaseUrl,
+    console,
+    ordered_group,
+    quiet_transformers,
+)
 
 app = typer.Typer(cls=ordered_group("sft-data", "finetune", "agreement"), no_args_is_help=True,
                   add_completion=False,
@@ -178,6 +186,9 @@ def agreement_cmd(
     config: AgentConfig,
     split: Annotated[str, typer.Option("--split", help="train or val (images the student never saw).")] = "val",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only the first N examples.")] = None,
+    base_url: BaseUrl = None,
+    llm_base_url: LlmBaseUrl = None,
+    vlm_base_url: VlmBaseUrl = None,
 ) -> None:
     """How often the config's decisions for ROLE equal the teacher's on a split of the data.
 
@@ -186,7 +197,8 @@ def agreement_cmd(
     from reallod.finetune.agreement import measure_agreement
 
     quiet_transformers()
-    rep = measure_agreement(data, role, config, split=split, limit=limit)
+    rep = measure_agreement(data, role, config, split=split, limit=limit, base_url=base_url,
+                            llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
     c = console()
     rate = "n/a" if rep.rate is None else f"{100 * rep.rate:.1f}%"
     c.print(f"{role} on {split}: {rep.equal} of {rep.examples} decision(s) equal the teacher's ({rate})"

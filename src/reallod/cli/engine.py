@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from reallod.cli.common import progress_monitor, quiet_transformers, with_options
+from reallod.cli.common import (
+    BaseUrl,
+    LlmBaseUrl,
+    VlmBaseUrl,
+    progress_monitor,
+    quiet_transformers,
+    with_options,
+)
 
 
 def register(root: typer.Typer) -> None:
@@ -40,19 +47,18 @@ _OPT_CONFIG = _A[str, typer.Option("--config", help="Agent config (path, or ship
                                    "its rewriter model writes the LLM steps, its vlm the VLM steps.")]
 _OPT_CLASSES = _A[Path | None, typer.Option("--classes", help="OpenImages class-description CSV.")]
 _OPT_CROWD = _A[bool, typer.Option("--keep-crowd", help="Keep crowd (COCO iscrowd / OpenImages IsGroupOf) boxes.")]
-_OPT_MIN_AREA = _A[float, typer.Option("--min-box-area", help="Drop boxes smaller than this (w×h pixels).")]
-_OPT_NLLM = _A[int, typer.Option("--llm-expressions", help="LLM phrases per object.")]
-_OPT_NGROUP = _A[int, typer.Option("--group-expressions", help="Group phrases per multi-instance category.")]
-_OPT_NHARD = _A[int, typer.Option("--hard-negatives", help="Hard negatives per object (LLM).")]
-_OPT_NEASY = _A[int, typer.Option("--easy-negatives", help="Easy negatives per object (absent categories).")]
-_OPT_MAXOBJ = _A[int | None, typer.Option("--max-objects", help="At most this many objects per image (largest).")]
+_OPT_MIN_AREA = _A[float, typer.Option("--min-box-area", min=0, help="Drop boxes smaller than this (w×h pixels).")]
+_OPT_NLLM = _A[int, typer.Option("--llm-expressions", min=0, help="LLM phrases per object.")]
+_OPT_NGROUP = _A[int, typer.Option("--group-expressions", min=0, help="Group phrases per multi-instance category.")]
+_OPT_NHARD = _A[int, typer.Option("--hard-negatives", min=0, help="Hard negatives per object (LLM).")]
+_OPT_NEASY = _A[int, typer.Option("--easy-negatives", min=0, help="Easy negatives per object (absent categories).")]
+_OPT_MAXOBJ = _A[int | None, typer.Option("--max-objects", min=1, help="At most this many objects per image (largest).")]
 _OPT_CLIP = _A[str | None, typer.Option("--clip-model", help="CLIP/SigLIP path or hub id: drop expressions whose "
                                         "region-text similarity is under --clip-threshold (off by default).")]
 _OPT_CLIPT = _A[float, typer.Option("--clip-threshold", help="Similarity threshold of the --clip-model filter.")]
-_OPT_LIMIT = _A[int | None, typer.Option("--limit", help="Only the first N images (of the shard).")]
+_OPT_LIMIT = _A[int | None, typer.Option("--limit", min=1, help="Only the first N images (of the shard).")]
 _OPT_SHARD = _A[str | None, typer.Option("--shard", help="K/N: this run's share of the images.")]
-_OPT_CONC = _A[int | None, typer.Option("--concurrency", help="Images (and agent tasks) in flight.")]
-_OPT_URL = _A[str | None, typer.Option("--base-url", help="OpenAI-compatible server for every openai role.")]
+_OPT_CONC = _A[int | None, typer.Option("--concurrency", min=1, help="Images (and agent tasks) in flight.")]
 _OPT_CACHE = _A[Path | None, typer.Option("--cache", help="Response cache file.")]
 _OPT_NOCACHE = _A[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")]
 _OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config changed (never on other "
@@ -66,7 +72,8 @@ def _generate_options(
         llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2, hard_negatives: _OPT_NHARD = 2,
         easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None, clip_model: _OPT_CLIP = None,
         clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None, shard: _OPT_SHARD = None,
-        concurrency: _OPT_CONC = None, base_url: _OPT_URL = None, cache: _OPT_CACHE = None,
+        concurrency: _OPT_CONC = None, base_url: BaseUrl = None, llm_base_url: LlmBaseUrl = None,
+        vlm_base_url: VlmBaseUrl = None, cache: _OPT_CACHE = None,
         no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
         progress: _OPT_PROGRESS = None):  # type: ignore[no-untyped-def]
     """The options of ``generate`` and ``pipeline`` (:func:`with_options`; each command declares its own
@@ -79,7 +86,8 @@ def _generate_options(
     return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
                            skip_crowd=not keep_crowd, min_area=min_box_area, settings=settings, clip_model=clip_model,
                            clip_threshold=clip_threshold, limit=limit, shard=shard, concurrency=concurrency,
-                           base_url=base_url, cache=cache, no_cache=no_cache, force_resume=force_resume)
+                           base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url, cache=cache,
+                           no_cache=no_cache, force_resume=force_resume)
 
 
 @with_options(_generate_options)
@@ -107,7 +115,7 @@ def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
     if run.failed:
         typer.echo(f"{run.failure_line()}: rerun the same command to retry them")
     if not run.records:
-        why = "no image selected (an empty shard, or --limit 0)" if not run.images else \
+        why = "no image selected (an empty shard)" if not run.images else \
             "model calls failed or every expression was dropped (above)" if run.failed else \
             "every expression was dropped (the reasons are counted above)"
         typer.echo(f"no record written: {why}; {run.out} is empty")
@@ -119,7 +127,7 @@ def pipeline_cmd(
                                    show_default=False)],
         unresolved: _A[str, typer.Option("--unresolved", help="Expressions the agent judged wrong and could not "
                                          "repair: negative (default), drop or keep.")] = "negative",
-        max_cycles: _A[int | None, typer.Option("--max-cycles", help="Agent cycles per expression.")] = None,
+        max_cycles: _A[int | None, typer.Option("--max-cycles", min=1, help="Agent cycles per expression.")] = None,
         report: _A[Path | None, typer.Option("--report", help="Re-alignment run summary (JSON + Markdown).")] = None,
         **options: Any,
 ) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 from reallod.agent.agent_eval import match_f1
 from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import Role
-from reallod.errors import ConfigError, DataError
+from reallod.errors import ConfigError, DataError, ReallodError
 from reallod.finetune.sft_data import SPLITS, open_view, role_files
-from reallod.llm.backends.base import map_parts
+from reallod.llm.backends.base import BackendError, map_parts
 
 
 @dataclass
@@ -101,8 +101,14 @@ async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]]
     spec = SPECS[rep.role]
     for row, teacher in rows:
         images = [open_view(data, rel) for rel in row.get("images") or []]
-        completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
-                                                 max_tokens=role.max_tokens, temperature=role.temperature)
+        try:
+            completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
+                                                     max_tokens=role.max_tokens, temperature=role.temperature)
+        except BackendError as e:
+            advice = ("; check that the server is running and the base URL is right (--base-url)"
+                      if e.kind == "connection" else "")
+            raise ReallodError(f"the {rep.role} role's model failed on example {rep.examples + 1} "
+                               f"({e.kind}: {e}){advice}") from None
         rep.seconds += completion.latency_s
         try:
             decision, _ = spec.parse(completion.text)
@@ -117,8 +123,10 @@ async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]]
 
 
 def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: str = "val",
-                      limit: int | None = None) -> Agreement:
-    """Ask the ``split`` examples of ``role_name`` through that role of ``config``; count agreement."""
+                      limit: int | None = None, base_url: str | None = None, llm_base_url: str | None = None,
+                      vlm_base_url: str | None = None) -> Agreement:
+    """Ask the ``split`` examples of ``role_name`` through that role of ``config``; count agreement.
+    The base URLs point the config's openai roles at a server, as in ``realign``."""
     from reallod.agent.agent_config import build_roles, load_agent_config
 
     if split not in SPLITS:
@@ -129,7 +137,7 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
     if split not in files:
         raise DataError(f"no {split} examples for the {role_name} role", path=str(data))
     rows = _read_rows(files[split], role_name)
-    cfg = load_agent_config(config)
+    cfg = load_agent_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
     if cfg.roles.get(role_name) is None:
         raise ConfigError(f"{cfg.path}: the config has no {role_name} role")
     roles = build_roles(cfg)
