@@ -79,6 +79,9 @@ def test_explain_prints_one_task(tmp_path, capsys, scripted):
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "nonesuch", "--out", "{tmp}/o.jsonl"], "nonesuch: no such config"),
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--images", "{tmp}/no"],
      "image root is not a directory"),
+    # a Real-Data input keeps its sources: --source would have been ignored and every source re-aligned
+    (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--source", "llm"],
+     "--source llm: names the source of a published task list's output pairs"),
 ])
 def test_usage_and_input_errors_are_one_line(tmp_path, capsys, scripted, args, words):
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]

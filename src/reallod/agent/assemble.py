@@ -34,6 +34,7 @@ from reallod.agent.inputs import (
 from reallod.agent.task import Task
 from reallod.data.io import JsonlWriter
 from reallod.data.records import canonical_pairs
+from reallod.errors import ConfigError
 
 Select = Callable[[str, str | None], bool]
 """(task id — or record index for Real-Data records —, image path) → whether this run owns it (a shard)."""
@@ -126,8 +127,21 @@ def _provenance(task_id: str, verdict: str, result: Mapping[str, Any] | None, ra
 # ---------------------------------------------------------------------------------------------
 
 
+DEFAULT_SOURCE = "realigned"
+
+
+def output_source(fmt: InputFormat, source: str | None) -> str:
+    """The source the output pairs of a published task list go under. A Real-Data input keeps each pair
+    in its own source, so a ``--source`` given with one would be ignored without a word: refused."""
+    if source is not None and fmt == "records":
+        raise ConfigError(f"--source {source}: names the source of a published task list's output pairs; a "
+                          "Real-Data input keeps each pair in its own source and every source is re-aligned "
+                          "(to re-align only some, select them first: reallod data filter IN OUT --source NAME)")
+    return source or DEFAULT_SOURCE
+
+
 def assemble(fmt: InputFormat, input_path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
-             out_path: str | os.PathLike, *, policy: Policy = "keep", source: str = "realigned",
+             out_path: str | os.PathLike, *, policy: Policy = "keep", source: str = DEFAULT_SOURCE,
              agent: str | None = None, captions: dict[str, str] | None = None,
              limit: int | None = None, select: Select | None = None) -> Counter[str]:
     """Write the Real-Data output (atomically) for the results of a run over ``input_path``.

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from reallod.agent.assemble import POLICIES, Policy, assemble
+from reallod.agent.assemble import POLICIES, Policy, assemble, output_source
 from reallod.agent.inputs import iter_tasks, load_captions, shard_key
 from reallod.agent.realign import output_fields
 from reallod.agent.summary import RunSummary
@@ -58,7 +58,7 @@ def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:
 
 
 def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "keep",
-                 source: str = "realigned") -> MergeResult:
+                 source: str | None = None) -> MergeResult:
     """Check the shards and write the merged output (atomically) and trace."""
     if unresolved not in POLICIES:
         raise ConfigError(f"--unresolved {unresolved!r}: expected drop, keep or negative")
@@ -88,6 +88,7 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
     meta = first_header.get("meta") or {}
     input_path = Path(meta.get("input") or "")
     fmt = meta.get("format")
+    source = output_source(fmt, source)
     _refuse_overwrite(Path(out), input_path, meta.get("captions"), [Path(p) for p, *_ in shards])
     if not input_path.is_file():
         raise MergeError(f"the shards' input {input_path} is not there any more (merge reads it for the record order)")

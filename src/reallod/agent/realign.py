@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reallod.agent import workflow
-from reallod.agent.assemble import POLICIES, Policy, Select, assemble
+from reallod.agent.assemble import POLICIES, Policy, Select, assemble, output_source
 from reallod.agent.inputs import (
     InputFormat,
     TaskItem,
@@ -144,7 +144,7 @@ class RealignOptions:
     max_cycles: int | None = None  # default: the config's (3)
     limit: int | None = None
     unresolved: Policy = "keep"
-    source: str = "realigned"  # pairs' source name when the input is a published task list
+    source: str | None = None  # pairs' source name when the input is a published task list (default: realigned)
     base_url: str | None = None
     llm_base_url: str | None = None
     vlm_base_url: str | None = None
@@ -207,6 +207,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         raise ConfigError("--endpoint-limit must be at least 1")
     shard = parse_shard(opts.shard)
     fmt = opts.format or detect_format(opts.input)
+    source = output_source(fmt, opts.source)
     captions = load_captions(opts.captions) if opts.captions else None
     images = ImageLoader(opts.images if opts.images is not None else opts.input.parent)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
@@ -253,7 +254,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         for tid, entry in iter_journal(journal_path):
             results[tid] = output_fields(entry)
             summary.add(entry)
-        summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=opts.source,
+        summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=source,
                                     agent=agent, captions=captions, limit=opts.limit, select=select)
     except OSError as e:
         raise RunStopped(f"cannot write the output {opts.out}: {e.strerror or e}; the {len(results)} finished "

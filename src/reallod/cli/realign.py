@@ -106,8 +106,9 @@ def realign_cmd(
     unresolved: Annotated[str, typer.Option(
         "--unresolved", help="What happens to wrong, unresolved and failed expressions: drop, keep (as they "
         "are) or negative (moved to the negatives).")] = "keep",
-    source: Annotated[str, typer.Option(
-        "--source", help="Source name of the output pairs when the input is a published task list.")] = "realigned",
+    source: Annotated[str | None, typer.Option(
+        "--source", help="Source name of the output pairs when the input is a published task list (default: "
+        "realigned; a Real-Data input keeps its pairs' sources).")] = None,
     base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
@@ -191,7 +192,7 @@ def realign_merge_cmd(
     out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl).")],
     unresolved: Annotated[str, typer.Option(
         "--unresolved", help="drop, keep or negative, as for realign.")] = "keep",
-    source: Annotated[str, typer.Option("--source", help="As for realign (published task lists).")] = "realigned",
+    source: Annotated[str | None, typer.Option("--source", help="As for realign (published task lists).")] = None,
 ) -> None:
     """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled.
 
