@@ -48,3 +48,20 @@ def test_every_command_lists_a_short_summary():
         if not first.strip() or len(first) > 200:
             long[" ".join(path)] = len(first)
     assert not long, f"commands whose summary is empty or over 200 characters: {long}"
+
+
+def test_flags_show_no_value_type_and_help_texts_keep_their_brackets(capsys, monkeypatch):
+    """Typer's rich help showed `--show <bool>` (as if `--show true` worked: it is an error), and an
+    unescaped `[default: ...]` in a help text vanished as rich markup."""
+    from tests.cli_helpers import run_cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["detect", "--help"], capsys)
+    assert code == 0
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ --")}
+    assert "<bool>" not in rows["--show"] and "<bool>" not in rows["--no-save-vis"]
+    assert "<int range>" in rows["--batch-size"]  # options that take a value keep their type
+    for command in (["detect"], ["eval", "omnilabel"], ["demo", "model"]):
+        code, out, _ = run_cli([*command, "--help"], capsys)
+        device = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("--device"))
+        assert "[default: cuda if available" in device, (command, device)

@@ -57,6 +57,9 @@ def test_a_source_no_record_has_lists_the_sources_seen(files, capsys):
     code, _, err = run_cli(["data", "filter", files / "data.jsonl", files / "out.jsonl", "-s", "my_source"], capsys)
     assert code == 0, err
     assert [json.loads(line)["filename"] for line in (files / "out.jsonl").read_text().splitlines()] == ["b.jpg"]
+    # a standard source the file lacks is named as missing, not suggested as its own correction
+    code, _, err = run_cli(["data", "filter", files / "data.jsonl", files / "out.jsonl", "-s", "vlm_long"], capsys)
+    assert code == 2 and "--source vlm_long: no record read has this source" in err and "vlm_long →" not in err, err
 
 
 @pytest.mark.parametrize("convert", ["odvg", "coco", "omnilabel"])

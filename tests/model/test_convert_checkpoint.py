@@ -128,6 +128,12 @@ def test_unsafe_or_foreign_files_are_refused(tmp_path):
         convert_checkpoint(hf_like, tmp_path / "out", variant="tiny")
     with pytest.raises(DataError, match="not found"):
         convert_checkpoint(tmp_path / "nope.pth", tmp_path / "out", variant="tiny")
+    (tmp_path / "model").mkdir()  # a folder was "checkpoint file not found"
+    with pytest.raises(DataError, match=r"model: a folder, not a checkpoint file$"):
+        convert_checkpoint(tmp_path / "model", tmp_path / "out", variant="tiny")
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"a converted model folder is used as it is: pass it as MODEL"):
+        convert_checkpoint(tmp_path / "model", tmp_path / "out", variant="tiny")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(DataError, match="cannot load"):

@@ -36,6 +36,25 @@ class OrderedGroup(typer.core.TyperGroup):
         return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
 
 
+def _flags_show_no_type() -> None:
+    """Typer's rich help (0.2x) shows a type for every option, flags included: ``--show <bool>`` reads as
+    if the flag took a value, and ``--show true`` is an error. Flags show none, as click's own help does.
+    Left alone where Typer has no such method (other versions render types their own way)."""
+    option = typer.core.TyperOption
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_show_no_type", False):
+        return
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    display_type_rich.flags_show_no_type = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
+
+
 def ordered_group(*names: str) -> type[OrderedGroup]:
     """An :class:`OrderedGroup` class listing ``names`` in this order (pass it as ``typer.Typer(cls=...)``)."""
     return type("OrderedGroup", (OrderedGroup,), {"order": names})

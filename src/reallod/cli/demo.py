@@ -65,7 +65,7 @@ def demo_model_cmd(
     model: ModelArg,
     weights: Annotated[Path | None, typer.Option(
         "--weights", help="Replace MODEL's weights with this file (as for `reallod detect`).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [default: cuda if available].",
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N \\[default: cuda if available].",
                                                show_default=False)] = None,
     dtype: Dtype = "fp32",
     score_thre: Annotated[float, typer.Option(

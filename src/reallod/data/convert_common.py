@@ -128,7 +128,8 @@ class SourceCheck:
         seen = ", ".join(sorted(self.seen)) or "none"
         hints = []
         for name in missing:
-            close = difflib.get_close_matches(name, sorted(self.seen | set(TRAINING_SOURCES)), n=1, cutoff=0.6)
+            others = sorted((self.seen | set(TRAINING_SOURCES)) - {name})  # a standard source the file lacks is no typo
+            close = difflib.get_close_matches(name, others, n=1, cutoff=0.6)
             if close:
                 hints.append(f"{name} → {close[0]}?")
         raise DataError(f"--source {', '.join(missing)}: no record read has "

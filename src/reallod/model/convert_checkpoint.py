@@ -350,6 +350,9 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     import torch
 
     p = Path(path)
+    if p.is_dir():
+        raise DataError("a folder, not a checkpoint file (a converted model folder is used as it is: pass it as "
+                        "MODEL)" if (p / "config.json").is_file() else "a folder, not a checkpoint file", path=str(p))
     if not p.is_file():
         raise DataError("checkpoint file not found", path=str(p))
     kind = sniff_weights_file(p)
