@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli_helpers import run_cli
 from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions
 
@@ -62,3 +64,38 @@ def test_score_over_goes_with_a_model(tmp_path, capsys):
     code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds,
                             "--score-over", "all-tokens"], capsys)
     assert code == 2 and "--score-over" in err and "goes with --model" in err
+
+
+@pytest.mark.parametrize("which", ["annotations", "predictions"])
+def test_a_truncated_gzip_file_is_named_not_aborted(tmp_path, capsys, which):
+    """gzip's EOFError reached click, which took it for Ctrl-D: 'Aborted.' and nothing else."""
+    import gzip
+
+    gt, preds = _files(tmp_path)
+    source = gt if which == "annotations" else preds
+    cut = tmp_path / f"cut_{which}.json.gz"
+    cut.write_bytes(gzip.compress(source.read_bytes())[:300])
+    args = {"annotations": gt, "predictions": preds, which: cut}
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", args["annotations"], "--predictions",
+                            args["predictions"], "--metrics-out", tmp_path / "m.json"], capsys)
+    assert code == 2 and "Aborted" not in err, err
+    assert f"{cut}: " in err and "not a complete gzip file" in err and err.strip().count("\n") == 0
+
+
+def test_an_empty_description_stops_before_the_model_loads(tmp_path, capsys, monkeypatch, tiny_model_dir):
+    """A description that is only '?' failed in the middle of the model run, naming no file or description."""
+    from reallod.eval import jobs
+
+    gt = omnilabel_gt(2, 3)
+    gt["descriptions"][1]["text"] = "?"
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "images").mkdir()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(jobs, "load_model", refuse)
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", tmp_path / "gt.json", "--images", tmp_path / "images",
+                            "--model", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "p.json"], capsys)
+    assert code == 2, err
+    assert f"{tmp_path / 'gt.json'}: descriptions[1].text: '?' has no words once '.' and '?' are removed" in err

@@ -141,3 +141,17 @@ def test_bad_input(pickles, tmp_path):
         d3.load(tmp_path / "partial")
     with pytest.raises(DataError, match="folder of annotation pickles"):
         d3.load(tmp_path / "p.json")
+
+
+def test_a_sentence_without_words_is_named(tmp_path):
+    """A sentence of only '?' or '.' passed the reading and stopped the model run later, naming nothing."""
+    import pickle
+
+    folder = tmp_path / "d3_pkl"
+    d3_pickles(folder, seed=1, n_groups=2, images_per_group=1)
+    sentences = pickle.loads((folder / "sentences.pkl").read_bytes())
+    first = next(iter(sentences))
+    sentences[first]["raw_sent"] = " ? . "
+    (folder / "sentences.pkl").write_bytes(pickle.dumps(sentences))
+    with pytest.raises(DataError, match=rf"sentences\.pkl: sentence {first}: raw_sent ' \? \. ' has no words"):
+        d3.load(folder)

@@ -157,3 +157,78 @@ def test_bad_ground_truth_names_the_field(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         ol.load_gt(path)
+
+
+def _set(path, value):
+    """A mutation of the ground truth: ``path`` ("annotations", 0, "image_id") set to ``value``."""
+
+    def mutate(gt):
+        *parents, last = path
+        node = gt
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize(("path", "value", "field", "message"), [
+    (("annotations", 1, "image_id"), "abc", "annotations[1].image_id", "expected an integer id, got 'abc'"),
+    (("annotations", 1, "image_id"), "2", "annotations[1].image_id", "expected an integer id, got '2'"),
+    (("annotations", 1, "image_id"), None, "annotations[1].image_id", "expected an integer id, got None"),
+    (("annotations", 1, "image_id"), 2.7, "annotations[1].image_id", "expected an integer id, got 2.7"),
+    (("annotations", 1, "image_id"), True, "annotations[1].image_id", "expected an integer id, got True"),
+    (("annotations", 1, "image_id"), 2 ** 70, "annotations[1].image_id", "does not fit in 64 bits"),
+    (("annotations", 1, "image_id"), [2], "annotations[1].image_id", "expected an integer id, got [2]"),
+    (("annotations", 2, "description_ids"), [20, "x"], "annotations[2].description_ids[1]", "got 'x'"),
+    (("annotations", 2, "description_ids"), [2 ** 64], "annotations[2].description_ids[0]", "64 bits"),
+    (("annotations", 2, "description_ids"), 20, "annotations[2].description_ids", "expected a list"),
+    (("annotations", 0, "bbox"), [float("nan"), 1, 5, 5], "annotations[0].bbox", "not finite"),
+    (("annotations", 0, "bbox"), [True, 1, 5, 5], "annotations[0].bbox", "4 numbers"),
+    (("annotations", 0, "bbox"), [1, 1, -5, 5], "annotations[0].bbox", "negative width or height"),
+    (("annotations", 0, "bbox"), 5, "annotations[0].bbox", "4 numbers"),
+    (("annotations", 0, "iscrowd"), "no", "annotations[0].iscrowd", "expected 0 or 1, got 'no'"),
+    (("descriptions", 3, "image_ids"), ["2"], "descriptions[3].image_ids[0]", "expected an integer id, got '2'"),
+    (("descriptions", 3, "image_ids"), [[2]], "descriptions[3].image_ids[0]", "expected an integer id, got [2]"),
+    (("descriptions", 3, "image_ids"), [2.0], "descriptions[3].image_ids[0]", "expected an integer id, got 2.0"),
+    (("descriptions", 3, "id"), True, "descriptions[3].id", "expected an integer id, got True"),
+    (("descriptions", 3, "anno_info", "type"), [1], "descriptions[3].anno_info.type", "expected a string"),
+    (("descriptions", 2, "text"), "?", "descriptions[2].text", "'?' has no words once '.' and '?' are removed"),
+    (("descriptions", 2, "text"), " . ", "descriptions[2].text", "no words once"),
+    (("images", 1, "id"), 2 ** 63, "images[1].id", "does not fit in 64 bits"),
+])
+def test_bad_ground_truth_fields_are_named(tmp_path, path, value, field, message):
+    """Each bad field stops the reading with the file and the field (no ValueError / OverflowError from numpy,
+    no pair silently dropped, no 2.7 read as 2)."""
+    gt = _gt()
+    _set(path, value)(gt)
+    with pytest.raises(DataError) as err:
+        ol.parse_gt(gt, "gt.json")
+    assert str(err.value).startswith(f"gt.json: {field}: ") and message in str(err.value), str(err.value)
+
+
+def test_huge_ids_read_from_a_file_are_named(tmp_path):
+    """The JSON reader gives integers beyond 64 bits as floats: still said to be too large, not a float."""
+    gt = _gt()
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt).replace('"image_id": 2,', f'"image_id": {2 ** 70},', 1))
+    with pytest.raises(DataError, match=r"annotations\[1\]\.image_id: id 1180591620717411303424 does not fit"):
+        ol.load_gt(path)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("description_ids", [True], r"predictions\[4\] \(image_id 1\)\.description_ids\[0\]: expected an integer id, "
+                                r"got True"),
+    ("image_id", True, r"predictions\[4\]\.image_id: expected an integer id, got True"),
+])
+def test_bools_are_not_ids_in_predictions(field, value, message):
+    """numpy reads [10, true] as [10, 1]: a bool id must not be scored as id 1."""
+    entry = {"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [0.5], field: value}
+    with pytest.raises(DataError, match=message):
+        ol.parse_predictions([*_perfect(_gt()), entry], "p.json")
+
+
+def test_valid_ground_truth_reads_as_before():
+    gt = ol.parse_gt(_gt())
+    assert gt.box_image.tolist() == [1, 1, 2, 2, 2, 2, 2]
+    assert gt.box_descr.tolist() == [10, 11, 20, 21, 20, 21, 21]
+    assert gt.box_xywh[-1].tolist() == [60, 0, 20, 40] and not gt.box_crowd.any() and not gt.box_zero_id.any()

@@ -153,3 +153,42 @@ def test_bad_input(tmp_path):
     gt["images"][0]["neg_text"] = ["unicorn"]
     with pytest.raises(DataError, match="'unicorn' is not the name of a category"):
         _bench(gt)
+
+
+@pytest.mark.parametrize(("mutate", "field", "message"), [
+    (lambda gt: gt["categories"][0].__setitem__("id", True), "categories[0].id", "expected an integer id, got True"),
+    (lambda gt: gt["categories"][1].__setitem__("name", "?"), "categories[1].name",
+     "'?' has no words once '.' and '?' are removed"),
+    (lambda gt: gt["images"][0].__setitem__("id", 2 ** 64), "images[0].id", "does not fit in 64 bits"),
+    (lambda gt: gt["annotations"][1].__setitem__("image_id", "2"), "annotations[1].image_id", "got '2'"),
+    (lambda gt: gt["annotations"][1].__setitem__("category_id", 2.5), "annotations[1].category_id", "got 2.5"),
+    (lambda gt: gt["annotations"][0].__setitem__("bbox", [float("nan"), 0, 5, 5]), "annotations[0].bbox",
+     "not finite"),
+    (lambda gt: gt["annotations"][0].__setitem__("bbox", [False, 0, 5, 5]), "annotations[0].bbox",
+     "expected [x, y, width, height]"),
+    (lambda gt: gt["annotations"][0].__setitem__("iscrowd", "no"), "annotations[0].iscrowd", "expected 0 or 1"),
+])
+def test_bad_ground_truth_fields_are_named(mutate, field, message):
+    gt = _one_box_gt()
+    mutate(gt)
+    with pytest.raises(DataError) as err:
+        ov.parse_subset(gt, "color.json")
+    assert str(err.value).startswith(f"color.json: {field}: ") and message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("key", ["image_id", "category_id"])
+def test_bool_ids_in_results_are_not_read_as_one(key):
+    """numpy reads [2, true] as [2, 1]: the fast path must not score a bool as id 1."""
+    good = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+    with pytest.raises(DataError, match=rf"p\.json: predictions\[1\].*\.{key}: expected an integer id, got True"):
+        parse_coco_results([good, {**good, key: True}], "p.json")
+
+
+def test_write_predictions_one_subset_as_a_file_or_into_a_folder(tmp_path):
+    """One subset: a .json name is the file, any other name a folder holding <subset>.json."""
+    gt = _one_box_gt()
+    bench = _bench(gt)
+    pred = _preds(0.5)
+    assert ov.write_predictions(tmp_path / "p.json", bench, pred) == [tmp_path / "p.json"]
+    assert ov.write_predictions(tmp_path / "p", bench, pred) == [tmp_path / "p" / "color.json"]
+    assert (tmp_path / "p.json").read_bytes() == (tmp_path / "p" / "color.json").read_bytes()

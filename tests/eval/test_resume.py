@@ -122,7 +122,8 @@ def test_a_journal_of_other_settings_is_refused_and_named(bench, tiny_detector, 
     out = tmp_path / "preds.json"
     _ctrl_c_at(2, bench, tiny_detector, out)
     other = {**SETTINGS, "model": {"model": "tiny", "dtype": "bf16"}}
-    with pytest.raises(JournalMismatch, match=r"preds\.journal\.jsonl: .*another model; .*delete the journal"):
+    with pytest.raises(JournalMismatch, match=r"preds\.journal\.jsonl: .*other settings: --dtype \(was 'fp32', "
+                       r"now 'bf16'\); .*delete the journal"):
         PredictionJournal(out, other)
 
 
@@ -193,3 +194,47 @@ def test_the_settings_tell_weights_written_over_the_same_folder_apart(tmp_path, 
     assert resume_settings(job, bench)["model"] != before["model"]
     (tmp_path / "gt.json").write_text('{"images": []}')
     assert resume_settings(job, bench)["annotations"] != before["annotations"]
+
+
+def test_a_local_model_is_the_same_however_its_path_is_typed(tmp_path, tiny_model_dir, monkeypatch):
+    """--model ./m and --model /abs/m (or a symlink to it) are one model: a resume is not refused."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from reallod.eval.jobs import EvalJob, resume_settings
+    from reallod.eval.predict import ModelSpec
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    os.symlink(tmp_path / "model", tmp_path / "link")
+    (tmp_path / "gt.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    bench = SimpleNamespace(name="omnilabel", describe={"skip_categories": False})
+
+    def settings(model: str, weights: str | None = None) -> dict:
+        return resume_settings(EvalJob("omnilabel", tmp_path / "gt.json", model=ModelSpec(model, weights=weights),
+                                       images=tmp_path, run=OPTIONS), bench)
+
+    typed = settings("./model", "model/model.safetensors")
+    assert typed == settings(str(tmp_path / "model"), str(tmp_path / "model" / "model.safetensors"))
+    assert typed == settings("link", "./link/model.safetensors")
+    assert typed["model"]["model"] == str(tmp_path / "model")
+
+
+def test_a_refused_journal_names_each_option_that_changed(bench, tiny_detector, tmp_path):
+    out = tmp_path / "preds.json"
+    settings = {**SETTINGS, "model": {"model": "/m", "dtype": "fp32", "stamp": [["/m/a", 1, 2]]},
+                "inference": {"mode": "parallel", "topk": 100}}
+    images, root = bench
+    journal = PredictionJournal(out, settings)
+    with pytest.raises(EvalInterrupted):
+        predict(images, CountingDetector(tiny_detector, stop_at=2), root, OPTIONS, journal=journal)
+    journal.close()
+    other = {**settings, "inference": {"mode": "concat", "topk": 50}}
+    with pytest.raises(JournalMismatch) as err:
+        PredictionJournal(out, other)
+    assert "other settings: --mode (was 'parallel', now 'concat'); --topk (was 100, now 50); rerun" in str(err.value)
+    other = {**settings, "annotations": "9999", "model": {"model": "/n", "dtype": "fp32", "stamp": [["/n/a", 1, 2]]}}
+    with pytest.raises(JournalMismatch) as err:
+        PredictionJournal(out, other)
+    assert "other settings: --annotations (its content); --model (was '/m', now '/n'); rerun" in str(err.value)

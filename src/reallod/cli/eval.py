@@ -43,8 +43,9 @@ _EvTopk = Annotated[int, typer.Option(
 _EvMaxPerImage = Annotated[int | None, typer.Option(
     "--max-per-image", min=1, help="Keep only the best N boxes of an image over all its descriptions.",
     show_default=False)]
-_EvOut = Annotated[Path | None, typer.Option("--out", help="Write the predictions here (the benchmark's format); "
-                                             "a run killed part-way resumes from the journal kept beside it.")]
+_EvOut = Annotated[Path | None, typer.Option(
+    "--out", help="Write the predictions here (the benchmark's format): a .json or .json.gz file, or for OVDEval a "
+    "folder of <subset>.json; a run killed part-way resumes from the journal kept beside it.")]
 _EvShowDir = Annotated[Path | None, typer.Option(
     "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR.")]
 _EvDevice = Annotated[str | None, typer.Option(
@@ -158,7 +159,7 @@ def eval_ovdeval(
     """OVDEval: NMS-AP per subset and their average (with AP50 / AP75).
 
     GT is one subset's COCO json (images with text and neg_text) or a folder of them. Predictions:
-    COCO results per subset (one file, or a folder of <subset>.json). With several subsets --out is a
-    folder. Example: reallod eval ovdeval --annotations OVDEval/annotations --images OVDEval/images --model M
+    COCO results per subset (one file, or a folder of <subset>.json). --out is a folder of <subset>.json
+    (with one subset, a .json name is also accepted). Example: reallod eval ovdeval --annotations OVDEval/annotations --images OVDEval/images --model M
     """
     _run_eval("ovdeval", _eval_job(topk=topk, **options), backend=backend, subset=subset)

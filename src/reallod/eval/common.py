@@ -113,6 +113,24 @@ def metric(value: float) -> float | None:
     return None if value is None or value == -1 else float(value)
 
 
+JSON_SUFFIXES = (".json", ".json.gz")
+
+
+def is_json_name(path: str | Path) -> bool:
+    """Whether an output path names a JSON file (``.json``, or ``.json.gz`` written compressed) rather
+    than a folder: the rule every ``--out`` follows."""
+    return Path(path).name.lower().endswith(JSON_SUFFIXES)
+
+
+def json_stem(path: str | Path) -> Path:
+    """``NAME.json`` / ``NAME.json.gz`` → ``NAME`` (any other name as it is)."""
+    p = Path(path)
+    for suffix in (".json.gz", ".json"):
+        if p.name.lower().endswith(suffix) and len(p.name) > len(suffix):
+            return p.with_name(p.name[: -len(suffix)])
+    return p
+
+
 def read_json(path: str | Path, what: str) -> Any:
     """A whole JSON document; a missing or malformed file is a DataError naming it."""
     import orjson
@@ -124,9 +142,7 @@ def read_json(path: str | Path, what: str) -> Any:
         raise DataError(f"{what}: expected a JSON file, got a folder", path=str(p))
     data = p.read_bytes()
     if data[:2] == b"\x1f\x8b":
-        import gzip
-
-        data = gzip.decompress(data)
+        data = _gunzip(data, what, p)
     with no_gc():
         try:
             return orjson.loads(data)
@@ -138,6 +154,19 @@ def read_json(path: str | Path, what: str) -> Any:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{what}: not valid JSON ({e})", path=str(p)) from e
+
+
+def _gunzip(data: bytes, what: str, path: Path) -> bytes:
+    """A gzip file's content; a truncated or corrupt one is a DataError naming it (click would read the
+    EOFError of a truncated file as Ctrl-D and print only "Aborted.")."""
+    import gzip
+    import zlib
+
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{what}: not a complete gzip file ({type(e).__name__}: {e}); copy or compress it again",
+                        path=str(path)) from e
 
 
 def xyxy_to_xywh(xyxy: np.ndarray) -> np.ndarray:
@@ -157,6 +186,25 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def is_id(v: Any) -> bool:
+    """An integer id the columns can hold: an int (not a bool) within 64 bits."""
+    return _is_int(v) and INT64_MIN <= v <= INT64_MAX
+
+
+def id_problem(v: Any) -> str | None:
+    """What is wrong with ``v`` as an integer id, None when nothing is."""
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) > INT64_MAX:
+        return f"id {v:.0f} does not fit in 64 bits"  # the JSON reader gives such integers as floats
+    if not _is_int(v):
+        return f"expected an integer id, got {v!r}"
+    if not INT64_MIN <= v <= INT64_MAX:
+        return f"id {v} does not fit in 64 bits"
+    return None
 
 
 class EntryChecker:
@@ -183,8 +231,9 @@ class EntryChecker:
 
     def int_id(self, index: int, entry: dict, key: str) -> int:
         v = entry[key]
-        if not _is_int(v):
-            raise self.fail(index, key, f"expected an integer id, got {v!r}", entry)
+        problem = id_problem(v)
+        if problem:
+            raise self.fail(index, key, problem, entry)
         return v
 
     def score(self, index: int, entry: dict, key: str, value: Any) -> float:
@@ -287,6 +336,14 @@ def numeric_array(values: list[Any], kinds: str = "if") -> np.ndarray | None:
     return arr if arr.dtype.kind in kinds else None
 
 
+def id_array(values: list[Any]) -> np.ndarray | None:
+    """``values`` as int64 when every one is an integer id; None when any is a bool (numpy would read True
+    as 1), a float, a string, or beyond 64 bits (the slow path then names it)."""
+    if not all_instances(values, {int}):
+        return None
+    return numeric_array(values, "i")
+
+
 def bbox_array(boxes: list[Any]) -> np.ndarray | None:
     """(N, 4) float64 from lists of 4 numbers, or None when any box is not that (the slow path says which)."""
     arr = numeric_array(boxes)
@@ -306,7 +363,7 @@ def parse_coco_results(entries: Any, path: str | None, part: int = 0) -> Predict
     n = len(entries)
     cols = fast_columns(entries, ("image_id", "category_id", "bbox", "score"))
     if cols is not None:
-        image_id, label = numeric_array(cols["image_id"], "i"), numeric_array(cols["category_id"], "i")
+        image_id, label = id_array(cols["image_id"]), id_array(cols["category_id"])
         score, bbox = numeric_array(cols["score"]), bbox_array(cols["bbox"])
         if image_id is not None and label is not None and score is not None and bbox is not None \
                 and score.ndim == 1 and boxes_and_scores_ok(bbox, score.astype(np.float64)):

@@ -39,6 +39,7 @@ from reallod.eval.common import (
     read_coco_results,
     write_coco_results,
 )
+from reallod.model.token_prompt import sanitize
 
 NAME = "d3"
 PICKLES = ("sentences.pkl", "annotations.pkl", "images.pkl", "groups.pkl")
@@ -83,6 +84,18 @@ def renumber_annotations(coco: dict[str, Any]) -> dict[str, Any]:
     return coco
 
 
+def _sentences(sents: list[dict[str, Any]], path: Path) -> dict[int, str]:
+    """Sentence id → text, each text one the model can prompt (words left once '.' and '?' are removed)."""
+    out = {}
+    for s in sents:
+        text = s["raw_sent"]
+        if not isinstance(text, str) or not sanitize(text):
+            raise DataError(f"sentence {s['id']}: raw_sent {text!r} has no words once '.' and '?' are removed "
+                            "(the model splits phrases there)", path=str(path))
+        out[int(s["id"])] = text
+    return out
+
+
 def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | None = None) -> D3Benchmark:
     """Read the pickles and build the FULL / PRES / ABS ground truths for the chosen setting."""
     folder = Path(anno_dir)
@@ -104,7 +117,7 @@ def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | 
                 d3.convert2coco(tmp, anti_mode=mode)
                 with open(Path(tmp) / "coco_annotations.json") as f:
                     gts[setting] = renumber_annotations(json.load(f))
-        sentences = {int(s["id"]): str(s["raw_sent"]) for s in d3.load_sents()}
+        sentences = _sentences(d3.load_sents(), folder / "sentences.pkl")
         absence = {int(s["id"]) for s in d3.load_sents() if s["is_negative"]}
         images, prompts = [], {}
         every = sorted(sentences)

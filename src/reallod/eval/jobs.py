@@ -7,15 +7,16 @@ rank 0 alone writes files and scores.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reallod.errors import ConfigError
-from reallod.eval.common import EvalImage, EvalResult, Predictions
+from reallod.eval.common import EvalImage, EvalResult, Predictions, is_json_name, json_stem
 from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict, shard
-from reallod.eval.resume import PredictionJournal, remove_journals
+from reallod.eval.resume import PredictionJournal, own_journal, remove_journals
 
 BENCHMARKS = ("omnilabel", "d3", "ovdeval")
 
@@ -94,15 +95,99 @@ def _open_benchmark(job: EvalJob) -> _Bench:
 
 
 def default_metrics_path(job: EvalJob) -> Path:
-    """Beside the predictions (written or read): PRED.metrics.json; else ./BENCHMARK.metrics.json."""
-    base = job.out if job.model is not None and job.out is not None else job.predictions
-    if base is None:
+    """Beside the predictions (written or read): ``PRED.metrics.json``, PRED being the file's name without
+    ``.json`` / ``.json.gz`` (or its suffix), or the folder's name; else ``./BENCHMARK.metrics.json``."""
+    if job.model is not None and job.out is not None:
+        base, folder = Path(job.out), not is_json_name(job.out)
+    elif job.predictions is not None:
+        base, folder = Path(job.predictions), Path(job.predictions).is_dir()
+    else:
         return Path(f"{job.benchmark}.metrics.json")
-    base = Path(base)
-    if base.is_dir() or not base.suffix:
-        return base / "metrics.json"
-    name = base.name[: -len(".json.gz")] if base.name.endswith(".json.gz") else base.stem
+    base = _named(base)
+    name = base.name if folder else json_stem(base).name if is_json_name(base) else base.stem
     return base.with_name(f"{name}.metrics.json")
+
+
+def _named(path: Path) -> Path:
+    """``.`` or ``..`` as the absolute folder they are, which has a name to put files beside."""
+    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
+
+
+def prediction_paths(job: EvalJob) -> list[Path]:
+    """The files a model run writes its predictions to. ``--out`` ending in ``.json`` or ``.json.gz`` is a
+    file; any other name is a folder, which OVDEval fills with ``<subset>.json`` (the others write one file)."""
+    out = Path(job.out)  # type: ignore[arg-type]
+    if job.benchmark == "ovdeval":
+        from reallod.eval import ovdeval as ov
+
+        return ov.prediction_files(out, [ov.subset_name(f) for f in ov.subset_files(job.annotations, job.subset)])
+    if not is_json_name(out):
+        suggest = out / f"{job.benchmark}_preds.json" if out.is_dir() else out.with_name(f"{out.name}.json")
+        raise ConfigError(f"--out {out}: {'a folder' if out.is_dir() else 'a name without .json'}, but the "
+                          f"{job.benchmark} predictions are one JSON file: give a file name ending in .json (or "
+                          f".json.gz, written compressed), such as {suggest}")
+    return [out]
+
+
+def _check_place(option: str, path: Path, *, folder: bool) -> None:
+    """``path`` can be written as a file (or made a folder): no folder (or file) in its way, and the nearest
+    existing folder above it is writable."""
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: a file, where a folder is written; give a folder name"
+                          f"{' (without .json)' if option == '--out' else ''}, or remove the file")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} {path}: a folder, where a file is written; give a file name, such as "
+                          f"{path / 'metrics.json' if 'metrics' in option else path / 'preds.json'}")
+    anchor = Path(os.path.abspath(path if folder and path.is_dir() else path.parent))
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise ConfigError(f"{option} {path}: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {anchor} (permission denied)")
+
+
+def _overwrites(out: Path, source: Path) -> str | None:
+    """'is' when writing ``out`` replaces ``source`` (the same path, through symlinks or a hard link), 'is
+    inside' when ``source`` is a folder holding ``out``; None when they are apart."""
+    a, b = out.resolve(), source.resolve()
+    if a == b or (a.exists() and b.exists() and os.path.samefile(a, b)):
+        return "is"
+    if b.is_dir() and a.is_relative_to(b):
+        return "is inside"
+    return None
+
+
+def _check_outputs(job: EvalJob) -> None:
+    """Every path the job writes, checked before any work: a file where a file goes, a folder where a folder
+    goes, in a writable place, over no input (the ground truth, the predictions read) nor each other."""
+    outputs: list[tuple[str, Path]] = []
+    if job.model is not None and job.out is not None:
+        files = prediction_paths(job)
+        if not is_json_name(job.out):
+            _check_place("--out", Path(job.out), folder=True)
+        outputs += [("--out", f) for f in files]
+        outputs.append(("--out's journal", own_journal(_named(Path(job.out)), 0, 1)))
+    if job.metrics_out is not None:
+        outputs.append(("--metrics-out", Path(job.metrics_out)))
+    else:
+        outputs.append(("the metrics file (default --metrics-out)", default_metrics_path(job)))
+    if job.run.show_dir is not None:
+        _check_place("--show-dir", Path(job.run.show_dir), folder=True)
+    inputs = [("--annotations", Path(job.annotations))]
+    if job.predictions is not None:
+        inputs.append(("--predictions", Path(job.predictions)))
+    taken: dict[Path, tuple[str, Path]] = {}
+    for option, path in outputs:
+        _check_place(option, path, folder=False)
+        for what, source in inputs:
+            how = _overwrites(path, source)
+            if how:
+                raise ConfigError(f"{option} {path}: {how} {what} {source}, an input; writing there would "
+                                  f"{'overwrite' if how == 'is' else 'add to'} it: give a path outside it")
+        other = taken.setdefault(path.resolve(), (option, path))
+        if other != (option, path):
+            raise ConfigError(f"{option} {path}: also {other[0]} {other[1]}; give them different paths")
 
 
 def _check(job: EvalJob) -> None:
@@ -118,6 +203,7 @@ def _check(job: EvalJob) -> None:
         check_local_folder(job.model.model)  # a mistyped path fails before the benchmark is read
     if job.predictions is not None and (job.out is not None or job.run.show_dir is not None):
         raise ConfigError("--out and --show-dir go with --model; --predictions only scores a file")
+    _check_outputs(job)
 
 
 def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
@@ -133,20 +219,22 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
     journal: PredictionJournal | None = None
     try:
         bench = _open_benchmark(job)
-        if job.out is not None:  # what each image gives is kept as it comes: a killed run resumes
-            journal = PredictionJournal(Path(job.out), resume_settings(job, bench), dist.rank, dist.world_size,
+        out = _named(Path(job.out)) if job.out is not None else None
+        if out is not None:  # what each image gives is kept as it comes: a killed run resumes
+            journal = PredictionJournal(out, resume_settings(job, bench), dist.rank, dist.world_size,
                                         mine=set(shard(len(bench.images), dist)))
         detector = load_model(job.model, dist)
         pred = predict(bench.images, detector, job.images, job.run, dist, desc=f"eval {bench.name}",
                        journal=journal)
         if pred is None:
             return JobOutcome(None, processes=dist.world_size)
-        written = bench.write(Path(job.out), pred) if job.out is not None else []
-        if journal is not None:
-            journal.close()
-            remove_journals(Path(job.out))  # the predictions file holds it all now
+        written = bench.write(out, pred) if out is not None else []
         result = bench.score(pred, str(written[0]) if len(written) == 1 else None)
-        return _finish(job, bench, result, len(pred), written, dist.world_size)
+        outcome = _finish(job, bench, result, len(pred), written, dist.world_size)
+        if journal is not None and out is not None:  # kept to the end: a run that fails to score resumes
+            journal.close()
+            remove_journals(out)
+        return outcome
     finally:
         if journal is not None:
             journal.close()
@@ -167,11 +255,22 @@ def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
     inference.pop("batch_size")  # not the batch size or the device: a resume may change them
     model = asdict(job.model)
     model.pop("device")
-    model["stamp"] = weights_stamp(resolve_model_source(job.model.model), job.model.weights)
+    for key in ("model", "weights", "tokenizer"):  # ./m and /abs/m are one model
+        model[key] = _local(model[key])
+    source = resolve_model_source(job.model.model)
+    model["stamp"] = weights_stamp(_local(source), model["weights"])
     return {"benchmark": bench.name, "annotations": fingerprint_path(job.annotations),
             **{k: v for k, v in bench.describe.items() if k != "backend"},
             "images": str(Path(job.images).resolve()), "model": model, "inference": inference,
             "max_per_image": job.run.max_per_image, "max_pixels": job.run.max_pixels}
+
+
+def _local(name: str | None) -> str | None:
+    """A path that exists here, absolute and without symlinks; anything else (a hub id) as typed."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 def _finish(job: EvalJob, bench: _Bench, result: EvalResult, n: int, written: list[Path],

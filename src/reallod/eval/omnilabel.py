@@ -28,6 +28,8 @@ import numpy as np
 from reallod.errors import DataError
 from reallod.eval import coco_ap
 from reallod.eval.common import (
+    INT64_MAX,
+    INT64_MIN,
     EntryChecker,
     EvalImage,
     EvalResult,
@@ -37,6 +39,8 @@ from reallod.eval.common import (
     bbox_array,
     boxes_and_scores_ok,
     fast_columns,
+    id_array,
+    id_problem,
     metric,
     no_gc,
     numeric_array,
@@ -44,6 +48,7 @@ from reallod.eval.common import (
     report_unknown,
     write_json_list,
 )
+from reallod.model.token_prompt import sanitize
 
 NAME = "omnilabel"
 TYPE_DESCRIPTION = "object_description"
@@ -102,6 +107,24 @@ def parse_gt(obj: Any, path: str | None = None, *, skip_categories: bool = False
         return _parse_gt(obj, path, skip_categories)
 
 
+def _id(path: str | None, where: str, value: Any) -> int:
+    """``value`` as an integer id, or a DataError naming the field."""
+    problem = id_problem(value)
+    if problem:
+        raise _field(path, where, problem)
+    return value
+
+
+def _ids(path: str | None, where: str, values: Any) -> list[int]:
+    """A list of integer ids (one pass over the types; the first bad one named)."""
+    if not isinstance(values, list):
+        raise _field(path, where, f"expected a list of integer ids, got {values!r}")
+    if not (all_instances(values, {int}) and (not values or (min(values) >= INT64_MIN and max(values) <= INT64_MAX))):
+        for k, v in enumerate(values):
+            _id(path, f"{where}[{k}]", v)
+    return values
+
+
 def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
     if not isinstance(obj, dict):
         raise DataError("expected a JSON object with images, descriptions and annotations", path=path)
@@ -111,8 +134,9 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
     images: list[dict[str, Any]] = []
     seen_images: set[int] = set()
     for i, img in enumerate(obj["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int) or isinstance(img.get("id"), bool):
-            raise _field(path, f"images[{i}].id", "missing or not an integer")
+        if not isinstance(img, dict) or "id" not in img:
+            raise _field(path, f"images[{i}].id", "missing")
+        _id(path, f"images[{i}].id", img["id"])
         if not isinstance(img.get("file_name"), str):
             raise _field(path, f"images[{i}].file_name", "missing or not a string")
         if img["id"] in seen_images:
@@ -125,58 +149,100 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
     labelspace: dict[int, list[int]] = {}
     for i, d in enumerate(obj["descriptions"]):
         where = f"descriptions[{i}]"
-        if not isinstance(d, dict) or not isinstance(d.get("id"), int) or isinstance(d.get("id"), bool):
-            raise _field(path, f"{where}.id", "missing or not an integer")
+        if not isinstance(d, dict) or "id" not in d:
+            raise _field(path, f"{where}.id", "missing")
+        _id(path, f"{where}.id", d["id"])
         if not isinstance(d.get("text"), str) or not d["text"].split():
             raise _field(path, f"{where}.text", "missing or empty")
+        if not sanitize(d["text"]):
+            raise _field(path, f"{where}.text", f"{d['text']!r} has no words once '.' and '?' are removed "
+                         "(the model splits phrases there): give the description a text")
         info = d.get("anno_info")
         if not isinstance(info, dict) or "type" not in info:
             raise _field(path, f"{where}.anno_info.type", "missing (object_description or a category type)")
+        if not isinstance(info["type"], str):
+            raise _field(path, f"{where}.anno_info.type", f"expected a string (object_description or a category "
+                         f"type), got {info['type']!r}")
         if d["id"] in descriptions:
             raise _field(path, f"{where}.id", f"description id {d['id']} appears twice")
-        if not isinstance(d.get("image_ids"), list):
-            raise _field(path, f"{where}.image_ids", "missing or not a list")
+        if "image_ids" not in d:
+            raise _field(path, f"{where}.image_ids", "missing")
+        image_ids = _ids(path, f"{where}.image_ids", d["image_ids"])
         kind = "D" if info["type"] == TYPE_DESCRIPTION else "C"
         descriptions[d["id"]] = Description(d["id"], d["text"], kind)
         if skip_categories and kind == "C":
             continue
-        for image_id in d["image_ids"]:
+        for image_id in image_ids:
             space = labelspace.setdefault(image_id, [])
             if d["id"] in space:
                 raise _field(path, f"{where}.image_ids", f"image {image_id} is listed twice")
             space.append(d["id"])
 
-    rows_image: list[int] = []
-    rows_descr: list[int] = []
-    rows_box: list[list[float]] = []
-    rows_crowd: list[bool] = []
-    rows_zero: list[bool] = []
-    for i, a in enumerate(obj["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(a, dict):
-            raise _field(path, where, "expected an object")
-        for key in ("image_id", "bbox", "description_ids"):
-            if key not in a:
-                raise _field(path, f"{where}.{key}", "missing")
-        b = a["bbox"]
-        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
-            raise _field(path, f"{where}.bbox", f"expected [x, y, width, height], got {b!r}")
-        if not isinstance(a["description_ids"], list):
-            raise _field(path, f"{where}.description_ids", "not a list")
-        crowd = bool(a.get("iscrowd", 0))
-        zero = a.get("id", i + 1) == 0
-        for d_id in a["description_ids"]:
-            rows_image.append(a["image_id"])
-            rows_descr.append(d_id)
-            rows_box.append(b)
-            rows_crowd.append(crowd)
-            rows_zero.append(zero)
-    gt = OmniLabelGT(path, images, descriptions, labelspace, np.array(rows_image, dtype=np.int64),
-                     np.array(rows_descr, dtype=np.int64), np.array(rows_box, dtype=np.float64).reshape(-1, 4),
-                     np.array(rows_crowd, dtype=bool), np.array(rows_zero, dtype=bool), skip_categories)
+    gt = OmniLabelGT(path, images, descriptions, labelspace, *_annotation_rows(obj["annotations"], path),
+                     skip_categories=skip_categories)
     if skip_categories:
         gt.notes.append("plain categories left out (--skip-categories): AP-categ and AP are undefined")
     return gt
+
+
+_ANNOTATION_KEYS = ("image_id", "bbox", "description_ids")
+
+
+def _annotation_rows(anns: list[Any], path: str | None) -> tuple[np.ndarray, ...]:
+    """The annotations as box rows (image, description, xywh, crowd, id 0), one per box and description.
+
+    Checked by column (the validation set has tens of thousands); only when a check fails are the entries
+    walked one by one, to name the first bad field.
+    """
+    cols = fast_columns(anns, _ANNOTATION_KEYS)
+    if cols is not None and all_instances(cols["description_ids"], {list}):
+        counts = np.fromiter(map(len, cols["description_ids"]), dtype=np.int64, count=len(anns))
+        image = id_array(cols["image_id"])
+        descr = id_array(list(chain.from_iterable(cols["description_ids"])))
+        box = None
+        if all_instances(cols["bbox"], {list}) and all_instances(chain.from_iterable(cols["bbox"]), {int, float}):
+            box = bbox_array(cols["bbox"])  # bools are not numbers here: numpy would read True as 1
+        crowd_values = [a.get("iscrowd", 0) for a in anns]
+        if image is not None and descr is not None and box is not None and image.ndim == descr.ndim == 1 \
+                and _boxes_ok(box) and _flags_ok(crowd_values):
+            crowd = np.array(crowd_values, dtype=bool).reshape(-1)
+            zero = np.array([a.get("id", i + 1) == 0 for i, a in enumerate(anns)], dtype=bool).reshape(-1)
+            entry = np.repeat(np.arange(len(anns), dtype=np.int64), counts)
+            return image[entry], descr, box[entry], crowd[entry], zero[entry]
+    _check_annotations_slowly(anns, path)
+    raise DataError("annotations could not be read (no single entry is at fault)", path=path, field="annotations")
+
+
+def _flags_ok(values: list[Any]) -> bool:
+    try:
+        return set(values) <= {0, 1}  # True and False too
+    except TypeError:  # a list or an object: unhashable
+        return False
+
+
+def _boxes_ok(box: np.ndarray) -> bool:
+    return bool(np.isfinite(box).all() and (box[:, 2:] >= 0).all())
+
+
+def _check_annotations_slowly(anns: list[Any], path: str | None) -> None:
+    for i, a in enumerate(anns):
+        where = f"annotations[{i}]"
+        if not isinstance(a, dict):
+            raise _field(path, where, f"expected an object, got {type(a).__name__}")
+        for key in _ANNOTATION_KEYS:
+            if key not in a:
+                raise _field(path, f"{where}.{key}", "missing")
+        _id(path, f"{where}.image_id", a["image_id"])
+        b = a["bbox"]
+        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               for v in b):
+            raise _field(path, f"{where}.bbox", f"expected [x, y, width, height] (4 numbers), got {b!r}")
+        if not _boxes_ok(np.array([b], dtype=np.float64)):
+            raise _field(path, f"{where}.bbox", f"box {b!r} has a value that is not finite, or a negative width or "
+                         "height (boxes are xywh)")
+        _ids(path, f"{where}.description_ids", a["description_ids"])
+        if a.get("iscrowd", 0) not in (0, 1):
+            raise _field(path, f"{where}.iscrowd", f"expected 0 or 1, got {a['iscrowd']!r}")
 
 
 def load_gt(path: str | Path, *, skip_categories: bool = False) -> OmniLabelGT:
@@ -204,9 +270,9 @@ def _parse_predictions(entries: Any, path: str | None) -> Predictions:
     if cols is not None and all_instances(cols["description_ids"], {list}) and all_instances(cols["scores"], {list}):
         counts = np.fromiter(map(len, cols["description_ids"]), dtype=np.int64, count=len(entries))
         same = np.array_equal(counts, np.fromiter(map(len, cols["scores"]), dtype=np.int64, count=len(entries)))
-        label = numeric_array(list(chain.from_iterable(cols["description_ids"])), "i")
+        label = id_array(list(chain.from_iterable(cols["description_ids"])))
         score = numeric_array(list(chain.from_iterable(cols["scores"])))
-        image_id = numeric_array(cols["image_id"], "i")
+        image_id = id_array(cols["image_id"])
         bbox = bbox_array(cols["bbox"])
         if same and label is not None and score is not None and image_id is not None and bbox is not None \
                 and label.ndim == score.ndim == image_id.ndim == 1 and boxes_and_scores_ok(bbox, score.astype(float)):
@@ -230,8 +296,9 @@ def _check_slowly(entries: list[Any], path: str | None) -> None:
         if len(ids) != len(scores):
             raise check.fail(i, "scores", f"{len(scores)} scores for {len(ids)} description ids", e)
         for k, (d, s) in enumerate(zip(ids, scores, strict=True)):
-            if not isinstance(d, int) or isinstance(d, bool):
-                raise check.fail(i, f"description_ids[{k}]", f"expected an integer id, got {d!r}", e)
+            problem = id_problem(d)
+            if problem:
+                raise check.fail(i, f"description_ids[{k}]", problem, e)
             check.score(i, e, f"scores[{k}]", s)
 
 

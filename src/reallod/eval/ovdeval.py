@@ -20,6 +20,7 @@ bbox xywh, score}: one file for one subset, or a folder of ``<subset>.json`` for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 from reallod.eval.coco_tools import coco_evaluate
 from reallod.eval.common import (
     EvalImage,
@@ -35,10 +36,14 @@ from reallod.eval.common import (
     Predictions,
     check_known,
     coco_results,
+    id_problem,
+    is_json_name,
+    json_stem,
     read_coco_results,
     read_json,
     write_coco_results,
 )
+from reallod.model.token_prompt import sanitize
 
 NAME = "ovdeval"
 ALL_CATEGORY_SUBSETS = frozenset({"coco", "celebrity", "logo", "landmark"})
@@ -79,16 +84,21 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
             raise DataError("missing or not a list", path=path, field=key)
     by_name: dict[str, int] = {}
     for i, c in enumerate(obj["categories"]):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+        if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
             raise DataError("expected {id, name}", path=path, field=f"categories[{i}]")
+        _id(path, f"categories[{i}].id", c["id"])
+        if not sanitize(c["name"]):
+            raise DataError(f"{c['name']!r} has no words once '.' and '?' are removed (the model splits phrases "
+                            "there): give the category a name", path=path, field=f"categories[{i}].name")
         by_name[c["name"]] = c["id"]  # a repeated name maps to its last id, as the official script's dict
     every = list(dict.fromkeys(c["name"] for c in obj["categories"]))
     images = []
     seen: set[int] = set()
     for i, img in enumerate(obj["images"]):
         where = f"images[{i}]"
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
-            raise DataError("missing or not an integer", path=path, field=f"{where}.id")
+        if not isinstance(img, dict) or "id" not in img:
+            raise DataError("missing", path=path, field=f"{where}.id")
+        _id(path, f"{where}.id", img["id"])
         if not isinstance(img.get("file_name"), str):
             raise DataError("missing or not a string", path=path, field=f"{where}.file_name")
         if img["id"] in seen:
@@ -108,16 +118,36 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
         images.append(EvalImage(img["id"], img["file_name"], list(texts), [by_name[t] for t in texts],
                                 img.get("width"), img.get("height"), part, name))
     for i, a in enumerate(obj["annotations"]):
-        if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
-            raise DataError("expected {image_id, category_id, bbox}", path=path, field=f"annotations[{i}]")
-        b = a.get("bbox")
-        if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
-            raise DataError(f"expected [x, y, width, height], got {b!r}", path=path, field=f"annotations[{i}].bbox")
+        _check_annotation(path, i, a)
     return Subset(name, path, obj, images)
 
 
-def load(annotations: str | Path, subset: str | None = None) -> OVDEvalBenchmark:
-    """One subset json, or a folder of them (every ``*.json``, or only ``subset``)."""
+def _id(path: str, where: str, value: Any) -> None:
+    problem = id_problem(value)
+    if problem:
+        raise DataError(problem, path=path, field=where)
+
+
+def _check_annotation(path: str, i: int, a: Any) -> None:
+    """One ground-truth box as pycocotools reads it: integer ids, a finite xywh box, iscrowd 0 or 1."""
+    where = f"annotations[{i}]"
+    if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+        raise DataError("expected {image_id, category_id, bbox}", path=path, field=where)
+    _id(path, f"{where}.image_id", a["image_id"])
+    _id(path, f"{where}.category_id", a["category_id"])
+    b = a.get("bbox")
+    if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in b):
+        raise DataError(f"expected [x, y, width, height], got {b!r}", path=path, field=f"{where}.bbox")
+    if not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:
+        raise DataError(f"box {b!r} has a value that is not finite, or a negative width or height (boxes are xywh)",
+                        path=path, field=f"{where}.bbox")
+    if a.get("iscrowd", 0) not in (0, 1):
+        raise DataError(f"expected 0 or 1, got {a['iscrowd']!r}", path=path, field=f"{where}.iscrowd")
+
+
+def subset_files(annotations: str | Path, subset: str | None = None) -> list[Path]:
+    """The subset jsons to evaluate: one file, or a folder's ``*.json`` (all, or only ``subset``)."""
     p = Path(annotations)
     if p.is_dir():
         files = sorted(f for f in p.glob("*.json") if f.is_file())
@@ -136,8 +166,13 @@ def load(annotations: str | Path, subset: str | None = None) -> OVDEvalBenchmark
     names = [subset_name(f) for f in files]
     if len(set(names)) != len(names):
         raise DataError("two files give the same subset name", path=str(p))
+    return files
+
+
+def load(annotations: str | Path, subset: str | None = None) -> OVDEvalBenchmark:
+    """One subset json, or a folder of them (every ``*.json``, or only ``subset``)."""
     return OVDEvalBenchmark([parse_subset(read_json(f, "OVDEval subset"), str(f), k, subset_name(f))
-                             for k, f in enumerate(files)])
+                             for k, f in enumerate(subset_files(annotations, subset))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,18 +203,24 @@ def _concat_keep_entry(parts: list[Predictions]) -> Predictions:
     return out
 
 
-def write_predictions(path: str | Path, bench: OVDEvalBenchmark, pred: Predictions) -> list[Path]:
-    """One file for one subset; a folder of ``<subset>.json`` for several."""
+def prediction_files(path: str | Path, names: list[str]) -> list[Path]:
+    """Where predictions of these subsets are written: ``path`` itself when it names a JSON file (one
+    subset only), else ``path/<subset>.json`` for each."""
     p = Path(path)
-    if len(bench.subsets) == 1:
-        write_coco_results(p, pred)
+    if is_json_name(p):
+        if len(names) != 1:
+            raise ConfigError(f"--out {p}: {len(names)} subsets are evaluated, one <subset>.json each: give a folder "
+                              f"(a name without .json), such as {json_stem(p)}")
         return [p]
-    written = []
-    for k, s in enumerate(bench.subsets):
-        target = p / f"{s.name}.json"
-        write_coco_results(target, pred.take(pred.part == k))
-        written.append(target)
-    return written
+    return [p / f"{name}.json" for name in names]
+
+
+def write_predictions(path: str | Path, bench: OVDEvalBenchmark, pred: Predictions) -> list[Path]:
+    """One file (a ``.json`` name, one subset), or ``<subset>.json`` for each subset in the folder ``path``."""
+    targets = prediction_files(path, [s.name for s in bench.subsets])
+    for k, target in enumerate(targets):
+        write_coco_results(target, pred.take(pred.part == k) if len(targets) > 1 else pred)
+    return targets
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,11 +77,45 @@ def _usable(path: Path, fp: dict[str, Any]) -> bool:
             return False
     except FileNotFoundError:  # its own process started it afresh
         return False
-    before = before if isinstance(before, dict) else {}
-    changed = sorted(k for k in set(fp) | set(before) if fp.get(k) != before.get(k))
     raise JournalMismatch(
-        f"{path}: left by an interrupted run with another {', '.join(changed)}; rerun with that run's "
-        "settings to resume it, or delete the journal to start over")
+        f"{path}: left by an interrupted run with other settings: {'; '.join(changes(before, fp))}; rerun with "
+        "that run's settings to resume it, or delete the journal to start over")
+
+
+# What each setting of the fingerprint is called on the command line (and which ones are hashes, not shown).
+SETTING_NAMES = {
+    "benchmark": "the benchmark", "annotations": "--annotations (its content)", "images": "--images",
+    "skip_categories": "--skip-categories", "setting": "--inter", "subsets": "the subsets (--subset)",
+    "model.model": "--model", "model.weights": "--weights", "model.dtype": "--dtype",
+    "model.max_text_len": "--max-text-len", "model.tokenizer": "--tokenizer", "model.image_size": "--image-size",
+    "model.stamp": "the model's weight files (rewritten since)", "inference.mode": "--mode",
+    "inference.topk": "--topk", "inference.score_over": "--score-over", "max_per_image": "--max-per-image",
+}
+_UNSHOWN = frozenset({"annotations", "model.stamp"})
+
+
+def _leaves(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"model.dtype": "fp32", ...}``."""
+    if not isinstance(settings, dict) or (prefix and not settings):
+        return {prefix.rstrip("."): settings}
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def changes(before: Any, now: dict[str, Any]) -> list[str]:
+    """Each setting that differs, by its option name, with both values: ``--topk (was 100, now 50)``."""
+    old, new = _leaves(before if isinstance(before, dict) else {}), _leaves(now)
+    differ = [k for k in sorted(set(old) | set(new), key=lambda k: (k not in SETTING_NAMES, k))
+              if old.get(k) != new.get(k)]
+    if "model.model" in differ or "model.weights" in differ:
+        differ = [k for k in differ if k != "model.stamp"]  # other weights, of course
+    out = []
+    for key in differ:
+        name = SETTING_NAMES.get(key, key)
+        out.append(name if key in _UNSHOWN else f"{name} (was {old.get(key)!r}, now {new.get(key)!r})")
+    return out
 
 
 class PredictionJournal:

@@ -1,0 +1,179 @@
+"""`reallod eval` output paths: checked before the benchmark is read or a model loaded (a file where a file goes,
+a folder where a folder goes, never over an input), the metrics beside the predictions, the journal kept until
+the metrics are written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from reallod.eval import jobs
+from tests.cli_helpers import run_cli
+from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions, ovdeval_subset, write_images
+
+COMMON = ("--device", "cpu", "--batch-size", "2")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a model is loaded: the checks must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(jobs, "load_model", refuse)
+
+
+@pytest.fixture
+def omni(tmp_path):
+    gt = omnilabel_gt(2, 3)
+    write_images(tmp_path / "images", gt["images"])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "preds.json").write_text(json.dumps(omnilabel_predictions(gt, 2)))
+    return tmp_path
+
+
+@pytest.fixture
+def ovd(tmp_path):
+    """Two OVDEval subsets (color, material), two images each."""
+    for k, name in enumerate(("color", "material")):
+        sub = ovdeval_subset(10 + k, n_images=2)
+        write_images(tmp_path / "images", sub["images"])
+        (tmp_path / "ann").mkdir(exist_ok=True)
+        (tmp_path / "ann" / f"{name}.json").write_text(json.dumps(sub))
+    return tmp_path
+
+
+def _model_run(benchmark, root, model, out, *extra):
+    annotations = root / ("gt.json" if benchmark == "omnilabel" else "ann")
+    return ["eval", benchmark, "--model", model, *COMMON, "--annotations", annotations, "--images",
+            root / "images", "--out", out, *extra]
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "images" not in p.parts)
+
+
+@pytest.mark.parametrize(("out", "said"), [
+    ("olout", "--out olout: a name without .json, but the omnilabel predictions are one JSON file: give a file "
+              "name ending in .json (or .json.gz, written compressed), such as olout.json"),
+    ("made", "--out made: a folder, but the omnilabel predictions are one JSON file"),
+])
+def test_a_single_file_out_must_be_a_json_name(omni, tiny_model_dir, no_model, capsys, monkeypatch, out, said):
+    monkeypatch.chdir(omni)
+    (omni / "made").mkdir()
+    before = _files(omni)
+    code, _, err = run_cli(_model_run("omnilabel", omni, tiny_model_dir, out), capsys)
+    assert code == 2 and said in err and err.strip().count("\n") == 0, err
+    assert _files(omni) == before
+
+
+def test_ovdeval_writes_a_folder_of_subsets_and_refuses_a_file_there(ovd, tiny_model_dir, no_model, capsys):
+    (ovd / "afile").write_text("x")
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "afile"), capsys)
+    assert code == 2 and "afile: a file, where a folder is written" in err, err
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "preds.json"), capsys)
+    assert code == 2 and "2 subsets are evaluated, one <subset>.json each: give a folder" in err, err
+    assert (ovd / "afile").read_text() == "x" and not (ovd / "preds.json").exists()
+
+
+def test_ovdeval_folder_out_with_one_subset_or_several(ovd, tiny_model_dir, capsys):
+    """A folder --out gets <subset>.json whatever the number of subsets; the metrics go beside it."""
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "all"), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (ovd / "all").iterdir()) == ["color.json", "material.json"]
+    assert json.loads((ovd / "all.metrics.json").read_text())["benchmark"] == "ovdeval"
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "one", "--subset", "color"), capsys)
+    assert code == 0, err
+    assert [p.name for p in (ovd / "one").iterdir()] == ["color.json"] and (ovd / "one.metrics.json").is_file()
+    code, _, err = run_cli(["eval", "ovdeval", "--annotations", ovd / "ann", "--predictions", ovd / "one",
+                            "--subset", "color", "--metrics-out", ovd / "again.json"], capsys)
+    assert code == 0, err
+    assert json.loads((ovd / "again.json").read_text())["metrics"] == \
+        json.loads((ovd / "one.metrics.json").read_text())["metrics"]
+
+
+def test_predictions_without_a_suffix_get_their_metrics_beside(omni, capsys):
+    (omni / "preds.json").rename(omni / "nosuffix")
+    code, out, err = run_cli(["eval", "omnilabel", "--annotations", omni / "gt.json", "--predictions",
+                              omni / "nosuffix"], capsys)
+    assert code == 0, err
+    assert (omni / "nosuffix.metrics.json").is_file() and f"metrics: {omni / 'nosuffix.metrics.json'}" in out
+
+
+def _links(root):
+    os.symlink(root / "gt.json", root / "soft.json")
+    os.link(root / "gt.json", root / "hard.json")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("--out", "gt.json"), "--out gt.json: is --annotations gt.json, an input; writing there would overwrite it"),
+    (("--out", "soft.json"), "--out soft.json: is --annotations gt.json"),
+    (("--out", "p.json", "--metrics-out", "hard.json"), "--metrics-out hard.json: is --annotations gt.json"),
+    (("--out", "p.json", "--metrics-out", "p.json"), "--metrics-out p.json: also --out p.json"),
+    (("--out", "p.json", "--metrics-out", "p.journal.jsonl"), "also --out's journal p.journal.jsonl"),
+])
+def test_a_model_run_never_writes_over_its_inputs(omni, tiny_model_dir, no_model, capsys, monkeypatch, args, said):
+    monkeypatch.chdir(omni)
+    _links(omni)
+    gt = (omni / "gt.json").read_bytes()
+    code, _, err = run_cli(["eval", "omnilabel", "--model", tiny_model_dir, *COMMON, "--annotations", "gt.json",
+                            "--images", "images", *args], capsys)
+    assert code == 2 and said in err, err
+    assert (omni / "gt.json").read_bytes() == gt and not (omni / "p.json").exists()
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("--metrics-out", "preds.json"), "--metrics-out preds.json: is --predictions preds.json"),
+    (("--metrics-out", "gt.json"), "--metrics-out gt.json: is --annotations gt.json"),
+    (("--metrics-out", "soft.json"), "--metrics-out soft.json: is --annotations gt.json"),
+    (("--metrics-out", "made"), "--metrics-out made: a folder, where a file is written"),
+])
+def test_scoring_never_writes_over_its_inputs(omni, capsys, monkeypatch, args, said):
+    monkeypatch.chdir(omni)
+    _links(omni)
+    (omni / "made").mkdir()
+    before = {p: (omni / p).read_bytes() for p in ("gt.json", "preds.json")}
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", "gt.json", "--predictions", "preds.json", *args],
+                           capsys)
+    assert code == 2 and said in err, err
+    assert {p: (omni / p).read_bytes() for p in before} == before
+
+
+def test_nothing_is_written_into_an_annotations_folder(ovd, tiny_model_dir, no_model, capsys):
+    """OVDEval reads every *.json of its annotations folder: predictions or metrics there would become subsets."""
+    before = _files(ovd)
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "ann"), capsys)
+    assert code == 2 and f"--out {ovd / 'ann' / 'color.json'}: is inside --annotations {ovd / 'ann'}" in err, err
+    code, _, err = run_cli(_model_run("ovdeval", ovd, tiny_model_dir, ovd / "p", "--metrics-out",
+                                      ovd / "ann" / "m.json"), capsys)
+    assert code == 2 and "--metrics-out" in err and "is inside --annotations" in err, err
+    assert _files(ovd) == before
+
+
+def test_the_journal_is_kept_until_the_metrics_are_written(omni, tiny_model_dir, capsys, monkeypatch):
+    """A run that fails after the model ran (here: writing the metrics) keeps its journal: the rerun resumes."""
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    real = jobs._finish
+    monkeypatch.setattr(jobs, "_finish", disk_full)
+    args = _model_run("omnilabel", omni, tiny_model_dir, omni / "p.json")
+    code, _, err = run_cli(args, capsys)
+    assert code != 0 and "No space left on device" in err and (omni / "p.journal.jsonl").is_file(), err
+    monkeypatch.setattr(jobs, "_finish", real)
+    monkeypatch.setattr(jobs, "load_model", lambda spec, dist: None)  # every image is in the journal
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (omni / "p.metrics.json").is_file() and not (omni / "p.journal.jsonl").exists()
+
+
+def test_a_show_dir_that_is_a_file_is_refused_first(omni, tiny_model_dir, no_model, capsys):
+    (omni / "pictures").write_text("x")
+    code, _, err = run_cli(_model_run("omnilabel", omni, tiny_model_dir, omni / "p.json", "--show-dir",
+                                      omni / "pictures"), capsys)
+    assert code == 2 and f"--show-dir {omni / 'pictures'}: a file, where a folder is written" in err, err
+    assert (omni / "pictures").read_text() == "x"
