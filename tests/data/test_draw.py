@@ -8,9 +8,9 @@ from reallod.data.show import (
     MIN_WIDTH,
     PALETTE,
     TEXT_SIZE,
-    _font,
     _panel_lines,
     display_scale,
+    label_font,
     output_name,
     render_record,
     show_file,
@@ -72,7 +72,7 @@ def test_panel_lists_everything_within_the_width():
     assert "+ the smiling astronaut" in text and "+ a woman with short brown hair" in text
     assert "negatives (2): a man with a beard | a child wearing glasses" in text
     assert "negatives (40):" in text and "(cut)" in text  # 40 negatives are cut to a few lines
-    font = _font(TEXT_SIZE)
+    font = label_font(TEXT_SIZE)
     assert all(font.getlength(t) <= MIN_WIDTH - 2 * 14 for k, t, _ in rows if k != "title")
 
 
@@ -87,7 +87,7 @@ def test_render_uses_record_size_when_the_file_differs():
 
 
 def test_layout_helpers():
-    font = _font(TEXT_SIZE)
+    font = label_font(TEXT_SIZE)
     lines = wrap("a " * 100 + "x" * 300, font, 200)
     assert all(font.getlength(line) <= 200 for line in lines) and lines[-1].endswith("...")
     assert display_scale(512, 512) == pytest.approx(MIN_WIDTH / 512)

@@ -53,7 +53,7 @@ def test_other_settings_or_a_missing_file_mean_detecting_again(capsys, five_imag
     calls[:] = []
     code, stdout, err = run_cli(_args(five_images, tiny_model_dir, out, texts="a helmet"), capsys)
     assert code == 0, err
-    assert "written by a run with other settings; every image is detected again" in err
+    assert "written by a run with other settings (changed: --texts); every image is detected again" in err
     assert len(calls) == 5 and "earlier run" not in stdout
 
     calls[:] = []

@@ -73,7 +73,7 @@ def detect_cmd(
     from reallod.model.hf_folder import check_local_folder
 
     check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
-    from reallod.model.detect import DetectOptions, run_detect
+    from reallod.model.detect import DetectOptions, check_outputs, run_detect
     from reallod.model.draw import PALETTES
     from reallod.model.inference import InferenceOptions
     from reallod.model.loading import load_detector
@@ -92,6 +92,7 @@ def detect_cmd(
     options = DetectOptions(out_dir=out_dir, score_thr=pred_score_thr, save_vis=not no_save_vis,
                             save_pred=not no_save_pred, show=show, print_result=print_result, palette=palette,
                             max_pixels=max_pixels)
+    check_outputs(inputs, options)  # before the model is loaded: outputs that would replace the images
     place = launch_place()  # one of several processes under torchrun / accelerate launch: its share of the images
     quiet_transformers()
     detector = load_detector(model, weights=weights, device=process_device(device, place.local_rank, place.world_size),

@@ -14,15 +14,16 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 from reallod.data.convert_common import EmptyRunError, SourceCheck, require_records
 from reallod.data.images import open_image, resolve_image
 from reallod.data.io import AtomicWriter, read_numbered_records
 from reallod.data.records import Pair, Record
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 
 # Distinct colours (a Kelly/Trubetskoy-style palette), cycled when there are more pairs.
 PALETTE = [
@@ -56,12 +57,45 @@ def text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+# TrueType fonts with accents, Greek and Cyrillic, tried in turn (Pillow looks in the system's font
+# folders): the font Pillow ships (``load_default``) has ASCII only, and draws "café" as "caf□".
+FONT_FILES = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf", "Arial.ttf", "arial.ttf",
+              "Arial Unicode.ttf")
+
+
+@lru_cache(maxsize=1)
+def _font_file() -> str | None:
+    """The first of :data:`FONT_FILES` installed here (looked for once: Pillow walks the font folders)."""
+    for name in FONT_FILES:
+        try:
+            return str(ImageFont.truetype(name, 10).path)
+        except OSError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=32)
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A font of ``size`` pixels for labels (here and in ``reallod detect``'s pictures): a system TrueType
+    font that has non-ASCII letters, else Pillow's own (ASCII only), else, without FreeType, its bitmap
+    font. A character the font lacks (CJK without a CJK font) is drawn as a box, never an error."""
+    if not features.check("freetype2"):
+        return ImageFont.load_default()
+    path = _font_file()
+    return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+
+
+def drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
+    """``text`` as ``font`` can draw it: Pillow's bitmap font encodes text as Latin-1 and raises on
+    anything else, so those characters become "?" there (TrueType fonts draw a box for what they lack)."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 def _fit(text: str, font, width: float) -> str:
     """``text`` cut with "..." so it fits ``width`` pixels."""
+    text = drawable(text, font)
     if font.getlength(text) <= width:
         return text
     while text and font.getlength(text + "...") > width:
@@ -73,7 +107,7 @@ def wrap(text: str, font, width: float) -> list[str]:
     """Greedy word wrap to ``width`` pixels; a single over-long word is cut."""
     lines: list[str] = []
     current = ""
-    for word in text.split():
+    for word in drawable(text, font).split():
         trial = f"{current} {word}" if current else word
         if font.getlength(trial) <= width:
             current = trial
@@ -100,7 +134,7 @@ def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float
 
 def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: float) -> None:
     draw = ImageDraw.Draw(canvas)
-    font = _font(LABEL_SIZE)
+    font = label_font(LABEL_SIZE)
     w, h = canvas.size
     line_w = max(2, round(min(w, h) / 300))
     pad = 4
@@ -133,8 +167,8 @@ def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: f
 def _panel_lines(record: Record, pairs: Sequence[tuple[str, Pair]], width: int,
                  notes: Sequence[str]) -> list[tuple[str, str, int | None]]:
     """(kind, text, pair index) rows of the panel; kind is title, note, pair, pos, neg or more."""
-    font = _font(TEXT_SIZE)
-    title = _font(TITLE_SIZE)
+    font = label_font(TEXT_SIZE)
+    title = label_font(TITLE_SIZE)
     inner = width - 2 * MARGIN
     rows: list[tuple[str, str, int | None]] = [
         ("title", _fit(f"{record.filename}   ({record.width} x {record.height})", title, inner), None)]
@@ -186,7 +220,7 @@ def render_record(record: Record, image: Image.Image | None, *, sources: Sequenc
 
     width = max(shown.width, MIN_WIDTH)
     rows = _panel_lines(record, pairs, width, notes)
-    font, title = _font(TEXT_SIZE), _font(TITLE_SIZE)
+    font, title = label_font(TEXT_SIZE), label_font(TITLE_SIZE)
     step = round(TEXT_SIZE * 1.45)
     heights = [round(TITLE_SIZE * 1.6) if k == "title" else step + (6 if k == "pair" else 0) for k, _, _ in rows]
     canvas = Image.new("RGB", (width, shown.height + sum(heights) + 2 * MARGIN), (255, 255, 255))
@@ -237,14 +271,26 @@ def load_image(root: str | os.PathLike, record: Record, *, path: str, line: int)
         raise DataError(f"cannot decode image {full}: {e.message}", path=path, line=line, field="filename") from None
 
 
+def _out_folder(out_dir: str | os.PathLike, src: str | os.PathLike) -> Path:
+    """``--out``, created: a folder, never a file (the input itself, given by mistake, stays as it is)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        what = "the input file" if out.resolve() == Path(src).resolve() else "a file"
+        raise ConfigError(f"--out {out}: {what}, not a folder; give a folder for the PNGs (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder for the PNGs ({e.strerror or e})") from None
+    return out
+
+
 def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike, *, n: int = 20,
               sources: Sequence[str] | None = None, skip_missing: bool = False) -> ShowStats:
     """Draw the first ``n`` records of ``src`` that have pairs of the chosen sources, one PNG each."""
     if not Path(images).is_dir():
         raise DataError("image root is not a directory", path=str(images))
     check = SourceCheck(sources)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(out_dir, src)
     stats = ShowStats()
     wanted = set(sources) if sources else None
     records_in = 0

@@ -23,7 +23,8 @@ from PIL import Image
 
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import DataError, Interrupted, ReallodError
+from reallod.errors import ConfigError, DataError, Interrupted, ReallodError
+from reallod.hub import looks_like_path
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
@@ -31,24 +32,38 @@ from reallod.runs.journal import Journal, iter_journal, read_header
 from reallod.runs.launch import Place
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+OUTPUT_SUBFOLDERS = ("preds", "vis")
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def find_images(inputs: str | Path, skip: str | Path | None = None) -> tuple[Path, list[str]]:
+def is_journal(name: str) -> bool:
+    """``detect.journal.jsonl`` or a process's ``detect.journal.rankR.jsonl``: a detect output folder."""
+    return name.startswith("detect.journal") and name.endswith(".jsonl")
+
+
+def find_images(inputs: str | Path, skip: Iterable[str | Path] = ()) -> tuple[Path, list[str]]:
     """The folder and, relative to it, one image file or every image under a folder, sorted by path.
-    Hidden files and folders are passed over, and so is ``skip``: the run's own output folder, when it
-    lies inside the input (``cd photos && reallod detect . ...``), whose pictures are no input.
+    Hidden files and folders are passed over, and so are the folders in ``skip`` (the run's own output
+    folders, when they lie inside the input: ``cd photos && reallod detect . ...``) and any folder an
+    earlier run wrote into (it holds a detect journal): their pictures are no input, or each run would
+    detect the last one's pictures again (the input folder itself may be one: its ``vis`` and ``preds``
+    are passed over).
     Names are plain strings, a few dozen bytes each: a folder of ten million images lists in ~1 GB."""
     root = Path(inputs).expanduser()
     if root.is_file():
         return root.parent, [root.name]
     if not root.exists():
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
-    skip_dir = Path(skip).expanduser().resolve() if skip is not None else None
+    skip_dirs = {Path(d).expanduser().resolve() for d in skip}
     found = []
     for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed (as rglob)
         here = Path(folder)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".") and (here / d).resolve() != skip_dir]
+        earlier_out = any(is_journal(f) for f in files)  # an output folder of reallod detect
+        if earlier_out and here != root:
+            subfolders[:] = []
+            continue
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and not (earlier_out and d in OUTPUT_SUBFOLDERS)
+                         and (here / d).resolve() not in skip_dirs]
         prefix = here.relative_to(root).as_posix() + "/" if here != root else ""
         found.extend(prefix + f for f in files
                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
@@ -73,6 +88,39 @@ class DetectOptions:
     # Images decoded ahead in worker threads, and outputs written behind, while the device computes;
     # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (``prefetch.depth``).
     prefetch: int | None = None
+
+
+def output_folders(options: DetectOptions) -> list[Path]:
+    """The folders the run writes files into: ``OUT/preds`` and ``OUT/vis`` (as the options ask)."""
+    return [options.out_dir / sub for sub, on in zip(OUTPUT_SUBFOLDERS, (options.save_pred, options.save_vis),
+                                                     strict=True) if on]
+
+
+def check_outputs(inputs: str | Path, options: DetectOptions) -> None:
+    """Refuse, before any model is loaded, an ``--out-dir`` the run cannot write into (a file, or a file
+    where ``OUT/vis`` or ``OUT/preds`` goes) or whose pictures or JSON would replace the input: an
+    output folder that is, or holds, the input file or folder (``reallod detect outputs/vis MODEL``)."""
+    out = options.out_dir
+    folders = output_folders(options)
+    if not folders:
+        return  # nothing is written
+    for path in (*folders, out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"--out-dir {out}: {path} is a file, not a folder; give another --out-dir "
+                                  "(or move the file away)")
+            if path != out and path not in folders:
+                break  # the first folder that exists above OUT: the rest is created
+    given = Path(inputs).expanduser()
+    sources = {given.resolve()}  # where its links lead, and a link itself (replacing it loses the input too)
+    if given.is_symlink():
+        sources.add(given.parent.resolve() / given.name)
+    for folder in folders:
+        where = folder.resolve()
+        if any(src == where or where in src.parents for src in sources):
+            raise ConfigError(f"--out-dir {out}: {folder} {'is' if where in sources else 'holds'} the input "
+                              f"{inputs}, and its files would be written over by the outputs; give another "
+                              "--out-dir (or move the images out of it)")
 
 
 @dataclass
@@ -144,27 +192,68 @@ def journal_name(place: Place) -> str:
     return JOURNAL_NAME if place.world_size == 1 else f"detect.journal.rank{place.rank}.jsonl"
 
 
-def detect_settings(inputs: str | Path, detector: Detector, expressions: list[str], inference: InferenceOptions,
+def _as_found(name: str) -> str:
+    """A local path resolved (``tiny``, ``./tiny`` and ``../here/tiny`` are one folder); a hub id as typed."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name and looks_like_path(name) and path.exists() else name
+
+
+def detect_settings(detector: Detector, expressions: list[str], inference: InferenceOptions,
                     options: DetectOptions) -> dict[str, Any]:
     """What the files written depend on: an earlier run's files are kept only if these are the same.
-    Not the batch size, the device or the number of processes: a resume may change them."""
+    Not the batch size, the device or the number of processes: a resume may change them; nor the input,
+    which each journal entry names (a run over one image of the folder keeps the folder's work). Local
+    paths count resolved, however they were typed."""
     run = asdict(inference)
     run.pop("batch_size")
-    return {"input": str(Path(inputs).expanduser().resolve()), "model": detector.source, "weights": detector.stamp,
+    return {"model": _as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
+            "weights": [[_as_found(str(f)), *rest] for f, *rest in detector.stamp],
             "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
-            "tokenizer": str(getattr(detector.tokenizer, "name_or_path", "")),
+            "tokenizer": _as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
             "image_size": dict(getattr(detector.image_processor, "size", None) or {}), "expressions": expressions,
             "inference": run, "save_pred": options.save_pred, "max_pixels": options.max_pixels,
             "drawing": [options.score_thr, options.palette] if options.save_vis else None}
 
 
+_OPTION_OF = {"model": "MODEL", "weights": "--weights (or MODEL's weight files, rewritten since)",
+              "expressions": "--texts", "save_pred": "--no-save-pred", "input": "the journal's layout (an older reallod)"}
+
+
+def changed_settings(old: Any, new: dict[str, Any]) -> list[str]:
+    """The options whose values differ between an earlier run's settings and these, as the user gives them
+    (another MODEL brings its own weights and tokenizer: those are not named again)."""
+    if not isinstance(old, dict):
+        return ["the journal's header"]
+    implied = set()
+    if old.get("model") != new.get("model"):
+        implied.add("weights")
+        if all(s.get("model") == s.get("tokenizer") for s in (old, new)):
+            implied.add("tokenizer")  # each MODEL's own
+    changed = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        was, now = old.get(key), new.get(key)
+        if was == now or key in implied:
+            continue
+        if key == "inference" and isinstance(was, dict) and isinstance(now, dict):
+            changed += [f"--{k.replace('_', '-')}" for k in [*now, *(k for k in was if k not in now)]
+                        if was.get(k) != now.get(k)]
+        elif key == "drawing" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now) == 2:
+            changed += [name for name, a, b in zip(("--pred-score-thr", "--palette"), was, now, strict=True) if a != b]
+        elif key == "drawing":
+            changed.append("--no-save-vis")
+        else:
+            changed.append(_OPTION_OF.get(key, f"--{key.replace('_', '-')}"))
+    return changed
+
+
 Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: not written)
 
 
-def _entry(files: Files, out_dir: Path) -> dict[str, Any]:
+def _entry(files: Files, out_dir: Path, root: str) -> dict[str, Any]:
     """What the journal says of an image's files: name, size and time as written, so a file another run
-    wrote over since (other settings, another number of processes) is not taken for this run's."""
-    entry: dict[str, Any] = {}
+    wrote over since (other settings, another number of processes) is not taken for this run's; and the
+    input folder (resolved) its name is relative to."""
+    entry: dict[str, Any] = {"input": root}
     for key, f in zip(("pred", "vis"), files, strict=True):
         entry[key] = None
         if f is not None:
@@ -194,18 +283,18 @@ def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
     return files[0], files[1]
 
 
-def _kept(out_dir: Path, settings: dict[str, Any], pending: dict[str, str], summary: DetectSummary
+def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str, str], summary: DetectSummary
           ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The journal entries of this process's images that a run with these settings finished, their files
-    still as it wrote them, from every process's journal (the number of processes may differ from run
-    to run); each image found leaves ``pending`` and is counted in ``summary``. Streamed, so a resumed
-    run of millions of images holds no more than their names."""
+    """The journal entries of this process's images (of the input folder ``root``) that a run with these
+    settings finished, their files still as it wrote them, from every process's journal (the number of
+    processes may differ from run to run); each image found leaves ``pending`` and is counted in
+    ``summary``. Streamed, so a resumed run of millions of images holds no more than their names."""
     for path in sorted(out_dir.glob("detect.journal*.jsonl")):
         try:
             if read_header(path).get("fingerprint") != settings:
                 continue
             for name, entry in iter_journal(path):
-                if name in pending and (files := _files_as_written(entry, out_dir)):
+                if name in pending and entry.get("input") == root and (files := _files_as_written(entry, out_dir)):
                     name = pending.pop(name)  # this process's own string: the journal keeps no copy
                     summary.resumed += 1
                     summary.preds += files[0] is not None
@@ -215,22 +304,26 @@ def _kept(out_dir: Path, settings: dict[str, Any], pending: dict[str, str], summ
             continue
 
 
-def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], pending: dict[str, str],
+def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: str, pending: dict[str, str],
                   summary: DetectSummary, say: Callable[[str], None]) -> Journal:
-    """This process's journal, rewritten to hold what it keeps (so it never vouches for files written
-    over since) and, as they are, its entries of images that are now another process's (that process
-    checks them: a run resumed on another number of processes loses none); says so when the one there
-    was written with other settings. What it keeps leaves ``pending``."""
+    """This process's journal, rewritten to hold what it keeps (so it never vouches for files this run
+    writes over) and, as they are, its entries of the images this run does not detect: now another
+    process's (a run resumed on another number of processes loses none), of another input, or of
+    images of the folder left out of this run (``reallod detect photos/one.jpg`` keeps the folder's
+    work); whichever run uses them checks their files first. Says which settings changed when the one
+    there was written with others. What it keeps leaves ``pending``."""
     path = out_dir / journal_name(place)
     carried: Iterable[tuple[str, Any]] = ()
     try:
-        if read_header(path).get("fingerprint") != settings:
-            say(f"{out_dir}: written by a run with other settings; every image is detected again")
+        old = read_header(path).get("fingerprint")
+        if old != settings:
+            say(f"{out_dir}: written by a run with other settings (changed: {', '.join(changed_settings(old, settings))}"
+                "); every image is detected again")
         else:  # read while the new journal is written aside: the old one stays whole until the rename
-            carried = ((name, entry) for name, entry in iter_journal(path) if not place.takes(name))
+            carried = ((name, entry) for name, entry in iter_journal(path) if name not in pending)
     except (OSError, ReallodError):
         pass
-    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, pending, summary), carried),
+    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, root, pending, summary), carried),
                            keep=lambda entry: None)
 
 
@@ -260,7 +353,8 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     place = place or Place()
-    root, names = find_images(inputs, skip=options.out_dir)
+    check_outputs(inputs, options)
+    root, names = find_images(inputs, skip=[options.out_dir, *(options.out_dir / sub for sub in OUTPUT_SUBFOLDERS)])
     shared = shared_stems(names)  # of all images, whichever process writes them
     if place.world_size > 1:
         names = [name for name in names if place.takes(name)]
@@ -268,10 +362,11 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     say = echo or (lambda msg: tqdm.write(msg, file=sys.stderr))
     journal = None
     todo = names
+    root_key = str(root.resolve())  # what journal entries name the input by
     if options.save_pred or options.save_vis:
-        settings = orjson.loads(orjson.dumps(detect_settings(inputs, detector, expressions, inference, options)))
+        settings = orjson.loads(orjson.dumps(detect_settings(detector, expressions, inference, options)))
         pending = {name: name for name in names}
-        journal = _open_journal(options.out_dir, place, settings, pending, summary, say)
+        journal = _open_journal(options.out_dir, place, settings, root_key, pending, summary, say)
         todo = [name for name in names if name in pending]  # in input order
         del pending
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
@@ -286,7 +381,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         summary.preds += files[0] is not None
         summary.pictures += files[1] is not None
         if journal is not None:  # its files are on disk: a rerun may skip it
-            journal.append_soon(name, _entry(files, options.out_dir))
+            journal.append_soon(name, _entry(files, options.out_dir, root_key))
 
     loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
     try:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import colorsys
 import random
-from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from reallod.data.show import drawable, label_font
 from reallod.errors import ConfigError
 from reallod.model.detections import Detections
 
@@ -67,14 +67,6 @@ def palette(name: str, n: int) -> list[Color]:
     return [base[i % len(base)] for i in range(n)]
 
 
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _text_color(bg: Color) -> Color:
     return (0, 0, 0) if 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2] > 150 else (255, 255, 255)
 
@@ -110,14 +102,14 @@ def draw_detections(image: Image.Image, detections: Detections, *, score_thr: fl
     colors = palette(palette_name, max(1, len(dets.expressions)))
     short = min(canvas.size)
     line = max(2, round(short / 250))
-    font = _font(max(11, round(short / 40)))
+    font = label_font(max(11, round(short / 40)))  # TrueType where installed: "café", not "caf□"
     pad = max(1, line // 2 + 1)
     draw = ImageDraw.Draw(canvas)
     labels = []
     taken = np.empty((len(order), 4))
     for k, i in enumerate(order):  # better scores choose label spots first
         box = tuple(float(v) for v in dets.xyxy[i])
-        text = f"{_shorten(dets.expressions[int(dets.labels[i])])} {dets.scores[i]:.2f}"
+        text = drawable(f"{_shorten(dets.expressions[int(dets.labels[i])])} {dets.scores[i]:.2f}", font)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         rect = _place_label(box, (right - left + 2 * pad, bottom - top + 2 * pad), canvas.size, taken[:k])
         taken[k] = rect

@@ -1,0 +1,66 @@
+"""`reallod data show`: where the PNGs go, and text beyond ASCII drawn as letters, not boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFont
+
+from reallod.data import Record, write_records
+from reallod.data.show import render_record
+from tests.cli_helpers import run_cli
+
+NOT_A_GLYPH = "\ue000"  # private use: no font here has it, every one draws its box for it
+
+
+def _record(expression: str) -> Record:
+    return Record.from_dict({
+        "filename": "a.png", "height": 120, "width": 160,
+        "pairs": {"llm": [{"bboxes": [[10, 10, 90, 100]], "category": "cup", "relation": "single",
+                           "positive_expressions": [expression], "negative_expressions": [f"not {expression}"]}]}})
+
+
+def _pixels(expression: str) -> np.ndarray:
+    return np.asarray(render_record(_record(expression), Image.new("RGB", (160, 120), (90, 120, 150))))
+
+
+@pytest.fixture
+def truetype():
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 10)  # or any other of show.FONT_FILES
+    except OSError:
+        pytest.skip("no TrueType font with accented letters installed here")
+
+
+def test_accented_letters_are_drawn_as_letters(truetype):
+    crème = _pixels("café crème")
+    assert not np.array_equal(crème, _pixels(f"caf{NOT_A_GLYPH} cr{NOT_A_GLYPH}me"))  # Pillow's own font: boxes
+    assert not np.array_equal(crème, _pixels("caf? cr?me"))
+    from reallod.data.show import label_font
+
+    font = label_font(20)
+    mask = {c: np.asarray(font.getmask(c)) for c in ("é", NOT_A_GLYPH)}
+    assert mask["é"].any() and not np.array_equal(mask["é"], mask[NOT_A_GLYPH])
+    assert font.getbbox("é")[1] < font.getbbox("e")[1]  # its accent reaches above the letter
+
+
+def test_letters_no_font_has_never_stop_the_drawing(monkeypatch):
+    assert _pixels("一只狗 🐕").shape[1] >= 160  # a TrueType font without them: boxes
+    monkeypatch.setattr("reallod.data.show.label_font", lambda size: ImageFont.load_default_imagefont())
+    assert _pixels("一只狗 café").shape[1] >= 160  # Pillow's bitmap font (no FreeType) raised UnicodeEncodeError
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    Image.new("RGB", (160, 120)).save(tmp_path / "a.png")
+    src = tmp_path / "rd.jsonl"
+    write_records(src, [_record("a cup").to_dict()])
+    before = src.read_bytes()
+    code, _, err = run_cli(["data", "show", src, "--images", tmp_path, "--out", src], capsys)
+    assert code == 2 and f"--out {src}: the input file, not a folder; give a folder for the PNGs" in err, err
+    assert src.read_bytes() == before
+    (tmp_path / "notes.txt").write_text("x")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "pngs"):
+        code, _, err = run_cli(["data", "show", src, "--images", tmp_path, "--out", out], capsys)
+        assert code == 2 and f"--out {out}: " in err and "unexpected" not in err, err
+    assert "a file, not a folder" in run_cli(["data", "show", src, "--images", tmp_path, "--out",
+                                              tmp_path / "notes.txt"], capsys)[2]

@@ -1,0 +1,150 @@
+"""Where `reallod detect` writes, and what its journal keeps: outputs never replace the input, a model
+path typed another way or a run over part of the folder loses no work, and earlier outputs inside the
+input are not taken for images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from reallod.model.detect import JOURNAL_NAME, find_images
+from tests.cli_helpers import run_cli
+
+
+def _args(images, model, out, texts="an astronaut"):
+    return ["detect", str(images), str(model), "--texts", texts, "--out-dir", str(out), "--device", "cpu",
+            "--topk", "3"]
+
+
+def _digests(folder):
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """The model must not be loaded: the command is refused before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("reallod.model.loading.load_detector", refuse)
+
+
+def test_outputs_that_would_write_over_the_input_are_refused_before_loading(capsys, five_images, tiny_model_dir,
+                                                                             tmp_path, no_loading):
+    out = tmp_path / "out"
+    shutil.copytree(five_images, out / "vis")
+    (out / "preds").mkdir()
+    shutil.copy(five_images / "p1.jpg", out / "preds" / "p1.jpg")
+    (tmp_path / "linked").symlink_to(out / "vis", target_is_directory=True)
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "vis").symlink_to(five_images, target_is_directory=True)
+    before = _digests(out), _digests(five_images)
+    for images, out_dir, says in [
+        (out / "vis", out, f"{out / 'vis'} is the input"),  # reallod detect outputs/vis MODEL
+        (out / "vis" / "p0.jpg", out, f"{out / 'vis'} holds the input"),
+        (out / "preds" / "p1.jpg", out, f"{out / 'preds'} holds the input"),
+        (tmp_path / "linked", out, f"{out / 'vis'} is the input"),  # the input is a link to OUT/vis
+        (five_images / "sub", tmp_path / "o2", f"{tmp_path / 'o2' / 'vis'} holds the input"),  # OUT/vis a link to it
+    ]:
+        code, _, err = run_cli(_args(images, tiny_model_dir, out_dir), capsys)
+        assert code == 2, err
+        assert f"--out-dir {out_dir}: " in err and says in err and "would be written over" in err, err
+    assert (_digests(out), _digests(five_images)) == before
+
+
+def test_an_out_dir_that_is_a_file_is_refused_before_loading(capsys, five_images, tiny_model_dir, tmp_path,
+                                                            no_loading):
+    (tmp_path / "afile").write_text("x")
+    for out_dir in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        code, _, err = run_cli(_args(five_images, tiny_model_dir, out_dir), capsys)
+        assert code == 2 and f"--out-dir {out_dir}: {tmp_path / 'afile'} is a file, not a folder" in err, err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "vis").write_text("x")
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, tmp_path / "out"), capsys)
+    assert code == 2 and f"{tmp_path / 'out' / 'vis'} is a file, not a folder" in err, err
+    assert (tmp_path / "out" / "vis").read_text() == "x" and not (tmp_path / "out" / "preds").exists()
+
+
+def test_the_model_path_typed_another_way_keeps_the_work(capsys, five_images, tiny_model_dir, tmp_path, calls,
+                                                        monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.chdir(tiny_model_dir.parent)
+    assert run_cli(_args(five_images, tiny_model_dir.name, out), capsys)[0] == 0
+    assert len(calls) == 5
+    (tmp_path / "elsewhere").mkdir()
+    for cwd, model in [(tiny_model_dir.parent, f"./{tiny_model_dir.name}/"), (tiny_model_dir.parent, tiny_model_dir),
+                       (tmp_path / "elsewhere", os.path.relpath(tiny_model_dir, tmp_path / "elsewhere"))]:
+        monkeypatch.chdir(cwd)
+        calls[:] = []
+        code, stdout, err = run_cli(_args(five_images, model, out), capsys)
+        assert code == 0 and calls == [] and "5 images (5 done by an earlier run)" in stdout, (model, err)
+        assert "other settings" not in err
+
+
+def test_the_message_names_the_settings_that_changed(capsys, five_images, tiny_model_dir, tmp_path, calls):
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    code, _, err = run_cli([*_args(five_images, tiny_model_dir, out), "--palette", "voc", "--mode", "concat"], capsys)
+    assert code == 0 and "other settings (changed: --mode, --palette); every image is detected again" in err, err
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other)  # the same weights in another folder: another MODEL
+    code, _, err = run_cli([*_args(five_images, other, out), "--palette", "voc", "--mode", "concat"], capsys)
+    assert code == 0 and "other settings (changed: MODEL); every image is detected again" in err, err
+
+
+def test_a_run_over_part_of_the_folder_or_another_input_keeps_the_folders_work(capsys, five_images, tiny_model_dir,
+                                                                                tmp_path, calls, photo):
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    calls[:] = []
+    code, stdout, err = run_cli(_args(five_images / "p1.jpg", tiny_model_dir, out), capsys)
+    assert code == 0 and calls == [] and "1 images (1 done by an earlier run)" in stdout, err
+    code, _, err = run_cli(_args(five_images / "sub", tiny_model_dir, out), capsys)  # its own names: preds/p4.json
+    assert code == 0 and len(calls) == 1, err
+    calls[:] = []
+    code, stdout, err = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 0 and calls == [] and "5 images (5 done by an earlier run)" in stdout, err
+    whole = _digests(out)
+
+    other = tmp_path / "other"  # another folder with an image of the same name: same outputs, its own entry
+    other.mkdir()
+    photo.resize((120, 90)).save(other / "p0.jpg")
+    assert run_cli(_args(other, tiny_model_dir, out), capsys)[0] == 0
+    assert calls == [(120, 90)]  # never taken for images/p0.jpg, which it is not
+    calls[:] = []
+    code, stdout, _ = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 0 and calls == [(200, 150)] and "5 images (4 done by an earlier run)" in stdout  # p0 again
+    del whole[JOURNAL_NAME]
+    assert {k: v for k, v in _digests(out).items() if k != JOURNAL_NAME} == whole
+
+
+def test_outputs_inside_the_input_never_become_inputs(capsys, five_images, tiny_model_dir, tmp_path, calls):
+    """--out-dir the input folder itself, then another; and an earlier run's folder inside the input."""
+    for _ in range(2):
+        calls[:] = []
+        code, stdout, err = run_cli(_args(five_images, tiny_model_dir, five_images), capsys)
+        assert code == 0 and "5 images" in stdout, err
+    assert calls == [] and not (five_images / "vis" / "vis").exists()
+    calls[:] = []
+    code, stdout, err = run_cli(_args(five_images, tiny_model_dir, tmp_path / "elsewhere"), capsys)
+    assert code == 0 and "5 images, " in stdout and len(calls) == 5, err  # not vis/* nor preds/*
+    inner = five_images / "sub" / "outputs"
+    assert run_cli(_args(five_images / "sub", tiny_model_dir, inner), capsys)[0] == 0
+    code, stdout, err = run_cli(_args(five_images, tiny_model_dir, tmp_path / "third"), capsys)
+    assert code == 0 and "5 images, " in stdout, err
+
+
+def test_find_images_passes_over_detect_output_folders(tmp_path, photo):
+    d = tmp_path / "photos"
+    for name in ("a.jpg", "vis/b.jpg", "preds/c.png", "old/vis/d.jpg", "old/e.jpg", "keep/vis/f.jpg"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(d / name)
+    (d / "old" / "detect.journal.rank1.jsonl").write_text("")
+    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg", "preds/c.png", "vis/b.jpg"]
+    (d / JOURNAL_NAME).write_text("")  # the input folder was an --out-dir: its vis and preds are outputs
+    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg"]
+    assert find_images(d, skip=[d / "keep" / "vis"])[1] == ["a.jpg"]
