@@ -141,3 +141,14 @@ def test_ray_runs_shards_on_a_local_instance_and_merges(tmp_path, capsys):
     assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "one.jsonl")
     assert sorted(p.name for p in (tmp_path / "ray.shards").glob("*.journal.jsonl")) == [
         "shard-1-of-2.journal.jsonl", "shard-2-of-2.journal.jsonl"]
+
+
+def test_ray_with_a_bad_config_is_refused_before_ray_starts(tmp_path, capsys):
+    """Every shard failed on its own with the config's error, after a Ray instance was started, and the
+    message said 'the other shards are done' of a single shard."""
+    ray = pytest.importorskip("ray")
+    src = many_tasks(tmp_path / "in", 2)
+    code, _, err = run_cli(["realign", src, "--config", tmp_path / "nope.yaml", "--out", tmp_path / "o.jsonl",
+                            "--ray"], capsys)
+    assert code == 2 and "nope.yaml" in err and "shard" not in err, err
+    assert not ray.is_initialized()

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reallod.agent.agent_config import load_agent_config
 from reallod.agent.merge import MergeResult, merge_shards
 from reallod.agent.realign import RealignOptions, realign
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, DataError
 from reallod.runs.journal import beside
 from reallod.runs.ray import import_ray, live_nodes, map_on_ray, ray_session
 
@@ -58,6 +59,11 @@ def realign_on_ray(opts: RealignOptions, *, address: str | None = None, shards: 
         raise ConfigError("--ray-shards must be at least 1")
     if opts.limit is not None or opts.shard is not None:
         raise ConfigError("--ray runs the whole input in shards of its own: leave out --limit and --shard")
+    if not Path(opts.input).is_file():
+        raise DataError("no such file", path=str(opts.input))
+    # here, before Ray starts: else every shard fails on its own with the same message
+    load_agent_config(opts.config, base_url=opts.base_url, llm_base_url=opts.llm_base_url,
+                      vlm_base_url=opts.vlm_base_url)
     with ray_session(address):
         n = shards or live_nodes()
         jobs = [shard_options(opts, k, n) for k in range(1, n + 1)]

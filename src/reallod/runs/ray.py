@@ -57,8 +57,8 @@ def map_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any], *, names: Sequence
         if on_done is not None:
             on_done(i, results[i])
     if failures:
-        raise ReallodError("; ".join(failures) + f" (the {what} are done; rerun the same command to "
-                           "resume the failed ones)")
+        done = f"the {what} are done" if results else "none finished"
+        raise ReallodError("; ".join(failures) + f" ({done}; rerun the same command to resume the failed ones)")
     return [results[i] for i in range(len(jobs))]
 
 
