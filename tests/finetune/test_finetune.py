@@ -206,7 +206,7 @@ def test_a_vlm_example_reads_images_only_inside_its_dataset_folder(tmp_path) -> 
             _vision_rows(train, data)
 
 
-def test_the_vlm_role_tunes_a_vision_language_model(teacher_data, tmp_path) -> None:
+def test_the_vlm_role_tunes_a_vision_language_model(teacher_data, tiny_lm, tmp_path) -> None:
     vlm = save_tiny_vlm(tmp_path / "tiny-vlm")
     out = tmp_path / "vlm-student"
     res = finetune(opts(teacher_data, vlm, out, role="vlm", max_steps=2, batch_size=2))
@@ -217,8 +217,10 @@ def test_the_vlm_role_tunes_a_vision_language_model(teacher_data, tmp_path) -> N
     msgs = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30))},
                                          {"type": "text", "text": "What is it?"}]}]
     assert asyncio.run(backend.complete(msgs, max_tokens=4)).completion_tokens > 0
-    with pytest.raises(ConfigError, match="as a vision-language"):
+    with pytest.raises(ConfigError, match="tiny-vlm-missing: model folder not found"):
         finetune(opts(teacher_data, tmp_path / "tiny-vlm-missing", tmp_path / "v2", role="vlm"))
+    with pytest.raises(ConfigError, match="as a vision-language"):  # a language model is no VLM
+        finetune(opts(teacher_data, tiny_lm, tmp_path / "v3", role="vlm"))
 
 
 def test_cli_finetune_and_agreement(teacher_data, tiny_lm, tmp_path, capsys) -> None:
