@@ -128,7 +128,9 @@ def _done(out: object, summary: str) -> None:
 @convert_app.command("odvg")
 def data_convert_odvg(
     src: _ConvertSrc,
-    out: Annotated[Path, typer.Argument(help="ODVG jsonl to write (.gz compresses).", show_default=False)],
+    out: Annotated[Path, typer.Argument(
+        help="ODVG jsonl to write (.gz compresses, but mmdet's ODVGDataset reads plain text only: "
+        "give it a .jsonl).", show_default=False)],
     sources: _SourcesOpt = None,
     merge_sources: Annotated[bool, typer.Option(
         "--merge-sources", help="One line per image with every chosen source, instead of one per image x source.")] = False,

@@ -87,8 +87,9 @@ def record_to_coco(record: Record, image_id: int, first_ann_id: int, categories:
 
 
 def _area(w: float, h: float) -> float | int:
+    """w × h of the written (3-decimal) sides: exact at 6 decimals, so a box with sides has an area."""
     a = w * h
-    return int(a) if float(a).is_integer() else round(a, 3)
+    return int(a) if float(a).is_integer() else round(a, 6)
 
 
 def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -159,6 +160,17 @@ def _int_field(obj: Any, key: str, where: str, path: str) -> int:
     return v
 
 
+def _unique_id(obj: Any, where: str, seen: dict[int, int], index: int, path: str) -> int:
+    """The ``id`` of ``obj``, refused when an earlier entry has it: annotations could not tell them apart."""
+    oid = _int_field(obj, "id", where, path)
+    first = seen.setdefault(oid, index)
+    if first != index:
+        section = where.split("[", 1)[0]
+        raise _fail(path, f"{where}.id", f"id {oid} already used by {section}[{first}]; annotations refer to "
+                    f"{section} by id, so each needs its own: renumber one in the json")
+    return oid
+
+
 def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False, min_area: float = 0.0,
                     prefix: str = "", synonyms: bool = False, keep_empty: bool = False,
                     stats: ConvertStats | None = None) -> Iterator[Record]:
@@ -177,20 +189,25 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
 
     cat_texts: dict[int, list[str]] = {}
     cat_names: dict[int, str] = {}
+    cat_at: dict[int, int] = {}
     for i, cat in enumerate(cats):
-        cid = _int_field(cat, "id", f"categories[{i}]", path)
+        cid = _unique_id(cat, f"categories[{i}]", cat_at, i, path)
         name = cat.get("name")
         if not isinstance(name, str) or not name.strip():
             raise _fail(path, f"categories[{i}].name", f"expected a non-empty string, got {name!r}")
         cat_names[cid] = category_expression(name)
+        if not cat_names[cid]:  # Real-Data refuses a pair with an empty category
+            raise _fail(path, f"categories[{i}].name", f"{name!r} gives an empty expression ('_' become "
+                        "spaces) and Real-Data needs a category text: rename the category in the json")
         texts = [cat_names[cid]]
         if synonyms and isinstance(cat.get("synonyms"), list):
             texts += [category_expression(s) for s in cat["synonyms"] if isinstance(s, str)]
         cat_texts[cid] = unique_texts(texts)
 
     sizes: dict[int, tuple[int, int]] = {}
+    image_at: dict[int, int] = {}
     for i, img in enumerate(images):
-        iid = _int_field(img, "id", f"images[{i}]", path)
+        iid = _unique_id(img, f"images[{i}]", image_at, i, path)
         h = _int_field(img, "height", f"images[{i}]", path)
         w = _int_field(img, "width", f"images[{i}]", path)
         if h <= 0 or w <= 0:

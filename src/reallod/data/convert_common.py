@@ -165,8 +165,23 @@ def unique_texts(texts: Iterable[str]) -> list[str]:
 
 
 def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
+    """xywh at 3 decimals; a box with area keeps it (a zero-width ground-truth box could never be matched)."""
     x1, y1, x2, y2 = box
-    return [_num(x1), _num(y1), _num(x2 - x1), _num(y2 - y1)]
+    x, w = _span(x1, x2)
+    y, h = _span(y1, y2)
+    return [x, y, w, h]
+
+
+def _span(a: float, b: float) -> tuple[float | int, float | int]:
+    """Start and length of [a, b] with the ends rounded to 3 decimals.
+
+    When both ends round to the same value ``r`` though ``b > a``, the span is the 0.001 step on the
+    side of ``r`` where ``a`` lies: it still overlaps [a, b] and stays inside an image that held it.
+    """
+    lo, hi = round(float(a), 3), round(float(b), 3)
+    if hi <= lo and a < b:
+        lo, hi = (lo - 0.001, lo) if a < lo else (lo, lo + 0.001)
+    return _num(lo), _num(hi - lo)
 
 
 def _num(v: float) -> float | int:

@@ -142,7 +142,10 @@ def record_to_odvg(record: Record, *, sources: Sequence[str] | None = None, per_
 def realdata_to_odvg(src: str | os.PathLike, dst: str | os.PathLike, *, sources: Sequence[str] | None = None,
                      per_source: bool = True, positives: int = 1, max_negatives: int = 50,
                      category_source: bool = False, seed: int | None = None) -> ConvertStats:
-    """Stream ``src`` (Real-Data) into ``dst`` (ODVG jsonl, gzip if it ends in .gz), atomically."""
+    """Stream ``src`` (Real-Data) into ``dst`` (ODVG jsonl, gzip if it ends in .gz), atomically.
+
+    mmdet's ``ODVGDataset`` reads its file as plain text: a gzip output is for storage, not training.
+    """
     refuse_same_file(src, dst)
     stats = ConvertStats()
     rng = random.Random(seed) if seed is not None else None

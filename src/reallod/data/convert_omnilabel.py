@@ -6,8 +6,8 @@ anno_info{type}}; ``annotations`` {id, image_id, bbox xywh, description_ids}. Pe
 - every positive expression is a free-form description (``anno_info.type == "object_description"``,
   type D) referring to its pair's boxes; the same text on two pairs refers to the boxes of both;
 - every negative expression is a description of that image that refers to no box (a "Dn" pair:
-  any box predicted for it is a false positive); a negative that is also a positive of the image
-  is left out;
+  any box predicted for it is a false positive); a negative that is also a positive of the image,
+  in any source (chosen or not), is left out;
 - positives of the ``category`` source, and with ``categories=True`` each pair's category name, are
   plain categories (``"object_class"``, type C).
 
@@ -39,6 +39,16 @@ TYPE_DESCRIPTION = "object_description"
 TYPE_CATEGORY = "object_class"
 
 
+def _positive_keys(record: Record, categories: bool) -> set[str]:
+    """What any source of the record says is in the image (chosen or not): never a negative of it."""
+    keys = set()
+    for _, pair in selected_pairs(record, None):
+        keys.update(text_key(t) for t in pair.positive_expressions)
+        if categories:
+            keys.add(text_key(pair.category))
+    return keys
+
+
 def record_to_omnilabel(record: Record, image_id: int, first_desc_id: int, first_ann_id: int, *,
                         sources: Sequence[str] | None = None, categories: bool = False,
                         stats: ConvertStats | None = None
@@ -66,7 +76,7 @@ def record_to_omnilabel(record: Record, image_id: int, first_desc_id: int, first
             describe(kind, text, source, pair.bboxes)
         if categories and pair.category.strip():
             describe(TYPE_CATEGORY, " ".join(pair.category.split()), source, pair.bboxes)
-    positive_keys = {key for _, key in descs}
+    positive_keys = _positive_keys(record, categories)
     for source, pair in chosen:
         for text in unique_texts(pair.negative_expressions):
             if text_key(text) in positive_keys:
