@@ -45,7 +45,7 @@ def test_evaluate_scores_by_hand():
     assert d["confusion"]["correct"]["correct"] == 1 and d["confusion"]["correct"]["rewritten"] == 1
     assert d["confusion"]["wrong"] == {"correct": 1, "rewritten": 2, "wrong": 0, "unresolved": 1, "failed": 0}
     assert rep.kept_precision == pytest.approx(3 / 4)  # 0, 1, 3 right; 4 wrong; 2 unjudged
-    assert rep.rewrites_unjudged == 1 and rep.fix_rate == pytest.approx(1 / 4)
+    assert rep.rewrites_unjudged == 1 and rep.fix_rate == pytest.approx(1 / 3)  # 2, unjudged, is left out
     assert d["wrong_caught_rate"] == pytest.approx(3 / 4)
     assert d["per_task"]["calls"] == pytest.approx(13 / 6) and d["per_task"]["seconds"] == pytest.approx(1.5)
 

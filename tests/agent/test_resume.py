@@ -159,6 +159,12 @@ def test_bad_options(tmp_path):
         run(tmp_path, "folder")
     with pytest.raises(ReallodError, match=r"--report .*a_file is a file, not a folder"):
         run(tmp_path, report=tmp_path / "a_file" / "run")
+    # a report whose JSON would be the input: --report tasks next to tasks.json wrote over it
+    tasks = tmp_path / "tasks.json"
+    tasks.write_bytes((EXAMPLES / "tasks.json").read_bytes())
+    with pytest.raises(ReallodError, match=r"--report .*tasks would overwrite the input"):
+        run(tmp_path, input=tasks, report=tmp_path / "tasks")
+    assert tasks.read_bytes() == (EXAMPLES / "tasks.json").read_bytes()
     assert not (tmp_path / "o.journal.jsonl").exists()
 
 

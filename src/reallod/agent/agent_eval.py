@@ -13,7 +13,8 @@ its final verdict is set against the gold label:
   rewrites), how much is right: a kept raw expression is right when gold says it is correct; a rewrite
   is right when it matches an acceptable expression (the raw one when gold says it is correct, and the
   gold expressions) — rewrites with nothing to compare to are counted as unjudged, not guessed;
-- rewrite fix rate: of the wrong raw expressions, how many the agent replaced by a right one;
+- rewrite fix rate: of the wrong raw expressions, how many the agent replaced by a right one (a wrong
+  one it rewrote with no gold expression to compare to is left out, counted as unjudged);
 - cost per task: calls, requests, tokens, seconds.
 
 A task whose run failed (a missing image, a backend that never answered usably) made no judgement: it
@@ -21,15 +22,20 @@ is counted in the confusion matrix's ``failed`` column and by reason, and left o
 (a failed wrong expression is not "caught"). When every task failed, no score is given at all and the
 report says so, so a broken setup never reads as a good agent.
 
-Two expressions match when their content words (lower case, punctuation and a few function words
-removed) overlap with an F1 of at least ``match_f1`` (default 0.6), or are equal.
+Two expressions match when their content words overlap with an F1 of at least ``match_f1`` (default
+0.6), see :func:`match_f1`.
+
+Only a labelled task list is taken: a Real-Data records file is refused before the run (its tasks get
+ids like ``0/llm/0/0`` that no line-numbered label can name), and so is a ``--report`` that would
+overwrite the labelled input or the run's files. When no labelled task is scored (every result
+unlabelled or missing, or every task failed) the CLI exits with status 1.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -38,17 +44,22 @@ from typing import Any
 
 import orjson
 
-from reallod.agent.inputs import _iter_task_items
-from reallod.agent.realign import RealignOptions, RealignRun, realign
+from reallod.agent.inputs import _iter_task_items, detect_format
+from reallod.agent.realign import RealignOptions, RealignRun, check_report, realign
 from reallod.agent.roles import Roles
 from reallod.agent.run_report import report_paths
 from reallod.agent.task import VERDICTS
+from reallod.agent.trace import trace_path_for
 from reallod.data.io import atomic_text
-from reallod.errors import DataError
-from reallod.runs.journal import iter_journal
+from reallod.errors import DataError, ReallodError
+from reallod.runs.journal import iter_journal, journal_path_for
 from reallod.runs.session import RunInterrupted
 
 KEPT = ("correct", "rewritten")
+# Chinese and Japanese are written without spaces between words: each Han or kana character counts
+# as one word (radicals, Hiragana + Katakana, the CJK ideograph blocks)
+_NO_SPACES = ((0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+              (0x20000, 0x3134F))
 _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
 
 
@@ -89,13 +100,34 @@ def load_gold(path: str | Path) -> dict[str, Gold]:
     return out
 
 
+def words(text: str) -> list[str]:
+    """The words of ``text``, casefolded with accents kept: runs of letters, marks and digits in any
+    script, except that each Han or kana character is a word of its own (no spaces to split on)."""
+    out: list[str] = []
+    word = ""
+    for ch in unicodedata.normalize("NFC", text.casefold()) + " ":
+        kind = unicodedata.category(ch)[0]
+        if kind in "LMN" and not any(lo <= ord(ch) <= hi for lo, hi in _NO_SPACES):
+            word += ch
+            continue
+        if word:
+            out.append(word)
+            word = ""
+        if kind in "LN":  # a Han or kana character
+            out.append(ch)
+    return out
+
+
 def content_words(text: str) -> list[str]:
-    return [w for w in re.findall(r"[a-z0-9]+", text.casefold()) if w not in _STOP]
+    return [w for w in words(text) if w not in _STOP]
 
 
 def match_f1(a: str, b: str) -> float:
-    """Token F1 of the content words of two expressions (1.0 when equal)."""
+    """Token F1 of the content words (:func:`words` less a few English function words) of two
+    expressions; with no content word on either side, 1.0 only when all their words are equal."""
     wa, wb = content_words(a), content_words(b)
+    if not wa and not wb:
+        return float(words(a) == words(b))
     if wa == wb:
         return 1.0
     if not wa or not wb:
@@ -117,6 +149,7 @@ class EvalReport:
     rewrites_right: int = 0
     rewrites_unjudged: int = 0
     gold_wrong: int = 0
+    fix_unjudged: int = 0  # gold-wrong raw expressions rewritten with no gold expression to compare to
     fixed: int = 0  # gold-wrong raw expressions replaced by a right rewrite
     caught: int = 0  # gold-wrong raw expressions the agent did not keep as they were
     calls: int = 0
@@ -141,8 +174,19 @@ class EvalReport:
         return (self.kept_raw_right + self.rewrites_right) / judged if judged else None
 
     @property
+    def scored(self) -> int:
+        """Labelled tasks with a judgement to score (neither failed nor missing from the run)."""
+        return self.tasks - self.failed
+
+    @property
+    def fix_judged(self) -> int:
+        """Gold-wrong raw expressions whose fix could be judged (a rewrite with nothing to compare to
+        is neither a fix nor a miss)."""
+        return self.gold_wrong - self.fix_unjudged
+
+    @property
     def fix_rate(self) -> float | None:
-        return self.fixed / self.gold_wrong if self.gold_wrong else None
+        return self.fixed / self.fix_judged if self.fix_judged else None
 
     def per_task(self) -> dict[str, float]:
         n = max(self.tasks, 1)
@@ -156,6 +200,7 @@ class EvalReport:
         d["failures"] = dict(self.failures.most_common())
         d["failure_examples"] = {k: {"task_id": t, "error": e} for k, (t, e) in self.failure_examples.items()}
         d["all_failed"] = self.all_failed
+        d["scored"] = self.scored
         d.update(kept_precision=self.kept_precision, fix_rate=self.fix_rate, per_task=self.per_task(),
                  kept_raw_precision=self.kept_raw_right / self.kept_raw if self.kept_raw else None,
                  wrong_caught_rate=self.caught / self.gold_wrong if self.gold_wrong else None)
@@ -191,6 +236,7 @@ def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]],
             right = any(match_f1(r.get("expression") or "", a) >= min_f1 for a in accepted if a)
             if not any(accepted):
                 rep.rewrites_unjudged += 1
+                rep.fix_unjudged += not g.correct
             elif right:
                 rep.rewrites_right += 1
                 rep.fixed += not g.correct
@@ -212,9 +258,51 @@ def _add_cost(rep: EvalReport, r: Mapping[str, Any]) -> None:
     rep.seconds += float(r.get("elapsed_s") or 0.0)
 
 
+def check_eval_report(report: str | os.PathLike, labelled: Path, out: Path | None) -> None:
+    """Refuse, before the run, a ``--report`` whose files could not be written or would overwrite the
+    labelled input (its gold labels) or the run's output, trace or journal under ``--out``."""
+    kept = {"the labelled input": Path(labelled)}
+    if out is not None:
+        kept.update({"the --out output": Path(out), "the run's trace": trace_path_for(out),
+                     "the run's journal": journal_path_for(out)})
+    check_report(report, kept)
+
+
+def check_labelled_tasks(labelled: Path, fmt: str | None = None) -> None:
+    """Refuse a Real-Data records file: its tasks' ids (``0/llm/0/0``) never meet the line-numbered
+    gold labels, so every label would go unscored."""
+    if (fmt or detect_format(labelled)) == "records":
+        raise DataError('a Real-Data records file (lines with "pairs"): agent-eval takes a labelled task list, '
+                        'the published task-list format (raw_expression, object_locations, global_caption; '
+                        'see docs/agent.md, "Inputs") with "gold": {"correct": true|false, "expression": '
+                        'optional} on every task', path=str(labelled))
+
+
+class NothingScored(ReallodError):
+    """agent-eval scored no labelled task: a score of nothing must not read as success (exit status 1)."""
+
+    exit_code = 1
+
+
+def check_scored(rep: EvalReport) -> None:
+    """Raise :class:`NothingScored` when no labelled task got a judgement (call it after showing the
+    report; every task failing is said by the run's own check first)."""
+    if rep.scored:
+        return
+    raise NothingScored(f"no labelled task was scored: {rep.missing_results} labelled task(s) had no result "
+                        f"in the run, {rep.unlabelled_results} result(s) had no gold label, {rep.failed} "
+                        "task(s) failed")
+
+
 def agent_eval(labelled: Path, opts: RealignOptions, *, roles: Roles | None = None,
-               min_f1: float = 0.6) -> tuple[EvalReport, RealignRun]:
-    """Run the agent over ``labelled`` (with ``opts``; ``opts.out`` None: a temporary folder) and score it."""
+               min_f1: float = 0.6, report: str | os.PathLike | None = None) -> tuple[EvalReport, RealignRun]:
+    """Run the agent over ``labelled`` (with ``opts``; ``opts.out`` None: a temporary folder) and score it.
+
+    ``report`` (``--report``, written by the caller with :func:`write_eval_report`) is checked first,
+    with the input, so that a report that cannot be written costs no model call."""
+    if report is not None:
+        check_eval_report(report, labelled, opts.out)
+    check_labelled_tasks(labelled, opts.format)
     gold = load_gold(labelled)
     with tempfile.TemporaryDirectory(prefix="reallod-agent-eval-") as tmp:
         out = opts.out if opts.out is not None else Path(tmp) / "realigned.jsonl"
@@ -238,9 +326,15 @@ def eval_markdown(rep: EvalReport) -> str:
 
     lines = ["# reallod agent-eval", "", f"{rep.tasks} labelled task(s)"
              + (f", {rep.failed} of them failed (left out of the scores)." if rep.failed else "."), ""]
+    if rep.missing_results or rep.unlabelled_results:
+        lines += [f"{rep.missing_results} labelled task(s) had no result in the run and "
+                  f"{rep.unlabelled_results} result(s) had no gold label: neither is scored.", ""]
     if rep.all_failed:
         lines += [f"**Every task failed ({rep.failed} of {rep.tasks}): the agent judged nothing, so there is "
                   "no score. Fix the cause below (often the image root: --images) and run again.**", ""]
+    elif not rep.scored:
+        lines += ["**No labelled task was scored: the run's task ids do not meet the labels (was it made on "
+                  "another file?), so there is no score.**", ""]
     lines += ["## Final verdict vs gold", "", "| gold \\ verdict | " + " | ".join(VERDICTS) + " |",
               "|---|" + "---:|" * len(VERDICTS)]
     for g in ("correct", "wrong"):
@@ -253,7 +347,8 @@ def eval_markdown(rep: EvalReport) -> str:
               f"- precision of raw expressions kept as correct: {pct(d['kept_raw_precision'])}",
               f"- wrong raw expressions not kept as they were: {pct(d['wrong_caught_rate'])}",
               f"- rewrite fix rate (wrong raw expressions replaced by a right one): {pct(rep.fix_rate)} "
-              f"({rep.fixed} of {rep.gold_wrong})",
+              f"({rep.fixed} of {rep.fix_judged} judged; {rep.fix_unjudged} rewrite(s) with no gold expression "
+              "unjudged)",
               *_failure_lines(rep),
               "", "## Cost per task", "",
               f"- calls {pt['calls']:.2f}, requests {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} in / "

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,9 +215,10 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
     if len(outputs) < 3 or opts.input.resolve() in outputs:
         raise ConfigError(f"--out {opts.out} would overwrite the input, the trace or the journal")
-    _check_output(opts.out, "--out")
+    check_output(opts.out, "--out")
     if opts.report is not None:
-        _check_output(opts.report, "--report")
+        check_report(opts.report, {"the input": opts.input, "the --out output": opts.out, "the run's trace": trace_path,
+                                   "the run's journal": journal_path})
 
     agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
     if roles is None:
@@ -289,7 +291,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     return run
 
 
-def _check_output(path: Path, option: str) -> None:
+def check_output(path: Path, option: str) -> None:
     """Refuse, before any task runs (and is paid for), an output that could not be written at the end."""
     path = Path(path)
     if path.is_dir():
@@ -299,6 +301,29 @@ def _check_output(path: Path, option: str) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
             return
+
+
+def check_report(report: str | os.PathLike, kept: Mapping[str, Path]) -> None:
+    """Refuse, before any task runs, a ``--report`` whose files (``report_paths``: JSON and Markdown) could
+    not be written or would overwrite one of ``kept`` (what it is → path): the input, the run's files."""
+    from reallod.agent.run_report import report_paths
+
+    for path in report_paths(report):
+        check_output(path, "--report")
+        for what, other in kept.items():
+            if same_file(path, other):
+                raise ConfigError(f"--report {report} would overwrite {what} ({other}) with {path}: "
+                                  "give another --report")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same path once resolved, or the same file under two names (a link)."""
+    if a.resolve() == Path(b).resolve():
+        return True
+    try:
+        return a.exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,

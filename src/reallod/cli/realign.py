@@ -217,7 +217,8 @@ def agent_eval_cmd(
         "--images", metavar="ROOT", help="Image root (default: the labelled file's folder).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Keep the run's Real-Data, trace and journal here (default: a temporary folder).")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write the scores to FILE.json and FILE.md.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the scores to FILE.json and FILE.md (never over the input or --out's files).")] = None,
     max_cycles: _MaxCycles = None,
     concurrency: _Concurrency = None,
     base_url: BaseUrl = None,
@@ -228,12 +229,13 @@ def agent_eval_cmd(
         "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
 ) -> None:
     """Score the agent against gold labels: confusion matrix, precision of kept expressions, rewrite fix
-    rate, cost per task. Failed tasks are listed by reason and left out of the scores; when every task
-    fails there is no score and the exit status is 1. Example:
+    rate, cost per task. Failed tasks are listed by reason and left out of the scores; when no labelled
+    task is scored (every task failed, or none has a result) the exit status is 1. Takes a labelled task
+    list, not Real-Data records. Example:
     reallod agent-eval examples/labelled.jsonl --images examples/images --config vllm --base-url http://127.0.0.1:8000/v1"""
     from rich.markdown import Markdown
 
-    from reallod.agent.agent_eval import agent_eval, eval_markdown, write_eval_report
+    from reallod.agent.agent_eval import agent_eval, check_scored, eval_markdown, write_eval_report
     from reallod.agent.realign import RealignOptions
     from reallod.agent.summary import check_some_succeeded
 
@@ -241,9 +243,10 @@ def agent_eval_cmd(
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
                           vlm_base_url=vlm_base_url, no_cache=no_cache)
-    rep, run = agent_eval(labelled, opts, min_f1=min_f1)
+    rep, run = agent_eval(labelled, opts, min_f1=min_f1, report=report)  # checks --report before the run
     console().print(Markdown(eval_markdown(rep)))
     if report is not None:
         json_path, md_path = write_eval_report(rep, report)
         typer.echo(f"report: {json_path} and {md_path}")
     check_some_succeeded(run.summary, what="agent-eval")
+    check_scored(rep)
