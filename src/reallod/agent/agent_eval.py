@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -51,15 +50,12 @@ from reallod.agent.run_report import report_paths
 from reallod.agent.task import VERDICTS
 from reallod.agent.trace import trace_path_for
 from reallod.data.io import atomic_text
+from reallod.data.words import words
 from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import iter_journal, journal_path_for
 from reallod.runs.session import RunInterrupted
 
 KEPT = ("correct", "rewritten")
-# Chinese and Japanese are written without spaces between words: each Han or kana character counts
-# as one word (radicals, Hiragana + Katakana, the CJK ideograph blocks)
-_NO_SPACES = ((0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
-              (0x20000, 0x3134F))
 _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
 
 
@@ -97,24 +93,6 @@ def load_gold(path: str | Path) -> dict[str, Gold]:
         out[str(index)] = Gold(gold["correct"], tuple(exprs), raw if isinstance(raw, str) else None)
     if not out:
         raise DataError("no labelled tasks", path=str(path))
-    return out
-
-
-def words(text: str) -> list[str]:
-    """The words of ``text``, casefolded with accents kept: runs of letters, marks and digits in any
-    script, except that each Han or kana character is a word of its own (no spaces to split on)."""
-    out: list[str] = []
-    word = ""
-    for ch in unicodedata.normalize("NFC", text.casefold()) + " ":
-        kind = unicodedata.category(ch)[0]
-        if kind in "LMN" and not any(lo <= ord(ch) <= hi for lo, hi in _NO_SPACES):
-            word += ch
-            continue
-        if word:
-            out.append(word)
-            word = ""
-        if kind in "LN":  # a Han or kana character
-            out.append(ch)
     return out
 
 

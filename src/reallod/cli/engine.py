@@ -115,10 +115,21 @@ def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
     if run.failed:
         typer.echo(f"{run.failure_line()}: rerun the same command to retry them")
     if not run.records:
-        why = "no image selected (an empty shard)" if not run.images else \
+        why = _no_image(run) if not run.images else \
             "model calls failed or every expression was dropped (above)" if run.failed else \
             "every expression was dropped (the reasons are counted above)"
         typer.echo(f"no record written: {why}; {run.out} is empty")
+
+
+def _no_image(run) -> str:  # type: ignore[no-untyped-def]
+    """Why no image was selected: none kept a box (and what dropped them), or the shard is empty."""
+    if run.annotated:
+        return "no image selected (an empty shard)"
+    if not run.skipped:
+        return "the annotations hold no box"
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items()) if reason != "images with no box")
+    return (f"no image kept a box ({why}; --keep-crowd keeps crowd boxes, a lower --min-box-area keeps "
+            "small ones)")
 
 
 @with_options(_generate_options)

@@ -227,7 +227,10 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(
                 isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
             raise _fail(path, f"{where}.bbox", f"expected [x, y, w, h] finite numbers, got {bbox!r}")
-        if skip_crowd and ann.get("iscrowd", 0):
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):  # a string "0" is truthy: it would read as a crowd (false, true are 0, 1)
+            raise _fail(path, f"{where}.iscrowd", f"expected 0 or 1, got {crowd!r}")
+        if skip_crowd and crowd == 1:
             stats.skip("crowd boxes")
             continue
         x, y, w, h = bbox

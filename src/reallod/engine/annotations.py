@@ -4,15 +4,25 @@ COCO-format json (COCO, LVIS, Objects365) is read by :func:`reallod.data.convert
 (one reader for ``from-coco`` and the engine); on top of it the engine refuses what would silently
 lose or corrupt data: a box outside its image and an image missing under the image root are errors
 naming the entry. OpenImages box CSVs (normalised XMin/XMax/YMin/YMax, ``IsGroupOf``) are read with
-their class-description CSV (``LabelName,DisplayName``); image sizes come from the image headers.
-Boxes end up as pixel xyxy; crowd/group boxes and boxes under ``min_area`` are filtered by options.
+their class-description CSV (``LabelName,DisplayName``), plain or gzipped, with or without a UTF-8
+BOM; image sizes come from the image headers. Boxes end up as pixel xyxy; crowd/group boxes and boxes
+under ``min_area`` are filtered by options, and counted in :attr:`Annotations.skipped`.
+
+What an image holds is more than its kept boxes: ``present`` keeps every category annotated on it
+(a skipped crowd of people is still people), and an LVIS image's ``not_exhaustive_category_ids`` are
+present too; its ``neg_category_ids`` (verified absent) become ``absent``, the only categories its
+easy negatives may name. Elsewhere absent means "not annotated", which OpenImages' class hierarchy
+does not guarantee (a ``Man`` box makes ``Person`` present; see docs/engine.md).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import os
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +31,7 @@ from PIL import UnidentifiedImageError
 from reallod.data.convert_coco import category_expression, coco_to_records, load_json_document
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
+from reallod.data.io import probe_gzip
 from reallod.errors import DataError
 from reallod.runs.image_root import ImageError, ImageLoader
 
@@ -41,6 +52,8 @@ class ImageAnnotation:
     width: int
     objects: list[AnnObject]
     entry: str = ""  # where it came from, for messages: "annotations.json: images[3]"
+    present: list[str] = field(default_factory=list)  # every category annotated on it, skipped boxes too
+    absent: list[str] | None = None  # verified absent (LVIS neg_category_ids); None: every unannotated one
 
 
 @dataclass(slots=True)
@@ -62,7 +75,7 @@ def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *,
     """COCO-format json, or an OpenImages box CSV (``classes`` = its class-description CSV)."""
     options = options or ReadOptions()
     p = str(path)
-    if p.lower().endswith(".csv"):
+    if p.lower().endswith((".csv", ".csv.gz")):
         if classes is None:
             raise DataError("an OpenImages box CSV needs its class-description CSV (--classes)", path=p)
         return read_openimages(p, classes, images_root, options)
@@ -77,16 +90,51 @@ def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -
     images: list[ImageAnnotation] = []
     for record in coco_to_records(data, path=path, skip_crowd=options.skip_crowd, min_area=options.min_area,
                                   stats=stats):
-        entry = f"images[{index.get(record.extra.get('image_id'))}]"
+        i = index[record.extra["image_id"]]
         objects = [AnnObject(pair.category, [float(v) for v in pair.bboxes[0]])
                    for pair in record.pairs.get("category", [])]
-        images.append(ImageAnnotation(record.filename, record.height, record.width, objects, entry))
+        images.append(ImageAnnotation(record.filename, record.height, record.width, objects, f"images[{i}]"))
+    presence = _coco_presence(data, path)  # the ids are checked now
+    for img in images:
+        img.present, img.absent = presence[img.entry]
     vocabulary = [category_expression(c["name"]) for c in data["categories"]]
     if options.check_images:
         loader = ImageLoader(images_root)
         for img in images:
             _check_image(loader, img, path, f"{img.entry}.file_name")
     return Annotations(images, vocabulary, dict(stats.skipped))
+
+
+def _coco_presence(data: dict[str, Any], path: str) -> dict[str, tuple[list[str], list[str] | None]]:
+    """"images[i]" → (every category annotated on it, before the filters, LVIS not-exhaustive ones too;
+    its LVIS ``neg_category_ids``, or None). Called once coco_to_records has checked the ids."""
+    names = {c["id"]: category_expression(c["name"]) for c in data["categories"]}
+    annotated: dict[Any, set[str]] = {}
+    for ann in data["annotations"]:
+        annotated.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    out: dict[str, tuple[list[str], list[str] | None]] = {}
+    for i, raw in enumerate(data["images"]):
+        present, absent = set(annotated.get(raw["id"], ())), None
+        if "neg_category_ids" in raw or "not_exhaustive_category_ids" in raw:
+            # LVIS is federated: unannotated is unknown, only neg_category_ids are verified absent
+            present |= set(_lvis_ids(raw, "not_exhaustive_category_ids", names, path, f"images[{i}]"))
+            absent = _lvis_ids(raw, "neg_category_ids", names, path, f"images[{i}]")
+        out[f"images[{i}]"] = (sorted(present), absent)
+    return out
+
+
+def _lvis_ids(raw: dict[str, Any], key: str, names: dict[Any, str], path: str, where: str) -> list[str]:
+    """The category names of an LVIS image's id list (missing: none)."""
+    ids = raw.get(key, [])
+    if not isinstance(ids, list):
+        raise DataError(f"expected a list of category ids, got {type(ids).__name__}", path=path,
+                        field=f"{where}.{key}")
+    out = []
+    for j, cid in enumerate(ids):
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid not in names:
+            raise DataError(f"category id {cid!r} is not in categories", path=path, field=f"{where}.{key}[{j}]")
+        out.append(names[cid])
+    return out
 
 
 def _check_coco_boxes(data: Any, path: str) -> None:
@@ -136,21 +184,46 @@ def _check_image(loader: ImageLoader, img: ImageAnnotation, path: str, where: st
 _OI_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 
 
+def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, row) of a CSV file, plain or gzipped, UTF-8 with or without a BOM (a BOM left in would
+    rename the first column); undecodable text and a broken gzip stream are errors naming the line."""
+    gz = probe_gzip(path)  # names a missing file
+    f = gzip.open(path, "rt", encoding="utf-8-sig", newline="") if gz else \
+        open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+    with f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as e:
+            line = _bad_utf8_line(path, gz)
+            raise DataError(f"not UTF-8 text ({e.reason}): save the file as UTF-8", path=path,
+                            line=line) from None
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path,
+                            line=reader.line_num + 1) from None
+
+
+def _bad_utf8_line(path: str, gz: bool) -> int | None:
+    """The first line that is not UTF-8 (the decoder reads ahead, so its error has no line)."""
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
+
+
 def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """``LabelName,DisplayName`` lines (with or without a header) → label → display name."""
     out: dict[str, str] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.reader(f), 1):
-                if not row or (n == 1 and row[0] == "LabelName"):
-                    continue
-                if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                    raise DataError("expected LabelName,DisplayName", path=str(path), line=n)
-                out[row[0].strip()] = " ".join(row[1].split())
-    except FileNotFoundError:
-        raise DataError("no such file", path=str(path)) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason})", path=str(path)) from None
+    for n, row in _csv_rows(str(path)):
+        if not row or (n == 1 and row[0] == "LabelName"):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError("expected LabelName,DisplayName", path=str(path), line=n)
+        out[row[0].strip()] = " ".join(row[1].split())
     if not out:
         raise DataError("no class descriptions", path=str(path))
     return out
@@ -164,47 +237,53 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
     loader = ImageLoader(images_root)
     by_image: dict[str, ImageAnnotation] = {}
     skipped: dict[str, int] = {}
-    try:
-        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    with f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _OI_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"missing column(s) {', '.join(missing)} (not an OpenImages box CSV?)", path=path, line=1)
-        for row in reader:
-            line = reader.line_num
-            label = row["LabelName"]
-            if label not in names:
-                raise DataError(f"label {label!r} is not in the class descriptions {classes}", path=path, line=line,
-                                field="LabelName")
-            try:
-                x1, x2, y1, y2 = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
-            except (TypeError, ValueError):
-                raise DataError("XMin/XMax/YMin/YMax must be numbers", path=path, line=line) from None
-            if not all(-1e-3 <= v <= 1 + 1e-3 for v in (x1, x2, y1, y2)) or x2 < x1 or y2 < y1:
-                raise DataError(f"box (XMin {x1}, XMax {x2}, YMin {y1}, YMax {y2}) lies outside the image "
-                                "(coordinates are fractions of the image size)", path=path, line=line)
-            image_id = row["ImageID"]
-            img = by_image.get(image_id)
-            if img is None:
-                img = ImageAnnotation(image_id + extension, 0, 0, [], f"line {line}")
-                size = _image_size(loader, img.filename, path, line)
-                img.width, img.height = size
-                by_image[image_id] = img
-            if options.skip_crowd and row.get("IsGroupOf") == "1":
-                skipped["crowd boxes"] = skipped.get("crowd boxes", 0) + 1
-                continue
-            box = [min(max(x1, 0.0), 1.0) * img.width, min(max(y1, 0.0), 1.0) * img.height,
-                   min(max(x2, 0.0), 1.0) * img.width, min(max(y2, 0.0), 1.0) * img.height]
-            area = (box[2] - box[0]) * (box[3] - box[1])
-            if area <= 0 or area < options.min_area:
-                key = "boxes under the minimum area" if area > 0 else "boxes with no area"
-                skipped[key] = skipped.get(key, 0) + 1
-                continue
-            img.objects.append(AnnObject(names[label], box))
+    rows = _csv_rows(path)
+    header = next(rows, (1, []))[1]
+    missing = [c for c in _OI_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)} (not an OpenImages box CSV?)", path=path, line=1)
+    for line, values in rows:
+        if not values:
+            continue  # a blank line, as csv.DictReader skips it
+        if len(values) != len(header):
+            raise DataError(f"{len(values)} field(s) where the header has {len(header)}", path=path, line=line)
+        row = dict(zip(header, values, strict=True))
+        label = row["LabelName"]
+        if label not in names:
+            raise DataError(f"label {label!r} is not in the class descriptions {classes}", path=path, line=line,
+                            field="LabelName")
+        try:
+            x1, x2, y1, y2 = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
+        except (TypeError, ValueError):
+            raise DataError("XMin/XMax/YMin/YMax must be numbers", path=path, line=line) from None
+        if not all(-1e-3 <= v <= 1 + 1e-3 for v in (x1, x2, y1, y2)) or x2 < x1 or y2 < y1:
+            raise DataError(f"box (XMin {x1}, XMax {x2}, YMin {y1}, YMax {y2}) lies outside the image "
+                            "(coordinates are fractions of the image size)", path=path, line=line)
+        image_id = row["ImageID"]
+        img = by_image.get(image_id)
+        if img is None:
+            img = ImageAnnotation(image_id + extension, 0, 0, [], f"line {line}")
+            size = _image_size(loader, img.filename, path, line)
+            img.width, img.height = size
+            by_image[image_id] = img
+        if names[label] not in img.present:  # in the image, whatever becomes of its box
+            img.present.append(names[label])
+        if options.skip_crowd and row.get("IsGroupOf") == "1":
+            skipped["crowd boxes"] = skipped.get("crowd boxes", 0) + 1
+            continue
+        box = [min(max(x1, 0.0), 1.0) * img.width, min(max(y1, 0.0), 1.0) * img.height,
+               min(max(x2, 0.0), 1.0) * img.width, min(max(y2, 0.0), 1.0) * img.height]
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        if area <= 0 or area < options.min_area:
+            key = "boxes under the minimum area" if area > 0 else "boxes with no area"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        img.objects.append(AnnObject(names[label], box))
     images = [img for img in by_image.values() if img.objects]
+    if len(images) < len(by_image):
+        skipped["images with no box"] = len(by_image) - len(images)
+    for img in images:
+        img.present.sort()
     return Annotations(images, sorted(set(names.values())), skipped)
 
 
@@ -223,10 +302,12 @@ def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tup
 def image_ann_from_dict(obj: dict[str, Any]) -> ImageAnnotation:
     """The inverse of :func:`image_ann_to_dict` (the journal keeps generated images as dicts)."""
     return ImageAnnotation(obj["filename"], obj["height"], obj["width"],
-                           [AnnObject(o["category"], o["box"]) for o in obj["objects"]], obj.get("entry", ""))
+                           [AnnObject(o["category"], o["box"]) for o in obj["objects"]], obj.get("entry", ""),
+                           obj.get("present", []), obj.get("absent"))
 
 
 def image_ann_to_dict(img: ImageAnnotation) -> dict[str, Any]:
     return {"filename": img.filename, "height": img.height, "width": img.width, "entry": img.entry,
-            "objects": [{"category": o.category, "box": o.box} for o in img.objects]}
+            "objects": [{"category": o.category, "box": o.box} for o in img.objects], "present": img.present,
+            "absent": img.absent}
 

@@ -159,6 +159,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         objects = sorted(objects, key=lambda o: -(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))[:s.max_objects]
         counts["objects over --max-objects:skipped"] += len(img.objects) - len(objects)
     present = sorted({o.category for o in img.objects})
+    # what negatives must not name: every annotated category, the skipped boxes' too (a crowd of people)
+    in_image = sorted({*present, *img.present})
     image = await asyncio.to_thread(load_image) if gens.vlm is not None else None
     temp = s.temperature
 
@@ -215,7 +217,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         all_positives.update(fold(t) for t in texts)
         groups.append((category, boxes, texts))
 
-    absent = absent_categories(vocabulary, present)
+    # LVIS lists the categories verified absent; elsewhere, every category not annotated on the image
+    absent = absent_categories(vocabulary if img.absent is None else img.absent, in_image)
     pairs: dict[str, list[dict[str, Any]]] = {}
     for k, (obj, sources) in enumerate(zip(objects, per_object, strict=True)):
         positives = [t for texts in sources.values() for t in texts]
@@ -233,11 +236,11 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             if text is not None:
                 hard = accept(parse_list(text), obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
                               counts=counts, step="hard_negative", limit=s.hard_negatives)
-                kept, dropped = keep_negatives(hard, all_positives, present, seen_neg)
+                kept, dropped = keep_negatives(hard, all_positives, in_image, seen_neg)
                 counts["hard_negative: fits the image:dropped"] += dropped
                 negatives += kept
         easy = easy_negatives(positives, obj.category, absent, s.easy_negatives, key=f"{img.filename}/{k}")
-        kept, dropped = keep_negatives(easy, all_positives, present, seen_neg)
+        kept, dropped = keep_negatives(easy, all_positives, in_image, seen_neg)
         counts["easy_negative: fits the image:dropped"] += dropped
         negatives += kept
         counts["negative:kept"] += len(negatives)
@@ -248,7 +251,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     for category, boxes, texts in groups:
         if texts:
             easy = easy_negatives(texts, category, absent, s.easy_negatives, key=f"{img.filename}/group/{category}")
-            negatives, _ = keep_negatives(easy, all_positives, present, {fold(t) for t in texts})
+            negatives, _ = keep_negatives(easy, all_positives, in_image, {fold(t) for t in texts})
             pairs.setdefault("llm", []).append(_pair(boxes, category, texts, negatives))
             counts["group:kept"] += len(texts)
 

@@ -53,8 +53,8 @@ def replace_category(text: str, category: str, other: str) -> str:
     head = r"\s+".join(re.escape(w) for w in words[:-1])
     last = re.escape(words[-1]) + r"(?:e?s)?" if words else ""
     sep = r"\s+" if head else ""
-    pattern = rf"\b{head}{sep}{last}\b"
-    new, n = re.subn(pattern, other, text, count=1, flags=re.I)
+    pattern = rf"(?<!\w){head}{sep}{last}(?!\w)"  # not \b: "bow (weapon)" ends with no word character
+    new, n = re.subn(pattern, lambda _: other, text, count=1, flags=re.I)  # ``other`` is text, not a template
     return new if n else other
 
 

@@ -82,6 +82,8 @@ class GenerateRun:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the generation journal's, and its "run" id
     failed: int = 0  # images of this run whose model calls failed: not journaled, a rerun generates them
     failures: dict[str, list[Any]] = field(default_factory=dict)  # error kind → [failed calls, one message]
+    annotated: int = 0  # images of the annotations that kept a box (before --shard and --limit)
+    skipped: dict[str, int] = field(default_factory=dict)  # what reading the annotations dropped: reason → n
 
     @property
     def records(self) -> int:
@@ -198,8 +200,10 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                           aclose=hardened.aclose)  # this loop's connections, closed on this loop
         resumed = journal.resumed
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
+    counts.update({f"annotations: {reason}:skipped": n for reason, n in anns.skipped.items()})
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - failed_images, counts, unavailable,
-                       time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed)
+                       time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed, len(anns.images),
+                       dict(anns.skipped))
 
 
 def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[str]:

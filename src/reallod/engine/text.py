@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from reallod.data.words import words
+
 _LEAD = re.compile(r"^\s*(?:[-*•]+\s*|\d+[.)]\s*)?(?:(?:expression|phrase|answer)[\s_]*\d*\s*:)?\s*", re.I)
 _ECHO = re.compile(r"\[\s*-?\d*\.?\d+\s*,")
 _QUOTES = "\"'`“”‘’"
@@ -28,17 +30,13 @@ def clean(text: str) -> str:
     return " ".join(line.split()).rstrip(".").strip()
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.casefold())
-
-
 def mentions(text: str, category: str) -> bool:
     """Whether ``text`` names ``category`` (its words in order, a plural 's'/'es' allowed)."""
-    words, cat = _words(text), _words(category)
+    found, cat = words(text), words(category)
     if not cat:
         return False
-    for i in range(len(words) - len(cat) + 1):
-        window = words[i:i + len(cat)]
+    for i in range(len(found) - len(cat) + 1):
+        window = found[i:i + len(cat)]
         if window[:-1] == cat[:-1] and window[-1] in (cat[-1], cat[-1] + "s", cat[-1] + "es"):
             return True
     return False
