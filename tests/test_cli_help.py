@@ -65,3 +65,11 @@ def test_flags_show_no_value_type_and_help_texts_keep_their_brackets(capsys, mon
         code, out, _ = run_cli([*command, "--help"], capsys)
         device = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("--device"))
         assert "[default: cuda if available" in device, (command, device)
+
+
+def test_the_cli_default_pixel_budget_is_the_libraries():
+    """cli/common.py repeats the number so that `reallod data ...` does not import PIL to show help."""
+    from reallod.cli.common import MAX_PIXELS
+    from reallod.data.images import DEFAULT_MAX_PIXELS
+
+    assert MAX_PIXELS == DEFAULT_MAX_PIXELS

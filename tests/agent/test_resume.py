@@ -14,7 +14,7 @@ from reallod.runs import journal as journal_mod
 from reallod.runs.journal import read_journal
 from reallod.runs.session import RunStopped
 from tests.agent.io_helpers import EXAMPLES, read_jsonl
-from tests.agent.scripted import colour_judge, scripted_roles
+from tests.agent.scripted import answer, colour_judge, plan, reflect, rewrite, scripted_roles
 from tests.cli_helpers import run_cli
 
 
@@ -202,3 +202,31 @@ def test_a_crash_between_the_journal_and_the_trace_still_gives_each_task_once(tm
     ids = trace_ids(tmp_path / "o.trace.jsonl")
     assert len(ids) == len(set(ids)) == done.summary.tasks
     assert all(e["result"]["verdict"] != "failed" for e in read_trace(tmp_path / "o.trace.jsonl")[1])
+
+
+def asks_the_vlm(role, messages):
+    """Unsure until the VLM, shown the object, has answered: its view needs the image's pixels."""
+    if role == "vlm":
+        return answer("it is orange")
+    asked = any("it is orange" in str(m["content"]) for m in messages)
+    if role == "reflector":
+        return reflect("correct" if asked else "uncertain")
+    if role == "planner":
+        return plan("correct") if asked else plan("uncertain", focus="object", question="What colour is it?")
+    return rewrite("the fixed one")
+
+
+def test_images_above_max_pixels_fail_their_tasks_and_a_rerun_with_a_larger_budget_does_them(tmp_path):
+    """The agent decoded with Pillow's 89.5 M pixel budget and no option: tasks on larger (aerial) images
+    could never run."""
+    def go(**kw):
+        opts = RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=tmp_path / "o.jsonl",
+                              images=EXAMPLES / "images", concurrency=4, limit=4, **kw)
+        return realign(opts, roles=scripted_roles(asks_the_vlm))
+
+    small = go(max_pixels=1000)
+    assert set(small.summary.verdicts) == {"failed"}
+    errors = [e["result"]["error"] for e in read_trace(tmp_path / "o.trace.jsonl")[1]]
+    assert errors and all("above the limit of 1,000 (raise --max-pixels if it is genuine)" in e for e in errors)
+    again = go()
+    assert again.info["tasks_retried"] == 4 and "failed" not in again.summary.verdicts

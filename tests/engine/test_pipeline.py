@@ -379,15 +379,16 @@ def test_the_pipeline_takes_a_server_per_role_kind_and_refuses_values_it_would_r
     seen = []
 
     def roles_for(opts):
-        seen.append((opts.base_url, opts.llm_base_url, opts.vlm_base_url))
+        seen.append((opts.base_url, opts.llm_base_url, opts.vlm_base_url, opts.max_pixels))
         return scripted_roles(generation_answers()), "scripted", 1, 2
 
     monkeypatch.setattr(pl, "build_roles_for", roles_for)
     argv = ["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images", EXAMPLES / "images",
             "--out", tmp_path / "o.jsonl", "--limit", "1", "--no-progress"]
-    code, stdout, err = run_cli([*argv, "--llm-base-url", "http://a:1/v1", "--vlm-base-url", "http://b:2/v1"], capsys)
+    code, stdout, err = run_cli([*argv, "--llm-base-url", "http://a:1/v1", "--vlm-base-url", "http://b:2/v1",
+                                 "--max-pixels", "200000000"], capsys)
     assert code == 0, stdout + err
-    assert seen == [(None, "http://a:1/v1", "http://b:2/v1")]
+    assert seen == [(None, "http://a:1/v1", "http://b:2/v1", 200_000_000)]
     for option, value in (("--max-cycles", "0"), ("--concurrency", "0"), ("--llm-expressions", "-1"),
                           ("--min-box-area", "-5"), ("--limit", "0")):
         code, _, err = run_cli([*argv, option, value], capsys)

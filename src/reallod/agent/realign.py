@@ -45,6 +45,7 @@ from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.summary import RunSummary
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
+from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.errors import ConfigError
 from reallod.llm.endpoints import Endpoints
 from reallod.runs.drive import drive
@@ -141,6 +142,7 @@ class RealignOptions:
     config: str
     out: Path
     images: Path | None = None  # default: the input file's folder
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the largest image decoded; a task with a larger one fails
     captions: Path | None = None
     max_cycles: int | None = None  # default: the config's (3)
     limit: int | None = None
@@ -210,7 +212,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     fmt = opts.format or detect_format(opts.input)
     source = output_source(fmt, opts.source)
     captions = load_captions(opts.captions) if opts.captions else None
-    images = ImageLoader(opts.images if opts.images is not None else opts.input.parent)
+    images = ImageLoader(opts.images if opts.images is not None else opts.input.parent, max_pixels=opts.max_pixels,
+                         hint=MAX_PIXELS_HINT)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
     outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
     if len(outputs) < 3 or opts.input.resolve() in outputs:

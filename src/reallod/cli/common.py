@@ -135,3 +135,7 @@ VlmBaseUrl = Annotated[str | None, typer.Option("--vlm-base-url", help="... only
 ModelArg = Annotated[str, typer.Argument(help="Detector: a Hugging Face folder (see convert-checkpoint) or hub id.",
                                          show_default=False)]
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")]
+MaxPixels = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Largest image decoded, in pixels (width × height); a larger one is skipped, or "
+    "its task fails (a decompression-bomb guard: raise it for genuine large images).")]
+MAX_PIXELS = 89_478_485  # Pillow's own threshold, as reallod.data.images.DEFAULT_MAX_PIXELS (not imported: it loads PIL)

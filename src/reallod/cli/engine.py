@@ -9,8 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from reallod.cli.common import (
+    MAX_PIXELS,
     BaseUrl,
     LlmBaseUrl,
+    MaxPixels,
     VlmBaseUrl,
     progress_monitor,
     quiet_transformers,
@@ -71,7 +73,8 @@ def _generate_options(
         classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False, min_box_area: _OPT_MIN_AREA = 0.0,
         llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2, hard_negatives: _OPT_NHARD = 2,
         easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None, clip_model: _OPT_CLIP = None,
-        clip_threshold: _OPT_CLIPT = 0.2, limit: _OPT_LIMIT = None, shard: _OPT_SHARD = None,
+        clip_threshold: _OPT_CLIPT = 0.2, max_pixels: MaxPixels = MAX_PIXELS, limit: _OPT_LIMIT = None,
+        shard: _OPT_SHARD = None,
         concurrency: _OPT_CONC = None, base_url: BaseUrl = None, llm_base_url: LlmBaseUrl = None,
         vlm_base_url: VlmBaseUrl = None, cache: _OPT_CACHE = None,
         no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
@@ -85,7 +88,8 @@ def _generate_options(
                                 hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
     return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
                            skip_crowd=not keep_crowd, min_area=min_box_area, settings=settings, clip_model=clip_model,
-                           clip_threshold=clip_threshold, limit=limit, shard=shard, concurrency=concurrency,
+                           clip_threshold=clip_threshold, max_pixels=max_pixels, limit=limit, shard=shard,
+                           concurrency=concurrency,
                            base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url, cache=cache,
                            no_cache=no_cache, force_resume=force_resume)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from reallod.cli.common import Dtype, ModelArg, parse_image_size, quiet_transformers
+from reallod.cli.common import MAX_PIXELS, Dtype, MaxPixels, ModelArg, parse_image_size, quiet_transformers
 from reallod.errors import ReallodError
 
 
@@ -57,8 +57,7 @@ def detect_cmd(
         show_default=False)] = None,
     tokenizer: Annotated[str | None, typer.Option(
         "--tokenizer", help="Tokenizer folder or hub id (default: MODEL's).", show_default=False)] = None,
-    max_pixels: Annotated[int, typer.Option(
-        "--max-pixels", min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 89_478_485,
+    max_pixels: MaxPixels = MAX_PIXELS,
     palette: Annotated[str, typer.Option("--palette", help="Box colours: coco, voc, citys, random or none.")] = "coco",
     show: Annotated[bool, typer.Option("--show", help="Open each picture in an image viewer.")] = False,
     no_save_vis: Annotated[bool, typer.Option("--no-save-vis", help="Do not write pictures.")] = False,

@@ -17,8 +17,10 @@ import typer.core
 
 from reallod.cli.common import (
     AGENT_CONFIG_HELP,
+    MAX_PIXELS,
     BaseUrl,
     LlmBaseUrl,
+    MaxPixels,
     VlmBaseUrl,
     console,
     progress_monitor,
@@ -101,6 +103,7 @@ def realign_cmd(
         "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
     captions: Annotated[Path | None, typer.Option(
         "--captions", help="Captions keyed by image filename: a JSON object or JSONL {filename, caption}.")] = None,
+    max_pixels: MaxPixels = MAX_PIXELS,
     max_cycles: _MaxCycles = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="Run only the first N tasks.")] = None,
     unresolved: Annotated[str, typer.Option(
@@ -168,7 +171,8 @@ def realign_cmd(
             input=input, config=config, out=out, images=images, captions=captions, max_cycles=max_cycles,
             limit=limit, unresolved=unresolved, source=source, base_url=base_url, llm_base_url=llm_base_url,
             vlm_base_url=vlm_base_url, report_dir=report_dir, concurrency=concurrency, report=report, shard=shard,
-            cache=cache, no_cache=no_cache, force_resume=force_resume, endpoint_limit=endpoint_limit)
+            cache=cache, no_cache=no_cache, force_resume=force_resume, endpoint_limit=endpoint_limit,
+            max_pixels=max_pixels)
         if ray is None:
             monitor = progress_monitor(progress, labels=VERDICTS)
     out_console = console()
@@ -221,6 +225,7 @@ def agent_eval_cmd(
         "--report", help="Write the scores to FILE.json and FILE.md (never over the input or --out's files).")] = None,
     max_cycles: _MaxCycles = None,
     concurrency: _Concurrency = None,
+    max_pixels: MaxPixels = MAX_PIXELS,
     base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
@@ -242,7 +247,7 @@ def agent_eval_cmd(
     quiet_transformers()  # the config's roles may be transformers models
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
-                          vlm_base_url=vlm_base_url, no_cache=no_cache)
+                          vlm_base_url=vlm_base_url, no_cache=no_cache, max_pixels=max_pixels)
     rep, run = agent_eval(labelled, opts, min_f1=min_f1, report=report)  # checks --report before the run
     console().print(Markdown(eval_markdown(rep)))
     if report is not None:

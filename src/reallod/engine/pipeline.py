@@ -34,6 +34,7 @@ from reallod.agent.realign import RealignOptions, RealignRun, realign
 from reallod.agent.roles import Roles
 from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.trace import trace_path_for
+from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.data.io import JsonlWriter
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
 from reallod.engine.finish import finish
@@ -58,6 +59,7 @@ class GenerateOptions:
     settings: GenerateSettings = field(default_factory=GenerateSettings)
     clip_model: str | None = None  # path or hub id; None: no filter
     clip_threshold: float = 0.2
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the largest image decoded (VLM steps, the CLIP filter)
     limit: int | None = None  # images
     shard: str | None = None
     concurrency: int | None = None
@@ -165,7 +167,7 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                                    "min_area": opts.min_area}),
           "clip": [opts.clip_model if scorer is not None else None, opts.clip_threshold if scorer is not None else None],
           "shard": opts.shard}
-    loader = ImageLoader(opts.images)
+    loader = ImageLoader(opts.images, max_pixels=opts.max_pixels, hint=MAX_PIXELS_HINT)
     monitor = monitor or RunMonitor()
     # "run" tells this generation journal from one deleted and started again (other expressions)
     meta = {"annotations": str(opts.annotations), "stage": "generate", "run": uuid.uuid4().hex}
@@ -309,6 +311,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
                                        max_cycles=max_cycles, unresolved=opts.unresolved,  # type: ignore[arg-type]
                                        concurrency=concurrency, cache=g.cache, no_cache=g.no_cache,
                                        force_resume=g.force_resume, report=opts.report, format="records",
+                                       max_pixels=g.max_pixels,
                                        input_id=f"generated from {source}"),
                         roles=roles, monitor=monitors("realign"))
     assembled = finish(realigned_path, g.out)

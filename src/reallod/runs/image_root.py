@@ -24,7 +24,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from reallod.data.images import open_header, open_image, upright_size
+from reallod.data.images import DEFAULT_MAX_PIXELS, open_header, open_image, upright_size
 from reallod.errors import DataError
 
 
@@ -47,8 +47,12 @@ class ImageError(DataError):
 class ImageLoader:
     """Opens ``root``-relative image paths; thread-safe (views are made off the event loop)."""
 
-    def __init__(self, root: str | os.PathLike, *, cache_size: int = 8, sizes_kept: int = 65536) -> None:
+    def __init__(self, root: str | os.PathLike, *, cache_size: int = 8, sizes_kept: int = 65536,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, hint: str = "") -> None:
+        """``max_pixels``: the largest image decoded (a larger one is an ``unreadable_image`` error whose
+        message ends with ``hint``, what the user can do)."""
         self.root = Path(root)
+        self.max_pixels, self._hint = max_pixels, hint
         if not self.root.is_dir():
             raise DataError("image root is not a directory", path=str(root))
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
@@ -112,7 +116,7 @@ class ImageLoader:
         if not path.is_file():
             raise ImageError("missing_image", f"image not found under {self.root}", path=str(path))
         try:
-            image = open_image(path)  # upright, as the detector and training see it
+            image = open_image(path, self.max_pixels, hint=self._hint)  # upright, as the detector sees it
         except DataError as e:
             raise ImageError("unreadable_image", f"not a readable image ({e.message})", path=str(path)) from None
         with self._lock:
