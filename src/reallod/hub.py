@@ -36,6 +36,15 @@ def looks_like_path(name: str | Path) -> bool:
     return "/" in s and Path(s).parent.is_dir()
 
 
+def as_found(name: str | None) -> str | None:
+    """A local path that exists, absolute and without symlinks (``m``, ``./m`` and ``../here/m`` are one
+    model); anything else (a hub id) as typed. What resume fingerprints compare."""
+    if not name:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def local_source(name: str | Path, kind: SourceKind = "model", *, hint: str = "") -> Path | None:
     """A path-like ``name`` as a checked folder (no network, no transformers); None for a hub id.
 

@@ -17,6 +17,7 @@ from reallod.errors import ConfigError
 from reallod.eval.common import EvalImage, EvalResult, Predictions, is_json_name, json_stem
 from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict, shard
 from reallod.eval.resume import PredictionJournal, own_journal, remove_journals
+from reallod.hub import as_found
 
 BENCHMARKS = ("omnilabel", "d3", "ovdeval")
 
@@ -256,21 +257,13 @@ def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
     model = asdict(job.model)
     model.pop("device")
     for key in ("model", "weights", "tokenizer"):  # ./m and /abs/m are one model
-        model[key] = _local(model[key])
+        model[key] = as_found(model[key])
     source = resolve_model_source(job.model.model)
-    model["stamp"] = weights_stamp(_local(source), model["weights"])
+    model["stamp"] = weights_stamp(as_found(source), model["weights"])
     return {"benchmark": bench.name, "annotations": fingerprint_path(job.annotations),
             **{k: v for k, v in bench.describe.items() if k != "backend"},
             "images": str(Path(job.images).resolve()), "model": model, "inference": inference,
             "max_per_image": job.run.max_per_image, "max_pixels": job.run.max_pixels}
-
-
-def _local(name: str | None) -> str | None:
-    """A path that exists here, absolute and without symlinks; anything else (a hub id) as typed."""
-    if name is None:
-        return None
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
 
 
 def _finish(job: EvalJob, bench: _Bench, result: EvalResult, n: int, written: list[Path],

@@ -24,7 +24,7 @@ from PIL import Image
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
 from reallod.errors import ConfigError, DataError, Interrupted, ReallodError
-from reallod.hub import looks_like_path
+from reallod.hub import as_found
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
@@ -192,12 +192,6 @@ def journal_name(place: Place) -> str:
     return JOURNAL_NAME if place.world_size == 1 else f"detect.journal.rank{place.rank}.jsonl"
 
 
-def _as_found(name: str) -> str:
-    """A local path resolved (``tiny``, ``./tiny`` and ``../here/tiny`` are one folder); a hub id as typed."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if name and looks_like_path(name) and path.exists() else name
-
-
 def detect_settings(detector: Detector, expressions: list[str], inference: InferenceOptions,
                     options: DetectOptions) -> dict[str, Any]:
     """What the files written depend on: an earlier run's files are kept only if these are the same.
@@ -206,10 +200,10 @@ def detect_settings(detector: Detector, expressions: list[str], inference: Infer
     paths count resolved, however they were typed."""
     run = asdict(inference)
     run.pop("batch_size")
-    return {"model": _as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
-            "weights": [[_as_found(str(f)), *rest] for f, *rest in detector.stamp],
+    return {"model": as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
+            "weights": [[as_found(str(f)), *rest] for f, *rest in detector.stamp],
             "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
-            "tokenizer": _as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
+            "tokenizer": as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
             "image_size": dict(getattr(detector.image_processor, "size", None) or {}), "expressions": expressions,
             "inference": run, "save_pred": options.save_pred, "max_pixels": options.max_pixels,
             "drawing": [options.score_thr, options.palette] if options.save_vis else None}
