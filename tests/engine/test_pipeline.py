@@ -170,11 +170,12 @@ def test_a_pipeline_whose_generation_keeps_nothing_finishes_with_empty_outputs(t
     out = tmp_path / "o.jsonl"
     run = pipeline(PipelineOptions(options(out, limit=2)), roles=scripted_roles(generation_answers(NOTHING_KEPT)))
     c = run.generated.counts
-    assert run.generated.records == 0 and c["image without expressions:not written"] == 2
+    assert run.generated.records == 0 and c["image without expressions:empty record"] == 2
     assert c["vlm_short: empty:dropped"] > 0 and c["llm: empty:dropped"] > 0  # why: counted per step
     assert run.realigned.summary.tasks == 0 and not run.realigned.summary.all_failed
-    for path in stage_files(out):
-        assert path.is_file() and path.read_bytes() == b"", path
+    for path in stage_files(out)[:2]:  # each image keeps its line in the stage files, without pairs
+        assert [(r["filename"], r["pairs"]) for r in records(path)] == [("astronaut.jpg", {}), ("coffee.jpg", {})]
+    assert out.read_bytes() == b"" and run.assembled["record without expressions:not written"] == 2
     # the empty stage resumes like any other: nothing is generated again
     log: list[str] = []
     again = pipeline(PipelineOptions(options(out, limit=2)), roles=scripted_roles(generation_answers(log=log)))
@@ -193,7 +194,8 @@ def test_cli_pipeline_that_keeps_nothing_prints_why_and_exits_0(tmp_path, monkey
     assert "generate: 1 image(s) (1 now, 0 resumed)" in stdout
     assert "vlm_short: empty:dropped" in stdout and "llm: empty:dropped" in stdout  # the generate summary
     assert "no record written: every expression was dropped" in stdout
-    assert "realign: 0 task(s): nothing to re-align" in stdout and f"assemble: no record -> {out}" in stdout
+    assert "realign: 0 task(s): nothing to re-align" in stdout
+    assert f"assemble: no record (record without expressions:not written 1) -> {out}" in stdout
     assert all(path.is_file() for path in stage_files(out))
 
 
@@ -283,13 +285,25 @@ def test_a_pipeline_against_a_failing_server_exits_1_with_its_error_and_a_rerun_
     generate_argv = ["generate", *argv[1:argv.index("--out") + 1], tmp_path / "g.jsonl", *argv[argv.index("--out") + 2:]]
     code, stdout, err = run_cli(generate_argv, capsys)  # `reallod generate` alone: its count line says so too
     assert code == 1 and "generated 2 image(s) (0 now, 0 resumed, 2 failed)" in stdout, stdout + err
+    calls = {"n": 0}
+
+    def first_caption_fails(cat, t):
+        calls["n"] += 1
+        return boom(cat, t) if calls["n"] == 1 else "A caption."
+
+    answers["answers"] = generation_answers({"caption": first_caption_fails})  # one image fails again
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 1 and "1 image(s) not generated" in err and "the others are re-aligned and written" in err
+    assert "generate: 2 image(s) (1 now, 0 resumed, 1 failed)" in stdout and len(records(out)) == 1, stdout
     answers["answers"] = generation_answers()  # the server works again
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, stdout + err
-    assert "generate: 2 image(s) (2 now, 0 resumed)" in stdout and len(records(out)) == 2
+    assert "generate: 2 image(s) (1 now, 1 resumed)" in stdout and len(records(out)) == 2
 
 
-def test_images_whose_calls_failed_are_generated_again_and_the_pipeline_waits_for_them(tmp_path):
+def test_an_image_whose_calls_failed_does_not_hold_up_the_pipeline_and_a_rerun_fills_its_place(tmp_path):
+    """The others are re-aligned and written at once; the rerun generates the failed image into its own
+    line of the generated file (no task id shifts) and re-aligns only its expressions."""
     from reallod.engine.pipeline import GenerationFailed, check_generated
 
     calls = {"n": 0}
@@ -299,13 +313,25 @@ def test_images_whose_calls_failed_are_generated_again_and_the_pipeline_waits_fo
         return boom(cat, t) if calls["n"] == 2 else "A caption."
 
     out = tmp_path / "o.jsonl"
-    with pytest.raises(GenerationFailed, match=r"1 image\(s\) not generated.*server 1 call.*HTTP 500: boom"):
-        pipeline(PipelineOptions(options(out, concurrency=1)),
-                 roles=scripted_roles(generation_answers({"caption": second_caption_fails})))
-    assert len(records(out.with_name("o.generated.jsonl"))) == 3 and not out.with_name("o.realigned.jsonl").exists()
+    first = pipeline(PipelineOptions(options(out, concurrency=1)),
+                     roles=scripted_roles(generation_answers({"caption": second_caption_fails})))
+    assert first.generated.failed == 1 and first.generated.counts["image not generated"] == 1
+    with pytest.raises(GenerationFailed, match=r"1 image\(s\) not generated.*server 1 call.*HTTP 500: boom.*"
+                                               r"the others are re-aligned and written"):
+        check_generated(first.generated, pipeline=True)
+    generated = records(out.with_name("o.generated.jsonl"))
+    assert [(r["filename"], bool(r["pairs"])) for r in generated] == [
+        ("astronaut.jpg", True), ("coffee.jpg", False), ("chelsea.jpg", True), ("rocket.jpg", True)]
+    assert [r["filename"] for r in records(out)] == ["astronaut.jpg", "chelsea.jpg", "rocket.jpg"]
+    tasks_before = first.realigned.summary.tasks
     log: list[str] = []
     run = pipeline(PipelineOptions(options(out, concurrency=1)), roles=scripted_roles(generation_answers(log=log)))
     assert log.count("caption") == 1 and run.generated.resumed == 3 and run.generated.ran == 1
+    coffee = records(out.with_name("o.generated.jsonl"))[1]
+    coffee_tasks = sum(len(p["positive_expressions"]) for pairs in coffee["pairs"].values() for p in pairs)
+    assert log.count("reflector") == coffee_tasks > 0  # only the new image's expressions are re-aligned
+    assert run.realigned.summary.tasks == tasks_before + coffee_tasks
+    check_generated(run.generated, pipeline=True)  # complete: no error
     assert [r["filename"] for r in records(out)] == ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg"]
     # `reallod generate` alone: an error only when every image it tried failed (no cache: answered above)
     gen = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),

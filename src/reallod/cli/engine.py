@@ -111,7 +111,7 @@ def _done(run) -> str:  # type: ignore[no-untyped-def]
     return f"{run.ran} now, {run.resumed} resumed" + (f", {run.failed} failed" if run.failed else "")
 
 
-def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
+def _generation_summary(run, *, pipeline: bool = False) -> None:  # type: ignore[no-untyped-def]
     """What generation kept and dropped, and why; plainly when it kept nothing."""
     if run.unavailable:
         typer.echo(f"unavailable without a VLM: {', '.join(run.unavailable)} (caption taken from the annotations)")
@@ -122,7 +122,8 @@ def _generation_summary(run) -> None:  # type: ignore[no-untyped-def]
         why = _no_image(run) if not run.images else \
             "model calls failed or every expression was dropped (above)" if run.failed else \
             "every expression was dropped (the reasons are counted above)"
-        typer.echo(f"no record written: {why}; {run.out} is empty")
+        held = "holds an empty record per image" if pipeline else "is empty"
+        typer.echo(f"no record written: {why}; {run.out} {held}")
 
 
 def _no_image(run) -> str:  # type: ignore[no-untyped-def]
@@ -147,7 +148,7 @@ def pipeline_cmd(
         **options: Any,
 ) -> None:
     """generate → realign → assemble: detection annotations to Real-Data, resumable at every stage."""
-    from reallod.engine.pipeline import PipelineOptions, pipeline
+    from reallod.engine.pipeline import PipelineOptions, check_generated, pipeline
 
     quiet_transformers()  # the config's roles may be transformers models
     opts = _generate_options(out=out, **options)
@@ -158,12 +159,16 @@ def pipeline_cmd(
                    monitors=lambda stage: _engine_monitor(options["progress"], stage))
     g = run.generated
     typer.echo(f"generate: {g.images} image(s) ({_done(g)}) -> {run.paths['generated']}")
-    _generation_summary(g)
+    _generation_summary(g, pipeline=True)
     s = run.realigned.summary
     typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts)) or 'nothing to re-align'} "
                f"-> {run.paths['realigned']}")
     if s.errors:
         console().print(failures_table(s))
-    typer.echo(f"assemble: {_counts_line(dict(run.assembled)) or 'no record'} -> {run.out}")
+    assembled = _counts_line(dict(run.assembled))
+    if not run.assembled["record:written"]:
+        assembled = f"no record ({assembled})" if assembled else "no record"
+    typer.echo(f"assemble: {assembled} -> {run.out}")
     check_some_succeeded(s, what="the pipeline's re-alignment")  # exit status 1, after the reasons
+    check_generated(g, pipeline=True)  # exit status 1 while an image is not generated, after the output
 

@@ -3,8 +3,9 @@
 The agent's assembly (:mod:`reallod.agent.assemble`) already placed re-aligned positives, moved what
 it judged wrong and could not repair by the ``--unresolved`` policy, kept the raw positives as
 ``origin_positive_expressions`` and wrote provenance (task, verdict, cycles). This pass adds each
-expression's ``source`` to its provenance, and drops the generation-only record fields, streaming and
-atomically (never touching its input)."""
+expression's ``source`` to its provenance, drops the generation-only record fields and the records
+without pairs (the generated file's places of images without expressions), streaming and atomically
+(never touching its input)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def finish(src: str | os.PathLike, dst: str | os.PathLike) -> Counter[str]:
     counts: Counter[str] = Counter()
     with JsonlWriter(dst) as writer:
         for _, obj in iter_json(src):
+            if not obj.get("pairs"):
+                counts["record without expressions:not written"] += 1
+                continue
             writer.write_record(finish_record(obj, counts))
             counts["record:written"] += 1
     return counts

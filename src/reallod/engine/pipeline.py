@@ -13,7 +13,10 @@ a generation started over (its journal deleted) is another input.
 A stage that yields nothing (every expression dropped, a shard without images) is no error: its
 summary says what was dropped and why, every file is written (empty where there is nothing), and the
 next stage runs on nothing. Images whose model calls failed are not journaled, so a rerun generates
-them again, and re-alignment waits for a complete generation (:func:`check_generated`). Each stage's
+them again. The pipeline does not wait for them: its generated file holds one line per image, an empty
+record where an image has no expressions (yet), so generating a failed image later fills its line and
+shifts no re-alignment task (task ids are record positions); the rerun re-aligns only its expressions,
+and assembly drops records without expressions. Each stage's
 event loop closes the backends' connections it opened (:meth:`reallod.agent.roles.Roles.aclose`); the
 next stage opens its own.
 """
@@ -106,12 +109,12 @@ class GenerationFailed(ReallodError):
     exit_code = 1
 
 
-def check_generated(run: GenerateRun, *, complete: bool = False) -> None:
-    """Raise :class:`GenerationFailed` when every image this run tried failed, or with ``complete`` when
-    any did (the pipeline re-aligns a complete generation only: its task ids are record positions, so a
-    record generated later in the middle of the file would shift them under the re-alignment journal)."""
-    if run.failed and (complete or not run.ran):
-        what = "re-alignment waits for every image" if complete else "nothing was generated"
+def check_generated(run: GenerateRun, *, pipeline: bool = False) -> None:
+    """Raise :class:`GenerationFailed` when every image this run tried failed, or, after a pipeline
+    (``pipeline``), when any did: the others were re-aligned and written, and the exit status says the
+    output is not complete yet."""
+    if run.failed and (pipeline or not run.ran):
+        what = "the others are re-aligned and written" if pipeline else "nothing was generated"
         raise GenerationFailed(f"{run.failure_line()}; {what}: rerun the same command to retry them")
 
 
@@ -136,12 +139,13 @@ def selected_images(images: list[ImageAnnotation], shard: tuple[int, int] | None
 
 
 def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None,
-             scorer: Any = None) -> GenerateRun:
+             scorer: Any = None, hold_places: bool = False) -> GenerateRun:
     """Write the raw-expression Real-Data for the annotated images (resumable; see the module doc).
 
     ``roles`` replaces the config's (tests pass scripted ones; the pipeline shares its own with the
     re-alignment stage: their connections are closed at the end of this stage's loop and reopened by
-    the next); ``scorer`` replaces ``clip_model``."""
+    the next); ``scorer`` replaces ``clip_model``; ``hold_places`` writes one line per image (the
+    pipeline's layout: :func:`write_generated`)."""
     t0 = time.perf_counter()
     if opts.limit is not None and opts.limit < 0:
         raise ConfigError("--limit must not be negative")
@@ -201,19 +205,23 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         ran = session.run(todo, work, handle, concurrency=concurrency, monitor=monitor, total=len(todo_all),
                           aclose=hardened.aclose)  # this loop's connections, closed on this loop
         resumed = journal.resumed
-    counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out)
+    counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out,
+                             hold_places=dict(todo_all) if hold_places else None)
     counts.update({f"annotations: {reason}:skipped": n for reason, n in anns.skipped.items()})
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - failed_images, counts, unavailable,
                        time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed, len(anns.images),
                        dict(anns.skipped))
 
 
-def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[str]:
+def write_generated(journal_path: Path, order: list[str], out: Path, *,
+                    hold_places: dict[str, ImageAnnotation] | None = None) -> Counter[str]:
     """The generated records in input order (atomic), and the summed counts of every image.
 
     Memory holds one byte offset per image, not the records: a first pass indexes the journal, the
     second reads each entry where it lies. Input order makes the output the same whatever order the
-    images finished in, and a larger ``--limit`` only appends images after the ones already there."""
+    images finished in, and a larger ``--limit`` only appends images after the ones already there.
+    With ``hold_places`` (task id → image) an image not generated or without expressions is written as
+    a record without pairs, so every image keeps its line whatever a later run generates for it."""
     offsets: dict[str, int] = {}
     with open(journal_path, "rb") as f:
         f.readline()  # the header
@@ -231,17 +239,26 @@ def write_generated(journal_path: Path, order: list[str], out: Path) -> Counter[
         counts: Counter[str] = Counter()
         with JsonlWriter(out) as writer:
             for tid in order:
+                record = None
                 if tid not in offsets:
                     counts["image not generated"] += 1
-                    continue
-                f.seek(offsets[tid])
-                entry = orjson.loads(f.readline())["result"]
-                counts.update(entry.get("counts") or {})
-                if entry["record"]["pairs"]:
-                    writer.write_record(entry["record"])
-                    counts["record:written"] += 1
                 else:
-                    counts["image without expressions:not written"] += 1
+                    f.seek(offsets[tid])
+                    entry = orjson.loads(f.readline())["result"]
+                    counts.update(entry.get("counts") or {})
+                    if entry["record"]["pairs"]:
+                        record = entry["record"]
+                    elif hold_places is None:
+                        counts["image without expressions:not written"] += 1
+                    else:
+                        counts["image without expressions:empty record"] += 1
+                if record is not None:
+                    writer.write_record(record)
+                    counts["record:written"] += 1
+                elif hold_places is not None:
+                    img = hold_places[tid]
+                    writer.write_record({"filename": img.filename, "height": img.height, "width": img.width,
+                                         "pairs": {}})
     return counts
 
 
@@ -301,18 +318,20 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
         max_cycles = max_cycles or cfg_cycles
     gen_opts = GenerateOptions(**{**{k: getattr(g, k) for k in g.__slots__}, "out": gen_path,
                                   "concurrency": concurrency})
-    generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer)
-    check_generated(generated, complete=True)
-    # the generated file is Real-Data even when empty (nothing kept: the stage says why), and it is
-    # named by what it was generated from, by which generation journal: a larger --limit appends
-    # records and still resumes, a generation started over is another input
+    generated = generate(gen_opts, roles=roles, monitor=monitors("generate"), scorer=scorer, hold_places=True)
+    if generated.failed and not generated.resumed:
+        check_generated(generated)  # nothing was ever generated: nothing to re-align
+    # the generated file is Real-Data (records without pairs hold the places of images without
+    # expressions), named by what it was generated from, by which generation journal, in which layout:
+    # a larger --limit appends records, an image generated later fills its own line, and both still
+    # resume; a generation started over is another input
     source = fingerprint({k: generated.fingerprint.get(k) for k in ("annotations", "classes", "shard", "run")})
     realigned = realign(RealignOptions(input=gen_path, config=name, out=realigned_path, images=g.images,
                                        max_cycles=max_cycles, unresolved=opts.unresolved,  # type: ignore[arg-type]
                                        concurrency=concurrency, cache=g.cache, no_cache=g.no_cache,
                                        force_resume=g.force_resume, report=opts.report, format="records",
                                        max_pixels=g.max_pixels,
-                                       input_id=f"generated from {source}"),
+                                       input_id=f"generated, one line per image, from {source}"),
                         roles=roles, monitor=monitors("realign"))
     assembled = finish(realigned_path, g.out)
     paths = {"generated": str(gen_path), "realigned": str(realigned_path), "out": str(g.out),
