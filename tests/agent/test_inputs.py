@@ -170,8 +170,7 @@ def test_detect_format_refuses_other_files(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         detect_format(tmp_path / "missing.jsonl")
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "realdata.jsonl").read_bytes())
-    with pytest.raises(DataError, match=r"bom\.jsonl: the file starts with a UTF-8 byte-order mark"):
-        detect_format(tmp_path / "bom.jsonl")
+    assert detect_format(tmp_path / "bom.jsonl") == "records"  # a byte-order mark is read past
 
 
 def test_shipped_examples_hold_the_same_tasks_in_both_formats():

@@ -103,6 +103,8 @@ CASES: dict[str, tuple[bytes, str, list[tuple[str, str, int | None]]]] = {
                                    [("bad_box", f"{F}.bboxes[0]", 1)]),
     "deeply_nested_array": (b"[" * 100_000 + b"]" * 100_000 + b"\n", "x.jsonl", [("bad_json", "", 1)]),
     "byte_order_mark": (b"\xef\xbb\xbf" + GOOD + GOOD, "x.jsonl", [("bom", "", 1)]),
+    "byte_order_mark_gzip": (gzip.compress(b"\xef\xbb\xbf" + GOOD + GOOD), "x.jsonl.gz", [("bom", "", 1)]),
+    "byte_order_mark_inside": (GOOD + b"\xef\xbb\xbf" + GOOD, "x.jsonl", [("bom", "", 2)]),
     "crlf_line_endings_are_fine": (GOOD.replace(b"\n", b"\r\n") * 2 + line(rec(width=-2)).replace(b"\n", b"\r\n"),
                                    "x.jsonl", [("bad_size", "width", 3)]),
 }

@@ -125,10 +125,6 @@ def detect_format(path: str | os.PathLike) -> InputFormat:
         return "tasks"
     if not first:
         raise DataError("file holds no tasks or records", path=path)
-    if first == b"\xef":  # the first byte of a UTF-8 byte-order mark, which strict JSON readers refuse
-        raise DataError("the file starts with a UTF-8 byte-order mark, which JSON does not allow: remove it "
-                        "(sed -i '1s/^\\xEF\\xBB\\xBF//' FILE, or `reallod data validate FILE --fix OUT` for "
-                        "Real-Data)", path=path)
     if first != b"{":
         raise DataError("expected a JSON list of tasks or JSONL (tasks or Real-Data records)", path=path)
     for lineno, obj in iter_raw_records(path):  # the first line that parses decides; bad lines are per-task errors

@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from reallod.data.io import BOM
+
 MIN_CHUNK_BYTES = 8 << 20  # below two of these a file is read in-process: a pool costs more than it saves
 CHUNKS_PER_WORKER = 4  # more ranges than workers, so one slow range does not idle the others
 _BUFFER = 1 << 20
@@ -62,11 +64,14 @@ class RangeLines:
 
     The raw line keeps its ``\\n`` / ``\\r\\n`` (JSON parsers treat them as whitespace, and not
     stripping saves a copy per line). After iteration ``lines`` is the number of physical lines,
-    blank ones included, which is what the next range's numbering must be offset by.
+    blank ones included, which is what the next range's numbering must be offset by. A UTF-8
+    byte-order mark opening the file is read past, as :func:`reallod.data.io.iter_lines` does, unless
+    ``keep_bom`` (validation reports it).
     """
 
-    def __init__(self, path: str | os.PathLike, start: int, end: int) -> None:
+    def __init__(self, path: str | os.PathLike, start: int, end: int, *, keep_bom: bool = False) -> None:
         self.path, self.start, self.end = os.fspath(path), start, end
+        self.keep_bom = keep_bom
         self.lines = 0
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
@@ -80,7 +85,9 @@ class RangeLines:
                     break
                 remaining -= len(line)
                 lineno += 1
-                if not line.isspace():
+                if lineno == 1 and self.start == 0 and not self.keep_bom:
+                    line = line.removeprefix(BOM)
+                if line and not line.isspace():
                     yield lineno, line
         self.lines = lineno
 

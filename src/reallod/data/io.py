@@ -26,6 +26,7 @@ from reallod.data.schema import check_record
 from reallod.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Windows editors put first; JSON readers (orjson) refuse it
 _BUFFER = 1 << 20
 
 
@@ -109,7 +110,8 @@ def probe_gzip(path: str | os.PathLike) -> bool:
 
 
 def read_whole(path: str | os.PathLike) -> bytes:
-    """A whole (small) file's content, gunzipped when it is gzip; errors name the file."""
+    """A whole (small) file's content, gunzipped when it is gzip, without a leading byte-order mark;
+    errors name the file."""
     path = str(path)
     gz = probe_gzip(path)
     with open(path, "rb") as f:
@@ -119,7 +121,7 @@ def read_whole(path: str | os.PathLike) -> bytes:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path) from None
-    return data
+    return data.removeprefix(BOM)
 
 
 class _Gunzip(io.RawIOBase):
@@ -151,12 +153,7 @@ class _Gunzip(io.RawIOBase):
                 if not self._input:
                     continue
                 self._member = zlib.decompressobj(wbits=31)
-            try:
-                out = self._member.decompress(self._input, len(buf))
-            except zlib.error as e:
-                self.error = str(e)
-                return 0
-            self._input = self._member.unconsumed_tail
+            out = self._decompress(len(buf))
             if self._member.eof:
                 self._input, self._member = self._member.unused_data, None
             if out:
@@ -164,9 +161,36 @@ class _Gunzip(io.RawIOBase):
                 return len(out)
         return 0
 
+    def _decompress(self, size: int) -> bytes:
+        """Up to ``size`` bytes of output. A failing call keeps none of what it decoded, the lines
+        before the bad byte included: those are decoded again from a copy of the state before it."""
+        before = self._member.copy()  # microseconds a call, which yields up to a buffer of output
+        try:
+            out = self._member.decompress(self._input, size)
+        except zlib.error as e:
+            self.error = str(e)
+            return _replay(before, self._input, size)
+        self._input = self._member.unconsumed_tail
+        return out
 
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+
+def _replay(member: Any, data: bytes, size: int) -> bytes:
+    """What ``member`` decodes of ``data`` before its first bad byte (at most ``size`` bytes), fed one
+    byte at a time so that the error drops only that byte's output."""
+    out = bytearray()
+    with contextlib.suppress(zlib.error):
+        for i in range(len(data)):
+            if len(out) >= size:  # a max_length of 0 would mean no limit
+                break
+            out += member.decompress(data[i:i + 1], size - len(out))
+    return bytes(out)
+
+
+def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the newline), skipping blank lines.
+
+    A byte-order mark that starts the (gunzipped) content is dropped, unless ``keep_bom`` (for
+    ``data validate``, which reports it: other JSON readers refuse it).
 
     Read failures (missing file, a ``.gz`` that is not gzip, a truncated stream) raise
     :class:`DataError` naming the file and the last line read; every complete line before a
@@ -182,6 +206,8 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             if gunzip is not None and gunzip.error and not line.endswith(b"\n"):
                 lineno -= 1  # the line the break cut short
                 break
+            if lineno == 1 and not keep_bom:
+                line = line.removeprefix(BOM)
             line = line.rstrip(b"\r\n")
             if line.strip():
                 yield lineno, line

@@ -36,12 +36,11 @@ from reallod.data.chunks import (
 )
 from reallod.data.convert_common import EmptyRunError
 from reallod.data.images import resolve_image
-from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
+from reallod.data.io import BOM, AtomicWriter, iter_lines, probe_gzip
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
 from reallod.errors import ConfigError, DataError
 
-BOM = b"\xef\xbb\xbf"
 FIXABLE = frozenset({"bom"})  # the canonical rewrite removes these by itself
 CLAMPABLE = frozenset({"box_outside_image", "negative_box"})  # what --clamp repairs
 _UNPARSED = object()
@@ -269,7 +268,7 @@ def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
         part = open(cfg["part"], "wb") if cfg["part"] else None  # noqa: SIM115 - closed in finally
         checker = LineChecker(image_root=cfg["image_root"], clamp=cfg["clamp"], fix_out=part)
         cap = cfg["cap"]
-        lines = RangeLines(path, start, end)
+        lines = RangeLines(path, start, end, keep_bom=True)  # reported: other JSON readers refuse it
         for lineno, line in lines:
             problems = checker.check(line)
             for p in problems:
@@ -356,7 +355,7 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
     checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer)
     last = 0
     try:
-        for lineno, line in iter_lines(path):
+        for lineno, line in iter_lines(path, keep_bom=True):  # reallod reads a BOM, other JSON readers do not
             last = lineno
             for p in checker.check(line):
                 if max_errors is None or report.shown < max_errors:
