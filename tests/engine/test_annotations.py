@@ -119,3 +119,32 @@ def test_rotated_photos_are_read_at_their_upright_size(tmp_path):
     (tmp_path / "ann.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match="is 40x100 but the annotation says 100x40"):
         read_annotations(tmp_path / "ann.json", root)
+
+
+def test_skipped_boxes_are_counted_per_image_for_a_shard(tmp_path):
+    def skip_some(a):
+        a[0]["iscrowd"] = 1  # astronaut.jpg: a crowd
+        a[4]["bbox"] = [172, 15, 2, 2]  # coffee.jpg: a tiny cup
+        a[7]["bbox"], a[8]["bbox"] = [0, 0, 0, 300], [235, 218, 1, 1]  # chelsea.jpg: keeps no box
+        a[9]["bbox"] = [640.5, 125, 0.4, 285]  # rocket.jpg (640 wide): outside once clamped
+    p = coco(tmp_path, annotations=skip_some)
+    anns = read_annotations(p, EXAMPLES / "images", options=ReadOptions(min_area=10))
+    assert anns.skipped == {"crowd boxes": 1, "boxes under the minimum area": 2, "boxes with no area": 1,
+                            "boxes outside the image": 1, "images with no box": 1}
+    assert anns.skipped_in(lambda name: True) == anns.skipped  # the per-image counts add up to the file's
+    assert anns.skipped_in(lambda name: name in {"astronaut.jpg", "rocket.jpg"}) == {
+        "crowd boxes": 1, "boxes outside the image": 1}
+    assert anns.skipped_in(lambda name: name == "chelsea.jpg") == {
+        "boxes with no area": 1, "boxes under the minimum area": 1, "images with no box": 1}
+    assert anns.skipped_in(lambda name: False) == {}
+
+
+def test_openimages_skipped_boxes_are_counted_per_image(tmp_path):
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0",
+                                                 "abc123,xclick,/m/0k0pj,1,0,0.2,0,0.2,0,0,1,0,0",
+                                                 "def456,xclick,/m/0k0pj,1,0,0.2,0,0.2,0,0,1,0,0"])
+    shutil.copy(root / "abc123.jpg", root / "def456.jpg")
+    anns = read_annotations(boxes, root, classes=classes)
+    assert anns.skipped == {"crowd boxes": 2, "images with no box": 1}
+    assert anns.skipped_in(lambda name: name == "abc123.jpg") == {"crowd boxes": 1}
+    assert anns.skipped_in(lambda name: name == "def456.jpg") == {"crowd boxes": 1, "images with no box": 1}

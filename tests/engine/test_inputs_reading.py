@@ -154,3 +154,30 @@ def test_a_category_is_replaced_as_text():
 def test_text_filters_work_for_non_latin_words(text, category, other):
     assert mentions(text, other) and not mentions(text, category)
     assert check(text, category, [other], max_words=12) == "wrong object"
+
+
+@pytest.mark.parametrize(("positive", "category", "other", "negative"), [
+    ("沙发左边的猫", "猫", "狗", "沙发左边的狗"), ("白い猫", "猫", "犬", "白い犬"),
+    ("ソファの上のねこ", "ねこ", "いぬ", "ソファの上のいぬ"), ("кошка у дивана", "кошка", "собака", "собака у дивана"),
+    ("the T shirt on the left", "t-shirt", "zebra", "the zebra on the left"),
+    ("die Straße links", "straße", "Brücke", "die Brücke links"),
+])
+def test_easy_negatives_substitute_the_category_in_any_script(positive, category, other, negative):
+    # a word splitter finds the category where the old pattern needed a non-word character around it
+    assert easy_negatives([positive], category, [other], 1, key="k") == [negative]
+
+
+def test_group_phrases_cover_only_objects_the_record_keeps(tmp_path):
+    out = tmp_path / "g.jsonl"
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    run = generate(GenerateOptions(examples / "annotations.json", examples / "images", "offline", out,
+                                   settings=GenerateSettings(max_objects=1, hard_negatives=0)),
+                   roles=scripted_roles(generation_answers(), vlm=False))
+    rocket = json.loads(out.read_text().splitlines()[3])
+    assert rocket["filename"] == "rocket.jpg"
+    assert [(p["category"], p["relation"]) for p in rocket["pairs"]["llm"]] == [("mast", "single")]
+    assert run.counts["groups with an object over --max-objects:skipped"] == 1
+    whole = generate(GenerateOptions(examples / "annotations.json", examples / "images", "offline",
+                                     tmp_path / "all.jsonl", settings=GenerateSettings(hard_negatives=0)),
+                     roles=scripted_roles(generation_answers(), vlm=False))
+    assert whole.counts["group:kept"] == 2 and "groups with an object over --max-objects:skipped" not in whole.counts

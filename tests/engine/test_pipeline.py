@@ -140,13 +140,21 @@ def test_cli_pipeline_and_bad_annotations(tmp_path, monkeypatch, capsys):
 
 
 def test_shards_split_images_and_settings_change_counts(tmp_path):
-    names = []
+    from collections import Counter
+
+    from reallod.engine.annotations import ReadOptions, read_annotations
+
+    names, skipped = [], Counter()
     for k in (1, 2):
-        generate(options(tmp_path / f"s{k}.jsonl", shard=f"{k}/2",
-                         settings=GenerateSettings(llm_expressions=1, hard_negatives=0, easy_negatives=0)),
-                 roles=scripted_roles(generation_answers()))
+        run = generate(options(tmp_path / f"s{k}.jsonl", shard=f"{k}/2", min_area=3000,
+                               settings=GenerateSettings(llm_expressions=1, hard_negatives=0, easy_negatives=0)),
+                       roles=scripted_roles(generation_answers()))
         names += [r["filename"] for r in records(tmp_path / f"s{k}.jsonl")]
+        skipped.update({k: n for k, n in run.counts.items() if k.startswith("annotations: ")})
     assert sorted(names) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    whole = read_annotations(EXAMPLES / "annotations.json", EXAMPLES / "images",
+                             options=ReadOptions(min_area=3000)).skipped
+    assert whole and skipped == {f"annotations: {k}:skipped": n for k, n in whole.items()}  # each its own
     rec = records(tmp_path / "s1.jsonl")[0]
     single = [p for p in rec["pairs"]["llm"] if p["relation"] == "single"]
     assert all(len(p["positive_expressions"]) == 1 and p["negative_expressions"] == [] for p in single)

@@ -2,8 +2,10 @@
 
 from collections import Counter
 
+import pytest
+
 from reallod.engine.annotations import AnnObject
-from reallod.engine.groups import group_candidates
+from reallod.engine.groups import group_candidates, kept_groups
 from reallod.engine.negatives import (
     absent_categories,
     easy_negatives,
@@ -24,6 +26,38 @@ def test_mentions_allows_plurals_and_multiword_categories():
     assert mentions("two cats on a bed", "cat")
     assert mentions("the big Space Shuttle", "space shuttle")
     assert not mentions("a category of things", "cat")
+
+
+@pytest.mark.parametrize(("text", "category"), [
+    ("two knives", "knife"), ("the people", "person"), ("three persons", "person"), ("mice", "mouse"),
+    ("the geese", "goose"), ("the children", "child"), ("two men", "man"), ("the women", "woman"),
+    ("bare feet", "foot"), ("white teeth", "tooth"), ("dry leaves", "leaf"), ("the buses", "bus"),
+    ("two boxes", "box"), ("the glasses", "glass"), ("the glasses", "glasses"), ("wooden benches", "bench"),
+    ("a pair of skis", "ski"), ("the sheep", "sheep"), ("tall grasses", "grass"), ("the cacti", "cactus"),
+    ("two wine glasses", "wine glass"), ("deux cafés", "café"),
+])
+def test_mentions_knows_irregular_plurals(text, category):
+    assert mentions(text, category)
+
+
+@pytest.mark.parametrize(("text", "category"), [
+    ("the cones", "con"), ("blue skies", "ski"), ("two tapes", "tap"), ("a glass of water", "glasses"),
+    ("the grass", "glasses"), ("a woman", "man"), ("the wine", "wine glass"),
+])
+def test_mentions_does_not_strip_an_s_blindly(text, category):
+    assert not mentions(text, category)
+
+
+def test_irregular_plurals_of_other_objects_and_negatives_are_caught():
+    assert check("the people behind the dog", "dog", ["person"], max_words=12) is None  # names its own object
+    assert check("the people on the bench", "dog", ["person"], max_words=12) == "wrong object"
+    assert check("two knives on a plate", "fork", ["knife", "plate"], max_words=12) == "wrong object"
+    assert replace_category("two knives on the table", "knife", "fork") == "two fork on the table"
+    assert replace_category("the geese by the pond", "goose", "zebra") == "the zebra by the pond"
+    assert fits_image("the people", set(), ["person"]) and fits_image("Mice", set(), ["mouse"])
+    assert fits_image("an apple", set(), ["apple"]) and not fits_image("the people", set(), ["dog"])
+    kept, dropped = keep_negatives(["the people", "the children", "a zebra"], set(), ["person", "child"], set())
+    assert kept == ["a zebra"] and dropped == 2
 
 
 def test_malformed_generations_are_dropped_with_a_reason():
@@ -73,3 +107,13 @@ def test_a_negative_that_fits_the_image_is_dropped():
 def test_groups_are_categories_with_several_instances():
     objs = [AnnObject("mast", [50, 0, 60, 10]), AnnObject("rocket", [0, 0, 5, 5]), AnnObject("mast", [10, 0, 20, 10])]
     assert group_candidates(objs) == [("mast", [[10, 0, 20, 10], [50, 0, 60, 10]])]
+
+
+def test_a_group_with_an_instance_over_max_objects_is_left_out():
+    masts = [AnnObject("mast", [50, 0, 60, 10]), AnnObject("mast", [10, 0, 20, 10])]
+    people = [AnnObject("person", [0, 0, 5, 5]), AnnObject("person", [70, 0, 80, 10])]
+    objs = [*masts, *people]
+    assert kept_groups(objs, objs) == (group_candidates(objs), 0)
+    # one mast is dropped: "the two masts" would cover a box the record does not keep
+    assert kept_groups(objs, [masts[0], *people]) == ([("person", [[0, 0, 5, 5], [70, 0, 80, 10]])], 1)
+    assert kept_groups(objs, [masts[0]]) == ([], 2)

@@ -231,17 +231,17 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
         if crowd not in (0, 1):  # a string "0" is truthy: it would read as a crowd (false, true are 0, 1)
             raise _fail(path, f"{where}.iscrowd", f"expected 0 or 1, got {crowd!r}")
         if skip_crowd and crowd == 1:
-            stats.skip("crowd boxes")
+            stats.skip("crowd boxes", item=iid)
             continue
         x, y, w, h = bbox
         if w * h < min_area or w <= 0 or h <= 0:
-            stats.skip("boxes under the minimum area" if w > 0 and h > 0 else "boxes with no area")
+            stats.skip("boxes under the minimum area" if w > 0 and h > 0 else "boxes with no area", item=iid)
             continue
         ih, iw = sizes[iid]
         x1, y1 = max(0.0, float(x)), max(0.0, float(y))
         x2, y2 = min(float(iw), float(x + w)), min(float(ih), float(y + h))
         if x2 <= x1 or y2 <= y1:
-            stats.skip("boxes outside the image")
+            stats.skip("boxes outside the image", item=iid)
             continue
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
             stats.note("boxes clamped to the image")
@@ -254,7 +254,7 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
             raise _fail(path, f"images[{i}].file_name", "missing (and no coco_url to take the name from)")
         boxes = by_image.get(iid, [])
         if not boxes and not keep_empty:
-            stats.skip("images with no box")
+            stats.skip("images with no box", item=iid)
             continue
         h, w = sizes[iid]
         pairs = [Pair(bboxes=[box], category=cat_names[cid], relation="single",

@@ -33,9 +33,15 @@ class ConvertStats:
     items_out: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)
+    # item (an image id, a file name) → reason → n; kept only when given (the data engine's shards
+    # count their own images' skips), None otherwise: a dict per image of a large dataset costs memory
+    skipped_by_item: dict[Any, dict[str, int]] | None = None
 
-    def skip(self, reason: str, n: int = 1) -> None:
+    def skip(self, reason: str, n: int = 1, *, item: Any = None) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+        if self.skipped_by_item is not None and item is not None:
+            reasons = self.skipped_by_item.setdefault(item, {})
+            reasons[reason] = reasons.get(reason, 0) + n
 
     def note(self, what: str, n: int = 1) -> None:
         self.notes[what] = self.notes.get(what, 0) + n

@@ -6,7 +6,8 @@ lose or corrupt data: a box outside its image and an image missing under the ima
 naming the entry. OpenImages box CSVs (normalised XMin/XMax/YMin/YMax, ``IsGroupOf``) are read with
 their class-description CSV (``LabelName,DisplayName``), plain or gzipped, with or without a UTF-8
 BOM; image sizes come from the image headers. Boxes end up as pixel xyxy; crowd/group boxes and boxes
-under ``min_area`` are filtered by options, and counted in :attr:`Annotations.skipped`.
+under ``min_area`` are filtered by options, and counted in :attr:`Annotations.skipped` (and per image
+file, so that a shard's summary counts its own images: :meth:`Annotations.skipped_in`).
 
 What an image holds is more than its kept boxes: ``present`` keeps every category annotated on it
 (a skipped crowd of people is still people), and an LVIS image's ``not_exhaustive_category_ids`` are
@@ -22,13 +23,13 @@ import gzip
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import UnidentifiedImageError
 
-from reallod.data.convert_coco import category_expression, coco_to_records, load_json_document
+from reallod.data.convert_coco import category_expression, coco_to_records, image_filename, load_json_document
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
 from reallod.data.io import probe_gzip
@@ -67,7 +68,19 @@ class ReadOptions:
 class Annotations:
     images: list[ImageAnnotation]
     vocabulary: list[str]  # every category name of the dataset (easy negatives come from it)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # the whole file's: reason → n
+    skipped_by_image: dict[str, dict[str, int]] = field(default_factory=dict)  # file name → reason → n
+
+    def skipped_in(self, selected: Callable[[str], bool]) -> dict[str, int]:
+        """What was skipped on the images whose file name is ``selected`` (a shard's: the summary
+        of a ``--shard`` run counts its own images, not the whole file's); images that kept no box
+        count as "images with no box"."""
+        out: dict[str, int] = {}
+        for name, reasons in self.skipped_by_image.items():
+            if selected(name):
+                for reason, n in reasons.items():
+                    out[reason] = out.get(reason, 0) + n
+        return out
 
 
 def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *, classes: str | os.PathLike | None = None,
@@ -85,7 +98,7 @@ def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *,
 def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -> Annotations:
     data = load_json_document(path)
     _check_coco_boxes(data, path)
-    stats = ConvertStats()
+    stats = ConvertStats(skipped_by_item={})
     index = {img.get("id"): i for i, img in enumerate(data.get("images") or []) if isinstance(img, dict)}
     images: list[ImageAnnotation] = []
     for record in coco_to_records(data, path=path, skip_crowd=options.skip_crowd, min_area=options.min_area,
@@ -102,7 +115,18 @@ def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -
         loader = ImageLoader(images_root)
         for img in images:
             _check_image(loader, img, path, f"{img.entry}.file_name")
-    return Annotations(images, vocabulary, dict(stats.skipped))
+    return Annotations(images, vocabulary, dict(stats.skipped), _by_file(data, stats))
+
+
+def _by_file(data: dict[str, Any], stats: ConvertStats) -> dict[str, dict[str, int]]:
+    """file name → what was skipped on that image (two entries may share a file name: summed)."""
+    by_id = stats.skipped_by_item or {}
+    out: dict[str, dict[str, int]] = {}
+    for img in data["images"]:
+        for reason, n in by_id.get(img["id"], {}).items():
+            reasons = out.setdefault(image_filename(img) or "", {})
+            reasons[reason] = reasons.get(reason, 0) + n
+    return out
 
 
 def _coco_presence(data: dict[str, Any], path: str) -> dict[str, tuple[list[str], list[str] | None]]:
@@ -236,7 +260,7 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
     names = read_class_descriptions(classes)
     loader = ImageLoader(images_root)
     by_image: dict[str, ImageAnnotation] = {}
-    skipped: dict[str, int] = {}
+    stats = ConvertStats(skipped_by_item={})  # per file name: a shard counts its own images
     rows = _csv_rows(path)
     header = next(rows, (1, []))[1]
     missing = [c for c in _OI_COLUMNS if c not in header]
@@ -269,22 +293,22 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
         if names[label] not in img.present:  # in the image, whatever becomes of its box
             img.present.append(names[label])
         if options.skip_crowd and row.get("IsGroupOf") == "1":
-            skipped["crowd boxes"] = skipped.get("crowd boxes", 0) + 1
+            stats.skip("crowd boxes", item=img.filename)
             continue
         box = [min(max(x1, 0.0), 1.0) * img.width, min(max(y1, 0.0), 1.0) * img.height,
                min(max(x2, 0.0), 1.0) * img.width, min(max(y2, 0.0), 1.0) * img.height]
         area = (box[2] - box[0]) * (box[3] - box[1])
         if area <= 0 or area < options.min_area:
-            key = "boxes under the minimum area" if area > 0 else "boxes with no area"
-            skipped[key] = skipped.get(key, 0) + 1
+            stats.skip("boxes under the minimum area" if area > 0 else "boxes with no area", item=img.filename)
             continue
         img.objects.append(AnnObject(names[label], box))
     images = [img for img in by_image.values() if img.objects]
-    if len(images) < len(by_image):
-        skipped["images with no box"] = len(by_image) - len(images)
+    for img in by_image.values():
+        if not img.objects:
+            stats.skip("images with no box", item=img.filename)
     for img in images:
         img.present.sort()
-    return Annotations(images, sorted(set(names.values())), skipped)
+    return Annotations(images, sorted(set(names.values())), dict(stats.skipped), stats.skipped_by_item or {})
 
 
 def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from reallod.agent.views import HIGHLIGHT, make_view
 from reallod.engine.annotations import ImageAnnotation
-from reallod.engine.groups import group_candidates
+from reallod.engine.groups import kept_groups
 from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
 from reallod.engine.text import accept, clean, fold
 from reallod.errors import ConfigError
@@ -203,9 +203,10 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         counts["object"] += 1
 
     groups = []
-    for category, boxes in group_candidates(img.objects):
-        if s.group_expressions <= 0:
-            break
+    candidates, cut = kept_groups(img.objects, objects) if s.group_expressions > 0 else ([], 0)
+    if cut:  # a group phrase covers every instance: not one of those the record dropped
+        counts["groups with an object over --max-objects:skipped"] += cut
+    for category, boxes in candidates:
         others = [c for c in present if c != category]
         text = await _ask(gens.llm, gens.prompts["group"],
                           {"caption": caption, "objects": listing, "category": category, "members": len(boxes),

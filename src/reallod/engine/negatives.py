@@ -11,10 +11,12 @@ image without anything else ("dog" when a dog is there), is not a negative for t
 from __future__ import annotations
 
 import hashlib
-import re
+import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
-from reallod.engine.text import fold, mentions
+from reallod.data.words import words
+from reallod.engine.text import find_category, fold, mentions, word_spans
 
 
 def absent_categories(vocabulary: Iterable[str], present: Iterable[str]) -> list[str]:
@@ -48,22 +50,44 @@ def easy_negatives(positives: list[str], category: str, absent: list[str], count
 
 
 def replace_category(text: str, category: str, other: str) -> str:
-    """``text`` with its mention of ``category`` (singular or plural) replaced by ``other``."""
-    words = category.split()
-    head = r"\s+".join(re.escape(w) for w in words[:-1])
-    last = re.escape(words[-1]) + r"(?:e?s)?" if words else ""
-    sep = r"\s+" if head else ""
-    pattern = rf"(?<!\w){head}{sep}{last}(?!\w)"  # not \b: "bow (weapon)" ends with no word character
-    new, n = re.subn(pattern, lambda _: other, text, count=1, flags=re.I)  # ``other`` is text, not a template
-    return new if n else other
+    """``text`` with its first mention of ``category`` (singular or plural, found as :func:`mentions`
+    finds it, in any script) replaced by ``other``; ``other`` alone when ``text`` names no ``category``."""
+    spans = word_spans(text)
+    at = find_category(spans[1], category) if spans else None
+    if spans is None or at is None:
+        return other
+    base, _, where = spans
+    start, end = where[at[0]][0], where[at[1] - 1][1]
+    lead, tail = _edges(category)  # what the category holds around its words goes too
+    if lead and base[:start].casefold().endswith(lead):
+        start -= len(lead)
+    if tail and base[end:end + len(tail)].casefold() == tail:
+        end += len(tail)
+    return base[:start] + other + base[end:]
+
+
+@lru_cache(maxsize=1 << 16)
+def _edges(category: str) -> tuple[str, str]:
+    """(what ``category`` holds before its first word, after its last): ("", ")") for "bow (weapon)"."""
+    cat = unicodedata.normalize("NFC", category).strip().casefold()
+    spans = word_spans(cat)
+    if not spans or not spans[2]:
+        return "", ""
+    return cat[:spans[2][0][0]], cat[spans[2][-1][1]:]
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
 
 
 def fits_image(negative: str, image_positives: set[str], present: Iterable[str]) -> bool:
-    """Whether a would-be negative describes something in the image (then it is dropped)."""
-    key = fold(negative)
-    if key in image_positives:
+    """Whether a would-be negative describes something in the image (then it is dropped): a positive
+    of the image, or only a category present there ("dogs", "the people" when a person is there)."""
+    if fold(negative) in image_positives:
         return True
-    return any(key in (fold(c), fold(c) + "s", "the " + fold(c), "a " + fold(c)) for c in present)
+    found = words(negative)
+    if found[:1] and found[0] in _ARTICLES:
+        found = found[1:]
+    return any(find_category(found, c) == (0, len(found)) for c in present)
 
 
 def keep_negatives(candidates: Iterable[str], image_positives: set[str], present: list[str],

@@ -207,7 +207,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         resumed = journal.resumed
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out,
                              hold_places=dict(todo_all) if hold_places else None)
-    counts.update({f"annotations: {reason}:skipped": n for reason, n in anns.skipped.items()})
+    skipped = anns.skipped_in(lambda name: in_shard(f"image:{name}", shard)) if shard else anns.skipped
+    counts.update({f"annotations: {reason}:skipped": n for reason, n in skipped.items()})
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - failed_images, counts, unavailable,
                        time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed, len(anns.images),
                        dict(anns.skipped))
