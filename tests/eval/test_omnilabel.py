@@ -134,6 +134,9 @@ def test_skip_categories_equals_the_oracle():
     ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [77], "scores": [0.5]}, "description 77 is not in"),
     ({"image_id": 1, "bbox": [0, 0, -5, 5], "description_ids": [10], "scores": [0.5]}, "negative width or height"),
     ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [float("nan")]}, "finite"),
+    ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [float("-inf")]}, "finite"),
+    ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [10 ** 400]}, "finite"),
+    ({"image_id": 1, "bbox": [0, 0, 10 ** 400, 5], "description_ids": [10], "scores": [0.5]}, "not finite"),
     ({"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10, 11], "scores": [0.5]}, "2 description ids"),
     ({"image_id": "1", "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [0.5]}, "integer id"),
     ({"image_id": 1, "bbox": [0, 0, 5], "description_ids": [10], "scores": [0.5]}, "x, y, width, height"),
@@ -183,6 +186,7 @@ def _set(path, value):
     (("annotations", 2, "description_ids"), [2 ** 64], "annotations[2].description_ids[0]", "64 bits"),
     (("annotations", 2, "description_ids"), 20, "annotations[2].description_ids", "expected a list"),
     (("annotations", 0, "bbox"), [float("nan"), 1, 5, 5], "annotations[0].bbox", "not finite"),
+    (("annotations", 0, "bbox"), [1, 1, 10 ** 400, 5], "annotations[0].bbox", "not finite"),
     (("annotations", 0, "bbox"), [True, 1, 5, 5], "annotations[0].bbox", "4 numbers"),
     (("annotations", 0, "bbox"), [1, 1, -5, 5], "annotations[0].bbox", "negative width or height"),
     (("annotations", 0, "bbox"), 5, "annotations[0].bbox", "4 numbers"),
@@ -232,3 +236,41 @@ def test_valid_ground_truth_reads_as_before():
     assert gt.box_image.tolist() == [1, 1, 2, 2, 2, 2, 2]
     assert gt.box_descr.tolist() == [10, 11, 20, 21, 20, 21, 21]
     assert gt.box_xywh[-1].tolist() == [60, 0, 20, 40] and not gt.box_crowd.any() and not gt.box_zero_id.any()
+
+
+@pytest.mark.parametrize("skip_categories", [False, True])
+def test_ground_truth_naming_no_listed_image_is_scored_as_the_toolkit_and_told(skip_categories):
+    """The toolkit reads an image's boxes and label space from ``images`` alone: annotations and description
+    image ids naming another image are left out (a ground truth cut down to some images scores as the toolkit
+    scores it). They are counted in the notes, with the first of each named, where they went unsaid."""
+    gt = omnilabel_gt(3, 6)
+    gone = gt["images"][2]["id"]
+    cut = copy.deepcopy(gt)
+    cut["images"] = [img for img in cut["images"] if img["id"] != gone]
+    preds = [p for p in omnilabel_predictions(gt, 3) if p["image_id"] != gone]
+    first_ann = next(k for k, a in enumerate(gt["annotations"]) if a["image_id"] == gone)
+    n_ann = sum(a["image_id"] == gone for a in gt["annotations"])
+    first_descr = next(k for k, d in enumerate(gt["descriptions"]) if gone in d["image_ids"])
+    n_descr = sum(d["image_ids"].count(gone) for d in gt["descriptions"])
+    cut["descriptions"][first_descr]["image_ids"].insert(0, 12345)  # and one naming an image that never was
+
+    ours = ol.evaluate(ol.parse_gt(copy.deepcopy(cut), skip_categories=skip_categories), ol.parse_predictions(preds))
+    ref = reference_evaluate(copy.deepcopy(cut), copy.deepcopy(preds), skip_categories=skip_categories)
+    assert {k: (v if v is not None else -1.0) for k, v in ours.metrics.items()} == ref
+    assert ours.notes[0] == (f"{n_ann} annotation(s) (first: annotations[{first_ann}].image_id {gone}) and "
+                             f"{n_descr + 1} description image id(s) (first: descriptions[{first_descr}].image_ids[0] "
+                             "12345) name no image of 'images'; left out of the scores, as the official toolkit "
+                             "leaves them"), ours.notes
+    assert not any("no image of" in n for n in ol.evaluate(ol.parse_gt(copy.deepcopy(gt)),
+                                                           ol.parse_predictions(preds)).notes)
+
+
+def test_any_finite_score_ranks():
+    """Scores only rank: outside [0, 1] (logits, negative, large) they are read and scored as their order says."""
+    gt = omnilabel_gt(4, 5)
+    preds = omnilabel_predictions(gt, 4)
+    for rescale in (lambda s: 1e30 * s, lambda s: -1 / s):  # the same order, far outside [0, 1]
+        rescaled = copy.deepcopy(preds)
+        for p in rescaled:
+            p["scores"] = [rescale(s) for s in p["scores"]]
+        assert _score(gt, rescaled) == _score(gt, preds)

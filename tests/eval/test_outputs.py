@@ -177,3 +177,79 @@ def test_a_show_dir_that_is_a_file_is_refused_first(omni, tiny_model_dir, no_mod
                                       omni / "pictures"), capsys)
     assert code == 2 and f"--show-dir {omni / 'pictures'}: a file, where a folder is written" in err, err
     assert (omni / "pictures").read_text() == "x"
+
+
+def _images_named_like_pictures(root, gt, folder=""):
+    """The ground truth's images stored as ``<folder>/<image id>.png``: the names --show-dir draws."""
+    for img in gt["images"]:
+        img["file_name"] = f"{folder}{img['id']}.png"
+    write_images(root / "images", gt["images"])
+    (root / "gt.json").write_text(json.dumps(gt))
+    return {p: p.read_bytes() for p in (root / "images").rglob("*.png")}
+
+
+@pytest.mark.parametrize(("folder", "show", "said"), [
+    ("", "images", "--show-dir {images}: is --images {images}; the pictures (<image id>.png) would be written "
+                   "among the benchmark's images, over any named like one: give a folder outside it"),
+    ("", "link", "--show-dir {root}/link: is --images {images}"),
+    ("sub/", "images/sub", "--show-dir {images}/sub: the picture of image 10 (10.png) would be written over the "
+                           "input image {images}/sub/10.png: give a --show-dir outside the folders of the images"),
+    ("sub/", "link/sub", "--show-dir {root}/link/sub: the picture of image 10 (10.png) would be written over"),
+])
+def test_a_show_dir_never_draws_over_the_images(omni, tiny_model_dir, no_model, capsys, folder, show, said):
+    """Pictures are <image id>.png: drawn into the image root, or into a folder of it holding images named so,
+    they replaced the benchmark's own images. Refused before the model loads; nothing is written."""
+    for p in (omni / "images").iterdir():
+        p.unlink()
+    before = _images_named_like_pictures(omni, omnilabel_gt(2, 3), folder)
+    os.symlink(omni / "images", omni / "link")
+    outputs = _files(omni)
+    code, _, err = run_cli(_model_run("omnilabel", omni, tiny_model_dir, omni / "p.json", "--show-dir",
+                                      omni / show), capsys)
+    assert code == 2 and said.format(root=omni, images=omni / "images") in err, err
+    assert {p: p.read_bytes() for p in (omni / "images").rglob("*.png")} == before
+    assert _files(omni) == outputs  # no journal, no metrics
+
+
+def test_a_show_dir_beside_or_around_the_images_draws(omni, tiny_model_dir, capsys):
+    """A --show-dir holding the image root, or inside it with no image named like a picture, is fine."""
+    for p in (omni / "images").iterdir():
+        p.unlink()
+    before = _images_named_like_pictures(omni, omnilabel_gt(2, 3), "sub/")
+    code, _, err = run_cli(_model_run("omnilabel", omni, tiny_model_dir, omni / "p.json", "--show-dir", omni),
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(_model_run("omnilabel", omni, tiny_model_dir, omni / "q.json", "--show-dir",
+                                      omni / "images" / "drawn"), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (omni / "images" / "drawn").iterdir()) == ["10.png", "13.png", "16.png"]
+    assert {p: p.read_bytes() for p in (omni / "images").rglob("*.png") if "drawn" not in p.parts} == before
+
+
+def test_a_model_giving_a_nan_score_is_stopped_and_the_images_done_kept(omni, tiny_model_dir, capsys, monkeypatch):
+    """A NaN score was scored silently (ranked anywhere) and written as null; now the run stops naming the image,
+    writes no predictions or metrics, and keeps the images done before it: the rerun goes on from there."""
+    import numpy as np
+
+    from reallod.model.inference import Detector
+    from reallod.runs.journal import iter_journal
+
+    real, calls = Detector.detect, []
+
+    def nan_on_the_second_image(self, *args, **kwargs):
+        dets = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            dets.scores[0] = np.nan
+        return dets
+
+    monkeypatch.setattr(Detector, "detect", nan_on_the_second_image)
+    args = _model_run("omnilabel", omni, tiny_model_dir, omni / "p.json")
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "img_1.png: the model gave 1 of its" in err and "not a finite number" in err, err
+    assert not (omni / "p.json").exists() and not (omni / "p.metrics.json").exists()
+    assert [task for task, _ in iter_journal(omni / "p.journal.jsonl")] == ["0"]
+    monkeypatch.setattr(Detector, "detect", real)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert all(None not in p["scores"] for p in json.loads((omni / "p.json").read_text()))

@@ -144,7 +144,9 @@ def test_bad_input(tmp_path):
     for entry, message in [({**good, "image_id": 7}, "color image 7 is not in"),
                            ({**good, "category_id": 9}, "color category 9 is not in"),
                            ({**good, "bbox": [0, 0, -2, 5]}, "negative width"),
-                           ({**good, "score": float("nan")}, "finite")]:
+                           ({**good, "score": float("nan")}, "finite"),
+                           ({**good, "score": 10 ** 400}, "finite"),
+                           ({**good, "bbox": [0, 0, 10 ** 400, 5]}, "not finite")]:
         path = tmp_path / "p.json"
         path.write_text(json.dumps([good, entry]))
         with pytest.raises(DataError, match="predictions\\[1\\]") as err:
@@ -163,6 +165,8 @@ def test_bad_input(tmp_path):
     (lambda gt: gt["annotations"][1].__setitem__("image_id", "2"), "annotations[1].image_id", "got '2'"),
     (lambda gt: gt["annotations"][1].__setitem__("category_id", 2.5), "annotations[1].category_id", "got 2.5"),
     (lambda gt: gt["annotations"][0].__setitem__("bbox", [float("nan"), 0, 5, 5]), "annotations[0].bbox",
+     "not finite"),
+    (lambda gt: gt["annotations"][0].__setitem__("bbox", [0, 0, 10 ** 400, 5]), "annotations[0].bbox",
      "not finite"),
     (lambda gt: gt["annotations"][0].__setitem__("bbox", [False, 0, 5, 5]), "annotations[0].bbox",
      "expected [x, y, width, height]"),

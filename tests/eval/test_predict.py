@@ -63,3 +63,19 @@ def test_an_image_too_thin_to_resize_is_named(tmp_path, tiny_detector):
     with pytest.raises(ReallodError, match="image is 5000×3: too thin to resize") as exc:
         predict([EvalImage(1, "strip.png", ["a dog"], [1])], tiny_detector, tmp_path, RunOptions(progress=False))
     assert exc.value.path == str(tmp_path / "strip.png")
+
+
+@pytest.mark.parametrize(("scores", "xyxy", "first"), [
+    ([0.9, float("nan")], [[0, 0, 5, 5], [1, 1, 6, 6]], "score nan, box [1.0, 1.0, 6.0, 6.0] for 'a cat'"),
+    ([0.9, 0.5], [[0, 0, float("inf"), 5], [1, 1, 6, 6]], "score 0.9"),
+])
+def test_a_model_score_or_box_that_is_not_finite_is_refused(scores, xyxy, first):
+    """A NaN score (a lower precision overflowing) sorts anywhere and breaks every ranking; it was scored
+    silently and written as null, a predictions file no evaluator reads back."""
+    img = EvalImage(42, "dir/a.jpg", ["a dog", "a cat"], [7, 9])
+    dets = Detections(np.array(xyxy, float), np.array(scores), np.array([0, 1]), ["a dog", "a cat"])
+    with pytest.raises(ReallodError) as err:
+        to_predictions(img, dets)
+    said = str(err.value)
+    assert said.startswith("dir/a.jpg: the model gave 1 of its 2 boxes a score or box that is not a finite number "
+                           f"(first: {first}") and "image_id 42" in said and "--dtype fp32" in said, said

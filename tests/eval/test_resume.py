@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reallod.errors import DataError
 from reallod.eval.common import EvalImage, Predictions
 from reallod.eval.predict import RunOptions, predict
 from reallod.eval.resume import (
@@ -238,3 +239,20 @@ def test_a_refused_journal_names_each_option_that_changed(bench, tiny_detector, 
     with pytest.raises(JournalMismatch) as err:
         PredictionJournal(out, other)
     assert "other settings: --annotations (its content); --model (was '/m', now '/n'); rerun" in str(err.value)
+
+
+def test_a_journal_holding_a_score_that_is_not_a_number_is_refused(bench, tiny_detector, tmp_path):
+    """An earlier version journaled a model's NaN score as null, read back as NaN and scored silently."""
+    import orjson
+
+    out = tmp_path / "preds.json"
+    _ctrl_c_at(3, bench, tiny_detector, out)
+    path = own_journal(out, 0, 1)
+    lines = path.read_bytes().splitlines()
+    header, first = lines[0], orjson.loads(lines[1])
+    assert first["result"]["score"], first
+    first["result"]["score"][0] = None
+    path.write_bytes(b"\n".join([header, orjson.dumps(first), *lines[2:]]) + b"\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: image 0 \(in the benchmark's order\) holds a "
+                                        "score or box that is not a finite number.*delete the journal"):
+        PredictionJournal(out, SETTINGS)

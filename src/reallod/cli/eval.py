@@ -47,7 +47,8 @@ _EvOut = Annotated[Path | None, typer.Option(
     "--out", help="Write the predictions here (the benchmark's format): a .json or .json.gz file, or for OVDEval a "
     "folder of <subset>.json; a run killed part-way resumes from the journal kept beside it.")]
 _EvShowDir = Annotated[Path | None, typer.Option(
-    "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR.")]
+    "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR as <image id>.png "
+    "(a folder other than the images').")]
 _EvDevice = Annotated[str | None, typer.Option(
     "--device", help="cpu, cuda or cuda:N \\[default: cuda if available; cuda:LOCAL_RANK per process].",
     show_default=False)]

@@ -191,6 +191,15 @@ def _is_number(v: Any) -> bool:
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+def is_finite(v: int | float) -> bool:
+    """Not NaN or ±inf, nor an integer beyond a float's range (the JSON reader gives 1e400 written without a
+    point as a Python int, which ``math.isfinite`` cannot convert)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def is_id(v: Any) -> bool:
     """An integer id the columns can hold: an int (not a bool) within 64 bits."""
     return _is_int(v) and INT64_MIN <= v <= INT64_MAX
@@ -239,15 +248,16 @@ class EntryChecker:
     def score(self, index: int, entry: dict, key: str, value: Any) -> float:
         if not _is_number(value):
             raise self.fail(index, key, f"expected a number, got {value!r}", entry)
-        if not math.isfinite(value):
-            raise self.fail(index, key, f"score is {value!r}; scores must be finite numbers", entry)
+        if not is_finite(value):
+            raise self.fail(index, key, f"score is {value!r}; scores must be finite numbers (any finite number "
+                            "ranks: they need not lie in [0, 1])", entry)
         return float(value)
 
     def bbox(self, index: int, entry: dict, key: str = "bbox") -> list[float]:
         b = entry[key]
         if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(_is_number(v) for v in b):
             raise self.fail(index, key, f"expected [x, y, width, height] (4 numbers), got {b!r}", entry)
-        if not all(math.isfinite(v) for v in b):
+        if not all(is_finite(v) for v in b):
             raise self.fail(index, key, f"box {b!r} has a value that is not finite", entry)
         if b[2] < 0 or b[3] < 0:
             raise self.fail(index, key, f"box {b!r} has a negative width or height (boxes are xywh)", entry)

@@ -15,7 +15,16 @@ from typing import Any
 
 from reallod.errors import ConfigError
 from reallod.eval.common import EvalImage, EvalResult, Predictions, is_json_name, json_stem
-from reallod.eval.predict import Dist, ModelSpec, RunOptions, init_distributed, load_model, predict, shard
+from reallod.eval.predict import (
+    Dist,
+    ModelSpec,
+    RunOptions,
+    init_distributed,
+    load_model,
+    picture_name,
+    predict,
+    shard,
+)
 from reallod.eval.resume import PredictionJournal, own_journal, remove_journals
 from reallod.hub import as_found
 
@@ -175,6 +184,7 @@ def _check_outputs(job: EvalJob) -> None:
         outputs.append(("the metrics file (default --metrics-out)", default_metrics_path(job)))
     if job.run.show_dir is not None:
         _check_place("--show-dir", Path(job.run.show_dir), folder=True)
+        _check_show_dir(Path(job.run.show_dir), job.images)
     inputs = [("--annotations", Path(job.annotations))]
     if job.predictions is not None:
         inputs.append(("--predictions", Path(job.predictions)))
@@ -189,6 +199,35 @@ def _check_outputs(job: EvalJob) -> None:
         other = taken.setdefault(path.resolve(), (option, path))
         if other != (option, path):
             raise ConfigError(f"{option} {path}: also {other[0]} {other[1]}; give them different paths")
+
+
+def _check_show_dir(show: Path, root: Path | None) -> None:
+    """``--show-dir`` is not the image root: pictures drawn there would land among the benchmark's images."""
+    if root is not None and show.resolve() == Path(root).resolve():
+        raise ConfigError(f"--show-dir {show}: is --images {root}; the pictures (<image id>.png) would be written "
+                          "among the benchmark's images, over any named like one: give a folder outside it")
+
+
+def _check_pictures(job: EvalJob, images: list[EvalImage]) -> None:
+    """No picture ``--show-dir`` draws replaces an input image: a --show-dir that is a folder of the images
+    (inside the root, or reached through a link) holding one named like a picture (``10.png``). Names are
+    compared casefolded, as a case-insensitive file system would."""
+    if job.run.show_dir is None or job.images is None:
+        return
+    show = Path(job.run.show_dir)
+    real_show = Path(os.path.realpath(show))
+    pictures = {picture_name(img).casefold(): img for img in images if img.texts}  # those drawn
+    folders: dict[Path, Path] = {}  # an image's folder → where it really is (one lookup per folder)
+    for img in images:
+        path = Path(job.images) / img.file_name
+        drawn = pictures.get(path.name.casefold())
+        if drawn is None:
+            continue
+        folder = folders.setdefault(path.parent, Path(os.path.realpath(path.parent)))
+        if folder == real_show:
+            raise ConfigError(f"--show-dir {show}: the picture of image {drawn.image_id} ({picture_name(drawn)}) "
+                              f"would be written over the input image {path}: give a --show-dir outside the "
+                              f"folders of the images (--images {job.images})")
 
 
 def _check(job: EvalJob) -> None:
@@ -220,6 +259,7 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
     journal: PredictionJournal | None = None
     try:
         bench = _open_benchmark(job)
+        _check_pictures(job, bench.images)
         out = _named(Path(job.out)) if job.out is not None else None
         if out is not None:  # what each image gives is kept as it comes: a killed run resumes
             journal = PredictionJournal(out, resume_settings(job, bench), dist.rank, dist.world_size,

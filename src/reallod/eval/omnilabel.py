@@ -41,6 +41,7 @@ from reallod.eval.common import (
     fast_columns,
     id_array,
     id_problem,
+    is_finite,
     metric,
     no_gc,
     numeric_array,
@@ -180,9 +181,37 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
 
     gt = OmniLabelGT(path, images, descriptions, labelspace, *_annotation_rows(obj["annotations"], path),
                      skip_categories=skip_categories)
+    gt.notes += _unlisted_images(obj, seen_images)
     if skip_categories:
         gt.notes.append("plain categories left out (--skip-categories): AP-categ and AP are undefined")
     return gt
+
+
+def _unlisted_images(obj: dict[str, Any], images: set[int]) -> list[str]:
+    """A note counting the annotations and description image ids (checked by now) that name no image of
+    ``images``.
+
+    The toolkit reads each image's boxes and label space from ``images`` alone, so it leaves them out
+    without a word, as if they were not there: a ground truth cut down to some images is scored as the
+    toolkit scores it, and a mismatched one is told.
+    """
+    known = IdIndex(np.fromiter(images, dtype=np.int64, count=len(images)))
+    said = []
+    for key, name, ids_of in (("annotations", "annotation(s)", lambda e: [e["image_id"]]),
+                              ("descriptions", "description image id(s)", lambda e: e["image_ids"])):
+        lists = [ids_of(e) for e in obj[key]]
+        counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(counts.sum()))
+        bad = np.flatnonzero(known.rank(flat) < 0)
+        if len(bad):
+            first = int(bad[0])
+            entry = int(np.searchsorted(np.cumsum(counts), first, side="right"))
+            field = "image_id" if key == "annotations" else f"image_ids[{first - int(counts[:entry].sum())}]"
+            said.append(f"{len(bad)} {name} (first: {key}[{entry}].{field} {int(flat[first])})")
+    if not said:
+        return []
+    return [f"{' and '.join(said)} name no image of 'images'; left out of the scores, as the official toolkit "
+            "leaves them"]
 
 
 _ANNOTATION_KEYS = ("image_id", "bbox", "description_ids")
@@ -237,7 +266,7 @@ def _check_annotations_slowly(anns: list[Any], path: str | None) -> None:
         if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                                for v in b):
             raise _field(path, f"{where}.bbox", f"expected [x, y, width, height] (4 numbers), got {b!r}")
-        if not _boxes_ok(np.array([b], dtype=np.float64)):
+        if not all(is_finite(v) for v in b) or not _boxes_ok(np.array([b], dtype=np.float64)):
             raise _field(path, f"{where}.bbox", f"box {b!r} has a value that is not finite, or a negative width or "
                          "height (boxes are xywh)")
         _ids(path, f"{where}.description_ids", a["description_ids"])

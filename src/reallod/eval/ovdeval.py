@@ -20,7 +20,6 @@ bbox xywh, score}: one file for one subset, or a folder of ``<subset>.json`` for
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -37,6 +36,7 @@ from reallod.eval.common import (
     check_known,
     coco_results,
     id_problem,
+    is_finite,
     is_json_name,
     json_stem,
     read_coco_results,
@@ -139,7 +139,7 @@ def _check_annotation(path: str, i: int, a: Any) -> None:
     if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                            for v in b):
         raise DataError(f"expected [x, y, width, height], got {b!r}", path=path, field=f"{where}.bbox")
-    if not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:
+    if not all(is_finite(v) for v in b) or b[2] < 0 or b[3] < 0:
         raise DataError(f"box {b!r} has a value that is not finite, or a negative width or height (boxes are xywh)",
                         path=path, field=f"{where}.bbox")
     if a.get("iscrowd", 0) not in (0, 1):

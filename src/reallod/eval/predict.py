@@ -112,6 +112,7 @@ def shard(n: int, dist: Dist) -> range:
 
 def to_predictions(image: EvalImage, dets: Detections, max_per_image: int | None = None) -> Predictions:
     """One image's detections → prediction rows under the benchmark's ids, rounded as written."""
+    _check_finite(image, dets)
     bbox, score = round_predictions(xyxy_to_xywh(dets.xyxy), dets.scores)
     label = np.asarray(image.keys, dtype=np.int64)[dets.labels] if len(dets) else np.zeros(0, dtype=np.int64)
     if max_per_image is not None and len(score) > max_per_image:
@@ -119,6 +120,24 @@ def to_predictions(image: EvalImage, dets: Detections, max_per_image: int | None
         bbox, score, label = bbox[top], score[top], label[top]
     n = len(score)
     return Predictions(np.full(n, image.image_id), label, score, bbox, np.full(n, image.part))
+
+
+def _check_finite(image: EvalImage, dets: Detections) -> None:
+    """The model's scores and boxes are finite numbers: a NaN score sorts anywhere and breaks the ranking
+    every metric reads (it was scored silently and written as null, a file no evaluator reads back)."""
+    bad = ~(np.isfinite(dets.scores) & np.isfinite(dets.xyxy).all(axis=1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"the model gave {int(bad.sum())} of its {len(dets)} boxes a score or box that is not a "
+                        f"finite number (first: score {float(dets.scores[i]):.6g}, box "
+                        f"{[round(float(v), 2) for v in dets.xyxy[i]]} for {image.texts[int(dets.labels[i])]!r}, "
+                        f"image_id {image.image_id}); nothing is scored: run with --dtype fp32 if a lower "
+                        "precision overflowed, or check the model's weights", path=image.file_name)
+
+
+def picture_name(image: EvalImage) -> str:
+    """The file ``--show-dir`` draws ``image`` into (the subset's name first for OVDEval)."""
+    return f"{image.tag}_{image.image_id}.png" if image.tag else f"{image.image_id}.png"
 
 
 def _save_picture(picture, path: Path) -> None:
@@ -171,9 +190,8 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
             if options.show_dir is not None:
                 from reallod.model.draw import draw_detections
 
-                name = f"{img.tag}_{img.image_id}.png" if img.tag else f"{img.image_id}.png"
                 _save_picture(draw_detections(picture, dets, score_thr=options.show_score_thr),
-                              options.show_dir / name)
+                              options.show_dir / picture_name(img))
     finally:
         loaded.close()
         bar.close()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from reallod.errors import Interrupted
+from reallod.errors import DataError, Interrupted
 from reallod.eval.common import EvalImage, Predictions
 from reallod.runs.journal import Journal, JournalMismatch, beside, iter_journal, read_header
 
@@ -56,6 +56,15 @@ def compact(result: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"label": np.asarray(result["label"], dtype=np.int64),
             "score": np.asarray(result["score"], dtype=np.float64),
             "bbox": np.asarray(result["bbox"], dtype=np.float64).reshape(-1, 4)}
+
+
+def _finite(rows: dict[str, np.ndarray], path: Path, index: int) -> dict[str, np.ndarray]:
+    """Journal rows whose scores and boxes are numbers (null is how a NaN of an earlier version was written)."""
+    if not (np.isfinite(rows["score"]).all() and np.isfinite(rows["bbox"]).all()):
+        raise DataError(f"image {index} (in the benchmark's order) holds a score or box that is not a finite "
+                        "number, which no metric can rank: delete the journal to run the model again",
+                        path=str(path))
+    return rows
 
 
 def from_result(image: EvalImage, result: dict[str, Any]) -> Predictions:
@@ -134,7 +143,7 @@ class PredictionJournal:
             for tid, result in iter_journal(p):
                 i = int(tid)
                 if (mine is None or i in mine) and i not in self.done:
-                    self.done[i] = compact(result)
+                    self.done[i] = _finite(compact(result), p, i)
         self.kept = len(self.done)  # this process's images in the journals, this run's included
 
     def add(self, index: int, rows: Predictions) -> None:
