@@ -55,6 +55,11 @@ def train_cmd(
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision: bf16 where supported, else fp16.")] = False,
     auto_scale_lr: Annotated[bool, typer.Option(
         "--auto-scale-lr", help="Scale the learning rate by total batch / optim.base_batch_size.")] = False,
+    max_pixels: Annotated[int | None, typer.Option(
+        "--max-pixels", min=1, show_default=False, help="Largest image decoded, in pixels (width × height; default: "
+        "data.max_pixels, else Pillow's 89,478,485): a larger training image is skipped and counted, a larger "
+        "held-out image stops the run at setup (a decompression-bomb guard: raise it for genuine large images).")
+    ] = None,
     cfg_options: Annotated[list[str] | None, typer.Option(
         "--cfg-options", metavar="KEY=VALUE ...", help="Override config fields by dotted path, e.g. "
         "--cfg-options optim.lr=1e-5 schedule.max_steps=100 data.train.0.ratio=2 (values read as YAML).")] = None,
@@ -77,9 +82,11 @@ def train_cmd(
     work_dir = work_dir or Path("work_dirs") / config.stem
     again = ["reallod", "train", str(config), "--work-dir", str(work_dir), "--resume",
              *(["--amp"] if amp else []), *(["--auto-scale-lr"] if auto_scale_lr else []),
+             *(["--max-pixels", str(max_pixels)] if max_pixels is not None else []),
              *(["--cfg-options", *overrides] if overrides else [])]
     result = train(cfg, work_dir, resume=ckpt if ckpt is not None else (True if resume else None),
-                   amp=amp, auto_scale_lr=True if auto_scale_lr else None, resume_command=shlex.join(again))
+                   amp=amp, auto_scale_lr=True if auto_scale_lr else None, max_pixels=max_pixels,
+                   resume_command=shlex.join(again))
     if not result.main_process:
         return
     if result.best:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError
 from reallod.train.augment import AugmentOptions
 from reallod.train.sampling import DEFAULT_SOURCE_PROBS
@@ -74,6 +75,9 @@ class DataConfig:
     relations: list[str] = field(default_factory=lambda: ["single", "multi"])
     shuffle_phrases: bool = True
     num_workers: int = 2
+    # The largest image decoded (width × height; --max-pixels), training and held-out alike: a larger training
+    # image is skipped (counted as failed), a larger held-out one stops the run at setup. Pillow's budget.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -336,7 +340,8 @@ def check(cfg: TrainConfig) -> None:
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision: use no, bf16 or fp16, not {cfg.train.mixed_precision!r}")
     for name, v in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum),
-                    ("schedule.epochs", cfg.schedule.epochs), ("log.every_steps", cfg.log.every_steps)):
+                    ("schedule.epochs", cfg.schedule.epochs), ("log.every_steps", cfg.log.every_steps),
+                    ("data.max_pixels", cfg.data.max_pixels)):
         if v < 1:
             raise ConfigError(f"{name}: must be >= 1, not {v}")
     if cfg.schedule.max_steps is not None and cfg.schedule.max_steps < 1:

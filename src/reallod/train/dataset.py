@@ -10,7 +10,8 @@ An epoch is a list of (file, record) indices: a file with ratio r contributes ea
 (a fractional part is a random subset drawn per epoch), shuffled with (seed, epoch). Every sample is
 keyed by (epoch, position, index) and draws all its randomness from a generator seeded by that key
 and the run's seed, so an epoch is reproducible whatever the worker count and after a resume.
-An image that cannot be read is replaced by another record drawn from the same key (and counted).
+An image that cannot be read, or is larger than the pixel budget (``data.max_pixels``, ``--max-pixels``), is
+replaced by another record drawn from the same key (and counted).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 import torch
 from PIL import Image
 
-from reallod.data.images import open_image
+from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
 from reallod.data.io import is_gzip_file, iter_lines
 from reallod.data.records import Record
 from reallod.data.validate import BOM
@@ -39,6 +40,7 @@ from reallod.train.targets import all_boxes, apply_geometry, clean_record, recor
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)
 MAX_IMAGE_RETRIES = 20
+MAX_PIXELS_HINT = "raise --max-pixels or data.max_pixels if it is genuine"  # training's two ways to set the budget
 Key = tuple[int, int, int]  # (epoch, position in the epoch, dataset index)
 
 
@@ -156,9 +158,10 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, files: Sequence[FileIndex], tokenize: Callable[[str], list[int]], text: TextOptions,
                  augment: A.AugmentOptions, seed: int = 0, *, mean: Sequence[float] = IMAGE_MEAN,
-                 std: Sequence[float] = IMAGE_STD, train: bool = True) -> None:
+                 std: Sequence[float] = IMAGE_STD, train: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.files = list(files)
         self.tokenize, self.text, self.aug, self.seed, self.train = tokenize, text, augment, seed, train
+        self.max_pixels = max_pixels
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.starts = np.cumsum([0] + [len(f) for f in self.files])
@@ -196,7 +199,7 @@ class TrainDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, epoch, position, index, attempt])
             record, path = self.record(index)
             try:
-                image = open_image(path)
+                image = open_image(path, self.max_pixels, hint=MAX_PIXELS_HINT)
             except DataError as e:
                 failures.append(str(e))
                 if len(self) > 1:  # another record, never the same one

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from reallod.data.images import open_header, open_image, upright_size
+from reallod.data.images import DEFAULT_MAX_PIXELS, open_header, open_image, upright_size
 from reallod.data.records import Record
 from reallod.errors import DataError
 from reallod.eval.coco_tools import coco_evaluate
 from reallod.eval.common import xyxy_to_xywh
 from reallod.model.detections import Detections
-from reallod.train.dataset import DataFile, index_file
+from reallod.train.dataset import MAX_PIXELS_HINT, DataFile, index_file
 from reallod.train.targets import clean_record
 
 if TYPE_CHECKING:
@@ -89,9 +89,10 @@ def _coco_ap(queries: Sequence[EvalQuery], detections: Sequence[Detections], max
     return float(scores.stats[0]), float(scores.stats[1])
 
 
-def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_size: int = 8, topk: int = 100
-                   ) -> list[Detections]:
-    """The detections of every query, one image at a time, expressions batched."""
+def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_size: int = 8, topk: int = 100,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Detections]:
+    """The detections of every query, one image at a time, expressions batched (an image above ``max_pixels``
+    is an error: :func:`check_images` refuses it at setup)."""
     from reallod.model.inference import InferenceOptions, detect
 
     opts = InferenceOptions(mode="parallel", batch_size=batch_size, topk=topk)
@@ -100,7 +101,7 @@ def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_si
         by_image.setdefault(q.image, []).append(i)
     out: list[Detections | None] = [None] * len(queries)
     for path, idx in by_image.items():
-        image = open_image(path)
+        image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
         det = detect(detector, image, [queries[i].expression for i in idx], opts)
         for j, i in enumerate(idx):
             out[i] = det.for_expression(j)
@@ -121,15 +122,19 @@ def load_eval_records(path: str | Path, images: str | Path, max_images: int | No
     return out
 
 
-def check_images(records: Sequence[tuple[Record, str]]) -> None:
-    """Refuse, naming the file, a held-out image that is missing, unreadable, truncated or not of its
-    record's size. Run at setup: the first evaluation, an epoch later, would otherwise be the one to find
-    it, and end the run. Cheap: a PNG's chunks are walked without decoding, a JPEG is decoded at an
-    eighth of its size (every byte of its data is still read), only other formats are decoded in full."""
+def check_images(records: Sequence[tuple[Record, str]], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse, naming the file, a held-out image that is missing, unreadable, truncated, not of its
+    record's size or larger than ``max_pixels`` (the evaluation would not decode it). Run at setup: the
+    first evaluation, an epoch later, would otherwise be the one to find it, and end the run. Cheap: a
+    PNG's chunks are walked without decoding, a JPEG is decoded at an eighth of its size (every byte of
+    its data is still read), only other formats are decoded in full."""
     for record, path in records:
         try:
             with open_header(path) as im:
                 size = upright_size(im)
+                if size[0] * size[1] > max_pixels:  # before decoding any of it
+                    raise DataError(f"held-out image is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels, above "
+                                    f"the limit of {max_pixels:,} ({MAX_PIXELS_HINT})", path=path)
                 if im.format == "PNG":
                     im.verify()  # to the end of the file, CRCs checked
                 else:

@@ -15,8 +15,8 @@ and the periodic evaluation happen between steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
-import json
 import math
 import resource
 import shutil
@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from reallod.errors import ConfigError, Interrupted
+from reallod.train import best as B
 from reallod.train import checkpoint as C
 from reallod.train.build import build_detector
-from reallod.train.config import TrainConfig, dump_yaml, resolve_paths
+from reallod.train.config import TrainConfig, check, dump_yaml, resolve_paths
 from reallod.train.ctrl_c import CtrlC
 from reallod.train.dataset import DataFile, EpochBatches, TrainDataset, collate, index_file, skipped_summary
 from reallod.train.losses import install as install_loss
@@ -84,8 +85,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool | None = None, amp: bool = False,
-          auto_scale_lr: bool | None = None, echo: Any = None, resume_command: str | None = None) -> TrainResult:
+          auto_scale_lr: bool | None = None, max_pixels: int | None = None, echo: Any = None,
+          resume_command: str | None = None) -> TrainResult:
     """Train (or resume) as the config says; checkpoints, logs and the best model go under ``work_dir``.
+    ``max_pixels`` (``--max-pixels``), when given, replaces ``data.max_pixels``.
 
     Ctrl-C (SIGINT) stops the run at once and raises :class:`TrainInterrupted` (exit status 130 in the
     CLI), whose message says the step reached, the last complete checkpoint and how to continue:
@@ -96,6 +99,9 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
 
     work_dir = Path(work_dir).resolve()
     cfg = resolve_paths(cfg, work_dir)
+    if max_pixels is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_pixels=max_pixels))
+        check(cfg)
     if not resume and (found := C.list_checkpoints(work_dir)):  # a rerun that forgot --resume
         raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
                           "over there would write over its checkpoints and logs: add --resume to continue it, or "
@@ -207,7 +213,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     check_source_names(text.source_probs, {s for f in files for s in f.sources})
     mean = tuple(getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406))
     std = tuple(getattr(processor, "image_std", None) or (0.229, 0.224, 0.225))
-    dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std)
+    dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std,
+                           max_pixels=cfg.data.max_pixels)
     sampler = EpochBatches(dataset, cfg.train.batch_size, world, rank)
     loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
@@ -235,7 +242,10 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     if resume:
         log.drop_after(progress.step)  # the steps after the checkpoint are done again
     eval_queries = _eval_queries(cfg) if main else None
-    best = _read_best(work_dir)
+    if main:  # a best/ from the steps after the checkpoint is not part of this run's history
+        B.restore(work_dir, progress.step, log.info)
+    accelerator.wait_for_everyone()
+    best = B.read(work_dir / B.BEST)
     if main:
         (work_dir / "config.yaml").write_text(dump_yaml(cfg))
         log.info(f"reallod train: {world} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
@@ -258,6 +268,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
 
     result = TrainResult(work_dir, progress.step, progress.epoch, ckpt, best, main_process=main)
     step, epoch, start_batch = progress.step, progress.epoch, progress.batch_in_epoch
+    checkpoint_step = step  # of the latest checkpoint of this run's history (0: none)
     live.step = step
     max_steps = cfg.schedule.max_steps
     stop = max_steps is not None and step >= max_steps
@@ -265,7 +276,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     if ckpt is not None and cfg.eval.file and _eval_due(cfg, step, progress, start_batch == 0, stop):
         # The checkpoint is written before its evaluation, which an interrupt may have cut short: do it now.
         result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg, eval_queries, step,
-                                                  progress, work_dir, result, log, missing_only=True)
+                                                  progress, work_dir, result, log, checkpoint_step, missing_only=True)
 
     while epoch < cfg.schedule.epochs and not stop:
         sampler.set_epoch(epoch, start_batch)
@@ -316,9 +327,13 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                     pos.reason, pos.processes, pos.batch_size = reason, world, cfg.train.batch_size * accum
                     result.last_checkpoint = save_checkpoint(accelerator, model, tokenizer, processor, optimizer,
                                                              scheduler, cfg, work_dir, pos)
+                    checkpoint_step = step
+                    if main:
+                        B.checkpoint_written(work_dir)
                 if _eval_due(cfg, step, pos, epoch_end, stop) and cfg.eval.file:
                     result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg,
-                                                              eval_queries, step, pos, work_dir, result, log)
+                                                              eval_queries, step, pos, work_dir, result, log,
+                                                              checkpoint_step)
                 if stop:
                     break
             tic = time.perf_counter()
@@ -481,7 +496,7 @@ def _eval_queries(cfg: TrainConfig) -> list | None:
     from reallod.train.evaluate import check_images, eval_queries, load_eval_records
 
     records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images)
-    check_images(records)  # now, not at the first evaluation an epoch later
+    check_images(records, cfg.data.max_pixels)  # now, not at the first evaluation an epoch later
     queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
     if not queries:
         raise ConfigError(f"{cfg.eval.file}: no evaluation queries (no positive expressions in sources "
@@ -489,20 +504,13 @@ def _eval_queries(cfg: TrainConfig) -> list | None:
     return queries
 
 
-def _read_best(work_dir: Path) -> dict[str, Any] | None:
-    path = work_dir / "best" / "best.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
 def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
               step: int, pos: C.Progress, work_dir: Path, result: TrainResult, log: MetricsLog,
-              missing_only: bool = False) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves.
-    ``best/`` is settled before the ``eval.csv`` row is written, so a row means this step is done
-    (``missing_only``: skip a step that has one)."""
+              checkpoint_step: int, missing_only: bool = False) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves
+    (:func:`reallod.train.best.save`; ``checkpoint_step``: the latest checkpoint's). ``best/`` is settled
+    before the ``eval.csv`` row is written, so a row means this step is done (``missing_only``: skip a
+    step that has one)."""
     metrics, best = None, result.best
     if accelerator.is_main_process and not (missing_only and step in log.steps("eval")):
         from reallod.model.hf_folder import save_tokenizer
@@ -515,7 +523,8 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
         try:
             dtype = next(net.parameters()).dtype
             detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
-            metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size))
+            metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size,
+                                                        max_pixels=cfg.data.max_pixels))
         finally:
             net.train()
         value = metrics[cfg.eval.metric]
@@ -523,13 +532,13 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
         improved = not math.isnan(value) and (best is None or value > best["value"])
         if improved:
             best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
-            new = work_dir / "best.new"
-            shutil.rmtree(new, ignore_errors=True)
-            net.save_pretrained(str(new))
-            save_tokenizer(tokenizer, new)
-            processor.save_pretrained(str(new))
-            (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
-            C.replace_folder(new, work_dir / "best")
+
+            def write(folder: Path) -> None:
+                net.save_pretrained(str(folder))
+                save_tokenizer(tokenizer, folder)
+                processor.save_pretrained(str(folder))
+
+            B.save(work_dir, best, write, checkpoint_step)
         log.scalars(step, row, table="eval")
         if improved:
             log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")

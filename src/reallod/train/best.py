@@ -1,0 +1,90 @@
+"""``best/``: the model that scored highest in the run's periodic evaluation, with ``best.json`` (metric,
+value, step, epoch, all metrics), kept the best of the evaluations of the steps the run has done.
+
+A resumed run does the steps after its checkpoint again (their ``log.csv``/``eval.csv`` rows are dropped),
+so a ``best/`` written at one of those steps is a state the resumed run may never reach again: ``best.json``
+would name a step whose evaluation ``eval.csv`` no longer has, or has with another score once redone (a
+changed config, another process count, a nondeterministic GPU), and the resumed run would compare its
+scores with it. At start, such a ``best/`` is moved to ``best.dropped/`` and the best as of the starting
+step takes its place. That one is kept for the purpose: a best that a newer one replaces while no
+checkpoint covers the newer one yet stays as ``best.checkpointed/`` until the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reallod.train import checkpoint as C
+
+BEST = "best"
+CHECKPOINTED = "best.checkpointed"  # the best as of the latest checkpoint, while best/ is from a later step
+DROPPED = "best.dropped"  # a best/ from the steps a resumed run does again
+OLD = "best.old"  # what a kill between C.replace_folder's two renames leaves of the replaced best/
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    """A folder's ``best.json``; None when there is none or it is not one (a damaged best/ is replaced)."""
+    try:
+        best = json.loads((folder / "best.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(best, dict) and isinstance(best.get("step"), int) and isinstance(best.get("value"), int | float)
+    return best if ok else None
+
+
+def save(work_dir: Path, best: dict[str, Any], write: Callable[[Path], None], checkpoint_step: int) -> None:
+    """Make ``best`` (its model written into a folder by ``write``) ``best/``. When it is from a step after
+    the latest checkpoint's (``checkpoint_step``), the best/ it replaces, if it is the best as of that
+    checkpoint, becomes ``best.checkpointed/``: a resume from the checkpoint gets it back."""
+    new = work_dir / "best.new"
+    shutil.rmtree(new, ignore_errors=True)
+    write(new)
+    (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    current = read(work_dir / BEST)
+    if best["step"] > checkpoint_step and current is not None and current["step"] <= checkpoint_step:
+        shutil.rmtree(work_dir / CHECKPOINTED, ignore_errors=True)
+        (work_dir / BEST).rename(work_dir / CHECKPOINTED)
+    C.replace_folder(new, work_dir / BEST)
+    if best["step"] <= checkpoint_step:
+        shutil.rmtree(work_dir / CHECKPOINTED, ignore_errors=True)
+
+
+def checkpoint_written(work_dir: Path) -> None:
+    """A checkpoint of the current step covers best/: ``best.checkpointed/`` is no longer needed."""
+    shutil.rmtree(work_dir / CHECKPOINTED, ignore_errors=True)
+
+
+def restore(work_dir: Path, step: int, info: Callable[[str], None]) -> dict[str, Any] | None:
+    """Make ``best/`` the best as of ``step``, where this run starts, and return its ``best.json``: the
+    highest score (the earliest step of equal ones, as the run keeps them) of ``best/``,
+    ``best.checkpointed/`` and ``best.old/`` from a step up to ``step``. A ``best/`` that is not that one
+    (one from a later step) is moved to ``best.dropped/``; the others are deleted."""
+    found = {name: b for name in (BEST, CHECKPOINTED, OLD) if (b := read(work_dir / name)) is not None}
+    candidates = [name for name, b in found.items() if b["step"] <= step]
+    pick = max(candidates, key=lambda name: (found[name]["value"], -found[name]["step"]), default=None)
+    current = found.get(BEST)
+    if pick != BEST and (work_dir / BEST).exists() and (current is not None or pick is not None):
+        shutil.rmtree(work_dir / DROPPED, ignore_errors=True)
+        (work_dir / BEST).rename(work_dir / DROPPED)
+        if current is None:
+            why = "has no readable best.json"
+        elif current["step"] > step:
+            why = (f"held step {current['step']} ({_score(current)}), after step {step} where this run starts "
+                   "(those steps are done again)")
+        else:
+            why = f"held step {current['step']} ({_score(current)}), below step {found[pick]['step']}'s"
+        info(f"best/ {why}: moved to {work_dir / DROPPED}")
+    if pick is not None and pick != BEST:
+        (work_dir / pick).rename(work_dir / BEST)
+        info(f"best/ is the best up to step {step} again: step {found[pick]['step']} ({_score(found[pick])})")
+    for name in (CHECKPOINTED, OLD):
+        shutil.rmtree(work_dir / name, ignore_errors=True)
+    return found[pick] if pick is not None else None
+
+
+def _score(best: dict[str, Any]) -> str:
+    return f"{best.get('metric', 'metric')} {best['value']:.4f}"

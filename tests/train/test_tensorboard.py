@@ -1,0 +1,68 @@
+"""TensorBoard on resume: the steps after the checkpoint are done again, and TensorBoard shows each step
+once, with the resumed run's value (``MetricsLog.drop_after`` opens the writer with ``purge_step``).
+
+Needs the ``tensorboard`` package (not a dependency of the project, nor of its dev extra): skipped without it.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from reallod.train import loop
+from reallod.train.loop import TrainInterrupted, train
+
+from .helpers import tiny_config
+
+pytest.importorskip("tensorboard")
+
+OPTS = ["log.tensorboard=true", "eval.every_steps=1", "eval.every_epochs=0", "checkpoint.every_steps=2"]
+
+
+def _quiet(s: str) -> None:
+    pass
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar, as TensorBoard shows them (its own reader, purging as it does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_resumed_run_shows_each_step_once_with_its_own_values(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    calls = []
+    real = loop.training_loss
+
+    def ctrl_c_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "training_loss", ctrl_c_at_step_4)
+        with pytest.raises(TrainInterrupted, match="checkpoint at step 2"):  # steps 1-3 logged and evaluated
+            train(tiny_config(tmp_path / "shapes", OPTS), run, echo=_quiet)
+    before = _scalars(run / "tensorboard")
+    assert [s for s, _ in before["train/loss"]] == [1, 2, 3]
+    # another learning rate: the redone step 3 logs another one than the killed run's
+    train(tiny_config(tmp_path / "shapes", [*OPTS, "schedule.max_steps=4", "optim.lr=3e-3"]), run, resume=True,
+          echo=_quiet)
+    shown = _scalars(run / "tensorboard")
+    for table, csv_name in (("train", "log.csv"), ("eval", "eval.csv")):
+        with open(run / csv_name, newline="") as f:
+            rows = {int(r["step"]): r for r in csv.DictReader(f)}
+        assert list(rows) == [1, 2, 3, 4]
+        tags = [t for t in shown if t.startswith(f"{table}/")]
+        assert f"{table}/loss" in tags or table == "eval"
+        for tag in tags:
+            assert [s for s, _ in shown[tag]] == [1, 2, 3, 4], tag  # each step once
+            column = tag.split("/", 1)[1]
+            for step, value in shown[tag]:
+                assert value == pytest.approx(float(rows[step][column]), rel=1e-3, abs=1e-6), (tag, step)
+    assert shown["train/lr"][2][1] == pytest.approx(3 * before["train/lr"][2][1])  # step 3 is the resumed run's
