@@ -1,4 +1,5 @@
-"""`reallod data show`: where the PNGs go, and text beyond ASCII drawn as letters, not boxes."""
+"""`reallod data show`: where the PNGs go, and text beyond ASCII drawn as letters, not boxes (from another
+installed font where the label font lacks them)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,29 @@ def test_letters_no_font_has_never_stop_the_drawing(monkeypatch):
     assert _pixels("一只狗 🐕").shape[1] >= 160  # a TrueType font without them: boxes
     monkeypatch.setattr("reallod.data.show.label_font", lambda size: ImageFont.load_default_imagefont())
     assert _pixels("一只狗 café").shape[1] >= 160  # Pillow's bitmap font (no FreeType) raised UnicodeEncodeError
+
+
+def test_letters_the_label_font_lacks_come_from_a_font_that_has_them(monkeypatch):
+    """Liberation Sans as the label font lacks the snowman (U+2603) that DejaVu Sans has, as a Latin font
+    lacks Chinese (this machine may have no CJK font): the label on the box and the panel take it from DejaVu."""
+    from reallod.data import show
+
+    try:
+        dejavu, liberation = (str(ImageFont.truetype(n, 10).path) for n in ("DejaVuSans.ttf",
+                                                                            "LiberationSans-Regular.ttf"))
+    except OSError:
+        pytest.skip("DejaVu Sans or Liberation Sans is not installed here")
+    caches = [getattr(show, name) for name in ("label_font", "_fallback", "_sized") if hasattr(show, name)]
+    for cached in caches:
+        cached.cache_clear()
+    monkeypatch.setattr(show, "_font_file", lambda: liberation)
+    try:
+        snowman = _pixels("a ☃ snowman")
+        assert not np.array_equal(snowman, _pixels(f"a {NOT_A_GLYPH} snowman"))  # before: a box for both
+        assert show.font_for("+ a ☃ snowman", 17).path == dejavu
+    finally:
+        for cached in caches:
+            cached.cache_clear()
 
 
 def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):

@@ -148,3 +148,93 @@ def test_find_images_passes_over_detect_output_folders(tmp_path, photo):
     (d / JOURNAL_NAME).write_text("")  # the input folder was an --out-dir: its vis and preds are outputs
     assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg"]
     assert find_images(d, skip=[d / "keep" / "vis"])[1] == ["a.jpg"]
+
+
+def _outputs(out):
+    return {k: v for k, v in _digests(out).items() if not k.startswith("detect.journal")}
+
+
+def test_other_settings_over_other_images_are_refused_before_loading(capsys, five_images, tiny_model_dir, tmp_path,
+                                                                     calls, monkeypatch):
+    """The earlier run's files of the images this run does not detect would stay beside this run's: refused
+    (another --out-dir, or --discard-earlier), never a folder of two settings' results without a word."""
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    before = _digests(out)
+    with monkeypatch.context() as m:
+        m.setattr("reallod.model.loading.load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+        for images, texts, extra, changed in [
+            (five_images / "p1.jpg", "a helmet", [], "--texts"),  # a few images of the folder, other texts
+            (five_images, "an astronaut", ["--no-save-vis"], "--no-save-vis"),  # the pictures would stay
+        ]:
+            code, _, err = run_cli([*_args(images, tiny_model_dir, out, texts), *extra], capsys)
+            assert code == 2 and f"--out-dir {out}: " in err and f"other settings (changed: {changed})" in err, err
+            assert "give another --out-dir, or pass --discard-earlier" in err, err
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other_model")  # another MODEL: known once it is loaded
+    calls[:] = []
+    code, _, err = run_cli(_args(five_images / "p1.jpg", other, out), capsys)
+    assert code == 2 and "other settings (changed: MODEL)" in err and calls == [], err
+    assert _digests(out) == before
+
+    (out / "preds" / "mine.txt").write_text("the user's own file")
+    (out / "preds" / "p2.json").write_text("{}")  # edited since: no longer the run's
+    code, _, err = run_cli([*_args(five_images / "p1.jpg", tiny_model_dir, out, "a helmet"), "--discard-earlier"],
+                           capsys)
+    assert code == 0 and "deleted 7 files a run with other settings wrote there" in err, err
+    assert sorted(_outputs(out)) == ["preds/mine.txt", "preds/p1.json", "preds/p2.json", "vis/p1.jpg"]
+
+
+def test_a_killed_run_with_other_settings_leaves_no_file_unaccounted_for(capsys, five_images, tiny_model_dir,
+                                                                         tmp_path, calls):
+    """Settings B over the whole folder, killed part-way, leaves settings A's files of the images it did not
+    reach: a run over one image then must still find them (its journal sets A's entries aside)."""
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    calls[:], calls.stop_at = [], 3
+    assert run_cli(_args(five_images, tiny_model_dir, out, "a helmet"), capsys)[0] == 130
+    calls.stop_at = None
+    code, _, err = run_cli(_args(five_images / "p0.jpg", tiny_model_dir, out, "a helmet"), capsys)
+    assert code == 2 and "6 files there" in err and "(changed: --texts)" in err, err  # p2, p3 and sub/p4's
+    assert run_cli(_args(five_images, tiny_model_dir, out, "a helmet"), capsys)[0] == 0  # finished: all B
+    code, stdout, err = run_cli(_args(five_images / "p0.jpg", tiny_model_dir, out, "a helmet"), capsys)
+    assert code == 0 and "1 images (1 done by an earlier run)" in stdout, err
+    assert sorted(p.name for p in out.glob("detect.journal*")) == [JOURNAL_NAME]  # the set-aside one is gone
+
+
+def test_links_inside_the_outputs_never_lead_the_writes_into_the_input(capsys, five_images, tiny_model_dir, tmp_path,
+                                                                       no_loading):
+    """A link at an output file's name is replaced (the file is written aside and renamed over it); a link
+    to a folder inside the input, on the way to the outputs, is refused before the model is loaded."""
+    out = tmp_path / "out"
+    (out / "vis").mkdir(parents=True)
+    (out / "vis" / "sub").symlink_to(five_images / "sub", target_is_directory=True)  # vis/sub/p4.png: the input
+    before = _digests(five_images)
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 2 and f"{out / 'vis' / 'sub'} is a symbolic link into the input {five_images}" in err, err
+    assert "remove the link" in err and _digests(five_images) == before
+
+
+def test_a_link_at_an_output_files_name_is_replaced_not_written_through(capsys, five_images, tiny_model_dir,
+                                                                        tmp_path):
+    out = tmp_path / "out"
+    for sub, name, target in [("vis", "p2.jpg", "p2.jpg"), ("preds", "p3.json", "p0.jpg")]:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / name).symlink_to(five_images / target)
+    before = _digests(five_images)
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    assert _digests(five_images) == before
+    assert not (out / "vis" / "p2.jpg").is_symlink() and not (out / "preds" / "p3.json").is_symlink()
+    assert (out / "preds" / "p3.json").read_bytes().startswith(b"{")
+
+
+def test_run_detect_refuses_a_link_into_the_input_too(five_images, tiny_detector, tmp_path):
+    from reallod.errors import ConfigError
+    from reallod.model.detect import DetectOptions, run_detect
+
+    out = tmp_path / "out"
+    (out / "preds").mkdir(parents=True)
+    (out / "preds" / "sub").symlink_to(five_images / "sub", target_is_directory=True)
+    with pytest.raises(ConfigError, match="is a symbolic link into the input"):
+        run_detect(five_images, tiny_detector, ["a dog"], options=DetectOptions(out_dir=out, save_vis=False),
+                   progress=False)
+    assert sorted(p.name for p in (five_images / "sub").iterdir()) == ["p4.png"]

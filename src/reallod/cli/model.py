@@ -30,7 +30,8 @@ def detect_cmd(
         "an MMDetection MM-Grounding-DINO / Real-Model .pth (converted on the fly).")] = None,
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", help="Writes OUT/preds/*.json and OUT/vis/*; a rerun with the same settings skips the images "
-        "done there.")] = Path("outputs"),
+        "done there. Files of a run with other settings that this run does not write again are refused (see "
+        "--discard-earlier).")] = Path("outputs"),
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or cuda:N \\[default: cuda if available; cuda:LOCAL_RANK per process under "
         "torchrun / accelerate launch].", show_default=False)] = None,
@@ -63,6 +64,10 @@ def detect_cmd(
     no_save_vis: Annotated[bool, typer.Option("--no-save-vis", help="Do not write pictures.")] = False,
     no_save_pred: Annotated[bool, typer.Option("--no-save-pred", help="Do not write JSON predictions.")] = False,
     print_result: Annotated[bool, typer.Option("--print-result", help="Print each image's JSON on stdout.")] = False,
+    discard_earlier: Annotated[bool, typer.Option(
+        "--discard-earlier", help="Delete the files a run with other settings wrote in --out-dir that this run does "
+        "not write again (only those its journal lists, unchanged since), instead of refusing to mix them with "
+        "this run's.")] = False,
 ) -> None:
     """Detect the given expressions in images: one JSON (boxes xyxy, scores, expression per box) and one
     labelled picture per image.
@@ -72,7 +77,16 @@ def detect_cmd(
     from reallod.model.hf_folder import check_local_folder
 
     check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
-    from reallod.model.detect import DetectOptions, check_outputs, run_detect
+    from reallod.model.detect import (
+        DetectOptions,
+        check_earlier,
+        check_links,
+        check_outputs,
+        find_images,
+        job_settings,
+        output_skips,
+        run_detect,
+    )
     from reallod.model.draw import PALETTES
     from reallod.model.inference import InferenceOptions
     from reallod.model.loading import load_detector
@@ -90,13 +104,19 @@ def detect_cmd(
                                  score_over=score_over)  # type: ignore[arg-type]
     options = DetectOptions(out_dir=out_dir, score_thr=pred_score_thr, save_vis=not no_save_vis,
                             save_pred=not no_save_pred, show=show, print_result=print_result, palette=palette,
-                            max_pixels=max_pixels)
-    check_outputs(inputs, options)  # before the model is loaded: outputs that would replace the images
+                            max_pixels=max_pixels, discard_earlier=discard_earlier)
+    # before the model is loaded: outputs that would replace the images, or mix with another run's
+    check_outputs(inputs, options)
+    images = find_images(inputs, skip=output_skips(options))
+    check_links(*images, options)
+    if (options.save_pred or options.save_vis) and not discard_earlier:  # the model's own settings: once loaded
+        check_earlier(options.out_dir, images[1], options, job_settings(expressions, inference, options), partial=True)
     place = launch_place()  # one of several processes under torchrun / accelerate launch: its share of the images
     quiet_transformers()
     detector = load_detector(model, weights=weights, device=process_device(device, place.local_rank, place.world_size),
                              dtype=dtype, max_text_len=max_text_len, tokenizer=tokenizer, image_size=size)
-    summary = run_detect(inputs, detector, expressions, options=options, inference=inference, place=place)
+    summary = run_detect(inputs, detector, expressions, options=options, inference=inference, place=place,
+                         images=images)
     written = [f"{summary.preds} JSON in {out_dir / 'preds'}" if options.save_pred else "",
                f"{summary.pictures} pictures in {out_dir / 'vis'}" if options.save_vis else ""]
     resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""

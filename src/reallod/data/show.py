@@ -12,6 +12,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import subprocess
+import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -78,11 +82,112 @@ def _font_file() -> str | None:
 def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """A font of ``size`` pixels for labels (here and in ``reallod detect``'s pictures): a system TrueType
     font that has non-ASCII letters, else Pillow's own (ASCII only), else, without FreeType, its bitmap
-    font. A character the font lacks (CJK without a CJK font) is drawn as a box, never an error."""
+    font. For text it lacks letters of (Chinese), :func:`font_for` finds another installed font."""
     if not features.check("freetype2"):
         return ImageFont.load_default()
     path = _font_file()
     return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+
+
+FontKey = tuple[str, int]  # a font file and the index of the face in it (a .ttc holds several)
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/Library/Fonts",
+             "/System/Library/Fonts", "~/Library/Fonts", os.path.join(os.environ.get("WINDIR", r"C:\Windows"), "Fonts"))
+# Where there is no fontconfig: font files whose names promise many scripts are tried first, and at most
+# MAX_SCANNED fonts in all (each is opened when a label first lacks a letter).
+_WIDE_NAMES = ("cjk", "han", "unicode", "fallback", "yahei", "msyh", "simsun", "simhei", "pingfang", "hiragino",
+               "heiti", "meiryo", "malgun", "gothic", "wqy", "droid", "noto")
+MAX_SCANNED = 120
+_PROBE_SIZE = 24
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})  # spaces and controls: every font "has" them
+_warned: list[str] = []  # the letters no font had, once a warning said so (one per process)
+
+
+@lru_cache(maxsize=1)
+def _fallback_fonts() -> tuple[FontKey, ...]:
+    """Installed fonts to take the letters the label font lacks from, best first: fontconfig's fallback list
+    for sans-serif (``fc-match -s``: each font adds letters the ones before lack, a CJK font where one is
+    installed), else the font files of the usual folders. Looked for once, when a label first needs it."""
+    fc = shutil.which("fc-match")
+    if fc:
+        try:
+            listed = subprocess.run([fc, "-s", "-f", "%{file}\t%{index}\n", "sans-serif"], capture_output=True,
+                                    text=True, timeout=10, check=False).stdout
+            found = {}
+            for line in listed.splitlines():
+                file, _, index = line.partition("\t")
+                if file:  # a variable font's named instances share the face's letters
+                    found[(file, int(index or 0) & 0xFFFF)] = None
+            if found:
+                return tuple(found)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    files = []
+    for folder in FONT_DIRS:
+        for where, _, names in os.walk(os.path.expanduser(folder)):
+            files += [os.path.join(where, n) for n in names if n.lower().endswith((".ttf", ".otf", ".ttc"))]
+    files.sort(key=lambda f: (not any(w in os.path.basename(f).lower() for w in _WIDE_NAMES), f))
+    return tuple((f, 0) for f in files[:MAX_SCANNED])
+
+
+def _drawn(font: ImageFont.FreeTypeFont, char: str) -> tuple:
+    mask, offset = font.getmask2(char)
+    return offset, mask.size, bytes(mask)
+
+
+@lru_cache(maxsize=256)
+def _probe(key: FontKey | None) -> tuple[ImageFont.FreeTypeFont, tuple] | None:
+    """The font (None: Pillow's own) at one size, and how it draws a letter it lacks; None if it cannot be
+    opened (a colour emoji font has fixed sizes)."""
+    try:
+        font = ImageFont.truetype(key[0], _PROBE_SIZE, index=key[1]) if key else ImageFont.load_default(_PROBE_SIZE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        return None
+    return font, _drawn(font, "\uffff")  # a noncharacter: no font maps it, each draws its "missing" glyph
+
+
+@lru_cache(maxsize=1 << 16)
+def _has(key: FontKey | None, char: str) -> bool:
+    """Whether the font draws ``char`` as itself, not as the box (or blank) it draws for what it lacks."""
+    if unicodedata.category(char) in _INVISIBLE:
+        return True
+    probe = _probe(key)
+    return probe is not None and _drawn(probe[0], char) != probe[1]
+
+
+@lru_cache(maxsize=4096)
+def _fallback(letters: frozenset[str]) -> FontKey | None:
+    """The first of :func:`_fallback_fonts` that has all ``letters``."""
+    return next((key for key in _fallback_fonts() if all(_has(key, c) for c in letters)), None)
+
+
+@lru_cache(maxsize=64)
+def _sized(key: FontKey, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(key[0], size, index=key[1])
+
+
+def font_for(text: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """:func:`label_font` of ``size``, or, where it lacks letters of ``text`` (Chinese, and no CJK label
+    font), an installed font that has every letter of it. Else the label font, which draws boxes for those
+    letters, and one warning a process says so. Cheap per label: what each font has is looked up once."""
+    font = label_font(size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        return font  # no FreeType: :func:`drawable` makes the text Latin-1
+    path = _font_file()
+    own = (path, 0) if path else None
+    lacks = [c for c in dict.fromkeys(text) if not _has(own, c)]
+    if not lacks:
+        return font
+    other = _fallback(frozenset(text))
+    if other is not None:
+        return _sized(other, size)
+    if not _warned:
+        _warned.append("".join(lacks))
+        warnings.warn(f"no installed font has the letters {''.join(lacks)!r} (of {text!r}): they are drawn as "
+                      "boxes in the pictures; install a font that has them (for Chinese, Japanese or Korean: Noto "
+                      "Sans CJK, such as Debian's fonts-noto-cjk)", stacklevel=2)
+    return font
 
 
 def drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
@@ -134,11 +239,10 @@ def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float
 
 def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: float) -> None:
     draw = ImageDraw.Draw(canvas)
-    font = label_font(LABEL_SIZE)
     w, h = canvas.size
     line_w = max(2, round(min(w, h) / 300))
     pad = 4
-    label_h = font.getbbox("Ag")[3] + 2 * pad
+    label_h = label_font(LABEL_SIZE).getbbox("Ag")[3] + 2 * pad
     placed: list[tuple[float, float, float, float]] = []
     for idx, (_, pair) in enumerate(pairs, 1):  # every box first, so no box line crosses a label
         for box in pair.bboxes:
@@ -147,9 +251,11 @@ def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: f
         colour = PALETTE[(idx - 1) % len(PALETTE)]
         for b, box in enumerate(pair.bboxes):
             x1, y1 = box[0] * scale, box[1] * scale
-            text = str(idx)
+            text, font = str(idx), label_font(LABEL_SIZE)
             if b == 0 and pair.positive_expressions:
-                text = _fit(f"{idx}: {pair.positive_expressions[0]}", font, min(w * 0.6, 520) - 2 * pad)
+                text = f"{idx}: {pair.positive_expressions[0]}"
+                font = font_for(text, LABEL_SIZE)
+                text = _fit(text, font, min(w * 0.6, 520) - 2 * pad)
             tw = font.getlength(text) + 2 * pad
             lx = min(max(0.0, x1 - line_w / 2), max(0.0, w - tw))
             ly = y1 - label_h if y1 - label_h >= 0 else y1
@@ -166,31 +272,34 @@ def _draw_boxes(canvas: Image.Image, pairs: Sequence[tuple[str, Pair]], scale: f
 
 def _panel_lines(record: Record, pairs: Sequence[tuple[str, Pair]], width: int,
                  notes: Sequence[str]) -> list[tuple[str, str, int | None]]:
-    """(kind, text, pair index) rows of the panel; kind is title, note, pair, pos, neg or more."""
-    font = label_font(TEXT_SIZE)
-    title = label_font(TITLE_SIZE)
+    """(kind, text, pair index) rows of the panel; kind is title, note, pair, pos, neg or more. Each text is
+    measured in the font that draws it (:func:`font_for`)."""
+    def font(text: str) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        return font_for(text, TEXT_SIZE)
+
     inner = width - 2 * MARGIN
-    rows: list[tuple[str, str, int | None]] = [
-        ("title", _fit(f"{record.filename}   ({record.width} x {record.height})", title, inner), None)]
-    rows += [("note", line, None) for note in notes for line in wrap(note, font, inner)]
+    title = f"{record.filename}   ({record.width} x {record.height})"
+    rows: list[tuple[str, str, int | None]] = [("title", _fit(title, font_for(title, TITLE_SIZE), inner), None)]
+    rows += [("note", line, None) for note in notes for line in wrap(note, font(note), inner)]
     if not pairs:
         rows.append(("note", "no pair of the chosen sources", None))
     for idx, (source, pair) in enumerate(pairs, 1):
         nbox = len(pair.bboxes)
-        rows.append(("pair", _fit(f"{idx}   {source}  |  {pair.category}  |  {pair.relation}, "
-                                  f"{nbox} box{'es' if nbox != 1 else ''}", font, inner - 40), idx))
+        head = f"{idx}   {source}  |  {pair.category}  |  {pair.relation}, {nbox} box{'es' if nbox != 1 else ''}"
+        rows.append(("pair", _fit(head, font(head), inner - 40), idx))
         pos = pair.positive_expressions
         for text in pos[:MAX_POSITIVES_LISTED]:
-            for i, line in enumerate(wrap(text, font, inner - 70)):
+            for i, line in enumerate(wrap(text, font(text), inner - 70)):
                 rows.append(("pos", ("+ " if i == 0 else "   ") + line, idx))
         if len(pos) > MAX_POSITIVES_LISTED:
             rows.append(("more", f"   ... and {len(pos) - MAX_POSITIVES_LISTED} more positive expressions", idx))
         neg = pair.negative_expressions
         if neg:
-            lines = wrap(f"negatives ({len(neg)}): " + " | ".join(neg), font, inner - 40)
+            text = f"negatives ({len(neg)}): " + " | ".join(neg)
+            lines = wrap(text, font(text), inner - 40)
             if len(lines) > MAX_NEGATIVE_LINES:
-                lines = [*lines[:MAX_NEGATIVE_LINES - 1], _fit(lines[MAX_NEGATIVE_LINES - 1], font, inner - 140) +
-                         "  (cut)"]
+                last = lines[MAX_NEGATIVE_LINES - 1]
+                lines = [*lines[:MAX_NEGATIVE_LINES - 1], _fit(last, font(last), inner - 140) + "  (cut)"]
             rows += [("neg", line, idx) for line in lines]
         else:
             rows.append(("more", "negatives: none", idx))
@@ -220,7 +329,6 @@ def render_record(record: Record, image: Image.Image | None, *, sources: Sequenc
 
     width = max(shown.width, MIN_WIDTH)
     rows = _panel_lines(record, pairs, width, notes)
-    font, title = label_font(TEXT_SIZE), label_font(TITLE_SIZE)
     step = round(TEXT_SIZE * 1.45)
     heights = [round(TITLE_SIZE * 1.6) if k == "title" else step + (6 if k == "pair" else 0) for k, _, _ in rows]
     canvas = Image.new("RGB", (width, shown.height + sum(heights) + 2 * MARGIN), (255, 255, 255))
@@ -229,8 +337,9 @@ def render_record(record: Record, image: Image.Image | None, *, sources: Sequenc
     y = shown.height + MARGIN
     for (kind, text, idx), height in zip(rows, heights, strict=True):
         x = MARGIN
+        font = font_for(text, TITLE_SIZE if kind == "title" else TEXT_SIZE)
         if kind == "title":
-            draw.text((x, y), text, font=title, fill=(0, 0, 0))
+            draw.text((x, y), text, font=font, fill=(0, 0, 0))
         elif kind == "pair":
             colour = PALETTE[(idx - 1) % len(PALETTE)]
             y += 6

@@ -88,6 +88,9 @@ class DetectOptions:
     # Images decoded ahead in worker threads, and outputs written behind, while the device computes;
     # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (``prefetch.depth``).
     prefetch: int | None = None
+    # Delete the files a run with other settings wrote in ``out_dir`` that this run does not write again,
+    # instead of refusing to mix them with this run's (:func:`check_earlier`).
+    discard_earlier: bool = False
 
 
 def output_folders(options: DetectOptions) -> list[Path]:
@@ -123,6 +126,28 @@ def check_outputs(inputs: str | Path, options: DetectOptions) -> None:
                               "--out-dir (or move the images out of it)")
 
 
+def output_skips(options: DetectOptions) -> list[Path]:
+    """Folders :func:`find_images` passes over: the run's own ``OUT``, ``OUT/vis`` and ``OUT/preds``."""
+    return [options.out_dir, *(options.out_dir / sub for sub in OUTPUT_SUBFOLDERS)]
+
+
+def check_links(root: Path, names: Iterable[str], options: DetectOptions) -> None:
+    """Refuse a folder below ``OUT/vis`` or ``OUT/preds`` that is a symbolic link into the input (``OUT/vis/sub``
+    leading to ``photos/sub``): the pictures written through it would replace the images. A link at a
+    file's own name is no danger: each file is written aside and renamed over the link, never through it.
+    One look per subfolder of the input, not per image."""
+    inside = root.resolve()
+    folders = sorted({os.path.dirname(name) for name in names} - {""})
+    for base in output_folders(options):
+        real = base.resolve()
+        for folder in folders:
+            where = (base / folder).resolve()
+            if where != real / folder and (where == inside or inside in where.parents):
+                raise ConfigError(f"--out-dir {options.out_dir}: {base / folder} is a symbolic link into the input "
+                                  f"{root} (to {where}), and the outputs written through it would replace the "
+                                  "images; remove the link (or give another --out-dir)")
+
+
 @dataclass
 class DetectSummary:
     images: int = 0  # this process's (all of them, but when several processes share the folder)
@@ -140,16 +165,23 @@ def shared_stems(names: list[str]) -> set[str]:
     return {n for n in names if count[os.path.splitext(n)[0]] > 1}
 
 
-def _save_picture(image: Image.Image, path: Path, base: Path) -> Path:
-    """At ``path`` in its own format; one Pillow does not write (TIFF, GIF...) as ``base``.png."""
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        path, fmt = path.with_name(f"{base.name}.png"), "PNG"
+def output_names(name: str, options: DetectOptions, whole_name: bool = False) -> tuple[str | None, str | None]:
+    """Where an image's JSON and picture go, relative to ``OUT`` (None: not written). The picture keeps the
+    image's format; one Pillow does not write (TIFF, GIF...) is drawn as PNG. ``whole_name``: the names
+    keep the image's suffix too (:func:`shared_stems`)."""
+    stem, suffix = os.path.splitext(name)
+    base = name if whole_name else stem
+    pred = f"preds/{base}.json" if options.save_pred else None
+    vis = (f"vis/{name}" if suffix.lower() in _SAVE_FORMATS else f"vis/{base}.png") if options.save_vis else None
+    return pred, vis
+
+
+def _save_picture(image: Image.Image, path: Path) -> None:
+    fmt = _SAVE_FORMATS[path.suffix.lower()]
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    with AtomicWriter(path) as w:
+    with AtomicWriter(path) as w:  # written aside and renamed: a link at that name is replaced, not followed
         w.write(buf.getvalue())
-    return path
 
 
 def _load(path: Path, detector: Detector, max_pixels: int):
@@ -169,19 +201,19 @@ def _load(path: Path, detector: Detector, max_pixels: int):
         return None, None, e if e.path else DataError(e.message, path=str(path))
 
 
-def _write(dets: Detections, image: Image.Image, name: Path, options: DetectOptions, whole_name: bool = False
+def _write(dets: Detections, image: Image.Image, name: str, options: DetectOptions, whole_name: bool = False
            ) -> tuple[Path | None, Path | None]:
-    """One image's JSON and picture (runs in a worker thread, behind the device); ``whole_name``: the
-    outputs are named with the image's suffix too (:func:`shared_stems`)."""
+    """One image's JSON and picture (runs in a worker thread, behind the device), at :func:`output_names`."""
+    pred_name, vis_name = output_names(name, options, whole_name)
     pred = vis = None
-    base = name if whole_name else name.with_suffix("")
-    if options.save_pred:
-        pred = options.out_dir / "preds" / f"{base}.json"
+    if pred_name is not None:
+        pred = options.out_dir / pred_name
         with atomic_text(pred) as f:
             f.write(dumps(dets.to_dict()).decode())
-    if options.save_vis:
+    if vis_name is not None:
         picture = draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette)
-        vis = _save_picture(picture, options.out_dir / "vis" / name, base)
+        vis = options.out_dir / vis_name
+        _save_picture(picture, vis)
     return pred, vis
 
 
@@ -192,21 +224,30 @@ def journal_name(place: Place) -> str:
     return JOURNAL_NAME if place.world_size == 1 else f"detect.journal.rank{place.rank}.jsonl"
 
 
+def job_settings(expressions: list[str], inference: InferenceOptions, options: DetectOptions) -> dict[str, Any]:
+    """The settings of :func:`detect_settings` that are known before the model is loaded, as a journal's
+    header reads them back."""
+    run = asdict(inference)
+    run.pop("batch_size")
+    return orjson.loads(orjson.dumps({
+        "expressions": expressions, "inference": run, "save_pred": options.save_pred,
+        "max_pixels": options.max_pixels,
+        "drawing": [options.score_thr, options.palette] if options.save_vis else None}))
+
+
 def detect_settings(detector: Detector, expressions: list[str], inference: InferenceOptions,
                     options: DetectOptions) -> dict[str, Any]:
     """What the files written depend on: an earlier run's files are kept only if these are the same.
     Not the batch size, the device or the number of processes: a resume may change them; nor the input,
     which each journal entry names (a run over one image of the folder keeps the folder's work). Local
     paths count resolved, however they were typed."""
-    run = asdict(inference)
-    run.pop("batch_size")
-    return {"model": as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
-            "weights": [[as_found(str(f)), *rest] for f, *rest in detector.stamp],
-            "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
-            "tokenizer": as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
-            "image_size": dict(getattr(detector.image_processor, "size", None) or {}), "expressions": expressions,
-            "inference": run, "save_pred": options.save_pred, "max_pixels": options.max_pixels,
-            "drawing": [options.score_thr, options.palette] if options.save_vis else None}
+    return orjson.loads(orjson.dumps({
+        "model": as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
+        "weights": [[as_found(str(f)), *rest] for f, *rest in detector.stamp],
+        "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
+        "tokenizer": as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
+        "image_size": dict(getattr(detector.image_processor, "size", None) or {}),
+        **job_settings(expressions, inference, options)}))
 
 
 _OPTION_OF = {"model": "MODEL", "weights": "--weights (or MODEL's weight files, rewritten since)",
@@ -277,6 +318,132 @@ def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
     return files[0], files[1]
 
 
+def earlier_journal_name(place: Place) -> str:
+    """Where this process keeps the entries of its journal that a run with other settings wrote
+    (``detect.journal.earlier.jsonl``; :func:`_set_aside`)."""
+    return journal_name(place).removesuffix(".jsonl") + ".earlier.jsonl"
+
+
+def _still_written(entry: Any, out_dir: Path) -> list[str]:
+    """The entry's files (relative to ``OUT``, in ``preds/`` or ``vis/``) that are still there as written:
+    same size and modification time, and not since replaced by a link."""
+    found = []
+    for key in ("pred", "vis"):
+        written = entry.get(key) if isinstance(entry, dict) else None
+        if not (isinstance(written, list) and len(written) == 3 and isinstance(written[0], str)):
+            continue
+        parts = Path(written[0]).parts
+        if not parts or parts[0] not in OUTPUT_SUBFOLDERS or ".." in parts:
+            continue  # not a file a run writes
+        try:
+            st = os.lstat(out_dir / written[0])
+        except OSError:
+            continue
+        if [st.st_size, st.st_mtime_ns] == written[1:]:
+            found.append(written[0])
+    return found
+
+
+def _differs(old: Any, settings: dict[str, Any], partial: bool) -> bool:
+    """Whether a journal's settings are not these; ``partial``: of these keys alone (a set-aside journal's
+    never are)."""
+    if not partial or not isinstance(old, dict):
+        return old != settings
+    return any(old.get(k) != v for k, v in settings.items())
+
+
+def _in_place(out_dir: Path, rel: str, seen: dict[str, bool]) -> bool:
+    """No symbolic link to a folder on the way from ``OUT/preds`` (or ``OUT/vis``) to the file: deleting
+    it cannot reach outside them (looked at once per folder)."""
+    folder = os.path.dirname(rel)
+    if folder not in seen:
+        sub, *below = Path(folder).parts
+        seen[folder] = (out_dir / folder).resolve() == (out_dir / sub).resolve().joinpath(*below)
+    return seen[folder]
+
+
+def check_earlier(out_dir: Path, names: list[str], options: DetectOptions, settings: dict[str, Any], *,
+                  partial: bool = False, discard: bool = False, own_earlier: Path | None = None) -> int:
+    """Refuse to mix two settings' results in one ``OUT``: the files that runs with other settings wrote
+    there (as their journals list them, still as written) and this run does not write again (it is over
+    other images, or writes no pictures) make a ``ConfigError`` naming them, before any image is detected.
+    The files this run writes again are no mix: it replaces them. ``discard`` deletes those files instead
+    (none but the ones a journal lists, unchanged since; nothing the user put there) and returns how many.
+    ``partial``: ``settings`` holds only the settings known before the model is loaded
+    (:func:`job_settings`). ``names``: every image of the run, all processes' (each writes its own share).
+    A journal of this process that lists none of its files any more (``own_earlier``) is removed."""
+    journals = []
+    for path in sorted(out_dir.glob("detect.journal*.jsonl")):
+        try:
+            old = read_header(path).get("fingerprint")
+        except (OSError, ReallodError):
+            continue
+        if _differs(old, settings, partial):
+            journals.append((path, old.get("earlier", old) if isinstance(old, dict) else old))
+    if not journals:
+        return 0
+    shared = shared_stems(names)
+    planned = {os.path.normpath(f) for name in names for f in output_names(name, options, name in shared) if f}
+    seen: set[str] = set()
+    first: tuple[str, Any] | None = None  # of the files left, and how many
+    left = removed = 0
+    folders: dict[str, bool] = {}
+    for path, old in journals:
+        listed = False
+        try:
+            for _, entry in iter_journal(path):
+                for rel in _still_written(entry, out_dir):
+                    listed = True
+                    key = os.path.normpath(rel)
+                    if key in planned or key in seen:
+                        continue
+                    seen.add(key)
+                    if discard and _in_place(out_dir, rel, folders):
+                        (out_dir / rel).unlink(missing_ok=True)
+                        removed += 1
+                        continue
+                    left += 1
+                    first = first or (rel, old)
+        except (OSError, ReallodError):  # gone, or being rewritten by its process
+            continue
+        if not listed and path == own_earlier:
+            path.unlink(missing_ok=True)
+    if first is not None:
+        rel, old = first
+        files = f"{left} files there ({rel}{', ...' if left > 1 else ''})"
+        if discard:
+            raise ConfigError(f"--out-dir {out_dir}: {files}, written by a run with other settings, lie behind a "
+                              "symbolic link to a folder, so --discard-earlier does not delete them; delete them "
+                              "yourself (or give another --out-dir)")
+        before = {k: old.get(k) for k in settings} if partial and isinstance(old, dict) else old
+        raise ConfigError(
+            f"--out-dir {out_dir}: {files} were written by a run with other settings (changed: "
+            f"{', '.join(changed_settings(before, settings))}) and this run does not write them again, so the "
+            "folder would mix the two runs' results; give another --out-dir, or pass --discard-earlier to delete "
+            "those files (only files a run wrote, unchanged since)")
+    return removed
+
+
+def _set_aside(journal: Path, aside: Path, settings: Any, out_dir: Path) -> None:
+    """The entries of this process's journal, written with other ``settings``, whose files are still there
+    as written, kept in ``aside`` with those set aside before: until this run has written them again (a
+    run killed part-way), :func:`check_earlier` still knows them for another settings' files. Removed
+    when none is left."""
+    def entries() -> Iterator[tuple[str, Any]]:
+        for path in (journal, aside):
+            try:
+                for _, entry in iter_journal(path):
+                    if files := _still_written(entry, out_dir):
+                        yield files[0], entry
+            except (OSError, ReallodError):
+                continue
+
+    kept = Journal.rewrite(aside, {"earlier": settings}, entries(), keep=lambda entry: None)
+    kept.close()
+    if not kept.done:
+        aside.unlink(missing_ok=True)
+
+
 def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str, str], summary: DetectSummary
           ) -> Iterator[tuple[str, dict[str, Any]]]:
     """The journal entries of this process's images (of the input folder ``root``) that a run with these
@@ -305,7 +472,8 @@ def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: s
     process's (a run resumed on another number of processes loses none), of another input, or of
     images of the folder left out of this run (``reallod detect photos/one.jpg`` keeps the folder's
     work); whichever run uses them checks their files first. Says which settings changed when the one
-    there was written with others. What it keeps leaves ``pending``."""
+    there was written with others, and sets its entries aside (:func:`_set_aside`). What it keeps leaves
+    ``pending``."""
     path = out_dir / journal_name(place)
     carried: Iterable[tuple[str, Any]] = ()
     try:
@@ -313,6 +481,7 @@ def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: s
         if old != settings:
             say(f"{out_dir}: written by a run with other settings (changed: {', '.join(changed_settings(old, settings))}"
                 "); every image is detected again")
+            _set_aside(path, out_dir / earlier_journal_name(place), old, out_dir)
         else:  # read while the new journal is written aside: the old one stays whole until the rename
             carried = ((name, entry) for name, entry in iter_journal(path) if name not in pending)
     except (OSError, ReallodError):
@@ -324,7 +493,7 @@ def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: s
 def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
                options: DetectOptions | None = None, inference: InferenceOptions | None = None,
                progress: bool = True, echo: Callable[[str], None] | None = None,
-               place: Place | None = None) -> DetectSummary:
+               place: Place | None = None, images: tuple[Path, list[str]] | None = None) -> DetectSummary:
     """Detect ``expressions`` in every image of ``inputs``; write one JSON and one picture per image.
 
     With ``options.prefetch`` (the default on CUDA) the device does not wait for the host: worker
@@ -337,6 +506,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     writing into one folder. Each takes the images whose name hashes to its rank, so the split holds
     whatever order the processes list the folder in, and keeps its own journal
     (``detect.journal.rankR.jsonl``); a rerun reads them all, whatever the number of processes.
+    ``images``: what :func:`find_images` found in ``inputs`` (the CLI lists them before the model loads).
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -348,8 +518,10 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     inference = inference or InferenceOptions()
     place = place or Place()
     check_outputs(inputs, options)
-    root, names = find_images(inputs, skip=[options.out_dir, *(options.out_dir / sub for sub in OUTPUT_SUBFOLDERS)])
+    root, names = images or find_images(inputs, skip=output_skips(options))
+    check_links(root, names, options)
     shared = shared_stems(names)  # of all images, whichever process writes them
+    every = names
     if place.world_size > 1:
         names = [name for name in names if place.takes(name)]
     summary = DetectSummary(images=len(names))
@@ -358,7 +530,12 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     todo = names
     root_key = str(root.resolve())  # what journal entries name the input by
     if options.save_pred or options.save_vis:
-        settings = orjson.loads(orjson.dumps(detect_settings(detector, expressions, inference, options)))
+        settings = detect_settings(detector, expressions, inference, options)
+        removed = check_earlier(options.out_dir, every, options, settings, discard=options.discard_earlier,
+                                own_earlier=options.out_dir / earlier_journal_name(place))
+        if removed:
+            say(f"{options.out_dir}: deleted {removed} files a run with other settings wrote there (--discard-earlier)")
+        del every
         pending = {name: name for name in names}
         journal = _open_journal(options.out_dir, place, settings, root_key, pending, summary, say)
         todo = [name for name in names if name in pending]  # in input order
@@ -390,12 +567,12 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             if options.print_result:
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
-                written.append((name, writer.submit(_write, dets, image, Path(name), options, name in shared)))
+                written.append((name, writer.submit(_write, dets, image, name, options, name in shared)))
                 while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
                     done, future = written.pop(0)
                     finished(done, future.result())
             else:
-                finished(name, _write(dets, image, Path(name), options, name in shared))
+                finished(name, _write(dets, image, name, options, name in shared))
                 if options.show:
                     draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
                                     ).show(title=name)

@@ -13,7 +13,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from reallod.data.show import drawable, label_font
+from reallod.data.show import drawable, font_for
 from reallod.errors import ConfigError
 from reallod.model.detections import Detections
 
@@ -102,21 +102,23 @@ def draw_detections(image: Image.Image, detections: Detections, *, score_thr: fl
     colors = palette(palette_name, max(1, len(dets.expressions)))
     short = min(canvas.size)
     line = max(2, round(short / 250))
-    font = label_font(max(11, round(short / 40)))  # TrueType where installed: "café", not "caf□"
+    size = max(11, round(short / 40))
     pad = max(1, line // 2 + 1)
     draw = ImageDraw.Draw(canvas)
     labels = []
     taken = np.empty((len(order), 4))
     for k, i in enumerate(order):  # better scores choose label spots first
         box = tuple(float(v) for v in dets.xyxy[i])
-        text = drawable(f"{_shorten(dets.expressions[int(dets.labels[i])])} {dets.scores[i]:.2f}", font)
+        expression = _shorten(dets.expressions[int(dets.labels[i])])
+        font = font_for(expression, size)  # TrueType where installed: "café", not "caf□"; a CJK font for "杯子"
+        text = drawable(f"{expression} {dets.scores[i]:.2f}", font)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         rect = _place_label(box, (right - left + 2 * pad, bottom - top + 2 * pad), canvas.size, taken[:k])
         taken[k] = rect
-        labels.append((i, box, text, rect, left, top))
-    for i, box, _, _, _, _ in reversed(labels):  # boxes, then labels, most confident drawn last (on top)
+        labels.append((i, box, text, font, rect, left, top))
+    for i, box, *_ in reversed(labels):  # boxes, then labels, most confident drawn last (on top)
         draw.rectangle(box, outline=colors[int(dets.labels[i])], width=line)
-    for i, _, text, rect, left, top in reversed(labels):
+    for i, _, text, font, rect, left, top in reversed(labels):
         color = colors[int(dets.labels[i])]
         draw.rectangle(rect, fill=color)
         draw.text((rect[0] + pad - left, rect[1] + pad - top), text, fill=_text_color(color), font=font)
