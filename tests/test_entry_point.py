@@ -36,3 +36,22 @@ def test_ctrl_c_while_importing_ends_as_an_interrupt_without_a_traceback():
 def test_run_is_the_cli():
     p = subprocess.run([sys.executable, "-m", "reallod", "--version"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == __import__("reallod").__version__
+
+
+_WARN = """
+import warnings
+from reallod.cli import plain_warnings
+import reallod.model.token_prompt as ours
+with plain_warnings():
+    warnings.warn_explicit("expression 0 was cut to 5 tokens", UserWarning, ours.__file__, 89)
+    warnings.warn_explicit("a library's advice", FutureWarning, "/elsewhere/lib.py", 3)
+warnings.warn_explicit("after the command", UserWarning, ours.__file__, 90)
+"""
+
+
+def test_reallods_own_warnings_are_one_plain_line_and_others_keep_pythons_form():
+    p = subprocess.run([sys.executable, "-c", _WARN], capture_output=True, text=True, timeout=120)
+    lines = p.stderr.splitlines()
+    assert p.returncode == 0 and lines[0] == "warning: expression 0 was cut to 5 tokens", p.stderr
+    assert lines[1] == "/elsewhere/lib.py:3: FutureWarning: a library's advice"
+    assert any("token_prompt.py:90: UserWarning: after the command" in line for line in lines[2:])

@@ -16,7 +16,9 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     safe); 130 interrupted (Ctrl-C, or SIGTERM: see :func:`sigterm_as_ctrl_c`), with what is safe when the
     run says so."""
     try:
-        with sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c(), plain_warnings():
             app(args=argv)  # standalone: usage errors, --help and exit codes are handled by Typer
     except Interrupted as e:  # Ctrl-C in a command that says what is safe (train)
         _fail(str(e), e.exit_code)  # its message starts with "interrupted"
@@ -88,6 +90,28 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("REALLOD_DEBUG") == "1":
             raise
         _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """reallod's own warnings (an expression cut to the text limit, letters no font has) are for the
+    user: one line, ``warning: ...``, not Python's ``/path/file.py:113: UserWarning: ...`` with the
+    source line. Other packages' warnings keep Python's form."""
+    python_form = warnings.formatwarning
+
+    def form(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if str(filename).startswith(_PACKAGE):
+            return f"warning: {message}\n"
+        return python_form(message, category, filename, lineno, line)
+
+    warnings.formatwarning = form
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_form
 
 
 @contextlib.contextmanager
