@@ -105,13 +105,28 @@ def test_a_writer_removes_what_a_killed_writer_of_the_same_output_left(tmp_path)
     orphan = tmp_path / f".o.jsonl.{host}.{gone.pid}.0a1b2c3d.tmp"
     running = tmp_path / f".o.jsonl.{host}.{os.getpid()}.0a1b2c3e.tmp"  # a writer still at work
     elsewhere = tmp_path / f".o.jsonl.another-host.{gone.pid}.0a1b2c3f.tmp"  # its process is not ours to see
-    other_output = tmp_path / f".p.jsonl.{host}.{gone.pid}.0a1b2c40.tmp"
-    for f in (orphan, running, elsewhere, other_output):
+    other_output = tmp_path / f".p.jsonl.{host}.{gone.pid}.0a1b2c40.tmp"  # another file's, killed too
+    mine = tmp_path / ".notes.tmp"  # not a writer's name
+    for f in (orphan, running, elsewhere, other_output, mine):
         f.write_bytes(b"half")
     with JsonlWriter(tmp_path / "o.jsonl") as w:
         w.write_record(VARIANT)
-    assert not orphan.exists() and running.exists() and elsewhere.exists() and other_output.exists()
+    assert not orphan.exists() and not other_output.exists()
+    assert running.exists() and elsewhere.exists() and mine.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["o.jsonl"]
+
+
+def test_a_folder_is_listed_for_orphans_once_per_process_not_once_per_file(tmp_path, monkeypatch):
+    """Writing N files into one folder listed it N times: quadratic over a million detect outputs."""
+    from reallod.data import io as data_io
+
+    listed = []
+    real = os.listdir
+    monkeypatch.setattr(data_io.os, "listdir", lambda p: listed.append(p) or real(p))
+    for i in range(50):
+        with data_io.AtomicWriter(tmp_path / f"{i}.json") as w:
+            w.write(b"{}")
+    assert [str(p) for p in listed] == [str(tmp_path)] and len(list(tmp_path.iterdir())) == 50
 
 
 def test_gz_that_is_not_gzip(tmp_path):
@@ -163,3 +178,18 @@ def test_reader_names_file_line_and_field(tmp_path):
     errors: list[DataError] = []
     assert len(list(read_records(path, on_error="skip", errors=errors))) == 1
     assert errors[0].line == 3
+
+
+def test_the_flat_folder_write_benchmark_runs_and_reports_its_ratio(tmp_path, capsys):
+    """benchmarks/atomic_writes.py at a small size (a script, not part of the package)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("atomic_writes", root / "benchmarks" / "atomic_writes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--files", "200", "--json", str(tmp_path / "w.jsonl")])
+    assert out["files"] == 200 and out["speedup"] > 0 and "files into one folder" in capsys.readouterr().out
+    assert json.loads((tmp_path / "w.jsonl").read_text()) == out

@@ -13,6 +13,7 @@ import io
 import os
 import secrets
 import socket
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -34,8 +35,8 @@ def _create_beside(path: Path) -> tuple[int, Path]:
     """A new, empty temporary file next to ``path``, made with the permissions the umask gives any new
     file. (``mkstemp`` makes it 0600, and reading the umask to widen that means setting it for a moment:
     a file another thread created then would be world-writable.) Its name holds this host and process,
-    so the next writer of ``path`` can remove what a killed one left (:func:`_remove_orphans`)."""
-    _remove_orphans(path)
+    so a later writer in that folder can remove what a killed one left (:func:`_remove_orphans`)."""
+    _remove_orphans(path.parent)
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:  # O_EXCL: never an existing file, nor a link planted at that name
@@ -48,20 +49,30 @@ def _create_beside(path: Path) -> tuple[int, Path]:
 _HOST = socket.gethostname().replace("/", "_")
 
 
-def _remove_orphans(path: Path) -> None:
-    """Delete the temporary files of ``path`` that a process of this host left when it was killed
+_SWEPT: set[str] = set()  # folders this process has removed orphans from
+_SWEPT_LOCK = threading.Lock()
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the temporary files in ``folder`` that processes of this host left when they were killed
     (``kill -9``, out of memory): a rerun over a large input would otherwise leave one more each time.
-    A file is an orphan only when its process is gone; those of other hosts are left alone."""
-    prefix = f".{path.name}.{_HOST}."
+    A file is an orphan only when its process is gone; those of other hosts are left alone. Once per
+    folder and process: listing the folder for every file written made writing N files into one folder
+    (detect's ``OUT/preds`` of a million images) quadratic."""
+    key = os.path.abspath(folder)
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return
+        _SWEPT.add(key)
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        parts = name.rsplit(".", 3)  # ".NAME.HOST", pid, random hex, "tmp"
+        if len(parts) == 4 and parts[0].endswith(f".{_HOST}") and parts[1].isdigit() and not _alive(int(parts[1])):
             with contextlib.suppress(OSError):
-                os.unlink(path.parent / name)
+                os.unlink(os.path.join(folder, name))
 
 
 def _alive(pid: int) -> bool:
