@@ -1,12 +1,13 @@
 import gzip
 import os
 import zlib
+from pathlib import Path
 
 import pytest
 
 from reallod.data import Record, read_records, write_records
-from reallod.data.io import JsonlWriter, iter_lines
-from reallod.errors import DataError
+from reallod.data.io import JsonlWriter, check_writable, iter_lines, same_file
+from reallod.errors import ConfigError, DataError
 
 VARIANT = {
     "filename": "a/b.jpg", "height": 480, "width": 640, "image_id": 7,
@@ -57,12 +58,47 @@ def test_an_output_that_is_a_folder_or_under_a_file_is_named_before_anything_is_
     """Found only by the rename at the end, a folder left the whole output in a hidden temporary file
     and the error named that file."""
     (tmp_path / "adir").mkdir()
-    with pytest.raises(DataError, match=r"adir: is a folder: give the output a file name"):
+    with pytest.raises(DataError, match=r"adir: a folder, where a file is written; give a file name"):
         JsonlWriter(tmp_path / "adir")
     (tmp_path / "afile").write_text("x\n")
-    with pytest.raises(DataError, match=r"afile/out\.jsonl: cannot be written: a folder above it is a file"):
+    with pytest.raises(DataError, match=r"afile/out\.jsonl: .*afile is a file, not a folder"):
         JsonlWriter(tmp_path / "afile" / "out.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+def test_check_writable_names_the_option_or_the_path_and_what_is_in_the_way(tmp_path, monkeypatch):
+    """The one check of realign, agent-eval, eval and the writers: the other kind at the path, a file above
+    it (also one a ``..`` steps out of: the OS does not), a folder that cannot be written in."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"^--out .*adir: a folder, where a file is written; give a file name$"):
+        check_writable(tmp_path / "adir", option="--out")
+    with pytest.raises(ConfigError, match=r"^--show-dir .*afile: a file, where a folder is written; give a folder "
+                                          r"name, or remove the file$"):
+        check_writable(tmp_path / "afile", option="--show-dir", folder=True)
+    with pytest.raises(ConfigError, match=r": a file, where a folder is written; use another$"):
+        check_writable(tmp_path / "afile", option="--out", folder=True, hint="use another")
+    for below in ("afile/new/out.json", "afile/../out.json"):
+        with pytest.raises(DataError, match=rf"^{tmp_path / below}: {tmp_path / 'afile'} is a file, not a folder$"):
+            check_writable(tmp_path / below)
+    check_writable(tmp_path / "adir" / "new" / "out.json")  # folders that are not there yet are made
+    check_writable(tmp_path / "adir" / "new", folder=True)
+    check_writable(tmp_path / "adir", folder=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != tmp_path / "adir" and real_access(p, mode, **kw))
+    with pytest.raises(ConfigError, match=rf"^--out .*: cannot write in {tmp_path / 'adir'} \(permission denied\)$"):
+        check_writable(tmp_path / "adir" / "new" / "out.json", option="--out")
+    check_writable(tmp_path / "adir" / "out.json", access=False)  # a writer leaves that to the OS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] and not any((tmp_path / "adir").iterdir())
+
+
+def test_same_file_through_a_link_or_a_relative_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").write_text("x")
+    os.link(tmp_path / "a", tmp_path / "hard")
+    os.symlink(tmp_path / "a", tmp_path / "soft")
+    assert same_file("a", tmp_path / "a") and same_file(tmp_path / "hard", "a") and same_file("soft", "hard")
+    assert same_file("new", tmp_path / "new") and not same_file("a", "new") and not same_file("new", "other")
 
 
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):

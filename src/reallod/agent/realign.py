@@ -46,6 +46,7 @@ from reallod.agent.summary import RunSummary
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
+from reallod.data.io import check_writable, same_file
 from reallod.errors import ConfigError
 from reallod.llm.endpoints import Endpoints
 from reallod.runs.drive import drive
@@ -296,14 +297,9 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
 
 def check_output(path: Path, option: str) -> None:
     """Refuse, before any task runs (and is paid for), an output that could not be written at the end."""
-    path = Path(path)
-    if path.is_dir():
+    if Path(path).is_dir():  # realign's own wording of it; the rest is every command's check
         raise ConfigError(f"{option} {path} is a folder: give the path of a file")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
-            return
+    check_writable(path, option=option)
 
 
 def check_report(report: str | os.PathLike, kept: Mapping[str, Path]) -> None:
@@ -317,16 +313,6 @@ def check_report(report: str | os.PathLike, kept: Mapping[str, Path]) -> None:
             if same_file(path, other):
                 raise ConfigError(f"--report {report} would overwrite {what} ({other}) with {path}: "
                                   "give another --report")
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """The same path once resolved, or the same file under two names (a link)."""
-    if a.resolve() == Path(b).resolve():
-        return True
-    try:
-        return a.exists() and Path(b).exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,

@@ -13,6 +13,7 @@ import io
 import os
 import secrets
 import socket
+import stat
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,7 @@ import orjson
 
 from reallod.data.records import Record
 from reallod.data.schema import check_record
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError, ReallodError
 
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Windows editors put first; JSON readers (orjson) refuse it
@@ -263,6 +264,56 @@ def read_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] 
         yield record
 
 
+def check_writable(path: str | os.PathLike, *, option: str | None = None, folder: bool = False,
+                   hint: str | None = None, access: bool = True) -> None:
+    """Refuse, before any work is done, a ``path`` where a file (with ``folder``: a folder) cannot be
+    written: the other kind already there, a file where a folder above it should be, or (with
+    ``access``) a nearest existing folder this process cannot write in. Found at the end, when the output
+    is written, the whole run would be lost. The error starts with ``option`` and the path (a
+    :class:`ConfigError`), or without one names the path (a :class:`DataError`); ``hint`` replaces what
+    it says to do when the path is the other kind."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise _unwritable(path, option, "a file, where a folder is written; "
+                          f"{hint or 'give a folder name, or remove the file'}")
+    if not folder and path.is_dir():
+        raise _unwritable(path, option, f"a folder, where a file is written; {hint or 'give a file name'}")
+    anchor, is_dir = _nearest_existing(path.absolute() if folder else path.absolute().parent)
+    if not is_dir:
+        raise _unwritable(path, option, f"{anchor} is a file, not a folder")
+    if access and not os.access(anchor, os.W_OK | os.X_OK):
+        raise _unwritable(path, option, f"cannot write in {anchor} (permission denied)")
+
+
+def _nearest_existing(path: Path) -> tuple[Path, bool]:
+    """The nearest of ``path`` and the folders above it that exists, and whether it is a folder. The path
+    is not normalised: ``file/../x`` stops at ``file``, as the OS does."""
+    places = (path, *path.parents)
+    for place in places:
+        try:
+            return place, stat.S_ISDIR(os.stat(place).st_mode)
+        except OSError:  # not there, or a file on the way (ENOTDIR)
+            continue
+    return places[-1], True  # not even the root could be read: the write will say why
+
+
+def _unwritable(path: Path, option: str | None, problem: str) -> ReallodError:
+    if option is None:
+        return DataError(problem, path=str(path))
+    return ConfigError(f"{option} {path}: {problem}")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same path once resolved, or the same file under two names (a link): writing ``a`` replaces ``b``."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 class AtomicOutput:
     """An output that :meth:`close` puts in place and :meth:`abort` drops. In a ``with`` block it is
     closed when the block ends and aborted when it raises: an error never leaves a partial output."""
@@ -288,12 +339,10 @@ class AtomicWriter(AtomicOutput):
 
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
         self.path = Path(path)
-        if self.path.is_dir():  # else found only by the rename at the end, the output left in a hidden file
-            raise DataError("is a folder: give the output a file name", path=str(self.path))
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise DataError("cannot be written: a folder above it is a file", path=str(self.path)) from None
+        # a folder there is else found only by the rename at the end, the output left in a hidden file;
+        # permission is the OS's to refuse, as the OSError the writers' callers handle
+        check_writable(self.path, access=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = _create_beside(self.path)
         self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reallod.data.io import check_writable, same_file
 from reallod.errors import ConfigError
 from reallod.eval.common import EvalImage, EvalResult, Predictions, is_json_name, json_stem
 from reallod.eval.predict import (
@@ -139,33 +140,13 @@ def prediction_paths(job: EvalJob) -> list[Path]:
     return [out]
 
 
-def _check_place(option: str, path: Path, *, folder: bool) -> None:
-    """``path`` can be written as a file (or made a folder): no folder (or file) in its way, and the nearest
-    existing folder above it is writable."""
-    if folder and path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path}: a file, where a folder is written; give a folder name"
-                          f"{' (without .json)' if option == '--out' else ''}, or remove the file")
-    if not folder and path.is_dir():
-        raise ConfigError(f"{option} {path}: a folder, where a file is written; give a file name, such as "
-                          f"{path / 'metrics.json' if 'metrics' in option else path / 'preds.json'}")
-    anchor = Path(os.path.abspath(path if folder and path.is_dir() else path.parent))
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise ConfigError(f"{option} {path}: {anchor} is a file, not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write in {anchor} (permission denied)")
-
-
 def _overwrites(out: Path, source: Path) -> str | None:
     """'is' when writing ``out`` replaces ``source`` (the same path, through symlinks or a hard link), 'is
     inside' when ``source`` is a folder holding ``out``; None when they are apart."""
-    a, b = out.resolve(), source.resolve()
-    if a == b or (a.exists() and b.exists() and os.path.samefile(a, b)):
+    if same_file(out, source):
         return "is"
-    if b.is_dir() and a.is_relative_to(b):
-        return "is inside"
-    return None
+    folder = source.resolve()
+    return "is inside" if folder.is_dir() and out.resolve().is_relative_to(folder) else None
 
 
 def _check_outputs(job: EvalJob) -> None:
@@ -175,7 +156,8 @@ def _check_outputs(job: EvalJob) -> None:
     if job.model is not None and job.out is not None:
         files = prediction_paths(job)
         if not is_json_name(job.out):
-            _check_place("--out", Path(job.out), folder=True)
+            check_writable(job.out, option="--out", folder=True,
+                           hint="give a folder name (without .json), or remove the file")
         outputs += [("--out", f) for f in files]
         outputs.append(("--out's journal", own_journal(_named(Path(job.out)), 0, 1)))
     if job.metrics_out is not None:
@@ -183,14 +165,15 @@ def _check_outputs(job: EvalJob) -> None:
     else:
         outputs.append(("the metrics file (default --metrics-out)", default_metrics_path(job)))
     if job.run.show_dir is not None:
-        _check_place("--show-dir", Path(job.run.show_dir), folder=True)
+        check_writable(job.run.show_dir, option="--show-dir", folder=True)
         _check_show_dir(Path(job.run.show_dir), job.images)
     inputs = [("--annotations", Path(job.annotations))]
     if job.predictions is not None:
         inputs.append(("--predictions", Path(job.predictions)))
     taken: dict[Path, tuple[str, Path]] = {}
     for option, path in outputs:
-        _check_place(option, path, folder=False)
+        example = "metrics.json" if "metrics" in option else "preds.json"
+        check_writable(path, option=option, hint=f"give a file name, such as {path / example}")
         for what, source in inputs:
             how = _overwrites(path, source)
             if how:
