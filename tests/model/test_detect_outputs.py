@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from reallod.model.detect import JOURNAL_NAME, find_images
+from reallod.model.detect import find_images
+from reallod.model.detect_journal import JOURNAL_NAME
 from tests.cli_helpers import run_cli
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reallod.model.detect import JOURNAL_NAME
+from reallod.model.detect_journal import JOURNAL_NAME
 from tests.cli_helpers import run_cli
 
 

@@ -77,16 +77,8 @@ def detect_cmd(
     from reallod.model.hf_folder import check_local_folder
 
     check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
-    from reallod.model.detect import (
-        DetectOptions,
-        check_earlier,
-        check_links,
-        check_outputs,
-        find_images,
-        job_settings,
-        output_skips,
-        run_detect,
-    )
+    from reallod.model.detect import check_links, check_outputs, find_images, output_skips, run_detect
+    from reallod.model.detect_journal import DetectOptions, check_earlier, job_settings
     from reallod.model.draw import PALETTES
     from reallod.model.inference import InferenceOptions
     from reallod.model.loading import load_detector

@@ -23,6 +23,7 @@ import orjson
 from reallod.errors import DataError, Interrupted
 from reallod.eval.common import EvalImage, Predictions
 from reallod.runs.journal import Journal, JournalMismatch, beside, iter_journal, read_header
+from reallod.runs.settings_diff import diff_settings
 
 FLUSH_EVERY_S = 2.0  # at most this much finished work is lost to a crash (Ctrl-C loses none)
 
@@ -103,27 +104,16 @@ SETTING_NAMES = {
 _UNSHOWN = frozenset({"annotations", "model.stamp"})
 
 
-def _leaves(settings: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested settings as ``{"model.dtype": "fp32", ...}``."""
-    if not isinstance(settings, dict) or (prefix and not settings):
-        return {prefix.rstrip("."): settings}
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        out.update(_leaves(value, f"{prefix}{key}."))
-    return out
-
-
 def changes(before: Any, now: dict[str, Any]) -> list[str]:
     """Each setting that differs, by its option name, with both values: ``--topk (was 100, now 50)``."""
-    old, new = _leaves(before if isinstance(before, dict) else {}), _leaves(now)
-    differ = [k for k in sorted(set(old) | set(new), key=lambda k: (k not in SETTING_NAMES, k))
-              if old.get(k) != new.get(k)]
-    if "model.model" in differ or "model.weights" in differ:
-        differ = [k for k in differ if k != "model.stamp"]  # other weights, of course
+    differ = sorted(diff_settings(before if isinstance(before, dict) else {}, now),
+                    key=lambda c: (c.key not in SETTING_NAMES, c.key))
+    if any(c.key in ("model.model", "model.weights") for c in differ):
+        differ = [c for c in differ if c.key != "model.stamp"]  # other weights, of course
     out = []
-    for key in differ:
+    for key, was, new in differ:
         name = SETTING_NAMES.get(key, key)
-        out.append(name if key in _UNSHOWN else f"{name} (was {old.get(key)!r}, now {new.get(key)!r})")
+        out.append(name if key in _UNSHOWN else f"{name} (was {was!r}, now {new!r})")
     return out
 
 

@@ -3,7 +3,8 @@
 Outputs follow MMDetection's demo layout: ``OUT/preds/<name>.json`` and ``OUT/vis/<name>.<ext>``,
 where ``<name>`` keeps the image's path relative to the input folder. The JSON holds every kept box
 (top-k per expression); the score threshold only decides what is drawn, as in the published demo.
-Unreadable images are skipped with a message; the others go on.
+Unreadable images are skipped with a message; the others go on. What the run's journal keeps, resumes
+and refuses, and the options and output names it depends on: :mod:`reallod.model.detect_journal`.
 """
 
 from __future__ import annotations
@@ -11,34 +12,35 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from itertools import chain
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-import orjson
 from PIL import Image
 
-from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT, open_image
+from reallod.data.images import MAX_PIXELS_HINT, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import ConfigError, DataError, Interrupted, ReallodError
-from reallod.hub import as_found
+from reallod.errors import ConfigError, DataError, Interrupted
+from reallod.model.detect_journal import (
+    OUTPUT_SUBFOLDERS,
+    SAVE_FORMATS,
+    DetectOptions,
+    DetectSummary,
+    Files,
+    check_earlier,
+    detect_settings,
+    earlier_journal_name,
+    is_journal,
+    journal_entry,
+    open_journal,
+    output_names,
+    shared_stems,
+)
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions
-from reallod.runs.journal import Journal, iter_journal, read_header
 from reallod.runs.launch import Place
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
-OUTPUT_SUBFOLDERS = ("preds", "vis")
-_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
-
-
-def is_journal(name: str) -> bool:
-    """``detect.journal.jsonl`` or a process's ``detect.journal.rankR.jsonl``: a detect output folder."""
-    return name.startswith("detect.journal") and name.endswith(".jsonl")
 
 
 def find_images(inputs: str | Path, skip: Iterable[str | Path] = ()) -> tuple[Path, list[str]]:
@@ -71,26 +73,6 @@ def find_images(inputs: str | Path, skip: Iterable[str | Path] = ()) -> tuple[Pa
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
     found.sort(key=lambda name: name.replace("/", "\0"))  # folder by folder, as paths compare
     return root, found
-
-
-@dataclass
-class DetectOptions:
-    """Output side of the job (inference settings live in :class:`InferenceOptions`)."""
-
-    out_dir: Path = Path("outputs")
-    score_thr: float = 0.3  # what is drawn
-    save_vis: bool = True
-    save_pred: bool = True
-    show: bool = False
-    print_result: bool = False
-    palette: str = "coco"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    # Images decoded ahead in worker threads, and outputs written behind, while the device computes;
-    # 0: everything in turn. None: 2 on a CUDA detector, 0 on the CPU (``prefetch.depth``).
-    prefetch: int | None = None
-    # Delete the files a run with other settings wrote in ``out_dir`` that this run does not write again,
-    # instead of refusing to mix them with this run's (:func:`check_earlier`).
-    discard_earlier: bool = False
 
 
 def output_folders(options: DetectOptions) -> list[Path]:
@@ -148,36 +130,8 @@ def check_links(root: Path, names: Iterable[str], options: DetectOptions) -> Non
                                   "images; remove the link (or give another --out-dir)")
 
 
-@dataclass
-class DetectSummary:
-    images: int = 0  # this process's (all of them, but when several processes share the folder)
-    processed: int = 0  # by this run
-    resumed: int = 0  # done by an earlier run with the same settings, their files kept
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    preds: int = 0  # JSON files there (this run's and those kept), one per image
-    pictures: int = 0
-
-
-def shared_stems(names: list[str]) -> set[str]:
-    """Images whose name but for its suffix another image has (``photo.jpg``, ``photo.png``): their outputs
-    keep the whole name (``preds/photo.jpg.json``), or one image's JSON would overwrite the other's."""
-    count = Counter(os.path.splitext(n)[0] for n in names)
-    return {n for n in names if count[os.path.splitext(n)[0]] > 1}
-
-
-def output_names(name: str, options: DetectOptions, whole_name: bool = False) -> tuple[str | None, str | None]:
-    """Where an image's JSON and picture go, relative to ``OUT`` (None: not written). The picture keeps the
-    image's format; one Pillow does not write (TIFF, GIF...) is drawn as PNG. ``whole_name``: the names
-    keep the image's suffix too (:func:`shared_stems`)."""
-    stem, suffix = os.path.splitext(name)
-    base = name if whole_name else stem
-    pred = f"preds/{base}.json" if options.save_pred else None
-    vis = (f"vis/{name}" if suffix.lower() in _SAVE_FORMATS else f"vis/{base}.png") if options.save_vis else None
-    return pred, vis
-
-
 def _save_picture(image: Image.Image, path: Path) -> None:
-    fmt = _SAVE_FORMATS[path.suffix.lower()]
+    fmt = SAVE_FORMATS[path.suffix.lower()]
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     with AtomicWriter(path) as w:  # written aside and renamed: a link at that name is replaced, not followed
@@ -215,279 +169,6 @@ def _write(dets: Detections, image: Image.Image, name: str, options: DetectOptio
         vis = options.out_dir / vis_name
         _save_picture(picture, vis)
     return pred, vis
-
-
-JOURNAL_NAME = "detect.journal.jsonl"  # one process's; process R of several: detect.journal.rankR.jsonl
-
-
-def journal_name(place: Place) -> str:
-    return JOURNAL_NAME if place.world_size == 1 else f"detect.journal.rank{place.rank}.jsonl"
-
-
-def job_settings(expressions: list[str], inference: InferenceOptions, options: DetectOptions) -> dict[str, Any]:
-    """The settings of :func:`detect_settings` that are known before the model is loaded, as a journal's
-    header reads them back."""
-    run = asdict(inference)
-    run.pop("batch_size")
-    return orjson.loads(orjson.dumps({
-        "expressions": expressions, "inference": run, "save_pred": options.save_pred,
-        "max_pixels": options.max_pixels,
-        "drawing": [options.score_thr, options.palette] if options.save_vis else None}))
-
-
-def detect_settings(detector: Detector, expressions: list[str], inference: InferenceOptions,
-                    options: DetectOptions) -> dict[str, Any]:
-    """What the files written depend on: an earlier run's files are kept only if these are the same.
-    Not the batch size, the device or the number of processes: a resume may change them; nor the input,
-    which each journal entry names (a run over one image of the folder keeps the folder's work). Local
-    paths count resolved, however they were typed."""
-    return orjson.loads(orjson.dumps({
-        "model": as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
-        "weights": [[as_found(str(f)), *rest] for f, *rest in detector.stamp],
-        "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
-        "tokenizer": as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
-        "image_size": dict(getattr(detector.image_processor, "size", None) or {}),
-        **job_settings(expressions, inference, options)}))
-
-
-_OPTION_OF = {"model": "MODEL", "weights": "--weights (or MODEL's weight files, rewritten since)",
-              "expressions": "--texts", "save_pred": "--no-save-pred", "input": "the journal's layout (an older reallod)"}
-
-
-def changed_settings(old: Any, new: dict[str, Any]) -> list[str]:
-    """The options whose values differ between an earlier run's settings and these, as the user gives them
-    (another MODEL brings its own weights and tokenizer: those are not named again)."""
-    if not isinstance(old, dict):
-        return ["the journal's header"]
-    implied = set()
-    if old.get("model") != new.get("model"):
-        implied.add("weights")
-        if all(s.get("model") == s.get("tokenizer") for s in (old, new)):
-            implied.add("tokenizer")  # each MODEL's own
-    changed = []
-    for key in [*new, *(k for k in old if k not in new)]:
-        was, now = old.get(key), new.get(key)
-        if was == now or key in implied:
-            continue
-        if key == "inference" and isinstance(was, dict) and isinstance(now, dict):
-            changed += [f"--{k.replace('_', '-')}" for k in [*now, *(k for k in was if k not in now)]
-                        if was.get(k) != now.get(k)]
-        elif key == "drawing" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now) == 2:
-            changed += [name for name, a, b in zip(("--pred-score-thr", "--palette"), was, now, strict=True) if a != b]
-        elif key == "drawing":
-            changed.append("--no-save-vis")
-        else:
-            changed.append(_OPTION_OF.get(key, f"--{key.replace('_', '-')}"))
-    return changed
-
-
-Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: not written)
-
-
-def _entry(files: Files, out_dir: Path, root: str) -> dict[str, Any]:
-    """What the journal says of an image's files: name, size and time as written, so a file another run
-    wrote over since (other settings, another number of processes) is not taken for this run's; and the
-    input folder (resolved) its name is relative to."""
-    entry: dict[str, Any] = {"input": root}
-    for key, f in zip(("pred", "vis"), files, strict=True):
-        entry[key] = None
-        if f is not None:
-            st = f.stat()
-            entry[key] = [str(f.relative_to(out_dir)), st.st_size, st.st_mtime_ns]
-    return entry
-
-
-def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
-    """The entry's files if each is still there as written, else None."""
-    files: list[Path | None] = []
-    for key in ("pred", "vis"):
-        written = entry.get(key)
-        if written is None:
-            files.append(None)
-            continue
-        if not (isinstance(written, list) and len(written) == 3):
-            return None
-        path = out_dir / written[0]
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        if [st.st_size, st.st_mtime_ns] != written[1:]:
-            return None
-        files.append(path)
-    return files[0], files[1]
-
-
-def earlier_journal_name(place: Place) -> str:
-    """Where this process keeps the entries of its journal that a run with other settings wrote
-    (``detect.journal.earlier.jsonl``; :func:`_set_aside`)."""
-    return journal_name(place).removesuffix(".jsonl") + ".earlier.jsonl"
-
-
-def _still_written(entry: Any, out_dir: Path) -> list[str]:
-    """The entry's files (relative to ``OUT``, in ``preds/`` or ``vis/``) that are still there as written:
-    same size and modification time, and not since replaced by a link."""
-    found = []
-    for key in ("pred", "vis"):
-        written = entry.get(key) if isinstance(entry, dict) else None
-        if not (isinstance(written, list) and len(written) == 3 and isinstance(written[0], str)):
-            continue
-        parts = Path(written[0]).parts
-        if not parts or parts[0] not in OUTPUT_SUBFOLDERS or ".." in parts:
-            continue  # not a file a run writes
-        try:
-            st = os.lstat(out_dir / written[0])
-        except OSError:
-            continue
-        if [st.st_size, st.st_mtime_ns] == written[1:]:
-            found.append(written[0])
-    return found
-
-
-def _differs(old: Any, settings: dict[str, Any], partial: bool) -> bool:
-    """Whether a journal's settings are not these; ``partial``: of these keys alone (a set-aside journal's
-    never are)."""
-    if not partial or not isinstance(old, dict):
-        return old != settings
-    return any(old.get(k) != v for k, v in settings.items())
-
-
-def _in_place(out_dir: Path, rel: str, seen: dict[str, bool]) -> bool:
-    """No symbolic link to a folder on the way from ``OUT/preds`` (or ``OUT/vis``) to the file: deleting
-    it cannot reach outside them (looked at once per folder)."""
-    folder = os.path.dirname(rel)
-    if folder not in seen:
-        sub, *below = Path(folder).parts
-        seen[folder] = (out_dir / folder).resolve() == (out_dir / sub).resolve().joinpath(*below)
-    return seen[folder]
-
-
-def check_earlier(out_dir: Path, names: list[str], options: DetectOptions, settings: dict[str, Any], *,
-                  partial: bool = False, discard: bool = False, own_earlier: Path | None = None) -> int:
-    """Refuse to mix two settings' results in one ``OUT``: the files that runs with other settings wrote
-    there (as their journals list them, still as written) and this run does not write again (it is over
-    other images, or writes no pictures) make a ``ConfigError`` naming them, before any image is detected.
-    The files this run writes again are no mix: it replaces them. ``discard`` deletes those files instead
-    (none but the ones a journal lists, unchanged since; nothing the user put there) and returns how many.
-    ``partial``: ``settings`` holds only the settings known before the model is loaded
-    (:func:`job_settings`). ``names``: every image of the run, all processes' (each writes its own share).
-    A journal of this process that lists none of its files any more (``own_earlier``) is removed."""
-    journals = []
-    for path in sorted(out_dir.glob("detect.journal*.jsonl")):
-        try:
-            old = read_header(path).get("fingerprint")
-        except (OSError, ReallodError):
-            continue
-        if _differs(old, settings, partial):
-            journals.append((path, old.get("earlier", old) if isinstance(old, dict) else old))
-    if not journals:
-        return 0
-    shared = shared_stems(names)
-    planned = {os.path.normpath(f) for name in names for f in output_names(name, options, name in shared) if f}
-    seen: set[str] = set()
-    first: tuple[str, Any] | None = None  # of the files left, and how many
-    left = removed = 0
-    folders: dict[str, bool] = {}
-    for path, old in journals:
-        listed = False
-        try:
-            for _, entry in iter_journal(path):
-                for rel in _still_written(entry, out_dir):
-                    listed = True
-                    key = os.path.normpath(rel)
-                    if key in planned or key in seen:
-                        continue
-                    seen.add(key)
-                    if discard and _in_place(out_dir, rel, folders):
-                        (out_dir / rel).unlink(missing_ok=True)
-                        removed += 1
-                        continue
-                    left += 1
-                    first = first or (rel, old)
-        except (OSError, ReallodError):  # gone, or being rewritten by its process
-            continue
-        if not listed and path == own_earlier:
-            path.unlink(missing_ok=True)
-    if first is not None:
-        rel, old = first
-        files = f"{left} files there ({rel}{', ...' if left > 1 else ''})"
-        if discard:
-            raise ConfigError(f"--out-dir {out_dir}: {files}, written by a run with other settings, lie behind a "
-                              "symbolic link to a folder, so --discard-earlier does not delete them; delete them "
-                              "yourself (or give another --out-dir)")
-        before = {k: old.get(k) for k in settings} if partial and isinstance(old, dict) else old
-        raise ConfigError(
-            f"--out-dir {out_dir}: {files} were written by a run with other settings (changed: "
-            f"{', '.join(changed_settings(before, settings))}) and this run does not write them again, so the "
-            "folder would mix the two runs' results; give another --out-dir, or pass --discard-earlier to delete "
-            "those files (only files a run wrote, unchanged since)")
-    return removed
-
-
-def _set_aside(journal: Path, aside: Path, settings: Any, out_dir: Path) -> None:
-    """The entries of this process's journal, written with other ``settings``, whose files are still there
-    as written, kept in ``aside`` with those set aside before: until this run has written them again (a
-    run killed part-way), :func:`check_earlier` still knows them for another settings' files. Removed
-    when none is left."""
-    def entries() -> Iterator[tuple[str, Any]]:
-        for path in (journal, aside):
-            try:
-                for _, entry in iter_journal(path):
-                    if files := _still_written(entry, out_dir):
-                        yield files[0], entry
-            except (OSError, ReallodError):
-                continue
-
-    kept = Journal.rewrite(aside, {"earlier": settings}, entries(), keep=lambda entry: None)
-    kept.close()
-    if not kept.done:
-        aside.unlink(missing_ok=True)
-
-
-def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str, str], summary: DetectSummary
-          ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The journal entries of this process's images (of the input folder ``root``) that a run with these
-    settings finished, their files still as it wrote them, from every process's journal (the number of
-    processes may differ from run to run); each image found leaves ``pending`` and is counted in
-    ``summary``. Streamed, so a resumed run of millions of images holds no more than their names."""
-    for path in sorted(out_dir.glob("detect.journal*.jsonl")):
-        try:
-            if read_header(path).get("fingerprint") != settings:
-                continue
-            for name, entry in iter_journal(path):
-                if name in pending and entry.get("input") == root and (files := _files_as_written(entry, out_dir)):
-                    name = pending.pop(name)  # this process's own string: the journal keeps no copy
-                    summary.resumed += 1
-                    summary.preds += files[0] is not None
-                    summary.pictures += files[1] is not None
-                    yield name, entry
-        except (OSError, ReallodError):  # gone, or being started by its process
-            continue
-
-
-def _open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: str, pending: dict[str, str],
-                  summary: DetectSummary, say: Callable[[str], None]) -> Journal:
-    """This process's journal, rewritten to hold what it keeps (so it never vouches for files this run
-    writes over) and, as they are, its entries of the images this run does not detect: now another
-    process's (a run resumed on another number of processes loses none), of another input, or of
-    images of the folder left out of this run (``reallod detect photos/one.jpg`` keeps the folder's
-    work); whichever run uses them checks their files first. Says which settings changed when the one
-    there was written with others, and sets its entries aside (:func:`_set_aside`). What it keeps leaves
-    ``pending``."""
-    path = out_dir / journal_name(place)
-    carried: Iterable[tuple[str, Any]] = ()
-    try:
-        old = read_header(path).get("fingerprint")
-        if old != settings:
-            say(f"{out_dir}: written by a run with other settings (changed: {', '.join(changed_settings(old, settings))}"
-                "); every image is detected again")
-            _set_aside(path, out_dir / earlier_journal_name(place), old, out_dir)
-        else:  # read while the new journal is written aside: the old one stays whole until the rename
-            carried = ((name, entry) for name, entry in iter_journal(path) if name not in pending)
-    except (OSError, ReallodError):
-        pass
-    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, root, pending, summary), carried),
-                           keep=lambda entry: None)
 
 
 def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *,
@@ -537,7 +218,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             say(f"{options.out_dir}: deleted {removed} files a run with other settings wrote there (--discard-earlier)")
         del every
         pending = {name: name for name in names}
-        journal = _open_journal(options.out_dir, place, settings, root_key, pending, summary, say)
+        journal = open_journal(options.out_dir, place, settings, root_key, pending, summary, say)
         todo = [name for name in names if name in pending]  # in input order
         del pending
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
@@ -552,7 +233,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         summary.preds += files[0] is not None
         summary.pictures += files[1] is not None
         if journal is not None:  # its files are on disk: a rerun may skip it
-            journal.append_soon(name, _entry(files, options.out_dir, root_key))
+            journal.append_soon(name, journal_entry(files, options.out_dir, root_key))
 
     loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
     try:
