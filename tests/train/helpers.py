@@ -44,3 +44,7 @@ def tiny_config(data_dir: Path, options: list[str] | None = None, **sections: di
 def write_yaml(path: Path, raw: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def quiet(line: str) -> None:
+    """An ``echo`` for ``train`` that prints nothing."""

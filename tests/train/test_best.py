@@ -22,20 +22,9 @@ from reallod.train import checkpoint as C
 from reallod.train import evaluate, loop
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import tiny_config
+from .helpers import quiet, tiny_config
 
 OPTS = ["eval.every_steps=1", "eval.every_epochs=0", "checkpoint.every_steps=2"]
-
-
-def _quiet(s: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    data = tmp_path_factory.mktemp("shapes") / "data"
-    train(tiny_config(data, ["schedule.max_steps=1"]), tmp_path_factory.mktemp("gen"), echo=_quiet)  # generates it
-    return data
 
 
 def _scripted(monkeypatch, scores: list[float]) -> None:
@@ -84,7 +73,7 @@ def test_a_best_from_the_steps_a_resume_does_again_gives_way(tmp_path, shapes, m
     with monkeypatch.context() as m:
         _ctrl_c_at_step(m, 4)
         with pytest.raises(TrainInterrupted, match="checkpoint at step 2"):
-            train(tiny_config(shapes, OPTS), run, echo=_quiet)
+            train(tiny_config(shapes, OPTS), run, echo=quiet)
     killed_best = run / "killed-best"
     shutil.copytree(run / "best", killed_best)
     assert json.loads((killed_best / "best.json").read_text())["step"] == 3
@@ -134,12 +123,12 @@ def test_the_best_as_of_the_checkpoint_is_kept_until_the_next_one(tmp_path):
     assert (_step(tmp_path / "best"), _step(tmp_path / B.CHECKPOINTED)) == (3, 2)
     _save(tmp_path, 4, 0.6, checkpoint_step=2)
     assert (_step(tmp_path / "best"), _step(tmp_path / B.CHECKPOINTED)) == (4, 2)
-    assert B.restore(tmp_path, 2, _quiet)["step"] == 2  # a resume from step 2
+    assert B.restore(tmp_path, 2, quiet)["step"] == 2  # a resume from step 2
     assert _step(tmp_path / B.DROPPED) == 4 and not (tmp_path / B.CHECKPOINTED).exists()
     _save(tmp_path, 5, 0.7, checkpoint_step=4)
     B.checkpoint_written(tmp_path)  # a checkpoint at step 6 covers best/
     assert _step(tmp_path / "best") == 5 and not (tmp_path / B.CHECKPOINTED).exists()
-    assert B.restore(tmp_path, 6, _quiet)["step"] == 5
+    assert B.restore(tmp_path, 6, quiet)["step"] == 5
 
 
 @pytest.mark.parametrize("left", [B.CHECKPOINTED, B.OLD])
@@ -149,7 +138,7 @@ def test_a_kill_between_the_two_renames_of_a_new_best_loses_nothing(tmp_path, le
     low, replaced it and deleted it)."""
     _best(tmp_path, left, 2, 0.3)
     _best(tmp_path, "best.new", 3, 0.5)
-    assert B.restore(tmp_path, 2, _quiet)["step"] == 2
+    assert B.restore(tmp_path, 2, quiet)["step"] == 2
     assert _step(tmp_path / "best") == 2 and not (tmp_path / left).exists()
 
 

@@ -15,20 +15,9 @@ from reallod.train import checkpoint as C
 from reallod.train.loop import train
 from tests.cli_helpers import run_cli
 
-from .helpers import tiny_config
+from .helpers import quiet, tiny_config
 
 HINT = "raise --max-pixels or data.max_pixels if it is genuine"
-
-
-def _quiet(s: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    data = tmp_path_factory.mktemp("shapes") / "data"
-    train(tiny_config(data, ["schedule.max_steps=1"]), tmp_path_factory.mktemp("gen"), echo=_quiet)  # generates it
-    return data
 
 
 def test_a_training_image_above_the_budget_is_skipped_and_named_and_read_with_a_larger_one(tmp_path, shapes):
@@ -48,7 +37,7 @@ def test_a_training_image_above_the_budget_is_skipped_and_named_and_read_with_a_
     assert f"image is 160×160 = 25,600 pixels, above the limit of 10,000 ({HINT})" in skipped[0]
     # the option replaces the config's budget
     large = train(tiny_config(shapes, [*opts, "data.max_pixels=10000"]), tmp_path / "large", max_pixels=30_000,
-                  echo=_quiet)
+                  echo=quiet)
     assert large.failed_images == 0 and large.step == 6
 
 
@@ -59,9 +48,9 @@ def test_a_held_out_image_above_the_budget_stops_the_run_at_setup(tmp_path, shap
                                f"eval.images={shapes}", "data.max_pixels=50000"])
     with pytest.raises(DataError, match=r"val_00000\.png: held-out image is 80×80 = 6,400 pixels, above the limit "
                                         r"of 6,000 \(" + re.escape(HINT)):
-        train(cfg, tmp_path / "run", max_pixels=6000, echo=_quiet)
+        train(cfg, tmp_path / "run", max_pixels=6000, echo=quiet)
     assert C.latest_checkpoint(tmp_path / "run") is None  # found before any training
-    assert train(cfg, tmp_path / "ok", max_pixels=6400, echo=_quiet).step == 1
+    assert train(cfg, tmp_path / "ok", max_pixels=6400, echo=quiet).step == 1
 
 
 def test_the_budget_must_be_positive(tmp_path):

@@ -16,18 +16,7 @@ from reallod.train import checkpoint as C
 from reallod.train import evaluate
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import tiny_config
-
-
-def _quiet(s: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    data = tmp_path_factory.mktemp("shapes") / "data"
-    train(tiny_config(data, ["schedule.max_steps=1"]), tmp_path_factory.mktemp("gen"), echo=_quiet)  # generates it
-    return data
+from .helpers import quiet, tiny_config
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -39,7 +28,7 @@ def test_an_evaluation_cut_short_is_done_on_resume(tmp_path, shapes, monkeypatch
     # 2 epochs of 6 steps, an evaluation at each epoch end (6, 12), each written after its checkpoint.
     opts = ["schedule.epochs=2", "eval.every_epochs=1"]
     full = tmp_path / "full"
-    train(tiny_config(shapes, opts), full, echo=_quiet)
+    train(tiny_config(shapes, opts), full, echo=quiet)
     detect = evaluate.detect_queries
     calls: list[int] = []
 
@@ -54,13 +43,13 @@ def test_an_evaluation_cut_short_is_done_on_resume(tmp_path, shapes, monkeypatch
     run = tmp_path / "run"
     monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(1))  # Ctrl-C during the evaluation at step 6
     with pytest.raises(TrainInterrupted):
-        train(tiny_config(shapes, opts), run, echo=_quiet)
+        train(tiny_config(shapes, opts), run, echo=quiet)
     calls.clear()
     monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(2))  # the redone one at 6, then the last one, at 12
     with pytest.raises(TrainInterrupted):
-        train(tiny_config(shapes, opts), run, resume=True, echo=_quiet)
+        train(tiny_config(shapes, opts), run, resume=True, echo=quiet)
     monkeypatch.setattr(evaluate, "detect_queries", detect)
-    train(tiny_config(shapes, opts), run, resume=True, echo=_quiet)
+    train(tiny_config(shapes, opts), run, resume=True, echo=quiet)
     want, got = _rows(full / "eval.csv"), _rows(run / "eval.csv")
     assert [r["step"] for r in got] == ["6", "12"]
     for a, b in zip(want, got, strict=True):
@@ -70,14 +59,14 @@ def test_an_evaluation_cut_short_is_done_on_resume(tmp_path, shapes, monkeypatch
 
 def test_resume_drops_the_log_rows_it_redoes(tmp_path, shapes):
     cfg = tiny_config(shapes, ["schedule.max_steps=3", "checkpoint.every_steps=2"])
-    train(cfg, tmp_path, echo=_quiet)
+    train(cfg, tmp_path, echo=quiet)
     shutil.rmtree(tmp_path / "checkpoints" / C.checkpoint_name(3))  # as if killed after step 3's log row
-    train(tiny_config(shapes, ["schedule.max_steps=4"]), tmp_path, resume=True, echo=_quiet)
+    train(tiny_config(shapes, ["schedule.max_steps=4"]), tmp_path, resume=True, echo=quiet)
     assert [r["step"] for r in _rows(tmp_path / "log.csv")] == ["1", "2", "3", "4"]
 
 
 def test_resume_takes_the_configs_optimizer_settings(tmp_path, shapes):
-    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=quiet)
     messages: list[str] = []
     train(tiny_config(shapes, ["schedule.max_steps=2", "optim.lr=5e-4", "optim.weight_decay=0.01",
                                "optim.betas=[0.8,0.99]"]), tmp_path, resume=True, echo=messages.append)
@@ -94,34 +83,34 @@ def test_resume_takes_the_configs_optimizer_settings(tmp_path, shapes):
 def test_a_rerun_without_resume_does_not_write_over_a_run(tmp_path, shapes):
     """It started over in place: its checkpoints replaced the old run's of the same steps (and rotation
     deleted the others), its rows were appended to the old logs."""
-    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=quiet)
     before = (tmp_path / "log.csv").read_bytes()
     with pytest.raises(ConfigError, match=r"already holds a training run \(latest checkpoint ckpt-0+1\).*--resume"):
-        train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+        train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=quiet)
     assert (tmp_path / "log.csv").read_bytes() == before
 
 
 def test_a_resume_that_freezes_a_part_says_why_it_cannot_go_on(tmp_path, shapes):
     """A multiplier set to 0 drops the part's parameter groups: PyTorch's bare ValueError said only that
     the groups differ."""
-    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=_quiet)
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=quiet)
     with pytest.raises(ConfigError, match=r"optimizer\.pt: the checkpoint's optimizer does not fit this config .*"
                                           r"multiplier set to or from 0 .*model\.init="):
         train(tiny_config(shapes, ["schedule.max_steps=2", "optim.text_lr_mult=0"]), tmp_path, resume=True,
-              echo=_quiet)
+              echo=quiet)
 
 
 def test_a_damaged_checkpoint_file_is_named_with_what_to_do(tmp_path, shapes):
-    train(tiny_config(shapes, ["schedule.max_steps=2", "checkpoint.every_steps=1"]), tmp_path, echo=_quiet)
+    train(tiny_config(shapes, ["schedule.max_steps=2", "checkpoint.every_steps=1"]), tmp_path, echo=quiet)
     older, ckpt = tmp_path / "checkpoints" / C.checkpoint_name(1), tmp_path / "checkpoints" / C.checkpoint_name(2)
     (ckpt / "optimizer.pt").write_text("not a checkpoint\n")
     with pytest.raises(ConfigError) as e:
-        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=_quiet)
+        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=quiet)
     assert str(ckpt / "optimizer.pt") in str(e.value) and f"--resume {older}" in str(e.value)
     weights = ckpt / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ConfigError) as e:
-        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=_quiet)
+        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=quiet)
     assert str(weights) in str(e.value) and "damaged" in str(e.value) and f"--resume {older}" in str(e.value)
 
 
@@ -138,26 +127,26 @@ def test_a_bad_held_out_image_fails_at_setup(tmp_path, shapes, problem):
     cfg = tiny_config(shapes, ["schedule.max_steps=1", "eval.every_epochs=1", f"eval.file={shapes / 'val.jsonl'}",
                                f"eval.images={images}"])
     with pytest.raises(DataError, match=re.escape(str(bad))):
-        train(cfg, tmp_path / "run", echo=_quiet)
+        train(cfg, tmp_path / "run", echo=quiet)
     assert C.latest_checkpoint(tmp_path / "run") is None  # found before any training
     if problem == "wrong root":  # a root that is not there at all is named as eval.images
         cfg = tiny_config(shapes, ["schedule.max_steps=1", f"eval.file={shapes / 'val.jsonl'}",
                                    f"eval.images={tmp_path / 'nowhere'}"])
         with pytest.raises(DataError, match=r"nowhere: image root not found \(eval\.images\)"):
-            train(cfg, tmp_path / "run", echo=_quiet)
+            train(cfg, tmp_path / "run", echo=quiet)
 
 
 def test_nothing_to_train_is_an_error(tmp_path, shapes):
     cfg = tiny_config(shapes, [f"data.train=[{{file: {shapes / 'train.jsonl'}, images: {shapes}, ratio: 0}}]"])
     with pytest.raises(ConfigError, match=r"nothing to train.*12 usable records × ratio 0"):
-        train(cfg, tmp_path, echo=_quiet)
+        train(cfg, tmp_path, echo=quiet)
 
 
 def test_a_misspelt_text_source_is_refused(tmp_path, shapes):
     cfg = tiny_config(shapes, ["data.source_probs={category: 0.5, vlm-short: 0.5}"])
     with pytest.raises(ConfigError, match="unknown source vlm-short; the known sources are category, llm, "
                                           "vlm_long, vlm_short"):
-        train(cfg, tmp_path, echo=_quiet)
+        train(cfg, tmp_path, echo=quiet)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])

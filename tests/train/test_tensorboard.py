@@ -13,15 +13,11 @@ import pytest
 from reallod.train import loop
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import tiny_config
+from .helpers import quiet, tiny_config
 
 pytest.importorskip("tensorboard")
 
 OPTS = ["log.tensorboard=true", "eval.every_steps=1", "eval.every_epochs=0", "checkpoint.every_steps=2"]
-
-
-def _quiet(s: str) -> None:
-    pass
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -47,12 +43,12 @@ def test_a_resumed_run_shows_each_step_once_with_its_own_values(tmp_path, monkey
     with monkeypatch.context() as m:
         m.setattr(loop, "training_loss", ctrl_c_at_step_4)
         with pytest.raises(TrainInterrupted, match="checkpoint at step 2"):  # steps 1-3 logged and evaluated
-            train(tiny_config(tmp_path / "shapes", OPTS), run, echo=_quiet)
+            train(tiny_config(tmp_path / "shapes", OPTS), run, echo=quiet)
     before = _scalars(run / "tensorboard")
     assert [s for s, _ in before["train/loss"]] == [1, 2, 3]
     # another learning rate: the redone step 3 logs another one than the killed run's
     train(tiny_config(tmp_path / "shapes", [*OPTS, "schedule.max_steps=4", "optim.lr=3e-3"]), run, resume=True,
-          echo=_quiet)
+          echo=quiet)
     shown = _scalars(run / "tensorboard")
     for table, csv_name in (("train", "log.csv"), ("eval", "eval.csv")):
         with open(run / csv_name, newline="") as f:
