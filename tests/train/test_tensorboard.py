@@ -1,7 +1,8 @@
-"""TensorBoard on resume: the steps after the checkpoint are done again, and TensorBoard shows each step
-once, with the resumed run's value (``MetricsLog.drop_after`` opens the writer with ``purge_step``).
+"""TensorBoard and the CSV logs on resume: the steps after the checkpoint are done again, and each step
+shows once, with the resumed run's value (``MetricsLog.drop_after`` opens the writer with ``purge_step``);
+so too when a run killed before its first checkpoint is started again.
 
-Needs the ``tensorboard`` package (not a dependency of the project, nor of its dev extra): skipped without it.
+Needs the ``tensorboard`` package (optional for users, in the dev extra): skipped without it.
 """
 
 from __future__ import annotations
@@ -62,3 +63,27 @@ def test_a_resumed_run_shows_each_step_once_with_its_own_values(tmp_path, monkey
             for step, value in shown[tag]:
                 assert value == pytest.approx(float(rows[step][column]), rel=1e-3, abs=1e-6), (tag, step)
     assert shown["train/lr"][2][1] == pytest.approx(3 * before["train/lr"][2][1])  # step 3 is the resumed run's
+
+
+def test_a_run_started_again_after_one_killed_before_any_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
+    """No checkpoint: the rerun is a new start (no --resume needed), and the killed run's rows went double."""
+    run = tmp_path / "run"
+    calls = []
+    real = loop.training_loss
+
+    def ctrl_c_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    opts = [*OPTS, "checkpoint.every_steps=10", "schedule.max_steps=3"]
+    with monkeypatch.context() as m:
+        m.setattr(loop, "training_loss", ctrl_c_at_step_3)
+        with pytest.raises(TrainInterrupted):
+            train(tiny_config(tmp_path / "shapes", opts), run, echo=quiet)
+    train(tiny_config(tmp_path / "shapes", opts), run, echo=quiet)
+    for csv_name in ("log.csv", "eval.csv"):
+        with open(run / csv_name, newline="") as f:
+            assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3], csv_name
+    assert [s for s, _ in _scalars(run / "tensorboard")["train/loss"]] == [1, 2, 3]

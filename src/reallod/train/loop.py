@@ -239,8 +239,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     progress, overridden = C.Progress(0, 0, 0, "start"), ""
     if ckpt is not None:
         progress, overridden = _load_training_state(ckpt, optimizer, scheduler, accelerator, rank)
-    if resume:
-        log.drop_after(progress.step)  # the steps after the checkpoint are done again
+    # the steps after the checkpoint are done again: a resume's, and a new start's in a work dir whose
+    # earlier run was killed before its first checkpoint (its rows would be doubled)
+    log.drop_after(progress.step)
     eval_queries = _eval_queries(cfg) if main else None
     if main:  # a best/ from the steps after the checkpoint is not part of this run's history
         B.restore(work_dir, progress.step, log.info)

@@ -53,20 +53,22 @@ class MetricsLog:
 
     def drop_after(self, step: int) -> None:
         """On resume: the steps after the checkpoint are done again, so their rows go (each CSV rewritten
-        atomically; TensorBoard hides the events from ``step + 1`` on)."""
+        atomically; TensorBoard hides the events from ``step + 1`` on). Nothing to do in a new work dir."""
         if not self.enabled:
             return
+        found = False
         for table in ("train", "eval"):
             path = self._path(table)
             rows = _read_csv(path)
             if not rows:
                 continue
+            found = True
             kept = [r for r in rows[1:] if (s := _step(r)) is not None and s <= step]
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "w", newline="") as f:
                 csv.writer(f).writerows([rows[0], *kept])
             os.replace(tmp, path)
-        if self._tb is not None:
+        if found and self._tb is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb.close()
