@@ -1,13 +1,16 @@
 """Any OpenAI-compatible chat endpoint: vLLM, SGLang, llama.cpp server, Ollama, OpenAI itself.
 
 Structured output is asked for with ``response_format={"type": "json_schema", ...}`` (OpenAI, vLLM,
-SGLang, Ollama). Servers differ in what they accept, so a request the server rejects *because of* its
-``response_format`` is sent again one level down: ``{"type": "json_object", "schema": ...}`` (the
-llama.cpp Python server's form, grammar-constrained; it answers ``json_schema`` with HTTP 500), then
-``{"type": "json_object"}``, then none. The level that worked is kept for the rest of the run; the
-reply is parsed and repaired by the caller either way. Images in content parts are sent as
-base64 data URLs (JPEG by default, see :func:`image_data_url`), encoded in a worker thread so the
-event loop keeps serving the other tasks.
+SGLang, Ollama). Servers differ in what they accept, so a request the server rejects with an error
+about structured output (one naming ``response_format``, a JSON schema, a grammar or guided decoding)
+is sent again one level down: ``{"type": "json_object", "schema": ...}`` (the llama.cpp Python
+server's form, grammar-constrained; it answers ``json_schema`` with HTTP 500), then
+``{"type": "json_object"}``, then none. Only a level that then works is kept for the rest of the
+run; any other error (an image the model cannot take, a bad parameter) is the request's own and
+changes nothing. The reply is parsed and repaired by the caller either way; its ``usage`` is
+statistics, read leniently. Images in content parts are sent as base64 data URLs (JPEG by default,
+see :func:`image_data_url`), encoded in a worker thread so the event loop keeps serving the other
+tasks.
 
 Requests go out through aiohttp, or with ``http_client: openai`` through the official client
 (:mod:`reallod.llm.backends.http` says why the default is the lighter one). Neither retries by
@@ -25,7 +28,9 @@ import email.utils
 import io
 import json
 import logging
+import math
 import os
+import re
 import time
 from typing import Any
 
@@ -45,8 +50,13 @@ from reallod.llm.memo import IdentityMemo
 log = logging.getLogger(__name__)
 
 STRUCTURED_MODES: tuple[str, ...] = ("json_schema", "json_object+schema", "json_object", "none")
-_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar", "guided",
-                 "structured", "not supported", "unsupported")
+_FORMAT_ERROR = re.compile(r"response_format|json_schema|json_object|json schema|grammar|guided"
+                           r"|structured[ _]outputs?", re.IGNORECASE)
+"""How servers name structured output in their errors: OpenAI (``'response_format' of type
+'json_schema' is not supported``), vLLM (``guided_json``, ``JSON schema ... not supported by
+xgrammar``), SGLang (``grammar backend``), Ollama (``expected "json" or a JSON schema``), llama.cpp
+(``response_format type must be one of "text" or "json_object"``). Words such as "not supported"
+alone are not enough: "Image input is not supported" is about the request, not its format."""
 
 
 _ENCODED = IdentityMemo(64)
@@ -138,22 +148,29 @@ class OpenAIBackend:
             url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL  # as the official client
             self._transport = AiohttpTransport(self.name, url, key, timeout_s)
 
-    def _response_format(self, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is None or self.structured == "none":
+    def _response_format(self, schema: dict[str, Any] | None, mode: str) -> dict[str, Any] | None:
+        if schema is None or mode == "none":
             return None
-        if self.structured == "json_object+schema":
+        if mode == "json_object+schema":
             return {"type": "json_object", "schema": schema}
-        if self.structured == "json_object":
+        if mode == "json_object":
             return {"type": "json_object"}
         return {"type": "json_schema", "json_schema": {"name": "decision", "schema": strict_schema(schema),
                                                        "strict": True}}
 
-    def _degrade(self, error: HTTPStatusError) -> None:
-        nxt = STRUCTURED_MODES[STRUCTURED_MODES.index(self.structured) + 1]
+    def _degrade(self, rejected: str, error: HTTPStatusError, worked: str) -> None:
+        """Keep ``worked``, the level a rejected request then got through with (never climb back up:
+        concurrent calls that fell back together degrade once)."""
+        if STRUCTURED_MODES.index(worked) <= STRUCTURED_MODES.index(self.structured):
+            return
         first_line = error.message.strip().splitlines()[0][:200] if error.message.strip() else f"HTTP {error.status}"
         log.warning("%s rejected response_format %s (%s); using %s from now on", self.name,
-                    self.structured, first_line, nxt)
-        self.structured = nxt
+                    rejected, first_line, worked)
+        self.structured = worked
+
+    def _lower(self, mode: str) -> str:
+        """The level below ``mode``, or below the run's level where another call already fell further."""
+        return STRUCTURED_MODES[max(STRUCTURED_MODES.index(mode) + 1, STRUCTURED_MODES.index(self.structured))]
 
     async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
                        choices: list[str] | None = None, max_tokens: int | None = None,
@@ -170,24 +187,20 @@ class OpenAIBackend:
         if temperature is not None:
             kwargs["temperature"] = temperature
         started = time.perf_counter()
+        mode, rejected = self.structured, None
         while True:
-            mode = self.structured
-            response_format = self._response_format(schema)
+            response_format = self._response_format(schema, mode)
             body = kwargs if response_format is None else {**kwargs, "response_format": response_format}
             try:
                 data = await self._transport.post_json("/chat/completions", body)
                 break
             except HTTPStatusError as e:
-                if response_format is not None and e.status in (400, 422, 500) \
-                        and any(w in e.body.lower() for w in _FORMAT_WORDS):
-                    if self.structured == mode:  # concurrent calls degrade once, not once each
-                        self._degrade(e)
-                    continue
-                code = e.status
-                kind = "rate_limit" if code == 429 else "server" if code >= 500 else \
-                    "timeout" if code == 408 else "client"
-                raise BackendError(f"{self.name}: HTTP {code}: {e.message}", retryable=code in (408, 409, 429)
-                                   or code >= 500, retry_after=_retry_after(e.headers), kind=kind) from e
+                if response_format is None or not _format_rejected(e):
+                    raise _backend_error(self.name, e) from e
+                rejected = rejected or (mode, e)  # kept only if a level below then works
+                mode = self._lower(mode)
+        if rejected is not None:
+            self._degrade(*rejected, mode)
         latency = time.perf_counter() - started
         try:
             choice = data["choices"][0]
@@ -198,13 +211,38 @@ class OpenAIBackend:
             text = str(text)
         if choices:
             text = _unwrap_choice(text, choices)
-        usage = data.get("usage") or {}
-        return Completion(text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0), latency_s=latency,
-                          meta={"finish_reason": choice.get("finish_reason"), "structured": self.structured})
+        usage = data.get("usage")
+        return Completion(text, prompt_tokens=_token_count(usage, "prompt_tokens"),
+                          completion_tokens=_token_count(usage, "completion_tokens"), latency_s=latency,
+                          meta={"finish_reason": choice.get("finish_reason"), "structured": mode})
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _format_rejected(error: HTTPStatusError) -> bool:
+    """Whether the server refused the request's structured-output part (not something else in it)."""
+    return error.status in (400, 422, 500) and _FORMAT_ERROR.search(error.body) is not None
+
+
+def _backend_error(name: str, error: HTTPStatusError) -> BackendError:
+    code = error.status
+    kind = "rate_limit" if code == 429 else "server" if code >= 500 else "timeout" if code == 408 else "client"
+    return BackendError(f"{name}: HTTP {code}: {error.message}", retryable=code in (408, 409, 429) or code >= 500,
+                        retry_after=_retry_after(error.headers), kind=kind)
+
+
+def _token_count(usage: Any, key: str) -> int:
+    """A token count from the reply's ``usage``, 0 (not counted) where it is missing or no number:
+    usage is statistics, and a server's odd bookkeeping must not fail an otherwise valid reply."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, bool):
+        return 0
+    try:
+        count = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(count) if math.isfinite(count) and count > 0 else 0
 
 
 def _retry_after(headers: Any) -> float | None:
