@@ -230,3 +230,23 @@ def test_images_above_max_pixels_fail_their_tasks_and_a_rerun_with_a_larger_budg
     assert errors and all("above the limit of 1,000 (raise --max-pixels if it is genuine)" in e for e in errors)
     again = go()
     assert again.info["tasks_retried"] == 4 and "failed" not in again.summary.verdicts
+
+
+def test_a_task_failed_by_an_unusable_reply_is_asked_again_not_replayed_from_the_cache(tmp_path):
+    """A server giving empty replies (llama.cpp without a chat format) fails the tasks; once it is fixed,
+    the rerun must reach it: the cache replayed the empty reply and every task failed again."""
+    from reallod.llm.backends.base import Completion
+
+    cache = tmp_path / "cache.sqlite"
+
+    def broken(role, messages):
+        return Completion("", 10, 0) if role == "reflector" else colour_judge(role, messages)
+
+    opts = RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=tmp_path / "o.jsonl",
+                          images=EXAMPLES / "images", limit=3, concurrency=1, cache=cache)
+    first = realign(opts, roles=scripted_roles(broken, vlm=False))
+    assert first.summary.all_failed and first.summary.errors
+    fixed = scripted_roles(colour_judge, vlm=False)
+    second = realign(opts, roles=fixed)
+    assert second.summary.tasks == 3 and not second.summary.errors, second.summary.errors
+    assert any(c.role == "reflector" for c in fixed.reflector.backend.calls)  # the fixed server was asked

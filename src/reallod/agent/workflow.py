@@ -26,6 +26,7 @@ from reallod.errors import ConfigError, DataError
 from reallod.llm.backends.base import BackendError, Message, map_parts
 from reallod.llm.memo import IdentityMemo
 from reallod.llm.policy import backoff_delay
+from reallod.llm.replies import forget_reply
 
 _JITTER = random.Random()  # backoff jitter when a backend is used without the runner's retry wrapper
 
@@ -147,6 +148,7 @@ class _TaskRun:
                                  {"role": "user", "content": f"That answer cannot be used: {e}. Answer "
                                   f"again with only {role.decision.format_hint()}."}]
                         continue
+                    forget_reply(role.backend, completion)  # a rerun asks the (fixed) server again
                     raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {why}",
                                      "unusable_answer") from e
                 step.decision, step.repaired = decision, repaired

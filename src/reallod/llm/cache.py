@@ -9,7 +9,9 @@ replays exactly. Stored in SQLite (WAL): safe for several processes on one machi
 One key, one answer: the first answer stored for a key is the one kept and used (two tasks that send
 the same request at once, in one process or two, end up with the same answer, and a rerun replays
 what each of them used); within a process the second one waits for the first one's answer
-(:attr:`ResponseCache.in_flight`) instead of paying for the request again.
+(:attr:`ResponseCache.in_flight`) instead of paying for the request again. The one answer a caller
+drops (:meth:`ResponseCache.drop`) is the reply that failed its task: a rerun of a failed task asks
+again instead of replaying what a broken server said, while a done task replays everything it used.
 
 Writes are committed in groups (a commit per answer cost more CPU than the HTTP request that fetched
 it): every :data:`COMMIT_EVERY` answers, after :data:`COMMIT_AFTER_S`, on :meth:`ResponseCache.commit`
@@ -137,6 +139,15 @@ class ResponseCache:
         if stored:
             return completion
         return self.get(key) or completion
+
+    def drop(self, key: str) -> None:
+        """Forget the answer stored for a key (one that failed its task): the next ask pays for a new one."""
+        try:
+            with self._lock:
+                if self._db.execute("DELETE FROM responses WHERE key = ?", (key,)).rowcount:
+                    self._uncommitted += 1
+        except sqlite3.Error as e:
+            self._trouble(e)
 
     def commit(self) -> None:
         """Make the answers put so far survive a crash of this process."""

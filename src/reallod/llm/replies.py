@@ -1,7 +1,8 @@
 """Finding the JSON object in a model's reply, whatever the model wrapped around it.
 
 Small models fence their JSON, embed it in prose, or break it; every caller that asks a model for a
-JSON object (the agent's roles, the data engine's generators) reads the reply through here.
+JSON object (the agent's roles, the data engine's generators) reads the reply through here, and
+tells the backend about a reply that failed its task (:func:`forget_reply`).
 """
 
 from __future__ import annotations
@@ -47,3 +48,13 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
         obj = None
     return obj, obj is not None
 
+
+
+def forget_reply(backend: Any, completion: Any) -> None:
+    """A reply that stayed unusable and so failed its task: a response cache behind ``backend`` drops
+    it, so that a rerun (once the server is fixed) asks again instead of failing on the same reply.
+    Call it for that last reply only: a done task replays every reply it used, the rejected ones too.
+    Nothing for a backend without a cache."""
+    forget = getattr(backend, "forget", None)
+    if callable(forget):
+        forget(completion)
