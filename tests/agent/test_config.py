@@ -167,3 +167,15 @@ def test_the_documented_config_format_example_loads_and_builds(tmp_path: Path, m
     assert "My own words." not in roles.planner.prompt.user + roles.rewriter.prompt.user
     assert roles.planner.backend is roles.reflector.backend  # the same model, one backend
     assert roles.vlm is not None and roles.vlm.backend.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def test_the_outage_settings_come_from_the_retry_section(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "name: a\nretry: {down_after_s: 300, max_retry_after_s: 60}\nroles:\n"
+        "  planner: &m {backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}\n"
+        "  reflector: *m\n  rewriter: *m\n")
+    retry = build_roles(load_agent_config(tmp_path / "a.yaml")).retry
+    assert (retry.down_after_s, retry.max_retry_after_s, retry.max_attempts) == (300.0, 60.0, 3)
+    (tmp_path / "b.yaml").write_text((tmp_path / "a.yaml").read_text().replace("down_after_s: 300", "down_after_s: -1"))
+    with pytest.raises(ConfigError, match=r"retry\.down_after_s"):
+        load_agent_config(tmp_path / "b.yaml")

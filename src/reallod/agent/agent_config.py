@@ -10,7 +10,8 @@ Format::
     name: vllm
     max_cycles: 3            # optional, default 3
     concurrency: 64          # optional (default 64): how many tasks a runner keeps in flight
-    retry: {max_attempts: 3, backoff_s: 1.0, max_backoff_s: 30.0}
+    retry: {max_attempts: 3, backoff_s: 1.0, max_backoff_s: 30.0,   # optional, these are the defaults
+            down_after_s: 90.0, max_retry_after_s: 600.0}            # (see reallod.llm.policy.RetryPolicy)
     roles:
       reflector: {backend: openai, model: ..., base_url: ..., api_key_env: ..., max_tokens: 256,
                   temperature: 0.0, params: {top_p: 0.9}, prompt: my_reflector.txt,
@@ -203,12 +204,18 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
         url = (llm_base_url if name in LLM_ROLES else vlm_base_url) or base_url
         roles[name] = _role(name, roles_raw.get(name), f"{p}: roles.{name}", p.parent, url)
     retry_raw = raw.get("retry") or {}
-    if not isinstance(retry_raw, dict) or set(retry_raw) - {"max_attempts", "backoff_s", "max_backoff_s"}:
-        raise ConfigError(f"{p}: retry: expected a mapping of max_attempts, backoff_s, max_backoff_s")
+    keys = ("max_attempts", "backoff_s", "max_backoff_s", "down_after_s", "max_retry_after_s")
+    if not isinstance(retry_raw, dict) or set(retry_raw) - set(keys):
+        raise ConfigError(f"{p}: retry: expected a mapping of {', '.join(keys)}")
+    default = RetryPolicy()
     retry = RetryPolicy(
         max_attempts=_num(retry_raw.get("max_attempts", 3), f"{p}: retry.max_attempts", int, minimum=1),
         base_delay_s=_num(retry_raw.get("backoff_s", 1.0), f"{p}: retry.backoff_s", float, minimum=0),
-        max_delay_s=_num(retry_raw.get("max_backoff_s", 30.0), f"{p}: retry.max_backoff_s", float, minimum=0))
+        max_delay_s=_num(retry_raw.get("max_backoff_s", 30.0), f"{p}: retry.max_backoff_s", float, minimum=0),
+        down_after_s=_num(retry_raw.get("down_after_s", default.down_after_s), f"{p}: retry.down_after_s", float,
+                          minimum=0),
+        max_retry_after_s=_num(retry_raw.get("max_retry_after_s", default.max_retry_after_s),
+                               f"{p}: retry.max_retry_after_s", float, minimum=0))
     return AgentConfig(
         name=str(raw.get("name") or p.stem), path=p, roles=roles,
         max_cycles=_num(raw.get("max_cycles", 3), f"{p}: max_cycles", int, minimum=1),
