@@ -18,8 +18,14 @@ Selection (``--from``):
   expression (content-word F1, as ``agent-eval`` matches them).
 
 Identical examples (same role, prompt, images and reply) are kept once. Examples are split into train
-and validation **by image**: all calls about one image fall on one side, so validation measures
-images the student never saw.
+and validation **by image file** (the task's image path resolved against the trace's image root, so
+two traces that name one photo differently agree): all calls about one photo fall on one side, so
+validation measures images the student never saw.
+
+A step whose recorded values lack a placeholder of the template is an error, not a prompt with a
+literal ``$name`` in it. Each distinct view (image file, box, view name) is rendered and stored once;
+examples are spooled to disk per role while the traces are read and routed to their split afterwards,
+so memory holds a dedupe key per example and a few fields per task, not the examples.
 
 Layout of ``OUT``: ``ROLE/train.jsonl`` and ``ROLE/val.jsonl`` (one example a line, the ``messages``
 layout TRL and ``datasets`` read, with ``images`` for VLM examples), ``images/`` (the VLM views, PNG),
@@ -30,11 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import orjson
@@ -58,6 +65,12 @@ MANIFEST = "manifest.json"
 FINISHED: tuple[str, ...] = ("correct", "rewritten", "wrong", "unresolved")
 LABEL_FIELD = {"reflector": "verdict", "planner": "state"}
 """The decision field that names an example's class, for the counts (the other roles have none)."""
+NONE_VALUES = {"caption": "caption"}
+"""Values the workflow takes from a task field that may be None (placeholder → task field): the trace
+records only str/int/float values, so such a value is missing from a step whose task has None there,
+and the run rendered it as empty text."""
+VIEW_NAME = re.compile(r"[0-9a-f]{32}\.png")
+"""The file names of the views sft-data stores in ``images/``."""
 
 
 @dataclass(slots=True)
@@ -68,14 +81,15 @@ class Example:
     messages: list[dict[str, Any]]
     images: list[str]  # paths relative to the dataset folder (VLM examples)
     task_id: str
-    image: str  # the task's image, as the trace names it: the unit of the train/val split
+    image: str  # the task's image, as the trace names it
+    file: str  # that image resolved against the trace's image root: the unit of the train/val split
     task_verdict: str
     label: str
     cycle: int
     trace: str
     key: str = ""
 
-    def to_json(self, split: str) -> dict[str, Any]:
+    def to_json(self, split: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {"messages": self.messages}
         if self.images:
             row["images"] = self.images
@@ -99,6 +113,9 @@ class SftReport:
     task_verdicts: dict[str, Counter[str]] = field(default_factory=dict)  # split → final verdict → tasks
     images: dict[str, int] = field(default_factory=dict)  # split → images
     prompts_changed: int = 0  # prompts that differ from the ones recorded during the run
+    used: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+    """(image file, image as the trace names it, final verdict) of every used task, whether or not its
+    examples survive deduplication: the split's units and the per-split verdict counts."""
 
     def total(self) -> int:
         return sum(sum(s.values()) for s in self.examples.values())
@@ -159,15 +176,30 @@ def _json_bytes(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
-class _Views:
-    """Re-renders VLM views from a trace's images, checks their crop boxes, and stores each once."""
+def image_root(trace: Path, header: dict[str, Any], images: Path | None) -> Path:
+    """The folder a trace's image paths are relative to: ``--images``, else the one the run recorded."""
+    return images if images is not None else Path(header.get("images") or trace.parent)
 
-    def __init__(self, out: Path) -> None:
+
+def image_file(root: Path, rel: str) -> str:
+    """A task's image as one file, whatever the trace called it (``a.jpg`` under ``examples/images``,
+    ``images/a.jpg`` under ``examples``, a symbolic link): the unit of the train/val split."""
+    return str(root.joinpath(*PurePosixPath(rel.replace("\\", "/")).parts).resolve())
+
+
+class _Views:
+    """Re-renders VLM views from a trace's images, checks their crop boxes, and stores each once.
+
+    A view is rendered and PNG-encoded once per (image file, box, view name): the tasks of one object
+    ask for the same few views again and again, and encoding dominated the build."""
+
+    def __init__(self, out: Path, cache_size: int = 16384) -> None:
         self.out = out
         self.loaders: dict[Path, ImageLoader] = {}
+        self.stored: OrderedDict[tuple[str, tuple[float, ...], str], tuple[str, list[int]]] = OrderedDict()
+        self.cache_size = cache_size  # entries are a path and a box: small; a miss only re-renders
 
-    def loader(self, trace: Path, header: dict[str, Any], images: Path | None) -> ImageLoader:
-        root = images if images is not None else Path(header.get("images") or trace.parent)
+    def loader(self, trace: Path, root: Path) -> ImageLoader:
         if root not in self.loaders:
             try:
                 self.loaders[root] = ImageLoader(root)
@@ -176,22 +208,32 @@ class _Views:
                                 "with the folder the images are in now", path=str(trace)) from None
         return self.loaders[root]
 
-    def render(self, loader: ImageLoader, trace: Path, task: dict[str, Any], step: dict[str, Any]) -> tuple[str, Any]:
-        """(relative path of the stored view, the view as a PIL image)."""
+    def render(self, loader: ImageLoader, trace: Path, task: dict[str, Any], step: dict[str, Any],
+               file: str) -> str:
+        """The path of the stored view, relative to the dataset folder."""
         view = step.get("view") or {}
-        name, tid = view.get("name"), task.get("task_id")
+        name, tid = str(view.get("name")), task.get("task_id")
         try:
-            image = loader.load(str(task["image_path"]))
             box = ObjectRef(**task["chosen"]).union_box()
-            img, crop = make_view(image, box, str(name))
+            key = (file, tuple(box), name)
+            if key in self.stored:
+                self.stored.move_to_end(key)
+            else:
+                img, crop = make_view(loader.load(str(task["image_path"])), box, name)
+                self.stored[key] = (self._store(_png_bytes(img)), list(crop))
+                if len(self.stored) > self.cache_size:
+                    self.stored.popitem(last=False)
         except DataError as e:
             raise DataError(f"task {tid}: cannot re-render the {name} view its VLM call was shown: {e}; pass "
                             "--images with the folder the images are in now", path=str(trace)) from None
-        if view.get("crop_box") is not None and list(view["crop_box"]) != list(crop):
+        rel, crop = self.stored[key]
+        if view.get("crop_box") is not None and list(view["crop_box"]) != crop:
             raise DataError(f"task {tid}: the re-rendered {name} view has crop box {crop}, the trace recorded "
                             f"{view['crop_box']}: the image {task['image_path']} is not the one the run saw",
                             path=str(trace))
-        png = _png_bytes(img)
+        return rel
+
+    def _store(self, png: bytes) -> str:
         rel = f"images/{hashlib.blake2b(png, digest_size=16).hexdigest()}.png"
         target = self.out / rel
         if not target.exists():
@@ -199,7 +241,15 @@ class _Views:
             tmp = target.with_name(f".{target.name}.tmp")
             tmp.write_bytes(png)
             os.replace(tmp, target)
-        return rel, img
+        return rel
+
+
+def _view_placeholder() -> Any:
+    """What the prompt's image part holds: the dataset keeps the view as a file in ``images/`` and only
+    ``{"type": "image"}`` in its messages, so the prompt needs the part's place, not the pixels."""
+    from PIL import Image
+
+    return Image.new("RGB", (1, 1))
 
 
 def _png_bytes(img: Any) -> bytes:
@@ -260,6 +310,7 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
         raise DataError("no such trace file", path=str(trace))
     header, entries = read_trace(trace)
     check_trace_header(trace, header)
+    root = image_root(trace, header, images)
     loader: ImageLoader | None = None
     for entry in entries:
         report.tasks_read += 1
@@ -288,6 +339,9 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                 report.skipped[f"tasks: {why}"] += 1
                 continue
         report.tasks_used += 1
+        image = str(task.get("image_path") or "")
+        file = image_file(root, image)
+        report.used.append((file, image, str(verdict)))
         for step in result.get("steps") or []:
             role, decision = step.get("role"), step.get("decision")
             if role not in ROLE_NAMES or not isinstance(decision, dict) or step.get("error"):
@@ -298,26 +352,40 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                 raise DataError(f"task {tid}: a {role} call without the values its prompt was rendered with "
                                 f"(the trace's header says format {header.get('trace')}, but this line is "
                                 "older): run the agent again for a complete trace", path=str(trace))
+            missing = missing_values(templates[role], task, values)
+            if missing:
+                raise DataError(f"task {tid}: a {role} call whose recorded values lack {', '.join(missing)}, which "
+                                f"the template {templates[role].name} uses: the prompt would hold the literal "
+                                f"${missing[0]}; run the agent again for a complete trace, or render with a "
+                                "template without it (--config)", path=str(trace))
             if role == "rewriter" and g is not None:
                 ok = acceptable(g, str(task.get("raw_expression") or ""))
                 if not any(match_f1(str(decision.get("expression") or ""), a) >= min_f1 for a in ok):
                     report.skipped["rewrites that match no acceptable expression"] += 1
                     continue
             pictures: list[str] = []
-            pil = None
             if role == "vlm":
                 if loader is None:
-                    loader = views.loader(trace, header, images)
-                rel, pil = views.render(loader, trace, task, step)
-                pictures.append(rel)
-            prompt = render_messages(templates[role], SPECS[role], values, [pil] if pil is not None else None)
+                    loader = views.loader(trace, root)
+                pictures.append(views.render(loader, trace, task, step, file))
+            values = {**{k: "" for k in NONE_VALUES if k not in values}, **values}
+            prompt = render_messages(templates[role], SPECS[role], values,
+                                     [_view_placeholder()] if pictures else None)
             if _comparable(prompt) != _comparable(_recorded_prompt(step, len(prompt))):
                 report.prompts_changed += 1
             label_field = LABEL_FIELD.get(role)
             yield Example(role, _dataset_messages(role, prompt, SPECS[role].reply(decision)), pictures, tid,
-                          str(task.get("image_path") or ""), str(verdict),
+                          image, file, str(verdict),
                           str(decision.get(label_field, "")) if label_field else "", int(step.get("cycle") or 0),
                           str(trace))
+
+
+def missing_values(template: PromptTemplate, task: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The template's placeholders that a step's recorded values do not fill (``format`` comes from
+    :func:`render_messages`; a :data:`NONE_VALUES` value is missing by right when its task field is
+    None). Rendering leaves such a placeholder as literal ``$name`` text, which a student must not learn."""
+    given = {"format", *values, *(k for k, f in NONE_VALUES.items() if task.get(f) is None)}
+    return sorted(template.placeholders() - given)
 
 
 def _dedupe_key(ex: Example) -> str:
@@ -329,8 +397,9 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
                    seed: int = 0, min_f1: float = 0.6, overwrite: bool = False) -> SftReport:
     """Build the datasets of ``traces`` under ``out`` (see the module docstring); returns the counts.
 
-    Refuses an ``out`` that already holds a dataset unless ``overwrite``; writes into a temporary folder
-    beside it and renames it into place, so an interrupted build leaves no half dataset."""
+    Refuses an ``out`` that already holds a dataset unless ``overwrite``, and with it one that holds
+    anything sft-data did not write; writes into a temporary folder beside it and renames it into
+    place, so an interrupted build leaves no half dataset."""
     if source not in SOURCES:
         raise ConfigError(f"--from {source!r}: expected teacher or gold")
     if source == "gold" and labelled is None:
@@ -340,13 +409,17 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the dataset")
+    inside = [t for t in traces if Path(t).resolve().is_relative_to(out)]
+    if inside:
+        raise ConfigError(f"--out {out} holds the trace {inside[0]}: give another folder for the dataset")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it")
         read_manifest(out)  # --overwrite replaces a dataset, never another folder (a teacher run, say)
-    inside = [t for t in traces if Path(t).resolve().is_relative_to(out)]
-    if inside:
-        raise ConfigError(f"--out {out} holds the trace {inside[0]}: give another folder for the dataset")
+        foreign = _foreign_entry(out)
+        if foreign is not None:
+            raise ConfigError(f"--overwrite would delete {foreign}, which sft-data did not write (a student "
+                              f"saved inside the dataset, say): move it out of {out} or give another --out")
     templates = role_templates(config)
     gold = load_gold(labelled) if source == "gold" and labelled is not None else None
     tmp = out.with_name(f".{out.name}.building")
@@ -355,28 +428,29 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
     try:
         report = SftReport(out, [str(t) for t in traces])
         views = _Views(tmp)
-        kept: list[Example] = []
-        seen: dict[str, Example] = {}
-        for trace in traces:
-            for ex in iter_examples(Path(trace), templates=templates, views=views, report=report, images=images,
-                                    gold=gold, gold_path=labelled, min_f1=min_f1):
-                ex.key = _dedupe_key(ex)
-                if ex.key in seen:
-                    report.duplicates += 1
-                    continue
-                seen[ex.key] = ex
-                kept.append(ex)
-        if not kept:
-            why = ", ".join(f"{n} {reason}" for reason, n in report.skipped.most_common()) or "no role calls"
-            raise DataError(f"no examples selected ({report.tasks_read} task(s) read; left out: {why})",
-                            path=", ".join(str(t) for t in traces))
-        val_images = split_images({ex.image for ex in kept}, val_fraction, seed)
-        _write(tmp, kept, val_images, report)
+        seen: set[str] = set()
+        with _Spool(tmp / ".spool") as spool:
+            for trace in traces:
+                for ex in iter_examples(Path(trace), templates=templates, views=views, report=report,
+                                        images=images, gold=gold, gold_path=labelled, min_f1=min_f1):
+                    ex.key = _dedupe_key(ex)
+                    if ex.key in seen:
+                        report.duplicates += 1
+                        continue
+                    seen.add(ex.key)
+                    spool.add(ex)
+            if not spool.roles:
+                why = ", ".join(f"{n} {reason}" for reason, n in report.skipped.most_common()) or "no role calls"
+                raise DataError(f"no examples selected ({report.tasks_read} task(s) read; left out: {why})",
+                                path=", ".join(str(t) for t in traces))
+            val_files = split_files({file for file, _, _ in report.used}, val_fraction, seed)
+            _write(tmp, spool, val_files, report)
         manifest = {"sft_format": SFT_FORMAT, "source": source, "labelled": str(labelled) if labelled else None,
                     "config": str(config) if config else None, "val_fraction": val_fraction, "seed": seed,
                     "templates": {r: hashlib.blake2b(f"{t.system}\n{t.user}".encode(), digest_size=8).hexdigest()
                                   for r, t in templates.items()},
-                    "val_images": sorted(val_images), **report.to_dict()}
+                    "val_images": sorted({image for file, image, _ in report.used if file in val_files}),
+                    **report.to_dict()}
         with atomic_text(tmp / MANIFEST) as f:
             f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
         if out.exists():
@@ -387,23 +461,85 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
     return report
 
 
-def _write(folder: Path, examples: list[Example], val_images: set[str], report: SftReport) -> None:
-    rows: dict[tuple[str, str], list[bytes]] = {}
-    split_of_task: dict[tuple[str, str], tuple[str, str]] = {}
-    for ex in examples:
-        split = "val" if ex.image in val_images else "train"
-        rows.setdefault((ex.role, split), []).append(orjson.dumps(ex.to_json(split)))
-        report.examples.setdefault(ex.role, dict.fromkeys(SPLITS, 0))[split] += 1
-        report.labels.setdefault(ex.role, {s: Counter() for s in SPLITS})[split][ex.label or "-"] += 1
-        split_of_task[(ex.trace, ex.task_id)] = (split, ex.task_verdict)
-    for split, verdict in split_of_task.values():
+def _foreign_entry(out: Path) -> Path | None:
+    """The first entry of a dataset folder that sft-data does not write (its ``manifest.json``,
+    ``ROLE/{train,val}.jsonl`` and ``images/HASH.png``), or None: what ``--overwrite`` must not delete."""
+    splits = {f"{s}.jsonl" for s in SPLITS}
+    for entry in sorted(out.iterdir()):
+        if entry.name == MANIFEST and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name not in {*ROLE_NAMES, "images"} or entry.is_symlink() or not entry.is_dir():
+            return entry
+        for inner in sorted(entry.iterdir()):
+            ours = VIEW_NAME.fullmatch(inner.name) if entry.name == "images" else inner.name in splits
+            if not ours or inner.is_symlink() or not inner.is_file():
+                return inner
+    return None
+
+
+def split_files(files: set[str], val_fraction: float, seed: int = 0) -> set[str]:
+    """The image files of the validation side (:func:`split_images` of their paths relative to the folder
+    that holds them all, so the split is the same wherever the images lie)."""
+    base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    names = {os.path.relpath(f, base): f for f in files}
+    return {names[n] for n in split_images(set(names), val_fraction, seed)}
+
+
+class _Spool:
+    """The kept examples, one line each in a file per role while the traces are read (the split needs
+    every image first), so they need not all be held in memory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.roles: dict[str, Any] = {}  # role → open spool file
+
+    def __enter__(self) -> _Spool:
+        self.folder.mkdir()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.roles.values():
+            f.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def add(self, ex: Example) -> None:
+        if ex.role not in self.roles:
+            self.roles[ex.role] = open(self.folder / f"{ex.role}.jsonl", "wb")  # noqa: SIM115
+        self.roles[ex.role].write(orjson.dumps([ex.file, ex.to_json(None)]) + b"\n")
+
+    def read(self, role: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(image file, row without its split) of each example of ``role``, in the order they came."""
+        self.roles[role].flush()
+        with open(self.folder / f"{role}.jsonl", "rb") as f:
+            for line in f:
+                file, row = orjson.loads(line)
+                yield file, row
+
+
+def _write(folder: Path, spool: _Spool, val_files: set[str], report: SftReport) -> None:
+    """Route the spooled examples to ``ROLE/{train,val}.jsonl``; count examples, labels, images and the
+    final verdicts of every used task (also those whose examples were all duplicates) per split."""
+    for role in spool.roles:
+        files: dict[str, Any] = {}
+        try:
+            for file, row in spool.read(role):
+                split = "val" if file in val_files else "train"
+                row["split"] = split
+                if split not in files:
+                    (folder / role).mkdir(exist_ok=True)
+                    files[split] = open(folder / role / f"{split}.jsonl", "wb")  # noqa: SIM115
+                files[split].write(orjson.dumps(row) + b"\n")
+                report.examples.setdefault(role, dict.fromkeys(SPLITS, 0))[split] += 1
+                report.labels.setdefault(role, {s: Counter() for s in SPLITS})[split][row["label"] or "-"] += 1
+        finally:
+            for f in files.values():
+                f.close()
+    by_split: dict[str, set[str]] = {s: set() for s in SPLITS}
+    for file, _, verdict in report.used:
+        split = "val" if file in val_files else "train"
+        by_split[split].add(file)
         report.task_verdicts.setdefault(split, Counter())[verdict] += 1
-    for split in SPLITS:
-        report.images[split] = len({ex.image for ex in examples if (ex.image in val_images) == (split == "val")})
-    for (role, split), lines in rows.items():
-        (folder / role).mkdir(exist_ok=True)
-        with open(folder / role / f"{split}.jsonl", "wb") as f:
-            f.write(b"\n".join(lines) + b"\n")
+    report.images = {s: len(f) for s, f in by_split.items()}
 
 
 def read_manifest(data: Path) -> dict[str, Any]:
