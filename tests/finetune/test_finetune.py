@@ -290,3 +290,92 @@ def test_agreement_takes_the_server_options_and_names_a_server_that_is_down(teac
     assert code == 2 and "Traceback" not in err and "unexpected" not in err, err
     assert "the planner role's model failed on example 1 (connection: " in err
     assert "127.0.0.1:9" in err and "check that the server is running" in err
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no except, no finally of the code under test)."""
+
+
+def test_a_finetune_killed_while_merging_resumes_and_merges(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:
+    """Killed inside merge_and_unload (after the adapter was saved, before finetune.json said finished), the
+    same command said 'holds a finished fine-tune ...; pass --overwrite' for ever: the adapter file was taken
+    for a finished run. It resumes from the last checkpoint (no step past the end) and saves and merges."""
+    import peft
+    from safetensors.torch import load_file
+
+    out = tmp_path / "student"
+
+    def killed_while_merging(self, *a, **kw):
+        (out / "merged").mkdir()
+        (out / "merged" / "model.safetensors").write_bytes(b"half")
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(peft.PeftModel, "merge_and_unload", killed_while_merging, raising=False)
+        with pytest.raises(_Killed):
+            finetune(opts(teacher_data, tiny_lm, out, merge=True))
+    assert (out / "adapter_config.json").is_file()
+    assert json.loads((out / "finetune.json").read_text())["status"] == "training"
+    trained = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    res = finetune(opts(teacher_data, tiny_lm, out, merge=True))
+    assert res.steps == 4 and res.resumed_from.endswith("checkpoint-4") and res.merged == out / "merged"
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["status"] == "finished" and record["steps"] == 4 and record["train_losses"]
+    assert not (out / "checkpoints").exists()
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter.keys() == trained.keys() and all(torch.equal(adapter[k], trained[k]) for k in trained)
+    assert (out / "merged" / "config.json").is_file()
+    TransformersBackend(str(out / "merged")).load()  # the half-written weights were replaced
+    with pytest.raises(ConfigError, match="holds a finished fine-tune"):
+        finetune(opts(teacher_data, tiny_lm, out, merge=True))
+
+
+def test_an_out_that_is_a_file_or_inside_a_dataset_is_refused_before_loading(teacher_data, tiny_lm, tmp_path,
+                                                                            monkeypatch) -> None:
+    """`--out victim.trace.jsonl --overwrite` loaded the model, then failed 'Not a directory'; an --out inside
+    the sft-data folder was trained into (`sft-data --overwrite` deletes it with the dataset)."""
+    import shutil
+
+    data = tmp_path / "sft"
+    shutil.copytree(teacher_data, data)
+
+    def no_model(*a, **kw):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr(trainer_mod, "load_base", no_model)
+    victim = tmp_path / "victim.trace.jsonl"
+    victim.write_text('{"keep": "me"}\n')
+    for overwrite in (True, False):
+        with pytest.raises(ConfigError, match=r"--out .*victim\.trace\.jsonl is a file, not a folder"):
+            finetune(opts(data, tiny_lm, victim, overwrite=overwrite))
+    assert victim.read_text() == '{"keep": "me"}\n'
+    for out in (data / "student", data / "reflector" / "student", data):
+        with pytest.raises(ConfigError, match=rf"--out .* lies inside the sft-data folder {data}.*outside it"):
+            finetune(opts(data, tiny_lm, out, overwrite=True))
+    assert not (data / "student").exists() and not (data / "reflector" / "student").exists()
+    assert (data / "manifest.json").is_file()
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    (holder / "finetune.json").write_text(json.dumps({"status": "finished"}))
+    shutil.copytree(teacher_data, holder / "sft")
+    with pytest.raises(ConfigError, match=r"--out .*holder holds the data"):  # --overwrite would delete it
+        finetune(opts(holder / "sft", tiny_lm, holder, overwrite=True))
+    assert (holder / "sft" / "manifest.json").is_file()
+
+
+def test_a_split_with_a_byte_that_is_not_utf8_is_named_by_file_and_line(teacher_data, tiny_lm, tmp_path) -> None:
+    """A non-UTF-8 byte gave 'unexpected UnicodeDecodeError ... position 72888', no file, no line."""
+    import shutil
+
+    data = tmp_path / "sft"
+    shutil.copytree(teacher_data, data)
+    for role in ("reflector", "vlm"):
+        train = data / role / "train.jsonl"
+        lines = train.read_bytes().split(b"\n")
+        lines[2] = lines[2][:40] + b"\xff" + lines[2][41:]
+        train.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"{data / 'reflector' / 'train.jsonl'}:3: not UTF-8 text \(byte 0xff at "
+                                        r"column 41\)"):
+        finetune(opts(data, tiny_lm, tmp_path / "student"))
+    with pytest.raises(DataError, match=rf"{data / 'vlm' / 'train.jsonl'}:3: not UTF-8 text"):
+        _vision_rows(data / "vlm" / "train.jsonl", data)

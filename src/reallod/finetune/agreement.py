@@ -7,6 +7,11 @@ against the teacher's: the reflector's verdict, the planner's state (and focus w
 equal; a rewrite or a VLM answer must match the teacher's by content words (F1 ≥ 0.6, as agent-eval
 matches rewrites). Run it with the base model's config and with the student's to see what the
 fine-tuning bought.
+
+The stored prompts were rendered with the templates the dataset was built with (``manifest.json``
+records a hash of each role's); a config whose role renders with another template would be measured on
+prompts it never sends, so it is refused, naming both templates and the ``sft-data --config`` command
+that rebuilds the data with the config's own.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from reallod.agent.agent_eval import match_f1
 from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import Role
 from reallod.errors import ConfigError, DataError, ReallodError
-from reallod.finetune.sft_data import SPLITS, open_view, role_files
+from reallod.finetune.sft_data import SPLITS, open_view, read_manifest, role_files, template_hash
+from reallod.finetune.trainer import split_lines
 from reallod.llm.backends.base import BackendError, map_parts
 
 
@@ -83,9 +89,7 @@ def _read_rows(path: Path, role: str) -> list[tuple[dict[str, Any], dict[str, An
     found before any model loads."""
     spec = SPECS[role]
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in split_lines(path):
         try:
             row = json.loads(line)
             reply = row["messages"][-1]["content"]
@@ -94,6 +98,35 @@ def _read_rows(path: Path, role: str) -> list[tuple[dict[str, Any], dict[str, An
             raise DataError(f"not an sft-data example of the {role} role: {e}", path=str(path), line=lineno) from None
         rows.append((row, teacher))
     return rows
+
+
+def check_template(data: Path, manifest: dict[str, Any], cfg: Any, role_name: str) -> None:
+    """Refuse a config whose ``role_name`` renders with another template than the dataset's examples.
+
+    Not a warning: the rate would be that of prompts the config never sends, reported as the config's.
+    Measuring a base model on the student's prompts stays possible by giving its role the same ``prompt:``."""
+    from reallod.agent.roles import load_prompt
+
+    built = (manifest.get("templates") or {}).get(role_name)
+    rc = cfg.roles[role_name]
+    if built is None or template_hash(load_prompt(role_name, rc.prompt)) == built:
+        return
+    ours = f"its template {rc.prompt}" if rc.prompt else f"the packaged {role_name}.txt"
+    theirs = (f"the templates of the config {manifest['config']}" if manifest.get("config")
+              else f"the packaged {role_name}.txt")
+    raise ConfigError(f"{cfg.path}: roles.{role_name} renders its prompts with {ours}, but the {role_name} examples "
+                      f"of {data} were rendered with {theirs} (template hash {built} in its manifest.json): "
+                      "the model would be measured on prompts this config never sends. Rebuild the data with "
+                      f"this config's templates: {_rebuild_command(manifest, cfg.path)}, or set "
+                      f"roles.{role_name}.prompt to the template the data was built with")
+
+
+def _rebuild_command(manifest: dict[str, Any], config: Path) -> str:
+    """The sft-data command that rebuilds a dataset from its traces and selection with ``config``'s templates."""
+    traces = " ".join(str(t) for t in manifest.get("traces") or []) or "TRACE..."
+    select = f" --from gold {manifest['labelled']}" if manifest.get("source") == "gold" else ""
+    split = "".join(f" --{k.replace('_', '-')} {manifest[k]}" for k in ("val_fraction", "seed") if k in manifest)
+    return f"reallod agent sft-data {traces}{select} --config {config}{split} --out NEW_DIR"
 
 
 async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]], data: Path,
@@ -140,6 +173,7 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
     cfg = load_agent_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
     if cfg.roles.get(role_name) is None:
         raise ConfigError(f"{cfg.path}: the config has no {role_name} role")
+    check_template(Path(data), read_manifest(Path(data)), cfg, role_name)
     roles = build_roles(cfg)
     role = roles.get(role_name)
     assert role is not None

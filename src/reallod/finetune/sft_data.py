@@ -128,6 +128,12 @@ class SftReport:
                 "prompts_changed": self.prompts_changed}
 
 
+def template_hash(template: PromptTemplate) -> str:
+    """What the manifest records of each role's template (``templates``): ``agent agreement`` refuses a
+    config whose template hashes otherwise."""
+    return hashlib.blake2b(f"{template.system}\n{template.user}".encode(), digest_size=8).hexdigest()
+
+
 def role_templates(config: str | os.PathLike | None = None) -> dict[str, PromptTemplate]:
     """Each role's template: the packaged ones, or those of an agent config (the student's, whose roles
     may name their own ``prompt`` files)."""
@@ -447,7 +453,7 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
             _write(tmp, spool, val_files, report)
         manifest = {"sft_format": SFT_FORMAT, "source": source, "labelled": str(labelled) if labelled else None,
                     "config": str(config) if config else None, "val_fraction": val_fraction, "seed": seed,
-                    "templates": {r: hashlib.blake2b(f"{t.system}\n{t.user}".encode(), digest_size=8).hexdigest()
+                    "templates": {r: template_hash(t)
                                   for r, t in templates.items()},
                     "val_images": sorted({image for file, image, _ in report.used if file in val_files}),
                     **report.to_dict()}

@@ -16,9 +16,11 @@ is written here. What this module adds is what TRL cannot know:
   train packed GGUF weights), as a causal LM for the text roles and an image-text-to-text model for the
   VLM role; one that cannot load is a one-line error naming it.
 - **resume and refuse:** checkpoints go to ``OUT/checkpoints`` every ``save_steps`` steps; running the
-  same command again resumes from the last one (a Ctrl-C saves one first); a finished fine-tune (an
-  adapter in ``OUT``) is never overwritten unless ``overwrite`` says so; other settings in an unfinished
-  ``OUT`` are refused rather than mixed.
+  same command again resumes from the last one (a Ctrl-C saves one first), and one stopped while saving
+  the adapter or merging redoes the save and the merge; a finished fine-tune (``finetune.json`` says so,
+  written last) is never overwritten unless ``overwrite`` says so; other settings in an unfinished
+  ``OUT`` are refused rather than mixed; an ``OUT`` that is a file or lies inside an sft-data folder
+  (which ``sft-data --overwrite`` deletes) is refused before the model loads.
 
 ``OUT`` ends as a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``, the
 tokenizer) with ``finetune.json`` (settings, data, losses: train per logging step, validation per epoch)
@@ -34,13 +36,15 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reallod.agent.decisions import SPECS
+from reallod.data.io import iter_lines
 from reallod.errors import ConfigError, DataError, Interrupted
-from reallod.finetune.sft_data import open_view, read_manifest, role_files
+from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import resolve_source
 
 RUN_FILE = "finetune.json"
@@ -145,6 +149,18 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
     return model, processor
 
 
+def split_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a dataset split; a byte that is not UTF-8 is an error
+    naming the file and the line (decoding the whole file named neither, only an offset in it)."""
+    for lineno, raw in iter_lines(path):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); rebuild the "
+                            "split with `reallod agent sft-data` or fix that line", path=str(path),
+                            line=lineno) from None
+
+
 def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
     """Tokenized rows (``input_ids``, ``completion_mask``) of one split; also how many were too long."""
     from reallod.llm.backends.transformers_backend import prompt_ids, reply_ids
@@ -154,9 +170,7 @@ def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[
         raise ConfigError("the base model's tokenizer has no end-of-sequence token; a student could not learn "
                           "where its reply ends")
     rows, too_long = [], 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in split_lines(path):
         try:
             messages = json.loads(line)["messages"]
             prompt, reply = messages[:-1], messages[-1]
@@ -176,9 +190,7 @@ def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[
 def _vision_rows(path: Path, data: Path) -> list[dict[str, Any]]:
     """Conversational prompt/completion rows with their images, for TRL's vision collator."""
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in split_lines(path):
         try:
             ex = json.loads(line)
             messages = ex["messages"]
@@ -216,10 +228,13 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -
     replaced — by the caller, once the base model and the data have loaded, so a run that cannot start
     leaves the old fine-tune as it was)."""
     out = Path(opts.out)
+    check_out(out, Path(opts.data))
     run = _read_run(out)
-    finished = (out / "adapter_config.json").is_file() or (run or {}).get("status") == "finished"
+    # finished only once finetune.json says so: it is written last, after the adapter and the merge, so a
+    # process killed while saving them left an unfinished run that resumes and saves again
+    finished = (run or {}).get("status") == "finished"
     if out.exists() and opts.overwrite:
-        if run is None and not finished and out.is_dir() and any(out.iterdir()):
+        if run is None and not (out / "adapter_config.json").is_file() and any(out.iterdir()):
             raise ConfigError(f"{out} is not a fine-tune folder (no {RUN_FILE}); --overwrite replaces only "
                               "fine-tunes: choose another --out")
         return None, True
@@ -239,6 +254,29 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
     return None, False
+
+
+def check_out(out: Path, data: Path) -> None:
+    """Refuse an ``OUT`` that is a file, lies inside an sft-data folder (``sft-data --overwrite`` would
+    delete the fine-tune with it) or holds the data (``--overwrite`` would delete it) — before any model loads."""
+    out, data = out.resolve(), data.resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: give a folder for the adapter")
+    for folder in (out, *out.parents):
+        if _is_dataset(folder):
+            raise ConfigError(f"--out {out} lies inside the sft-data folder {folder}, which `reallod agent "
+                              "sft-data --overwrite` replaces whole: choose an --out outside it")
+    if data.is_relative_to(out):
+        raise ConfigError(f"--out {out} holds the data {data}: choose an --out outside it")
+
+
+def _is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds an sft-data manifest (of any format version)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "sft_format" in manifest
 
 
 def _last_complete_checkpoint(folder: Path) -> str | None:
@@ -305,9 +343,12 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     trainer = _trainer(opts, model, processor, splits, out, peft)
     stop = _StopOnSignal()
     trainer.add_callback(stop.callback())
+    trainer.add_callback(_stop_if_trained())
     try:
         with stop:
             trainer.train(resume_from_checkpoint=resume)
+    except _Trained:  # resumed from the last step's checkpoint: only the saving is left to do
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
     except KeyboardInterrupt as e:
         raise Interrupted(f"fine-tuning stopped; the checkpoints in {out / CHECKPOINTS} are kept: rerun the same "
                           "command to resume") from e
@@ -332,19 +373,19 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     trainer.save_model(str(out))  # every process calls it (sharded setups gather); the main one writes
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
+        merged = out / "merged"
+        shutil.rmtree(merged, ignore_errors=True)  # a run stopped while merging left part of one
         if opts.merge:
-            merged = out / "merged"
-            shutil.rmtree(merged, ignore_errors=True)
             trainer.model.merge_and_unload().save_pretrained(str(merged))
             processor.save_pretrained(str(merged))
             result.merged = merged
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         result.seconds = time.perf_counter() - t0
         _write_run(out, {**record, "status": "finished", "steps": result.steps, "train_losses": train_losses,
                          "val_losses": val_losses, "resumed_from": resume,
                          "merged": str(result.merged) if result.merged else None,
                          "seconds": round(result.seconds, 1), "tokens": result.tokens,
                          "train_seconds": round(result.train_seconds, 2)})
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # only now: until finished, a rerun resumes from them
     return result
 
 
@@ -396,6 +437,24 @@ def _layer_linears(model: Any) -> list[str]:
 def opt_remove_columns(role: str) -> bool:
     """TRL's vision collator needs the raw ``prompt``/``completion``/``images`` columns kept."""
     return role != "vlm"
+
+
+class _Trained(Exception):
+    """A resumed run's checkpoint already holds every step."""
+
+
+def _stop_if_trained() -> Any:
+    """End a run resumed from its final checkpoint (one stopped while saving the adapter or merging)
+    before it begins: transformers would train one step past the end."""
+    from transformers import TrainerCallback
+
+    class StopIfTrained(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step >= state.max_steps:
+                raise _Trained
+            return control
+
+    return StopIfTrained()
 
 
 class _StopOnSignal:
