@@ -13,14 +13,21 @@ where each came from (task id, verdict, cycles). Every expression is counted und
 ``<verdict>:<action>``, and every expression, pair or record that does not reach the output is
 counted too, so the summary accounts for all of them. :func:`realign_pair` is pure; the writers
 stream records to an atomic output.
+
+Memory stays small for inputs of millions of tasks: :class:`Results` keeps per task only what
+assembly reads (a rewrite's expression; the rest shared), and a published task list is gathered by
+image in a temporary SQLite file, not in memory.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
+
+import orjson
 
 from reallod.agent.inputs import (
     InputFormat,
@@ -52,6 +59,30 @@ def decide(verdict: str, policy: Policy) -> Action:
     if verdict in ("correct", "not_run"):
         return "kept"
     return {"drop": "dropped", "keep": "kept", "negative": "negative"}[policy]
+
+
+class Results(dict[str, Mapping[str, Any]]):
+    """Task id → what assembly reads of its result: verdict, cycles, error kind, and the expression
+    of a rewrite (only a rewrite's is written). A run's end holds every task's entry at once, so it
+    is kept small: the results without a rewrite share one dict per distinct (verdict, cycles,
+    error kind, tags), and a rewrite keeps one of its own; the journal keeps everything else.
+    The dicts are shared: read them, never change them."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shared: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+
+    def add(self, task_id: str, result: Mapping[str, Any], **tags: Any) -> None:
+        """Keep one task's result (a journal entry); ``tags`` are kept with it (a merge: the shard)."""
+        verdict = result.get("verdict")
+        fields = {"verdict": verdict, "expression": result.get("expression") if verdict == "rewritten" else None,
+                  "cycles": result.get("cycles"), "error_kind": result.get("error_kind"), **tags}
+        if verdict == "rewritten":
+            self[task_id] = fields
+        else:
+            self[task_id] = self._shared.setdefault(tuple(fields.values()), fields)
 
 
 def realign_pair(pair: dict[str, Any], task_ids: list[str], results: Mapping[str, Mapping[str, Any]],
@@ -199,31 +230,106 @@ def _assemble_tasks(input_path: str | os.PathLike, results: Mapping[str, Mapping
                     select: Select | None = None) -> None:
     """Published task list in, Real-Data out: one record per image, one pair per object (its tasks'
     expressions together) under ``source``."""
-    images: dict[str, dict[str, Any]] = {}
-    groups: dict[str, dict[tuple, tuple[dict[str, Any], list[str]]]] = {}
     items = iter_tasks(input_path, captions=captions, fmt="tasks")
     if select is not None:
         items = (item for item in items if select(item.task_id, item.image_path))
-    for n, item in enumerate(items):
-        if limit is not None and n >= limit:
-            counts["task past --limit:not written"] += 1
-            continue
-        if not isinstance(item, Task):
-            counts["input problem:not written"] += 1  # no valid image/box/category to write it under
-            continue
-        # the first task of an image sets the record's size and caption
-        images.setdefault(item.image_path, {"filename": item.image_path, "height": item.height,
-                                            "width": item.width, "caption": item.caption})
-        pair, ids = groups.setdefault(item.image_path, {}).setdefault(
-            (item.chosen.category, box_key(item.chosen.bboxes)),
-            ({"bboxes": item.chosen.bboxes, "category": item.chosen.category,
-              "relation": "multi" if len(item.chosen.bboxes) > 1 else "single",
-              "positive_expressions": [], "negative_expressions": []}, []))
-        pair["positive_expressions"].append(item.raw_expression)
-        ids.append(item.task_id)
-    with JsonlWriter(out_path) as writer:
-        for image_path, record in images.items():
-            pairs = [p for pair, ids in groups[image_path].values()
-                     if (p := realign_pair(pair, ids, results, policy, counts, agent=agent)) is not None]
-            writer.write_record({**record, "pairs": {source: pairs} if pairs else {}})
-            counts["record:written"] += 1
+    with TasksByImage() as by_image:
+        for n, item in enumerate(items):
+            if limit is not None and n >= limit:
+                counts["task past --limit:not written"] += 1
+                continue
+            if not isinstance(item, Task):
+                counts["input problem:not written"] += 1  # no valid image/box/category to write it under
+                continue
+            by_image.add(item)
+        with JsonlWriter(out_path) as writer:
+            for record, tasks in by_image.images():
+                groups: dict[tuple, tuple[dict[str, Any], list[str]]] = {}
+                for task_id, raw, category, bboxes in tasks:
+                    pair, ids = groups.setdefault((category, box_key(bboxes)), (
+                        {"bboxes": bboxes, "category": category, "relation": "multi" if len(bboxes) > 1 else "single",
+                         "positive_expressions": [], "negative_expressions": []}, []))
+                    pair["positive_expressions"].append(raw)
+                    ids.append(task_id)
+                pairs = [p for pair, ids in groups.values()
+                         if (p := realign_pair(pair, ids, results, policy, counts, agent=agent)) is not None]
+                writer.write_record({**record, "pairs": {source: pairs} if pairs else {}})
+                counts["record:written"] += 1
+
+
+class TasksByImage:
+    """The tasks of a published list gathered by image: images in the order they first appear (the
+    first task of an image sets the record's size and caption), each image's tasks in input order.
+
+    An image's tasks may lie anywhere in the input, so all of them are held until the last one is
+    read: in a temporary SQLite database (in ``$SQLITE_TMPDIR`` or ``$TMPDIR``, else ``/var/tmp``;
+    deleted when closed, or by the OS when the process dies), not in memory, where a list of millions
+    of tasks took about 1 KB each. Memory holds its page cache and the last images' places."""
+
+    RECENT = 4096  # images whose place is remembered: a list's tasks of one image usually lie together
+    BATCH = 4096  # tasks inserted at once
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", isolation_level=None)  # "": private, on disk, deleted on close
+        for pragma in ("temp_store = FILE", "cache_size = -16384", "journal_mode = OFF", "synchronous = OFF"):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._db.execute("CREATE TABLE image (place INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, record BLOB)")
+        self._db.execute("CREATE TABLE task (place INTEGER, seq INTEGER, task TEXT, PRIMARY KEY (place, seq))"
+                         " WITHOUT ROWID")  # read back in key order: image by image, in input order
+        self._db.execute("BEGIN")
+        self._recent: dict[str, int] = {}
+        self._rows: list[tuple[int, int, str]] = []
+        self._seq = 0
+
+    def add(self, task: Task) -> None:
+        place = self._recent.get(task.image_path)
+        if place is None:
+            place = self._place(task)
+        task_json = orjson.dumps((task.task_id, task.raw_expression, task.chosen.category, task.chosen.bboxes))
+        self._rows.append((place, self._seq, task_json.decode()))  # orjson's bytes hold 4 KB each: a str, its size
+        self._seq += 1
+        if len(self._rows) >= self.BATCH:
+            self._flush()
+
+    def _place(self, task: Task) -> int:
+        """The image's place in the output, given it at its first task."""
+        row = self._db.execute("SELECT place FROM image WHERE path = ?", (task.image_path,)).fetchone()
+        if row is not None:
+            place = row[0]
+        else:
+            record = {"filename": task.image_path, "height": task.height, "width": task.width, "caption": task.caption}
+            place = self._db.execute("INSERT INTO image (path, record) VALUES (?, ?)",
+                                     (task.image_path, orjson.dumps(record))).lastrowid
+        if len(self._recent) >= self.RECENT:
+            self._recent.clear()
+        self._recent[task.image_path] = place
+        return place
+
+    def _flush(self) -> None:
+        self._db.executemany("INSERT INTO task VALUES (?, ?, ?)", self._rows)
+        self._rows = []
+
+    def images(self) -> Iterator[tuple[dict[str, Any], list[list[Any]]]]:
+        """(record without pairs, its tasks as [task id, raw expression, category, boxes]) per image."""
+        self._flush()
+        self._db.execute("COMMIT")
+        rows = self._db.execute("SELECT image.record, task.place, task.task FROM task JOIN image USING (place) "
+                                "ORDER BY task.place, task.seq")
+        record, place, tasks = None, None, []
+        for blob, at, task in rows:
+            if at != place:
+                if record is not None:
+                    yield record, tasks
+                record, place, tasks = orjson.loads(blob), at, []
+            tasks.append(orjson.loads(task))
+        if record is not None:
+            yield record, tasks
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> TasksByImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -18,9 +18,8 @@ from typing import Any
 
 import orjson
 
-from reallod.agent.assemble import POLICIES, Policy, assemble, output_source
+from reallod.agent.assemble import POLICIES, Policy, Results, assemble, output_source
 from reallod.agent.inputs import iter_tasks, load_captions, shard_key
-from reallod.agent.realign import output_fields
 from reallod.agent.summary import RunSummary
 from reallod.agent.trace import TRACE_VERSION, trace_path_for
 from reallod.data.io import AtomicWriter
@@ -96,8 +95,7 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
         raise MergeError(f"{input_path} changed since the shards ran: rerun them")
     captions = load_captions(meta["captions"]) if meta.get("captions") else None
 
-    results: dict[str, dict[str, Any]] = {}
-    owner: dict[str, int] = {}
+    results = Results()  # small per task, with the shard that ran it: millions of tasks are held here
     summary = RunSummary()
     problems: Counter[str] = Counter()
     examples: list[str] = []
@@ -109,23 +107,22 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
 
     for path, journal, _, (k, _) in sorted(shards, key=lambda s: s[3][0]):
         for tid, entry in iter_journal(journal):
-            if tid in owner:
-                problem("doubled", f"task {tid} is in shard {owner[tid]}/{n} and in shard {k}/{n} ({path})")
+            if tid in results:
+                problem("doubled", f"task {tid} is in shard {results[tid]['shard']}/{n} and in shard {k}/{n} ({path})")
                 continue
-            owner[tid] = k
-            results[tid] = output_fields(entry)
+            results.add(tid, entry, shard=k)
             summary.add(entry)
     seen = 0
     for item in iter_tasks(input_path, captions=captions, fmt=fmt):
         seen += 1
         k = shard_of(shard_key(item.task_id, item.image_path, fmt), n)
-        got = owner.get(item.task_id)
+        got = results.get(item.task_id, {}).get("shard")
         if got is None:
             problem("missing", f"task {item.task_id} (shard {k}/{n}, {by_k[k][0]}) was not run")
         elif got != k:
             problem("doubled", f"task {item.task_id} belongs to shard {k}/{n} but shard {got}/{n} ran it")
-    if len(owner) > seen:
-        problem("unknown", f"{len(owner) - seen} result(s) are for tasks the input does not have")
+    if len(results) > seen:
+        problem("unknown", f"{len(results) - seen} result(s) are for tasks the input does not have")
     if problems:
         counts = ", ".join(f"{v} {k}" for k, v in problems.most_common())
         raise MergeError(f"cannot merge {n} shard(s): {counts} task(s); e.g. " + "; ".join(examples)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reallod.agent import workflow
-from reallod.agent.assemble import POLICIES, Policy, Select, assemble, output_source
+from reallod.agent.assemble import POLICIES, Policy, Results, Select, assemble, output_source
 from reallod.agent.inputs import (
     InputFormat,
     TaskItem,
@@ -48,6 +48,7 @@ from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_p
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.data.io import check_writable, same_file
 from reallod.errors import ConfigError
+from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import Endpoints
 from reallod.runs.drive import drive
 from reallod.runs.image_root import ImageError, ImageLoader
@@ -126,10 +127,6 @@ def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
         steps.append(s)
     entry["steps"] = steps
     return entry
-
-
-def output_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry.get(k) for k in _OUTPUT_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,14 +212,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     captions = load_captions(opts.captions) if opts.captions else None
     images = ImageLoader(opts.images if opts.images is not None else opts.input.parent, max_pixels=opts.max_pixels,
                          hint=MAX_PIXELS_HINT)
-    trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
-    outputs = {p.resolve() for p in (opts.out, trace_path, journal_path)}
-    if len(outputs) < 3 or opts.input.resolve() in outputs:
-        raise ConfigError(f"--out {opts.out} would overwrite the input, the trace or the journal")
-    check_output(opts.out, "--out")
-    if opts.report is not None:
-        check_report(opts.report, {"the input": opts.input, "the --out output": opts.out, "the run's trace": trace_path,
-                                   "the run's journal": journal_path})
+    trace_path, journal_path = check_outputs(opts)
 
     agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
     if roles is None:
@@ -252,13 +242,15 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
                    max_cycles, concurrency, monitor)
         stages["agent"] = time.perf_counter() - t1
     journal, cache = session.journal, session.cache
+    finished = len(journal.done)
+    journal.done.clear()  # closed: its ids are read back with the results below, not held twice at the peak
 
     t2 = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
+    results = Results()  # small per task: a run over millions of tasks holds all of them here
     summary = RunSummary()
     try:
         for tid, entry in iter_journal(journal_path):
-            results[tid] = output_fields(entry)
+            results.add(tid, entry)
             summary.add(entry)
         summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=source,
                                     agent=agent, captions=captions, limit=opts.limit, select=select)
@@ -267,7 +259,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
                          f"task(s) are safe in {journal_path}: rerun the same command once that is fixed "
                          "(nothing is redone)") from e
     except KeyboardInterrupt as e:  # the output is written atomically: none, or the whole of it
-        raise RunInterrupted(interrupted_message(len(journal.done), "task(s)", journal_path)) from e
+        raise RunInterrupted(interrupted_message(finished, "task(s)", journal_path)) from e
     stages["output"] = time.perf_counter() - t2
     report = None
     if opts.report_dir is not None:
@@ -293,6 +285,34 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
 
         run.run_report = write_run_report(opts.report, summary, info)
     return run
+
+
+def read_files(opts: RealignOptions) -> dict[str, Path]:
+    """What a run reads and must never write over (what it is → path): the input, the captions, the
+    response cache (a database other runs share)."""
+    cache = None if opts.no_cache else opts.cache or default_cache_path()
+    read = {"the input": opts.input, "the --captions file": opts.captions, "the response cache (--cache)": cache}
+    return {what: Path(path) for what, path in read.items() if path is not None}
+
+
+def check_outputs(opts: RealignOptions) -> tuple[Path, Path]:
+    """The run's trace and journal (beside ``--out``); refuses, before any model is called, an output,
+    trace or journal over a file the run reads (:func:`read_files`) or over one another, and outputs
+    that could not be written at the end."""
+    trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
+    written = {"its output": opts.out, "its trace": trace_path, "its journal": journal_path}
+    if len({p.resolve() for p in written.values()}) < 3:
+        raise ConfigError(f"--out {opts.out} would overwrite the trace or the journal: give an --out ending in .jsonl")
+    read = read_files(opts)
+    for what, path in read.items():
+        for its, other in written.items():
+            if same_file(other, path):
+                raise ConfigError(f"--out {opts.out} would overwrite {what} ({path}) with {its}: give another --out")
+    check_output(opts.out, "--out")
+    if opts.report is not None:
+        check_report(opts.report, {**read, "the --out output": opts.out, "the run's trace": trace_path,
+                                   "the run's journal": journal_path})
+    return trace_path, journal_path
 
 
 def check_output(path: Path, option: str) -> None:

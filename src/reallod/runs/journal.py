@@ -5,6 +5,10 @@ header with the run's fingerprint, so a rerun against a changed config or input 
 silently mixing results; ``force`` (``--force-resume``) accepts a changed config, never a changed input
 (:data:`INPUT_KEYS`): one output never holds the results of two inputs. A crash can leave at most one
 partial last line; it is cut off on resume.
+One run at a time writes a journal: while it is open, an exclusive lock on ``JOURNAL.lock`` beside it
+(:func:`lock_journal`) refuses a second run on the same output at once (both would run every task
+and interleave their lines). The OS releases the lock of a killed run; over NFS, whether another host
+sees it depends on the mount.
 Appends from many coroutines are batched into one write + fsync (group commit), so durability does
 not cost one disk flush per task.
 """
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +46,10 @@ class JournalMismatch(ReallodError):
 
 class JournalWriteError(ReallodError):
     """The disk refused a journal write (full, read-only, gone)."""
+
+
+class JournalBusy(ReallodError):
+    """Another run (or another open of this process) is writing the journal."""
 
 
 def fingerprint_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -84,7 +94,7 @@ class Journal:
     """``Journal.open(path, fp)`` loads what a previous run finished and appends new results."""
 
     def __init__(self, path: Path, fp: dict[str, Any], done: dict[str, Any], fd: int,
-                 header: dict[str, Any] | None = None) -> None:
+                 header: dict[str, Any] | None = None, lock: JournalLock | None = None) -> None:
         self.path = path
         self.fingerprint = fp
         self.done = done  # task_id → result dict (or what ``keep`` made of it), in journal order
@@ -92,6 +102,7 @@ class Journal:
         self.resumed = len(done)  # tasks finished by earlier runs
         self.retried = 0  # results dropped at open to be run again (see ``retry``)
         self._fd = fd
+        self._lock = lock  # held until close: no other run writes this journal meanwhile
         self._pending: list[tuple[str, dict[str, Any], asyncio.Future, Callable[[], None] | None]] = []
         self._flusher: asyncio.Task | None = None
         self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
@@ -117,6 +128,21 @@ class Journal:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock = lock_journal(path)  # before reading: another run's lines are not ours to cut or drop
+        try:
+            journal = cls._open_locked(path, fp, force, meta, keep, retry, lock)
+        except BaseException:
+            lock.release()
+            raise
+        if keep is not None:
+            journal._keep = keep
+        journal._before_write = before_write
+        return journal
+
+    @classmethod
+    def _open_locked(cls, path: Path, fp: dict[str, Any], force: bool, meta: dict[str, Any] | None,
+                     keep: Callable[[dict[str, Any]], Any] | None, retry: Callable[[dict[str, Any]], bool] | None,
+                     lock: JournalLock) -> Journal:
         fp = orjson.loads(orjson.dumps(fp))  # as the header reads back (tuples become lists), or no resume matches
         done: dict[str, Any] = {}
         again: set[str] = set()
@@ -142,11 +168,8 @@ class Journal:
             except OSError as e:
                 os.close(fd)
                 raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
-        journal = cls(path, fp, done, fd, header)
+        journal = cls(path, fp, done, fd, header, lock)
         journal.retried = len(again)
-        if keep is not None:
-            journal._keep = keep
-        journal._before_write = before_write
         return journal
 
     @classmethod
@@ -162,6 +185,11 @@ class Journal:
         keep = keep or (lambda r: r)
         done: dict[str, Any] = {}
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = lock_journal(path)
+        except OSError as e:
+            raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+        try:
             with AtomicWriter(path) as w:
                 w.write(orjson.dumps(header) + b"\n")
                 for tid, res in results:
@@ -169,9 +197,12 @@ class Journal:
                         w.write(_line(tid, res))
                         done[tid] = keep(res)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
-        journal = cls(path, fp, done, fd, header)
+        except BaseException as e:
+            lock.release()
+            if isinstance(e, OSError):
+                raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+            raise
+        journal = cls(path, fp, done, fd, header, lock)
         journal._keep = keep
         return journal
 
@@ -272,12 +303,85 @@ class Journal:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._lock is not None:  # after the last write
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def lock_path_for(journal: str | os.PathLike) -> Path:
+    """``OUT.journal.jsonl`` → ``OUT.journal.jsonl.lock``: a file of its own, since the journal itself is
+    replaced (renamed over) by :meth:`Journal.rewrite` and when failed results are dropped."""
+    journal = Path(journal)
+    return journal.with_name(journal.name + ".lock")
+
+
+class JournalLock:
+    """An exclusive ``flock`` on the lock file beside a journal, which names its holder (pid, host)."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd  # None: the filesystem knows no locks, nothing is held
+
+    def release(self) -> None:
+        """Removed while still held, so a run that opened it meanwhile sees it gone and takes a new one."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+def lock_journal(journal: Path) -> JournalLock:
+    """Lock ``journal`` for this run, or raise :class:`JournalBusy` at once naming the run holding it.
+    A lock is the kernel's, on an open file: it goes with the process (``kill -9`` included), and two
+    opens in one process are two holders too."""
+    path = lock_path_for(journal)
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            why = _busy(journal, fd)
+            os.close(fd)
+            raise JournalBusy(why) from None
+        except OSError:  # a filesystem without locks (some network mounts): run as before, unguarded
+            os.close(fd)
+            return JournalLock(path, None)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                _write_all(fd, f"{os.getpid()} {_HOST}\n".encode())
+            return JournalLock(path, fd)
+        os.close(fd)  # its holder ended and removed it meanwhile: lock the one there now
+    raise JournalBusy(f"{journal}: its lock file {path} keeps being replaced; is another run starting and "
+                      "stopping on this output?")
+
+
+_HOST = socket.gethostname()
+
+
+def _busy(journal: Path, fd: int) -> str:
+    """Why a journal cannot be opened: who holds its lock, by the pid and host it wrote there."""
+    try:
+        pid, _, host = os.pread(fd, 512, 0).decode(errors="replace").strip().partition(" ")
+    except OSError:
+        pid = host = ""
+    if pid == str(os.getpid()) and host == _HOST:
+        return f"{journal}: this process (pid {pid}) has this journal open already: close it before opening it again"
+    who = f"another run (pid {pid}{'' if host == _HOST else f' on {host}'})" if pid.isdigit() else "another run"
+    return (f"{journal}: {who} is writing this journal; wait for it to finish, or give this run another output "
+            "(two runs on one output would both run every task and mix their lines)")
 
 
 def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], force: bool) -> None:
