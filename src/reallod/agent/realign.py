@@ -360,8 +360,11 @@ def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None
 
         async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
             entry = journal_entry(result, elapsed)
-            # durable: now the task is done; its trace line follows at once, even if Ctrl-C came meanwhile
-            await journal.append(result.task_id, entry, then=lambda: trace.write(item, result))
+            # the trace line (with its prompts) first: a crash before the journal's entry leaves a line
+            # that the resume drops (keep_tasks) with the task it runs again; never a journaled task
+            # whose trace steps are lost
+            trace.write(item, result)
+            await journal.append(result.task_id, entry)
             monitor.task_done(result.verdict)
 
         return session.run(todo, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,
@@ -371,9 +374,9 @@ def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None
 
 
 def _recover_trace(trace: TraceWriter, journal: Journal, have: set[str]) -> None:
-    """After a crash, the trace may lack the last tasks the journal got (the trace line follows the
-    journal's fsync): add them from the journal (compact: no prompts), so the trace lists every task
-    once."""
+    """The trace may lack tasks the journal holds (a trace from an older version, which wrote the line
+    after the journal's entry, or a power loss: the trace is flushed, not fsync'd): add them from the
+    journal (compact: no prompts), so the trace lists every task once."""
     for tid, entry in iter_journal(journal.path):
         if tid not in have:
             trace.write_entry({"task_id": tid, "task": None, "result": entry, "recovered": True})

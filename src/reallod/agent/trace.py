@@ -10,6 +10,7 @@ re-renders the view from the task's image and the recorded view name and crop bo
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections.abc import Container, Iterator
@@ -21,7 +22,7 @@ from PIL import Image
 
 from reallod.agent.inputs import TaskItem, TaskProblem
 from reallod.agent.task import TaskResult
-from reallod.data.io import AtomicWriter, iter_lines
+from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
 from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import beside
 
@@ -155,7 +156,8 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
-    """(header, iterator over task entries) of a trace file; a torn last line is skipped."""
+    """(header, iterator over task entries) of a trace file; a torn last line (no newline after it: a
+    write a crash cut short) is skipped, any other line that does not parse is damage and raises."""
     lines = iter_lines(path)
     try:
         _, first = next(lines)
@@ -168,10 +170,10 @@ def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[s
         raise ReallodError(f"{path}: not a reallod trace (its first line is no trace header)")
 
     def entries() -> Iterator[dict[str, Any]]:
-        torn: int | None = None  # a line that did not parse: fine as the last one (a run cut short)
+        torn: int | None = None  # a line that did not parse: fine as the last one if cut short
         for lineno, line in lines:
             if torn is not None:
-                raise DataError("invalid JSON in the trace", path=str(path), line=torn)
+                raise _damaged(path, torn)
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -179,8 +181,31 @@ def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[s
                 continue
             if isinstance(obj, dict) and "task_id" in obj:
                 yield obj
+        if torn is not None and _ends_with_newline(path):  # written whole: damage, not a torn write
+            raise _damaged(path, torn)
 
     return header, entries()
+
+
+def _damaged(path: str | os.PathLike, line: int) -> DataError:
+    return DataError("invalid JSON in the trace: the file is damaged (not a write cut short by a crash); "
+                     "restore it from a copy or rerun the run that wrote it", path=str(path), line=line)
+
+
+def _ends_with_newline(path: str | os.PathLike) -> bool:
+    """Whether the (gunzipped) content ends with a newline: a last line ended by one was written whole,
+    so if it does not parse it is damage, not a write a crash cut short."""
+    last = b""
+    if probe_gzip(path):
+        with gzip.open(path, "rb") as f:  # only read through when the last line is bad
+            while chunk := f.read(1 << 20):
+                last = chunk[-1:]
+    else:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                last = f.read(1)
+    return last == b"\n"
 
 
 def find_entry(path: str | os.PathLike, task_id: str) -> dict[str, Any]:
