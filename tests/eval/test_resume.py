@@ -20,7 +20,8 @@ from reallod.eval.resume import (
     remove_journals,
 )
 from reallod.model.inference import InferenceOptions
-from reallod.runs.journal import JournalMismatch
+from reallod.runs.journal import JournalBusy, JournalMismatch
+from tests.runs.test_journal_lock import busy, held
 
 SETTINGS = {"benchmark": "omnilabel", "annotations": "0123", "model": {"model": "tiny", "dtype": "fp32"}}
 OPTIONS = RunOptions(inference=InferenceOptions(batch_size=2, topk=5), progress=False)
@@ -256,3 +257,19 @@ def test_a_journal_holding_a_score_that_is_not_a_number_is_refused(bench, tiny_d
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}: image 0 \(in the benchmark's order\) holds a "
                                         "score or box that is not a finite number.*delete the journal"):
         PredictionJournal(out, SETTINGS)
+    with pytest.raises(DataError):  # refused again: the refusal left no lock behind in this process
+        PredictionJournal(out, SETTINGS)
+
+
+@pytest.mark.parametrize("images", [[], [("0", {"label": [1], "score": [0.5], "bbox": [[0, 0, 1, 1]]})]])
+def test_a_second_eval_on_the_same_out_leaves_the_running_ones_journal_alone(tmp_path, images):
+    """A run with other settings once deleted the journal of a running eval it could not use (one holding
+    no image yet) before it was refused: it is refused first now, the journal as the running eval left it."""
+    out = tmp_path / "preds.json"
+    path = own_journal(out, 0, 1)
+    with held(path, SETTINGS, images) as running:
+        before = path.read_bytes()
+        for settings in ({**SETTINGS, "annotations": "4567"}, SETTINGS):
+            with pytest.raises(JournalBusy, match=rf"preds\.journal\.jsonl: {busy(running)}"):
+                PredictionJournal(out, settings)
+            assert path.read_bytes() == before

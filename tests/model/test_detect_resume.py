@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from reallod.model.detect_journal import JOURNAL_NAME
+from reallod.model.detect_journal import (
+    JOURNAL_NAME,
+    DetectSummary,
+    earlier_journal_name,
+    journal_entry,
+    open_journal,
+)
+from reallod.runs.journal import JournalBusy
+from reallod.runs.launch import Place
 from tests.cli_helpers import run_cli
+from tests.runs.test_journal_lock import busy, held
 
 
 def _args(images, model, out, texts="an astronaut . a flag ."):
@@ -96,3 +105,21 @@ def test_weights_retrained_into_the_same_folder_mean_detecting_again(capsys, fiv
     calls[:] = []
     code, _, err = run_cli(_args(five_images, model, out), capsys)
     assert code == 0 and len(calls) == 5 and "other settings" in err
+
+
+def test_a_second_run_on_the_same_out_dir_leaves_the_running_ones_journals_alone(tmp_path):
+    """A run with other settings once set the running run's entries aside (writing the earlier journal)
+    and read its journal before it was refused: it is refused first now, touching none of its files."""
+    out = tmp_path / "out"
+    (out / "preds").mkdir(parents=True)
+    (out / "preds" / "p0.json").write_text("{}")
+    entry = journal_entry((out / "preds" / "p0.json", None), out, str(tmp_path / "images"))
+    journal, aside = out / JOURNAL_NAME, out / earlier_journal_name(Place())
+    said = []
+    with held(journal, {"expressions": ["a flag"]}, [("p0.jpg", entry)]) as running:
+        before = journal.read_bytes()
+        for settings in ({"expressions": ["a helmet"]}, {"expressions": ["a flag"]}):
+            with pytest.raises(JournalBusy, match=rf"detect\.journal\.jsonl: {busy(running)}"):
+                open_journal(out, Place(), settings, str(tmp_path / "images"), {"p0.jpg": "p0.jpg"},
+                             DetectSummary(), said.append)
+            assert journal.read_bytes() == before and not aside.exists() and said == []

@@ -198,32 +198,6 @@ def test_a_rewrite_that_fails_leaves_the_old_journal(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.journal.jsonl"]
 
 
-def test_what_follows_a_durable_result_runs_even_when_its_caller_was_cancelled(tmp_path, monkeypatch):
-    """Ctrl-C cancelled a task waiting on its journal write; the write went through, the trace line
-    that should follow it did not (the resumed trace then held a compact line without prompts)."""
-    j = Journal.open(tmp_path / "j.jsonl", {"config": "c"})
-    real_write = j._locked_write
-
-    def slow_write(data):
-        import time
-        time.sleep(0.2)
-        real_write(data)
-
-    monkeypatch.setattr(j, "_locked_write", slow_write)
-    followed = []
-
-    async def main():
-        waiting = asyncio.create_task(j.append("t1", {"v": 1}, then=lambda: followed.append("t1")))
-        await asyncio.sleep(0.05)
-        waiting.cancel()  # while the write is on its way
-        await j.drain()
-        return waiting.cancelled()
-
-    assert asyncio.run(main())
-    j.close()
-    assert followed == ["t1"] and list(read_journal(tmp_path / "j.jsonl")[1]) == ["t1"]
-
-
 def test_retry_takes_results_out_of_the_journal_on_open(tmp_path):
     path = tmp_path / "j.jsonl"
     with Journal.open(path, {"config": "c"}) as j:

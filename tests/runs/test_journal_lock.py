@@ -4,39 +4,66 @@ included."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
-from reallod.runs.journal import Journal, JournalBusy, lock_path_for, read_journal
+from reallod.runs.journal import (
+    Journal,
+    JournalBusy,
+    JournalMismatch,
+    lock_journal,
+    lock_path_for,
+    read_journal,
+)
 
 FP = {"config": "abc", "input": "def"}
 
 HOLD = """
 import sys
+import orjson
 from reallod.runs.journal import Journal
-j = Journal.open(sys.argv[1], {"config": "abc", "input": "def"})
-j.append_sync("held", {"verdict": "failed"})
+j = Journal.open(sys.argv[1], orjson.loads(sys.argv[2]))
+for tid, result in orjson.loads(sys.argv[3]):
+    j.append_sync(tid, result)
 print("ready", flush=True)
 sys.stdin.read()
 """
 
 
-@pytest.fixture
-def holder(tmp_path):
-    """Another process with the journal open, appending as a run does; killed (-9) at the end."""
-    path = tmp_path / "o.journal.jsonl"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+@contextlib.contextmanager
+def held(path: Path, fp: dict[str, Any], results: list[tuple[str, Any]] = ()) -> Iterator[subprocess.Popen]:
+    """Another process with the journal ``path`` open (``fp``, holding ``results``), appending as a run
+    does; killed (-9) on leaving. For the callers that look at a journal before opening it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), orjson.dumps(fp), orjson.dumps(list(results))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        yield path, proc
+        yield proc
     finally:
         proc.kill()
         proc.wait()
+
+
+def busy(proc: subprocess.Popen) -> str:
+    """What :class:`JournalBusy` says of the run ``proc`` (a pattern)."""
+    return (rf"another run \(pid {proc.pid}\) is writing this journal; wait for it to finish, or give this run "
+            "another output")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    path = tmp_path / "o.journal.jsonl"
+    with held(path, FP, [("held", {"verdict": "failed"})]) as proc:
+        yield path, proc
 
 
 def test_a_second_run_on_a_journal_in_use_is_refused_at_once_naming_the_first(holder):
@@ -77,3 +104,17 @@ def test_two_opens_in_one_process_conflict_and_closing_releases(tmp_path):
         Journal.open(path, FP)
     assert rewritten.done == {"t1": {"v": 1}}
     Journal.open(path, FP).close()  # the rewrite's lock is released by its close too
+
+
+def test_a_lock_taken_first_is_held_by_the_journal_it_is_handed_to(tmp_path):
+    """A caller that looks at (or replaces) a journal before opening it takes its lock first and hands it
+    over: held from before the look until the journal's close, released if the open fails."""
+    path = tmp_path / "j.jsonl"
+    for opening in (lambda lock: Journal.open(path, FP, lock=lock),
+                    lambda lock: Journal.rewrite(path, FP, [("t1", {"v": 1})], lock=lock)):
+        with opening(lock_journal(path)), pytest.raises(JournalBusy, match="open already"):
+            lock_journal(path)
+        lock_journal(path).release()
+    with pytest.raises(JournalMismatch):
+        Journal.open(path, {"config": "other", "input": "def"}, lock=lock_journal(path))
+    Journal.open(path, FP).close()  # released by the failed open

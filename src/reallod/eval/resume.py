@@ -22,7 +22,7 @@ import orjson
 
 from reallod.errors import DataError, Interrupted
 from reallod.eval.common import EvalImage, Predictions
-from reallod.runs.journal import Journal, JournalMismatch, beside, iter_journal, read_header
+from reallod.runs.journal import Journal, JournalMismatch, beside, iter_journal, lock_journal, read_header
 from reallod.runs.settings_diff import diff_settings
 
 FLUSH_EVERY_S = 2.0  # at most this much finished work is lost to a crash (Ctrl-C loses none)
@@ -125,15 +125,17 @@ class PredictionJournal:
         out = Path(out)
         fp = orjson.loads(orjson.dumps(fp))  # as a journal's header reads back (tuples become lists)
         self.path = own_journal(out, rank, world_size)
-        if self.path.exists() and not _usable(self.path, fp):
-            self.path.unlink()  # only its own process starts a journal afresh
-        self._journal = Journal.open(self.path, fp, keep=lambda result: None)  # cuts a torn last line
-        self.done: dict[int, dict[str, np.ndarray]] = {}  # image index → rows, this process's images only
-        for p in [p for p in journal_files(out) if p == self.path or _usable(p, fp)]:
-            for tid, result in iter_journal(p):
-                i = int(tid)
-                if (mine is None or i in mine) and i not in self.done:
-                    self.done[i] = _finite(compact(result), p, i)
+        self._journal = _open_own(self.path, fp)
+        try:
+            self.done: dict[int, dict[str, np.ndarray]] = {}  # image index → rows, this process's images only
+            for p in [p for p in journal_files(out) if p == self.path or _usable(p, fp)]:
+                for tid, result in iter_journal(p):
+                    i = int(tid)
+                    if (mine is None or i in mine) and i not in self.done:
+                        self.done[i] = _finite(compact(result), p, i)
+        except BaseException:  # refused: the journal (and its lock) is not left open
+            self._journal.close()
+            raise
         self.kept = len(self.done)  # this process's images in the journals, this run's included
 
     def add(self, index: int, rows: Predictions) -> None:
@@ -148,6 +150,21 @@ class PredictionJournal:
 
     def close(self) -> None:
         self._journal.close()
+
+
+def _open_own(path: Path, fp: dict[str, Any]) -> Journal:
+    """This process's journal, started afresh when it holds no images of these settings; locked before it
+    is looked at, so a second run on the same ``--out`` is refused (:class:`JournalBusy`) before it
+    deletes the journal of the run writing it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_journal(path)
+    try:
+        if path.exists() and not _usable(path, fp):
+            path.unlink()  # only its own process starts a journal afresh
+    except BaseException:
+        lock.release()
+        raise
+    return Journal.open(path, fp, keep=lambda result: None, lock=lock)  # cuts a torn last line
 
 
 class EvalInterrupted(Interrupted):

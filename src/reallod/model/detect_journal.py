@@ -23,7 +23,7 @@ from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError, ReallodError
 from reallod.hub import as_found
 from reallod.model.inference import Detector, InferenceOptions
-from reallod.runs.journal import Journal, iter_journal, read_header
+from reallod.runs.journal import Journal, JournalWriteError, iter_journal, lock_journal, read_header
 from reallod.runs.launch import Place
 from reallod.runs.settings_diff import diff_settings
 
@@ -340,16 +340,25 @@ def open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: st
     there was written with others, and sets its entries aside (:func:`_set_aside`). What it keeps leaves
     ``pending``."""
     path = out_dir / journal_name(place)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_journal(path)  # before reading: a run writing this journal is refused here, its files untouched
+    except OSError as e:
+        raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
     carried: Iterable[tuple[str, Any]] = ()
     try:
-        old = read_header(path).get("fingerprint")
-        if old != settings:
-            say(f"{out_dir}: written by a run with other settings (changed: {', '.join(changed_settings(old, settings))}"
-                "); every image is detected again")
-            _set_aside(path, out_dir / earlier_journal_name(place), old, out_dir)
-        else:  # read while the new journal is written aside: the old one stays whole until the rename
-            carried = ((name, entry) for name, entry in iter_journal(path) if name not in pending)
-    except (OSError, ReallodError):
-        pass
+        try:
+            old = read_header(path).get("fingerprint")
+            if old != settings:
+                say(f"{out_dir}: written by a run with other settings (changed: "
+                    f"{', '.join(changed_settings(old, settings))}); every image is detected again")
+                _set_aside(path, out_dir / earlier_journal_name(place), old, out_dir)
+            else:  # read while the new journal is written aside: the old one stays whole until the rename
+                carried = ((name, entry) for name, entry in iter_journal(path) if name not in pending)
+        except (OSError, ReallodError):
+            pass
+    except BaseException:
+        lock.release()
+        raise
     return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, root, pending, summary), carried),
-                           keep=lambda entry: None)
+                           keep=lambda entry: None, lock=lock)

@@ -103,7 +103,7 @@ class Journal:
         self.retried = 0  # results dropped at open to be run again (see ``retry``)
         self._fd = fd
         self._lock = lock  # held until close: no other run writes this journal meanwhile
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future, Callable[[], None] | None]] = []
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
         self._fd_lock = threading.Lock()  # a write thread outliving a cancelled flush never meets a closed fd
         self._keep: Callable[[dict[str, Any]], Any] = lambda r: r
@@ -115,7 +115,7 @@ class Journal:
     def open(cls, path: str | os.PathLike, fp: dict[str, Any], *, force: bool = False,
              meta: dict[str, Any] | None = None, keep: Callable[[dict[str, Any]], Any] | None = None,
              before_write: Callable[[], None] | None = None,
-             retry: Callable[[dict[str, Any]], bool] | None = None) -> Journal:
+             retry: Callable[[dict[str, Any]], bool] | None = None, lock: JournalLock | None = None) -> Journal:
         """Open or create; refuses a journal with another fingerprint unless ``force``, and one started
         on another input (:data:`INPUT_KEYS`) always.
 
@@ -125,10 +125,18 @@ class Journal:
         write (the response cache commits there, so a task called done has its answers kept);
         results for which ``retry`` is true (a task that failed: the server was down, the image root
         wrong) are taken out of the journal, so this run does them again, as whoever reruns expects.
+        ``lock``: this journal's, taken by the caller (:func:`lock_journal`) to look at or replace the
+        journal before opening it; the journal holds it from then on (released by :meth:`close`, or here
+        on failure).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = lock_journal(path)  # before reading: another run's lines are not ours to cut or drop
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = lock or lock_journal(path)  # before reading: another run's lines are not ours to cut or drop
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             journal = cls._open_locked(path, fp, force, meta, keep, retry, lock)
         except BaseException:
@@ -174,11 +182,12 @@ class Journal:
 
     @classmethod
     def rewrite(cls, path: str | os.PathLike, fp: dict[str, Any], results: Iterable[tuple[str, dict[str, Any]]],
-                *, keep: Callable[[dict[str, Any]], Any] | None = None) -> Journal:
+                *, keep: Callable[[dict[str, Any]], Any] | None = None, lock: JournalLock | None = None) -> Journal:
         """A journal of these settings holding exactly ``results`` (first result of a task counts), in
         place of whatever ``path`` held, open for appends: written aside and renamed over it, so a crash
         leaves one journal or the other, never a mix. For a run whose outputs can change under an old
-        journal (files rewritten since), which keeps only the results it checked."""
+        journal (files rewritten since), which keeps only the results it checked. ``lock``: as for
+        :meth:`open` (``results`` may then read the journal being replaced)."""
         path = Path(path)
         fp = orjson.loads(orjson.dumps(fp))
         header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp}
@@ -186,8 +195,10 @@ class Journal:
         done: dict[str, Any] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = lock_journal(path)
+            lock = lock or lock_journal(path)
         except OSError as e:
+            if lock is not None:
+                lock.release()
             raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
         try:
             with AtomicWriter(path) as w:
@@ -234,10 +245,9 @@ class Journal:
                 self.done[tid] = self._keep(res)
         self._last_sync = time.monotonic()
 
-    async def append(self, task_id: str, result: dict[str, Any], then: Callable[[], None] | None = None) -> None:
-        """Returns once the result is durable; concurrent appends share one write + fsync. ``then`` runs
-        right after the write, even when the caller was cancelled meanwhile (Ctrl-C): what must follow
-        a durable result (its trace line) is never left out.
+    async def append(self, task_id: str, result: dict[str, Any]) -> None:
+        """Returns once the result is durable; concurrent appends share one write + fsync. What belongs
+        with a result (its trace line) is written before it: a line the journal lacks is dropped on resume.
 
         Raises :class:`JournalWriteError` when the disk refuses the write; the journal is left as it
         was before the failed batch, so a later resume is exact.
@@ -245,7 +255,7 @@ class Journal:
         if task_id in self.done:
             return
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((task_id, result, future, then))
+        self._pending.append((task_id, result, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -254,25 +264,19 @@ class Journal:
         await asyncio.sleep(0)  # let coroutines finishing in the same tick join this batch
         while self._pending:
             batch, self._pending = self._pending, []
-            data = b"".join(_line(tid, res) for tid, res, _, _ in batch)
+            data = b"".join(_line(tid, res) for tid, res, _ in batch)
             try:
                 await asyncio.to_thread(self._locked_write, data)
             except OSError as e:
                 err = JournalWriteError(f"{self.path}: cannot write the journal ({e.strerror or e}); "
                                         "the tasks finished so far are safe, rerun to resume")
-                for _, _, fut, _ in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
-            for tid, res, fut, then in batch:
+            for tid, res, fut in batch:
                 if tid not in self.done:
                     self.done[tid] = self._keep(res)
-                try:
-                    if then is not None:
-                        then()
-                except Exception as e:  # the result is safe; the caller (if still waiting) hears why
-                    if not fut.done():
-                        fut.set_exception(e)
                 if not fut.done():
                     fut.set_result(None)
 
@@ -338,10 +342,13 @@ class JournalLock:
         self._fd = None
 
 
-def lock_journal(journal: Path) -> JournalLock:
+def lock_journal(journal: str | os.PathLike) -> JournalLock:
     """Lock ``journal`` for this run, or raise :class:`JournalBusy` at once naming the run holding it.
     A lock is the kernel's, on an open file: it goes with the process (``kill -9`` included), and two
-    opens in one process are two holders too."""
+    opens in one process are two holders too. Taken by a caller that looks at or replaces the journal
+    before opening it, and handed to :meth:`Journal.open` or :meth:`Journal.rewrite` (``lock=``); its
+    folder must exist."""
+    journal = Path(journal)
     path = lock_path_for(journal)
     for _ in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
