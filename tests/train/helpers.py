@@ -48,3 +48,16 @@ def write_yaml(path: Path, raw: dict[str, Any]) -> Path:
 
 def quiet(line: str) -> None:
     """An ``echo`` for ``train`` that prints nothing."""
+
+
+def interrupt_at(fn: Any, n: int) -> Any:
+    """``fn`` as a test double that is Ctrl-C (KeyboardInterrupt) at its ``n``-th call, and ``fn`` otherwise."""
+    calls = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapped

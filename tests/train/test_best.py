@@ -22,7 +22,7 @@ from reallod.train import checkpoint as C
 from reallod.train import evaluate, loop
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import quiet, tiny_config
+from .helpers import interrupt_at, quiet, tiny_config
 
 OPTS = ["eval.every_steps=1", "eval.every_epochs=0", "checkpoint.every_steps=2"]
 
@@ -43,16 +43,7 @@ def _scripted(monkeypatch, scores: list[float]) -> None:
 
 def _ctrl_c_at_step(monkeypatch, n: int) -> None:
     """Ctrl-C in the forward pass of step ``n``: after step ``n - 1``'s evaluation, before its checkpoint."""
-    calls = []
-
-    def training_loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    real = loop.training_loss
-    monkeypatch.setattr(loop, "training_loss", training_loss)
+    monkeypatch.setattr(loop, "training_loss", interrupt_at(loop.training_loss, n))
 
 
 def _same_weights(a: Path, b: Path) -> bool:

@@ -16,7 +16,7 @@ from reallod.train import checkpoint as C
 from reallod.train import evaluate
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import quiet, tiny_config
+from .helpers import interrupt_at, quiet, tiny_config
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -30,22 +30,11 @@ def test_an_evaluation_cut_short_is_done_on_resume(tmp_path, shapes, monkeypatch
     full = tmp_path / "full"
     train(tiny_config(shapes, opts), full, echo=quiet)
     detect = evaluate.detect_queries
-    calls: list[int] = []
-
-    def interrupt_at(n: int):
-        def fake(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            return detect(*args, **kwargs)
-        return fake
-
     run = tmp_path / "run"
-    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(1))  # Ctrl-C during the evaluation at step 6
+    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(detect, 1))  # Ctrl-C during the evaluation at step 6
     with pytest.raises(TrainInterrupted):
         train(tiny_config(shapes, opts), run, echo=quiet)
-    calls.clear()
-    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(2))  # the redone one at 6, then the last one, at 12
+    monkeypatch.setattr(evaluate, "detect_queries", interrupt_at(detect, 2))  # the redone one at 6, the last at 12
     with pytest.raises(TrainInterrupted):
         train(tiny_config(shapes, opts), run, resume=True, echo=quiet)
     monkeypatch.setattr(evaluate, "detect_queries", detect)

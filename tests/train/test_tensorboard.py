@@ -14,7 +14,7 @@ import pytest
 from reallod.train import loop
 from reallod.train.loop import TrainInterrupted, train
 
-from .helpers import quiet, tiny_config
+from .helpers import interrupt_at, quiet, tiny_config
 
 pytest.importorskip("tensorboard")
 
@@ -32,17 +32,8 @@ def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 def test_a_resumed_run_shows_each_step_once_with_its_own_values(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    calls = []
-    real = loop.training_loss
-
-    def ctrl_c_at_step_4(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     with monkeypatch.context() as m:
-        m.setattr(loop, "training_loss", ctrl_c_at_step_4)
+        m.setattr(loop, "training_loss", interrupt_at(loop.training_loss, 4))
         with pytest.raises(TrainInterrupted, match="checkpoint at step 2"):  # steps 1-3 logged and evaluated
             train(tiny_config(tmp_path / "shapes", OPTS), run, echo=quiet)
     before = _scalars(run / "tensorboard")
@@ -68,18 +59,9 @@ def test_a_resumed_run_shows_each_step_once_with_its_own_values(tmp_path, monkey
 def test_a_run_started_again_after_one_killed_before_any_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
     """No checkpoint: the rerun is a new start (no --resume needed), and the killed run's rows went double."""
     run = tmp_path / "run"
-    calls = []
-    real = loop.training_loss
-
-    def ctrl_c_at_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     opts = [*OPTS, "checkpoint.every_steps=10", "schedule.max_steps=3"]
     with monkeypatch.context() as m:
-        m.setattr(loop, "training_loss", ctrl_c_at_step_3)
+        m.setattr(loop, "training_loss", interrupt_at(loop.training_loss, 3))
         with pytest.raises(TrainInterrupted):
             train(tiny_config(tmp_path / "shapes", opts), run, echo=quiet)
     train(tiny_config(tmp_path / "shapes", opts), run, echo=quiet)
