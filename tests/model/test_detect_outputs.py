@@ -239,3 +239,34 @@ def test_run_detect_refuses_a_link_into_the_input_too(five_images, tiny_detector
         run_detect(five_images, tiny_detector, ["a dog"], options=DetectOptions(out_dir=out, save_vis=False),
                    progress=False)
     assert sorted(p.name for p in (five_images / "sub").iterdir()) == ["p4.png"]
+
+
+_HOLD_LOCK = """
+import sys
+from reallod.runs.journal import lock_journal
+held = lock_journal(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_discard_earlier_deletes_nothing_while_another_run_writes_the_folder(capsys, five_images, tiny_model_dir,
+                                                                              tmp_path):
+    """The second run is refused by the journal's lock; it once deleted the files first."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0
+    before = _outputs(out)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out / JOURNAL_NAME)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        code, _, err = run_cli([*_args(five_images / "p1.jpg", tiny_model_dir, out, "a helmet"), "--discard-earlier"],
+                               capsys)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2 and f"another run (pid {proc.pid}) is writing this journal" in err, err
+    assert _outputs(out) == before

@@ -31,6 +31,7 @@ from reallod.model.detect_journal import (
     earlier_journal_name,
     is_journal,
     journal_entry,
+    lock_own_journal,
     open_journal,
     output_names,
     shared_stems,
@@ -212,13 +213,18 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     root_key = str(root.resolve())  # what journal entries name the input by
     if options.save_pred or options.save_vis:
         settings = detect_settings(detector, expressions, inference, options)
-        removed = check_earlier(options.out_dir, every, options, settings, discard=options.discard_earlier,
-                                own_earlier=options.out_dir / earlier_journal_name(place))
+        lock = lock_own_journal(options.out_dir, place)  # a run writing there is refused before anything is deleted
+        try:
+            removed = check_earlier(options.out_dir, every, options, settings, discard=options.discard_earlier,
+                                    own_earlier=options.out_dir / earlier_journal_name(place))
+        except BaseException:
+            lock.release()
+            raise
         if removed:
             say(f"{options.out_dir}: deleted {removed} files a run with other settings wrote there (--discard-earlier)")
         del every
         pending = {name: name for name in names}
-        journal = open_journal(options.out_dir, place, settings, root_key, pending, summary, say)
+        journal = open_journal(options.out_dir, place, settings, root_key, pending, summary, say, lock=lock)
         todo = [name for name in names if name in pending]  # in input order
         del pending
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"

@@ -23,7 +23,14 @@ from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError, ReallodError
 from reallod.hub import as_found
 from reallod.model.inference import Detector, InferenceOptions
-from reallod.runs.journal import Journal, JournalWriteError, iter_journal, lock_journal, read_header
+from reallod.runs.journal import (
+    Journal,
+    JournalLock,
+    JournalWriteError,
+    iter_journal,
+    lock_journal,
+    read_header,
+)
 from reallod.runs.launch import Place
 from reallod.runs.settings_diff import diff_settings
 
@@ -330,21 +337,29 @@ def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str,
             continue
 
 
+def lock_own_journal(out_dir: Path, place: Place) -> JournalLock:
+    """This process's journal locked for this run, before anything in ``out_dir`` is read or deleted: a
+    run writing it is refused here (:class:`JournalBusy`), its files untouched."""
+    path = out_dir / journal_name(place)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return lock_journal(path)
+    except OSError as e:
+        raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+
+
 def open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: str, pending: dict[str, str],
-                  summary: DetectSummary, say: Callable[[str], None]) -> Journal:
+                 summary: DetectSummary, say: Callable[[str], None], lock: JournalLock | None = None) -> Journal:
     """This process's journal, rewritten to hold what it keeps (so it never vouches for files this run
     writes over) and, as they are, its entries of the images this run does not detect: now another
     process's (a run resumed on another number of processes loses none), of another input, or of
     images of the folder left out of this run (``reallod detect photos/one.jpg`` keeps the folder's
     work); whichever run uses them checks their files first. Says which settings changed when the one
     there was written with others, and sets its entries aside (:func:`_set_aside`). What it keeps leaves
-    ``pending``."""
+    ``pending``. ``lock``: :func:`lock_own_journal`'s, when the caller took it first (released here on
+    failure)."""
     path = out_dir / journal_name(place)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_journal(path)  # before reading: a run writing this journal is refused here, its files untouched
-    except OSError as e:
-        raise JournalWriteError(f"{path}: cannot write the journal ({e.strerror or e})") from e
+    lock = lock or lock_own_journal(out_dir, place)
     carried: Iterable[tuple[str, Any]] = ()
     try:
         try:
