@@ -38,13 +38,14 @@ def locked_write(self, data):
 
 Journal._locked_write = locked_write
 realign(RealignOptions(input=Path(sys.argv[4]), config="scripted", out=out, images=Path(sys.argv[5]),
-                       concurrency=1), roles=scripted_roles(colour_judge, vlm=False))
+                       concurrency=1, cache=out.with_name("cache.sqlite")),  # never the user's cache
+        roles=scripted_roles(colour_judge, vlm=False))
 """
 
 
 def run(out, **kw):
     opts = RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=out,
-                          images=EXAMPLES / "images", concurrency=1, **kw)
+                          images=EXAMPLES / "images", concurrency=1, cache=out.with_name("cache.sqlite"), **kw)
     return realign(opts, roles=scripted_roles(colour_judge, vlm=False))
 
 
