@@ -129,7 +129,9 @@ def test_bad_input(pickles, tmp_path):
     for entry, message in [({**good, "image_id": 9999}, "image 9999 is not in"),
                            ({**good, "category_id": 555}, "sentence) id 555 is not in"),
                            ({**good, "bbox": [0, 0, 5, -1]}, "negative width or height"),
-                           ({**good, "score": float("inf")}, "finite")]:
+                           ({**good, "score": float("inf")}, "finite"),
+                           ({**good, "score": True}, "expected a number, got True"),  # numpy reads it as 1.0
+                           ({**good, "bbox": [0, 0, True, 5]}, "4 numbers")]:
         path = tmp_path / "p.json"
         path.write_text(json.dumps([good, entry]))
         with pytest.raises(DataError, match="predictions\\[1\\]") as err:

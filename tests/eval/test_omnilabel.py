@@ -223,9 +223,11 @@ def test_huge_ids_read_from_a_file_are_named(tmp_path):
     ("description_ids", [True], r"predictions\[4\] \(image_id 1\)\.description_ids\[0\]: expected an integer id, "
                                 r"got True"),
     ("image_id", True, r"predictions\[4\]\.image_id: expected an integer id, got True"),
+    ("scores", [True], r"predictions\[4\] \(image_id 1\)\.scores\[0\]: expected a number, got True"),
+    ("bbox", [0, 0, True, 5], r"predictions\[4\] \(image_id 1\)\.bbox: expected \[x, y, width, height\]"),
 ])
-def test_bools_are_not_ids_in_predictions(field, value, message):
-    """numpy reads [10, true] as [10, 1]: a bool id must not be scored as id 1."""
+def test_bools_are_not_numbers_in_predictions(field, value, message):
+    """numpy reads [10, true] as [10, 1]: a bool id must not be scored as id 1, nor a bool score as 1.0."""
     entry = {"image_id": 1, "bbox": [0, 0, 5, 5], "description_ids": [10], "scores": [0.5], field: value}
     with pytest.raises(DataError, match=message):
         ol.parse_predictions([*_perfect(_gt()), entry], "p.json")

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -332,11 +333,13 @@ def all_instances(values, types: set[type]) -> bool:
 
 
 def numeric_array(values: list[Any], kinds: str = "if") -> np.ndarray | None:
-    """``values`` as an array when numpy reads them all as numbers of these kinds (i: integers, f: floats).
+    """``values`` as an array when every one is a number of these kinds (i: integers, f: floats).
 
-    Strings, None, nested or ragged values come out as another kind (or fail): None then, and the slow
-    path names the entry.
+    None for anything else (a bool, which numpy would read as 1 or 0, a string, None, a nested or ragged
+    value): the slow path then names the entry.
     """
+    if not all_instances(values, {int} if kinds == "i" else {int, float}):
+        return None
     try:
         arr = np.array(values)
     except (ValueError, TypeError, OverflowError):
@@ -349,17 +352,15 @@ def numeric_array(values: list[Any], kinds: str = "if") -> np.ndarray | None:
 def id_array(values: list[Any]) -> np.ndarray | None:
     """``values`` as int64 when every one is an integer id; None when any is a bool (numpy would read True
     as 1), a float, a string, or beyond 64 bits (the slow path then names it)."""
-    if not all_instances(values, {int}):
-        return None
     return numeric_array(values, "i")
 
 
 def bbox_array(boxes: list[Any]) -> np.ndarray | None:
     """(N, 4) float64 from lists of 4 numbers, or None when any box is not that (the slow path says which)."""
-    arr = numeric_array(boxes)
-    if arr is None or (arr.shape != (len(boxes), 4) and arr.size):
+    if not (all_instances(boxes, {list, tuple}) and set(map(len, boxes)) <= {4}):
         return None
-    return arr.astype(np.float64).reshape(-1, 4)
+    arr = numeric_array(list(chain.from_iterable(boxes)))
+    return None if arr is None else arr.astype(np.float64).reshape(-1, 4)
 
 
 def boxes_and_scores_ok(bbox: np.ndarray, score: np.ndarray) -> bool:

@@ -228,9 +228,7 @@ def _annotation_rows(anns: list[Any], path: str | None) -> tuple[np.ndarray, ...
         counts = np.fromiter(map(len, cols["description_ids"]), dtype=np.int64, count=len(anns))
         image = id_array(cols["image_id"])
         descr = id_array(list(chain.from_iterable(cols["description_ids"])))
-        box = None
-        if all_instances(cols["bbox"], {list}) and all_instances(chain.from_iterable(cols["bbox"]), {int, float}):
-            box = bbox_array(cols["bbox"])  # bools are not numbers here: numpy would read True as 1
+        box = bbox_array(cols["bbox"])
         crowd_values = [a.get("iscrowd", 0) for a in anns]
         if image is not None and descr is not None and box is not None and image.ndim == descr.ndim == 1 \
                 and _boxes_ok(box) and _flags_ok(crowd_values):
