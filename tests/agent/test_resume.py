@@ -249,4 +249,7 @@ def test_a_task_failed_by_an_unusable_reply_is_asked_again_not_replayed_from_the
     fixed = scripted_roles(colour_judge, vlm=False)
     second = realign(opts, roles=fixed)
     assert second.summary.tasks == 3 and not second.summary.errors, second.summary.errors
-    assert any(c.role == "reflector" for c in fixed.reflector.backend.calls)  # the fixed server was asked
+    asked = [c for c in fixed.reflector.backend.calls if c.role == "reflector"]
+    assert asked, "the fixed server was not asked"
+    # from the first attempt: the earlier run's rejected empty replies were not replayed before it
+    assert all(m["role"] != "assistant" for c in asked for m in c.messages)

@@ -111,6 +111,7 @@ class _TaskRun:
         step = Step(cycle=cycle, role=role.name, messages=[], view=view, attempts=0,
                     values={k: v for k, v in values.items() if isinstance(v, (str, int, float))})
         self.steps.append(step)
+        replies = []  # every reply of this call: all are forgotten if the call fails its task
         try:
             for attempt in range(1, policy.max_attempts + 1):
                 step.attempts = attempt
@@ -131,6 +132,7 @@ class _TaskRun:
                     step.rejected.append({"attempt": attempt, "error": f"{type(e).__name__}: {e}"})
                     raise StepFailed(f"{role.name}: backend {role.backend.name} raised "
                                      f"{type(e).__name__}: {e}", "backend_error") from e
+                replies.append(completion)
                 step.raw_response = completion.text
                 step.latency_s += completion.latency_s
                 step.prompt_tokens += completion.prompt_tokens
@@ -148,7 +150,6 @@ class _TaskRun:
                                  {"role": "user", "content": f"That answer cannot be used: {e}. Answer "
                                   f"again with only {role.decision.format_hint()}."}]
                         continue
-                    forget_reply(role.backend, completion)  # a rerun asks the (fixed) server again
                     raise StepFailed(f"{role.name}: no usable answer after {attempt} attempt(s): {why}",
                                      "unusable_answer") from e
                 step.decision, step.repaired = decision, repaired
@@ -157,6 +158,8 @@ class _TaskRun:
                              "backend_error")
         except StepFailed as e:
             step.error = str(e)
+            for reply in replies:  # a rerun asks the (fixed) server again, from the first attempt
+                forget_reply(role.backend, reply)
             raise
         finally:
             step.messages = _serialisable(convo, view)

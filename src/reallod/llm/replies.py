@@ -51,9 +51,9 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, bool]:
 
 
 def forget_reply(backend: Any, completion: Any) -> None:
-    """A reply that stayed unusable and so failed its task: a response cache behind ``backend`` drops
-    it, so that a rerun (once the server is fixed) asks again instead of failing on the same reply.
-    Call it for that last reply only: a done task replays every reply it used, the rejected ones too.
+    """A reply of a call that failed its task: a response cache behind ``backend`` drops it, so that a
+    rerun (once the server is fixed) asks again instead of replaying the same rejected replies. Only for
+    the replies of a failed call: a done task replays every reply it used, the rejected ones too.
     Nothing for a backend without a cache."""
     forget = getattr(backend, "forget", None)
     if callable(forget):

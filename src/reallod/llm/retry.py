@@ -111,9 +111,9 @@ class ResilientBackend:
             del cache.in_flight[key]
 
     def forget(self, completion: Completion) -> None:
-        """Drop a reply that failed its task from the cache, so that a rerun of the task asks the model
-        again instead of replaying it (a server that answered empty or garbage until it was fixed).
-        Only for a reply that ended its task as failed: a done task must replay all it used, rejected
+        """Drop a reply of a call that failed its task from the cache, so that a rerun of the task asks
+        the model again instead of replaying it (a server that answered empty or garbage until it was
+        fixed). Only for the replies of a failed call: a done task must replay all it used, rejected
         replies included (the later requests carry them)."""
         key = completion.meta.get("cache_key")
         if self.cache is not None and isinstance(key, str):
