@@ -98,3 +98,25 @@ def test_a_second_run_on_an_out_being_written_is_refused_before_any_model_call(t
     again, roles = run(tmp_path, tmp_path / "out" / "o.jsonl", no_cache=True)  # once it is gone: resumes
     assert again.info["tasks_run"] == 0 and roles.reflector.backend.calls == []
     assert read_jsonl(again.out) == read_jsonl(first.out)
+
+
+def test_the_output_is_assembled_under_the_journal_lock(tmp_path, inputs, monkeypatch):
+    """The lock went with the journal's close, before the output was assembled from it: a second run
+    started then resumed and wrote the same output beside the first."""
+    import reallod.agent.realign as realign_module
+    from reallod.runs.journal import lock_journal, lock_path_for
+
+    journal = tmp_path / "out" / "o.journal.jsonl"
+    assemble, refused = realign_module.assemble, []
+
+    def assemble_and_try_a_second_run(*args, **kwargs):
+        with pytest.raises(JournalBusy) as busy:
+            lock_journal(journal)
+        refused.append(str(busy.value))
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(realign_module, "assemble", assemble_and_try_a_second_run)
+    done, _ = run(tmp_path, tmp_path / "out" / "o.jsonl", no_cache=True)
+    assert refused and done.summary.tasks == 6
+    assert not lock_path_for(journal).exists()  # released once the output is written
+    lock_journal(journal).release()

@@ -241,6 +241,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         ran = _run(opts, fmt, captions, images, roles, endpoints, session, trace_path, header, select,
                    max_cycles, concurrency, monitor)
         stages["agent"] = time.perf_counter() - t1
+        lock = session.journal.keep_lock()  # held until the output is written
     journal, cache = session.journal, session.cache
     finished = len(journal.done)
     journal.done.clear()  # closed: its ids are read back with the results below, not held twice at the peak
@@ -260,6 +261,9 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
                          "(nothing is redone)") from e
     except KeyboardInterrupt as e:  # the output is written atomically: none, or the whole of it
         raise RunInterrupted(interrupted_message(finished, "task(s)", journal_path)) from e
+    finally:
+        if lock is not None:
+            lock.release()
     stages["output"] = time.perf_counter() - t2
     report = None
     if opts.report_dir is not None:

@@ -294,6 +294,12 @@ class Journal:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._flusher
 
+    def keep_lock(self) -> JournalLock | None:
+        """The lock, which :meth:`close` then leaves held: the caller releases it once it has written
+        what it makes of the journal (no second run resumes into an output being assembled)."""
+        lock, self._lock = self._lock, None
+        return lock
+
     def close(self) -> None:
         """Writes what :meth:`append_soon` buffered, then closes."""
         try:
