@@ -87,6 +87,24 @@ def test_a_custom_prompt_is_read_relative_to_the_config(tmp_path: Path) -> None:
     assert msgs[0]["content"].startswith('Is "a Dog" a dog? a JSON object with "missing"')
 
 
+def test_a_local_model_folder_is_found_relative_to_the_config(tmp_path: Path, monkeypatch) -> None:
+    """``adapter:`` and ``prompt:`` were read beside the config but ``model:`` from the current directory,
+    so one config file loaded its student's base from another folder depending on where it was run."""
+    (tmp_path / "cfg" / "models" / "base").mkdir(parents=True)
+    (tmp_path / "cfg" / "a.yaml").write_text(
+        "roles:\n  reflector: {backend: transformers, model: models/base}\n"
+        "  planner: {backend: transformers, model: ../elsewhere/base}\n"
+        "  rewriter: {backend: transformers, model: Qwen/Qwen2.5-0.5B-Instruct}\n"
+        "  vlm: {backend: openai, model: models/base}\n")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    roles = load_agent_config(Path("../cfg/a.yaml")).roles
+    assert Path(roles["reflector"].model).resolve() == (tmp_path / "cfg" / "models" / "base").resolve()
+    assert Path(roles["planner"].model).resolve() == (tmp_path / "elsewhere" / "base").resolve()
+    assert roles["rewriter"].model == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id stays one
+    assert roles["vlm"].model == "models/base"  # a served model's name is the server's, never a path
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("roles: [1, 2]", "roles: expected a mapping"),
     ("roles: {reflector: {backend: ollama, model: m}}", "roles.reflector.backend: expected one of openai, transformers"),

