@@ -17,14 +17,28 @@ from tests.cli_helpers import run_cli
 SHORT_REFLECTOR = '[user]\nCategory: $category\nExpression: "$expression"\nIs the expression correct, uncertain or wrong?\n'
 
 
-def config(folder: Path, model: Path, name: str, prompt: str | None = None) -> Path:
+def config(folder: Path, model: Path, name: str, prompt: str | None = None, *, others: bool = True) -> Path:
     reflector = {"backend": "transformers", "model": str(model), "max_tokens": 8, "temperature": 0.0,
                  **({"prompt": prompt} if prompt else {})}
     other = {"backend": "transformers", "model": str(model), "max_tokens": 8}
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"roles": {"reflector": reflector, "planner": other, "rewriter": other,
-                                              "vlm": None}}))
+    path.write_text(yaml.safe_dump({"roles": {"reflector": reflector, **({"planner": other, "rewriter": other,
+                                                                          "vlm": None} if others else {})}}))
     return path
+
+
+def test_a_config_of_the_measured_role_alone_is_enough(teacher_run, teacher_data, tiny_lm, tmp_path, capsys) -> None:
+    """A student config naming only its reflector was refused ('the planner role is required') by
+    sft-data --config and agreement, which never use the other roles."""
+    (tmp_path / "short.txt").write_text(SHORT_REFLECTOR)
+    student = config(tmp_path, tiny_lm, "student", prompt="short.txt", others=False)
+    data = tmp_path / "short-sft"
+    build_sft_data([teacher_run / "teacher.trace.jsonl"], data, config=student, val_fraction=0.25)
+    code, out, err = run_cli(["agent", "agreement", data, "--role", "reflector", "--config", student,
+                              "--limit", "1"], capsys)
+    assert code == 0 and "of 1 decision(s) equal the teacher's" in out, err
+    code, _, err = run_cli(["agent", "agreement", data, "--role", "planner", "--config", student], capsys)
+    assert code == 2 and f"{student}: roles.planner: the planner role is required" in err, err
 
 
 def test_a_config_with_another_template_than_the_data_is_refused(teacher_run, teacher_data, tiny_lm, tmp_path,

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, Roles, load_prompt, make_role
+from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, Role, Roles, load_prompt, make_role
 from reallod.errors import ConfigError
 from reallod.llm.backends import BACKENDS, Backend, make_backend
 from reallod.llm.policy import RetryPolicy
@@ -125,9 +126,9 @@ def _model_folder(model: str, base_dir: Path) -> str:
     return model
 
 
-def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> RoleConfig | None:
+def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None, required: bool) -> RoleConfig | None:
     if raw is None:
-        if name != "vlm":
+        if required:
             raise ConfigError(f"{where}: the {name} role is required")
         return None
     if not isinstance(raw, dict):
@@ -190,8 +191,11 @@ def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None) -> R
 
 
 def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base_url: str | None = None,
-                      vlm_base_url: str | None = None) -> AgentConfig:
-    """Read and check an agent config (a path or a shipped name); apply base-URL overrides."""
+                      vlm_base_url: str | None = None, required: Collection[str] = LLM_ROLES) -> AgentConfig:
+    """Read and check an agent config (a path or a shipped name); apply base-URL overrides.
+
+    ``required``: the roles the caller uses (the workflow uses the three LLM roles; measuring one role
+    needs that one only), the others may be left out."""
     p = resolve_config_path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -214,7 +218,7 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
     roles = {}
     for name in ROLE_NAMES:
         url = (llm_base_url if name in LLM_ROLES else vlm_base_url) or base_url
-        roles[name] = _role(name, roles_raw.get(name), f"{p}: roles.{name}", p.parent, url)
+        roles[name] = _role(name, roles_raw.get(name), f"{p}: roles.{name}", p.parent, url, name in required)
     retry_raw = raw.get("retry") or {}
     keys = ("max_attempts", "backoff_s", "max_backoff_s", "down_after_s", "max_retry_after_s")
     if not isinstance(retry_raw, dict) or set(retry_raw) - set(keys):
@@ -255,14 +259,18 @@ def _backend_for(rc: RoleConfig) -> Backend:
 def build_roles(cfg: AgentConfig) -> Roles:
     """Backends and prompts for each role; roles with identical backend settings share one backend."""
     shared: dict[str, Backend] = {}
-    roles: dict[str, Any] = {}
-    for name, rc in cfg.roles.items():
-        if rc is None:
-            continue
-        key = repr((rc.backend, rc.model, sorted(rc.options.items(), key=lambda kv: kv[0])))
-        if key not in shared:
-            shared[key] = _backend_for(rc)
-        prompt = load_prompt(name, rc.prompt) if rc.prompt else None
-        roles[name] = make_role(name, shared[key], prompt=prompt, max_tokens=rc.max_tokens,
-                                temperature=rc.temperature)
+    roles = {name: build_role(cfg, name, shared) for name, rc in cfg.roles.items() if rc is not None}
     return Roles(**roles, retry=cfg.retry)
+
+
+def build_role(cfg: AgentConfig, name: str, shared: dict[str, Backend] | None = None) -> Role:
+    """One role of ``cfg`` with its backend (taken from ``shared`` when a role before had the same)."""
+    rc = cfg.roles[name]
+    if rc is None:
+        raise ConfigError(f"{cfg.path}: the config has no {name} role")
+    shared = {} if shared is None else shared
+    key = repr((rc.backend, rc.model, sorted(rc.options.items(), key=lambda kv: kv[0])))
+    if key not in shared:
+        shared[key] = _backend_for(rc)
+    prompt = load_prompt(name, rc.prompt) if rc.prompt else None
+    return make_role(name, shared[key], prompt=prompt, max_tokens=rc.max_tokens, temperature=rc.temperature)

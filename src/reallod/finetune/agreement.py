@@ -160,7 +160,7 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
                       vlm_base_url: str | None = None) -> Agreement:
     """Ask the ``split`` examples of ``role_name`` through that role of ``config``; count agreement.
     The base URLs point the config's openai roles at a server, as in ``realign``."""
-    from reallod.agent.agent_config import build_roles, load_agent_config
+    from reallod.agent.agent_config import build_role, load_agent_config
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: expected train or val")
@@ -170,20 +170,17 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
     if split not in files:
         raise DataError(f"no {split} examples for the {role_name} role", path=str(data))
     rows = _read_rows(files[split], role_name)
-    cfg = load_agent_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
-    if cfg.roles.get(role_name) is None:
-        raise ConfigError(f"{cfg.path}: the config has no {role_name} role")
+    cfg = load_agent_config(config, base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url,
+                            required=(role_name,))  # the other roles are not asked: they may be left out
     check_template(Path(data), read_manifest(Path(data)), cfg, role_name)
-    roles = build_roles(cfg)
-    role = roles.get(role_name)
-    assert role is not None
+    role = build_role(cfg, role_name)
     rep = Agreement(role_name, split)
 
     async def go() -> None:
         try:
             await _measure(role, rows[:limit] if limit else rows, Path(data), rep)
         finally:
-            await roles.aclose()
+            await role.backend.aclose()
 
     asyncio.run(go())
     return rep

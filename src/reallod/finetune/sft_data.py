@@ -141,7 +141,7 @@ def role_templates(config: str | os.PathLike | None = None) -> dict[str, PromptT
     if config is not None:
         from reallod.agent.agent_config import load_agent_config
 
-        cfg = load_agent_config(config)
+        cfg = load_agent_config(config, required=())  # only its prompts are read
         for name, rc in cfg.roles.items():
             if rc is not None and rc.prompt is not None:
                 templates[name] = load_prompt(name, rc.prompt)
