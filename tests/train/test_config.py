@@ -51,7 +51,7 @@ def test_overrides_set_nested_fields_and_list_items(tmp_path):
     (["train.mixed_precision=fp8"], "train.mixed_precision: use no, bf16 or fp16"),
     (["model.init=x"], "set exactly one of model.init"),
     (["schedule.max_steps=0"], "schedule.max_steps: must be >= 1"),
-    (["augment.crop_size=[1]"], "crop_size and test_scale take two numbers"),
+    (["augment.crop_size=[1]"], "augment.crop_size: takes two numbers"),
 ])
 def test_bad_configs_name_the_key(options, message):
     raw = {"model": {"tiny": {}}, "data": {"train": [{"file": "a", "images": "i"}]}}

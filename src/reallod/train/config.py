@@ -2,14 +2,17 @@
 
 ``--cfg-options key=value`` sets any field by its dotted path (``optim.lr=1e-5``,
 ``data.train.0.ratio=2``, ``schedule.milestones=[8,11]``); the value is read as YAML. Unknown keys,
-in a file or an override, are errors that name the key and list the known ones. ``{work_dir}`` in
-any string is replaced by the run's work directory.
+in a file or an override, are errors that name the key and list the known ones. Every range and length
+is checked on reading (:func:`check`), and an error names the field and where its value was set: the
+file and line (through ``_base_`` files), or the override. A key twice in one mapping, which YAML would
+silently drop, is an error too. ``{work_dir}`` in any string is replaced by the run's work directory.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ import yaml
 
 from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError
+from reallod.model.token_prompt import MAX_TEXT_LEN
 from reallod.train.augment import AugmentOptions
 from reallod.train.sampling import DEFAULT_SOURCE_PROBS
 
@@ -181,27 +185,121 @@ class TrainConfig:
 # reading
 # ---------------------------------------------------------------------------------------------
 
+Sources = dict[str, str]  # dotted key -> where its value was set: "FILE:LINE", or "--cfg-options KEY=VALUE"
+
+
+class FieldError(ConfigError):
+    """A bad value of one field (``field``, dotted): :func:`load_config` adds where that value was set."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping, with ``_base_`` (a path relative to this file, or a list of them) merged under it."""
+    return read_yaml_sources(path)[0]
+
+
+def read_yaml_sources(path: str | Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Sources]:
+    """:func:`read_yaml`, and the file and line that set each key (``chain``: the files inheriting from this
+    one, to refuse a ``_base_`` cycle, which would otherwise recurse until Python gives up)."""
     path = Path(path)
+    chain = (*chain, path)
+    data, sources = _read_file(path)
+    bases = data.pop("_base_", None)
+    at = sources.pop("_base_", str(path))
+    if bases is None:
+        return data, sources
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{at}: _base_: expected a file name or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    merged_sources: Sources = {}
+    for base in bases:
+        base_path = path.parent / base
+        if base_path.resolve() in {p.resolve() for p in chain}:
+            raise ConfigError(f"{at}: _base_ {base}: a cycle of _base_ files "
+                              f"({' → '.join(str(p) for p in (*chain, base_path))}): remove one of its links")
+        if not base_path.exists():
+            raise ConfigError(f"{at}: _base_ {base}: config file not found ({base_path}; a _base_ "
+                              "path is relative to the file that names it)")
+        base_data, base_sources = read_yaml_sources(base_path, chain)
+        merged, merged_sources = deep_merge(merged, base_data), _merge_sources(merged_sources, base_sources, base_data)
+    return deep_merge(merged, data), _merge_sources(merged_sources, sources, data)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], Sources]:
+    """One file's mapping and the line of each key; a key twice in one mapping is an error (PyYAML would
+    keep the last and silently drop the first, with everything under it)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    sources: Sources = {}
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _key_lines(node, "", path, sources, set())
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a training config must be a YAML mapping")
-    bases = data.pop("_base_", None)
-    if bases is None:
-        return data
-    merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else list(bases):
-        merged = deep_merge(merged, read_yaml(path.parent / base))
-    return deep_merge(merged, data)
+    return data, sources
+
+
+def _key_lines(node: yaml.Node, where: str, path: Path, sources: Sources, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: its keys are recorded where the anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor
+                continue
+            key, line = _join(where, str(key_node.value)), key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{path}:{line}: {key}: duplicate key (first at line {first[key]}); YAML keeps "
+                                  "only the last one, and the first one's settings would be lost: merge the two")
+            first[key] = line
+            sources[key] = f"{path}:{line}"
+            _key_lines(value_node, key, path, sources, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sources[f"{where}.{i}"] = f"{path}:{item.start_mark.line + 1}"
+            _key_lines(item, f"{where}.{i}", path, sources, seen)
+
+
+def _merge_sources(base: Sources, over: Sources, over_data: dict[str, Any]) -> Sources:
+    """Where each key of ``deep_merge(base, over)`` was set: a value that is not a mapping replaces all the
+    base set under its key."""
+    replaced = tuple(k + "." for k in _replacing_keys(over_data, ""))
+    return {**{k: v for k, v in base.items() if not k.startswith(replaced)}, **over}
+
+
+def _replacing_keys(data: dict[str, Any], where: str) -> list[str]:
+    out = []
+    for k, v in data.items():
+        key = _join(where, str(k))
+        out += _replacing_keys(v, key) if isinstance(v, dict) else [key]
+    return out
+
+
+def _where_set(sources: Sources, key: str, fallback: str | Path | None = None) -> str | None:
+    """Where ``key``'s value was set: its own entry, or that of the nearest enclosing key; else ``fallback``."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        if (found := sources.get(".".join(parts[:n]))) is not None:
+            return found
+    return None if fallback is None else str(fallback)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +310,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(data: dict[str, Any], options: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings (value parsed as YAML) to a copy of the raw config."""
+def apply_overrides(data: dict[str, Any], options: list[str], sources: Sources | None = None) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (value parsed as YAML) to a copy of the raw config; ``sources``, when
+    given, records each option as where its key was set."""
     out = copy.deepcopy(data)
     for opt in options:
         key, sep, raw = opt.partition("=")
@@ -226,42 +325,56 @@ def apply_overrides(data: dict[str, Any], options: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         node: Any = out
         for i, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(parts[: i + 1]), create=True)
+            node, parts[i] = _child(node, part, ".".join(parts[: i + 1]), create=True)
         last = parts[-1]
         if isinstance(node, list):
-            node[_index(node, last, key)] = value
+            parts[-1] = str(_index(node, last, key))
+            node[int(parts[-1])] = value
         else:
             node[last] = value
+        if sources is not None:
+            dotted = ".".join(parts)
+            for k in [k for k in sources if k.startswith(dotted + ".")]:
+                del sources[k]
+            sources[dotted] = f"--cfg-options {opt}"
     return out
 
 
 def _index(node: list, part: str, where: str) -> int:
+    """A list index, counted from the start (-1: the last)."""
     try:
         i = int(part)
     except ValueError:
         raise ConfigError(f"--cfg-options {where}: {part!r} indexes a list, so it must be a number") from None
     if not -len(node) <= i < len(node):
         raise ConfigError(f"--cfg-options {where}: index {i} is out of range (the list has {len(node)} items)")
-    return i
+    return i % len(node)
 
 
-def _child(node: Any, part: str, where: str, create: bool) -> Any:
+def _child(node: Any, part: str, where: str, create: bool) -> tuple[Any, str]:
+    """The child and its key (a list index counted from the start)."""
     if isinstance(node, list):
-        return node[_index(node, part, where)]
+        i = _index(node, part, where)
+        return node[i], str(i)
     if not isinstance(node, dict):
         raise ConfigError(f"--cfg-options {where}: cannot set a field inside a {type(node).__name__}")
     if node.get(part) is None and create:
         node[part] = {}
-    return node[part]
+    return node[part], part
 
 
 def load_config(path: str | Path | None = None, options: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (or take ``data``), apply overrides, build and check the dataclasses."""
-    raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
-    raw = apply_overrides(raw, list(options or []))
-    cfg = build(TrainConfig, raw, "")
-    check(cfg)
+    """Read a YAML config (or take ``data``), apply overrides, build and check the dataclasses. A bad value
+    is named with where it was set (``FILE:LINE``, or the ``--cfg-options`` word; a default: the config file)."""
+    raw, sources = read_yaml_sources(path) if path is not None else (copy.deepcopy(data or {}), {})
+    raw = apply_overrides(raw, list(options or []), sources)
+    try:
+        cfg = build(TrainConfig, raw, "")
+        check(cfg)
+    except FieldError as e:
+        where = _where_set(sources, e.field, path)
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return cfg
 
 
@@ -270,12 +383,12 @@ def build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise FieldError(where or "config", f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; known keys here: {', '.join(names)}")
+        raise FieldError(_join(where, unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
     kwargs = {k: _value(hints[k], v, _join(where, k)) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -295,19 +408,19 @@ def _value(tp: Any, v: Any, where: str) -> Any:
         return build(tp, v, where)
     if origin is list:
         if not isinstance(v, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {v!r}")
+            raise FieldError(where, f"expected a list, got {v!r}")
         return [_value(args[0], x, f"{where}.{i}") for i, x in enumerate(v)]
     if origin is dict:
         if not isinstance(v, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {v!r}")
+            raise FieldError(where, f"expected a mapping, got {v!r}")
         return {str(k): _value(args[1], x, f"{where}.{k}") for k, x in v.items()}
     if tp is bool:
         if not isinstance(v, bool):
-            raise ConfigError(f"{where}: expected true or false, got {v!r}")
+            raise FieldError(where, f"expected true or false, got {v!r}")
         return v
     if tp is int:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{where}: expected an integer, got {v!r}")
+            raise FieldError(where, f"expected an integer, got {v!r}")
         return v
     if tp is float:
         if isinstance(v, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
@@ -316,45 +429,161 @@ def _value(tp: Any, v: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ConfigError(f"{where}: expected a number, got {v!r}")
+            raise FieldError(where, f"expected a number, got {v!r}")
         return float(v)
     if tp is str:
         if not isinstance(v, str):
-            raise ConfigError(f"{where}: expected a string, got {v!r}")
+            raise FieldError(where, f"expected a string, got {v!r}")
         return v
     return v
 
 
 def check(cfg: TrainConfig) -> None:
-    """Cross-field checks a dataclass cannot express."""
-    m = cfg.model
+    """Every range, length and cross-field rule, naming the field: a bad value stops the run here, before
+    any model is built, not at the first batch or an epoch later as an error from inside torch."""
+    _finite(cfg, "")
+    _within("seed", cfg.seed, 0, 2**32 - 1)  # NumPy's seed range
+    _check_model(cfg.model)
+    _check_data(cfg.data)
+    _check_augment(cfg.augment)
+    _check_optim(cfg.optim)
+    s = cfg.schedule
+    _at_least("schedule.epochs", s.epochs, 1)
+    if s.max_steps is not None:
+        _at_least("schedule.max_steps", s.max_steps, 1)
+    _at_least("schedule.warmup_steps", s.warmup_steps, 0)
+    _need(0 < s.warmup_start_factor <= 1, "schedule.warmup_start_factor", f"must be in (0, 1], not {s.warmup_start_factor}")
+    _each("schedule.milestones", s.milestones, 0)
+    _need(s.gamma > 0, "schedule.gamma", f"must be > 0, not {s.gamma}")
+    t = cfg.train
+    _need(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
+          f"use no, bf16 or fp16, not {t.mixed_precision!r}")
+    _at_least("train.batch_size", t.batch_size, 1)
+    _at_least("train.grad_accum", t.grad_accum, 1)
+    if t.threads is not None:
+        _at_least("train.threads", t.threads, 1)
+    # 0 would still save at every epoch end: refused rather than read as "off", as eval.every_epochs: 0 is
+    _at_least("checkpoint.every_epochs", cfg.checkpoint.every_epochs, 1)
+    _at_least("checkpoint.every_steps", cfg.checkpoint.every_steps, 0)
+    _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 0)
+    _at_least("log.every_steps", cfg.log.every_steps, 1)
+    _check_eval(cfg.eval, cfg.data.synthetic is not None)
+
+
+def _check_model(m: ModelConfig) -> None:
     if (m.init is None) == (m.tiny is None):
-        raise ConfigError("model: set exactly one of model.init (a detector folder or hub id) and model.tiny")
-    if not cfg.data.train and cfg.data.synthetic is None:
-        raise ConfigError("data.train: no training files (add {file, images, ratio} entries or data.synthetic)")
-    for i, f in enumerate(cfg.data.train):
-        if not f.file or not f.images:
-            raise ConfigError(f"data.train.{i}: both file and images are required")
-        if f.ratio < 0:
-            raise ConfigError(f"data.train.{i}.ratio: must be >= 0, not {f.ratio}")
-    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"train.mixed_precision: use no, bf16 or fp16, not {cfg.train.mixed_precision!r}")
-    for name, v in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum),
-                    ("schedule.epochs", cfg.schedule.epochs), ("log.every_steps", cfg.log.every_steps),
-                    ("data.max_pixels", cfg.data.max_pixels)):
-        if v < 1:
-            raise ConfigError(f"{name}: must be >= 1, not {v}")
-    if cfg.schedule.max_steps is not None and cfg.schedule.max_steps < 1:
-        raise ConfigError(f"schedule.max_steps: must be >= 1, not {cfg.schedule.max_steps}")
-    if cfg.schedule.warmup_steps < 0 or not 0 < cfg.schedule.warmup_start_factor <= 1:
-        raise ConfigError("schedule: warmup_steps must be >= 0 and warmup_start_factor in (0, 1]")
-    if cfg.eval.metric not in ("ap50", "ap", "ap50_pos", "ap_pos"):
-        raise ConfigError(f"eval.metric: use ap50, ap, ap50_pos or ap_pos, not {cfg.eval.metric!r}")
-    if (cfg.eval.file is None) != (cfg.eval.images is None) and cfg.data.synthetic is None:
-        raise ConfigError("eval: set both eval.file and eval.images (or neither)")
-    a = cfg.augment
-    if len(a.crop_size) != 2 or len(a.test_scale) != 2 or not a.scales or not a.crop_pre_scales:
-        raise ConfigError("augment: crop_size and test_scale take two numbers; scales and crop_pre_scales at least one")
+        raise FieldError("model.tiny", "set exactly one of model.init (a detector folder or hub id) and model.tiny")
+    _within("model.max_text_len", m.max_text_len, 8, MAX_TEXT_LEN)
+    if m.tiny is not None:
+        t = m.tiny
+        _need(t.text_backbone in ("tiny", "minilm"), "model.tiny.text_backbone",
+              f"use tiny or minilm, not {t.text_backbone!r}")
+        _need(t.d_model >= 32 and t.d_model % 32 == 0, "model.tiny.d_model",
+              f"must be a multiple of 32 (GroupNorm(32)), not {t.d_model}")
+        _at_least("model.tiny.num_queries", t.num_queries, 1)
+        _at_least("model.tiny.encoder_layers", t.encoder_layers, 1)
+        _at_least("model.tiny.decoder_layers", t.decoder_layers, 2)  # transformers fails with 1
+
+
+def _check_data(d: DataConfig) -> None:
+    if not d.train and d.synthetic is None:
+        raise FieldError("data.train", "no training files (add {file, images, ratio} entries or data.synthetic)")
+    for i, f in enumerate(d.train):
+        _need(bool(f.file and f.images), f"data.train.{i}", "both file and images are required")
+        _at_least(f"data.train.{i}.ratio", f.ratio, 0)
+    if (syn := d.synthetic) is not None:
+        _at_least("data.synthetic.num_train", syn.num_train, 1)
+        _at_least("data.synthetic.num_val", syn.num_val, 0)
+        _pair("data.synthetic.size", syn.size, "width and height, in pixels")
+        _each("data.synthetic.size", syn.size, 16)
+        _at_least("data.synthetic.max_shapes", syn.max_shapes, 1)
+    for name, p in d.source_probs.items():
+        _at_least(f"data.source_probs.{name}", p, 0)
+    _need(any(p > 0 for p in d.source_probs.values()), "data.source_probs",
+          "at least one text source needs a probability above 0")
+    _at_least("data.positives_per_instance", d.positives_per_instance, 1)
+    _at_least("data.max_negatives", d.max_negatives, 0)
+    if d.max_text_len is not None:
+        _within("data.max_text_len", d.max_text_len, 8, MAX_TEXT_LEN)
+    _need(bool(d.relations) and set(d.relations) <= {"single", "multi"}, "data.relations",
+          f"use single, multi or both, not {d.relations}")
+    _at_least("data.num_workers", d.num_workers, 0)
+    _at_least("data.max_pixels", d.max_pixels, 1)
+
+
+def _check_augment(a: AugmentConfig) -> None:
+    _within("augment.flip_prob", a.flip_prob, 0, 1)
+    _within("augment.crop_prob", a.crop_prob, 0, 1)
+    for name, sides in (("augment.scales", a.scales), ("augment.crop_pre_scales", a.crop_pre_scales)):
+        _need(bool(sides), name, "needs at least one short side (pixels)")
+        _each(name, sides, 1)
+    _at_least("augment.max_size", a.max_size, 1)
+    _at_least("augment.crop_pre_max_size", a.crop_pre_max_size, 1)
+    _pair("augment.crop_size", a.crop_size, "the smallest and the largest crop side, in pixels")
+    _each("augment.crop_size", a.crop_size, 1)
+    _need(a.crop_size[0] <= a.crop_size[1], "augment.crop_size", f"the smallest side comes first, not {a.crop_size}")
+    _at_least("augment.min_box_size", a.min_box_size, 0)
+    _pair("augment.test_scale", a.test_scale, "the short side and the long side limit, in pixels")
+    _each("augment.test_scale", a.test_scale, 1)
+
+
+def _check_optim(o: OptimConfig) -> None:
+    for name in ("lr", "weight_decay", "eps", "backbone_lr_mult", "text_lr_mult"):
+        _at_least(f"optim.{name}", getattr(o, name), 0)
+    _pair("optim.betas", o.betas, "beta1 and beta2, each in [0, 1)")
+    for i, b in enumerate(o.betas):
+        _need(0 <= b < 1, f"optim.betas.{i}", f"must be in [0, 1), not {b}")
+    if o.clip_grad is not None:
+        _need(o.clip_grad > 0, "optim.clip_grad", f"must be > 0 (null: no clipping), not {o.clip_grad}")
+    _at_least("optim.base_batch_size", o.base_batch_size, 1)
+
+
+def _check_eval(e: EvalConfig, synthetic: bool) -> None:
+    _need(e.metric in ("ap50", "ap", "ap50_pos", "ap_pos"), "eval.metric",
+          f"use ap50, ap, ap50_pos or ap_pos, not {e.metric!r}")
+    if (e.file is None) != (e.images is None) and not synthetic:
+        raise FieldError("eval", "set both eval.file and eval.images (or neither)")
+    _at_least("eval.every_epochs", e.every_epochs, 0)
+    _at_least("eval.every_steps", e.every_steps, 0)
+    _need(bool(e.sources), "eval.sources", "needs at least one text source (e.g. [vlm_short])")
+    if e.max_images is not None:
+        _at_least("eval.max_images", e.max_images, 1)
+    _at_least("eval.negatives_per_image", e.negatives_per_image, 0)
+    _at_least("eval.batch_size", e.batch_size, 1)
+
+
+def _need(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise FieldError(field, message)
+
+
+def _at_least(field: str, value: float, low: float) -> None:
+    _need(value >= low, field, f"must be >= {low}, not {value}")
+
+
+def _within(field: str, value: float, low: float, high: float) -> None:
+    _need(low <= value <= high, field, f"must be between {low} and {high}, not {value}")
+
+
+def _each(field: str, values: list, low: float) -> None:
+    for i, v in enumerate(values):
+        _at_least(f"{field}.{i}", v, low)
+
+
+def _pair(field: str, values: list, what: str) -> None:
+    _need(len(values) == 2, field, f"takes two numbers ({what}), not {values}")
+
+
+def _finite(x: Any, where: str) -> None:
+    """NaN passes every range test (all comparisons are false), infinity most: refuse both (YAML .nan, .inf)."""
+    if dataclasses.is_dataclass(x):
+        for f in dataclasses.fields(x):
+            _finite(getattr(x, f.name), _join(where, f.name))
+    elif isinstance(x, list | dict):
+        for k, v in (x.items() if isinstance(x, dict) else enumerate(x)):
+            _finite(v, f"{where}.{k}")
+    elif isinstance(x, float) and not math.isfinite(x):
+        raise FieldError(where, f"must be a finite number, not {x}")
 
 
 def resolve_paths(cfg: TrainConfig, work_dir: str | Path) -> TrainConfig:

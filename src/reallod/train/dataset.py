@@ -10,8 +10,11 @@ An epoch is a list of (file, record) indices: a file with ratio r contributes ea
 (a fractional part is a random subset drawn per epoch), shuffled with (seed, epoch). Every sample is
 keyed by (epoch, position, index) and draws all its randomness from a generator seeded by that key
 and the run's seed, so an epoch is reproducible whatever the worker count and after a resume.
-An image that cannot be read, or is larger than the pixel budget (``data.max_pixels``, ``--max-pixels``), is
-replaced by another record drawn from the same key (and counted).
+An image that cannot be read, is larger than the pixel budget (``data.max_pixels``, ``--max-pixels``) or
+is of another size than its record (and not a resized copy: its boxes would land elsewhere) is replaced
+by another record of the same file, drawn from the same key (and counted). At setup, the image headers of a few records spread over each
+file are read: a file most of whose images are missing or of another size is refused then (a wrong
+image root), not found out record by record while training.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import orjson
 import torch
 from PIL import Image
 
-from reallod.data.images import DEFAULT_MAX_PIXELS, open_image
+from reallod.data.images import DEFAULT_MAX_PIXELS, open_header, open_image, upright_size
 from reallod.data.io import is_gzip_file, iter_lines
 from reallod.data.records import Record
 from reallod.data.validate import BOM
@@ -40,6 +43,7 @@ from reallod.train.targets import all_boxes, apply_geometry, clean_record, recor
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)
 MAX_IMAGE_RETRIES = 20
+IMAGE_ROOT_SAMPLE = 32  # records per training file whose images are looked at during setup
 MAX_PIXELS_HINT = "raise --max-pixels or data.max_pixels if it is genuine"  # training's two ways to set the budget
 Key = tuple[int, int, int]  # (epoch, position in the epoch, dataset index)
 
@@ -169,6 +173,8 @@ class TrainDataset(torch.utils.data.Dataset):
         if len(self) == 0:
             raise DataError("no usable training records in " + ", ".join(f.spec.path for f in self.files)
                             + " (" + _skipped_text(self.files) + ")")
+        for f in self.files:
+            check_image_root(f)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -200,10 +206,12 @@ class TrainDataset(torch.utils.data.Dataset):
             record, path = self.record(index)
             try:
                 image = open_image(path, self.max_pixels, hint=MAX_PIXELS_HINT)
+                if not fits_record(image.size, record):
+                    raise DataError(f"image is {image.width}×{image.height}, its record says {record.width}×"
+                                    f"{record.height} ({_NOT_RESIZED})", path=path)
             except DataError as e:
                 failures.append(str(e))
-                if len(self) > 1:  # another record, never the same one
-                    index = (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
+                index = self.replacement(index, rng)
                 continue
             sample = self.make_sample(record, image, rng)
             sample["failed_images"] = failures
@@ -212,7 +220,18 @@ class TrainDataset(torch.utils.data.Dataset):
         raise DataError(f"{MAX_IMAGE_RETRIES} images in a row could not be read; is the image root right? "
                         f"last: {failures[-1]}")
 
+    def replacement(self, index: int, rng: np.random.Generator) -> int:
+        """Another record of the same file, so that each file keeps its share (``ratio``) of an epoch; of any
+        file when that one has no other."""
+        fidx, i = self.locate(index)
+        if len(fidx) > 1:
+            return index - i + (i + 1 + int(rng.integers(len(fidx) - 1))) % len(fidx)
+        if len(self) > 1:
+            return (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
+        return index
+
     def make_sample(self, record: Record, image: Image.Image, rng: np.random.Generator) -> dict[str, Any]:
+        """``image`` is the record's, or a resized copy (:func:`fits_record`): the boxes are scaled to it."""
         targets = record_targets(record)
         boxes, owner = all_boxes(targets)
         scale = np.array([image.width / record.width, image.height / record.height] * 2)
@@ -290,6 +309,53 @@ class EpochBatches(torch.utils.data.Sampler):
         for b in range(self.start, -(-len(positions) // self.batch_size)):
             chunk = positions[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(self.epoch, int(p), int(plan[p])) for p in chunk]
+
+
+_MISSING, _OTHER_SIZE = "missing", "of another size than their record (not resized copies)"
+_ROOT_HINTS = {_MISSING: "is data.train[].images the folder this file's filenames are relative to?",
+               _OTHER_SIZE: "a record's width/height must be its image's own (upright: EXIF orientation applied)."}
+_NOT_RESIZED = "not a resized copy either: its boxes would land elsewhere"
+
+
+def fits_record(size: tuple[int, int], record: Record) -> bool:
+    """The image is of its record's size, or a copy resized keeping the aspect ratio (to within the pixel of
+    rounding), to which the boxes are scaled. Any other size (sides swapped by an EXIF rotation the record
+    did not see, another crop) would put them in the wrong place."""
+    (width, height), rw, rh = size, record.width, record.height
+    return abs(width * rh - height * rw) <= (rw + rh) / 2
+
+
+def check_image_root(fidx: FileIndex, sample: int = IMAGE_ROOT_SAMPLE) -> None:
+    """Refuse a file whose images, in ``sample`` records spread over it (headers only, nothing decoded), are
+    mostly missing or mostly of another size than their records (:func:`fits_record`). A wrong ``images``
+    root would otherwise pass setup, and training replace every image of the file by another record (the
+    file contributing nothing) or stop mid-run after too many misses in a row."""
+    picks = np.unique(np.linspace(0, len(fidx) - 1, min(sample, len(fidx))).round().astype(int))
+    problems: dict[str, list[str]] = {}
+    for i in picks:
+        try:
+            record, _ = clean_record(orjson.loads(fidx.read(int(i))))
+        except orjson.JSONDecodeError:  # the file changed since it was indexed: training will say so
+            continue
+        if record is None:
+            continue
+        path = str(Path(fidx.spec.images) / record.filename)
+        try:
+            with open_header(path) as im:
+                size = upright_size(im)
+        except FileNotFoundError:
+            problems.setdefault(_MISSING, []).append(path)
+            continue
+        except (OSError, SyntaxError, ValueError):  # not an image: counted when training meets it
+            continue
+        if not fits_record(size, record):
+            problems.setdefault(_OTHER_SIZE, []).append(
+                f"{path} is {size[0]}×{size[1]}, its record says {record.width}×{record.height}")
+    if sum(map(len, problems.values())) * 2 > len(picks):
+        found = "; ".join(f"{len(v)} {kind} (e.g. {v[0]})" for kind, v in problems.items())
+        raise DataError(f"of {len(picks)} images checked (records spread over the file; image root "
+                        f"{fidx.spec.images}): {found}: " + " ".join(_ROOT_HINTS[k] for k in problems),
+                        path=fidx.spec.path)
 
 
 def _skipped_text(files: Sequence[FileIndex]) -> str:

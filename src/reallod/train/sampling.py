@@ -53,18 +53,19 @@ class TextOptions:
 
     def __post_init__(self) -> None:
         if any((not isinstance(p, int | float)) or p < 0 for p in self.source_probs.values()):
-            raise ConfigError(f"source probabilities must be numbers >= 0, got {dict(self.source_probs)}")
+            raise ConfigError(f"data.source_probs: probabilities must be numbers >= 0, got {dict(self.source_probs)}")
         if not any(p > 0 for p in self.source_probs.values()):
-            raise ConfigError("at least one text source needs a probability above 0")
+            raise ConfigError("data.source_probs: at least one text source needs a probability above 0")
         if self.positives_per_instance < 1:
-            raise ConfigError(f"positives_per_instance must be >= 1, not {self.positives_per_instance}")
+            raise ConfigError(f"data.positives_per_instance: must be >= 1, not {self.positives_per_instance}")
         if self.max_negatives < 0:
-            raise ConfigError(f"max_negatives must be >= 0, not {self.max_negatives}")
+            raise ConfigError(f"data.max_negatives: must be >= 0, not {self.max_negatives}")
         if not 8 <= self.max_text_len <= P.MAX_TEXT_LEN:
-            raise ConfigError(f"max_text_len must be between 8 and {P.MAX_TEXT_LEN}, not {self.max_text_len}")
+            raise ConfigError(f"data.max_text_len (default: the model's): must be between 8 and {P.MAX_TEXT_LEN}, "
+                              f"not {self.max_text_len}")
         bad = set(self.relations) - {"single", "multi"}
         if bad or not self.relations:
-            raise ConfigError(f"relations must be a non-empty subset of single, multi; got {list(self.relations)}")
+            raise ConfigError(f"data.relations: use single, multi or both, not {list(self.relations)}")
 
 
 @dataclass
