@@ -140,3 +140,47 @@ def test_a_best_up_to_the_start_stays(tmp_path):
     assert B.restore(tmp_path, 4, messages.append)["step"] == 2
     assert not messages and not (tmp_path / B.CHECKPOINTED).exists() and not (tmp_path / B.DROPPED).exists()
     assert B.restore(tmp_path / "nothing", 4, messages.append) is None
+
+
+# --- a resume that changes eval.metric ---------------------------------------------------------------------
+
+
+def _scripted_metrics(monkeypatch, ap: list[float], ap50_pos: list[float]) -> None:
+    """As :func:`_scripted`, each new model state's ap and ap50_pos the next of their lists."""
+    by_state: dict[bytes, dict[str, float]] = {}
+    left = iter(zip(ap, ap50_pos, strict=True))
+
+    def pooled_ap(queries, detections):
+        state = b"".join(d.scores.tobytes() for d in detections)
+        if state not in by_state:
+            a, p = next(left)
+            by_state[state] = {"ap": a, "ap50": a, "ap_pos": a, "ap50_pos": p}
+        return by_state[state]
+
+    monkeypatch.setattr(evaluate, "pooled_ap", pooled_ap)
+
+
+@pytest.mark.parametrize(("case", "ap50_pos", "want_step", "want_value", "said"), [
+    # steps 1-4 evaluated by ap (best: step 4, 0.4); step 5, after the resume, scores 0.5 by ap50_pos
+    ("at a checkpoint's step", [0.1, 0.9, 0.2, 0.3, 0.5], 2, 0.9, "best/ is the best by ap50_pos in eval.csv, step 2"),
+    ("at the old best's step", [0.1, 0.2, 0.3, 0.9, 0.5], 4, 0.9, "its step 4 is also the best by ap50_pos"),
+    ("its model in no checkpoint", [0.1, 0.2, 0.9, 0.3, 0.35], 5, 0.35,
+     "the model of step 3, the best by ap50_pos in eval.csv, is in no checkpoint: best/ starts afresh"),
+])
+def test_a_resume_that_changes_the_metric_keeps_the_best_by_the_new_one(tmp_path, shapes, monkeypatch, case,
+                                                                       ap50_pos, want_step, want_value, said):
+    """The best by ap was compared with ap50_pos scores: 'new best ap50_pos 0.0048 at step 14' although
+    step 12 had 0.00495."""
+    _scripted_metrics(monkeypatch, [0.1, 0.2, 0.3, 0.4, 0.45], ap50_pos)
+    run = tmp_path / "run"
+    train(tiny_config(shapes, [*OPTS, "schedule.max_steps=4", "eval.metric=ap"]), run, echo=quiet)
+    assert B.read(run / "best")["step"] == 4
+    messages: list[str] = []
+    train(tiny_config(shapes, [*OPTS, "schedule.max_steps=5", "eval.metric=ap50_pos"]), run, resume=True,
+          echo=messages.append)
+    best = B.read(run / "best")
+    assert (best["metric"], best["step"], best["value"]) == ("ap50_pos", want_step, pytest.approx(want_value))
+    assert any(said in m for m in messages)
+    if want_step == 2:  # its model: the checkpoint's of that step; the best by ap is set aside
+        assert _same_weights(run / "best", run / "checkpoints" / C.checkpoint_name(2) / "model")
+        assert B.read(run / "best.by-ap")["step"] == 4

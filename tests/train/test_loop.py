@@ -124,7 +124,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, shapes):
                                         f"images: {data}}}]"]), tmp_path / "run", echo=messages.append)
     assert result.step == 6 and result.failed_images > 0
     assert any("skipped 1 bad_json" in m for m in messages)
-    assert any("unreadable image" in m and "garbage" not in m for m in messages)
+    assert any("unusable image" in m and "garbage" not in m for m in messages)
     rows = _csv(tmp_path / "run" / "log.csv")
     assert sum(int(r["failed_images"]) for r in rows) == result.failed_images
 
@@ -163,7 +163,8 @@ def test_cli_errors_are_one_line(tmp_path, shapes):
     proc = _cli(str(config), "--cfg-options", "optim.lrr=1", cwd=tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2
-    assert out.strip().splitlines()[-1] == ("error: optim.lrr: unknown key; known keys here: lr, weight_decay, betas, "
+    assert out.strip().splitlines()[-1] == ("error: --cfg-options optim.lrr=1: optim.lrr: unknown key; known keys here: "
+                                            "lr, weight_decay, betas, "
                                             "eps, backbone_lr_mult, text_lr_mult, clip_grad, auto_scale_lr, "
                                             "base_batch_size")
     assert "Traceback" not in out

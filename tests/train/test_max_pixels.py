@@ -32,7 +32,7 @@ def test_a_training_image_above_the_budget_is_skipped_and_named_and_read_with_a_
     messages: list[str] = []
     small = train(tiny_config(shapes, [*opts, "data.max_pixels=10000"]), tmp_path / "small", echo=messages.append)
     assert small.failed_images == 1
-    skipped = [m for m in messages if m.startswith("skipped 1 unreadable image")]
+    skipped = [m for m in messages if m.startswith("skipped 1 unusable image")]
     assert len(skipped) == 1 and str(big) in skipped[0]
     assert f"image is 160×160 = 25,600 pixels, above the limit of 10,000 ({HINT})" in skipped[0]
     # the option replaces the config's budget

@@ -8,11 +8,17 @@ changed config, another process count, a nondeterministic GPU), and the resumed 
 scores with it. At start, such a ``best/`` is moved to ``best.dropped/`` and the best as of the starting
 step takes its place. That one is kept for the purpose: a best that a newer one replaces while no
 checkpoint covers the newer one yet stays as ``best.checkpointed/`` until the next checkpoint.
+
+A resume that changes ``eval.metric`` would compare scores of the new metric with the old one's:
+:func:`switch_metric` makes ``best/`` the best by the new metric of the ``eval.csv`` rows of the run's
+history (its model taken from the checkpoint of that step), or, where that model is gone, starts afresh;
+the best by the former metric is kept as ``best.by-METRIC/``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +48,12 @@ def save(work_dir: Path, best: dict[str, Any], write: Callable[[Path], None], ch
     checkpoint, becomes ``best.checkpointed/``: a resume from the checkpoint gets it back."""
     new = work_dir / "best.new"
     shutil.rmtree(new, ignore_errors=True)
-    write(new)
-    (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    try:
+        write(new)
+        (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    except Exception as e:  # a full disk: os, torch, safetensors and tokenizers each say it their way
+        raise C.write_failed(new, f"the new best model (step {best['step']}; {work_dir / BEST} is intact)", e,
+                             work_dir) from e
     current = read(work_dir / BEST)
     if best["step"] > checkpoint_step and current is not None and current["step"] <= checkpoint_step:
         shutil.rmtree(work_dir / CHECKPOINTED, ignore_errors=True)
@@ -84,6 +94,56 @@ def restore(work_dir: Path, step: int, info: Callable[[str], None]) -> dict[str,
     for name in (CHECKPOINTED, OLD):
         shutil.rmtree(work_dir / name, ignore_errors=True)
     return found[pick] if pick is not None else None
+
+
+def switch_metric(work_dir: Path, metric: str, rows: list[dict[str, str]], info: Callable[[str], None]) -> None:
+    """When ``best/`` was kept by another metric than ``metric`` (a resume that changed ``eval.metric``),
+    make it the best by ``metric`` of ``rows`` (``eval.csv``, the run's history): its model is ``best/``'s own
+    when that step is also the best by ``metric``, else the checkpoint's of that step. Where neither has
+    it, ``best/`` starts afresh. The replaced ``best/`` becomes ``best.by-OLD_METRIC/``."""
+    current = read(work_dir / BEST)
+    if current is None or current.get("metric", metric) == metric:
+        return
+    scored = [(float(r[metric]), -int(r["step"]), r) for r in rows if _number(r.get(metric)) and _number(r.get("step"))]
+    top = max(scored, key=lambda t: t[:2], default=(0.0, 0, None))[2]
+    was = f"best/ was kept by {current['metric']} (step {current['step']}); eval.metric is now {metric}"
+    if top is not None and int(top["step"]) == current["step"]:
+        _write_json(work_dir / BEST, _from_row(top, metric))
+        info(f"{was}: its step {top['step']} is also the best by {metric} in eval.csv ({_score(read(work_dir / BEST))})")
+        return
+    model = C.checkpoint_dir(work_dir) / C.checkpoint_name(int(top["step"])) / "model" if top is not None else None
+    kept = work_dir / f"best.by-{current['metric']}"  # not best.dropped/: a resume may just have put one there
+    shutil.rmtree(kept, ignore_errors=True)
+    (work_dir / BEST).rename(kept)
+    if model is not None and model.is_dir():
+        shutil.copytree(model, work_dir / "best.new")
+        _write_json(work_dir / "best.new", _from_row(top, metric))
+        (work_dir / "best.new").rename(work_dir / BEST)
+        info(f"{was}: best/ is the best by {metric} in eval.csv, step {top['step']} ({_score(read(work_dir / BEST))}, "
+             f"its model from {model}); the best by {current['metric']} moved to {kept}")
+    else:
+        why = (f"the model of step {top['step']}, the best by {metric} in eval.csv, is in no checkpoint"
+               if top is not None else f"eval.csv holds no {metric} scores")
+        info(f"{was}, and {why}: best/ starts afresh with the next evaluation (the best by {current['metric']} "
+             f"moved to {kept})")
+
+
+def _number(text: str | None) -> bool:
+    try:
+        return text is not None and not math.isnan(float(text))
+    except ValueError:
+        return False
+
+
+def _from_row(row: dict[str, str], metric: str) -> dict[str, Any]:
+    """A ``best.json`` from an ``eval.csv`` row (its values as the CSV rounded them)."""
+    metrics = {k: float(v) for k, v in row.items() if k not in ("step", "epoch", "eval_s") and _number(v)}
+    return {"metric": metric, "value": float(row[metric]), "step": int(row["step"]),
+            "epoch": int(row["epoch"]) if (row.get("epoch") or "").isdigit() else None, "metrics": metrics}
+
+
+def _write_json(folder: Path, best: dict[str, Any]) -> None:
+    (folder / "best.json").write_text(json.dumps(best, indent=2) + "\n")
 
 
 def _score(best: dict[str, Any]) -> str:

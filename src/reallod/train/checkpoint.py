@@ -8,11 +8,13 @@ Layout of ``WORK/checkpoints/ckpt-00001234/``::
     scheduler.pt      learning-rate scheduler state
     scaler.pt         fp16 gradient scaler state, when there is one
     rng-0.pt ...      per process: Python, NumPy and torch (CPU and CUDA) generator states
-    state.json        step, epoch, batches already consumed in that epoch, why it was written
+    state.json        step, epoch, batches and images already consumed in that epoch, why it was written
     config.yaml       the resolved training config
 
 A checkpoint is written into ``ckpt-N.tmp`` and renamed when complete, so a run killed while
-writing never leaves a half checkpoint that ``--resume`` would pick up.
+writing never leaves a half checkpoint that ``--resume`` would pick up; one the disk refuses is a
+:class:`CheckpointWriteError` (the ``.tmp`` removed). A resume from an older checkpoint moves the
+newer ones of the abandoned run to ``checkpoints.dropped/`` (:func:`drop_after`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, ReallodError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
+DROPPED = "checkpoints.dropped"  # the checkpoints after the one a run resumed from (an abandoned run's)
 
 
 @dataclass
@@ -41,13 +44,17 @@ class Progress:
     reason: str = "interval"  # interval | epoch | final
     processes: int = 1  # the run's process count and per-process batch: a resume with others
     batch_size: int = 0  # still works, but no longer replays the same data order
+    # images of that epoch already consumed by all processes together (None: at the epoch's start, or a
+    # checkpoint written before they were counted): a resume with another batch size goes on after them
+    images_in_epoch: int | None = None
 
     @classmethod
     def from_json(cls, path: Path) -> Progress:
         try:
             d = json.loads(path.read_text())
+            images = d.get("images_in_epoch")
             return cls(int(d["step"]), int(d["epoch"]), int(d["batch_in_epoch"]), str(d.get("reason", "")),
-                       int(d.get("processes", 1)), int(d.get("batch_size", 0)))
+                       int(d.get("processes", 1)), int(d.get("batch_size", 0)), None if images is None else int(images))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise damaged(path, f"{path}: not a readable checkpoint state ({e})") from None
 
@@ -72,6 +79,30 @@ def list_checkpoints(work_dir: str | Path) -> list[Path]:
 def latest_checkpoint(work_dir: str | Path) -> Path | None:
     found = list_checkpoints(work_dir)
     return found[-1] if found else None
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(CKPT_RE.match(ckpt.name).group(1))
+
+
+def drop_after(work_dir: str | Path, step: int) -> list[Path]:
+    """Move the work dir's checkpoints from after ``step`` (a resume from an older checkpoint does those steps
+    again) into ``checkpoints.dropped/``, so that pruning, the interrupt message and a later ``--resume``
+    see the resumed run's own history. A same-named one dropped before is kept (the new one gets a suffix).
+    Returns where they went."""
+    moved = []
+    for ckpt in list_checkpoints(work_dir):
+        if checkpoint_step(ckpt) <= step:
+            continue
+        dst = Path(work_dir) / DROPPED / ckpt.name
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = dst.with_name(f"{ckpt.name}-{n}")
+        dst.parent.mkdir(exist_ok=True)
+        ckpt.rename(dst)
+        moved.append(dst)
+    return moved
 
 
 def resolve_resume(resume: str | Path | bool | None, work_dir: str | Path) -> Path | None:
@@ -140,6 +171,24 @@ def damaged(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{message}; the checkpoint is damaged and there is no older one: delete {ckpt} and start over")
 
 
+class CheckpointWriteError(ReallodError):
+    """The disk refused a checkpoint or ``best/`` write (full, read-only, gone); the run stops."""
+
+    exit_code = 1
+
+
+def write_failed(path: Path, what: str, error: BaseException, work_dir: Path) -> CheckpointWriteError:
+    """The error for a failed write of ``path`` (removed: a partial folder only takes space), naming the
+    cause and the last complete checkpoint, which ``--resume`` continues from."""
+    shutil.rmtree(path, ignore_errors=True)
+    detail = " ".join(str(error).split())[:300]
+    last = latest_checkpoint(work_dir)
+    then = (f"the last complete checkpoint, {last}, is intact: free disk space (or fix the cause), then `--resume` "
+            "continues from it" if last is not None else
+            "no checkpoint is complete yet: free disk space (or fix the cause), then `--resume` starts over")
+    return CheckpointWriteError(f"{path}: cannot write {what} ({type(error).__name__}: {detail}); {then}")
+
+
 def replace_folder(new: Path, dst: Path) -> None:
     """Move the complete folder ``new`` to ``dst``; the old ``dst`` is moved aside first, then deleted."""
     old = dst.with_name(dst.name + ".old")
@@ -161,4 +210,5 @@ def prune(work_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def write_state(folder: Path, progress: Progress) -> None:
-    (folder / "state.json").write_text(json.dumps(asdict(progress), indent=2) + "\n")
+    state = {k: v for k, v in asdict(progress).items() if v is not None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")

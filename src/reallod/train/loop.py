@@ -38,6 +38,7 @@ from reallod.train.losses import install as install_loss
 from reallod.train.losses import training_loss
 from reallod.train.metrics_log import MetricsLog
 from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
+from reallod.train.resume import FromImage, ResumeFrom, short
 from reallod.train.sampling import TextOptions, check_source_names
 
 MODEL_INPUTS = ("pixel_values", "pixel_mask", "input_ids", "attention_mask", "token_type_ids")
@@ -192,6 +193,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     ckpt = C.resolve_resume(resume, work_dir)
     if resume and ckpt is None:
         log.info(f"no checkpoint in {work_dir} yet: starting from the beginning")
+    start = ResumeFrom.read(ckpt, cfg, world) if ckpt is not None else None  # refuses before anything is loaded
     set_seed(cfg.seed)
 
     test_scale = (cfg.augment.test_scale[0], cfg.augment.test_scale[1])
@@ -216,8 +218,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std,
                            max_pixels=cfg.data.max_pixels)
     sampler = EpochBatches(dataset, cfg.train.batch_size, world, rank)
+    batches = FromImage(sampler)
     loader_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                                          num_workers=cfg.data.num_workers, generator=loader_gen,
                                          pin_memory=accelerator.device.type == "cuda")
     batches_per_epoch = sampler.batches_per_epoch()
@@ -243,8 +246,12 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     # earlier run was killed before its first checkpoint (its rows would be doubled)
     log.drop_after(progress.step)
     eval_queries = _eval_queries(cfg) if main else None
-    if main:  # a best/ from the steps after the checkpoint is not part of this run's history
+    if main:  # checkpoints and a best/ from the steps after the checkpoint are not part of this run's history
+        if dropped := C.drop_after(work_dir, progress.step):
+            log.info(f"checkpoint(s) after step {progress.step}, where this run starts (those steps are done again), "
+                     f"moved to {dropped[0].parent}: {', '.join(p.name for p in dropped)}")
         B.restore(work_dir, progress.step, log.info)
+        B.switch_metric(work_dir, cfg.eval.metric, log.rows("eval"), log.info)
     accelerator.wait_for_everyone()
     best = B.read(work_dir / B.BEST)
     if main:
@@ -259,28 +266,30 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
         if ckpt is not None:
             log.info(f"resumed from {ckpt} (step {progress.step}, epoch {progress.epoch}, "
                      f"batch {progress.batch_in_epoch})")
+            if start.changes:
+                log.info(f"the config differs from the checkpoint's ({ckpt / 'config.yaml'}): "
+                         + ", ".join(f"{k} {short(a)} → {short(b)}" for k, (a, b) in start.changes.items()))
             if overridden:
                 log.info(f"the config's optimizer settings replace the checkpoint's: {overridden}")
-            if progress.batch_size and (progress.processes, progress.batch_size) != (world, cfg.train.batch_size * accum):
-                log.info(f"warning: the checkpoint was written by {progress.processes} process(es) × "
-                         f"{progress.batch_size} images per step; this run has {world} × "
-                         f"{cfg.train.batch_size * accum}: training goes on, but not with the data order an "
-                         "uninterrupted run would have had")
+            if warning := start.split_warning(cfg, world):
+                log.info(warning)
 
     result = TrainResult(work_dir, progress.step, progress.epoch, ckpt, best, main_process=main)
-    step, epoch, start_batch = progress.step, progress.epoch, progress.batch_in_epoch
+    step, epoch = progress.step, progress.epoch
+    skip = start.images // world if start is not None else 0  # of this process's share of the epoch
+    start_batch = skip // cfg.train.batch_size
     checkpoint_step = step  # of the latest checkpoint of this run's history (0: none)
     live.step = step
     max_steps = cfg.schedule.max_steps
     stop = max_steps is not None and step >= max_steps
     window = _Window()
-    if ckpt is not None and cfg.eval.file and _eval_due(cfg, step, progress, start_batch == 0, stop):
+    if ckpt is not None and cfg.eval.file and _eval_due(cfg, step, progress, skip == 0, stop):
         # The checkpoint is written before its evaluation, which an interrupt may have cut short: do it now.
         result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg, eval_queries, step,
                                                   progress, work_dir, result, log, checkpoint_step, missing_only=True)
 
     while epoch < cfg.schedule.epochs and not stop:
-        sampler.set_epoch(epoch, start_batch)
+        batches.set_epoch(epoch, skip)
         loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
         batch_idx = start_batch
         model.train()
@@ -289,8 +298,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
             live.ctrl_c.check()
             window.data_time += time.perf_counter() - tic
             group_start = (batch_idx // accum) * accum
-            group_size = min(accum, batches_per_epoch - group_start)
-            sync = batch_idx + 1 == group_start + group_size
+            group_end = min(group_start + accum, batches_per_epoch)
+            sync = batch_idx + 1 == group_end
+            group_size = group_end - max(group_start, start_batch)  # a resume with another split may cut one
             inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS}
             labels = [{k: v.to(accelerator.device) for k, v in t.items()} for t in batch["labels"]]
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -302,7 +312,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
             if batch["failed_images"]:
                 result.failed_images += len(batch["failed_images"])
                 if result.failed_images <= MAX_FAILURES_SHOWN:  # then only counted (log.csv: failed_images)
-                    log.info(f"skipped {len(batch['failed_images'])} unreadable image(s) (replaced by other "
+                    log.info(f"skipped {len(batch['failed_images'])} unusable image(s) (replaced by other "
                              f"records): {batch['failed_images'][0]}")
             batch_idx += 1
             if sync:
@@ -316,7 +326,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                 step += 1
                 live.step = step
                 epoch_end = batch_idx >= batches_per_epoch
-                pos = C.Progress(step, epoch + 1, 0) if epoch_end else C.Progress(step, epoch, batch_idx)
+                pos = C.Progress(step, epoch + 1, 0) if epoch_end else \
+                    C.Progress(step, epoch, batch_idx, images_in_epoch=batch_idx * cfg.train.batch_size * world)
                 if step % cfg.log.every_steps == 0:
                     row = window.row(accelerator, world)
                     row["epoch"] = epoch
@@ -339,12 +350,13 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                     break
             tic = time.perf_counter()
         if not stop:
-            epoch, start_batch = epoch + 1, 0
+            epoch, skip, start_batch = epoch + 1, 0, 0
         result.step, result.epoch = step, epoch
     accelerator.wait_for_everyone()
     result.step = step
     if result.failed_images:
-        log.info(f"{result.failed_images} unreadable image(s) were replaced by other records in this process")
+        log.info(f"{result.failed_images} unusable image(s) (unreadable, too large, or not of their record's size) "
+                 "were replaced by other records in this process")
     log.info(f"done: {step} steps; last checkpoint {result.last_checkpoint}"
              + (f"; best {result.best['metric']} {result.best['value']:.4f} at step {result.best['step']}"
                 if result.best else ""))
@@ -397,7 +409,7 @@ class _Window:
 
 
 def _checkpoint_reason(cfg: TrainConfig, step: int, pos: C.Progress, epoch_end: bool, stop: bool) -> str | None:
-    if epoch_end and (pos.epoch % max(cfg.checkpoint.every_epochs, 1) == 0 or pos.epoch == cfg.schedule.epochs):
+    if epoch_end and (pos.epoch % cfg.checkpoint.every_epochs == 0 or pos.epoch == cfg.schedule.epochs):
         return "epoch"
     if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
         return "interval"
@@ -418,29 +430,33 @@ def _eval_due(cfg: TrainConfig, step: int, pos: C.Progress, epoch_end: bool, sto
 
 def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any, optimizer: Any, scheduler: Any,
                     cfg: TrainConfig, work_dir: Path, progress: C.Progress) -> Path:
-    """Write ``checkpoints/ckpt-STEP`` (all processes take part: each writes its RNG state)."""
+    """Write ``checkpoints/ckpt-STEP`` (all processes take part: each writes its RNG state). A write the
+    disk refuses is a :class:`reallod.train.checkpoint.CheckpointWriteError` naming the last complete one."""
     from reallod.model.hf_folder import save_tokenizer
 
     final = C.checkpoint_dir(work_dir) / C.checkpoint_name(progress.step)
     tmp = final.with_name(final.name + ".tmp")
     main = accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    tmp.mkdir(parents=True, exist_ok=True)  # a node without the shared work dir still writes its own copy
-    torch.save(C.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if main:
-        net = accelerator.unwrap_model(model)
-        net.save_pretrained(str(tmp / "model"))
-        save_tokenizer(tokenizer, tmp / "model")
-        processor.save_pretrained(str(tmp / "model"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "config.yaml").write_text(dump_yaml(cfg))
-        C.write_state(tmp, progress)
+    try:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)  # a node without the shared work dir still writes its own copy
+        torch.save(C.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if main:
+            net = accelerator.unwrap_model(model)
+            net.save_pretrained(str(tmp / "model"))
+            save_tokenizer(tokenizer, tmp / "model")
+            processor.save_pretrained(str(tmp / "model"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if accelerator.scaler is not None:
+                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+            (tmp / "config.yaml").write_text(dump_yaml(cfg))
+            C.write_state(tmp, progress)
+    except Exception as e:  # a full disk: os, torch, safetensors and tokenizers each say it their way
+        raise C.write_failed(tmp, f"the checkpoint of step {progress.step}", e, work_dir) from e
     accelerator.wait_for_everyone()
     if main:
         if final.exists():

@@ -78,6 +78,11 @@ class MetricsLog:
         """The steps ``table`` has rows for."""
         return {s for r in _read_csv(self._path(table))[1:] if (s := _step(r)) is not None}
 
+    def rows(self, table: str) -> list[dict[str, str]]:
+        """``table``'s rows by column name (``eval.csv``'s: the history a resume rebuilds ``best/`` from)."""
+        found = _read_csv(self._path(table))
+        return [dict(zip(found[0], r, strict=False)) for r in found[1:] if _step(r) is not None] if found else []
+
     def _path(self, table: str) -> Path:
         return self.work_dir / ("log.csv" if table == "train" else f"{table}.csv")
 
