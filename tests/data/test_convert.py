@@ -136,7 +136,7 @@ def test_odvg_file_loads_like_mmdet_odvg_dataset(realdata, tmp_path):
 def test_coco_out_is_loadable_and_keeps_expressions(realdata, tmp_path):
     out = tmp_path / "coco.json"
     stats = realdata_to_coco(realdata, out)
-    assert stats.items_out == {"annotations": 4, "categories": 3}
+    assert stats.items_out == {"annotations": 4, "groups": 1, "categories": 3}
     coco = COCO(str(out))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["dog", "cat", "Cup"]
     img1 = coco.imgs[1]
@@ -310,7 +310,7 @@ def test_cli_convert_commands(realdata, tmp_path, capsys):
                             "--positives", "0", "--seed", "1"], capsys)
     assert code == 0 and "2 records read, 1 lines written, 3 regions" in out
     code, out, _ = run_cli(["data", "convert", "coco", realdata, tmp_path / "c.json"], capsys)
-    assert code == 0 and "4 annotations, 3 categories" in out
+    assert code == 0 and "4 annotations, 1 groups, 3 categories" in out
     code, out, _ = run_cli(["data", "convert", "omnilabel", realdata, tmp_path / "g.json", "--categories"], capsys)
     assert code == 0 and "2 written" in out
     code, out, _ = run_cli(["data", "convert", "from-coco", tmp_path / "c.json", tmp_path / "s.jsonl",
@@ -338,3 +338,66 @@ def test_cli_errors_are_one_line_with_location(tmp_path, capsys):
     assert code == 2 and "not a gzip file" in err
     code, out_text, _ = run_cli(["data", "convert", "odvg", "--help"], capsys)
     assert code == 0 and "--max-negatives" in out_text
+
+
+# ------------------------------------------------------------------------------------------- audit
+
+
+def test_coco_keeps_a_group_expression_on_the_group_not_on_each_box(tmp_path):
+    """'the two dogs' (a multi pair) was put on each of its boxes' annotations as if each were two dogs."""
+    src, out = tmp_path / "m.jsonl", tmp_path / "m.json"
+    left, right = [1, 2, 30, 40], [100, 100, 150, 160]
+    write_records(src, [{"filename": "m.jpg", "height": 480, "width": 640, "pairs": {
+        "llm": [{"bboxes": [left, right], "category": "dog", "relation": "multi",
+                 "positive_expressions": ["the two dogs"], "negative_expressions": ["three cats"]},
+                {"bboxes": [left], "category": "dog", "relation": "single",
+                 "positive_expressions": ["the small dog on the left"], "negative_expressions": []}],
+        "vlm_short": [{"bboxes": [left, right], "category": "dog", "relation": "multi",
+                       "positive_expressions": ["two dogs", "The two dogs"], "negative_expressions": []}]}}])
+    stats = realdata_to_coco(src, out)
+    assert stats.items_out == {"annotations": 2, "groups": 1, "categories": 1}
+    data = json.loads(out.read_text())
+    first, second = data["annotations"]
+    assert first["expressions"] == ["the small dog on the left"] and second["expressions"] == []
+    assert first["group_ids"] == second["group_ids"] == [1]
+    assert first["sources"] == ["llm", "vlm_short"]
+    assert data["groups"] == [{"id": 1, "image_id": 1, "category_id": 1, "annotation_ids": [1, 2],
+                               "expressions": ["the two dogs", "two dogs"], "negative_expressions": ["three cats"],
+                               "sources": ["llm", "vlm_short"]}]
+    COCO(str(out))  # still a detection ground truth pycocotools loads
+
+
+def test_odvg_category_source_alone_is_built_from_every_source(realdata, tmp_path, capsys):
+    """`-s category --category-source` always failed 'none gave an ODVG line': the category pairs were built
+    from the chosen sources' pairs, and the only one chosen was 'category', which the file lacks."""
+    rec = Record.from_dict(IMAGE)
+    lines = record_to_odvg(rec, sources=["category"], category_source=True)
+    assert [line["source"] for line in lines] == ["category"]
+    assert [r["phrase"] for r in lines[0]["grounding"]["regions"]] == ["dog", "cat"]
+    out = tmp_path / "c.jsonl"
+    code, stdout, err = run_cli(["data", "convert", "odvg", realdata, out, "-s", "category", "--category-source"],
+                                capsys)
+    assert code == 0 and "2 records read, 2 lines written" in stdout, err
+    assert {line["source"] for line in map(json.loads, out.read_text().splitlines())} == {"category"}
+
+
+def test_odvg_never_writes_a_positive_of_the_image_as_a_negative_in_another_unicode_form():
+    """'café dog' (NFC) a positive of one source, 'cafe\u0301 dog' (NFD) a negative of another: both went
+    into the captions, the negative equal to the positive to the eye and to the model."""
+    rec = Record.from_dict({"filename": "z.jpg", "height": 10, "width": 10, "pairs": {
+        "llm": [{"bboxes": [[1, 1, 5, 5]], "category": "dog", "positive_expressions": ["a dog"],
+                 "negative_expressions": ["cafe\u0301 dog", "a cat"]}],
+        "vlm_short": [{"bboxes": [[3, 3, 7, 7]], "category": "dog", "positive_expressions": ["café dog", "Café  Dog"]}]}})
+    llm, vlm = record_to_odvg(rec, positives=0, max_negatives=-1)
+    assert llm["grounding"]["caption"] == "a dog. a cat."
+    assert vlm["grounding"]["caption"] == "café dog."
+
+
+def test_convert_odvg_refuses_an_invisible_expression(tmp_path, capsys):
+    src = tmp_path / "z.jsonl"
+    write_records(src, [{"filename": "z.jpg", "height": 10, "width": 10, "pairs": {"llm": [
+        {"bboxes": [[1, 1, 5, 5]], "category": "dog", "positive_expressions": ["\u200b"]}]}}])
+    code, _, err = run_cli(["data", "convert", "odvg", src, tmp_path / "o.jsonl", "--positives", "0"], capsys)
+    assert code == 2 and err.startswith(f"error: {src}:1: pairs.llm[0].positive_expressions[0]: expression '\\u200b' "
+                                             "has only zero-width")
+    assert not (tmp_path / "o.jsonl").exists()

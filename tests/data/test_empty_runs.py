@@ -131,7 +131,7 @@ def test_from_coco_with_no_images_or_no_kept_box_fails(files, capsys):
 def test_stats_on_a_file_with_no_valid_record_warns_and_exits_1(files, capsys):
     code, out, err = run_cli(["data", "stats", files / "bad.jsonl", "--workers", "1"], capsys)
     assert code == 1 and "Real-Data" in out
-    assert f"warning: {files / 'bad.jsonl'}: no valid Real-Data record (2 lines are not records" in err
+    assert f"warning: {files / 'bad.jsonl'}: no valid Real-Data record (none of its 2 lines passes" in err
     code, out, err = run_cli(["data", "stats", files / "data.jsonl", files / "empty.jsonl", "--json", "--workers",
                               "1"], capsys)
     assert code == 1 and json.loads(out)["total"]["images"] == 2

@@ -211,7 +211,7 @@ def test_merge_records_unites_provenance_and_origin():
     b = Record.from_dict(image("x.jpg", {"llm": [{**pair(), "origin_positive_expressions": ["a dgo"],
                                                    "provenance": [{"step": 2}]}]}))
     merged = merge_records(a, b).pairs["llm"][0]
-    assert merged.provenance == [{"step": 1}, {"step": 2}]
+    assert merged.provenance == [{"step": 1}]  # one positive ("a dog"), one entry: its first occurrence's
     assert merged.origin_positive_expressions == ["a dgo"]
 
 
@@ -244,3 +244,92 @@ def test_cli_ops(tmp_path, capsys):
     assert code == 2 and err.strip() == "error: give exactly one of -n/--n and --fraction"
     code, _, err = run_cli(["data", "filter", tmp_path / "nope.jsonl", tmp_path / "f.jsonl"], capsys)
     assert code == 2 and err.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file"
+
+
+# ------------------------------------------------------------------------------ audit: merge and split
+
+
+def test_merge_refuses_an_expression_positive_in_one_file_and_negative_in_another(tmp_path, capsys):
+    """merge wrote A ∪ B with 'brown dog' both positive and negative: validate then reported
+    positive_and_negative and convert odvg stopped, on a file merge had said was fine."""
+    a, b, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "ab.jsonl"
+    write_records(a, [*many(2), image("x.jpg", {"llm": [pair(pos=("brown dog",), neg=("white cat",))]})])
+    write_records(b, [image("x.jpg", {"llm": [pair(pos=("White cat",), neg=("brown  dog",))]})])
+    out.write_text("previous\n")
+    with pytest.raises(DataError) as exc:
+        merge_files([a, b], out)
+    assert (exc.value.path, exc.value.line, exc.value.field) == (str(b), 1, "pairs.llm[0].negative_expressions[0]")
+    assert f"at {a}:3" in exc.value.message and "'brown  dog' is a negative expression here" in exc.value.message
+    assert out.read_text() == "previous\n"
+    code, _, err = run_cli(["data", "merge", a, b, "-o", out], capsys)
+    assert code == 2 and err.startswith(f"error: {b}:1: pairs.llm[0].negative_expressions[0]: ")
+    assert out.read_text() == "previous\n"
+
+
+def test_a_merge_conflict_names_every_record_merged_before(tmp_path):
+    """The negative was merged in from the second file: the third's clash is with that one, not the first."""
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    write_records(a, [image("x.jpg", {"llm": [pair(pos=("a dog",))]})])
+    write_records(b, [image("x.jpg", {"llm": [pair(pos=("a dog",), neg=("a café",))]})])
+    write_records(c, [image("x.jpg", {"llm": [pair(pos=("A CAFE\u0301",))]})])  # the same words, NFD
+    with pytest.raises(DataError) as exc:
+        merge_files([a, b, c], tmp_path / "m.jsonl")
+    assert exc.value.path == str(c) and exc.value.field == "pairs.llm[0].positive_expressions[0]"
+    assert f"at {a}:1, {b}:1" in exc.value.message
+
+
+def test_merge_keeps_provenance_parallel_to_the_positives(tmp_path):
+    """(a, b) + (b, c) gave 3 positives and 4 provenance entries, 'c' credited to b's second task;
+    merging a file with itself doubled the provenance each time."""
+    def prov(*tasks):
+        return [{"task_id": t, "verdict": "correct"} for t in tasks]
+
+    pa = image("x.jpg", {"llm": [{**pair(pos=("a", "b")), "provenance": prov("t-a", "t-b")}]})
+    pb = image("x.jpg", {"llm": [{**pair(pos=("B", "c")), "provenance": prov("t-b2", "t-c")}]})
+    a, b, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "m.jsonl"
+    write_records(a, [pa])
+    write_records(b, [pb])
+    merge_files([a, b], out)
+    merged = next(iter(read_records(out))).pairs["llm"][0]
+    assert merged.positive_expressions == ["a", "b", "c"]
+    assert [p["task_id"] for p in merged.provenance] == ["t-a", "t-b", "t-c"]
+    merge_files([a, a, a], out)
+    merged = next(iter(read_records(out))).pairs["llm"][0]
+    assert [p["task_id"] for p in merged.provenance] == ["t-a", "t-b"]
+    # a side without provenance: its positives get null, the list stays parallel
+    plain = tmp_path / "plain.jsonl"
+    write_records(plain, [image("x.jpg", {"llm": [pair(pos=("z", "a"))]})])
+    merge_files([plain, a], out)
+    merged = next(iter(read_records(out))).pairs["llm"][0]
+    assert merged.positive_expressions == ["z", "a", "b"]
+    assert merged.provenance == [None, None, {"task_id": "t-b", "verdict": "correct"}]
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_split_on_a_full_disk_keeps_the_earlier_pair(tmp_path, monkeypatch, capsys, failing_call):
+    """ENOSPC at the last flush of one output: the other was already renamed into place, leaving a new
+    val beside an old train. Both are finished before either is renamed."""
+    import errno
+
+    from reallod.data import io as data_io
+
+    src = tmp_path / "in.jsonl"
+    write_records(src, many(40))
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("old train\n")
+    val.write_text("old val\n")
+    calls = []
+    real_fsync = data_io.os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == failing_call:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(data_io.os, "fsync", fsync)
+    code, _, err = run_cli(["data", "split", src, "--train", train, "--val", val, "--val-fraction", "0.3"], capsys)
+    assert train.read_text() == "old train\n" and val.read_text() == "old val\n"
+    assert code == 2 and "unexpected" not in err
+    assert err.startswith(f"error: {train if failing_call == 1 else val}: No space left on device; free space"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "train.jsonl", "val.jsonl"]

@@ -162,3 +162,24 @@ def test_benchmark_data_is_valid_and_shaped_like_o365(tmp_path):
     assert 28 <= d["expressions_per_instance"] <= 36
     assert set(d["sources"]) == {"vlm_short", "vlm_long", "llm"}
     assert d["expression_words"]["all"]["p50"] >= 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_whose_lines_all_fail_the_record_check_warns_and_exits_1(tmp_path, capsys, workers):
+    """Lines stats can count ({"pairs": {}}) but that are no valid record: exit 0 and no warning, where
+    the docs promise a warning and exit 1 for a file with no valid record."""
+    lines = ['{"pairs": {}}', '{"pairs": {"llm": [{"bboxes": [[1, 2, 3, 4]], "positive_expressions": ["x"]}]}}'] * 30
+    path = write(tmp_path / "nofields.jsonl", lines)
+    assert not file_stats(path, workers=workers, chunk_bytes=200).has_valid
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "stats", str(path), "--workers", str(workers)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert err.strip() == (f"warning: {path}: no valid Real-Data record (none of its 60 lines passes the record "
+                           f"check; `reallod data validate {path}` says why)")
+    # one valid record anywhere, in any range, is enough
+    good = write(tmp_path / "one.jsonl", [*lines, json.dumps(RECORD_A)])
+    assert file_stats(good, workers=workers, chunk_bytes=200).has_valid
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "stats", str(good), "--workers", str(workers)])
+    assert exc.value.code in (0, None) and not capsys.readouterr().err

@@ -307,3 +307,87 @@ def test_validate_and_stats_do_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "HEAVY []"
+
+
+# ------------------------------------------------------------------------------------------- audit
+
+
+def test_the_workers_folder_is_named_for_the_orphan_sweep_and_removed(tmp_path, monkeypatch):
+    """A killed `validate --fix` left .reallod-validate-XXXX (181 MB of parts) beside OUT forever: the
+    next write's sweep knew only the writers' .OUT.HOST.PID.*.tmp files."""
+    from reallod.data import io as data_io
+    from reallod.data import validate as validate_mod
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(dump(rec(i)) for i in range(40)))
+    out = tmp_path / "fixed.jsonl"
+    folders = set()
+    real = validate_mod._validate_range
+
+    def spy(job):
+        folders.add(os.path.dirname(job[3]["part"]))
+        return real(job)
+
+    monkeypatch.setattr(validate_mod, "_validate_range", spy)
+    _, report = collect(path, workers=1, chunk_bytes=500, fix=out)
+    assert report.written == 40 and len(folders) == 1
+    folder = folders.pop()
+    name = os.path.basename(folder)
+    assert os.path.dirname(folder) == str(tmp_path)
+    assert name.startswith(f".fixed.jsonl.{data_io._HOST}.{os.getpid()}.") and name.endswith(".tmp"), name
+    assert not os.path.exists(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.jsonl", "in.jsonl"]
+
+
+def test_a_killed_runs_folder_is_removed_by_the_next_write_beside_it(tmp_path):
+    import subprocess
+    import sys
+
+    from reallod.data import io as data_io
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = tmp_path / f".fixed.jsonl.{data_io._HOST}.{gone.pid}.0a1b2c3d.tmp"
+    orphan.mkdir()
+    (orphan / "0.part").write_text("half of a fixed file\n")
+    running = tmp_path / f".fixed.jsonl.{data_io._HOST}.{os.getpid()}.0a1b2c3e.tmp"  # a run still at work
+    running.mkdir()
+    path = tmp_path / "in.jsonl"
+    path.write_text(dump(rec(1)))
+    _, report = collect(path, fix=tmp_path / "fixed.jsonl")
+    assert report.written == 1
+    assert not orphan.exists() and running.exists()
+
+
+def test_invisible_expressions_are_a_problem(tmp_path):
+    """An expression of only a zero-width space or of NUL passed validate (BERT gives it no token) and
+    convert odvg wrote it."""
+    from reallod.data.schema import check_record
+
+    for text in ("\u200b", "\x00", "\u200b \ufeff\u2060", "\x01\t"):
+        bad = rec(1)
+        bad["pairs"]["llm"][0]["negative_expressions"] = [text]
+        assert [(p.kind, p.field) for p in check_record(bad)] == [
+            ("invisible_expression", "pairs.llm[0].negative_expressions[0]")], repr(text)
+    for text in ("dog\u200b", "a \u00e9 dog", "👨\u200d👩\u200d👧 family", "红色的狗", "\u200bx"):
+        good = rec(1)
+        good["pairs"]["llm"][0]["positive_expressions"] = [text]
+        assert check_record(good) == [], repr(text)
+    path = tmp_path / "in.jsonl"
+    bad = rec(1)
+    bad["pairs"]["llm"][0]["positive_expressions"] = ["\u200b"]
+    path.write_text(dump(bad))
+    issues, report = collect(path)
+    assert report.counts == {"invisible_expression": 1}
+    assert "has only zero-width, format or control characters" in issues[0].message
+
+
+def test_a_positive_and_a_negative_that_differ_only_in_unicode_form_or_spacing_conflict(tmp_path):
+    """'café' typed as é (NFC) and as e + U+0301 (NFD) is the same expression to the eye and the model."""
+    from reallod.data.schema import check_record
+
+    for pos, neg in (("café dog", "cafe\u0301 dog"), ("brown dog", "Brown  dog")):
+        r = rec(1)
+        r["pairs"]["llm"][0].update(positive_expressions=[pos], negative_expressions=["a cat", neg])
+        assert [(p.kind, p.field) for p in check_record(r)] == [
+            ("positive_and_negative", "pairs.llm[0].negative_expressions[1]")], (pos, neg)

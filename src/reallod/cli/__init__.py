@@ -12,6 +12,7 @@ them, so ``reallod data ...`` starts fast and stays small in memory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {e}", getattr(e, "exit_code", 2))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         _fail(f"error: {e.filename}: {e.strerror}", 2)
+    except OSError as e:  # a full disk, an I/O error: the system's reason, not a bug of reallod
+        if e.errno is None:  # an OSError subclass that is no system error (a client library's)
+            _unexpected(e)
+        _fail(f"error: {_os_error(e)}", 2)
     except KeyboardInterrupt as e:
         _fail(_interrupted(e), 130)
     except SystemExit as e:
@@ -87,9 +92,21 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(_interrupted(interrupt), 130)
     except Exception as e:
-        if os.environ.get("REALLOD_DEBUG") == "1":
-            raise
-        _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+        _unexpected(e)
+
+
+def _unexpected(e: Exception) -> None:
+    if os.environ.get("REALLOD_DEBUG") == "1":
+        raise e
+    _fail(f"error: unexpected {type(e).__name__}: {e} (set REALLOD_DEBUG=1 for the traceback)", 1)
+
+
+def _os_error(e: OSError) -> str:
+    """``PATH: reason``, the path where the error names one; a full disk says what to do."""
+    where = f"{e.filename}: " if e.filename is not None else ""
+    hint = ("; free space on that disk, or write the output elsewhere"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+    return f"{where}{e.strerror}{hint}"
 
 
 _PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep

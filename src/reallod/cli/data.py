@@ -97,11 +97,12 @@ def data_stats(
         sys.stdout.write(orjson.dumps(stats_report(per_file, total), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         console().print(*render_stats(per_file, total))
-    empty = [(path, st) for path, st in per_file if not st.images]
+    empty = [(path, st) for path, st in per_file if not st.has_valid]
     for path, st in empty:
+        lines = st.images + st.bad_lines
         typer.echo(f"warning: {path}: no valid Real-Data record"
-                   + (f" ({st.bad_lines:,} lines are not records; `reallod data validate {path}` says why)"
-                      if st.bad_lines else " (the file is empty or holds only blank lines)"), err=True)
+                   + (f" (none of its {lines:,} lines passes the record check; `reallod data validate {path}` "
+                      "says why)" if lines else " (the file is empty or holds only blank lines)"), err=True)
     if empty:
         raise typer.Exit(1)
 
@@ -164,8 +165,10 @@ def data_convert_coco(
 ) -> None:
     """Real-Data → COCO detection json: categories from the category names, boxes xywh.
 
-    One annotation per distinct box and category of an image; its expressions are kept on it as
-    "expressions", "negative_expressions" and "sources".
+    One annotation per distinct box and category of an image; the expressions of single objects are
+    kept on it as "expressions", "negative_expressions" and "sources". A 'multi' pair's expressions
+    refer to its boxes together: they go to a "groups" section that lists its "annotation_ids", and
+    each annotation names its groups in "group_ids".
     """
     from reallod.data.convert import realdata_to_coco
 
@@ -268,7 +271,9 @@ def data_merge(
 ) -> None:
     """Concatenate files; records of the same image are combined into one (sizes must agree).
 
-    Pairs of one source over the same boxes and category have their expressions united.
+    Pairs of one source over the same boxes and category have their expressions united; an expression
+    that one has as a positive and the other as a negative stops the merge, naming both places.
+    Inputs must be regular files (each is read twice), not pipes.
     """
     from reallod.data.ops import merge_files
 

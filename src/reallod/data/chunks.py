@@ -4,8 +4,9 @@
 cut into byte ranges that each start and end at a line boundary and is read by worker processes.
 Line numbers stay exact: a worker numbers its lines from 1 and reports how many physical lines
 its range held; the caller adds the line counts of the ranges before it. Results come back in
-range order, so anything printed per line stays in line order. Gzip cannot be split this way
-and is read sequentially by the callers.
+range order, so anything printed per line stays in line order. Gzip, and a pipe or a device
+(``/dev/stdin``, ``<(zcat ...)``: :func:`reallod.data.io.is_stream`), cannot be split this way and
+are read sequentially by the callers.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from reallod.data.io import BOM
+from reallod.data.io import BOM, is_stream
+from reallod.errors import DataError
 
 MIN_CHUNK_BYTES = 8 << 20  # below two of these a file is read in-process: a pool costs more than it saves
 CHUNKS_PER_WORKER = 4  # more ranges than workers, so one slow range does not idle the others
@@ -37,7 +40,11 @@ def plan_ranges(path: str | os.PathLike, parts: int, *, min_bytes: int = MIN_CHU
     """Cut the file into at most ``parts`` ranges ``[start, end)``, each beginning at a line start.
 
     Ranges are at least ``min_bytes`` long (except a short last one); an empty file gives ``[(0, 0)]``.
+    A pipe or a device is refused: it has no size, and what one reader takes the others never see.
     """
+    if is_stream(path):
+        raise DataError("not a regular file (a pipe or a device): it cannot be cut into byte ranges; "
+                        "read it in order (reallod.data.io.iter_lines)", path=os.fspath(path))
     size = os.path.getsize(path)
     parts = max(1, min(parts, size // max(1, min_bytes)))
     if parts == 1:
@@ -96,7 +103,8 @@ def map_ranges(func: Callable[[tuple[Any, ...]], R], jobs: Iterable[tuple[Any, .
     """``func`` over ``jobs`` in worker processes, results in job order (in-process when ``workers <= 1``).
 
     ``func`` must be a module-level function (it is pickled by name). Workers are forked where the
-    platform allows it: they start in milliseconds and share the parent's imported modules.
+    platform allows it: they start in milliseconds and share the parent's imported modules. They ignore
+    Ctrl-C (:func:`_worker_signals`): the parent stops them.
     """
     jobs = list(jobs)
     if workers <= 1 or len(jobs) <= 1:
@@ -105,10 +113,19 @@ def map_ranges(func: Callable[[tuple[Any, ...]], R], jobs: Iterable[tuple[Any, .
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ctx.Pool(min(workers, len(jobs)))
+    pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_signals)
     try:
         yield from pool.imap(func, jobs)
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _worker_signals() -> None:
+    """Ctrl-C goes to the whole process group: a worker that took it printed its own traceback of a
+    KeyboardInterrupt, one per worker, before the parent said "interrupted". The parent alone handles
+    it and terminates the pool with SIGTERM, which must end a worker, not run the handler the parent
+    installed and the fork copied (:func:`reallod.cli.sigterm_as_ctrl_c`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

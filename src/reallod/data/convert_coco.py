@@ -2,9 +2,12 @@
 
 Out (``realdata_to_coco``): one COCO image per record, categories numbered from 1 in order of first
 appearance, one annotation per distinct (category, box) of an image with boxes as xywh. The
-expressions stay on the annotation: ``expressions`` (positives of every pair that holds the box),
-``negative_expressions`` and ``sources``. The same box described by several sources is one
-annotation, so the file is a valid detection ground truth.
+expressions of single objects stay on the annotation: ``expressions`` (positives of every ``single``
+pair of the box), ``negative_expressions`` and ``sources`` (of every pair that holds the box). The
+same box described by several sources is one annotation, so the file is a valid detection ground
+truth. A ``multi`` pair's expressions ("the two dogs") refer to its boxes together, never to one of
+them: they go to a ``groups`` section, one entry per distinct (category, boxes) of an image with its
+``annotation_ids``, and each annotation lists the groups it is in as ``group_ids``.
 
 In (``coco_to_realdata``): COCO, LVIS and Objects365 detection json → the Real-Data skeleton the data
 engine starts from: one ``category``-source pair per box whose only positive expression is the
@@ -63,27 +66,59 @@ class CategoryIndex:
 
 
 def record_to_coco(record: Record, image_id: int, first_ann_id: int, categories: CategoryIndex,
-                   sources: Sequence[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The COCO image and annotations of one record (pure apart from growing ``categories``)."""
+                   sources: Sequence[str] | None = None, first_group_id: int = 1,
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The COCO image, annotations and groups of one record (pure apart from growing ``categories``).
+
+    A ``single`` pair's expressions go on its box's annotation; a ``multi`` pair's on a group of its
+    boxes' annotations, which each name the group in ``group_ids``."""
     image = {"id": image_id, "file_name": record.filename, "height": record.height, "width": record.width}
     anns: dict[tuple, dict[str, Any]] = {}
+    groups: dict[tuple, dict[str, Any]] = {}
     for source, pair in selected_pairs(record, sources):
         cat_id = categories.id_for(pair.category)
-        for box in pair.bboxes:
-            key = (cat_id, *box)
-            ann = anns.get(key)
-            if ann is None:
-                x, y, w, h = xyxy_to_xywh(box)
-                ann = anns[key] = {
-                    "id": first_ann_id + len(anns), "image_id": image_id, "category_id": cat_id,
-                    "bbox": [x, y, w, h], "area": _area(w, h), "iscrowd": 0,
+        members = list({id(a): a for a in (_annotation(anns, cat_id, box, image_id, first_ann_id, source)
+                                           for box in pair.bboxes)}.values())  # a box listed twice: once
+        if pair.relation == "multi":
+            key = (cat_id, *(tuple(b) for b in pair.bboxes))
+            target = groups.get(key)
+            if target is None:
+                target = groups[key] = {
+                    "id": first_group_id + len(groups), "image_id": image_id, "category_id": cat_id,
+                    "annotation_ids": [a["id"] for a in members],
                     "expressions": [], "negative_expressions": [], "sources": [],
                 }
-            ann["expressions"] = unique_texts([*ann["expressions"], *pair.positive_expressions])
-            ann["negative_expressions"] = unique_texts([*ann["negative_expressions"], *pair.negative_expressions])
-            if source not in ann["sources"]:
-                ann["sources"].append(source)
-    return image, list(anns.values())
+                for ann in members:
+                    ann["group_ids"].append(target["id"])
+            _add_expressions(target, pair, source)
+        else:
+            for ann in members:
+                _add_expressions(ann, pair, source)
+    return image, list(anns.values()), list(groups.values())
+
+
+def _annotation(anns: dict[tuple, dict[str, Any]], cat_id: int, box: list[float], image_id: int,
+                first_id: int, source: str) -> dict[str, Any]:
+    """The annotation of (category, box), made on first sight; ``source`` added to its sources."""
+    key = (cat_id, *box)
+    ann = anns.get(key)
+    if ann is None:
+        x, y, w, h = xyxy_to_xywh(box)
+        ann = anns[key] = {
+            "id": first_id + len(anns), "image_id": image_id, "category_id": cat_id,
+            "bbox": [x, y, w, h], "area": _area(w, h), "iscrowd": 0,
+            "expressions": [], "negative_expressions": [], "sources": [], "group_ids": [],
+        }
+    if source not in ann["sources"]:
+        ann["sources"].append(source)
+    return ann
+
+
+def _add_expressions(target: dict[str, Any], pair: Pair, source: str) -> None:
+    target["expressions"] = unique_texts([*target["expressions"], *pair.positive_expressions])
+    target["negative_expressions"] = unique_texts([*target["negative_expressions"], *pair.negative_expressions])
+    if source not in target["sources"]:
+        target["sources"].append(source)
 
 
 def _area(w: float, h: float) -> float | int:
@@ -96,23 +131,26 @@ def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
                      sources: Sequence[str] | None = None, keep_empty: bool = False) -> ConvertStats:
     """Stream ``src`` into a COCO json at ``dst`` (atomic; memory holds only the category names).
 
-    Images with no pair of the chosen sources are left out unless ``keep_empty``.
+    Images with no pair of the chosen sources are left out unless ``keep_empty``. ``multi`` pairs
+    become entries of the ``groups`` section (see the module's docstring).
     """
     refuse_same_file(src, dst)
     stats = ConvertStats()
     categories = CategoryIndex()
 
     def convert(record: Record, ids: dict[str, int]) -> dict[str, list[Any]] | None:
-        image, anns = record_to_coco(record, ids["images"], ids["annotations"], categories, sources)
-        return {"images": [image], "annotations": anns} if anns or keep_empty else None
+        image, anns, groups = record_to_coco(record, ids["images"], ids["annotations"], categories, sources,
+                                             ids["groups"])
+        return {"images": [image], "annotations": anns, "groups": groups} if anns or keep_empty else None
 
     check = SourceCheck(sources)  # a near-miss --source is refused before anything is written
-    with JsonSectionsWriter(dst, ["images", "annotations", "categories"],
+    with JsonSectionsWriter(dst, ["images", "annotations", "groups", "categories"],
                             header={"info": {"description": f"converted from Real-Data {Path(src).name}"}}) as out:
         add_image_records(src, out, convert, check=check, stats=stats, what="a COCO image")
         for cat in categories.categories():
             out.add("categories", cat)
-    stats.items_out = {"annotations": out.counts["annotations"], "categories": out.counts["categories"]}
+    stats.items_out = {"annotations": out.counts["annotations"], "groups": out.counts["groups"],
+                       "categories": out.counts["categories"]}
     return stats
 
 

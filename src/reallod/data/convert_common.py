@@ -8,6 +8,7 @@ document appears at its path only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -19,8 +20,9 @@ from typing import IO, Any
 
 import orjson
 
-from reallod.data.io import AtomicOutput, AtomicWriter, read_records
+from reallod.data.io import AtomicOutput, AtomicWriter, raise_with_path, read_records
 from reallod.data.records import TRAINING_SOURCES, Pair, Record
+from reallod.data.schema import text_key
 from reallod.errors import ConfigError, DataError
 
 
@@ -153,11 +155,6 @@ def selected_pairs(record: Record, sources: Sequence[str] | None) -> Iterator[tu
                 yield source, pair
 
 
-def text_key(text: str) -> str:
-    """How two expressions are compared: case and surrounding space do not make them different."""
-    return " ".join(text.split()).casefold()
-
-
 def unique_texts(texts: Iterable[str]) -> list[str]:
     """Non-empty texts, first spelling kept, duplicates (by :func:`text_key`) dropped."""
     seen: set[str] = set()
@@ -227,7 +224,10 @@ class JsonSectionsWriter(AtomicOutput):
         if sink is None and section != self.sections[0]:
             raise KeyError(f"unknown section {section!r}")
         data = (b"," if self.counts[section] else b"") + orjson.dumps(item)
-        (sink or self._out).write(data)
+        try:  # a spool fills the output's disk as the output does: the error names the output
+            (sink or self._out).write(data)
+        except OSError as e:
+            raise_with_path(e, self.path)
         self.counts[section] += 1
 
     def close(self) -> None:
@@ -238,7 +238,10 @@ class JsonSectionsWriter(AtomicOutput):
             for name in self.sections[1:]:
                 spool = self._spools[name]
                 self._out.write(b"," + orjson.dumps(name) + b":[")
-                spool.seek(0)
+                try:
+                    spool.seek(0)  # flushes what the spool still buffers
+                except OSError as e:
+                    raise_with_path(e, self.path)
                 shutil.copyfileobj(spool, _Sink(self._out), 1 << 20)
                 self._out.write(b"]")
             self._out.write(b"}\n")
@@ -257,8 +260,11 @@ class JsonSectionsWriter(AtomicOutput):
         self.closed = True
 
     def _close_spools(self) -> None:
+        """Drop the spools (unnamed: nothing stays on disk). A flush that fails again on a full disk is
+        not the error to report: the one that stopped the writer is."""
         for spool in self._spools.values():
-            spool.close()
+            with contextlib.suppress(OSError):
+                spool.close()
 
 
 class _Sink:

@@ -63,7 +63,7 @@ def _unique(phrases: Iterable[str]) -> list[str]:
     seen: set[str] = set()
     out = []
     for p in phrases:
-        k = p.casefold()
+        k = text_key(p)
         if p and k not in seen:
             seen.add(k)
             out.append(p)
@@ -79,7 +79,7 @@ def _line(record: Record, pairs: Sequence[Pair], forbidden_negatives: set[str], 
         if positives > 0 and len(phrases) > positives:
             phrases = rng.sample(phrases, positives) if rng else phrases[:positives]
         for phrase in phrases:
-            region = regions.setdefault(phrase.casefold(), {"phrase": phrase, "boxes": []})
+            region = regions.setdefault(text_key(phrase), {"phrase": phrase, "boxes": []})
             region["boxes"].extend(b for b in pair.bboxes if b not in region["boxes"])
         raw_negatives.extend(pair.negative_expressions)
     if not regions:
@@ -92,7 +92,7 @@ def _line(record: Record, pairs: Sequence[Pair], forbidden_negatives: set[str], 
         if 0 <= max_negatives <= len(negatives):
             break
         phrase = sanitize_phrase(raw)
-        key = phrase.casefold()
+        key = text_key(phrase)
         if phrase and key not in seen:
             seen.add(key)
             negatives.append(phrase)
@@ -115,16 +115,18 @@ def record_to_odvg(record: Record, *, sources: Sequence[str] | None = None, per_
 
     ``positives``: expressions per pair (0 = all), the first ones or, with ``rng``, a random choice.
     ``max_negatives``: per line (-1 = all). A negative that is a positive of any pair of the image
-    is never written as a negative. ``category_source`` adds a ``category`` source made of the
-    category names when the record has none.
+    is never written as a negative (compared as :func:`text_key` does: case, spacing and Unicode form
+    aside). ``category_source`` adds a ``category`` source made of the category names when the record
+    has none, from the pairs of the other chosen sources, or of every source when ``category`` is the
+    only one chosen (``-s category --category-source``).
     """
-    forbidden = {sanitize_phrase(p).casefold() for _, pair in selected_pairs(record, None)
+    forbidden = {text_key(sanitize_phrase(p)) for _, pair in selected_pairs(record, None)
                  for p in pair.positive_expressions}
     groups: dict[str, list[Pair]] = {}
     for source, pair in selected_pairs(record, sources):
         groups.setdefault(source, []).append(pair)
     if category_source and "category" not in record.pairs:
-        cats = category_pairs(record, sources)
+        cats = category_pairs(record, [s for s in sources or () if s != "category"] or None)
         if cats:
             groups["category"] = cats
     if not per_source:

@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import secrets
+import shutil
 import socket
 import stat
 import threading
@@ -19,7 +20,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Literal, Self
+from typing import IO, Any, Literal, NoReturn, Self
 
 import orjson
 
@@ -32,6 +33,11 @@ BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Windows editors put first; JS
 _BUFFER = 1 << 20
 
 
+def _temp_name(path: Path) -> Path:
+    """A hidden name beside ``path`` holding this host and process (see :func:`_remove_orphans`)."""
+    return path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
 def _create_beside(path: Path) -> tuple[int, Path]:
     """A new, empty temporary file next to ``path``, made with the permissions the umask gives any new
     file. (``mkstemp`` makes it 0600, and reading the umask to widen that means setting it for a moment:
@@ -39,9 +45,25 @@ def _create_beside(path: Path) -> tuple[int, Path]:
     so a later writer in that folder can remove what a killed one left (:func:`_remove_orphans`)."""
     _remove_orphans(path.parent)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = _temp_name(path)
         try:  # O_EXCL: never an existing file, nor a link planted at that name
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+def make_temp_dir(path: str | os.PathLike) -> Path:
+    """A new hidden folder beside ``path`` for a run's working files (``data validate``'s per-worker
+    parts), named as the writers' temporary files are, so that when a killed run leaves it the next
+    write in that folder removes it (:func:`_remove_orphans`) instead of it staying there forever."""
+    path = Path(path)
+    _remove_orphans(path.parent)
+    for _ in range(100):
+        tmp = _temp_name(path)
+        try:
+            tmp.mkdir(mode=0o700)
+            return tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
@@ -55,11 +77,11 @@ _SWEPT_LOCK = threading.Lock()
 
 
 def _remove_orphans(folder: Path) -> None:
-    """Delete the temporary files in ``folder`` that processes of this host left when they were killed
-    (``kill -9``, out of memory): a rerun over a large input would otherwise leave one more each time.
-    A file is an orphan only when its process is gone; those of other hosts are left alone. Once per
-    folder and process: listing the folder for every file written made writing N files into one folder
-    (detect's ``OUT/preds`` of a million images) quadratic."""
+    """Delete the temporary files and folders in ``folder`` that processes of this host left when they
+    were killed (``kill -9``, out of memory): a rerun over a large input would otherwise leave one more
+    each time. A file is an orphan only when its process is gone; those of other hosts are left alone.
+    Once per folder and process: listing the folder for every file written made writing N files into
+    one folder (detect's ``OUT/preds`` of a million images) quadratic."""
     key = os.path.abspath(folder)
     with _SWEPT_LOCK:
         if key in _SWEPT:
@@ -72,8 +94,16 @@ def _remove_orphans(folder: Path) -> None:
     for name in names:
         parts = name.rsplit(".", 3)  # ".NAME.HOST", pid, random hex, "tmp"
         if len(parts) == 4 and parts[0].endswith(f".{_HOST}") and parts[1].isdigit() and not _alive(int(parts[1])):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
+            _remove(os.path.join(folder, name))
+
+
+def _remove(path: str) -> None:
+    """A file, or a folder with what it holds; a link is removed, never followed."""
+    with contextlib.suppress(OSError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def _alive(pid: int) -> bool:
@@ -95,6 +125,17 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def is_stream(path: str | os.PathLike) -> bool:
+    """True for a pipe, a FIFO or a device (``/dev/stdin``, bash's ``<(zcat ...)``): what can be read
+    once only, in order, so it is neither probed apart from its reading nor cut into byte ranges.
+    False for a regular file, a folder and a path that cannot be looked at (the reader says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def is_gzip_file(path: str | os.PathLike) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
@@ -105,29 +146,86 @@ def wants_gzip(path: str | os.PathLike) -> bool:
 
 
 def probe_gzip(path: str | os.PathLike) -> bool:
-    """True for gzip content; :class:`DataError` when the file cannot be opened or a ``.gz`` is not gzip."""
+    """True for gzip content; :class:`DataError` when the file cannot be opened or a ``.gz`` is not gzip.
+
+    For a regular file: what it reads of a pipe (:func:`is_stream`) is lost to the next reader, which
+    is why :func:`iter_lines` and :func:`read_whole` look at the magic bytes of the one file they open."""
+    stream, gz = open_input(path)
+    stream.close()
+    return gz
+
+
+def open_input(path: str | os.PathLike) -> tuple[IO[bytes], bool]:
+    """``path`` opened once for buffered reading, and whether its content is gzip; errors name the file.
+
+    The magic bytes are read off this one open file and put back: a pipe (``/dev/stdin``,
+    ``<(zcat ...)``) can be read only once, so a probe that opened it apart took its first lines."""
     path = str(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
+        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to the caller, closed on error
     except FileNotFoundError:
         raise DataError("no such file", path=path) from None
     except IsADirectoryError:
         raise DataError("is a directory, expected a file", path=path) from None
     except OSError as e:
         raise DataError(f"cannot open: {e.strerror}", path=path) from None
-    if wants_gzip(path) and magic != GZIP_MAGIC:
+    try:
+        head = _read_head(raw, len(GZIP_MAGIC))
+        if raw.seekable():
+            raw.seek(0)
+            stream = io.BufferedReader(raw, buffer_size=_BUFFER)
+        else:
+            stream = io.BufferedReader(_Prefixed(head, raw), buffer_size=_BUFFER)
+    except OSError as e:
+        raw.close()
+        raise DataError(f"cannot read: {e.strerror}", path=path) from None
+    gz = head == GZIP_MAGIC
+    if wants_gzip(path) and not gz:
+        stream.close()
         raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
-    return magic == GZIP_MAGIC
+    return stream, gz
+
+
+def _read_head(raw: IO[bytes], n: int) -> bytes:
+    """The first ``n`` bytes (fewer at the end of the file): a pipe may hand them over in pieces."""
+    head = b""
+    while len(head) < n:
+        chunk = raw.read(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` (the bytes already read off ``raw`` to sniff its format), then the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
+        self._head, self._raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._raw.readinto(buf)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def read_whole(path: str | os.PathLike) -> bytes:
     """A whole (small) file's content, gunzipped when it is gzip, without a leading byte-order mark;
     errors name the file."""
     path = str(path)
-    gz = probe_gzip(path)
-    with open(path, "rb") as f:
-        data = f.read()
+    stream, gz = open_input(path)
+    with stream:
+        data = stream.read()
     if gz:
         try:
             data = gzip.decompress(data)
@@ -209,8 +307,8 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[t
     truncated or corrupt gzip stream breaks off is yielded first.
     """
     path = str(path)
-    gz = probe_gzip(path)
-    with open(path, "rb", buffering=_BUFFER) as raw:
+    raw, gz = open_input(path)
+    with raw:
         gunzip = _Gunzip(raw) if gz else None
         stream: IO[bytes] = io.BufferedReader(gunzip, buffer_size=_BUFFER) if gunzip is not None else raw
         lineno = 0
@@ -334,8 +432,17 @@ class AtomicOutput:
             self.abort()
 
 
+def raise_with_path(e: OSError, path: str | os.PathLike | None) -> NoReturn:
+    """Raise ``e`` again, naming ``path`` when it names no file: a write or fsync that fails (a full
+    disk) gives the OS's reason without the output it was for, and the user must know which disk to free."""
+    if path is None or e.filename is not None or e.errno is None:
+        raise e
+    raise OSError(e.errno, e.strerror, os.fspath(path)) from e  # the errno's subclass, as the OS's own
+
+
 class AtomicWriter(AtomicOutput):
-    """Binary writer that appears at ``path`` only after :meth:`close` succeeds."""
+    """Binary writer that appears at ``path`` only after :meth:`close` succeeds. Its write errors name
+    ``path``."""
 
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
         self.path = Path(path)
@@ -349,13 +456,19 @@ class AtomicWriter(AtomicOutput):
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)
             if wants_gzip(self.path) else self._raw
         )
-        self.closed = False
+        self.closed = self.finished = False
 
     def write(self, data: bytes) -> None:
-        self._out.write(data)
+        try:
+            self._out.write(data)
+        except OSError as e:
+            raise_with_path(e, self.path)
 
-    def close(self) -> None:
-        if self.closed:
+    def finish(self) -> None:
+        """Write out and fsync everything, still under the temporary name: :meth:`close` then only
+        renames. Outputs that belong together (``split``'s train and val) are all finished before any
+        is put in place, so a full disk never leaves a new one beside an old one."""
+        if self.finished or self.closed:
             return
         try:
             if self._out is not self._raw:
@@ -363,8 +476,21 @@ class AtomicWriter(AtomicOutput):
             self._raw.flush()
             os.fsync(self._raw.fileno())
             self._raw.close()
+        except OSError as e:  # disk full: no hidden temporary file stays
+            self.abort()
+            raise_with_path(e, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self.finished = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.finish()
+        try:
             os.replace(self._tmp, self.path)
-        except BaseException:  # disk full, the target became a folder: no hidden temporary file stays
+        except BaseException:  # the target became a folder: no hidden temporary file stays
             self.abort()
             raise
         self.closed = True
@@ -374,7 +500,8 @@ class AtomicWriter(AtomicOutput):
         if self.closed:
             return
         try:
-            self._raw.close()
+            with contextlib.suppress(OSError):  # its flush fails again on a full disk: the first error says it
+                self._raw.close()
         finally:
             self._tmp.unlink(missing_ok=True)
             self.closed = True

@@ -4,7 +4,8 @@ Random choices that must not depend on file order (the fraction sample, the trai
 the image filename with the seed, so an image lands on the same side whatever file it is in, and a
 rerun with the same seed gives the same result; sample and split hash with different keys, so their
 draws are independent. Merge finds the images that occur more than once in
-a first pass that keeps 8 bytes per image, then holds only those records in memory.
+a first pass that keeps 8 bytes per image, then holds only those records in memory; it refuses
+an expression that one file has as a positive and another as a negative of the same pair.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import os
 import random
 from array import array
 from collections.abc import Sequence
-from contextlib import ExitStack
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -28,7 +28,7 @@ from reallod.data.convert_common import (
     text_key,
     unique_texts,
 )
-from reallod.data.io import JsonlWriter, iter_json, read_numbered_records
+from reallod.data.io import JsonlWriter, is_stream, iter_json, read_numbered_records
 from reallod.data.records import RELATIONS, Pair, Record
 from reallod.errors import ConfigError, DataError
 
@@ -167,13 +167,15 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
     if os.path.abspath(train) == os.path.abspath(val):
         raise ConfigError("--train and --val must be different files")
     stats = ConvertStats()
-    with ExitStack() as stack:
-        out_train = stack.enter_context(JsonlWriter(train))
-        out_val = stack.enter_context(JsonlWriter(val))
+    with JsonlWriter(train) as out_train, JsonlWriter(val) as out_val:
         for _, record in read_numbered_records(src):
             stats.records_in += 1
             (out_val if unit_hash(record.filename, seed, "split") < val_fraction else out_train).write_record(record)
         require_records(stats.records_in, src)  # raising here drops both outputs: earlier files stay
+        # both complete on disk before either is renamed: a full disk leaves the earlier pair, never a
+        # new val beside an old train
+        out_train.finish()
+        out_val.finish()
     stats.records_out = out_train.count + out_val.count
     stats.items_out = {"train": out_train.count, "val": out_val.count}
     return stats
@@ -188,17 +190,41 @@ def _pair_key(pair: Pair) -> tuple:
     return (text_key(pair.category), pair.relation, tuple(tuple(b) for b in pair.bboxes))
 
 
+def conflicts(a: Pair, b: Pair) -> list[tuple[str, int, str]]:
+    """(side in ``b``: "positive" or "negative", index there, expression) for each expression that is a
+    positive of one pair and a negative of the other: their union would be an invalid pair."""
+    a_pos = {text_key(t) for t in a.positive_expressions}
+    a_neg = {text_key(t) for t in a.negative_expressions}
+    return ([("negative", i, t) for i, t in enumerate(b.negative_expressions) if text_key(t) in a_pos]
+            + [("positive", i, t) for i, t in enumerate(b.positive_expressions) if text_key(t) in a_neg])
+
+
 def merge_pair(into: Pair, other: Pair) -> None:
-    """Union the expressions of two descriptions of the same boxes (order kept, duplicates dropped)."""
-    into.positive_expressions = unique_texts([*into.positive_expressions, *other.positive_expressions])
+    """Union the expressions of two descriptions of the same boxes (order kept, duplicates dropped).
+
+    ``provenance`` stays parallel to ``positive_expressions``: each kept positive keeps the entry of its
+    first occurrence (null where that pair had none). Callers check :func:`conflicts` first."""
+    keep_provenance = into.provenance is not None or other.provenance is not None
+    positives = [*into.positive_expressions, *other.positive_expressions]
+    provenance = [*_padded(into), *_padded(other)]
+    into.positive_expressions = unique_texts(positives)
+    if keep_provenance:
+        first: dict[str, Any] = {}
+        for text, entry in zip(positives, provenance, strict=True):
+            first.setdefault(text_key(text), entry)
+        into.provenance = [first[text_key(t)] for t in into.positive_expressions]
     into.negative_expressions = unique_texts([*into.negative_expressions, *other.negative_expressions])
     if other.origin_positive_expressions is not None:
         into.origin_positive_expressions = unique_texts(
             [*(into.origin_positive_expressions or []), *other.origin_positive_expressions])
-    if other.provenance is not None:
-        into.provenance = [*(into.provenance or []), *other.provenance]
     for k, v in other.extra.items():
         into.extra.setdefault(k, v)
+
+
+def _padded(pair: Pair) -> list[Any]:
+    """The pair's provenance entry per positive expression (None where it has none)."""
+    entries = list(pair.provenance or [])[:len(pair.positive_expressions)]
+    return entries + [None] * (len(pair.positive_expressions) - len(entries))
 
 
 def merge_records(first: Record, other: Record, *, first_at: str = "", other_path: str | None = None,
@@ -206,7 +232,8 @@ def merge_records(first: Record, other: Record, *, first_at: str = "", other_pat
     """One record of an image from two; sizes must agree. ``first`` is modified and returned.
 
     Pairs of the same source over the same boxes and category are combined, others appended.
-    A size conflict names both places: ``first_at`` in the message, ``other_path:other_line`` in front.
+    A size conflict, or an expression positive in one and negative in the other for such a pair, names
+    both places: ``first_at`` in the message, ``other_path:other_line`` in front.
     """
     if (first.height, first.width) != (other.height, other.width):
         raise DataError(f"image {first.filename!r} is {other.width}x{other.height} (width x height) here "
@@ -215,13 +242,23 @@ def merge_records(first: Record, other: Record, *, first_at: str = "", other_pat
     for source, items in other.pairs.items():
         mine = first.pairs.setdefault(source, [])
         index = {_pair_key(p): p for p in mine}
-        for pair in items:
+        for i, pair in enumerate(items):
             match = index.get(_pair_key(pair))
             if match is None:
                 mine.append(pair)
                 index[_pair_key(pair)] = pair
-            else:
-                merge_pair(match, pair)
+                continue
+            clash = conflicts(match, pair)
+            if clash:
+                side, k, text = clash[0]
+                other_side = "positive" if side == "negative" else "negative"
+                raise DataError(
+                    f"{text!r} is a {side} expression here but a {other_side} one of the same pair (same boxes "
+                    f"and category) of image {first.filename!r} at {first_at or 'its first record'}: merged, "
+                    f"the pair would be invalid; remove it from one side"
+                    + (f" ({len(clash) - 1} more such expressions)" if len(clash) > 1 else ""),
+                    path=other_path, line=other_line, field=f"pairs.{source}[{i}].{side}_expressions[{k}]")
+            merge_pair(match, pair)
     if first.caption is None:
         first.caption = other.caption
     for k, v in other.extra.items():
@@ -238,6 +275,10 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
     """
     if not srcs:
         raise ConfigError("merge needs at least one input file")
+    for src in srcs:  # read twice: the second pass would find a pipe empty and lose its records
+        if is_stream(src):
+            raise DataError("not a regular file (a pipe or a device): merge reads each input twice; "
+                            "save it to a file first (e.g. zcat X.jsonl.gz > X.jsonl)", path=str(src))
     hashes = array("Q")
     for src in srcs:
         for _, obj in iter_json(src):
@@ -276,13 +317,14 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
 
 def _combine(group: list[tuple[bytes, str, int]], stats: ConvertStats) -> list[Record]:
     """Records of one filename hash → one record per filename (a hash collision keeps names apart)."""
-    by_name: dict[str, tuple[Record, str]] = {}
+    by_name: dict[str, tuple[Record, list[str]]] = {}
     for data, path, line in group:
         record = Record.from_dict(orjson.loads(data))
         if record.filename in by_name:
-            first, first_at = by_name[record.filename]
-            merge_records(first, record, first_at=first_at, other_path=path, other_line=line)
+            first, places = by_name[record.filename]  # every record merged so far: a clash may be with any
+            merge_records(first, record, first_at=", ".join(places), other_path=path, other_line=line)
+            places.append(f"{path}:{line}")
             stats.note("records combined into an earlier record of the same image")
         else:
-            by_name[record.filename] = (record, f"{path}:{line}")
+            by_name[record.filename] = (record, [f"{path}:{line}"])
     return [r for r, _ in by_name.values()]

@@ -31,8 +31,9 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
-from reallod.data.io import iter_lines, probe_gzip
+from reallod.data.io import is_stream, iter_lines, probe_gzip
 from reallod.data.records import RELATION_ALIASES
+from reallod.data.schema import check_record
 
 # word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words (DESIGN §5)
 LENGTH_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 8), (9, 12), (13, 16), (17, 24), (25, 32), (33, None))
@@ -52,6 +53,9 @@ class Stats:
     positives: int = 0
     negatives: int = 0
     bad_lines: int = 0  # lines that are not a countable Real-Data record (validate says why)
+    # whether a record passed the full record check; counting is lenient (a line with only "pairs"
+    # counts), and the check runs only until one record passes, so it costs nothing on a good file
+    has_valid: bool = False
     first_bad_lines: list[int] = field(default_factory=list)
     # source → [images, instances, pairs, positives, negatives]
     sources: dict[str, list[int]] = field(default_factory=dict)
@@ -132,6 +136,8 @@ class Stats:
         self.relations.update(relations)
         _add_histogram(self.positive_lengths, pos_hist)
         _add_histogram(self.negative_lengths, neg_hist)
+        if not self.has_valid:
+            self.has_valid = not check_record(obj)
         return True
 
     def add_bad_line(self, lineno: int) -> None:
@@ -147,6 +153,7 @@ class Stats:
         self.positives += other.positives
         self.negatives += other.negatives
         self.bad_lines += other.bad_lines
+        self.has_valid = self.has_valid or other.has_valid
         room = MAX_BAD_LINES_KEPT - len(self.first_bad_lines)
         self.first_bad_lines.extend(n + line_offset for n in other.first_bad_lines[:max(0, room)])
         for source, counts in other.sources.items():
@@ -285,14 +292,14 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
                chunk_bytes: int = MIN_CHUNK_BYTES) -> Stats:
     """Counts of one ``.jsonl`` / ``.jsonl.gz`` file.
 
-    Uncompressed files are split over ``workers`` processes (default: the usable CPUs); gzip is
-    read sequentially. Read failures (missing file, not gzip, truncated gzip) raise
+    Uncompressed files are split over ``workers`` processes (default: the usable CPUs); gzip, a
+    pipe and a device (``/dev/stdin``, ``<(zcat ...)``) are read sequentially. Read failures (missing file, not gzip, truncated gzip) raise
     :class:`DataError`; lines that are not records are counted in ``bad_lines``.
     """
     path = os.fspath(path)
     workers = default_workers() if workers is None else workers
     stats = Stats()
-    if probe_gzip(path):
+    if is_stream(path) or probe_gzip(path):  # a pipe is never probed: that would take its first lines
         loads = orjson.loads
         for lineno, line in iter_lines(path):
             try:

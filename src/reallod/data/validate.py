@@ -5,12 +5,14 @@ one parsed line: raw-byte problems (invalid UTF-8, a byte-order mark, JSON that 
 parser reads such as ``NaN`` or ``1e400``), file-level problems (missing, empty, not gzip,
 truncated gzip) and, with an image root, the image checks (missing, undecodable, size differs).
 
-It streams in constant memory. Uncompressed files are checked by worker processes over
+It streams in constant memory. Uncompressed regular files are checked by worker processes over
 newline-aligned byte ranges; each worker keeps only its first ``max_errors`` problems (in a
 temporary file, so an all-bad file does not fill memory) and its share of the ``--fix`` output,
 and the parent replays both in range order, so problems print in line order and the fixed file
 keeps the input's order. ``--fix`` writes valid records in canonical form through an atomic
-writer: an interrupted run leaves no partial output.
+writer: an interrupted run leaves no partial output, and the workers' folder of parts, named as the
+writer's temporary files, is removed by the next write beside it when a killed run left it. Gzip, a
+pipe and a device are checked in one process, in order.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -36,7 +39,15 @@ from reallod.data.chunks import (
 )
 from reallod.data.convert_common import EmptyRunError
 from reallod.data.images import resolve_image
-from reallod.data.io import BOM, AtomicWriter, iter_lines, probe_gzip
+from reallod.data.io import (
+    BOM,
+    AtomicWriter,
+    is_stream,
+    iter_lines,
+    make_temp_dir,
+    probe_gzip,
+    raise_with_path,
+)
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
 from reallod.errors import ConfigError, DataError
@@ -270,18 +281,27 @@ def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
         cap = cfg["cap"]
         lines = RangeLines(path, start, end, keep_bom=True)  # reported: other JSON readers refuse it
         for lineno, line in lines:
-            problems = checker.check(line)
+            try:  # check() reads nothing: an OSError is its write of the part beside OUT (a full disk)
+                problems = checker.check(line)
+            except OSError as e:
+                raise_with_path(e, cfg["out"])
             for p in problems:
                 if cap is not None and spilled >= cap:
                     break
-                if spill is None:
-                    spill = open(cfg["spill"], "wb")  # noqa: SIM115 - closed in finally
-                spill.write(orjson.dumps((lineno, p.kind, p.field, p.message)) + b"\n")
+                try:
+                    if spill is None:
+                        spill = open(cfg["spill"], "wb")  # noqa: SIM115 - closed in finally
+                    spill.write(orjson.dumps((lineno, p.kind, p.field, p.message)) + b"\n")
+                except OSError as e:
+                    raise_with_path(e, cfg["spill"])
                 spilled += 1
     finally:
-        for f in (spill, part):
+        for f, name in ((spill, cfg["spill"]), (part, cfg["out"])):
             if f is not None:
-                f.close()
+                try:  # flushes the last writes
+                    f.close()
+                except OSError as e:
+                    raise_with_path(e, name)
     return _RangeResult(lines.lines, checker.records, checker.invalid, checker.counts, spilled,
                         checker.written, checker.clamped)
 
@@ -323,14 +343,15 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         report.shown += 1
         emit(Issue(path, None, kind, "", message))
 
+    stream = is_stream(path)  # a pipe is read once: never probed apart from its reading
     try:
-        gz = probe_gzip(path)
+        gz = not stream and probe_gzip(path)
     except DataError as e:
         file_issue("read_error", e.message)
         return report
     writer = AtomicWriter(fix) if fix is not None else None
     try:
-        if gz:
+        if gz or stream:
             _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit, file_issue)
         else:
             _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers, chunk_bytes)
@@ -351,7 +372,7 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
 def _validate_sequential(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                          writer: AtomicWriter | None, max_errors: int | None,
                          emit: Callable[[Issue], None], file_issue: Callable[[str, str], None]) -> None:
-    """Gzip: one pass in this process, problems passed on as they are found."""
+    """Gzip, a pipe, a device: one pass in this process, problems passed on as they are found."""
     checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer)
     last = 0
     try:
@@ -372,14 +393,17 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
 def _validate_ranges(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                      writer: AtomicWriter | None, max_errors: int | None,
                      emit: Callable[[Issue], None], workers: int, chunk_bytes: int) -> None:
-    """Uncompressed: byte ranges in worker processes, replayed here in range order."""
+    """Uncompressed: byte ranges in worker processes, replayed here in range order.
+
+    The workers' parts go to a folder beside ``--fix`` OUT (or in the temporary folder), named as
+    OUT's temporary file is: a killed run's folder is removed by the next write there."""
     ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
-    base = os.path.dirname(os.path.abspath(writer.path)) if writer is not None else None
-    tmp = tempfile.mkdtemp(prefix=".reallod-validate-", dir=base)
+    tmp = make_temp_dir(writer.path if writer is not None else Path(tempfile.gettempdir()) / "reallod-validate")
     try:
         jobs = [(path, s, e, {"image_root": image_root, "clamp": clamp, "cap": max_errors,
                               "spill": os.path.join(tmp, f"{i}.issues"),
-                              "part": os.path.join(tmp, f"{i}.part") if writer is not None else None})
+                              "part": os.path.join(tmp, f"{i}.part") if writer is not None else None,
+                              "out": os.fspath(writer.path) if writer is not None else None})
                 for i, (s, e) in enumerate(ranges)]
         offset = 0
         for job, res in zip(jobs, map_ranges(_validate_range, jobs, workers), strict=True):
