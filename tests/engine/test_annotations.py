@@ -148,3 +148,30 @@ def test_openimages_skipped_boxes_are_counted_per_image(tmp_path):
     assert anns.skipped == {"crowd boxes": 2, "images with no box": 1}
     assert anns.skipped_in(lambda name: name == "abc123.jpg") == {"crowd boxes": 1}
     assert anns.skipped_in(lambda name: name == "def456.jpg") == {"crowd boxes": 1, "images with no box": 1}
+
+
+@pytest.mark.timeout(60)  # the former reader waited forever on a pipe it had emptied
+@pytest.mark.parametrize("gz", [False, True])
+def test_openimages_csvs_read_from_pipes_keep_their_first_lines(tmp_path, gz):
+    """`<(zcat boxes.csv.gz)`: the gzip probe opened the pipe apart and took its first bytes (the header
+    row), so the reader met a file without its columns."""
+    import gzip
+    import os
+    import threading
+
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,0.1,0.5,0.2,1.0,0,0,0,0,0"])
+    pipes = {}
+    for path in (boxes, classes):
+        content = gzip.compress(path.read_bytes()) if gz else path.read_bytes()
+        fifo = tmp_path / "pipes" / path.name
+        fifo.parent.mkdir(exist_ok=True)
+        os.mkfifo(fifo)
+        pipes[path] = fifo
+
+        def feed(fifo=fifo, content=content):
+            with open(fifo, "wb") as f:
+                f.write(content)
+
+        threading.Thread(target=feed, daemon=True).start()
+    anns = read_annotations(pipes[boxes], root, classes=pipes[classes])
+    assert [o.category for o in anns.images[0].objects] == ["Cat"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 import os
 import zlib
@@ -32,7 +33,7 @@ from PIL import UnidentifiedImageError
 from reallod.data.convert_coco import category_expression, coco_to_records, image_filename, load_json_document
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
-from reallod.data.io import probe_gzip
+from reallod.data.io import is_stream, open_input
 from reallod.errors import DataError
 from reallod.runs.image_root import ImageError, ImageLoader
 
@@ -211,10 +212,9 @@ _OI_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """(line, row) of a CSV file, plain or gzipped, UTF-8 with or without a BOM (a BOM left in would
     rename the first column); undecodable text and a broken gzip stream are errors naming the line."""
-    gz = probe_gzip(path)  # names a missing file
-    f = gzip.open(path, "rt", encoding="utf-8-sig", newline="") if gz else \
-        open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
-    with f:
+    stream, gz = open_input(path)  # names a missing file; opened once, so a pipe keeps its first lines
+    f = io.TextIOWrapper(gzip.GzipFile(fileobj=stream) if gz else stream, encoding="utf-8-sig", newline="")
+    with f, stream:
         reader = csv.reader(f)
         try:
             for row in reader:
@@ -229,7 +229,10 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def _bad_utf8_line(path: str, gz: bool) -> int | None:
-    """The first line that is not UTF-8 (the decoder reads ahead, so its error has no line)."""
+    """The first line that is not UTF-8 (the decoder reads ahead, so its error has no line); None for a
+    pipe, which cannot be read again."""
+    if is_stream(path):
+        return None
     with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
