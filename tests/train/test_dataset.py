@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import orjson
@@ -93,6 +94,9 @@ def test_clean_record_clamps_boxes_and_drops_bad_pairs():
 def test_missing_paths_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         index_file(DataFile(str(tmp_path / "nope.jsonl"), str(tmp_path)))
+    os.mkfifo(tmp_path / "pipe.jsonl")  # said 'not found' of a pipe that is there
+    with pytest.raises(DataError, match=r"pipe\.jsonl: not a regular file \(a folder, a pipe or a device\)"):
+        index_file(DataFile(str(tmp_path / "pipe.jsonl"), str(tmp_path)))
     _write(tmp_path / "a.jsonl", [_record("a.png")])
     with pytest.raises(DataError, match="image root"):
         index_file(DataFile(str(tmp_path / "a.jsonl"), str(tmp_path / "nope")))

@@ -94,7 +94,9 @@ def _plain_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
 def index_file(spec: DataFile) -> FileIndex:
     """Scan one file: usable lines, skipped lines by reason, category names."""
     if not os.path.isfile(spec.path):
-        raise DataError("training data file not found", path=spec.path)
+        raise DataError("not a regular file (a folder, a pipe or a device): training reads its records again "
+                        "by their place in the file; give a file" if os.path.exists(spec.path)
+                        else "training data file not found", path=spec.path)
     if not os.path.isdir(spec.images):
         raise DataError("image root not found (data.train[].images)", path=spec.images)
     gz = is_gzip_file(spec.path)
