@@ -391,3 +391,20 @@ def test_a_positive_and_a_negative_that_differ_only_in_unicode_form_or_spacing_c
         r["pairs"]["llm"][0].update(positive_expressions=[pos], negative_expressions=["a cat", neg])
         assert [(p.kind, p.field) for p in check_record(r)] == [
             ("positive_and_negative", "pairs.llm[0].negative_expressions[1]")], (pos, neg)
+
+
+@pytest.mark.parametrize(("positive", "negative"), [
+    ("brown dog", "Brown  dog"), ("brown dog", " brown\tdog "), ("brown  dog", "brown dog"), ("café", "cafe\u0301"),
+    ("dog", "\x7f"), ("dog", "\u200b"), ("dog", "a\\b"), ("dog", "cat"), ("a  b", "a   b"), ("dog", "   "),
+])
+def test_the_fast_check_of_a_record_read_from_its_line_finds_what_the_full_check_finds(positive, negative):
+    """check_record(obj, line) skips the per-expression Unicode work when the line shows only printable
+    ASCII: it must name exactly the same problems as the check without the line."""
+    import orjson
+
+    from reallod.data.schema import check_record
+
+    r = rec(1)
+    r["pairs"]["llm"][0].update(positive_expressions=[positive], negative_expressions=["a cat", negative])
+    line = orjson.dumps(r) + b"\n"
+    assert check_record(orjson.loads(line), line) == check_record(orjson.loads(line))

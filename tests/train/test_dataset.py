@@ -91,6 +91,16 @@ def test_clean_record_clamps_boxes_and_drops_bad_pairs():
         assert clean_record(_record(outside)) == (None, "image_outside_root")
 
 
+def test_training_compares_expressions_as_every_command_does():
+    """A negative that is a positive but for spacing or Unicode form was trained as both (training compared
+    by strip().lower(), validate and the converters by text_key); an expression of only a zero-width
+    space was a phrase without a token."""
+    rec, _ = clean_record(_record("a.png", positive_expressions=["a red ball", "café", "\u200b"],
+                                  negative_expressions=["A red  ball", "cafe\u0301", "\u200b\x00", "a cube"]))
+    pair = rec.pairs["vlm_short"][0]
+    assert pair.positive_expressions == ["a red ball", "café"] and pair.negative_expressions == ["a cube"]
+
+
 def test_missing_paths_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         index_file(DataFile(str(tmp_path / "nope.jsonl"), str(tmp_path)))

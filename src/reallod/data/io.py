@@ -343,7 +343,7 @@ def read_numbered_records(path: str | os.PathLike, *, on_error: Literal["raise",
         except orjson.JSONDecodeError as e:
             err = DataError(f"invalid JSON: {e}", path=str(path), line=lineno)
         else:
-            problems = check_record(obj)
+            problems = check_record(obj, line)
             if not problems:
                 yield lineno, Record.from_dict(obj)
                 continue

@@ -228,7 +228,7 @@ class LineChecker:
         self.records += 1
         obj, problems = parse_line(line)
         if obj is not _UNPARSED:
-            schema = check_record(obj)
+            schema = check_record(obj, line)
             if schema and problems and problems[-1].kind == "bad_json" and problems[-1].field == "":
                 problems.pop()  # lenient JSON: the schema problems say what is wrong more precisely
             problems.extend(schema)

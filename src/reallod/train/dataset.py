@@ -114,7 +114,7 @@ def index_file(spec: DataFile) -> FileIndex:
         except orjson.JSONDecodeError:
             skipped["bad_json"] += 1
             continue
-        record, reason = clean_record(obj)
+        record, reason = clean_record(obj, line)
         if record is None:
             skipped[reason or "invalid"] += 1
             continue
@@ -192,7 +192,8 @@ class TrainDataset(torch.utils.data.Dataset):
         fidx, i = self.locate(index)
         line = int(fidx.line_numbers[i])
         try:
-            record, _ = clean_record(orjson.loads(fidx.read(i)))
+            raw = fidx.read(i)
+            record, _ = clean_record(orjson.loads(raw), raw)
         except orjson.JSONDecodeError:
             record = None
         if record is None:  # it passed the same check when it was indexed

@@ -15,7 +15,7 @@ import numpy as np
 
 from reallod.data.images import resolve_image
 from reallod.data.records import Pair, Record
-from reallod.data.schema import check_record
+from reallod.data.schema import check_record, plain_json, plain_key, text_key, visible
 from reallod.train.sampling import Target
 
 # Problems that make a line unusable as a record; the others are repaired by :func:`clean_record`.
@@ -23,7 +23,7 @@ FATAL_KINDS = frozenset({"bad_json", "bad_utf8", "bom", "not_object", "missing_f
                          "bad_box"})
 
 
-def _clean_pair(pair: Pair, width: int, height: int) -> Pair | None:
+def _clean_pair(pair: Pair, width: int, height: int, plain: bool) -> Pair | None:
     boxes = []
     for box in pair.bboxes:
         if len(box) != 4 or not all(math.isfinite(v) for v in box):
@@ -34,18 +34,23 @@ def _clean_pair(pair: Pair, width: int, height: int) -> Pair | None:
         boxes.append([x1, y1, x2, y2])
     if not boxes:
         return None
-    positives = [e.strip() for e in pair.positive_expressions if isinstance(e, str) and e.strip()]
-    pos_keys = {e.lower() for e in positives}
+    # an expression the tokenizer gives no token is no phrase; a negative is never one of the positives
+    # (compared as every command compares expressions: case, spacing and Unicode form aside)
+    usable, key = (str.strip, plain_key) if plain else (visible, text_key)  # plain: see plain_json
+    positives = [e.strip() for e in pair.positive_expressions if isinstance(e, str) and usable(e)]
+    pos_keys = set(map(key, positives))
     negatives = [e.strip() for e in pair.negative_expressions
-                 if isinstance(e, str) and e.strip() and e.strip().lower() not in pos_keys]
+                 if isinstance(e, str) and usable(e) and key(e) not in pos_keys]
     relation = pair.relation if pair.relation in ("single", "multi") else ("multi" if len(boxes) > 1 else "single")
     category = pair.category.strip() if isinstance(pair.category, str) else ""
     return Pair(boxes, category, relation, positives, negatives)
 
 
-def clean_record(obj: Any) -> tuple[Record | None, str | None]:
-    """(record, None) for a usable line, else (None, the reason: a problem kind or ``no_usable_box``)."""
-    problems = check_record(obj)
+def clean_record(obj: Any, line: bytes | None = None) -> tuple[Record | None, str | None]:
+    """(record, None) for a usable line, else (None, the reason: a problem kind or ``no_usable_box``).
+    ``line``: the JSON text ``obj`` was read from, which makes the work on its expressions lighter."""
+    plain = line is not None and plain_json(line)
+    problems = check_record(obj, line)
     fatal = [p for p in problems if p.kind in FATAL_KINDS]
     if fatal:
         return None, fatal[0].kind
@@ -57,7 +62,7 @@ def clean_record(obj: Any) -> tuple[Record | None, str | None]:
         return None, "image_outside_root"
     pairs: dict[str, list[Pair]] = {}
     for source, items in record.pairs.items():
-        kept = [p for p in (_clean_pair(pair, record.width, record.height) for pair in items) if p is not None]
+        kept = [p for p in (_clean_pair(pair, record.width, record.height, plain) for pair in items) if p is not None]
         if kept:
             pairs[source] = kept
     if not pairs:
