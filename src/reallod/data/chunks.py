@@ -11,6 +11,8 @@ are read sequentially by the callers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import multiprocessing
 import os
@@ -113,7 +115,7 @@ def map_ranges(func: Callable[[tuple[Any, ...]], R], jobs: Iterable[tuple[Any, .
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_signals)
+    pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_signals, initargs=(os.getpid(),))
     try:
         yield from pool.imap(func, jobs)
         pool.close()
@@ -122,10 +124,24 @@ def map_ranges(func: Callable[[tuple[Any, ...]], R], jobs: Iterable[tuple[Any, .
         pool.join()
 
 
-def _worker_signals() -> None:
+def _worker_signals(parent: int) -> None:
     """Ctrl-C goes to the whole process group: a worker that took it printed its own traceback of a
     KeyboardInterrupt, one per worker, before the parent said "interrupted". The parent alone handles
     it and terminates the pool with SIGTERM, which must end a worker, not run the handler the parent
     installed and the fork copied (:func:`reallod.cli.sigterm_as_ctrl_c`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent(parent)
+
+
+def _end_with_parent(parent: int) -> None:
+    """A parent killed with ``kill -9`` cannot terminate its pool: on Linux the kernel then sends each
+    worker SIGTERM (``PR_SET_PDEATHSIG``), instead of the worker finishing its range and printing a
+    broken-pipe traceback. Elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
