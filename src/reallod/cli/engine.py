@@ -120,7 +120,7 @@ def _generation_summary(run, *, pipeline: bool = False) -> None:  # type: ignore
         typer.echo(f"{run.failure_line()}: rerun the same command to retry them")
     if not run.records:
         why = _no_image(run) if not run.images else \
-            "model calls failed or every expression was dropped (above)" if run.failed else \
+            "images failed or every expression was dropped (above)" if run.failed else \
             "every expression was dropped (the reasons are counted above)"
         held = "holds an empty record per image" if pipeline else "is empty"
         typer.echo(f"no record written: {why}; {run.out} {held}")
@@ -130,9 +130,10 @@ def _no_image(run) -> str:  # type: ignore[no-untyped-def]
     """Why no image was selected: none kept a box (and what dropped them), or the shard is empty."""
     if run.annotated:
         return "no image selected (an empty shard)"
-    if not run.skipped:
-        return "the annotations hold no box"
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items()) if reason != "images with no box")
+    if not why:  # nothing was filtered: there is no box to keep
+        images = run.skipped.get("images with no box", 0)
+        return "the annotations hold no box" + (f" (for any of their {images} image(s))" if images else "")
     return (f"no image kept a box ({why}; --keep-crowd keeps crowd boxes, a lower --min-box-area keeps "
             "small ones)")
 

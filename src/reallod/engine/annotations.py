@@ -10,8 +10,9 @@ under ``min_area`` are filtered by options, and counted in :attr:`Annotations.sk
 file, so that a shard's summary counts its own images: :meth:`Annotations.skipped_in`).
 
 What an image holds is more than its kept boxes: ``present`` keeps every category annotated on it
-(a skipped crowd of people is still people), and an LVIS image's ``not_exhaustive_category_ids`` are
-present too; its ``neg_category_ids`` (verified absent) become ``absent``, the only categories its
+(a skipped crowd of people is still people), ``partial`` those of which a box was skipped (a group
+phrase over the kept ones would not be about all of them), and an LVIS image's
+``not_exhaustive_category_ids`` are present too; its ``neg_category_ids`` (verified absent) become ``absent``, the only categories its
 easy negatives may name. Elsewhere absent means "not annotated", which OpenImages' class hierarchy
 does not guarantee (a ``Man`` box makes ``Person`` present; see docs/engine.md).
 """
@@ -24,6 +25,7 @@ import io
 import math
 import os
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +58,7 @@ class ImageAnnotation:
     entry: str = ""  # where it came from, for messages: "annotations.json: images[3]"
     present: list[str] = field(default_factory=list)  # every category annotated on it, skipped boxes too
     absent: list[str] | None = None  # verified absent (LVIS neg_category_ids); None: every unannotated one
+    partial: list[str] = field(default_factory=list)  # categories with a skipped box (crowd, under --min-box-area)
 
 
 @dataclass(slots=True)
@@ -98,6 +101,10 @@ def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *,
 
 def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -> Annotations:
     data = load_json_document(path)
+    if not isinstance(data, dict):
+        raise DataError(f"expected a COCO-format JSON object (images, annotations, categories), got a "
+                        f"{type(data).__name__}: give a COCO/LVIS/Objects365 json, or an OpenImages box CSV "
+                        "(.csv, .csv.gz) with --classes", path=path)
     _check_coco_boxes(data, path)
     stats = ConvertStats(skipped_by_item={})
     index = {img.get("id"): i for i, img in enumerate(data.get("images") or []) if isinstance(img, dict)}
@@ -110,7 +117,9 @@ def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -
         images.append(ImageAnnotation(record.filename, record.height, record.width, objects, f"images[{i}]"))
     presence = _coco_presence(data, path)  # the ids are checked now
     for img in images:
-        img.present, img.absent = presence[img.entry]
+        img.present, img.absent, boxes = presence[img.entry]
+        kept = Counter(o.category for o in img.objects)
+        img.partial = sorted(c for c, n in boxes.items() if n > kept[c])
     vocabulary = [category_expression(c["name"]) for c in data["categories"]]
     if options.check_images:
         loader = ImageLoader(images_root)
@@ -130,21 +139,24 @@ def _by_file(data: dict[str, Any], stats: ConvertStats) -> dict[str, dict[str, i
     return out
 
 
-def _coco_presence(data: dict[str, Any], path: str) -> dict[str, tuple[list[str], list[str] | None]]:
+def _coco_presence(data: dict[str, Any], path: str
+                   ) -> dict[str, tuple[list[str], list[str] | None, Counter[str]]]:
     """"images[i]" → (every category annotated on it, before the filters, LVIS not-exhaustive ones too;
-    its LVIS ``neg_category_ids``, or None). Called once coco_to_records has checked the ids."""
+    its LVIS ``neg_category_ids``, or None; its boxes per category, before the filters). Called once
+    coco_to_records has checked the ids."""
     names = {c["id"]: category_expression(c["name"]) for c in data["categories"]}
-    annotated: dict[Any, set[str]] = {}
+    annotated: dict[Any, Counter[str]] = {}
     for ann in data["annotations"]:
-        annotated.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
-    out: dict[str, tuple[list[str], list[str] | None]] = {}
+        annotated.setdefault(ann["image_id"], Counter())[names[ann["category_id"]]] += 1
+    out: dict[str, tuple[list[str], list[str] | None, Counter[str]]] = {}
     for i, raw in enumerate(data["images"]):
-        present, absent = set(annotated.get(raw["id"], ())), None
+        boxes = annotated.get(raw["id"], Counter())
+        present, absent = set(boxes), None
         if "neg_category_ids" in raw or "not_exhaustive_category_ids" in raw:
             # LVIS is federated: unannotated is unknown, only neg_category_ids are verified absent
             present |= set(_lvis_ids(raw, "not_exhaustive_category_ids", names, path, f"images[{i}]"))
             absent = _lvis_ids(raw, "neg_category_ids", names, path, f"images[{i}]")
-        out[f"images[{i}]"] = (sorted(present), absent)
+        out[f"images[{i}]"] = (sorted(present), absent, boxes)
     return out
 
 
@@ -293,16 +305,17 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
             size = _image_size(loader, img.filename, path, line)
             img.width, img.height = size
             by_image[image_id] = img
-        if names[label] not in img.present:  # in the image, whatever becomes of its box
-            img.present.append(names[label])
+        _add(img.present, names[label])  # in the image, whatever becomes of its box
         if options.skip_crowd and row.get("IsGroupOf") == "1":
             stats.skip("crowd boxes", item=img.filename)
+            _add(img.partial, names[label])
             continue
         box = [min(max(x1, 0.0), 1.0) * img.width, min(max(y1, 0.0), 1.0) * img.height,
                min(max(x2, 0.0), 1.0) * img.width, min(max(y2, 0.0), 1.0) * img.height]
         area = (box[2] - box[0]) * (box[3] - box[1])
         if area <= 0 or area < options.min_area:
             stats.skip("boxes under the minimum area" if area > 0 else "boxes with no area", item=img.filename)
+            _add(img.partial, names[label])
             continue
         img.objects.append(AnnObject(names[label], box))
     images = [img for img in by_image.values() if img.objects]
@@ -311,7 +324,13 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
             stats.skip("images with no box", item=img.filename)
     for img in images:
         img.present.sort()
+        img.partial.sort()
     return Annotations(images, sorted(set(names.values())), dict(stats.skipped), stats.skipped_by_item or {})
+
+
+def _add(names: list[str], name: str) -> None:
+    if name not in names:
+        names.append(name)
 
 
 def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tuple[int, int]:
@@ -330,11 +349,11 @@ def image_ann_from_dict(obj: dict[str, Any]) -> ImageAnnotation:
     """The inverse of :func:`image_ann_to_dict` (the journal keeps generated images as dicts)."""
     return ImageAnnotation(obj["filename"], obj["height"], obj["width"],
                            [AnnObject(o["category"], o["box"]) for o in obj["objects"]], obj.get("entry", ""),
-                           obj.get("present", []), obj.get("absent"))
+                           obj.get("present", []), obj.get("absent"), obj.get("partial", []))
 
 
 def image_ann_to_dict(img: ImageAnnotation) -> dict[str, Any]:
     return {"filename": img.filename, "height": img.height, "width": img.width, "entry": img.entry,
             "objects": [{"category": o.category, "box": o.box} for o in img.objects], "present": img.present,
-            "absent": img.absent}
+            "absent": img.absent, "partial": img.partial}
 

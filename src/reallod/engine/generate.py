@@ -7,9 +7,10 @@ and why. The VLM writes the caption (centred on the scene: the evidence the refl
 phrases from the caption and every object's normalised box, group expressions (relation ``multi``) and
 hard negatives. Without a VLM those steps are reported unavailable and the caption is built from the
 annotations, so the LLM steps and the agent still run. A step whose backend fails is skipped and
-recorded in the result's ``failures`` (per error kind: calls and one example message): the run goes on,
-but such an image is not journaled, so a rerun generates it again. Only run-level errors (an endpoint
-that is down, a model that cannot load) stop the run.
+recorded in the result's ``failures`` (per error kind: calls and one example message), and so is an
+image that cannot be decoded (:data:`IMAGE_ERROR`: truncated, corrupt, over ``--max-pixels``): the run
+goes on, but such an image is not journaled, so a rerun generates it again. Only run-level errors (an
+endpoint that is down, a model that cannot load) stop the run.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from reallod.engine.annotations import ImageAnnotation
 from reallod.engine.groups import kept_groups
 from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
 from reallod.engine.text import accept, clean, fold
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, DataError
 from reallod.llm.backends.base import Backend, BackendError
 from reallod.llm.prompts import PromptTemplate
 from reallod.llm.replies import parse_json_object
 
 STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long", "llm", "group", "hard_negative")
 VLM_STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long")
+IMAGE_ERROR = "image_error"
+"""The failure kind of an image whose pixels cannot be loaded: it fails that image only, as a failed model
+call does (the header check at startup cannot see a truncated file)."""
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "caption": frozenset({"categories"}),
     "vlm_short": frozenset({"category"}),
@@ -161,7 +165,14 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     present = sorted({o.category for o in img.objects})
     # what negatives must not name: every annotated category, the skipped boxes' too (a crowd of people)
     in_image = sorted({*present, *img.present})
-    image = await asyncio.to_thread(load_image) if gens.vlm is not None else None
+    image: Image.Image | None = None
+    if gens.vlm is not None or gens.scorer is not None:
+        try:  # before any model call: none is paid for an image that cannot be shown
+            image = await asyncio.to_thread(load_image)
+        except DataError as e:
+            record = {"filename": img.filename, "height": h, "width": w, "pairs": {}}
+            return {"record": record, "counts": {}, "unavailable": gens.unavailable(),
+                    "failures": {IMAGE_ERROR: [1, str(e)]}}
     temp = s.temperature
 
     caption, caption_source = None, "annotations"
@@ -206,6 +217,10 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     candidates, cut = kept_groups(img.objects, objects) if s.group_expressions > 0 else ([], 0)
     if cut:  # a group phrase covers every instance: not one of those the record dropped
         counts["groups with an object over --max-objects:skipped"] += cut
+    partial = [g for g in candidates if g[0] in img.partial]  # nor one the reader skipped (a crowd of them)
+    if partial:
+        counts["groups with a skipped box:skipped"] += len(partial)
+        candidates = [g for g in candidates if g[0] not in img.partial]
     for category, boxes in candidates:
         others = [c for c in present if c != category]
         text = await _ask(gens.llm, gens.prompts["group"],
@@ -257,7 +272,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             counts["group:kept"] += len(texts)
 
     if gens.scorer is not None:
-        pairs = await asyncio.to_thread(_filter_pairs, pairs, gens, load_image, counts)
+        pairs = await asyncio.to_thread(_filter_pairs, pairs, gens, image, counts)
     record = {"filename": img.filename, "height": h, "width": w, "caption": caption,
               "caption_source": caption_source, "pairs": pairs}
     return {"record": record, "counts": dict(counts), "unavailable": gens.unavailable(), "failures": failures}
@@ -269,10 +284,9 @@ def _pair(boxes: list[list[float]], category: str, positives: list[str], negativ
             "negative_expressions": list(negatives)}
 
 
-def _filter_pairs(pairs: dict[str, list[dict[str, Any]]], gens: Generators, load_image: Callable[[], Image.Image],
+def _filter_pairs(pairs: dict[str, list[dict[str, Any]]], gens: Generators, image: Image.Image,
                   counts: Counter[str]) -> dict[str, list[dict[str, Any]]]:
     """Drop positives whose region–text similarity is below the threshold (pairs left empty go too)."""
-    image = load_image()
     out: dict[str, list[dict[str, Any]]] = {}
     for source, items in pairs.items():
         for pair in items:

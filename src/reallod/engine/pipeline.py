@@ -1,22 +1,26 @@
 """``reallod generate`` and ``reallod pipeline``: annotations → raw expressions → re-aligned Real-Data.
 
 Each stage resumes like ``realign`` does, through the same run session (:mod:`reallod.runs.session`:
-response cache, journal, retries, progress): generation journals one result per image (``OUT.generated.journal.jsonl``) and a rerun
-skips the images it holds; re-alignment is :func:`reallod.agent.realign.realign` itself on the
-generated file (its own journal); assembly is a cheap streaming pass, redone each time. A pipeline
-killed at any moment resumes at the stage and the task where it stopped: the generated file is
-rewritten from the journal in input order, byte for byte the same. The re-alignment journal names its
-input by the annotations the generated file comes from and the generation journal that wrote it (not
-the file's bytes), so a rerun with a larger ``--limit``, which only appends records, resumes too, while
-a generation started over (its journal deleted) is another input.
+response cache, journal, retries, progress): generation journals one result per image
+(``OUT.generated.journal.jsonl``) and a rerun skips the images it holds; re-alignment is
+:func:`reallod.agent.realign.realign` itself on the generated file (its own journal); assembly is a
+cheap streaming pass, redone each time. A generation journal's task ids are positions among the images
+the annotations keep, so the options that choose those images (``--keep-crowd``, ``--min-box-area``)
+are never resumed across, not even with ``--force-resume``; of the config, it fingerprints only the
+models generation calls (the rewriter's and the VLM's). A pipeline killed at any moment resumes at the
+stage and the task where it stopped: the generated file is rewritten from the journal in input order,
+byte for byte the same. The re-alignment journal names its input by the annotations the generated file
+comes from and the generation journal that wrote it (not the file's bytes), so a rerun with a larger
+``--limit``, which only appends records, resumes too, while a generation started over (its journal
+deleted) is another input.
 
 A stage that yields nothing (every expression dropped, a shard without images) is no error: its
 summary says what was dropped and why, every file is written (empty where there is nothing), and the
-next stage runs on nothing. Images whose model calls failed are not journaled, so a rerun generates
-them again. The pipeline does not wait for them: its generated file holds one line per image, an empty
-record where an image has no expressions (yet), so generating a failed image later fills its line and
-shifts no re-alignment task (task ids are record positions); the rerun re-aligns only its expressions,
-and assembly drops records without expressions. Each stage's
+next stage runs on nothing. Images whose model calls failed, or whose file cannot be decoded, are not
+journaled, so a rerun generates them again. The pipeline does not wait for them: its generated file
+holds one line per image, an empty record where an image has no expressions (yet), so generating a
+failed image later fills its line and shifts no re-alignment task (task ids are record positions); the
+rerun re-aligns only its expressions, and assembly drops records without expressions. Each stage's
 event loop closes the backends' connections it opened (:meth:`reallod.agent.roles.Roles.aclose`); the
 next stage opens its own.
 """
@@ -32,21 +36,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from PIL import Image
 
 from reallod.agent.realign import RealignOptions, RealignRun, realign
 from reallod.agent.roles import Roles
+from reallod.agent.run_report import report_paths
 from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.trace import trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
-from reallod.data.io import JsonlWriter
+from reallod.data.io import JsonlWriter, check_writable, same_file
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
 from reallod.engine.finish import finish
-from reallod.engine.generate import GenerateSettings, Generators, generate_image
+from reallod.engine.generate import IMAGE_ERROR, GenerateSettings, Generators, generate_image
 from reallod.errors import ConfigError, ReallodError
+from reallod.llm.cache import default_cache_path
+from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
-from reallod.runs.journal import fingerprint, fingerprint_file, journal_path_for
+from reallod.runs.journal import JournalMismatch, fingerprint, fingerprint_file, journal_path_for
 from reallod.runs.progress import RunMonitor
 from reallod.runs.session import open_session
+from reallod.runs.settings_diff import diff_settings
 from reallod.runs.shard import in_shard, parse_shard
 
 
@@ -85,8 +94,9 @@ class GenerateRun:
     unavailable: list[str]
     wall_s: float
     fingerprint: dict[str, Any] = field(default_factory=dict)  # the generation journal's, and its "run" id
-    failed: int = 0  # images of this run whose model calls failed: not journaled, a rerun generates them
+    failed: int = 0  # images of this run that failed (model calls, image file): not journaled, a rerun retries them
     failures: dict[str, list[Any]] = field(default_factory=dict)  # error kind → [failed calls, one message]
+    failed_images: list[str] = field(default_factory=list)  # their file names, in input order
     annotated: int = 0  # images of the annotations that kept a box (before --shard and --limit)
     skipped: dict[str, int] = field(default_factory=dict)  # what reading the annotations dropped: reason → n
 
@@ -96,10 +106,15 @@ class GenerateRun:
         return self.counts["record:written"]
 
     def failure_line(self) -> str:
-        """How many images failed and why: failed calls per error kind, with one message each."""
-        kinds = "; ".join(f"{kind} {n} call(s), e.g. {example}"
+        """How many images failed, which, and why: failed calls per error kind (images whose file cannot be
+        decoded: :data:`IMAGE_ERROR`), with one message each."""
+        kinds = "; ".join(f"{kind} {n} {'image(s)' if kind == IMAGE_ERROR else 'call(s)'}, e.g. {example}"
                           for kind, (n, example) in sorted(self.failures.items()))
-        return f"{self.failed} image(s) not generated, their model calls failed ({kinds})"
+        why = [w for w, has in (("their image cannot be decoded", IMAGE_ERROR in self.failures),
+                                ("their model calls failed", set(self.failures) - {IMAGE_ERROR})) if has]
+        names = ", ".join(self.failed_images[:5]) + (f" and {len(self.failed_images) - 5} more"
+                                                     if len(self.failed_images) > 5 else "")
+        return f"{self.failed} image(s) not generated ({names}): {' or '.join(why)} ({kinds})"
 
 
 class GenerationFailed(ReallodError):
@@ -129,6 +144,85 @@ def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
 
 def image_id(index: int) -> str:
     return f"image/{index}"
+
+
+def generation_fingerprint(roles: Roles) -> str:
+    """The models generation calls: the rewriter's (the LLM steps) and the VLM's. The agent's other roles,
+    and every role's prompt and sampling, are re-alignment's: changing them leaves generation as it was."""
+    return fingerprint({"llm": model_id(roles.rewriter.backend),
+                        "vlm": model_id(roles.vlm.backend) if roles.vlm is not None else None})
+
+
+FILTERS = ("skip_crowd", "min_area")
+"""The settings that choose which images the annotations keep: a journal's task ids are positions among
+them, so a journal is never resumed across a change of these (not even with ``--force-resume``)."""
+
+OPTION_NAMES = {
+    "skip_crowd": "--keep-crowd", "min_area": "--min-box-area", "llm_expressions": "--llm-expressions",
+    "group_expressions": "--group-expressions", "hard_negatives": "--hard-negatives",
+    "easy_negatives": "--easy-negatives", "max_objects": "--max-objects",
+    "config": "the config's rewriter or vlm model", "classes": "--classes (its content)",
+    "clip": "--clip-model or --clip-threshold", "shard": "--shard",
+}
+"""What the user changes, by fingerprint or setting key (the other settings are the API's: named as keys)."""
+
+
+def generation_settings(opts: GenerateOptions) -> dict[str, Any]:
+    """What generation was asked for (hashed into the journal's fingerprint, kept whole in its header)."""
+    return {**opts.settings.describe(), "skip_crowd": opts.skip_crowd, "min_area": opts.min_area}
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each setting that differs, by its option, with both values: ``--llm-expressions (was 3, now 1)``."""
+    out = []
+    for key, was, now in diff_settings(old, new):
+        if key == "skip_crowd":  # the option says the opposite
+            was, now = not was, not now
+        out.append(f"{OPTION_NAMES.get(key, f'the setting {key}')} (was {was!r}, now {now!r})")
+    return out
+
+
+def journal_header(path: Path) -> dict[str, Any] | None:
+    """The header of an existing journal; None when there is none (or it is unreadable: opening says why)."""
+    try:
+        with open(path, "rb") as f:
+            header = orjson.loads(f.readline())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def check_resume(path: Path, fp: dict[str, Any], settings: dict[str, Any], roles: Roles, *,
+                 force: bool) -> dict[str, Any]:
+    """The fingerprint to open the generation journal ``path`` with; refuses, naming the options that
+    changed, a journal written with other settings (unless ``force``) or other :data:`FILTERS` (always).
+
+    A journal of an older reallod fingerprinted every role of the config: one from the same config resumes."""
+    header = journal_header(path) or {}
+    before = header.get("fingerprint")
+    if not isinstance(before, dict):
+        return fp
+    if before.get("config") == roles_fingerprint(roles):
+        fp = {**fp, "config": before["config"]}
+    if before.get("annotations") != fp["annotations"] or before.get("settings") == fp["settings"]:
+        return fp  # another input (the journal refuses it itself), or the same settings
+    meta = header.get("meta")
+    old = meta.get("settings") if isinstance(meta, dict) else None
+    if isinstance(old, dict):
+        changed, filters = _changes(old, settings), any(old.get(k) != settings[k] for k in FILTERS)
+    else:  # an older journal keeps a hash only: --keep-crowd or --min-box-area may be what changed
+        changed, filters = ["generation options (this journal, from an older reallod, does not say which)"], True
+    changed += [OPTION_NAMES[k] for k in ("config", "classes", "clip", "shard") if before.get(k) != fp.get(k)]
+    what = f"{path}: this journal was started with other {', '.join(changed)}"
+    if filters:
+        raise JournalMismatch(f"{what}; --keep-crowd and --min-box-area choose which images are generated (the "
+                              "journal holds them by position), so it cannot be resumed, not even with "
+                              "--force-resume: rerun with the original options, give another --out, or delete "
+                              "the journal to start over")
+    if not force:
+        raise JournalMismatch(f"{what}; rerun with the original options, pass --force-resume to continue "
+                              "anyway, or delete the journal to start over")
+    return fp
 
 
 def selected_images(images: list[ImageAnnotation], shard: tuple[int, int] | None,
@@ -165,16 +259,18 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         from reallod.engine.clip_filter import RegionTextScorer
 
         scorer = RegionTextScorer.load(opts.clip_model)
-    fp = {"config": roles_fingerprint(roles), "annotations": fingerprint_file(opts.annotations),
+    settings = generation_settings(opts)
+    fp = {"config": generation_fingerprint(roles), "annotations": fingerprint_file(opts.annotations),
           "classes": fingerprint_file(opts.classes) if opts.classes else None,
-          "settings": fingerprint({**opts.settings.describe(), "skip_crowd": opts.skip_crowd,
-                                   "min_area": opts.min_area}),
+          "settings": fingerprint(settings),
           "clip": [opts.clip_model if scorer is not None else None, opts.clip_threshold if scorer is not None else None],
           "shard": opts.shard}
+    fp = check_resume(journal_path, fp, settings, roles, force=opts.force_resume)
     loader = ImageLoader(opts.images, max_pixels=opts.max_pixels, hint=MAX_PIXELS_HINT)
     monitor = monitor or RunMonitor()
     # "run" tells this generation journal from one deleted and started again (other expressions)
-    meta = {"annotations": str(opts.annotations), "stage": "generate", "run": uuid.uuid4().hex}
+    meta = {"annotations": str(opts.annotations), "stage": "generate", "run": uuid.uuid4().hex,
+            "settings": settings}
     with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
                       force=opts.force_resume, unit="image(s)", stage="Generation") as session:
         journal = session.journal
@@ -184,17 +280,18 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                           scorer=scorer, threshold=opts.clip_threshold)
         unavailable = gens.unavailable()
         todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
+        # of this run's images only: those of a larger --limit before are in the journal, not in the output
+        resumed = journal.resumed = len(todo_all) - len(todo)
         failed: dict[str, list[Any]] = {}
-        failed_images = 0
+        failed_ids: set[str] = set()
 
         async def work(item: tuple[str, ImageAnnotation]) -> dict[str, Any]:
             img = item[1]
             return await generate_image(img, gens, opts.settings, lambda: loader.load(img.filename), anns.vocabulary)
 
         async def handle(item: tuple[str, ImageAnnotation], entry: dict[str, Any], elapsed: float) -> None:
-            nonlocal failed_images
             if entry["failures"]:  # not journaled: the next run generates this image again
-                failed_images += 1
+                failed_ids.add(item[0])
                 for kind, (n, example) in entry["failures"].items():
                     failed.setdefault(kind, [0, example])[0] += n
                 monitor.task_done("failed")
@@ -204,14 +301,14 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
 
         ran = session.run(todo, work, handle, concurrency=concurrency, monitor=monitor, total=len(todo_all),
                           aclose=hardened.aclose)  # this loop's connections, closed on this loop
-        resumed = journal.resumed
     counts = write_generated(journal_path, [tid for tid, _ in todo_all], opts.out,
                              hold_places=dict(todo_all) if hold_places else None)
     skipped = anns.skipped_in(lambda name: in_shard(f"image:{name}", shard)) if shard else anns.skipped
     counts.update({f"annotations: {reason}:skipped": n for reason, n in skipped.items()})
-    return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - failed_images, counts, unavailable,
-                       time.perf_counter() - t0, {**fp, "run": started}, failed_images, failed, len(anns.images),
-                       dict(anns.skipped))
+    failed_images = [img.filename for tid, img in todo if tid in failed_ids]
+    return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - len(failed_ids), counts, unavailable,
+                       time.perf_counter() - t0, {**fp, "run": started}, len(failed_ids), failed, failed_images,
+                       len(anns.images), dict(anns.skipped))
 
 
 def write_generated(journal_path: Path, order: list[str], out: Path, *,
@@ -291,17 +388,38 @@ def stage_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{stem}.generated.jsonl"), out.with_name(f"{stem}.realigned.jsonl")
 
 
-def _refuse_overwrite(g: GenerateOptions, gen_path: Path, realigned_path: Path) -> None:
-    """Refuse an ``--out`` that is an input or a stage's file: the output is written last, over it
-    (the annotations would be lost, a stage's journal would stop resuming)."""
+def _refuse_overwrite(opts: PipelineOptions, gen_path: Path, realigned_path: Path) -> None:
+    """Refuse, before any work, an ``--out`` or ``--report`` over an input or a stage's file (the
+    annotations would be lost, a stage's journal would stop resuming), or one that cannot be written: both
+    are written last, after every model call."""
+    g = opts.generate
+    cache = None if g.no_cache else g.cache or default_cache_path()
     named = {"the annotations": g.annotations, "the classes file": g.classes, "the generated file": gen_path,
              "the generation journal": journal_path_for(gen_path), "the re-aligned file": realigned_path,
              "the re-alignment journal": journal_path_for(realigned_path),
-             "the re-alignment trace": trace_path_for(realigned_path)}
-    out = g.out.resolve()
-    for what, path in named.items():
-        if path is not None and path.resolve() == out:
-            raise ConfigError(f"--out {g.out} would overwrite {what}: give another --out")
+             "the re-alignment trace": trace_path_for(realigned_path), "the response cache": cache}
+    what = _written_over(g.out, named, g.images)
+    if what:
+        raise ConfigError(f"--out {g.out} would overwrite {what}: give another --out")
+    check_writable(g.out, option="--out")
+    for path in report_paths(opts.report) if opts.report is not None else ():
+        what = _written_over(path, {**named, "the --out output": g.out}, g.images)
+        if what:
+            written = "" if same_file(path, opts.report) else f" with {path}"
+            raise ConfigError(f"--report {opts.report} would overwrite {what}{written}: give another --report")
+        check_writable(path, option="--report")
+
+
+def _written_over(path: Path, named: dict[str, Path | None], images: Path) -> str | None:
+    """What writing ``path`` replaces: one of ``named`` (what it is → path), or an image of the image root
+    (by its extension: an earlier output kept beside the images is no input)."""
+    for what, other in named.items():
+        if other is not None and same_file(path, other):
+            return f"{what} ({other})"
+    image = path.suffix.lower() in Image.registered_extensions()
+    if image and path.is_file() and path.resolve().is_relative_to(images.resolve()):
+        return f"an image of the image root --images {images}"
+    return None
 
 
 def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
@@ -312,7 +430,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
     monitors = monitors or (lambda stage: None)
     g = opts.generate
     gen_path, realigned_path = stage_paths(g.out)
-    _refuse_overwrite(g, gen_path, realigned_path)
+    _refuse_overwrite(opts, gen_path, realigned_path)
     name, max_cycles, concurrency = str(g.config), opts.max_cycles, g.concurrency
     if roles is None:
         roles, name, cfg_cycles, concurrency = build_roles_for(g)
