@@ -127,3 +127,32 @@ def test_the_documented_agent_eval_example_names_the_image_root():
     assert "reallod agent-eval examples/labelled.jsonl --images examples/images" in docs
     help_text = typer.main.get_command(app).get_command(None, "agent-eval").help
     assert "reallod agent-eval examples/labelled.jsonl --images examples/images" in help_text
+
+
+def test_a_rerun_answered_by_the_cache_costs_no_requests(tmp_path, capsys, monkeypatch):
+    """agent-eval's requests and tokens are what the model was asked: a second run, answered by the
+    response cache, asks nothing and reports no cost, the cache hits apart (it reported the first run's
+    requests and tokens again)."""
+    backends = []
+
+    def build(cfg):
+        roles = scripted_roles(judge, vlm=False)
+        backends.append(roles.reflector.backend)
+        return roles
+
+    monkeypatch.setattr(agent_config, "build_roles", build)
+    reports = []
+    for i in (1, 2):
+        code, _, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline",
+                                "--images", EXAMPLES / "images", "--report", tmp_path / f"r{i}"], capsys)
+        assert code == 0, err
+        reports.append(json.loads((tmp_path / f"r{i}.json").read_text()))
+    first, second = reports
+    assert first["requests"] == len(backends[0].calls) > 0 and first["prompt_tokens"] > 0
+    assert backends[1].calls == []  # the second run asked the model nothing
+    assert second["requests"] == second["prompt_tokens"] == second["completion_tokens"] == 0
+    assert second["cache_hits"] == first["requests"] + first["cache_hits"]
+    assert second["cached_prompt_tokens"] == first["prompt_tokens"] + first["cached_prompt_tokens"]
+    assert second["calls"] == first["calls"] and second["per_task"]["requests"] == 0
+    md = (tmp_path / "r2.md").read_text()
+    assert "requests to the model 0.00" in md and f"{second['cache_hits']} request(s) in all" in md

@@ -253,3 +253,39 @@ def test_a_task_failed_by_an_unusable_reply_is_asked_again_not_replayed_from_the
     assert asked, "the fixed server was not asked"
     # from the first attempt: the earlier run's rejected empty replies were not replayed before it
     assert all(m["role"] != "assistant" for c in asked for m in c.messages)
+
+
+def test_a_smaller_limit_counts_only_the_tasks_it_selects(tmp_path):
+    """After a run with --limit 20, a rerun with --limit 2 resumes its 2 tasks and counts only them: the
+    18 others stay in the journal for a later, larger run, but are no part of this run's output,
+    summary or report (they were all counted: 20 tasks said, 2 in the output)."""
+    import json
+
+    ref, _ = run(tmp_path, "ref", limit=2)
+    run(tmp_path, limit=20)
+    small, roles = run(tmp_path, limit=2, report=tmp_path / "rep")
+    assert roles.reflector.backend.calls == []  # resumed: nothing run
+    assert small.summary.tasks == sum(small.summary.verdicts.values()) == 2
+    assert small.info["tasks_total"] == small.info["tasks_resumed"] == 2 and small.info["tasks_run"] == 0
+    assert small.summary.verdicts == ref.summary.verdicts and small.summary.assembly == ref.summary.assembly
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+    assert json.loads((tmp_path / "rep.json").read_text())["tasks"] == 2
+    assert len(read_journal(tmp_path / "o.journal.jsonl")[1]) == 20  # kept for a later run
+    larger, roles = run(tmp_path, limit=20)
+    assert larger.summary.tasks == 20 and larger.info["tasks_run"] == 0 and roles.reflector.backend.calls == []
+
+
+def test_an_input_named_by_its_id_that_lost_records_counts_only_those_left(tmp_path):
+    """An input fingerprinted by ``input_id`` (the data engine's generated file, which a smaller --limit
+    rewrites shorter) may hold fewer tasks than the journal: only its own are counted and assembled."""
+    src = tmp_path / "in.jsonl"
+    lines = (EXAMPLES / "realdata.jsonl").read_text().splitlines(keepends=True)
+    src.write_text("".join(lines))
+    full, _ = run(tmp_path, input=src, input_id="generated")
+    src.write_text(lines[0])
+    ref, _ = run(tmp_path, "ref", input=src)
+    again, roles = run(tmp_path, input=src, input_id="generated")
+    assert roles.reflector.backend.calls == [] and again.info["tasks_run"] == 0
+    assert again.summary.tasks == ref.summary.tasks < full.summary.tasks
+    assert again.summary.verdicts == ref.summary.verdicts and again.info["tasks_resumed"] == ref.summary.tasks
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")

@@ -152,3 +152,76 @@ def test_ray_with_a_bad_config_is_refused_before_ray_starts(tmp_path, capsys):
                             "--ray"], capsys)
     assert code == 2 and "nope.yaml" in err and "shard" not in err, err
     assert not ray.is_initialized()
+
+
+def _forget_policy(out):
+    """The shard's journal as written before the --unresolved policy was recorded in its header."""
+    from reallod.runs.journal import journal_path_for
+
+    journal = journal_path_for(out)
+    header, rest = journal.read_bytes().split(b"\n", 1)
+    old = json.loads(header)
+    del old["meta"]["unresolved"]
+    journal.write_bytes(json.dumps(old).encode() + b"\n" + rest)
+
+
+def test_merge_assembles_as_the_shards_did_and_says_when_told_otherwise(tmp_path, capsys, scripted):
+    """The shards' --unresolved is in their journals: merge assembles with it (it assembled with keep,
+    whatever the shards ran with); one given to merge wins and is said; shards that disagree are refused
+    without one; journals from before the policy was recorded merge with the default or the given one."""
+    src, one = EXAMPLES / "realdata.jsonl", ("--max-cycles", "1")  # 4 expressions stay wrong: the policy counts
+    for policy in ("negative", "drop", "keep"):
+        realign(capsys, src, tmp_path / f"{policy}.jsonl", *one, "--unresolved", policy)
+    s1, s2, m = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl", tmp_path / "m.jsonl"
+    realign(capsys, src, s1, *one, "--shard", "1/2", "--unresolved", "negative")
+    realign(capsys, src, s2, *one, "--shard", "2/2", "--unresolved", "negative")
+
+    def merge(*extra):
+        return run_cli(["realign", "merge", s1, s2, "--out", m, *extra], capsys)
+
+    code, stdout, err = merge()
+    assert code == 0, err
+    assert "with --unresolved negative (the shards' own)" in stdout
+    assert read_jsonl(m) == read_jsonl(tmp_path / "negative.jsonl") != read_jsonl(tmp_path / "keep.jsonl")
+    code, stdout, err = merge("--unresolved", "drop")
+    assert code == 0, err
+    assert "with --unresolved drop (given in place of the shards' negative)" in stdout
+    assert read_jsonl(m) == read_jsonl(tmp_path / "drop.jsonl")
+    realign(capsys, src, s2, *one, "--shard", "2/2", "--unresolved", "drop")  # only re-assembles; recorded
+    code, _, err = merge()
+    assert code == 2 and err.count("\n") == 1
+    assert "different --unresolved (shard 1/2 negative, shard 2/2 drop): give merge the --unresolved" in err
+    code, _, err = merge("--unresolved", "negative")
+    assert code == 0 and read_jsonl(m) == read_jsonl(tmp_path / "negative.jsonl")
+    for shard in (s1, s2):
+        _forget_policy(shard)
+    code, stdout, err = merge()
+    assert code == 0 and "with --unresolved keep (the default" in stdout
+    assert read_jsonl(m) == read_jsonl(tmp_path / "keep.jsonl")
+    code, stdout, err = merge("--unresolved", "negative")
+    assert code == 0 and read_jsonl(m) == read_jsonl(tmp_path / "negative.jsonl")
+
+
+def test_merge_names_a_shard_still_running(tmp_path, capsys, scripted):
+    """A shard whose run still holds its journal's lock is named as running, with its pid, instead of
+    being called incomplete; the merge holds the shards' locks while it reads and leaves none behind."""
+    import os
+
+    from reallod.runs.journal import journal_path_for, lock_journal, lock_path_for
+
+    src = EXAMPLES / "realdata.jsonl"
+    s1, s2, m = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl", tmp_path / "m.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2")
+    realign(capsys, src, s2, "--shard", "2/2", "--limit", "1")  # unfinished, and still running:
+    running = lock_journal(journal_path_for(s2))  # its run holds the lock, as it does till its output is written
+    try:
+        code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    finally:
+        running.release()
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"shard 2/2 ({s2}) is still running (pid {os.getpid()}): merge once it has finished" in err
+    assert not m.exists() and not lock_path_for(journal_path_for(s1)).exists()
+    realign(capsys, src, s2, "--shard", "2/2")  # it finishes
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    assert code == 0, err
+    assert not any(lock_path_for(journal_path_for(s)).exists() for s in (s1, s2))

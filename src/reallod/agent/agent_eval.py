@@ -15,7 +15,8 @@ its final verdict is set against the gold label:
   gold expressions) — rewrites with nothing to compare to are counted as unjudged, not guessed;
 - rewrite fix rate: of the wrong raw expressions, how many the agent replaced by a right one (a wrong
   one it rewrote with no gold expression to compare to is left out, counted as unjudged);
-- cost per task: calls, requests, tokens, seconds.
+- cost per task: calls, requests, tokens, seconds. Requests and tokens are what the model was asked:
+  replies the response cache gave (a rerun's) are counted apart, as cache hits.
 
 A task whose run failed (a missing image, a backend that never answered usably) made no judgement: it
 is counted in the confusion matrix's ``failed`` column and by reason, and left out of every score
@@ -131,9 +132,12 @@ class EvalReport:
     fixed: int = 0  # gold-wrong raw expressions replaced by a right rewrite
     caught: int = 0  # gold-wrong raw expressions the agent did not keep as they were
     calls: int = 0
-    requests: int = 0
-    prompt_tokens: int = 0
+    requests: int = 0  # sent to the model (retries included); not the replies the response cache gave
+    prompt_tokens: int = 0  # of those requests
     completion_tokens: int = 0
+    cache_hits: int = 0  # requests the response cache answered: no model time, no cost now
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
     seconds: float = 0.0
     model_seconds: float = 0.0
     unlabelled_results: int = 0
@@ -169,8 +173,8 @@ class EvalReport:
     def per_task(self) -> dict[str, float]:
         n = max(self.tasks, 1)
         return {"calls": self.calls / n, "requests": self.requests / n, "prompt_tokens": self.prompt_tokens / n,
-                "completion_tokens": self.completion_tokens / n, "seconds": self.seconds / n,
-                "model_seconds": self.model_seconds / n}
+                "completion_tokens": self.completion_tokens / n, "cache_hits": self.cache_hits / n,
+                "seconds": self.seconds / n, "model_seconds": self.model_seconds / n}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -225,14 +229,20 @@ def evaluate(gold: Mapping[str, Gold], results: Mapping[str, Mapping[str, Any]],
 
 
 def _add_cost(rep: EvalReport, r: Mapping[str, Any]) -> None:
+    """The task's calls and what the model was asked: a step's attempts and tokens count every request,
+    its ``cached`` (when the response cache answered any) those the model was not asked."""
     for step in r.get("steps") or []:
         if not step.get("attempts"):
             continue  # a VLM reported unavailable made no call
         rep.calls += 1
-        rep.requests += int(step.get("attempts") or 0)
-        rep.prompt_tokens += int(step.get("prompt_tokens") or 0)
-        rep.completion_tokens += int(step.get("completion_tokens") or 0)
-        rep.model_seconds += float(step.get("latency_s") or 0.0)
+        hits, hit_in, hit_out = (int(v or 0) for v in (step.get("cached") or (0, 0, 0))[:3])
+        rep.requests += int(step.get("attempts") or 0) - hits
+        rep.prompt_tokens += int(step.get("prompt_tokens") or 0) - hit_in
+        rep.completion_tokens += int(step.get("completion_tokens") or 0) - hit_out
+        rep.cache_hits += hits
+        rep.cached_prompt_tokens += hit_in
+        rep.cached_completion_tokens += hit_out
+        rep.model_seconds += float(step.get("latency_s") or 0.0)  # a cached reply took none
     rep.seconds += float(r.get("elapsed_s") or 0.0)
 
 
@@ -329,9 +339,18 @@ def eval_markdown(rep: EvalReport) -> str:
               "unjudged)",
               *_failure_lines(rep),
               "", "## Cost per task", "",
-              f"- calls {pt['calls']:.2f}, requests {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} in / "
-              f"{pt['completion_tokens']:.0f} out, {pt['seconds']:.2f} s wall ({pt['model_seconds']:.2f} s model)", ""]
+              f"- calls {pt['calls']:.2f}, requests to the model {pt['requests']:.2f}, tokens {pt['prompt_tokens']:.0f} "
+              f"in / {pt['completion_tokens']:.0f} out, {pt['seconds']:.2f} s wall ({pt['model_seconds']:.2f} s model)",
+              *_cache_lines(rep), ""]
     return "\n".join(lines)
+
+
+def _cache_lines(rep: EvalReport) -> list[str]:
+    """What the response cache answered (a rerun's replies): not part of the cost above."""
+    if not rep.cache_hits:
+        return []
+    return [f"- from the response cache, not counted above: {rep.cache_hits} request(s) in all, tokens "
+            f"{rep.cached_prompt_tokens} in / {rep.cached_completion_tokens} out (--no-cache asks the model again)"]
 
 
 def _failure_lines(rep: EvalReport) -> list[str]:

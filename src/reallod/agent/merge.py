@@ -1,20 +1,24 @@
 """``reallod realign merge``: join the outputs of ``--shard K/N`` runs into the output one run would give.
 
-Each shard run leaves a journal next to its output whose header says which shard of how many, and
-fingerprints the config and the input. The merge checks that the shards belong together (same N,
-config, input, captions, cycles), that every shard 1..N is there exactly once, that the input has not
-changed since, and — task by task over the input — that each task was done exactly once, by the shard
-it belongs to. Only then does it assemble the output from the journals' results, in input order
-(identical to an unsharded run's), and concatenate the shards' traces.
+Each shard run leaves a journal next to its output whose header says which shard of how many,
+fingerprints the config and the input, and records the ``--unresolved`` policy its output was
+assembled with. The merge checks that the shards belong together (same N, config, input, captions,
+cycles), that every shard 1..N is there exactly once and none is still running (it holds each shard's
+journal lock while it reads), that the input has not changed since, and — task by task over the
+input — that each task was done exactly once, by the shard it belongs to. Only then does it assemble
+the output from the journals' results, in input order (identical to an unsharded run's), under the
+shards' ``--unresolved`` (one given to the merge wins, and the merge says so), and concatenate the
+shards' traces.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -24,7 +28,16 @@ from reallod.agent.summary import RunSummary
 from reallod.agent.trace import TRACE_VERSION, trace_path_for
 from reallod.data.io import AtomicWriter
 from reallod.errors import ConfigError, ReallodError
-from reallod.runs.journal import fingerprint_file, iter_journal, journal_path_for, read_header
+from reallod.runs.journal import (
+    JournalBusy,
+    JournalLock,
+    fingerprint_file,
+    iter_journal,
+    journal_path_for,
+    lock_journal,
+    lock_path_for,
+    read_header,
+)
 from reallod.runs.shard import parse_shard, shard_of
 
 MAX_EXAMPLES = 5
@@ -40,6 +53,8 @@ class MergeResult:
     trace: Path | None
     summary: RunSummary
     shards: int
+    unresolved: Policy = "keep"  # the policy the output was assembled with
+    policy_note: str = ""  # where it came from: the shards, the default, or the merge's own option
 
 
 def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:
@@ -56,14 +71,78 @@ def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:
     return journal, header, shard
 
 
-def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "keep",
+def _lock_shard(path: Path) -> JournalLock | None:
+    """The shard's journal lock, held while merging: a shard still running (or started meanwhile) is
+    writing its journal, and would only be called incomplete."""
+    journal = journal_path_for(path)
+    if not journal.is_file():
+        return None  # said by _shard_of_file
+    try:
+        return lock_journal(journal)
+    except JournalBusy:
+        _, _, (k, n) = _shard_of_file(path)
+        raise MergeError(f"shard {k}/{n} ({path}) is still running{_holder(journal)}: merge once it has "
+                         "finished") from None
+    except OSError:  # a folder the merge may not write in (shards copied read-only): no run writes there
+        return None
+
+
+def _holder(journal: Path) -> str:
+    """`` (pid N)`` (`` on HOST`` when another host's) of the run holding a journal's lock, by what it wrote there."""
+    try:
+        pid, _, host = lock_path_for(journal).read_text(errors="replace").strip().partition(" ")
+    except OSError:
+        return ""
+    if not pid.isdigit():
+        return ""
+    return f" (pid {pid}{'' if not host or host == socket.gethostname() else f' on {host}'})"
+
+
+def shards_policy(shards: list[tuple[dict[str, Any], int]], n: int, unresolved: str | None) -> tuple[Policy, str]:
+    """The ``--unresolved`` to assemble with, and where it came from: the one given (said when it is not
+    the shards'), else the shards' own (recorded in their journals' headers; shards that disagree are
+    refused), else ``keep`` (journals written before the policy was recorded)."""
+    ran = {k: (header.get("meta") or {}).get("unresolved") for header, k in shards}
+    recorded = sorted({p for p in ran.values() if p})
+    if unresolved is not None:
+        if not recorded:
+            return cast(Policy, unresolved), "given"
+        if recorded == [unresolved]:
+            return cast(Policy, unresolved), "the shards' own"
+        return cast(Policy, unresolved), f"given in place of the shards' {' and '.join(recorded)}"
+    if len(recorded) > 1:
+        said = ", ".join(f"shard {k}/{n} {p}" for k, p in sorted(ran.items()) if p)
+        raise MergeError(f"the shards ran with different --unresolved ({said}): give merge the --unresolved "
+                         "to assemble them all with")
+    if recorded:
+        return cast(Policy, recorded[0]), "the shards' own"
+    return "keep", "the default: the shards' journals do not say which they ran with"
+
+
+def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: str | None = None,
                  source: str | None = None) -> MergeResult:
-    """Check the shards and write the merged output (atomically) and trace."""
-    if unresolved not in POLICIES:
+    """Check the shards and write the merged output (atomically) and trace. ``unresolved``: None
+    assembles as the shards did (see :func:`shards_policy`)."""
+    if unresolved is not None and unresolved not in POLICIES:
         raise ConfigError(f"--unresolved {unresolved!r}: expected drop, keep or negative")
     if not shard_outs:
         raise MergeError("no shard outputs given")
-    shards = [(p, *_shard_of_file(Path(p))) for p in shard_outs]
+    locks: list[JournalLock] = []
+    try:
+        distinct: dict[Path, Path] = {}  # journal → shard output; a shard given twice is said below
+        for p in shard_outs:
+            distinct.setdefault(journal_path_for(Path(p)).resolve(), Path(p))
+        for path in distinct.values():
+            if (lock := _lock_shard(path)) is not None:
+                locks.append(lock)
+        return _merge([(p, *_shard_of_file(Path(p))) for p in shard_outs], out, unresolved, source)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out: Path, unresolved: str | None,
+           source: str | None) -> MergeResult:
     first_path, _, first_header, (_, n) = shards[0]
     first_fp = {k: v for k, v in first_header["fingerprint"].items() if k != "shard"}
     by_k: dict[int, list[Path]] = {}
@@ -83,6 +162,7 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
     missing = [k for k in range(1, n + 1) if k not in by_k]
     if missing:
         raise MergeError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: give all {n} shard outputs")
+    policy, policy_note = shards_policy([(header, k) for _, _, header, (k, _) in shards], n, unresolved)
 
     meta = first_header.get("meta") or {}
     input_path = Path(meta.get("input") or "")
@@ -128,10 +208,10 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: Policy = "kee
         raise MergeError(f"cannot merge {n} shard(s): {counts} task(s); e.g. " + "; ".join(examples)
                          + " (an unfinished shard resumes when its command is run again)")
 
-    summary.assembly = assemble(fmt, input_path, results, out, policy=unresolved, source=source,
+    summary.assembly = assemble(fmt, input_path, results, out, policy=policy, source=source,
                                 agent=meta.get("agent"), captions=captions)
     trace = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
-    return MergeResult(Path(out), trace, summary, n)
+    return MergeResult(Path(out), trace, summary, n, policy, policy_note)
 
 
 def _refuse_overwrite(out: Path, input_path: Path, captions: str | None, shard_outs: list[Path]) -> None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from reallod.agent import workflow
 from reallod.agent.assemble import POLICIES, Policy, Results, Select, assemble, output_source
 from reallod.agent.inputs import (
@@ -42,11 +44,11 @@ from reallod.agent.inputs import (
 from reallod.agent.ordering import group_by_image
 from reallod.agent.roles import Roles
 from reallod.agent.run_roles import harden, roles_fingerprint
-from reallod.agent.summary import RunSummary
+from reallod.agent.summary import RunSummary, summarize
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
-from reallod.data.io import check_writable, same_file
+from reallod.data.io import AtomicWriter, check_writable, same_file
 from reallod.errors import ConfigError
 from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import Endpoints
@@ -109,8 +111,8 @@ MAX_ERROR_CHARS = 500
 
 def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
     """The compact result the journal keeps: what the output, the summary and agent-eval need
-    (verdict, expressions, error, and per call: role, view, attempts, tokens, time); the trace has
-    the rest (prompts, raw replies)."""
+    (verdict, expressions, error, and per call: role, view, attempts, tokens, time, and what of it the
+    response cache answered when it answered any); the trace has the rest (prompts, raw replies)."""
     full = result_to_json(result)
     entry = {k: full.get(k) for k in ("task_id", *_OUTPUT_FIELDS)}
     if entry["error"]:
@@ -124,6 +126,8 @@ def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
         s["view"] = {"name": view.get("name"), "crop_box": view.get("crop_box")} if view else None
         if step.get("error"):
             s["error"] = str(step["error"])[:MAX_ERROR_CHARS]
+        if any(step.get("cached") or ()):
+            s["cached"] = step["cached"]
         steps.append(s)
     entry["steps"] = steps
     return entry
@@ -188,6 +192,41 @@ def select_tasks(items: Iterable[TaskItem], select: Select | None, limit: int | 
     return iter(items)
 
 
+def keep_selected(results: Results, tasks: Callable[[], Iterable[TaskItem]]) -> Results:
+    """``results`` (the journal's) less the tasks this run does not select (``tasks()``): those of an
+    earlier run with a larger ``--limit``, or of records since gone from an input named by ``input_id``
+    stay in the journal for a later run, but are no part of this run's output, summary or report. One
+    pass over the tasks when the journal holds no other, a second to pick them out otherwise."""
+    if sum(1 for item in tasks() if item.task_id in results) == len(results):
+        return results
+    kept = Results()
+    for item in tasks():
+        if (result := results.get(item.task_id)) is not None:
+            kept[item.task_id] = result
+    return kept
+
+
+def record_policy(journal_path: Path, header: dict[str, Any], policy: Policy) -> None:
+    """Write ``--unresolved`` into the journal's header (its ``meta``), which ``realign merge`` reads to
+    assemble the shards as they were; a rerun with another one (it only re-assembles) replaces it.
+    The journal is written aside and renamed over the old one, under the run's lock."""
+    meta = header.get("meta") or {}
+    if meta.get("unresolved") == policy:
+        return
+    new = {**header, "meta": {**meta, "unresolved": policy}}
+    try:
+        with open(journal_path, "rb") as f, AtomicWriter(journal_path) as w:
+            f.readline()  # the old header
+            w.write(orjson.dumps(new) + b"\n")
+            while block := f.read(1 << 20):
+                w.write(block)
+    except OSError as e:
+        raise RunStopped(f"cannot record --unresolved {policy} in the journal {journal_path}: {e.strerror or e}; "
+                         "the finished tasks are safe in it: rerun the same command once that is fixed "
+                         "(nothing is redone)") from e
+    header["meta"] = new["meta"]
+
+
 def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMonitor | None = None) -> RealignRun:
     """Run the agent over an input file and write Real-Data, the trace, and optionally reports.
 
@@ -228,8 +267,13 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
           "max_cycles": max_cycles, "format": fmt, "shard": shard_text}
     meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
             "captions": str(opts.captions.resolve()) if opts.captions else None,
-            "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles}
+            "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles,
+            "unresolved": opts.unresolved}  # not fingerprinted: a rerun with another one only re-assembles
     select = selection(fmt, shard)
+
+    def tasks() -> Iterator[TaskItem]:
+        return select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)
+
     with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
                       force=opts.force_resume, retry=lambda entry: entry.get("verdict") == "failed") as session:
         roles, endpoints = harden(roles, cache=session.cache, endpoint_limit=opts.endpoint_limit or concurrency)
@@ -238,8 +282,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
                   "captions": str(opts.captions) if opts.captions else None, "shard": shard_text}
         stages["prepare"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        ran = _run(opts, fmt, captions, images, roles, endpoints, session, trace_path, header, select,
-                   max_cycles, concurrency, monitor)
+        ran = _run(opts, fmt, tasks, images, roles, endpoints, session, trace_path, header, max_cycles,
+                   concurrency, monitor)
         stages["agent"] = time.perf_counter() - t1
         lock = session.journal.keep_lock()  # held until the output is written
     journal, cache = session.journal, session.cache
@@ -250,9 +294,17 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     results = Results()  # small per task: a run over millions of tasks holds all of them here
     summary = RunSummary()
     try:
+        record_policy(journal_path, journal.header, opts.unresolved)
         for tid, entry in iter_journal(journal_path):
             results.add(tid, entry)
             summary.add(entry)
+        # the fingerprint holds the input's content and the shard: the journal holds only tasks this run
+        # selects, unless --limit leaves some out or the input is named by input_id (its content may change)
+        if opts.limit is not None or opts.input_id is not None:
+            selected = keep_selected(results, tasks)
+            if selected is not results:
+                results = selected
+                summary = summarize(entry for tid, entry in iter_journal(journal_path) if tid in results)
         summary.assembly = assemble(fmt, opts.input, results, opts.out, policy=opts.unresolved, source=source,
                                     agent=agent, captions=captions, limit=opts.limit, select=select)
     except OSError as e:
@@ -276,7 +328,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     totals = endpoints.totals()
     info = {"input": str(opts.input), "out": str(opts.out), "journal": str(journal_path), "trace": str(trace_path),
             "agent": agent, "shard": shard_text, "concurrency": concurrency,
-            "tasks_total": summary.tasks, "tasks_resumed": journal.resumed, "tasks_retried": journal.retried,
+            "tasks_total": summary.tasks, "tasks_resumed": max(summary.tasks - ran, 0),
+            "tasks_retried": journal.retried,
             "tasks_run": ran,
             "tasks_per_s": ran / stages["agent"] if stages["agent"] > 0 else 0.0,
             "cache": None if cache is None else str(cache.path),
@@ -339,22 +392,20 @@ def check_report(report: str | os.PathLike, kept: Mapping[str, Path]) -> None:
                                   "give another --report")
 
 
-def _run(opts: RealignOptions, fmt: InputFormat, captions: dict[str, str] | None, images: ImageLoader,
+def _run(opts: RealignOptions, fmt: InputFormat, tasks: Callable[[], Iterator[TaskItem]], images: ImageLoader,
          roles: Roles, endpoints: Endpoints, session: RunSession, trace_path: Path, header: dict[str, Any],
-         select: Select | None, max_cycles: int, concurrency: int, monitor: RunMonitor | None) -> int:
-    """Run the tasks the journal does not hold yet; returns how many ran."""
+         max_cycles: int, concurrency: int, monitor: RunMonitor | None) -> int:
+    """Run the tasks (of ``tasks()``: this run's) the journal does not hold yet; returns how many ran."""
     monitor = monitor or RunMonitor()
     if hasattr(monitor, "in_flight"):
         monitor.in_flight = endpoints.in_flight  # type: ignore[attr-defined]
     journal = session.journal
     done = journal.done
-    tasks = select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)
-    if fmt == "tasks":
-        tasks = group_by_image(tasks)
-    todo = (item for item in tasks if item.task_id not in done)
+    ordered = group_by_image(tasks()) if fmt == "tasks" else tasks()
+    todo = (item for item in ordered if item.task_id not in done)
 
     def count() -> int:
-        return sum(1 for _ in select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit))
+        return sum(1 for _ in tasks())
 
     have = keep_tasks(trace_path, done) if journal.resumed else set()
     trace = TraceWriter(trace_path, header, append=journal.resumed > 0)

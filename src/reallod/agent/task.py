@@ -77,6 +77,9 @@ class Step:
     error: str | None = None
     repaired: bool = False  # the reply needed json-repair to parse
     rejected: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts: {"attempt", "raw"?, "error"}
+    # of the attempts (and tokens above), those the response cache answered: [requests, prompt, completion
+    # tokens]; the model was asked the others (a rerun's cost is what it asked)
+    cached: list[int] = field(default_factory=lambda: [0, 0, 0])
     # the values the role's template was rendered with (roles.PLACEHOLDERS, less "format"): re-rendering
     # them with the template gives ``messages`` again; the fine-tuning data is built from them
     values: dict[str, Any] | None = None

@@ -137,6 +137,9 @@ class _TaskRun:
                 step.latency_s += completion.latency_s
                 step.prompt_tokens += completion.prompt_tokens
                 step.completion_tokens += completion.completion_tokens
+                if completion.meta.get("cached"):
+                    step.cached = [step.cached[0] + 1, step.cached[1] + completion.prompt_tokens,
+                                   step.cached[2] + completion.completion_tokens]
                 try:
                     decision, repaired = role.decision.parse(completion.text)
                 except DecisionError as e:

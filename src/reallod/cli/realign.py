@@ -194,13 +194,15 @@ def realign_merge_cmd(
     shards: Annotated[list[Path], typer.Argument(help="The --out files of the shard runs (all N of them).",
                                                  show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl).")],
-    unresolved: Annotated[str, typer.Option(
-        "--unresolved", help="drop, keep or negative, as for realign.")] = "keep",
+    unresolved: Annotated[str | None, typer.Option(
+        "--unresolved", help="drop, keep or negative, as for realign (default: the one the shards ran with; "
+        "one given here wins, and the merge says so).")] = None,
     source: Annotated[str | None, typer.Option("--source", help="As for realign (published task lists).")] = None,
 ) -> None:
-    """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled.
+    """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled
+    and that no shard is still running.
 
-    The result equals what one unsharded run would have written. Example:
+    The result equals what one unsharded run with the shards' options would have written. Example:
     reallod realign merge out/s1.jsonl out/s2.jsonl --out out/all.jsonl
     """
 
@@ -209,7 +211,8 @@ def realign_merge_cmd(
 
     merged = merge_shards(shards, out, unresolved=unresolved, source=source)
     console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
-    typer.echo(f"merged {merged.shards} shard(s) into {merged.out}")
+    typer.echo(f"merged {merged.shards} shard(s) into {merged.out} with --unresolved {merged.unresolved} "
+               f"({merged.policy_note})")
 
 
 def agent_eval_cmd(
