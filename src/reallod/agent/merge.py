@@ -14,7 +14,6 @@ shards' traces.
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from reallod.runs.journal import (
     fingerprint_file,
     iter_journal,
     journal_path_for,
+    lock_holder,
     lock_journal,
-    lock_path_for,
     read_header,
 )
 from reallod.runs.shard import parse_shard, shard_of
@@ -81,21 +80,10 @@ def _lock_shard(path: Path) -> JournalLock | None:
         return lock_journal(journal)
     except JournalBusy:
         _, _, (k, n) = _shard_of_file(path)
-        raise MergeError(f"shard {k}/{n} ({path}) is still running{_holder(journal)}: merge once it has "
+        raise MergeError(f"shard {k}/{n} ({path}) is still running{lock_holder(journal)}: merge once it has "
                          "finished") from None
     except OSError:  # a folder the merge may not write in (shards copied read-only): no run writes there
         return None
-
-
-def _holder(journal: Path) -> str:
-    """`` (pid N)`` (`` on HOST`` when another host's) of the run holding a journal's lock, by what it wrote there."""
-    try:
-        pid, _, host = lock_path_for(journal).read_text(errors="replace").strip().partition(" ")
-    except OSError:
-        return ""
-    if not pid.isdigit():
-        return ""
-    return f" (pid {pid}{'' if not host or host == socket.gethostname() else f' on {host}'})"
 
 
 def shards_policy(shards: list[tuple[dict[str, Any], int]], n: int, unresolved: str | None) -> tuple[Policy, str]:

@@ -384,15 +384,30 @@ def lock_journal(journal: str | os.PathLike) -> JournalLock:
 _HOST = socket.gethostname()
 
 
+def lock_holder(journal: str | os.PathLike) -> str:
+    """`` (pid N)``, or `` (pid N on HOST)`` for another host's, of the run holding ``journal``'s lock, by
+    what it wrote in the lock file; "" when that cannot be read."""
+    try:
+        return _holder(lock_path_for(journal).read_bytes())
+    except OSError:
+        return ""
+
+
+def _holder(written: bytes) -> str:
+    pid, _, host = written.decode(errors="replace").strip().partition(" ")
+    return f" (pid {pid}{'' if host == _HOST else f' on {host}'})" if pid.isdigit() else ""
+
+
 def _busy(journal: Path, fd: int) -> str:
     """Why a journal cannot be opened: who holds its lock, by the pid and host it wrote there."""
     try:
-        pid, _, host = os.pread(fd, 512, 0).decode(errors="replace").strip().partition(" ")
+        written = os.pread(fd, 512, 0)
     except OSError:
-        pid = host = ""
-    if pid == str(os.getpid()) and host == _HOST:
-        return f"{journal}: this process (pid {pid}) has this journal open already: close it before opening it again"
-    who = f"another run (pid {pid}{'' if host == _HOST else f' on {host}'})" if pid.isdigit() else "another run"
+        written = b""
+    if written.decode(errors="replace").strip() == f"{os.getpid()} {_HOST}":
+        return (f"{journal}: this process (pid {os.getpid()}) has this journal open already: close it before "
+                "opening it again")
+    who = f"another run{_holder(written)}"
     return (f"{journal}: {who} is writing this journal; wait for it to finish, or give this run another output "
             "(two runs on one output would both run every task and mix their lines)")
 
