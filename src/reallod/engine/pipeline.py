@@ -52,7 +52,7 @@ from reallod.errors import ConfigError, ReallodError
 from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
-from reallod.runs.journal import JournalMismatch, fingerprint, fingerprint_file, journal_path_for
+from reallod.runs.journal import JournalMismatch, fingerprint, fingerprint_file, journal_path_for, read_header
 from reallod.runs.progress import RunMonitor
 from reallod.runs.session import open_session
 from reallod.runs.settings_diff import diff_settings
@@ -182,23 +182,16 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def journal_header(path: Path) -> dict[str, Any] | None:
-    """The header of an existing journal; None when there is none (or it is unreadable: opening says why)."""
-    try:
-        with open(path, "rb") as f:
-            header = orjson.loads(f.readline())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
 def check_resume(path: Path, fp: dict[str, Any], settings: dict[str, Any], roles: Roles, *,
                  force: bool) -> dict[str, Any]:
     """The fingerprint to open the generation journal ``path`` with; refuses, naming the options that
     changed, a journal written with other settings (unless ``force``) or other :data:`FILTERS` (always).
 
     A journal of an older reallod fingerprinted every role of the config: one from the same config resumes."""
-    header = journal_header(path) or {}
+    try:
+        header = read_header(path)
+    except (OSError, ReallodError):  # none yet, or not a journal: opening it says so
+        return fp
     before = header.get("fingerprint")
     if not isinstance(before, dict):
         return fp

@@ -50,7 +50,7 @@ def save(work_dir: Path, best: dict[str, Any], write: Callable[[Path], None], ch
     shutil.rmtree(new, ignore_errors=True)
     try:
         write(new)
-        (new / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+        _write_json(new, best)
     except Exception as e:  # a full disk: os, torch, safetensors and tokenizers each say it their way
         raise C.write_failed(new, f"the new best model (step {best['step']}; {work_dir / BEST} is intact)", e,
                              work_dir) from e
