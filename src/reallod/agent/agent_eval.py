@@ -48,7 +48,7 @@ from reallod.agent.inputs import _iter_task_items, detect_format
 from reallod.agent.realign import RealignOptions, RealignRun, check_report, realign
 from reallod.agent.roles import Roles
 from reallod.agent.run_report import report_paths
-from reallod.agent.task import VERDICTS
+from reallod.agent.task import VERDICTS, model_cost
 from reallod.agent.trace import trace_path_for
 from reallod.data.io import atomic_text
 from reallod.data.words import words
@@ -235,10 +235,10 @@ def _add_cost(rep: EvalReport, r: Mapping[str, Any]) -> None:
         if not step.get("attempts"):
             continue  # a VLM reported unavailable made no call
         rep.calls += 1
-        hits, hit_in, hit_out = (int(v or 0) for v in (step.get("cached") or (0, 0, 0))[:3])
-        rep.requests += int(step.get("attempts") or 0) - hits
-        rep.prompt_tokens += int(step.get("prompt_tokens") or 0) - hit_in
-        rep.completion_tokens += int(step.get("completion_tokens") or 0) - hit_out
+        (asked, tok_in, tok_out), (hits, hit_in, hit_out) = model_cost(step)
+        rep.requests += asked
+        rep.prompt_tokens += tok_in
+        rep.completion_tokens += tok_out
         rep.cache_hits += hits
         rep.cached_prompt_tokens += hit_in
         rep.cached_completion_tokens += hit_out

@@ -322,7 +322,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         from reallod.agent.task_report import write_report
 
         t3 = time.perf_counter()
-        report = write_report(trace_path, opts.report_dir, images=images)
+        report = write_report(trace_path, opts.report_dir, images=images, tasks=results)
         stages["report"] = time.perf_counter() - t3
     summary.wall_s = time.perf_counter() - t0
     totals = endpoints.totals()
@@ -404,8 +404,12 @@ def _run(opts: RealignOptions, fmt: InputFormat, tasks: Callable[[], Iterator[Ta
     ordered = group_by_image(tasks()) if fmt == "tasks" else tasks()
     todo = (item for item in ordered if item.task_id not in done)
 
-    def count() -> int:
-        return sum(1 for _ in tasks())
+    def count() -> tuple[int, int]:  # this run's tasks, and those of them the journal holds
+        size = held = 0
+        for item in tasks():
+            size += 1
+            held += item.task_id in done
+        return size, held
 
     have = keep_tasks(trace_path, done) if journal.resumed else set()
     trace = TraceWriter(trace_path, header, append=journal.resumed > 0)
@@ -423,7 +427,8 @@ def _run(opts: RealignOptions, fmt: InputFormat, tasks: Callable[[], Iterator[Ta
             monitor.task_done(result.verdict)
 
         return session.run(todo, lambda item: run_one(item, roles, images, max_cycles=max_cycles), handle,
-                           concurrency=concurrency, monitor=monitor, total=count, aclose=roles.aclose)
+                           concurrency=concurrency, monitor=monitor, total=count, aclose=roles.aclose,
+                           resumed=journal.resumed if opts.limit is None else min(journal.resumed, opts.limit))
     finally:
         trace.close()
 

@@ -63,10 +63,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Cycles", "", "| cycles | tasks |", "|---|---:|"]
     lines += [f"| {c} | {k} |" for c, k in report["cycles"].items()]
     lines += ["", "## Calls per role", "",
-              "| role | calls | requests | repaired | failed | tokens in | tokens out | model s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| role | calls | requests | cached | repaired | failed | tokens in | tokens out | model s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["roles"].items():
-        lines.append(f"| {name} | {r['calls']} | {r['attempts']} | {r['repaired']} | {r['failed']} | "
+        lines.append(f"| {name} | {r['calls']} | {r['attempts']} | {r.get('cached', 0)} | {r['repaired']} | {r['failed']} | "
                      f"{r['prompt_tokens']} | {r['completion_tokens']} | {r['latency_s']:.1f} |")
     req = run["requests"]
     lines += ["", "## Requests (this session)", "",

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from reallod.agent.task import VERDICTS
+from reallod.agent.task import VERDICTS, model_cost
 from reallod.errors import ReallodError
 
 MAX_ERROR_EXAMPLES = 20
@@ -34,7 +34,8 @@ class AllTasksFailed(ReallodError):
 @dataclass(slots=True)
 class RoleStats:
     calls: int = 0  # role calls that reached a backend (a VLM reported unavailable is not a call)
-    attempts: int = 0  # requests sent, retries included
+    attempts: int = 0  # requests the model answered, retries included
+    cached: int = 0  # requests the response cache answered (a rerun's): no model time or tokens counted
     repaired: int = 0  # replies that needed json-repair
     failed: int = 0  # calls that ended without a usable decision
     prompt_tokens: int = 0
@@ -77,12 +78,14 @@ class RunSummary:
             if unavailable:
                 continue
             stats = self.roles.setdefault(role, RoleStats())
+            (asked, tok_in, tok_out), (hits, _, _) = model_cost(step)
             stats.calls += 1
-            stats.attempts += int(step.get("attempts") or 0)
+            stats.attempts += asked
+            stats.cached += hits
             stats.repaired += bool(step.get("repaired"))
             stats.failed += bool(step.get("error"))
-            stats.prompt_tokens += int(step.get("prompt_tokens") or 0)
-            stats.completion_tokens += int(step.get("completion_tokens") or 0)
+            stats.prompt_tokens += tok_in
+            stats.completion_tokens += tok_out
             stats.latency_s += float(step.get("latency_s") or 0.0)
 
     @property
@@ -139,18 +142,21 @@ def render(summary: RunSummary, *, out: str | None = None, trace: str | None = N
     for c, count in sorted(summary.cycles.items()):
         cycles.add_row(str(c), f"{count}  {'█' * max(1, round(20 * count / n))}")
 
-    roles = Table(title="calls per role (tries: requests incl. retries; fixed: replies json-repair mended; "
-                        "secs: model time)", title_justify="left")
-    for col in ("role", "calls", "tries", "fixed", "failed", "tok in", "tok out", "secs"):
+    roles = Table(title="calls per role (tries: requests the model answered, retries included; cached: those the "
+                        "response cache answered; fixed: replies json-repair mended; tokens and secs: the model's)",
+                  title_justify="left")
+    for col in ("role", "calls", "tries", "cached", "fixed", "failed", "tok in", "tok out", "secs"):
         roles.add_column(col, justify="left" if col == "role" else "right")
     totals = RoleStats()
     for name, s in sorted(summary.roles.items()):
-        roles.add_row(name, str(s.calls), str(s.attempts), str(s.repaired), str(s.failed), str(s.prompt_tokens),
-                      str(s.completion_tokens), f"{s.latency_s:.1f}")
-        for f in ("calls", "attempts", "repaired", "failed", "prompt_tokens", "completion_tokens", "latency_s"):
+        roles.add_row(name, str(s.calls), str(s.attempts), str(s.cached), str(s.repaired), str(s.failed),
+                      str(s.prompt_tokens), str(s.completion_tokens), f"{s.latency_s:.1f}")
+        for f in ("calls", "attempts", "cached", "repaired", "failed", "prompt_tokens", "completion_tokens",
+                  "latency_s"):
             setattr(totals, f, getattr(totals, f) + getattr(s, f))
-    roles.add_row("all", str(totals.calls), str(totals.attempts), str(totals.repaired), str(totals.failed),
-                  str(totals.prompt_tokens), str(totals.completion_tokens), f"{totals.latency_s:.1f}", style="bold")
+    roles.add_row("all", str(totals.calls), str(totals.attempts), str(totals.cached), str(totals.repaired),
+                  str(totals.failed), str(totals.prompt_tokens), str(totals.completion_tokens),
+                  f"{totals.latency_s:.1f}", style="bold")
 
     parts: list[Any] = [verdicts, cycles, roles]
     if summary.tools:

@@ -8,6 +8,7 @@ the way in).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -83,6 +84,15 @@ class Step:
     # the values the role's template was rendered with (roles.PLACEHOLDERS, less "format"): re-rendering
     # them with the template gives ``messages`` again; the fine-tuning data is built from them
     values: dict[str, Any] | None = None
+
+
+def model_cost(step: Mapping[str, Any]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A recorded step's (requests, prompt tokens, completion tokens): first those the model was asked,
+    then those the response cache answered (``cached``), so a rerun's cost is what it asked."""
+    hits, hit_in, hit_out = (int(v or 0) for v in (step.get("cached") or (0, 0, 0))[:3])
+    asked = (int(step.get("attempts") or 0) - hits, int(step.get("prompt_tokens") or 0) - hit_in,
+             int(step.get("completion_tokens") or 0) - hit_out)
+    return asked, (hits, hit_in, hit_out)
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ import html
 import os
 import re
 import textwrap
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ class TaskPage:
 
 
 def write_report(trace_path: str | os.PathLike, out_dir: str | os.PathLike, *, images: ImageLoader | None = None,
-                 max_tasks: int = DEFAULT_MAX_TASKS) -> Path:
-    """Write the report of (the first ``max_tasks`` tasks of) a trace; returns ``index.html``."""
+                 max_tasks: int = DEFAULT_MAX_TASKS, tasks: Container[str] | None = None) -> Path:
+    """Write the report of (the first ``max_tasks`` tasks of) a trace; returns ``index.html``. ``tasks``:
+    only those task ids (a run's own: its trace keeps every task its journal holds, those of an earlier
+    run with a larger ``--limit`` too)."""
     header, entries = read_trace(trace_path)
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
@@ -65,6 +68,8 @@ def write_report(trace_path: str | os.PathLike, out_dir: str | os.PathLike, *, i
     pages: list[TaskPage] = []
     total = 0
     for entry in entries:
+        if tasks is not None and entry.get("task_id") not in tasks:
+            continue
         total += 1
         if len(pages) < max_tasks:
             pages.append(_page(len(pages), entry, images, out))

@@ -22,8 +22,9 @@ class RunMonitor:
     def start(self, *, resumed: int) -> None:
         """The run begins; ``resumed`` tasks were finished by earlier runs of the same job."""
 
-    def set_total(self, total: int) -> None:
-        """How many tasks this run covers (resumed ones included), once counted."""
+    def set_total(self, total: int, *, resumed: int | None = None) -> None:
+        """How many tasks this run covers (resumed ones included), once counted; ``resumed``: how many of
+        them earlier runs finished, when that is not all the journal holds (a smaller ``--limit``)."""
 
     def task_done(self, verdict: str) -> None:
         """One more task finished in this run."""
@@ -94,7 +95,9 @@ class RichMonitor(RunMonitor):
         self._progress.update(self._task, completed=resumed)
         self._progress.start()
 
-    def set_total(self, total: int) -> None:
+    def set_total(self, total: int, *, resumed: int | None = None) -> None:
+        if resumed is not None:  # a task finishing while the count passed it is in both: never past the total
+            self._progress.update(self._task, completed=min(total, resumed + self.pace.done))
         self._progress.update(self._task, total=total, total_text=str(total))
 
     def task_done(self, verdict: str) -> None:

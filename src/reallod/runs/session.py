@@ -56,17 +56,20 @@ class RunSession:
 
     def run(self, todo: Iterable[Any], work: Callable[[Any], Awaitable[Any]],
             handle: Callable[[Any, Any, float], Awaitable[None]], *, concurrency: int,
-            monitor: RunMonitor | None = None, total: int | Callable[[], int] | None = None,
-            aclose: Callable[[], Awaitable[None]] | None = None) -> int:
+            monitor: RunMonitor | None = None, total: int | Callable[[], tuple[int, int]] | None = None,
+            aclose: Callable[[], Awaitable[None]] | None = None, resumed: int | None = None) -> int:
         """Run ``todo`` (see :func:`reallod.runs.drive.drive`); returns how many ran.
 
         ``handle`` journals each result (and may write more); ``total`` is the run's size for the
-        progress bar, or a function that counts it (called in a thread, only when someone watches);
-        ``aclose`` closes the backends when the run ends, however it ends."""
+        progress bar, or a function that counts it and how many of it the journal held when the run
+        began (called in a thread, only when someone watches: the journal may hold tasks this run does
+        not select, after a smaller ``--limit``); ``resumed`` is the bar's start until then (default: all
+        the journal holds); ``aclose`` closes the backends when the run ends, however it ends."""
         monitor = monitor or RunMonitor()
 
-        async def count(counter: Callable[[], int]) -> None:  # a large input takes a while: not waited for
-            monitor.set_total(await in_daemon_thread(counter))
+        async def count(counter: Callable[[], tuple[int, int]]) -> None:  # a large input takes a while
+            size, held = await in_daemon_thread(counter)
+            monitor.set_total(size, resumed=held)
 
         async def main() -> int:
             counting = None
@@ -75,7 +78,7 @@ class RunSession:
                     counting = asyncio.create_task(count(total))
             elif total is not None:
                 monitor.set_total(total)
-            monitor.start(resumed=self.journal.resumed)
+            monitor.start(resumed=self.journal.resumed if resumed is None else resumed)
             try:
                 return await drive(todo, work, handle, concurrency=concurrency)
             finally:
