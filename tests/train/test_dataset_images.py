@@ -11,7 +11,7 @@ from PIL import Image
 from reallod.errors import DataError
 from reallod.train import checkpoint as C
 from reallod.train.augment import AugmentOptions
-from reallod.train.dataset import DataFile, TrainDataset, index_file
+from reallod.train.dataset import DataFile, TrainDataset, check_image_root, index_file
 from reallod.train.sampling import TextOptions
 
 from .helpers import quiet, tiny_config
@@ -48,8 +48,9 @@ def test_a_wrong_image_root_is_refused_at_setup(images):
     contributing nothing, or stopped mid-run after 20 misses in a row."""
     good = _file(images / "good.jsonl", [_record(f"wide{i}.png", 120, 60) for i in range(4)])
     wrong = index_file(DataFile(str(images / "good.jsonl"), str(images / "elsewhere")))
+    check_image_root(good)
     with pytest.raises(DataError) as e:
-        _dataset([good, wrong])
+        check_image_root(wrong)
     message = str(e.value)
     assert message.startswith(f"{images / 'good.jsonl'}: of 4 images checked")
     assert f"image root {images / 'elsewhere'}" in message and "4 missing" in message
@@ -57,6 +58,7 @@ def test_a_wrong_image_root_is_refused_at_setup(images):
     # one image missing in four is training's to replace and count, not a wrong root
     some = _file(images / "some.jsonl", [_record(f"wide{i}.png", 120, 60) for i in range(3)]
                  + [_record("gone.png", 120, 60)])
+    check_image_root(some)
     assert len(_dataset([some])) == 4
 
 
@@ -81,7 +83,7 @@ def test_a_record_whose_size_is_not_its_images_is_skipped_and_counted(images):
     swapped = _file(images / "swapped.jsonl", [_record(f"wide{i}.png", 60, 120) for i in range(4)])
     with pytest.raises(DataError, match=r"swapped\.jsonl: of 4 images checked .*4 of another size than their record "
                                         r"\(not resized copies\) \(e\.g\. .*wide0\.png is 120×60, its record says 60×120\)"):
-        _dataset([swapped])
+        check_image_root(swapped)
 
 
 def test_a_replacement_record_comes_from_the_same_file(images):
@@ -93,14 +95,18 @@ def test_a_replacement_record_comes_from_the_same_file(images):
     assert set(keys) <= {1, 2}
 
 
-def test_training_refuses_a_wrong_image_root_before_the_first_step(tmp_path, shapes):
+def test_training_refuses_a_wrong_image_root_before_the_model_is_built(tmp_path, shapes, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     train_file = str(shapes / "train.jsonl")
     cfg = tiny_config(shapes, [f"data.train=[{{file: {train_file}, images: {shapes}}}, "
                                f"{{file: {train_file}, images: {empty}}}]", "schedule.max_steps=2"])
-    from reallod.train.loop import train
+    from reallod.train import loop
 
+    def build_detector(*args, **kwargs):
+        raise AssertionError("the model was built before the image roots were checked")
+
+    monkeypatch.setattr(loop, "build_detector", build_detector)
     with pytest.raises(DataError, match=rf"{train_file}: of 12 images checked .*image root {empty}\).*12 missing"):
-        train(cfg, tmp_path / "run", echo=quiet)
+        loop.train(cfg, tmp_path / "run", echo=quiet)
     assert C.latest_checkpoint(tmp_path / "run") is None

@@ -50,3 +50,44 @@ def test_two_processes_with_gloo_write_one_checkpoint(tmp_path):
     weights = load_file(str(final / "model" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+FAILING_SAVE = '''
+import errno, os, sys
+import torch
+save = torch.save
+def failing(obj, f, *args, **kwargs):  # the disk of one process is full
+    if os.environ["RANK"] == os.environ["FAIL_RANK"] and str(f).endswith(os.environ["FAIL_FILE"]):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return save(obj, f, *args, **kwargs)
+torch.save = failing
+from reallod.cli import main
+main(sys.argv[1:])
+'''
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+@pytest.mark.parametrize(("rank", "file"), [(0, "optimizer.pt"), (1, "rng-1.pt")])
+def test_a_checkpoint_one_process_cannot_write_stops_every_process_with_its_reason(tmp_path, rank, file):
+    """The process that failed names the cause; the other stops with it at the same point (it died with
+    'unexpected RuntimeError: Connection closed by peer', or waited at the next synchronisation)."""
+    raw = tiny_raw(tmp_path / "shapes", schedule={"epochs": 1, "max_steps": 2},
+                   train={"cpu": True, "threads": 1, "batch_size": 2})
+    config = write_yaml(tmp_path / "tiny.yaml", raw)
+    script = tmp_path / "failing_save.py"
+    script.write_text(FAILING_SAVE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIL_RANK": str(rank), "FAIL_FILE": file,
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "--monitor-interval", "5",  # torchrun ends the other process once one failed: let it say why first
+         str(script), "train", str(config), "--work-dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0
+    assert len(errors) == 2, errors
+    assert any("cannot write the checkpoint of step 2 (OSError: [Errno 28] No space left on device)" in e
+               for e in errors), errors
+    assert any("writing the checkpoint of step 2 failed in 1 other process(es)" in e for e in errors), errors
+    assert not any("unexpected" in e for e in errors), errors
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))

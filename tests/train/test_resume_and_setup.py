@@ -154,3 +154,30 @@ def test_a_held_out_image_cut_after_its_header_is_found_at_setup(tmp_path, fmt):
     evaluate.check_images([(record, str(good))])
     with pytest.raises(DataError, match=re.escape(str(cut)) + ".*held-out image cannot be read"):
         evaluate.check_images([(record, str(cut))])
+
+
+def test_a_resized_held_out_copy_is_evaluated_in_its_records_frame(tmp_path, tiny_detector):
+    """Training reads a copy resized keeping the aspect ratio, its boxes scaled; the evaluation refused one
+    at setup. Its detections are scaled back to the record's size, where the held-out boxes are."""
+    from PIL import Image
+
+    from reallod.data.records import Record
+
+    rng = np.random.default_rng(0)
+    original, copy, swapped = tmp_path / "a.png", tmp_path / "a2.png", tmp_path / "a_rot.png"
+    picture = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    picture.save(original)
+    picture.resize((256, 192), Image.NEAREST).save(copy)
+    picture.transpose(Image.Transpose.ROTATE_90).save(swapped)
+    record = Record.from_dict({"filename": "x", "height": 96, "width": 128, "pairs": {}})
+    evaluate.check_images([(record, str(original)), (record, str(copy))])
+    with pytest.raises(DataError, match=r"a_rot\.png: held-out image is 96×128, its record says 128×96 \(not a resized"):
+        evaluate.check_images([(record, str(swapped))])
+    # the same pixels as the copy of a record of half the size: the boxes are those of the record's frame
+    half = tmp_path / "half.png"
+    half.write_bytes(original.read_bytes())
+    queries = [evaluate.EvalQuery(str(original), "a square", np.array([[10.0, 10.0, 60.0, 50.0]]), (128, 96)),
+               evaluate.EvalQuery(str(half), "a square", np.array([[5.0, 5.0, 30.0, 25.0]]), (64, 48))]
+    a, b = evaluate.detect_queries(tiny_detector, queries)
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(b.xyxy, a.xyxy / 2, atol=1e-4)

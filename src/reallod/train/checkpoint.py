@@ -177,10 +177,13 @@ class CheckpointWriteError(ReallodError):
     exit_code = 1
 
 
-def write_failed(path: Path, what: str, error: BaseException, work_dir: Path) -> CheckpointWriteError:
-    """The error for a failed write of ``path`` (removed: a partial folder only takes space), naming the
-    cause and the last complete checkpoint, which ``--resume`` continues from."""
-    shutil.rmtree(path, ignore_errors=True)
+def write_failed(path: Path, what: str, error: BaseException, work_dir: Path, *,
+                 remove: bool = True) -> CheckpointWriteError:
+    """The error for a failed write of ``path`` (removed unless ``remove`` is false, another process's to
+    do: a partial folder only takes space), naming the cause and the last complete checkpoint, which
+    ``--resume`` continues from."""
+    if remove:
+        shutil.rmtree(path, ignore_errors=True)
     detail = " ".join(str(error).split())[:300]
     last = latest_checkpoint(work_dir)
     then = (f"the last complete checkpoint, {last}, is intact: free disk space (or fix the cause), then `--resume` "

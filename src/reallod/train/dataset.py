@@ -12,9 +12,10 @@ keyed by (epoch, position, index) and draws all its randomness from a generator 
 and the run's seed, so an epoch is reproducible whatever the worker count and after a resume.
 An image that cannot be read, is larger than the pixel budget (``data.max_pixels``, ``--max-pixels``) or
 is of another size than its record (and not a resized copy: its boxes would land elsewhere) is replaced
-by another record of the same file, drawn from the same key (and counted). At setup, the image headers of a few records spread over each
-file are read: a file most of whose images are missing or of another size is refused then (a wrong
-image root), not found out record by record while training.
+by another record of the same file, drawn from the same key (and counted). At setup, before the model
+is built, :func:`check_image_root` reads the image headers of a few records spread over each file: a
+file most of whose images are missing or of another size is refused then (a wrong image root), not
+found out record by record while training.
 """
 
 from __future__ import annotations
@@ -175,8 +176,6 @@ class TrainDataset(torch.utils.data.Dataset):
         if len(self) == 0:
             raise DataError("no usable training records in " + ", ".join(f.spec.path for f in self.files)
                             + " (" + _skipped_text(self.files) + ")")
-        for f in self.files:
-            check_image_root(f)
 
     def __len__(self) -> int:
         return int(self.starts[-1])

@@ -25,7 +25,7 @@ from reallod.errors import DataError
 from reallod.eval.coco_tools import coco_evaluate
 from reallod.eval.common import xyxy_to_xywh
 from reallod.model.detections import Detections
-from reallod.train.dataset import MAX_PIXELS_HINT, DataFile, index_file
+from reallod.train.dataset import MAX_PIXELS_HINT, DataFile, fits_record, index_file
 from reallod.train.targets import clean_record
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ METRICS = ("ap50", "ap", "ap50_pos", "ap_pos")
 class EvalQuery:
     image: str  # path
     expression: str
-    boxes: np.ndarray  # (k, 4) xyxy pixels; empty for a negative expression
+    boxes: np.ndarray  # (k, 4) xyxy pixels of the record's size; empty for a negative expression
+    size: tuple[int, int]  # the record's (width, height): the image may be a resized copy (fits_record)
 
 
 def eval_queries(records: Sequence[tuple[Record, str]], *, sources: Sequence[str] = ("vlm_short",),
@@ -57,8 +58,10 @@ def eval_queries(records: Sequence[tuple[Record, str]], *, sources: Sequence[str
             for e in p.negative_expressions:
                 if e.lower() not in named and e not in negatives:
                     negatives.append(e)
-        out += [EvalQuery(path, e, np.asarray(b, dtype=np.float64).reshape(-1, 4)) for e, b in positives.items()]
-        out += [EvalQuery(path, e, np.zeros((0, 4))) for e in negatives[:negatives_per_image]]
+        size = (record.width, record.height)
+        out += [EvalQuery(path, e, np.asarray(b, dtype=np.float64).reshape(-1, 4), size)
+                for e, b in positives.items()]
+        out += [EvalQuery(path, e, np.zeros((0, 4)), size) for e in negatives[:negatives_per_image]]
     return out
 
 
@@ -91,8 +94,9 @@ def _coco_ap(queries: Sequence[EvalQuery], detections: Sequence[Detections], max
 
 def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_size: int = 8, topk: int = 100,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Detections]:
-    """The detections of every query, one image at a time, expressions batched (an image above ``max_pixels``
-    is an error: :func:`check_images` refuses it at setup)."""
+    """The detections of every query, one image at a time, expressions batched, in the frame of the query's
+    boxes (a resized copy's are scaled back; an image above ``max_pixels`` is an error: :func:`check_images`
+    refuses it at setup)."""
     from reallod.model.inference import InferenceOptions, detect
 
     opts = InferenceOptions(mode="parallel", batch_size=batch_size, topk=topk)
@@ -103,6 +107,9 @@ def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_si
     for path, idx in by_image.items():
         image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
         det = detect(detector, image, [queries[i].expression for i in idx], opts)
+        (width, height), (rw, rh) = image.size, queries[idx[0]].size
+        if (width, height) != (rw, rh):
+            det.xyxy = det.xyxy * np.array([rw / width, rh / height] * 2, dtype=np.float32)
         for j, i in enumerate(idx):
             out[i] = det.for_expression(j)
     return [o if o is not None else Detections.empty([queries[i].expression]) for i, o in enumerate(out)]
@@ -123,8 +130,9 @@ def load_eval_records(path: str | Path, images: str | Path, max_images: int | No
 
 
 def check_images(records: Sequence[tuple[Record, str]], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuse, naming the file, a held-out image that is missing, unreadable, truncated, not of its
-    record's size or larger than ``max_pixels`` (the evaluation would not decode it). Run at setup: the
+    """Refuse, naming the file, a held-out image that is missing, unreadable, truncated, neither of its
+    record's size nor a resized copy (:func:`reallod.train.dataset.fits_record`, as training reads it) or
+    larger than ``max_pixels`` (the evaluation would not decode it). Run at setup: the
     first evaluation, an epoch later, would otherwise be the one to find it, and end the run. Cheap: a
     PNG's chunks are walked without decoding, a JPEG is decoded at an eighth of its size (every byte of
     its data is still read), only other formats are decoded in full."""
@@ -145,6 +153,6 @@ def check_images(records: Sequence[tuple[Record, str]], max_pixels: int = DEFAUL
                             path=path) from None
         except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated, damaged
             raise DataError(f"held-out image cannot be read ({type(e).__name__}: {e})", path=path) from None
-        if size != (record.width, record.height):
-            raise DataError(f"held-out image is {size[0]}×{size[1]}, its record says {record.width}×{record.height}",
-                            path=path)
+        if not fits_record(size, record):
+            raise DataError(f"held-out image is {size[0]}×{size[1]}, its record says {record.width}×{record.height} "
+                            "(not a resized copy either: its boxes would land elsewhere)", path=path)

@@ -21,6 +21,7 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,20 @@ from reallod.train import checkpoint as C
 from reallod.train.build import build_detector
 from reallod.train.config import TrainConfig, check, dump_yaml, resolve_paths
 from reallod.train.ctrl_c import CtrlC
-from reallod.train.dataset import DataFile, EpochBatches, TrainDataset, collate, index_file, skipped_summary
+from reallod.train.dataset import (
+    DataFile,
+    EpochBatches,
+    TrainDataset,
+    check_image_root,
+    collate,
+    index_file,
+    skipped_summary,
+)
 from reallod.train.losses import install as install_loss
 from reallod.train.losses import training_loss
 from reallod.train.metrics_log import MetricsLog
 from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
+from reallod.train.processes import PeerFailed, settle
 from reallod.train.resume import FromImage, ResumeFrom, short
 from reallod.train.sampling import TextOptions, check_source_names
 
@@ -196,6 +206,10 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     start = ResumeFrom.read(ckpt, cfg, world) if ckpt is not None else None  # refuses before anything is loaded
     set_seed(cfg.seed)
 
+    files = [index_file(DataFile(f.file, f.images, f.ratio)) for f in cfg.data.train]
+    for f in files:  # before the model is built: a wrong image root is found in seconds
+        check_image_root(f)
+    check_source_names(dict(cfg.data.source_probs), {s for f in files for s in f.sources})
     test_scale = (cfg.augment.test_scale[0], cfg.augment.test_scale[1])
     try:
         model, tokenizer, processor = build_detector(cfg.model, seed=cfg.seed, test_scale=test_scale,
@@ -208,11 +222,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     if max_text_len > int(model.config.max_text_len):
         raise ConfigError(f"data.max_text_len {max_text_len} exceeds the model's max_text_len "
                           f"{model.config.max_text_len} (set model.max_text_len)")
-    files = [index_file(DataFile(f.file, f.images, f.ratio)) for f in cfg.data.train]
     text = TextOptions(source_probs=dict(cfg.data.source_probs), positives_per_instance=cfg.data.positives_per_instance,
                        max_negatives=cfg.data.max_negatives, max_text_len=max_text_len,
                        relations=tuple(cfg.data.relations), shuffle_phrases=cfg.data.shuffle_phrases)
-    check_source_names(text.source_probs, {s for f in files for s in f.sources})
     mean = tuple(getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406))
     std = tuple(getattr(processor, "image_std", None) or (0.229, 0.224, 0.225))
     dataset = TrainDataset(files, TokenizeFn(tokenizer), text, cfg.augment.options(), seed=cfg.seed, mean=mean, std=std,
@@ -436,12 +448,31 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any
 
     final = C.checkpoint_dir(work_dir) / C.checkpoint_name(progress.step)
     tmp = final.with_name(final.name + ".tmp")
-    main = accelerator.is_main_process
-    try:
+    main, what = accelerator.is_main_process, f"the checkpoint of step {progress.step}"
+
+    def together(write: Callable[[], None]) -> None:
+        """What one process fails to write stops them all; the main process removes the partial folder
+        once every process is done with it (removed sooner, the others' writes would fail too)."""
+        error = None
+        try:
+            write()
+        except Exception as e:  # a full disk: os, torch, safetensors and tokenizers each say it their way
+            error = e
+        try:
+            settle(accelerator, error, f"writing {what}")
+        except PeerFailed:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as e:
+            raise C.write_failed(tmp, what, e, work_dir, remove=main) from e
+
+    def start() -> None:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
+
+    def write_parts() -> None:
         tmp.mkdir(parents=True, exist_ok=True)  # a node without the shared work dir still writes its own copy
         torch.save(C.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
         if main:
@@ -455,15 +486,16 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, processor: Any
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             (tmp / "config.yaml").write_text(dump_yaml(cfg))
             C.write_state(tmp, progress)
-    except Exception as e:  # a full disk: os, torch, safetensors and tokenizers each say it their way
-        raise C.write_failed(tmp, f"the checkpoint of step {progress.step}", e, work_dir) from e
-    accelerator.wait_for_everyone()
-    if main:
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        C.prune(work_dir, cfg.checkpoint.keep_last)
-    accelerator.wait_for_everyone()
+
+    def finish() -> None:
+        if main:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            C.prune(work_dir, cfg.checkpoint.keep_last)
+
+    for part in (start, write_parts, finish):
+        together(part)
     return final
 
 
@@ -528,36 +560,48 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
     (:func:`reallod.train.best.save`; ``checkpoint_step``: the latest checkpoint's). ``best/`` is settled
     before the ``eval.csv`` row is written, so a row means this step is done (``missing_only``: skip a
     step that has one)."""
-    metrics, best = None, result.best
+    metrics, best, error = None, result.best, None
     if accelerator.is_main_process and not (missing_only and step in log.steps("eval")):
-        from reallod.model.hf_folder import save_tokenizer
-        from reallod.model.inference import Detector
-        from reallod.train.evaluate import detect_queries, pooled_ap
-
-        net = accelerator.unwrap_model(model)
-        net.eval()
-        tic = time.perf_counter()
         try:
-            dtype = next(net.parameters()).dtype
-            detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
-            metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size,
-                                                        max_pixels=cfg.data.max_pixels))
-        finally:
-            net.train()
-        value = metrics[cfg.eval.metric]
-        row = {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}
-        improved = not math.isnan(value) and (best is None or value > best["value"])
-        if improved:
-            best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
+            metrics, best = _evaluate_here(accelerator, model, tokenizer, processor, cfg, queries, step, pos,
+                                           work_dir, best, log, checkpoint_step)
+        except Exception as e:  # the other processes stop with it, not at the next synchronisation
+            error = e
+    settle(accelerator, error, f"the evaluation of step {step}")
+    return metrics, best
 
-            def write(folder: Path) -> None:
-                net.save_pretrained(str(folder))
-                save_tokenizer(tokenizer, folder)
-                processor.save_pretrained(str(folder))
 
-            B.save(work_dir, best, write, checkpoint_step)
-        log.scalars(step, row, table="eval")
-        if improved:
-            log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")
-    accelerator.wait_for_everyone()
+def _evaluate_here(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
+                   step: int, pos: C.Progress, work_dir: Path, best: dict[str, Any] | None, log: MetricsLog,
+                   checkpoint_step: int) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """:func:`_evaluate`'s work, in the main process."""
+    from reallod.model.hf_folder import save_tokenizer
+    from reallod.model.inference import Detector
+    from reallod.train.evaluate import detect_queries, pooled_ap
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    tic = time.perf_counter()
+    try:
+        dtype = next(net.parameters()).dtype
+        detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
+        metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size,
+                                                    max_pixels=cfg.data.max_pixels))
+    finally:
+        net.train()
+    value = metrics[cfg.eval.metric]
+    row = {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}
+    improved = not math.isnan(value) and (best is None or value > best["value"])
+    if improved:
+        best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
+
+        def write(folder: Path) -> None:
+            net.save_pretrained(str(folder))
+            save_tokenizer(tokenizer, folder)
+            processor.save_pretrained(str(folder))
+
+        B.save(work_dir, best, write, checkpoint_step)
+    log.scalars(step, row, table="eval")
+    if improved:
+        log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")
     return metrics, best
