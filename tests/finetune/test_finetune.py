@@ -282,14 +282,42 @@ def test_a_dataset_rebuilt_in_place_is_not_resumed_onto(teacher_data, tiny_lm, t
     assert prepare_out(o, manifest) == (None, False)  # the same data: resumes (no checkpoint yet)
 
 
+def _served_config(tmp_path: Path, url: str) -> Path:
+    cfg = tmp_path / "served.yaml"
+    cfg.write_text(f"retry: {{backoff_s: 0.01, max_backoff_s: 0.02}}\n"
+                   f"roles:\n  planner: {{backend: openai, model: fake, base_url: '{url}', timeout_s: 5}}\n")
+    return cfg
+
+
 def test_agreement_takes_the_server_options_and_names_a_server_that_is_down(teacher_data, tmp_path, capsys) -> None:
     """agreement had no --base-url (the docs ran it with --config vllm), and a server that was down gave
     'unexpected BackendError', exit 1."""
-    code, _, err = run_cli(["agent", "agreement", teacher_data, "--role", "planner", "--config", "vllm",
-                            "--base-url", "http://127.0.0.1:9/v1", "--limit", "1"], capsys)
+    code, _, err = run_cli(["agent", "agreement", teacher_data, "--role", "planner", "--config",
+                            _served_config(tmp_path, "http://127.0.0.1:8/v1"), "--base-url", "http://127.0.0.1:9/v1",
+                            "--limit", "1"], capsys)
     assert code == 2 and "Traceback" not in err and "unexpected" not in err, err
-    assert "the planner role's model failed on example 1 (connection: " in err
-    assert "127.0.0.1:9" in err and "check that the server is running" in err
+    assert "127.0.0.1:9" in err and "endpoint unreachable" in err and "server" in err, err
+
+
+def test_agreement_waits_as_a_rate_limited_server_says(teacher_data, tmp_path, capsys) -> None:
+    """It called the bare backend: the first 429 ended the measurement ('failed on example 2 (rate_limit')."""
+    import random
+
+    from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply, valid_decision
+
+    rng, asked = random.Random(0), []
+
+    def respond(body):
+        asked.append(1)
+        if len(asked) % 2 == 0:
+            return error_reply(429, "slow down", {"retry-after": "0"})
+        return chat_reply(valid_decision(body, rng))
+
+    with FakeChatServer(respond) as server:
+        code, out, err = run_cli(["agent", "agreement", teacher_data, "--role", "planner", "--config",
+                                  _served_config(tmp_path, server.url), "--limit", "3"], capsys)
+    assert code == 0, err
+    assert len(asked) == 5 and "3 of 3 decision(s)" in out, out
 
 
 class _Killed(BaseException):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from reallod.errors import ConfigError, DataError, ReallodError
 from reallod.finetune.sft_data import SPLITS, open_view, read_manifest, role_files, template_hash
 from reallod.finetune.trainer import split_lines
 from reallod.llm.backends.base import BackendError, map_parts
+from reallod.llm.endpoints import harden_backends
 
 
 @dataclass
@@ -174,6 +175,9 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
                             required=(role_name,))  # the other roles are not asked: they may be left out
     check_template(Path(data), read_manifest(Path(data)), cfg, role_name)
     role = build_role(cfg, role_name)
+    # the config's retries (a 429 told to wait, a server error) as in a run; no response cache: it measures
+    backends, _ = harden_backends({role_name: role.backend}, retry=cfg.retry)
+    role = replace(role, backend=backends[role_name])
     rep = Agreement(role_name, split)
 
     async def go() -> None:
