@@ -91,3 +91,22 @@ def test_a_ray_out_over_the_captions_is_refused_before_ray_starts(tmp_path, clus
     with pytest.raises(ConfigError, match=r"would overwrite the --captions file"):
         rr.realign_on_ray(opts)
     assert cluster["started"] == 0 and captions.read_bytes() == before
+
+
+def test_ray_writes_the_reports_of_the_merged_run(tmp_path, cluster):
+    """--report and --report-dir were dropped with --ray (the shards write none): no file, exit 0."""
+    import json
+
+    from reallod.agent.dispatch import RealignOutcome
+
+    many_tasks(tmp_path / "in", 12)
+    merged, infos = ray_run(tmp_path, cluster, report=tmp_path / "rep", report_dir=tmp_path / "pages")
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert report["tasks"] == 12 and report["run"]["shards"] == 2 and report["run"]["tasks_run"] == 12
+    assert report["run"]["requests"]["sent"] == sum(i["requests"]["sent"] for i in infos) > 0
+    assert "12 task(s); 0 resumed from the journal, 12 run now" in (tmp_path / "rep.md").read_text()
+    assert (tmp_path / "pages" / "index.md").read_text().count("## task ") == 12
+    assert merged.run_report == (tmp_path / "rep.json", tmp_path / "rep.md")
+    assert merged.report == tmp_path / "pages" / "index.html"
+    shown = RealignOutcome(merged=merged).renderables()
+    assert any(isinstance(r, str) and "run report:" in r for r in shown)

@@ -37,7 +37,11 @@ class RealignOutcome:
 
         if self.merged is not None:
             m = self.merged
-            return [render(m.summary, out=str(m.out), trace=str(m.trace) if m.trace else None)]
+            merged: list[Any] = [render(m.summary, out=str(m.out), trace=str(m.trace) if m.trace else None,
+                                        report=str(m.report) if m.report else None)]
+            if m.run_report:
+                merged.append(f"run report: {m.run_report[0]} and {m.run_report[1]}")
+            return merged
         if self.run is None:
             return []
         from reallod.agent.run_report import run_table

@@ -54,6 +54,8 @@ class MergeResult:
     shards: int
     unresolved: Policy = "keep"  # the policy the output was assembled with
     policy_note: str = ""  # where it came from: the shards, the default, or the merge's own option
+    report: Path | None = None  # --report-dir's index.html (realign --ray)
+    run_report: tuple[Path, Path] | None = None  # --report's JSON and Markdown (realign --ray)
 
 
 def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:

@@ -249,8 +249,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     fmt = opts.format or detect_format(opts.input)
     source = output_source(fmt, opts.source)
     captions = load_captions(opts.captions) if opts.captions else None
-    images = ImageLoader(opts.images if opts.images is not None else opts.input.parent, max_pixels=opts.max_pixels,
-                         hint=MAX_PIXELS_HINT)
+    images = image_loader(opts)
     trace_path, journal_path = check_outputs(opts)
 
     agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
@@ -342,6 +341,12 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
 
         run.run_report = write_run_report(opts.report, summary, info)
     return run
+
+
+def image_loader(opts: RealignOptions) -> ImageLoader:
+    """The run's images: ``--images``, else the input's folder."""
+    return ImageLoader(opts.images if opts.images is not None else opts.input.parent, max_pixels=opts.max_pixels,
+                       hint=MAX_PIXELS_HINT)
 
 
 def read_files(opts: RealignOptions) -> dict[str, Path]:

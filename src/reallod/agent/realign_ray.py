@@ -14,13 +14,14 @@ import dataclasses
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from reallod.agent.agent_config import load_agent_config
 from reallod.agent.merge import MergeResult, merge_shards
-from reallod.agent.realign import RealignOptions, check_outputs, realign
+from reallod.agent.realign import RealignOptions, check_outputs, image_loader, realign
 from reallod.errors import ConfigError, DataError
 from reallod.runs.journal import beside
 from reallod.runs.ray import import_ray, live_nodes, map_on_ray, ray_session
@@ -88,6 +89,7 @@ def realign_on_ray(opts: RealignOptions, *, address: str | None = None, shards: 
                    ) -> tuple[MergeResult, list[dict[str, Any]]]:
     """Run ``shards`` shards (default: as many as an earlier run's journals, else one per live node) as
     Ray tasks and merge them into ``opts.out``; ``say`` tells when the earlier run's number is kept."""
+    t0 = time.perf_counter()
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     import_ray()
     if shards is not None and shards < 1:
@@ -111,4 +113,19 @@ def realign_on_ray(opts: RealignOptions, *, address: str | None = None, shards: 
         infos = map_on_ray(_run_shard, jobs, names=[f"shard {k}/{n}" for k in range(1, n + 1)], on_done=done,
                            what="other shards")
         merged = merge_shards([job.out for job in jobs], opts.out, unresolved=opts.unresolved, source=opts.source)
-        return merged, infos
+    write_reports(opts, merged, infos, wall_s=time.perf_counter() - t0)
+    return merged, infos
+
+
+def write_reports(opts: RealignOptions, merged: MergeResult, infos: list[dict[str, Any]], *, wall_s: float) -> None:
+    """``--report`` and ``--report-dir`` of the merged run (the shards write none), as a run here would."""
+    if opts.report is not None:
+        from reallod.agent.run_report import merged_info, write_run_report
+
+        info = merged_info(infos, out=str(merged.out), trace=str(merged.trace) if merged.trace else None,
+                           summary=merged.summary, wall_s=wall_s)
+        merged.run_report = write_run_report(opts.report, merged.summary, info)
+    if opts.report_dir is not None and merged.trace is not None:
+        from reallod.agent.task_report import write_report
+
+        merged.report = write_report(merged.trace, opts.report_dir, images=image_loader(opts))

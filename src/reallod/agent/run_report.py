@@ -47,6 +47,36 @@ def report_dict(summary: RunSummary, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def merged_info(infos: list[dict[str, Any]], *, out: str, trace: str | None, summary: RunSummary,
+                wall_s: float) -> dict[str, Any]:
+    """The run info of shards run side by side (``realign --ray``), as one run's: counts and requests
+    summed, pace the sum of the shards' (they ran at once), each stage the longest shard's."""
+    def total(key: str) -> int:
+        return sum(int(i.get(key) or 0) for i in infos)
+
+    def counts(key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i in infos:
+            for kind, n in (i["requests"].get(key) or {}).items():
+                out[kind] = out.get(kind, 0) + n
+        return out
+
+    stages: dict[str, float] = {}
+    for i in infos:
+        for stage, secs in (i.get("stages_s") or {}).items():
+            stages[stage] = max(stages.get(stage, 0.0), secs)
+    first = infos[0] if infos else {}
+    return {"input": first.get("input"), "out": out, "journal": None, "trace": trace, "agent": first.get("agent"),
+            "shard": None, "shards": len(infos), "concurrency": total("concurrency"),
+            "tasks_total": summary.tasks, "tasks_resumed": total("tasks_resumed"),
+            "tasks_retried": total("tasks_retried"), "tasks_run": total("tasks_run"),
+            "tasks_per_s": sum(float(i.get("tasks_per_s") or 0.0) for i in infos), "cache": first.get("cache"),
+            "requests": {"sent": sum(i["requests"]["sent"] for i in infos),
+                         "cache_hits": sum(i["requests"]["cache_hits"] for i in infos),
+                         "retries": counts("retries"), "gave_up": counts("gave_up")},
+            "stages_s": {k: round(v, 3) for k, v in stages.items()}, "wall_s": round(wall_s, 3)}
+
+
 def _retried(info: dict[str, Any]) -> str:
     n = info.get("tasks_retried") or 0
     return f", of which {n} had failed before" if n else ""
