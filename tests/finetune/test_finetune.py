@@ -162,12 +162,42 @@ def test_a_killed_finetune_resumes_from_its_last_checkpoint(teacher_data, tiny_l
 
 def test_ctrl_c_saves_a_checkpoint_then_stops(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:
     out = tmp_path / "student"
+    evaluated = []
+    monkeypatch.setattr(trainer_mod, "_trainer", _counting_evaluations(trainer_mod._trainer, evaluated))
     with monkeypatch.context() as m:
         _interrupt_at(m, 3, "ctrl-c")
         with pytest.raises(Interrupted, match="stopped at step 3 and saved a checkpoint"):
             finetune(opts(teacher_data, tiny_lm, out, save_steps=100))
     assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
+    assert evaluated == []  # a whole validation pass ran after the checkpoint, on the way out
     assert finetune(opts(teacher_data, tiny_lm, out, save_steps=100)).resumed_from.endswith("checkpoint-3")
+
+
+def _counting_evaluations(make_trainer, evaluated: list):
+    def counting(*a, **kw):
+        t = make_trainer(*a, **kw)
+        evaluate = t.evaluate
+
+        def counted(*args, **kwargs):
+            evaluated.append(t.state.global_step)
+            return evaluate(*args, **kwargs)
+
+        t.evaluate = counted
+        return t
+
+    return counting
+
+
+def test_the_last_loss_and_tokens_are_the_last_steps(teacher_data, tiny_lm, tmp_path) -> None:
+    """transformers logs every logging_steps: the 'last training loss' and the tokens were step 1's of a
+    3-step run logged every 2 (logging_first_step), the tokens a third of those trained on."""
+    out = tmp_path / "student"
+    res = finetune(opts(teacher_data, tiny_lm, out, max_steps=3, logging_steps=2))
+    record = json.loads((out / "finetune.json").read_text())
+    assert [h["step"] for h in record["train_losses"]] == [1, 2, 3]
+    assert res.train_loss == record["train_losses"][-1]["loss"]
+    every = finetune(opts(teacher_data, tiny_lm, tmp_path / "every", max_steps=3, logging_steps=1))
+    assert res.tokens == every.tokens > 0
 
 
 def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:

@@ -344,6 +344,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     stop = _StopOnSignal()
     trainer.add_callback(stop.callback())
     trainer.add_callback(_stop_if_trained())
+    trainer.add_callback(_log_last_step())
     try:
         with stop:
             trainer.train(resume_from_checkpoint=resume)
@@ -457,6 +458,20 @@ def _stop_if_trained() -> Any:
     return StopIfTrained()
 
 
+def _log_last_step() -> Any:
+    """Log the last step too (transformers logs every ``logging_steps``): the result's last training loss and
+    token count are the run's end, not the last multiple of ``logging_steps`` (step 1's, in a 6-step run)."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
 class _StopOnSignal:
     """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, save a checkpoint, stop. A second one
     interrupts at once (the last saved checkpoint is kept)."""
@@ -492,6 +507,11 @@ class _StopOnSignal:
                 if stop.requested:
                     control.should_save = True
                     control.should_training_stop = True
+                return control
+
+            def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                if stop.requested:  # no validation pass on the way out: it may outlast a scheduler's grace
+                    control.should_evaluate = False
                 return control
 
         return StopOnSignal()
