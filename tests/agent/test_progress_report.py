@@ -96,3 +96,28 @@ def test_report_dir_of_a_smaller_limit_shows_only_its_own_tasks(tmp_path):
     md = (tmp_path / "rep2" / "index.md").read_text()
     assert md.count("## task ") == 2 and "· 2 task(s)" in md, md[:300]
     assert (tmp_path / "rep6" / "index.md").read_text().count("## task ") == 6
+
+
+def test_the_per_role_requests_count_the_backends_retries(tmp_path, capsys):
+    """A 429 retried by the backend was no 'try': the table said fewer requests than the server got."""
+    import random
+
+    from tests.agent.fake_openai_server import FakeChatServer, chat_reply, error_reply, valid_decision
+    from tests.agent.io_helpers import fake_server_config, many_tasks
+    from tests.cli_helpers import run_cli
+
+    rng = random.Random(0)
+
+    def respond(body):
+        if len(server.requests) % 3 == 1:  # every third request, the first included
+            return error_reply(429, "slow down", {"retry-after": "0"})
+        return chat_reply(valid_decision(body, rng))
+
+    with FakeChatServer(respond) as server:
+        cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=1)
+        code, _, err = run_cli(["realign", many_tasks(tmp_path / "in", 6), "--config", cfg, "--out",
+                                tmp_path / "o.jsonl", "--report", tmp_path / "run"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert report["run"]["requests"]["retries"].get("rate_limit", 0) > 0
+    assert sum(r["attempts"] for r in report["roles"].values()) == len(server.requests)

@@ -111,8 +111,8 @@ MAX_ERROR_CHARS = 500
 
 def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
     """The compact result the journal keeps: what the output, the summary and agent-eval need
-    (verdict, expressions, error, and per call: role, view, attempts, tokens, time, and what of it the
-    response cache answered when it answered any); the trace has the rest (prompts, raw replies)."""
+    (verdict, expressions, error, and per call: role, view, attempts, requests when retries made them
+    more, tokens, time, and what of it the response cache answered when it answered any); the trace has the rest (prompts, raw replies)."""
     full = result_to_json(result)
     entry = {k: full.get(k) for k in ("task_id", *_OUTPUT_FIELDS)}
     if entry["error"]:
@@ -126,6 +126,8 @@ def journal_entry(result: TaskResult, elapsed_s: float) -> dict[str, Any]:
         s["view"] = {"name": view.get("name"), "crop_box": view.get("crop_box")} if view else None
         if step.get("error"):
             s["error"] = str(step["error"])[:MAX_ERROR_CHARS]
+        if step.get("requests", s["attempts"]) != s["attempts"]:  # retries: kept only then
+            s["requests"] = step["requests"]
         if any(step.get("cached") or ()):
             s["cached"] = step["cached"]
         steps.append(s)

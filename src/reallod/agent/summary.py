@@ -34,7 +34,7 @@ class AllTasksFailed(ReallodError):
 @dataclass(slots=True)
 class RoleStats:
     calls: int = 0  # role calls that reached a backend (a VLM reported unavailable is not a call)
-    attempts: int = 0  # requests the model answered, retries included
+    attempts: int = 0  # requests sent to the model, the backend's retries included
     cached: int = 0  # requests the response cache answered (a rerun's): no model time or tokens counted
     repaired: int = 0  # replies that needed json-repair
     failed: int = 0  # calls that ended without a usable decision
@@ -142,7 +142,7 @@ def render(summary: RunSummary, *, out: str | None = None, trace: str | None = N
     for c, count in sorted(summary.cycles.items()):
         cycles.add_row(str(c), f"{count}  {'█' * max(1, round(20 * count / n))}")
 
-    roles = Table(title="calls per role (tries: requests the model answered, retries included; cached: those the "
+    roles = Table(title="calls per role (tries: requests sent to the model, retries included; cached: those the "
                         "response cache answered; fixed: replies json-repair mended; tokens and secs: the model's)",
                   title_justify="left")
     for col in ("role", "calls", "tries", "cached", "fixed", "failed", "tok in", "tok out", "secs"):

@@ -74,7 +74,8 @@ class Step:
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    attempts: int = 1
+    attempts: int = 1  # the workflow's tries (again after an unusable reply)
+    requests: int = 0  # requests sent for them: the backend's retries (a 429, a timeout) included
     error: str | None = None
     repaired: bool = False  # the reply needed json-repair to parse
     rejected: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts: {"attempt", "raw"?, "error"}
@@ -87,10 +88,12 @@ class Step:
 
 
 def model_cost(step: Mapping[str, Any]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """A recorded step's (requests, prompt tokens, completion tokens): first those the model was asked,
-    then those the response cache answered (``cached``), so a rerun's cost is what it asked."""
+    """A recorded step's (requests, prompt tokens, completion tokens): first those the model was asked
+    (retries included), then those the response cache answered (``cached``), so a rerun's cost is what
+    it asked."""
     hits, hit_in, hit_out = (int(v or 0) for v in (step.get("cached") or (0, 0, 0))[:3])
-    asked = (int(step.get("attempts") or 0) - hits, int(step.get("prompt_tokens") or 0) - hit_in,
+    sent = step["requests"] if "requests" in step else step.get("attempts")  # older traces: tries only
+    asked = (int(sent or 0) - hits, int(step.get("prompt_tokens") or 0) - hit_in,
              int(step.get("completion_tokens") or 0) - hit_out)
     return asked, (hits, hit_in, hit_out)
 

@@ -120,6 +120,7 @@ class _TaskRun:
                         convo, schema=role.decision.schema, max_tokens=role.max_tokens,
                         temperature=role.temperature)
                 except BackendError as e:
+                    step.requests += e.requests
                     step.rejected.append({"attempt": attempt, "error": f"backend: {e}"})
                     if e.retryable and attempt < policy.max_attempts:
                         await asyncio.sleep(backoff_delay(attempt, policy, _JITTER, e.retry_after))
@@ -129,10 +130,12 @@ class _TaskRun:
                 except ConfigError:
                     raise  # the model cannot be loaded or used at all: a run-level problem, not this task's
                 except Exception as e:  # a backend bug must not end the run
+                    step.requests += 1
                     step.rejected.append({"attempt": attempt, "error": f"{type(e).__name__}: {e}"})
                     raise StepFailed(f"{role.name}: backend {role.backend.name} raised "
                                      f"{type(e).__name__}: {e}", "backend_error") from e
                 replies.append(completion)
+                step.requests += int(completion.meta.get("attempts") or 1)
                 step.raw_response = completion.text
                 step.latency_s += completion.latency_s
                 step.prompt_tokens += completion.prompt_tokens

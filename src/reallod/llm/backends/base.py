@@ -54,11 +54,12 @@ class BackendError(Exception):
     """
 
     def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
-                 kind: str = "error") -> None:
+                 kind: str = "error", requests: int = 1) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.kind = kind
+        self.requests = requests  # sent before it gave up (the retries of a hardened backend included)
 
 
 @runtime_checkable
