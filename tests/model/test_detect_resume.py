@@ -113,7 +113,7 @@ def test_a_second_run_on_the_same_out_dir_leaves_the_running_ones_journals_alone
     out = tmp_path / "out"
     (out / "preds").mkdir(parents=True)
     (out / "preds" / "p0.json").write_text("{}")
-    entry = journal_entry((out / "preds" / "p0.json", None), out, str(tmp_path / "images"))
+    entry = journal_entry((out / "preds" / "p0.json", None), out, str(tmp_path / "images"), [1, 2])
     journal, aside = out / JOURNAL_NAME, out / earlier_journal_name(Place())
     said = []
     with held(journal, {"expressions": ["a flag"]}, [("p0.jpg", entry)]) as running:
@@ -121,5 +121,5 @@ def test_a_second_run_on_the_same_out_dir_leaves_the_running_ones_journals_alone
         for settings in ({"expressions": ["a helmet"]}, {"expressions": ["a flag"]}):
             with pytest.raises(JournalBusy, match=rf"detect\.journal\.jsonl: {busy(running)}"):
                 open_journal(out, Place(), settings, str(tmp_path / "images"), {"p0.jpg": "p0.jpg"},
-                             DetectSummary(), said.append)
+                             DetectSummary(), said.append, names=lambda name: ("preds/p0.json", None))
             assert journal.read_bytes() == before and not aside.exists() and said == []

@@ -20,6 +20,7 @@ The output folder is loaded back with ``from_pretrained`` before it is moved int
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -434,14 +435,7 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
         GroundingDinoImageProcessorPil,
     )
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: is a file; the converted model is a folder: give another output path")
-    if Path(src).resolve().is_relative_to(out.resolve()):
-        raise ConfigError(f"{out}: holds the checkpoint {src}, which replacing it would delete: give another "
-                          "output folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    out = check_output_folder(src, out_dir, overwrite)
     state = load_state_file(src)
     if not is_mmdet_layout(state):
         raise DataError("does not have MMDetection's MM-Grounding-DINO key layout (no backbone.stages.*, "
@@ -464,14 +458,46 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
         (tmp / "reallod_conversion.json").write_text(json.dumps(
             {"source": str(src), "variant": name, "converted_tensors": report.converted,
              "dropped_keys": report.dropped}, indent=2) + "\n")
-        old = out.with_name(f".{out.name}.replaced") if out.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)  # the previous folder survives until the new one is in place
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _move_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ConversionResult(out, report, name)
+
+
+def check_output_folder(src: str | Path, out_dir: str | Path, overwrite: bool) -> Path:
+    """``out_dir`` as an absolute path (``.`` and ``..`` have no name to write beside), refused before any
+    work when the converted folder cannot go there: a file, the root, a folder holding the checkpoint,
+    a folder that is not empty without ``overwrite``, or one to replace that holds the current folder
+    (the shell would be left in a deleted one)."""
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out_dir}: is a file; the converted model is a folder: give another output path")
+    if not out.name:
+        raise ConfigError(f"{out_dir}: is the root folder; give a folder to create (such as models/real-model-t)")
+    if Path(src).resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"{out_dir}: holds the checkpoint {src}, which replacing it would delete: give another "
+                          "output folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"{out_dir}: is (or holds) the current folder, which replacing it would delete; give "
+                              "another output folder, or run the command from outside it")
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """The converted folder ``tmp`` to ``out``. An empty folder there (``.``) is filled, not replaced, so a
+    shell inside it stays in it; a folder with files is renamed away until the new one is in place."""
+    if out.is_dir() and not any(out.iterdir()):
+        for f in tmp.iterdir():
+            f.rename(out / f.name)
+        return
+    old = out.with_name(f".{out.name}.replaced") if out.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)  # the previous folder survives until the new one is in place
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

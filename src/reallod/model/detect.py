@@ -29,6 +29,7 @@ from reallod.model.detect_journal import (
     check_earlier,
     detect_settings,
     earlier_journal_name,
+    input_stamp,
     is_journal,
     journal_entry,
     lock_own_journal,
@@ -38,7 +39,8 @@ from reallod.model.detect_journal import (
 )
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
-from reallod.model.inference import Detector, InferenceOptions
+from reallod.model.inference import Detector, InferenceOptions, plan_prompts
+from reallod.model.token_prompt import check_expressions
 from reallod.runs.launch import Place
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
@@ -140,7 +142,8 @@ def _save_picture(image: Image.Image, path: Path) -> None:
 
 
 def _load(path: Path, detector: Detector, max_pixels: int):
-    """Decode one image and prepare its pixels (runs in a worker thread, ahead of the device)."""
+    """Decode one image and prepare its pixels (runs in a worker thread, ahead of the device); with the
+    file's :func:`input_stamp`, taken before it is read (a file replaced meanwhile is detected again)."""
     from reallod.model.inference import prepare_pixels
 
     try:
@@ -148,12 +151,13 @@ def _load(path: Path, detector: Detector, max_pixels: int):
     except UnicodeEncodeError:  # bytes the file system kept that no JSON (predictions, journal) can hold
         shown = os.fsencode(path).decode("utf-8", "backslashreplace")
         return None, None, DataError("the file name is not valid UTF-8, so the predictions could not name it; "
-                                     "rename the file", path=shown)
+                                     "rename the file", path=shown), None
+    stamp = input_stamp(path)
     try:
         image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
-        return image, prepare_pixels(detector, image), None
+        return image, prepare_pixels(detector, image), None, stamp
     except DataError as e:
-        return None, None, e if e.path else DataError(e.message, path=str(path))
+        return None, None, e if e.path else DataError(e.message, path=str(path)), None
 
 
 def _write(dets: Detections, image: Image.Image, name: str, options: DetectOptions, whole_name: bool = False
@@ -199,6 +203,7 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     options = options or DetectOptions()
     inference = inference or InferenceOptions()
     place = place or Place()
+    plan_prompts(detector, check_expressions(expressions), inference)  # a bad expression fails before any write
     check_outputs(inputs, options)
     root, names = images or find_images(inputs, skip=output_skips(options))
     check_links(root, names, options)
@@ -224,26 +229,30 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             say(f"{options.out_dir}: deleted {removed} files a run with other settings wrote there (--discard-earlier)")
         del every
         pending = {name: name for name in names}
-        journal = open_journal(options.out_dir, place, settings, root_key, pending, summary, say, lock=lock)
+        journal = open_journal(options.out_dir, place, settings, root_key, pending, summary, say, lock=lock,
+                               names=lambda name: output_names(name, options, name in shared))
         todo = [name for name in names if name in pending]  # in input order
         del pending
+        if summary.unstamped:
+            say(f"{options.out_dir}: {summary.unstamped} journal entries of an older reallod do not note the image "
+                "file's size and time, so their images are detected again")
     label = "detect" if place.world_size == 1 else f"detect [{place.world_size} processes]"
     bar = tqdm(total=len(names), initial=summary.resumed, desc=label, unit="img", file=sys.stderr,
                disable=not progress or len(names) < 2 or not place.is_main)
     n_ahead = depth(options.prefetch, detector.device)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-write") if n_ahead else None
-    written: list[tuple[str, Future]] = []  # writes not yet collected, oldest first
+    written: list[tuple[str, Future, list[int] | None]] = []  # writes not yet collected, oldest first
 
-    def finished(name: str, files: Files) -> None:
+    def finished(name: str, files: Files, stamp: list[int] | None) -> None:
         summary.processed += 1
         summary.preds += files[0] is not None
         summary.pictures += files[1] is not None
         if journal is not None:  # its files are on disk: a rerun may skip it
-            journal.append_soon(name, journal_entry(files, options.out_dir, root_key))
+            journal.append_soon(name, journal_entry(files, options.out_dir, root_key, stamp))
 
     loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
     try:
-        for name, (image, prepared, error) in zip(todo, loaded, strict=True):
+        for name, (image, prepared, error, stamp) in zip(todo, loaded, strict=True):
             bar.update(1)
             if error is not None:
                 summary.skipped.append((str(root / name), str(error)))
@@ -254,17 +263,17 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             if options.print_result:
                 tqdm.write(dumps(dets.to_dict()).decode(), file=sys.stdout)
             if writer is not None and not options.show:
-                written.append((name, writer.submit(_write, dets, image, name, options, name in shared)))
+                written.append((name, writer.submit(_write, dets, image, name, options, name in shared), stamp))
                 while len(written) > n_ahead + 1:  # bounded: finished images do not pile up in memory
-                    done, future = written.pop(0)
-                    finished(done, future.result())
+                    done, future, done_stamp = written.pop(0)
+                    finished(done, future.result(), done_stamp)
             else:
-                finished(name, _write(dets, image, name, options, name in shared))
+                finished(name, _write(dets, image, name, options, name in shared), stamp)
                 if options.show:
                     draw_detections(image, dets, score_thr=options.score_thr, palette_name=options.palette
                                     ).show(title=name)
-        for name, future in written:  # in input order; a failed write raises here
-            finished(name, future.result())
+        for name, future, stamp in written:  # in input order; a failed write raises here
+            finished(name, future.result(), stamp)
     except KeyboardInterrupt:
         if journal is None:
             raise

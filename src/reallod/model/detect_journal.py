@@ -1,10 +1,11 @@
 """What a ``reallod detect`` run writes where, and what its journal keeps, resumes and refuses.
 
 Each image written is noted in ``OUT/detect.journal.jsonl`` (process R of several:
-``detect.journal.rankR.jsonl``) with its files' size and time as written, under a header holding the
-settings the files depend on. A rerun with the same settings keeps the images whose files are still as
-written; one with other settings detects every image again, and refuses to leave files of the earlier
-settings beside its own (:func:`check_earlier`).
+``detect.journal.rankR.jsonl``) with its files' size and time as written and the image file's as read,
+under a header holding the settings the files depend on. A rerun with the same settings keeps the images
+unchanged since whose files are still as written, at the names the run gives them; one with other settings
+detects every image again, and refuses to leave files of the earlier settings beside its own
+(:func:`check_earlier`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class DetectSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     preds: int = 0  # JSON files there (this run's and those kept), one per image
     pictures: int = 0
+    unstamped: int = 0  # entries of an older reallod, which hold no image size and time: detected again
 
 
 def shared_stems(names: list[str]) -> set[str]:
@@ -105,13 +107,25 @@ def output_names(name: str, options: DetectOptions, whole_name: bool = False) ->
 
 
 Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: not written)
+Names = tuple[str | None, str | None]  # the same, relative to ``OUT`` (:func:`output_names`)
 
 
-def journal_entry(files: Files, out_dir: Path, root: str) -> dict[str, Any]:
+def input_stamp(path: str | Path) -> list[int] | None:
+    """An image file's size and modification time (ns), or None when it cannot be looked at: one ``stat``,
+    which tells an image replaced under the same name from the one detected."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def journal_entry(files: Files, out_dir: Path, root: str, source: list[int] | None) -> dict[str, Any]:
     """What the journal says of an image's files: name, size and time as written, so a file another run
-    wrote over since (other settings, another number of processes) is not taken for this run's; and the
-    input folder (resolved) its name is relative to."""
-    entry: dict[str, Any] = {"input": root}
+    wrote over since (other settings, another number of processes) is not taken for this run's; the
+    input folder (resolved) its name is relative to; and the image's :func:`input_stamp` as read
+    (``source``), so an image replaced since is detected again."""
+    entry: dict[str, Any] = {"input": root, "source": source}
     for key, f in zip(("pred", "vis"), files, strict=True):
         entry[key] = None
         if f is not None:
@@ -120,15 +134,16 @@ def journal_entry(files: Files, out_dir: Path, root: str) -> dict[str, Any]:
     return entry
 
 
-def _files_as_written(entry: dict[str, Any], out_dir: Path) -> Files | None:
-    """The entry's files if each is still there as written, else None."""
+def _files_as_written(entry: dict[str, Any], out_dir: Path, names: Names) -> Files | None:
+    """The entry's files if they are at ``names`` (where this run writes the image's) and each is still
+    there as written, else None."""
     files: list[Path | None] = []
-    for key in ("pred", "vis"):
+    for key, name in zip(("pred", "vis"), names, strict=True):
         written = entry.get(key)
-        if written is None:
+        if written is None and name is None:
             files.append(None)
             continue
-        if not (isinstance(written, list) and len(written) == 3):
+        if not (isinstance(written, list) and len(written) == 3 and written[0] == name):
             return None
         path = out_dir / written[0]
         try:
@@ -316,18 +331,37 @@ def _set_aside(journal: Path, aside: Path, settings: Any, out_dir: Path) -> None
         aside.unlink(missing_ok=True)
 
 
-def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str, str], summary: DetectSummary
-          ) -> Iterator[tuple[str, dict[str, Any]]]:
+def _remove_renamed(entry: dict[str, Any], out_dir: Path, names: Names, folders: dict[str, bool]) -> None:
+    """Delete the entry's files, still as written, that are not at ``names`` (a same-stem image came or went
+    since: ``preds/photo.json`` is now ``preds/photo.png.json``), so an image's outputs are never under
+    both names; its image is detected again and written under the new ones. Nothing else is deleted."""
+    for rel in _still_written(entry, out_dir):
+        if rel not in names and _in_place(out_dir, rel, folders):
+            (out_dir / rel).unlink(missing_ok=True)
+
+
+def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str, str], summary: DetectSummary,
+          names: Callable[[str], Names]) -> Iterator[tuple[str, dict[str, Any]]]:
     """The journal entries of this process's images (of the input folder ``root``) that a run with these
-    settings finished, their files still as it wrote them, from every process's journal (the number of
-    processes may differ from run to run); each image found leaves ``pending`` and is counted in
-    ``summary``. Streamed, so a resumed run of millions of images holds no more than their names."""
+    settings finished, the image file unchanged since and its files still as it wrote them at ``names``
+    (the image's output names in this run), from every process's journal (the number of processes may
+    differ from run to run); each image found leaves ``pending`` and is counted in ``summary``. Streamed,
+    so a resumed run of millions of images holds no more than their names."""
+    folders: dict[str, bool] = {}
     for path in sorted(out_dir.glob("detect.journal*.jsonl")):
         try:
             if read_header(path).get("fingerprint") != settings:
                 continue
             for name, entry in iter_journal(path):
-                if name in pending and entry.get("input") == root and (files := _files_as_written(entry, out_dir)):
+                if name not in pending or entry.get("input") != root:
+                    continue
+                expected = names(name)
+                files = _files_as_written(entry, out_dir, expected)
+                if files is None:
+                    _remove_renamed(entry, out_dir, expected, folders)
+                elif "source" not in entry:
+                    summary.unstamped += 1  # written by an older reallod: the image may have changed since
+                elif entry["source"] is not None and entry["source"] == input_stamp(os.path.join(root, name)):
                     name = pending.pop(name)  # this process's own string: the journal keeps no copy
                     summary.resumed += 1
                     summary.preds += files[0] is not None
@@ -349,15 +383,16 @@ def lock_own_journal(out_dir: Path, place: Place) -> JournalLock:
 
 
 def open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: str, pending: dict[str, str],
-                 summary: DetectSummary, say: Callable[[str], None], lock: JournalLock | None = None) -> Journal:
+                 summary: DetectSummary, say: Callable[[str], None], *, names: Callable[[str], Names],
+                 lock: JournalLock | None = None) -> Journal:
     """This process's journal, rewritten to hold what it keeps (so it never vouches for files this run
     writes over) and, as they are, its entries of the images this run does not detect: now another
     process's (a run resumed on another number of processes loses none), of another input, or of
     images of the folder left out of this run (``reallod detect photos/one.jpg`` keeps the folder's
     work); whichever run uses them checks their files first. Says which settings changed when the one
     there was written with others, and sets its entries aside (:func:`_set_aside`). What it keeps leaves
-    ``pending``. ``lock``: :func:`lock_own_journal`'s, when the caller took it first (released here on
-    failure)."""
+    ``pending``. ``names``: an image's output names in this run (:func:`output_names`). ``lock``:
+    :func:`lock_own_journal`'s, when the caller took it first (released here on failure)."""
     path = out_dir / journal_name(place)
     lock = lock or lock_own_journal(out_dir, place)
     carried: Iterable[tuple[str, Any]] = ()
@@ -375,5 +410,5 @@ def open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: st
     except BaseException:
         lock.release()
         raise
-    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, root, pending, summary), carried),
+    return Journal.rewrite(path, settings, chain(_kept(out_dir, settings, root, pending, summary, names), carried),
                            keep=lambda entry: None, lock=lock)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reallod.errors import ConfigError, DataError
+from reallod.model.token_prompt import sanitize
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -36,7 +37,9 @@ def split_caption(text: str) -> list[str]:
 
 
 def parse_texts(values: Iterable[str]) -> list[str]:
-    """Expressions from every ``--texts`` value, in order, duplicates removed (first kept)."""
+    """Expressions from every ``--texts`` value, in order, duplicates removed (first kept). One that is
+    empty once the model's phrase splitters (``.``, ``?``) are taken out is refused here, before a model
+    is loaded or anything written."""
     out: list[str] = []
     for value in values:
         stripped = value.strip()
@@ -54,6 +57,10 @@ def parse_texts(values: Iterable[str]) -> list[str]:
     unique = [e for e in out if not (e in seen or seen.add(e))]
     if not unique:
         raise ConfigError("no expressions given: --texts is empty or only whitespace")
+    for e in unique:
+        if not sanitize(e):
+            raise ConfigError(f"--texts: the expression {e!r} is empty once '.' and '?' are removed (they split "
+                              "phrases inside the model); give it words, or leave it out")
     return unique
 
 

@@ -495,8 +495,8 @@ def _lines(path: Path, _good: list[int] | None = None) -> Iterator[dict[str, Any
                     raise ReallodError(f"{path}: not a reallod journal (its first line is no journal header)")
                 header_seen = True
                 yield obj
-            elif isinstance(obj, dict) and "task_id" in obj:
-                yield obj
+            elif isinstance(obj, dict) and isinstance(obj.get("task_id"), str) and isinstance(obj.get("result"), dict):
+                yield obj  # a line of another shape (edited by hand) is passed over as a torn one: not done
     if not header_seen:
         raise ReallodError(f"{path}: not a reallod journal (no header line)")
 
