@@ -94,7 +94,7 @@ def test_a_config_role_takes_an_adapter_relative_to_the_config(teacher_data, tin
     cfg.write_text(f"roles:\n  reflector: {{backend: transformers, model: {tiny_lm}, adapter: nowhere}}\n"
                    f"  planner: {{backend: transformers, model: {tiny_lm}}}\n"
                    f"  rewriter: {{backend: transformers, model: {tiny_lm}}}\n")
-    with pytest.raises(ConfigError, match=r"student.yaml: roles.reflector.adapter: .*nowhere is not a PEFT adapter "
+    with pytest.raises(ConfigError, match=r"student\.yaml:2: roles\.reflector\.adapter: .*nowhere is not a PEFT adapter "
                                           r"folder \(no adapter_config.json\)"):
         load_agent_config(cfg)
 

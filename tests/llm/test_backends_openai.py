@@ -265,7 +265,8 @@ def test_the_http_client_is_checked_and_named_in_the_config(tmp_path) -> None:
     roles = build_roles(load_agent_config(cfg))
     assert roles.reflector.backend.http_client == "openai"
     cfg.write_text(body.format("curl"))
-    with pytest.raises(ConfigError, match="role reflector: http_client must be one of"):
+    with pytest.raises(ConfigError, match=r"a\.yaml:2: roles\.reflector\.http_client: expected one of aiohttp, openai, "
+                                          r"got 'curl'"):
         build_roles(load_agent_config(cfg))
 
 

@@ -24,23 +24,34 @@ Format::
 package that ships a GGUF, assembled into the cache), ``kind``, ``dtype``, ``device``, and ``adapter``: a
 PEFT (LoRA) adapter folder written by ``reallod agent finetune`` (relative to the config file), merged
 into the base model when it loads — the fine-tuned student of that role (docs/agent-finetune.md).
+
+Every value is checked when the file is read, before any model loads or task runs, and an error names
+the file, the line, the role and the key (a key merged from an anchor: the line of the role). A key twice
+in one mapping is refused as in training configs (YAML would keep the last one silently). Whether this
+machine has the GPU a ``device`` names is checked when the roles are built: that is where the model runs
+(a Ray driver without a GPU reads the config of workers that have one).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, Role, Roles, load_prompt, make_role
 from reallod.errors import ConfigError
 from reallod.llm.backends import BACKENDS, Backend, make_backend
+from reallod.llm.backends.http import TRANSPORTS
+from reallod.llm.backends.openai_backend import IMAGE_FORMATS, STRUCTURED_MODES, base_url_problem, public_url
+from reallod.llm.backends.transformers_backend import KINDS, device_missing, device_problem, dtype_problem
 from reallod.llm.policy import RetryPolicy
+from reallod.yaml_lines import Sources, read_yaml_lines, where_set
+
+At = Callable[..., str]  # dotted key -> "FILE:LINE: KEY", for errors (see _at)
 
 
 def _shipped_dir() -> Path:
@@ -74,6 +85,13 @@ class RoleConfig:
     prompt: Path | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    places: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Where the role ("") and each of its keys are set ("FILE:LINE: roles.NAME.KEY"), for the errors
+    found when its backend is built."""
+
+    def at(self, key: str = "") -> str:
+        """Where the role, or its ``key``, is set (see ``places``)."""
+        return self.places.get(key) or self.places.get("", f"roles.{self.name}") + (f".{key}" if key else "")
 
 
 @dataclass(slots=True)
@@ -86,11 +104,11 @@ class AgentConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def describe(self) -> dict[str, str | None]:
-        """Role → "backend:model[@url]", for summaries."""
+        """Role → "backend:model[@url]", for summaries (the URL without user, password or query)."""
         out: dict[str, str | None] = {}
         for n, r in self.roles.items():
             url = r.options.get("base_url") if r else None
-            out[n] = None if r is None else f"{r.backend}:{r.model}" + (f"@{url}" if url else "")
+            out[n] = None if r is None else f"{r.backend}:{r.model}" + (f"@{public_url(url)}" if url else "")
         return out
 
 
@@ -126,68 +144,115 @@ def _model_folder(model: str, base_dir: Path) -> str:
     return model
 
 
-def _role(name: str, raw: Any, where: str, base_dir: Path, url: str | None, required: bool) -> RoleConfig | None:
+def _choice(value: Any, where: str, allowed: Collection[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def _role(name: str, raw: Any, at: At, base_dir: Path, url: tuple[str, str] | None,
+          required: bool) -> RoleConfig | None:
+    """One role, checked. ``url``: the base URL that overrides the file's, and the option that gave it."""
+    def where(key: str = "") -> str:
+        return at(f"roles.{name}" + (f".{key}" if key else ""))
+
     if raw is None:
         if required:
-            raise ConfigError(f"{where}: the {name} role is required")
+            raise ConfigError(f"{at(f'roles.{name}', own_line=True)}: the {name} role is required")
         return None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{where()}: expected a mapping, got {type(raw).__name__}")
     backend = raw.get("backend")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{where}.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    _choice(backend, where("backend"), BACKENDS)
     unknown = set(raw) - _COMMON - _OPTIONS[backend]
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for backend {backend}")
+        raise ConfigError(f"{where()}: unknown key(s) {', '.join(sorted(map(str, unknown)))} for backend {backend}")
     model = raw.get("model")
     if model is None and raw.get("gguf_package"):
         model = str(raw["gguf_package"])
     if not isinstance(model, str) or not model.strip():
-        raise ConfigError(f"{where}.model: a model name is required")
+        raise ConfigError(f"{where('model')}: a model name is required")
     options = {k: v for k, v in raw.items() if k in _OPTIONS[backend]}
     for key in ("supports_images", "trust_remote_code", "constrained"):
         if key in options and not isinstance(options[key], bool):
-            raise ConfigError(f"{where}.{key}: expected true or false, got {options[key]!r}")
+            raise ConfigError(f"{where(key)}: expected true or false, got {options[key]!r}")
+    for key in ("api_key_env", "gguf_file", "gguf_package", "prompt"):
+        if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
+            what = "the name of an environment variable (e.g. VLLM_API_KEY)" if key == "api_key_env" else "a name"
+            raise ConfigError(f"{where(key)}: expected {what}, got {raw[key]!r}")
     if options.get("max_new_tokens") is not None:
-        options["max_new_tokens"] = _num(options["max_new_tokens"], f"{where}.max_new_tokens", int, minimum=1)
+        options["max_new_tokens"] = _num(options["max_new_tokens"], where("max_new_tokens"), int, minimum=1)
     if backend == "openai":
-        if options.get("timeout_s") is not None:
-            timeout = _num(options["timeout_s"], f"{where}.timeout_s", float)
-            if timeout <= 0:
-                raise ConfigError(f"{where}.timeout_s: must be more than 0 seconds, got {options['timeout_s']!r}")
-            options["timeout_s"] = timeout
-        if url:
-            options["base_url"] = url
-        if "params" in options and not isinstance(options["params"], dict):
-            raise ConfigError(f"{where}.params: expected a mapping")
-        given = options.get("base_url")
-        if given is not None and (not isinstance(given, str) or not given.startswith(("http://", "https://"))):
-            source = "the --base-url option (or $REALLOD_BASE_URL)" if url else f"{where}.base_url"
-            raise ConfigError(f"{source}: expected a URL starting with http:// or https://, got {given!r} "
-                              "(e.g. http://localhost:8000/v1)")
+        _openai_options(options, where, url)
     else:
-        if "kind" not in options:
-            options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
+        _transformers_options(name, options, where, base_dir)
         model = _model_folder(model, base_dir)
-        if options.get("adapter") is not None:
-            adapter = options["adapter"]
-            if not isinstance(adapter, str) or not adapter.strip():
-                raise ConfigError(f"{where}.adapter: expected the path of a PEFT adapter folder, got {adapter!r}")
-            path = Path(adapter).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not (path / "adapter_config.json").is_file():
-                raise ConfigError(f"{where}.adapter: {path} is not a PEFT adapter folder (no adapter_config.json); "
-                                  "`reallod agent finetune` writes one")
-            options["adapter"] = str(path)
     prompt = raw.get("prompt")
     if prompt is not None:
         prompt = Path(prompt) if Path(prompt).is_absolute() else base_dir / prompt
     max_tokens = raw.get("max_tokens")
     temperature = raw.get("temperature")
     return RoleConfig(name, backend, model, options, prompt,
-                      None if max_tokens is None else _num(max_tokens, f"{where}.max_tokens", int, minimum=1),
-                      None if temperature is None else _num(temperature, f"{where}.temperature", float,
-                                                            minimum=0))
+                      None if max_tokens is None else _num(max_tokens, where("max_tokens"), int, minimum=1),
+                      None if temperature is None else _num(temperature, where("temperature"), float, minimum=0),
+                      places={key: where(key) for key in ("", *map(str, raw))})
+
+
+def _openai_options(options: dict[str, Any], where: Callable[..., str], url: tuple[str, str] | None) -> None:
+    if options.get("timeout_s") is not None:
+        timeout = _num(options["timeout_s"], where("timeout_s"), float)
+        if timeout <= 0:
+            raise ConfigError(f"{where('timeout_s')}: must be more than 0 seconds, got {options['timeout_s']!r}")
+        options["timeout_s"] = timeout
+    if "params" in options and not isinstance(options["params"], dict):
+        raise ConfigError(f"{where('params')}: expected a mapping")
+    for key, allowed in (("structured", STRUCTURED_MODES), ("http_client", TRANSPORTS)):
+        if key in options:
+            _choice(options[key], where(key), allowed)
+    if "image_format" in options:
+        fmt = options["image_format"]
+        _choice(fmt.lower() if isinstance(fmt, str) else fmt, where("image_format"), IMAGE_FORMATS)
+    if url:
+        options["base_url"] = url[0]
+    given = options.get("base_url")
+    if given is not None and (problem := base_url_problem(given)):
+        raise ConfigError(f"{url[1] if url else where('base_url')}: {problem}")
+
+
+def _transformers_options(name: str, options: dict[str, Any], where: Callable[..., str], base_dir: Path) -> None:
+    if "kind" not in options:
+        options["kind"] = "image_text_to_text" if name == "vlm" else "causal_lm"
+    _choice(options["kind"], where("kind"), KINDS)
+    for key, problem in (("dtype", dtype_problem), ("device", device_problem)):
+        if key in options and (why := problem(options[key])):
+            raise ConfigError(f"{where(key)}: {why}")
+    if options.get("adapter") is not None:
+        adapter = options["adapter"]
+        if not isinstance(adapter, str) or not adapter.strip():
+            raise ConfigError(f"{where('adapter')}: expected the path of a PEFT adapter folder, got {adapter!r}")
+        path = Path(adapter).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"{where('adapter')}: {path} is not a PEFT adapter folder (no adapter_config.json); "
+                              "`reallod agent finetune` writes one")
+        options["adapter"] = str(path)
+
+
+def _at(p: Path, sources: Sources, key: str, *, own_line: bool = False) -> str:
+    """Where ``key`` (dotted) is set, for an error: "FILE:LINE: KEY", with the line of the key or of the
+    nearest key around it that has one (keys merged from an anchor have none of their own); with
+    ``own_line``, of the key alone ("FILE: KEY" for a key the file leaves out)."""
+    return f"{sources.get(key, p) if own_line else where_set(sources, key, p)}: {key}"
+
+
+def _url_overrides(base_url: str | None, llm_base_url: str | None,
+                   vlm_base_url: str | None) -> dict[str, tuple[str, str] | None]:
+    """Per role, the base URL that overrides the config's and the option (or variable) that gave it."""
+    env = os.environ.get("REALLOD_BASE_URL") or None
+    common = (base_url, "the --base-url option (command line)") if base_url else \
+        (env, "$REALLOD_BASE_URL (environment variable)") if env else None
+    llm = (llm_base_url, "the --llm-base-url option (command line)") if llm_base_url else common
+    vlm = (vlm_base_url, "the --vlm-base-url option (command line)") if vlm_base_url else common
+    return {name: llm if name in LLM_ROLES else vlm for name in ROLE_NAMES}
 
 
 def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base_url: str | None = None,
@@ -197,49 +262,47 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
     ``required``: the roles the caller uses (the workflow uses the three LLM roles; measuring one role
     needs that one only), the others may be left out."""
     p = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    raw, sources = read_yaml_lines(p)  # a key twice in one mapping is refused, as in training configs
+    at: At = partial(_at, p, sources)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
-    unknown = set(raw) - _TOP
+    unknown = sorted(map(str, set(raw) - _TOP))
     if unknown:
-        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{at(unknown[0])}: unknown key(s) {', '.join(unknown)}; an agent config has "
+                          f"{', '.join(sorted(_TOP))}")
     roles_raw = raw.get("roles")
     if not isinstance(roles_raw, dict):
-        raise ConfigError(f"{p}: roles: expected a mapping of {', '.join(ROLE_NAMES)}")
-    unknown = set(roles_raw) - set(ROLE_NAMES)
+        raise ConfigError(f"{at('roles')}: expected a mapping of {', '.join(ROLE_NAMES)}")
+    unknown = sorted(map(str, set(roles_raw) - set(ROLE_NAMES)))
     if unknown:
-        raise ConfigError(f"{p}: roles: unknown role(s) {', '.join(sorted(unknown))}")
-    base_url = base_url or os.environ.get("REALLOD_BASE_URL") or None
-    roles = {}
-    for name in ROLE_NAMES:
-        url = (llm_base_url if name in LLM_ROLES else vlm_base_url) or base_url
-        roles[name] = _role(name, roles_raw.get(name), f"{p}: roles.{name}", p.parent, url, name in required)
+        raise ConfigError(f"{at('roles.' + unknown[0])}: unknown role(s) {', '.join(unknown)}; roles are "
+                          f"{', '.join(ROLE_NAMES)}")
+    urls = _url_overrides(base_url, llm_base_url, vlm_base_url)
+    roles = {name: _role(name, roles_raw.get(name), at, p.parent, urls[name], name in required)
+             for name in ROLE_NAMES}
     retry_raw = raw.get("retry") or {}
     keys = ("max_attempts", "backoff_s", "max_backoff_s", "down_after_s", "max_retry_after_s")
     if not isinstance(retry_raw, dict) or set(retry_raw) - set(keys):
-        raise ConfigError(f"{p}: retry: expected a mapping of {', '.join(keys)}")
+        raise ConfigError(f"{at('retry')}: expected a mapping of {', '.join(keys)}")
     default = RetryPolicy()
     retry = RetryPolicy(
-        max_attempts=_num(retry_raw.get("max_attempts", 3), f"{p}: retry.max_attempts", int, minimum=1),
-        base_delay_s=_num(retry_raw.get("backoff_s", 1.0), f"{p}: retry.backoff_s", float, minimum=0),
-        max_delay_s=_num(retry_raw.get("max_backoff_s", 30.0), f"{p}: retry.max_backoff_s", float, minimum=0),
-        down_after_s=_num(retry_raw.get("down_after_s", default.down_after_s), f"{p}: retry.down_after_s", float,
+        max_attempts=_num(retry_raw.get("max_attempts", 3), at("retry.max_attempts"), int, minimum=1),
+        base_delay_s=_num(retry_raw.get("backoff_s", 1.0), at("retry.backoff_s"), float, minimum=0),
+        max_delay_s=_num(retry_raw.get("max_backoff_s", 30.0), at("retry.max_backoff_s"), float, minimum=0),
+        down_after_s=_num(retry_raw.get("down_after_s", default.down_after_s), at("retry.down_after_s"), float,
                           minimum=0),
         max_retry_after_s=_num(retry_raw.get("max_retry_after_s", default.max_retry_after_s),
-                               f"{p}: retry.max_retry_after_s", float, minimum=0))
+                               at("retry.max_retry_after_s"), float, minimum=0))
     return AgentConfig(
         name=str(raw.get("name") or p.stem), path=p, roles=roles,
-        max_cycles=_num(raw.get("max_cycles", 3), f"{p}: max_cycles", int, minimum=1),
-        concurrency=_num(raw.get("concurrency", 64), f"{p}: concurrency", int, minimum=1), retry=retry)
+        max_cycles=_num(raw.get("max_cycles", 3), at("max_cycles"), int, minimum=1),
+        concurrency=_num(raw.get("concurrency", 64), at("concurrency"), int, minimum=1), retry=retry)
 
 
 def _backend_for(rc: RoleConfig) -> Backend:
     options = dict(rc.options)
+    if rc.backend == "transformers" and (problem := device_missing(options.get("device", "cpu"))):
+        raise ConfigError(f"{rc.at('device')}: {options['device']}: {problem}")  # before a GGUF is assembled
     model = rc.model
     if rc.backend == "transformers" and options.get("gguf_package"):
         from reallod.llm.backends.packaged import packaged_gguf, packaged_identity
@@ -253,7 +316,7 @@ def _backend_for(rc: RoleConfig) -> Backend:
     try:
         return make_backend(rc.backend, model, **options)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"role {rc.name}: {e}") from e
+        raise ConfigError(f"{rc.at()}: {e}") from e
 
 
 def build_roles(cfg: AgentConfig) -> Roles:
@@ -272,5 +335,8 @@ def build_role(cfg: AgentConfig, name: str, shared: dict[str, Backend] | None = 
     key = repr((rc.backend, rc.model, sorted(rc.options.items(), key=lambda kv: kv[0])))
     if key not in shared:
         shared[key] = _backend_for(rc)
-    prompt = load_prompt(name, rc.prompt) if rc.prompt else None
+    try:
+        prompt = load_prompt(name, rc.prompt) if rc.prompt else None
+    except ConfigError as e:
+        raise ConfigError(f"{rc.at('prompt')}: {e}") from e
     return make_role(name, shared[key], prompt=prompt, max_tokens=rc.max_tokens, temperature=rc.temperature)

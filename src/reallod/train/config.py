@@ -26,6 +26,7 @@ from reallod.errors import ConfigError
 from reallod.model.token_prompt import MAX_TEXT_LEN
 from reallod.train.augment import AugmentOptions
 from reallod.train.sampling import DEFAULT_SOURCE_PROBS
+from reallod.yaml_lines import Sources, join_key, read_yaml_lines, where_set
 
 
 @dataclass
@@ -185,7 +186,6 @@ class TrainConfig:
 # reading
 # ---------------------------------------------------------------------------------------------
 
-Sources = dict[str, str]  # dotted key -> where its value was set: "FILE:LINE", or "--cfg-options KEY=VALUE"
 
 
 class FieldError(ConfigError):
@@ -231,51 +231,14 @@ def read_yaml_sources(path: str | Path, chain: tuple[Path, ...] = ()) -> tuple[d
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], Sources]:
-    """One file's mapping and the line of each key; a key twice in one mapping is an error (PyYAML would
-    keep the last and silently drop the first, with everything under it)."""
-    try:
-        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    sources: Sources = {}
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _key_lines(node, "", path, sources, set())
-        data = loader.construct_document(node) if node is not None else {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    finally:
-        loader.dispose()
+    """One file's mapping and the line of each key (:func:`reallod.yaml_lines.read_yaml_lines`: a key twice
+    in one mapping is an error)."""
+    data, sources = read_yaml_lines(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a training config must be a YAML mapping")
     return data, sources
-
-
-def _key_lines(node: yaml.Node, where: str, path: Path, sources: Sources, seen: set[int]) -> None:
-    if id(node) in seen:  # an alias: its keys are recorded where the anchor is
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor
-                continue
-            key, line = _join(where, str(key_node.value)), key_node.start_mark.line + 1
-            if key in first:
-                raise ConfigError(f"{path}:{line}: {key}: duplicate key (first at line {first[key]}); YAML keeps "
-                                  "only the last one, and the first one's settings would be lost: merge the two")
-            first[key] = line
-            sources[key] = f"{path}:{line}"
-            _key_lines(value_node, key, path, sources, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            sources[f"{where}.{i}"] = f"{path}:{item.start_mark.line + 1}"
-            _key_lines(item, f"{where}.{i}", path, sources, seen)
 
 
 def _merge_sources(base: Sources, over: Sources, over_data: dict[str, Any]) -> Sources:
@@ -288,18 +251,9 @@ def _merge_sources(base: Sources, over: Sources, over_data: dict[str, Any]) -> S
 def _replacing_keys(data: dict[str, Any], where: str) -> list[str]:
     out = []
     for k, v in data.items():
-        key = _join(where, str(k))
+        key = join_key(where, str(k))
         out += _replacing_keys(v, key) if isinstance(v, dict) else [key]
     return out
-
-
-def _where_set(sources: Sources, key: str, fallback: str | Path | None = None) -> str | None:
-    """Where ``key``'s value was set: its own entry, or that of the nearest enclosing key; else ``fallback``."""
-    parts = key.split(".")
-    for n in range(len(parts), 0, -1):
-        if (found := sources.get(".".join(parts[:n]))) is not None:
-            return found
-    return None if fallback is None else str(fallback)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +327,7 @@ def load_config(path: str | Path | None = None, options: list[str] | None = None
         cfg = build(TrainConfig, raw, "")
         check(cfg)
     except FieldError as e:
-        where = _where_set(sources, e.field, path)
+        where = where_set(sources, e.field, path)
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return cfg
 
@@ -388,13 +342,9 @@ def build(cls: type, data: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise FieldError(_join(where, unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
-    kwargs = {k: _value(hints[k], v, _join(where, k)) for k, v in data.items()}
+        raise FieldError(join_key(where, unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
+    kwargs = {k: _value(hints[k], v, join_key(where, k)) for k, v in data.items()}
     return cls(**kwargs)
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
 
 
 def _value(tp: Any, v: Any, where: str) -> Any:
@@ -578,7 +528,7 @@ def _finite(x: Any, where: str) -> None:
     """NaN passes every range test (all comparisons are false), infinity most: refuse both (YAML .nan, .inf)."""
     if dataclasses.is_dataclass(x):
         for f in dataclasses.fields(x):
-            _finite(getattr(x, f.name), _join(where, f.name))
+            _finite(getattr(x, f.name), join_key(where, f.name))
     elif isinstance(x, list | dict):
         for k, v in (x.items() if isinstance(x, dict) else enumerate(x)):
             _finite(v, f"{where}.{k}")

@@ -18,6 +18,9 @@ itself: the runner retries with its own policy. Errors come back as :class:`Back
 ``kind`` (timeout, connection, rate_limit, server, client) and marked retryable (timeouts,
 connection errors, 408, 409, 429, 5xx, unreadable replies) or not (other 4xx), with the server's
 ``Retry-After`` (seconds, HTTP date, or ``retry-after-ms``).
+
+A base URL never carries credentials (the key comes from ``api_key_env``) and the backend's name shows
+it without user, password or query (:func:`public_url`): the name goes into traces, journals and reports.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from typing import Any
 
+import orjson
 from PIL import Image
 
 from reallod.llm.backends.base import BackendError, Completion, Message, map_parts, message_images
@@ -50,6 +55,7 @@ from reallod.llm.memo import IdentityMemo
 log = logging.getLogger(__name__)
 
 STRUCTURED_MODES: tuple[str, ...] = ("json_schema", "json_object+schema", "json_object", "none")
+IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "jpg", "png")
 _FORMAT_ERROR = re.compile(r"response_format|json_schema|json_object|json schema|grammar|guided"
                            r"|structured[ _]outputs?", re.IGNORECASE)
 """How servers name structured output in their errors: OpenAI (``'response_format' of type
@@ -91,6 +97,37 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> str:
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
+def public_url(url: str) -> str:
+    """``url`` as it may be shown and recorded: without user, password, query and fragment."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        parts = None
+    if parts is None or not parts.netloc:  # no scheme://host (or a bad port): keep what follows any "user:pw@"
+        return url.rpartition("@")[2].split("?")[0].split("#")[0]
+    host = f"[{host}]" if ":" in host else host
+    return urllib.parse.urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
+
+
+def base_url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be a server's base URL, or None. Credentials in it would fail every request (the
+    API key goes in the Authorization header) and end up in logs; a query would end up before the
+    request's path, which is appended to the base URL."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        shown = public_url(url) if isinstance(url, str) else url
+        return f"expected a URL starting with http:// or https://, got {shown!r} (e.g. http://localhost:8000/v1)"
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return (f"a user or password in the URL is not accepted ({public_url(url)} without them): it would be "
+                "written to traces and reports, and the API key goes in a header: put the key in an environment "
+                "variable and name that variable with api_key_env in the agent config")
+    if parts.query or parts.fragment:
+        return (f"{public_url(url)}: a URL with a query (?...) or fragment (#...) is not accepted: request paths "
+                "such as /chat/completions are appended to it; give the server's base URL alone")
+    return None
+
+
 def to_openai_messages(messages: list[Message], image_format: str = "jpeg") -> list[dict[str, Any]]:
     """Our messages (PIL images in parts) as OpenAI chat messages (image_url parts)."""
     return map_parts(messages,
@@ -130,13 +167,20 @@ class OpenAIBackend:
             raise ValueError(f"structured must be one of {STRUCTURED_MODES}, got {structured!r}")
         if http_client not in TRANSPORTS:
             raise ValueError(f"http_client must be one of {TRANSPORTS}, got {http_client!r}")
+        if not isinstance(image_format, str) or image_format.lower() not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if api_key_env is not None and not isinstance(api_key_env, str):
+            raise ValueError(f"api_key_env must be the name of an environment variable, got {api_key_env!r}")
+        if base_url is not None and (problem := base_url_problem(base_url)):
+            raise ValueError(f"base_url: {problem}")
         self.model = model
         self.base_url = base_url
-        self.name = f"openai:{model}@{base_url or 'api.openai.com'}"
+        self.name = f"openai:{model}@{public_url(base_url) if base_url else 'api.openai.com'}"
         self.supports_images = supports_images
         self.params = dict(params or {})
         self.image_format = image_format
         self.structured = structured
+        self.first_structured = structured  # the level it starts from (``structured`` may fall back in a run)
         self.timeout_s = timeout_s
         # Local servers need no key; the official client insists on one, so a placeholder stands in.
         key = (os.environ.get(api_key_env) if api_key_env else None) or "EMPTY"
@@ -147,6 +191,16 @@ class OpenAIBackend:
             self.http_client = "aiohttp"
             url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL  # as the official client
             self._transport = AiohttpTransport(self.name, url, key, timeout_s)
+
+    @property
+    def model_identity(self) -> str:
+        """What the response cache and journals key this model on: the model and every setting that
+        changes its replies — request ``params``, ``image_format`` and the structured-output level it
+        starts from — not the URL (a server moved to another port answers the same). The default level
+        adds nothing, so keys made before it counted stay valid."""
+        params = orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS).decode()
+        return (f"openai:{self.model}:{params}:{self.image_format}"
+                + ("" if self.first_structured == "json_schema" else f":structured={self.first_structured}"))
 
     def _response_format(self, schema: dict[str, Any] | None, mode: str) -> dict[str, Any] | None:
         if schema is None or mode == "none":

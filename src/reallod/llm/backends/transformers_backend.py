@@ -28,6 +28,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,42 @@ from reallod.llm.backends.base import BackendError, Completion, Message
 from reallod.llm.threads import in_daemon_thread
 
 KINDS: tuple[str, ...] = ("causal_lm", "image_text_to_text")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "float64")
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "cuda:N", "mps")
+"""The devices a model can be put on (``cuda:N``: the GPU numbered N, from 0)."""
+DEFAULT_MAX_NEW_TOKENS = 128
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def dtype_problem(dtype: Any) -> str | None:
+    """Why ``dtype`` is not one a model can be loaded in, or None."""
+    return None if dtype in DTYPES else f"expected one of {', '.join(DTYPES)}, got {dtype!r}"
+
+
+def device_problem(device: Any) -> str | None:
+    """Why ``device`` is not the name of a device, or None (whether this machine has it:
+    :func:`device_missing`)."""
+    if isinstance(device, str) and _DEVICE.fullmatch(device):
+        return None
+    return f"expected one of {', '.join(DEVICES)}, got {device!r}"
+
+
+def device_missing(device: str) -> str | None:
+    """Why this machine cannot hold a model on ``device`` (a valid name), or None: checked where the model
+    runs, before any task, since a model that cannot be put there fails every task."""
+    if device == "cpu":
+        return None
+    import torch
+
+    if device == "mps":
+        return None if torch.backends.mps.is_available() else "this machine has no Apple GPU (MPS): use device: cpu"
+    if not torch.cuda.is_available():
+        built = "" if torch.version.cuda else ", and this torch is built without CUDA support"
+        return f"this machine has no CUDA GPU (torch.cuda.is_available() is false{built}): use device: cpu"
+    count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+    if index >= count:
+        return f"this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+    return None
 
 
 @dataclass
@@ -60,22 +97,36 @@ _CACHE_LOCK = threading.Lock()
 
 def _load(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
           trust_remote_code: bool, adapter: str | None = None) -> _Loaded:
+    """The shared instance; any failure to load it is a ConfigError, which stops the run once instead of
+    failing each task (the workflow turns other errors into that task's failure)."""
     key = (model, gguf_file, kind, dtype, device, adapter)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        if adapter is None:
-            tok, net = _load_base(model, gguf_file, kind, dtype, trust_remote_code)
-        else:
-            tok, net = _load_adapted(model, gguf_file, kind, dtype, device, trust_remote_code, adapter)
-        net.to(device).eval()
-        loaded = _Loaded(net, tok)
-        if kind == "causal_lm":
-            loaded.quote_ids, loaded.blank_ids = _token_classes(tok)
-            params = inspect.signature(net.forward).parameters
-            loaded.cache_kw = "cache" if "cache" in params else "past_key_values"
+        try:
+            loaded = _load_new(model, gguf_file, kind, dtype, device, trust_remote_code, adapter)
+        except ConfigError:
+            raise
+        except Exception as e:  # a device it cannot go to, memory, a broken file...: no task can run
+            raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
+                              + f" with dtype {dtype} on {device}: {type(e).__name__}: {e}") from e
         _CACHE[key] = loaded
         return loaded
+
+
+def _load_new(model: str, gguf_file: str | None, kind: str, dtype: str, device: str,
+              trust_remote_code: bool, adapter: str | None) -> _Loaded:
+    if adapter is None:
+        tok, net = _load_base(model, gguf_file, kind, dtype, trust_remote_code)
+    else:
+        tok, net = _load_adapted(model, gguf_file, kind, dtype, device, trust_remote_code, adapter)
+    net.to(device).eval()
+    loaded = _Loaded(net, tok)
+    if kind == "causal_lm":
+        loaded.quote_ids, loaded.blank_ids = _token_classes(tok)
+        params = inspect.signature(net.forward).parameters
+        loaded.cache_kw = "cache" if "cache" in params else "past_key_values"
+    return loaded
 
 
 def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -359,14 +410,19 @@ class TransformersBackend:
     ``identity`` names the model for fingerprints and the response cache (default:
     :func:`model_identity` of ``model`` and ``gguf_file``). ``adapter``: a PEFT (LoRA) adapter folder
     (what ``reallod agent finetune`` writes) merged into the base at load time; its files' identity
-    joins the model's, so a retrained adapter never reuses the old one's cached answers."""
+    joins the model's, so a retrained adapter never reuses the old one's cached answers.
+
+    A model that fails to load is not loaded again: every later call gets the same ConfigError."""
 
     def __init__(self, model: str, *, gguf_file: str | None = None, kind: str = "causal_lm",
                  dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
-                 max_new_tokens: int = 128, constrained: bool = True, identity: str | None = None,
-                 adapter: str | os.PathLike | None = None) -> None:
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, constrained: bool = True,
+                 identity: str | None = None, adapter: str | os.PathLike | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"transformers backend: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        for option, problem in (("dtype", dtype_problem(dtype)), ("device", device_problem(device))):
+            if problem:
+                raise ConfigError(f"transformers backend: {option}: {problem}")
         self.model_id, self.gguf_file, self.kind = model, gguf_file, kind
         self.dtype, self.device, self.trust_remote_code = dtype, device, trust_remote_code
         self.max_new_tokens, self.constrained = max_new_tokens, constrained
@@ -377,11 +433,15 @@ class TransformersBackend:
         self._identity = identity
         self._adapter_identity: str | None = None
         self._loaded: _Loaded | None = None
+        self._load_error: ConfigError | None = None
+        self._load_lock = threading.Lock()
 
     @property
     def model_identity(self) -> str:
-        """The model and what changes its answers (kind, dtype, constrained decoding), never its path:
-        what :func:`reallod.llm.endpoints.model_id` keys journals' fingerprints and the response cache on."""
+        """The model and what changes its answers (kind, dtype, constrained decoding, ``max_new_tokens``:
+        the limit of a role without ``max_tokens``), never its path: what
+        :func:`reallod.llm.endpoints.model_id` keys journals' fingerprints and the response cache on.
+        Default settings add nothing, so keys made before a setting counted stay valid."""
         if self._identity is None:
             try:
                 self._identity = model_identity(self.model_id, self.gguf_file)
@@ -392,14 +452,25 @@ class TransformersBackend:
                 raise ConfigError(f"{self.name}: the adapter folder {self.adapter} does not exist")
             self._adapter_identity = model_identity(self.adapter)  # its files, not its path
         return (f"transformers:{self._identity}" + (f"+adapter:{self._adapter_identity}" if self.adapter else "")
-                + f":{self.kind}:{self.dtype}" + ("" if self.constrained else ":unconstrained"))
+                + f":{self.kind}:{self.dtype}" + ("" if self.constrained else ":unconstrained")
+                + ("" if self.max_new_tokens == DEFAULT_MAX_NEW_TOKENS else f":max_new_tokens={self.max_new_tokens}"))
 
     def load(self) -> _Loaded:
-        """Load (or reuse) the shared model instance; blocking."""
-        if self._loaded is None:
-            self._loaded = _load(self.model_id, self.gguf_file, self.kind, self.dtype, self.device,
-                                 self.trust_remote_code, self.adapter)
-        return self._loaded
+        """Load (or reuse) the shared model instance; blocking. A failed load is remembered: calls
+        in flight together, and later ones, get its error instead of each loading again."""
+        if self._loaded is not None:
+            return self._loaded
+        with self._load_lock:
+            if self._load_error is not None:
+                raise ConfigError(str(self._load_error)) from self._load_error
+            if self._loaded is None:
+                try:
+                    self._loaded = _load(self.model_id, self.gguf_file, self.kind, self.dtype, self.device,
+                                         self.trust_remote_code, self.adapter)
+                except ConfigError as e:
+                    self._load_error = e
+                    raise
+            return self._loaded
 
     async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
                        choices: list[str] | None = None, max_tokens: int | None = None,
