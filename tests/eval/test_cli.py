@@ -59,11 +59,38 @@ def test_a_missing_model_folder_fails_before_the_benchmark_is_read(tmp_path, cap
     assert code == 2 and "./no/such/model: model folder not found" in err and err.strip().count("\n") == 0
 
 
-def test_score_over_goes_with_a_model(tmp_path, capsys):
+@pytest.mark.parametrize("options", [["--score-over", "all-tokens"], ["--topk", "1"], ["--max-per-image", "1"],
+                                     ["--topk", "100"], ["--dtype", "bf16"], ["--batch-size", "2"]])
+def test_an_inference_option_goes_with_a_model(tmp_path, capsys, options):
+    """Saved predictions are scored as they are: --max-per-image 1 --topk 1 left the numbers as they were,
+    without a word (--score-over alone was refused). Even an option given at its default value is refused."""
     gt, preds = _files(tmp_path)
-    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds,
-                            "--score-over", "all-tokens"], capsys)
-    assert code == 2 and "--score-over" in err and "goes with --model" in err
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds, *options], capsys)
+    assert code == 2 and f"'{options[0]}'" in err and "goes with --model" in err, err
+    assert not (tmp_path / "preds.metrics.json").exists()
+
+
+def test_ovdevals_own_topk_goes_with_a_model_too(tmp_path, capsys):
+    gt, preds = _files(tmp_path)
+    code, _, err = run_cli(["eval", "ovdeval", "--annotations", gt, "--predictions", preds, "--topk", "300"], capsys)
+    assert code == 2 and "'--topk'" in err and "goes with --model" in err, err
+
+
+def test_several_inference_options_are_named_together(tmp_path, capsys):
+    gt, preds = _files(tmp_path)
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", gt, "--predictions", preds, "--max-per-image", "1",
+                            "--topk", "1"], capsys)
+    assert code == 2 and "'--topk' / '--max-per-image'" in err and "go with --model" in err, err
+
+
+def test_run_options_with_predictions_are_refused_by_the_job_too(tmp_path):
+    from reallod.errors import ConfigError
+    from reallod.eval.jobs import EvalJob, run_job
+    from reallod.eval.predict import RunOptions
+
+    gt, preds = _files(tmp_path)
+    with pytest.raises(ConfigError, match=r"--max-per-image.*go with --model"):
+        run_job(EvalJob("omnilabel", gt, predictions=preds, run=RunOptions(max_per_image=1)))
 
 
 @pytest.mark.parametrize("which", ["annotations", "predictions"])

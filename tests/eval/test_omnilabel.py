@@ -185,6 +185,9 @@ def _set(path, value):
     (("annotations", 2, "description_ids"), [20, "x"], "annotations[2].description_ids[1]", "got 'x'"),
     (("annotations", 2, "description_ids"), [2 ** 64], "annotations[2].description_ids[0]", "64 bits"),
     (("annotations", 2, "description_ids"), 20, "annotations[2].description_ids", "expected a list"),
+    (("annotations", 2, "description_ids"), [20, 99999], "annotations[2].description_ids[1]",
+     "description 99999 is not in 'descriptions' (1 annotation description id(s) like this): correct the id"),
+    (("annotations", 0, "description_ids"), [12345], "annotations[0].description_ids[0]", "description 12345"),
     (("annotations", 0, "bbox"), [float("nan"), 1, 5, 5], "annotations[0].bbox", "not finite"),
     (("annotations", 0, "bbox"), [1, 1, 10 ** 400, 5], "annotations[0].bbox", "not finite"),
     (("annotations", 0, "bbox"), [True, 1, 5, 5], "annotations[0].bbox", "4 numbers"),
@@ -208,6 +211,17 @@ def test_bad_ground_truth_fields_are_named(tmp_path, path, value, field, message
     with pytest.raises(DataError) as err:
         ol.parse_gt(gt, "gt.json")
     assert str(err.value).startswith(f"gt.json: {field}: ") and message in str(err.value), str(err.value)
+
+
+def test_an_unknown_description_on_an_unlisted_image_is_left_out_with_it():
+    """A box of a description no entry has is an error (it was dropped silently, changing AP-descr), but not
+    on an image ``images`` does not list: that box is left out whatever it names, as a cut-down ground truth
+    (descriptions of the images cut left out too) is scored."""
+    gt = _gt()
+    gt["annotations"].append({"id": 5, "image_id": 99, "bbox": [0, 0, 5, 5], "description_ids": [10, 77]})
+    parsed = ol.parse_gt(gt, "gt.json")
+    assert "annotations[4].image_id 99" in parsed.notes[0]
+    assert ol.evaluate(parsed, ol.parse_predictions(_perfect(_gt()))).metrics["AP-descr"] == 1.0
 
 
 def test_huge_ids_read_from_a_file_are_named(tmp_path):

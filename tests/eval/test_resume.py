@@ -273,3 +273,114 @@ def test_a_second_eval_on_the_same_out_leaves_the_running_ones_journal_alone(tmp
             with pytest.raises(JournalBusy, match=rf"preds\.journal\.jsonl: {busy(running)}"):
                 PredictionJournal(out, settings)
             assert path.read_bytes() == before
+
+
+def _journaled(out, index: int) -> tuple[list[bytes], int]:
+    """The journal's lines, and which one holds image ``index``."""
+    import orjson
+
+    lines = own_journal(out, 0, 1).read_bytes().splitlines()
+    return lines, next(k for k, line in enumerate(lines[1:], 1) if orjson.loads(line)["task_id"] == str(index))
+
+
+def _n_scores(entry):
+    return len(entry["result"]["score"])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: e["result"].pop("score"),  # was: unexpected KeyError: 'score'
+    lambda e: e.update(task_id="one"),  # was: unexpected ValueError: invalid literal for int()
+    lambda e: e["result"]["score"].__setitem__(0, "x"),  # was: could not convert string to float
+    lambda e: e.pop("result"),  # passed over before too
+    lambda e: e.update(task_id=[1]),
+    lambda e: e["result"].update(bbox=[[0, 0, 1]] * _n_scores(e)),
+    lambda e: e["result"].update(label=[1.5] * _n_scores(e)),
+    lambda e: e["result"].update(score=0.5),
+], ids=["no-score", "task-one", "score-x", "no-result", "task-list", "bbox-3", "label-float", "score-number"])
+def test_a_journal_line_with_a_bad_field_is_passed_over_as_a_torn_one(bench, tiny_detector, tmp_path, damage):
+    """A line edited or damaged stopped the resume with a bare exception; it is passed over as a torn line is
+    (its image predicted again, the others kept), and the journal reads back afterwards."""
+    import orjson
+
+    images, root = bench
+    out = tmp_path / "preds.json"
+    _ctrl_c_at(4, bench, tiny_detector, out)
+    lines, k = _journaled(out, 1)
+    entry = orjson.loads(lines[k])
+    damage(entry)
+    own_journal(out, 0, 1).write_bytes(b"\n".join([*lines[:k], orjson.dumps(entry), *lines[k + 1:]]) + b"\n")
+
+    journal = PredictionJournal(out, SETTINGS)
+    assert sorted(journal.done) == [0, 2]
+    counting = CountingDetector(tiny_detector)
+    _same(predict(images, counting, root, OPTIONS, journal=journal), predict(images, tiny_detector, root, OPTIONS))
+    journal.close()
+    assert counting.calls == 3  # 1 again, 3 and 5
+    again = PredictionJournal(out, SETTINGS)
+    again.close()
+    assert sorted(again.done) == [0, 1, 2, 3, 5]
+
+
+def test_an_image_replaced_since_it_was_journaled_is_predicted_again(bench, tiny_detector, tmp_path):
+    """A resume kept the predictions of an image replaced under the same name; each entry holds the image
+    file's size and time as read, and one made from another file is predicted again (and kept then)."""
+    import os
+
+    from reallod.eval.predict import image_stamp
+
+    images, root = bench
+    out = tmp_path / "preds.json"
+
+    def journal() -> PredictionJournal:
+        return PredictionJournal(out, SETTINGS, source=lambda i: image_stamp(root, images[i]))
+
+    first = journal()
+    with pytest.raises(EvalInterrupted):
+        predict(images, CountingDetector(tiny_detector, stop_at=4), root, OPTIONS, journal=first)
+    first.close()
+    path = root / images[1].file_name
+    Image.open(path).rotate(90, expand=True).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # whatever the clock's grain
+
+    resumed = journal()
+    assert sorted(resumed.done) == [0, 2]
+    counting = CountingDetector(tiny_detector)
+    _same(predict(images, counting, root, OPTIONS, journal=resumed), predict(images, tiny_detector, root, OPTIONS))
+    resumed.close()
+    assert counting.calls == 3  # 1 again, 3 and 5
+    again = journal()
+    again.close()
+    assert sorted(again.done) == [0, 1, 2, 3, 5]  # the new predictions of image 1 were kept
+
+
+def test_the_model_settings_are_those_it_loads_with(tmp_path, tiny_model_dir):
+    """--image-size and --max-text-len as typed (usually none) hid an edited preprocessor_config.json or
+    config.json: the settings are those in effect, and the settings files' content."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from reallod.eval.jobs import EvalJob, resume_settings
+    from reallod.eval.predict import ModelSpec
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (tmp_path / "gt.json").write_text("{}")
+    bench = SimpleNamespace(name="omnilabel", describe={"skip_categories": False})
+
+    def settings(**spec) -> dict:
+        return resume_settings(EvalJob("omnilabel", tmp_path / "gt.json", model=ModelSpec(str(model), **spec),
+                                       images=tmp_path, run=OPTIONS), bench)
+
+    before = settings()
+    assert before["model"]["image_size"] == "128,224" and before["model"]["max_text_len"] == 256
+    assert settings(image_size=(128, 224), max_text_len=256) == before  # the same model, typed or not
+    assert settings(max_text_len=128)["model"]["max_text_len"] == 128
+    proc = model / "preprocessor_config.json"
+    proc.write_text(json.dumps({**json.loads(proc.read_text()), "size": {"shortest_edge": 64, "longest_edge": 96}}))
+    now = settings()
+    assert now["model"]["image_size"] == "64,96"
+    assert now["model"]["files"][str(proc)] != before["model"]["files"][str(proc)]
+    assert {k: v for k, v in now["model"]["files"].items() if k != str(proc)} == \
+        {k: v for k, v in before["model"]["files"].items() if k != str(proc)}
+    assert set(before["model"]["files"]) == {str(model / n) for n in (
+        "config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")}

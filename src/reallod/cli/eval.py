@@ -67,7 +67,7 @@ _EvMaxTextLen = Annotated[int | None, typer.Option("--max-text-len", min=4, max=
 
 
 def _eval_job(
-    annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
+    ctx: typer.Context, annotations: _EvAnnotations, images: _EvImages = None, model: _EvModel = None,
     predictions: _EvPredictions = None, weights: _EvWeights = None, mode: _EvMode = "parallel",
     batch_size: _EvBatch = 8, topk: _EvTopk = 100, max_per_image: _EvMaxPerImage = None, out: _EvOut = None,
     show_dir: _EvShowDir = None, device: _EvDevice = None, dtype: Dtype = "fp32",
@@ -81,11 +81,12 @@ def _eval_job(
         check_local_folder(model)  # a mistyped local path fails here, before torch and the benchmark load
     from reallod.eval.predict import ModelSpec, RunOptions
 
-    if model is None and score_over != "expression-tokens":
-        raise typer.BadParameter("goes with --model (saved predictions are already scored)", param_hint="--score-over")
+    if model is None:
+        _refuse_model_options(ctx)
     spec = None
-    run = RunOptions(show_dir=show_dir, max_per_image=max_per_image)
+    run = RunOptions(show_dir=show_dir)
     if model is not None:
+        run.max_per_image = max_per_image
         from reallod.model.inference import InferenceOptions
 
         quiet_transformers()
@@ -95,6 +96,24 @@ def _eval_job(
                                          score_over=score_over)  # type: ignore[arg-type]
     return dict(annotations=annotations, predictions=predictions, model=spec, images=images, out=out,
                 metrics_out=metrics_out, run=run)
+
+
+# The options only a model run reads: given with --predictions, they would change nothing.
+_MODEL_OPTIONS = {"weights": "--weights", "mode": "--mode", "batch_size": "--batch-size", "topk": "--topk",
+                  "max_per_image": "--max-per-image", "score_over": "--score-over", "device": "--device",
+                  "dtype": "--dtype", "image_size": "--image-size", "tokenizer": "--tokenizer",
+                  "max_text_len": "--max-text-len"}
+
+
+def _refuse_model_options(ctx: typer.Context) -> None:
+    """Saved predictions are scored as they are: an option that says how a model predicts, given with them,
+    is refused rather than ignored (``--topk 1`` would otherwise leave the numbers as they were)."""
+    given = [flag for name, flag in _MODEL_OPTIONS.items()
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+    if given:
+        one = len(given) == 1
+        raise typer.BadParameter(f"{'goes' if one else 'go'} with --model (saved predictions are already scored: "
+                                 f"leave {'it' if one else 'them'} out)", param_hint=given)
 
 
 def _run_eval(benchmark: str, job: dict[str, Any], **extra: Any) -> None:

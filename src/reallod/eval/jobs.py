@@ -20,6 +20,7 @@ from reallod.eval.predict import (
     Dist,
     ModelSpec,
     RunOptions,
+    image_stamp,
     init_distributed,
     load_model,
     picture_name,
@@ -226,6 +227,9 @@ def _check(job: EvalJob) -> None:
         check_local_folder(job.model.model)  # a mistyped path fails before the benchmark is read
     if job.predictions is not None and (job.out is not None or job.run.show_dir is not None):
         raise ConfigError("--out and --show-dir go with --model; --predictions only scores a file")
+    if job.predictions is not None and (job.run.inference is not None or job.run.max_per_image is not None):
+        raise ConfigError("the inference options (--topk, --max-per-image, --mode, --score-over...) go with "
+                          "--model; saved --predictions are scored as they are")
     _check_outputs(job)
 
 
@@ -245,8 +249,10 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
         _check_pictures(job, bench.images)
         out = _named(Path(job.out)) if job.out is not None else None
         if out is not None:  # what each image gives is kept as it comes: a killed run resumes
+            images, root = bench.images, Path(job.images)  # type: ignore[arg-type]
             journal = PredictionJournal(out, resume_settings(job, bench), dist.rank, dist.world_size,
-                                        mine=set(shard(len(bench.images), dist)))
+                                        mine=set(shard(len(images), dist)),
+                                        source=lambda i: image_stamp(root, images[i]))
         detector = load_model(job.model, dist)
         pred = predict(bench.images, detector, job.images, job.run, dist, desc=f"eval {bench.name}",
                        journal=journal)
@@ -267,11 +273,13 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
 
 
 def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
-    """What a run's predictions depend on: a journal left with other settings is not resumed."""
+    """What a run's predictions depend on: a journal left with other settings is not resumed. The model's
+    are those it loads with, read before it loads: the text limit and image size in effect (the options,
+    else its folder's files) and the content of its settings files, not only the options as typed."""
     from dataclasses import asdict
 
     from reallod.model.inference import InferenceOptions
-    from reallod.model.loading import resolve_model_source, weights_stamp
+    from reallod.model.loading import loaded_settings, resolve_model_source, weights_stamp
     from reallod.runs.journal import fingerprint_path
 
     assert job.model is not None and job.images is not None
@@ -283,6 +291,8 @@ def resume_settings(job: EvalJob, bench: _Bench) -> dict[str, Any]:
         model[key] = as_found(model[key])
     source = resolve_model_source(job.model.model)
     model["stamp"] = weights_stamp(as_found(source), model["weights"])
+    model.update(loaded_settings(source, max_text_len=job.model.max_text_len, tokenizer=job.model.tokenizer,
+                                 image_size=job.model.image_size, resolved=True))
     return {"benchmark": bench.name, "annotations": fingerprint_path(job.annotations),
             **{k: v for k, v in bench.describe.items() if k != "backend"},
             "images": str(Path(job.images).resolve()), "model": model, "inference": inference,

@@ -181,10 +181,30 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
 
     gt = OmniLabelGT(path, images, descriptions, labelspace, *_annotation_rows(obj["annotations"], path),
                      skip_categories=skip_categories)
+    _check_described(gt, obj["annotations"], seen_images)
     gt.notes += _unlisted_images(obj, seen_images)
     if skip_categories:
         gt.notes.append("plain categories left out (--skip-categories): AP-categ and AP are undefined")
     return gt
+
+
+def _check_described(gt: OmniLabelGT, anns: list[Any], images: set[int]) -> None:
+    """Every description id of the annotations (checked by now, one box row each) on an image of ``images``
+    is one of the descriptions. A box of no description belongs to no (image, description) pair: left out,
+    it would change the scores without a word (the toolkit's lookup drops it so). Those on an image not
+    listed are left out whatever they name (:func:`_unlisted_images`)."""
+    known = IdIndex(np.fromiter(gt.descriptions, dtype=np.int64, count=len(gt.descriptions)))
+    listed = IdIndex(np.fromiter(images, dtype=np.int64, count=len(images)))
+    bad = np.flatnonzero((known.rank(gt.box_descr) < 0) & (listed.rank(gt.box_image) >= 0))
+    if not len(bad):
+        return
+    first = int(bad[0])
+    ends = np.cumsum(np.fromiter((len(a["description_ids"]) for a in anns), dtype=np.int64, count=len(anns)))
+    entry = int(np.searchsorted(ends, first, side="right"))
+    k = first - (int(ends[entry - 1]) if entry else 0)
+    raise _field(gt.path, f"annotations[{entry}].description_ids[{k}]",
+                 f"description {int(gt.box_descr[first])} is not in 'descriptions' ({len(bad)} annotation "
+                 "description id(s) like this): correct the id, or add the description")
 
 
 def _unlisted_images(obj: dict[str, Any], images: set[int]) -> list[str]:

@@ -26,6 +26,7 @@ from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import DataError, ReallodError
 from reallod.eval.common import EvalImage, Predictions, round_predictions, xyxy_to_xywh
 from reallod.eval.resume import EvalInterrupted, PredictionJournal, from_result
+from reallod.runs.journal import file_stamp
 from reallod.runs.launch import launch_place, process_device
 
 if TYPE_CHECKING:
@@ -135,6 +136,14 @@ def _check_finite(image: EvalImage, dets: Detections) -> None:
                         "precision overflowed, or check the model's weights", path=image.file_name)
 
 
+def image_stamp(root: str | Path, image: EvalImage) -> list[int] | None:
+    """:func:`file_stamp` of a benchmark image under ``root``: what its journal entry keeps, so a resume
+    predicts an image replaced since again."""
+    from reallod.data.images import resolve_image
+
+    return file_stamp(resolve_image(str(root), image.file_name))
+
+
 def picture_name(image: EvalImage) -> str:
     """The file ``--show-dir`` draws ``image`` into (the subset's name first for OVDEval)."""
     return f"{image.tag}_{image.image_id}.png" if image.tag else f"{image.image_id}.png"
@@ -171,21 +180,22 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
         if path is None:
             raise DataError(f"absolute or leads out of the image root {image_root}; refusing to open it",
                             path=images[i].file_name)
+        source = file_stamp(path)  # before it is read: an image replaced meanwhile is predicted again
         picture = open_image(path, options.max_pixels, hint=MAX_PIXELS_HINT)
         try:
-            return picture, prepare_pixels(detector, picture)
+            return picture, prepare_pixels(detector, picture), source
         except DataError as e:  # too thin to resize: name the image
             raise DataError(e.message, path=path) from e
 
     loaded = ahead(load, todo, depth(options.prefetch, detector.device) if todo else 0, name="eval-load")
     try:
-        for i, (picture, prepared) in zip(todo, loaded, strict=True):
+        for i, (picture, prepared, source) in zip(todo, loaded, strict=True):
             img = images[i]
             dets = detector.detect(picture, img.texts, inference, prepared=prepared)
             rows = to_predictions(img, dets, options.max_per_image)
             out.append((i, rows))
             if journal is not None:
-                journal.add(i, rows)
+                journal.add(i, rows, source)
             bar.update(1)
             if options.show_dir is not None:
                 from reallod.model.draw import draw_detections

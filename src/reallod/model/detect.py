@@ -29,7 +29,6 @@ from reallod.model.detect_journal import (
     check_earlier,
     detect_settings,
     earlier_journal_name,
-    input_stamp,
     is_journal,
     journal_entry,
     lock_own_journal,
@@ -41,6 +40,7 @@ from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions, plan_prompts
 from reallod.model.token_prompt import check_expressions
+from reallod.runs.journal import file_stamp
 from reallod.runs.launch import Place
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
@@ -143,7 +143,7 @@ def _save_picture(image: Image.Image, path: Path) -> None:
 
 def _load(path: Path, detector: Detector, max_pixels: int):
     """Decode one image and prepare its pixels (runs in a worker thread, ahead of the device); with the
-    file's :func:`input_stamp`, taken before it is read (a file replaced meanwhile is detected again)."""
+    file's :func:`file_stamp`, taken before it is read (a file replaced meanwhile is detected again)."""
     from reallod.model.inference import prepare_pixels
 
     try:
@@ -152,7 +152,7 @@ def _load(path: Path, detector: Detector, max_pixels: int):
         shown = os.fsencode(path).decode("utf-8", "backslashreplace")
         return None, None, DataError("the file name is not valid UTF-8, so the predictions could not name it; "
                                      "rename the file", path=shown), None
-    stamp = input_stamp(path)
+    stamp = file_stamp(path)
     try:
         image = open_image(path, max_pixels, hint=MAX_PIXELS_HINT)
         return image, prepare_pixels(detector, image), None, stamp

@@ -28,6 +28,7 @@ from reallod.runs.journal import (
     Journal,
     JournalLock,
     JournalWriteError,
+    file_stamp,
     iter_journal,
     lock_journal,
     read_header,
@@ -110,20 +111,10 @@ Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: no
 Names = tuple[str | None, str | None]  # the same, relative to ``OUT`` (:func:`output_names`)
 
 
-def input_stamp(path: str | Path) -> list[int] | None:
-    """An image file's size and modification time (ns), or None when it cannot be looked at: one ``stat``,
-    which tells an image replaced under the same name from the one detected."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
 def journal_entry(files: Files, out_dir: Path, root: str, source: list[int] | None) -> dict[str, Any]:
     """What the journal says of an image's files: name, size and time as written, so a file another run
     wrote over since (other settings, another number of processes) is not taken for this run's; the
-    input folder (resolved) its name is relative to; and the image's :func:`input_stamp` as read
+    input folder (resolved) its name is relative to; and the image's :func:`file_stamp` as read
     (``source``), so an image replaced since is detected again."""
     entry: dict[str, Any] = {"input": root, "source": source}
     for key, f in zip(("pred", "vis"), files, strict=True):
@@ -361,7 +352,7 @@ def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str,
                     _remove_renamed(entry, out_dir, expected, folders)
                 elif "source" not in entry:
                     summary.unstamped += 1  # written by an older reallod: the image may have changed since
-                elif entry["source"] is not None and entry["source"] == input_stamp(os.path.join(root, name)):
+                elif entry["source"] is not None and entry["source"] == file_stamp(os.path.join(root, name)):
                     name = pending.pop(name)  # this process's own string: the journal keeps no copy
                     summary.resumed += 1
                     summary.preds += files[0] is not None

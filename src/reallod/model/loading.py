@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reallod.errors import ConfigError
-from reallod.hub import CHECKPOINT_SUFFIXES, looks_like_path, one_line
+from reallod.hub import CHECKPOINT_SUFFIXES, as_found, looks_like_path, one_line
 from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
@@ -136,6 +138,47 @@ def weights_stamp(model: str | Path, weights: str | Path | None = None) -> list[
     if weights is not None:
         files.append(Path(weights))
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+
+
+# The small files besides the weights that a loaded detector reads: its config (architecture, text limit),
+# image processor (size, normalisation) and tokenizer.
+SETTINGS_FILES = ("config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def files_stamp(folder: str | Path | None, names: Iterable[str]) -> dict[str, str]:
+    """What each of these settings files of a local folder holds: its path (the folder resolved) → a hash of
+    its bytes. Small files, so their content is compared, not their time; a hub id (no folder) gives none."""
+    if folder is None or not Path(folder).is_dir():
+        return {}
+    base = Path(as_found(str(folder)) or folder)
+    return {str(base / name): hashlib.sha256((base / name).read_bytes()).hexdigest()[:16]
+            for name in names if (base / name).is_file()}
+
+
+def size_setting(size: Any) -> str:
+    """An image processor's size as ``--image-size`` writes it (``800,1333``), or its keys when it is no
+    shortest/longest edge pair (``height=640,width=640``)."""
+    given = {k: v for k, v in dict(size or {}).items() if v is not None}
+    if set(given) == {"shortest_edge", "longest_edge"}:
+        return f"{given['shortest_edge']},{given['longest_edge']}"
+    return ",".join(f"{k}={v}" for k, v in sorted(given.items()))
+
+
+def loaded_settings(model: str | Path, *, max_text_len: int | None = None, tokenizer: str | Path | None = None,
+                    image_size: tuple[int, int] | None = None, resolved: bool = False) -> dict[str, Any]:
+    """What :func:`load_detector` with these arguments predicts with, read without loading the weights: the
+    text limit and image size in effect (the options, else the folder's files) and the content of the
+    config, image processor and tokenizer files. A resume compares them before the model loads: the
+    folder's files edited since change the predictions as much as the options do. ``resolved``: ``model``
+    already comes from :func:`resolve_model_source`."""
+    src = str(model) if resolved else resolve_model_source(model)
+    config = read_detector_config(src, max_text_len, resolved=True)
+    size = load_image_processor(src, image_size).size
+    return {"max_text_len": int(config.max_text_len), "image_size": size_setting(size),
+            "files": {**files_stamp(src, SETTINGS_FILES),
+                      **files_stamp(src if tokenizer is None else tokenizer, TOKENIZER_FILES)}}
 
 
 def load_detector(model: str | Path, *, weights: str | Path | None = None, device: str | None = None,

@@ -457,6 +457,18 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def file_stamp(path: str | os.PathLike | None) -> list[int] | None:
+    """An input file's size and modification time (ns), None when it cannot be looked at: kept in a journal
+    entry (one ``stat``), it tells a file replaced under the same name from the one the entry was made of."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def iter_journal(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
     """(task_id, result) of every finished task, first occurrence only, streaming (constant memory
     but for the set of ids)."""
