@@ -128,6 +128,8 @@ def test_a_server_failing_one_request_in_five(tmp_path, capsys):
     report = json.loads((tmp_path / "run.json").read_text())
     retried = report["run"]["requests"]["retries"]
     assert {"server", "rate_limit", "timeout", "connection"} <= set(retried), retried
+    # every request the server got is counted once, a call's that gave up after its retries included
+    assert sum(r["attempts"] for r in report["roles"].values()) == len(server.requests)
     assert report["tasks"] == 40 and sum(report["verdicts"].values()) == 40
     assert "## Requests (this session)" in (tmp_path / "run.md").read_text()
     assert len(read_jsonl(out)) == 5

@@ -67,9 +67,9 @@ def test_retries_then_succeeds():
 
 def test_gives_up_after_max_attempts_and_on_client_errors():
     b = FlakyBackend([BackendError("500", retryable=True, kind="server")] * 5)
-    with pytest.raises(BackendError, match="after 3 attempts"):
+    with pytest.raises(BackendError, match="after 3 attempts") as e:
         asyncio.run(ResilientBackend(b, policy=FAST).complete([]))
-    assert b.calls == 3
+    assert b.calls == 3 and e.value.requests == 3  # what the step records as sent
     b = FlakyBackend([BackendError("400 bad request", retryable=False, kind="client")])
     with pytest.raises(BackendError, match="after 1 attempt"):
         asyncio.run(ResilientBackend(b, policy=FAST).complete([]))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 
 import pytest
 
 from reallod.llm.backends.base import BackendError
 from reallod.llm.backends.http import TRANSPORTS
 from reallod.llm.backends.openai_backend import OpenAIBackend, parse_retry_after
-from reallod.llm.retry import ResilientBackend, RetryPolicy
+from reallod.llm.retry import ResilientBackend, RetryPolicy, no_answer
 from tests.agent.fake_openai_server import FakeChatServer, FakeReply, chat_reply, error_reply
+from tests.llm.aio_server import AioServer, ok
 
 
 @pytest.fixture(params=TRANSPORTS, autouse=True)
@@ -53,11 +55,25 @@ def test_errors_are_classified(reply, kind, retryable, retry_after):
 
 
 def test_a_reply_cut_short_is_the_servers_failure(http_client):
-    """The server answered, then broke off: it is up, so the attempt is charged to the request. As a
-    connection error it was retried for ever and, once the last task left, stopped the run as 'endpoint
-    unreachable' on every rerun. (The official client cannot tell the two apart: the retry rule covers it.)"""
+    """The server answered, then broke off: it is up, so the attempt is charged to the request. The
+    official client's reply cut short was 'cannot connect' (an outage: the run stopped, telling to check
+    the base URL) where aiohttp's was charged. A connection closed before any reply is no outage either:
+    the server took it (a prompt that crashes a worker), so it is charged too, never waited for."""
     e = error_of(FakeReply(*chat_reply("cut"), truncate=True))
-    assert (e.kind, e.retryable) == ("server" if http_client == "aiohttp" else "connection", True)
+    assert (e.kind, e.retryable, no_answer(e)) == ("server", True, None), str(e)
+    e = error_of(FakeReply(*chat_reply("bye"), hang_up=True))
+    assert (e.kind, e.retryable, no_answer(e)) == ("connection", True, "no_reply"), str(e)
+    assert "cannot connect" not in str(e)
+
+
+def test_failing_to_connect_is_the_only_unreachable(http_client):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    backend = OpenAIBackend("m", base_url=url, timeout_s=0.3)
+    with pytest.raises(BackendError) as info:
+        asyncio.run(backend.complete([{"role": "user", "content": "hi"}]))
+    assert (info.value.kind, no_answer(info.value)) == ("connection", "connection") and "cannot connect" in str(info.value)
 
 
 def test_the_client_does_not_retry_on_its_own():
@@ -85,17 +101,27 @@ def test_retry_after_as_a_date():
 
 
 def test_connection_failures_are_not_charged_to_the_task():
-    """Connection errors below the 'down' threshold are retried beyond max_attempts: the endpoint came back."""
-    flaky = iter([FakeReply(*chat_reply("x"), hang_up=True)] * 4 + [chat_reply("fine")])
-    with FakeChatServer(lambda body: next(flaky)) as server:
+    """Refused connections (a server restarting) are retried beyond max_attempts: the endpoint came back."""
+    async def respond(body, request):
+        return ok("fine")
+
+    with AioServer(respond) as server:
+        server.close()  # not listening: connections are refused until it listens again
         backend = ResilientBackend(OpenAIBackend("m", base_url=server.url),
-                                   policy=RetryPolicy(max_attempts=2, base_delay_s=0.001, down_after=8))
+                                   policy=RetryPolicy(max_attempts=2, base_delay_s=0.02, max_delay_s=0.05,
+                                                      down_after=100))
+
+        async def back_in_a_moment():
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.listen)
 
         async def go():
+            restarting = asyncio.create_task(back_in_a_moment())
             try:
                 return await backend.complete([{"role": "user", "content": "hi"}])
             finally:
+                await restarting
                 await backend.aclose()
 
         completion = asyncio.run(go())
-    assert completion.text == "fine" and backend.stats.retries["connection"] == 4
+    assert completion.text == "fine" and backend.stats.retries["connection"] >= 3

@@ -97,38 +97,43 @@ def test_an_endpoint_that_stays_away_stops_the_run_after_down_after_s_charging_n
     results = run_requests(r, 400)
     down = [e for e in results if isinstance(e, EndpointDown)]
     assert down and time.monotonic() - started >= 0.5
-    assert "endpoint unreachable for" in str(down[0]) and "after it had answered" in str(down[0])
+    said = "unreachable" if error is connection_error else "unavailable"
+    assert f"endpoint {said} for" in str(down[0]) and "after it had answered" in str(down[0])
     assert not [e for e in results if isinstance(e, BackendError) and not isinstance(e, EndpointDown)]
 
 
-def test_a_proxy_whose_server_never_answered_stops_the_run_at_once():
+def test_a_proxy_whose_server_never_answered_stops_the_run_after_down_after_s():
     """A gateway's 502 from the first request on (nginx in front of a vLLM not started) is a down endpoint,
-    through the real HTTP backend: 200 tasks used to fail in 1.4 s, exit 1."""
+    through the real HTTP backend: 200 tasks used to fail in 1.4 s, exit 1. It is waited for as long as
+    one that had answered (the server behind may be loading its model), not blamed on the URL at once."""
+    policy = RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.05, down_after=8, down_after_s=0.3)
+    started = time.monotonic()
     with FakeChatServer(lambda body: error_reply(502, "Bad Gateway")) as server:
-        r = ResilientBackend(OpenAIBackend("m", base_url=server.url), policy=OUTAGE, seed=0)
+        r = ResilientBackend(OpenAIBackend("m", base_url=server.url), policy=policy, seed=0)
         results = run_requests(r, 50, concurrency=8)
         asyncio.run(r.aclose())
     assert isinstance(results[0], EndpointDown) or any(isinstance(e, EndpointDown) for e in results)
     assert not [e for e in results if isinstance(e, BackendError) and not isinstance(e, EndpointDown)]
     assert "HTTP 502" in str(next(e for e in results if isinstance(e, EndpointDown)))
+    assert time.monotonic() - started >= 0.3
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("mode", ["hang-up", "503"])
-def test_a_real_server_that_drops_everything_for_a_moment_fails_no_request(transport, mode):
-    """The audit's reproduction at the HTTP level: 0.1 s after its first request the server hangs up
-    (or its proxy answers 503) for 0.4 s, with 32 requests in flight."""
+def test_a_real_server_whose_proxy_answers_503_for_a_moment_fails_no_request(transport):
+    """The audit's reproduction at the HTTP level: 0.1 s after its first request the server's proxy
+    answers 503 for 0.4 s, with 32 requests in flight. (A server that restarts, refusing connections
+    meanwhile: test_endpoint_down.py. One that takes connections and closes them unanswered is not
+    waited for: the server is there, and a prompt that crashes a worker must fail alone.)"""
     t0: list[float] = []
 
     def respond(body):
         t0.append(time.monotonic())
         if 0.1 <= time.monotonic() - t0[0] < 0.5:
-            if mode == "503":
-                return error_reply(503, "Service Unavailable")
-            return FakeReply(200, b"", hang_up=True)
+            return error_reply(503, "Service Unavailable")
         return FakeReply(*chat_reply("fine"), delay_s=0.005)
 
     with FakeChatServer(respond) as server:
+        server.httpd.socket.listen(128)  # its backlog of 5 resets connections under 32 at once
         r = ResilientBackend(OpenAIBackend("m", base_url=server.url, http_client=transport), policy=OUTAGE,
                              seed=1)
         results = run_requests(r, 300)

@@ -1,15 +1,25 @@
 """Retries with backoff, per-request timeouts, per-endpoint limits and the response cache, around any
 backend. The backend itself stays simple: it makes one call and raises :class:`BackendError`.
 
-A request that finds the endpoint out (no connection, or a gateway's 502/503/504: nginx, LiteLLM or a
-k8s ingress in front of a server that is gone) is not charged to its task: it is retried (with backoff)
-until the endpoint answers again or is down, which stops the whole run (:class:`EndpointDown`) instead
-of failing every task on the way and recording those failures as if they were the tasks' own. Down
-means ``down_after`` requests in a row found it out and, once it has answered in this run, it answered
-nobody for ``down_after_s`` (a server restarting, a blip of a few seconds, must not stop a long run;
-one that never answered is a wrong URL or a server not started, said at once). Only while the endpoint
-answers nobody, though: a request that finds it out again after a request sent since was answered is
-charged like any failed attempt.
+A request that got no answer says something about the request or about the endpoint. When the
+endpoint answers nobody — no connection, a 502/503/504 (a proxy whose server is gone, a server still
+loading its model), a 401/403/404 (a wrong key or model name), requests that time out or whose
+connection is closed without a reply — the run stops (:class:`EndpointDown`) instead of failing every
+task on the way and recording those failures as if they were the tasks' own.
+
+Down means ``down_after`` requests in a row got no answer, none sent since the first of them answered,
+and: at once for a refusal (401/403/404, never a blip) and for an endpoint that never answered in this
+run (a wrong URL, a server not started, a hung one) unless it replied 502/503/504 (it, or a proxy, is
+there: a model still loading is waited for); else after ``down_after_s`` of it (a server restarting,
+a blip of a few seconds, must not stop a long run).
+
+Whether the request is charged is another matter. A request that could not connect, got a 502/503/504
+or a refusal is not charged while nobody is answered: it is retried (with backoff) until the endpoint
+answers again, or is down. Once a request sent since was answered, it is charged like any failed
+attempt. A timeout, or a connection closed without a reply, is always charged: the server took the
+request, and that request may be its own problem (a prompt too long for the timeout, or one that
+crashes a server worker), so it fails alone after ``max_attempts``, even with no other request in
+flight to tell, instead of stopping the run on every rerun.
 """
 
 from __future__ import annotations
@@ -23,11 +33,17 @@ from typing import Any
 
 from reallod.errors import ConfigError
 from reallod.llm.backends.base import Backend, BackendError, Completion, Message, message_images
-from reallod.llm.backends.http import HTTPStatusError
+from reallod.llm.backends.http import HTTPStatusError, NoReply
 from reallod.llm.cache import ResponseCache, digests_known, occurrence_key, request_key
 from reallod.llm.policy import RetryPolicy, backoff_delay
 
-GATEWAY_STATUSES = (502, 503, 504)  # a proxy in front of the server says the server is not there
+UNAVAILABLE_STATUSES = (502, 503, 504)  # a proxy whose server is gone, a server loading its model
+REFUSED_STATUSES = (401, 403, 404)  # a wrong API key or model name: every request gets the same
+WAITED = ("connection", "unavailable", "refused")  # not charged while the endpoint answers nobody
+REFUSAL_HINTS = {401: "the API key (the variable the role's api_key_env names)",
+                 403: "that the API key may use this model",
+                 404: "the role's model name (GET BASE_URL/models lists the server's) and that the base URL "
+                      "ends where the server's API starts (often /v1)"}
 
 
 class EndpointDown(ConfigError):
@@ -46,12 +62,16 @@ class CallStats:
     in_flight: int = 0
 
 
-def finds_endpoint_out(error: BackendError) -> bool:
-    """Whether the error says the endpoint answers nobody, rather than that it answered this request badly."""
-    if error.kind == "connection":
-        return True
+def no_answer(error: BackendError) -> str | None:
+    """Why the endpoint gave the request no answer (``connection``, ``unavailable``, ``refused``,
+    ``timeout``, ``no_reply``), or None when it answered, if with an error of the request's own."""
     cause = error.__cause__
-    return error.kind == "server" and isinstance(cause, HTTPStatusError) and cause.status in GATEWAY_STATUSES
+    if isinstance(cause, HTTPStatusError):
+        return "unavailable" if cause.status in UNAVAILABLE_STATUSES else \
+            "refused" if cause.status in REFUSED_STATUSES else None
+    if isinstance(cause, NoReply):
+        return "no_reply"
+    return error.kind if error.kind in ("connection", "timeout") else None
 
 
 class ResilientBackend:
@@ -71,8 +91,8 @@ class ResilientBackend:
         self._rng = random.Random(seed)
         self._answered = False  # whether the endpoint answered any request in this run
         self._up_at = float("-inf")  # when the latest request it answered was sent (monotonic)
-        self._out_since: float | None = None  # when a request first found it out since then
-        self._out_count = 0  # requests that found it out since then
+        self._silent_since: float | None = None  # when the first request it gave no answer since was sent
+        self._silent_count = 0  # requests it gave no answer since then
 
     async def complete(self, messages: list[Message], *, schema: dict[str, Any] | None = None,
                        choices: list[str] | None = None, max_tokens: int | None = None,
@@ -120,9 +140,9 @@ class ResilientBackend:
             self.cache.drop(key)
 
     async def _call(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
-        attempt = 0  # attempts charged to the call (finding the endpoint out is not)
+        attempt = 0  # attempts charged to the call (waiting for the endpoint is not)
         tries = 0
-        out_at: float | None = None  # when this request last found the endpoint out
+        out_at: float | None = None  # when this request last found the endpoint answering nobody
         while True:
             tries += 1
             sent = time.monotonic()
@@ -140,23 +160,25 @@ class ResilientBackend:
                 self._answered_at(sent)
                 return completion
             except BackendError as e:
-                out = finds_endpoint_out(e)
-                if out and (out_at is None or self._up_at <= out_at):
-                    # not charged to the task: either the endpoint comes back or the run stops
+                why = no_answer(e)
+                if why is None:
+                    self._answered_at(sent)  # answered, if badly: charged
+                else:
+                    self._unanswered(sent, why, e)  # raises EndpointDown once it is down
+                if why in WAITED and (out_at is None or self._up_at <= out_at):
+                    # not charged to the task: either the endpoint answers again or the run stops
                     out_at = time.monotonic()
-                    self._found_out(out_at, e)
                     self.stats.retries[e.kind] += 1
                     await asyncio.sleep(backoff_delay(min(tries, 6), self.policy, self._rng, e.retry_after))
                     continue
-                # charged: the endpoint answered, if badly, or answered a request sent since this one
-                # last found it out (a request that crashes a server worker must not loop for ever)
-                if not out and e.kind != "timeout":
-                    self._answered_at(sent)
+                # charged: the endpoint answered, if badly, or answered a request sent since this one last
+                # found it answering nobody, or took the request and gave it nothing (a timeout, a closed
+                # connection: the request's own doing, maybe; a server that does it to all is down above)
                 attempt += 1
                 if not e.retryable or attempt >= self.policy.max_attempts:
                     self.stats.failures[e.kind] += 1
                     raise BackendError(f"{e} (after {attempt} attempt{'s' * (attempt > 1)})",
-                                       retryable=False, kind=e.kind) from None
+                                       retryable=False, kind=e.kind, requests=tries) from None
                 self.stats.retries[e.kind] += 1
                 await asyncio.sleep(backoff_delay(attempt, self.policy, self._rng, e.retry_after))
 
@@ -165,21 +187,46 @@ class ResilientBackend:
         self._answered = True
         self._up_at = max(self._up_at, sent)
 
-    def _found_out(self, now: float, error: BackendError) -> None:
-        """Count a request that found the endpoint out; raise :class:`EndpointDown` once it is down."""
-        if self._out_since is None or self._up_at > self._out_since:  # it answered since: a new outage
-            self._out_since, self._out_count = now, 0
-        self._out_count += 1
-        out_for = now - self._out_since
-        if self._out_count < self.policy.down_after or (self._answered and out_for < self.policy.down_after_s):
+    def _unanswered(self, sent: float, why: str, error: BackendError) -> None:
+        """Count a request sent at ``sent`` that got no answer (``why``: :func:`no_answer`); raise
+        :class:`EndpointDown` once the endpoint is down (see the module's docstring)."""
+        if sent < self._up_at:
+            return  # a request sent later was answered: the endpoint was up after this one
+        if self._silent_since is None or self._up_at > self._silent_since:  # it answered since: a new silence
+            self._silent_since, self._silent_count = sent, 0
+        self._silent_since = min(self._silent_since, sent)
+        self._silent_count += 1
+        silent_for = time.monotonic() - self._silent_since
+        at_once = why == "refused" or (not self._answered and why != "unavailable")
+        if self._silent_count < self.policy.down_after or not (at_once or silent_for >= self.policy.down_after_s):
             return
         self.stats.failures[error.kind] += 1
+        raise EndpointDown(self._down_message(why, error, silent_for)) from None
+
+    def _down_message(self, why: str, error: BackendError, silent_for: float) -> str:
+        """Which endpoint is down, how it failed and what to check."""
+        name, count, wait = self.name, self._silent_count, self.policy.down_after_s
+        since = f", {silent_for:.0f} s after it had answered" if self._answered else " since the run started"
+        waits = f"(a run waits {wait:g} s for it: retry.down_after_s in the config)"
+        if why == "refused":
+            status = error.__cause__.status if isinstance(error.__cause__, HTTPStatusError) else 0
+            return (f"{name}: the server refused {count} requests in a row ({error}); check "
+                    f"{REFUSAL_HINTS.get(status, 'the API key, the model name and the base URL')}")
+        if why == "unavailable":
+            after = " after it had answered" if self._answered else ""
+            return (f"{name}: endpoint unavailable for {silent_for:.0f} s{after} ({error}); check that the server "
+                    f"is running and has loaded its model, and that any proxy in front of it reaches it {waits}")
+        if why == "timeout":
+            return (f"{name}: no answer to {count} requests in a row{since} ({error}); the server takes "
+                    "requests but answers none: check that it works (its log), or raise the role's timeout_s")
+        if why == "no_reply":
+            return (f"{name}: the server closed {count} requests in a row without a reply{since} ({error}); "
+                    "check its log (a server still starting behind a port forward or proxy, a crashing worker)")
         if not self._answered:
-            raise EndpointDown(f"{self.name}: endpoint unreachable ({error}); check that the server, and any "
-                               "proxy in front of it, is running and the base URL is right") from None
-        raise EndpointDown(f"{self.name}: endpoint unreachable for {out_for:.0f} s after it had answered "
-                           f"({error}); check that the server, and any proxy in front of it, is running "
-                           f"(a run waits {self.policy.down_after_s:g} s for it to come back)") from None
+            return (f"{name}: endpoint unreachable ({error}); check that the server, and any proxy in front "
+                    "of it, is running and the base URL is right")
+        return (f"{name}: endpoint unreachable for {silent_for:.0f} s after it had answered ({error}); check "
+                f"that the server, and any proxy in front of it, is running {waits}")
 
     async def _timed(self, messages: list[Message], kwargs: dict[str, Any]) -> Completion:
         self.stats.in_flight += 1

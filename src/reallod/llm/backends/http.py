@@ -9,7 +9,11 @@ vLLM's and SGLang's own serving benchmarks post to OpenAI-compatible servers wit
 same reason. ``http_client: openai`` keeps the official client for those who prefer it.
 
 Both return the reply's JSON and raise :class:`HTTPStatusError` for an HTTP error status, or
-:class:`BackendError` for timeouts, connection failures and unreadable bodies.
+:class:`BackendError` for timeouts, connection failures and unreadable bodies, alike: failing to
+connect is kind ``connection``; a connection the server took and then closed without replying (a
+prompt that crashes a worker) is kind ``connection`` too, caused by :class:`NoReply` (the server is
+there: the retry layer charges it to the request instead of waiting for an outage to end); a reply
+cut short or unreadable is kind ``server``.
 
 A connection pool belongs to the event loop it was opened on, and every run (``asyncio.run``) is a
 loop of its own (the data engine's pipeline runs two: generation, then re-alignment, with the same
@@ -42,6 +46,18 @@ class HTTPStatusError(Exception):
         self.body = body[:4000].decode("utf-8", "replace")  # whole, for telling what the server rejected
         self.headers = headers  # case-insensitive mapping (Retry-After)
         super().__init__(f"HTTP {status}: {self.message}")
+
+
+class NoReply(Exception):
+    """The server took the connection, then closed (or reset) it without replying: it is not
+    unreachable, but it answered nothing."""
+
+
+def no_reply(error: BaseException) -> NoReply:
+    """``error`` (a connection closed before any reply) as the cause of a :class:`BackendError`."""
+    marker = NoReply(f"{type(error).__name__}: {error}")
+    marker.__cause__ = error
+    return marker
 
 
 class Transport(Protocol):
@@ -110,7 +126,13 @@ class AiohttpTransport:
                                kind="timeout") from e
         except aiohttp.ClientPayloadError as e:  # the body was cut short: the server is up, this reply broke
             raise BackendError(f"{self.name}: reply cut short: {e}", retryable=True, kind="server") from e
-        except (aiohttp.ClientConnectionError, OSError) as e:
+        except aiohttp.ClientConnectorError as e:  # no connection made (refused, DNS, TLS)
+            raise BackendError(f"{self.name}: cannot connect: {type(e).__name__}: {e}", retryable=True,
+                               kind="connection") from e
+        except aiohttp.ClientConnectionError as e:  # connected, then closed (or reset) without a reply
+            raise BackendError(f"{self.name}: connection closed without a reply: {type(e).__name__}: {e}",
+                               retryable=True, kind="connection") from no_reply(e)
+        except OSError as e:
             raise BackendError(f"{self.name}: cannot connect: {type(e).__name__}: {e}", retryable=True,
                                kind="connection") from e
         except aiohttp.ClientError as e:  # malformed HTTP from the server
@@ -179,9 +201,10 @@ class OpenAIClientTransport:
 
         client = await self._client_for_loop()
         try:
-            # Without the client's per-request type transforms and models: the reply is parsed here.
-            raw = await client.post(path, body=body, cast_to=_http_response_class())
-            return orjson.loads(raw.content)
+            # Without the client's per-request type transforms and models: the reply is parsed here. Its
+            # body is read apart from its head, so that a body cut short (the server answered, then broke
+            # off: charged, as for aiohttp) is told apart from a connection closed before any reply.
+            response = await client.post(path, body=body, cast_to=_http_response_class(), stream=True)
         except openai.APIStatusError as e:
             response = e.response
             raise HTTPStatusError(e.status_code, response.content if response is not None else str(e).encode(),
@@ -189,10 +212,24 @@ class OpenAIClientTransport:
         except openai.APITimeoutError as e:
             raise BackendError(f"{self.name}: timed out", retryable=True, kind="timeout") from e
         except openai.APIConnectionError as e:
-            raise BackendError(f"{self.name}: cannot connect: {e}", retryable=True, kind="connection") from e
-        except (openai.APIResponseValidationError, ValueError) as e:  # a 200 whose body is no JSON
-            raise BackendError(f"{self.name}: unreadable reply: {type(e).__name__}: {e}", retryable=True,
-                               kind="server") from e
+            cause = e.__cause__ or e
+            if not _connected(e):
+                raise BackendError(f"{self.name}: cannot connect: {type(cause).__name__}: {cause}", retryable=True,
+                                   kind="connection") from e
+            raise BackendError(f"{self.name}: connection closed without a reply: {type(cause).__name__}: {cause}",
+                               retryable=True, kind="connection") from no_reply(cause)
+        try:
+            raw = await response.aread()
+        except Exception as e:  # the client's read errors (httpx's or httpx2's), after the reply began
+            kind = "timeout" if _named(e, "TimeoutException") else "server"
+            raise BackendError(f"{self.name}: reply cut short: {type(e).__name__}: {e}", retryable=True,
+                               kind=kind) from e
+        finally:
+            await response.aclose()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:  # a 200 whose body is no JSON
+            raise BackendError(f"{self.name}: unreadable reply: {e}", retryable=True, kind="server") from e
 
     async def aclose(self) -> None:
         client = self._client
@@ -200,6 +237,19 @@ class OpenAIClientTransport:
             self._client = self._loop = None
         if client is not None:
             await client.close()
+
+
+def _named(error: BaseException, *names: str) -> bool:
+    """Whether ``error`` is one of the client's errors of these class names (httpx and httpx2 both
+    define them)."""
+    return not {c.__name__ for c in type(error).__mro__}.isdisjoint(names)
+
+
+def _connected(error: Exception) -> bool:
+    """Whether the official client's connection error came after the connection was made (the server
+    closed it or reset it before replying), not from failing to make it (refused, DNS, proxy, TLS)."""
+    cause = error.__cause__
+    return cause is not None and not _named(cause, "ConnectError", "ProxyError", "UnsupportedProtocol", "SSLError")
 
 
 def _http_response_class() -> type:
