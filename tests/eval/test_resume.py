@@ -129,6 +129,21 @@ def test_a_journal_of_other_settings_is_refused_and_named(bench, tiny_detector, 
         PredictionJournal(out, other)
 
 
+def test_a_journal_of_an_older_version_says_so(bench, tiny_detector, tmp_path):
+    """Its header has no layout: 'rerun with that run's settings' would not resume it."""
+    import orjson
+
+    out = tmp_path / "preds.json"
+    _ctrl_c_at(2, bench, tiny_detector, out)
+    path = next(tmp_path.glob("preds.journal*.jsonl"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    header = orjson.loads(lines[0])
+    header["fingerprint"].pop("layout")
+    path.write_bytes(orjson.dumps(header) + b"\n" + b"".join(lines[1:]))
+    with pytest.raises(JournalMismatch, match=r"an older version of reallod.*delete the journal to start over"):
+        PredictionJournal(out, SETTINGS)
+
+
 def test_a_journal_that_holds_no_image_gives_way_to_new_settings(tmp_path):
     out = tmp_path / "preds.json"
     PredictionJournal(out, SETTINGS).close()  # stopped before its first image

@@ -124,6 +124,9 @@ def _usable(path: Path, fp: dict[str, Any]) -> bool:
             return False
     except FileNotFoundError:  # its own process started it afresh
         return False
+    if isinstance(before, dict) and before.get("layout") != fp.get("layout"):
+        raise JournalMismatch(f"{path}: left by an interrupted run of an older version of reallod, whose journal "
+                              "this one cannot resume: delete the journal to start over")
     raise JournalMismatch(
         f"{path}: left by an interrupted run with other settings: {'; '.join(changes(before, fp))}; rerun with "
         "that run's settings to resume it, or delete the journal to start over")
