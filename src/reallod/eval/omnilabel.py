@@ -183,27 +183,9 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
                      skip_categories=skip_categories)
     _check_described(gt, obj["annotations"], seen_images)
     gt.notes += _unlisted_images(obj, seen_images)
-    gt.notes += _outside_label_spaces(gt, seen_images)
     if skip_categories:
         gt.notes.append("plain categories left out (--skip-categories): AP-categ and AP are undefined")
     return gt
-
-
-def _outside_label_spaces(gt: OmniLabelGT, images: set[int]) -> list[str]:
-    """A note on the boxes of a listed image whose description does not list that image (its ``image_ids``):
-    no (image, description) pair holds them, so they are left out, as the toolkit leaves them out. Said,
-    since a ground truth edited by hand may so lose boxes it means to score. Plain categories left out by
-    ``skip_categories`` are no part of it."""
-    spaces = {(image, d) for image, ds in gt.labelspace.items() for d in ds}
-    outside = [(image, d) for image, d in zip(gt.box_image.tolist(), gt.box_descr.tolist(), strict=True)
-               if image in images and d in gt.descriptions and (image, d) not in spaces
-               and not (gt.skip_categories and gt.descriptions[d].kind == "C")]
-    if not outside:
-        return []
-    image, d = outside[0]
-    return [f"{len(outside)} ground-truth box(es) name a description whose image_ids leave out their image (e.g. "
-            f"description {d} on image {image}): no (image, description) pair holds them, so they were left out, "
-            "as the official toolkit does"]
 
 
 def _check_described(gt: OmniLabelGT, anns: list[Any], images: set[int]) -> None:
@@ -440,6 +422,23 @@ def build_pairs(gt: OmniLabelGT) -> Pairs:
     return pairs
 
 
+def _outside_label_spaces(gt: OmniLabelGT, pairs: Pairs, unpaired: np.ndarray) -> list[str]:
+    """A note on the boxes of a listed image that no (image, description) pair holds (``unpaired``): their
+    description does not list that image in its ``image_ids``. They are left out, as the toolkit leaves
+    them out; said, since a ground truth edited by hand may so lose boxes it means to score. Boxes of
+    images not listed (noted at load) and plain categories left out by ``skip_categories`` are no part of it."""
+    outside = unpaired & (pairs.images.rank(gt.box_image) >= 0)
+    if gt.skip_categories:
+        category = np.array([gt.descriptions[int(d)].kind == "C" for d in pairs.descrs.ids.tolist()], dtype=bool)
+        outside &= ~category[np.maximum(pairs.descrs.rank(gt.box_descr), 0)]
+    if not outside.any():
+        return []
+    first = int(np.flatnonzero(outside)[0])
+    return [f"{int(outside.sum())} ground-truth box(es) name a description whose image_ids leave out their image "
+            f"(e.g. description {int(gt.box_descr[first])} on image {int(gt.box_image[first])}): no (image, "
+            "description) pair holds them, so they were left out, as the official toolkit does"]
+
+
 def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
              max_dets: int = coco_ap.MAX_DETS) -> EvalResult:
     """The official OmniLabel metrics for ``pred`` (unknown images or descriptions are errors)."""
@@ -473,6 +472,7 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
 
     g_pair = pairs.lookup(gt.box_image, gt.box_descr)
     g_keep = g_pair >= 0
+    outside_gt = _outside_label_spaces(gt, pairs, ~g_keep)
     g_pair = g_pair[g_keep]
     g_box, g_crowd, g_zero = gt.box_xywh[g_keep], gt.box_crowd[g_keep], gt.box_zero_id[g_keep]
     g_area = np.maximum(0, g_box[:, 2] * g_box[:, 3])
@@ -503,10 +503,11 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
         curves[name] = coco_ap.sparse_curve(
             int(rank[-1] + 1) if len(rank) else 0, rank[where_pooled[flagged[mine]]], flag_matched[:, mine],
             flag_ignored[:, mine], int(regular_gt[in_group].sum()), has_pairs=has_pairs)
-    return _result(gt, curves, outside, n_pairs)
+    return _result(gt, curves, outside, n_pairs, outside_gt)
 
 
-def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_pairs: int) -> EvalResult:
+def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_pairs: int,
+            gt_notes: list[str]) -> EvalResult:
     ap = {name: coco_ap.ap(c) for name, c in curves.items()}
     categ, descr = curves["categ"], curves["descr"]
     if categ.n_gt > 0 and descr.n_gt > 0:
@@ -529,7 +530,7 @@ def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_p
         "AR-categ": metric(coco_ap.ar(categ)),
     }
     num_gt = {name: c.n_gt for name, c in curves.items()}
-    notes = list(gt.notes)
+    notes = list(gt.notes) + gt_notes
     if outside:
         notes.append(f"{outside} predicted (box, description) rows name a description outside their image's "
                      "label space and were ignored, as the official toolkit does")
