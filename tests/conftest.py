@@ -9,11 +9,16 @@ import pytest
 @pytest.fixture(autouse=True)
 def _private_response_cache(tmp_path_factory, monkeypatch):
     """No test reads another's cached answers, and nothing is written to the user's
-    ~/.cache/reallod/responses.sqlite (packaged model files still come from that folder)."""
-    import reallod.runs.session as session
+    ~/.cache/reallod/responses.sqlite: ``$REALLOD_CACHE`` is a fresh folder for every test, so the
+    processes a test starts (Ray workers of a local ``--ray`` run) use it too. Its ``models/`` is the
+    user's, so a packaged model is assembled once, not once per test."""
+    from reallod.llm.backends.packaged import cache_dir
 
-    path = tmp_path_factory.mktemp("reallod-cache") / "responses.sqlite"
-    monkeypatch.setattr(session, "default_cache_path", lambda: path)
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    private = tmp_path_factory.mktemp("reallod-cache")
+    (private / "models").symlink_to(models.resolve(), target_is_directory=True)
+    monkeypatch.setenv("REALLOD_CACHE", str(private))
 
 
 @pytest.fixture(scope="session")
