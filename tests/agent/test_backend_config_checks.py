@@ -33,12 +33,43 @@ def write(tmp_path: Path, vlm: str, *, llm: str = LLM, extra: str = "") -> Path:
      "roles.vlm.dtype: expected one of auto, float32, bfloat16, float16, float64, got 'float17'"),
     ("{backend: transformers, model: v, device: gpu7}", "roles.vlm.device: expected one of cpu, cuda, cuda:N, mps"),
     ("{backend: transformers, model: v, kind: seq2seq}", "roles.vlm.kind: expected one of causal_lm"),
+    # request params are sent as they are: JSON only, and never a field the backend writes itself
+    ("{backend: openai, model: v, params: [top_p]}", "roles.vlm.params: expected a mapping of request fields"),
+    ("{backend: openai, model: v, params: {model: other}}",
+     "roles.vlm.params.model: model is set by the role's model, not by params"),
+    ("{backend: openai, model: v, params: {messages: []}}", "roles.vlm.params.messages: messages is set by the wor"),
+    ("{backend: openai, model: v, params: {max_tokens: 9}}", "roles.vlm.params.max_tokens: max_tokens is set by th"),
+    ("{backend: openai, model: v, params: {stream: true}}", "roles.vlm.params.stream: stream is set by the workflow"),
+    ("{backend: openai, model: v, params: {response_format: {type: json_object}}}",
+     "roles.vlm.params.response_format: response_format is set by the role's structured"),
+    ("{backend: openai, model: v, params: {1: 2}}", "roles.vlm.params: a request field is named by a string, got 1"),
+    ("{backend: openai, model: v, params: {seed: 2024-01-01}}",
+     "roles.vlm.params.seed: expected a JSON value (string, number, true/false, null, list or mapping), "
+     "got datetime.date(2024, 1, 1)"),
+    ("{backend: openai, model: v, params: {top_p: .nan}}", "roles.vlm.params.top_p: expected a finite number"),
+    ("{backend: openai, model: v, params: {chat_template_kwargs: {1: true}}}",
+     "roles.vlm.params.chat_template_kwargs: keys must be strings, got 1"),
 ])
 def test_a_bad_role_value_is_refused_when_the_config_is_read(tmp_path: Path, vlm: str, message: str) -> None:
     p = write(tmp_path, vlm)
     with pytest.raises(ConfigError) as e:
         load_agent_config(p)
     assert f"{p}:6: {message}" in str(e.value)
+
+
+def test_request_params_reach_the_request_body_as_given(tmp_path: Path) -> None:
+    vlm = "{backend: openai, model: v, params: {top_p: 0.9, seed: 0, chat_template_kwargs: {enable_thinking: false}}}"
+    roles = build_roles(load_agent_config(write(tmp_path, vlm)))
+    assert roles.vlm is not None
+    assert roles.vlm.backend.params == {"top_p": 0.9, "seed": 0, "chat_template_kwargs": {"enable_thinking": False}}
+
+
+def test_a_params_key_in_its_own_block_is_named_at_its_line(tmp_path: Path) -> None:
+    p = tmp_path / "agent.yaml"
+    p.write_text("roles:\n  reflector: &l\n    backend: openai\n    model: m\n    params:\n      top_p: 0.9\n"
+                 "      model: other\n  planner: *l\n  rewriter: *l\n")
+    with pytest.raises(ConfigError, match=rf"{p}:7: roles.reflector.params.model: model is set by the role's model"):
+        load_agent_config(p)
 
 
 def test_an_accepted_image_format_is_kept(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ machine has the GPU a ``device`` names is checked when the roles are built: that
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Collection
@@ -203,8 +204,8 @@ def _openai_options(options: dict[str, Any], where: Callable[..., str], url: tup
         if timeout <= 0:
             raise ConfigError(f"{where('timeout_s')}: must be more than 0 seconds, got {options['timeout_s']!r}")
         options["timeout_s"] = timeout
-    if "params" in options and not isinstance(options["params"], dict):
-        raise ConfigError(f"{where('params')}: expected a mapping")
+    if "params" in options:
+        _request_params(options["params"], where)
     for key, allowed in (("structured", STRUCTURED_MODES), ("http_client", TRANSPORTS)):
         if key in options:
             _choice(options[key], where(key), allowed)
@@ -216,6 +217,44 @@ def _openai_options(options: dict[str, Any], where: Callable[..., str], url: tup
     given = options.get("base_url")
     if given is not None and (problem := base_url_problem(given)):
         raise ConfigError(f"{url[1] if url else where('base_url')}: {problem}")
+
+
+# Request fields the backend writes itself, and the setting that gives each (a ``params`` copy would
+# silently win over it or break the reply's parsing).
+_SET_BY_BACKEND = {"model": "the role's model", "messages": "the workflow (its prompts)",
+                   "max_tokens": "the role's max_tokens", "temperature": "the role's temperature",
+                   "response_format": "the role's structured", "stream": "the workflow (it reads whole replies)",
+                   "n": "the workflow (it reads one reply)"}
+
+
+def _request_params(params: Any, where: Callable[..., str]) -> None:
+    """``params`` go into every request body as they are, so they must be JSON, and must leave the
+    fields the backend sets alone."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where('params')}: expected a mapping of request fields, got {params!r}")
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where('params')}: a request field is named by a string, got {key!r}")
+        if key in _SET_BY_BACKEND:
+            raise ConfigError(f"{where(f'params.{key}')}: {key} is set by {_SET_BY_BACKEND[key]}, "
+                              "not by params")
+        if (problem := _not_json(value)) is not None:
+            raise ConfigError(f"{where(f'params.{key}')}: {problem}")
+
+
+def _not_json(value: Any) -> str | None:
+    """Why ``value`` cannot be sent as JSON as it is, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+    if isinstance(value, list):
+        return next((p for p in map(_not_json, value) if p is not None), None)
+    if isinstance(value, dict):
+        if any(not isinstance(k, str) for k in value):
+            return f"keys must be strings, got {next(k for k in value if not isinstance(k, str))!r}"
+        return next((p for p in map(_not_json, value.values()) if p is not None), None)
+    return f"expected a JSON value (string, number, true/false, null, list or mapping), got {value!r}"
 
 
 def _transformers_options(name: str, options: dict[str, Any], where: Callable[..., str], base_dir: Path) -> None:
