@@ -30,3 +30,38 @@ class Interrupted(ReallodError):
     continue). The CLI prints it as one line and exits with ``exit_code``."""
 
     exit_code = 130
+
+
+class OutOfMemory(ReallodError):
+    """The GPU (or another accelerator) ran out of memory: the message says where, which option to
+    lower, and what the run kept. An environment's limit, not a bug of reallod (exit status 2)."""
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """What ran out, in the words of an accelerator's out-of-memory error ("CUDA out of memory. Tried to
+    allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.25 GiB is free"), or None for
+    any other error. Torch's advice that follows (allocator settings) is left out: the run's own options
+    are what to change first."""
+    import sys
+
+    torch = sys.modules.get("torch")  # not imported here: an error raised without torch loaded is no OOM
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    text = str(error)
+    if not ((oom is not None and isinstance(error, oom))
+            or (isinstance(error, RuntimeError) and "out of memory" in text.lower())):
+        return None
+    kept = []
+    for sentence in text.replace("\n", " ").split(". "):
+        if not sentence.strip() or "PYTORCH_" in sentence or sentence.startswith(("Including", "Of the", "If ")):
+            break
+        kept.append(sentence.strip().rstrip("."))
+        if len(kept) == 3:
+            break
+    return ". ".join(kept) or "out of memory"
+
+
+def smaller_batches(batch_size: int, grad_accum: int) -> tuple[int, int] | None:
+    """The batch size and accumulation that give the same examples per step in less memory (the batch
+    divided by its smallest factor, the least change that frees memory); None for a batch of one."""
+    factor = next((k for k in range(2, batch_size + 1) if batch_size % k == 0), None)
+    return None if factor is None else (batch_size // factor, grad_accum * factor)

@@ -10,14 +10,14 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import CUDA_OOM_SAID, cuda_out_of_memory, run_cli
 from tests.eval import synthetic as syn
 
 
 @pytest.fixture
 def run(tmp_path, tiny_model_dir, monkeypatch):
     """An OmniLabel model run over four images with a copy of the tiny model; ``run(stop_at=N)`` presses Ctrl-C
-    at the detector's N-th call. Returns (exit code, stderr, the images the detector was called on)."""
+    (or raises ``stop_with``) at the detector's N-th call. Returns (exit code, stderr, the images the detector was called on)."""
     import torch
 
     from reallod.model.inference import Detector
@@ -26,21 +26,22 @@ def run(tmp_path, tiny_model_dir, monkeypatch):
     syn.write_images(tmp_path / "images", gt["images"])
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     shutil.copytree(tiny_model_dir, tmp_path / "model")
-    real, seen, stop = Detector.detect, [], [None]
+    real, seen, stop = Detector.detect, [], [None, KeyboardInterrupt]
 
     def detect(self, picture, *a, **k):
         seen.append(picture.size)
         if len(seen) == stop[0]:
-            raise KeyboardInterrupt
+            raise stop[1]
         return real(self, picture, *a, **k)
 
     monkeypatch.setattr(Detector, "detect", detect)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
-    def go(capsys, *extra, stop_at: int | None = None, out: str = "preds.json") -> tuple[int, str, list]:
+    def go(capsys, *extra, stop_at: int | None = None, stop_with: BaseException | type = KeyboardInterrupt,
+           out: str = "preds.json") -> tuple[int, str, list]:
         seen.clear()
-        stop[0] = stop_at
+        stop[:] = stop_at, stop_with
         code, _, err = run_cli(["eval", "omnilabel", "--annotations", tmp_path / "gt.json", "--images",
                                 tmp_path / "images", "--model", tmp_path / "model", "--device", "cpu",
                                 "--out", tmp_path / out, *extra], capsys)
@@ -88,6 +89,42 @@ def test_a_model_folder_edited_since_is_refused_before_the_model_loads(run, tmp_
         assert words in text, text
     assert "delete the journal to start over" in text
     assert journal.read_bytes() == before
+
+
+def test_out_of_gpu_memory_keeps_the_predictions_made_and_names_the_batch_size(run, tmp_path, capsys):
+    """Resuming at a smaller batch is what the journal allows (the batch size is not among its settings):
+    the one-line error (exit 2) says so, and the rerun predicts only the images left."""
+    code, err, _ = run(capsys, stop_at=3, stop_with=cuda_out_of_memory())
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {CUDA_OOM_SAID} (predicting ") and "with --batch-size 8); 2 of 4 images are kept in " \
+        f"{tmp_path / 'preds.journal.jsonl'}: rerun the same command with a smaller --batch-size to go on" in last, last
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in err
+    code, err, seen = run(capsys, "--batch-size", "2")
+    assert code == 0 and len(seen) == 2, err
+
+
+def test_out_of_gpu_memory_without_a_journal_says_nothing_is_kept(run, tmp_path, capsys, monkeypatch):
+    from reallod.errors import OutOfMemory
+    from reallod.eval.omnilabel import load_gt
+    from reallod.eval.predict import RunOptions, predict
+    from reallod.model.inference import Detector
+    from reallod.model.loading import load_detector
+
+    run(capsys)  # the images and the model folder
+    real, calls = Detector.detect, []
+
+    def detect(self, *args, **kwargs):  # a GPU that fills up at the second image
+        calls.append(1)
+        if len(calls) == 2:
+            raise cuda_out_of_memory()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", detect)
+    images = load_gt(tmp_path / "gt.json").eval_images()
+    with pytest.raises(OutOfMemory, match=r"the predictions made \(1 of 4 images\) are not kept \(give --out to make "
+                                          r"a model run resumable\): rerun with a smaller --batch-size"):
+        predict(images, load_detector(tmp_path / "model", device="cpu"), tmp_path / "images", RunOptions(progress=False))
 
 
 def test_a_typed_max_text_len_counts_as_what_it_changes(run, capsys):

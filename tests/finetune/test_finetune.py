@@ -118,9 +118,9 @@ def test_a_finished_finetune_is_never_overwritten_silently(teacher_data, tiny_lm
     assert (other / "mine.txt").read_text() == "keep me"
 
 
-def _interrupt_at(monkeypatch, step: int, how: str) -> None:
+def _interrupt_at(monkeypatch, step: int, how: str | BaseException) -> None:
     """Make the trainer of the next fine-tune stop at ``step``: ``kill`` raises as a killed process would
-    stop (no checkpoint of its own), ``ctrl-c`` sends SIGINT to this process."""
+    stop (no checkpoint of its own), ``ctrl-c`` sends SIGINT to this process, an exception is raised."""
     from transformers import TrainerCallback
 
     real = trainer_mod._trainer
@@ -128,6 +128,8 @@ def _interrupt_at(monkeypatch, step: int, how: str) -> None:
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == step:
+                if isinstance(how, BaseException):
+                    raise how
                 if how == "kill":
                     raise KeyboardInterrupt
                 os.kill(os.getpid(), signal.SIGINT)
@@ -158,6 +160,25 @@ def test_a_killed_finetune_resumes_from_its_last_checkpoint(teacher_data, tiny_l
     res = finetune(opts(Path(teacher_data.name), tiny_lm, out))
     assert res.resumed_from is not None and res.resumed_from.endswith("checkpoint-2") and res.steps == 4
     assert json.loads((out / "finetune.json").read_text())["status"] == "finished"
+
+
+def test_a_full_gpu_says_how_to_start_over_in_less_memory(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:
+    """The checkpoints resume only with their batch size, so the way on is a fresh start with the same
+    examples per step in smaller batches; the command it names is accepted."""
+    from reallod.errors import OutOfMemory
+    from tests.cli_helpers import CUDA_OOM_SAID, cuda_out_of_memory
+
+    out = tmp_path / "student"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3, cuda_out_of_memory())
+        with pytest.raises(OutOfMemory) as e:
+            finetune(opts(teacher_data, tiny_lm, out))
+    assert str(e.value) == (f"{CUDA_OOM_SAID} (fine-tuning at step 3 with --batch-size 2); the checkpoints in "
+                            f"{out / 'checkpoints'} resume only with the settings they were made with: start over "
+                            "with --overwrite --batch-size 1 --grad-accum 2 (the same examples per step in smaller "
+                            "batches)")
+    res = finetune(opts(teacher_data, tiny_lm, out, overwrite=True, batch_size=1, grad_accum=2))
+    assert res.steps == 4 and res.resumed_from is None
 
 
 def test_ctrl_c_saves_a_checkpoint_then_stops(teacher_data, tiny_lm, tmp_path, monkeypatch) -> None:

@@ -47,18 +47,20 @@ def five_images(tmp_path, photo):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The detector's calls; Ctrl-C at call ``calls.stop_at`` (a test double around the real detect)."""
+    """The detector's calls; Ctrl-C (or ``calls.stop_with``) at call ``calls.stop_at`` (a test double
+    around the real detect)."""
     real = Detector.detect
 
     class Calls(list):
         stop_at: int | None = None
+        stop_with: BaseException | type[BaseException] = KeyboardInterrupt
 
     seen = Calls()
 
     def detect(self, image, *args, **kwargs):
         seen.append(image.size)
         if len(seen) == seen.stop_at:
-            raise KeyboardInterrupt
+            raise seen.stop_with
         return real(self, image, *args, **kwargs)
 
     monkeypatch.setattr(Detector, "detect", detect)

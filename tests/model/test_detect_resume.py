@@ -14,7 +14,7 @@ from reallod.model.detect_journal import (
 )
 from reallod.runs.journal import JournalBusy
 from reallod.runs.launch import Place
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import CUDA_OOM_SAID, cuda_out_of_memory, run_cli
 from tests.runs.test_journal_lock import busy, held
 
 
@@ -48,6 +48,31 @@ def test_a_killed_run_goes_on_where_it_stopped(capsys, five_images, tiny_model_d
 
     calls[:] = []  # everything is done: nothing to detect
     assert run_cli(_args(five_images, tiny_model_dir, out), capsys)[0] == 0 and calls == []
+
+
+def test_out_of_gpu_memory_keeps_the_images_written_and_names_the_batch_size(capsys, five_images, tiny_model_dir,
+                                                                             tmp_path, calls):
+    """The commonest GPU failure is an error of the setup, not of reallod: one line (exit 2) says what ran
+    out, at which image and batch size, and what is kept; a smaller --batch-size goes on from there."""
+    whole = tmp_path / "whole"
+    assert run_cli(_args(five_images, tiny_model_dir, whole), capsys)[0] == 0
+    out = tmp_path / "out"
+    calls[:], calls.stop_at, calls.stop_with = [], 3, cuda_out_of_memory()
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, out), capsys)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (f"error: {CUDA_OOM_SAID} (detecting {five_images / 'p2.jpg'} with --batch-size 8); 2 of 5 "
+                           f"images are written to {out}: rerun the same command with a smaller --batch-size to go on "
+                           "from there")
+    calls[:], calls.stop_at = [], None
+    code, _, err = run_cli([*_args(five_images, tiny_model_dir, out), "--batch-size", "1"], capsys)
+    assert code == 0, err
+    assert len(calls) == 3 and _files(out) == _files(whole)
+
+
+def test_another_error_in_detection_is_not_taken_for_a_full_gpu(capsys, five_images, tiny_model_dir, tmp_path, calls):
+    calls.stop_at, calls.stop_with = 1, RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+    code, _, err = run_cli(_args(five_images, tiny_model_dir, tmp_path / "out"), capsys)
+    assert code == 1 and "unexpected RuntimeError: cuDNN error" in err and "batch-size" not in err
 
 
 def test_other_settings_or_a_missing_file_mean_detecting_again(capsys, five_images, tiny_model_dir, tmp_path,

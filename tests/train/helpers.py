@@ -50,14 +50,15 @@ def quiet(line: str) -> None:
     """An ``echo`` for ``train`` that prints nothing."""
 
 
-def interrupt_at(fn: Any, n: int) -> Any:
-    """``fn`` as a test double that is Ctrl-C (KeyboardInterrupt) at its ``n``-th call, and ``fn`` otherwise."""
+def interrupt_at(fn: Any, n: int, error: BaseException | type[BaseException] = KeyboardInterrupt) -> Any:
+    """``fn`` as a test double that is Ctrl-C (KeyboardInterrupt, or ``error``) at its ``n``-th call, and
+    ``fn`` otherwise."""
     calls = []
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == n:
-            raise KeyboardInterrupt
+            raise error
         return fn(*args, **kwargs)
 
     return wrapped

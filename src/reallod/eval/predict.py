@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reallod.data.images import DEFAULT_MAX_PIXELS
-from reallod.errors import DataError, ReallodError
+from reallod.errors import DataError, OutOfMemory, ReallodError, out_of_memory
 from reallod.eval.common import EvalImage, Predictions, round_predictions, xyxy_to_xywh
 from reallod.eval.resume import EvalInterrupted, PredictionJournal, from_result
 from reallod.runs.journal import file_stamp
@@ -188,6 +188,7 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
             raise DataError(e.message, path=path) from e
 
     loaded = ahead(load, todo, depth(options.prefetch, detector.device) if todo else 0, name="eval-load")
+    i = todo[0] if todo else 0  # the image being predicted, for an out-of-memory message
     try:
         for i, (picture, prepared, source) in zip(todo, loaded, strict=True):
             img = images[i]
@@ -202,6 +203,15 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
 
                 _save_picture(draw_detections(picture, dets, score_thr=options.show_score_thr),
                               options.show_dir / picture_name(img))
+    except Exception as e:  # out of GPU memory: the images predicted are kept, as on Ctrl-C
+        if (what := out_of_memory(e)) is None:
+            raise
+        kept = (f"{journal.kept} of {len(indices)} images are kept in {journal.path}: rerun the same command with a "
+                "smaller --batch-size to go on from there" if journal is not None else
+                f"the predictions made ({len(out)} of {len(indices)} images) are not kept (give --out to make a model run "
+                "resumable): rerun with a smaller --batch-size")
+        raise OutOfMemory(f"{what} (predicting {images[i].file_name} with --batch-size {inference.batch_size}); "
+                          f"{kept}") from e
     finally:
         loaded.close()
         bar.close()

@@ -43,7 +43,7 @@ from typing import Any
 
 from reallod.agent.decisions import SPECS
 from reallod.data.io import iter_lines
-from reallod.errors import ConfigError, DataError, Interrupted
+from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import resolve_source
 
@@ -88,6 +88,18 @@ class FinetuneOptions:
         if d["base"] and Path(d["base"]).exists():
             d["base"] = Path(d["base"]).resolve()
         return {k: str(d[k]) if isinstance(d[k], Path) else d[k] for k in keep}
+
+
+def _out_of_memory(what: str, opts: FinetuneOptions, step: int, out: Path) -> OutOfMemory:
+    """What to change when a fine-tuning step ran out of GPU memory. Its checkpoints resume only with the
+    settings they were made with, the batch size among them, so the way on is to start over."""
+    if smaller := smaller_batches(opts.batch_size, opts.grad_accum):
+        fix = (f"start over with --overwrite --batch-size {smaller[0]} --grad-accum {smaller[1]} (the same examples "
+               "per step in smaller batches)")
+    else:
+        fix = "start over with --overwrite and a smaller --max-length or --lora-layers, or use a GPU with more memory"
+    return OutOfMemory(f"{what} (fine-tuning at step {step} with --batch-size {opts.batch_size}); the checkpoints in "
+                       f"{out / CHECKPOINTS} resume only with the settings they were made with: {fix}")
 
 
 @dataclass
@@ -353,6 +365,10 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     except KeyboardInterrupt as e:
         raise Interrupted(f"fine-tuning stopped; the checkpoints in {out / CHECKPOINTS} are kept: rerun the same "
                           "command to resume") from e
+    except Exception as e:
+        if (what := out_of_memory(e)) is None:
+            raise
+        raise _out_of_memory(what, opts, trainer.state.global_step, out) from e
     if stop.requested:
         raise Interrupted(f"fine-tuning stopped at step {trainer.state.global_step} and saved a checkpoint in "
                           f"{out / CHECKPOINTS}: rerun the same command to resume")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from reallod.data.images import MAX_PIXELS_HINT, open_image
 from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import ConfigError, DataError, Interrupted
+from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory
 from reallod.model.detect_journal import (
     OUTPUT_SUBFOLDERS,
     SAVE_FORMATS,
@@ -251,8 +251,10 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
             journal.append_soon(name, journal_entry(files, options.out_dir, root_key, stamp))
 
     loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
+    current = todo[0] if todo else ""  # the image being detected, for an out-of-memory message
     try:
         for name, (image, prepared, error, stamp) in zip(todo, loaded, strict=True):
+            current = name
             bar.update(1)
             if error is not None:
                 summary.skipped.append((str(root / name), str(error)))
@@ -280,6 +282,15 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         who = "" if place.world_size == 1 else f" (process {place.rank} of {place.world_size})"
         raise Interrupted(f"interrupted: {summary.processed + summary.resumed} of {len(names)} images written to "
                           f"{options.out_dir}{who}; rerun the same command to go on from there") from None
+    except Exception as e:  # out of GPU memory: the images written are kept, as on Ctrl-C
+        if (what := out_of_memory(e)) is None:
+            raise
+        who = "" if place.world_size == 1 else f" (process {place.rank} of {place.world_size})"
+        kept = (f"{summary.processed + summary.resumed} of {len(names)} images are written to {options.out_dir}{who}: "
+                "rerun the same command with a smaller --batch-size to go on from there" if journal is not None else
+                "rerun with a smaller --batch-size")
+        raise OutOfMemory(f"{what} (detecting {root / current} with --batch-size {inference.batch_size}); "
+                          f"{kept}") from e
     finally:
         bar.close()
         loaded.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from reallod.errors import ConfigError, Interrupted
+from reallod.errors import ConfigError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
 from reallod.train import best as B
 from reallod.train import checkpoint as C
 from reallod.train.build import build_detector
@@ -135,6 +135,10 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
             except KeyboardInterrupt:
                 live.ctrl_c.pressed = True  # however it came: what its frames held is freed next, quietly
             gc.collect()  # what the interrupt left half-built complains from __del__: here, not after our message
+    except Exception as e:
+        if (what := out_of_memory(e)) is None:
+            raise
+        raise _step_out_of_memory(what, live.step, cfg, mixed, work_dir, resume_command) from e
     finally:
         log.close()
     raise TrainInterrupted.at(live.step, work_dir, resume_command)
@@ -148,6 +152,36 @@ class _Live:
     ctrl_c: CtrlC = field(default_factory=CtrlC)
 
 
+def _step_out_of_memory(what: str, step: int | None, cfg: TrainConfig, mixed: str, work_dir: Path,
+                        resume_command: str | None) -> OutOfMemory:
+    """What to change when a training step ran out of GPU memory: the same images per step in smaller
+    batches, accumulated (a resume takes another split of its step: :mod:`reallod.train.resume`)."""
+    ckpt, ckpt_step = _latest_checkpoint(work_dir)
+    saved = f"checkpoint at step {ckpt_step} in {work_dir} ({ckpt.name})" if ckpt else f"no checkpoint in {work_dir} yet"
+    where = "while setting up" if step is None else f"at step {step}"
+    how = resume_command or "train(..., resume=True)"
+    if smaller := smaller_batches(cfg.train.batch_size, cfg.train.grad_accum):
+        pairs = f"train.batch_size={smaller[0]} train.grad_accum={smaller[1]}"
+        fix = (f"train(...) with {pairs.replace(' ', ', ')} and resume=True" if resume_command is None else
+               f"{how} {pairs}" if "--cfg-options" in how else f"{how} --cfg-options {pairs}")
+        advice = f"the same images per step fit in less memory as smaller batches accumulated: `{fix}`"
+    else:
+        advice = ("one image per batch does not fit: lower augment.scales and augment.max_size"
+                  + (", train with --amp" if mixed == "no" else "") + f", or use a GPU with more memory, then `{how}`")
+    return OutOfMemory(f"{what} ({where}, train.batch_size {cfg.train.batch_size} per process); {saved}; {advice}")
+
+
+def _latest_checkpoint(work_dir: Path) -> tuple[Path | None, int | None]:
+    """The latest complete checkpoint and its step (None, None: none)."""
+    ckpt = C.latest_checkpoint(work_dir)
+    if ckpt is None:
+        return None, None
+    try:
+        return ckpt, C.Progress.from_json(ckpt / "state.json").step
+    except ConfigError:
+        return None, None
+
+
 class TrainInterrupted(Interrupted):
     """Ctrl-C stopped training: the step reached, the last complete checkpoint and how to continue."""
 
@@ -158,13 +192,7 @@ class TrainInterrupted(Interrupted):
 
     @classmethod
     def at(cls, step: int | None, work_dir: Path, resume_command: str | None) -> TrainInterrupted:
-        ckpt = C.latest_checkpoint(work_dir)
-        ckpt_step = None
-        if ckpt is not None:
-            try:
-                ckpt_step = C.Progress.from_json(ckpt / "state.json").step
-            except ConfigError:
-                ckpt = None
+        ckpt, ckpt_step = _latest_checkpoint(work_dir)
         how = f"`{resume_command}`" if resume_command else "train(..., resume=True)"
         where = "while setting up, before the first step" if step is None else f"at step {step}"
         if ckpt is None:
@@ -567,6 +595,11 @@ def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg:
                                            work_dir, best, log, checkpoint_step)
         except Exception as e:  # the other processes stop with it, not at the next synchronisation
             error = e
+            if (what := out_of_memory(e)) is not None:
+                error = OutOfMemory(f"{what} (evaluating step {step} with eval.batch_size {cfg.eval.batch_size}); "
+                                    "resume with a smaller one (--cfg-options eval.batch_size=N): the evaluation of "
+                                    f"step {step} is done again")
+                error.__cause__ = e
     settle(accelerator, error, f"the evaluation of step {step}")
     return metrics, best
 
