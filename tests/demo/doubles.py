@@ -79,3 +79,19 @@ class SlowDetector:
     def detect(self, *args: Any, **kwargs: Any) -> Any:
         time.sleep(self.delay_s)
         return self.detector.detect(*args, **kwargs)
+
+
+class FullGPUDetector:
+    """A real detector on a GPU too small for ``limit`` expressions or more: those requests raise torch's
+    out-of-memory error, smaller ones are detected."""
+
+    def __init__(self, detector: Any, limit: int) -> None:
+        self.detector, self.limit = detector, limit
+        self.device, self.source = detector.device, detector.source
+
+    def detect(self, image: Any, expressions: list[str], *args: Any, **kwargs: Any) -> Any:
+        if len(expressions) >= self.limit:
+            from tests.cli_helpers import cuda_out_of_memory
+
+            raise cuda_out_of_memory()
+        return self.detector.detect(image, expressions, *args, **kwargs)

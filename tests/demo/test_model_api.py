@@ -112,6 +112,28 @@ def test_a_slow_request_times_out_and_keeps_its_slot_until_it_ends(tiny_detector
             c.close()
 
 
+def test_a_request_that_fills_the_gpu_is_told_so_and_the_next_one_is_served(tiny_detector):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from reallod.demo.model_app import serve_model_demo
+    from reallod.demo.server import ServerOptions
+    from tests.cli_helpers import CUDA_OOM_SAID
+    from tests.demo.doubles import FullGPUDetector
+
+    with serve_model_demo(FullGPUDetector(tiny_detector, 3), ServerOptions(server_port=free_port()),
+                          block=False) as running:
+        c = api_client(running.url)
+        try:
+            with pytest.raises(AppError) as e:
+                c.predict(handle_file(str(COFFEE)), "a cup . a mug . a table", "parallel", 0.3, api_name="/detect")
+            assert str(e.value) == (f"the cpu device ran out of memory for this request ({CUDA_OOM_SAID}); try fewer "
+                                    "expressions or a smaller image")
+            assert "box(es)" in c.predict(handle_file(str(COFFEE)), "a cup", "parallel", 0.3, api_name="/detect")[-1]
+        finally:
+            c.close()
+
+
 def test_uploads_over_the_size_limit_are_refused_by_the_server(small_upload_demo):
     import httpx
     from gradio_client import handle_file

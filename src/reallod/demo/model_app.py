@@ -25,6 +25,7 @@ from reallod.demo.examples import detect_examples
 from reallod.demo.forms import TABLE_HEADERS, detection_rows, legend_html, parse_expressions
 from reallod.demo.limits import ClientGate, DemoInputError, DemoLimits, WorkSlots, client_key, open_upload
 from reallod.demo.server import RunningDemo, ServerOptions, launch, prune, upload_roots
+from reallod.errors import out_of_memory
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections, palette
 from reallod.model.inference import Detector, InferenceOptions, ScoreOver
@@ -87,6 +88,11 @@ class ModelPage:
             except cf.TimeoutError:
                 raise DemoInputError(f"the detector took longer than this demo's {self.limits.timeout_s:g} s "
                                      "limit; try fewer expressions or a smaller image") from None
+            except Exception as e:  # one large request filled the GPU: say so; the next one gets its memory back
+                if (what := out_of_memory(e)) is None:
+                    raise
+                raise DemoInputError(f"the {self.detector.device} device ran out of memory for this request "
+                                     f"({what}); try fewer expressions or a smaller image") from None
         shown = Shown(image_path, detections, seconds)
         return (*self._render(shown, threshold), shown)
 
