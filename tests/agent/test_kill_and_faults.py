@@ -128,8 +128,12 @@ def test_a_server_failing_one_request_in_five(tmp_path, capsys):
     report = json.loads((tmp_path / "run.json").read_text())
     retried = report["run"]["requests"]["retries"]
     assert {"server", "rate_limit", "timeout", "connection"} <= set(retried), retried
-    # every request the server got is counted once, a call's that gave up after its retries included
-    assert sum(r["attempts"] for r in report["roles"].values()) == len(server.requests)
+    # every request sent is counted once, a call's that gave up after its retries included; the server
+    # got them all but those the client gave up on before the server had read them whole (a timeout on
+    # a loaded machine: the handler then reads a body cut short and records nothing)
+    sent = sum(r["attempts"] for r in report["roles"].values())
+    timed_out = retried.get("timeout", 0) + (report["run"]["requests"].get("gave_up") or {}).get("timeout", 0)
+    assert len(server.requests) <= sent <= len(server.requests) + timed_out, (sent, len(server.requests), timed_out)
     assert report["tasks"] == 40 and sum(report["verdicts"].values()) == 40
     assert "## Requests (this session)" in (tmp_path / "run.md").read_text()
     assert len(read_jsonl(out)) == 5
