@@ -42,6 +42,25 @@ def split_extra_args(config: Path, extra: list[str], resume: bool, cfg_options: 
     return config, ckpt, overrides
 
 
+def check_config_kept(config: Path, work_dir: Path) -> None:
+    """Refuse a CONFIG that is the work dir's ``config.yaml``, which the run replaces with its resolved config
+    (comments and ``_base_`` lost), before anything is written; unless it is that resolved config already (a
+    resume from the file an earlier run wrote there), which the run may write again."""
+    from reallod.train.config import dump_yaml, load_config
+
+    written = work_dir / "config.yaml"
+    if not written.is_file() or not config.is_file() or not written.samefile(config):
+        return
+    try:
+        if config.read_text(encoding="utf-8") == dump_yaml(load_config(config)):
+            return
+    except (ConfigError, OSError, UnicodeDecodeError):  # valid only with its --cfg-options: not a resolved config
+        pass
+    raise ConfigError(f"{config}: the run writes its resolved config to {written} (the --work-dir's config.yaml), "
+                      "which would replace this file, its comments and _base_ lost: rename it (e.g. to "
+                      f"{work_dir / 'train.yaml'}) and train from that, or give another --work-dir")
+
+
 def train_cmd(
     ctx: typer.Context,
     config: Annotated[Path, typer.Argument(
@@ -80,6 +99,7 @@ def train_cmd(
     cfg = load_config(config, overrides)
     quiet_transformers()
     work_dir = work_dir or Path("work_dirs") / config.stem
+    check_config_kept(config, work_dir)
     again = ["reallod", "train", str(config), "--work-dir", str(work_dir), "--resume",
              *(["--amp"] if amp else []), *(["--auto-scale-lr"] if auto_scale_lr else []),
              *(["--max-pixels", str(max_pixels)] if max_pixels is not None else []),

@@ -188,6 +188,10 @@ class TrainConfig:
 
 
 
+# (boolean, field) → the documented word of a string field that YAML 1.1 reads, unquoted, as that boolean
+BOOLEAN_WORDS: dict[tuple[bool, str], str] = {(False, "train.mixed_precision"): "no"}
+
+
 class FieldError(ConfigError):
     """A bad value of one field (``field``, dotted): :func:`load_config` adds where that value was set."""
 
@@ -279,6 +283,8 @@ def apply_overrides(data: dict[str, Any], options: list[str], sources: Sources |
         parts = key.strip().split(".")
         node: Any = out
         for i, part in enumerate(parts[:-1]):
+            if isinstance(node, dict) and node.get(part) is None:
+                _default_list(node, part, ".".join(parts[: i + 1]), parts[i + 1], opt)
             node, parts[i] = _child(node, part, ".".join(parts[: i + 1]), create=True)
         last = parts[-1]
         if isinstance(node, list):
@@ -292,6 +298,42 @@ def apply_overrides(data: dict[str, Any], options: list[str], sources: Sources |
                 del sources[k]
             sources[dotted] = f"--cfg-options {opt}"
     return out
+
+
+def _default_list(node: dict[str, Any], key: str, dotted: str, index: str, opt: str) -> None:
+    """Put the default of a list field the config leaves unset under ``key``, so that one item of it can be set
+    (``optim.betas.1=0.99``: ``[0.9, 0.99]``); an index past its end is refused, naming the default."""
+    default, hint = _default(dotted)
+    if not isinstance(default, list):
+        return
+    try:
+        inside = -len(default) <= int(index) < len(default)
+    except ValueError:
+        inside = True  # not an index: _index says so
+    if not inside:
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else None
+        whole = (yaml.safe_dump(default, default_flow_style=True, width=10**6).strip() if default else
+                 "[{" + ", ".join(f"{f.name}: ..." for f in dataclasses.fields(item)) + "}]"
+                 if dataclasses.is_dataclass(item) else "[...]")
+        raise ConfigError(f"--cfg-options {opt}: {dotted} is not set in the config, and its default {default} has no "
+                          f"item {index}: give the whole list instead, e.g. {dotted}={whole}")
+    node[key] = copy.deepcopy(default)
+
+
+def _default(dotted: str) -> tuple[Any, Any]:
+    """The default of the config field at a dotted path (inside an unset optional section: that section's own
+    defaults) and its type; (None, None) when there is no such field."""
+    value: Any = TrainConfig()
+    hint: Any = None
+    for key in dotted.split("."):
+        if not (dataclasses.is_dataclass(value) and key in {f.name for f in dataclasses.fields(value)}):
+            return None, None
+        hint = typing.get_type_hints(type(value))[key]
+        value = getattr(value, key)
+        if value is None:
+            section = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+            value = section[0]() if section else None
+    return value, hint
 
 
 def _index(node: list, part: str, where: str) -> int:
@@ -382,6 +424,11 @@ def _value(tp: Any, v: Any, where: str) -> Any:
             raise FieldError(where, f"expected a number, got {v!r}")
         return float(v)
     if tp is str:
+        if isinstance(v, bool):
+            if (v, where) in BOOLEAN_WORDS:
+                return BOOLEAN_WORDS[v, where]
+            raise FieldError(where, f"expected a string, got {v!r} (YAML reads yes, no, on, off unquoted as true or "
+                             "false: quote the value)")
         if not isinstance(v, str):
             raise FieldError(where, f"expected a string, got {v!r}")
         return v
@@ -491,8 +538,13 @@ def _check_optim(o: OptimConfig) -> None:
 def _check_eval(e: EvalConfig, synthetic: bool) -> None:
     _need(e.metric in ("ap50", "ap", "ap50_pos", "ap_pos"), "eval.metric",
           f"use ap50, ap, ap50_pos or ap_pos, not {e.metric!r}")
-    if (e.file is None) != (e.images is None) and not synthetic:
-        raise FieldError("eval", "set both eval.file and eval.images (or neither)")
+    if (e.file is None) != (e.images is None):  # one alone would be replaced, or evaluated against the wrong root
+        given, missing = ("eval.file", "eval.images") if e.images is None else ("eval.images", "eval.file")
+        raise FieldError(given, f"{missing} is not set: set both eval.file and eval.images (the root of the file's "
+                         "image filenames), or neither"
+                         + (" (data.synthetic then evaluates on its held-out shapes)" if synthetic else ""))
+    for name in ("file", "images"):
+        _need(getattr(e, name) != "", f"eval.{name}", "is empty: give a path, or null (no evaluation)")
     _at_least("eval.every_epochs", e.every_epochs, 0)
     _at_least("eval.every_steps", e.every_steps, 0)
     _need(bool(e.sources), "eval.sources", "needs at least one text source (e.g. [vlm_short])")

@@ -118,7 +118,7 @@ def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_si
 def load_eval_records(path: str | Path, images: str | Path, max_images: int | None = None
                       ) -> list[tuple[Record, str]]:
     """Records of an evaluation file (cleaned as for training), with their image paths."""
-    if not Path(images).is_dir():  # named here: index_file would call it data.train[].images
+    if not str(images) or not Path(images).is_dir():  # named here: index_file would call it data.train[].images
         raise DataError("image root not found (eval.images)", path=str(images))
     fidx = index_file(DataFile(str(path), str(images)))
     out = []

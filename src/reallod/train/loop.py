@@ -49,7 +49,7 @@ from reallod.train.metrics_log import MetricsLog
 from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
 from reallod.train.processes import PeerFailed, settle
 from reallod.train.resume import FromImage, ResumeFrom, short
-from reallod.train.sampling import TextOptions, check_source_names
+from reallod.train.sampling import TextOptions, absent_sources, check_source_names
 
 MODEL_INPUTS = ("pixel_values", "pixel_mask", "input_ids", "attention_mask", "token_type_ids")
 MAX_FAILURES_SHOWN = 10
@@ -205,7 +205,8 @@ class TrainInterrupted(Interrupted):
 
 
 def _prepare_data(cfg: TrainConfig, accelerator: Any) -> TrainConfig:
-    """Generate the synthetic set when configured (main process), and point train/eval at it if unset."""
+    """Generate the synthetic set when configured (main process), and point train/eval at it if unset (eval:
+    neither eval.file nor eval.images set, :func:`reallod.train.config.check`)."""
     syn = cfg.data.synthetic
     if syn is None:
         return cfg
@@ -238,6 +239,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     for f in files:  # before the model is built: a wrong image root is found in seconds
         check_image_root(f)
     check_source_names(dict(cfg.data.source_probs), {s for f in files for s in f.sources})
+    no_source = absent_sources(dict(cfg.data.source_probs), {f.spec.path: f.sources for f in files})
     test_scale = (cfg.augment.test_scale[0], cfg.augment.test_scale[1])
     try:
         model, tokenizer, processor = build_detector(cfg.model, seed=cfg.seed, test_scale=test_scale,
@@ -274,7 +276,11 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     lr = scaled_lr(cfg.optim, total_batch, auto_scale_lr)
     frozen = freeze_zero_lr(model, cfg.optim)
     optimizer = build_optimizer(model, cfg.optim, lr)
-    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
+    skip = start.images // world if start is not None else 0  # of this process's share of the epoch
+    start_batch = skip // cfg.train.batch_size
+    at = {} if start is None else {"step": start.progress.step, "epoch": start.progress.epoch,
+                                   "steps_left": steps_per_epoch - start_batch // accum}  # at this run's split
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, **at)
     install_loss(model, cfg.model.fix_encoder_loss)
     model_config = model.config
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -301,6 +307,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                  f"{' (auto-scaled)' if lr != cfg.optim.lr else ''}, {steps_per_epoch} steps/epoch, "
                  f"{cfg.schedule.epochs} epochs")
         log.info("data: " + skipped_summary(files))
+        if no_source:
+            log.info(no_source)
         if frozen:
             log.info(f"frozen (lr multiplier 0): {', '.join(frozen)}")
         if ckpt is not None:
@@ -316,8 +324,6 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
 
     result = TrainResult(work_dir, progress.step, progress.epoch, ckpt, best, main_process=main)
     step, epoch = progress.step, progress.epoch
-    skip = start.images // world if start is not None else 0  # of this process's share of the epoch
-    start_batch = skip // cfg.train.batch_size
     checkpoint_step = step  # of the latest checkpoint of this run's history (0: none)
     live.step = step
     max_steps = cfg.schedule.max_steps

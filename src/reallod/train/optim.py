@@ -2,7 +2,8 @@
 
 Groups: the image backbone and the text encoder train at a learning-rate multiplier (0.1), the
 rest at the base rate; within each, norms, biases and position embeddings get no weight decay.
-Schedule: linear warm-up over the first steps, then ×gamma after each milestone epoch. With
+Schedule: linear warm-up over the first steps, then ×gamma after each milestone epoch (at the step where
+that epoch begins, also after a resume that splits its steps otherwise). With
 ``auto_scale_lr`` the base rate is scaled by total batch / base batch (the linear scaling rule).
 """
 
@@ -107,12 +108,25 @@ def lr_factor(step: int, *, warmup_steps: int, start_factor: float, milestone_st
     return warm * gamma ** decays
 
 
-def schedule_fn(cfg: ScheduleConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    milestones = [m * steps_per_epoch for m in cfg.milestones]
+def milestone_steps(milestones: Sequence[int], steps_per_epoch: int, *, step: int = 0, epoch: int = 0,
+                    steps_left: int | None = None) -> list[int]:
+    """The step at which each milestone epoch begins: ``m × steps_per_epoch`` from the start. A resume counts
+    on from the checkpoint's ``step`` in its ``epoch``, of which ``steps_left`` steps of this run's split are
+    left: its earlier steps may have held other numbers of images (another batch size, accumulation or
+    process count), and the rate must still drop where the epoch begins."""
+    left = steps_per_epoch if steps_left is None else steps_left
+    return [step + left + (m - epoch - 1) * steps_per_epoch for m in milestones]
+
+
+def schedule_fn(cfg: ScheduleConfig, steps_per_epoch: int, *, step: int = 0, epoch: int = 0,
+                steps_left: int | None = None) -> Callable[[int], float]:
+    """Step → rate factor (``step``, ``epoch``, ``steps_left``: where a resume starts, see :func:`milestone_steps`)."""
+    milestones = milestone_steps(cfg.milestones, steps_per_epoch, step=step, epoch=epoch, steps_left=steps_left)
     return lambda step: lr_factor(step, warmup_steps=cfg.warmup_steps, start_factor=cfg.warmup_start_factor,
                                   milestone_steps=milestones, gamma=cfg.gamma)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, steps_per_epoch))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, *, step: int = 0,
+                    epoch: int = 0, steps_left: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, steps_per_epoch, step=step, epoch=epoch,
+                                                                    steps_left=steps_left))

@@ -91,6 +91,23 @@ def check_source_names(source_probs: Mapping[str, float], data_sources: Iterable
                           f"{', '.join(sorted(known))}")
 
 
+def absent_sources(source_probs: Mapping[str, float], data_sources: Mapping[str, Iterable[str]]) -> str | None:
+    """A warning naming the sources given a probability above 0 that no record of the data has (``data_sources``:
+    file → the sources its records have; ``category``, a record's category names, is always there): each image
+    draws among the sources it has, so their share would silently go to the others, or to the category names."""
+    present = {s for sources in data_sources.values() for s in sources}
+    used = {s: float(p) for s, p in source_probs.items() if p > 0}
+    absent = {s: p for s, p in used.items() if s != CATEGORY and s not in present}
+    if not absent:
+        return None
+    rest = [s for s in used if s not in absent]
+    share = f"{'its' if len(absent) == 1 else 'their'} {sum(absent.values()) / sum(used.values()):.0%} of the draws"
+    where = ("every image trains on its category names instead" if rest in ([], [CATEGORY]) else
+             f"{share} go to {', '.join(rest)} (to the category names for a record that has none of those)")
+    return (f"warning: data.source_probs gives {', '.join(f'{s} {p:g}' for s, p in absent.items())}, but no record "
+            f"of {', '.join(map(str, data_sources))} has {'it' if len(absent) == 1 else 'them'}: {where}")
+
+
 def _key(text: str) -> str:
     return P.sanitize(text).lower()
 

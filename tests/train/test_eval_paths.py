@@ -1,0 +1,41 @@
+"""A data.synthetic config took eval.file or eval.images alone: eval.images alone was silently replaced by the
+synthetic shapes, and eval.file alone failed with an empty path blamed on data.train[].images. Either alone is
+refused, naming the one missing; both given are used as given."""
+
+from __future__ import annotations
+
+import pytest
+
+from reallod.errors import ConfigError, DataError
+from reallod.train.evaluate import load_eval_records
+from reallod.train.loop import train
+
+from .helpers import quiet, tiny_config
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("eval.file=shapes/val.jsonl", "--cfg-options eval.file=shapes/val.jsonl: eval.file: eval.images is not set"),
+    ("eval.images=/nonexistent", "--cfg-options eval.images=/nonexistent: eval.images: eval.file is not set"),
+])
+def test_eval_file_or_images_alone_is_refused(tmp_path, option, message):
+    with pytest.raises(ConfigError) as e:
+        tiny_config(tmp_path, [option])
+    assert str(e.value) == (f"{message}: set both eval.file and eval.images (the root of the file's image "
+                            "filenames), or neither (data.synthetic then evaluates on its held-out shapes)")
+
+
+def test_an_empty_eval_path_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"eval\.images: is empty: give a path, or null"):
+        tiny_config(tmp_path, ["eval.file=val.jsonl", "eval.images=''"])
+
+
+def test_the_given_eval_images_are_used_not_the_synthetic_ones(tmp_path, shapes):
+    cfg = tiny_config(shapes, ["schedule.max_steps=1", "eval.every_epochs=1", f"eval.file={shapes / 'val.jsonl'}",
+                               f"eval.images={tmp_path / 'nowhere'}"])
+    with pytest.raises(DataError, match=r"nowhere: image root not found \(eval\.images\)"):
+        train(cfg, tmp_path / "w", echo=quiet)
+
+
+def test_an_empty_image_root_is_not_the_current_folder(shapes):
+    with pytest.raises(DataError, match=r"image root not found \(eval\.images\)"):
+        load_eval_records(shapes / "val.jsonl", "")
