@@ -130,9 +130,10 @@ def test_split_is_image_level_deterministic_and_complete(tmp_path):
     assert names(tmp_path / "v2.jsonl") == v
     split_file(src, tmp_path / "t3.jsonl", tmp_path / "v3.jsonl", val_fraction=0.2, seed=12)
     assert names(tmp_path / "v3.jsonl") != v
-    split_file(src, tmp_path / "t4.jsonl", tmp_path / "v4.jsonl", val_fraction=0.0)
-    assert names(tmp_path / "v4.jsonl") == []
-    with pytest.raises(ConfigError, match="different files"):
+    with pytest.raises(ConfigError, match="both excluded"):  # an empty --val, which every command refuses
+        split_file(src, tmp_path / "t4.jsonl", tmp_path / "v4.jsonl", val_fraction=0.0)
+    assert not (tmp_path / "v4.jsonl").exists()
+    with pytest.raises(ConfigError, match="are one file"):
         split_file(src, train, train, val_fraction=0.5)
 
 

@@ -138,9 +138,10 @@ def data_convert_odvg(
     positives: Annotated[int, typer.Option(
         "--positives", min=0, help="Positive expressions per pair (0 = all).")] = 1,
     max_negatives: Annotated[int, typer.Option(
-        "--max-negatives", help="Negative expressions per line, put in the caption with no box (-1 = all).")] = 50,
+        "--max-negatives", min=-1, help="Negative expressions per line, put in the caption with no box (-1 = all).")] = 50,
     category_source: Annotated[bool, typer.Option(
-        "--category-source", help="Add a 'category' source made of the category names (when the image has none).")] = False,
+        "--category-source", help="Give every image a 'category' source, even where -s leaves it out: its own, or "
+        "one made of the category names when it has none.")] = False,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Pick positives and negatives at random with this seed (default: the first ones).")] = None,
 ) -> None:

@@ -57,7 +57,8 @@ _OPT_NEASY = _A[int, typer.Option("--easy-negatives", min=0, help="Easy negative
 _OPT_MAXOBJ = _A[int | None, typer.Option("--max-objects", min=1, help="At most this many objects per image (largest).")]
 _OPT_CLIP = _A[str | None, typer.Option("--clip-model", help="CLIP/SigLIP path or hub id: drop expressions whose "
                                         "region-text similarity is under --clip-threshold (off by default).")]
-_OPT_CLIPT = _A[float, typer.Option("--clip-threshold", help="Similarity threshold of the --clip-model filter.")]
+_OPT_CLIPT = _A[float | None, typer.Option("--clip-threshold", help="Similarity threshold of the --clip-model filter "
+                                           "(default 0.2; only with --clip-model).", show_default=False)]
 _OPT_LIMIT = _A[int | None, typer.Option("--limit", min=1, help="Only the first N images (of the shard).")]
 _OPT_SHARD = _A[str | None, typer.Option("--shard", help="K/N: this run's share of the images.")]
 _OPT_CONC = _A[int | None, typer.Option("--concurrency", min=1, help="Images (and agent tasks) in flight.")]
@@ -73,7 +74,7 @@ def _generate_options(
         classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False, min_box_area: _OPT_MIN_AREA = 0.0,
         llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2, hard_negatives: _OPT_NHARD = 2,
         easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None, clip_model: _OPT_CLIP = None,
-        clip_threshold: _OPT_CLIPT = 0.2, max_pixels: MaxPixels = MAX_PIXELS, limit: _OPT_LIMIT = None,
+        clip_threshold: _OPT_CLIPT = None, max_pixels: MaxPixels = MAX_PIXELS, limit: _OPT_LIMIT = None,
         shard: _OPT_SHARD = None,
         concurrency: _OPT_CONC = None, base_url: BaseUrl = None, llm_base_url: LlmBaseUrl = None,
         vlm_base_url: VlmBaseUrl = None, cache: _OPT_CACHE = None,
@@ -84,12 +85,15 @@ def _generate_options(
     from reallod.engine.generate import GenerateSettings
     from reallod.engine.pipeline import GenerateOptions
 
+    if clip_threshold is not None and clip_model is None:
+        raise typer.BadParameter("has no effect without --clip-model (the filter is off): give --clip-model "
+                                 "too, or leave --clip-threshold out", param_hint="--clip-threshold")
     settings = GenerateSettings(llm_expressions=llm_expressions, group_expressions=group_expressions,
                                 hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
     return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
                            skip_crowd=not keep_crowd, min_area=min_box_area, settings=settings, clip_model=clip_model,
-                           clip_threshold=clip_threshold, max_pixels=max_pixels, limit=limit, shard=shard,
-                           concurrency=concurrency,
+                           clip_threshold=0.2 if clip_threshold is None else clip_threshold, max_pixels=max_pixels,
+                           limit=limit, shard=shard, concurrency=concurrency,
                            base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url, cache=cache,
                            no_cache=no_cache, force_resume=force_resume)
 
@@ -153,7 +157,7 @@ def pipeline_cmd(
 
     quiet_transformers()  # the config's roles may be transformers models
     opts = _generate_options(out=out, **options)
-    from reallod.agent.summary import check_some_succeeded, failures_table
+    from reallod.agent.summary import check_some_succeeded, render
     from reallod.cli.common import console
 
     run = pipeline(PipelineOptions(opts, unresolved=unresolved, max_cycles=max_cycles, report=report),
@@ -164,8 +168,8 @@ def pipeline_cmd(
     s = run.realigned.summary
     typer.echo(f"realign: {s.tasks} task(s): {_counts_line(dict(s.verdicts)) or 'nothing to re-align'} "
                f"-> {run.paths['realigned']}")
-    if s.errors:
-        console().print(failures_table(s))
+    if s.tasks:  # as `reallod realign` prints it: failures, and what reached the output (pairs dropped too)
+        console().print(render(s))
     assembled = _counts_line(dict(run.assembled))
     if not run.assembled["record:written"]:
         assembled = f"no record ({assembled})" if assembled else "no record"

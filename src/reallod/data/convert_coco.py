@@ -40,6 +40,7 @@ from reallod.data.convert_common import (
 )
 from reallod.data.io import JsonlWriter, read_whole
 from reallod.data.records import Pair, Record
+from reallod.data.schema import MAX_SIDE
 from reallod.errors import DataError
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +251,10 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
         w = _int_field(img, "width", f"images[{i}]", path)
         if h <= 0 or w <= 0:
             raise _fail(path, f"images[{i}]", f"height/width must be positive, got {h}x{w}")
+        for key, v in (("height", h), ("width", w)):  # Real-Data's own limit: every command refuses more
+            if v > MAX_SIDE:
+                raise _fail(path, f"images[{i}].{key}", f"{v} is too large (at most {MAX_SIDE}): fix the "
+                            "image's size in the json")
         sizes[iid] = (h, w)
 
     by_image: dict[int, list[tuple[int, list[float]]]] = {}

@@ -30,6 +30,7 @@ from reallod.data.convert_common import (
 )
 from reallod.data.io import JsonlWriter, read_records
 from reallod.data.records import Pair, Record
+from reallod.errors import ConfigError
 
 _SPLIT_CHARS = re.compile(r"[.?]+")
 
@@ -116,19 +117,21 @@ def record_to_odvg(record: Record, *, sources: Sequence[str] | None = None, per_
     ``positives``: expressions per pair (0 = all), the first ones or, with ``rng``, a random choice.
     ``max_negatives``: per line (-1 = all). A negative that is a positive of any pair of the image
     is never written as a negative (compared as :func:`text_key` does: case, spacing and Unicode form
-    aside). ``category_source`` adds a ``category`` source made of the category names when the record
-    has none, from the pairs of the other chosen sources, or of every source when ``category`` is the
-    only one chosen (``-s category --category-source``).
+    aside). ``category_source`` gives every record a ``category`` source, even where ``sources`` leaves
+    it out: the record's own, or, when it has none, one made of the category names of the pairs of the
+    other chosen sources (of every source when ``category`` is the only one chosen: ``-s category
+    --category-source``).
     """
     forbidden = {text_key(sanitize_phrase(p)) for _, pair in selected_pairs(record, None)
                  for p in pair.positive_expressions}
     groups: dict[str, list[Pair]] = {}
     for source, pair in selected_pairs(record, sources):
         groups.setdefault(source, []).append(pair)
-    if category_source and "category" not in record.pairs:
-        cats = category_pairs(record, [s for s in sources or () if s != "category"] or None)
+    if category_source and "category" not in groups:  # the record's own, else built from the chosen sources
+        cats = record.pairs.get("category") or category_pairs(
+            record, [s for s in sources or () if s != "category"] or None)
         if cats:
-            groups["category"] = cats
+            groups["category"] = list(cats)
     if not per_source:
         groups = {"": [p for items in groups.values() for p in items]}
     lines = []
@@ -148,6 +151,8 @@ def realdata_to_odvg(src: str | os.PathLike, dst: str | os.PathLike, *, sources:
 
     mmdet's ``ODVGDataset`` reads its file as plain text: a gzip output is for storage, not training.
     """
+    if max_negatives < -1:
+        raise ConfigError(f"--max-negatives must be -1 (all) or more, got {max_negatives}")
     refuse_same_file(src, dst)
     stats = ConvertStats()
     rng = random.Random(seed) if seed is not None else None

@@ -15,6 +15,7 @@ import os
 import random
 from array import array
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ from reallod.data.convert_common import (
     text_key,
     unique_texts,
 )
-from reallod.data.io import JsonlWriter, is_stream, iter_json, read_numbered_records
+from reallod.data.io import JsonlWriter, is_stream, iter_json, read_numbered_records, same_file
 from reallod.data.records import RELATIONS, Pair, Record
 from reallod.errors import ConfigError, DataError
 
@@ -162,16 +163,19 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
 def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.PathLike, *,
                val_fraction: float, seed: int = 0) -> ConvertStats:
     """Image-level train/val split by filename hash: streaming, and every record of an image on one side."""
-    if not 0.0 <= val_fraction <= 1.0:
-        raise ConfigError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    if os.path.abspath(train) == os.path.abspath(val):
-        raise ConfigError("--train and --val must be different files")
+    if not 0.0 < val_fraction < 1.0:  # 0 or 1 would write an empty file, which every command refuses
+        raise ConfigError(f"--val-fraction must be between 0 and 1 (both excluded: a split writes two non-empty "
+                          f"files), got {val_fraction}")
+    if one_file(train, val):
+        raise ConfigError(f"--train {train} and --val {val} are one file (the val records would be lost): give "
+                          "two different files")
     stats = ConvertStats()
     with JsonlWriter(train) as out_train, JsonlWriter(val) as out_val:
         for _, record in read_numbered_records(src):
             stats.records_in += 1
             (out_val if unit_hash(record.filename, seed, "split") < val_fraction else out_train).write_record(record)
         require_records(stats.records_in, src)  # raising here drops both outputs: earlier files stay
+        _require_both_sides(out_train, out_val, stats.records_in, val_fraction, seed, src)
         # both complete on disk before either is renamed: a full disk leaves the earlier pair, never a
         # new val beside an old train
         out_train.finish()
@@ -179,6 +183,28 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
     stats.records_out = out_train.count + out_val.count
     stats.items_out = {"train": out_train.count, "val": out_val.count}
     return stats
+
+
+def one_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether outputs ``a`` and ``b`` are one file: the same file (:func:`same_file`: a link, ``..``, a
+    symlinked folder), or two names of one folder that differ only in case (one file where the file system
+    ignores case, as macOS's and Windows' do by default)."""
+    if same_file(a, b):
+        return True
+    a, b = Path(a), Path(b)
+    return a.name.casefold() == b.name.casefold() and same_file(a.absolute().parent, b.absolute().parent)
+
+
+def _require_both_sides(train: JsonlWriter, val: JsonlWriter, records_in: int, val_fraction: float, seed: int,
+                        src: str | os.PathLike) -> None:
+    """Refuse a split with an empty side (too few images for the share): every command refuses an empty
+    file. Raised inside the writers' block, it drops both outputs; earlier files stay."""
+    for option, out in (("--val", val), ("--train", train)):
+        if not out.count:
+            raise EmptyRunError(f"--val-fraction {val_fraction} (seed {seed}) puts none of the {records_in} "
+                                f"records in {option} {out.path}; nothing written: the split is by image, so "
+                                f"{'raise' if option == '--val' else 'lower'} --val-fraction (or try another --seed)",
+                                path=str(src))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -223,7 +223,8 @@ _OI_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 
 def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """(line, row) of a CSV file, plain or gzipped, UTF-8 with or without a BOM (a BOM left in would
-    rename the first column); undecodable text and a broken gzip stream are errors naming the line."""
+    rename the first column); undecodable text, a broken gzip stream and what the csv module cannot
+    parse are errors naming the line."""
     stream, gz = open_input(path)  # names a missing file; opened once, so a pipe keeps its first lines
     f = io.TextIOWrapper(gzip.GzipFile(fileobj=stream) if gz else stream, encoding="utf-8-sig", newline="")
     with f, stream:
@@ -238,6 +239,9 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"gzip stream is corrupt or truncated ({e})", path=path,
                             line=reader.line_num + 1) from None
+        except csv.Error as e:  # a field over the csv module's limit, a NUL byte: no box CSV has them
+            raise DataError(f"not a readable CSV line ({e}); is this an OpenImages CSV? A quote left open "
+                            "runs on over the following lines", path=path, line=reader.line_num) from None
 
 
 def _bad_utf8_line(path: str, gz: bool) -> int | None:

@@ -27,6 +27,7 @@ next stage opens its own.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -142,6 +143,13 @@ def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
     return build_roles(cfg), cfg.name, cfg.max_cycles, opts.concurrency or cfg.concurrency
 
 
+def check_options(opts: GenerateOptions) -> None:
+    """Refuse, before any work, options that contradict each other: one of them would be ignored."""
+    if opts.no_cache and opts.cache is not None:
+        raise ConfigError(f"--cache {opts.cache} and --no-cache contradict each other (--no-cache neither reads "
+                          "nor writes a response cache): give one of them")
+
+
 def image_id(index: int) -> str:
     return f"image/{index}"
 
@@ -238,10 +246,10 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         raise ConfigError("--limit must not be negative")
     if opts.concurrency is not None and opts.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    check_options(opts)
     shard = parse_shard(opts.shard)
     journal_path = journal_path_for(opts.out)
-    if opts.out.resolve() in {p.resolve() for p in (opts.annotations, opts.classes, journal_path) if p}:
-        raise ConfigError(f"--out {opts.out} would overwrite the annotations, the classes file or the journal")
+    refuse_output(opts.out, "--out", {**kept_files(opts), "the generation journal": journal_path}, opts.images)
     anns = read_annotations(opts.annotations, opts.images, classes=opts.classes,
                             options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area))
     todo_all = selected_images(anns.images, shard, opts.limit)
@@ -384,23 +392,47 @@ def stage_paths(out: Path) -> tuple[Path, Path]:
 def _refuse_overwrite(opts: PipelineOptions, gen_path: Path, realigned_path: Path) -> None:
     """Refuse, before any work, an ``--out`` or ``--report`` over an input or a stage's file (the
     annotations would be lost, a stage's journal would stop resuming), or one that cannot be written: both
-    are written last, after every model call."""
+    are written last, after every model call. The stage files, named after ``--out``, are checked too."""
     g = opts.generate
-    cache = None if g.no_cache else g.cache or default_cache_path()
-    named = {"the annotations": g.annotations, "the classes file": g.classes, "the generated file": gen_path,
-             "the generation journal": journal_path_for(gen_path), "the re-aligned file": realigned_path,
-             "the re-alignment journal": journal_path_for(realigned_path),
-             "the re-alignment trace": trace_path_for(realigned_path), "the response cache": cache}
-    what = _written_over(g.out, named, g.images)
-    if what:
-        raise ConfigError(f"--out {g.out} would overwrite {what}: give another --out")
-    check_writable(g.out, option="--out")
+    kept = kept_files(g)
+    stages = {"the generated file": gen_path, "the generation journal": journal_path_for(gen_path),
+              "the re-aligned file": realigned_path, "the re-alignment journal": journal_path_for(realigned_path),
+              "the re-alignment trace": trace_path_for(realigned_path)}
+    for stage, path in stages.items():
+        what = _written_over(path, kept, g.images)
+        if what:
+            raise ConfigError(f"--out {g.out}: {stage} {path} would overwrite {what}: give another --out")
+    named = {**kept, **stages}
+    refuse_output(g.out, "--out", named, g.images)
     for path in report_paths(opts.report) if opts.report is not None else ():
         what = _written_over(path, {**named, "the --out output": g.out}, g.images)
         if what:
             written = "" if same_file(path, opts.report) else f" with {path}"
             raise ConfigError(f"--report {opts.report} would overwrite {what}{written}: give another --report")
         check_writable(path, option="--report")
+
+
+def kept_files(opts: GenerateOptions) -> dict[str, Path | None]:
+    """The files a run reads or shares that no output of it may replace (what each is → its path): the
+    annotations, the classes file, the agent config, and the response caches (the one given and the
+    shared one, even with ``--no-cache``: other runs' answers are in it)."""
+    from reallod.agent.agent_config import resolve_config_path
+
+    try:
+        config: Path | None = resolve_config_path(opts.config)
+    except ConfigError:  # loading it says so, before any model call
+        config = None
+    return {"the annotations": opts.annotations, "the classes file": opts.classes, "the agent config": config,
+            "the response cache": opts.cache, "the shared response cache": default_cache_path()}
+
+
+def refuse_output(path: Path, option: str, named: dict[str, Path | None], images: Path) -> None:
+    """Refuse, before any work, an output ``path`` that would replace one of ``named`` or an image of the
+    image root, or that cannot be written (a folder there): it is written after every model call."""
+    what = _written_over(path, named, images)
+    if what:
+        raise ConfigError(f"{option} {path} would overwrite {what}: give another {option}")
+    check_writable(path, option=option)
 
 
 def _written_over(path: Path, named: dict[str, Path | None], images: Path) -> str | None:
@@ -410,9 +442,17 @@ def _written_over(path: Path, named: dict[str, Path | None], images: Path) -> st
         if other is not None and same_file(path, other):
             return f"{what} ({other})"
     image = path.suffix.lower() in Image.registered_extensions()
-    if image and path.is_file() and path.resolve().is_relative_to(images.resolve()):
+    if image and path.is_file() and _in_folder(path, images):
         return f"an image of the image root --images {images}"
     return None
+
+
+def _in_folder(path: Path, folder: Path) -> bool:
+    """Whether ``path`` names an entry under ``folder``, as written or with its folders resolved. Its own
+    name is not followed: writing replaces a link there, wherever it points (an image root of links)."""
+    entry = path.absolute().parent.resolve() / path.name
+    return (entry.is_relative_to(folder.resolve())
+            or Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)))
 
 
 def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
@@ -423,6 +463,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
     monitors = monitors or (lambda stage: None)
     g = opts.generate
     gen_path, realigned_path = stage_paths(g.out)
+    check_options(g)
     _refuse_overwrite(opts, gen_path, realigned_path)
     name, max_cycles, concurrency = str(g.config), opts.max_cycles, g.concurrency
     if roles is None:
