@@ -57,12 +57,31 @@ def test_an_out_over_the_captions_or_the_cache_is_refused_before_any_model_call(
     assert not (tmp_path / "c.journal.jsonl").exists() and not (tmp_path / "in" / "caps.journal.jsonl").exists()
 
 
-def test_the_default_cache_is_never_written_over_either(tmp_path, inputs, monkeypatch):
+def test_the_shared_cache_is_never_written_over_even_by_a_run_that_does_not_use_it(tmp_path, inputs, monkeypatch):
+    """Other runs' answers are in it: --no-cache only means this run neither reads nor writes it."""
     monkeypatch.setenv("REALLOD_CACHE", str(tmp_path / "shared"))
     shared = tmp_path / "shared" / "responses.sqlite"
-    with pytest.raises(ConfigError, match="would overwrite the response cache"):
-        run(tmp_path, shared)
-    run(tmp_path, shared, no_cache=True)  # not read: nothing to protect
+    for extra in ({}, {"no_cache": True}):
+        with pytest.raises(ConfigError, match="would overwrite the shared response cache"):
+            run(tmp_path, shared, **extra)
+
+
+def test_an_out_over_the_agent_config_or_an_image_of_the_root_is_refused(tmp_path, inputs):
+    config = tmp_path / "agent.yaml"
+    config.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=r"would overwrite the agent config \(.*agent.yaml\) with its output"):
+        realign(RealignOptions(input=tmp_path / "in" / "tasks.jsonl", config=str(config), out=config),
+                roles=scripted_roles(colour_judge, vlm=False))
+    image = next((tmp_path / "in").glob("*.png"))
+    before = image.read_bytes()
+    with pytest.raises(ConfigError, match=r"would overwrite an image of the image root"):
+        run(tmp_path, image)  # the images are beside the input
+    assert image.read_bytes() == before
+
+
+def test_cache_and_no_cache_together_are_refused(tmp_path, inputs):
+    with pytest.raises(ConfigError, match=r"--cache .* and --no-cache contradict each other"):
+        run(tmp_path, tmp_path / "o.jsonl", cache=inputs[1], no_cache=True)
 
 
 HOLD = """

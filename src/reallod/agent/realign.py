@@ -48,7 +48,7 @@ from reallod.agent.summary import RunSummary, summarize
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
-from reallod.data.io import AtomicWriter, check_writable, same_file
+from reallod.data.io import AtomicWriter, check_writable, same_file, written_over
 from reallod.errors import ConfigError
 from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import Endpoints
@@ -352,26 +352,46 @@ def image_loader(opts: RealignOptions) -> ImageLoader:
 
 
 def read_files(opts: RealignOptions) -> dict[str, Path]:
-    """What a run reads and must never write over (what it is → path): the input, the captions, the
-    response cache (a database other runs share)."""
-    cache = None if opts.no_cache else opts.cache or default_cache_path()
-    read = {"the input": opts.input, "the --captions file": opts.captions, "the response cache (--cache)": cache}
+    """What a run reads and must never write over (what it is → path): the input, the captions, and the
+    files it shares with other runs (:func:`shared_files`)."""
+    read = {"the input": opts.input, "the --captions file": opts.captions, **shared_files(opts.config, opts.cache)}
     return {what: Path(path) for what, path in read.items() if path is not None}
+
+
+def shared_files(config: str | Path, cache: Path | None) -> dict[str, Path | None]:
+    """Files a run shares with others, which no output may replace whatever its options: the agent config
+    and the response caches (the one given, and the user's shared one even with --no-cache: other runs'
+    answers are in it)."""
+    from reallod.agent.agent_config import resolve_config_path
+
+    try:
+        path: Path | None = resolve_config_path(config)
+    except ConfigError:  # loading it says so, before any model call
+        path = None
+    return {"the agent config": path, "the response cache (--cache)": cache,
+            "the shared response cache": default_cache_path()}
+
+
+def check_cache_options(cache: Path | None, no_cache: bool) -> None:
+    """Refuse ``--cache`` with ``--no-cache``: one of them would be ignored."""
+    if no_cache and cache is not None:
+        raise ConfigError(f"--cache {cache} and --no-cache contradict each other (--no-cache neither reads "
+                          "nor writes a response cache): give one of them")
 
 
 def check_outputs(opts: RealignOptions) -> tuple[Path, Path]:
     """The run's trace and journal (beside ``--out``); refuses, before any model is called, an output,
     trace or journal over a file the run reads (:func:`read_files`) or over one another, and outputs
     that could not be written at the end."""
+    check_cache_options(opts.cache, opts.no_cache)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
     written = {"its output": opts.out, "its trace": trace_path, "its journal": journal_path}
     if len({p.resolve() for p in written.values()}) < 3:
         raise ConfigError(f"--out {opts.out} would overwrite the trace or the journal: give an --out ending in .jsonl")
     read = read_files(opts)
-    for what, path in read.items():
-        for its, other in written.items():
-            if same_file(other, path):
-                raise ConfigError(f"--out {opts.out} would overwrite {what} ({path}) with {its}: give another --out")
+    for its, other in written.items():
+        if what := written_over(other, read, opts.images if opts.images is not None else opts.input.parent):
+            raise ConfigError(f"--out {opts.out} would overwrite {what} with {its}: give another --out")
     check_output(opts.out, "--out")
     if opts.report is not None:
         check_report(opts.report, {**read, "the --out output": opts.out, "the run's trace": trace_path,

@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn, Self
@@ -410,6 +410,34 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def written_over(path: str | os.PathLike, named: Mapping[str, str | os.PathLike | None],
+                 images: str | os.PathLike | None = None) -> str | None:
+    """What writing ``path`` replaces: one of ``named`` (what it is → path), or an image of the image root
+    ``images`` (by its extension: an earlier output kept beside the images is no input); None: nothing."""
+    path = Path(path)
+    for what, other in named.items():
+        if other is not None and same_file(path, other):
+            return f"{what} ({other})"
+    if images is not None and path.suffix.lower() in _image_extensions() and path.is_file() \
+            and in_folder(path, Path(images)):
+        return f"an image of the image root --images {images}"
+    return None
+
+
+def in_folder(path: Path, folder: Path) -> bool:
+    """Whether ``path`` names an entry under ``folder``, as written or with its folders resolved. Its own
+    name is not followed: writing replaces a link there, wherever it points (an image root of links)."""
+    entry = path.absolute().parent.resolve() / path.name
+    return (entry.is_relative_to(folder.resolve())
+            or Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)))
+
+
+def _image_extensions() -> dict[str, str]:
+    from PIL import Image
+
+    return Image.registered_extensions()
 
 
 class AtomicOutput:

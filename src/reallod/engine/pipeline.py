@@ -27,7 +27,6 @@ next stage opens its own.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter
@@ -37,20 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from PIL import Image
 
-from reallod.agent.realign import RealignOptions, RealignRun, realign
+from reallod.agent.realign import RealignOptions, RealignRun, check_cache_options, realign, shared_files
 from reallod.agent.roles import Roles
 from reallod.agent.run_report import report_paths
 from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.trace import trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
-from reallod.data.io import JsonlWriter, check_writable, same_file
+from reallod.data.io import JsonlWriter, check_writable, same_file, written_over
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
 from reallod.engine.finish import finish
 from reallod.engine.generate import IMAGE_ERROR, GenerateSettings, Generators, generate_image
 from reallod.errors import ConfigError, ReallodError
-from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
 from reallod.runs.journal import JournalMismatch, fingerprint, fingerprint_file, journal_path_for, read_header
@@ -145,9 +142,7 @@ def build_roles_for(opts: GenerateOptions) -> tuple[Roles, str, int, int]:
 
 def check_options(opts: GenerateOptions) -> None:
     """Refuse, before any work, options that contradict each other: one of them would be ignored."""
-    if opts.no_cache and opts.cache is not None:
-        raise ConfigError(f"--cache {opts.cache} and --no-cache contradict each other (--no-cache neither reads "
-                          "nor writes a response cache): give one of them")
+    check_cache_options(opts.cache, opts.no_cache)
 
 
 def image_id(index: int) -> str:
@@ -399,13 +394,13 @@ def _refuse_overwrite(opts: PipelineOptions, gen_path: Path, realigned_path: Pat
               "the re-aligned file": realigned_path, "the re-alignment journal": journal_path_for(realigned_path),
               "the re-alignment trace": trace_path_for(realigned_path)}
     for stage, path in stages.items():
-        what = _written_over(path, kept, g.images)
+        what = written_over(path, kept, g.images)
         if what:
             raise ConfigError(f"--out {g.out}: {stage} {path} would overwrite {what}: give another --out")
     named = {**kept, **stages}
     refuse_output(g.out, "--out", named, g.images)
     for path in report_paths(opts.report) if opts.report is not None else ():
-        what = _written_over(path, {**named, "the --out output": g.out}, g.images)
+        what = written_over(path, {**named, "the --out output": g.out}, g.images)
         if what:
             written = "" if same_file(path, opts.report) else f" with {path}"
             raise ConfigError(f"--report {opts.report} would overwrite {what}{written}: give another --report")
@@ -414,45 +409,18 @@ def _refuse_overwrite(opts: PipelineOptions, gen_path: Path, realigned_path: Pat
 
 def kept_files(opts: GenerateOptions) -> dict[str, Path | None]:
     """The files a run reads or shares that no output of it may replace (what each is → its path): the
-    annotations, the classes file, the agent config, and the response caches (the one given and the
-    shared one, even with ``--no-cache``: other runs' answers are in it)."""
-    from reallod.agent.agent_config import resolve_config_path
-
-    try:
-        config: Path | None = resolve_config_path(opts.config)
-    except ConfigError:  # loading it says so, before any model call
-        config = None
-    return {"the annotations": opts.annotations, "the classes file": opts.classes, "the agent config": config,
-            "the response cache": opts.cache, "the shared response cache": default_cache_path()}
+    annotations, the classes file, the agent config and the response caches."""
+    return {"the annotations": opts.annotations, "the classes file": opts.classes,
+            **shared_files(opts.config, opts.cache)}
 
 
 def refuse_output(path: Path, option: str, named: dict[str, Path | None], images: Path) -> None:
     """Refuse, before any work, an output ``path`` that would replace one of ``named`` or an image of the
     image root, or that cannot be written (a folder there): it is written after every model call."""
-    what = _written_over(path, named, images)
+    what = written_over(path, named, images)
     if what:
         raise ConfigError(f"{option} {path} would overwrite {what}: give another {option}")
     check_writable(path, option=option)
-
-
-def _written_over(path: Path, named: dict[str, Path | None], images: Path) -> str | None:
-    """What writing ``path`` replaces: one of ``named`` (what it is → path), or an image of the image root
-    (by its extension: an earlier output kept beside the images is no input)."""
-    for what, other in named.items():
-        if other is not None and same_file(path, other):
-            return f"{what} ({other})"
-    image = path.suffix.lower() in Image.registered_extensions()
-    if image and path.is_file() and _in_folder(path, images):
-        return f"an image of the image root --images {images}"
-    return None
-
-
-def _in_folder(path: Path, folder: Path) -> bool:
-    """Whether ``path`` names an entry under ``folder``, as written or with its folders resolved. Its own
-    name is not followed: writing replaces a link there, wherever it points (an image root of links)."""
-    entry = path.absolute().parent.resolve() / path.name
-    return (entry.is_relative_to(folder.resolve())
-            or Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)))
 
 
 def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
