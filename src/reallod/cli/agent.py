@@ -70,7 +70,9 @@ def sft_data_cmd(
         "--config", help="Render the prompts with this agent config's templates (the student's; default: the "
                          "packaged prompts).")] = None,
     val_fraction: Annotated[float, typer.Option(
-        "--val-fraction", min=0.0, max=0.95, help="Share of the images held out for validation.")] = 0.2,
+        "--val-fraction", min=0.0, max=0.95,
+        help="Share of the images held out for validation: an image is held out when a seeded hash of its file "
+             "name falls below it, so a dataset rebuilt with more images keeps each image's side.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image split.")] = 0,
     min_f1: Annotated[float, typer.Option(
         "--match-f1", min=0.0, max=1.0, help="With --from gold: a rewrite matches at this content-word F1.")] = 0.6,
@@ -145,7 +147,9 @@ def finetune_cmd(
         "--max-length", min=8, help="Longest example in tokens; longer ones are left out and counted.")] = 2048,
     save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="Checkpoint every N steps.")] = 50,
     merge: Annotated[bool, typer.Option("--merge", help="Also write OUT/merged: the base with the adapter merged.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished fine-tune at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the fine-tune at --out (refused when it holds anything a fine-tune does not "
+                            "write, or the --base).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the LoRA init and the data order.")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:

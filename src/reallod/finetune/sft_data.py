@@ -20,7 +20,14 @@ Selection (``--from``):
 Identical examples (same role, prompt, images and reply) are kept once. Examples are split into train
 and validation **by image file** (the task's image path resolved against the trace's image root, so
 two traces that name one photo differently agree): all calls about one photo fall on one side, so
-validation measures images the student never saw.
+validation measures images the student never saw. A photo's side follows from a seeded hash of its file
+name alone (:func:`split_images`), so a dataset rebuilt from traces that grew keeps every photo on its
+side; a split that would leave no training example is refused.
+
+A trace entry whose fields lack the shape the agent writes is an error naming the trace, the line, the
+task and the field; a call whose recorded decision the reply parser would not have given (a missing or
+invalid ``verdict``, say) is left out and counted, as calls without a decision are: its reply would carry
+a made-up label.
 
 A step whose recorded values lack a placeholder of the template is an error, not a prompt with a
 literal ``$name`` in it. Each distinct view (image file, box, view name) is rendered and stored once;
@@ -47,13 +54,14 @@ from typing import Any
 import orjson
 
 from reallod.agent.agent_eval import Gold, acceptable, load_gold, match_f1
-from reallod.agent.decisions import SPECS
+from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import ROLE_NAMES, load_prompt, render_messages
 from reallod.agent.task import ObjectRef
 from reallod.agent.trace import TRACE_VERSION, read_trace
 from reallod.agent.views import make_view
-from reallod.data.io import atomic_text
+from reallod.data.io import atomic_text, iter_lines
 from reallod.errors import ConfigError, DataError
+from reallod.finetune.run_file import is_finetune
 from reallod.llm.backends.base import map_parts
 from reallod.llm.prompts import PromptTemplate
 from reallod.runs.image_root import ImageLoader
@@ -166,16 +174,23 @@ def _image_hash(seed: int, image: str) -> str:
 
 
 def split_images(images: set[str], val_fraction: float, seed: int = 0) -> set[str]:
-    """The images of the validation side: ``round(val_fraction × n)`` of them (at least one when
-    ``val_fraction`` > 0 and there are two or more images), chosen by a seeded hash of the image name,
-    so a split is the same on every machine."""
+    """The images of the validation side: those whose seeded hash, read as a number in [0, 1), is below
+    ``val_fraction``. An image's side depends on its own name alone, so the same on every machine, and
+    adding images never moves one from train to validation (nor back). One exception, for small sets:
+    with two or more images and ``val_fraction`` > 0, a side the rule leaves empty takes the image
+    nearest to it (the lowest hash goes to validation, the highest to training)."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction must be at least 0 and below 1, got {val_fraction}")
-    ordered = sorted(images, key=lambda im: (_image_hash(seed, im), im))
-    n_val = round(val_fraction * len(ordered))
-    if val_fraction > 0 and len(ordered) >= 2:
-        n_val = min(max(n_val, 1), len(ordered) - 1)
-    return set(ordered[:n_val])
+    if val_fraction == 0:
+        return set()
+    rank = {im: int(_image_hash(seed, im), 16) for im in images}
+    ordered = sorted(images, key=lambda im: (rank[im], im))
+    val = {im for im in ordered if rank[im] / 2**64 < val_fraction}
+    if len(ordered) >= 2 and not val:
+        val = {ordered[0]}
+    elif len(ordered) >= 2 and len(val) == len(ordered):
+        val.discard(ordered[-1])
+    return val
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -215,12 +230,11 @@ class _Views:
         return self.loaders[root]
 
     def render(self, loader: ImageLoader, trace: Path, task: dict[str, Any], step: dict[str, Any],
-               file: str) -> str:
-        """The path of the stored view, relative to the dataset folder."""
+               file: str, box: list[float]) -> str:
+        """The path of the stored view of ``box``, relative to the dataset folder."""
         view = step.get("view") or {}
         name, tid = str(view.get("name")), task.get("task_id")
         try:
-            box = ObjectRef(**task["chosen"]).union_box()
             key = (file, tuple(box), name)
             if key in self.stored:
                 self.stored.move_to_end(key)
@@ -311,21 +325,28 @@ def _gold_filter(gold: Gold, task: dict[str, Any], result: dict[str, Any], min_f
 def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _Views, report: SftReport,
                   images: Path | None = None, gold: dict[str, Gold] | None = None, gold_path: Path | None = None,
                   min_f1: float = 0.6) -> Iterator[Example]:
-    """The examples of one trace (selected, not yet deduplicated nor split)."""
+    """The examples of one trace (selected, not yet deduplicated nor split). A field that does not have
+    the shape the agent writes is an error naming the trace, the line, the task and the field."""
     if not trace.is_file():
         raise DataError("no such trace file", path=str(trace))
     header, entries = read_trace(trace)
     check_trace_header(trace, header)
     root = image_root(trace, header, images)
     loader: ImageLoader | None = None
-    for entry in entries:
+    for lineno, entry in _numbered(trace, entries):
         report.tasks_read += 1
-        task, result = entry.get("task"), entry.get("result") or {}
-        tid = str(entry["task_id"])
+        tid = entry["task_id"]
+        shape = _Shape(trace, lineno, tid)
+        if isinstance(tid, bool) or not isinstance(tid, (str, int)):
+            raise shape.error("task_id", "a string or an integer", tid)
+        tid = str(tid)
+        task, result = entry.get("task"), shape.expect(entry.get("result"), dict, "result", "an object or null")
+        shape.expect(task, dict, "task", "an object or null")
+        result = result or {}
         if entry.get("recovered") or not isinstance(task, dict) or "chosen" not in task:
             report.skipped["tasks without prompts (recovered after a crash, or an input problem)"] += 1
             continue
-        verdict = result.get("verdict")
+        verdict = shape.expect(result.get("verdict"), str, "result.verdict", "a string")
         if verdict not in FINISHED:
             report.skipped[f"tasks {verdict or 'without a verdict'}"] += 1
             continue
@@ -344,13 +365,20 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
             if why is not None:
                 report.skipped[f"tasks: {why}"] += 1
                 continue
+        image = task.get("image_path")
+        if not isinstance(image, str) or not image:
+            raise shape.error("task.image_path", "the path of the task's image", image)
+        steps = shape.expect(result.get("steps"), list, "result.steps", "a list of steps") or []
         report.tasks_used += 1
-        image = str(task.get("image_path") or "")
         file = image_file(root, image)
         report.used.append((file, image, str(verdict)))
-        for step in result.get("steps") or []:
+        for i, step in enumerate(steps):
+            where = f"result.steps[{i}]"
+            if not isinstance(step, dict):
+                raise shape.error(where, "an object (one role call)", step)
             role, decision = step.get("role"), step.get("decision")
-            if role not in ROLE_NAMES or not isinstance(decision, dict) or step.get("error"):
+            if not isinstance(role, str) or role not in ROLE_NAMES or not isinstance(decision, dict) \
+                    or step.get("error"):
                 report.skipped["calls without a usable decision"] += 1
                 continue
             values = step.get("values")
@@ -358,12 +386,17 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                 raise DataError(f"task {tid}: a {role} call without the values its prompt was rendered with "
                                 f"(the trace's header says format {header.get('trace')}, but this line is "
                                 "older): run the agent again for a complete trace", path=str(trace))
+            _check_step(shape, where, step, values)
             missing = missing_values(templates[role], task, values)
             if missing:
                 raise DataError(f"task {tid}: a {role} call whose recorded values lack {', '.join(missing)}, which "
                                 f"the template {templates[role].name} uses: the prompt would hold the literal "
                                 f"${missing[0]}; run the agent again for a complete trace, or render with a "
                                 "template without it (--config)", path=str(trace))
+            if not recorded_decision(role, decision):
+                # a reply needs every field as the teacher gave it: a filled-in default would be a made-up label
+                report.skipped[UNPARSED_DECISION] += 1
+                continue
             if role == "rewriter" and g is not None:
                 ok = acceptable(g, str(task.get("raw_expression") or ""))
                 if not any(match_f1(str(decision.get("expression") or ""), a) >= min_f1 for a in ok):
@@ -371,9 +404,10 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                     continue
             pictures: list[str] = []
             if role == "vlm":
+                box = _union_box(shape, task.get("chosen"))
                 if loader is None:
                     loader = views.loader(trace, root)
-                pictures.append(views.render(loader, trace, task, step, file))
+                pictures.append(views.render(loader, trace, task, step, file, box))
             values = {**{k: "" for k in NONE_VALUES if k not in values}, **values}
             prompt = render_messages(templates[role], SPECS[role], values,
                                      [_view_placeholder()] if pictures else None)
@@ -384,6 +418,90 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                           image, file, str(verdict),
                           str(decision.get(label_field, "")) if label_field else "", int(step.get("cycle") or 0),
                           str(trace))
+
+
+UNPARSED_DECISION = "calls whose decision lacks a field or has an invalid one (no made-up labels)"
+"""Why a call whose recorded decision the reply parser would not have given is left out (counted)."""
+
+
+def recorded_decision(role: str, decision: dict[str, Any]) -> bool:
+    """Whether ``decision`` is one the role's reply parser gives (what the workflow records): every field
+    there and already as the parser writes it. A reply built from another would fill a missing or invalid
+    field with a default (``"verdict": "correct"``): a label the teacher never gave."""
+    try:
+        parsed = SPECS[role].normalise(decision)
+    except DecisionError:
+        return False
+    return all(key in decision and decision[key] == value for key, value in parsed.items())
+
+
+class _Shape:
+    """Where a trace entry is (file, line, task), for errors naming a field that lacks the shape the agent
+    writes: an ``unexpected TypeError`` named none of them."""
+
+    def __init__(self, trace: Path, line: int, task_id: Any) -> None:
+        self.trace, self.line, self.task_id = trace, line, task_id
+
+    def error(self, field: str, expected: str, value: Any) -> DataError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+        return DataError(f"task {self.task_id}: expected {expected}, got {shown}: not a trace entry as the agent "
+                         "writes it; fix the line or run the agent again for a complete trace",
+                         path=str(self.trace), line=self.line, field=field)
+
+    def expect(self, value: Any, kind: type, field: str, expected: str) -> Any:
+        """``value`` if it is None or a ``kind``, else the error."""
+        if value is not None and not isinstance(value, kind):
+            raise self.error(field, expected, value)
+        return value
+
+
+def _check_step(shape: _Shape, where: str, step: dict[str, Any], values: dict[str, Any]) -> None:
+    """Refuse a role call whose fields sft-data reads lack the shape the agent writes them in."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise shape.error(f"{where}.values.{key}", "a string or a number", value)
+    cycle = step.get("cycle")
+    if cycle is not None and (isinstance(cycle, bool) or not isinstance(cycle, int)):
+        raise shape.error(f"{where}.cycle", "an integer", cycle)
+    messages = shape.expect(step.get("messages"), list, f"{where}.messages", "a list of messages") or []
+    for j, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        parts = content if isinstance(content, list) else []
+        if not isinstance(content, (str, list)) or "role" not in m or not all(isinstance(p, dict) for p in parts):
+            raise shape.error(f"{where}.messages[{j}]", "a message with a text or a list of parts", m)
+    if step.get("role") == "vlm":
+        view = step.get("view")
+        if not isinstance(view, dict) or not isinstance(view.get("name"), str):
+            raise shape.error(f"{where}.view", "the view the VLM was shown (an object with its name)", view)
+        shape.expect(view.get("crop_box"), list, f"{where}.view.crop_box", "a box [x1, y1, x2, y2]")
+
+
+def _union_box(shape: _Shape, chosen: Any) -> list[float]:
+    """The box around a task's chosen object (what its VLM views are rendered around)."""
+    boxes = chosen.get("bboxes") if isinstance(chosen, dict) else None
+    if not isinstance(boxes, list) or not boxes or not all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in b) for b in boxes):
+        raise shape.error("task.chosen.bboxes", "a list of [x1, y1, x2, y2] boxes", boxes)
+    return ObjectRef(str(chosen.get("category")), boxes).union_box()
+
+
+def _numbered(trace: Path, entries: Iterator[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each entry of :func:`read_trace` (which checks the lines) with the number of the line it is on."""
+    lines = iter_lines(trace)
+    next(lines, None)  # the header
+    for entry in entries:
+        yield next((n for n, raw in lines if _is_entry(raw)), 0), entry
+
+
+def _is_entry(raw: bytes) -> bool:
+    """Whether a trace line is one :func:`read_trace` yields (a task entry)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "task_id" in obj
 
 
 def missing_values(template: PromptTemplate, task: dict[str, Any], values: dict[str, Any]) -> list[str]:
@@ -418,6 +536,11 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
     inside = [t for t in traces if Path(t).resolve().is_relative_to(out)]
     if inside:
         raise ConfigError(f"--out {out} holds the trace {inside[0]}: give another folder for the dataset")
+    holder = next((f for f in (out, *out.parents) if is_finetune(f)), None)
+    if holder is not None:
+        raise ConfigError(f"--out {out} lies inside the fine-tune folder {holder}, which holds only what "
+                          "`reallod agent finetune` writes there (its --overwrite replaces it whole): choose an "
+                          "--out outside it")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out} already exists and is not empty; pass --overwrite to replace it")
@@ -450,6 +573,7 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
                 raise DataError(f"no examples selected ({report.tasks_read} task(s) read; left out: {why})",
                                 path=", ".join(str(t) for t in traces))
             val_files = split_files({file for file, _, _ in report.used}, val_fraction, seed)
+            check_split(spool, val_files, val_fraction, seed)
             _write(tmp, spool, val_files, report)
         manifest = {"sft_format": SFT_FORMAT, "source": source, "labelled": str(labelled) if labelled else None,
                     "config": str(config) if config else None, "val_fraction": val_fraction, "seed": seed,
@@ -484,11 +608,23 @@ def _foreign_entry(out: Path) -> Path | None:
 
 
 def split_files(files: set[str], val_fraction: float, seed: int = 0) -> set[str]:
-    """The image files of the validation side (:func:`split_images` of their paths relative to the folder
-    that holds them all, so the split is the same wherever the images lie)."""
-    base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
-    names = {os.path.relpath(f, base): f for f in files}
-    return {names[n] for n in split_images(set(names), val_fraction, seed)}
+    """The image files of the validation side: :func:`split_images` of their file names, so a photo keeps
+    its side wherever its folder lies and whatever other images a later dataset adds (photos of one name
+    in different folders share a side)."""
+    by_name: dict[str, set[str]] = {}
+    for f in files:
+        by_name.setdefault(os.path.basename(f), set()).add(f)
+    return {f for name in split_images(set(by_name), val_fraction, seed) for f in by_name[name]}
+
+
+def check_split(spool: _Spool, val_files: set[str], val_fraction: float, seed: int) -> None:
+    """Refuse a split that leaves no training example (one image, held out), before anything is written."""
+    if spool.files - val_files:
+        return
+    held = sorted(os.path.basename(f) for f in spool.files)
+    raise ConfigError(f"--val-fraction {val_fraction} (--seed {seed}) holds out every image that has examples "
+                      f"({len(held)}: {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}), which would leave no "
+                      "training example: lower --val-fraction (0 trains on all), or add traces of more images")
 
 
 class _Spool:
@@ -498,6 +634,7 @@ class _Spool:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.roles: dict[str, Any] = {}  # role → open spool file
+        self.files: set[str] = set()  # the image files of the examples
 
     def __enter__(self) -> _Spool:
         self.folder.mkdir()
@@ -511,6 +648,7 @@ class _Spool:
     def add(self, ex: Example) -> None:
         if ex.role not in self.roles:
             self.roles[ex.role] = open(self.folder / f"{ex.role}.jsonl", "wb")  # noqa: SIM115
+        self.files.add(ex.file)
         self.roles[ex.role].write(orjson.dumps([ex.file, ex.to_json(None)]) + b"\n")
 
     def read(self, role: str) -> Iterator[tuple[str, dict[str, Any]]]:

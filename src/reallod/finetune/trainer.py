@@ -19,8 +19,10 @@ is written here. What this module adds is what TRL cannot know:
   same command again resumes from the last one (a Ctrl-C saves one first), and one stopped while saving
   the adapter or merging redoes the save and the merge; a finished fine-tune (``finetune.json`` says so,
   written last) is never overwritten unless ``overwrite`` says so; other settings in an unfinished
-  ``OUT`` are refused rather than mixed; an ``OUT`` that is a file or lies inside an sft-data folder
-  (which ``sft-data --overwrite`` deletes) is refused before the model loads.
+  ``OUT`` are refused rather than mixed, and so are other examples (a dataset rebuilt in place: the run
+  records a hash of the role's split files); an ``OUT`` that is a file or lies inside an sft-data folder
+  (which ``sft-data --overwrite`` deletes), a ``--base`` inside ``OUT``, and with ``overwrite`` an ``OUT``
+  that holds anything a fine-tune does not write, are refused before the model loads.
 
 ``OUT`` ends as a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``, the
 tokenizer) with ``finetune.json`` (settings, data, losses: train per logging step, validation per epoch)
@@ -29,6 +31,7 @@ and, with ``merge``, ``OUT/merged``: the base with the adapter merged, a plain t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,17 +41,26 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from reallod.agent.decisions import SPECS
 from reallod.data.io import iter_lines
 from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
+from reallod.finetune.run_file import RUN_FILE
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import resolve_source
 
-RUN_FILE = "finetune.json"
 CHECKPOINTS = "checkpoints"
+MERGED = "merged"
+OWN_FILES: tuple[str, ...] = (
+    "adapter_config.json", "adapter_model.*", "README.md", "training_args.bin", "tokenizer*",
+    "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*",
+    "*processor_config.json", "*.model", "*.tiktoken")
+"""The files a fine-tune writes into ``OUT`` besides ``finetune.json`` (peft's adapter and model card, the
+trainer's arguments, the tokenizer or processor in the names transformers gives them), with its folders
+``checkpoints/`` and ``merged/``: all that ``--overwrite`` deletes; anything else in ``OUT`` is refused."""
 
 
 @dataclass
@@ -229,18 +241,32 @@ def _write_run(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, out / RUN_FILE)
 
 
+def data_hash(files: dict[str, Path]) -> str:
+    """A hash of a role's example files (``{"train": ..., "val": ...}``): what a resume compares, since
+    ``sft-data --overwrite`` rebuilds a dataset in place from the same traces grown longer."""
+    h = hashlib.blake2b(digest_size=16)
+    for split, path in sorted(files.items()):
+        h.update(f"{split}:{path.stat().st_size}:".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _manifest_view(manifest: dict[str, Any]) -> dict[str, Any]:
     """What identifies a dataset's content (its traces, selection, split, prompts), as the run records it."""
     keys = ("source", "labelled", "config", "traces", "val_images", "templates")
     return json.loads(json.dumps({k: manifest.get(k) for k in keys}))  # as finetune.json reads back
 
 
-def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -> tuple[str | None, bool]:
-    """Check ``OUT`` against this run: (the checkpoint to resume from, if any; whether ``OUT`` is to be
-    replaced — by the caller, once the base model and the data have loaded, so a run that cannot start
-    leaves the old fine-tune as it was)."""
+def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None,
+                digest: str | None = None) -> tuple[str | None, bool]:
+    """Check ``OUT`` against this run on the data of ``manifest`` whose role's examples hash to ``digest``
+    (:func:`data_hash`): (the checkpoint to resume from, if any; whether ``OUT`` is to be replaced — by
+    the caller, once the base model and the data have loaded, so a run that cannot start leaves the old
+    fine-tune as it was)."""
     out = Path(opts.out)
-    check_out(out, Path(opts.data))
+    check_out(out, Path(opts.data), opts.base)
     run = _read_run(out)
     # finished only once finetune.json says so: it is written last, after the adapter and the merge, so a
     # process killed while saving them left an unfinished run that resumes and saves again
@@ -249,6 +275,11 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -
         if run is None and not (out / "adapter_config.json").is_file() and any(out.iterdir()):
             raise ConfigError(f"{out} is not a fine-tune folder (no {RUN_FILE}); --overwrite replaces only "
                               "fine-tunes: choose another --out")
+        foreign = _foreign_entry(out)
+        if foreign is not None:
+            raise ConfigError(f"--overwrite would delete {foreign}, which a fine-tune does not write (a dataset, "
+                              f"a config or a model saved inside the fine-tune, say): move it out of {out} or "
+                              "give another --out")
         return None, True
     if finished:
         raise ConfigError(f"{out} holds a finished fine-tune (see {out / RUN_FILE}); pass --overwrite to replace "
@@ -258,20 +289,40 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None) -
             diff = sorted(k for k in opts.settings() if (run.get("settings") or {}).get(k) != opts.settings()[k])
             raise ConfigError(f"{out} holds an unfinished fine-tune with other settings ({', '.join(diff)}); "
                               "rerun it with the same settings to resume, or pass --overwrite to start over")
-        started_on = run.get("data_manifest")
-        if manifest is not None and started_on is not None and started_on != _manifest_view(manifest):
-            raise ConfigError(f"{out} holds an unfinished fine-tune of another dataset: {opts.data} was rebuilt "
-                              "since it started (sft-data --overwrite); pass --overwrite to start over on it")
+        if manifest is not None and not _same_data(run, manifest, digest, opts.role):
+            raise ConfigError(f"{out} holds an unfinished fine-tune of another dataset: the {opts.role} examples "
+                              f"of {opts.data} changed since it started (sft-data --overwrite rebuilt it); pass "
+                              "--overwrite to start over on them, or rebuild the data it started on")
         return _last_complete_checkpoint(out / CHECKPOINTS), False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
     return None, False
 
 
-def check_out(out: Path, data: Path) -> None:
+def _same_data(run: dict[str, Any], manifest: dict[str, Any], digest: str | None, role: str) -> bool:
+    """Whether an unfinished run resumes on the examples it started on: the same dataset (traces, split,
+    templates) and the same examples (their hash; a run of an older reallod recorded none, only how many
+    it trained on and how many were too long)."""
+    started_on = run.get("data_manifest")
+    if started_on is not None and started_on != _manifest_view(manifest):
+        return False
+    if run.get("data_hash") is not None:
+        return digest is None or run["data_hash"] == digest
+    counts = run.get("examples")
+    if not isinstance(counts, dict):
+        return True
+    have = sum(((manifest.get("examples") or {}).get(role) or {}).values())
+    return sum(counts.values()) + int(run.get("skipped_too_long") or 0) == have
+
+
+def check_out(out: Path, data: Path, base: str | None = None) -> None:
     """Refuse an ``OUT`` that is a file, lies inside an sft-data folder (``sft-data --overwrite`` would
-    delete the fine-tune with it) or holds the data (``--overwrite`` would delete it) — before any model loads."""
+    delete the fine-tune with it), holds the data or the base model (``--overwrite`` would delete them, a
+    merge replaces ``OUT/merged``) — before any model loads."""
     out, data = out.resolve(), data.resolve()
+    if base and Path(base).exists() and Path(base).resolve().is_relative_to(out):
+        raise ConfigError(f"--base {base} lies inside --out {out}, which the fine-tune writes (--overwrite deletes "
+                          "it whole, --merge replaces OUT/merged): copy the base elsewhere or choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder: give a folder for the adapter")
     for folder in (out, *out.parents):
@@ -280,6 +331,20 @@ def check_out(out: Path, data: Path) -> None:
                               "sft-data --overwrite` replaces whole: choose an --out outside it")
     if data.is_relative_to(out):
         raise ConfigError(f"--out {out} holds the data {data}: choose an --out outside it")
+
+
+def _foreign_entry(out: Path) -> Path | None:
+    """The first entry of a fine-tune folder that a fine-tune does not write (see :data:`OWN_FILES`), or
+    None: what ``--overwrite`` must not delete."""
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir():
+            if entry.name not in (CHECKPOINTS, MERGED):
+                return entry
+        elif entry.name not in (RUN_FILE, f".{RUN_FILE}.tmp") and not any(fnmatch(entry.name, p) for p in OWN_FILES):
+            return entry
+    return None
 
 
 def _is_dataset(folder: Path) -> bool:
@@ -322,8 +387,9 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     data = Path(opts.data)
     manifest = read_manifest(data)
     files = role_files(data, opts.role)
+    digest = data_hash(files)
     opts.base, opts.gguf_file = resolve_base(opts.base, opts.gguf_file)
-    resume, replace = prepare_out(opts, manifest)
+    resume, replace = prepare_out(opts, manifest, digest)
     out = Path(opts.out)
     vision = opts.role == "vlm"
     model, processor = load_base(opts.base, opts.gguf_file, vision=vision, dtype=opts.dtype,
@@ -350,7 +416,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"status": "training", "settings": opts.settings(), "data_manifest": _manifest_view(manifest),
-        "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
+        "data_hash": digest, "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
     _write_run(out, record)
     trainer = _trainer(opts, model, processor, splits, out, peft)
     stop = _StopOnSignal()
@@ -390,7 +456,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     trainer.save_model(str(out))  # every process calls it (sharded setups gather); the main one writes
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
-        merged = out / "merged"
+        merged = out / MERGED
         shutil.rmtree(merged, ignore_errors=True)  # a run stopped while merging left part of one
         if opts.merge:
             trainer.model.merge_and_unload().save_pretrained(str(merged))
