@@ -58,3 +58,28 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"empty: not a model folder \(expected a folder with config\.json\)$"):
         _agent_model(str(tmp_path / "empty"))
+
+
+def test_a_hub_model_is_stamped_with_the_commit_the_hub_named(monkeypatch, tmp_path):
+    """Loaded from the hub, a model has no files here to stamp: a resume compares the commit instead,
+    so a repo updated upstream between a kill and its resume is not taken for the same model."""
+    import types
+
+    import huggingface_hub
+
+    from reallod.hub import resolve_source
+    from reallod.model.loading import files_stamp, weights_stamp
+
+    commit = ["a" * 40]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo, **kw: types.SimpleNamespace(sha=commit[0]))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("org/detector") == "org/detector"
+    before = weights_stamp("org/detector"), files_stamp("org/detector", ["config.json"])
+    assert before == ([["org/detector", "revision", "a" * 40]], {"org/detector@revision": "a" * 40})
+    commit[0] = "b" * 40  # pushed to since
+    resolve_source("org/detector")
+    assert (weights_stamp("org/detector"), files_stamp("org/detector", ["config.json"])) != before
+    assert weights_stamp(tmp_path) == [] and files_stamp("org/other", ["config.json"]) == {}  # not looked up

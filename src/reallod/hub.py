@@ -107,7 +107,7 @@ def resolve_source(name: str | Path, kind: SourceKind = "model", *, hint: str = 
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
     try:
-        HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=HUB_TIMEOUT_S)
+        info = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=HUB_TIMEOUT_S)
     except HFValidationError as e:
         raise ConfigError(f"{repo_id}: no such {kind} folder, and not a valid hub id ({one_line(e)})") from e
     except RepositoryNotFoundError as e:
@@ -121,4 +121,18 @@ def resolve_source(name: str | Path, kind: SourceKind = "model", *, hint: str = 
             raise ConfigError(f"{repo_id}: cannot reach the Hugging Face hub for {repo_id} (offline?); pass a "
                               f"local folder ({type(e).__name__}: {one_line(e, 120)})") from e
         return cached
+    if isinstance(getattr(info, "sha", None), str):
+        _REVISIONS[repo_id] = info.sha
     return repo_id
+
+
+_REVISIONS: dict[str, str] = {}
+"""Hub id → the commit the hub named for it when :func:`resolve_source` looked it up (this process)."""
+
+
+def hub_revision(source: str | Path) -> str | None:
+    """The commit of a hub id that :func:`resolve_source` left as an id (the hub answered; transformers
+    loads its files then), or None: a local folder, a cached snapshot (its files are compared by content),
+    an id not looked up. What a resume compares where there are no files to stamp: a repo updated
+    upstream between a kill and its resume must not mix two revisions' outputs."""
+    return _REVISIONS.get(str(source))

@@ -399,3 +399,13 @@ def test_the_model_settings_are_those_it_loads_with(tmp_path, tiny_model_dir):
         {k: v for k, v in before["model"]["files"].items() if k != str(proc)}
     assert set(before["model"]["files"]) == {str(model / n) for n in (
         "config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")}
+
+
+def test_a_hub_model_pushed_to_since_is_named_with_both_commits():
+    """A model loaded by hub id has its commit in the fingerprint (``loading.files_stamp``)."""
+    from reallod.eval.resume import changes
+
+    def fp(commit: str) -> dict:
+        return {"layout": 2, "model": {"model": "org/detector", "files": {"org/detector@revision": commit}}}
+
+    assert changes(fp("a" * 40), fp("b" * 40)) == ["org/detector on the hub (commit was aaaaaaaaaaaa, now bbbbbbbbbbbb)"]

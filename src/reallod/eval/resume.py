@@ -161,6 +161,12 @@ def changes(before: Any, now: dict[str, Any]) -> list[str]:
         differ = [c for c in differ if not c.key.startswith(_FILES)]
     out = []
     for key, was, new in differ:
+        if key.startswith(_FILES) and key.endswith("@revision"):  # a hub id's commit (loading.files_stamp)
+            repo = key.removeprefix(_FILES).removesuffix("@revision")
+            out.append(f"{repo} on the hub (commit was {str(was)[:12]}, now {str(new)[:12]})" if was and new else
+                       f"{repo} on the hub (its commit, which the run that wrote the journal did not record)"
+                       if new else f"{repo} on the hub (its commit, unknown now)")
+            continue
         if key.startswith(_FILES):
             out.append(f"{key.removeprefix(_FILES)} ({'its content' if was and new else 'added' if new else 'removed'})")
             continue

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reallod.errors import ConfigError
-from reallod.hub import CHECKPOINT_SUFFIXES, as_found, looks_like_path, one_line
+from reallod.hub import CHECKPOINT_SUFFIXES, as_found, hub_revision, looks_like_path, one_line, resolve_source
 from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
@@ -137,7 +137,8 @@ def weights_stamp(model: str | Path, weights: str | Path | None = None) -> list[
     files = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
     if weights is not None:
         files.append(Path(weights))
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+    stamp: list[list] = [[str(model), "revision", rev]] if (rev := hub_revision(model)) else []
+    return stamp + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
 
 
 # The small files besides the weights that a loaded detector reads: its config (architecture, text limit),
@@ -150,8 +151,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 def files_stamp(folder: str | Path | None, names: Iterable[str]) -> dict[str, str]:
     """What each of these settings files of a local folder holds: its path (the folder resolved) → a hash of
     its bytes. Small files, so their content is compared, not their time; a hub id (no folder) gives none."""
-    if folder is None or not Path(folder).is_dir():
-        return {}
+    if folder is None or not Path(folder).is_dir():  # a hub id: the commit it loads, when the hub named one
+        return {f"{folder}@revision": rev} if folder is not None and (rev := hub_revision(folder)) else {}
     base = Path(as_found(str(folder)) or folder)
     return {str(base / name): hashlib.sha256((base / name).read_bytes()).hexdigest()[:16]
             for name in names if (base / name).is_file()}
@@ -178,7 +179,8 @@ def loaded_settings(model: str | Path, *, max_text_len: int | None = None, token
     size = load_image_processor(src, image_size).size
     return {"max_text_len": int(config.max_text_len), "image_size": size_setting(size),
             "files": {**files_stamp(src, SETTINGS_FILES),
-                      **files_stamp(src if tokenizer is None else tokenizer, TOKENIZER_FILES)}}
+                      **files_stamp(src if tokenizer is None else resolve_source(tokenizer, "tokenizer"),
+                                    TOKENIZER_FILES)}}
 
 
 def load_detector(model: str | Path, *, weights: str | Path | None = None, device: str | None = None,
