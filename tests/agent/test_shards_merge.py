@@ -225,3 +225,70 @@ def test_merge_names_a_shard_still_running(tmp_path, capsys, scripted):
     code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
     assert code == 0, err
     assert not any(lock_path_for(journal_path_for(s)).exists() for s in (s1, s2))
+
+
+def test_merge_assembles_under_the_source_the_shards_ran_with(tmp_path, capsys, scripted):
+    """A published task list's pairs go under --source: merge takes the shards' (it wrote "realigned",
+    unlike the one run the help says it equals); one given to merge wins and is said."""
+    src = EXAMPLES / "tasks.json"
+    realign(capsys, src, tmp_path / "whole.jsonl", "--source", "mysrc")
+    s1, s2, m = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl", tmp_path / "m.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2", "--source", "mysrc")
+    realign(capsys, src, s2, "--shard", "2/2", "--source", "mysrc")
+    code, stdout, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    assert code == 0, err
+    assert "and --source mysrc (the shards' own)" in stdout
+    assert read_jsonl(m) == read_jsonl(tmp_path / "whole.jsonl")
+    code, stdout, err = run_cli(["realign", "merge", s1, s2, "--out", m, "--source", "other"], capsys)
+    assert code == 0 and "and --source other (given in place of the shards' mysrc)" in stdout, err
+    assert {s for r in read_jsonl(m) for s in r["pairs"]} == {"other"}
+
+
+def test_merge_of_shards_whose_every_task_failed_exits_1(tmp_path, capsys, scripted):
+    src = EXAMPLES / "realdata.jsonl"
+    (tmp_path / "empty").mkdir()
+    outs = [tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"]
+    for k, out in enumerate(outs, 1):
+        code, _, _ = run_cli(["realign", src, "--config", "offline", "--out", out, "--images", tmp_path / "empty",
+                              "--shard", f"{k}/2"], capsys)
+        assert code == 1  # no image there: every task failed
+    code, stdout, err = run_cli(["realign", "merge", *outs, "--out", tmp_path / "m.jsonl"], capsys)
+    assert code == 1 and "EVERY TASK FAILED" in stdout, (stdout, err)
+
+
+def test_another_shard_on_a_shards_output_is_refused_even_forced_and_merge_counts_tasks_once(tmp_path, capsys,
+                                                                                             scripted):
+    """Resuming shard 1's output as shard 2 put both slices in one output under a header naming one;
+    merge then counted each doubled task twice and advised resuming."""
+    src = EXAMPLES / "realdata.jsonl"
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    realign(capsys, src, a, "--shard", "1/2")
+    code, _, err = run_cli(["realign", src, "--config", "offline", "--out", a, "--images", EXAMPLES / "images",
+                            "--shard", "2/2", "--force-resume"], capsys)
+    assert code == 2 and "started on a different shard" in err and "not even with --force-resume" in err, err
+    realign(capsys, src, b, "--shard", "2/2")
+    from reallod.agent.merge import MergeError, merge_shards
+
+    # a's journal, edited to claim shard 2/2's tasks are its own too (what the forced resume had written)
+    journal_b = (tmp_path / "b.journal.jsonl").read_text().splitlines()[1:]
+    with open(tmp_path / "a.journal.jsonl", "a") as f:
+        f.write("\n".join(journal_b) + "\n")
+    with pytest.raises(MergeError) as e:
+        merge_shards([a, b], tmp_path / "m.jsonl")
+    doubled = len([line for line in journal_b if line.strip()])
+    assert f"{doubled} doubled task(s)" in str(e.value) and "resumes" not in str(e.value)
+    assert "rerun that shard into a fresh --out" in str(e.value)
+
+
+def test_a_missing_shard_trace_is_said_and_an_earlier_merged_trace_removed(tmp_path, capsys, scripted):
+    src = EXAMPLES / "realdata.jsonl"
+    s1, s2, m = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl", tmp_path / "m.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2")
+    realign(capsys, src, s2, "--shard", "2/2")
+    assert run_cli(["realign", "merge", s1, s2, "--out", m], capsys)[0] == 0
+    assert (tmp_path / "m.trace.jsonl").is_file()
+    (tmp_path / "s2.trace.jsonl").unlink()
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    assert code == 0, err
+    assert f"no trace written: 1 shard trace(s) missing, e.g. {tmp_path / 's2.trace.jsonl'}" in err
+    assert "was removed (it was not this output's)" in err and not (tmp_path / "m.trace.jsonl").exists()

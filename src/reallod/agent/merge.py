@@ -7,21 +7,20 @@ cycles), that every shard 1..N is there exactly once and none is still running (
 journal lock while it reads), that the input has not changed since, and — task by task over the
 input — that each task was done exactly once, by the shard it belongs to. Only then does it assemble
 the output from the journals' results, in input order (identical to an unsharded run's), under the
-shards' ``--unresolved`` (one given to the merge wins, and the merge says so), and concatenate the
-shards' traces.
+shards' ``--unresolved`` and ``--source`` (one given to the merge wins, and the merge says so), and
+concatenate the shards' traces (none when one is missing, and the merge says so).
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
 
-from reallod.agent.assemble import POLICIES, Policy, Results, assemble, output_source
+from reallod.agent.assemble import DEFAULT_SOURCE, POLICIES, Policy, Results, assemble, output_source
 from reallod.agent.inputs import iter_tasks, load_captions, shard_key
 from reallod.agent.summary import RunSummary
 from reallod.agent.trace import TRACE_VERSION, trace_path_for
@@ -54,6 +53,9 @@ class MergeResult:
     shards: int
     unresolved: Policy = "keep"  # the policy the output was assembled with
     policy_note: str = ""  # where it came from: the shards, the default, or the merge's own option
+    source: str = ""  # the output pairs' source (published task lists)
+    source_note: str = ""  # where it came from ("": a Real-Data input, whose pairs keep their sources)
+    trace_note: str = ""  # why no trace was written
     report: Path | None = None  # --report-dir's index.html (realign --ray)
     run_report: tuple[Path, Path] | None = None  # --report's JSON and Markdown (realign --ray)
 
@@ -88,31 +90,34 @@ def _lock_shard(path: Path) -> JournalLock | None:
         return None
 
 
-def shards_policy(shards: list[tuple[dict[str, Any], int]], n: int, unresolved: str | None) -> tuple[Policy, str]:
-    """The ``--unresolved`` to assemble with, and where it came from: the one given (said when it is not
-    the shards'), else the shards' own (recorded in their journals' headers; shards that disagree are
-    refused), else ``keep`` (journals written before the policy was recorded)."""
-    ran = {k: (header.get("meta") or {}).get("unresolved") for header, k in shards}
+def shards_choice(shards: list[tuple[dict[str, Any], int]], n: int, option: str, given: str | None,
+                  default: str) -> tuple[str, str]:
+    """The value of an assembly ``option`` (``--unresolved``, ``--source``) to assemble with, and where it
+    came from: the one given (said when it is not the shards'), else the shards' own (recorded in their
+    journals' headers; shards that disagree are refused), else ``default`` (journals written before it
+    was recorded)."""
+    key = option.removeprefix("--")
+    ran = {k: (header.get("meta") or {}).get(key) for header, k in shards}
     recorded = sorted({p for p in ran.values() if p})
-    if unresolved is not None:
+    if given is not None:
         if not recorded:
-            return cast(Policy, unresolved), "given"
-        if recorded == [unresolved]:
-            return cast(Policy, unresolved), "the shards' own"
-        return cast(Policy, unresolved), f"given in place of the shards' {' and '.join(recorded)}"
+            return given, "given"
+        if recorded == [given]:
+            return given, "the shards' own"
+        return given, f"given in place of the shards' {' and '.join(recorded)}"
     if len(recorded) > 1:
         said = ", ".join(f"shard {k}/{n} {p}" for k, p in sorted(ran.items()) if p)
-        raise MergeError(f"the shards ran with different --unresolved ({said}): give merge the --unresolved "
+        raise MergeError(f"the shards ran with different {option} ({said}): give merge the {option} "
                          "to assemble them all with")
     if recorded:
-        return cast(Policy, recorded[0]), "the shards' own"
-    return "keep", "the default: the shards' journals do not say which they ran with"
+        return recorded[0], "the shards' own"
+    return default, "the default: the shards' journals do not say which they ran with"
 
 
 def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: str | None = None,
                  source: str | None = None) -> MergeResult:
     """Check the shards and write the merged output (atomically) and trace. ``unresolved``: None
-    assembles as the shards did (see :func:`shards_policy`)."""
+    assembles as the shards did (see :func:`shards_choice`); so does ``source``."""
     if unresolved is not None and unresolved not in POLICIES:
         raise ConfigError(f"--unresolved {unresolved!r}: expected drop, keep or negative")
     if not shard_outs:
@@ -152,12 +157,14 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
     missing = [k for k in range(1, n + 1) if k not in by_k]
     if missing:
         raise MergeError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: give all {n} shard outputs")
-    policy, policy_note = shards_policy([(header, k) for _, _, header, (k, _) in shards], n, unresolved)
+    ran = [(header, k) for _, _, header, (k, _) in shards]
+    policy, policy_note = shards_choice(ran, n, "--unresolved", unresolved, "keep")
 
     meta = first_header.get("meta") or {}
     input_path = Path(meta.get("input") or "")
     fmt = meta.get("format")
-    source = output_source(fmt, source)
+    output_source(fmt, source)  # refuses a --source a Real-Data input would ignore
+    source, source_note = shards_choice(ran, n, "--source", source, DEFAULT_SOURCE)
     _refuse_overwrite(Path(out), input_path, meta.get("captions"), [Path(p) for p, *_ in shards])
     if not input_path.is_file():
         raise MergeError(f"the shards' input {input_path} is not there any more (merge reads it for the record order)")
@@ -167,18 +174,21 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
 
     results = Results()  # small per task, with the shard that ran it: millions of tasks are held here
     summary = RunSummary()
-    problems: Counter[str] = Counter()
+    problems: dict[str, set[str]] = {}  # kind → the tasks (each counted once, under the first kind met)
     examples: list[str] = []
 
-    def problem(kind: str, text: str) -> None:
-        problems[kind] += 1
+    def problem(kind: str, text: str, tid: str) -> None:
+        if any(tid in tasks for tasks in problems.values()):
+            return
+        problems.setdefault(kind, set()).add(tid)
         if len(examples) < MAX_EXAMPLES:
             examples.append(text)
 
     for path, journal, _, (k, _) in sorted(shards, key=lambda s: s[3][0]):
         for tid, entry in iter_journal(journal):
             if tid in results:
-                problem("doubled", f"task {tid} is in shard {results[tid]['shard']}/{n} and in shard {k}/{n} ({path})")
+                problem("doubled", f"task {tid} is in shard {results[tid]['shard']}/{n} and in shard {k}/{n} ({path})",
+                        tid)
                 continue
             results.add(tid, entry, shard=k)
             summary.add(entry)
@@ -188,20 +198,34 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
         k = shard_of(shard_key(item.task_id, item.image_path, fmt), n)
         got = results.get(item.task_id, {}).get("shard")
         if got is None:
-            problem("missing", f"task {item.task_id} (shard {k}/{n}, {by_k[k][0]}) was not run")
+            problem("missing", f"task {item.task_id} (shard {k}/{n}, {by_k[k][0]}) was not run", item.task_id)
         elif got != k:
-            problem("doubled", f"task {item.task_id} belongs to shard {k}/{n} but shard {got}/{n} ran it")
+            problem("misplaced", f"task {item.task_id} belongs to shard {k}/{n} but shard {got}/{n} ran it "
+                    f"({by_k[got][0]})", item.task_id)
     if len(results) > seen:
-        problem("unknown", f"{len(results) - seen} result(s) are for tasks the input does not have")
+        problems["unknown"] = {f"#{i}" for i in range(len(results) - seen)}
+        examples.append(f"{len(results) - seen} result(s) are for tasks the input does not have")
     if problems:
-        counts = ", ".join(f"{v} {k}" for k, v in problems.most_common())
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(problems.items(), key=lambda kv: -len(kv[1])))
+        hints = [MERGE_HINTS[k] for k in MERGE_HINTS if k in problems]
         raise MergeError(f"cannot merge {n} shard(s): {counts} task(s); e.g. " + "; ".join(examples)
-                         + " (an unfinished shard resumes when its command is run again)")
+                         + f" ({'; '.join(hints)})")
 
     summary.assembly = assemble(fmt, input_path, results, out, policy=policy, source=source,
                                 agent=meta.get("agent"), captions=captions)
-    trace = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
-    return MergeResult(Path(out), trace, summary, n, policy, policy_note)
+    trace, trace_note = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
+    return MergeResult(Path(out), trace, summary, n, cast(Policy, policy), policy_note, source=source,
+                       source_note=source_note if fmt != "records" else "", trace_note=trace_note)
+
+
+# What to do about each kind of merge problem
+MERGE_HINTS = {
+    "missing": "an unfinished shard resumes when its command is run again",
+    "doubled": "a task in two shards' outputs: one of them was run with another --shard (or another input "
+               "order); rerun that shard into a fresh --out",
+    "misplaced": "a shard holds tasks of another: it was run with another --shard; rerun it into a fresh --out",
+    "unknown": "a shard ran on another input: rerun it on this one",
+}
 
 
 def _refuse_overwrite(out: Path, input_path: Path, captions: str | None, shard_outs: list[Path]) -> None:
@@ -218,12 +242,19 @@ def _refuse_overwrite(out: Path, input_path: Path, captions: str | None, shard_o
             raise ConfigError(f"--out {out} would overwrite {read[mine.resolve()]} ({mine}): give another --out")
 
 
-def _merge_traces(shard_outs: list[Path], out: Path) -> Path | None:
-    """The shards' traces one after the other under one header (skipped when one is missing)."""
+def _merge_traces(shard_outs: list[Path], out: Path) -> tuple[Path | None, str]:
+    """The shards' traces one after the other under one header, and what to say of it. With a shard's
+    trace missing there is none (a trace of the output trains the agent's successor: a partial one
+    would train on part of it), and a trace an earlier merge left at the target is removed: it
+    belongs to another output."""
     traces = [trace_path_for(p) for p in shard_outs]
-    if not all(t.is_file() for t in traces):
-        return None
     target = trace_path_for(out)
+    missing = [t for t in traces if not t.is_file()]
+    if missing:
+        stale = target.is_file()
+        target.unlink(missing_ok=True)
+        return None, (f"no trace written: {len(missing)} shard trace(s) missing, e.g. {missing[0]}"
+                      + (f"; the earlier {target} was removed (it was not this output's)" if stale else ""))
     with AtomicWriter(target) as w:
         for i, t in enumerate(traces):
             with open(t, "rb") as f:
@@ -238,4 +269,4 @@ def _merge_traces(shard_outs: list[Path], out: Path) -> Path | None:
                 for line in f:
                     if line.endswith(b"\n"):
                         w.write(line)
-    return target
+    return target, ""

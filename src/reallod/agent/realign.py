@@ -208,14 +208,15 @@ def keep_selected(results: Results, tasks: Callable[[], Iterable[TaskItem]]) -> 
     return kept
 
 
-def record_policy(journal_path: Path, header: dict[str, Any], policy: Policy) -> None:
-    """Write ``--unresolved`` into the journal's header (its ``meta``), which ``realign merge`` reads to
-    assemble the shards as they were; a rerun with another one (it only re-assembles) replaces it.
-    The journal is written aside and renamed over the old one, under the run's lock."""
+def record_assembly(journal_path: Path, header: dict[str, Any], policy: Policy, source: str) -> None:
+    """Write ``--unresolved`` and the output pairs' source into the journal's header (its ``meta``), which
+    ``realign merge`` reads to assemble the shards as they were; a rerun with other ones (it only
+    re-assembles) replaces them. The journal is written aside and renamed over the old one, under the
+    run's lock."""
     meta = header.get("meta") or {}
-    if meta.get("unresolved") == policy:
+    if meta.get("unresolved") == policy and meta.get("source") == source:
         return
-    new = {**header, "meta": {**meta, "unresolved": policy}}
+    new = {**header, "meta": {**meta, "unresolved": policy, "source": source}}
     try:
         with open(journal_path, "rb") as f, AtomicWriter(journal_path) as w:
             f.readline()  # the old header
@@ -223,9 +224,9 @@ def record_policy(journal_path: Path, header: dict[str, Any], policy: Policy) ->
             while block := f.read(1 << 20):
                 w.write(block)
     except OSError as e:
-        raise RunStopped(f"cannot record --unresolved {policy} in the journal {journal_path}: {e.strerror or e}; "
-                         "the finished tasks are safe in it: rerun the same command once that is fixed "
-                         "(nothing is redone)") from e
+        raise RunStopped(f"cannot record --unresolved {policy} and --source {source} in the journal {journal_path}: "
+                         f"{e.strerror or e}; the finished tasks are safe in it: rerun the same command once that is "
+                         "fixed (nothing is redone)") from e
     header["meta"] = new["meta"]
 
 
@@ -269,7 +270,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
             "captions": str(opts.captions.resolve()) if opts.captions else None,
             "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles,
-            "unresolved": opts.unresolved}  # not fingerprinted: a rerun with another one only re-assembles
+            "unresolved": opts.unresolved, "source": source}  # not fingerprinted: another only re-assembles
     select = selection(fmt, shard)
 
     def tasks() -> Iterator[TaskItem]:
@@ -295,7 +296,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     results = Results()  # small per task: a run over millions of tasks holds all of them here
     summary = RunSummary()
     try:
-        record_policy(journal_path, journal.header, opts.unresolved)
+        record_assembly(journal_path, journal.header, opts.unresolved, source)
         for tid, entry in iter_journal(journal_path):
             results.add(tid, entry)
             summary.add(entry)

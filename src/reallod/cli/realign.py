@@ -207,12 +207,16 @@ def realign_merge_cmd(
     """
 
     from reallod.agent.merge import merge_shards
-    from reallod.agent.summary import render
+    from reallod.agent.summary import check_some_succeeded, render
 
     merged = merge_shards(shards, out, unresolved=unresolved, source=source)
     console().print(render(merged.summary, out=str(merged.out), trace=str(merged.trace) if merged.trace else None))
+    if merged.trace_note:
+        typer.echo(merged.trace_note, err=True)
     typer.echo(f"merged {merged.shards} shard(s) into {merged.out} with --unresolved {merged.unresolved} "
-               f"({merged.policy_note})")
+               f"({merged.policy_note})"
+               + (f" and --source {merged.source} ({merged.source_note})" if merged.source_note else ""))
+    check_some_succeeded(merged.summary, what="realign merge")  # exit status 1, as realign's
 
 
 def agent_eval_cmd(

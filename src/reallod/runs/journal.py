@@ -34,7 +34,7 @@ from reallod.errors import ReallodError
 
 JOURNAL_VERSION = 1
 
-INPUT_KEYS: tuple[str, ...] = ("input", "annotations")
+INPUT_KEYS: tuple[str, ...] = ("input", "annotations", "shard")  # a shard is a slice of the input
 """Fingerprint keys that name what a run reads (realign's input, the data engine's annotations): a
 journal started on another input is refused even with ``force``, since resuming it would mix two
 inputs' results in one output."""
