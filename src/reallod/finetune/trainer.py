@@ -48,7 +48,7 @@ from typing import Any
 from reallod.agent.decisions import SPECS
 from reallod.data.io import iter_lines
 from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
-from reallod.finetune.run_file import RUN_FILE
+from reallod.finetune.run_file import RUN_FILE, has_json_key
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import resolve_source
 
@@ -349,11 +349,7 @@ def _foreign_entry(out: Path) -> Path | None:
 
 def _is_dataset(folder: Path) -> bool:
     """Whether ``folder`` holds an sft-data manifest (of any format version)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "sft_format" in manifest
+    return has_json_key(folder / MANIFEST, "sft_format")
 
 
 def _last_complete_checkpoint(folder: Path) -> str | None:
