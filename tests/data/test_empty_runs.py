@@ -197,3 +197,21 @@ def test_convert_refuses_to_write_over_its_input(files, capsys, convert, monkeyp
         assert src.read_bytes() == before
     code, _, err = run_cli(["data", "convert", convert, src, files / "out.json"], capsys)
     assert code == 0, err
+
+
+SUBSETS = {"filter": ["{out}"], "sample": ["{out}", "-n", "1"],
+           "split-train": ["--train", "{out}", "--val", "v.jsonl"], "split-val": ["--train", "t.jsonl", "--val", "{out}"]}
+
+
+@pytest.mark.parametrize("command", SUBSETS)
+def test_a_subset_refuses_to_write_over_its_input(files, capsys, command, monkeypatch):
+    """filter / sample / split write a part of the input: written over it, the rest would be gone."""
+    src = files / "data.jsonl"
+    before = src.read_bytes()
+    (files / "link.jsonl").symlink_to(src)
+    monkeypatch.chdir(files)
+    for out in (src, "./data.jsonl", "link.jsonl"):
+        args = [a.format(out=out) for a in SUBSETS[command]]
+        code, _, err = run_cli(["data", command.split("-")[0], src, *args], capsys)
+        assert code == 2 and err.count("\n") == 1 and "is the input file" in err, (out, err)
+        assert src.read_bytes() == before and not (files / "v.jsonl").exists() and not (files / "t.jsonl").exists()

@@ -87,15 +87,16 @@ def require_output(stats: ConvertStats, src: str | os.PathLike, what: str) -> No
                         path=str(src))
 
 
-def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Refuse an output that is the input: a converter writes another format, so the input would be lost."""
+def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike,
+                     would: str = "converting would replace the input with another format") -> None:
+    """Refuse an output that is the input: a converter writes another format, a filter a part of it, so
+    what the input held would be lost (say, by ``would``, how)."""
     try:  # the same file under any name: a relative path, a symlink, a hard link
         same = os.path.samefile(src, dst)
     except OSError:  # either one does not exist: no input to lose
         same = False
     if same:
-        raise ConfigError(f"output {dst} is the input file {src}: converting would replace the input with "
-                          "another format; give another output path")
+        raise ConfigError(f"output {dst} is the input file {src}: {would}; give another output path")
 
 
 def _source_key(name: str) -> str:

@@ -25,6 +25,7 @@ from reallod.data.convert_common import (
     ConvertStats,
     EmptyRunError,
     SourceCheck,
+    refuse_same_file,
     require_records,
     text_key,
     unique_texts,
@@ -80,6 +81,7 @@ def filter_file(src: str | os.PathLike, dst: str | os.PathLike, *, sources: Sequ
     """Write the matching pairs of ``src`` to ``dst``; images left with no pair are dropped."""
     if relation is not None and relation not in RELATIONS:
         raise ConfigError(f"--relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
+    refuse_same_file(src, dst, "filtering would replace the input with the pairs it keeps")
     stats = ConvertStats()
     pairs = 0
     check = SourceCheck(sources)
@@ -125,6 +127,7 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
         raise ConfigError(f"-n must be >= 0, got {n}")
     if fraction is not None and not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"--fraction must be between 0 and 1, got {fraction}")
+    refuse_same_file(src, dst, "sampling would replace the input with the sample")
     stats = ConvertStats()
     with JsonlWriter(dst) as out:
         if fraction is not None:
@@ -169,6 +172,8 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
     if one_file(train, val):
         raise ConfigError(f"--train {train} and --val {val} are one file (the val records would be lost): give "
                           "two different files")
+    for side in (train, val):
+        refuse_same_file(src, side, "splitting would replace the input with one side of the split")
     stats = ConvertStats()
     with JsonlWriter(train) as out_train, JsonlWriter(val) as out_val:
         for _, record in read_numbered_records(src):
