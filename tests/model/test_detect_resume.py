@@ -148,3 +148,38 @@ def test_a_second_run_on_the_same_out_dir_leaves_the_running_ones_journals_alone
                 open_journal(out, Place(), settings, str(tmp_path / "images"), {"p0.jpg": "p0.jpg"},
                              DetectSummary(), said.append, names=lambda name: ("preds/p0.json", None))
             assert journal.read_bytes() == before and not aside.exists() and said == []
+
+
+def test_settings_files_edited_since_mean_detecting_again(capsys, five_images, tiny_model_dir, tmp_path, calls):
+    """The tokenizer and image processor files are read at load: edited between a kill and its resume,
+    they would give the rest of the images other predictions. An older reallod's journal, which did not
+    note them, is still resumed."""
+    import json
+    import shutil
+
+    import orjson
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    tokenizer = shutil.copytree(tiny_model_dir, tmp_path / "tokenizer")
+    out = tmp_path / "out"
+    args = [*_args(five_images, model, out), "--tokenizer", str(tokenizer)]
+    assert run_cli(args, capsys)[0] == 0
+    for path in (tokenizer / "tokenizer_config.json", model / "preprocessor_config.json"):
+        config = json.loads(path.read_text())
+        path.write_text(json.dumps({**config, "edited": True}))
+        calls[:] = []
+        code, _, err = run_cli(args, capsys)
+        assert code == 0 and len(calls) == 5, err
+        assert "(changed: MODEL's config, image processor or tokenizer files (edited since))" in err
+        calls[:] = []
+        assert run_cli(args, capsys)[0] == 0 and calls == []
+
+    journal = out / JOURNAL_NAME
+    header, *entries = journal.read_bytes().splitlines()
+    old = orjson.loads(header)
+    del old["fingerprint"]["files"]
+    journal.write_bytes(b"\n".join([orjson.dumps(old), *entries]) + b"\n")
+    calls[:] = []
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0 and calls == [] and "other settings" not in err, err
+    assert "5 done by an earlier run" in stdout

@@ -24,6 +24,7 @@ from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError, ReallodError
 from reallod.hub import as_found
 from reallod.model.inference import Detector, InferenceOptions
+from reallod.model.loading import SETTINGS_FILES, TOKENIZER_FILES, files_stamp
 from reallod.runs.journal import (
     Journal,
     JournalLock,
@@ -163,17 +164,22 @@ def detect_settings(detector: Detector, expressions: list[str], inference: Infer
     """What the files written depend on: an earlier run's files are kept only if these are the same.
     Not the batch size, the device or the number of processes: a resume may change them; nor the input,
     which each journal entry names (a run over one image of the folder keeps the folder's work). Local
-    paths count resolved, however they were typed."""
+    paths count resolved, however they were typed. A folder's config, image processor and tokenizer files
+    count by content (edited since, they change the predictions), a hub id's by the commit it loads."""
+    model = detector.source.split(" + ")[0]  # "MODEL + WEIGHTS": the file is in the stamp
+    tokenizer = str(getattr(detector.tokenizer, "name_or_path", ""))
     return orjson.loads(orjson.dumps({
-        "model": as_found(detector.source.split(" + ")[0]),  # "MODEL + WEIGHTS": the file is in the stamp
+        "model": as_found(model),
         "weights": [[as_found(str(f)), *rest] for f, *rest in detector.stamp],
         "dtype": str(detector.dtype), "max_text_len": detector.max_text_len,
-        "tokenizer": as_found(str(getattr(detector.tokenizer, "name_or_path", ""))),
+        "tokenizer": as_found(tokenizer),
+        "files": {**files_stamp(model, SETTINGS_FILES), **files_stamp(tokenizer or None, TOKENIZER_FILES)},
         "image_size": dict(getattr(detector.image_processor, "size", None) or {}),
         **job_settings(expressions, inference, options)}))
 
 
 _OPTION_OF = {"model": "MODEL", "weights": "--weights (or MODEL's weight files, rewritten since)",
+              "files": "MODEL's config, image processor or tokenizer files (edited since)",
               "expressions": "--texts", "save_pred": "--no-save-pred", "input": "the journal's layout (an older reallod)"}
 
 
@@ -182,11 +188,13 @@ def changed_settings(old: Any, new: dict[str, Any]) -> list[str]:
     (another MODEL brings its own weights and tokenizer: those are not named again)."""
     if not isinstance(old, dict):
         return ["the journal's header"]
-    implied = set()
+    implied = set() if "files" in old else {"files"}  # an older reallod's journal did not note them
     if old.get("model") != new.get("model"):
-        implied.add("weights")
+        implied |= {"weights", "files"}
         if all(s.get("model") == s.get("tokenizer") for s in (old, new)):
             implied.add("tokenizer")  # each MODEL's own
+    if old.get("tokenizer") != new.get("tokenizer"):
+        implied.add("files")
     changed = []
     for key, was, now in diff_settings(old, new, groups={"inference"}):
         if key in implied:
@@ -222,12 +230,14 @@ def _still_written(entry: Any, out_dir: Path) -> list[str]:
     return found
 
 
-def _differs(old: Any, settings: dict[str, Any], partial: bool) -> bool:
+def _differs(old: Any, settings: dict[str, Any], partial: bool = False) -> bool:
     """Whether a journal's settings are not these; ``partial``: of these keys alone (a set-aside journal's
-    never are)."""
-    if not partial or not isinstance(old, dict):
-        return old != settings
-    return any(old.get(k) != v for k, v in settings.items())
+    never are). The settings files an older reallod did not note are not compared."""
+    if not isinstance(old, dict):
+        return True
+    if not partial:
+        return old != ({k: v for k, v in settings.items() if k != "files"} if "files" not in old else settings)
+    return any(old.get(k) != v for k, v in settings.items() if k in old or k != "files")
 
 
 def _in_place(out_dir: Path, rel: str, seen: dict[str, bool]) -> bool:
@@ -341,7 +351,7 @@ def _kept(out_dir: Path, settings: dict[str, Any], root: str, pending: dict[str,
     folders: dict[str, bool] = {}
     for path in sorted(out_dir.glob("detect.journal*.jsonl")):
         try:
-            if read_header(path).get("fingerprint") != settings:
+            if _differs(read_header(path).get("fingerprint"), settings):
                 continue
             for name, entry in iter_journal(path):
                 if name not in pending or entry.get("input") != root:
@@ -390,7 +400,7 @@ def open_journal(out_dir: Path, place: Place, settings: dict[str, Any], root: st
     try:
         try:
             old = read_header(path).get("fingerprint")
-            if old != settings:
+            if _differs(old, settings):
                 say(f"{out_dir}: written by a run with other settings (changed: "
                     f"{', '.join(changed_settings(old, settings))}); every image is detected again")
                 _set_aside(path, out_dir / earlier_journal_name(place), old, out_dir)
