@@ -125,3 +125,25 @@ def test_the_unavailable_vlm_path_with_the_real_rewriter(offline_roles: Roles) -
     assert rewrite.strip() and r.expression == rewrite
     assert r.verdict in ("correct", "rewritten", "wrong", "unresolved")
     assert r.notes == ["cycle 2: VLM unavailable (no VLM configured); rewrote instead"]
+
+
+def test_out_of_memory_fails_the_task_in_one_line_and_the_next_reply_comes(offline_roles: Roles, monkeypatch) -> None:
+    """A long prompt can run a small GPU out of memory: the task fails with what ran out and what to
+    change, not torch's page of allocator advice, and the model still answers the next one."""
+    from reallod.llm.backends.base import BackendError
+    from tests.cli_helpers import CUDA_OOM_SAID, cuda_out_of_memory
+
+    b = offline_roles.reflector.backend
+    real = b._llm
+
+    def full(*args, **kwargs):
+        raise cuda_out_of_memory()
+
+    monkeypatch.setattr(b, "_llm", full)
+    with pytest.raises(BackendError) as raised:
+        asyncio.run(b.complete([{"role": "user", "content": "Name a colour."}], max_tokens=5))
+    said = str(raised.value)
+    assert CUDA_OOM_SAID in said and "PYTORCH_" not in said and "\n" not in said
+    assert "smaller max_tokens" in said and "the others go on" in said and not raised.value.retryable
+    monkeypatch.setattr(b, "_llm", real)
+    assert asyncio.run(b.complete([{"role": "user", "content": "Name a colour."}], max_tokens=3)).completion_tokens
