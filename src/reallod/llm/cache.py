@@ -14,9 +14,12 @@ drops (:meth:`ResponseCache.drop`) is the reply that failed its task: a rerun of
 again instead of replaying what a broken server said, while a done task replays everything it used.
 
 Writes are committed in groups (a commit per answer cost more CPU than the HTTP request that fetched
-it): every :data:`COMMIT_EVERY` answers, after :data:`COMMIT_AFTER_S`, on :meth:`ResponseCache.commit`
-and on close. ``realign`` commits before each journal write, so every task the journal calls done has
-its answers in the cache even after ``kill -9``; a crash loses at most the answers of tasks in flight.
+it): answers wait in memory and go in one short transaction every :data:`COMMIT_EVERY` answers, after
+:data:`COMMIT_AFTER_S`, on :meth:`ResponseCache.commit` and on close. No transaction stays open between
+them: a run whose tasks all wait on a slow server must not hold the database's one write lock and stop
+every other process sharing the cache from storing theirs. ``realign`` commits before each journal
+write, so every task the journal calls done has its answers in the cache even after ``kill -9``; a
+crash loses at most the answers of tasks in flight.
 """
 
 from __future__ import annotations
@@ -81,17 +84,22 @@ def occurrence_key(key: str) -> str:
 
 COMMIT_EVERY = 256
 COMMIT_AFTER_S = 2.0
+KEEP_UNWRITTEN = 16 * COMMIT_EVERY  # answers kept for a later commit while the database refuses writes
+BUSY_TIMEOUT_S = 10.0  # another process's commit takes milliseconds: waiting longer means trouble
 
 
 class ResponseCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._uncommitted = 0
+        self._unwritten: dict[str, Completion] = {}  # answers put and not yet committed, oldest first
+        self._deleted: set[str] = set()  # keys dropped and not yet deleted in the database
         self._last_commit = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            # autocommit: a statement opens no transaction that outlives it; commits are explicit and short
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
@@ -109,9 +117,7 @@ class ResponseCache:
     def get(self, key: str) -> Completion | None:
         try:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT text, prompt_tokens, completion_tokens, latency_s FROM responses WHERE key = ?",
-                    (key,)).fetchone()
+                row = self._read(key)
         except sqlite3.Error as e:  # the cache only saves money: a broken one must not fail tasks
             self._trouble(e)
             row = None
@@ -121,33 +127,34 @@ class ResponseCache:
         self.hits += 1
         return Completion(row[0], row[1] or 0, row[2] or 0, 0.0, {"cached": True, "original_latency_s": row[3]})
 
+    def _read(self, key: str) -> tuple | None:
+        if (mine := self._unwritten.get(key)) is not None:
+            return mine.text, mine.prompt_tokens, mine.completion_tokens, mine.latency_s
+        if key in self._deleted:
+            return None
+        return self._db.execute("SELECT text, prompt_tokens, completion_tokens, latency_s FROM responses "
+                                "WHERE key = ?", (key,)).fetchone()
+
     def put(self, key: str, completion: Completion) -> Completion:
         """Store an answer; returns the one to use: an answer another run stored first for the key wins."""
         try:
             with self._lock:
-                stored = self._db.execute(
-                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                    (key, completion.text, completion.prompt_tokens, completion.completion_tokens,
-                     completion.latency_s, time.time())).rowcount
-                if stored:
-                    self._uncommitted += 1
-                    if self._uncommitted >= COMMIT_EVERY or time.monotonic() - self._last_commit >= COMMIT_AFTER_S:
+                if self._read(key) is None:
+                    self._unwritten[key] = completion  # after a drop of the key: written after its delete
+                    if (len(self._unwritten) >= COMMIT_EVERY
+                            or time.monotonic() - self._last_commit >= COMMIT_AFTER_S):
                         self._commit_locked()
-        except sqlite3.Error as e:  # disk full, locked too long: the answer is used, just not kept
+                    return completion
+        except sqlite3.Error as e:  # disk full, locked too long: the answer is used, kept for the next commit
             self._trouble(e)
-            return completion
-        if stored:
             return completion
         return self.get(key) or completion
 
     def drop(self, key: str) -> None:
         """Forget the answer stored for a key (one that failed its task): the next ask pays for a new one."""
-        try:
-            with self._lock:
-                if self._db.execute("DELETE FROM responses WHERE key = ?", (key,)).rowcount:
-                    self._uncommitted += 1
-        except sqlite3.Error as e:
-            self._trouble(e)
+        with self._lock:
+            self._unwritten.pop(key, None)
+            self._deleted.add(key)
 
     def commit(self) -> None:
         """Make the answers put so far survive a crash of this process."""
@@ -158,10 +165,29 @@ class ResponseCache:
             self._trouble(e)
 
     def _commit_locked(self) -> None:
-        if self._uncommitted:
-            self._db.commit()
-        self._uncommitted = 0
+        """Write what waits in one transaction, taken as a writer from its start (``IMMEDIATE``: a reader
+        turned writer could find its snapshot stale and fail), and ended whatever happens. On failure the
+        answers wait for the next commit, the oldest given up past :data:`KEEP_UNWRITTEN`."""
         self._last_commit = time.monotonic()
+        if not self._unwritten and not self._deleted:
+            return
+        rows = [(key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, time.time())
+                for key, c in self._unwritten.items()]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM responses WHERE key = ?", [(k,) for k in self._deleted])
+                self._db.executemany("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error:
+            for key in list(self._unwritten)[:max(0, len(self._unwritten) - KEEP_UNWRITTEN)]:
+                del self._unwritten[key]
+            raise
+        self._unwritten.clear()
+        self._deleted.clear()
 
     def _trouble(self, error: sqlite3.Error) -> None:
         self.errors += 1
