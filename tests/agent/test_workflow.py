@@ -213,6 +213,18 @@ def test_a_reply_cut_at_the_token_limit_says_so() -> None:
     assert all("cut at the token limit" in x["error"] for x in r.steps[0].rejected)
 
 
+def test_a_cut_reply_that_repairs_into_a_decision_is_not_taken() -> None:
+    """JSON repair closes a reply cut mid-string, so it parsed, and the half-written expression went
+    into the output ("the rewritten object on the le")."""
+    cut = Completion('{"missing": "", "verdict": "correct", "feedback": "the cup is whi', 10, 8, 0.0,
+                     {"finish_reason": "length"})
+    whole = Completion(reflect("correct", feedback="the cup is white"), 10, 8, 0.0, {"finish_reason": "length"})
+    r, _ = run(make_task(), {"reflector": [cut, whole], "planner": [plan("correct")]})
+    assert r.verdict == "correct" and r.steps[0].attempts == 2
+    assert r.steps[0].decision["feedback"] == "the cup is white"  # a whole reply at the limit is used
+    assert "stops mid-answer (the reply was cut at the token limit" in r.steps[0].rejected[0]["error"]
+
+
 def test_retryable_backend_errors_are_retried() -> None:
     r, _ = run(make_task(), {
         "reflector": [BackendError("HTTP 503", retryable=True), BackendError("timed out", retryable=True),

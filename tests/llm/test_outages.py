@@ -225,6 +225,21 @@ def test_a_failing_reply_already_cached_by_an_older_run_is_dropped_when_it_fails
     cache.close()
 
 
+def test_a_reply_cut_at_the_token_limit_is_not_kept(tmp_path):
+    """Replayed, a cut reply would be taken again on a rerun as if it were whole."""
+    class CutServer(Server):
+        async def complete(self, messages, **kw):
+            self.calls += 1
+            return Completion(self.text, meta={"finish_reason": "length"})
+
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    server = CutServer('{"expression": "the cup on the le')
+    ask_as_a_task(server, cache)
+    ask_as_a_task(server, cache)
+    assert server.calls == 2 and cache.hits == 0
+    cache.close()
+
+
 def test_forget_reply_is_nothing_for_a_backend_without_a_cache():
     server = Server("x")
     completion = asyncio.run(server.complete([]))

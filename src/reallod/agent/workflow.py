@@ -145,6 +145,8 @@ class _TaskRun:
                                    step.cached[2] + completion.completion_tokens]
                 try:
                     decision, repaired = role.decision.parse(completion.text)
+                    if repaired and completion.meta.get("finish_reason") == "length":  # closed by the repair
+                        raise DecisionError("the reply stops mid-answer")
                 except DecisionError as e:
                     why = str(e)
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer

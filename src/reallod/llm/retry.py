@@ -119,7 +119,9 @@ class ResilientBackend:
         done = asyncio.get_running_loop().create_future()
         cache.in_flight[key] = done
         try:
-            completion = cache.put(key, await self._call(messages, kwargs))
+            completion = await self._call(messages, kwargs)
+            if completion.meta.get("finish_reason") != "length":  # a reply cut short is never replayed
+                completion = cache.put(key, completion)
             completion.meta["cache_key"] = key
             done.set_result(None)
             return completion
