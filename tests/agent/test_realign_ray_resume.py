@@ -110,3 +110,50 @@ def test_ray_writes_the_reports_of_the_merged_run(tmp_path, cluster):
     assert merged.report == tmp_path / "pages" / "index.html"
     shown = RealignOutcome(merged=merged).renderables()
     assert any(isinstance(r, str) and "run report:" in r for r in shown)
+
+
+def test_ctrl_c_says_where_the_shards_work_is_and_that_the_command_resumes(tmp_path, cluster, monkeypatch):
+    """It printed only 'interrupted'."""
+    from reallod.runs.session import RunInterrupted
+
+    many_tasks(tmp_path / "in", 4)
+
+    def interrupted(fn, jobs, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rr, "map_on_ray", interrupted)
+    with pytest.raises(RunInterrupted, match=r"the tasks the 2 shards finished are in their journals in .*o\.shards; "
+                                             "rerun the same command to resume"):
+        ray_run(tmp_path, cluster)
+
+
+def test_ctrl_c_tells_every_running_job_and_waits_for_them(monkeypatch):
+    """Ray's workers do not get the terminal's Ctrl-C: stopped with Ray, a shard left its journal locked
+    and its last lines unwritten. Each is cancelled (a KeyboardInterrupt in its worker) and waited for."""
+    import reallod.runs.ray as runs_ray
+
+    class StandInRay:  # test double: the calls map_on_ray makes, with a Ctrl-C while it waits
+        class exceptions:
+            RayTaskError = RuntimeError
+
+        def __init__(self):
+            self.cancelled, self.waited = [], []
+
+        @staticmethod
+        def remote(**kw):
+            return lambda fn: type("Task", (), {"remote": staticmethod(lambda job: f"ref-{job}")})
+
+        def wait(self, refs, num_returns=1, timeout=None):
+            if timeout is None:
+                raise KeyboardInterrupt
+            self.waited.append((list(refs), timeout))
+            return refs, []
+
+        def cancel(self, ref):
+            self.cancelled.append(ref)
+
+    ray = StandInRay()
+    monkeypatch.setattr(runs_ray, "import_ray", lambda: ray)
+    with pytest.raises(KeyboardInterrupt):
+        runs_ray.map_on_ray(str, [1, 2])
+    assert ray.cancelled == ["ref-1", "ref-2"] and ray.waited == [(["ref-1", "ref-2"], runs_ray.CANCEL_WAIT_S)]

@@ -25,6 +25,7 @@ from reallod.agent.realign import RealignOptions, check_outputs, image_loader, r
 from reallod.errors import ConfigError, DataError
 from reallod.runs.journal import beside
 from reallod.runs.ray import import_ray, live_nodes, map_on_ray, ray_session
+from reallod.runs.session import RunInterrupted
 
 ShardDone = Callable[[int, int, dict[str, Any]], None]
 
@@ -110,8 +111,12 @@ def realign_on_ray(opts: RealignOptions, *, address: str | None = None, shards: 
                 f"{nodes} Ray node(s) are live now; delete that folder to start over in {nodes}")
         jobs = [shard_options(opts, k, n) for k in range(1, n + 1)]
         done = None if on_shard_done is None else (lambda i, info: on_shard_done(i + 1, n, info))
-        infos = map_on_ray(_run_shard, jobs, names=[f"shard {k}/{n}" for k in range(1, n + 1)], on_done=done,
-                           what="other shards")
+        try:
+            infos = map_on_ray(_run_shard, jobs, names=[f"shard {k}/{n}" for k in range(1, n + 1)], on_done=done,
+                               what="other shards")
+        except KeyboardInterrupt as e:
+            raise RunInterrupted(f"the tasks the {n} shards finished are in their journals in "
+                                 f"{shard_dir_for(opts.out)}; rerun the same command to resume") from e
         merged = merge_shards([job.out for job in jobs], opts.out, unresolved=opts.unresolved, source=opts.source)
     write_reports(opts, merged, infos, wall_s=time.perf_counter() - t0)
     return merged, infos

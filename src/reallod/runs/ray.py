@@ -14,6 +14,8 @@ from typing import Any
 
 from reallod.errors import ConfigError, ReallodError
 
+CANCEL_WAIT_S = 30.0  # how long Ctrl-C waits for the jobs to close their journals before Ray stops
+
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None) -> Iterator[Any]:
@@ -45,17 +47,23 @@ def map_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any], *, names: Sequence
     results: dict[int, Any] = {}
     failures: list[str] = []
     waiting = list(refs)
-    while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=1)
-        i = refs[ready[0]]
-        try:
-            results[i] = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None) or e
-            failures.append(f"{names[i]}: {cause}")
-            continue
-        if on_done is not None:
-            on_done(i, results[i])
+    try:
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            i = refs[ready[0]]
+            try:
+                results[i] = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None) or e
+                failures.append(f"{names[i]}: {cause}")
+                continue
+            if on_done is not None:
+                on_done(i, results[i])
+    except KeyboardInterrupt:  # Ctrl-C here reaches no worker: each job is told, and ends as on Ctrl-C
+        for ref in waiting:
+            ray.cancel(ref)
+        ray.wait(waiting, num_returns=len(waiting), timeout=CANCEL_WAIT_S)
+        raise
     if failures:
         done = f"the {what} are done" if results else "none finished"
         raise ReallodError("; ".join(failures) + f" ({done}; rerun the same command to resume the failed ones)")
