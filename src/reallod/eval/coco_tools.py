@@ -49,6 +49,17 @@ class CocoScores:
         return out
 
 
+def check_backend(backend: str) -> None:
+    """``--backend`` names a COCO evaluator that is installed: checked before a model run, not when scoring
+    after it."""
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: unknown COCO evaluator (use {' or '.join(BACKENDS)})")
+    if importlib.util.find_spec(backend.replace("-", "_")) is None:
+        raise ConfigError(f"--backend {backend}: not installed (pip install {backend}, or use the other backend)")
+
+
 def complete_gt(gt: dict[str, Any]) -> dict[str, Any]:
     """A copy with the fields pycocotools needs: iscrowd (0), area (w × h) and id on every annotation."""
     out = dict(gt)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from reallod.errors import DataError
+from reallod.model.token_prompt import sanitize, tokenizer_kept
 
 BOX_DECIMALS = 2  # pixels: what is written to a predictions file
 SCORE_DECIMALS = 6
@@ -214,6 +215,17 @@ def id_problem(v: Any) -> str | None:
         return f"expected an integer id, got {v!r}"
     if not INT64_MIN <= v <= INT64_MAX:
         return f"id {v} does not fit in 64 bits"
+    return None
+
+
+def prompt_problem(text: str) -> str | None:
+    """Why the model cannot be prompted with ``text`` (a description or label of a ground truth), None when it
+    can: checked as the ground truth is read, not when the model reaches it mid-run."""
+    if not sanitize(text):
+        return f"{text!r} has no words once '.' and '?' are removed (the model splits phrases there)"
+    if not tokenizer_kept(text):
+        return (f"{text!r} has nothing the tokenizer keeps (it drops control, zero-width and format characters, "
+                "U+FFFD and accents), so the model would get no tokens for it")
     return None
 
 

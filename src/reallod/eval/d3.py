@@ -36,10 +36,10 @@ from reallod.eval.common import (
     Predictions,
     check_known,
     coco_results,
+    prompt_problem,
     read_coco_results,
     write_coco_results,
 )
-from reallod.model.token_prompt import sanitize
 
 NAME = "d3"
 PICKLES = ("sentences.pkl", "annotations.pkl", "images.pkl", "groups.pkl")
@@ -89,9 +89,10 @@ def _sentences(sents: list[dict[str, Any]], path: Path) -> dict[int, str]:
     out = {}
     for s in sents:
         text = s["raw_sent"]
-        if not isinstance(text, str) or not sanitize(text):
-            raise DataError(f"sentence {s['id']}: raw_sent {text!r} has no words once '.' and '?' are removed "
-                            "(the model splits phrases there)", path=str(path))
+        if not isinstance(text, str):
+            raise DataError(f"sentence {s['id']}: raw_sent: expected a string, got {text!r}", path=str(path))
+        if problem := prompt_problem(text):
+            raise DataError(f"sentence {s['id']}: raw_sent {problem}", path=str(path))
         out[int(s["id"])] = text
     return out
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reallod.data.io import check_writable, same_file
+from reallod.data.io import check_writable, same_file, written_over
 from reallod.errors import ConfigError
+from reallod.eval.coco_tools import check_backend
 from reallod.eval.common import EvalImage, EvalResult, Predictions, is_json_name, json_stem
 from reallod.eval.predict import (
     Dist,
@@ -171,6 +172,7 @@ def _check_outputs(job: EvalJob) -> None:
     inputs = [("--annotations", Path(job.annotations))]
     if job.predictions is not None:
         inputs.append(("--predictions", Path(job.predictions)))
+    inputs += _model_inputs(job.model)
     taken: dict[Path, tuple[str, Path]] = {}
     for option, path in outputs:
         example = "metrics.json" if "metrics" in option else "preds.json"
@@ -180,9 +182,31 @@ def _check_outputs(job: EvalJob) -> None:
             if how:
                 raise ConfigError(f"{option} {path}: {how} {what} {source}, an input; writing there would "
                                   f"{'overwrite' if how == 'is' else 'add to'} it: give a path outside it")
+        if job.model is not None and (what := written_over(path, {}, job.images)):
+            raise ConfigError(f"{option} {path}: would overwrite {what}: give a path outside it")
         other = taken.setdefault(path.resolve(), (option, path))
         if other != (option, path):
             raise ConfigError(f"{option} {path}: also {other[0]} {other[1]}; give them different paths")
+
+
+def _model_inputs(model: ModelSpec | None) -> list[tuple[str, Path]]:
+    """The model's local files a run reads: the files of its folder and of a local ``--tokenizer``'s (those
+    there and those the loader looks for), and ``--weights`` (hub ids have none here). Only those: a
+    metrics file kept beside a model is no harm to it."""
+    if model is None:
+        return []
+    from reallod.model.hf_folder import check_local_folder
+    from reallod.model.loading import SETTINGS_FILES, TOKENIZER_FILES
+
+    found: list[tuple[str, Path]] = []
+    for what, folder in (("--model", check_local_folder(model.model)),
+                         ("--tokenizer", check_local_folder(model.tokenizer, "tokenizer") if model.tokenizer else None)):
+        if folder is not None:
+            names = {p.name for p in folder.iterdir() if p.is_file()} | {*SETTINGS_FILES, *TOKENIZER_FILES}
+            found += [(f"{what}'s file", folder / name) for name in sorted(names)]
+    if model.weights is not None:
+        found.append(("--weights", Path(model.weights)))
+    return found
 
 
 def _check_show_dir(show: Path, root: Path | None) -> None:
@@ -214,6 +238,33 @@ def _check_pictures(job: EvalJob, images: list[EvalImage]) -> None:
                               f"folders of the images (--images {job.images})")
 
 
+MISSING_SHOWN = 5  # missing images named in the error, of how many
+
+
+def _check_prompts(job: EvalJob, images: list[EvalImage]) -> None:
+    """A model run has something to prompt, and every image it prompts is there: refused before the model
+    loads, rather than an all-n/a table at the end or one missing image at a time mid-run."""
+    if not any(img.texts for img in images):
+        why = (" (--skip-categories leaves out the plain categories, and it has no free-form descriptions)"
+               if job.skip_categories else "")
+        raise ConfigError(f"--annotations {job.annotations}: no image has a description or label to prompt"
+                          f"{why}; there is nothing to run the model on")
+    from reallod.data.images import resolve_image
+
+    root = str(job.images)
+    missing = [img.file_name for img in images if img.texts and not _is_file(resolve_image(root, img.file_name))]
+    if missing:
+        first = ", ".join(repr(name) for name in missing[:MISSING_SHOWN])
+        raise ConfigError(f"--images {job.images}: {len(missing)} of the {sum(1 for img in images if img.texts)} "
+                          f"images to prompt are not there (first: {first}; file names absolute or leading out "
+                          "of the root count too): give the image root the annotations' file names are "
+                          "relative to, or add the images")
+
+
+def _is_file(path: str | None) -> bool:
+    return path is not None and os.path.isfile(path)
+
+
 def _check(job: EvalJob) -> None:
     if (job.predictions is None) == (job.model is None):
         raise ConfigError("give either --model (with --images) to run a detector, or --predictions to score a file")
@@ -230,6 +281,8 @@ def _check(job: EvalJob) -> None:
     if job.predictions is not None and (job.run.inference is not None or job.run.max_per_image is not None):
         raise ConfigError("the inference options (--topk, --max-per-image, --mode, --score-over...) go with "
                           "--model; saved --predictions are scored as they are")
+    if job.benchmark != "omnilabel":
+        check_backend(job.backend)
     _check_outputs(job)
 
 
@@ -246,6 +299,7 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
     journal: PredictionJournal | None = None
     try:
         bench = _open_benchmark(job)
+        _check_prompts(job, bench.images)
         _check_pictures(job, bench.images)
         out = _named(Path(job.out)) if job.out is not None else None
         if out is not None:  # what each image gives is kept as it comes: a killed run resumes

@@ -45,11 +45,11 @@ from reallod.eval.common import (
     metric,
     no_gc,
     numeric_array,
+    prompt_problem,
     read_json,
     report_unknown,
     write_json_list,
 )
-from reallod.model.token_prompt import sanitize
 
 NAME = "omnilabel"
 TYPE_DESCRIPTION = "object_description"
@@ -155,9 +155,8 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
         _id(path, f"{where}.id", d["id"])
         if not isinstance(d.get("text"), str) or not d["text"].split():
             raise _field(path, f"{where}.text", "missing or empty")
-        if not sanitize(d["text"]):
-            raise _field(path, f"{where}.text", f"{d['text']!r} has no words once '.' and '?' are removed "
-                         "(the model splits phrases there): give the description a text")
+        if problem := prompt_problem(d["text"]):
+            raise _field(path, f"{where}.text", f"{problem}: give the description a text")
         info = d.get("anno_info")
         if not isinstance(info, dict) or "type" not in info:
             raise _field(path, f"{where}.anno_info.type", "missing (object_description or a category type)")
@@ -238,7 +237,8 @@ _ANNOTATION_KEYS = ("image_id", "bbox", "description_ids")
 
 
 def _annotation_rows(anns: list[Any], path: str | None) -> tuple[np.ndarray, ...]:
-    """The annotations as box rows (image, description, xywh, crowd, id 0), one per box and description.
+    """The annotations as box rows (image, description, xywh, crowd, id 0), one per box and description; the
+    ids, when given, integers.
 
     Checked by column (the validation set has tens of thousands); only when a check fails are the entries
     walked one by one, to name the first bad field.
@@ -250,10 +250,11 @@ def _annotation_rows(anns: list[Any], path: str | None) -> tuple[np.ndarray, ...
         descr = id_array(list(chain.from_iterable(cols["description_ids"])))
         box = bbox_array(cols["bbox"])
         crowd_values = [a.get("iscrowd", 0) for a in anns]
-        if image is not None and descr is not None and box is not None and image.ndim == descr.ndim == 1 \
-                and _boxes_ok(box) and _flags_ok(crowd_values):
+        ids = id_array([a.get("id", i + 1) for i, a in enumerate(anns)])
+        if image is not None and descr is not None and box is not None and ids is not None \
+                and image.ndim == descr.ndim == ids.ndim == 1 and _boxes_ok(box) and _flags_ok(crowd_values):
             crowd = np.array(crowd_values, dtype=bool).reshape(-1)
-            zero = np.array([a.get("id", i + 1) == 0 for i, a in enumerate(anns)], dtype=bool).reshape(-1)
+            zero = ids == 0
             entry = np.repeat(np.arange(len(anns), dtype=np.int64), counts)
             return image[entry], descr, box[entry], crowd[entry], zero[entry]
     _check_annotations_slowly(anns, path)
@@ -279,7 +280,9 @@ def _check_annotations_slowly(anns: list[Any], path: str | None) -> None:
         for key in _ANNOTATION_KEYS:
             if key not in a:
                 raise _field(path, f"{where}.{key}", "missing")
-        _id(path, f"{where}.image_id", a["image_id"])
+        for key in ("id", "image_id"):
+            if key in a:
+                _id(path, f"{where}.{key}", a[key])
         b = a["bbox"]
         if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                                for v in b):
@@ -429,14 +432,18 @@ def _outside_label_spaces(gt: OmniLabelGT, pairs: Pairs, unpaired: np.ndarray) -
     images not listed (noted at load) and plain categories left out by ``skip_categories`` are no part of it."""
     outside = unpaired & (pairs.images.rank(gt.box_image) >= 0)
     if gt.skip_categories:
-        category = np.array([gt.descriptions[int(d)].kind == "C" for d in pairs.descrs.ids.tolist()], dtype=bool)
-        outside &= ~category[np.maximum(pairs.descrs.rank(gt.box_descr), 0)]
+        outside &= ~_categories(gt, pairs)[np.maximum(pairs.descrs.rank(gt.box_descr), 0)]
     if not outside.any():
         return []
     first = int(np.flatnonzero(outside)[0])
     return [f"{int(outside.sum())} ground-truth box(es) name a description whose image_ids leave out their image "
             f"(e.g. description {int(gt.box_descr[first])} on image {int(gt.box_image[first])}): no (image, "
             "description) pair holds them, so they were left out, as the official toolkit does"]
+
+
+def _categories(gt: OmniLabelGT, pairs: Pairs) -> np.ndarray:
+    """Whether each description (by rank) is a plain category."""
+    return np.array([gt.descriptions[int(d)].kind == "C" for d in pairs.descrs.ids.tolist()], dtype=bool)
 
 
 def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
@@ -452,6 +459,7 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
     dt_pair = pairs.lookup_ranks(image_rank, descr_rank)
     inside = dt_pair >= 0
     outside = int(len(inside) - inside.sum())
+    skipped = int((~inside & _categories(gt, pairs)[descr_rank]).sum()) if gt.skip_categories and outside else 0
     if outside:
         dt_pair, dt_score, dt_box = dt_pair[inside], pred.score[inside], pred.bbox[inside]
     else:
@@ -503,11 +511,13 @@ def evaluate(gt: OmniLabelGT, pred: Predictions, *, path: str | None = None,
         curves[name] = coco_ap.sparse_curve(
             int(rank[-1] + 1) if len(rank) else 0, rank[where_pooled[flagged[mine]]], flag_matched[:, mine],
             flag_ignored[:, mine], int(regular_gt[in_group].sum()), has_pairs=has_pairs)
-    return _result(gt, curves, outside, n_pairs, outside_gt)
+    return _result(gt, curves, outside, n_pairs, outside_gt, skipped)
 
 
 def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_pairs: int,
-            gt_notes: list[str]) -> EvalResult:
+            gt_notes: list[str], skipped: int = 0) -> EvalResult:
+    """The metrics and notes; ``skipped``: of the ``outside`` predicted rows, those of a plain category
+    left out by ``skip_categories``."""
     ap = {name: coco_ap.ap(c) for name, c in curves.items()}
     categ, descr = curves["categ"], curves["descr"]
     if categ.n_gt > 0 and descr.n_gt > 0:
@@ -531,7 +541,10 @@ def _result(gt: OmniLabelGT, curves: dict[str, coco_ap.Curve], outside: int, n_p
     }
     num_gt = {name: c.n_gt for name, c in curves.items()}
     notes = list(gt.notes) + gt_notes
-    if outside:
-        notes.append(f"{outside} predicted (box, description) rows name a description outside their image's "
-                     "label space and were ignored, as the official toolkit does")
+    if outside > skipped:
+        notes.append(f"{outside - skipped} predicted (box, description) rows name a description outside their "
+                     "image's label space and were ignored, as the official toolkit does")
+    if skipped:
+        notes.append(f"{skipped} predicted (box, description) rows name a plain category and were left out by "
+                     "--skip-categories")
     return EvalResult(NAME, metrics, {"num_gt": num_gt, "pairs": n_pairs}, notes)

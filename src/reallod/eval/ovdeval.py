@@ -14,13 +14,17 @@ remaining predictions are scored with standard COCO bbox AP. A hard-negative lab
 as the right one therefore costs nothing when it scores lower, and costs the right prediction when
 it scores higher.
 
+Annotation ids are renumbered 1..N, as D³'s are: pycocotools counts a match to id 0 as none and indexes
+boxes by id, so ids that are 0 or repeated would lower the scores (a note says when they were); unique
+non-zero ids score the same whatever their values.
+
 Predictions, the benchmark's result format: a COCO result list per subset {image_id, category_id,
 bbox xywh, score}: one file for one subset, or a folder of ``<subset>.json`` for several.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -39,11 +43,11 @@ from reallod.eval.common import (
     is_finite,
     is_json_name,
     json_stem,
+    prompt_problem,
     read_coco_results,
     read_json,
     write_coco_results,
 )
-from reallod.model.token_prompt import sanitize
 
 NAME = "ovdeval"
 ALL_CATEGORY_SUBSETS = frozenset({"coco", "celebrity", "logo", "landmark"})
@@ -56,6 +60,7 @@ class Subset:
     path: str
     gt: dict[str, Any]
     images: list[EvalImage]
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,13 +88,16 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
         if not isinstance(obj.get(key), list):
             raise DataError("missing or not a list", path=path, field=key)
     by_name: dict[str, int] = {}
+    cat_ids: dict[int, int] = {}  # id → index of the category holding it
     for i, c in enumerate(obj["categories"]):
         if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
             raise DataError("expected {id, name}", path=path, field=f"categories[{i}]")
         _id(path, f"categories[{i}].id", c["id"])
-        if not sanitize(c["name"]):
-            raise DataError(f"{c['name']!r} has no words once '.' and '?' are removed (the model splits phrases "
-                            "there): give the category a name", path=path, field=f"categories[{i}].name")
+        if (first := cat_ids.setdefault(c["id"], i)) != i:
+            raise DataError(f"category id {c['id']} appears twice (categories[{first}] has it too): give each "
+                            "category its own id", path=path, field=f"categories[{i}].id")
+        if problem := prompt_problem(c["name"]):
+            raise DataError(f"{problem}: give the category a name", path=path, field=f"categories[{i}].name")
         by_name[c["name"]] = c["id"]  # a repeated name maps to its last id, as the official script's dict
     every = list(dict.fromkeys(c["name"] for c in obj["categories"]))
     images = []
@@ -110,16 +118,35 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
             for key in ("text", "neg_text"):
                 if not _strings(img.get(key, [])):
                     raise DataError("expected a list of label names", path=path, field=f"{where}.{key}")
+                for k, t in enumerate(img.get(key, [])):
+                    if t not in by_name:
+                        raise DataError(f"label {t!r} is not the name of a category of this subset", path=path,
+                                        field=f"{where}.{key}[{k}]")
             texts = list(dict.fromkeys(img.get("text", []) + img.get("neg_text", [])))
-            for t in texts:
-                if t not in by_name:
-                    raise DataError(f"label {t!r} is not the name of a category of this subset", path=path,
-                                    field=f"{where}.text")
         images.append(EvalImage(img["id"], img["file_name"], list(texts), [by_name[t] for t in texts],
                                 img.get("width"), img.get("height"), part, name))
     for i, a in enumerate(obj["annotations"]):
         _check_annotation(path, i, a)
-    return Subset(name, path, obj, images)
+    annotations, notes = _renumbered(path, obj["annotations"])
+    return Subset(name, path, {**obj, "annotations": annotations}, images, notes)
+
+
+def _renumbered(path: str, anns: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Copies of the annotations with ids 1..N in file order, and a note when that changes the scores.
+
+    pycocotools counts a match to annotation id 0 as no match, and indexes boxes by id (of two boxes sharing
+    one, it scores the last twice); the official script so scores such a file lower. Unique non-zero ids
+    give the same scores whatever their values: for them, renumbering changes nothing.
+    """
+    given = [a["id"] for a in anns if "id" in a]
+    out = [{**a, "id": k + 1} for k, a in enumerate(anns)]
+    if not given or (len(given) == len(anns) and 0 not in given and len(set(given)) == len(given)):
+        return out, []
+    counts = {"zero": given.count(0), "repeated": len(given) - len(set(given)), "missing": len(anns) - len(given)}
+    why = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    return out, [f"{Path(path).name}: annotation ids renumbered 1..{len(anns)}, as pycocotools needs them ({why}): "
+                 "the official script would count a match to id 0 as none, score one box of a repeated id in place "
+                 "of the others, or stop"]
 
 
 def _id(path: str, where: str, value: Any) -> None:
@@ -129,12 +156,14 @@ def _id(path: str, where: str, value: Any) -> None:
 
 
 def _check_annotation(path: str, i: int, a: Any) -> None:
-    """One ground-truth box as pycocotools reads it: integer ids, a finite xywh box, iscrowd 0 or 1."""
+    """One ground-truth box as pycocotools reads it: integer ids, a finite xywh box, iscrowd 0 or 1, a
+    finite non-negative area (pycocotools compares it with the area ranges)."""
     where = f"annotations[{i}]"
     if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
         raise DataError("expected {image_id, category_id, bbox}", path=path, field=where)
-    _id(path, f"{where}.image_id", a["image_id"])
-    _id(path, f"{where}.category_id", a["category_id"])
+    for key in ("id", "image_id", "category_id"):
+        if key in a:
+            _id(path, f"{where}.{key}", a[key])
     b = a.get("bbox")
     if not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                            for v in b):
@@ -144,13 +173,18 @@ def _check_annotation(path: str, i: int, a: Any) -> None:
                         path=path, field=f"{where}.bbox")
     if a.get("iscrowd", 0) not in (0, 1):
         raise DataError(f"expected 0 or 1, got {a['iscrowd']!r}", path=path, field=f"{where}.iscrowd")
+    area = a.get("area", 0)  # without one, width × height
+    if not (isinstance(area, (int, float)) and not isinstance(area, bool) and is_finite(area) and area >= 0):
+        raise DataError(f"expected a finite number >= 0 (the box's area, for COCO's small / medium / large), got "
+                        f"{area!r}: correct it, or leave it out for width × height", path=path, field=f"{where}.area")
 
 
 def subset_files(annotations: str | Path, subset: str | None = None) -> list[Path]:
-    """The subset jsons to evaluate: one file, or a folder's ``*.json`` (all, or only ``subset``)."""
+    """The subset jsons to evaluate: one file, or a folder's ``*.json`` and ``*.json.gz`` (all, or only
+    ``subset``)."""
     p = Path(annotations)
     if p.is_dir():
-        files = sorted(f for f in p.glob("*.json") if f.is_file())
+        files = sorted(f for f in p.iterdir() if is_json_name(f) and f.is_file())
         if subset is not None:
             chosen = [f for f in files if subset_name(f) == subset]
             if not chosen:
@@ -163,14 +197,16 @@ def subset_files(annotations: str | Path, subset: str | None = None) -> list[Pat
         if subset is not None and subset_name(p) != subset:
             raise DataError(f"this file is subset {subset_name(p)!r}, not {subset!r}", path=str(p))
         files = [p]
-    names = [subset_name(f) for f in files]
-    if len(set(names)) != len(names):
-        raise DataError("two files give the same subset name", path=str(p))
+    seen: dict[str, Path] = {}
+    for f in files:
+        if (other := seen.setdefault(subset_name(f), f)) != f:
+            raise DataError(f"{other.name} and {f.name} are both subset {subset_name(f)!r} (its name is the file's "
+                            "up to the first dot): keep one of them", path=str(p))
     return files
 
 
 def load(annotations: str | Path, subset: str | None = None) -> OVDEvalBenchmark:
-    """One subset json, or a folder of them (every ``*.json``, or only ``subset``)."""
+    """One subset json, or a folder of them (every ``*.json`` and ``*.json.gz``, or only ``subset``)."""
     return OVDEvalBenchmark([parse_subset(read_json(f, "OVDEval subset"), str(f), k, subset_name(f))
                              for k, f in enumerate(subset_files(annotations, subset))])
 
@@ -289,5 +325,6 @@ def evaluate(bench: OVDEvalBenchmark, pred: Predictions, *, path: str | None = N
         if metrics[f"{s.name}/AP"] is not None:
             aps.append(metrics[f"{s.name}/AP"])
     metrics["AP"] = float(np.mean(aps)) if aps else None
+    notes = [f"NMS-AP over {len(bench.subsets)} subset(s): {', '.join(s.name for s in bench.subsets)}"]
     return EvalResult(NAME, {"AP": metrics.pop("AP"), **metrics}, details,
-                      [f"NMS-AP over {len(bench.subsets)} subset(s): {', '.join(s.name for s in bench.subsets)}"])
+                      notes + [note for s in bench.subsets for note in s.notes])

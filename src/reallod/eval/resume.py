@@ -25,7 +25,15 @@ import orjson
 
 from reallod.errors import DataError, Interrupted
 from reallod.eval.common import EvalImage, Predictions
-from reallod.runs.journal import Journal, JournalLock, JournalMismatch, beside, lock_journal, read_header
+from reallod.runs.journal import (
+    Journal,
+    JournalBusy,
+    JournalLock,
+    JournalMismatch,
+    beside,
+    lock_journal,
+    read_header,
+)
 from reallod.runs.settings_diff import diff_settings
 
 FLUSH_EVERY_S = 2.0  # at most this much finished work is lost to a crash (Ctrl-C loses none)
@@ -33,13 +41,14 @@ LAYOUT = 2  # of the fingerprint and entries: 2 has the model's settings files a
 Stamp = Callable[[int], "list[int] | None"]  # image index → its file's size and time now (None: not there)
 
 
-def journal_files(out: Path) -> list[Path]:
-    """Every journal beside ``out``, whichever process wrote it."""
+def journal_files(out: Path, suffix: str = ".jsonl") -> list[Path]:
+    """Every journal beside ``out``, whichever process wrote it (with ``suffix`` ``.jsonl.lock``: their lock
+    files, :func:`reallod.runs.journal.lock_path_for`)."""
     base = beside(out, ".journal").name
     if not out.parent.is_dir():
         return []
     return sorted(p for p in out.parent.iterdir() if p.is_file() and (
-        p.name == f"{base}.jsonl" or (p.name.startswith(f"{base}.rank") and p.name.endswith(".jsonl"))))
+        p.name == f"{base}{suffix}" or (p.name.startswith(f"{base}.rank") and p.name.endswith(suffix))))
 
 
 def own_journal(out: Path, rank: int, world_size: int) -> Path:
@@ -47,9 +56,14 @@ def own_journal(out: Path, rank: int, world_size: int) -> Path:
 
 
 def remove_journals(out: Path) -> None:
+    """The journals beside ``out``, and the lock files that killed runs left with them (a lock a process
+    still holds stays: that process removes it as it ends)."""
     for p in journal_files(out):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    for lock in journal_files(out, ".jsonl.lock"):
+        with contextlib.suppress(JournalBusy, FileNotFoundError):
+            lock_journal(lock.with_name(lock.name.removesuffix(".lock"))).release()  # taken, so no one holds it
 
 
 def to_result(rows: Predictions, source: list[int] | None = None) -> dict[str, Any]:

@@ -33,6 +33,21 @@ def sanitize(expression: str) -> str:
     return _SPACES.sub(" ", _SPLIT.sub(" ", expression)).strip()
 
 
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Mn"})
+
+
+def tokenizer_kept(expression: str) -> str:
+    """What the BERT (uncased) tokenizer's text clean-up leaves of the sanitised expression: control,
+    format (zero-width), private-use and surrogate characters, NUL and U+FFFD dropped, accents stripped
+    (NFD, combining marks dropped). Empty: the tokenizer gives the expression no tokens, so it cannot be
+    prompted; checked without loading a tokenizer."""
+    import unicodedata
+
+    kept = "".join(c for c in unicodedata.normalize("NFD", sanitize(expression))
+                   if c not in "\x00\ufffd" and unicodedata.category(c) not in _DROPPED_CATEGORIES)
+    return _SPACES.sub(" ", kept).strip()
+
+
 def check_expressions(expressions: Sequence[str]) -> list[str]:
     """Validate user expressions; an empty list or an expression with no words is an error."""
     if isinstance(expressions, str):
