@@ -56,7 +56,7 @@ def test_pipeline_writes_valid_realdata_with_every_source(tmp_path):
 
 def test_malformed_generations_are_dropped_and_counted(tmp_path):
     overrides = {
-        "vlm_short": lambda cat, t: "",  # empty
+        "vlm_short": lambda cat, t: '""',  # an empty phrase (a reply without text fails its image: below)
         "vlm_long": lambda cat, t: "A " + cat + " " + "that is very nice " * 20,  # overlong
         "llm": lambda cat, t: json.dumps({"expression_1": "the saucer under it" if cat == "cup" else f"a {cat}",
                                           "expression_2": f"a {cat}", "expression_3": f"A {cat}."}),
@@ -162,9 +162,9 @@ def test_shards_split_images_and_settings_change_counts(tmp_path):
 
 # --- a stage that yields nothing finishes cleanly -------------------------------------------------
 
-NOTHING_KEPT = {  # every generation is empty: every expression of every step is dropped
-    "vlm_short": lambda cat, t: "",
-    "vlm_long": lambda cat, t: "",
+NOTHING_KEPT = {  # every phrase is empty: every expression of every step is dropped (a reply without text
+    "vlm_short": lambda cat, t: '""',  # would fail its image instead: test_unusable_replies.py)
+    "vlm_long": lambda cat, t: '""',
     "llm": lambda cat, t: json.dumps({"expression_1": "", "expression_2": "", "expression_3": ""}),
     "group": lambda cat, t: json.dumps({"expression_1": "", "expression_2": ""}),
 }

@@ -32,6 +32,26 @@ def test_the_name_shows_the_server() -> None:
     assert OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1").name == "openai:m@http://127.0.0.1:8000/v1"
 
 
+def test_without_a_base_url_the_name_shows_the_server_the_requests_go_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A role without base_url sends its requests to OPENAI_BASE_URL: its errors named api.openai.com."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://10.0.0.5:9000/v1")
+    backend = OpenAIBackend("m")
+    assert backend.name == "openai:m@http://10.0.0.5:9000/v1"
+    assert backend._transport.base_url == "http://10.0.0.5:9000/v1"  # where the requests go
+    assert OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1").name == "openai:m@http://127.0.0.1:8000/v1"
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert OpenAIBackend("m").name == "openai:m@https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize("url", ["http://user:pw-SECRET@10.0.0.5:9000/v1", "http://10.0.0.5:9000/v1?key=SECRET"])
+def test_credentials_or_a_query_in_openai_base_url_are_refused_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                          url: str) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ValueError, match=r"the environment variable OPENAI_BASE_URL .*: ") as e:
+        OpenAIBackend("m")
+    assert "SECRET" not in str(e.value) and "http://10.0.0.5:9000/v1" in str(e.value)
+
+
 @pytest.mark.parametrize(("option", "value"), [("image_format", "gif"), ("api_key_env", 5)])
 def test_a_bad_setting_is_refused_when_the_backend_is_made(option: str, value: object) -> None:
     """``gif`` was sent as PNG without a word; a number as api_key_env failed with "str expected"."""

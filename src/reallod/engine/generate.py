@@ -7,21 +7,25 @@ and why. The VLM writes the caption (centred on the scene: the evidence the refl
 phrases from the caption and every object's normalised box, group expressions (relation ``multi``) and
 hard negatives. Without a VLM those steps are reported unavailable and the caption is built from the
 annotations, so the LLM steps and the agent still run. A step whose backend fails is skipped and
-recorded in the result's ``failures`` (per error kind: calls and one example message), and so is an
-image that cannot be decoded (:data:`IMAGE_ERROR`: truncated, corrupt, over ``--max-pixels``): the run
-goes on, but such an image is not journaled, so a rerun generates it again. Only run-level errors (an
-endpoint that is down, a model that cannot load) stop the run.
+recorded in the result's ``failures`` (per error kind: calls and one example message), and so is a
+reply the step cannot use (:data:`UNUSABLE`: no text, JSON that cannot be read, or a reply cut at the
+token limit that is not whole JSON; an answer that says there is nothing, a JSON object without
+phrases, is the model's answer, not a failure) and an image that cannot be decoded (:data:`IMAGE_ERROR`:
+truncated, corrupt, over ``--max-pixels``): the run goes on, but such an image is not journaled, and an
+unusable reply is dropped from the response cache, so a rerun generates the image again, asking the
+model again. Only run-level errors (an endpoint that is down, a model that cannot load) stop the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -31,15 +35,19 @@ from reallod.engine.groups import kept_groups
 from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
 from reallod.engine.text import accept, clean, fold
 from reallod.errors import ConfigError, DataError
-from reallod.llm.backends.base import Backend, BackendError
+from reallod.llm.backends.base import Backend, BackendError, Completion
 from reallod.llm.prompts import PromptTemplate
-from reallod.llm.replies import parse_json_object
+from reallod.llm.replies import forget_reply, parse_json_object
 
 STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long", "llm", "group", "hard_negative")
 VLM_STEPS: tuple[str, ...] = ("caption", "vlm_short", "vlm_long")
+T = TypeVar("T")
 IMAGE_ERROR = "image_error"
 """The failure kind of an image whose pixels cannot be loaded: it fails that image only, as a failed model
 call does (the header check at startup cannot see a truncated file)."""
+UNUSABLE = "unusable_answer"
+"""The failure kind of a reply its step cannot use (``realign`` names its own so): it fails the image as a
+failed call does, and the reply is dropped from the response cache, so that a rerun asks again."""
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "caption": frozenset({"categories"}),
     "vlm_short": frozenset({"category"}),
@@ -75,14 +83,10 @@ def load_prompt(step: str, path: str | Path | None = None) -> PromptTemplate:
     """The packaged prompt of a generation step, or a user's file; unknown placeholders are refused."""
     if path is None:
         text = files("reallod.engine").joinpath("prompts", f"{step}.txt").read_text(encoding="utf-8")
-        name = f"{step}.txt"
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"prompt {path}: cannot read: {e.strerror or e}") from e
-        name = str(path)
-    template = PromptTemplate.parse(name, text)
+        template = PromptTemplate.parse(f"{step}.txt", text)
+    else:  # read as the agent's prompts are: an unreadable or non-UTF-8 file is named
+        template = PromptTemplate.read(path)
+    name = template.name
     unknown = template.placeholders() - PLACEHOLDERS[step]
     if unknown:
         raise ConfigError(f"prompt {name}: unknown placeholder(s) {', '.join(sorted(unknown))} for step {step}; "
@@ -99,6 +103,7 @@ class Generators:
     prompts: dict[str, PromptTemplate] = field(default_factory=lambda: {s: load_prompt(s) for s in STEPS})
     scorer: Any = None  # a clip_filter.RegionTextScorer, or None (the filter is off by default)
     threshold: float = 0.0
+    llm_max_tokens: int | None = None  # the config rewriter's max_tokens: the LLM steps' limit where higher
 
     def unavailable(self) -> list[str]:
         return list(VLM_STEPS) if self.vlm is None else []
@@ -115,13 +120,53 @@ def format_hint(n: int) -> str:
     return f"Reply with one JSON object: {{{keys}}}"
 
 
+class Unusable(Exception):
+    """Why a reply cannot be used by its step (:data:`UNUSABLE`)."""
+
+
+EMPTY_REPLY = ("empty reply: the model wrote no text (check the server's log; a server that cannot apply the "
+               "model's chat template may answer nothing)")
+
+
+def read_text(reply: Completion, max_tokens: int) -> str:
+    """A free-text step's reply (caption, vlm_short, vlm_long). No text at all is unusable: the model was
+    asked about something that is there (a phrase it wrote that cleans to nothing is dropped as empty)."""
+    if not reply.text.strip():
+        raise Unusable(EMPTY_REPLY)
+    return reply.text
+
+
+def read_list(reply: Completion, max_tokens: int) -> list[str]:
+    """The phrases of a list step's reply (llm, group, hard_negative): see :func:`parse_list`. Unusable:
+    no text, JSON that cannot be read, or a reply the server cut at ``max_tokens`` that is not whole JSON
+    (its last phrase is cut: "the cup on the wood" from "...wooden table")."""
+    obj, repaired = parse_json_object(reply.text) if reply.text.strip() else (None, False)
+    if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
+        raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
+                       f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
+                       f"config's rewriter role above {max_tokens} (generation uses it where it is higher)")
+    return parse_list(reply.text)
+
+
 def parse_list(text: str) -> list[str]:
-    """The phrases of a list reply: our JSON object, an ``expressions`` list, or one phrase a line."""
+    """The phrases of a list reply: our JSON object, an ``expressions`` list, a JSON list, or, from a model
+    that ignores the format, one phrase a line. A JSON object or list without phrases is the model's answer
+    (nothing); no text, or JSON that cannot be read, raises :class:`Unusable`."""
+    if not text.strip():
+        raise Unusable(EMPTY_REPLY)
     obj, _ = parse_json_object(text)
     if obj is not None:
         if isinstance(obj.get("expressions"), list):
             return [v for v in obj["expressions"] if isinstance(v, str)]
         return [v for k, v in sorted(obj.items()) if isinstance(v, str)]
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict | list):  # {}, [] or a list of phrases
+        return [v for v in (value.values() if isinstance(value, dict) else value) if isinstance(v, str)]
+    if text.lstrip().startswith(("{", "[")):
+        raise Unusable(f"not the JSON object asked for, and none could be read from it: {text.strip()[:80]!r}")
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
@@ -138,10 +183,13 @@ def annotation_caption(img: ImageAnnotation) -> str:
 
 
 async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any], counts: Counter[str], step: str,
-               failures: dict[str, list[Any]], *, image: Image.Image | None = None,
-               schema: dict[str, Any] | None = None, max_tokens: int, temperature: float | None) -> str | None:
-    """The reply, or None when the call failed: recorded in ``failures`` (kind → [calls, first message]),
-    since one failed call must not end a long run. Run-level errors (a ConfigError) propagate."""
+               failures: dict[str, list[Any]], read: Callable[[Completion, int], T], *,
+               image: Image.Image | None = None, schema: dict[str, Any] | None = None, max_tokens: int,
+               temperature: float | None) -> T | None:
+    """The reply as ``read`` makes it, or None when the call failed or ``read`` found the reply unusable:
+    recorded in ``failures`` (kind → [calls, first message]), since one failed call must not end a long
+    run. An unusable reply is dropped from the response cache: a rerun asks the model again instead of
+    replaying it. Run-level errors (a ConfigError) propagate."""
     messages = prompt.render(values, [image] if image is not None else None)
     counts[f"{step}: calls"] += 1
     try:
@@ -149,7 +197,12 @@ async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any],
     except BackendError as e:
         failures.setdefault(e.kind, [0, f"{step}: {e}"])[0] += 1
         return None
-    return reply.text
+    try:
+        return read(reply, max_tokens)
+    except Unusable as e:
+        failures.setdefault(UNUSABLE, [0, f"{step}: {backend.name}: {e}"])[0] += 1
+        forget_reply(backend, reply)
+        return None
 
 
 async def generate_image(img: ImageAnnotation, gens: Generators, settings: GenerateSettings,
@@ -174,15 +227,14 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             return {"record": record, "counts": {}, "unavailable": gens.unavailable(),
                     "failures": {IMAGE_ERROR: [1, str(e)]}}
     temp = s.temperature
+    llm_tokens = max(s.llm_max_tokens, gens.llm_max_tokens or 0)
 
     caption, caption_source = None, "annotations"
     if gens.vlm is not None:
         text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
-                          failures, image=image, max_tokens=s.caption_max_tokens, temperature=temp)
-        if text and text.strip():
+                          failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=temp)
+        if text is not None:
             caption, caption_source = " ".join(text.split()), "vlm"
-        else:
-            counts["caption: empty:annotation caption used"] += 1
     caption = caption or annotation_caption(img)
     listing = "; ".join(f"{o.category} {norm_box(o.box, w, h)}" for o in img.objects)
 
@@ -195,18 +247,18 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
                 text = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
-                                  image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
+                                  read_text, image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
                 if text is not None:
                     sources[step] = accept([clean(text)], obj.category, others, max_words=max_words, seen=set(),
                                            counts=counts, step=step, limit=1)
         if s.llm_expressions > 0:
-            text = await _ask(gens.llm, gens.prompts["llm"],
-                              {"caption": caption, "objects": listing, "category": obj.category,
-                               "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
-                               "format": format_hint(s.llm_expressions)}, counts, "llm", failures,
-                              schema=list_schema(s.llm_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
-            if text is not None:
-                sources["llm"] = accept(parse_list(text), obj.category, others, max_words=s.max_words_llm,
+            phrases = await _ask(gens.llm, gens.prompts["llm"],
+                                 {"caption": caption, "objects": listing, "category": obj.category,
+                                  "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
+                                  "format": format_hint(s.llm_expressions)}, counts, "llm", failures, read_list,
+                                 schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=temp)
+            if phrases is not None:
+                sources["llm"] = accept(phrases, obj.category, others, max_words=s.max_words_llm,
                                         seen=set(), counts=counts, step="llm", limit=s.llm_expressions)
         per_object.append(sources)
         for texts in sources.values():
@@ -223,13 +275,13 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         candidates = [g for g in candidates if g[0] not in img.partial]
     for category, boxes in candidates:
         others = [c for c in present if c != category]
-        text = await _ask(gens.llm, gens.prompts["group"],
-                          {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
-                           "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
-                           "format": format_hint(s.group_expressions)}, counts, "group", failures,
-                          schema=list_schema(s.group_expressions), max_tokens=s.llm_max_tokens, temperature=temp)
-        texts = [] if text is None else accept(parse_list(text), category, others, max_words=s.max_words_llm,
-                                               seen=set(), counts=counts, step="group", limit=s.group_expressions)
+        phrases = await _ask(gens.llm, gens.prompts["group"],
+                             {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
+                              "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
+                              "format": format_hint(s.group_expressions)}, counts, "group", failures, read_list,
+                             schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=temp)
+        texts = [] if phrases is None else accept(phrases, category, others, max_words=s.max_words_llm,
+                                                  seen=set(), counts=counts, step="group", limit=s.group_expressions)
         all_positives.update(fold(t) for t in texts)
         groups.append((category, boxes, texts))
 
@@ -244,13 +296,14 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         negatives: list[str] = []
         seen_neg = {fold(p) for p in positives}
         if s.hard_negatives > 0:
-            text = await _ask(gens.llm, gens.prompts["hard_negative"],
-                              {"caption": caption, "category": obj.category, "box": norm_box(obj.box, w, h),
-                               "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
-                               "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
-                              schema=list_schema(s.hard_negatives), max_tokens=s.llm_max_tokens, temperature=temp)
-            if text is not None:
-                hard = accept(parse_list(text), obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
+            phrases = await _ask(gens.llm, gens.prompts["hard_negative"],
+                                 {"caption": caption, "category": obj.category, "box": norm_box(obj.box, w, h),
+                                  "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
+                                  "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
+                                 read_list, schema=list_schema(s.hard_negatives), max_tokens=llm_tokens,
+                                 temperature=temp)
+            if phrases is not None:
+                hard = accept(phrases, obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
                               counts=counts, step="hard_negative", limit=s.hard_negatives)
                 kept, dropped = keep_negatives(hard, all_positives, in_image, seen_neg)
                 counts["hard_negative: fits the image:dropped"] += dropped

@@ -46,7 +46,7 @@ from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.data.io import JsonlWriter, check_writable, same_file, written_over
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
 from reallod.engine.finish import finish
-from reallod.engine.generate import IMAGE_ERROR, GenerateSettings, Generators, generate_image
+from reallod.engine.generate import IMAGE_ERROR, UNUSABLE, GenerateSettings, Generators, generate_image
 from reallod.errors import ConfigError, ReallodError
 from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
@@ -105,19 +105,20 @@ class GenerateRun:
 
     def failure_line(self) -> str:
         """How many images failed, which, and why: failed calls per error kind (images whose file cannot be
-        decoded: :data:`IMAGE_ERROR`), with one message each."""
+        decoded: :data:`IMAGE_ERROR`; replies that could not be used: :data:`UNUSABLE`), with one message each."""
         kinds = "; ".join(f"{kind} {n} {'image(s)' if kind == IMAGE_ERROR else 'call(s)'}, e.g. {example}"
                           for kind, (n, example) in sorted(self.failures.items()))
         why = [w for w, has in (("their image cannot be decoded", IMAGE_ERROR in self.failures),
-                                ("their model calls failed", set(self.failures) - {IMAGE_ERROR})) if has]
+                                ("the model's replies could not be used", UNUSABLE in self.failures),
+                                ("their model calls failed", set(self.failures) - {IMAGE_ERROR, UNUSABLE})) if has]
         names = ", ".join(self.failed_images[:5]) + (f" and {len(self.failed_images) - 5} more"
                                                      if len(self.failed_images) > 5 else "")
         return f"{self.failed} image(s) not generated ({names}): {' or '.join(why)} ({kinds})"
 
 
 class GenerationFailed(ReallodError):
-    """Images whose model calls failed (the server errs, the model cannot answer): nothing, or not
-    everything, was generated. The images are not journaled, so the same command retries them."""
+    """Images whose model calls failed (the server errs, the model cannot answer, its replies cannot be
+    used): nothing, or not everything, was generated. The images are not journaled, so the same command retries them."""
 
     exit_code = 1
 
@@ -151,7 +152,9 @@ def image_id(index: int) -> str:
 
 def generation_fingerprint(roles: Roles) -> str:
     """The models generation calls: the rewriter's (the LLM steps) and the VLM's. The agent's other roles,
-    and every role's prompt and sampling, are re-alignment's: changing them leaves generation as it was."""
+    and every role's prompt and sampling, are re-alignment's: changing them leaves generation as it was.
+    (The rewriter's max_tokens, where above the LLM steps' own, raises their token limit: a reply that fit
+    the lower one is the same, and one cut at it was not kept, so a journal resumes across it.)"""
     return fingerprint({"llm": model_id(roles.rewriter.backend),
                         "vlm": model_id(roles.vlm.backend) if roles.vlm is not None else None})
 
@@ -273,7 +276,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         started = (journal.header.get("meta") or {}).get("run")  # this journal's, when it was begun
         hardened, _ = harden(roles, cache=session.cache, endpoint_limit=concurrency)
         gens = Generators(llm=hardened.rewriter.backend, vlm=hardened.vlm.backend if hardened.vlm else None,
-                          scorer=scorer, threshold=opts.clip_threshold)
+                          scorer=scorer, threshold=opts.clip_threshold,
+                          llm_max_tokens=hardened.rewriter.max_tokens)
         unavailable = gens.unavailable()
         todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
         # of this run's images only: those of a larger --limit before are in the journal, not in the output

@@ -19,6 +19,14 @@ from reallod.errors import ConfigError
 from reallod.llm.backends.base import Message
 
 
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """Where a file is not UTF-8, for a message: the byte, its line and its offset."""
+    data = error.object
+    line = data.count(b"\n", 0, error.start) + 1
+    return (f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}, at byte offset {error.start}): "
+            "save the file as UTF-8")
+
+
 @dataclass(frozen=True, slots=True)
 class PromptTemplate:
     """One role's prompt: a system part and a user part with ``$name`` placeholders."""
@@ -61,6 +69,8 @@ class PromptTemplate:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"prompt {p}: cannot read: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"prompt {p}{f' of role {role}' if role else ''}: {not_utf8(e)}") from None
         return cls.parse(str(p), text, allowed=allowed, role=role)
 
     def placeholders(self) -> set[str]:

@@ -21,6 +21,8 @@ connection errors, 408, 409, 429, 5xx, unreadable replies) or not (other 4xx), w
 
 A base URL never carries credentials (the key comes from ``api_key_env``) and the backend's name shows
 it without user, password or query (:func:`public_url`): the name goes into traces, journals and reports.
+Without ``base_url`` the requests go where the official client sends them (``OPENAI_BASE_URL``, else
+OpenAI's API): that URL is the one named, and checked the same way.
 """
 
 from __future__ import annotations
@@ -171,11 +173,15 @@ class OpenAIBackend:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
         if api_key_env is not None and not isinstance(api_key_env, str):
             raise ValueError(f"api_key_env must be the name of an environment variable, got {api_key_env!r}")
-        if base_url is not None and (problem := base_url_problem(base_url)):
-            raise ValueError(f"base_url: {problem}")
+        # the server the requests go to, as the official client finds it, named and checked as given
+        url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        if problem := base_url_problem(url):
+            source = "base_url" if base_url is not None else \
+                "the environment variable OPENAI_BASE_URL (used where a role gives no base_url)"
+            raise ValueError(f"{source}: {problem}")
         self.model = model
         self.base_url = base_url
-        self.name = f"openai:{model}@{public_url(base_url) if base_url else 'api.openai.com'}"
+        self.name = f"openai:{model}@{public_url(url)}"
         self.supports_images = supports_images
         self.params = dict(params or {})
         self.image_format = image_format
@@ -189,7 +195,6 @@ class OpenAIBackend:
             self._transport: Transport = OpenAIClientTransport(self.name, base_url, key, timeout_s, client)
         else:
             self.http_client = "aiohttp"
-            url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL  # as the official client
             self._transport = AiohttpTransport(self.name, url, key, timeout_s)
 
     @property

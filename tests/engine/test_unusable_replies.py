@@ -1,0 +1,134 @@
+"""Replies a generation step cannot use — no text (a llama.cpp server without a chat format answers
+``content: null``), JSON that cannot be read, a list cut at the token limit — fail their image as a failed
+call does: the image is not journaled, the reply is dropped from the response cache, and the summary
+says why. An answer that says there is nothing (a JSON object without phrases) is the model's answer."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reallod.engine.generate import Unusable, parse_list, read_list, read_text
+from reallod.engine.pipeline import GenerateOptions, GenerationFailed, check_generated, generate
+from reallod.llm.backends.base import Completion
+from tests.agent.scripted import scripted_roles
+from tests.engine.scripted_models import DEFAULTS, generation_answers
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+STEPS = ("caption", "vlm_short", "vlm_long", "llm", "group", "hard_negative")
+
+
+def options(out: Path, **kw) -> GenerateOptions:
+    return GenerateOptions(EXAMPLES / "annotations.json", EXAMPLES / "images", "offline", out, **kw)
+
+
+def reply(text: str, finish: str | None = "stop") -> Completion:
+    return Completion(text, meta={"finish_reason": finish})
+
+
+@pytest.mark.parametrize(("text", "phrases"), [
+    ('{"expression_1": "a cat", "expression_2": ""}', ["a cat", ""]),
+    ("{}", []), ("[]", []), ('{"expressions": []}', []),  # the model says there is nothing
+    ('["a cat", "the cat"]', ["a cat", "the cat"]),
+    ("a cat\n\nthe cat on the left", ["a cat", "the cat on the left"]),  # a model that ignores the format
+])
+def test_a_list_reply_that_parses_gives_its_phrases_even_none(text: str, phrases: list[str]) -> None:
+    assert parse_list(text) == phrases
+    assert read_list(reply(text), 96) == phrases
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("", "empty reply"), ("  \n", "empty reply"),
+    ("{", "not the JSON object asked for"), ('["a cat", "the', "not the JSON object asked for"),
+])
+def test_a_list_reply_without_text_or_readable_json_is_unusable(text: str, why: str) -> None:
+    with pytest.raises(Unusable, match=why):
+        read_list(reply(text), 96)
+
+
+def test_a_list_reply_cut_at_the_token_limit_is_unusable_unless_it_is_whole() -> None:
+    cut = '{"expression_1": "the item on the left", "expression_2": "the item standing next to the wood'
+    with pytest.raises(Unusable, match=r"cut at the token limit \(max_tokens 96\) and needed repair: raise "
+                                       r"max_tokens of the config's rewriter role above 96"):
+        read_list(reply(cut, "length"), 96)
+    with pytest.raises(Unusable, match=r"cut at the token limit .* does not parse"):
+        read_list(reply("", "length"), 96)
+    assert read_list(reply(cut, "stop"), 96)[-1] == "the item standing next to the wood"  # repaired, not cut
+    assert read_list(reply('{"expression_1": "a cat"}', "length"), 96) == ["a cat"]  # whole: it fit
+
+
+def test_a_free_text_reply_without_text_is_unusable_and_an_empty_phrase_is_an_answer() -> None:
+    with pytest.raises(Unusable, match="empty reply"):
+        read_text(reply(" \n"), 64)
+    assert read_text(reply('""'), 64) == '""'  # dropped later as an empty phrase, counted
+
+
+def test_empty_replies_fail_the_image_and_a_rerun_asks_again(tmp_path: Path) -> None:
+    """The auditor's llama.cpp case: every reply empty. Before, each image was journaled as done with no
+    expressions and the empty replies cached, so neither a rerun nor a fresh journal generated anything."""
+    empty = generation_answers({step: (lambda cat, t: "") for step in STEPS})
+    cache = tmp_path / "cache.sqlite"
+    run = generate(options(tmp_path / "g.jsonl", limit=2, cache=cache), roles=scripted_roles(empty))
+    assert run.failed == 2 and run.ran == 0 and run.records == 0
+    assert set(run.failures) == {"unusable_answer"}
+    assert run.failures["unusable_answer"][1].startswith("caption: scripted:vlm: empty reply")
+    with pytest.raises(GenerationFailed, match=r"2 image\(s\) not generated .*the model's replies could not be "
+                                               r"used \(unusable_answer \d+ call\(s\), e\.g\. caption: .*empty reply"):
+        check_generated(run)
+    log: list[str] = []  # the server is fixed: the same command generates both images, asking the model
+    again = generate(options(tmp_path / "g.jsonl", limit=2, cache=cache),
+                     roles=scripted_roles(generation_answers(log=log)))
+    assert again.failed == 0 and again.ran == 2 and again.resumed == 0 and again.records == 2
+    assert log.count("caption") == 2 and log.count("llm") > 0
+
+
+def test_only_the_unusable_reply_is_dropped_from_the_cache(tmp_path: Path) -> None:
+    """The image's other replies are replayed by the rerun; the one that failed it is asked again."""
+    def llm(cat: str, t: str) -> str:
+        return "" if cat == "cup" else DEFAULTS["llm"](cat, t)
+
+    cache = tmp_path / "cache.sqlite"
+    first = generate(options(tmp_path / "g.jsonl", limit=2, cache=cache),
+                     roles=scripted_roles(generation_answers({"llm": llm})))
+    assert first.failed == 1 and first.failed_images == ["coffee.jpg"]  # the cup is on the second image
+    assert first.failures["unusable_answer"][0] == 1
+    log: list[str] = []
+    again = generate(options(tmp_path / "g.jsonl", limit=2, cache=cache),
+                     roles=scripted_roles(generation_answers(log=log)))
+    assert again.failed == 0 and again.ran == 1 and again.resumed == 1
+    # the cup's phrases are asked for again (and its hard negatives, whose prompt lists them); every other
+    # reply of coffee.jpg came from the cache
+    assert log == ["llm", "hard_negative"]
+
+
+def test_a_list_cut_at_the_token_limit_fails_its_image_and_the_rewriters_max_tokens_raises_it(tmp_path):
+    """The auditor's case: "the item standing next to the wood", cut from "...wooden table", was kept."""
+    cut = '{"expression_1": "the item on the left", "expression_2": "the item standing next to the wood'
+    asked: list[int | None] = []
+
+    def llm(cat: str, t: str) -> Completion:
+        return Completion(cut, meta={"finish_reason": "length"})
+
+    roles = scripted_roles(generation_answers({"llm": llm}))
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True), roles=roles)
+    assert run.failed == 1 and run.records == 0
+    assert "cut at the token limit (max_tokens 96)" in run.failure_line()
+    asked += [c.max_tokens for c in roles.rewriter.backend.calls if c.role == "rewriter"]
+    assert set(asked) == {96}
+    # raised in the config: the LLM steps ask for as much (a lower one, as the offline config's 20, does not
+    # lower theirs)
+    for max_tokens, expected in ((200, 200), (20, 96)):
+        roles = scripted_roles(generation_answers())
+        roles = replace(roles, rewriter=replace(roles.rewriter, max_tokens=max_tokens))
+        run = generate(options(tmp_path / f"g{max_tokens}.jsonl", limit=1, no_cache=True), roles=roles)
+        assert run.failed == 0 and run.records == 1
+        assert {c.max_tokens for c in roles.rewriter.backend.calls if c.role == "rewriter"} == {expected}
+
+
+def test_a_json_object_without_phrases_is_the_models_answer_not_a_failure(tmp_path: Path) -> None:
+    nothing = {"llm": lambda cat, t: "{}", "hard_negative": lambda cat, t: json.dumps({"expression_1": ""})}
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers(nothing)))
+    assert run.failed == 0 and run.ran == 1 and run.records == 1
+    assert run.counts["hard_negative: empty:dropped"] > 0
