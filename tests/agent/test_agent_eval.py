@@ -105,6 +105,18 @@ def test_failed_tasks_are_left_out_of_the_scores():
     assert "wrong raw expressions not kept as they were: n/a" in md  # it read 100% before
 
 
+def test_agent_eval_resumes_its_out_with_force_resume_as_its_error_advises(tmp_path, capsys, monkeypatch):
+    """The refusal advised --force-resume, an option agent-eval did not have."""
+    monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(judge, vlm=False))
+    args = ["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline", "--images", EXAMPLES / "images",
+            "--out", tmp_path / "teacher.jsonl"]
+    assert run_cli([*args, "--max-cycles", "3"], capsys)[0] == 0
+    code, _, err = run_cli([*args, "--max-cycles", "1"], capsys)
+    assert code == 2 and "max_cycles (3 in the journal, 1 now)" in err and "--force-resume" in err, err
+    code, _, err = run_cli([*args, "--max-cycles", "1", "--force-resume"], capsys)
+    assert code == 0, err
+
+
 def test_agent_eval_with_the_wrong_image_root_says_every_task_failed_and_exits_1(tmp_path, capsys, monkeypatch):
     """The images of examples/labelled.jsonl are in examples/images, not next to it (the default root)."""
     monkeypatch.setattr(agent_config, "build_roles", lambda cfg: scripted_roles(judge, vlm=False))

@@ -100,6 +100,34 @@ def test_retry_after_as_a_date():
     assert parse_retry_after("-3") == 0.0
 
 
+def test_a_server_not_started_stops_a_run_of_one_request_at_a_time_without_growing_waits(monkeypatch):
+    """With nothing listening, `realign --limit 1` took 40-80 s to stop: its one request at a time waited
+    a growing back-off (up to 30 s) between the tries that tell the endpoint is down."""
+    import reallod.llm.retry as retry
+    from reallod.llm.retry import EndpointDown
+
+    steps = []
+
+    def backoff(step, policy, rng, retry_after=None):
+        steps.append(step)
+        return 0.0
+
+    monkeypatch.setattr(retry, "backoff_delay", backoff)
+    with AioServer(lambda body, request: ok("fine")) as server:
+        server.close()  # not listening
+        backend = ResilientBackend(OpenAIBackend("m", base_url=server.url), policy=RetryPolicy(down_after=8))
+
+        async def go():
+            try:
+                await backend.complete([{"role": "user", "content": "hi"}])
+            finally:
+                await backend.aclose()
+
+        with pytest.raises(EndpointDown, match="endpoint unreachable"):
+            asyncio.run(go())
+    assert steps == [1] * 7  # eight tries, each after the first step's wait
+
+
 def test_connection_failures_are_not_charged_to_the_task():
     """Refused connections (a server restarting) are retried beyond max_attempts: the endpoint came back."""
     async def respond(body, request):

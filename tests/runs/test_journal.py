@@ -53,10 +53,30 @@ def test_partial_last_line_is_cut_on_resume(tmp_path):
 
 def test_changed_config_is_refused_unless_forced(tmp_path):
     path = tmp_path / "j.jsonl"
-    Journal.open(path, FP).close()
+    with Journal.open(path, FP) as j:
+        j.append_sync("t1", {"v": 1})
     with pytest.raises(JournalMismatch, match=r"different config.*--force-resume to continue"):
         Journal.open(path, {"config": "CHANGED", "input": "def"})
     Journal.open(path, {"config": "CHANGED", "input": "def"}, force=True).close()
+    with Journal.open(tmp_path / "k.jsonl", {**FP, "config": "0123456789abcdef0123", "max_cycles": 3}) as j:
+        j.append_sync("t1", {"v": 1})
+    with pytest.raises(JournalMismatch, match=r"different config, max_cycles \(3 in the journal, 1 now\);"):
+        Journal.open(tmp_path / "k.jsonl", {**FP, "config": "ffff56789abcdef01234", "max_cycles": 1})
+
+
+@pytest.mark.parametrize("changed", ["config", "input"])
+def test_a_journal_without_a_finished_task_starts_over_with_another_setup(tmp_path, changed):
+    """A first run that stopped before finishing a task (no server yet) blocked the obvious next step,
+    the same command with another config: there is nothing to keep, nor to mix."""
+    path = tmp_path / "j.jsonl"
+    with Journal.open(path, FP, retry=lambda r: r.get("failed")) as j:
+        j.append_sync("t1", {"failed": True})  # done again by any rerun
+    other = {**FP, changed: "CHANGED"}
+    with Journal.open(path, other, retry=lambda r: r.get("failed")) as j:
+        assert j.done == {}
+        j.append_sync("t2", {"v": 2})
+    header, done = read_journal(path)
+    assert header["fingerprint"] == other and list(done) == ["t2"]
 
 
 @pytest.mark.parametrize("key", ["input", "annotations"])

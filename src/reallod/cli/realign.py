@@ -85,6 +85,9 @@ def register(root: typer.Typer) -> None:
     root.command("agent-eval", short_help="Score the agent against gold labels (confusion matrix, precision, fix rate, cost).")(agent_eval_cmd)
 
 
+_ForceResume = Annotated[bool, typer.Option(
+    "--force-resume", help="Resume even though the config changed since the journal was started (never on "
+    "another input: give that one another --out).")]
 _MaxCycles = Annotated[int | None, typer.Option(
     "--max-cycles", min=1, help="Cycles per task (cycle 1 reflects) (default: the config's, 3).")]
 _Concurrency = Annotated[int | None, typer.Option(
@@ -125,9 +128,7 @@ def realign_cmd(
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Response cache (SQLite) (default: ~/.cache/reallod/responses.sqlite, or $REALLOD_CACHE).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
-    force_resume: Annotated[bool, typer.Option(
-        "--force-resume", help="Resume even though the config changed since the journal was started (never on "
-        "another input: give that one another --out).")] = False,
+    force_resume: _ForceResume = False,
     shard: Annotated[str | None, typer.Option(
         "--shard", metavar="K/N", help="Process shard K of N (K from 1): a fixed slice, for N machines; "
         "join with `reallod realign merge`.")] = None,
@@ -237,6 +238,7 @@ def agent_eval_cmd(
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
+    force_resume: _ForceResume = False,
     min_f1: Annotated[float, typer.Option(
         "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
 ) -> None:
@@ -254,7 +256,8 @@ def agent_eval_cmd(
     quiet_transformers()  # the config's roles may be transformers models
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
-                          vlm_base_url=vlm_base_url, no_cache=no_cache, max_pixels=max_pixels)
+                          vlm_base_url=vlm_base_url, no_cache=no_cache, max_pixels=max_pixels,
+                          force_resume=force_resume)
     rep, run = agent_eval(labelled, opts, min_f1=min_f1, report=report)  # checks --report before the run
     console().print(Markdown(eval_markdown(rep)))
     if report is not None:

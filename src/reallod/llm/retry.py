@@ -171,7 +171,11 @@ class ResilientBackend:
                     # not charged to the task: either the endpoint answers again or the run stops
                     out_at = time.monotonic()
                     self.stats.retries[e.kind] += 1
-                    await asyncio.sleep(backoff_delay(min(tries, 6), self.policy, self._rng, e.retry_after))
+                    # an endpoint that has answered nothing yet is tried again at the first step's pace: it
+                    # counts as down after down_after tries, which one request at a time (--limit 1) took a
+                    # minute of growing back-off to reach
+                    step = min(tries, 6) if self._answered else 1
+                    await asyncio.sleep(backoff_delay(step, self.policy, self._rng, e.retry_after))
                     continue
                 # charged: the endpoint answered, if badly, or answered a request sent since this one last
                 # found it answering nobody, or took the request and gave it nothing (a timeout, a closed

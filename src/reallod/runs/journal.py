@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -155,8 +156,11 @@ class Journal:
         done: dict[str, Any] = {}
         again: set[str] = set()
         header: dict[str, Any] = {"journal": JOURNAL_VERSION, "fingerprint": fp, **({"meta": meta} if meta else {})}
-        if path.exists() and path.stat().st_size > 0:
-            header, done, good_bytes, again = _load(path, keep, retry)
+        loaded = _load(path, keep, retry) if path.exists() and path.stat().st_size > 0 else None
+        if loaded is not None and loaded[0].get("fingerprint") != fp and set(loaded[1]) <= loaded[3]:
+            loaded = None  # another setup's journal without a finished task: nothing to keep, nothing to mix
+        if loaded is not None:
+            header, done, good_bytes, again = loaded
             _check_fingerprint(path, header, fp, force)
             if again:
                 try:
@@ -431,10 +435,20 @@ def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], f
             + "; its results cannot be resumed on this one, not even with --force-resume (one output never "
             "mixes two inputs): write this run to another --out, or delete the journal to start over")
     if not force:
+        said = ", ".join(_change(k, before.get(k), fp.get(k)) for k in changed)
         raise JournalMismatch(
-            f"{path}: this journal was started with a different {', '.join(changed) or 'setup'}; "
+            f"{path}: this journal was started with a different {said or 'setup'}; "
             "rerun with the original config and options, pass --force-resume to continue anyway, "
             "or delete the journal to start over")
+
+
+def _change(key: str, was: Any, now: Any) -> str:
+    """A changed setting as a message names it: with its values where they say something (``max_cycles (3
+    in the journal, 1 now)``), not where they are content hashes."""
+    def plain(v: Any) -> bool:
+        return isinstance(v, int | float) or (isinstance(v, str) and len(v) <= 40
+                                                            and not re.fullmatch(r"[0-9a-f]{16,}", v))
+    return f"{key} ({was} in the journal, {now} now)" if plain(was) and plain(now) else key
 
 
 def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
