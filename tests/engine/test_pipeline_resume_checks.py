@@ -137,6 +137,21 @@ def test_changing_the_image_filters_is_refused_even_with_force_resume(tmp_path):
     assert [r["filename"] for r in records(out)] == ["coffee.jpg", "chelsea.jpg", "rocket.jpg"]
 
 
+def test_a_journal_without_a_generated_image_starts_over_with_other_options(tmp_path):
+    """A first run whose every image failed (no server yet) left a journal that refused the next try
+    with other options, though it held nothing to keep."""
+    from reallod.llm.backends.base import BackendError
+
+    out = tmp_path / "g.jsonl"
+    def down(role, messages):
+        return BackendError("the server answers nothing", kind="server")
+
+    assert generate(options(out, limit=1), roles=scripted_roles(down)).failed == 1
+    run = generate(options(out, limit=1, skip_crowd=False, settings=GenerateSettings(llm_expressions=1)),
+                   roles=scripted_roles(generation_answers()))
+    assert run.ran == 1 and run.resumed == 0
+
+
 def test_a_settings_change_names_the_options_and_force_resume_continues(tmp_path):
     out = tmp_path / "g.jsonl"
     roles = scripted_roles(generation_answers())

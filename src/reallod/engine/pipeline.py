@@ -50,7 +50,14 @@ from reallod.engine.generate import IMAGE_ERROR, UNUSABLE, GenerateSettings, Gen
 from reallod.errors import ConfigError, ReallodError
 from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
-from reallod.runs.journal import JournalMismatch, fingerprint, fingerprint_file, journal_path_for, read_header
+from reallod.runs.journal import (
+    JournalMismatch,
+    fingerprint,
+    fingerprint_file,
+    iter_journal,
+    journal_path_for,
+    read_header,
+)
 from reallod.runs.progress import RunMonitor
 from reallod.runs.session import open_session
 from reallod.runs.settings_diff import diff_settings
@@ -199,8 +206,8 @@ def check_resume(path: Path, fp: dict[str, Any], settings: dict[str, Any], roles
     except (OSError, ReallodError):  # none yet, or not a journal: opening it says so
         return fp
     before = header.get("fingerprint")
-    if not isinstance(before, dict):
-        return fp
+    if not isinstance(before, dict) or next(iter_journal(path), None) is None:
+        return fp  # no image finished: the journal starts over with these settings (Journal.open)
     if before.get("config") == roles_fingerprint(roles):
         fp = {**fp, "config": before["config"]}
     if before.get("annotations") != fp["annotations"] or before.get("settings") == fp["settings"]:
