@@ -79,6 +79,24 @@ def test_other_objects_round_trip_and_errors_name_the_line():
         parse_others("cup: 500, 500, 600, 600", 100, 100)
 
 
+def test_other_objects_are_bounded_before_they_are_parsed(monkeypatch):
+    """A 3 MB category reached the agent's prompts: only the number of objects was bounded, after every
+    line had been parsed."""
+    from reallod.demo import forms
+
+    with pytest.raises(DemoInputError, match=r"other objects, line 2: the category is 101 characters long; the "
+                                             r"limit is 100"):
+        parse_others("cup: 1, 2, 30, 40\n" + "x" * 101 + ": 1, 2, 50, 60", 100, 100)
+    assert parse_others("x" * 100 + ": 1, 2, 50, 60", 100, 100)[0][0] == "x" * 100
+    parsed = []
+    monkeypatch.setattr(forms, "parse_box", lambda *a: parsed.append(a) or [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(DemoInputError, match=r"the other objects are 3000011 characters long; the limit is 9000"):
+        parse_others("x" * 3_000_000 + ": 1,2,50,60", 100, 100)
+    with pytest.raises(DemoInputError, match="51 other objects: this demo takes at most 50"):
+        parse_others("cup: 1, 2, 3, 4\n" * 51, 100, 100)
+    assert parsed == []  # refused before any line was parsed
+
+
 def test_check_text_strips_and_limits():
     assert check_text("  person ", "category", 10) == "person"
     with pytest.raises(DemoInputError, match="enter the category"):

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from reallod.errors import ConfigError
 from reallod.model.detect import find_images
 from reallod.model.detect_journal import JOURNAL_NAME
 from tests.cli_helpers import run_cli
@@ -139,16 +140,53 @@ def test_outputs_inside_the_input_never_become_inputs(capsys, five_images, tiny_
     assert code == 0 and "5 images, " in stdout, err
 
 
-def test_find_images_passes_over_detect_output_folders(tmp_path, photo):
+def _journal(folder, *written):
+    """A detect journal in ``folder`` listing ``written`` (paths relative to it) as a run's outputs."""
+    from reallod.runs.journal import Journal
+
+    entries = [(f"img{i}", {"pred": None, "vis": [rel, 1, 1]}) for i, rel in enumerate(written)]
+    Journal.rewrite(folder / JOURNAL_NAME, {"settings": 1}, entries, keep=lambda e: None).close()
+
+
+def test_find_images_passes_over_the_pictures_detect_wrote_and_refuses_the_users(tmp_path, photo):
+    """An output folder's vis/ and preds/ were passed over whatever they held: the user's own photos in
+    photos/vis/ with --out-dir photos were drawn over and never detected, without a word."""
     d = tmp_path / "photos"
     for name in ("a.jpg", "vis/b.jpg", "preds/c.png", "old/vis/d.jpg", "old/e.jpg", "keep/vis/f.jpg"):
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         photo.save(d / name)
-    (d / "old" / "detect.journal.rank1.jsonl").write_text("")
-    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg", "preds/c.png", "vis/b.jpg"]
-    (d / JOURNAL_NAME).write_text("")  # the input folder was an --out-dir: its vis and preds are outputs
-    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg"]
-    assert find_images(d, skip=[d / "keep" / "vis"])[1] == ["a.jpg"]
+    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg", "old/e.jpg", "old/vis/d.jpg", "preds/c.png", "vis/b.jpg"]
+    _journal(d / "old", "vis/d.jpg")  # an earlier run wrote old/vis/d.jpg: its other images are no output
+    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg", "old/e.jpg", "preds/c.png", "vis/b.jpg"]
+    with pytest.raises(ConfigError, match=r"--out-dir .*photos: .*photos/preds holds 1 images no detect run wrote "
+                                          r"\(.*photos/preds/c.png\).*move them out of"):
+        find_images(d, d)  # no run wrote preds/c.png (nor vis/b.jpg): they would be passed over
+    with pytest.raises(ConfigError, match=r"--out-dir .*keep: .*keep/vis holds 1 images no detect run wrote "
+                                          r"\(.*keep/vis/f.jpg\)"):
+        find_images(d, d / "keep")
+    _journal(d, "vis/b.jpg")  # the input folder was an --out-dir: its vis/b.jpg is a picture, preds/c.png no
+    with pytest.raises(ConfigError, match=r"photos/preds: holds 1 images .*photos/preds/c.png"):
+        find_images(d)
+    (d / "preds" / "c.png").unlink()
+    assert find_images(d)[1] == ["a.jpg", "keep/vis/f.jpg", "old/e.jpg"]
+    assert find_images(d, d)[1] == ["a.jpg", "keep/vis/f.jpg", "old/e.jpg"]
+    photo.save(d / "vis" / "a.jpg")  # a picture of a.jpg a killed run wrote before its journal noted it
+    assert find_images(d, d)[1] == ["a.jpg", "keep/vis/f.jpg", "old/e.jpg"]
+
+
+def test_photos_in_the_out_dirs_vis_are_refused_before_loading_and_kept(capsys, tiny_model_dir, tmp_path, photo,
+                                                                       no_loading):
+    """reallod detect in1 --out-dir in1 drew in1/a.jpg over the user's in1/vis/a.jpg and never detected
+    in1/vis/b.jpg."""
+    d = tmp_path / "in1"
+    (d / "vis").mkdir(parents=True)
+    photo.save(d / "a.jpg")
+    photo.rotate(90).save(d / "vis" / "a.jpg")
+    photo.rotate(180).save(d / "vis" / "b.jpg")
+    before = _digests(d)
+    code, _, err = run_cli(_args(d, tiny_model_dir, d), capsys)
+    assert code != 0 and "in1/vis holds 2 images no detect run wrote" in err and "Traceback" not in err, err
+    assert _digests(d) == before
 
 
 def _outputs(out):

@@ -54,7 +54,8 @@ def detect_cmd(
         "--max-text-len", min=4, max=512, help="Text limit in tokens (default: the model's).",
         show_default=False)] = None,
     image_size: Annotated[str | None, typer.Option(
-        "--image-size", help="Resize to SHORT,LONG (e.g. 800,1333) (default: the model's preprocessor).",
+        "--image-size", help="Resize to SHORT,LONG (e.g. 800,1333) (default: the model's preprocessor); SHORT × "
+        "LONG at most 89,478,485 pixels, SHORT at least what the model needs (201 for Real-Model).",
         show_default=False)] = None,
     tokenizer: Annotated[str | None, typer.Option(
         "--tokenizer", help="Tokenizer folder or hub id (default: MODEL's).", show_default=False)] = None,
@@ -77,11 +78,11 @@ def detect_cmd(
     from reallod.model.hf_folder import check_local_folder
 
     check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
-    from reallod.model.detect import check_links, check_outputs, find_images, output_skips, run_detect
-    from reallod.model.detect_journal import DetectOptions, check_earlier, job_settings
+    from reallod.model.detect import check_links, check_outputs, find_images, run_detect
+    from reallod.model.detect_journal import DetectOptions, check_earlier, job_settings, shared_stems
     from reallod.model.draw import PALETTES
     from reallod.model.inference import InferenceOptions
-    from reallod.model.loading import load_detector
+    from reallod.model.loading import check_image_size, load_detector
     from reallod.model.texts import parse_texts
     from reallod.runs.launch import launch_place, process_device
 
@@ -91,6 +92,8 @@ def detect_cmd(
     if palette not in PALETTES:
         raise typer.BadParameter(f"use one of {', '.join(PALETTES)}", param_hint="--palette")
     size = parse_image_size(image_size)
+    if size is not None:
+        check_image_size(size)  # the bounds any model has; the smallest this model takes: once its config is read
     expressions = parse_texts(texts)
     inference = InferenceOptions(mode=mode, batch_size=batch_size, topk=topk, nms_iou=nms_iou,  # type: ignore[arg-type]
                                  score_over=score_over)  # type: ignore[arg-type]
@@ -99,8 +102,9 @@ def detect_cmd(
                             max_pixels=max_pixels, discard_earlier=discard_earlier)
     # before the model is loaded: outputs that would replace the images, or mix with another run's
     check_outputs(inputs, options)
-    images = find_images(inputs, skip=output_skips(options))
+    images = find_images(inputs, options.out_dir)
     check_links(*images, options)
+    shared_stems(images[1], options)  # two images that would write one file are refused
     if (options.save_pred or options.save_vis) and not discard_earlier:  # the model's own settings: once loaded
         check_earlier(options.out_dir, images[1], options, job_settings(expressions, inference, options), partial=True)
     place = launch_place()  # one of several processes under torchrun / accelerate launch: its share of the images

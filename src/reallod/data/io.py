@@ -8,7 +8,9 @@ are renamed into place only when complete: a crash never leaves a half-written o
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import hashlib
 import io
 import os
 import secrets
@@ -34,8 +36,44 @@ _BUFFER = 1 << 20
 
 
 def _temp_name(path: Path) -> Path:
-    """A hidden name beside ``path`` holding this host and process (see :func:`_remove_orphans`)."""
-    return path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    """A hidden name beside ``path`` holding this host and process (see :func:`_remove_orphans`):
+    ``.NAME.HOST.PID.HEX.tmp``. Where that would be longer than a file name may be in the folder, NAME
+    is cut to a prefix followed by ``~`` and a hash of the whole name (``.PREFIX~HASH.HOST.PID.HEX.tmp``):
+    an output whose own name is allowed, but only just, is never refused for its temporary name."""
+    tail = f".{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    name = path.name
+    room = file_name_max(path.parent) - 1 - len(os.fsencode(tail))
+    if len(os.fsencode(name)) > room:
+        digest = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+        name = _prefix(name, room - len(digest)) + digest
+    return path.parent / f".{name}{tail}"
+
+
+def _prefix(name: str, limit: int) -> str:
+    """The longest start of ``name`` that is at most ``limit`` bytes, not cut inside a character."""
+    out, used = [], 0
+    for ch in name:
+        used += len(os.fsencode(ch))
+        if used > limit:
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+NAME_MAX = 255  # bytes of one file name on Linux's usual file systems, where the folder cannot say
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_max(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):  # no such folder (yet), or no limit to read
+        return NAME_MAX
+
+
+def file_name_max(folder: str | os.PathLike) -> int:
+    """How many bytes one file name may have in ``folder`` (its file system says; 255 where it cannot)."""
+    return min(_name_max(os.path.abspath(folder)), NAME_MAX)
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:

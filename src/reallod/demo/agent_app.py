@@ -31,6 +31,7 @@ from reallod.demo.agent_watch import CallLog, evidence_markdown, live_markdown, 
 from reallod.demo.components import gr, shown_in_page, uploaded_image
 from reallod.demo.examples import agent_examples
 from reallod.demo.forms import (
+    MAX_CATEGORY_CHARS,
     box_from_clicks,
     check_text,
     format_box,
@@ -41,7 +42,6 @@ from reallod.demo.forms import (
 from reallod.demo.limits import Busy, ClientGate, DemoInputError, DemoLimits, client_key, open_upload
 from reallod.demo.server import RunningDemo, ServerOptions, launch, prune, upload_roots
 
-MAX_CATEGORY_CHARS = 100
 POLL_S = 0.1  # how often the page looks for new calls while the task runs
 KEEP_TRACES = 64
 

@@ -88,21 +88,34 @@ def legend_html(expressions: Sequence[str], colours: Sequence[tuple[int, int, in
     return '<ul class="reallod-legend" style="list-style:none;padding-left:0">' + "".join(items) + "</ul>"
 
 
-def parse_others(text: str | None, width: int, height: int, *, limit: int = 50) -> list[tuple[str, list[float]]]:
-    """Other objects of the image, one per line: ``category: x1, y1, x2, y2`` (blank lines ignored)."""
+MAX_CATEGORY_CHARS = 100  # an object's category: "person", "red cup on the left"...
+BOX_CHARS = 80  # room for a box's four numbers on a line of other objects ("1234.5, 12.25, ...")
+
+
+def parse_others(text: str | None, width: int, height: int, *, limit: int = 50,
+                 max_chars: int = MAX_CATEGORY_CHARS) -> list[tuple[str, list[float]]]:
+    """Other objects of the image, one per line: ``category: x1, y1, x2, y2`` (blank lines ignored). The field
+    is bounded before anything is parsed (``limit`` lines of a ``max_chars`` category and a box at most), and
+    so is each category: what reaches the agent's prompts stays small."""
+    text = text or ""
+    if len(text) > (most := limit * (max_chars + BOX_CHARS)):
+        raise DemoInputError(f"the other objects are {len(text)} characters long; the limit is {most} ({limit} "
+                             f"lines of at most {max_chars} characters of category and a box)")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) > limit:
+        raise DemoInputError(f"{len(lines)} other objects: this demo takes at most {limit}")
     out: list[tuple[str, list[float]]] = []
-    for n, line in enumerate((text or "").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in lines:
         category, sep, box = line.rpartition(":")
         if not sep or not category.strip():
             raise DemoInputError(f"other objects, line {n}: write it as 'category: x1, y1, x2, y2'")
+        if len(category.strip()) > max_chars:
+            raise DemoInputError(f"other objects, line {n}: the category is {len(category.strip())} characters long; "
+                                 f"the limit is {max_chars}")
         try:
             out.append((category.strip(), parse_box(box, width, height)))
         except DemoInputError as e:
             raise DemoInputError(f"other objects, line {n}: {e}") from None
-    if len(out) > limit:
-        raise DemoInputError(f"{len(out)} other objects: this demo takes at most {limit}")
     return out
 
 

@@ -58,12 +58,20 @@ DROPPED = [
 ]
 
 
+def _need(ok: bool, expected: str) -> None:
+    """A tensor's shape is not what its key's conversion takes: :func:`convert_state_dict` names the key."""
+    if not ok:
+        raise ValueError(f"expected {expected}")
+
+
 def _qkv(t):
+    _need(t.dim() >= 1 and t.shape[0] % 3 == 0, "query, key and value stacked: a first dimension divisible by 3")
     return list(t.chunk(3, dim=0))
 
 
 def reorder_merge_reduction(weight):
     """MMDetection patch-merging reduction (out, C·4 channel-major) → transformers' (out, 4·C patch-major)."""
+    _need(weight.dim() == 2 and weight.shape[1] % 4 == 0, "(out, 4·C): two dimensions, the second divisible by 4")
     out_ch, in_ch = weight.shape
     w = weight.reshape(out_ch, in_ch // 4, 4).transpose(1, 2)  # (out, 4 unfold positions, C)
     return w[:, [0, 2, 1, 3], :].reshape(out_ch, in_ch)
@@ -71,6 +79,7 @@ def reorder_merge_reduction(weight):
 
 def reorder_merge_norm(weight):
     """Same reordering for the patch-merging LayerNorm's (C·4,) weight and bias."""
+    _need(weight.dim() == 1 and weight.shape[0] % 4 == 0, "(4·C,): one dimension, divisible by 4")
     w = weight.reshape(weight.shape[0] // 4, 4).transpose(0, 1)
     return w[[0, 2, 1, 3], :].reshape(-1)
 
@@ -200,6 +209,7 @@ def _rename(key: str, tensor, config) -> list[tuple[str, Any]] | None:
             if rest != "bias":
                 return None
             name = f"class_embed.{layer}.bias" if layer < config.decoder_layers else "model.encoder_output_class_embed.bias"
+            _need(tensor.numel() == 1, "one value (the contrastive head's bias is a scalar)")
             return [(name, tensor.reshape(()))]
         r = re.fullmatch(r"(\d)\.(weight|bias)", rest)
         if not r or r.group(1) not in _REG_LAYER:
@@ -218,14 +228,19 @@ def _rename(key: str, tensor, config) -> list[tuple[str, Any]] | None:
 
 
 def convert_state_dict(mm_state: dict[str, Any], config) -> tuple[dict[str, Any], ConversionReport]:
-    """MMDetection MM-GDINO state dict → transformers (``save_pretrained``) names; unknown keys are errors."""
+    """MMDetection MM-GDINO state dict → transformers (``save_pretrained``) names; unknown keys are errors,
+    and so is a tensor whose shape its key's conversion cannot take (named with the key and the shape)."""
     report = ConversionReport()
     out: dict[str, Any] = {}
     for key, tensor in mm_state.items():
         if any(p.fullmatch(key) for p in DROPPED):
             report.dropped.append(key)
             continue
-        pairs = _rename(key, tensor, config)
+        try:
+            pairs = _rename(key, tensor, config)
+        except (ValueError, RuntimeError) as e:  # _need's, or torch's own reshape error
+            raise DataError(f"a tensor of shape {list(tensor.shape)} that cannot be converted ({one_line(e, 160)}); "
+                            "the checkpoint is damaged or of another architecture", field=key) from e
         if pairs is None:
             report.unknown.append(key)
             continue
@@ -305,6 +320,9 @@ def config_from_file(path: str | Path):
         raw = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not a valid JSON config ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: holds a JSON {type(raw).__name__}, not a config (a JSON object with "
+                          "\"model_type\": \"mm-grounding-dino\"); give an mm-grounding-dino config.json")
     if raw.get("model_type") != "mm-grounding-dino":
         raise ConfigError(f"{p}: model_type {raw.get('model_type')!r} is not mm-grounding-dino")
     try:
@@ -340,6 +358,14 @@ def _describe_start(path: Path) -> str:
     if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
         return f"it is text, starting {' '.join(text.split())[:30]!r}"
     return f"it starts with the bytes {head[:12].hex(' ')}"
+
+
+def _load_failure(e: BaseException) -> str:
+    """torch.load's words, short: of its weights-only refusal, the sentence that names the refused type
+    ("Unsupported global: GLOBAL numpy... was not an allowed global by default"), not the advice before it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+    m = re.search(r"WeightsUnpickler error: (.+?\.)(?: Please| Check|$)", text)
+    return m.group(1) if m else text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_state_file(path: str | Path) -> dict[str, Any]:
@@ -380,7 +406,7 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
             why = "the file is cut short or damaged: an interrupted download or copy? fetch it again"
         else:
             why = "a damaged file, or one saved by another program"
-        raise DataError(f"cannot load it with torch.load(weights_only=True): {one_line(e, 160)} ({why})",
+        raise DataError(f"cannot load it with torch.load(weights_only=True): {_load_failure(e)} ({why})",
                         path=str(p)) from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
@@ -445,14 +471,17 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
         config = variant_config(variant, max_text_len=max_text_len)
     name = variant or "custom"
     check_fits(state, config, f"--variant {name}")
-    hf_state, report = convert_state_dict(state, config)
+    try:
+        hf_state, report = convert_state_dict(state, config)
+    except DataError as e:  # name the user's file: the message names the key
+        raise DataError(str(e), path=str(src)) from e
     tok = load_tokenizer(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()  # with the umask's permissions (mkdtemp's 0700 kept a serving account from reading the model)
     try:
         write_model_folder(hf_state, config, tmp)
-        load_model_checked(tmp, config)  # raises, naming the keys, if anything is missing or unexpected
+        load_model_checked(tmp, config, source=src)  # raises, naming the keys, if anything is missing or unexpected
         save_tokenizer(tok, tmp)
         GroundingDinoImageProcessorPil().save_pretrained(str(tmp))
         (tmp / "reallod_conversion.json").write_text(json.dumps(

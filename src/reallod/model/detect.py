@@ -3,7 +3,8 @@
 Outputs follow MMDetection's demo layout: ``OUT/preds/<name>.json`` and ``OUT/vis/<name>.<ext>``,
 where ``<name>`` keeps the image's path relative to the input folder. The JSON holds every kept box
 (top-k per expression); the score threshold only decides what is drawn, as in the published demo.
-Unreadable images are skipped with a message; the others go on. What the run's journal keeps, resumes
+Unreadable images, and images whose output name the file system cannot hold, are skipped with a
+message; the others go on. What the run's journal keeps, resumes
 and refuses, and the options and output names it depends on: :mod:`reallod.model.detect_journal`.
 """
 
@@ -18,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from reallod.data.images import MAX_PIXELS_HINT, open_image
-from reallod.data.io import AtomicWriter, atomic_text, dumps
-from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory
+from reallod.data.io import AtomicWriter, atomic_text, dumps, file_name_max
+from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, ReallodError, out_of_memory
 from reallod.model.detect_journal import (
     OUTPUT_SUBFOLDERS,
     SAVE_FORMATS,
@@ -40,42 +41,98 @@ from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections
 from reallod.model.inference import Detector, InferenceOptions, plan_prompts
 from reallod.model.token_prompt import check_expressions
-from reallod.runs.journal import file_stamp
+from reallod.runs.journal import file_stamp, iter_journal
 from reallod.runs.launch import Place
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 
 
-def find_images(inputs: str | Path, skip: Iterable[str | Path] = ()) -> tuple[Path, list[str]]:
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def find_images(inputs: str | Path, out_dir: str | Path | None = None) -> tuple[Path, list[str]]:
     """The folder and, relative to it, one image file or every image under a folder, sorted by path.
-    Hidden files and folders are passed over, and so are the folders in ``skip`` (the run's own output
-    folders, when they lie inside the input: ``cd photos && reallod detect . ...``) and any folder an
-    earlier run wrote into (it holds a detect journal): their pictures are no input, or each run would
-    detect the last one's pictures again (the input folder itself may be one: its ``vis`` and ``preds``
-    are passed over).
+    Hidden files and folders are passed over, and so are the ``vis`` and ``preds`` of every output folder
+    inside the input: this run's ``out_dir`` (``cd photos && reallod detect . ...``) and any folder an
+    earlier run wrote into (it holds a detect journal; the input folder itself may be one). Their pictures
+    are no input, or each run would detect the last one's pictures again; but only pictures a detect run
+    wrote are passed over: images of the user's there (which a run would draw over, and never detect) are
+    a ``ConfigError`` (:func:`_check_passed_over`).
     Names are plain strings, a few dozen bytes each: a folder of ten million images lists in ~1 GB."""
     root = Path(inputs).expanduser()
     if root.is_file():
         return root.parent, [root.name]
     if not root.exists():
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
-    skip_dirs = {Path(d).expanduser().resolve() for d in skip}
+    own = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found = []
+    passed_over: list[tuple[Path, str, set[str], bool]] = []  # output folder, vis/preds, images no journal
+    # names, whether it holds a journal
     for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed (as rglob)
         here = Path(folder)
-        earlier_out = any(is_journal(f) for f in files)  # an output folder of reallod detect
-        if earlier_out and here != root:
-            subfolders[:] = []
-            continue
-        subfolders[:] = [d for d in subfolders if not d.startswith(".") and not (earlier_out and d in OUTPUT_SUBFOLDERS)
-                         and (here / d).resolve() not in skip_dirs]
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        journals = [here / f for f in files if is_journal(f)]
+        if journals or here.resolve() == own:  # an output folder of reallod detect
+            for sub in OUTPUT_SUBFOLDERS:
+                if sub in subfolders:
+                    subfolders.remove(sub)
+                    if strays := _not_written(here, sub, journals):
+                        passed_over.append((here, sub, strays, bool(journals)))
         prefix = here.relative_to(root).as_posix() + "/" if here != root else ""
-        found.extend(prefix + f for f in files
-                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+        found.extend(prefix + f for f in files if _is_image(f))
+    if passed_over:
+        _check_passed_over(found, passed_over, own)
     if not found:
         raise DataError(f"no images in the folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", path=str(root))
     found.sort(key=lambda name: name.replace("/", "\0"))  # folder by folder, as paths compare
     return root, found
+
+
+def _not_written(out: Path, sub: str, journals: list[Path]) -> set[str]:
+    """The images under ``out/sub`` (relative to ``out``) that none of ``journals`` lists as written."""
+    top = out / sub
+    if top.is_symlink():
+        return set()  # a link to a folder: passed over as any other
+    images = set()
+    for folder, subfolders, files in os.walk(top):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        rel = Path(folder).relative_to(out).as_posix()
+        images.update(f"{rel}/{f}" for f in files if _is_image(f))
+    for journal in journals if images else ():
+        try:
+            for _, entry in iter_journal(journal):
+                for key in ("pred", "vis"):
+                    written = entry.get(key) if isinstance(entry, dict) else None
+                    if isinstance(written, list) and written and isinstance(written[0], str):
+                        images.discard(os.path.normpath(written[0]))
+        except (OSError, ReallodError):  # gone, or being rewritten by its run
+            continue
+    return images
+
+
+def _check_passed_over(names: list[str], passed_over: list[tuple[Path, str, set[str], bool]],
+                       own: Path | None) -> None:
+    """Refuse output folders' ``vis`` or ``preds`` that hold images no detect run wrote. A picture at the
+    output name of an image of the input, in a folder with a journal, is a run's that was killed before its
+    journal noted it (the journal is written a few images at a time): it is drawn again, not refused."""
+    shared = shared_stems(names)
+    for out, sub, strays, has_journal in passed_over:
+        if has_journal:
+            for name in names:
+                strays.difference_update(output_names(name, DetectOptions(), name in shared))
+        if not strays:
+            continue
+        shown = sorted(strays)
+        where = out / sub
+        listed = f"{len(shown)} images no detect run wrote ({out / shown[0]}{', ...' if len(shown) > 1 else ''})"
+        if out.resolve() == own:
+            raise ConfigError(f"--out-dir {out}: {where} holds {listed}; the run writes its outputs there, so "
+                              f"they would be written over or never detected: move them out of {where} (or give "
+                              "another --out-dir)")
+        raise ConfigError(f"{where}: holds {listed}, but {out} is an output folder of reallod detect (it holds a "
+                          f"detect journal), whose {sub}/ is passed over: move them out of {where} to have them "
+                          "detected")
 
 
 def output_folders(options: DetectOptions) -> list[Path]:
@@ -109,11 +166,6 @@ def check_outputs(inputs: str | Path, options: DetectOptions) -> None:
             raise ConfigError(f"--out-dir {out}: {folder} {'is' if where in sources else 'holds'} the input "
                               f"{inputs}, and its files would be written over by the outputs; give another "
                               "--out-dir (or move the images out of it)")
-
-
-def output_skips(options: DetectOptions) -> list[Path]:
-    """Folders :func:`find_images` passes over: the run's own ``OUT``, ``OUT/vis`` and ``OUT/preds``."""
-    return [options.out_dir, *(options.out_dir / sub for sub in OUTPUT_SUBFOLDERS)]
 
 
 def check_links(root: Path, names: Iterable[str], options: DetectOptions) -> None:
@@ -158,6 +210,19 @@ def _load(path: Path, detector: Detector, max_pixels: int):
         return image, prepare_pixels(detector, image), None, stamp
     except DataError as e:
         return None, None, e if e.path else DataError(e.message, path=str(path)), None
+
+
+def _too_long(root: Path, name: str, options: DetectOptions, whole_name: bool, limit: int | None):
+    """:func:`_load`'s answer for an image whose output file name is longer than the file system of ``OUT``
+    allows (``limit`` bytes; None: nothing is written): skipped with a message naming it, as an unreadable
+    image is, and the others go on. None for any other image."""
+    for rel in output_names(name, options, whole_name) if limit is not None else ():
+        longest = max((len(os.fsencode(part)) for part in rel.split("/")), default=0) if rel else 0
+        if longest > limit:
+            return None, None, DataError(f"its output in {options.out_dir / rel.split('/')[0]} would have a name of "
+                                         f"{longest} bytes, longer than the {limit} its file system allows; give the "
+                                         "image a shorter name", path=str(root / name)), None
+    return None
 
 
 def _write(dets: Detections, image: Image.Image, name: str, options: DetectOptions, whole_name: bool = False
@@ -205,9 +270,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
     place = place or Place()
     plan_prompts(detector, check_expressions(expressions), inference)  # a bad expression fails before any write
     check_outputs(inputs, options)
-    root, names = images or find_images(inputs, skip=output_skips(options))
+    root, names = images or find_images(inputs, options.out_dir)
     check_links(root, names, options)
-    shared = shared_stems(names)  # of all images, whichever process writes them
+    shared = shared_stems(names, options)  # of all images, whichever process writes them; a clash is refused
     every = names
     if place.world_size > 1:
         names = [name for name in names if place.takes(name)]
@@ -250,7 +315,9 @@ def run_detect(inputs: str | Path, detector: Detector, expressions: list[str], *
         if journal is not None:  # its files are on disk: a rerun may skip it
             journal.append_soon(name, journal_entry(files, options.out_dir, root_key, stamp))
 
-    loaded = ahead(lambda name: _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
+    limit = file_name_max(options.out_dir) if journal is not None else None  # OUT exists: the journal is there
+    loaded = ahead(lambda name: _too_long(root, name, options, name in shared, limit)
+                   or _load(root / name, detector, options.max_pixels), todo, n_ahead, name="detect-load")
     current = todo[0] if todo else ""  # the image being detected, for an out-of-memory message
     try:
         for name, (image, prepared, error, stamp) in zip(todo, loaded, strict=True):

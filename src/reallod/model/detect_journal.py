@@ -90,22 +90,55 @@ class DetectSummary:
     unstamped: int = 0  # entries of an older reallod, which hold no image size and time: detected again
 
 
-def shared_stems(names: list[str]) -> set[str]:
-    """Images whose name but for its suffix another image has (``photo.jpg``, ``photo.png``): their outputs
-    keep the whole name (``preds/photo.jpg.json``), or one image's JSON would overwrite the other's."""
-    count = Counter(os.path.splitext(n)[0] for n in names)
-    return {n for n in names if count[os.path.splitext(n)[0]] > 1}
+def _base_names(name: str, whole: bool) -> tuple[str, str]:
+    """An image's JSON and picture names relative to ``OUT`` (both, whatever the options): from its name
+    without its suffix, or from its ``whole`` name. The picture keeps the image's format; one Pillow does
+    not write (TIFF, GIF...) is drawn as PNG."""
+    stem, suffix = os.path.splitext(name)
+    base = name if whole else stem
+    return f"preds/{base}.json", (f"vis/{name}" if suffix.lower() in SAVE_FORMATS else f"vis/{base}.png")
+
+
+def shared_stems(names: list[str], options: DetectOptions | None = None) -> set[str]:
+    """The images whose outputs keep their whole name (``preds/photo.jpg.json``), so that no two images
+    of ``names`` write the same file: those whose name but for its suffix another image has (``photo.jpg``,
+    ``photo.png``), and, in turn, those whose names that widening would take (``photo.jpg.png``'s
+    ``preds/photo.jpg.json``). A function of the set of names alone, whatever their order, so every
+    process of a run and every rerun over the same images gives each the same names. Two images that
+    would still write one file (``x.tif``, drawn as ``vis/x.tif.png``, beside an image ``x.tif.png``) are a
+    ``ConfigError`` naming them, for the outputs ``options`` writes, before any image is detected."""
+    stems = Counter(os.path.splitext(n)[0] for n in names)
+    every = set(names)
+    # only images whose stem is another's stem or name, or whose name is another's stem, can clash
+    related = sorted(n for n in names if stems[os.path.splitext(n)[0]] > 1 or os.path.splitext(n)[0] in every
+                     or n in stems)
+    del every
+    whole: set[str] = set()
+    while True:
+        claims: dict[str, list[str]] = {}
+        for n in related:
+            for path in _base_names(n, n in whole):
+                claims.setdefault(path, []).append(n)
+        contests = [(path, claimants) for path, claimants in claims.items() if len(claimants) > 1]
+        widen = {n for _, claimants in contests for n in claimants if n not in whole}
+        if not widen:
+            break
+        whole |= widen
+    if options is not None:
+        kinds = tuple(k for k, on in (("preds/", options.save_pred), ("vis/", options.save_vis)) if on)
+        clash = next(((path, c) for path, c in sorted(contests) if kinds and path.startswith(kinds)), None)
+        if clash is not None:
+            path, claimants = clash
+            raise ConfigError(f"the images {' and '.join(claimants)} would both be written as {options.out_dir / path}; "
+                              "rename one of them (or leave those outputs out: --no-save-vis, --no-save-pred)")
+    return whole
 
 
 def output_names(name: str, options: DetectOptions, whole_name: bool = False) -> tuple[str | None, str | None]:
-    """Where an image's JSON and picture go, relative to ``OUT`` (None: not written). The picture keeps the
-    image's format; one Pillow does not write (TIFF, GIF...) is drawn as PNG. ``whole_name``: the names
-    keep the image's suffix too (:func:`shared_stems`)."""
-    stem, suffix = os.path.splitext(name)
-    base = name if whole_name else stem
-    pred = f"preds/{base}.json" if options.save_pred else None
-    vis = (f"vis/{name}" if suffix.lower() in SAVE_FORMATS else f"vis/{base}.png") if options.save_vis else None
-    return pred, vis
+    """Where an image's JSON and picture go, relative to ``OUT`` (None: not written). ``whole_name``: the
+    names keep the image's suffix too (:func:`shared_stems`)."""
+    pred, vis = _base_names(name, whole_name)
+    return pred if options.save_pred else None, vis if options.save_vis else None
 
 
 Files = tuple[Path | None, Path | None]  # an image's JSON and picture (None: not written)

@@ -7,6 +7,7 @@ The loader and the checkpoint converter both stand on this file; neither imports
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,11 +120,39 @@ def load_model_checked(folder: str | Path, config, dtype: torch.dtype | None = N
     return model
 
 
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
+VOCABULARY_FILES = ("vocab.txt", "tokenizer.json")
+
+
+def check_tokenizer_folder(source: str | Path, folder: Path) -> None:
+    """A local tokenizer folder's files, before transformers reads them: its JSON files must each be a JSON
+    object (a broken one is named as broken, not reported as missing), and it must hold a vocabulary:
+    without one transformers builds a tokenizer of a handful of special tokens, whose ids then fail the
+    bert-base-uncased check with no word of the missing file."""
+    for name in TOKENIZER_JSON_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(file.read_bytes()), dict)
+            why = "not a JSON object"
+        except (OSError, ValueError) as e:
+            ok, why = False, f"not valid JSON: {one_line(e, 120)}"
+        if not ok:
+            raise ConfigError(f"{file}: {why}; fix the file, or remove it")
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        where = "" if Path(source) == folder else f" in {folder}"
+        raise ConfigError(f"{source}: no tokenizer vocabulary (neither vocab.txt nor tokenizer.json{where}); copy "
+                          "bert-base-uncased's vocab.txt there, or pass --tokenizer with a folder or hub id holding it")
+
+
 def load_tokenizer(source: str | Path):
     """The BERT tokenizer, checked to use bert-base-uncased ids for the delimiters the model hard-codes."""
     from transformers import BertTokenizer
 
     src = resolve_source(source, "tokenizer")
+    if Path(src).is_dir():
+        check_tokenizer_folder(source, Path(src))
     try:
         tok = BertTokenizer.from_pretrained(src)
     except (OSError, ValueError, TypeError) as e:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -186,20 +188,83 @@ def plan_prompts(detector: Detector, expressions: Sequence[str], options: Infere
     return plan(tokens, detector.max_text_len, on_long=options.on_long, expressions=expressions)
 
 
+def resized_size(size: Any, height: int, width: int) -> tuple[int, int] | None:
+    """The (height, width) the Grounding-DINO image processor resizes a ``height`` × ``width`` image to under
+    its ``size`` rule (its own arithmetic, so this agrees with it); None for a rule it does not know."""
+    from transformers.image_transforms import get_size_with_aspect_ratio
+    from transformers.image_utils import get_image_size_for_max_height_width
+
+    rule = {k: v for k, v in dict(size or {}).items() if v}
+    if {"shortest_edge", "longest_edge"} <= set(rule):
+        return get_size_with_aspect_ratio((height, width), rule["shortest_edge"], rule["longest_edge"])
+    if {"max_height", "max_width"} <= set(rule):
+        return get_image_size_for_max_height_width((height, width), rule["max_height"], rule["max_width"])
+    if {"height", "width"} <= set(rule):
+        return int(rule["height"]), int(rule["width"])
+    return None
+
+
+def feature_strides(config: Any) -> list[int] | None:
+    """The strides of the feature maps the detector's encoder takes: the Swin stages it uses (patch size ×
+    2 per stage after the first), then each extra level half the last; None for another backbone."""
+    backbone = getattr(config, "backbone_config", None)
+    patch, stages = getattr(backbone, "patch_size", None), getattr(backbone, "out_features", None)
+    patch = patch[0] if isinstance(patch, (list, tuple)) and patch else patch
+    if not isinstance(patch, int) or not stages or not all(re.fullmatch(r"stage\d+", s) for s in stages):
+        return None
+    strides = [patch * 2 ** (int(s[5:]) - 1) for s in stages]
+    for _ in range(int(getattr(config, "num_feature_levels", len(strides))) - len(strides)):
+        strides.append(strides[-1] * 2)
+    return strides
+
+
+def input_problem(config: Any, height: int, width: int) -> str | None:
+    """Why the detector cannot take a resized image of ``height`` × ``width`` pixels, or None. Each feature
+    map has ceil(side / stride) positions a side (Swin pads to its patches, each merge and extra level
+    rounds up); the projections' group norm (32 groups) needs more than one value per group, and the
+    two-stage encoder picks ``num_queries`` of all the positions."""
+    if min(height, width) < 1:
+        return "a side would be under one pixel"
+    strides = feature_strides(config)
+    if strides is None:
+        return None
+    maps = [math.ceil(height / s) * math.ceil(width / s) for s in strides]
+    if int(getattr(config, "d_model", 256)) // 32 * min(maps) <= 1:
+        return f"its {strides[-1]}-pixel feature map would be a single value, too little for the model's group norm"
+    queries = int(getattr(config, "num_queries", 0))
+    if getattr(config, "two_stage", False) and sum(maps) < queries:
+        return f"it gives {sum(maps)} image positions, fewer than the model's {queries} queries"
+    return None
+
+
+def processor_file(detector: Detector) -> str:
+    """Where the detector's image processor settings come from, for messages."""
+    model = detector.source.split(" + ")[0]
+    return f"{model}/preprocessor_config.json" if model else "the image processor's settings"
+
+
 def prepare_pixels(detector: Detector, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """The CPU half of :func:`preprocess` (decode-side work: convert, resize, normalise, pad).
 
     Safe to run in a worker thread while the device works on another image. On a CUDA detector the
-    tensors are pinned, so :func:`to_device` can copy them without blocking the host.
+    tensors are pinned, so :func:`to_device` can copy them without blocking the host. An image the
+    model cannot take once resized (a strip thousands of times longer than wide) is a ``DataError``;
+    the processor failing on any other is its settings' fault: a ``ConfigError`` naming them.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
+    proc = detector.image_processor
+    width, height = image.size
+    resized = resized_size(getattr(proc, "size", None), height, width) if getattr(proc, "do_resize", True) else None
+    if resized is not None and (why := input_problem(getattr(detector.model, "config", None), *resized)):
+        shown = "" if min(resized) < 1 else f": resized to {resized[1]}×{resized[0]}, {why}"
+        raise DataError(f"image is {width}×{height}: too thin to resize to the model's input"
+                        + (shown or f" ({why})"))
     try:
-        enc = detector.image_processor(images=[image], return_tensors="pt")
-    except ValueError as e:  # one side would resize to under a pixel (a strip thousands of times longer)
-        width, height = image.size
-        raise DataError(f"image is {width}×{height}: too thin to resize to the model's input (a side "
-                        f"would be under one pixel)") from e
+        enc = proc(images=[image], return_tensors="pt")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{processor_file(detector)}: the image processor fails on a {width}×{height} image "
+                          f"({' '.join(str(e).split())[:200]}); fix its settings") from e
     pixel_values, pixel_mask = enc["pixel_values"], enc["pixel_mask"]
     if detector.device.type == "cuda":
         pixel_values, pixel_mask = pixel_values.pin_memory(), pixel_mask.pin_memory()

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError
 from reallod.hub import CHECKPOINT_SUFFIXES, as_found, hub_revision, looks_like_path, one_line, resolve_source
 from reallod.model import token_prompt as P
@@ -21,7 +22,7 @@ from reallod.model.hf_folder import (
     resolve_detector_source,
     write_model_folder,
 )
-from reallod.model.inference import Detector
+from reallod.model.inference import Detector, input_problem, resized_size
 
 if TYPE_CHECKING:
     import torch
@@ -103,28 +104,81 @@ def read_detector_config(model: str | Path, max_text_len: int | None = None, *, 
     return config
 
 
+MAX_INPUT_PIXELS = DEFAULT_MAX_PIXELS  # the largest image reallod decodes by default: no larger model input
+
+
+def check_image_size(image_size: tuple[int, int], what: str = "--image-size") -> None:
+    """Refuse an ``--image-size SHORT,LONG`` out of bounds, before anything is loaded: 0 < SHORT <= LONG,
+    and no image resized to it above :data:`MAX_INPUT_PIXELS` (SHORT × LONG at most: the largest image
+    reallod decodes by default, Pillow's decompression-bomb threshold). The smallest size a model takes
+    depends on its backbone: :func:`check_input_size`."""
+    short, long = (int(v) for v in image_size)
+    if not 0 < short <= long:
+        raise ConfigError(f"{what} {short},{long}: must be SHORT,LONG with 0 < SHORT <= LONG (such as 800,1333)")
+    if short * long > MAX_INPUT_PIXELS:
+        raise ConfigError(f"{what} {short},{long}: an image resized to it may have {short * long:,} pixels, "
+                          f"more than the {MAX_INPUT_PIXELS:,} of the largest image reallod decodes; give a smaller "
+                          "size (Real-Model's is 800,1333)")
+
+
+def check_input_size(processor, config, where: str) -> None:
+    """Refuse an image size at which even a square image gives the detector an input it cannot take (too
+    few positions for its queries, or a feature map of one value: :func:`input_problem`), so every image
+    would fail; ``where``: ``--image-size`` or the preprocessor file, named in the message. Done with the
+    config alone, before the weights load. The smallest SHORT the backbone's strides allow is named."""
+    if not getattr(processor, "do_resize", True):
+        return
+    square = resized_size(getattr(processor, "size", None), 1000, 1000)
+    why = input_problem(config, *square) if square is not None else None
+    if why is None:
+        return
+    smallest = next((n for n in range(1, 1 << 16) if input_problem(config, n, n) is None), None)
+    hint = f"; this model needs a SHORT of at least {smallest}" if smallest is not None else ""
+    raise ConfigError(f"{where}: too small for this model: a square image is resized to {square[1]}×{square[0]}, "
+                      f"where {why}{hint}")
+
+
 def load_image_processor(source: str | Path | None, image_size: tuple[int, int] | None = None):
-    """The PIL Grounding-DINO image processor (folder settings if present), optionally resized."""
+    """The PIL Grounding-DINO image processor (folder settings if present), optionally resized. The
+    published defaults (800 / 1333) are used only where the model has no preprocessor_config.json: one
+    that cannot be read, or that the processor fails on, is a ``ConfigError`` naming it."""
+    from PIL import Image
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
 
+    if image_size is not None:
+        check_image_size(image_size, "image size")
     proc = None
+    where = "the default image processor"
     if source is not None:
         local = Path(str(source)).expanduser()
-        if not looks_like_path(source) or (local / "preprocessor_config.json").is_file():
+        file = local / "preprocessor_config.json"
+        if local.is_dir() and file.is_file():
+            where = str(file)
+            try:
+                proc = GroundingDinoImageProcessorPil.from_pretrained(str(local))
+            except Exception as e:  # not JSON, a list, unknown size keys...: the file's fault
+                raise ConfigError(f"{file}: not a usable image processor config ({one_line(e)}); fix it, or remove "
+                                  "it to use the defaults (800,1333)") from e
+        elif not looks_like_path(source) and not local.is_dir():  # a hub id
             try:
                 proc = GroundingDinoImageProcessorPil.from_pretrained(str(source))
-            except (OSError, ValueError):
-                proc = None  # no preprocessor config: the defaults are the published ones (800 / 1333)
+                where = f"{source}'s preprocessor_config.json"
+            except OSError:
+                proc = None  # no preprocessor config there: the defaults are the published ones (800 / 1333)
+            except ValueError as e:
+                raise ConfigError(f"{source}: its preprocessor_config.json is not usable ({one_line(e)})") from e
     if proc is None:
         proc = GroundingDinoImageProcessorPil()
     if image_size is not None:
         short, long = (int(v) for v in image_size)
-        if not 0 < short <= long:
-            raise ConfigError(f"image size must be SHORT,LONG with 0 < SHORT <= LONG, not {image_size}")
         proc = GroundingDinoImageProcessorPil(**{**proc.to_dict(), "size": {"shortest_edge": short,
                                                                              "longest_edge": long}})
+    try:  # once, on a small picture: settings it fails on would otherwise fail on every image
+        proc(images=[Image.new("RGB", (64, 48))], return_tensors="pt")
+    except Exception as e:  # whatever its settings make it raise
+        raise ConfigError(f"{where}: the image processor fails on an image ({one_line(e)}); fix its settings") from e
     return proc
 
 
@@ -183,6 +237,14 @@ def loaded_settings(model: str | Path, *, max_text_len: int | None = None, token
                                     TOKENIZER_FILES)}}
 
 
+def _size_source(model: str, image_size: tuple[int, int] | None) -> str:
+    """What set the image size, for messages: the option, or the model's preprocessor file."""
+    if image_size is not None:
+        return f"--image-size {image_size[0]},{image_size[1]}"
+    file = Path(model) / "preprocessor_config.json"
+    return f"{file} (size)" if file.is_file() else "the default image size 800,1333"
+
+
 def load_detector(model: str | Path, *, weights: str | Path | None = None, device: str | None = None,
                   dtype: str | torch.dtype = "fp32", max_text_len: int | None = None,
                   tokenizer: str | Path | None = None, image_size: tuple[int, int] | None = None) -> Detector:
@@ -194,6 +256,9 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     src = resolve_model_source(model)
     config = read_detector_config(src, max_text_len, resolved=True)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    proc = load_image_processor(src, image_size)  # the small files first: their errors come before the weights load
+    check_input_size(proc, config, _size_source(src, image_size))
+    tok = load_tokenizer(tokenizer if tokenizer is not None else src)
     if weights is None:
         net = load_model_checked(src, config, dt)
     else:
@@ -202,7 +267,5 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
             write_model_folder(state, config, tmp)
             net = load_model_checked(tmp, config, dt, source=weights)  # errors name the user's file
     net = net.to(dev).eval()
-    tok = load_tokenizer(tokenizer if tokenizer is not None else src)
-    proc = load_image_processor(src, image_size)
     return Detector(net, tok, proc, dev, dt, source=str(model) if weights is None else f"{model} + {weights}",
                     stamp=weights_stamp(src, weights))
