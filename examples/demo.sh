@@ -15,13 +15,15 @@ echo "(loading the model takes about a minute; each model call some seconds on a
 "$REALLOD" realign examples/realdata.jsonl --config offline --images examples/images \
     --out "$OUT/realigned.jsonl" --report-dir "$OUT/report" --report "$OUT/run" \
     --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
+# a task this run did (with LIMIT=1 only the first: a fixed id could name one it never ran)
+TASK=$(grep -o -m1 '"task_id":"[^"]*"' "$OUT/realigned.trace.jsonl" | cut -d'"' -f4 || true)
 
 cat <<MSG
 
 Done.
   re-aligned Real-Data: $OUT/realigned.jsonl   (raw expressions kept as origin_positive_expressions)
   trace, every model call: $OUT/realigned.trace.jsonl
-      read one task:  $REALLOD realign --explain $OUT/realigned.trace.jsonl --task 0/vlm_short/0/1
+      read one task:  $REALLOD realign --explain $OUT/realigned.trace.jsonl --task ${TASK:-ID}
   report: $OUT/report/index.html   (also index.md; one PNG card per task in $OUT/report/img/)
   run summary: $OUT/run.json and $OUT/run.md; journal: $OUT/realigned.journal.jsonl
       (run this again and it resumes from the journal: finished tasks are not redone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import pytest
 import typer
 
 from reallod.cli import app
@@ -73,3 +74,64 @@ def test_the_cli_default_pixel_budget_is_the_libraries():
     from reallod.data.images import DEFAULT_MAX_PIXELS
 
     assert MAX_PIXELS == DEFAULT_MAX_PIXELS
+
+
+def test_every_command_summary_is_one_line_of_its_docstring():
+    """A group's listing keeps the summary's line breaks: `detect` read "... and one" / "labelled picture"."""
+    broken = {" ".join(path): first for path, command in commands(typer.main.get_command(app))
+              if "\n" in (first := inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0])}
+    assert not broken, broken
+
+
+def _help(args: list[str], capsys, monkeypatch) -> str:
+    from tests.cli_helpers import run_cli
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per help text: phrases are not broken
+    code, out, _ = run_cli([*args, "--help"], capsys)
+    assert code == 0
+    return " ".join(out.replace("│", " ").split())
+
+
+def test_the_shipped_agent_configs_named_in_help_are_those_shipped(capsys, monkeypatch):
+    """`pipeline`/`generate --config` listed offline, vllm, published, without vllm-student."""
+    from reallod.agent.agent_config import SHIPPED_DIR
+    from reallod.cli.common import shipped_config_dir
+
+    assert shipped_config_dir("agent") == SHIPPED_DIR
+    names = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+    assert "vllm-student" in names
+    for command in (["pipeline"], ["generate"], ["realign", "run"], ["agent-eval"], ["demo", "agent"]):
+        assert f"{', '.join(names)})" in _help(command, capsys, monkeypatch), command
+
+
+def test_data_help_names_every_data_command(capsys, monkeypatch):
+    from reallod.cli.data import app as data_app
+
+    listed = [c.name for c in typer.main.get_command(data_app).commands.values()]
+    summary = _help(["data"], capsys, monkeypatch)
+    assert f"Real-Data toolkit: {', '.join(sorted(listed, key=summary.index))}." in summary
+    assert {"sample", "split", "merge"} <= set(listed)
+
+
+def test_eval_help_says_what_topk_and_show_dir_do_for_each_benchmark(capsys, monkeypatch):
+    """`eval ovdeval --topk` said "the metrics use at most 100" beside [default: 300]; `--show-dir` said
+    <image id>.png, where OVDEval writes <subset>_<image id>.png."""
+    ovd = _help(["eval", "ovdeval"], capsys, monkeypatch)
+    assert "before OVDEval's NMS (the metrics then read at most 100 per image and description). [default: 300]" in ovd
+    assert "<subset>_<image id>.png" in ovd
+    assert "per image and description). [default: 100]" in _help(["eval", "d3"], capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("command", [["pipeline", "--annotations", "a.json", "--images", "."],
+                                     ["realign", "data.jsonl", "--out", "o.jsonl"],
+                                     ["agent-eval", "labelled.jsonl"]])
+def test_a_folder_given_as_the_agent_config_is_named_a_folder(command, capsys, tmp_path, monkeypatch):
+    """`--config configs/agent` was "no such config file"."""
+    from tests.cli_helpers import run_cli
+
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "mine.yaml").write_text("name: mine\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([*command, "--config", "agent"], capsys)
+    said = " ".join(err.replace("│", " ").split())
+    assert code == 2 and "agent is a folder, not a config file: give one of its files (agent/mine.yaml)" in said

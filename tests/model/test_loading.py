@@ -137,7 +137,8 @@ def test_a_hub_id_offline_fails_fast_with_one_line(monkeypatch, no_hub):
         load_detector("some-org/some-detector", device="cpu")
     assert time.perf_counter() - start < 5
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("some-org/some-detector: cannot reach the Hugging Face hub")
+    assert "\n" not in msg and msg.startswith("some-org/some-detector: no such model folder here, and as a hub id "
+                                              "it cannot be fetched: cannot reach the Hugging Face hub")
     assert "HF_HUB_OFFLINE" in msg and "pass a local folder" in msg
 
 
@@ -145,8 +146,9 @@ def test_an_unreachable_hub_fails_fast_with_one_line(no_hub):
     import time
 
     start = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"cannot reach the Hugging Face hub for some-org/some-detector \(offline\?\); "
-                       "pass a local folder") as err:
+    with pytest.raises(ConfigError, match=r"no such model folder here, and as a hub id it cannot be fetched: cannot "
+                       r"reach the Hugging Face hub for some-org/some-detector \(offline\?\) and it is not in the "
+                       "local cache; pass a local folder") as err:
         load_detector("some-org/some-detector", device="cpu")
     assert time.perf_counter() - start < 12  # one look-up, no retries (the hub library's retries take ~26 s)
     assert "\n" not in str(err.value)

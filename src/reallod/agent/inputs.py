@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from reallod.agent.task import ObjectRef, PairRef, Task, TaskResult
-from reallod.data.io import iter_json, iter_lines, read_whole
+from reallod.data.io import iter_json, iter_lines, one_document, read_whole
 from reallod.data.records import canonical_pairs
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_box, check_record
 from reallod.errors import DataError
@@ -127,14 +127,21 @@ def detect_format(path: str | os.PathLike) -> InputFormat:
         raise DataError("file holds no tasks or records", path=path)
     if first != b"{":
         raise DataError("expected a JSON list of tasks or JSONL (tasks or Real-Data records)", path=path)
-    for lineno, obj in iter_raw_records(path):  # the first line that parses decides; bad lines are per-task errors
-        if obj is None:
+    for n, (lineno, line) in enumerate(iter_lines(path)):  # the first line that parses decides; bad lines
+        try:  # are per-task errors, unless the first one says the file is one JSON document (a COCO json)
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if n == 0 and (whole := one_document(line)):
+                raise DataError(whole, path=path, line=lineno) from None
             continue
         if isinstance(obj, dict) and "pairs" in obj:
             return "records"
         if isinstance(obj, dict) and ("raw_expression" in obj or "object_locations" in obj):
             return "tasks"
-        raise DataError("first line is neither a Real-Data record (no 'pairs') nor a task "
+        if n == 0 and (whole := one_document(line)):
+            raise DataError(whole, path=path, line=lineno)
+        which = "first line" if n == 0 else "first line that is JSON"
+        raise DataError(f"{which} is neither a Real-Data record (no 'pairs') nor a task "
                         "(no 'raw_expression'/'object_locations')", path=path, line=lineno)
     raise DataError("no line is valid JSON", path=path)
 

@@ -18,6 +18,7 @@ from reallod.cli.common import (
     BaseUrl,
     LlmBaseUrl,
     VlmBaseUrl,
+    config_file_value,
     console,
     ordered_group,
     quiet_transformers,
@@ -68,7 +69,7 @@ def sft_data_cmd(
         "--images", metavar="ROOT", help="Image root for the VLM views (default: the one each trace recorded).")] = None,
     config: Annotated[str | None, typer.Option(
         "--config", help="Render the prompts with this agent config's templates (the student's; default: the "
-                         "packaged prompts).")] = None,
+                         "packaged prompts).", callback=config_file_value)] = None,
     val_fraction: Annotated[float, typer.Option(
         "--val-fraction", min=0.0, max=0.95,
         help="Share of the images held out for validation: an image is held out when a seeded hash of its file "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import typer
@@ -125,10 +126,38 @@ def with_options(shared: Callable[..., Any], *, own_first: bool = False) -> Call
     return decorate
 
 
-AGENT_CONFIG_HELP = "Agent config: a YAML file or a shipped name (offline, vllm, published, vllm-student)."
+def shipped_config_dir(kind: str) -> Path:
+    """``configs/KIND`` (``agent``, ``train``) of the checkout (editable install) or, from a wheel,
+    ``<prefix>/share/reallod/configs/KIND``: where :mod:`reallod.agent.agent_config` looks, found without
+    importing the agent (the help lists the shipped names)."""
+    checkout = Path(__file__).resolve().parents[3] / "configs" / kind
+    installed = Path(sys.prefix) / "share" / "reallod" / "configs" / kind
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+def shipped_configs(kind: str) -> list[str]:
+    """The names (file stems) of the shipped configs of ``kind``."""
+    folder = shipped_config_dir(kind)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+SHIPPED_AGENT_CONFIGS = ", ".join(shipped_configs("agent"))
+AGENT_CONFIG_HELP = f"Agent config: a YAML file or a shipped name ({SHIPPED_AGENT_CONFIGS})."
 BASE_URL_HELP = "Point every openai-backend role at this server (also REALLOD_BASE_URL)."
 
-AgentConfig = Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP)]
+
+def config_file_value(value: str | None) -> str | None:
+    """A folder given as an agent ``--config`` is named as one (the loader said "no such config file"),
+    with the YAML files in it."""
+    if value is not None and Path(value).expanduser().is_dir():
+        files = sorted(str(p) for p in Path(value).expanduser().glob("*.yaml"))
+        listed = f"one of its files ({', '.join(files)}) or " if files else ""
+        raise typer.BadParameter(f"{value} is a folder, not a config file: give {listed}a shipped name "
+                                 f"({SHIPPED_AGENT_CONFIGS})", param_hint="--config")
+    return value
+
+
+AgentConfig = Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)]
 BaseUrl = Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)]
 LlmBaseUrl = Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")]
 VlmBaseUrl = Annotated[str | None, typer.Option("--vlm-base-url", help="... only the VLM role.")]

@@ -14,8 +14,11 @@ import typer
 
 from reallod.cli.common import console, ordered_group
 
-app = typer.Typer(cls=ordered_group("validate", "stats", "convert", "filter", "sample", "split", "merge", "show"),
-                  no_args_is_help=True, help="Real-Data toolkit: validate, stats, convert, filter, show.")
+COMMANDS = ("validate", "stats", "convert", "filter", "sample", "split", "merge", "show")
+"""The commands of ``reallod data``, in the order its help lists (and names) them."""
+
+app = typer.Typer(cls=ordered_group(*COMMANDS), no_args_is_help=True,
+                  help=f"Real-Data toolkit: {', '.join(COMMANDS)}.")
 
 
 _Src = Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)]

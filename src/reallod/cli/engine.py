@@ -10,10 +10,12 @@ import typer
 
 from reallod.cli.common import (
     MAX_PIXELS,
+    SHIPPED_AGENT_CONFIGS,
     BaseUrl,
     LlmBaseUrl,
     MaxPixels,
     VlmBaseUrl,
+    config_file_value,
     progress_monitor,
     quiet_transformers,
     with_options,
@@ -45,8 +47,9 @@ _A = Annotated
 _OPT_ANN = _A[Path, typer.Option("--annotations", help=_ANN_HELP, show_default=False)]
 _OPT_IMAGES = _A[Path, typer.Option("--images", help="Image root the annotations' file names are relative to.",
                                     show_default=False)]
-_OPT_CONFIG = _A[str, typer.Option("--config", help="Agent config (path, or shipped name: offline, vllm, published); "
-                                   "its rewriter model writes the LLM steps, its vlm the VLM steps.")]
+_OPT_CONFIG = _A[str, typer.Option("--config", help=f"Agent config (path, or shipped name: {SHIPPED_AGENT_CONFIGS}); "
+                                   "its rewriter model writes the LLM steps, its vlm the VLM steps.",
+                                   callback=config_file_value)]
 _OPT_CLASSES = _A[Path | None, typer.Option("--classes", help="OpenImages class-description CSV.")]
 _OPT_CROWD = _A[bool, typer.Option("--keep-crowd", help="Keep crowd (COCO iscrowd / OpenImages IsGroupOf) boxes.")]
 _OPT_MIN_AREA = _A[float, typer.Option("--min-box-area", min=0, help="Drop boxes smaller than this (w×h pixels).")]

@@ -39,7 +39,10 @@ _EvScoreOver = Annotated[str, typer.Option(
     "benchmark protocol); all-tokens: the max over every token of the prompt, special tokens and \".\" included, "
     "as the published Real-Model demos score (parallel mode only).")]
 _EvTopk = Annotated[int, typer.Option(
-    "--topk", min=1, help="Boxes kept per description (the metrics use at most 100 per image and description).")]
+    "--topk", min=1, help="Boxes kept per description (the metrics read at most 100 per image and description).")]
+_OvdTopk = Annotated[int, typer.Option(
+    "--topk", min=1, help="Boxes kept per description, before OVDEval's NMS (the metrics then read at most 100 per "
+    "image and description).")]
 _EvMaxPerImage = Annotated[int | None, typer.Option(
     "--max-per-image", min=1, help="Keep only the best N boxes of an image over all its descriptions.",
     show_default=False)]
@@ -48,7 +51,7 @@ _EvOut = Annotated[Path | None, typer.Option(
     "folder of <subset>.json; a run killed part-way resumes from the journal kept beside it.")]
 _EvShowDir = Annotated[Path | None, typer.Option(
     "--show-dir", metavar="DIR", help="Draw each image's detections (score >= 0.3) into DIR as <image id>.png "
-    "(a folder other than the images').")]
+    "(OVDEval: <subset>_<image id>.png; a folder other than the images').")]
 _EvDevice = Annotated[str | None, typer.Option(
     "--device", help="cpu, cuda or cuda:N \\[default: cuda if available; cuda:LOCAL_RANK per process].",
     show_default=False)]
@@ -169,7 +172,7 @@ def eval_d3(
 @app.command("ovdeval")
 @with_options(_eval_job)
 def eval_ovdeval(
-    topk: _EvTopk = 300,
+    topk: _OvdTopk = 300,
     backend: _EvBackend = "pycocotools",
     subset: Annotated[str | None, typer.Option(
         "--subset", metavar="NAME", help="With a folder of subsets: evaluate only this one (e.g. negation).",

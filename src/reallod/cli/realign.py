@@ -22,6 +22,7 @@ from reallod.cli.common import (
     LlmBaseUrl,
     MaxPixels,
     VlmBaseUrl,
+    config_file_value,
     console,
     progress_monitor,
     quiet_transformers,
@@ -99,7 +100,7 @@ def realign_cmd(
     input: Annotated[Path | None, typer.Argument(
         help="Real-Data records (.jsonl[.gz]) or the published task list (JSON list or JSONL).",
         show_default=False)] = None,
-    config: Annotated[str | None, typer.Option("--config", help=AGENT_CONFIG_HELP)] = None,
+    config: Annotated[str | None, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Real-Data output (.jsonl or .jsonl.gz); OUT.trace.jsonl and OUT.journal.jsonl go next to it.")] = None,
     images: Annotated[Path | None, typer.Option(
@@ -200,8 +201,7 @@ def realign_merge_cmd(
         "one given here wins, and the merge says so).")] = None,
     source: Annotated[str | None, typer.Option("--source", help="As for realign (published task lists).")] = None,
 ) -> None:
-    """Join the outputs of `reallod realign --shard K/N` runs, checking that no task is missing or doubled
-    and that no shard is still running.
+    """Join the outputs of `reallod realign --shard K/N` runs (no task missing or doubled, no shard running).
 
     The result equals what one unsharded run with the shards' options would have written. Example:
     reallod realign merge out/s1.jsonl out/s2.jsonl --out out/all.jsonl
@@ -224,7 +224,7 @@ def agent_eval_cmd(
     labelled: Annotated[Path, typer.Argument(
         help="Tasks (published format, JSON list or JSONL) each with \"gold\": {\"correct\": bool, "
         "\"expression\": optional}.", show_default=False)],
-    config: Annotated[str, typer.Option("--config", help="Agent config: a YAML file or a shipped name.")],
+    config: Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)],
     images: Annotated[Path | None, typer.Option(
         "--images", metavar="ROOT", help="Image root (default: the labelled file's folder).")] = None,
     out: Annotated[Path | None, typer.Option(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reallod.cli.common import quiet_transformers
+from reallod.cli.common import quiet_transformers, shipped_config_dir, shipped_configs
 from reallod.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reallod.train.config import TrainConfig
 
 
 def register(root: typer.Typer) -> None:
@@ -29,17 +32,63 @@ def split_extra_args(config: Path, extra: list[str], resume: bool, cfg_options: 
     if unknown:
         raise ConfigError(f"no such option: {unknown[0]} (see reallod train --help)")
     overrides = list(cfg_options)
+    spaced = [w for w in overrides if "=" not in w]  # `--cfg-options optim.lr 1e-5`: the value left loose
+    if spaced:
+        raise ConfigError(f"--cfg-options {spaced[0]}: expected KEY=VALUE, one word each (e.g. --cfg-options "
+                          "optim.lr=1e-5)")
     loose = [w for w in extra if "=" in w]
     if loose and not cfg_options:
         raise ConfigError(f"{loose[0]!r}: put overrides after --cfg-options (e.g. --cfg-options optim.lr=1e-5)")
     overrides += loose
     paths = [w for w in extra if "=" not in w]
     if len(paths) > 1 or (paths and not resume):
-        raise ConfigError(f"unexpected argument(s): {' '.join(paths)} (a checkpoint goes right after --resume)")
+        raise ConfigError(f"unexpected argument(s): {' '.join(paths)} (a checkpoint goes right after --resume; "
+                          "--cfg-options takes KEY=VALUE words, e.g. optim.lr=1e-5)")
     ckpt = Path(paths[0]) if paths else None
     if ckpt is not None and config.is_dir() and not ckpt.is_dir():
         config, ckpt = ckpt, config  # `--resume CKPT CONFIG`: Typer took the checkpoint for CONFIG
     return config, ckpt, overrides
+
+
+def check_config_file(config: Path) -> None:
+    """CONFIG is a file: a folder (``configs/train``) or a name (``tiny-cpu``: CONFIG is a path, as
+    docs/training.md writes it) is told the YAML files it could mean, rather than "config file not found"
+    or "cannot read: Is a directory"."""
+    if config.is_file():
+        return
+    folder = shipped_config_dir("train")
+    shipped = ", ".join(_shown(folder / f"{name}.yaml") for name in shipped_configs("train"))
+    if config.is_dir():
+        files = ", ".join(str(p) for p in sorted(config.glob("*.yaml"))) or shipped
+        raise ConfigError(f"{config}: a folder, not a config file" + (f"; give a YAML file such as {files}" if files
+                                                                      else ""))
+    if not config.exists():
+        raise ConfigError(f"{config}: config file not found" + (f"; the shipped training configs: {shipped}"
+                                                                if shipped else ""))
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it (``configs/train/tiny-cpu.yaml``)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def check_data_paths(config: Path, overrides: list[str], cfg: TrainConfig, work_dir: Path) -> None:
+    """The data files and image roots the config names exist, checked before the run writes anything in the
+    work dir; errors name the field (``data.train.0.file``) and where it was set."""
+    from reallod.train.config import FieldError, apply_overrides, read_yaml_sources, resolve_paths
+    from reallod.train.dataset import check_data_paths as check
+    from reallod.yaml_lines import where_set
+
+    try:
+        check(resolve_paths(cfg, work_dir))
+    except FieldError as e:
+        raw, sources = read_yaml_sources(config)
+        apply_overrides(raw, overrides, sources)
+        where = where_set(sources, e.field, config)
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def check_config_kept(config: Path, work_dir: Path) -> None:
@@ -96,10 +145,12 @@ def train_cmd(
     from reallod.train.loop import train
 
     config, ckpt, overrides = split_extra_args(config, list(ctx.args), resume, list(cfg_options or []))
+    check_config_file(config)
     cfg = load_config(config, overrides)
     quiet_transformers()
     work_dir = work_dir or Path("work_dirs") / config.stem
     check_config_kept(config, work_dir)
+    check_data_paths(config, overrides, cfg, work_dir)
     again = ["reallod", "train", str(config), "--work-dir", str(work_dir), "--resume",
              *(["--amp"] if amp else []), *(["--auto-scale-lr"] if auto_scale_lr else []),
              *(["--max-pixels", str(max_pixels)] if max_pixels is not None else []),

@@ -306,14 +306,29 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
                      pairs={"category": pairs} if pairs else {}, extra={"image_id": iid})
 
 
-def load_json_document(path: str | os.PathLike) -> Any:
-    """A whole JSON document (plain or gzip), with errors naming the file."""
+def load_json_document(path: str | os.PathLike, *, lines_hint: str = "") -> Any:
+    """A whole JSON document (plain or gzip), with errors naming the file. A file of JSON Lines (its first
+    line a whole JSON value: Real-Data records?) is named as one, ``lines_hint`` saying what reads it,
+    instead of "invalid JSON: unexpected content after document: line 2"."""
     path = str(path)
     data = read_whole(path)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
+        if _first_line_parses(data):
+            raise DataError("looks like JSON Lines (one JSON value a line: Real-Data records?), not one JSON "
+                            f"document such as a COCO json{lines_hint}", path=path) from None
         raise DataError(f"invalid JSON: {e}", path=path) from None
+
+
+def _first_line_parses(data: bytes) -> bool:
+    """Whether the first non-blank line of ``data``, which has more after it, is a JSON value alone."""
+    first, _, rest = data.strip().partition(b"\n")
+    try:
+        orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return bool(rest.strip())
 
 
 def coco_to_realdata(src: str | os.PathLike, dst: str | os.PathLike, *, skip_crowd: bool = False,
@@ -322,7 +337,8 @@ def coco_to_realdata(src: str | os.PathLike, dst: str | os.PathLike, *, skip_cro
     """Read a COCO detection json and write the Real-Data skeleton to ``dst`` atomically."""
     refuse_same_file(src, dst)
     stats = ConvertStats()
-    data = load_json_document(src)
+    data = load_json_document(src, lines_hint="; Real-Data records need no conversion: realign and the data "
+                              "commands read them as they are (`reallod data convert coco` makes a COCO json of them)")
     boxes = 0
     with JsonlWriter(dst) as out:
         for record in coco_to_records(data, path=str(src), skip_crowd=skip_crowd, min_area=min_area,

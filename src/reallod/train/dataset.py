@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -33,13 +33,16 @@ import torch
 from PIL import Image
 
 from reallod.data.images import DEFAULT_MAX_PIXELS, open_header, open_image, upright_size
-from reallod.data.io import is_gzip_file, iter_lines
+from reallod.data.io import in_folder, is_gzip_file, iter_lines
 from reallod.data.records import Record
 from reallod.data.validate import BOM
 from reallod.errors import ConfigError, DataError
 from reallod.train import augment as A
 from reallod.train.sampling import TextOptions, TextSample, build_text_sample
 from reallod.train.targets import all_boxes, apply_geometry, clean_record, record_targets
+
+if TYPE_CHECKING:
+    from reallod.train.config import TrainConfig
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # the Grounding-DINO image processor's (ImageNet) normalisation
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -92,12 +95,40 @@ def _plain_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
                 yield lineno, offset, line
 
 
+def data_file_problem(path: str, what: str = "training") -> str | None:
+    """Why ``path`` cannot be a ``what`` (training, evaluation) data file; None when it can."""
+    if os.path.isfile(path):
+        return None
+    if os.path.exists(path):
+        return ("not a regular file (a folder, a pipe or a device): training reads its records again by their "
+                "place in the file; give a file")
+    return f"{what} data file not found"
+
+
+def check_data_paths(cfg: TrainConfig) -> None:
+    """Every ``data.train`` file and image root, and ``eval``'s, exists (``{work_dir}`` already replaced): a
+    :class:`FieldError` naming the field, before a run writes anything in its work dir (found while the data
+    is indexed, it left the work dir's TensorBoard files behind). Paths in ``data.synthetic.dir`` are the run's
+    to make."""
+    from reallod.train.config import FieldError
+
+    made = Path(cfg.data.synthetic.dir) if cfg.data.synthetic is not None else None
+    entries = [(f"data.train.{i}", f.file, f.images, "training") for i, f in enumerate(cfg.data.train)]
+    if cfg.eval.file is not None and cfg.eval.images is not None:
+        entries.append(("eval", cfg.eval.file, cfg.eval.images, "evaluation"))
+    for name, file, images, what in entries:
+        if made is not None and in_folder(Path(file), made):
+            continue
+        if why := data_file_problem(file, what):
+            raise FieldError(f"{name}.file", f"{file}: {why}")
+        if not os.path.isdir(images):
+            raise FieldError(f"{name}.images", f"{images}: image root not found")
+
+
 def index_file(spec: DataFile) -> FileIndex:
     """Scan one file: usable lines, skipped lines by reason, category names."""
-    if not os.path.isfile(spec.path):
-        raise DataError("not a regular file (a folder, a pipe or a device): training reads its records again "
-                        "by their place in the file; give a file" if os.path.exists(spec.path)
-                        else "training data file not found", path=spec.path)
+    if why := data_file_problem(spec.path):
+        raise DataError(why, path=spec.path)
     if not os.path.isdir(spec.images):
         raise DataError("image root not found (data.train[].images)", path=spec.images)
     gz = is_gzip_file(spec.path)
