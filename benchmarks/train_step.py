@@ -13,7 +13,8 @@ Every case runs ``reallod.train.loop.train`` on coloured-shapes images (generate
 Swin-T cases), with a log line per step; the first steps are a warm-up and are left out. The prompts
 of this data are shorter than Real-Data's (about 10 phrases, not 50 negatives), so the text side of
 the Swin-T cases is lighter than in a real run. Nothing is downloaded. Progress (the case, step i/N)
-goes to stderr as it runs; the table goes to stdout at the end.
+goes to stderr as it runs; the table goes to stdout at the end. ``--json FILE`` appends one JSON line
+per case (``"stage": "train"``) as soon as the case has run, so a run stopped later keeps it.
 
     .venv/bin/python benchmarks/train_step.py                 # all cases this machine can run
     .venv/bin/python benchmarks/train_step.py --case tiny-cpu --steps 20
@@ -121,13 +122,19 @@ def main() -> None:
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--steps", type=int, default=None, help="measured steps (default: 20 tiny, 3 CPU Swin-T, 20 GPU)")
     ap.add_argument("--warmup", type=int, default=None, help="steps left out first (default: 2; 5 on GPU)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="append one JSON line per case here as soon as it has run")
     ap.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args()
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps {args.steps}: at least 1 measured step is needed")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error(f"--warmup {args.warmup}: use 0 or more warm-up steps")
     defaults = {"tiny-cpu": (20, 2), "swin-t-cpu": (3, 2), "swin-t-gpu": (20, 5)}
     if args.one:
         steps, warmup = defaults[args.one]
-        print(json.dumps(run_case(args.one, args.steps or steps, args.warmup or warmup)))
+        print(json.dumps(run_case(args.one, steps if args.steps is None else args.steps,
+                                  warmup if args.warmup is None else args.warmup)))
         return
     import torch
 
@@ -135,12 +142,13 @@ def main() -> None:
     if not torch.cuda.is_available() and "swin-t-gpu" in cases:
         print("swin-t-gpu: skipped (no CUDA device)", file=sys.stderr)
         cases.remove("swin-t-gpu")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     results = []
     for k, case in enumerate(cases, 1):
         cmd = [sys.executable, __file__, "--one", case]
-        if args.steps:
+        if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
-        if args.warmup:
+        if args.warmup is not None:
             cmd += ["--warmup", str(args.warmup)]
         progress(f"case {k}/{len(cases)}: {case} (its own process)")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -158,14 +166,14 @@ def main() -> None:
             print(f"{case}: failed\n{''.join(tail)[-3000:]}", file=sys.stderr)
             continue
         results.append(json.loads(out.strip().splitlines()[-1]))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        if args.json:
+            with args.json.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"stage": "train", "device_name": device, **results[-1]}) + "\n")
     print(f"device: {device}; torch {torch.__version__}")
     print(f"{'case':<12} {'batch':>5} {'steps':>5} {'images/s':>9} {'s/step':>7} {'peak MiB':>9}")
     for r in results:
         print(f"{r['case']:<12} {r['batch']:>5} {r['steps']:>5} {r['images_per_s']:>9.2f} {r['step_s']:>7.2f} "
               f"{r['peak_mem_mb']:>9.0f}")
-    if args.json:
-        args.json.write_text(json.dumps({"device": device, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
