@@ -35,14 +35,6 @@ COMMON = ("--device", "cpu", "--batch-size", "2")
 NO_TOKENS = ("\u200b", "\u0301", "\ufffd", "\x00 \u200d")
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a model is loaded: the checks must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(jobs, "load_model", refuse)
 
 
 def _subset(gt, name="color"):

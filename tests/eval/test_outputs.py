@@ -16,14 +16,6 @@ from tests.eval.synthetic import omnilabel_gt, omnilabel_predictions, ovdeval_su
 COMMON = ("--device", "cpu", "--batch-size", "2")
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a model is loaded: the checks must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the outputs were checked")
-
-    monkeypatch.setattr(jobs, "load_model", refuse)
 
 
 @pytest.fixture
