@@ -65,3 +65,11 @@ def smaller_batches(batch_size: int, grad_accum: int) -> tuple[int, int] | None:
     divided by its smallest factor, the least change that frees memory); None for a batch of one."""
     factor = next((k for k in range(2, batch_size + 1) if batch_size % k == 0), None)
     return None if factor is None else (batch_size // factor, grad_accum * factor)
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """Where a file is not UTF-8, for a message: the byte, its line and its offset."""
+    data = error.object
+    line = data.count(b"\n", 0, error.start) + 1
+    return (f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}, at byte offset {error.start}): "
+            "save the file as UTF-8")

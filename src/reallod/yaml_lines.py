@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, not_utf8
 
 Sources = dict[str, str]  # dotted key -> where its value was set: "FILE:LINE", or "--cfg-options KEY=VALUE"
 
@@ -30,7 +30,7 @@ def read_yaml_lines(path: Path) -> tuple[Any, Sources]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: {not_utf8(e)}") from None
     sources: Sources = {}
     loader = yaml.SafeLoader(text)
     try:

@@ -15,16 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, not_utf8
 from reallod.llm.backends.base import Message
-
-
-def not_utf8(error: UnicodeDecodeError) -> str:
-    """Where a file is not UTF-8, for a message: the byte, its line and its offset."""
-    data = error.object
-    line = data.count(b"\n", 0, error.start) + 1
-    return (f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}, at byte offset {error.start}): "
-            "save the file as UTF-8")
 
 
 @dataclass(frozen=True, slots=True)

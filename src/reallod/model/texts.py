@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from reallod.errors import ConfigError, DataError
+from reallod.errors import ConfigError, DataError, not_utf8
 from reallod.model.token_prompt import sanitize
 
 COCO_CLASSES = (
@@ -72,7 +72,7 @@ def _read_text_file(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=str(path)) from e
+        raise DataError(not_utf8(e), path=str(path)) from e
     out = [e for line in text.splitlines() for e in split_caption(line)]
     if not out:
         raise DataError("no expressions in the file (it is empty or only whitespace)", path=str(path))
