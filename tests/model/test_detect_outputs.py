@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from reallod.errors import ConfigError
+from reallod.model import detect
 from reallod.model.detect import find_images
 from reallod.model.detect_journal import JOURNAL_NAME
 from tests.cli_helpers import run_cli
@@ -308,3 +309,22 @@ def test_discard_earlier_deletes_nothing_while_another_run_writes_the_folder(cap
         proc.wait()
     assert code == 2 and f"another run (pid {proc.pid}) is writing this journal" in err, err
     assert _outputs(out) == before
+
+
+def test_a_runs_own_pictures_inside_its_input_cost_no_reading_of_its_journal(tmp_path, photo, monkeypatch):
+    """``cd photos && reallod detect . --out-dir .`` resumed: every picture in vis/ is at an input image's
+    output name, so the journal (millions of lines on a large run, read again by the run itself) is not
+    read to tell them from the user's; a picture at another name still is."""
+    d = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg", "vis/a.jpg", "vis/b.jpg"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(d / name)
+    _journal(d, "vis/a.jpg")
+    read = []
+    real = detect.iter_journal
+    monkeypatch.setattr(detect, "iter_journal", lambda path: read.append(path) or real(path))
+    assert find_images(d, d)[1] == ["a.jpg", "b.jpg"] and not read
+    photo.save(d / "vis" / "old.jpg")  # not an input's name: only the journal can tell it is a picture
+    with pytest.raises(ConfigError, match=r"holds 1 images no detect run wrote \(.*vis/old.jpg\)"):
+        find_images(d, d)
+    assert read

@@ -67,8 +67,8 @@ def find_images(inputs: str | Path, out_dir: str | Path | None = None) -> tuple[
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
     own = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found = []
-    passed_over: list[tuple[Path, str, set[str], bool]] = []  # output folder, vis/preds, images no journal
-    # names, whether it holds a journal
+    passed_over: list[tuple[Path, str, set[str], list[Path]]] = []  # output folder, vis/preds, its images,
+    # its journals
     for folder, subfolders, files in os.walk(root):  # symbolic links to folders are not followed (as rglob)
         here = Path(folder)
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
@@ -77,8 +77,8 @@ def find_images(inputs: str | Path, out_dir: str | Path | None = None) -> tuple[
             for sub in OUTPUT_SUBFOLDERS:
                 if sub in subfolders:
                     subfolders.remove(sub)
-                    if strays := _not_written(here, sub, journals):
-                        passed_over.append((here, sub, strays, bool(journals)))
+                    if pictures := _images_under(here, sub):
+                        passed_over.append((here, sub, pictures, journals))
         prefix = here.relative_to(root).as_posix() + "/" if here != root else ""
         found.extend(prefix + f for f in files if _is_image(f))
     if passed_over:
@@ -89,8 +89,8 @@ def find_images(inputs: str | Path, out_dir: str | Path | None = None) -> tuple[
     return root, found
 
 
-def _not_written(out: Path, sub: str, journals: list[Path]) -> set[str]:
-    """The images under ``out/sub`` (relative to ``out``) that none of ``journals`` lists as written."""
+def _images_under(out: Path, sub: str) -> set[str]:
+    """The images under ``out/sub``, relative to ``out``."""
     top = out / sub
     if top.is_symlink():
         return set()  # a link to a folder: passed over as any other
@@ -99,7 +99,14 @@ def _not_written(out: Path, sub: str, journals: list[Path]) -> set[str]:
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         rel = Path(folder).relative_to(out).as_posix()
         images.update(f"{rel}/{f}" for f in files if _is_image(f))
-    for journal in journals if images else ():
+    return images
+
+
+def _not_written(images: set[str], journals: list[Path]) -> set[str]:
+    """Those of ``images`` (relative to the output folder) that none of ``journals`` lists as written."""
+    for journal in journals:
+        if not images:
+            break
         try:
             for _, entry in iter_journal(journal):
                 for key in ("pred", "vis"):
@@ -111,16 +118,19 @@ def _not_written(out: Path, sub: str, journals: list[Path]) -> set[str]:
     return images
 
 
-def _check_passed_over(names: list[str], passed_over: list[tuple[Path, str, set[str], bool]],
+def _check_passed_over(names: list[str], passed_over: list[tuple[Path, str, set[str], list[Path]]],
                        own: Path | None) -> None:
     """Refuse output folders' ``vis`` or ``preds`` that hold images no detect run wrote. A picture at the
     output name of an image of the input, in a folder with a journal, is a run's that was killed before its
-    journal noted it (the journal is written a few images at a time): it is drawn again, not refused."""
+    journal noted it (the journal is written a few images at a time): it is drawn again, not refused.
+    The journals are read only for pictures at other names: a run's own output folder, inside its input,
+    costs no second reading of a journal of millions of images."""
     shared = shared_stems(names)
-    for out, sub, strays, has_journal in passed_over:
-        if has_journal:
+    for out, sub, strays, journals in passed_over:
+        if journals:
             for name in names:
                 strays.difference_update(output_names(name, DetectOptions(), name in shared))
+            strays = _not_written(strays, journals)
         if not strays:
             continue
         shown = sorted(strays)
