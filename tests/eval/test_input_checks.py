@@ -324,3 +324,16 @@ def test_removing_journals_removes_the_lock_files_no_process_holds(tmp_path):
     finally:
         held.release()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("tokenizer", "said"), [
+    ("nobody/no-such-tokenizer", "offline: HF_HUB_OFFLINE is set"),
+    ("./no-such-folder", "tokenizer folder not found"),
+])
+def test_a_tokenizer_that_cannot_be_found_is_named_as_the_option(omni, tiny_model_dir, no_model, monkeypatch, capsys,
+                                                                 tokenizer, said):
+    """The error named the value alone (``nobody/no-such-tokenizer: ...``), which reads as MODEL's; detect
+    said ``--tokenizer``."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(_run(omni, tiny_model_dir, "--tokenizer", tokenizer), capsys)
+    assert code == 2 and err.startswith(f"error: --tokenizer {tokenizer}: ") and said in err, err

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from reallod.cli.common import MAX_PIXELS, Dtype, MaxPixels, ModelArg, parse_image_size, quiet_transformers
-from reallod.errors import ConfigError, ReallodError
+from reallod.errors import ReallodError
 
 
 def register(root: typer.Typer) -> None:
@@ -74,7 +74,7 @@ def detect_cmd(
 
     Example: reallod detect photos/ models/real-model-t --texts "the dog without a leash . a red cup ."
     """
-    from reallod.model.hf_folder import check_local_folder
+    from reallod.model.hf_folder import check_local_folder, check_tokenizer_option
 
     check_local_folder(model)  # a mistyped local path fails here, before the heavy imports
     if tokenizer is not None:
@@ -123,17 +123,6 @@ def detect_cmd(
                + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""), err=print_result)
     if summary.images and summary.processed + summary.resumed == 0:
         raise ReallodError(f"{inputs}: none of the {len(summary.skipped)} images could be read")
-
-
-def check_tokenizer_option(tokenizer: str) -> None:
-    """A ``--tokenizer`` that cannot be found (a missing folder, a hub id offline), named as that option
-    before the model loads: the loader's error names the value alone, which may look like MODEL's."""
-    from reallod.hub import option_error, resolve_source
-
-    try:
-        resolve_source(tokenizer, "tokenizer")
-    except ConfigError as e:
-        raise option_error(e, "--tokenizer", tokenizer) from None
 
 
 def convert_checkpoint_cmd(

@@ -273,9 +273,11 @@ def _check(job: EvalJob) -> None:
     if job.model is not None and not Path(job.images).is_dir():
         raise ConfigError(f"--images {job.images}: not a folder")
     if job.model is not None:
-        from reallod.model.hf_folder import check_local_folder
+        from reallod.model.hf_folder import check_local_folder, check_tokenizer_option
 
         check_local_folder(job.model.model)  # a mistyped path fails before the benchmark is read
+        if job.model.tokenizer:
+            check_tokenizer_option(job.model.tokenizer)
     if job.predictions is not None and (job.out is not None or job.run.show_dir is not None):
         raise ConfigError("--out and --show-dir go with --model; --predictions only scores a file")
     if job.predictions is not None and (job.run.inference is not None or job.run.max_per_image is not None):

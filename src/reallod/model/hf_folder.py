@@ -18,6 +18,7 @@ from reallod.hub import (
     local_source,
     looks_like_path,
     one_line,
+    option_error,
     resolve_source,
 )
 from reallod.model import token_prompt as P
@@ -43,6 +44,15 @@ def check_local_folder(name: str | Path, kind: SourceKind = "model") -> Path | N
         raise ConfigError(f"{src}: a checkpoint file, not a model folder; pass a model folder as MODEL and this "
                           "file as --weights, or convert it with `reallod convert-checkpoint`")
     return local_source(name, kind, hint=CONVERT_HINT)
+
+
+def check_tokenizer_option(tokenizer: str) -> None:
+    """A ``--tokenizer`` that cannot be found (a missing folder, a hub id offline), named as that option
+    before the model loads: the loader's error names the value alone, which may look like MODEL's."""
+    try:
+        resolve_source(tokenizer, "tokenizer")
+    except ConfigError as e:
+        raise option_error(e, "--tokenizer", tokenizer) from None
 
 
 def resolve_detector_source(name: str | Path, kind: SourceKind = "model") -> str:
