@@ -145,6 +145,14 @@ def test_a_missing_config_lists_the_shipped_ones() -> None:
         load_agent_config("nonexistent")
 
 
+def test_a_folder_given_as_the_config_from_python_is_named_a_folder(tmp_path) -> None:
+    """Only the CLI said so; load_agent_config said "no such config file" of a folder that is there."""
+    (tmp_path / "mine.yaml").write_text("name: mine\n")
+    with pytest.raises(ConfigError, match=r"is a folder, not a config file: give one of its files \(.*mine\.yaml\) "
+                                          r"or a shipped name \(offline, published"):
+        load_agent_config(tmp_path)
+
+
 def test_a_missing_prompt_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(
         "roles:\n  reflector: {backend: openai, model: m, prompt: nothere.txt}\n"

@@ -114,16 +114,20 @@ class AgentConfig:
 
 
 def resolve_config_path(path_or_name: str | Path) -> Path:
-    """A config file path, or the shipped config of that name."""
-    p = Path(path_or_name)
+    """A config file path, or the shipped config of that name. A folder is named as one, with its YAML files
+    (a user who keeps configs in ``agent/`` gives the folder)."""
+    p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
     shipped = SHIPPED_DIR / f"{p.name.removesuffix('.yaml')}.yaml"
     if p.suffix in ("", ".yaml") and len(p.parts) == 1 and shipped.is_file():
         return shipped
-    names = sorted(q.stem for q in SHIPPED_DIR.glob("*.yaml")) if SHIPPED_DIR.is_dir() else []
-    raise ConfigError(f"{path_or_name}: no such config file" +
-                      (f"; shipped configs: {', '.join(names)}" if names else ""))
+    names = ", ".join(sorted(q.stem for q in SHIPPED_DIR.glob("*.yaml")) if SHIPPED_DIR.is_dir() else [])
+    if p.is_dir():
+        files = ", ".join(sorted(str(q) for q in p.glob("*.yaml")))
+        raise ConfigError(f"{path_or_name} is a folder, not a config file: give "
+                          + (f"one of its files ({files}) or " if files else "") + f"a shipped name ({names})")
+    raise ConfigError(f"{path_or_name}: no such config file" + (f"; shipped configs: {names}" if names else ""))
 
 
 def _num(value: Any, where: str, kind: type, *, minimum: float | None = None) -> Any:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 import typer
 import typer.core
 
+from reallod.errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -147,13 +149,14 @@ BASE_URL_HELP = "Point every openai-backend role at this server (also REALLOD_BA
 
 
 def config_file_value(value: str | None) -> str | None:
-    """A folder given as an agent ``--config`` is named as one (the loader said "no such config file"),
-    with the YAML files in it."""
+    """A folder given as an agent ``--config`` is refused as the option's value, before the command's work."""
     if value is not None and Path(value).expanduser().is_dir():
-        files = sorted(str(p) for p in Path(value).expanduser().glob("*.yaml"))
-        listed = f"one of its files ({', '.join(files)}) or " if files else ""
-        raise typer.BadParameter(f"{value} is a folder, not a config file: give {listed}a shipped name "
-                                 f"({SHIPPED_AGENT_CONFIGS})", param_hint="--config")
+        from reallod.agent.agent_config import resolve_config_path
+
+        try:
+            resolve_config_path(value)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e), param_hint="--config") from None
     return value
 
 
