@@ -121,8 +121,21 @@ def test_a_bad_held_out_image_fails_at_setup(tmp_path, shapes, problem):
     if problem == "wrong root":  # a root that is not there at all is named as eval.images
         cfg = tiny_config(shapes, ["schedule.max_steps=1", f"eval.file={shapes / 'val.jsonl'}",
                                    f"eval.images={tmp_path / 'nowhere'}"])
-        with pytest.raises(DataError, match=r"nowhere: image root not found \(eval\.images\)"):
-            train(cfg, tmp_path / "run", echo=quiet)
+        with pytest.raises(ConfigError, match=r"eval\.images: .*nowhere: image root not found"):
+            train(cfg, tmp_path / "other-run", echo=quiet)
+        assert not (tmp_path / "other-run").exists()
+
+
+@pytest.mark.parametrize(("file", "images", "field"), [("{}/missing.jsonl", "{s}", "data.train.0.file"),
+                                                       ("{s}/train.jsonl", "{}/missing", "data.train.0.images")])
+def test_data_that_is_not_there_is_named_before_the_work_dir_is_made(tmp_path, shapes, file, images, field):
+    """Only the CLI checked the data paths first: ``train()`` from Python made the work dir and its
+    TensorBoard files, then failed while indexing, the field unnamed."""
+    file, images = file.format(tmp_path, s=shapes), images.format(tmp_path, s=shapes)
+    cfg = tiny_config(shapes, ["schedule.max_steps=1", f"data.train=[{{file: {file}, images: {images}, ratio: 1}}]"])
+    with pytest.raises(ConfigError, match=rf"{re.escape(field)}: .*missing"):
+        train(cfg, tmp_path / "run", echo=quiet)
+    assert not (tmp_path / "run").exists()
 
 
 def test_nothing_to_train_is_an_error(tmp_path, shapes):

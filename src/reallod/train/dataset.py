@@ -116,12 +116,13 @@ def check_data_paths(cfg: TrainConfig) -> None:
     entries = [(f"data.train.{i}", f.file, f.images, "training") for i, f in enumerate(cfg.data.train)]
     if cfg.eval.file is not None and cfg.eval.images is not None:
         entries.append(("eval", cfg.eval.file, cfg.eval.images, "evaluation"))
+    def to_be_made(path: str) -> bool:
+        return made is not None and in_folder(Path(path), made)
+
     for name, file, images, what in entries:
-        if made is not None and in_folder(Path(file), made):
-            continue
-        if why := data_file_problem(file, what):
+        if not to_be_made(file) and (why := data_file_problem(file, what)):
             raise FieldError(f"{name}.file", f"{file}: {why}")
-        if not os.path.isdir(images):
+        if not to_be_made(images) and not os.path.isdir(images):
             raise FieldError(f"{name}.images", f"{images}: image root not found")
 
 

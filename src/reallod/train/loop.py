@@ -38,6 +38,7 @@ from reallod.train.dataset import (
     DataFile,
     EpochBatches,
     TrainDataset,
+    check_data_paths,
     check_image_root,
     collate,
     index_file,
@@ -113,6 +114,7 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
     if max_pixels is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_pixels=max_pixels))
         check(cfg)
+    check_data_paths(cfg)  # before the work dir and its logs are made
     if not resume and (found := C.list_checkpoints(work_dir)):  # a rerun that forgot --resume
         raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
                           "over there would write over its checkpoints and logs: add --resume to continue it, or "
