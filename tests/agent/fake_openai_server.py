@@ -85,6 +85,9 @@ def valid_decision(body: dict[str, Any], rng: random.Random) -> str:
         return json.dumps({"expression": f"the object number {rng.randint(1, 999)}"})
     if role == "vlm":
         return json.dumps({"answer": rng.choice(["it is red", "it is next to a table", "it is on the left"])})
+    fields = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema", {}).get("properties", {})
+    if fields and all(k.startswith("expression_") for k in fields):  # a generation step's phrase list
+        return json.dumps({k: f"the thing number {rng.randint(1, 999)}" for k in fields})
     return json.dumps({"error": "unknown role"})
 
 

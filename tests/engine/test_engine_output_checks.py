@@ -95,6 +95,22 @@ def test_options_that_would_be_ignored_are_refused_before_any_call(tmp_path, mon
     assert code == 0, out + err
 
 
+def test_a_bad_unresolved_or_max_cycles_is_refused_before_any_call(tmp_path, monkeypatch, capsys):
+    """The auditor's case: ``--unresolved drp`` was refused by re-alignment, once every generation call was
+    made and the generated file written. No model is loaded either."""
+    log: list[str] = []
+    monkeypatch.setattr(pl, "build_roles_for",
+                        lambda o: (log.append("load"), scripted_roles(generation_answers(log=log)), "s", 1, 2)[1:])
+    argv = ["pipeline", "--annotations", EXAMPLES / "annotations.json", "--images", EXAMPLES / "images",
+            "--out", tmp_path / "o.jsonl", "--limit", "1", "--no-progress"]
+    code, _, err = run_cli([*argv, "--unresolved", "drp"], capsys)
+    assert code == 2 and "--unresolved 'drp': expected drop, keep or negative" in err, err
+    with pytest.raises(ConfigError, match="--max-cycles must be at least 1"):  # the API's: the CLI's is typer's
+        pipeline(PipelineOptions(options(tmp_path / "o.jsonl"), max_cycles=0),
+                 roles=scripted_roles(generation_answers(log=log)))
+    assert log == [] and list(tmp_path.iterdir()) == []
+
+
 def test_the_pipeline_summary_shows_the_pairs_assembly_dropped(tmp_path, monkeypatch, capsys):
     """A vlm_short pair has one positive: judged wrong and not repaired, the pair goes with its negatives,
     and the summary counts it (``realign``'s "what reached the output" table)."""

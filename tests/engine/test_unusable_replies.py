@@ -132,3 +132,32 @@ def test_a_json_object_without_phrases_is_the_models_answer_not_a_failure(tmp_pa
                    roles=scripted_roles(generation_answers(nothing)))
     assert run.failed == 0 and run.ran == 1 and run.records == 1
     assert run.counts["hard_negative: empty:dropped"] > 0
+
+
+@pytest.mark.parametrize(("text", "phrases"), [
+    ('{"reasoning": "it is on the left", "expression_2": "the cat", "expression_1": "a cat"}', ["a cat", "the cat"]),
+    ('{"expression_10": "j", "expression_2": "b", "expression_1": "a"}', ["a", "b", "j"]),  # in their order
+    ('{"note": "two", "expressions": ["a cat", "the cat"]}', ["a cat", "the cat"]),
+])
+def test_only_the_phrase_fields_of_a_reply_object_are_phrases(text: str, phrases: list[str]) -> None:
+    """The auditor's case: a server answering ``{"error": "unknown role"}`` made "unknown role" a positive
+    of every object. Only the fields the list schema asks for (or an ``expressions`` list) are phrases."""
+    assert parse_list(text) == phrases
+    assert read_list(reply(text), 96) == phrases
+
+
+@pytest.mark.parametrize("text", ['{"error": "model overloaded"}', '{"note": "I cannot see any relation"}'])
+def test_a_reply_object_of_other_fields_alone_is_unusable(text: str) -> None:
+    """``{}`` is the model's answer of nothing; an object of other fields alone is no answer at all."""
+    with pytest.raises(Unusable, match="without the expression_N fields asked for"):
+        parse_list(text)
+
+
+def test_a_reply_object_without_phrase_fields_fails_its_image_and_adds_no_expression(tmp_path: Path) -> None:
+    """A server answering ``{"error": "unknown role"}`` put "unknown role" among the positives of every object;
+    the image now fails (its rerun asks again), and nothing of the reply is written."""
+    error = {step: (lambda cat, t: json.dumps({"error": "unknown role"})) for step in ("llm", "group", "hard_negative")}
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers(error)))
+    assert run.failed == 1 and set(run.failures) == {"unusable_answer"}
+    assert "unknown role" not in (tmp_path / "g.jsonl").read_text()

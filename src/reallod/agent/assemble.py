@@ -48,6 +48,12 @@ Select = Callable[[str, str | None], bool]
 
 Policy = Literal["drop", "keep", "negative"]
 POLICIES: tuple[str, ...] = ("drop", "keep", "negative")
+
+
+def check_policy(unresolved: str) -> None:
+    """Refuse an ``--unresolved`` that is none of :data:`POLICIES`."""
+    if unresolved not in POLICIES:
+        raise ConfigError(f"--unresolved {unresolved!r}: expected {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
 ACCEPTED: tuple[str, ...] = ("correct", "rewritten")
 Action = Literal["kept", "replaced", "dropped", "negative"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from reallod.agent import workflow
-from reallod.agent.assemble import POLICIES, Policy, Results, Select, assemble, output_source
+from reallod.agent.assemble import Policy, Results, Select, assemble, check_policy, output_source
 from reallod.agent.inputs import (
     InputFormat,
     TaskItem,
@@ -242,8 +242,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         raise ConfigError("--max-cycles must be at least 1")
     if opts.limit is not None and opts.limit < 0:
         raise ConfigError("--limit must not be negative")
-    if opts.unresolved not in POLICIES:
-        raise ConfigError(f"--unresolved {opts.unresolved!r}: expected drop, keep or negative")
+    check_policy(opts.unresolved)
     if opts.concurrency is not None and opts.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
     if opts.endpoint_limit is not None and opts.endpoint_limit < 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,10 @@ class Generators:
         return list(VLM_STEPS) if self.vlm is None else []
 
 
+PHRASE_KEY = re.compile(r"expression_(\d+)")
+"""The fields of a list reply that hold its phrases (:func:`list_schema`)."""
+
+
 def list_schema(n: int) -> dict[str, Any]:
     """A flat object of ``n`` string fields: backends that constrain decoding support flat schemas."""
     props = {f"expression_{i}": {"type": "string", "minLength": 1} for i in range(1, n + 1)}
@@ -148,6 +153,19 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
     return parse_list(reply.text)
 
 
+def object_phrases(obj: dict[str, Any]) -> list[str]:
+    """The phrases of a reply object: the fields :func:`list_schema` asks for (``expression_N``, in order) or
+    an ``expressions`` list. Its other fields are no phrase: a model's ``note`` or ``reasoning`` would
+    otherwise become positives of the object. An object of other fields alone (a server's ``{"error":
+    "model overloaded"}``) is no answer: :class:`Unusable`, asked again by the rerun; ``{}`` is one."""
+    if isinstance(obj.get("expressions"), list):
+        return [v for v in obj["expressions"] if isinstance(v, str)]
+    numbered = sorted((int(m[1]), v) for k, v in obj.items() if (m := PHRASE_KEY.fullmatch(k)) and isinstance(v, str))
+    if not numbered and obj:
+        raise Unusable(f"a JSON object without the expression_N fields asked for: {json.dumps(obj)[:80]!r}")
+    return [v for _, v in numbered]
+
+
 def parse_list(text: str) -> list[str]:
     """The phrases of a list reply: our JSON object, an ``expressions`` list, a JSON list, or, from a model
     that ignores the format, one phrase a line. A JSON object or list without phrases is the model's answer
@@ -156,15 +174,13 @@ def parse_list(text: str) -> list[str]:
         raise Unusable(EMPTY_REPLY)
     obj, _ = parse_json_object(text)
     if obj is not None:
-        if isinstance(obj.get("expressions"), list):
-            return [v for v in obj["expressions"] if isinstance(v, str)]
-        return [v for k, v in sorted(obj.items()) if isinstance(v, str)]
+        return object_phrases(obj)
     try:
         value = json.loads(text)
     except ValueError:
         value = None
     if isinstance(value, dict | list):  # {}, [] or a list of phrases
-        return [v for v in (value.values() if isinstance(value, dict) else value) if isinstance(v, str)]
+        return object_phrases(value) if isinstance(value, dict) else [v for v in value if isinstance(v, str)]
     if text.lstrip().startswith(("{", "[")):
         raise Unusable(f"not the JSON object asked for, and none could be read from it: {text.strip()[:80]!r}")
     return [ln for ln in text.splitlines() if ln.strip()]

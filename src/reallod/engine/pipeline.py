@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from reallod.agent.assemble import check_policy
 from reallod.agent.realign import RealignOptions, RealignRun, check_cache_options, realign, shared_files
 from reallod.agent.roles import Roles
 from reallod.agent.run_report import report_paths
@@ -434,6 +435,14 @@ def refuse_output(path: Path, option: str, named: dict[str, Path | None], images
     check_writable(path, option=option)
 
 
+def check_pipeline_options(opts: PipelineOptions) -> None:
+    """Refuse, before any work, the options re-alignment would refuse only once generation ran (every
+    generation call made)."""
+    check_policy(opts.unresolved)
+    if opts.max_cycles is not None and opts.max_cycles < 1:
+        raise ConfigError("--max-cycles must be at least 1")
+
+
 def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
              monitors: Callable[[str], RunMonitor | None] | None = None, scorer: Any = None) -> PipelineRun:
     """generate → realign → assemble, every stage resumable; the models are loaded once.
@@ -443,6 +452,7 @@ def pipeline(opts: PipelineOptions, *, roles: Roles | None = None,
     g = opts.generate
     gen_path, realigned_path = stage_paths(g.out)
     check_options(g)
+    check_pipeline_options(opts)
     _refuse_overwrite(opts, gen_path, realigned_path)
     name, max_cycles, concurrency = str(g.config), opts.max_cycles, g.concurrency
     if roles is None:
