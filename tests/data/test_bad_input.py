@@ -174,10 +174,12 @@ def test_unusable_arguments_exit_2(tmp_path, capsys):
 
 
 def test_missing_and_directory_inputs(tmp_path, capsys):
-    code, out, _ = run_cli(["data", "validate", str(tmp_path / "missing.jsonl")], capsys)
-    assert code == 1 and out.startswith(f"{tmp_path / 'missing.jsonl'}: no such file [read_error]")
-    code, out, _ = run_cli(["data", "validate", str(tmp_path)], capsys)
-    assert code == 1 and "is a directory" in out
+    """A path that cannot be opened is an unusable argument (exit 2, one line), as in every data command:
+    validate said it as a problem of the file, with exit code 1."""
+    code, out, err = run_cli(["data", "validate", str(tmp_path / "missing.jsonl")], capsys)
+    assert (code, out, err) == (2, "", f"error: {tmp_path / 'missing.jsonl'}: no such file\n")
+    code, out, err = run_cli(["data", "validate", str(tmp_path)], capsys)
+    assert (code, out, err) == (2, "", f"error: {tmp_path}: is a directory, expected a file\n")
     code, _, err = run_cli(["data", "stats", str(tmp_path / "missing.jsonl")], capsys)
     assert code == 2 and "no such file" in err and "Traceback" not in err
 

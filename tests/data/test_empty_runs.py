@@ -169,10 +169,18 @@ def test_validate_fix_that_keeps_no_record_writes_nothing(files, capsys, target)
     assert (files / target).read_bytes() == before
 
 
-@pytest.mark.parametrize("args", [["-n", "0"], ["--fraction", "0.0001"], ["--fraction", "0"]])
-def test_sample_that_keeps_no_record_writes_nothing(files, capsys, args):
-    code, _, err = run_cli(["data", "sample", files / "data.jsonl", files / "out.jsonl", *args], capsys)
+def test_sample_that_keeps_no_record_writes_nothing(files, capsys):
+    code, _, err = run_cli(["data", "sample", files / "data.jsonl", files / "out.jsonl", "--fraction", "0.0001"],
+                           capsys)
     assert code == 2 and err.count("\n") == 1 and "keeps none of the 2 records; nothing written" in err
+    assert (files / "out.jsonl").read_text() == OLD
+
+
+@pytest.mark.parametrize("args", [["-n", "0"], ["--fraction", "0"]])
+def test_sample_of_no_image_is_refused_as_an_argument(files, capsys, args):
+    """-n 0 and --fraction 0 keep nothing whatever the file: refused before it is read, as their help shows."""
+    code, _, err = run_cli(["data", "sample", files / "data.jsonl", files / "out.jsonl", *args], capsys)
+    assert code == 2 and args[0] in err and any(s in err for s in ("greater than or equal to 1", "0 excluded"))
     assert (files / "out.jsonl").read_text() == OLD
 
 

@@ -15,6 +15,7 @@ from reallod.cli import main
 from reallod.data.chunks import RangeLines, plan_ranges
 from reallod.data.images import resolve_image
 from reallod.data.validate import Issue, check_image, validate_file
+from reallod.errors import DataError
 
 from .image_files import png_claiming_size
 
@@ -174,7 +175,11 @@ def test_clamp_drops_a_box_wholly_outside_and_fix_removes_a_bom(tmp_path):
 def test_fix_on_an_unreadable_input_leaves_the_output_alone(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("precious\n")
-    issues, report = collect(tmp_path / "missing.jsonl", fix=out)
+    with pytest.raises(DataError, match=r"missing\.jsonl: no such file"):
+        collect(tmp_path / "missing.jsonl", fix=out)
+    assert out.read_text() == "precious\n"
+    (tmp_path / "not.jsonl.gz").write_text(dump(rec()))
+    issues, report = collect(tmp_path / "not.jsonl.gz", fix=out)
     assert [i.kind for i in issues] == ["read_error"]
     assert out.read_text() == "precious\n" and report.fix_path is None
 

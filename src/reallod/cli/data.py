@@ -44,7 +44,8 @@ def data_validate(
 ) -> None:
     """Check every line; print each problem as FILE:LINE: field: message, then counts per kind.
 
-    Exit code 0 when the file is valid, 1 when anything is wrong, 2 for unusable arguments.
+    Exit code 0 when the file is valid, 1 when anything is wrong, 2 for unusable arguments (a file that
+    cannot be opened, or one JSON document such as a COCO json in place of JSON Lines, included).
     """
     import orjson
 
@@ -89,7 +90,8 @@ def data_stats(
 
     Instances are the distinct boxes of an image across its sources; expressions count positives
     and negatives. Lines that are not records are counted apart (run `data validate` for why).
-    Exit code 1 when a file has no valid record.
+    Exit code 1 when a file has no valid record; 2, before anything is counted, when a file cannot be
+    opened or is one JSON document (a COCO json) instead of JSON Lines.
     """
     import orjson
 
@@ -143,8 +145,9 @@ def data_convert_odvg(
     max_negatives: Annotated[int, typer.Option(
         "--max-negatives", min=-1, help="Negative expressions per line, put in the caption with no box (-1 = all).")] = 50,
     category_source: Annotated[bool, typer.Option(
-        "--category-source", help="Give every image a 'category' source, even where -s leaves it out: its own, or "
-        "one made of the category names when it has none.")] = False,
+        "--category-source", help="Add a 'category' source, even where -s leaves it out: an image's own, or one "
+        "made of the category names of its pairs of the chosen sources (of every source with -s category alone); "
+        "an image with neither gets none.")] = False,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Pick positives and negatives at random with this seed (default: the first ones).")] = None,
 ) -> None:
@@ -212,8 +215,8 @@ def data_convert_from_coco(
 ) -> None:
     """COCO detection json → Real-Data skeleton: one 'category' pair per box, the name as its expression.
 
-    Boxes go from xywh to xyxy, clamped to the image. LVIS images without file_name take
-    'train2017/NAME.jpg' from coco_url, so point --images at the COCO root.
+    Boxes go from xywh to xyxy, clamped to the image. LVIS images without file_name take the folder
+    and name from coco_url ('train2017/NAME.jpg', 'val2017/NAME.jpg'), so point --images at the COCO root.
     """
     from reallod.data.convert import coco_to_realdata
 
@@ -242,9 +245,9 @@ def data_filter(
 def data_sample(
     src: _Src,
     out: _Out,
-    n: Annotated[int | None, typer.Option("-n", "--n", min=0, help="Exactly N images (reservoir sampling).")] = None,
+    n: Annotated[int | None, typer.Option("-n", "--n", min=1, help="Exactly N images (reservoir sampling).")] = None,
     fraction: Annotated[float | None, typer.Option(
-        "--fraction", min=0.0, max=1.0, help="About this share of the images (constant memory).")] = None,
+        "--fraction", help="About this share of the images, above 0 and at most 1 (constant memory).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same sample.")] = 0,
 ) -> None:
     """Random sample of images, kept in input order, deterministic for a seed."""
@@ -259,7 +262,8 @@ def data_split(
     train: Annotated[Path, typer.Option("--train", help="Train file to write.", show_default=False)],
     val: Annotated[Path, typer.Option("--val", help="Validation file to write.", show_default=False)],
     val_fraction: Annotated[float, typer.Option(
-        "--val-fraction", min=0.0, max=1.0, help="Share of images that go to --val.")] = 0.1,
+        "--val-fraction", help="Share of images that go to --val, strictly between 0 and 1 (each side gets "
+        "images).")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same split.")] = 0,
 ) -> None:
     """Image-level train/val split by a seeded hash of the filename: streaming and reproducible."""

@@ -199,14 +199,7 @@ def open_input(path: str | os.PathLike) -> tuple[IO[bytes], bool]:
     The magic bytes are read off this one open file and put back: a pipe (``/dev/stdin``,
     ``<(zcat ...)``) can be read only once, so a probe that opened it apart took its first lines."""
     path = str(path)
-    try:
-        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to the caller, closed on error
-    except FileNotFoundError:
-        raise DataError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a file", path=path) from None
-    except OSError as e:
-        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+    raw = _open_raw(path)
     try:
         head = _read_head(raw, len(GZIP_MAGIC))
         if raw.seekable():
@@ -222,6 +215,27 @@ def open_input(path: str | os.PathLike) -> tuple[IO[bytes], bool]:
         stream.close()
         raise DataError("not a gzip file (the name ends in .gz but the content is not gzip)", path=path)
     return stream, gz
+
+
+def _open_raw(path: str) -> IO[bytes]:
+    """``path`` opened unbuffered for reading; :class:`DataError` says why it cannot be (missing, a folder,
+    no permission)."""
+    try:
+        return open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, expected a file", path=path) from None
+    except OSError as e:
+        raise DataError(f"cannot open: {e.strerror}", path=path) from None
+
+
+def check_openable(path: str | os.PathLike) -> None:
+    """Raise :class:`DataError`, as every reader does, for an input that cannot be opened (missing, a
+    folder, no permission): ``data validate`` reports what a file holds as problems, but a path it cannot
+    open is an unusable argument. A pipe is not opened: what this took of it the reading would lose."""
+    if not is_stream(path):
+        _open_raw(os.fspath(path)).close()
 
 
 def _read_head(raw: IO[bytes], n: int) -> bytes:
@@ -384,6 +398,43 @@ def one_document(line: bytes) -> str | None:
     if isinstance(obj, dict) and {"images", "annotations"} <= obj.keys():
         return f"a COCO json (it has images and annotations), not JSON Lines of Real-Data records; convert it {FROM_COCO}"
     return None
+
+
+def not_json_lines(path: str | os.PathLike, lineno: int, line: bytes) -> DataError | None:
+    """The error every strict reader gives a file whose first non-blank line, ``line``, shows it is one JSON
+    document (:func:`one_document`: a COCO json) rather than JSON Lines; None for any other line, a valid
+    record included. For the readers that go on past a bad line (``data validate``, ``data stats``), which
+    else gave a problem for each line of the document."""
+    line = line.removeprefix(BOM)
+    whole = one_document(line)
+    if whole is None or _is_record(line):
+        return None
+    return DataError(whole, path=os.fspath(path), line=lineno)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return not check_record(orjson.loads(line), line)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def refuse_one_document(path: str | os.PathLike) -> None:
+    """Raise :func:`not_json_lines`'s error for a regular file, from its first line, before any work is
+    done on it. A file that cannot be read passes (its reading says why), and so does a pipe, which is
+    read once: its reader checks the first line as it comes."""
+    if is_stream(path):
+        return
+    lines = iter_lines(path)
+    try:
+        first = next(lines, None)
+    except DataError:
+        return
+    finally:
+        lines.close()
+    error = not_json_lines(path, *first) if first is not None else None
+    if error is not None:
+        raise error
 
 
 def _line_error(path: str | os.PathLike, lineno: int, line: bytes, first: bool, message: str,

@@ -123,10 +123,10 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
     """
     if (n is None) == (fraction is None):
         raise ConfigError("give exactly one of -n/--n and --fraction")
-    if n is not None and n < 0:
-        raise ConfigError(f"-n must be >= 0, got {n}")
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"--fraction must be between 0 and 1, got {fraction}")
+    if n is not None and n < 1:  # 0 would write an empty file, which every command refuses
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--fraction must be between 0 and 1 (0 excluded: it keeps no image), got {fraction}")
     refuse_same_file(src, dst, "sampling would replace the input with the sample")
     stats = ConvertStats()
     with JsonlWriter(dst) as out:

@@ -40,7 +40,7 @@ PROBLEM_KINDS = {
     "unreadable_image": "image file cannot be decoded",
     "image_size_mismatch": "image size differs from height/width",
     "empty_file": "file holds no records",
-    "read_error": "file cannot be read (not gzip, truncated, missing)",
+    "read_error": "file cannot be read (not gzip, truncated or corrupt)",
 }
 
 _INT = int

@@ -31,7 +31,7 @@ from reallod.data.chunks import (
     map_ranges,
     plan_ranges,
 )
-from reallod.data.io import is_stream, iter_lines, probe_gzip
+from reallod.data.io import is_stream, iter_lines, not_json_lines, probe_gzip, refuse_one_document
 from reallod.data.records import RELATION_ALIASES
 from reallod.data.schema import check_record
 
@@ -293,15 +293,20 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
     """Counts of one ``.jsonl`` / ``.jsonl.gz`` file.
 
     Uncompressed files are split over ``workers`` processes (default: the usable CPUs); gzip, a
-    pipe and a device (``/dev/stdin``, ``<(zcat ...)``) are read sequentially. Read failures (missing file, not gzip, truncated gzip) raise
-    :class:`DataError`; lines that are not records are counted in ``bad_lines``.
+    pipe and a device (``/dev/stdin``, ``<(zcat ...)``) are read sequentially. Read failures (missing
+    file, not gzip, truncated gzip) raise :class:`DataError`, and so does a file that is one JSON
+    document (a COCO json), named on its first line; lines that are not records are counted in
+    ``bad_lines``.
     """
     path = os.fspath(path)
     workers = default_workers() if workers is None else workers
     stats = Stats()
+    refuse_one_document(path)
     if is_stream(path) or probe_gzip(path):  # a pipe is never probed: that would take its first lines
         loads = orjson.loads
-        for lineno, line in iter_lines(path):
+        for n, (lineno, line) in enumerate(iter_lines(path)):
+            if n == 0 and (whole := not_json_lines(path, lineno, line)):  # a pipe's first line
+                raise whole
             try:
                 ok = stats.add(loads(line))
             except orjson.JSONDecodeError:
@@ -319,7 +324,13 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
 
 def stats_files(paths: Iterable[str | os.PathLike], *, workers: int | None = None,
                 chunk_bytes: int = MIN_CHUNK_BYTES) -> tuple[list[tuple[str, Stats]], Stats]:
-    """Per-file counts and their total."""
+    """Per-file counts and their total. Every regular file is opened and its first line checked before
+    any is counted: a missing file or a COCO json among them stops the run before the work."""
+    paths = list(paths)
+    for p in paths:
+        if not is_stream(p):
+            probe_gzip(p)
+            refuse_one_document(p)
     per_file = []
     total = Stats()
     for p in paths:

@@ -2,8 +2,9 @@
 
 Schema checks are :func:`reallod.data.schema.check_record`; this module adds what needs more than
 one parsed line: raw-byte problems (invalid UTF-8, a byte-order mark, JSON that only a lenient
-parser reads such as ``NaN`` or ``1e400``), file-level problems (missing, empty, not gzip,
-truncated gzip) and, with an image root, the image checks (missing, undecodable, size differs).
+parser reads such as ``NaN`` or ``1e400``), file-level problems (empty, not gzip, truncated gzip)
+and, with an image root, the image checks (missing, undecodable, size differs). An input that
+cannot be opened, or that is one JSON document (a COCO json), is refused as every command refuses it.
 
 It streams in constant memory. Uncompressed regular files are checked by worker processes over
 newline-aligned byte ranges; each worker keeps only its first ``max_errors`` problems (in a
@@ -42,11 +43,14 @@ from reallod.data.images import resolve_image
 from reallod.data.io import (
     BOM,
     AtomicWriter,
+    check_openable,
     is_stream,
     iter_lines,
     make_temp_dir,
+    not_json_lines,
     probe_gzip,
     raise_with_path,
+    refuse_one_document,
 )
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
@@ -316,11 +320,13 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
                   chunk_bytes: int = MIN_CHUNK_BYTES) -> ValidationReport:
     """Check every line of ``path``; ``on_issue`` receives the first ``max_errors`` problems in line order.
 
-    File-level problems (missing file, not gzip, truncated gzip, empty file) are always passed on.
-    With ``fix`` the records without problems (and, with ``clamp``, those whose only problems are
-    boxes outside the image, once clamped) are written canonically to ``fix``; when none would be,
-    :class:`EmptyRunError` is raised and ``fix`` keeps what it held. Unusable arguments raise
-    :class:`ConfigError`; nothing else about the data raises.
+    File-level problems (not gzip, truncated gzip, empty file) are always passed on. With ``fix`` the
+    records without problems (and, with ``clamp``, those whose only problems are boxes outside the
+    image, once clamped) are written canonically to ``fix``; when none would be, :class:`EmptyRunError`
+    is raised and ``fix`` keeps what it held. Unusable arguments raise :class:`ConfigError`; an input
+    that cannot be opened (missing, a folder, no permission) or that is one JSON document, not JSON
+    Lines (a COCO json, named on its first line), raises :class:`DataError`, as in every other
+    command; nothing else about the data raises.
     """
     path = os.fspath(path)
     if max_errors is not None and max_errors < 0:
@@ -335,6 +341,8 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         image_root = os.fspath(images)
         if not os.path.isdir(image_root):
             raise ConfigError(f"image root {image_root} is not a directory")
+    check_openable(path)
+    refuse_one_document(path)  # a pipe is checked on its first line as it is read
     report = ValidationReport(path=path)
     emit = on_issue or (lambda issue: None)
 
@@ -374,9 +382,11 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
                          emit: Callable[[Issue], None], file_issue: Callable[[str, str], None]) -> None:
     """Gzip, a pipe, a device: one pass in this process, problems passed on as they are found."""
     checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer)
-    last = 0
+    last, whole = 0, None
     try:
         for lineno, line in iter_lines(path, keep_bom=True):  # reallod reads a BOM, other JSON readers do not
+            if not last and (whole := not_json_lines(path, lineno, line)):
+                break  # raised below: this reports a file's read errors as problems, not this one
             last = lineno
             for p in checker.check(line):
                 if max_errors is None or report.shown < max_errors:
@@ -384,6 +394,8 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
                     emit(Issue(path, lineno, p.kind, p.field, p.message))
     except DataError as e:  # corrupt or truncated stream: what was read so far stays checked
         file_issue("read_error", e.message)
+    if whole is not None:
+        raise whole
     report.lines = last
     report.records, report.invalid = checker.records, checker.invalid
     report.written, report.clamped = checker.written, checker.clamped
