@@ -80,6 +80,14 @@ def test_pair_without_positives_is_dropped_and_counted():
     assert counts["pair without positives:dropped"] == 1 and counts["wrong:dropped"] == 1
 
 
+def test_the_negatives_of_a_dropped_pair_are_counted_with_it():
+    """They went without a word: the summary said ``wrong:negative 1`` of an expression no output held."""
+    counts = Counter()
+    p = pair([[1, 1, 9, 9]], "cup", ["the mug"], ["the red car", "the dog"])
+    assert realign_pair(p, ["x"], {"x": res("wrong")}, "negative", counts) is None
+    assert counts["pair without positives:dropped"] == 1 and counts["negative of a dropped pair:dropped"] == 3
+
+
 def test_existing_origin_is_kept():
     p = pair([[1, 1, 9, 9]], "cup", ["the cup"], origin_positive_expressions=["a cupp"])
     out = realign_pair(p, ["x"], {"x": res("rewritten", "the white cup")}, "keep", Counter())

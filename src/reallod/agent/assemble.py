@@ -129,8 +129,9 @@ def realign_pair(pair: dict[str, Any], task_ids: list[str], results: Mapping[str
         if _fold(text) not in present:
             present.add(_fold(text))
             negatives.append(text)
-    if not kept:
+    if not kept:  # Real-Data has no pair without a positive: its negatives go with it, counted
         counts["pair without positives:dropped"] += 1
+        counts["negative of a dropped pair:dropped"] += len(negatives)
         return None
     out = dict(pair)
     out["positive_expressions"] = kept
