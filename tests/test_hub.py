@@ -129,3 +129,16 @@ def test_a_training_checkpoint_or_work_dir_as_the_model_names_the_model_folder_i
         assert "convert-checkpoint" not in msg
     code, _, err = run_cli(["detect", tmp_path, ckpt, "--texts", "dog"], capsys)
     assert code == 2 and f"pass the model folder in it, {ckpt / 'model'}" in err
+
+
+def test_a_work_dir_without_best_names_its_latest_checkpoints_model(tmp_path):
+    """The shipped real-model configs hold out no data, so their runs write no best/: such a work dir was
+    told to convert an MMDetection checkpoint."""
+    from reallod.model.hf_folder import check_local_folder
+
+    work = tmp_path / "work"
+    for step in (3, 12):
+        (work / "checkpoints" / f"ckpt-{step:08d}" / "model").mkdir(parents=True)
+        (work / "checkpoints" / f"ckpt-{step:08d}" / "model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"pass the model folder in it, {work}/checkpoints/ckpt-00000012/model$"):
+        check_local_folder(str(work))

@@ -6,6 +6,7 @@ ending in "couldn't connect"."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -61,7 +62,8 @@ def local_source(name: str | Path, kind: SourceKind = "model", *, hint: str = ""
         inside = models_inside(path)
         if inside:
             raise ConfigError(f"{src}: not a model folder (no config.json), but a training checkpoint or work dir "
-                              f"(its model is in model/, or best/): pass the model folder in it, {inside[0]}")
+                              f"(its model is in model/, best/ or its latest checkpoint's model/): pass the model "
+                              f"folder in it, {inside[0]}")
         raise ConfigError(f"{src}: not a model folder (expected a folder with config.json{hint})")
     if not path.is_dir():
         raise ConfigError(f"{src}: not a {kind} folder")
@@ -69,8 +71,14 @@ def local_source(name: str | Path, kind: SourceKind = "model", *, hint: str = ""
 
 
 def models_inside(path: Path) -> list[Path]:
-    """The model folders training writes one level down: a checkpoint's ``model/``, a work dir's ``best/``."""
-    return [path / name for name in ("model", "best") if (path / name / "config.json").is_file()]
+    """The model folders training writes: a checkpoint's ``model/``, a work dir's ``best/``, else its latest
+    checkpoint's (a run without held-out data writes no ``best/``)."""
+    found = [path / name for name in ("model", "best") if (path / name / "config.json").is_file()]
+    if (path / "checkpoints").is_dir():
+        steps = sorted((int(m[1]), p) for p in (path / "checkpoints").iterdir()
+                       if (m := re.fullmatch(r"ckpt-(\d+)", p.name)) and (p / "model" / "config.json").is_file())
+        found += [p / "model" for _, p in reversed(steps)]
+    return found
 
 
 def option_error(e: ConfigError, option: str, value: str | Path, note: str = "") -> ConfigError:
