@@ -458,3 +458,20 @@ def test_a_split_with_a_byte_that_is_not_utf8_is_named_by_file_and_line(teacher_
         finetune(opts(data, tiny_lm, tmp_path / "student"))
     with pytest.raises(DataError, match=rf"{data / 'vlm' / 'train.jsonl'}:3: not UTF-8 text"):
         _vision_rows(data / "vlm" / "train.jsonl", data)
+
+
+@pytest.mark.parametrize(("flags", "tty", "expected"), [([], False, False), ([], True, True),
+                                                        (["--progress"], False, True), (["--no-progress"], True, False)])
+def test_the_progress_bar_is_on_a_terminal_unless_asked(tmp_path, capsys, monkeypatch, flags, tty, expected) -> None:
+    """It was on by default, so a redirected log got the bar's every redraw; other commands ask the terminal."""
+    seen = []
+
+    def record(opts):
+        seen.append(opts.progress)
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(trainer_mod, "finetune", record)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: tty, raising=False)
+    code, _, _ = run_cli(["agent", "finetune", tmp_path / "d.jsonl", "--role", "planner", "--base", "b", "--out",
+                          tmp_path / "o", *flags], capsys)
+    assert code == 2 and seen == [expected]

@@ -7,6 +7,7 @@ The work is :mod:`reallod.finetune`'s; these commands parse and print.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -152,7 +153,9 @@ def finetune_cmd(
         "--overwrite", help="Replace the fine-tune at --out (refused when it holds anything a fine-tune does not "
                             "write, or the --base).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the LoRA init and the data order.")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar.")] = True,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal; the loss lines are "
+        "printed either way).")] = None,
 ) -> None:
     """LoRA-tune a student for one role (peft + TRL's SFT trainer; loss on the reply only); resumable.
 
@@ -163,6 +166,8 @@ def finetune_cmd(
     from reallod.finetune.trainer import FinetuneOptions, finetune
 
     quiet_transformers()
+    if progress is None:  # a bar in a redirected log is thousands of carriage-return lines
+        progress = sys.stderr.isatty()
     if progress:
         from transformers.utils import logging as hf_logging
 
