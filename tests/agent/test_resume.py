@@ -289,3 +289,25 @@ def test_an_input_named_by_its_id_that_lost_records_counts_only_those_left(tmp_p
     assert again.summary.tasks == ref.summary.tasks < full.summary.tasks
     assert again.summary.verdicts == ref.summary.verdicts and again.info["tasks_resumed"] == ref.summary.tasks
     assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+
+
+def test_a_limit_rerun_retries_only_the_failed_tasks_it_selects_and_keeps_the_others(tmp_path):
+    """A --limit rerun said "of which N had failed before" for failed tasks past its limit, which it did not
+    run, and dropped their results from the journal: a later full run no longer knew they had failed."""
+    ref, _ = run(tmp_path, "ref")
+    (tmp_path / "nowhere").mkdir()
+    run(tmp_path, images=tmp_path / "nowhere")
+    failed = lambda: {t for t, r in read_journal(tmp_path / "o.journal.jsonl")[1].items() if r["verdict"] == "failed"}  # noqa: E731
+    assert len(failed()) == ref.summary.tasks
+    small, _ = run(tmp_path, limit=3)
+    assert small.info["tasks_retried"] == small.info["tasks_run"] == 3 and "failed" not in small.summary.verdicts
+    assert len(failed()) == ref.summary.tasks - 3  # kept for a later run
+    assert len(read_journal(tmp_path / "o.journal.jsonl")[1]) == ref.summary.tasks
+    same, _ = run(tmp_path, limit=3)
+    assert same.info["tasks_retried"] == same.info["tasks_run"] == 0
+    full, _ = run(tmp_path)
+    assert full.info["tasks_retried"] == full.info["tasks_run"] == ref.summary.tasks - 3 and not failed()
+    assert full.summary.verdicts == ref.summary.verdicts
+    assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
+    ids = trace_ids(tmp_path / "o.trace.jsonl")
+    assert len(ids) == len(set(ids)) == ref.summary.tasks

@@ -208,6 +208,28 @@ def keep_selected(results: Results, tasks: Callable[[], Iterable[TaskItem]]) -> 
     return kept
 
 
+def retry_failed(tasks: Callable[[], Iterable[TaskItem]], opts: RealignOptions) -> Callable[[dict[str, Any]], bool]:
+    """Which of the journal's results this run takes out to run again (``Journal.open``'s ``retry``): the
+    failed ones of the tasks it selects (``tasks()``). A failed task that a smaller ``--limit`` (or an input
+    named by ``input_id`` that lost it) leaves out stays failed in the journal, for a later run to run again
+    and report. The selected ids are gathered at the first failed result, and only when the journal may
+    hold other tasks (the fingerprint holds the input's content and the shard)."""
+    every = opts.limit is None and opts.input_id is None
+    selected: set[str] | None = None
+
+    def retry(entry: dict[str, Any]) -> bool:
+        nonlocal selected
+        if entry.get("verdict") != "failed":
+            return False
+        if every:
+            return True
+        if selected is None:
+            selected = {item.task_id for item in tasks()}
+        return entry.get("task_id") in selected
+
+    return retry
+
+
 def record_assembly(journal_path: Path, header: dict[str, Any], policy: Policy, source: str) -> None:
     """Write ``--unresolved`` and the output pairs' source into the journal's header (its ``meta``), which
     ``realign merge`` reads to assemble the shards as they were; a rerun with other ones (it only
@@ -240,8 +262,9 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     t0 = time.perf_counter()
     if opts.max_cycles is not None and opts.max_cycles < 1:
         raise ConfigError("--max-cycles must be at least 1")
-    if opts.limit is not None and opts.limit < 0:
-        raise ConfigError("--limit must not be negative")
+    if opts.limit is not None and opts.limit < 1:
+        raise ConfigError(f"--limit {opts.limit}: must be at least 1 (the number of tasks to run; leave it out "
+                          "to run them all)")
     check_policy(opts.unresolved)
     if opts.concurrency is not None and opts.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
@@ -276,7 +299,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
         return select_tasks(iter_tasks(opts.input, captions=captions, fmt=fmt), select, opts.limit)
 
     with open_session(journal_path, fp, meta=meta, cache_path=opts.cache, no_cache=opts.no_cache,
-                      force=opts.force_resume, retry=lambda entry: entry.get("verdict") == "failed") as session:
+                      force=opts.force_resume, retry=retry_failed(tasks, opts)) as session:
         roles, endpoints = harden(roles, cache=session.cache, endpoint_limit=opts.endpoint_limit or concurrency)
         header = {"input": str(opts.input), "format": fmt, "images": str(images.root), "config": str(opts.config),
                   "agent": agent, "roles": roles.describe(), "max_cycles": max_cycles, "limit": opts.limit,
@@ -381,21 +404,28 @@ def check_cache_options(cache: Path | None, no_cache: bool) -> None:
 
 def check_outputs(opts: RealignOptions) -> tuple[Path, Path]:
     """The run's trace and journal (beside ``--out``); refuses, before any model is called, an output,
-    trace or journal over a file the run reads (:func:`read_files`) or over one another, and outputs
-    that could not be written at the end."""
+    trace, journal, ``--report`` or ``--report-dir`` over a file the run reads (:func:`read_files`) or
+    over one another, and outputs that could not be written at the end."""
     check_cache_options(opts.cache, opts.no_cache)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
     written = {"its output": opts.out, "its trace": trace_path, "its journal": journal_path}
     if len({p.resolve() for p in written.values()}) < 3:
         raise ConfigError(f"--out {opts.out} would overwrite the trace or the journal: give an --out ending in .jsonl")
     read = read_files(opts)
+    images = opts.images if opts.images is not None else opts.input.parent
     for its, other in written.items():
-        if what := written_over(other, read, opts.images if opts.images is not None else opts.input.parent):
+        if what := written_over(other, read, images):
             raise ConfigError(f"--out {opts.out} would overwrite {what} with {its}: give another --out")
     check_output(opts.out, "--out")
+    kept = {**read, "the --out output": opts.out, "the run's trace": trace_path, "the run's journal": journal_path}
     if opts.report is not None:
-        check_report(opts.report, {**read, "the --out output": opts.out, "the run's trace": trace_path,
-                                   "the run's journal": journal_path})
+        check_report(opts.report, kept)
+    if opts.report_dir is not None:
+        from reallod.agent.run_report import report_paths
+
+        reports = report_paths(opts.report) if opts.report is not None else ()
+        check_report_dir(opts.report_dir, {**kept, **{f"the --report file {p.name}": p for p in reports}},
+                         read, images)
     return trace_path, journal_path
 
 
@@ -417,6 +447,29 @@ def check_report(report: str | os.PathLike, kept: Mapping[str, Path]) -> None:
             if same_file(path, other):
                 raise ConfigError(f"--report {report} would overwrite {what} ({other}) with {path}: "
                                   "give another --report")
+
+
+def check_report_dir(report_dir: Path, kept: Mapping[str, Path], read: Mapping[str, Path], images: Path) -> None:
+    """Refuse, before any task runs, a ``--report-dir`` whose files could not be written at the end (a file
+    in the way of the folder or of its ``img`` folder, a folder named as a page) or would replace what the
+    run reads or writes: its pages (``index.html``, ``index.md``) over one of ``kept`` (what it is → path)
+    or an image, its pictures (in ``img``) among the images of the image root ``images`` or in the
+    folder of a file the run reads (``read``)."""
+    option, pictures = "--report-dir", report_dir / "img"
+    check_writable(report_dir, option=option, folder=True,
+                   hint=f"give another {option}, or remove the file")
+    check_writable(pictures, option=option, folder=True,
+                   hint=f"the report's pictures go in this folder: remove the file, or give another {option}")
+    for page in (report_dir / "index.html", report_dir / "index.md"):
+        check_writable(page, option=option, hint=f"remove it, or give another {option}")
+        if what := written_over(page, kept, images):
+            raise ConfigError(f"{option} {report_dir} would overwrite {what} with its {page.name}: "
+                              f"give another {option}")
+    for what, folder in {"the image root --images": images,
+                         **{f"the folder of {w}": p.parent for w, p in read.items()}}.items():
+        if same_file(pictures, folder):
+            raise ConfigError(f"{option} {report_dir} would write its pictures into {what} ({folder}), "
+                              f"among files the run reads: give another {option}")
 
 
 def _run(opts: RealignOptions, fmt: InputFormat, tasks: Callable[[], Iterator[TaskItem]], images: ImageLoader,

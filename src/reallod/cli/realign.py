@@ -109,7 +109,7 @@ def realign_cmd(
         "--captions", help="Captions keyed by image filename: a JSON object or JSONL {filename, caption}.")] = None,
     max_pixels: MaxPixels = MAX_PIXELS,
     max_cycles: _MaxCycles = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=0, help="Run only the first N tasks.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run only the first N tasks.")] = None,
     unresolved: Annotated[str, typer.Option(
         "--unresolved", help="What happens to wrong, unresolved and failed expressions: drop, keep (as they "
         "are) or negative (moved to the negatives).")] = "keep",

@@ -125,7 +125,9 @@ class Journal:
         needs to know which ids are done, not their whole results); ``before_write`` runs before each
         write (the response cache commits there, so a task called done has its answers kept);
         results for which ``retry`` is true (a task that failed: the server was down, the image root
-        wrong) are taken out of the journal, so this run does them again, as whoever reruns expects.
+        wrong) are taken out of the journal, so this run does them again, as whoever reruns expects
+        (``retry`` picks only tasks this run runs: a result taken out and not run again would be lost,
+        and one of a task it leaves out stays for a later run).
         ``lock``: this journal's, taken by the caller (:func:`lock_journal`) to look at or replace the
         journal before opening it; the journal holds it from then on (released by :meth:`close`, or here
         on failure).
