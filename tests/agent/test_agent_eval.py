@@ -168,3 +168,20 @@ def test_a_rerun_answered_by_the_cache_costs_no_requests(tmp_path, capsys, monke
     assert second["calls"] == first["calls"] and second["per_task"]["requests"] == 0
     md = (tmp_path / "r2.md").read_text()
     assert "requests to the model 0.00" in md and f"{second['cache_hits']} request(s) in all" in md
+
+
+def test_agent_eval_takes_a_cache_file_of_its_own(tmp_path, capsys, monkeypatch):
+    """The docs tell to score a retrained student with "another --cache FILE": agent-eval had no --cache."""
+    backends = []
+
+    def build(cfg):
+        roles = scripted_roles(judge, vlm=False)
+        backends.append(roles.reflector.backend)
+        return roles
+
+    monkeypatch.setattr(agent_config, "build_roles", build)
+    for name in ("a", "b"):
+        code, _, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline", "--images",
+                                EXAMPLES / "images", "--cache", tmp_path / f"{name}.sqlite"], capsys)
+        assert code == 0, err
+        assert (tmp_path / f"{name}.sqlite").is_file() and backends[-1].calls  # asked afresh: its own cache

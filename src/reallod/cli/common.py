@@ -161,6 +161,10 @@ def config_file_value(value: str | None) -> str | None:
 
 
 AgentConfig = Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)]
+ResponseCache = Annotated[Path | None, typer.Option("--cache", help=(
+    "Response cache, an SQLite file (default: responses.sqlite in the folder $REALLOD_CACHE, else in "
+    "$XDG_CACHE_HOME/reallod or ~/.cache/reallod)."))]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")]
 BaseUrl = Annotated[str | None, typer.Option("--base-url", help=BASE_URL_HELP)]
 LlmBaseUrl = Annotated[str | None, typer.Option("--llm-base-url", help="... only the LLM roles.")]
 VlmBaseUrl = Annotated[str | None, typer.Option("--vlm-base-url", help="... only the VLM role.")]

@@ -14,6 +14,8 @@ from reallod.cli.common import (
     BaseUrl,
     LlmBaseUrl,
     MaxPixels,
+    NoCache,
+    ResponseCache,
     VlmBaseUrl,
     config_file_value,
     progress_monitor,
@@ -65,8 +67,6 @@ _OPT_CLIPT = _A[float | None, typer.Option("--clip-threshold", help="Similarity 
 _OPT_LIMIT = _A[int | None, typer.Option("--limit", min=1, help="Only the first N images (of the shard).")]
 _OPT_SHARD = _A[str | None, typer.Option("--shard", help="K/N: this run's share of the images.")]
 _OPT_CONC = _A[int | None, typer.Option("--concurrency", min=1, help="Images (and agent tasks) in flight.")]
-_OPT_CACHE = _A[Path | None, typer.Option("--cache", help="Response cache file.")]
-_OPT_NOCACHE = _A[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")]
 _OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config changed (never on other "
                                     "annotations: give those another --out).")]
 _OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
@@ -80,8 +80,8 @@ def _generate_options(
         clip_threshold: _OPT_CLIPT = None, max_pixels: MaxPixels = MAX_PIXELS, limit: _OPT_LIMIT = None,
         shard: _OPT_SHARD = None,
         concurrency: _OPT_CONC = None, base_url: BaseUrl = None, llm_base_url: LlmBaseUrl = None,
-        vlm_base_url: VlmBaseUrl = None, cache: _OPT_CACHE = None,
-        no_cache: _OPT_NOCACHE = False, force_resume: _OPT_FORCE = False,
+        vlm_base_url: VlmBaseUrl = None, cache: ResponseCache = None,
+        no_cache: NoCache = False, force_resume: _OPT_FORCE = False,
         progress: _OPT_PROGRESS = None):  # type: ignore[no-untyped-def]
     """The options of ``generate`` and ``pipeline`` (:func:`with_options`; each command declares its own
     ``--out``), as the engine's :class:`GenerateOptions` (``--progress`` is the command's)."""

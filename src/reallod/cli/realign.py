@@ -21,6 +21,8 @@ from reallod.cli.common import (
     BaseUrl,
     LlmBaseUrl,
     MaxPixels,
+    NoCache,
+    ResponseCache,
     VlmBaseUrl,
     config_file_value,
     console,
@@ -126,9 +128,8 @@ def realign_cmd(
         "--report", help="Write the run summary to FILE as JSON and Markdown (FILE.json + FILE.md).")] = None,
     report_dir: Annotated[Path | None, typer.Option(
         "--report-dir", help="Write a readable per-task report (index.html, index.md, PNG per task) to this folder.")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Response cache (SQLite) (default: ~/.cache/reallod/responses.sqlite, or $REALLOD_CACHE).")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    cache: ResponseCache = None,
+    no_cache: NoCache = False,
     force_resume: _ForceResume = False,
     shard: Annotated[str | None, typer.Option(
         "--shard", metavar="K/N", help="Process shard K of N (K from 1): a fixed slice, for N machines; "
@@ -237,7 +238,8 @@ def agent_eval_cmd(
     base_url: BaseUrl = None,
     llm_base_url: LlmBaseUrl = None,
     vlm_base_url: VlmBaseUrl = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")] = False,
+    cache: ResponseCache = None,
+    no_cache: NoCache = False,
     force_resume: _ForceResume = False,
     min_f1: Annotated[float, typer.Option(
         "--match-f1", min=0.0, max=1.0, help="A rewrite matches a gold expression at this content-word F1.")] = 0.6,
@@ -256,7 +258,7 @@ def agent_eval_cmd(
     quiet_transformers()  # the config's roles may be transformers models
     opts = RealignOptions(input=labelled, config=config, out=out, images=images, max_cycles=max_cycles,  # type: ignore[arg-type]
                           concurrency=concurrency, base_url=base_url, llm_base_url=llm_base_url,
-                          vlm_base_url=vlm_base_url, no_cache=no_cache, max_pixels=max_pixels,
+                          vlm_base_url=vlm_base_url, cache=cache, no_cache=no_cache, max_pixels=max_pixels,
                           force_resume=force_resume)
     rep, run = agent_eval(labelled, opts, min_f1=min_f1, report=report)  # checks --report before the run
     console().print(Markdown(eval_markdown(rep)))
