@@ -104,7 +104,7 @@ def test_report_shows_only_crops_that_match_the_trace(tmp_path, capsys, scripted
     (tmp_path / "t.trace.jsonl").write_text("\n".join(tampered) + "\n")
     write_report(tmp_path / "t.trace.jsonl", tmp_path / "rep", images=ImageLoader(EXAMPLES / "images"))
     md = (tmp_path / "rep" / "index.md").read_text()
-    assert "differs from the recorded [0, 0, 10, 10]; not shown" in md
+    assert r"differs from the recorded \[0, 0, 10, 10\]; not shown" in md  # brackets escaped: no link
     assert not list((tmp_path / "rep" / "img").glob("*object_crop.jpg"))
     write_report(trace, tmp_path / "rep2", images=ImageLoader(tmp_path))  # no images there
     assert "image not shown" in (tmp_path / "rep2" / "index.md").read_text()

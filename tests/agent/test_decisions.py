@@ -137,3 +137,33 @@ def test_prompt_values_are_substituted_verbatim() -> None:
                              allowed=PLACEHOLDERS["reflector"], role="reflector")
     msgs = t.render({"expression": "the Red $cup"})
     assert msgs == [{"role": "user", "content": "Say the Red $cup costs $5 {not a field}"}]
+
+
+@pytest.mark.parametrize("value", ['{"text": "the red cup", "confidence": 0.9}', "42", "3.5", "true", "false",
+                                   '["the red cup"]'])
+@pytest.mark.parametrize(("role", "reply"), [
+    ("rewriter", '{"expression": %s}'),
+    ("vlm", '{"answer": %s}'),
+    ("planner", '{"state": "uncertain", "focus": "object", "question": %s, "reason": "r"}'),
+    ("planner", '{"state": "wrong", "focus": "object", "question": "", "reason": %s}'),
+    ("planner", '{"state": %s, "focus": "object", "question": ""}'),
+    ("reflector", '{"verdict": "wrong", "missing": "", "feedback": %s}'),
+    ("reflector", '{"verdict": "wrong", "missing": %s, "feedback": "f"}'),
+    ("reflector", '{"verdict": %s}'),
+])
+def test_a_text_field_of_another_json_type_is_refused_not_written_as_repr(role: str, reply: str, value: str) -> None:
+    """Every field's schema type is string: an object, number, boolean or list is re-asked, never
+    turned into Python's repr ("{'text': 'the red cup', ...}", "42", "True") in the output."""
+    with pytest.raises(DecisionError, match="must be a JSON string"):
+        SPECS[role].parse(reply % value)
+
+
+def test_a_refused_type_is_named_for_the_retry() -> None:
+    with pytest.raises(DecisionError, match=r'"expression" is an object; it must be a JSON string'):
+        SPECS["rewriter"].parse('{"expression": {"text": "the red cup"}}')
+    with pytest.raises(DecisionError, match=r'"answer" is the number 3; it must be a JSON string'):
+        SPECS["vlm"].parse('{"answer": 3}')
+    with pytest.raises(DecisionError, match=r'"verdict" is the JSON literal true'):
+        SPECS["reflector"].parse('{"verdict": true}')
+    # a plain-text VLM reply (no JSON object) is still its answer, a number too
+    assert SPECS["vlm"].parse("3")[0] == {"answer": "3"}

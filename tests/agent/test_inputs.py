@@ -181,3 +181,28 @@ def test_shipped_examples_hold_the_same_tasks_in_both_formats():
         assert (r.image_path, r.raw_expression, r.chosen.category, r.chosen.bboxes, r.caption) == \
                (t.image_path, t.raw_expression, t.chosen.category, t.chosen.bboxes, t.caption)
         assert sorted(map(str, (o.bboxes for o in r.others))) == sorted(map(str, (o.bboxes for o in t.others)))
+
+
+def test_a_line_that_is_not_json_says_why_as_the_data_readers_do(tmp_path):
+    """NaN, a lone surrogate, a broken line: the failed task names file, line and the parser's reason."""
+    good = json.dumps(record("a.jpg", {"s": [pair([[1, 1, 9, 9]], "cup", ["the cup"])]}))
+    path = tmp_path / "in.jsonl"
+    nan, surrogate = good.replace("[1, 1, 9, 9]", "[NaN, 1, 9, 9]"), good.replace("the cup", "the \\ud800 cup")
+    path.write_text("\n".join([good, nan, surrogate, "{not json"]) + "\n")
+    items = list(iter_tasks(path))
+    assert isinstance(items[0], Task)
+    errors = [item.describe() for item in items[1:]]
+    at = surrogate.index("\\ud800")
+    assert errors == [
+        f"{path}:2: invalid JSON: unexpected character, expected a JSON value: line 1 column {nan.index('NaN') + 1} "
+        f"(char {nan.index('NaN')})",
+        f"{path}:3: invalid JSON: no low surrogate in string: line 1 column {at + 1} "
+        f"(char {at})",
+        f"{path}:4: invalid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"]
+    assert all(item.kind == "bad_record" for item in items[1:])
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(published("a.jpg", "x", [1, 1, 5, 5])) + "\n{not json\n")
+    _, problem = list(iter_tasks(tasks))
+    assert problem.kind == "bad_task" and problem.as_result().error.startswith(
+        f"{tasks}:2: invalid JSON: unexpected character, expected a string key")
+

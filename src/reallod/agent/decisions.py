@@ -88,14 +88,25 @@ VLM_SCHEMA = _object({
 
 
 def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    """A text field, its whitespace collapsed. Every field's schema type is string: any other JSON value
+    is refused like a missing field (re-asked), not written into the output as Python's repr of it
+    (``{"expression": {"text": ...}}`` became the positive "{'text': ...}", ``42`` became "42")."""
     value = obj.get(key)
     if value is None:
         if required:
             raise DecisionError(f'the field "{key}" is missing')
         return ""
-    if isinstance(value, (list, tuple)):
-        value = " ".join(str(v) for v in value)
-    return " ".join(str(value).split())
+    if not isinstance(value, str):
+        raise DecisionError(f'the field "{key}" is {_json_type(value)}; it must be a JSON string')
+    return " ".join(value.split())
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the JSON literal {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:

@@ -151,36 +151,46 @@ def iter_tasks(path: str | os.PathLike, *, captions: dict[str, str] | None = Non
     """Every task of an input file, in input order, as a :class:`Task` or a :class:`TaskProblem`."""
     fmt = fmt or detect_format(path)
     if fmt == "records":
-        for ridx, (lineno, obj) in enumerate(iter_raw_records(path)):
-            yield from record_tasks(obj, ridx, captions=captions, path=str(path), line=lineno)
+        for ridx, (lineno, obj, error) in enumerate(_iter_parsed_lines(path)):
+            yield from record_tasks(obj, ridx, captions=captions, path=str(path), line=lineno, json_error=error)
     else:
-        for index, line, item in _iter_task_items(path):
-            yield published_task(item, index, captions=captions, path=str(path), line=line)
+        for index, line, item, error in _iter_task_entries(path):
+            yield published_task(item, index, captions=captions, path=str(path), line=line, json_error=error)
 
 
 def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON or None when the line is not JSON) — one entry per non-blank line,
     so a record's index, and with it its task ids, never shifts because of a bad line before it."""
+    for lineno, obj, _ in _iter_parsed_lines(path):
+        yield lineno, obj
+
+
+def _iter_parsed_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
+    """:func:`iter_raw_records` with, for a line that is not JSON, the parser's reason (as the data
+    readers give it: ``invalid JSON: unexpected character, expected a JSON value: line 1 column 40 (char
+    39)``), else None."""
     for lineno, line in iter_lines(path):
         try:
-            yield lineno, orjson.loads(line)
-        except orjson.JSONDecodeError:
-            yield lineno, None
+            yield lineno, orjson.loads(line), None
+        except orjson.JSONDecodeError as e:
+            yield lineno, None, f"invalid JSON: {e}"
 
 
 def _iter_task_items(path: str | os.PathLike) -> Iterator[tuple[int, int | None, Any]]:
     """(index, line or None, item) of a JSON list or JSONL task file."""
+    for index, line, item, _ in _iter_task_entries(path):
+        yield index, line, item
+
+
+def _iter_task_entries(path: str | os.PathLike) -> Iterator[tuple[int, int | None, Any, str | None]]:
+    """(index, line or None, item, why the line is not JSON or None) of a JSON list or JSONL task file."""
     path = str(path)
     if _first_byte(path) == b"[":
-        try:
-            items = orjson.loads(read_whole(path))
-        except orjson.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e}", path=path) from None
-        for i, item in enumerate(items):
-            yield i, None, item
+        for i, item in enumerate(_task_list(path)):
+            yield i, None, item, None
     else:
-        for i, (lineno, item) in enumerate(iter_raw_records(path)):
-            yield i, lineno, item
+        for i, (lineno, item, error) in enumerate(_iter_parsed_lines(path)):
+            yield i, lineno, item, error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +203,10 @@ def record_task_id(record_index: int, source: str, pair_index: int, expression_i
 
 
 def record_tasks(obj: Any, record_index: int, *, captions: dict[str, str] | None = None,
-                 path: str | None = None, line: int | None = None) -> list[TaskItem]:
-    """The tasks of one parsed record line (``obj`` None: the line was not JSON)."""
+                 path: str | None = None, line: int | None = None, json_error: str | None = None) -> list[TaskItem]:
+    """The tasks of one parsed record line (``obj`` None: the line was not JSON, ``json_error`` says why)."""
     if obj is None:
-        return [TaskProblem(f"{record_index}", "bad_record", "invalid JSON", path=path, line=line)]
+        return [TaskProblem(f"{record_index}", "bad_record", json_error or "invalid JSON", path=path, line=line)]
     problems = check_record(obj)
     fatal = [p for p in problems if not p.field.startswith("pairs.") or p.kind == "not_object"]
     if fatal:
@@ -302,8 +312,9 @@ def _others(chosen: ObjectRef, objects: list[tuple[str, int, ObjectRef | None]])
 # ---------------------------------------------------------------------------------------------
 
 def published_task(item: Any, index: int, *, captions: dict[str, str] | None = None,
-                   path: str | None = None, line: int | None = None) -> TaskItem:
-    """One item of the published task list (pixel xywh boxes) as a :class:`Task` (xyxy boxes)."""
+                   path: str | None = None, line: int | None = None, json_error: str | None = None) -> TaskItem:
+    """One item of the published task list (pixel xywh boxes) as a :class:`Task` (xyxy boxes); a line that
+    was not JSON comes as None with the parser's reason, ``json_error``."""
     tid = str(index)
     at = "" if line is not None else f"[{index}]."  # a JSON list has no lines: name the item
 
@@ -312,7 +323,7 @@ def published_task(item: Any, index: int, *, captions: dict[str, str] | None = N
                            field=f"{at}{field}" if field else (at.rstrip(".") or None), **kw)
 
     if not isinstance(item, dict):
-        return problem("bad_task", "invalid JSON" if item is None else "expected a task object")
+        return problem("bad_task", (json_error or "invalid JSON") if item is None else "expected a task object")
     image_path, height, width = item.get("image_path"), item.get("height"), item.get("width")
     raw = item.get("raw_expression")
     raw_str = raw if isinstance(raw, str) else ""
@@ -399,6 +410,15 @@ def _first_byte(path: str) -> bytes:
     for _, line in iter_lines(path):
         return line.lstrip()[:1]
     return b""
+
+
+def _task_list(path: str) -> list[Any]:
+    """The items of a JSON-list task file: parsed whole, on each pass a run makes over its tasks (JSONL is
+    streamed; docs/agent-at-scale.md tells to convert a large list)."""
+    try:
+        return orjson.loads(read_whole(path))
+    except orjson.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e}", path=path) from None
 
 
 def _single_json(path: str) -> Any:

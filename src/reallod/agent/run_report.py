@@ -8,7 +8,9 @@ output, and wall time per stage. :func:`report_dict` and :func:`to_markdown` are
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,23 @@ def merged_info(infos: list[dict[str, Any]], *, out: str, trace: str | None, sum
             "stages_s": {k: round(v, 3) for k, v in stages.items()}, "wall_s": round(wall_s, 3)}
 
 
+def md_text(value: Any) -> str:
+    """Text from an input, a model or a server, as Markdown that shows it as it is: on one line (a newline
+    split a table row, or ended a list item), HTML's special characters escaped (renderers pass raw HTML
+    through: an expression ``<script>...`` ran in the browser) and ``\\ ` * [ ] |`` escaped (no link, code
+    span or emphasis made of a reply, no table cell split)."""
+    return re.sub(r"([\\`*\[\]|])", r"\\\1", html.escape(" ".join(str(value).split()), quote=False))
+
+
+def md_code(value: Any) -> str:
+    """``value`` as an inline code span on one line, delimited by more backticks than it holds in a row
+    (inside a code span HTML is not read). A ``|`` must still be escaped in a table cell."""
+    text = " ".join(str(value).split())
+    ticks = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
 def _retried(info: dict[str, Any]) -> str:
     n = info.get("tasks_retried") or 0
     return f", of which {n} had failed before" if n else ""
@@ -85,7 +104,7 @@ def _retried(info: dict[str, Any]) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     n = max(report["tasks"], 1)
-    lines = [f"# reallod realign: {run.get('input', '')}", "",
+    lines = [f"# reallod realign: {md_text(run.get('input', ''))}", "",
              f"{report['tasks']} task(s); {run['tasks_resumed']} resumed from the journal, {run['tasks_run']} "
              f"run now{_retried(run)} at {run['tasks_per_s']:.2f} tasks/s (concurrency {run['concurrency']}).", "",
              "## Verdicts", "", "| verdict | tasks | share |", "|---|---:|---:|"]
@@ -112,11 +131,14 @@ def to_markdown(report: dict[str, Any]) -> str:
 
         def example(kind: str) -> str:
             e = examples.get(kind)
-            return f"`{e['task_id']}`: {e['error']}".replace("|", "\\|") if e else ""
+            if not e:
+                return ""
+            task = md_code(e["task_id"]).replace("|", "\\|")  # md_text escapes the error's own
+            return f"{task}: {md_text(e['error'])}"
 
         lines += ["| reason | tasks | example |", "|---|---:|---|"]
         lines += [f"| {k} | {v} | {example(k)} |" for k, v in fail["by_reason"].items()]
-        lines += ["", "First ones:", ""] + [f"- `{e['task_id']}`: {e['error']}" for e in fail["examples"]]
+        lines += ["", "First ones:", ""] + [f"- {md_code(e['task_id'])}: {md_text(e['error'])}" for e in fail["examples"]]
     else:
         lines.append("none")
     if report["output"]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from reallod.agent.run_report import md_code, md_text
 from reallod.agent.task import ObjectRef
 from reallod.agent.trace import read_trace
 from reallod.agent.views import HIGHLIGHT, make_view
@@ -232,16 +233,19 @@ def render_html(pages: list[TaskPage], header: dict[str, Any], total: int) -> st
 
 
 def render_markdown(pages: list[TaskPage], header: dict[str, Any], total: int) -> str:
+    """The report as Markdown. Every text from the input, the models or the server is escaped
+    (:func:`md_text`: renderers pass raw HTML through) and kept on one line, as ``index.html`` escapes it."""
+    t = md_text
     out = ["# reallod realign report", "",
-           f"input `{header.get('input')}` · config `{header.get('config')}` · {total} task(s)"
+           f"input {md_code(header.get('input'))} · config {md_code(header.get('config'))} · {total} task(s)"
            + (f", the first {len(pages)} shown" if len(pages) < total else ""), ""]
     for p in pages:
-        out += [f"## task {p.task_id}", "", f"**{p.verdict}** after {p.cycles} cycle(s) · {p.category} in "
-                f"`{p.image_path}`", ""]
-        out += [f"![{pic.caption}]({pic.file})" for pic in p.pictures]
-        out += ["", f"- before: **{p.raw}**", f"- after: **{p.final}**"]
-        out += [f"- last reflection: {p.feedback}"] if p.feedback else []
-        out += [f"- VLM on {v}: {a}" for v, _, a in p.qa]
-        out += [f"- {note}" for note in p.notes]
+        out += [f"## task {t(p.task_id)}", "", f"**{t(p.verdict)}** after {p.cycles} cycle(s) · {t(p.category)} in "
+                f"{md_code(p.image_path)}", ""]
+        out += [f"![{t(pic.caption)}]({pic.file})" for pic in p.pictures]
+        out += ["", f"- before: **{t(p.raw)}**", f"- after: **{t(p.final)}**"]
+        out += [f"- last reflection: {t(p.feedback)}"] if p.feedback else []
+        out += [f"- VLM on {t(v)}: {t(a)}" for v, _, a in p.qa]
+        out += [f"- {t(note)}" for note in p.notes]
         out.append("")
     return "\n".join(out)
