@@ -178,3 +178,21 @@ def test_trace_reader_skips_a_torn_last_line_only(tmp_path):
     (tmp_path / "v.jsonl").write_text('{"task_id": "a"}\n')
     with pytest.raises(ReallodError, match="not a reallod trace"):
         read_trace(tmp_path / "v.jsonl")
+
+
+def test_a_truncated_gzip_input_stops_the_run_before_any_model_call(tmp_path):
+    """Its readable part ran first (81 tasks paid for), then the run stopped with exit 2 and no output."""
+    import gzip
+
+    data = gzip.compress((EXAMPLES / "realdata.jsonl").read_bytes() * 20)
+    src = tmp_path / "in.jsonl.gz"
+    src.write_bytes(data[: len(data) - 40])  # the stream ends early: its last lines are lost
+    roles = scripted_roles(judge_by_colour, vlm=False)
+    with pytest.raises(DataError, match=r"in\.jsonl\.gz: gzip stream is corrupt or truncated .*nothing was run"):
+        realign(RealignOptions(input=src, config="scripted", out=tmp_path / "o.jsonl", images=EXAMPLES / "images"),
+                roles=roles)
+    assert not roles.reflector.backend.calls and not (tmp_path / "o.journal.jsonl").exists()
+    src.write_bytes(data)  # whole: it runs
+    run = realign(RealignOptions(input=src, config="scripted", out=tmp_path / "o.jsonl", images=EXAMPLES / "images",
+                                 limit=2), roles=roles)
+    assert run.summary.tasks == 2

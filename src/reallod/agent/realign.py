@@ -48,7 +48,7 @@ from reallod.agent.summary import RunSummary, summarize
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
-from reallod.data.io import AtomicWriter, check_writable, same_file, written_over
+from reallod.data.io import AtomicWriter, check_gzip_whole, check_writable, same_file, written_over
 from reallod.errors import ConfigError
 from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import Endpoints
@@ -276,6 +276,7 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     captions = load_captions(opts.captions) if opts.captions else None
     images = image_loader(opts)
     trace_path, journal_path = check_outputs(opts)
+    check_gzip_whole(opts.input)  # a cut .gz fails here, not once its readable part has run
 
     agent, max_cycles, concurrency = str(opts.config), opts.max_cycles or 3, opts.concurrency or DEFAULT_CONCURRENCY
     if roles is None:

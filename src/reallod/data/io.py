@@ -377,6 +377,25 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[t
             raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({gunzip.error})", path=path)
 
 
+def check_gzip_whole(path: str | os.PathLike) -> None:
+    """Decompress a gzip file to its end, before any work on it: a stream that is cut or corrupt near its
+    end is otherwise found by the reading once everything before it has been done (and paid for, in a run
+    of model calls). A file that is not gzip, and a pipe (read once), pass unread."""
+    path = str(path)
+    if is_stream(path):
+        return
+    raw, gz = open_input(path)
+    with raw:
+        if not gz:
+            return
+        gunzip, buf = _Gunzip(raw), bytearray(1 << 20)
+        while gunzip.readinto(buf):
+            pass
+    if gunzip.error:
+        raise DataError(f"gzip stream is corrupt or truncated ({gunzip.error}): nothing was run on it; repair or "
+                        "replace the file", path=path)
+
+
 FROM_COCO = "to Real-Data records with `reallod data convert from-coco`"
 
 
