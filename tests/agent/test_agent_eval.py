@@ -141,18 +141,24 @@ def test_the_documented_agent_eval_example_names_the_image_root():
     assert "reallod agent-eval examples/labelled.jsonl --images examples/images" in help_text
 
 
-def test_a_rerun_answered_by_the_cache_costs_no_requests(tmp_path, capsys, monkeypatch):
-    """agent-eval's requests and tokens are what the model was asked: a second run, answered by the
-    response cache, asks nothing and reports no cost, the cache hits apart (it reported the first run's
-    requests and tokens again)."""
-    backends = []
+@pytest.fixture
+def backends(monkeypatch):
+    """The reflector backend of each run's scripted roles, in order."""
+    built = []
 
     def build(cfg):
         roles = scripted_roles(judge, vlm=False)
-        backends.append(roles.reflector.backend)
+        built.append(roles.reflector.backend)
         return roles
 
     monkeypatch.setattr(agent_config, "build_roles", build)
+    return built
+
+
+def test_a_rerun_answered_by_the_cache_costs_no_requests(tmp_path, capsys, backends):
+    """agent-eval's requests and tokens are what the model was asked: a second run, answered by the
+    response cache, asks nothing and reports no cost, the cache hits apart (it reported the first run's
+    requests and tokens again)."""
     reports = []
     for i in (1, 2):
         code, _, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline",
@@ -170,16 +176,8 @@ def test_a_rerun_answered_by_the_cache_costs_no_requests(tmp_path, capsys, monke
     assert "requests to the model 0.00" in md and f"{second['cache_hits']} request(s) in all" in md
 
 
-def test_agent_eval_takes_a_cache_file_of_its_own(tmp_path, capsys, monkeypatch):
+def test_agent_eval_takes_a_cache_file_of_its_own(tmp_path, capsys, backends):
     """The docs tell to score a retrained student with "another --cache FILE": agent-eval had no --cache."""
-    backends = []
-
-    def build(cfg):
-        roles = scripted_roles(judge, vlm=False)
-        backends.append(roles.reflector.backend)
-        return roles
-
-    monkeypatch.setattr(agent_config, "build_roles", build)
     for name in ("a", "b"):
         code, _, err = run_cli(["agent-eval", EXAMPLES / "labelled.jsonl", "--config", "offline", "--images",
                                 EXAMPLES / "images", "--cache", tmp_path / f"{name}.sqlite"], capsys)
