@@ -225,6 +225,24 @@ def test_a_cut_reply_that_repairs_into_a_decision_is_not_taken() -> None:
     assert "stops mid-answer (the reply was cut at the token limit" in r.steps[0].rejected[0]["error"]
 
 
+def test_an_expression_a_constrained_decoder_closed_at_the_limit_is_not_taken() -> None:
+    """The in-process decoder closes a string at its share of max_tokens, so the reply parses whole; it
+    names the field (``cut_fields``). A cut expression would go into the output; cut feedback is only
+    reasoning, and the verdict after it was still written."""
+    def decoded(text: str, *cut: str) -> Completion:
+        return Completion(text, 10, 8, 0.0, {"finish_reason": "length" if cut else "stop", "cut_fields": list(cut)})
+
+    r, _ = run(make_task(), {
+        "reflector": [decoded(reflect("wrong", feedback="the caption says"), "feedback"), reflect("correct")],
+        "planner": [plan("wrong"), plan("correct")],
+        "rewriter": [decoded(rewrite("the brown Dog next to the"), "expression"), rewrite("the brown Dog")]})
+    assert (r.verdict, r.expression) == ("rewritten", "the brown Dog")
+    assert r.steps[0].decision["verdict"] == "wrong" and not r.steps[0].rejected
+    rewriter = r.steps[2]
+    assert rewriter.attempts == 2 and 'the field "expression" stops mid-answer (the reply was cut at the token ' \
+        "limit" in rewriter.rejected[0]["error"]
+
+
 def test_retryable_backend_errors_are_retried() -> None:
     r, _ = run(make_task(), {
         "reflector": [BackendError("HTTP 503", retryable=True), BackendError("timed out", retryable=True),

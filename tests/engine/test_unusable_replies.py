@@ -161,3 +161,29 @@ def test_a_reply_object_without_phrase_fields_fails_its_image_and_adds_no_expres
                    roles=scripted_roles(generation_answers(error)))
     assert run.failed == 1 and set(run.failures) == {"unusable_answer"}
     assert "unknown role" not in (tmp_path / "g.jsonl").read_text()
+
+
+def test_a_vlm_expression_cut_at_the_token_limit_is_dropped_and_counted(tmp_path: Path) -> None:
+    """"the cup standing on the" was written as the object's vlm_short expression: a reply the server
+    stopped at max_tokens is no expression (the image is not failed: its other steps are fine)."""
+    cut = {"vlm_short": lambda cat, t: Completion(f"the {cat} standing on the", meta={"finish_reason": "length"})}
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers(cut)))
+    assert run.failed == 0 and run.records == 1
+    assert run.counts["vlm_short: cut at the token limit:dropped"] > 0
+    out = (tmp_path / "g.jsonl").read_text()
+    assert "standing on the" not in out and "stands out clearly" in out  # vlm_long is kept
+
+
+def test_a_phrase_an_in_process_decoder_closed_at_the_limit_is_dropped_and_counted(tmp_path: Path) -> None:
+    """The decoder closes a phrase at its share of max_tokens and names it (``cut_fields``): the whole
+    phrases of the reply are kept, the cut one is not."""
+    def llm(cat: str, t: str) -> Completion:
+        text = json.dumps({"expression_1": f"the {cat} on the left", "expression_2": f"the {cat} next to the"})
+        return Completion(text, meta={"finish_reason": "length", "cut_fields": ["expression_2"]})
+
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers({"llm": llm})))
+    assert run.failed == 0 and run.counts["llm: cut at the token limit:dropped"] > 0
+    out = (tmp_path / "g.jsonl").read_text()
+    assert "on the left" in out and "next to the\"" not in out

@@ -102,15 +102,19 @@ def test_max_new_tokens_keys_the_cache_and_the_fingerprint(tiny_lm: Path, tmp_pa
     async def reply(backend: TransformersBackend) -> tuple[str, int]:
         new_scope()  # each call is a task of its own, as in a rerun
         wrapped = ResilientBackend(backend, cache=cache, model_id=model_id(backend))
-        completion = await wrapped.complete(ask, temperature=0.0)
+        # a choice, which the limit cannot cut: a reply the limit stopped is never kept (the random model's
+        # free text always is)
+        completion = await wrapped.complete(ask, choices=["yes", "no"], temperature=0.0)
         return completion.text, wrapped.stats.cache_hits
 
     first, hits = asyncio.run(reply(TransformersBackend(str(tiny_lm), max_new_tokens=2)))
     assert hits == 0
     again, hits = asyncio.run(reply(TransformersBackend(str(tiny_lm), max_new_tokens=2)))
     assert (again, hits) == (first, 1)  # the same setting: the cached reply
-    longer, hits = asyncio.run(reply(TransformersBackend(str(tiny_lm), max_new_tokens=40)))
-    assert hits == 0 and len(longer) > len(first)
+    _, hits = asyncio.run(reply(TransformersBackend(str(tiny_lm), max_new_tokens=40)))
+    assert hits == 0  # another limit: asked again
+    free = asyncio.run(TransformersBackend(str(tiny_lm), max_new_tokens=2).complete(ask, temperature=0.0))
+    assert free.meta["finish_reason"] == "length" and free.completion_tokens == 2
 
 
 def test_the_default_max_new_tokens_keeps_existing_keys(tiny_lm: Path) -> None:

@@ -48,15 +48,20 @@ def tok():  # type: ignore[no-untyped-def]
     return bert_tokenizer()
 
 
-def decode_as_student(tok, reply: str, schema: dict) -> str:  # type: ignore[no-untyped-def]
+def decode_as_student(tok, reply: str, schema: dict, max_tokens: int = 64) -> str:  # type: ignore[no-untyped-def]
     """What the decoder writes for ``schema`` when the model has learned ``reply`` exactly."""
+    return student_decoder(tok, reply, schema, max_tokens)[0]
+
+
+def student_decoder(tok, reply: str, schema: dict, max_tokens: int) -> tuple[str, _Decoder]:  # type: ignore[no-untyped-def]
     prompt = prompt_ids(tok, MESSAGES)
     quotes, blanks = _token_classes(tok)
     model = TeacherForcedLM([*prompt, *reply_ids(tok, reply, schema), tok.eos_token_id], len(tok))
     loaded = _Loaded(model=model, tokenizer=tok, quote_ids=quotes, blank_ids=blanks)
     fields = flat_schema_fields(schema)
     assert fields is not None
-    return TransformersBackend._json(_Decoder(loaded, prompt, temperature=0.0), fields, max_tokens=64)
+    dec = _Decoder(loaded, prompt, temperature=0.0)
+    return TransformersBackend._json(dec, fields, max_tokens=max_tokens), dec
 
 
 @pytest.mark.parametrize(("role", "reply"), [
@@ -109,3 +114,17 @@ def test_fields_come_from_a_flat_schema_only() -> None:
     fields = {f.key: f for f in flat_schema_fields(SPECS["planner"].schema) or []}
     assert fields["state"].allowed == ["correct", "wrong", "uncertain"] and fields["state"].nonempty
     assert flat_schema_fields({"type": "object", "properties": {"n": {"type": "integer"}}}) is None
+
+
+def test_a_string_stopped_by_the_token_limit_is_named_and_the_fields_after_it_are_written(tok) -> None:
+    """The decoder closed a cut string without a word: ``{"expression": "the brown dog on"}`` passed for a
+    whole expression. The field is named (``cut_fields``) for the workflow to refuse where its text is
+    kept, and the fields after it are still written (a reflector's verdict after its cut feedback)."""
+    whole = json.dumps({"expression": "the brown dog on the left of the red wooden bench"})
+    text, dec = student_decoder(tok, whole, SPECS["rewriter"].schema, max_tokens=4)
+    assert dec.cut_fields == ["expression"] and json.loads(text)["expression"].startswith("the brown")
+    text, dec = student_decoder(tok, whole, SPECS["rewriter"].schema, max_tokens=64)
+    assert dec.cut_fields == [] and json.loads(text) == json.loads(whole)
+    reply = {"missing": "", "feedback": "the dog is brown and it is on the left of the bench", "verdict": "correct"}
+    text, dec = student_decoder(tok, json.dumps(reply), SPECS["reflector"].schema, max_tokens=8)
+    assert dec.cut_fields == ["feedback"] and json.loads(text)["verdict"] == "correct"

@@ -48,7 +48,24 @@ def test_a_task_uses_the_in_process_vlm_for_its_view(tiny_vlm_dir: Path) -> None
     r = asyncio.run(run_task(task, roles, load_image=lambda: Image.new("RGB", (80, 60), (90, 90, 90)),
                              max_cycles=2))
     vlm = r.steps[2]
-    assert vlm.role == "vlm" and vlm.error is None and vlm.view == {"name": "extended_crop", "crop_box": [5, 0, 65, 55]}
-    assert vlm.decision["answer"] and vlm.completion_tokens > 0
-    assert r.evidence == [f"[extended crop] Q: What is next to the cup? A: {vlm.decision['answer']}"]
-    assert r.verdict == "unresolved"
+    assert vlm.role == "vlm" and vlm.view == {"name": "extended_crop", "crop_box": [5, 0, 65, 55]}
+    assert vlm.completion_tokens > 0 and vlm.rejected
+    # the random model never ends its answer: every try stops at max_tokens 8, which is refused as a
+    # server's reply cut there is, not taken for evidence
+    assert "cut at the token limit, max_tokens 8" in vlm.error and not r.evidence
+    assert r.verdict == "failed"
+
+
+def test_a_vlm_reply_says_whether_the_token_limit_stopped_it(tiny_vlm_dir: Path) -> None:
+    """It always said nothing: a cut answer passed for a whole one, where a server says ``length``."""
+    backend = TransformersBackend(str(tiny_vlm_dir), kind="image_text_to_text")
+    msgs = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (50, 40), (200, 10, 10))},
+                                         {"type": "text", "text": "What is it?"}]}]
+    assert asyncio.run(backend.complete(msgs, max_tokens=6)).meta["finish_reason"] == "length"
+    config = backend.load().model.generation_config
+    eos = config.eos_token_id
+    try:
+        config.eos_token_id = list(range(backend.load().model.config.text_config.vocab_size))  # ends at once
+        assert asyncio.run(backend.complete(msgs, max_tokens=6)).meta["finish_reason"] == "stop"
+    finally:
+        config.eos_token_id = eos

@@ -157,6 +157,7 @@ class DecisionSpec:
     schema: dict[str, Any]
     normalise: Callable[[dict[str, Any]], dict[str, Any]]
     free_text_field: str | None = None  # a reply that is not JSON at all is taken as this field
+    kept_fields: tuple[str, ...] = ()  # written into the output: one the token limit cut is refused
 
     def parse(self, text: str) -> tuple[dict[str, Any], bool]:
         """Return (decision, repaired); raise DecisionError when the reply cannot be used."""
@@ -197,6 +198,6 @@ class DecisionSpec:
 SPECS: dict[str, DecisionSpec] = {
     "reflector": DecisionSpec("reflector", REFLECTOR_SCHEMA, _normalise_reflection),
     "planner": DecisionSpec("planner", PLANNER_SCHEMA, _normalise_plan),
-    "rewriter": DecisionSpec("rewriter", REWRITER_SCHEMA, _normalise_rewrite),
+    "rewriter": DecisionSpec("rewriter", REWRITER_SCHEMA, _normalise_rewrite, kept_fields=("expression",)),
     "vlm": DecisionSpec("vlm", VLM_SCHEMA, _normalise_answer, free_text_field="answer"),
 }

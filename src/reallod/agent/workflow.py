@@ -147,6 +147,9 @@ class _TaskRun:
                     decision, repaired = role.decision.parse(completion.text)
                     if repaired and completion.meta.get("finish_reason") == "length":  # closed by the repair
                         raise DecisionError("the reply stops mid-answer")
+                    cut = [f for f in completion.meta.get("cut_fields") or () if f in role.decision.kept_fields]
+                    if cut:  # a constrained decoder closed it at the limit: "the dog on the le"
+                        raise DecisionError(f'the field "{cut[0]}" stops mid-answer')
                 except DecisionError as e:
                     why = str(e)
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer

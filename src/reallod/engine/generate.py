@@ -141,6 +141,12 @@ def read_text(reply: Completion, max_tokens: int) -> str:
     return reply.text
 
 
+def read_phrase(reply: Completion, max_tokens: int) -> tuple[str, bool]:
+    """A VLM expression step's reply (vlm_short, vlm_long), and whether the server cut it at ``max_tokens``:
+    "the man in the red jacket standing next to the" is no expression of the object (dropped, counted)."""
+    return read_text(reply, max_tokens), reply.meta.get("finish_reason") == "length"
+
+
 def read_list(reply: Completion, max_tokens: int) -> list[str]:
     """The phrases of a list step's reply (llm, group, hard_negative): see :func:`parse_list`. Unusable:
     no text, JSON that cannot be read, or a reply the server cut at ``max_tokens`` that is not whole JSON
@@ -150,6 +156,8 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
                        f"config's rewriter role above {max_tokens} (generation uses it where it is higher)")
+    if obj is not None and (cut := set(reply.meta.get("cut_fields") or ())):  # closed at the limit by an
+        return object_phrases({k: v for k, v in obj.items() if k not in cut})  # in-process decoder (counted)
     return parse_list(reply.text)
 
 
@@ -213,6 +221,8 @@ async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any],
     except BackendError as e:
         failures.setdefault(e.kind, [0, f"{step}: {e}"])[0] += 1
         return None
+    if cut := reply.meta.get("cut_fields"):  # phrases an in-process constrained decoder closed at the limit
+        counts[f"{step}: cut at the token limit:dropped"] += len(cut)
     try:
         return read(reply, max_tokens)
     except Unusable as e:
@@ -262,9 +272,14 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         if gens.vlm is not None:
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
-                text = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
-                                  read_text, image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
-                if text is not None:
+                reply = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
+                                   read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
+                if reply is None:
+                    continue
+                text, cut = reply
+                if cut:
+                    counts[f"{step}: cut at the token limit:dropped"] += 1
+                else:
                     sources[step] = accept([clean(text)], obj.category, others, max_words=max_words, seen=set(),
                                            counts=counts, step=step, limit=1)
         if s.llm_expressions > 0:

@@ -287,6 +287,8 @@ class _Decoder:
         self.past: Any = None
         self.logits: Any = None
         self.generated = 0
+        self.cut = False  # the last piece stopped at its token limit, not where the model ended it
+        self.cut_fields: list[str] = []  # the string fields of a JSON reply that did (:meth:`_json`)
         self.feed(prompt_ids)
 
     def _forward(self, ids: list[int], past: Any, keep: int = 0) -> tuple[Any, Any]:
@@ -356,6 +358,8 @@ class _Decoder:
                 return (before + piece[:cut]).strip(), piece[:cut]
             ids.append(nxt)
             self.feed([nxt])
+        else:
+            self.cut = True
         return self.tok.decode(ids, skip_special_tokens=True).strip(), ""
 
     def free(self, max_tokens: int) -> str:
@@ -367,6 +371,8 @@ class _Decoder:
                 break
             ids.append(nxt)
             self.feed([nxt])
+        else:
+            self.cut = True
         self.generated += len(ids)
         return self.tok.decode(ids, skip_special_tokens=True)
 
@@ -501,9 +507,10 @@ class TransformersBackend:
 
             with loaded.lock, torch.inference_mode():
                 if self.kind == "image_text_to_text":
-                    text, n_in, n_out = self._vlm(loaded, messages, max_tokens, temperature)
+                    text, n_in, n_out, cut = self._vlm(loaded, messages, max_tokens, temperature)
+                    meta: dict[str, Any] = {"finish_reason": "length" if cut else "stop"}
                 else:
-                    text, n_in, n_out = self._llm(loaded, messages, schema, choices, max_tokens, temperature)
+                    text, n_in, n_out, meta = self._llm(loaded, messages, schema, choices, max_tokens, temperature)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             if (what := out_of_memory(e)) is None:
                 raise BackendError(f"{self.name}: generation failed: {type(e).__name__}: {e}") from e
@@ -512,14 +519,14 @@ class TransformersBackend:
                                "the others go on (a rerun runs the failed ones again); for fewer, give the role a "
                                "smaller max_tokens, or the backend a smaller dtype or a device with more memory"
                                ) from e
-        return Completion(text, prompt_tokens=n_in, completion_tokens=n_out,
-                          latency_s=time.perf_counter() - started)
+        return Completion(text, prompt_tokens=n_in, completion_tokens=n_out, latency_s=time.perf_counter() - started,
+                          meta=meta)  # finish_reason as an OpenAI-compatible server's
 
     def prompt_text(self, messages: list[Message]) -> str:
         return chat_prompt(self.load().tokenizer, messages)
 
     def _llm(self, loaded: _Loaded, messages: list[Message], schema: dict[str, Any] | None,
-             choices: list[str] | None, max_tokens: int, temperature: float) -> tuple[str, int, int]:
+             choices: list[str] | None, max_tokens: int, temperature: float) -> tuple[str, int, int, dict[str, Any]]:
         ids = prompt_ids(loaded.tokenizer, messages)
         dec = _Decoder(loaded, ids, temperature)
         fields = flat_schema_fields(schema) if self.constrained else None
@@ -529,10 +536,15 @@ class TransformersBackend:
             text = self._json(dec, fields, max_tokens)
         else:
             text = dec.free(max_tokens)
-        return text, len(ids), dec.generated
+            return text, len(ids), dec.generated, {"finish_reason": "length" if dec.cut else "stop"}
+        return text, len(ids), dec.generated, {"finish_reason": "length" if dec.cut_fields else "stop",
+                                               "cut_fields": dec.cut_fields}  # never cached when cut
 
     @staticmethod
     def _json(dec: _Decoder, fields: list[SchemaField], max_tokens: int) -> str:
+        """The object, each string field within its share of ``max_tokens``. One that reached it is closed
+        there, so the fields after it are still written (a reflector's verdict after its feedback), and
+        named in ``dec.cut_fields``: the caller refuses a cut field whose text is kept (an expression)."""
         n_free = sum(1 for f in fields if f.allowed is None)
         per_string = max(4, max_tokens // max(1, n_free))
         obj: dict[str, str] = {}
@@ -540,13 +552,15 @@ class TransformersBackend:
             dec.feed(dec.encode(_field_prefix(i, key)))
             if allowed is None:
                 obj[key], unfed = dec.string(per_string, nonempty=nonempty)
+                if dec.cut:
+                    dec.cut_fields.append(key)
                 dec.feed(dec.encode(unfed + '"'))
             else:
                 obj[key] = dec.choose(allowed, suffix='"')
         return json.dumps(obj, ensure_ascii=False)
 
     def _vlm(self, loaded: _Loaded, messages: list[Message], max_tokens: int,
-             temperature: float) -> tuple[str, int, int]:
+             temperature: float) -> tuple[str, int, int, bool]:
         processor = loaded.tokenizer
         chat, images = [], []
         for m in messages:
@@ -572,7 +586,9 @@ class TransformersBackend:
         n_in = int(inputs["input_ids"].shape[1])
         new = out[0, n_in:]
         text = processor.decode(new, skip_special_tokens=True)
-        return text.strip(), n_in, int(new.shape[0])
+        eos = loaded.model.generation_config.eos_token_id
+        ended = len(new) > 0 and int(new[-1]) in (eos if isinstance(eos, list) else [eos])
+        return text.strip(), n_in, int(new.shape[0]), len(new) >= max_tokens and not ended
 
     async def aclose(self) -> None:
         """Nothing to close: the shared model stays loaded for other roles and later runs."""
