@@ -128,3 +128,7 @@ def test_a_string_stopped_by_the_token_limit_is_named_and_the_fields_after_it_ar
     reply = {"missing": "", "feedback": "the dog is brown and it is on the left of the bench", "verdict": "correct"}
     text, dec = student_decoder(tok, json.dumps(reply), SPECS["reflector"].schema, max_tokens=8)
     assert dec.cut_fields == ["feedback"] and json.loads(text)["verdict"] == "correct"
+    plan = {"reason": "the colour of the dog cannot be told from the caption alone", "state": "uncertain",
+            "focus": "object", "question": "what colour"}
+    text, dec = student_decoder(tok, json.dumps(plan), SPECS["planner"].schema, max_tokens=16)
+    assert dec.cut_fields == ["reason"] and "question" in json.loads(text)  # only the cut one is named

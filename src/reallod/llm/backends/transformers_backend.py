@@ -341,6 +341,7 @@ class _Decoder:
         """
         eos = self.tok.eos_token_id
         ids: list[int] = []
+        self.cut = False
         for step in range(max_tokens):
             logits = self.logits.clone()
             if step == 0:
