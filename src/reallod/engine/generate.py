@@ -13,7 +13,9 @@ token limit that is not whole JSON; an answer that says there is nothing, a JSON
 phrases, is the model's answer, not a failure) and an image that cannot be decoded (:data:`IMAGE_ERROR`:
 truncated, corrupt, over ``--max-pixels``): the run goes on, but such an image is not journaled, and an
 unusable reply is dropped from the response cache, so a rerun generates the image again, asking the
-model again. Only run-level errors (an endpoint that is down, a model that cannot load) stop the run.
+model again. An unusable reply is first asked again within the run, up to the config's
+``retry.max_attempts``. Only run-level errors (an endpoint that is down, a model that cannot load) stop
+the run.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ IMAGE_ERROR = "image_error"
 """The failure kind of an image whose pixels cannot be loaded: it fails that image only, as a failed model
 call does (the header check at startup cannot see a truncated file)."""
 UNUSABLE = "unusable_answer"
-"""The failure kind of a reply its step cannot use (``realign`` names its own so): it fails the image as a
-failed call does, and the reply is dropped from the response cache, so that a rerun asks again."""
+"""The failure kind of a call whose replies its step could not use, asked again up to ``retry.max_attempts``
+(``realign`` names its own so): it fails the image as a failed call does, and the replies are dropped
+from the response cache, so that a rerun asks again."""
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "caption": frozenset({"categories"}),
     "vlm_short": frozenset({"category"}),
@@ -105,6 +108,7 @@ class Generators:
     scorer: Any = None  # a clip_filter.RegionTextScorer, or None (the filter is off by default)
     threshold: float = 0.0
     llm_max_tokens: int | None = None  # the config rewriter's max_tokens: the LLM steps' limit where higher
+    max_attempts: int = 3  # replies asked for per call, an unusable one asked again (the config's retry:)
 
     def unavailable(self) -> list[str]:
         return list(VLM_STEPS) if self.vlm is None else []
@@ -126,7 +130,12 @@ def format_hint(n: int) -> str:
 
 
 class Unusable(Exception):
-    """Why a reply cannot be used by its step (:data:`UNUSABLE`)."""
+    """Why a reply cannot be used by its step (:data:`UNUSABLE`); ``tell``: what the model is told when it is
+    asked again (the message is for the user: "raise max_tokens" means nothing to the model)."""
+
+    def __init__(self, why: str, tell: str | None = None) -> None:
+        super().__init__(why)
+        self.tell = tell or why
 
 
 EMPTY_REPLY = ("empty reply: the model wrote no text (check the server's log; a server that cannot apply the "
@@ -137,7 +146,7 @@ def read_text(reply: Completion, max_tokens: int) -> str:
     """A free-text step's reply (caption, vlm_short, vlm_long). No text at all is unusable: the model was
     asked about something that is there (a phrase it wrote that cleans to nothing is dropped as empty)."""
     if not reply.text.strip():
-        raise Unusable(EMPTY_REPLY)
+        raise Unusable(EMPTY_REPLY, tell="it was empty")
     return reply.text
 
 
@@ -155,7 +164,8 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
     if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
-                       f"config's rewriter role above {max_tokens} (generation uses it where it is higher)")
+                       f"config's rewriter role above {max_tokens} (generation uses it where it is higher)",
+                       tell="it was too long and was cut off; write shorter phrases")
     if obj is not None and (cut := set(reply.meta.get("cut_fields") or ())):  # closed at the limit by an
         return object_phrases({k: v for k, v in obj.items() if k not in cut})  # in-process decoder (counted)
     return parse_list(reply.text)
@@ -179,7 +189,7 @@ def parse_list(text: str) -> list[str]:
     that ignores the format, one phrase a line. A JSON object or list without phrases is the model's answer
     (nothing); no text, or JSON that cannot be read, raises :class:`Unusable`."""
     if not text.strip():
-        raise Unusable(EMPTY_REPLY)
+        raise Unusable(EMPTY_REPLY, tell="it was empty")
     obj, _ = parse_json_object(text)
     if obj is not None:
         return object_phrases(obj)
@@ -209,26 +219,37 @@ def annotation_caption(img: ImageAnnotation) -> str:
 async def _ask(backend: Backend, prompt: PromptTemplate, values: dict[str, Any], counts: Counter[str], step: str,
                failures: dict[str, list[Any]], read: Callable[[Completion, int], T], *,
                image: Image.Image | None = None, schema: dict[str, Any] | None = None, max_tokens: int,
-               temperature: float | None) -> T | None:
-    """The reply as ``read`` makes it, or None when the call failed or ``read`` found the reply unusable:
-    recorded in ``failures`` (kind → [calls, first message]), since one failed call must not end a long
-    run. An unusable reply is dropped from the response cache: a rerun asks the model again instead of
-    replaying it. Run-level errors (a ConfigError) propagate."""
+               temperature: float | None, attempts: int) -> T | None:
+    """The reply as ``read`` makes it, or None when the call failed or every reply was unusable: recorded
+    in ``failures`` (kind → [calls, first message]), since one failed call must not end a long run. An
+    unusable reply is asked again in the same conversation, its reason shown to the model, up to
+    ``attempts`` replies in all (the config's ``retry.max_attempts``, which the backend's own retries of
+    failed requests also follow), and dropped from the response cache: a rerun asks the model again
+    instead of replaying it. Run-level errors (a ConfigError) propagate."""
     messages = prompt.render(values, [image] if image is not None else None)
-    counts[f"{step}: calls"] += 1
-    try:
-        reply = await backend.complete(messages, schema=schema, max_tokens=max_tokens, temperature=temperature)
-    except BackendError as e:
-        failures.setdefault(e.kind, [0, f"{step}: {e}"])[0] += 1
-        return None
-    if cut := reply.meta.get("cut_fields"):  # phrases an in-process constrained decoder closed at the limit
-        counts[f"{step}: cut at the token limit:dropped"] += len(cut)
-    try:
-        return read(reply, max_tokens)
-    except Unusable as e:
-        failures.setdefault(UNUSABLE, [0, f"{step}: {backend.name}: {e}"])[0] += 1
-        forget_reply(backend, reply)
-        return None
+    convo = messages
+    for attempt in range(1, attempts + 1):
+        counts[f"{step}: calls"] += 1
+        try:
+            reply = await backend.complete(convo, schema=schema, max_tokens=max_tokens, temperature=temperature)
+        except BackendError as e:
+            failures.setdefault(e.kind, [0, f"{step}: {e}"])[0] += 1
+            return None
+        if cut := reply.meta.get("cut_fields"):  # phrases an in-process constrained decoder closed at the limit
+            counts[f"{step}: cut at the token limit:dropped"] += len(cut)
+        try:
+            return read(reply, max_tokens)
+        except Unusable as e:
+            forget_reply(backend, reply)
+            if attempt == attempts:
+                failures.setdefault(UNUSABLE, [0, f"{step}: {backend.name}: {e}"])[0] += 1
+                return None
+            counts[f"{step}: unusable reply:asked again"] += 1
+            # the roles alternate, as chat templates require: the reply (even empty), then why it failed
+            hint = values.get("format") or "Answer with only the text asked for."
+            convo = [*messages, {"role": "assistant", "content": reply.text or ""},
+                     {"role": "user", "content": f"That answer cannot be used: {e.tell}. {hint}"}]
+    return None
 
 
 async def generate_image(img: ImageAnnotation, gens: Generators, settings: GenerateSettings,
@@ -258,7 +279,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     caption, caption_source = None, "annotations"
     if gens.vlm is not None:
         text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
-                          failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=temp)
+                          failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=temp, attempts=gens.max_attempts)
         if text is not None:
             caption, caption_source = " ".join(text.split()), "vlm"
     caption = caption or annotation_caption(img)
@@ -273,7 +294,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
                 reply = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
-                                   read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=temp)
+                                   read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=temp, attempts=gens.max_attempts)
                 if reply is None:
                     continue
                 text, cut = reply
@@ -287,7 +308,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                                  {"caption": caption, "objects": listing, "category": obj.category,
                                   "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
                                   "format": format_hint(s.llm_expressions)}, counts, "llm", failures, read_list,
-                                 schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=temp)
+                                 schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=temp, attempts=gens.max_attempts)
             if phrases is not None:
                 sources["llm"] = accept(phrases, obj.category, others, max_words=s.max_words_llm,
                                         seen=set(), counts=counts, step="llm", limit=s.llm_expressions)
@@ -310,7 +331,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                              {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
                               "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
                               "format": format_hint(s.group_expressions)}, counts, "group", failures, read_list,
-                             schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=temp)
+                             schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=temp, attempts=gens.max_attempts)
         texts = [] if phrases is None else accept(phrases, category, others, max_words=s.max_words_llm,
                                                   seen=set(), counts=counts, step="group", limit=s.group_expressions)
         all_positives.update(fold(t) for t in texts)
@@ -332,7 +353,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                                   "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
                                   "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
                                  read_list, schema=list_schema(s.hard_negatives), max_tokens=llm_tokens,
-                                 temperature=temp)
+                                 temperature=temp, attempts=gens.max_attempts)
             if phrases is not None:
                 hard = accept(phrases, obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
                               counts=counts, step="hard_negative", limit=s.hard_negatives)
