@@ -13,7 +13,8 @@ from reallod.engine.negatives import (
     keep_negatives,
     replace_category,
 )
-from reallod.engine.text import accept, check, clean, mentions
+from reallod.engine.phrases import clean
+from reallod.engine.text import accept, check, mentions
 
 
 def test_clean_strips_list_marks_quotes_and_full_stop():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reallod.engine.generate import Unusable, parse_list, read_list, read_text
+from reallod.engine.phrases import Unusable, parse_list, read_list, read_text
 from reallod.engine.pipeline import GenerateOptions, GenerationFailed, check_generated, generate
 from reallod.llm.backends.base import Completion
 from reallod.llm.policy import RetryPolicy

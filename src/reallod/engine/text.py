@@ -15,22 +15,14 @@ from functools import cache, lru_cache
 from typing import Any
 
 from reallod.data.words import words
+from reallod.engine.phrases import clean
 
-_LEAD = re.compile(r"^\s*(?:[-*•]+\s*|\d+[.)]\s*)?(?:(?:expression|phrase|answer)[\s_]*\d*\s*:)?\s*", re.I)
 _ECHO = re.compile(r"\[\s*-?\d*\.?\d+\s*,")
-_QUOTES = "\"'`“”‘’"
 
 
 def fold(text: str) -> str:
     """The comparison key of an expression: whitespace and case do not make a new one."""
     return " ".join(text.split()).casefold().rstrip(".!")
-
-
-def clean(text: str) -> str:
-    """One phrase as a model may write it (bullets, quotes, trailing full stop) → the phrase."""
-    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
-    line = _LEAD.sub("", line).strip().strip(_QUOTES).strip()
-    return " ".join(line.split()).rstrip(".").strip()
 
 
 @cache
