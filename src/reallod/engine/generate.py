@@ -57,7 +57,7 @@ PLACEHOLDERS: dict[str, frozenset[str]] = {
     "vlm_long": frozenset({"category"}),
     "llm": frozenset({"caption", "objects", "category", "box", "count", "format"}),
     "group": frozenset({"caption", "objects", "category", "members", "boxes", "count", "format"}),
-    "hard_negative": frozenset({"caption", "category", "box", "positives", "count", "format"}),
+    "hard_negative": frozenset({"caption", "objects", "category", "box", "positives", "count", "format"}),
 }
 
 
@@ -258,8 +258,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         seen_neg = {fold(p) for p in positives}
         if s.hard_negatives > 0:
             phrases = await _ask(gens.llm, gens.prompts["hard_negative"],
-                                 {"caption": caption, "category": obj.category, "box": norm_box(obj.box, w, h),
-                                  "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
+                                 {"caption": caption, "objects": listing, "category": obj.category,
+                                  "box": norm_box(obj.box, w, h), "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
                                   "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
                                  read_list, schema=list_schema(s.hard_negatives), max_tokens=llm_tokens,
                                  temperature=temp, attempts=gens.max_attempts)
