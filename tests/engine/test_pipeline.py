@@ -427,3 +427,16 @@ def test_the_pipeline_takes_a_server_per_role_kind_and_refuses_values_it_would_r
                           ("--min-box-area", "-5"), ("--limit", "0")):
         code, _, err = run_cli([*argv, option, value], capsys)
         assert code == 2 and f"Invalid value for '{option}'" in err, (option, err)
+
+
+def test_generation_samples_at_the_configs_temperatures(tmp_path):
+    """The config's rewriter and vlm temperatures were not sent: a server then sampled at the model's own
+    default (Qwen2.5's 0.7 from its generation_config under vLLM), so a run was not reproducible."""
+    from dataclasses import replace
+
+    roles = scripted_roles(generation_answers())
+    roles = replace(roles, rewriter=replace(roles.rewriter, temperature=0.2), vlm=replace(roles.vlm, temperature=0.0))
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True), roles=roles)
+    assert run.records == 1
+    sent = {(c.role, c.temperature) for c in roles.rewriter.backend.calls}
+    assert sent == {("rewriter", 0.2), ("vlm", 0.0)}

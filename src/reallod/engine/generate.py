@@ -75,7 +75,7 @@ class GenerateSettings:
     caption_max_tokens: int = 160
     vlm_max_tokens: int = 64
     llm_max_tokens: int = 96
-    temperature: float | None = None  # None: each backend's own
+    temperature: float | None = None  # None: the config's, of the rewriter role (LLM steps) and the vlm role
     max_objects: int | None = None  # per image (largest first); None: all
 
     def describe(self) -> dict[str, Any]:
@@ -108,6 +108,8 @@ class Generators:
     threshold: float = 0.0
     llm_max_tokens: int | None = None  # the config rewriter's max_tokens: the LLM steps' limit where higher
     max_attempts: int = 3  # replies asked for per call, an unusable one asked again (the config's retry:)
+    llm_temperature: float | None = None  # the config rewriter's and vlm's temperature (None: the server's
+    vlm_temperature: float | None = None  # default, e.g. vLLM's from the model's generation_config)
 
     def unavailable(self) -> list[str]:
         return list(VLM_STEPS) if self.vlm is None else []
@@ -182,13 +184,15 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             record = {"filename": img.filename, "height": h, "width": w, "pairs": {}}
             return {"record": record, "counts": {}, "unavailable": gens.unavailable(),
                     "failures": {IMAGE_ERROR: [1, str(e)]}}
-    temp = s.temperature
+    llm_temp = s.temperature if s.temperature is not None else gens.llm_temperature
+    vlm_temp = s.temperature if s.temperature is not None else gens.vlm_temperature
     llm_tokens = max(s.llm_max_tokens, gens.llm_max_tokens or 0)
 
     caption, caption_source = None, "annotations"
     if gens.vlm is not None:
         text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
-                          failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=temp, attempts=gens.max_attempts)
+                          failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=vlm_temp,
+                          attempts=gens.max_attempts)
         if text is not None:
             caption, caption_source = " ".join(text.split()), "vlm"
     caption = caption or annotation_caption(img)
@@ -203,7 +207,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
                 reply = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
-                                   read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=temp, attempts=gens.max_attempts)
+                                   read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=vlm_temp,
+                                   attempts=gens.max_attempts)
                 if reply is None:
                     continue
                 text, cut = reply
@@ -217,7 +222,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                                  {"caption": caption, "objects": listing, "category": obj.category,
                                   "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
                                   "format": format_hint(s.llm_expressions)}, counts, "llm", failures, read_list,
-                                 schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=temp, attempts=gens.max_attempts)
+                                 schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=llm_temp,
+                                 attempts=gens.max_attempts)
             if phrases is not None:
                 sources["llm"] = accept(phrases, obj.category, others, max_words=s.max_words_llm,
                                         seen=set(), counts=counts, step="llm", limit=s.llm_expressions)
@@ -240,7 +246,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                              {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
                               "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
                               "format": format_hint(s.group_expressions)}, counts, "group", failures, read_list,
-                             schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=temp, attempts=gens.max_attempts)
+                             schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=llm_temp,
+                             attempts=gens.max_attempts)
         texts = [] if phrases is None else accept(phrases, category, others, max_words=s.max_words_llm,
                                                   seen=set(), counts=counts, step="group", limit=s.group_expressions)
         all_positives.update(fold(t) for t in texts)
@@ -262,7 +269,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                                   "box": norm_box(obj.box, w, h), "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
                                   "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
                                  read_list, schema=list_schema(s.hard_negatives), max_tokens=llm_tokens,
-                                 temperature=temp, attempts=gens.max_attempts)
+                                 temperature=llm_temp, attempts=gens.max_attempts)
             if phrases is not None:
                 hard = accept(phrases, obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
                               counts=counts, step="hard_negative", limit=s.hard_negatives)

@@ -285,7 +285,9 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
         hardened, _ = harden(roles, cache=session.cache, endpoint_limit=concurrency)
         gens = Generators(llm=hardened.rewriter.backend, vlm=hardened.vlm.backend if hardened.vlm else None,
                           scorer=scorer, threshold=opts.clip_threshold,
-                          llm_max_tokens=hardened.rewriter.max_tokens, max_attempts=roles.retry.max_attempts)
+                          llm_max_tokens=hardened.rewriter.max_tokens, max_attempts=roles.retry.max_attempts,
+                          llm_temperature=roles.rewriter.temperature,
+                          vlm_temperature=roles.vlm.temperature if roles.vlm else None)
         unavailable = gens.unavailable()
         todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
         # of this run's images only: those of a larger --limit before are in the journal, not in the output
