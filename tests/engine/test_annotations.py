@@ -175,3 +175,27 @@ def test_openimages_csvs_read_from_pipes_keep_their_first_lines(tmp_path, gz):
         threading.Thread(target=feed, daemon=True).start()
     anns = read_annotations(pipes[boxes], root, classes=pipes[classes])
     assert [o.category for o in anns.images[0].objects] == ["Cat"]
+
+
+def test_every_box_outside_its_image_is_named_in_one_error(tmp_path):
+    """A file is fixed in one go: the first boxes are named, the rest counted (before, one a run)."""
+    def outside(anns: list) -> None:
+        for a in anns:
+            a["bbox"] = [500, 10, 300, 20]
+
+    with pytest.raises(DataError) as e:
+        read_annotations(coco(tmp_path, annotations=outside), EXAMPLES / "images")
+    assert str(e.value).startswith(f"{tmp_path / 'ann.json'}: 12 boxes lie outside their image by more than 1 px: "
+                                   "annotations[0].bbox: box [x, y, w, h] = [500, 10, 300, 20] lies outside")
+    assert "annotations[4].bbox" in str(e.value) and "annotations[5]" not in str(e.value)
+    assert str(e.value).endswith("; and 7 more")
+
+
+def test_every_missing_image_is_named_in_one_error(tmp_path):
+    def missing(images: list) -> None:
+        for i in images[1:]:
+            i["file_name"] = f"gone/{i['file_name']}"
+
+    with pytest.raises(DataError, match=r"3 images cannot be used: images\[1\]\.file_name: image 'gone/coffee\.jpg' "
+                                        r"not found .*; images\[3\]\.file_name: image 'gone/rocket\.jpg' not found"):
+        read_annotations(coco(tmp_path, images=missing), EXAMPLES / "images")

@@ -2,6 +2,8 @@
 and an output that passes ``data validate`` and ``data stats``."""
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from reallod.data.stats import file_stats
 from reallod.data.validate import validate_file
 from reallod.engine.generate import GenerateSettings
 from reallod.engine.pipeline import GenerateOptions, PipelineOptions, generate, pipeline
+from reallod.errors import DataError
 from reallod.llm.retry import EndpointDown
 from reallod.runs.journal import JournalMismatch
 from tests.agent.scripted import scripted_roles
@@ -432,11 +435,26 @@ def test_the_pipeline_takes_a_server_per_role_kind_and_refuses_values_it_would_r
 def test_generation_samples_at_the_configs_temperatures(tmp_path):
     """The config's rewriter and vlm temperatures were not sent: a server then sampled at the model's own
     default (Qwen2.5's 0.7 from its generation_config under vLLM), so a run was not reproducible."""
-    from dataclasses import replace
-
     roles = scripted_roles(generation_answers())
     roles = replace(roles, rewriter=replace(roles.rewriter, temperature=0.2), vlm=replace(roles.vlm, temperature=0.0))
     run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True), roles=roles)
     assert run.records == 1
     sent = {(c.role, c.temperature) for c in roles.rewriter.backend.calls}
     assert sent == {("rewriter", 0.2), ("vlm", 0.0)}
+
+
+def test_only_the_images_a_run_generates_are_checked_on_disk(tmp_path):
+    """A missing image that ``--limit`` does not select, or one the journal has done, does not stop the run:
+    every start of every shard opened every image's header (minutes over Objects365)."""
+    images = tmp_path / "images"
+    shutil.copytree(EXAMPLES / "images", images)
+    (images / "rocket.jpg").unlink()  # the fourth image
+    opts = GenerateOptions(EXAMPLES / "annotations.json", images, "offline", tmp_path / "g.jsonl", limit=2,
+                           no_cache=True)
+    assert generate(opts, roles=scripted_roles(generation_answers())).ran == 2
+    (images / "astronaut.jpg").unlink()  # done: the rerun with a larger --limit does not need it
+    run = generate(replace(opts, limit=3), roles=scripted_roles(generation_answers()))
+    assert run.ran == 1 and run.resumed == 2
+    with pytest.raises(DataError, match=r"images\[3\]\.file_name: image 'rocket\.jpg' not found"):
+        generate(replace(opts, limit=None), roles=scripted_roles(generation_answers()))
+    assert len(records(tmp_path / "g.jsonl")) == 3  # what was written stays

@@ -45,7 +45,7 @@ from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.trace import trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.data.io import JsonlWriter, check_writable, same_file, written_over
-from reallod.engine.annotations import ImageAnnotation, ReadOptions, read_annotations
+from reallod.engine.annotations import ImageAnnotation, ReadOptions, check_image_files, read_annotations
 from reallod.engine.finish import finish
 from reallod.engine.generate import IMAGE_ERROR, UNUSABLE, GenerateSettings, Generators, generate_image
 from reallod.errors import ConfigError, ReallodError
@@ -257,7 +257,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
     journal_path = journal_path_for(opts.out)
     refuse_output(opts.out, "--out", {**kept_files(opts), "the generation journal": journal_path}, opts.images)
     anns = read_annotations(opts.annotations, opts.images, classes=opts.classes,
-                            options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area))
+                            options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area,
+                                                check_images=False))  # only those to generate: below
     todo_all = selected_images(anns.images, shard, opts.limit)
     concurrency = opts.concurrency or 8
     if roles is None:
@@ -290,6 +291,7 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                           vlm_temperature=roles.vlm.temperature if roles.vlm else None)
         unavailable = gens.unavailable()
         todo = [(tid, img) for tid, img in todo_all if tid not in journal.done]
+        check_image_files((img for _, img in todo), str(opts.annotations), opts.images)  # before any model call
         # of this run's images only: those of a larger --limit before are in the journal, not in the output
         resumed = journal.resumed = len(todo_all) - len(todo)
         failed: dict[str, list[Any]] = {}
