@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from reallod.engine.annotations import ReadOptions, read_annotations
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -199,3 +199,11 @@ def test_every_missing_image_is_named_in_one_error(tmp_path):
     with pytest.raises(DataError, match=r"3 images cannot be used: images\[1\]\.file_name: image 'gone/coffee\.jpg' "
                                         r"not found .*; images\[3\]\.file_name: image 'gone/rocket\.jpg' not found"):
         read_annotations(coco(tmp_path, images=missing), EXAMPLES / "images")
+
+
+def test_classes_given_with_a_coco_json_is_refused_not_ignored(tmp_path):
+    classes = tmp_path / "classes.csv"
+    classes.write_text("/m/01,Cat\n")
+    with pytest.raises(ConfigError, match=r"--classes .*classes\.csv is for an OpenImages box CSV .*ann\.json is "
+                                          r"read as a COCO-format json"):
+        read_annotations(coco(tmp_path), EXAMPLES / "images", classes=classes)

@@ -36,7 +36,7 @@ from reallod.data.convert_coco import category_expression, coco_to_records, imag
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
 from reallod.data.io import is_stream, open_input
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 from reallod.runs.image_root import ImageError, ImageLoader
 
 OUTSIDE_TOLERANCE_PX = 1.0
@@ -96,6 +96,9 @@ def read_annotations(path: str | os.PathLike, images_root: str | os.PathLike, *,
         if classes is None:
             raise DataError("an OpenImages box CSV needs its class-description CSV (--classes)", path=p)
         return read_openimages(p, classes, images_root, options)
+    if classes is not None:  # ignored, it would still be fingerprinted: a later run without it is refused
+        raise ConfigError(f"--classes {classes} is for an OpenImages box CSV (.csv, .csv.gz); {p} is read as a "
+                          "COCO-format json, which names its own categories: drop --classes")
     return read_coco(p, images_root, options)
 
 
