@@ -458,3 +458,16 @@ def test_only_the_images_a_run_generates_are_checked_on_disk(tmp_path):
     with pytest.raises(DataError, match=r"images\[3\]\.file_name: image 'rocket\.jpg' not found"):
         generate(replace(opts, limit=None), roles=scripted_roles(generation_answers()))
     assert len(records(tmp_path / "g.jsonl")) == 3  # what was written stays
+
+
+def test_a_hard_negative_about_another_object_of_the_image_is_dropped(tmp_path):
+    """The auditor's case: for the person, "the white helmet on the astronaut's head" (the helmet is annotated)
+    was kept as a negative of the person."""
+    hard = {"hard_negative": lambda cat, t: json.dumps({"expression_1": "the white helmet on the astronaut's head",
+                                                       "expression_2": f"the {cat} upside down"})}
+    run = generate(options(tmp_path / "g.jsonl", limit=1, no_cache=True),
+                   roles=scripted_roles(generation_answers(hard)))
+    assert run.records == 1 and run.counts["hard_negative: wrong object:dropped"] >= 3  # all but the helmet's
+    person = next(p for p in records(tmp_path / "g.jsonl")[0]["pairs"]["llm"] if p["category"] == "person")
+    assert "the white helmet on the astronaut's head" not in person["negative_expressions"]
+    assert "the person upside down" in person["negative_expressions"]

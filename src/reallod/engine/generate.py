@@ -266,12 +266,14 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         if s.hard_negatives > 0:
             phrases = await _ask(gens.llm, gens.prompts["hard_negative"],
                                  {"caption": caption, "objects": listing, "category": obj.category,
-                                  "box": norm_box(obj.box, w, h), "positives": "; ".join(positives[:6]), "count": s.hard_negatives,
+                                  "box": norm_box(obj.box, w, h), "positives": "; ".join(positives[:6]),
+                                  "count": s.hard_negatives,
                                   "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,
                                  read_list, schema=list_schema(s.hard_negatives), max_tokens=llm_tokens,
                                  temperature=llm_temp, attempts=gens.max_attempts)
             if phrases is not None:
-                hard = accept(phrases, obj.category, [], max_words=s.max_words_llm, seen=set(seen_neg),
+                others = [o.category for o in img.objects if o is not obj]  # "the helmet on his head": not his
+                hard = accept(phrases, obj.category, others, max_words=s.max_words_llm, seen=set(seen_neg),
                               counts=counts, step="hard_negative", limit=s.hard_negatives)
                 kept, dropped = keep_negatives(hard, all_positives, in_image, seen_neg)
                 counts["hard_negative: fits the image:dropped"] += dropped
