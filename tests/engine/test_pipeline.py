@@ -18,7 +18,7 @@ from reallod.llm.retry import EndpointDown
 from reallod.runs.journal import JournalMismatch
 from tests.agent.scripted import scripted_roles
 from tests.cli_helpers import run_cli
-from tests.engine.scripted_models import generation_answers
+from tests.engine.scripted_models import DEFAULTS, generation_answers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -471,3 +471,36 @@ def test_a_hard_negative_about_another_object_of_the_image_is_dropped(tmp_path):
     person = next(p for p in records(tmp_path / "g.jsonl")[0]["pairs"]["llm"] if p["category"] == "person")
     assert "the white helmet on the astronaut's head" not in person["negative_expressions"]
     assert "the person upside down" in person["negative_expressions"]
+
+
+def test_a_phrase_that_refers_to_no_one_object_alone_is_dropped(tmp_path):
+    """rocket.jpg has two masts. The auditor's case: "the tall white mast" and "the mast" were single-box
+    positives of both (contradictory targets for the detector), and a phrase an object got from two sources
+    was kept twice (re-aligned twice)."""
+    asked = {"vlm_short": 0, "llm": 0}
+
+    def short(cat: str, t: str) -> str:
+        if cat != "mast":
+            return DEFAULTS["vlm_short"](cat, t)
+        asked["vlm_short"] += 1
+        return f"the mast number {asked['vlm_short']}"
+
+    def llm(cat: str, t: str) -> str:
+        if cat != "mast":
+            return DEFAULTS["llm"](cat, t)
+        asked["llm"] += 1
+        own = ["the mast", "the mast number 1"] if asked["llm"] == 1 else ["the mast nearest the rocket"]
+        return json.dumps({f"expression_{i}": e for i, e in enumerate(["the tall white mast", *own], 1)})
+
+    answers = generation_answers({"vlm_short": short, "llm": llm})
+    run = generate(options(tmp_path / "g.jsonl", no_cache=True), roles=scripted_roles(answers))
+    rocket = next(r for r in records(tmp_path / "g.jsonl") if r["filename"] == "rocket.jpg")
+    masts = {source: [p["positive_expressions"] for p in ps if p["category"] == "mast" and p["relation"] == "single"]
+             for source, ps in rocket["pairs"].items()}
+    # vlm_long wrote the same sentence for both masts: gone too
+    assert masts == {"vlm_short": [["the mast number 1"], ["the mast number 2"]], "vlm_long": [],
+                     "llm": [["the mast nearest the rocket"]]}
+    assert run.counts["llm: given to several objects:dropped"] == 2
+    assert run.counts["vlm_long: given to several objects:dropped"] == 2
+    assert run.counts["llm: only the category, of which the image has several:dropped"] == 1
+    assert run.counts["llm: duplicate of another source:dropped"] == 1

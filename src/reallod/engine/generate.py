@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from reallod.agent.views import HIGHLIGHT, make_view
-from reallod.engine.annotations import ImageAnnotation
+from reallod.engine.annotations import AnnObject, ImageAnnotation
 from reallod.engine.groups import kept_groups
-from reallod.engine.negatives import absent_categories, easy_negatives, keep_negatives
+from reallod.engine.negatives import absent_categories, easy_negatives, fits_image, keep_negatives
 from reallod.engine.phrases import Unusable, format_hint, list_schema, read_list, read_phrase, read_text
 from reallod.engine.text import accept, clean, fold
 from reallod.errors import ConfigError, DataError
@@ -253,6 +253,8 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         all_positives.update(fold(t) for t in texts)
         groups.append((category, boxes, texts))
 
+    several = {c for c, n in Counter(o.category for o in img.objects).items() if n > 1} | set(img.partial)
+    keep_unambiguous(objects, per_object, groups, several, counts)
     # LVIS lists the categories verified absent; elsewhere, every category not annotated on the image
     absent = absent_categories(vocabulary if img.absent is None else img.absent, in_image)
     pairs: dict[str, list[dict[str, Any]]] = {}
@@ -299,6 +301,40 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     record = {"filename": img.filename, "height": h, "width": w, "caption": caption,
               "caption_source": caption_source, "pairs": pairs}
     return {"record": record, "counts": dict(counts), "unavailable": gens.unavailable(), "failures": failures}
+
+
+def keep_unambiguous(objects: list[AnnObject], per_object: list[dict[str, list[str]]],
+                     groups: list[tuple[str, list[list[float]], list[str]]], several: set[str],
+                     counts: Counter[str]) -> None:
+    """Drop (in place, counted) the positives that refer to no one target alone: a phrase two objects or
+    groups were given ("the tall white mast" for both masts: contradictory targets for the detector),
+    an object's phrase that names only its category when the image has several of it ("the mast"),
+    and a phrase an object got from two sources (it would be re-aligned twice)."""
+    holders: Counter[str] = Counter()
+    for sources in per_object:
+        holders.update({fold(t) for texts in sources.values() for t in texts})
+    for _, _, texts in groups:
+        holders.update({fold(t) for t in texts})
+    for obj, sources in zip(objects, per_object, strict=True):
+        seen: set[str] = set()
+        for step, texts in sources.items():
+            kept = []
+            for text in texts:
+                key = fold(text)
+                if holders[key] > 1:
+                    counts[f"{step}: given to several objects:dropped"] += 1
+                elif obj.category in several and fits_image(text, set(), [obj.category]):
+                    counts[f"{step}: only the category, of which the image has several:dropped"] += 1
+                elif key in seen:
+                    counts[f"{step}: duplicate of another source:dropped"] += 1
+                else:
+                    seen.add(key)
+                    kept.append(text)
+            sources[step] = kept
+    for i, (category, boxes, texts) in enumerate(groups):
+        kept = [t for t in texts if holders[fold(t)] == 1]
+        counts["group: given to several objects:dropped"] += len(texts) - len(kept)
+        groups[i] = (category, boxes, kept)
 
 
 def _pair(boxes: list[list[float]], category: str, positives: list[str], negatives: list[str]) -> dict[str, Any]:
