@@ -3,8 +3,14 @@ becomes phrases, or :class:`Unusable` with why.
 
 A list step asks for a flat JSON object of ``expression_N`` fields (:func:`list_schema`: what servers
 that constrain decoding support); a free-text step for one phrase. Real models answer in many forms
-(fenced JSON, a list, one phrase a line, a bullet or a label in front): :func:`parse_list` and
+(fenced JSON, a list, one phrase a line, a bullet or a label in front, a preamble such as "Here is a
+short phrase:" or "Sure!", markdown, a reasoning model's ``<think>`` block): :func:`parse_list` and
 :func:`clean` take the phrases out of them; what is no answer at all is :class:`Unusable`.
+
+The rules are few and predictable, because a wrong guess either loses a real phrase or writes junk as a
+positive: a line that ends in ":" (a real expression never does) or is only an acknowledgement is no
+phrase; a leading part up to the first ":" is dropped only when it starts with "Here is/are" or names
+what it introduces (phrase, expression, description, answer, ...), so "the sign reading: stop" is kept.
 """
 
 from __future__ import annotations
@@ -16,8 +22,22 @@ from typing import Any
 from reallod.llm.backends.base import Completion
 from reallod.llm.replies import parse_json_object
 
-_LEAD = re.compile(r"^\s*(?:[-*•]+\s*|\d+[.)]\s*)?(?:(?:expression|phrase|answer)[\s_]*\d*\s*:)?\s*", re.I)
-_QUOTES = "\"'`“”‘’"
+_THINK = re.compile(r"<(think(?:ing)?)>.*?</\1>", re.S | re.I)
+_THINK_END = re.compile(r"</think(?:ing)?>", re.I)
+_FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
+# a list item's mark: a bullet, "1." "1)" "1:" "(1)" "#1" (not the "3." of "3.5-inch")
+_MARK = re.compile(r"^(?:[-–—•·*+]\s+|[-•](?=\S)|(?:\d{1,3}[.):]|\(\d{1,3}\)|#\d{1,3}[.):]?)(?=\s|[^\W\d]|[\"“'‘*]|$))\s*")
+_HEADING = re.compile(r"^#{1,6}\s+")
+_ACK = re.compile(r"^(?:sure(?: thing)?|certainly|of course|okay|ok|absolutely|alright|all right|got it|no problem)"
+                  r"\b\s*(?:[!.,]+\s*|$)", re.I)
+_LABEL_WORD = (r"(?:expressions?|phrases?|descriptions?|answers?|captions?|outputs?|responses?|repl(?:y|ies)"
+               r"|results?)(?:[\s_]*#?\d{1,3})?(?![^\W_])")
+# "Here is a short phrase:", "Short phrase:", "Expression 1:", "**Description:**": up to the first colon
+_PREFIX = re.compile(rf"^(?:here\s+(?:is|are)\b|here['’]s\b|[^:]*?\b{_LABEL_WORD})[^:]{{0,100}}?:(?:\s+|$)", re.I)
+_INTRO = re.compile(r"^(?:here\s+(?:is|are)|here['’]s)\b[^:]*$", re.I)  # "Here's a phrase for it." alone
+_PAIRS = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’", "`": "`", "«": "»", "「": "」", "『": "』"}
+_WRAP = {**_PAIRS, "*": "*", "_": "_"}
+_LONE = "\"“”«»`"
 
 
 PHRASE_KEY = re.compile(r"expression_(\d+)")
@@ -48,12 +68,103 @@ EMPTY_REPLY = ("empty reply: the model wrote no text (check the server's log; a 
                "model's chat template may answer nothing)")
 
 
+def answer_text(text: str) -> str:
+    """``text`` without a reasoning model's ``<think>`` blocks (served without a reasoning parser). A reply
+    that holds a closing tag alone (the chat template opened the block in the prompt) is its text after
+    it; one that opens a block and never closes it (cut in its reasoning) holds no answer: ""."""
+    text = _THINK.sub("", text)
+    if (end := list(_THINK_END.finditer(text))):
+        text = text[end[-1].end():]
+    return "" if re.match(r"\s*<think(?:ing)?>", text, re.I) else text
+
+
+def _unfence(text: str) -> str:
+    """The content of the reply's first fenced code block (```json ... ```), or the reply: the model's
+    answer is in the block, the prose around it is not. An unclosed fence (cut) runs to the end."""
+    m = _FENCE.search(text)
+    return m.group(1) if m else text
+
+
+def _wrapped(s: str) -> bool:
+    """Whether ``s`` is wrapped whole in emphasis (``*...*``) or a pair of quotes: not ``"Stop" and "Go"``,
+    whose inner quotes stand next to a space (an apostrophe, as in ``'the cat's tail'``, does not)."""
+    if len(s) < 2 or _WRAP.get(s[0]) != s[-1]:
+        return False
+    return not re.search(rf"\s{re.escape(s[0])}|{re.escape(s[-1])}\s", s[1:-1])
+
+
+def _unwrap(s: str) -> str:
+    """A phrase without what wraps it: markdown emphasis, a pair of quotes, a full stop or comma after
+    them (``"the cat",``), repeated until nothing changes."""
+    while True:
+        before = s
+        s = s.strip().rstrip(".,;").rstrip()
+        if _wrapped(s):
+            s = s[1:-1]
+        elif s and s[0] in _LONE and not any(c in s[1:] for c in _LONE):
+            s = s[1:]  # a quote that a cut reply did not close
+        elif s and s[-1] in _LONE and not any(c in s[:-1] for c in _LONE):
+            s = s[:-1]
+        if s == before:
+            return s
+
+
+def _quoted(s: str) -> str | None:
+    """The quoted span that ``s`` starts with (``"the black cat" which is ...``), or None."""
+    close = _PAIRS.get(s[:1])
+    end = re.search(re.escape(close) + r"(?!\w)", s[1:]) if close else None  # not the apostrophe of "cat's"
+    return s[1:end.start() + 1] if end and end.start() else None
+
+
+def _phrase(line: str) -> str:
+    """One line of a reply → its phrase, "" where the line is none (blank, a preamble, an acknowledgement).
+
+    Each rule strips only what an expression never holds: bold/underline markers, a list mark, "Sure!", a
+    labelled or "Here is" preamble up to the first colon (then a quoted span right after it is the
+    phrase: ``Here is a short phrase: "the black cat".``), wrapping quotes and emphasis."""
+    s = " ".join(line.replace("**", "").replace("__", "").split())
+    while True:
+        before = s
+        s = _HEADING.sub("", s)
+        s = _MARK.sub("", s)
+        s = _ACK.sub("", s)
+        if s.endswith((":", "：")) or _INTRO.match(s):
+            return ""  # "Here are 3 phrases for the person:", "Here's a phrase for it."
+        if (m := _PREFIX.match(s)) and s[m.end():]:
+            s = s[m.end():]
+            s = _quoted(s) or s
+        s = _unwrap(s)
+        if s == before:
+            return s
+
+
+def _lines(text: str) -> list[str]:
+    """The reply's lines after its reasoning, inside its fence, without the blank and preamble lines
+    that come before its answer."""
+    lines = _unfence(answer_text(text)).splitlines()
+    while lines and not _phrase(lines[0]):
+        lines.pop(0)
+    return lines
+
+
 def read_text(reply: Completion, max_tokens: int) -> str:
-    """A free-text step's reply (caption, vlm_short, vlm_long). No text at all is unusable: the model was
-    asked about something that is there (a phrase it wrote that cleans to nothing is dropped as empty)."""
+    """A free-text step's reply (caption, vlm_short, vlm_long), without a ``<think>`` block. No text at all
+    is unusable: the model was asked about something that is there (a phrase it wrote that cleans to
+    nothing is dropped as empty); so is a reply of reasoning alone."""
     if not reply.text.strip():
         raise Unusable(EMPTY_REPLY, tell="it was empty")
-    return reply.text
+    text = answer_text(reply.text)
+    if not text.strip():
+        raise Unusable(_reasoning_only(reply, max_tokens), tell="it held only your reasoning and no answer")
+    return text
+
+
+def _reasoning_only(reply: Completion, max_tokens: int) -> str:
+    """Why a reply of ``<think>`` alone is unusable, with the user's fix (asking again rarely helps)."""
+    cut = reply.meta.get("finish_reason") == "length"
+    return ("the reply is only the model's reasoning (<think>) with no answer after it: "
+            + (f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
+            + "serve the model with a reasoning parser or with thinking turned off")
 
 
 def read_phrase(reply: Completion, max_tokens: int) -> tuple[str, bool]:
@@ -66,7 +177,8 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
     """The phrases of a list step's reply (llm, group, hard_negative): see :func:`parse_list`. Unusable:
     no text, JSON that cannot be read, or a reply the server cut at ``max_tokens`` that is not whole JSON
     (its last phrase is cut: "the cup on the wood" from "...wooden table")."""
-    obj, repaired = parse_json_object(reply.text) if reply.text.strip() else (None, False)
+    text = answer_text(reply.text)
+    obj, repaired = parse_json_object(text) if text.strip() else (None, False)
     if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
@@ -74,7 +186,9 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
                        tell="it was too long and was cut off; write shorter phrases")
     if obj is not None and (cut := set(reply.meta.get("cut_fields") or ())):  # closed at the limit by an
         return object_phrases({k: v for k, v in obj.items() if k not in cut})  # in-process decoder (counted)
-    return parse_list(reply.text)
+    if reply.text.strip() and not text.strip():
+        raise Unusable(_reasoning_only(reply, max_tokens), tell="it held only your reasoning and no answer")
+    return parse_list(text)
 
 
 def object_phrases(obj: dict[str, Any]) -> list[str]:
@@ -91,27 +205,41 @@ def object_phrases(obj: dict[str, Any]) -> list[str]:
 
 
 def parse_list(text: str) -> list[str]:
-    """The phrases of a list reply: our JSON object, an ``expressions`` list, a JSON list, or, from a model
-    that ignores the format, one phrase a line. A JSON object or list without phrases is the model's answer
-    (nothing); no text, or JSON that cannot be read, raises :class:`Unusable`."""
+    """The phrases of a list reply: our JSON object, an ``expressions`` list, a JSON list (fenced or not,
+    after a preamble or not), or, from a model that ignores the format, one phrase a line. A JSON object
+    or list without phrases is the model's answer (nothing); no text, no phrase (only "Sure!" or a
+    preamble), or JSON that cannot be read, raises :class:`Unusable`.
+
+    Line by line, preamble lines are dropped, and where two or more lines are numbered or bulleted only
+    those are phrases: the model's header ("Here are 3 phrases:") or closing remark would otherwise take
+    a phrase's place. The lines are returned as written: :func:`clean` makes each a phrase."""
     if not text.strip():
         raise Unusable(EMPTY_REPLY, tell="it was empty")
-    obj, _ = parse_json_object(text)
+    lines = _lines(text)
+    body = "\n".join(lines).strip()
+    if not body:
+        raise Unusable(f"no phrase in the reply: {text.strip()[:80]!r}", tell="it held no phrase")
+    obj, _ = parse_json_object(body)
     if obj is not None:
         return object_phrases(obj)
-    try:
-        value = json.loads(text)
+    try:  # a JSON value first, perhaps with the model's remark after it
+        value, end = json.JSONDecoder().raw_decode(body)
     except ValueError:
-        value = None
-    if isinstance(value, dict | list):  # {}, [] or a list of phrases
-        return object_phrases(value) if isinstance(value, dict) else [v for v in value if isinstance(v, str)]
-    if text.lstrip().startswith(("{", "[")):
-        raise Unusable(f"not the JSON object asked for, and none could be read from it: {text.strip()[:80]!r}")
-    return [ln for ln in text.splitlines() if ln.strip()]
+        value, end = None, 0
+    if isinstance(value, dict) and not body[end:].strip():
+        return object_phrases(value)  # {}
+    if isinstance(value, list) and (not body[end:].strip() or any(isinstance(v, str) for v in value)):
+        return [v for v in value if isinstance(v, str)]
+    if body.startswith(("{", "[")):
+        raise Unusable(f"not the JSON object asked for, and none could be read from it: {body[:80]!r}")
+    lines = [ln for ln in lines if _phrase(ln)]
+    marked = [ln for ln in lines if _MARK.match(ln.strip())]
+    return marked if len(marked) >= 2 else lines
 
 
 def clean(text: str) -> str:
-    """One phrase as a model may write it (bullets, quotes, trailing full stop) → the phrase."""
-    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
-    line = _LEAD.sub("", line).strip().strip(_QUOTES).strip()
-    return " ".join(line.split()).rstrip(".").strip()
+    """One phrase as a model may write it → the phrase: of a free-text reply, its first line that is a
+    phrase after its reasoning and preamble ("Sure!", "Here is a short phrase that refers to it:");
+    without a list mark, a label ("Short phrase:", "Expression 1:"), markdown emphasis, wrapping quotes
+    or a trailing full stop. Cleaning a cleaned phrase changes nothing."""
+    return next((p for ln in _unfence(answer_text(text)).splitlines() if (p := _phrase(ln))), "")
