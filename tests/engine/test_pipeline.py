@@ -504,3 +504,33 @@ def test_a_phrase_that_refers_to_no_one_object_alone_is_dropped(tmp_path):
     assert run.counts["vlm_long: given to several objects:dropped"] == 2
     assert run.counts["llm: only the category, of which the image has several:dropped"] == 1
     assert run.counts["llm: duplicate of another source:dropped"] == 1
+
+
+def test_an_lvis_category_is_named_in_prompts_as_people_name_it_and_its_phrases_are_kept(tmp_path):
+    """The auditor's case: LVIS ``glass_(drink_container)`` was shown raw to the models, and "the glass next to
+    the saucer" was dropped as about another object (it did not name "glass drink container")."""
+    data = json.loads((EXAMPLES / "annotations.json").read_text())
+    for c in data["categories"]:
+        if c["name"] == "cup":
+            c["name"] = "glass_(drink_container)"
+    ann = tmp_path / "lvis.json"
+    ann.write_text(json.dumps(data))
+    def llm(cat: str, t: str) -> str:
+        if cat != "glass":
+            return DEFAULTS["llm"](cat, t)
+        return json.dumps({"expression_1": "the glass next to the saucer",
+                           "expression_2": "the glass (drink container) on the plate", "expression_3": "the white glass"})
+
+    near = {"llm": llm}
+    roles = scripted_roles(generation_answers(near))
+    run = generate(GenerateOptions(ann, EXAMPLES / "images", "offline", tmp_path / "g.jsonl", no_cache=True),
+                   roles=roles)
+    prompts = [c.messages[-1]["content"] for c in roles.rewriter.backend.calls if c.role == "rewriter"]
+    asked = [t for t in prompts if "Chosen object: glass at [" in t]
+    assert asked and 'By "glass" this dataset means drink container.' in asked[0]
+    assert not [t for t in prompts if "(drink container)" in t]
+    coffee = next(r for r in records(tmp_path / "g.jsonl") if r["filename"] == "coffee.jpg")
+    glass = next(p for p in coffee["pairs"]["llm"] if p["category"] == "glass (drink container)")
+    assert glass["positive_expressions"] == ["the glass next to the saucer", "the glass on the plate",
+                                             "the white glass"]
+    assert run.counts.get("llm: wrong object:dropped", 0) == 0

@@ -53,8 +53,8 @@ def test_irregular_plurals_of_other_objects_and_negatives_are_caught():
     assert check("the people behind the dog", "dog", ["person"], max_words=12) is None  # names its own object
     assert check("the people on the bench", "dog", ["person"], max_words=12) == "wrong object"
     assert check("two knives on a plate", "fork", ["knife", "plate"], max_words=12) == "wrong object"
-    assert replace_category("two knives on the table", "knife", "fork") == "two fork on the table"
-    assert replace_category("the geese by the pond", "goose", "zebra") == "the zebra by the pond"
+    assert replace_category("two knives on the table", "knife", "fork") == "two forks on the table"
+    assert replace_category("the geese by the pond", "goose", "zebra") == "the zebras by the pond"
     assert fits_image("the people", set(), ["person"]) and fits_image("Mice", set(), ["mouse"])
     assert fits_image("an apple", set(), ["apple"]) and not fits_image("the people", set(), ["dog"])
     kept, dropped = keep_negatives(["the people", "the children", "a zebra"], set(), ["person", "child"], set())
@@ -73,6 +73,8 @@ def test_malformed_generations_are_dropped_with_a_reason():
     assert check("the remote", "cat", ["cat"], max_words=5) is None
     assert check("cat at [0.06, 0.03, 0.72, 1.00]", "cat", [], max_words=12) == "copies the prompt"
     assert check("1, 2", "cat", [], max_words=12) == "copies the prompt"
+    assert check("the cat at (0.00, 0.00, 0.93, 1.00)", "cat", [], max_words=12) == "copies the prompt"
+    assert check("the cat (1, 2)", "cat", [], max_words=12) is None  # two numbers are no box
     assert check("the cat [left]", "cat", [], max_words=12) is None  # its own category is not "another object"
 
 
@@ -91,7 +93,7 @@ def test_easy_negatives_name_absent_categories_deterministically():
     assert len(a) == 2 and all(n.startswith("the ") and n.endswith(" on the left") for n in a)
     assert not any("cat" in n for n in a)
     assert easy_negatives(["x"], "cat", [], 3, key="k") == []
-    assert replace_category("two cats here", "cat", "dog") == "two dog here"
+    assert replace_category("two cats here", "cat", "dog") == "two dogs here"  # a plural stays plural
     assert replace_category("nothing", "cat", "dog") == "dog"
 
 

@@ -35,7 +35,7 @@ from reallod.engine.annotations import AnnObject, ImageAnnotation
 from reallod.engine.groups import kept_groups
 from reallod.engine.negatives import absent_categories, easy_negatives, fits_image, keep_negatives
 from reallod.engine.phrases import Unusable, format_hint, list_schema, read_list, read_phrase, read_text
-from reallod.engine.text import accept, clean, fold
+from reallod.engine.text import accept, category_display, category_hint, clean, fold
 from reallod.errors import ConfigError, DataError
 from reallod.llm.backends.base import Backend, BackendError, Completion
 from reallod.llm.prompts import PromptTemplate
@@ -53,11 +53,11 @@ UNUSABLE = "unusable_answer"
 from the response cache, so that a rerun asks again."""
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "caption": frozenset({"categories"}),
-    "vlm_short": frozenset({"category"}),
-    "vlm_long": frozenset({"category"}),
-    "llm": frozenset({"caption", "objects", "category", "box", "count", "format"}),
-    "group": frozenset({"caption", "objects", "category", "members", "boxes", "count", "format"}),
-    "hard_negative": frozenset({"caption", "objects", "category", "box", "positives", "count", "format"}),
+    "vlm_short": frozenset({"category", "hint"}),
+    "vlm_long": frozenset({"category", "hint"}),
+    "llm": frozenset({"caption", "objects", "category", "hint", "box", "count", "format"}),
+    "group": frozenset({"caption", "objects", "category", "hint", "members", "boxes", "count", "format"}),
+    "hard_negative": frozenset({"caption", "objects", "category", "hint", "box", "positives", "count", "format"}),
 }
 
 
@@ -120,9 +120,15 @@ def norm_box(box: list[float], width: int, height: int) -> str:
                                                    box[3] / height)) + "]"
 
 
+def named(category: str) -> dict[str, str]:
+    """How a prompt names an object's category: as people name it ("glass" for LVIS ``glass_(drink_container)``,
+    whose qualifier a model would copy into its phrases), with the dataset's sense as a hint."""
+    return {"category": category_display(category), "hint": category_hint(category)}
+
+
 def annotation_caption(img: ImageAnnotation) -> str:
     """The caption when no VLM is configured: what the annotations say, as plain sentences."""
-    counts = Counter(o.category for o in img.objects)
+    counts = Counter(category_display(o.category) for o in img.objects)
     parts = [f"one {cat}" if n == 1 else f"{n} {cat} objects" for cat, n in counts.items()]
     return "The image contains " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
 
@@ -190,13 +196,13 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
 
     caption, caption_source = None, "annotations"
     if gens.vlm is not None:
-        text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(present)}, counts, "caption",
+        text = await _ask(gens.vlm, gens.prompts["caption"], {"categories": ", ".join(dict.fromkeys(map(category_display, present)))}, counts, "caption",
                           failures, read_text, image=image, max_tokens=s.caption_max_tokens, temperature=vlm_temp,
                           attempts=gens.max_attempts)
         if text is not None:
             caption, caption_source = " ".join(text.split()), "vlm"
     caption = caption or annotation_caption(img)
-    listing = "; ".join(f"{o.category} {norm_box(o.box, w, h)}" for o in img.objects)
+    listing = "; ".join(f"{category_display(o.category)} {norm_box(o.box, w, h)}" for o in img.objects)
 
     per_object: list[dict[str, list[str]]] = []
     all_positives: set[str] = set()
@@ -206,7 +212,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         if gens.vlm is not None:
             view, _ = await asyncio.to_thread(make_view, image, obj.box, HIGHLIGHT)
             for step, max_words in (("vlm_short", s.max_words_short), ("vlm_long", s.max_words_long)):
-                reply = await _ask(gens.vlm, gens.prompts[step], {"category": obj.category}, counts, step, failures,
+                reply = await _ask(gens.vlm, gens.prompts[step], named(obj.category), counts, step, failures,
                                    read_phrase, image=view, max_tokens=s.vlm_max_tokens, temperature=vlm_temp,
                                    attempts=gens.max_attempts)
                 if reply is None:
@@ -219,7 +225,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
                                            counts=counts, step=step, limit=1)
         if s.llm_expressions > 0:
             phrases = await _ask(gens.llm, gens.prompts["llm"],
-                                 {"caption": caption, "objects": listing, "category": obj.category,
+                                 {"caption": caption, "objects": listing, **named(obj.category),
                                   "box": norm_box(obj.box, w, h), "count": s.llm_expressions,
                                   "format": format_hint(s.llm_expressions)}, counts, "llm", failures, read_list,
                                  schema=list_schema(s.llm_expressions), max_tokens=llm_tokens, temperature=llm_temp,
@@ -243,7 +249,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     for category, boxes in candidates:
         others = [c for c in present if c != category]
         phrases = await _ask(gens.llm, gens.prompts["group"],
-                             {"caption": caption, "objects": listing, "category": category, "members": len(boxes),
+                             {"caption": caption, "objects": listing, **named(category), "members": len(boxes),
                               "boxes": ", ".join(norm_box(b, w, h) for b in boxes), "count": s.group_expressions,
                               "format": format_hint(s.group_expressions)}, counts, "group", failures, read_list,
                              schema=list_schema(s.group_expressions), max_tokens=llm_tokens, temperature=llm_temp,
@@ -267,7 +273,7 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
         seen_neg = {fold(p) for p in positives}
         if s.hard_negatives > 0:
             phrases = await _ask(gens.llm, gens.prompts["hard_negative"],
-                                 {"caption": caption, "objects": listing, "category": obj.category,
+                                 {"caption": caption, "objects": listing, **named(obj.category),
                                   "box": norm_box(obj.box, w, h), "positives": "; ".join(positives[:6]),
                                   "count": s.hard_negatives,
                                   "format": format_hint(s.hard_negatives)}, counts, "hard_negative", failures,

@@ -11,12 +11,19 @@ image without anything else ("dog" when a dog is there), is not a negative for t
 from __future__ import annotations
 
 import hashlib
-import unicodedata
+import re
 from collections.abc import Iterable
-from functools import lru_cache
 
 from reallod.data.words import words
-from reallod.engine.text import find_category, fold, mentions, word_spans
+from reallod.engine.text import (
+    category_display,
+    find_category,
+    find_name,
+    fold,
+    mentions,
+    plural_display,
+    word_spans,
+)
 
 
 def absent_categories(vocabulary: Iterable[str], present: Iterable[str]) -> list[str]:
@@ -37,11 +44,12 @@ def _rank(key: str, item: str) -> str:
 
 def easy_negatives(positives: list[str], category: str, absent: list[str], count: int, *, key: str) -> list[str]:
     """``count`` expressions about absent categories, chosen deterministically per ``key`` (the same
-    input gives the same data; different objects get different picks)."""
+    input gives the same data; different objects get different picks). The templates are the
+    positives that name ``category`` (by any of its names); without one, its display name."""
     if count <= 0 or not absent:
         return []
     picks = sorted(absent, key=lambda c: _rank(key, c))[:count]
-    templates = [p for p in positives if mentions(p, category)] or [category]
+    templates = [p for p in positives if mentions(p, category)] or [category_display(category)]
     out = []
     for i, other in enumerate(picks):
         template = templates[i % len(templates)]
@@ -50,30 +58,31 @@ def easy_negatives(positives: list[str], category: str, absent: list[str], count
 
 
 def replace_category(text: str, category: str, other: str) -> str:
-    """``text`` with its first mention of ``category`` (singular or plural, found as :func:`mentions`
-    finds it, in any script) replaced by ``other``; ``other`` alone when ``text`` names no ``category``."""
+    """``text`` with its first mention of ``category`` (by any of its names, singular or plural, in
+    any script: :func:`find_name`) replaced by ``other``'s display name; that alone when ``text``
+    names no ``category``. The name inserted follows the mention: plural for a plural one ("both
+    masts" → "both spoons"), lower case for a lower-case one ("the glove" → "the bowl", not
+    "the Bowl" of ``Bowl/Basin``); a copied qualifier goes with the mention ("the bow (weapon)")."""
+    name = category_display(other)
     spans = word_spans(text)
-    at = find_category(spans[1], category) if spans else None
+    at = find_name(spans[1], category) if spans else None
     if spans is None or at is None:
-        return other
-    base, _, where = spans
-    start, end = where[at[0]][0], where[at[1] - 1][1]
-    lead, tail = _edges(category)  # what the category holds around its words goes too
-    if lead and base[:start].casefold().endswith(lead):
-        start -= len(lead)
-    if tail and base[end:end + len(tail)].casefold() == tail:
-        end += len(tail)
-    return base[:start] + other + base[end:]
+        return name
+    base, found, where = spans
+    first, past, match = at
+    start, end = where[first][0], where[past - 1][1]
+    if match.qualified and (close := re.match(r"\s*\)", base[end:])):
+        end += close.end()
+    if found[first + match.last] != match.singular:
+        name = plural_display(name)
+    if base[start:end] == base[start:end].casefold():
+        name = _lower_titles(name)
+    return base[:start] + name + base[end:]
 
 
-@lru_cache(maxsize=1 << 16)
-def _edges(category: str) -> tuple[str, str]:
-    """(what ``category`` holds before its first word, after its last): ("", ")") for "bow (weapon)"."""
-    cat = unicodedata.normalize("NFC", category).strip().casefold()
-    spans = word_spans(cat)
-    if not spans or not spans[2]:
-        return "", ""
-    return cat[:spans[2][0][0]], cat[spans[2][-1][1]:]
+def _lower_titles(name: str) -> str:
+    """``name`` with its capitalised words in lower case ("Street Light" → street light; "SUV" stays)."""
+    return " ".join(w.lower() if w[:1].isupper() and w[1:] == w[1:].lower() else w for w in name.split(" "))
 
 
 _ARTICLES = frozenset({"a", "an", "the"})
