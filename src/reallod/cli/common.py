@@ -1,6 +1,6 @@
 """What the sections of the CLI share: command order in help, the console, ``--image-size``, quiet
-transformers, the progress bar, a few options that read the same everywhere, and :func:`with_options`
-for commands that share a block of options.
+transformers, the progress bar (or lines, in a log), a few options that read the same everywhere, and
+:func:`with_options` for commands that share a block of options.
 
 Nothing heavy is imported here: rich, transformers and the agent are imported inside the helpers.
 """
@@ -8,6 +8,7 @@ Nothing heavy is imported here: rich, transformers and the agent are imported in
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from reallod.runs.progress import RichMonitor
+    from reallod.runs.progress import RunMonitor
 
 F = TypeVar("F", bound="Callable[..., Any]")
 
@@ -89,17 +90,42 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+PROGRESS_INTERVAL_ENV = "REALLOD_PROGRESS_INTERVAL"
+
+
 def progress_monitor(progress: bool | None, *, description: str = "re-aligning",
-                     labels: Sequence[str] | None = None) -> RichMonitor | None:
-    """A progress bar on stderr when ``--progress`` says so (None: when stderr is a terminal), else None."""
+                     labels: Sequence[str] | None = None) -> RunMonitor | None:
+    """A progress bar on stderr when ``--progress`` says so (None: when stderr is a terminal), else None.
+
+    On a stderr that is no terminal (``--progress 2> job.log``) a live bar draws nothing until the run
+    ends, so it is a plain line every ``$REALLOD_PROGRESS_INTERVAL`` seconds (default 30) instead."""
     from rich.console import Console
 
     err = Console(stderr=True)
     if not (progress if progress is not None else err.is_terminal):
         return None
-    from reallod.runs.progress import RichMonitor
+    from reallod.runs.progress import LineMonitor, RichMonitor
 
-    return RichMonitor(err, description=description, labels=labels)
+    if err.is_terminal:
+        return RichMonitor(err, description=description, labels=labels)
+    return LineMonitor(sys.stderr, description=description, labels=labels, interval=progress_interval())
+
+
+def progress_interval() -> float:
+    """Seconds between the progress lines of a log: ``$REALLOD_PROGRESS_INTERVAL`` (a number > 0), else 30."""
+    from reallod.runs.progress import DEFAULT_LINE_INTERVAL_S
+
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LINE_INTERVAL_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise ConfigError(f"{PROGRESS_INTERVAL_ENV}={raw!r}: expected seconds between progress lines, a number > 0 "
+                          f"(default {DEFAULT_LINE_INTERVAL_S:g})")
+    return seconds
 
 
 # --- options that read the same in several commands ---------------------------------------------

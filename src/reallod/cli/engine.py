@@ -69,7 +69,7 @@ _OPT_SHARD = _A[str | None, typer.Option("--shard", help="K/N: this run's share 
 _OPT_CONC = _A[int | None, typer.Option("--concurrency", min=1, help="Images (and agent tasks) in flight.")]
 _OPT_FORCE = _A[bool, typer.Option("--force-resume", help="Resume even if the config changed (never on other "
                                     "annotations: give those another --out).")]
-_OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")]
+_OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="Progress bar; into a log (stderr no terminal), a plain line every 30 s ($REALLOD_PROGRESS_INTERVAL) (default: on a terminal only).")]
 
 
 def _generate_options(

@@ -140,7 +140,8 @@ def realign_cmd(
     ray_shards: Annotated[int | None, typer.Option(
         "--ray-shards", min=1, help="With --ray: number of shards (default: one per Ray node).")] = None,
     progress: Annotated[bool | None, typer.Option(
-        "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
+        "--progress/--no-progress", help="Progress bar; into a log (stderr no terminal), a plain line every 30 s "
+        "($REALLOD_PROGRESS_INTERVAL) (default: on a terminal only).")] = None,
     explain: Annotated[Path | None, typer.Option(
         "--explain", help="Print one task of this trace readably (with --task) instead of running.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --explain: the task id.")] = None,
