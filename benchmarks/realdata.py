@@ -8,6 +8,7 @@ as a user runs it.
 
     .venv/bin/python benchmarks/realdata.py --size-mb 64      # quick
     .venv/bin/python benchmarks/realdata.py                   # ~1 GB, O365-base shaped
+    .venv/bin/python benchmarks/realdata.py --only ops        # data merge / sample: growth and held memory
 
 The data file is generated once and cached under ``benchmarks/_data/`` (gitignored). Each of the
 four measurements runs in its own subprocess; peak memory is the peak of the summed RSS of that
@@ -128,6 +129,69 @@ def generate(path: Path, size_mb: int, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------------ merge and sample (--only ops)
+
+
+def ops_scale(small: int = 250, large: int = 2000, held: int = 20000) -> None:
+    """How ``data merge`` grows with the records of one image, and what ``data sample -n`` holds per line.
+
+    Merge: 10 images, each split over k records of one pair; CPU time at ``large`` over ``small``
+    records per image is about large/small when linear (8 for the defaults), its square when the work
+    grows with k² (64). Sample: traced peak of ``-n held`` minus ``-n 1`` over a file of ``held``
+    records, per record, against the mean line length (orjson's bytes kept ≥ 4 KB each). Both are
+    ratios measured in this one run, in this process.
+    """
+    import tempfile
+    import tracemalloc
+
+    import orjson
+
+    from reallod.data.ops import merge_files, sample_file
+
+    def split_images(path: Path, k: int) -> None:
+        with open(path, "wb") as f:
+            for img in range(10):
+                for i in range(k):
+                    x, y = (i * 7) % 9000, (i * 13) % 9000
+                    f.write(orjson.dumps({"filename": f"same/{img}.jpg", "height": 10000, "width": 10000,
+                                          "pairs": {"llm": [{"bboxes": [[x, y, x + 40, y + 40 + i % 7]],
+                                                             "category": "dog", "relation": "single",
+                                                             "positive_expressions": [f"dog {i}"],
+                                                             "negative_expressions": [f"cat {i}"]}]}}) + b"\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        seconds = {}
+        for k in (small, large):
+            split_images(d / f"split{k}.jsonl", k)
+            start = time.process_time()
+            merge_files([d / f"split{k}.jsonl"], d / "merged.jsonl")
+            seconds[k] = time.process_time() - start
+        print(f"merge, 10 images x k records: k={small} {seconds[small]:.2f} s, k={large} {seconds[large]:.2f} s "
+              f"CPU; ratio {seconds[large] / seconds[small]:.1f}x (linear {large / small:.0f}x, "
+              f"quadratic {(large / small) ** 2:.0f}x)")
+
+        src = d / "sample_in.jsonl"
+        rng = random.Random(0)
+        with open(src, "wb") as f:
+            for i in range(held):
+                words = " ".join(rng.choice(CATEGORIES) for _ in range(rng.randint(2, 12)))
+                f.write(orjson.dumps({"filename": f"img{i:07d}.jpg", "height": 480, "width": 640, "pairs": {
+                    "llm": [{"bboxes": [[1.0, 2.0, 30.5, 40.25]], "category": "dog", "relation": "single",
+                             "positive_expressions": [f"a dog {words}"], "negative_expressions": [words]}]}})
+                        + b"\n")
+        peaks = {}
+        for n in (1, held):
+            tracemalloc.start()
+            sample_file(src, d / "sample_out.jsonl", n=n)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        line = src.stat().st_size / held
+        per_record = (peaks[held] - peaks[1]) / held
+        print(f"sample -n {held}: {per_record:,.0f} bytes traced per held record of {line:,.0f} bytes "
+              f"(ratio {per_record / line:.1f}x; orjson's own bytes kept at least 4,096 each)")
+
+
 # --------------------------------------------------------------------------------- measurement
 
 
@@ -230,12 +294,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None, help="--workers for ours (default: CPU count)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is kept")
-    ap.add_argument("--only", choices=("stats", "validate"), default=None)
+    ap.add_argument("--only", choices=("stats", "validate", "ops"), default=None,
+                    help="one measurement; ops: data merge's growth and data sample's memory (no big file)")
     ap.add_argument("--baseline", choices=("stats", "validate"), help=argparse.SUPPRESS)
     ap.add_argument("file", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.baseline:  # child process of a baseline measurement
         _baseline(args.baseline, args.file)
+        return
+    if args.only == "ops":
+        ops_scale()
         return
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,9 @@ rerun with the same seed gives the same result; sample and split hash with diffe
 draws are independent. Merge finds the images that occur more than once in
 a first pass that keeps 8 bytes per image, then holds only those records in memory; it refuses
 an expression that one file has as a positive and another as a negative of the same pair.
+
+Held records are compact JSON in bytes of their own size (:func:`_held`): ``orjson.dumps`` returns
+bytes that keep its whole write buffer, at least 4 KB, whatever the line's length.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ def unit_hash(filename: str, seed: int, purpose: Literal["sample", "split"]) -> 
     key = f"{purpose}:{seed}".encode()
     digest = hashlib.blake2b(filename.encode("utf-8"), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def _held(record: Record) -> bytes:
+    """The record's compact JSON line, in bytes of its own size: what sample and merge keep in memory.
+
+    ``orjson.dumps`` returns bytes that keep its whole write buffer allocated (4 KB for a short line,
+    about 8 KB for a 1 KB one), so a held reservoir or merge group took several times the size of its
+    lines; a copy is allocated at the line's length, and the line written out is the same."""
+    return bytes(memoryview(orjson.dumps(record.to_dict())))
 
 
 def _name_hash(filename: str) -> int:
@@ -117,7 +129,8 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
                 fraction: float | None = None, seed: int = 0) -> ConvertStats:
     """Random sample of images, in input order, deterministic for a seed.
 
-    ``n``: exactly min(n, total) records by reservoir sampling (memory: the n sampled lines).
+    ``n``: exactly min(n, total) records by reservoir sampling (memory: the n sampled lines, each held
+    at its length by :func:`_held`).
     ``fraction``: each image kept when its filename hash is below ``fraction`` (constant memory;
     about, not exactly, that share).
     """
@@ -141,11 +154,11 @@ def sample_file(src: str | os.PathLike, dst: str | os.PathLike, *, n: int | None
             for i, (_, record) in enumerate(read_numbered_records(src)):
                 stats.records_in += 1
                 if len(reservoir) < n:
-                    reservoir.append((i, orjson.dumps(record.to_dict())))
+                    reservoir.append((i, _held(record)))
                 else:
                     j = rng.randrange(i + 1)
                     if j < n:
-                        reservoir[j] = (i, orjson.dumps(record.to_dict()))
+                        reservoir[j] = (i, _held(record))
             for _, line in sorted(reservoir):
                 out.write(line + b"\n")
                 out.count += 1
@@ -258,26 +271,51 @@ def _padded(pair: Pair) -> list[Any]:
     return entries + [None] * (len(pair.positive_expressions) - len(entries))
 
 
-def merge_records(first: Record, other: Record, *, first_at: str = "", other_path: str | None = None,
-                  other_line: int | None = None) -> Record:
+PairIndex = dict[str, dict[tuple, Pair]]
+"""Per source, each pair key (:func:`_pair_key`) of a record to its last pair with that key."""
+
+SHOWN_PLACES = 3  # records a merge error names; the rest are counted
+
+
+def _places(first_at: Sequence[str]) -> str:
+    """Where the records merged so far are, for an error message: the first few, and how many more."""
+    if not first_at:
+        return "its first record"
+    more = len(first_at) - SHOWN_PLACES
+    return ", ".join(first_at[:SHOWN_PLACES]) + (f" and {more} more records of the image" if more > 0 else "")
+
+
+def merge_records(first: Record, other: Record, *, first_at: Sequence[str] = (), other_path: str | None = None,
+                  other_line: int | None = None, index: PairIndex | None = None) -> Record:
     """One record of an image from two; sizes must agree. ``first`` is modified and returned.
 
     Pairs of the same source over the same boxes and category are combined, others appended.
     A size conflict, or an expression positive in one and negative in the other for such a pair, names
-    both places: ``first_at`` in the message, ``other_path:other_line`` in front.
+    both places: ``first_at`` (the places of the records merged into ``first``; the message names the
+    first few and counts the rest) in the message, ``other_path:other_line`` in front.
+
+    ``index``: the pair index of ``first``, kept by a caller that merges many records into one and
+    passes the same dict each time (empty at first); it is updated in place, so each merge costs the
+    pairs of ``other``, not of everything merged so far (rebuilt per merge, an image split over k
+    records took k² steps).
     """
     if (first.height, first.width) != (other.height, other.width):
         raise DataError(f"image {first.filename!r} is {other.width}x{other.height} (width x height) here "
-                        f"but {first.width}x{first.height} at {first_at or 'its first record'}",
+                        f"but {first.width}x{first.height} at {_places(first_at)}",
                         path=other_path, line=other_line, field="height/width")
+    if index is None:
+        index = {}
     for source, items in other.pairs.items():
         mine = first.pairs.setdefault(source, [])
-        index = {_pair_key(p): p for p in mine}
+        by_key = index.get(source)
+        if by_key is None:
+            by_key = index[source] = {_pair_key(p): p for p in mine}
         for i, pair in enumerate(items):
-            match = index.get(_pair_key(pair))
+            key = _pair_key(pair)
+            match = by_key.get(key)
             if match is None:
                 mine.append(pair)
-                index[_pair_key(pair)] = pair
+                by_key[key] = pair
                 continue
             clash = conflicts(match, pair)
             if clash:
@@ -285,7 +323,7 @@ def merge_records(first: Record, other: Record, *, first_at: str = "", other_pat
                 other_side = "positive" if side == "negative" else "negative"
                 raise DataError(
                     f"{text!r} is a {side} expression here but a {other_side} one of the same pair (same boxes "
-                    f"and category) of image {first.filename!r} at {first_at or 'its first record'}: merged, "
+                    f"and category) of image {first.filename!r} at {_places(first_at)}: merged, "
                     f"the pair would be invalid; remove it from one side"
                     + (f" ({len(clash) - 1} more such expressions)" if len(clash) > 1 else ""),
                     path=other_path, line=other_line, field=f"pairs.{source}[{i}].{side}_expressions[{k}]")
@@ -322,7 +360,7 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
 
     stats = ConvertStats()
     seen: dict[int, int] = {}
-    pending: dict[int, list[tuple[bytes, str, int]]] = {}  # compact JSON: a third of a Record's memory
+    pending: dict[int, list[tuple[bytes, str, int]]] = {}  # compact JSON (_held): a third of a Record's memory
     before = 0
     with JsonlWriter(dst) as out:
         for src in srcs:
@@ -332,7 +370,7 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
                 if h not in expected:
                     out.write_record(record)
                     continue
-                pending.setdefault(h, []).append((orjson.dumps(record.to_dict()), str(src), lineno))
+                pending.setdefault(h, []).append((_held(record), str(src), lineno))
                 seen[h] = seen.get(h, 0) + 1
                 if seen[h] == expected[h]:
                     for merged in _combine(pending.pop(h), stats):
@@ -347,15 +385,18 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
 
 
 def _combine(group: list[tuple[bytes, str, int]], stats: ConvertStats) -> list[Record]:
-    """Records of one filename hash → one record per filename (a hash collision keeps names apart)."""
-    by_name: dict[str, tuple[Record, list[str]]] = {}
+    """Records of one filename hash → one record per filename (a hash collision keeps names apart).
+
+    Each name keeps its pair index across its merges (linear in its pairs, see :func:`merge_records`)
+    and the places of its records, which an error message names (a clash may be with any of them)."""
+    by_name: dict[str, tuple[Record, list[str], PairIndex]] = {}
     for data, path, line in group:
         record = Record.from_dict(orjson.loads(data))
         if record.filename in by_name:
-            first, places = by_name[record.filename]  # every record merged so far: a clash may be with any
-            merge_records(first, record, first_at=", ".join(places), other_path=path, other_line=line)
+            first, places, index = by_name[record.filename]
+            merge_records(first, record, first_at=places, other_path=path, other_line=line, index=index)
             places.append(f"{path}:{line}")
             stats.note("records combined into an earlier record of the same image")
         else:
-            by_name[record.filename] = (record, [f"{path}:{line}"])
-    return [r for r, _ in by_name.values()]
+            by_name[record.filename] = (record, [f"{path}:{line}"], {})
+    return [r for r, _, _ in by_name.values()]
