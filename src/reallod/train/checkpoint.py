@@ -14,7 +14,8 @@ Layout of ``WORK/checkpoints/ckpt-00001234/``::
 A checkpoint is written into ``ckpt-N.tmp`` and renamed when complete, so a run killed while
 writing never leaves a half checkpoint that ``--resume`` would pick up; one the disk refuses is a
 :class:`CheckpointWriteError` (the ``.tmp`` removed). A resume from an older checkpoint moves the
-newer ones of the abandoned run to ``checkpoints.dropped/`` (:func:`drop_after`).
+newer ones of the abandoned run to ``checkpoints.dropped/`` (:func:`drop_after`). One run at a time
+trains in a work dir: :func:`lock_work_dir` refuses a second one at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from reallod.errors import ConfigError, ReallodError
+from reallod.runs.journal import JournalBusy, JournalLock, lock_holder, lock_journal
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 DROPPED = "checkpoints.dropped"  # the checkpoints after the one a run resumed from (an abandoned run's)
@@ -57,6 +59,22 @@ class Progress:
                        int(d.get("processes", 1)), int(d.get("batch_size", 0)), None if images is None else int(images))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise damaged(path, f"{path}: not a readable checkpoint state ({e})") from None
+
+
+WORK_LOCK = "train"  # the work dir's lock file is WORK/train.lock (:func:`reallod.runs.journal.lock_path_for`)
+
+
+def lock_work_dir(work_dir: Path) -> JournalLock:
+    """``work_dir`` locked for this run (it must exist), or :class:`JournalBusy` at once naming the run
+    training there. Two runs in one work dir (a job started twice, a rerun while the workers of a killed
+    ``torchrun`` go on) would interleave their logs and checkpoints, and one would prune, drop or half-read
+    the other's. The lock is the kernel's, so it goes with its process, ``kill -9`` included."""
+    try:
+        return lock_journal(work_dir / WORK_LOCK)
+    except JournalBusy:
+        holder = lock_holder(work_dir / WORK_LOCK)
+        raise JournalBusy(f"{work_dir} is being trained by another run{holder}: wait for it to end, or use "
+                          "another --work-dir") from None
 
 
 def checkpoint_dir(work_dir: str | Path) -> Path:

@@ -105,9 +105,14 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
     Ctrl-C (SIGINT) stops the run at once and raises :class:`TrainInterrupted` (exit status 130 in the
     CLI), whose message says the step reached, the last complete checkpoint and how to continue:
     ``resume_command`` (the CLI passes the command line with ``--resume``), else ``resume=True``.
+
+    One run at a time trains in ``work_dir``: the main process locks it (``WORK/train.lock``,
+    :func:`reallod.train.checkpoint.lock_work_dir`) before any process reads or writes it, and holds the
+    lock to the end; a second run is refused at once (:class:`reallod.runs.journal.JournalBusy`, naming
+    the pid of the run there), in every one of its processes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs
 
     work_dir = Path(work_dir).resolve()
     cfg = resolve_paths(cfg, work_dir)
@@ -115,19 +120,48 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_pixels=max_pixels))
         check(cfg)
     check_data_paths(cfg)  # before the work dir and its logs are made
-    if not resume and (found := C.list_checkpoints(work_dir)):  # a rerun that forgot --resume
-        raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
-                          "over there would write over its checkpoints and logs: add --resume to continue it, or "
-                          "give another --work-dir (or delete that one) to start a new run")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     mixed = pick_mixed_precision(cfg.train.mixed_precision, amp, cfg.train.cpu)
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.train.cpu, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)])
     main = accelerator.is_main_process
-    if main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    lock, error = None, None
+    try:
+        if main:  # held to the end of the run; no process reads or writes the work dir before it is taken
+            try:
+                work_dir.mkdir(parents=True, exist_ok=True)
+                lock = C.lock_work_dir(work_dir)
+                _check_not_a_rerun(work_dir, resume)
+            except Exception as e:
+                error = e
+        try:
+            settle(accelerator, error, f"opening the work dir {work_dir}")  # a refusal ends every process
+        except BaseException:
+            # every process is past the synchronisation: closing the group now, the processes exit with
+            # their status (gloo's teardown as one ends with a peer gone aborted it: 'terminate called')
+            if accelerator.num_processes > 1:
+                accelerator.state.destroy_process_group()
+            raise
+        return _locked_train(cfg, work_dir, accelerator, main, resume, mixed, auto_scale_lr, echo, resume_command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_not_a_rerun(work_dir: Path, resume: Any) -> None:
+    """A rerun that forgot ``--resume`` would start over on top of the run there."""
+    if not resume and (found := C.list_checkpoints(work_dir)):
+        raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
+                          "over there would write over its checkpoints and logs: add --resume to continue it, or "
+                          "give another --work-dir (or delete that one) to start a new run")
+
+
+def _locked_train(cfg: TrainConfig, work_dir: Path, accelerator: Any, main: bool, resume: Any, mixed: str,
+                  auto_scale_lr: bool | None, echo: Any, resume_command: str | None) -> TrainResult:
+    """:func:`train` once the work dir is this run's."""
+    from accelerate.utils import set_seed
+
     log = MetricsLog(work_dir, enabled=main, tensorboard=cfg.log.tensorboard, echo=echo)
     live = _Live()
     try:
