@@ -102,8 +102,10 @@ def test_a_config_role_takes_an_adapter_relative_to_the_config(teacher_data, tin
 def test_a_finished_finetune_is_never_overwritten_silently(teacher_data, tiny_lm, tmp_path) -> None:
     out = tmp_path / "student"
     finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
-    with pytest.raises(ConfigError, match=r"student holds a finished fine-tune .* pass --overwrite"):
-        finetune(opts(teacher_data, tiny_lm, out, max_steps=1))
+    assert finetune(opts(teacher_data, tiny_lm, out, max_steps=1)).finished_before  # the same: done already
+    with pytest.raises(ConfigError, match=r"student holds a finished fine-tune with other settings \(max_steps; "
+                                          r"see .* pass --overwrite"):
+        finetune(opts(teacher_data, tiny_lm, out, max_steps=2))
     (tmp_path / "empty-base").mkdir()
     with pytest.raises(ConfigError):  # a run that cannot start (a wrong base) leaves the old one in place
         finetune(opts(teacher_data, tmp_path / "empty-base", out, max_steps=1, overwrite=True))
@@ -405,8 +407,10 @@ def test_a_finetune_killed_while_merging_resumes_and_merges(teacher_data, tiny_l
     assert adapter.keys() == trained.keys() and all(torch.equal(adapter[k], trained[k]) for k in trained)
     assert (out / "merged" / "config.json").is_file()
     TransformersBackend(str(out / "merged")).load()  # the half-written weights were replaced
+    again = finetune(opts(teacher_data, tiny_lm, out, merge=True))
+    assert again.finished_before and again.steps == 4 and again.merged == out / "merged"
     with pytest.raises(ConfigError, match="holds a finished fine-tune"):
-        finetune(opts(teacher_data, tiny_lm, out, merge=True))
+        finetune(opts(teacher_data, tiny_lm, out, merge=True, learning_rate=1e-3))
 
 
 def test_an_out_that_is_a_file_or_inside_a_dataset_is_refused_before_loading(teacher_data, tiny_lm, tmp_path,

@@ -15,12 +15,15 @@ is written here. What this module adds is what TRL cannot know:
 - **loading any base:** a hub id or folder, or a GGUF file (dequantized at load: transformers cannot
   train packed GGUF weights), as a causal LM for the text roles and an image-text-to-text model for the
   VLM role; one that cannot load is a one-line error naming it.
-- **resume and refuse:** checkpoints go to ``OUT/checkpoints`` every ``save_steps`` steps; running the
-  same command again resumes from the last one (a Ctrl-C saves one first), and one stopped while saving
-  the adapter or merging redoes the save and the merge; a finished fine-tune (``finetune.json`` says so,
-  written last) is never overwritten unless ``overwrite`` says so; other settings in an unfinished
-  ``OUT`` are refused rather than mixed, and so are other examples (a dataset rebuilt in place: the run
-  records a hash of the role's split files); an ``OUT`` that is a file or lies inside an sft-data folder
+- **resume and refuse:** one run at a time on an ``OUT`` (a lock beside ``finetune.json``, held by the
+  main process for the whole run: a second is refused at once, naming the first's pid); checkpoints go
+  to ``OUT/checkpoints`` every ``save_steps`` steps; running the same command again resumes from the
+  last one (a Ctrl-C saves one first) as if never stopped (one at an epoch's end first runs the
+  validation the stop cut off), and one stopped while saving the adapter or merging redoes the save and
+  the merge; a finished fine-tune (``finetune.json`` says so, written last) is never overwritten unless
+  ``overwrite`` says so: the same command again says it is done, other settings or data are refused;
+  other settings in an unfinished ``OUT`` are refused rather than mixed, and so are other examples (a
+  dataset rebuilt in place: the run records a hash of the role's split files); an ``OUT`` that is a file or lies inside an sft-data folder
   (which ``sft-data --overwrite`` deletes), a ``--base`` inside ``OUT``, and with ``overwrite`` an ``OUT``
   that holds anything a fine-tune does not write, are refused before the model loads.
 
@@ -31,6 +34,7 @@ and, with ``merge``, ``OUT/merged``: the base with the adapter merged, a plain t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,6 +55,8 @@ from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out
 from reallod.finetune.run_file import RUN_FILE, has_json_key
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import resolve_source
+from reallod.runs.journal import JournalBusy, JournalLock, lock_holder, lock_journal, lock_path_for
+from reallod.runs.launch import launch_place
 
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
@@ -61,6 +67,8 @@ OWN_FILES: tuple[str, ...] = (
 """The files a fine-tune writes into ``OUT`` besides ``finetune.json`` (peft's adapter and model card, the
 trainer's arguments, the tokenizer or processor in the names transformers gives them), with its folders
 ``checkpoints/`` and ``merged/``: all that ``--overwrite`` deletes; anything else in ``OUT`` is refused."""
+LOCK = lock_path_for(RUN_FILE).name
+"""``finetune.json.lock``: the lock of the run writing ``OUT``, kept when ``--overwrite`` empties it."""
 
 
 @dataclass
@@ -128,6 +136,7 @@ class FinetuneResult:
     seconds: float = 0.0
     tokens: int = 0  # tokens the training steps of this run went through (prompt and reply; TRL's count)
     train_seconds: float = 0.0  # the training loop's own time (no loading, no saving)
+    finished_before: bool = False  # OUT held this fine-tune finished already: nothing was trained (as recorded)
 
 
 def resolve_base(base: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -264,7 +273,7 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None,
     """Check ``OUT`` against this run on the data of ``manifest`` whose role's examples hash to ``digest``
     (:func:`data_hash`): (the checkpoint to resume from, if any; whether ``OUT`` is to be replaced — by
     the caller, once the base model and the data have loaded, so a run that cannot start leaves the old
-    fine-tune as it was)."""
+    fine-tune as it was). A finished fine-tune of these settings and data raises :class:`_Finished`."""
     out = Path(opts.out)
     check_out(out, Path(opts.data), opts.base)
     run = _read_run(out)
@@ -272,7 +281,7 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None,
     # process killed while saving them left an unfinished run that resumes and saves again
     finished = (run or {}).get("status") == "finished"
     if out.exists() and opts.overwrite:
-        if run is None and not (out / "adapter_config.json").is_file() and any(out.iterdir()):
+        if run is None and not (out / "adapter_config.json").is_file() and _entries(out):
             raise ConfigError(f"{out} is not a fine-tune folder (no {RUN_FILE}); --overwrite replaces only "
                               "fine-tunes: choose another --out")
         foreign = _foreign_entry(out)
@@ -282,8 +291,12 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None,
                               "give another --out")
         return None, True
     if finished:
-        raise ConfigError(f"{out} holds a finished fine-tune (see {out / RUN_FILE}); pass --overwrite to replace "
-                          "it, or choose another --out")
+        assert run is not None
+        differs = _finished_differences(run, opts, manifest, digest)
+        if not differs:  # the same command again (a scheduler's rerun after a kill as the process exited)
+            raise _Finished(run)
+        raise ConfigError(f"{out} holds a finished fine-tune with other settings ({', '.join(differs)}; see "
+                          f"{out / RUN_FILE}); pass --overwrite to replace it, or choose another --out")
     if run is not None:
         if run.get("settings") != opts.settings():
             diff = sorted(k for k in opts.settings() if (run.get("settings") or {}).get(k) != opts.settings()[k])
@@ -294,9 +307,44 @@ def prepare_out(opts: FinetuneOptions, manifest: dict[str, Any] | None = None,
                               f"of {opts.data} changed since it started (sft-data --overwrite rebuilt it); pass "
                               "--overwrite to start over on them, or rebuild the data it started on")
         return _last_complete_checkpoint(out / CHECKPOINTS), False
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or _entries(out)):
         raise ConfigError(f"{out} exists and is not a fine-tune folder; choose another --out")
     return None, False
+
+
+class _Finished(Exception):
+    """``OUT`` holds this very fine-tune, finished: its ``finetune.json`` record is ``args[0]``."""
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.args[0]
+
+
+def _training_length(opts: FinetuneOptions) -> dict[str, Any]:
+    """How long a run trains: not a setting a resume must match (a run may be extended), but what makes a
+    finished fine-tune the one a rerun asks for."""
+    return {"epochs": opts.epochs, "max_steps": opts.max_steps}
+
+
+def _finished_differences(run: dict[str, Any], opts: FinetuneOptions, manifest: dict[str, Any] | None,
+                          digest: str | None) -> list[str]:
+    """What a finished fine-tune's record says otherwise than this run would (settings, how long it trains,
+    the merge, the data): none, and a rerun of the same command has nothing to do. A record of an older
+    reallod, without the training length, differs."""
+    mine, had = opts.settings(), run.get("settings") or {}
+    differs = [k for k in mine if had.get(k) != mine[k]]
+    length = run.get("length") or {}
+    differs += [k for k, v in _training_length(opts).items() if k not in length or length[k] != v]
+    if bool(run.get("merged")) != opts.merge:
+        differs.append("merge")
+    if manifest is not None and not _same_data(run, manifest, digest, opts.role):
+        differs.append(f"data: the {opts.role} examples of {opts.data} changed")
+    return differs
+
+
+def _entries(out: Path) -> list[Path]:
+    """What ``OUT`` holds besides the lock of the run looking at it."""
+    return [e for e in out.iterdir() if e.name != LOCK]
 
 
 def _same_data(run: dict[str, Any], manifest: dict[str, Any], digest: str | None, role: str) -> bool:
@@ -342,7 +390,8 @@ def _foreign_entry(out: Path) -> Path | None:
         if entry.is_dir():
             if entry.name not in (CHECKPOINTS, MERGED):
                 return entry
-        elif entry.name not in (RUN_FILE, f".{RUN_FILE}.tmp") and not any(fnmatch(entry.name, p) for p in OWN_FILES):
+        elif entry.name not in (RUN_FILE, f".{RUN_FILE}.tmp", LOCK) and not any(fnmatch(entry.name, p)
+                                                                             for p in OWN_FILES):
             return entry
     return None
 
@@ -368,7 +417,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     """Train the LoRA student of ``opts.role`` (see the module docstring)."""
     t0 = time.perf_counter()
     try:
-        import peft
+        import peft  # noqa: F401
         import trl  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"fine-tuning needs peft, TRL and datasets: pip install 'reallod[tune]' ({e})") from e
@@ -385,8 +434,48 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     files = role_files(data, opts.role)
     digest = data_hash(files)
     opts.base, opts.gguf_file = resolve_base(opts.base, opts.gguf_file)
-    resume, replace = prepare_out(opts, manifest, digest)
     out = Path(opts.out)
+    main = launch_place().rank == 0
+    created = not out.exists()
+    lock = _lock_out(opts) if main else None
+    try:
+        return _finetune(opts, manifest, files, digest, main, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+            if created:  # a run that could not start leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+
+
+def _lock_out(opts: FinetuneOptions) -> JournalLock:
+    """``OUT`` locked for this run (its main process), before anything in it is read or deleted: a second
+    run on it would resume from the same checkpoints, save into them while the first deletes them, and
+    write one adapter over the other; it is refused at once, naming the run holding ``OUT``. The kernel's
+    lock goes with the process (``kill -9`` included)."""
+    out = Path(opts.out)
+    check_out(out, Path(opts.data), opts.base)  # an OUT that is a file or inside the data: refused, not created
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return lock_journal(out / RUN_FILE)
+    except JournalBusy:
+        raise JournalBusy(f"{out}: another fine-tune{lock_holder(out / RUN_FILE)} is running on this --out; "
+                          "wait for it to finish, or choose another --out (two runs would save into one "
+                          "folder of checkpoints and write one adapter over the other)") from None
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from e
+
+
+def _finetune(opts: FinetuneOptions, manifest: dict[str, Any], files: dict[str, Path], digest: str, main: bool,
+              t0: float) -> FinetuneResult:
+    """:func:`finetune` once ``OUT`` is this run's (its main process holds the lock)."""
+    import peft
+
+    out, data = Path(opts.out), Path(opts.data)
+    try:
+        resume, replace = prepare_out(opts, manifest, digest)
+    except _Finished as done:
+        return _already_finished(out, done.record, main)
     vision = opts.role == "vlm"
     model, processor = load_base(opts.base, opts.gguf_file, vision=vision, dtype=opts.dtype,
                                  trust_remote_code=opts.trust_remote_code)
@@ -408,13 +497,17 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     if "train" not in splits:
         raise DataError(f"every {opts.role} training example is longer than --max-length {opts.max_length} "
                         "tokens", path=str(files["train"]))
-    if replace:  # the new run can start: only now does the old fine-tune go
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"status": "training", "settings": opts.settings(), "data_manifest": _manifest_view(manifest),
-        "data_hash": digest, "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
-    _write_run(out, record)
+    record = {"status": "training", "settings": opts.settings(), "length": _training_length(opts),
+              "data_manifest": _manifest_view(manifest), "data_hash": digest,
+              "examples": {s: len(d) for s, d in splits.items()}, "skipped_too_long": too_long}
+    if main:  # one process empties OUT and writes the record (the others would delete what it wrote)
+        if replace:  # the new run can start: only now does the old fine-tune go
+            _empty(out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run(out, record)
     trainer = _trainer(opts, model, processor, splits, out, peft)
+    if "val" in splits:
+        _validate_the_epoch_a_stop_cut_off(trainer)
     stop = _StopOnSignal()
     trainer.add_callback(stop.callback())
     trainer.add_callback(_stop_if_trained())
@@ -466,6 +559,62 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
                          "train_seconds": round(result.train_seconds, 2)})
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # only now: until finished, a rerun resumes from them
     return result
+
+
+def _empty(out: Path) -> None:
+    """Delete what ``OUT`` holds (a fine-tune's own files: :func:`prepare_out` checked), all but the lock of
+    this run: deleted, it would let a second run lock a new one."""
+    for entry in _entries(out):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _already_finished(out: Path, record: dict[str, Any], main: bool) -> FinetuneResult:
+    """The result of the finished fine-tune in ``OUT``, as its record says: a rerun of the same command
+    (a scheduler's, after a kill that landed as the process exited) has nothing to do. The checkpoints
+    such a kill may have left half deleted go now."""
+    if main:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        print(f"{out} holds this fine-tune finished already (the same settings and data; see {out / RUN_FILE}): "
+              "nothing to train", file=sys.stderr)
+    try:
+        examples = record.get("examples") or {}
+        train_losses = record.get("train_losses") or []
+        return FinetuneResult(
+            out, int(record.get("steps") or 0), int(examples.get("train") or 0), int(examples.get("val") or 0),
+            int(record.get("skipped_too_long") or 0), float(train_losses[-1]["loss"]) if train_losses else None,
+            list(record.get("val_losses") or []), None, Path(record["merged"]) if record.get("merged") else None,
+            float(record.get("seconds") or 0.0), int(record.get("tokens") or 0),
+            float(record.get("train_seconds") or 0.0), finished_before=True)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise DataError(f"not a fine-tune's record ({type(e).__name__}: {e}); pass --overwrite to train it again",
+                        path=str(out / RUN_FILE)) from None
+
+
+def _validate_the_epoch_a_stop_cut_off(trainer: Any) -> None:
+    """Make a resume from a checkpoint saved at an epoch's last step run that epoch's validation first.
+    transformers saves a step's checkpoint before the epoch-end evaluation, so such a checkpoint's log and
+    random state are from before it, and a resume starts the next epoch: the epoch's validation loss was
+    lost (killed after the save), or never run (Ctrl-C skips it), and the evaluation's draws from the
+    random generators (its data loader's seed) were not made, so the next epoch's dropout differed from an
+    uninterrupted run's. The evaluation runs where the uninterrupted run's did: right after the
+    checkpoint's random state is restored (transformers does that at the start of the resumed epoch,
+    before it draws anything), so the resumed run is the uninterrupted one, bit for bit."""
+    load_rng_state = getattr(trainer, "_load_rng_state", None)
+    if load_rng_state is None:  # another transformers: resume as it does
+        return
+
+    def load_then_validate(checkpoint: str | None) -> None:
+        load_rng_state(checkpoint)
+        state = trainer.state
+        epoch = float(state.epoch or 0)
+        if checkpoint is not None and epoch > 0 and epoch.is_integer() and not any(
+                "eval_loss" in h and h.get("epoch") == state.epoch for h in state.log_history):
+            trainer.evaluate()
+
+    trainer._load_rng_state = load_then_validate
 
 
 def _trainer(opts: FinetuneOptions, model: Any, processor: Any, splits: dict[str, Any], out: Path, peft: Any) -> Any:
