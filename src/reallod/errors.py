@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ReallodError(Exception):
     """Base class: the message says what is wrong and where."""
@@ -73,3 +75,10 @@ def not_utf8(error: UnicodeDecodeError) -> str:
     line = data.count(b"\n", 0, error.start) + 1
     return (f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}, at byte offset {error.start}): "
             "save the file as UTF-8")
+
+
+def first_few(items: Sequence[str], shown: int, *, sep: str = ", ", rest: str = "more") -> str:
+    """The first ``shown`` items and how many more (``"a, b, c and 7 more"``): a message names enough to
+    find the problems and counts them all, whatever their number."""
+    more = len(items) - shown
+    return sep.join(items[:shown]) + (f" and {more} {rest}" if more > 0 else "")

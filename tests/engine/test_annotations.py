@@ -188,7 +188,7 @@ def test_every_box_outside_its_image_is_named_in_one_error(tmp_path):
     assert str(e.value).startswith(f"{tmp_path / 'ann.json'}: 12 boxes lie outside their image by more than 1 px: "
                                    "annotations[0].bbox: box [x, y, w, h] = [500, 10, 300, 20] lies outside")
     assert "annotations[4].bbox" in str(e.value) and "annotations[5]" not in str(e.value)
-    assert str(e.value).endswith("; and 7 more")
+    assert str(e.value).endswith(" and 7 more")
 
 
 def test_every_missing_image_is_named_in_one_error(tmp_path):

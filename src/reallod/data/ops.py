@@ -35,7 +35,7 @@ from reallod.data.convert_common import (
 )
 from reallod.data.io import JsonlWriter, is_stream, iter_json, read_numbered_records, same_file
 from reallod.data.records import RELATIONS, Pair, Record
-from reallod.errors import ConfigError, DataError
+from reallod.errors import ConfigError, DataError, first_few
 
 
 def unit_hash(filename: str, seed: int, purpose: Literal["sample", "split"]) -> float:
@@ -281,8 +281,7 @@ def _places(first_at: Sequence[str]) -> str:
     """Where the records merged so far are, for an error message: the first few, and how many more."""
     if not first_at:
         return "its first record"
-    more = len(first_at) - SHOWN_PLACES
-    return ", ".join(first_at[:SHOWN_PLACES]) + (f" and {more} more records of the image" if more > 0 else "")
+    return first_few(first_at, SHOWN_PLACES, rest="more records of the image")
 
 
 def merge_records(first: Record, other: Record, *, first_at: Sequence[str] = (), other_path: str | None = None,

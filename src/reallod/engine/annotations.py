@@ -36,7 +36,7 @@ from reallod.data.convert_coco import category_expression, coco_to_records, imag
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
 from reallod.data.io import is_stream, open_input
-from reallod.errors import ConfigError, DataError
+from reallod.errors import ConfigError, DataError, first_few
 from reallod.runs.image_root import ImageError, ImageLoader
 
 OUTSIDE_TOLERANCE_PX = 1.0
@@ -212,8 +212,7 @@ def all_named(problems: list[tuple[str, str]], what: str, path: str) -> DataErro
     counted; one problem alone is located by its field."""
     if len(problems) == 1:
         return DataError(problems[0][1], path=path, field=problems[0][0])
-    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-    return DataError(f"{len(problems)} {what}: " + "; ".join(f"{f}: {m}" for f, m in problems[:SHOWN]) + more,
+    return DataError(f"{len(problems)} {what}: " + first_few([f"{f}: {m}" for f, m in problems], SHOWN, sep="; "),
                      path=path)
 
 

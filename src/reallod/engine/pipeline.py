@@ -48,7 +48,7 @@ from reallod.data.io import JsonlWriter, check_writable, same_file, written_over
 from reallod.engine.annotations import ImageAnnotation, ReadOptions, check_image_files, read_annotations
 from reallod.engine.finish import finish
 from reallod.engine.generate import IMAGE_ERROR, UNUSABLE, GenerateSettings, Generators, generate_image
-from reallod.errors import ConfigError, ReallodError
+from reallod.errors import ConfigError, ReallodError, first_few
 from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
 from reallod.runs.journal import (
@@ -119,8 +119,7 @@ class GenerateRun:
         why = [w for w, has in (("their image cannot be decoded", IMAGE_ERROR in self.failures),
                                 ("the model's replies could not be used", UNUSABLE in self.failures),
                                 ("their model calls failed", set(self.failures) - {IMAGE_ERROR, UNUSABLE})) if has]
-        names = ", ".join(self.failed_images[:5]) + (f" and {len(self.failed_images) - 5} more"
-                                                     if len(self.failed_images) > 5 else "")
+        names = first_few(self.failed_images, 5)
         return f"{self.failed} image(s) not generated ({names}): {' or '.join(why)} ({kinds})"
 
 
