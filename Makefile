@@ -16,11 +16,13 @@ $(BIN)/python:
 # torch goes in first and pinned: an unconstrained torch pulls a multi-GB CUDA build (DESIGN §6).
 # llama.cpp is built for any x86-64 with AVX2, not for this CPU (-march=native): the native build
 # (AVX-512, AMX) crashed (SIGSEGV at the first token) on a container's Sapphire Rapids CPU. A
-# CMAKE_ARGS of your own wins.
+# CMAKE_ARGS of your own wins. pip's wheel cache does not know the flags a wheel was built with, so
+# the extras that build llama.cpp install without it: a wheel built natively (or for CUDA) earlier on
+# this machine would otherwise be installed instead, whatever CMAKE_ARGS says.
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 $(VENV)/.installed-%: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(BIN)/pip install -q -e '.[$*]'
+	CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(BIN)/pip install -q $(if $(filter dev server,$*),--no-cache-dir) -e '.[$*]'
 	touch $@
 
 # The browser the demo tests drive: Debian's chromium (`playwright install` downloads are not used).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,10 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pytest.fail(f"llama.cpp server not ready after {READY_TIMEOUT_S} s:\n{_tail(log)}")
             time.sleep(0.25)
         yield url
+        if proc.poll() is not None:  # it died under a test: say how, with its log (CI shows only this)
+            code = proc.returncode
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            pytest.fail(f"llama.cpp server died during the tests ({how}); the end of its log:\n{_tail(log)}")
     finally:
         proc.terminate()
         try:
