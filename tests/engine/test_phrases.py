@@ -47,6 +47,9 @@ CLEAN = [  # a free-text reply (vlm_short, vlm_long) or one listed item → its 
     ("the cat is left, so</think>\nthe cat on the left", "the cat on the left"),  # the template opened it
     ("<think>The cat is on the left, so", ""),  # cut in its reasoning: no answer
     ("```\nthe cat on the left\n```", "the cat on the left"),
+    ('The phrase is "the black cat".', "the black cat"),
+    ('A good referring expression would be “the person on the left” because it is unique.', "the person on the left"),
+    ("My answer is 'the red cup'", "the red cup"),
     ("Phrases:", ""),  # a preamble alone: no phrase (dropped as empty)
     ("Sure!", ""),
     # replies that keep their phrase as it was
@@ -58,6 +61,9 @@ CLEAN = [  # a free-text reply (vlm_short, vlm_long) or one listed item → its 
     ("“左边的猫”", "左边的猫"),
     ("「左边的猫」", "左边的猫"),
     ("the sign reading: stop", "the sign reading: stop"),  # a colon after no label and no "Here is"
+    ('the sign whose caption is "Open"', 'the sign whose caption is "Open"'),
+    ('the sign whose reply is "No"', 'the sign whose reply is "No"'),
+    ("the answer is wrong sign", "the answer is wrong sign"),  # no quote: no preamble
     ("12:30 on the clock face", "12:30 on the clock face"),
     ('the "Stop" sign', 'the "Stop" sign'),
     ('"Stop" sign on the pole', '"Stop" sign on the pole'),

@@ -34,6 +34,12 @@ _LABEL_WORD = (r"(?:expressions?|phrases?|descriptions?|answers?|captions?|outpu
                r"|results?)(?:[\s_]*#?\d{1,3})?(?![^\W_])")
 # "Here is a short phrase:", "Short phrase:", "Expression 1:", "**Description:**": up to the first colon
 _PREFIX = re.compile(rf"^(?:here\s+(?:is|are)\b|here['’]s\b|[^:]*?\b{_LABEL_WORD})[^:]{{0,100}}?:(?:\s+|$)", re.I)
+# 'The phrase is "the black cat".', 'A good referring expression would be "...": a sentence about the answer
+# that starts the reply, before a quoted span, which is the phrase ("the sign whose caption is "Open"" and
+# "the answer is wrong sign" keep their words)
+_SAYS = re.compile(r"^(?:(?:the|a|an|my|one|this|your)\s+)?(?:(?:good|short|best|better|suitable|possible|final|new"
+                   r"|referring|rewritten|revised|unique|unambiguous)\s+){0,2}(?:expression|phrase|description|answer"
+                   r"|output|response|reply)\s+(?:is|would\s+be|could\s+be|will\s+be)\s+(?=[\"“'‘«「『])", re.I)
 _INTRO = re.compile(r"^(?:here\s+(?:is|are)|here['’]s)\b[^:]*$", re.I)  # "Here's a phrase for it." alone
 _PAIRS = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’", "`": "`", "«": "»", "「": "」", "『": "』"}
 _WRAP = {**_PAIRS, "*": "*", "_": "_"}
@@ -130,7 +136,7 @@ def _phrase(line: str) -> str:
         s = _ACK.sub("", s)
         if s.endswith((":", "：")) or _INTRO.match(s):
             return ""  # "Here are 3 phrases for the person:", "Here's a phrase for it."
-        if (m := _PREFIX.match(s)) and s[m.end():]:
+        if (m := _PREFIX.match(s) or _SAYS.match(s)) and s[m.end():]:
             s = s[m.end():]
             s = _quoted(s) or s
         s = _unwrap(s)
