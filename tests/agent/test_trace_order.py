@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from reallod.agent.realign import RealignOptions, realign
-from reallod.agent.trace import read_trace
+from reallod.agent.trace import read_trace, trace_path_for
 from reallod.errors import DataError
 from reallod.runs.journal import read_journal
 from tests.agent.io_helpers import EXAMPLES, REPO
@@ -49,9 +49,10 @@ def run(out, **kw):
     return realign(opts, roles=scripted_roles(colour_judge, vlm=False))
 
 
-@pytest.mark.parametrize("when", ["after", "before"])
-def test_a_kill_around_the_journal_write_keeps_every_journaled_tasks_full_trace(tmp_path, when):
-    out = tmp_path / "o.jsonl"
+@pytest.mark.parametrize("name", ["o.jsonl", "o.jsonl.gz"])  # a .gz output's trace is gzip: a kill leaves
+@pytest.mark.parametrize("when", ["after", "before"])        # its member unfinished
+def test_a_kill_around_the_journal_write_keeps_every_journaled_tasks_full_trace(tmp_path, when, name):
+    out = tmp_path / name
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out), "4", when, str(EXAMPLES / "realdata.jsonl"),
                            str(EXAMPLES / "images")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -59,7 +60,8 @@ def test_a_kill_around_the_journal_write_keeps_every_journaled_tasks_full_trace(
     assert len(killed) == (4 if when == "after" else 3)  # one task per write at concurrency 1
     done = run(out)
     _, journal = read_journal(tmp_path / "o.journal.jsonl")
-    entries = list(read_trace(tmp_path / "o.trace.jsonl")[1])
+    entries = list(read_trace(trace_path_for(out))[1])
+    assert trace_path_for(out).name == name.replace(".jsonl", ".trace.jsonl")
     ids = [e["task_id"] for e in entries]
     assert len(ids) == len(set(ids)) == len(journal) == done.summary.tasks  # every task once
     assert set(ids) == set(journal)

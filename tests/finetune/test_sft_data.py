@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import orjson
@@ -115,6 +116,15 @@ def test_identical_examples_are_kept_once(teacher_run, teacher_data, tmp_path) -
     assert rep.examples == once["examples"]
     # every example of the copy is a duplicate, of the kept ones or of the ones dropped the first time
     assert rep.duplicates == 2 * once["duplicates"] + sum(sum(s.values()) for s in once["examples"].values())
+
+
+def test_a_gzip_trace_its_run_never_closed_gives_the_same_data(teacher_run, teacher_data, tmp_path) -> None:
+    packer = zlib.compressobj(wbits=31)  # gzip, ended by a sync point, not by the member's end: a killed run's
+    packed = tmp_path / "teacher.trace.jsonl.gz"
+    packed.write_bytes(packer.compress((teacher_run / "teacher.trace.jsonl").read_bytes())
+                       + packer.flush(zlib.Z_SYNC_FLUSH))
+    rep = build_sft_data([packed], tmp_path / "sft", val_fraction=0.25)
+    assert rep.examples == json.loads((teacher_data / "manifest.json").read_text())["examples"]
 
 
 def test_vlm_examples_carry_their_re_rendered_views(teacher_data) -> None:

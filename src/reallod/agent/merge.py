@@ -23,7 +23,7 @@ import orjson
 from reallod.agent.assemble import DEFAULT_SOURCE, POLICIES, Policy, Results, assemble, output_source
 from reallod.agent.inputs import iter_tasks, load_captions, shard_key
 from reallod.agent.summary import RunSummary
-from reallod.agent.trace import TRACE_VERSION, trace_path_for
+from reallod.agent.trace import TRACE_VERSION, trace_path_for, whole_lines
 from reallod.data.io import AtomicWriter
 from reallod.errors import ConfigError, ReallodError
 from reallod.runs.journal import (
@@ -257,16 +257,15 @@ def _merge_traces(shard_outs: list[Path], out: Path) -> tuple[Path | None, str]:
                       + (f"; the earlier {target} was removed (it was not this output's)" if stale else ""))
     with AtomicWriter(target) as w:
         for i, t in enumerate(traces):
-            with open(t, "rb") as f:
-                first = f.readline()
-                if i == 0:
-                    try:
-                        header = orjson.loads(first)
-                    except orjson.JSONDecodeError:
-                        header = {"trace": TRACE_VERSION}
-                    header.update(shard=None, merged_from=[os.fspath(p) for p in shard_outs])
-                    w.write(orjson.dumps(header) + b"\n")
-                for line in f:
-                    if line.endswith(b"\n"):
-                        w.write(line)
+            lines = whole_lines(t)
+            first = next(lines, b"")
+            if i == 0:
+                try:
+                    header = orjson.loads(first)
+                except orjson.JSONDecodeError:
+                    header = {"trace": TRACE_VERSION}
+                header.update(shard=None, merged_from=[os.fspath(p) for p in shard_outs])
+                w.write(orjson.dumps(header) + b"\n")
+            for line in lines:
+                w.write(line)
     return target, ""

@@ -22,6 +22,7 @@ from typing import Any
 from reallod.agent.agent_config import load_agent_config
 from reallod.agent.merge import MergeResult, merge_shards
 from reallod.agent.realign import RealignOptions, check_outputs, image_loader, realign
+from reallod.data.io import wants_gzip
 from reallod.errors import ConfigError, DataError
 from reallod.runs.journal import beside
 from reallod.runs.ray import import_ray, live_nodes, map_on_ray, ray_session
@@ -72,7 +73,9 @@ def shard_options(opts: RealignOptions, k: int, n: int) -> RealignOptions:
     config = opts.config
     if Path(config).is_file():
         config = os.path.abspath(config)
-    out = shard_dir_for(absolute(opts.out)) / f"shard-{k}-of-{n}.jsonl"  # type: ignore[arg-type]
+    # a .gz output's shards are gzipped too, their traces with them (a twelfth of the size)
+    name = f"shard-{k}-of-{n}.jsonl" + (".gz" if wants_gzip(opts.out) else "")
+    out = shard_dir_for(absolute(opts.out)) / name  # type: ignore[arg-type]
     return dataclasses.replace(
         opts, input=absolute(opts.input), config=config, out=out,
         images=absolute(opts.images if opts.images is not None else opts.input.parent),

@@ -6,6 +6,11 @@ with the values its template was rendered with, its prompt, view and crop box, r
 decision, latency and tokens. Images inside prompts are not
 stored: an image part becomes ``{"type": "image", "image": {"size": [w, h]}}`` and the report
 re-renders the view from the task's image and the recorded view name and crop box.
+
+The trace of a ``.gz`` output is gzipped (``OUT.trace.jsonl.gz``): its prompts repeat from line to line,
+so it is about a tenth of the size. Each line is flushed with a sync point, so a reader gets every whole
+line while the run goes on or after it was killed (the member then has no end); a resumed run rewrites
+it whole (:func:`keep_tasks`) before it appends a new member.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from PIL import Image
 
 from reallod.agent.inputs import TaskItem, TaskProblem
 from reallod.agent.task import TaskResult
-from reallod.data.io import AtomicWriter, iter_lines, probe_gzip
+from reallod.data.io import AtomicWriter, iter_lines, probe_gzip, wants_gzip
 from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import beside
 
@@ -32,8 +37,12 @@ TRACE_VERSION = 2
 
 
 def trace_path_for(out: str | os.PathLike) -> Path:
-    """``OUT.jsonl`` → ``OUT.trace.jsonl`` (also for ``.jsonl.gz`` and ``.json``)."""
-    return beside(out, ".trace.jsonl")
+    """``OUT.jsonl`` → ``OUT.trace.jsonl`` (also for ``.json``), ``OUT.jsonl.gz`` → ``OUT.trace.jsonl.gz``,
+    unless a plain trace an earlier version wrote for it is there (a run it resumes goes on with it)."""
+    plain = beside(out, ".trace.jsonl")
+    if not wants_gzip(out) or plain.is_file():
+        return plain
+    return beside(out, ".trace.jsonl.gz")
 
 
 def result_to_json(result: TaskResult) -> dict[str, Any]:
@@ -52,19 +61,25 @@ def item_to_json(item: TaskItem) -> dict[str, Any]:
 class TraceWriter:
     """Appends one line per finished task and flushes it, so the trace can be read while a run goes on.
 
-    ``append=True`` continues an existing trace (a resumed run): a line torn by a crash is cut first,
-    and the header is kept.
+    ``append=True`` continues an existing trace (a resumed run): a line torn by a crash is cut first (a
+    gzip trace is rewritten whole, :func:`keep_tasks`), and the header is kept. A ``.gz`` path is
+    written gzipped, a new member each time it is opened.
     """
 
     def __init__(self, path: str | os.PathLike, header: dict[str, Any], *, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
-        if append and _has_header(self.path):
-            _cut_torn_tail(self.path)
-            self._f: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        else:
-            self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        appending = append and _has_header(self.path)
+        if appending:
+            if wants_gzip(self.path):
+                keep_tasks(self.path, None)
+            else:
+                _cut_torn_tail(self.path)
+        self._raw: IO[bytes] = open(self.path, "ab" if appending else "wb")  # noqa: SIM115 - closed in close()
+        self._f: IO[bytes] = (gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
+                              if wants_gzip(self.path) else self._raw)
+        if not appending:
             self._write({"trace": TRACE_VERSION, **header})
 
     def write(self, item: TaskItem, result: TaskResult) -> None:
@@ -78,11 +93,13 @@ class TraceWriter:
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._f.write(_dumps(obj) + b"\n")
-        self._f.flush()
+        self._f.flush()  # gzip: a sync point, then the file's own flush
 
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
+        if not self._raw.closed:
+            self._raw.close()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -97,38 +114,57 @@ _ID = re.compile(rb'^\{"task_id":("(?:[^"\\]|\\.)*")')
 def trace_ids(path: str | os.PathLike) -> set[str]:
     """The task ids a trace holds, read from the start of each line only (fast on big traces)."""
     ids: set[str] = set()
-    with open(path, "rb") as f:
-        for line in f:
-            m = _ID.match(line)
-            if m is not None and line.endswith(b"\n"):
-                ids.add(orjson.loads(m.group(1)))
+    for line in whole_lines(path):
+        if (m := _ID.match(line)) is not None:
+            ids.add(orjson.loads(m.group(1)))
     return ids
 
 
-def keep_tasks(path: str | os.PathLike, done: Container[str]) -> set[str]:
-    """Drop the lines of tasks the journal does not hold (failed ones it gave back to be run again:
-    their new line replaces the old), so the trace lists every task once; returns the ids it keeps.
-    Rewritten aside and renamed, and only when something goes."""
+def whole_lines(path: str | os.PathLike, cut: list[int] | None = None) -> Iterator[bytes]:
+    """Each whole line of a trace, plain or gzip, with its newline: not a last line a crash cut short, nor
+    the end of a gzip member its writer never closed (the line number it ends after goes into ``cut``).
+    An empty file has none (a run killed before its first flush)."""
+    if os.path.getsize(path) == 0:
+        return
+    if probe_gzip(path):
+        for _, line in iter_lines(path, on_cut=cut.append if cut is not None else lambda _: None):
+            yield line + b"\n"
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):
+                yield line
+
+
+def keep_tasks(path: str | os.PathLike, done: Container[str] | None) -> set[str]:
+    """Drop the lines of tasks the journal does not hold (``done``; None keeps every task): failed ones
+    it gave back to be run again, whose new line replaces the old, so the trace lists every task once;
+    returns the ids it keeps. Rewritten aside and renamed, and only when something goes or a gzip
+    trace's writer never closed it (a new member cannot follow an unfinished one)."""
     path = Path(path)
     if not _has_header(path):
         return set()
-    ids = trace_ids(path)
-    if all(tid in done for tid in ids):
+    cut: list[int] = []
+    ids = set()
+    for line in whole_lines(path, cut):
+        if (m := _ID.match(line)) is not None:
+            ids.add(orjson.loads(m.group(1)))
+    kept = ids if done is None else {tid for tid in ids if tid in done}
+    if len(kept) == len(ids) and not cut:
         return ids
-    with open(path, "rb") as f, AtomicWriter(path) as w:
-        w.write(f.readline())  # the header
-        for line in f:
-            m = _ID.match(line)
-            if m is not None and line.endswith(b"\n") and orjson.loads(m.group(1)) in done:
+    with AtomicWriter(path) as w:
+        lines = whole_lines(path)
+        w.write(next(lines))  # the header
+        for line in lines:
+            if (m := _ID.match(line)) is not None and orjson.loads(m.group(1)) in kept:
                 w.write(line)
-    return {tid for tid in ids if tid in done}
+    return kept
 
 
 def _has_header(path: Path) -> bool:
     if not path.is_file():
         return False
-    with open(path, "rb") as f:
-        first = f.readline()
+    first = next(whole_lines(path), b"")
     try:
         obj = orjson.loads(first)
     except orjson.JSONDecodeError:
@@ -157,8 +193,10 @@ def _cut_torn_tail(path: Path) -> None:
 
 def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """(header, iterator over task entries) of a trace file; a torn last line (no newline after it: a
-    write a crash cut short) is skipped, any other line that does not parse is damage and raises."""
-    lines = iter_lines(path)
+    write a crash cut short; in a gzip trace, what follows its last sync point) is skipped, any other
+    line that does not parse is damage and raises."""
+    gz = probe_gzip(path)
+    lines = iter_lines(path, on_cut=lambda _: None)
     try:
         _, first = next(lines)
         header = orjson.loads(first)
@@ -181,7 +219,8 @@ def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[s
                 continue
             if isinstance(obj, dict) and "task_id" in obj:
                 yield obj
-        if torn is not None and _ends_with_newline(path):  # written whole: damage, not a torn write
+        # written whole: damage, not a torn write (a gzip trace's torn line never reaches here)
+        if torn is not None and (gz or _ends_with_newline(path)):
             raise _damaged(path, torn)
 
     return header, entries()
@@ -193,19 +232,13 @@ def _damaged(path: str | os.PathLike, line: int) -> DataError:
 
 
 def _ends_with_newline(path: str | os.PathLike) -> bool:
-    """Whether the (gunzipped) content ends with a newline: a last line ended by one was written whole,
-    so if it does not parse it is damage, not a write a crash cut short."""
-    last = b""
-    if probe_gzip(path):
-        with gzip.open(path, "rb") as f:  # only read through when the last line is bad
-            while chunk := f.read(1 << 20):
-                last = chunk[-1:]
-    else:
-        with open(path, "rb") as f:
-            if f.seek(0, os.SEEK_END) > 0:
-                f.seek(-1, os.SEEK_END)
-                last = f.read(1)
-    return last == b"\n"
+    """Whether a plain trace ends with a newline: a last line ended by one was written whole, so if it
+    does not parse it is damage, not a write a crash cut short."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def find_entry(path: str | os.PathLike, task_id: str) -> dict[str, Any]:

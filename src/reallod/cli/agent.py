@@ -59,7 +59,7 @@ class _SftDataCommand(typer.core.TyperCommand):
 @app.command("sft-data", cls=_SftDataCommand)
 def sft_data_cmd(
     traces: Annotated[list[Path], typer.Argument(
-        help="Trace files of agent runs (OUT.trace.jsonl of realign or agent-eval).", show_default=False)],
+        help="Trace files of agent runs (OUT.trace.jsonl or .jsonl.gz of realign or agent-eval).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Dataset folder: ROLE/train.jsonl, ROLE/val.jsonl, images/, "
                                                     "manifest.json.")],
     select: Annotated[str, typer.Option(

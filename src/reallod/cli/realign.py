@@ -104,7 +104,8 @@ def realign_cmd(
         show_default=False)] = None,
     config: Annotated[str | None, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Real-Data output (.jsonl or .jsonl.gz); OUT.trace.jsonl and OUT.journal.jsonl go next to it.")] = None,
+        "--out", help="Real-Data output (.jsonl or .jsonl.gz); OUT.trace.jsonl (.jsonl.gz for a .gz output) and "
+        "OUT.journal.jsonl go next to it.")] = None,
     images: Annotated[Path | None, typer.Option(
         "--images", metavar="ROOT", help="Image root; image paths in the input are relative to it (default: the input file's folder).")] = None,
     captions: Annotated[Path | None, typer.Option(
@@ -197,7 +198,7 @@ def realign_cmd(
 def realign_merge_cmd(
     shards: Annotated[list[Path], typer.Argument(help="The --out files of the shard runs (all N of them).",
                                                  show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl).")],
+    out: Annotated[Path, typer.Option("--out", help="Merged Real-Data output (trace: OUT.trace.jsonl, .jsonl.gz for a .gz output).")],
     unresolved: Annotated[str | None, typer.Option(
         "--unresolved", help="drop, keep or negative, as for realign (default: the one the shards ran with; "
         "one given here wins, and the merge says so).")] = None,

@@ -19,7 +19,7 @@ import socket
 import stat
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn, Self
@@ -298,6 +298,7 @@ class _Gunzip(io.RawIOBase):
         self._member: Any = None  # the member's decompressor; None between members
         self._input = b""
         self.error: str | None = None
+        self.cut = False  # the error is only that the file ends inside a member (its writer still open)
 
     def readable(self) -> bool:
         return True
@@ -308,7 +309,7 @@ class _Gunzip(io.RawIOBase):
                 self._input = self._raw.read(1 << 16)
                 if not self._input:
                     if self._member is not None:
-                        self.error = "the file ends inside a gzip member"
+                        self.error, self.cut = "the file ends inside a gzip member", True
                     return 0
             if self._member is None:
                 self._input = self._input.lstrip(b"\0")
@@ -348,7 +349,8 @@ def _replay(member: Any, data: bytes, size: int) -> bytes:
     return bytes(out)
 
 
-def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False,
+               on_cut: Callable[[int], None] | None = None) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the newline), skipping blank lines.
 
     A byte-order mark that starts the (gunzipped) content is dropped, unless ``keep_bom`` (for
@@ -356,7 +358,10 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[t
 
     Read failures (missing file, a ``.gz`` that is not gzip, a truncated stream) raise
     :class:`DataError` naming the file and the last line read; every complete line before a
-    truncated or corrupt gzip stream breaks off is yielded first.
+    truncated or corrupt gzip stream breaks off is yielded first. With ``on_cut``, a gzip stream that
+    only ends inside a member (a file its writer has not closed: a trace of a run that goes on or was
+    killed) ends the lines instead, ``on_cut`` called with the last line's number; the line the cut
+    broke off is not yielded.
     """
     path = str(path)
     raw, gz = open_input(path)
@@ -374,6 +379,9 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False) -> Iterator[t
             if line.strip():
                 yield lineno, line
         if gunzip is not None and gunzip.error:
+            if gunzip.cut and on_cut is not None:
+                on_cut(lineno)
+                return
             raise DataError(f"gzip stream is corrupt or truncated after line {lineno} ({gunzip.error})", path=path)
 
 
