@@ -55,6 +55,33 @@ def test_crowd_and_tiny_boxes_are_filtered_by_option(tmp_path):
     assert 0 < sum(len(i.objects) for i in small.images) < 12
 
 
+def test_clamp_boxes_clamps_boxes_past_the_border_and_counts_them(tmp_path):
+    """Objects365-style boxes a few pixels past the border: refused by default (naming each, with the
+    option), clamped and counted per image with --clamp-boxes; one with nothing inside is dropped."""
+    def past(anns: list) -> None:
+        anns[0]["bbox"] = [-20, -5, 400, 600]  # astronaut.jpg, 512x512: past the left, top and bottom
+        anns[1]["bbox"] = [600, 10, 50, 20]  # wholly outside
+        anns[2]["iscrowd"], anns[2]["bbox"] = 1, [-50, 0, 10, 10]  # a crowd box, skipped: not counted
+
+    p = coco(tmp_path, annotations=past)
+    with pytest.raises(DataError, match=r"2 boxes lie outside .* --clamp-boxes clamps them to the image"):
+        read_annotations(p, EXAMPLES / "images")
+    anns = read_annotations(p, EXAMPLES / "images", options=ReadOptions(clamp_boxes=True))
+    first = anns.images[0]
+    assert first.filename == "astronaut.jpg" and first.clamped == 1 and sum(i.clamped for i in anns.images) == 1
+    assert first.objects[0].box == [0.0, 0.0, 380.0, 512.0]
+    assert anns.skipped["boxes outside the image"] == 1 and sum(len(i.objects) for i in anns.images) == 10
+
+
+def test_clamp_boxes_for_openimages_fractions(tmp_path):
+    boxes, classes, root = openimages(tmp_path, ["abc123,xclick,/m/01yrx,1,-0.1,0.5,0.2,1.2,0,0,0,0,0"])
+    with pytest.raises(DataError, match="--clamp-boxes") as e:
+        read_annotations(boxes, root, classes=classes)
+    assert e.value.line == 2
+    img = read_annotations(boxes, root, classes=classes, options=ReadOptions(clamp_boxes=True)).images[0]
+    assert img.clamped == 1 and img.objects[0].box[0] == 0.0 and img.objects[0].box[3] == img.height
+
+
 def openimages(tmp_path: Path, rows: list[str]) -> tuple[Path, Path, Path]:
     root = tmp_path / "img"
     root.mkdir()
@@ -188,7 +215,7 @@ def test_every_box_outside_its_image_is_named_in_one_error(tmp_path):
     assert str(e.value).startswith(f"{tmp_path / 'ann.json'}: 12 boxes lie outside their image by more than 1 px: "
                                    "annotations[0].bbox: box [x, y, w, h] = [500, 10, 300, 20] lies outside")
     assert "annotations[4].bbox" in str(e.value) and "annotations[5]" not in str(e.value)
-    assert str(e.value).endswith(" and 7 more")
+    assert str(e.value).endswith(" and 7 more; --clamp-boxes clamps them to the image (or fix the annotations)")
 
 
 def test_every_missing_image_is_named_in_one_error(tmp_path):

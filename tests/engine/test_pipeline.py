@@ -2,6 +2,7 @@
 and an output that passes ``data validate`` and ``data stats``."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -534,3 +535,26 @@ def test_an_lvis_category_is_named_in_prompts_as_people_name_it_and_its_phrases_
     assert glass["positive_expressions"] == ["the glass next to the saucer", "the glass on the plate",
                                              "the white glass"]
     assert run.counts.get("llm: wrong object:dropped", 0) == 0
+
+
+def test_generate_clamp_boxes_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """Boxes past the border are refused, the option named; --clamp-boxes clamps them and counts those of
+    the images the run generates (not the others of the file)."""
+    ann = tmp_path / "ann.json"
+    data = json.loads((EXAMPLES / "annotations.json").read_text())
+    for image in (data["images"][0], data["images"][-1]):  # one box of each 10 px past the left border
+        a = next(a for a in data["annotations"] if a["image_id"] == image["id"])
+        a["bbox"] = [-10, a["bbox"][1], a["bbox"][2] + 10, a["bbox"][3]]
+    ann.write_text(json.dumps(data))
+    command = ["generate", "--annotations", ann, "--images", EXAMPLES / "images", "--out", tmp_path / "g.jsonl",
+               "--limit", "1", "--no-progress"]
+    code, _, err = run_cli(command, capsys)
+    assert code != 0 and "--clamp-boxes clamps them to the image" in err and "lies outside its image" in err
+    import reallod.engine.pipeline as pl
+
+    monkeypatch.setattr(pl, "build_roles_for", lambda o: (scripted_roles(generation_answers()), "scripted", 3, 2))
+    code, out, err = run_cli([*command, "--clamp-boxes"], capsys)
+    assert code == 0, out + err
+    assert re.search(r"annotations: boxes outside the image:clamped 1\b", out)  # the first image's: --limit 1
+    pairs = records(tmp_path / "g.jsonl")[0]["pairs"]
+    assert min(b[0] for group in pairs.values() for p in group for b in p["bboxes"]) == 0

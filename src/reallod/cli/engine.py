@@ -55,6 +55,8 @@ _OPT_CONFIG = _A[str, typer.Option("--config", help=f"Agent config (path, or shi
 _OPT_CLASSES = _A[Path | None, typer.Option("--classes", help="OpenImages class-description CSV.")]
 _OPT_CROWD = _A[bool, typer.Option("--keep-crowd", help="Keep crowd (COCO iscrowd / OpenImages IsGroupOf) boxes.")]
 _OPT_MIN_AREA = _A[float, typer.Option("--min-box-area", min=0, help="Drop boxes smaller than this (w×h pixels).")]
+_OPT_CLAMP = _A[bool, typer.Option("--clamp-boxes", help="Clamp boxes that leave their image by more than 1 px to it "
+                                   "(counted in the summary) instead of refusing the annotations.")]
 _OPT_NLLM = _A[int, typer.Option("--llm-expressions", min=0, help="LLM phrases per object.")]
 _OPT_NGROUP = _A[int, typer.Option("--group-expressions", min=0, help="Group phrases per multi-instance category.")]
 _OPT_NHARD = _A[int, typer.Option("--hard-negatives", min=0, help="Hard negatives per object (LLM).")]
@@ -75,6 +77,7 @@ _OPT_PROGRESS = _A[bool | None, typer.Option("--progress/--no-progress", help="P
 def _generate_options(
         annotations: _OPT_ANN, images: _OPT_IMAGES, out: Path, config: _OPT_CONFIG = "offline",
         classes: _OPT_CLASSES = None, keep_crowd: _OPT_CROWD = False, min_box_area: _OPT_MIN_AREA = 0.0,
+        clamp_boxes: _OPT_CLAMP = False,
         llm_expressions: _OPT_NLLM = 3, group_expressions: _OPT_NGROUP = 2, hard_negatives: _OPT_NHARD = 2,
         easy_negatives: _OPT_NEASY = 2, max_objects: _OPT_MAXOBJ = None, clip_model: _OPT_CLIP = None,
         clip_threshold: _OPT_CLIPT = None, max_pixels: MaxPixels = MAX_PIXELS, limit: _OPT_LIMIT = None,
@@ -94,7 +97,8 @@ def _generate_options(
     settings = GenerateSettings(llm_expressions=llm_expressions, group_expressions=group_expressions,
                                 hard_negatives=hard_negatives, easy_negatives=easy_negatives, max_objects=max_objects)
     return GenerateOptions(annotations=annotations, images=images, config=config, out=out, classes=classes,
-                           skip_crowd=not keep_crowd, min_area=min_box_area, settings=settings, clip_model=clip_model,
+                           skip_crowd=not keep_crowd, min_area=min_box_area, clamp_boxes=clamp_boxes,
+                           settings=settings, clip_model=clip_model,
                            clip_threshold=0.2 if clip_threshold is None else clip_threshold, max_pixels=max_pixels,
                            limit=limit, shard=shard, concurrency=concurrency,
                            base_url=base_url, llm_base_url=llm_base_url, vlm_base_url=vlm_base_url, cache=cache,

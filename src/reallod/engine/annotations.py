@@ -59,6 +59,7 @@ class ImageAnnotation:
     present: list[str] = field(default_factory=list)  # every category annotated on it, skipped boxes too
     absent: list[str] | None = None  # verified absent (LVIS neg_category_ids); None: every unannotated one
     partial: list[str] = field(default_factory=list)  # categories with a skipped box (crowd, under --min-box-area)
+    clamped: int = 0  # boxes past its border by more than OUTSIDE_TOLERANCE_PX, clamped (--clamp-boxes)
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class ReadOptions:
     skip_crowd: bool = True
     min_area: float = 0.0  # w × h in pixels; smaller boxes are dropped
     check_images: bool = True  # every image must exist (and have the annotated size) under the root
+    clamp_boxes: bool = False  # clamp boxes past the border to the image (counted) instead of refusing them
 
 
 @dataclass(slots=True)
@@ -109,16 +111,22 @@ def read_coco(path: str, images_root: str | os.PathLike, options: ReadOptions) -
         raise DataError(f"expected a COCO-format JSON object (images, annotations, categories), got a "
                         f"{type(data).__name__}: give a COCO/LVIS/Objects365 json, or an OpenImages box CSV "
                         "(.csv, .csv.gz) with --classes", path=path)
-    _check_coco_boxes(data, path)
+    outside = _outside_boxes(data, options)
+    if outside and not options.clamp_boxes:
+        raise all_named([(f"annotations[{i}].bbox", what) for i, _, what, _ in outside],
+                        f"boxes lie outside their image by more than {OUTSIDE_TOLERANCE_PX:g} px", path,
+                        fix="--clamp-boxes clamps them to the image (or fix the annotations)")
     stats = ConvertStats(skipped_by_item={})
     index = {img.get("id"): i for i, img in enumerate(data.get("images") or []) if isinstance(img, dict)}
     images: list[ImageAnnotation] = []
+    clamped = Counter(image_id for _, image_id, _, inside in outside if inside)  # the others are dropped
     for record in coco_to_records(data, path=path, skip_crowd=options.skip_crowd, min_area=options.min_area,
                                   stats=stats):
         i = index[record.extra["image_id"]]
         objects = [AnnObject(pair.category, [float(v) for v in pair.bboxes[0]])
                    for pair in record.pairs.get("category", [])]
-        images.append(ImageAnnotation(record.filename, record.height, record.width, objects, f"images[{i}]"))
+        images.append(ImageAnnotation(record.filename, record.height, record.width, objects, f"images[{i}]",
+                                      clamped=clamped[record.extra["image_id"]]))
     presence = _coco_presence(data, path)  # the ids are checked now
     for img in images:
         img.present, img.absent, boxes = presence[img.entry]
@@ -176,15 +184,17 @@ def _lvis_ids(raw: dict[str, Any], key: str, names: dict[Any, str], path: str, w
     return out
 
 
-def _check_coco_boxes(data: Any, path: str) -> None:
-    """A box that leaves its image is an annotation error: name it (coco_to_records would clamp it)."""
+def _outside_boxes(data: Any, options: ReadOptions) -> list[tuple[int, Any, str, bool]]:
+    """The boxes that leave their image (index, image id, what is wrong, whether any of it is inside): an
+    annotation error, unless ``--clamp-boxes`` (coco_to_records clamps them, or drops one with nothing
+    inside). Crowd boxes that are skipped do not count."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
             data.get("annotations"), list):
-        return  # coco_to_records names what is missing
+        return []  # coco_to_records names what is missing
     sizes = {img.get("id"): (img.get("width"), img.get("height")) for img in data["images"] if isinstance(img, dict)}
-    bad: list[str] = []
+    bad: list[tuple[int, Any, str, bool]] = []
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
+        if not isinstance(ann, dict) or (options.skip_crowd and ann.get("iscrowd")):
             continue
         size, bbox = sizes.get(ann.get("image_id")), ann.get("bbox")
         if size is None or not (isinstance(bbox, list) and len(bbox) == 4 and all(
@@ -196,10 +206,10 @@ def _check_coco_boxes(data: Any, path: str) -> None:
         x, y, bw, bh = bbox
         t = OUTSIDE_TOLERANCE_PX
         if x < -t or y < -t or x + bw > w + t or y + bh > h + t:
-            bad.append((f"annotations[{i}].bbox", f"box [x, y, w, h] = {bbox} lies outside its image ({w}x{h}, "
-                        f"image id {ann.get('image_id')})"))
-    if bad:
-        raise all_named(bad, f"boxes lie outside their image by more than {OUTSIDE_TOLERANCE_PX:g} px", path)
+            inside = min(x + bw, w) > max(x, 0) and min(y + bh, h) > max(y, 0)
+            bad.append((i, ann.get("image_id"), f"box [x, y, w, h] = {bbox} lies outside its image ({w}x{h}, "
+                        f"image id {ann.get('image_id')})", inside))
+    return bad
 
 
 SHOWN = 5
@@ -207,13 +217,14 @@ SHOWN = 5
 problem a run."""
 
 
-def all_named(problems: list[tuple[str, str]], what: str, path: str) -> DataError:
+def all_named(problems: list[tuple[str, str]], what: str, path: str, *, fix: str = "") -> DataError:
     """One error for every problem (field, why) of a kind: the first :data:`SHOWN` named, the others
-    counted; one problem alone is located by its field."""
+    counted, then ``fix`` (what the user can do about them all); one problem alone is located by its field."""
+    fix = f"; {fix}" if fix else ""
     if len(problems) == 1:
-        return DataError(problems[0][1], path=path, field=problems[0][0])
-    return DataError(f"{len(problems)} {what}: " + first_few([f"{f}: {m}" for f, m in problems], SHOWN, sep="; "),
-                     path=path)
+        return DataError(problems[0][1] + fix, path=path, field=problems[0][0])
+    return DataError(f"{len(problems)} {what}: " + first_few([f"{f}: {m}" for f, m in problems], SHOWN, sep="; ")
+                     + fix, path=path)
 
 
 def check_image_files(images: Iterable[ImageAnnotation], path: str, images_root: str | os.PathLike) -> None:
@@ -330,9 +341,14 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
             x1, x2, y1, y2 = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
         except (TypeError, ValueError):
             raise DataError("XMin/XMax/YMin/YMax must be numbers", path=path, line=line) from None
-        if not all(-1e-3 <= v <= 1 + 1e-3 for v in (x1, x2, y1, y2)) or x2 < x1 or y2 < y1:
+        if x2 < x1 or y2 < y1:
+            raise DataError(f"box (XMin {x1}, XMax {x2}, YMin {y1}, YMax {y2}): a maximum under its minimum",
+                            path=path, line=line)
+        outside = not all(-1e-3 <= v <= 1 + 1e-3 for v in (x1, x2, y1, y2))
+        if outside and not options.clamp_boxes:
             raise DataError(f"box (XMin {x1}, XMax {x2}, YMin {y1}, YMax {y2}) lies outside the image "
-                            "(coordinates are fractions of the image size)", path=path, line=line)
+                            "(coordinates are fractions of the image size; --clamp-boxes clamps them to it)",
+                            path=path, line=line)
         image_id = row["ImageID"]
         img = by_image.get(image_id)
         if img is None:
@@ -352,6 +368,7 @@ def read_openimages(path: str, classes: str | os.PathLike, images_root: str | os
             stats.skip("boxes under the minimum area" if area > 0 else "boxes with no area", item=img.filename)
             _add(img.partial, names[label])
             continue
+        img.clamped += outside
         img.objects.append(AnnObject(names[label], box))
     images = [img for img in by_image.values() if img.objects]
     for img in by_image.values():

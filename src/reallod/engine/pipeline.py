@@ -74,6 +74,9 @@ class GenerateOptions:
     classes: Path | None = None  # OpenImages class descriptions
     skip_crowd: bool = True
     min_area: float = 0.0
+    # boxes past the image border clamped (counted), not refused; not fingerprinted: without it such
+    # annotations are refused, so a journal begun without it was begun on the same boxes
+    clamp_boxes: bool = False
     settings: GenerateSettings = field(default_factory=GenerateSettings)
     clip_model: str | None = None  # path or hub id; None: no filter
     clip_threshold: float = 0.2
@@ -257,6 +260,7 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
     refuse_output(opts.out, "--out", {**kept_files(opts), "the generation journal": journal_path}, opts.images)
     anns = read_annotations(opts.annotations, opts.images, classes=opts.classes,
                             options=ReadOptions(skip_crowd=opts.skip_crowd, min_area=opts.min_area,
+                                                clamp_boxes=opts.clamp_boxes,
                                                 check_images=False))  # only those to generate: below
     todo_all = selected_images(anns.images, shard, opts.limit)
     concurrency = opts.concurrency or 8
@@ -316,6 +320,8 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
                              hold_places=dict(todo_all) if hold_places else None)
     skipped = anns.skipped_in(lambda name: in_shard(f"image:{name}", shard)) if shard else anns.skipped
     counts.update({f"annotations: {reason}:skipped": n for reason, n in skipped.items()})
+    if clamped := sum(img.clamped for _, img in todo_all):  # this run's images' (--clamp-boxes)
+        counts["annotations: boxes outside the image:clamped"] = clamped
     failed_images = [img.filename for tid, img in todo if tid in failed_ids]
     return GenerateRun(opts.out, journal_path, len(todo_all), resumed, ran - len(failed_ids), counts, unavailable,
                        time.perf_counter() - t0, {**fp, "run": started}, len(failed_ids), failed, failed_images,
