@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = gzip.decompress(path.read_bytes()).decode() if path.name.endswith(".gz") else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def fake_server_config(path: Path, url: str, *, vlm: bool = True, timeout_s: float = 5.0, attempts: int = 3,

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from reallod.agent.task import VERDICTS
-from reallod.agent.trace import read_trace
+from reallod.agent.trace import read_trace, trace_path_for
 from reallod.runs.journal import read_journal
 from tests.agent.fake_openai_server import FakeChatServer, FakeReply, chat_reply, error_reply, valid_decision
 from tests.agent.io_helpers import REPO, fake_server_config, many_tasks, read_jsonl
@@ -31,7 +31,8 @@ def journal_tasks(path) -> int:
         return 0
 
 
-def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("name", ["o.jsonl", "o.jsonl.gz"])  # gzip: each kill leaves the trace's member open
+def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, name):
     pick = random.Random(20240501)
     server_rng = random.Random(7)  # answers are random: only the cache makes a rerun give the same
 
@@ -41,7 +42,7 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(t
     with FakeChatServer(respond) as server:
         cfg = fake_server_config(tmp_path / "cfg.yaml", server.url, concurrency=4)
         src = many_tasks(tmp_path / "in", 60)
-        out, cache = tmp_path / "out" / "o.jsonl", tmp_path / "cache.sqlite"
+        out, cache = tmp_path / "out" / name, tmp_path / "cache.sqlite"
         journal = tmp_path / "out" / "o.journal.jsonl"
         def command(target):
             return [*CLI, "realign", str(src), "--config", str(cfg), "--out", str(target), "--cache", str(cache),
@@ -65,15 +66,16 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(t
         assert final.returncode == 0, final.stderr
         before = len(server.requests)
         ref = subprocess.run(command(tmp_path / "ref" / "r.jsonl"), cwd=REPO, capture_output=True, text=True,
-                             timeout=120)
+                             timeout=120)  # plain: its trace is the reference for both
         assert ref.returncode == 0, ref.stderr
         assert len(server.requests) == before  # the uninterrupted rerun came entirely from the cache
     assert read_jsonl(out) == read_jsonl(tmp_path / "ref" / "r.jsonl")
     _, done = read_journal(journal)
     assert sorted(done, key=int) == [str(i) for i in range(60)]
     assert journal.read_bytes().count(b"\n") == 61  # header + one line per task: none twice
-    ids = [e["task_id"] for e in read_trace(tmp_path / "out" / "o.trace.jsonl")[1]]
-    assert sorted(ids, key=int) == [str(i) for i in range(60)]
+    entries = list(read_trace(trace_path_for(out))[1])
+    assert sorted((e["task_id"] for e in entries), key=int) == [str(i) for i in range(60)]
+    assert all(e["result"]["steps"] for e in entries)  # every task's full entry, none rebuilt from the journal
     ref_journal = read_journal(tmp_path / "ref" / "r.journal.jsonl")[1]
     assert {k: (v["verdict"], v["expression"]) for k, v in done.items()} == \
         {k: (v["verdict"], v["expression"]) for k, v in ref_journal.items()}
