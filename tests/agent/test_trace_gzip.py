@@ -113,3 +113,20 @@ def test_the_ray_shards_of_a_gz_output_are_gzipped_with_their_traces(tmp_path):
         opts = shard_options(RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=out), 2, 3)
         assert opts.out == tmp_path / f"{out.name.split('.')[0]}.shards" / name, opts.out
         assert trace_path_for(opts.out).name == name.replace(".jsonl", ".trace.jsonl")
+
+
+def test_a_resumed_run_reads_its_gzip_trace_once(tmp_path, monkeypatch):
+    """Mending and dropping given-back tasks are one pass: a million tasks' trace takes a minute to scan."""
+    import reallod.agent.trace as trace_module
+
+    def run(limit: int) -> None:
+        realign(RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=tmp_path / "o.jsonl.gz",
+                               images=EXAMPLES / "images", limit=limit, cache=tmp_path / "cache.sqlite"),
+                roles=scripted_roles(colour_judge, vlm=False))
+
+    run(3)
+    scans, scan = [], trace_module.trace_ids
+    monkeypatch.setattr(trace_module, "trace_ids", lambda *a, **k: scans.append(a) or scan(*a, **k))
+    run(6)
+    got = ids(tmp_path / "o.trace.jsonl.gz")
+    assert len(scans) == 1 and len(got) == len(set(got)) == 6

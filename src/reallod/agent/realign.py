@@ -46,7 +46,7 @@ from reallod.agent.roles import Roles
 from reallod.agent.run_roles import harden, roles_fingerprint
 from reallod.agent.summary import RunSummary, summarize
 from reallod.agent.task import TaskResult
-from reallod.agent.trace import TraceWriter, keep_tasks, result_to_json, trace_path_for
+from reallod.agent.trace import TraceWriter, result_to_json, trace_path_for
 from reallod.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_HINT
 from reallod.data.io import AtomicWriter, check_gzip_whole, check_writable, same_file, written_over
 from reallod.errors import ConfigError
@@ -492,11 +492,10 @@ def _run(opts: RealignOptions, fmt: InputFormat, tasks: Callable[[], Iterator[Ta
             held += item.task_id in done
         return size, held
 
-    have = keep_tasks(trace_path, done) if journal.resumed else set()
-    trace = TraceWriter(trace_path, header, append=journal.resumed > 0)
+    trace = TraceWriter(trace_path, header, append=journal.resumed > 0, keep=done)
     try:
         if journal.resumed:
-            _recover_trace(trace, journal, have)
+            _recover_trace(trace, journal, trace.kept)
 
         async def handle(item: TaskItem, result: TaskResult, elapsed: float) -> None:
             entry = journal_entry(result, elapsed)

@@ -62,19 +62,22 @@ class TraceWriter:
     """Appends one line per finished task and flushes it, so the trace can be read while a run goes on.
 
     ``append=True`` continues an existing trace (a resumed run): a line torn by a crash is cut first (a
-    gzip trace is rewritten whole, :func:`keep_tasks`), and the header is kept. A ``.gz`` path is
-    written gzipped, a new member each time it is opened.
+    gzip trace is rewritten whole), the lines of tasks not in ``keep`` are dropped (:func:`keep_tasks`;
+    the ids kept are :attr:`kept`), and the header is kept. A ``.gz`` path is written gzipped, a new
+    member each time it is opened.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict[str, Any], *, append: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any], *, append: bool = False,
+                 keep: Container[str] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
+        self.kept: set[str] = set()
         appending = append and _has_header(self.path)
         if appending:
-            if wants_gzip(self.path):
-                keep_tasks(self.path, None)
-            else:
+            if keep is not None or wants_gzip(self.path):  # one scan of a big trace, not two
+                self.kept = keep_tasks(self.path, keep)
+            if not wants_gzip(self.path):
                 _cut_torn_tail(self.path)
         self._raw: IO[bytes] = open(self.path, "ab" if appending else "wb")  # noqa: SIM115 - closed in close()
         self._f: IO[bytes] = (gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
