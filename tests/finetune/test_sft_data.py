@@ -137,6 +137,13 @@ def test_vlm_examples_carry_their_re_rendered_views(teacher_data) -> None:
                                   "content": [{"type": "text", "text": '{"answer": "It is in the picture."}'}]}
 
 
+def names_its_line(error: DataError, trace: Path) -> None:
+    """The error names the trace line of the task it names (a million-task trace is not searched by eye)."""
+    assert error.path == str(trace) and error.line is not None
+    task = error.message.split(":")[0].split()[1]
+    assert str(orjson.loads(trace.read_bytes().splitlines()[error.line - 1])["task_id"]) == task
+
+
 def write_labelled(teacher_run: Path, path: Path, fixes: int = 3) -> None:
     """The teacher's tasks with gold labels; the first ``fixes`` colour tasks name "the CATEGORY" as the
     right expression (what the teacher's rewriter writes), the others name none."""
@@ -168,12 +175,17 @@ def test_gold_from_another_input_is_refused(teacher_run, tmp_path) -> None:
     tasks = json.loads((teacher_run / "tasks.json").read_text())
     tasks[0]["raw_expression"] = "something else"
     labelled.write_text("\n".join(json.dumps(t) for t in tasks) + "\n")
-    with pytest.raises(DataError, match=r"teacher.trace.jsonl: task 0: raw expression 'the person'.*another input"):
-        build_sft_data([teacher_run / "teacher.trace.jsonl"], tmp_path / "sft", source="gold", labelled=labelled)
+    trace = teacher_run / "teacher.trace.jsonl"
+    with pytest.raises(DataError, match=r"teacher.trace.jsonl:\d+: task 0: raw expression 'the person'.*another in"
+                                        r"put") as raised:
+        build_sft_data([trace], tmp_path / "sft", source="gold", labelled=labelled)
+    names_its_line(raised.value, trace)
     tasks = json.loads((teacher_run / "tasks.json").read_text())
     labelled.write_text("\n".join(json.dumps(t) for t in tasks[:3]) + "\n")
-    with pytest.raises(DataError, match=r"teacher.trace.jsonl: task \d+ has no gold label in .*labelled.jsonl"):
-        build_sft_data([teacher_run / "teacher.trace.jsonl"], tmp_path / "sft", source="gold", labelled=labelled)
+    with pytest.raises(DataError, match=r"teacher.trace.jsonl:\d+: task \d+ has no gold label in .*labelled.jsonl") \
+            as raised:
+        build_sft_data([trace], tmp_path / "sft", source="gold", labelled=labelled)
+    names_its_line(raised.value, trace)
 
 
 def test_an_older_trace_format_is_refused_naming_the_file(teacher_run, tmp_path) -> None:
@@ -191,9 +203,11 @@ def test_an_older_trace_format_is_refused_naming_the_file(teacher_run, tmp_path)
 def test_missing_images_are_a_clear_error(teacher_run, tmp_path) -> None:
     empty = tmp_path / "moved"
     empty.mkdir()
-    with pytest.raises(DataError, match=r"teacher.trace.jsonl: task \d+: cannot re-render the highlight view .* "
-                                         r"(not found|no such|does not exist).*--images"):
-        build_sft_data([teacher_run / "teacher.trace.jsonl"], tmp_path / "sft", images=empty)
+    trace = teacher_run / "teacher.trace.jsonl"
+    with pytest.raises(DataError, match=r"teacher.trace.jsonl:\d+: task \d+: cannot re-render the highlight view "
+                                        r".* (not found|no such|does not exist).*--images") as raised:
+        build_sft_data([trace], tmp_path / "sft", images=empty)
+    names_its_line(raised.value, trace)
     assert not (tmp_path / "sft").exists() and not list(tmp_path.glob(".sft*"))  # nothing half-written
 
 

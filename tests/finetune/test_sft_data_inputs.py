@@ -103,8 +103,9 @@ def test_a_recorded_value_the_template_needs_is_missing(teacher_run, tmp_path) -
                     step["values"].pop("caption")
 
     bad = rewrite_trace(teacher_run / "teacher.trace.jsonl", tmp_path / "novalue.trace.jsonl", entry=drop_caption)
-    with pytest.raises(DataError, match=rf"novalue.trace.jsonl: task {first[0]}: a reflector call whose recorded "
-                                        r"values lack caption, which the template reflector.txt uses"):
+    with pytest.raises(DataError, match=rf"novalue.trace.jsonl:2: result.steps\[\d+\].values: task {first[0]}: a "
+                                        r"reflector call whose recorded values lack caption, which the template "
+                                        r"reflector.txt uses"):
         build_sft_data([bad], tmp_path / "sft")
     assert not (tmp_path / "sft").exists()
 
@@ -118,6 +119,36 @@ def test_a_recorded_value_the_template_needs_is_missing(teacher_run, tmp_path) -
     text = "".join((tmp_path / "sft" / role / f"{s}.jsonl").read_text() for role in ("reflector", "rewriter")
                    for s in ("train", "val"))
     assert "$caption" not in text and "Caption of the image:" in text
+
+
+def test_a_call_without_values_or_with_another_crop_names_its_line(teacher_run, tmp_path) -> None:
+    """A call the trace recorded without values, or a VLM view whose crop box the image no longer gives,
+    is an error naming the line and step of the task (the first task that asked the VLM)."""
+    def tamper(change: Callable[[dict], None]) -> Callable[[dict], None]:
+        lines.clear()
+        seen: list[dict] = []
+
+        def entry(e: dict) -> None:
+            seen.append(e)
+            vlm = [s for s in steps(e) if s["role"] == "vlm"]
+            if vlm and not lines:
+                lines.append(len(seen) + 1)  # the header is line 1
+                change(vlm[0])
+        return entry
+
+    lines: list[int] = []
+
+    trace = teacher_run / "teacher.trace.jsonl"
+    no_values = rewrite_trace(trace, tmp_path / "novalues.trace.jsonl", entry=tamper(lambda s: s.pop("values")))
+    with pytest.raises(DataError, match=rf"novalues.trace.jsonl:{lines[0]}: result.steps\[\d+\].values: task \d+: "
+                                        r"a vlm call without the values its prompt was rendered with"):
+        build_sft_data([no_values], tmp_path / "sft")
+    moved = rewrite_trace(trace, tmp_path / "moved.trace.jsonl",
+                          entry=tamper(lambda s: s["view"].update(crop_box=[0, 0, 10, 10])))
+    with pytest.raises(DataError, match=rf"moved.trace.jsonl:{lines[0]}: task \d+: the re-rendered \w+ view has crop "
+                                        r"box .*\[0, 0, 10, 10\]: the image .* is not the one the run saw"):
+        build_sft_data([moved], tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
 
 
 def test_each_distinct_view_is_rendered_once(teacher_run, tmp_path, monkeypatch) -> None:

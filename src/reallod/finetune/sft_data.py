@@ -229,9 +229,10 @@ class _Views:
                                 "with the folder the images are in now", path=str(trace)) from None
         return self.loaders[root]
 
-    def render(self, loader: ImageLoader, trace: Path, task: dict[str, Any], step: dict[str, Any],
+    def render(self, loader: ImageLoader, shape: _Shape, task: dict[str, Any], step: dict[str, Any],
                file: str, box: list[float]) -> str:
-        """The path of the stored view of ``box``, relative to the dataset folder."""
+        """The path of the stored view of ``box``, relative to the dataset folder; ``shape`` says which
+        trace line asked for it, for the errors."""
         view = step.get("view") or {}
         name, tid = str(view.get("name")), task.get("task_id")
         try:
@@ -245,12 +246,13 @@ class _Views:
                     self.stored.popitem(last=False)
         except DataError as e:
             raise DataError(f"task {tid}: cannot re-render the {name} view its VLM call was shown: {e}; pass "
-                            "--images with the folder the images are in now", path=str(trace)) from None
+                            "--images with the folder the images are in now", path=str(shape.trace),
+                            line=shape.line) from None
         rel, crop = self.stored[key]
         if view.get("crop_box") is not None and list(view["crop_box"]) != crop:
             raise DataError(f"task {tid}: the re-rendered {name} view has crop box {crop}, the trace recorded "
                             f"{view['crop_box']}: the image {task['image_path']} is not the one the run saw",
-                            path=str(trace))
+                            path=str(shape.trace), line=shape.line)
         return rel
 
     def _store(self, png: bytes) -> str:
@@ -356,11 +358,11 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
             if g is None:
                 raise DataError(f"task {tid} has no gold label in {gold_path}: was this trace made from that "
                                 "file? (its header says input "
-                                f"{header.get('input')})", path=str(trace))
+                                f"{header.get('input')})", path=str(trace), line=lineno)
             if g.raw_expression is not None and g.raw_expression != task.get("raw_expression"):
                 raise DataError(f"task {tid}: raw expression {task.get('raw_expression')!r}, but {gold_path} "
                                 f"labels task {tid} as {g.raw_expression!r}: this trace was made from another "
-                                "input", path=str(trace))
+                                "input", path=str(trace), line=lineno)
             why = _gold_filter(g, task, result, min_f1)
             if why is not None:
                 report.skipped[f"tasks: {why}"] += 1
@@ -385,14 +387,16 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
             if not isinstance(values, dict):
                 raise DataError(f"task {tid}: a {role} call without the values its prompt was rendered with "
                                 f"(the trace's header says format {header.get('trace')}, but this line is "
-                                "older): run the agent again for a complete trace", path=str(trace))
+                                "older): run the agent again for a complete trace", path=str(trace), line=lineno,
+                                field=f"{where}.values")
             _check_step(shape, where, step, values)
             missing = missing_values(templates[role], task, values)
             if missing:
                 raise DataError(f"task {tid}: a {role} call whose recorded values lack {', '.join(missing)}, which "
                                 f"the template {templates[role].name} uses: the prompt would hold the literal "
                                 f"${missing[0]}; run the agent again for a complete trace, or render with a "
-                                "template without it (--config)", path=str(trace))
+                                "template without it (--config)", path=str(trace), line=lineno,
+                                field=f"{where}.values")
             if not recorded_decision(role, decision):
                 # a reply needs every field as the teacher gave it: a filled-in default would be a made-up label
                 report.skipped[UNPARSED_DECISION] += 1
@@ -407,7 +411,7 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                 box = _union_box(shape, task.get("chosen"))
                 if loader is None:
                     loader = views.loader(trace, root)
-                pictures.append(views.render(loader, trace, task, step, file, box))
+                pictures.append(views.render(loader, shape, task, step, file, box))
             values = {**{k: "" for k in NONE_VALUES if k not in values}, **values}
             prompt = render_messages(templates[role], SPECS[role], values,
                                      [_view_placeholder()] if pictures else None)
