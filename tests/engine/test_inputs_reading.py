@@ -181,3 +181,9 @@ def test_group_phrases_cover_only_objects_the_record_keeps(tmp_path):
                                      tmp_path / "all.jsonl", settings=GenerateSettings(hard_negatives=0)),
                      roles=scripted_roles(generation_answers(), vlm=False))
     assert whole.counts["group:kept"] == 2 and "groups with an object over --max-objects:skipped" not in whole.counts
+    # one source (no VLM): each pair's negatives are counted once, a group's too
+    pairs = [p for line in (tmp_path / "all.jsonl").read_text().splitlines() for ps in json.loads(line)["pairs"].values()
+             for p in ps]
+    assert set(json.loads((tmp_path / "all.jsonl").read_text().splitlines()[0])["pairs"]) == {"llm"}
+    assert any(p["relation"] == "multi" and p["negative_expressions"] for p in pairs)
+    assert whole.counts["negative:kept"] == sum(len(p["negative_expressions"]) for p in pairs)

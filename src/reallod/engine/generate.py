@@ -298,7 +298,9 @@ async def generate_image(img: ImageAnnotation, gens: Generators, settings: Gener
     for category, boxes, texts in groups:
         if texts:
             easy = easy_negatives(texts, category, absent, s.easy_negatives, key=f"{img.filename}/group/{category}")
-            negatives, _ = keep_negatives(easy, all_positives, in_image, {fold(t) for t in texts})
+            negatives, dropped = keep_negatives(easy, all_positives, in_image, {fold(t) for t in texts})
+            counts["easy_negative: fits the image:dropped"] += dropped
+            counts["negative:kept"] += len(negatives)
             pairs.setdefault("llm", []).append(_pair(boxes, category, texts, negatives))
             counts["group:kept"] += len(texts)
 
