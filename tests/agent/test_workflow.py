@@ -213,6 +213,16 @@ def test_a_reply_cut_at_the_token_limit_says_so() -> None:
     assert all("cut at the token limit" in x["error"] for x in r.steps[0].rejected)
 
 
+def test_a_reply_of_reasoning_the_server_returned_apart_says_to_turn_thinking_off() -> None:
+    """vLLM/SGLang with a reasoning parser return the thinking apart and an empty answer when the limit
+    is spent on it: the error named no field of an answer the model never began."""
+    thought = Completion("", 10, 64, 0.0, {"finish_reason": "length", "reasoning_chars": 900})
+    r, _ = run(make_task(), {"reflector": [thought] * 3})
+    assert r.verdict == "failed" and "only the model's reasoning (the server's reasoning parser returned it apart)" \
+        in r.error
+    assert "enable_thinking: false" in r.error and "cut at the token limit" in r.error
+
+
 def test_a_cut_reply_that_repairs_into_a_decision_is_not_taken() -> None:
     """JSON repair closes a reply cut mid-string, so it parsed, and the half-written expression went
     into the output ("the rewritten object on the le")."""

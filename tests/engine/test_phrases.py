@@ -99,8 +99,19 @@ LISTS = [  # a list step's reply → its phrases, as accept cleans them
     ("Here are phrases:\n**Expression 1:** the cat\n**Expression 2:** a grey cat", ["the cat", "a grey cat"]),
     ("Short phrases:\n(1) the cat\n(2) a cat\nLong phrases:\n(3) the grey cat on the sofa",
      ["the cat", "a cat", "the grey cat on the sofa"]),
+    # a list without marks: the model's remark is no phrase (by its words, or as a paragraph after the list)
+    ("the cat on the left\nthe grey cat\n\nThey all point to the same animal, from different angles.",
+     ["the cat on the left", "the grey cat"]),
+    ("the cat on the left\nthe grey cat\nI hope this helps!", ["the cat on the left", "the grey cat"]),
+    ("the cat\n\nthe grey cat\n\nLet me know if you need more.", ["the cat", "the grey cat"]),
+    ("These are two phrases for the cat.\nthe cat on the left\nthe grey cat", ["the cat on the left", "the grey cat"]),
+    ("the cat on the left\nthe grey cat\nEach of these expressions names the cat alone.",
+     ["the cat on the left", "the grey cat"]),
     # replies that keep their phrases as they were
     ("a cat\n\nthe cat on the left", ["a cat", "the cat on the left"]),
+    ("all the birds on the wire\nthe birds in a row\nthe answer sheet", ["all the birds on the wire",
+                                                                         "the birds in a row", "the answer sheet"]),
+    ("those two dogs\nthe dogs by the door", ["those two dogs", "the dogs by the door"]),
     ("左边的猫\n右边的狗", ["左边的猫", "右边的狗"]),
     ('["a cat", "the cat"]', ["a cat", "the cat"]),
     ('{"expression_1": "a cat", "expression_2": ""}', ["a cat", ""]),
@@ -141,5 +152,18 @@ def test_a_reply_of_reasoning_alone_is_unusable_and_says_what_to_do() -> None:
     assert e.value.tell == "it held only your reasoning and no answer"
     with pytest.raises(Unusable, match=r"cut at the token limit \(max_tokens 64\); raise max_tokens"):
         read_text(Completion("<think>The image shows", meta={"finish_reason": "length"}), 64)
+    # a server's reasoning parser returned the thinking apart (vLLM, SGLang, llama.cpp): the fix is not a parser
+    apart = Completion("", meta={"finish_reason": "length", "reasoning_chars": 900})
+    for read in (read_text, read_list):
+        with pytest.raises(Unusable, match=r"only the model's reasoning \(the server's reasoning parser returned it "
+                                           r"apart\) with an empty answer: it was cut at the token limit \(max_tokens "
+                                           r"64\); raise max_tokens, or turn thinking off .*enable_thinking: false"):
+            read(apart, 64)
+        # an API that keeps the reasoning to itself (OpenAI's reasoning models): empty, cut
+        with pytest.raises(Unusable, match=r"empty and was cut at the token limit \(max_tokens 64\): a reasoning "
+                                           r"model may have spent it all on reasoning; raise max_tokens"):
+            read(Completion("", meta={"finish_reason": "length"}), 64)
+        with pytest.raises(Unusable, match="empty reply: the model wrote no text"):
+            read(Completion(" ", meta={"finish_reason": "stop"}), 64)
     # the caption is the answer, not the reasoning
     assert read_text(Completion("<think>hmm</think>\nA cat on a sofa.", meta={}), 64) == "\nA cat on a sofa."

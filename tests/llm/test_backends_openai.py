@@ -189,6 +189,21 @@ def test_choices_are_sent_as_an_enum_and_unwrapped() -> None:
     assert schema["properties"]["choice"]["enum"] == ["correct", "uncertain", "wrong"]
 
 
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_reasoning_a_server_returns_apart_is_noted_not_taken_as_the_answer(field: str) -> None:
+    """vLLM names it ``reasoning`` (earlier ``reasoning_content``, as SGLang and llama.cpp do)."""
+    status, body, headers = chat_reply("")
+    body["choices"][0].update(finish_reason="length", message={"role": "assistant", "content": None,
+                                                                field: "The person is on the left, so"})
+    with FakeChatServer() as server:
+        server.replies = [(status, body, headers), chat_reply("the cat")]
+        b = OpenAIBackend("m", base_url=server.url)
+        c = complete(b, [{"role": "user", "content": "a"}])
+        plain = complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}])
+    assert c.text == "" and c.meta["finish_reason"] == "length" and c.meta["reasoning_chars"] == 29
+    assert plain.text == "the cat" and "reasoning_chars" not in plain.meta
+
+
 def test_a_whole_task_through_a_config_pointed_at_the_server(tmp_path, monkeypatch) -> None:
     cfg_file = tmp_path / "agent.yaml"
     cfg_file.write_text("""

@@ -152,6 +152,10 @@ class _TaskRun:
                         raise DecisionError(f'the field "{cut[0]}" stops mid-answer')
                 except DecisionError as e:
                     why = str(e)
+                    if not completion.text.strip() and completion.meta.get("reasoning_chars"):
+                        why = ("the reply is only the model's reasoning (the server's reasoning parser returned it "
+                               "apart) with an empty answer; turn thinking off (the role's params: "
+                               "chat_template_kwargs: {enable_thinking: false})")
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer
                         why += (f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
                                 "the config)" if role.max_tokens else " (the reply was cut at the token limit)")

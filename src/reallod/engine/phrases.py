@@ -15,6 +15,7 @@ what it introduces (phrase, expression, description, answer, ...), so "the sign 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -40,6 +41,11 @@ _PREFIX = re.compile(rf"^(?:here\s+(?:is|are)\b|here['’]s\b|[^:]*?\b{_LABEL_WO
 _SAYS = re.compile(r"^(?:(?:the|a|an|my|one|this|your)\s+)?(?:(?:good|short|best|better|suitable|possible|final|new"
                    r"|referring|rewritten|revised|unique|unambiguous)\s+){0,2}(?:expression|phrase|description|answer"
                    r"|output|response|reply)\s+(?:is|would\s+be|could\s+be|will\s+be)\s+(?=[\"“'‘«「『])", re.I)
+# a model's remark about its list ("These phrases describe the cat.", "I hope this helps!", "Let me know if
+# you need more."): a line of an unnumbered list that starts so is no phrase
+_REMARK = re.compile(r"^(?:i\s+hope\b|hope\s+(?:this|these|that)\b|let\s+me\s+know\b|feel\s+free\b|if\s+you\s+"
+                     r"(?:need|want|would|like)\b|(?:note|nb)\b\s*[:,]|(?:these|those|each|all|the\s+above)\b"
+                     r"(?:\s+\w+){0,3}?\s+(?:phrases?|expressions?|descriptions?)\b)", re.I)
 _INTRO = re.compile(r"^(?:here\s+(?:is|are)|here['’]s)\b[^:]*$", re.I)  # "Here's a phrase for it." alone
 _PAIRS = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’", "`": "`", "«": "»", "「": "」", "『": "』"}
 _WRAP = {**_PAIRS, "*": "*", "_": "_"}
@@ -157,20 +163,31 @@ def read_text(reply: Completion, max_tokens: int) -> str:
     """A free-text step's reply (caption, vlm_short, vlm_long), without a ``<think>`` block. No text at all
     is unusable: the model was asked about something that is there (a phrase it wrote that cleans to
     nothing is dropped as empty); so is a reply of reasoning alone."""
-    if not reply.text.strip():
-        raise Unusable(EMPTY_REPLY, tell="it was empty")
     text = answer_text(reply.text)
     if not text.strip():
-        raise Unusable(_reasoning_only(reply, max_tokens), tell="it held only your reasoning and no answer")
+        _no_answer(reply, max_tokens)
     return text
 
 
-def _reasoning_only(reply: Completion, max_tokens: int) -> str:
-    """Why a reply of ``<think>`` alone is unusable, with the user's fix (asking again rarely helps)."""
+def _no_answer(reply: Completion, max_tokens: int) -> None:
+    """Raise :class:`Unusable` for a reply without an answer: empty, or the model's reasoning alone, in a
+    ``<think>`` block or returned apart by the server's reasoning parser (then with the user's fix:
+    asking again rarely helps)."""
+    separate = bool(reply.meta.get("reasoning_chars"))
     cut = reply.meta.get("finish_reason") == "length"
-    return ("the reply is only the model's reasoning (<think>) with no answer after it: "
-            + (f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
-            + "serve the model with a reasoning parser or with thinking turned off")
+    if not reply.text.strip() and not separate:
+        if cut:  # an API that keeps the reasoning to itself (OpenAI's reasoning models) spent the limit on it
+            raise Unusable(f"the reply is empty and was cut at the token limit (max_tokens {max_tokens}): a "
+                           "reasoning model may have spent it all on reasoning; raise max_tokens",
+                           tell="it was empty")
+        raise Unusable(EMPTY_REPLY, tell="it was empty")
+    raise Unusable("the reply is only the model's reasoning "
+                   + ("(the server's reasoning parser returned it apart) with an empty answer: " if separate
+                      else "(<think>) with no answer after it: ")
+                   + (f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
+                   + ("turn thinking off (the role's params: chat_template_kwargs: {enable_thinking: false})"
+                      if separate else "serve the model with a reasoning parser or with thinking turned off"),
+                   tell="it held only your reasoning and no answer")
 
 
 def read_phrase(reply: Completion, max_tokens: int) -> tuple[str, bool]:
@@ -184,7 +201,9 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
     no text, JSON that cannot be read, or a reply the server cut at ``max_tokens`` that is not whole JSON
     (its last phrase is cut: "the cup on the wood" from "...wooden table")."""
     text = answer_text(reply.text)
-    obj, repaired = parse_json_object(text) if text.strip() else (None, False)
+    if not text.strip():
+        _no_answer(reply, max_tokens)
+    obj, repaired = parse_json_object(text)
     if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
@@ -192,8 +211,6 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
                        tell="it was too long and was cut off; write shorter phrases")
     if obj is not None and (cut := set(reply.meta.get("cut_fields") or ())):  # closed at the limit by an
         return object_phrases({k: v for k, v in obj.items() if k not in cut})  # in-process decoder (counted)
-    if reply.text.strip() and not text.strip():
-        raise Unusable(_reasoning_only(reply, max_tokens), tell="it held only your reasoning and no answer")
     return parse_list(text)
 
 
@@ -218,7 +235,8 @@ def parse_list(text: str) -> list[str]:
 
     Line by line, preamble lines are dropped, and where two or more lines are numbered or bulleted only
     those are phrases: the model's header ("Here are 3 phrases:") or closing remark would otherwise take
-    a phrase's place. The lines are returned as written: :func:`clean` makes each a phrase."""
+    a phrase's place; in a list without marks, a remark is told by its words or its paragraph
+    (:func:`_unmarked`). The lines are returned as written: :func:`clean` makes each a phrase."""
     if not text.strip():
         raise Unusable(EMPTY_REPLY, tell="it was empty")
     lines = _lines(text)
@@ -238,9 +256,17 @@ def parse_list(text: str) -> list[str]:
         return [v for v in value if isinstance(v, str)]
     if body.startswith(("{", "[")):
         raise Unusable(f"not the JSON object asked for, and none could be read from it: {body[:80]!r}")
-    lines = [ln for ln in lines if _phrase(ln)]
-    marked = [ln for ln in lines if _MARK.match(ln.strip())]
-    return marked if len(marked) >= 2 else lines
+    marked = [ln for ln in lines if _MARK.match(ln.strip()) and _phrase(ln)]
+    return marked if len(marked) >= 2 else _unmarked(lines)
+
+
+def _unmarked(lines: list[str]) -> list[str]:
+    """The phrases of a list written one a line without marks: its first paragraph where that holds two or
+    more of them (a paragraph after it is the model's remark), else every line; a line that is a remark
+    about the list (``_REMARK``) is none."""
+    first = list(itertools.takewhile(lambda ln: ln.strip(), lines))
+    lines = first if sum(1 for ln in first if _phrase(ln)) >= 2 else lines
+    return [ln for ln in lines if (p := _phrase(ln)) and not _REMARK.match(p)]
 
 
 def clean(text: str) -> str:

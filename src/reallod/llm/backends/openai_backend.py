@@ -263,7 +263,8 @@ class OpenAIBackend:
         latency = time.perf_counter() - started
         try:
             choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
+            message = choice["message"]
+            text = message.get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise BackendError(f"{self.name}: reply has no choices", retryable=True, kind="server") from None
         if not isinstance(text, str):
@@ -271,12 +272,24 @@ class OpenAIBackend:
         if choices:
             text = _unwrap_choice(text, choices)
         usage = data.get("usage")
+        meta = {"finish_reason": choice.get("finish_reason"), "structured": mode}
+        if reasoning := _reasoning(message):
+            meta["reasoning_chars"] = len(reasoning)
         return Completion(text, prompt_tokens=_token_count(usage, "prompt_tokens"),
-                          completion_tokens=_token_count(usage, "completion_tokens"), latency_s=latency,
-                          meta={"finish_reason": choice.get("finish_reason"), "structured": mode})
+                          completion_tokens=_token_count(usage, "completion_tokens"), latency_s=latency, meta=meta)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _reasoning(message: dict[str, Any]) -> str:
+    """The reasoning a server with a reasoning parser returned apart from the answer (vLLM's ``reasoning``,
+    earlier ``reasoning_content`` as SGLang and llama.cpp write it): its length is kept so that an empty
+    answer is told as one the reasoning used the token limit up on, not as a model that wrote nothing."""
+    for key in ("reasoning", "reasoning_content"):
+        if isinstance(value := message.get(key), str) and value.strip():
+            return value
+    return ""
 
 
 def _format_rejected(error: HTTPStatusError) -> bool:
