@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,3 +129,45 @@ def test_merge_refuses_a_pipe_it_would_read_twice(tmp_path, capsys):
         list(iter_lines(path))
     assert code == 2 and f"error: {path}: not a regular file (a pipe or a device)" in err
     assert "save it to a file first" in err and not out.exists()
+
+
+def test_an_output_that_is_a_fifo_or_a_device_is_written_through_not_replaced(tmp_path, capsys):
+    """The output was made aside and renamed into place: a FIFO became a regular file its reader never
+    saw, and as root ``--fix /dev/full`` replaced the device node with a file (exit 0)."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(_lines(0, 3))
+    fifo = tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        code, _, _ = run_cli(["data", "filter", src, fifo], capsys)
+        got = reader.communicate(timeout=30)[0]
+    finally:
+        reader.kill()  # the old writer never opened the FIFO: its reader waits for ever
+    assert [json.loads(line)["filename"] for line in got.splitlines()] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert code == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode) and not list(tmp_path.glob(".*"))
+    code, _, err = run_cli(["data", "validate", src, "--fix", "/dev/full"], capsys)
+    assert code == 2 and "/dev/full: No space left on device" in err
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_records_on_stdout_and_the_report_on_stderr():
+    """``--fix /dev/stdout`` / ``data sample IN /dev/stdout | ...``: the report went to stdout too, into
+    the records (and a stdout that is a file had its start written over)."""
+    src = Path(__file__).resolve().parents[2] / "examples" / "realdata.jsonl"
+    for args in (["data", "sample", src, "/dev/stdout", "-n", "2"], ["data", "validate", src, "--fix", "/dev/stdout"]):
+        done = subprocess.run([sys.executable, "-m", "reallod", *map(str, args)], capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert all(json.loads(line)["filename"] for line in done.stdout.splitlines()) and done.stdout
+        assert b"/dev/stdout" in done.stderr
+
+
+def test_a_journaled_run_refuses_a_pipe_or_a_device_as_its_output(tmp_path, capsys):
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    code, _, err = run_cli(["realign", examples / "realdata.jsonl", "--config", "offline", "--out", "/dev/stdout"],
+                           capsys)
+    assert code == 2 and "--out /dev/stdout is a pipe or a device: a run keeps its journal beside its output" in err
+    code, _, err = run_cli(["generate", "--annotations", examples / "annotations.json", "--images",
+                            examples / "images", "--config", "offline", "--out", "/dev/null"], capsys)
+    assert code == 2 and "--out /dev/null is a pipe or a device" in err
+    assert not list(Path("/dev").glob("*.journal.jsonl")) and not list(Path("/dev").glob("*.trace.jsonl"))

@@ -54,7 +54,13 @@ from reallod.llm.cache import default_cache_path
 from reallod.llm.endpoints import Endpoints
 from reallod.runs.drive import drive
 from reallod.runs.image_root import ImageError, ImageLoader
-from reallod.runs.journal import Journal, fingerprint_file, iter_journal, journal_path_for
+from reallod.runs.journal import (
+    Journal,
+    check_journaled_output,
+    fingerprint_file,
+    iter_journal,
+    journal_path_for,
+)
 from reallod.runs.progress import RunMonitor
 from reallod.runs.session import RunInterrupted, RunSession, RunStopped, interrupted_message, open_session
 from reallod.runs.shard import in_shard, parse_shard
@@ -408,6 +414,7 @@ def check_outputs(opts: RealignOptions) -> tuple[Path, Path]:
     trace, journal, ``--report`` or ``--report-dir`` over a file the run reads (:func:`read_files`) or
     over one another, and outputs that could not be written at the end."""
     check_cache_options(opts.cache, opts.no_cache)
+    check_journaled_output(opts.out)
     trace_path, journal_path = trace_path_for(opts.out), journal_path_for(opts.out)
     written = {"its output": opts.out, "its trace": trace_path, "its journal": journal_path}
     if len({p.resolve() for p in written.values()}) < 3:

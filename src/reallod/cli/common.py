@@ -64,11 +64,20 @@ def ordered_group(*names: str) -> type[OrderedGroup]:
     return type("OrderedGroup", (OrderedGroup,), {"order": names})
 
 
-def console() -> Console:
-    """Rich console on stdout; wide when piped, so tables are not squeezed to 80 columns."""
+def console(stderr: bool = False) -> Console:
+    """Rich console on stdout (or stderr); wide when piped, so tables are not squeezed to 80 columns."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(width=None if stream.isatty() else 160, highlight=False, stderr=stderr)
+
+
+def reports_to_stderr(*outputs: str | os.PathLike | None) -> bool:
+    """Whether a command's report goes to stderr: when one of its data outputs is a pipe or a device
+    (``/dev/stdout``, a FIFO), which the report would otherwise be mixed into."""
+    from reallod.data.io import writes_through
+
+    return any(out is not None and writes_through(out) for out in outputs)
 
 
 def parse_image_size(value: str | None) -> tuple[int, int] | None:

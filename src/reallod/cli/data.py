@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from reallod.cli.common import console, ordered_group
+from reallod.cli.common import console, ordered_group, reports_to_stderr
 
 COMMANDS = ("validate", "stats", "convert", "filter", "sample", "split", "merge", "show")
 """The commands of ``reallod data``, in the order its help lists (and names) them."""
@@ -53,30 +53,32 @@ def data_validate(
     from reallod.data.validate import render_summary, validate_file
 
     shown = 0
+    to_stderr = reports_to_stderr(fix)  # --fix /dev/stdout: the records are the data stream
+    report_out = sys.stderr if to_stderr else sys.stdout
 
     def on_issue(issue) -> None:
         nonlocal shown
         if as_json:
-            sys.stdout.write(('{"issues": [\n  ' if not shown else ",\n  ") + orjson.dumps(issue.to_dict()).decode())
+            report_out.write(('{"issues": [\n  ' if not shown else ",\n  ") + orjson.dumps(issue.to_dict()).decode())
         else:
-            sys.stdout.write(issue.format() + "\n")
+            report_out.write(issue.format() + "\n")
         shown += 1
 
     try:
         report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
                                workers=workers, on_issue=on_issue)
     except BrokenPipeError:  # `validate ... | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), report_out.fileno())
         raise typer.Exit(1) from None
     except EmptyRunError:  # --fix would write nothing: the issues stay a JSON document, the error follows
         if as_json:
-            sys.stdout.write(('{"issues": [' if not shown else "\n") + "]}\n")
+            report_out.write(('{"issues": [' if not shown else "\n") + "]}\n")
         raise
     if as_json:
-        sys.stdout.write(('{"issues": [' if not shown else "\n") + '], "summary": '
+        report_out.write(('{"issues": [' if not shown else "\n") + '], "summary": '
                          + orjson.dumps(report.to_dict()).decode() + "}\n")
     else:
-        console().print(*render_summary(report, max_errors=max_errors))
+        console(stderr=to_stderr).print(*render_summary(report, max_errors=max_errors))
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -127,8 +129,9 @@ _SourcesOpt = Annotated[list[str] | None, typer.Option(
     "Default: every source.", show_default=False)]
 
 
-def _done(out: object, summary: str) -> None:
-    typer.echo(f"{out}: {summary}")
+def _done(summary: str, *outputs: Path) -> None:
+    """Say what a command wrote; on stderr when an output is a pipe or a device (the data stream)."""
+    typer.echo(f"{' + '.join(map(str, outputs))}: {summary}", err=reports_to_stderr(*outputs))
 
 
 @convert_app.command("odvg")
@@ -160,7 +163,7 @@ def data_convert_odvg(
 
     stats = realdata_to_odvg(src, out, sources=sources, per_source=not merge_sources, positives=positives,
                              max_negatives=max_negatives, category_source=category_source, seed=seed)
-    _done(out, stats.summary().replace(" written", " lines written"))
+    _done(stats.summary().replace(" written", " lines written"), out)
 
 
 @convert_app.command("coco")
@@ -179,7 +182,7 @@ def data_convert_coco(
     """
     from reallod.data.convert import realdata_to_coco
 
-    _done(out, realdata_to_coco(src, out, sources=sources, keep_empty=keep_empty).summary())
+    _done(realdata_to_coco(src, out, sources=sources, keep_empty=keep_empty).summary(), out)
 
 
 @convert_app.command("omnilabel")
@@ -197,7 +200,7 @@ def data_convert_omnilabel(
     """
     from reallod.data.convert import realdata_to_omnilabel
 
-    _done(out, realdata_to_omnilabel(src, out, sources=sources, categories=categories).summary())
+    _done(realdata_to_omnilabel(src, out, sources=sources, categories=categories).summary(), out)
 
 
 @convert_app.command("from-coco")
@@ -222,7 +225,7 @@ def data_convert_from_coco(
 
     stats = coco_to_realdata(ann, out, skip_crowd=skip_crowd, min_area=min_area, prefix=prefix,
                              synonyms=synonyms, keep_empty=keep_empty)
-    _done(out, stats.summary().replace(" records read", " images read"))
+    _done(stats.summary().replace(" records read", " images read"), out)
 
 
 @app.command("filter")
@@ -238,7 +241,7 @@ def data_filter(
     """Keep the pairs that match every criterion; images left with no pair are dropped."""
     from reallod.data.ops import filter_file
 
-    _done(out, filter_file(src, out, sources=sources, relation=relation, categories=categories).summary())
+    _done(filter_file(src, out, sources=sources, relation=relation, categories=categories).summary(), out)
 
 
 @app.command("sample")
@@ -253,7 +256,7 @@ def data_sample(
     """Random sample of images, kept in input order, deterministic for a seed."""
     from reallod.data.ops import sample_file
 
-    _done(out, sample_file(src, out, n=n, fraction=fraction, seed=seed).summary())
+    _done(sample_file(src, out, n=n, fraction=fraction, seed=seed).summary(), out)
 
 
 @app.command("split")
@@ -269,7 +272,7 @@ def data_split(
     """Image-level train/val split by a seeded hash of the filename: streaming and reproducible."""
     from reallod.data.ops import split_file
 
-    _done(f"{train} + {val}", split_file(src, train, val, val_fraction=val_fraction, seed=seed).summary())
+    _done(split_file(src, train, val, val_fraction=val_fraction, seed=seed).summary(), train, val)
 
 
 @app.command("merge")
@@ -285,7 +288,7 @@ def data_merge(
     """
     from reallod.data.ops import merge_files
 
-    _done(out, merge_files(srcs, out).summary())
+    _done(merge_files(srcs, out).summary(), out)
 
 
 @app.command("show")

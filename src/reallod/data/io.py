@@ -174,6 +174,14 @@ def is_stream(path: str | os.PathLike) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def writes_through(path: str | os.PathLike) -> bool:
+    """Whether an output at ``path`` is written through as it is, not made aside and renamed into place:
+    a pipe, a FIFO or a device, and any name under ``/dev`` or ``/proc`` (``/dev/stdout`` is a link to
+    ``/proc/self/fd/1``, whatever stdout is: a file put in place of the link would break it for the
+    machine)."""
+    return is_stream(path) or os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
 def is_gzip_file(path: str | os.PathLike) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
@@ -616,16 +624,28 @@ def raise_with_path(e: OSError, path: str | os.PathLike | None) -> NoReturn:
 
 class AtomicWriter(AtomicOutput):
     """Binary writer that appears at ``path`` only after :meth:`close` succeeds. Its write errors name
-    ``path``."""
+    ``path``.
+
+    A pipe or a device there (``/dev/stdout``, a FIFO, bash's ``>(gzip > x.gz)``: :func:`writes_through`)
+    is written through, as it is: a file put in its place would replace the device node (as root) and
+    leave its reader with nothing. Such an output cannot be taken back: what was written before an error
+    stays written."""
 
     def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
         self.path = Path(path)
-        # a folder there is else found only by the rename at the end, the output left in a hidden file;
-        # permission is the OS's to refuse, as the OSError the writers' callers handle
-        check_writable(self.path, access=False)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = _create_beside(self.path)
-        self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
+        self._tmp: Path | None = None
+        if writes_through(self.path):
+            try:
+                self._raw = open(self.path, "wb", buffering=_BUFFER)  # noqa: SIM115 - closed by close/abort
+            except OSError as e:
+                raise_with_path(e, self.path)
+        else:
+            # a folder there is else found only by the rename at the end, the output left in a hidden file;
+            # permission is the OS's to refuse, as the OSError the writers' callers handle
+            check_writable(self.path, access=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = _create_beside(self.path)
+            self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)
             if wants_gzip(self.path) else self._raw
@@ -648,7 +668,8 @@ class AtomicWriter(AtomicOutput):
             if self._out is not self._raw:
                 self._out.close()
             self._raw.flush()
-            os.fsync(self._raw.fileno())
+            if self._tmp is not None:  # a pipe cannot be synced
+                os.fsync(self._raw.fileno())
             self._raw.close()
         except OSError as e:  # disk full: no hidden temporary file stays
             self.abort()
@@ -663,7 +684,8 @@ class AtomicWriter(AtomicOutput):
             return
         self.finish()
         try:
-            os.replace(self._tmp, self.path)
+            if self._tmp is not None:
+                os.replace(self._tmp, self.path)
         except BaseException:  # the target became a folder: no hidden temporary file stays
             self.abort()
             raise
@@ -677,7 +699,8 @@ class AtomicWriter(AtomicOutput):
             with contextlib.suppress(OSError):  # its flush fails again on a full disk: the first error says it
                 self._raw.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
             self.closed = True
 
 

@@ -53,6 +53,7 @@ from reallod.llm.endpoints import model_id
 from reallod.runs.image_root import ImageLoader
 from reallod.runs.journal import (
     JournalMismatch,
+    check_journaled_output,
     fingerprint,
     fingerprint_file,
     iter_journal,
@@ -438,6 +439,7 @@ def kept_files(opts: GenerateOptions) -> dict[str, Path | None]:
 def refuse_output(path: Path, option: str, named: dict[str, Path | None], images: Path) -> None:
     """Refuse, before any work, an output ``path`` that would replace one of ``named`` or an image of the
     image root, or that cannot be written (a folder there): it is written after every model call."""
+    check_journaled_output(path, option)
     what = written_over(path, named, images)
     if what:
         raise ConfigError(f"{option} {path} would overwrite {what}: give another {option}")

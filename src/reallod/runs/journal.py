@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
-from reallod.data.io import AtomicWriter
-from reallod.errors import ReallodError
+from reallod.data.io import AtomicWriter, writes_through
+from reallod.errors import ConfigError, ReallodError
 
 JOURNAL_VERSION = 1
 
@@ -89,6 +89,14 @@ def beside(out: str | os.PathLike, suffix: str) -> Path:
 def journal_path_for(out: str | os.PathLike) -> Path:
     """``OUT.jsonl`` → ``OUT.journal.jsonl``."""
     return beside(out, ".journal.jsonl")
+
+
+def check_journaled_output(out: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse a pipe or a device as the output of a run that keeps a journal beside it: the journal (and
+    trace) would be made in ``/dev``, and a rerun could not resume from what the reader already took."""
+    if writes_through(out):
+        raise ConfigError(f"{option} {out} is a pipe or a device: a run keeps its journal beside its output, "
+                          "to resume from; give a file, and read it once the run ends")
 
 
 class Journal:
