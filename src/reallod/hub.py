@@ -95,6 +95,17 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def config_errors() -> tuple[type[Exception], ...]:
+    """What reading a model's ``config.json`` raises for a bad file: a field of the wrong type is a
+    ``StrictDataclassError`` of huggingface_hub (transformers checks config fields with it), no
+    ValueError, and went through as an unexpected error naming no file."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # a huggingface_hub before strict dataclasses
+        return (OSError, ValueError, TypeError)
+    return (OSError, ValueError, TypeError, StrictDataclassError)
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 

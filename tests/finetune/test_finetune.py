@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -238,6 +239,20 @@ def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:
     with pytest.raises(DataError, match=r"every reflector training example is longer than --max-length 16"):
         finetune(opts(teacher_data, tiny_lm, tmp_path / "e", max_length=16))
     assert not (tmp_path / "a").exists()
+    # nan passes every comparison, inf ran to an unexpected OverflowError (or trained to a nan loss) and
+    # left an unfinished fine-tune that the corrected rerun was refused onto
+    for bad in ({"epochs": float("inf")}, {"epochs": float("nan")}, {"learning_rate": float("nan")},
+                {"learning_rate": float("inf")}):
+        name = "--" + next(iter(bad)).replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"{name} must be a finite number above 0, got (nan|inf)"):
+            finetune(opts(teacher_data, tiny_lm, tmp_path / "f", **bad))
+        assert not (tmp_path / "f").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_lm, damaged)
+    (damaged / "model.safetensors").write_bytes(os.urandom(100))
+    with pytest.raises(ConfigError, match=r"cannot load the base model .*damaged as a causal language model: "
+                                          r"SafetensorError"):
+        finetune(opts(teacher_data, damaged, tmp_path / "g"))
 
 
 def test_a_vlm_example_reads_images_only_inside_its_dataset_folder(tmp_path) -> None:

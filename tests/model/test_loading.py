@@ -42,6 +42,18 @@ def test_weights_that_do_not_match_the_config_are_named(tiny_model_dir, tmp_path
         load_detector(folder, device="cpu")
 
 
+def test_a_config_field_of_the_wrong_type_names_the_file(tiny_model_dir, tmp_path):
+    """transformers checks config fields as strict dataclasses: the error went through as 'unexpected
+    StrictDataclassFieldValidationError', exit 1, naming no file."""
+    folder = tmp_path / "t"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["d_model"] = "big"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"t/config\.json: (cannot read the model config|.*d_model)"):
+        load_detector(folder, device="cpu")
+
+
 def test_misshaped_weights_are_named(tiny_model_dir, tmp_path):
     folder = tmp_path / "q"
     shutil.copytree(tiny_model_dir, folder)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -54,7 +55,7 @@ from reallod.data.io import iter_lines
 from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
 from reallod.finetune.run_file import RUN_FILE, has_json_key
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
-from reallod.hub import resolve_source
+from reallod.hub import config_errors, resolve_source
 from reallod.runs.journal import JournalBusy, JournalLock, lock_holder, lock_journal, lock_path_for
 from reallod.runs.launch import launch_place
 
@@ -154,6 +155,7 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
     """(model, tokenizer or processor) to train; a ConfigError naming the model when it cannot load."""
     import torch
     import transformers as tf
+    from safetensors import SafetensorError
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -175,7 +177,8 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
             processor = tf.AutoTokenizer.from_pretrained(base, **{k: v for k, v in kwargs.items()
                                                                   if k != "quantization_config"})
             model = tf.AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), **kwargs)
-    except (OSError, ValueError, ImportError, KeyError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError, TypeError, *config_errors(),
+            SafetensorError) as e:  # SafetensorError: a damaged weights file
         kind = "vision-language (image-text-to-text)" if vision else "causal language"
         raise ConfigError(f"cannot load the base model {what} as a {kind} model: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
@@ -425,8 +428,9 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
                                ("--batch-size", opts.batch_size, 1), ("--grad-accum", opts.grad_accum, 1),
                                ("--lora-r", opts.lora_r, 1), ("--max-length", opts.max_length, 8),
                                ("--save-steps", opts.save_steps, 1)):
-        if value < least or (least == 0 and value == 0):
-            raise ConfigError(f"{name} must be {'above 0' if least == 0 else f'at least {least}'}, got {value}")
+        if not math.isfinite(value) or value < least or (least == 0 and value == 0):  # nan passes every <
+            raise ConfigError(f"{name} must be a finite number {'above 0' if least == 0 else f'at least {least}'}, "
+                              f"got {value}")
     if opts.max_steps is not None and opts.max_steps < 1:
         raise ConfigError(f"--max-steps must be at least 1, got {opts.max_steps}")
     data = Path(opts.data)

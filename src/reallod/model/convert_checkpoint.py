@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reallod.errors import ConfigError, DataError
-from reallod.hub import looks_like_path, one_line, option_error
+from reallod.hub import config_errors, looks_like_path, one_line, option_error
 from reallod.model.hf_folder import (
     key_listing,
     load_model_checked,
@@ -327,8 +327,8 @@ def config_from_file(path: str | Path):
         raise ConfigError(f"{p}: model_type {raw.get('model_type')!r} is not mm-grounding-dino")
     try:
         return MMGroundingDinoConfig.from_json_file(str(p))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{p}: {e}") from e
+    except config_errors() as e:
+        raise ConfigError(f"{p}: {one_line(e)}") from e
 
 
 def sniff_weights_file(path: str | Path) -> Literal["zip", "pickle", "safetensors", "other"]:

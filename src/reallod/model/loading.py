@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from reallod.data.images import DEFAULT_MAX_PIXELS
 from reallod.errors import ConfigError
-from reallod.hub import CHECKPOINT_SUFFIXES, as_found, hub_revision, looks_like_path, one_line, resolve_source
+from reallod.hub import (
+    CHECKPOINT_SUFFIXES,
+    as_found,
+    config_errors,
+    hub_revision,
+    looks_like_path,
+    one_line,
+    resolve_source,
+)
 from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
@@ -92,8 +100,9 @@ def read_detector_config(model: str | Path, max_text_len: int | None = None, *, 
                               f"(expected one of {', '.join(DETECTOR_CLASSES)})")
     try:
         config = AutoConfig.from_pretrained(src)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{model}: cannot read the model config ({one_line(e)})") from e
+    except config_errors() as e:
+        where = path / "config.json" if path.is_dir() else model
+        raise ConfigError(f"{where}: cannot read the model config ({one_line(e)})") from e
     if config.model_type not in DETECTOR_CLASSES:
         raise ConfigError(f"{model}: model_type {config.model_type!r} is not a Grounding-DINO detector")
     if max_text_len is not None:

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from reallod.errors import ConfigError, out_of_memory
-from reallod.hub import resolve_source
+from reallod.hub import config_errors, one_line, resolve_source
 from reallod.llm.backends.base import BackendError, Completion, Message
 from reallod.llm.threads import in_daemon_thread
 
@@ -133,6 +133,7 @@ def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_r
     """(tokenizer or processor, model) from the hub, a folder or a GGUF file; a ConfigError if it cannot."""
     import torch
     import transformers as tf
+    from safetensors import SafetensorError
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -146,9 +147,9 @@ def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_r
         else:
             tok = tf.AutoProcessor.from_pretrained(model, **kwargs)
             net = tf.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError, ImportError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, ImportError, KeyError, RuntimeError, *config_errors(), SafetensorError) as e:
         raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
-                          + f": {e}") from e
+                          + f": {type(e).__name__}: {one_line(e)}") from e
     return tok, net
 
 
