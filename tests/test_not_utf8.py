@@ -1,6 +1,8 @@
 """A file that is not UTF-8 (a Latin-1 "café") is named with the byte, its line and its offset, whichever
 reader met it: a --texts file, a YAML config, an agent prompt."""
 
+import re
+
 import pytest
 
 from reallod.errors import ConfigError, DataError
@@ -24,3 +26,30 @@ def test_a_yaml_config_that_is_not_utf8_names_byte_and_line(tmp_path):
     path.write_bytes(b"name: one\nn: caf\xe9\n")
     with pytest.raises(ConfigError, match=rf"c\.yaml: {said(16)}"):
         read_yaml_lines(path)
+
+
+def test_json_lines_that_are_not_utf8_name_the_byte_in_every_command(tmp_path, capsys):
+    """The data commands said orjson's "invalid JSON: str is not valid UTF-8: surrogates not allowed: line
+    1 column 1"; realign and agent-eval named no line nor reason; a NaN made realign say only "no line is
+    valid JSON"."""
+    from pathlib import Path
+
+    from tests.cli_helpers import run_cli
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "realdata.jsonl").read_text(encoding="utf-8")
+    (tmp_path / "u16.jsonl").write_text(text, encoding="utf-16")
+    (tmp_path / "lat.jsonl").write_bytes(text.replace("rocket", "r\u00f6cket").encode("latin-1"))
+    (tmp_path / "nan.jsonl").write_text(text.splitlines()[0].replace("[", "[NaN, ", 1) + "\n")
+    out = tmp_path / "o.jsonl"
+    utf16 = r"u16\.jsonl:1: not UTF-8 text \(UTF-16, by its byte-order mark\): byte 0xff at column 1; save the file"
+    latin = r"lat\.jsonl:1: not UTF-8 text: byte 0xf6 at column \d+; save the file as UTF-8"
+    for args, said in ((["data", "filter", tmp_path / "u16.jsonl", out], utf16),
+                       (["data", "sample", tmp_path / "lat.jsonl", out, "-n", "1"], latin),
+                       (["realign", tmp_path / "u16.jsonl", "--config", "offline", "--out", out],
+                        r"u16\.jsonl:1: expected a JSON list of tasks or JSONL \(tasks or Real-Data records\): not "
+                        r"UTF-8 text \(UTF-16"),
+                       (["realign", tmp_path / "nan.jsonl", "--config", "offline", "--out", out],
+                        r"nan\.jsonl: no line is valid JSON \(line 1: invalid JSON: unexpected character.*column")):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and re.search(said, err), (args, err)
+    assert not out.exists()

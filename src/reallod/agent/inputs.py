@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from reallod.agent.task import ObjectRef, PairRef, Task, TaskResult
-from reallod.data.io import iter_json, iter_lines, one_document, read_whole
+from reallod.data.io import iter_json, iter_lines, json_problem, one_document, read_whole
 from reallod.data.records import canonical_pairs
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_box, check_record
 from reallod.errors import DataError
@@ -125,14 +125,17 @@ def detect_format(path: str | os.PathLike) -> InputFormat:
         return "tasks"
     if not first:
         raise DataError("file holds no tasks or records", path=path)
-    if first != b"{":
-        raise DataError("expected a JSON list of tasks or JSONL (tasks or Real-Data records)", path=path)
+    bad: tuple[int, str] | None = None  # the first line that does not parse, and why
     for n, (lineno, line) in enumerate(iter_lines(path)):  # the first line that parses decides; bad lines
         try:  # are per-task errors, unless the first one says the file is one JSON document (a COCO json)
             obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as e:
             if n == 0 and (whole := one_document(line)):
                 raise DataError(whole, path=path, line=lineno) from None
+            if n == 0 and first != b"{":  # not UTF-8, or not JSON at all: say how
+                raise DataError("expected a JSON list of tasks or JSONL (tasks or Real-Data records): "
+                                + json_problem(line, e), path=path, line=lineno) from None
+            bad = bad or (lineno, json_problem(line, e))
             continue
         if isinstance(obj, dict) and "pairs" in obj:
             return "records"
@@ -143,7 +146,7 @@ def detect_format(path: str | os.PathLike) -> InputFormat:
         which = "first line" if n == 0 else "first line that is JSON"
         raise DataError(f"{which} is neither a Real-Data record (no 'pairs') nor a task "
                         "(no 'raw_expression'/'object_locations')", path=path, line=lineno)
-    raise DataError("no line is valid JSON", path=path)
+    raise DataError("no line is valid JSON" + (f" (line {bad[0]}: {bad[1]})" if bad else ""), path=path)
 
 
 def iter_tasks(path: str | os.PathLike, *, captions: dict[str, str] | None = None,
@@ -173,7 +176,7 @@ def _iter_parsed_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str 
         try:
             yield lineno, orjson.loads(line), None
         except orjson.JSONDecodeError as e:
-            yield lineno, None, f"invalid JSON: {e}"
+            yield lineno, None, json_problem(line, e)
 
 
 def _iter_task_items(path: str | os.PathLike) -> Iterator[tuple[int, int | None, Any]]:

@@ -479,13 +479,25 @@ def _line_error(path: str | os.PathLike, lineno: int, line: bytes, first: bool, 
     return DataError(whole or message, path=str(path), line=lineno, field=None if whole else field)
 
 
+def json_problem(line: bytes, error: orjson.JSONDecodeError) -> str:
+    """Why a line does not parse: its first byte that is not UTF-8 (orjson says only "str is not valid
+    UTF-8: surrogates not allowed"), else the parser's message."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        kind = " (UTF-16, by its byte-order mark)" if line[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        return (f"not UTF-8 text{kind}: byte 0x{line[e.start]:02x} at column {e.start + 1}; save the file as "
+                "UTF-8")
+    return f"invalid JSON: {error}"
+
+
 def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON); a line that does not parse raises :class:`DataError`."""
     for n, (lineno, line) in enumerate(iter_lines(path)):
         try:
             yield lineno, orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            raise _line_error(path, lineno, line, n == 0, f"invalid JSON: {e}") from None
+            raise _line_error(path, lineno, line, n == 0, json_problem(line, e)) from None
 
 
 def read_numbered_records(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise",
@@ -495,7 +507,7 @@ def read_numbered_records(path: str | os.PathLike, *, on_error: Literal["raise",
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            err = _line_error(path, lineno, line, n == 0, f"invalid JSON: {e}")
+            err = _line_error(path, lineno, line, n == 0, json_problem(line, e))
         else:
             problems = check_record(obj, line)
             if not problems:
