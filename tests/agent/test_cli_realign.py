@@ -82,6 +82,11 @@ def test_explain_prints_one_task(tmp_path, capsys, scripted):
     # a Real-Data input keeps its sources: --source would have been ignored and every source re-aligned
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--source", "llm"],
      "--source llm: names the source of a published task list's output pairs"),
+    # options that only mean something with another: the run went on without them
+    (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--task", "0"],
+     "--task ID picks the task --explain TRACE prints: give --explain as well"),
+    (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--ray-shards", "2"],
+     "--ray-shards N splits a --ray run: give --ray [ADDRESS] as well"),
 ])
 def test_usage_and_input_errors_are_one_line(tmp_path, capsys, scripted, args, words):
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]

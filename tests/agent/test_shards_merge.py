@@ -71,7 +71,9 @@ def test_merge_refuses_missing_doubled_incomplete_or_foreign_shards(tmp_path, ca
     assert "different max_cycles" in merge(s1, tmp_path / "c2.jsonl")
     realign(capsys, src, tmp_path / "whole.jsonl")
     assert "not a shard's output" in merge(tmp_path / "whole.jsonl")
-    assert "no journal next to it" in merge(tmp_path / "nope.jsonl")
+    assert "nope.jsonl: no such file (nope.journal.jsonl not found)" in merge(tmp_path / "nope.jsonl")
+    (tmp_path / "lone.jsonl").write_text("")
+    assert "lone.jsonl: no journal next to it" in merge(tmp_path / "lone.jsonl")
     realign(capsys, src, s2, "--shard", "2/2")  # the unfinished shard resumes and completes
     code, _, err = run_cli(["realign", "merge", s1, s2, "--out", tmp_path / "m.jsonl"], capsys)
     assert code == 0, err

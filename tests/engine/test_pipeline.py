@@ -162,6 +162,11 @@ def test_shards_split_images_and_settings_change_counts(tmp_path):
     rec = records(tmp_path / "s1.jsonl")[0]
     single = [p for p in rec["pairs"]["llm"] if p["relation"] == "single"]
     assert all(len(p["positive_expressions"]) == 1 and p["negative_expressions"] == [] for p in single)
+    # the same shard written another way resumes its journal (" 1/2" was refused as another shard)
+    again = generate(options(tmp_path / "s1.jsonl", shard=" 1/2 ", min_area=3000,
+                             settings=GenerateSettings(llm_expressions=1, hard_negatives=0, easy_negatives=0)),
+                     roles=scripted_roles(generation_answers()))
+    assert again.ran == 0 and again.resumed > 0
 
 
 # --- a stage that yields nothing finishes cleanly -------------------------------------------------

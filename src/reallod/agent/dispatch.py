@@ -73,6 +73,11 @@ def run_realign(opts: RealignOptions | None = None, *, explain: Path | None = No
         return RealignOutcome(text=explain_task(explain, task))
     if opts is None:
         raise ConfigError("nothing to run: give the realign options (or a trace to explain)")
+    if task is not None:  # a run that goes on without it would not be what was asked
+        raise ConfigError("--task ID picks the task --explain TRACE prints: give --explain as well")
+    if ray_shards is not None and ray is None:
+        raise ConfigError("--ray-shards N splits a --ray run: give --ray [ADDRESS] as well (or --shard K/N for a "
+                          "run of your own)")
     if ray is not None:
         from reallod.agent.realign_ray import realign_on_ray
 

@@ -63,7 +63,8 @@ class MergeResult:
 def _shard_of_file(path: Path) -> tuple[Path, dict[str, Any], tuple[int, int]]:
     journal = journal_path_for(path)
     if not journal.is_file():
-        raise MergeError(f"{path}: no journal next to it ({journal.name}); merge takes the --out files of "
+        what = "no such file" if not path.exists() else "a folder" if path.is_dir() else "no journal next to it"
+        raise MergeError(f"{path}: {what} ({journal.name} not found); merge takes the --out files of "
                          "`reallod realign --shard K/N` runs")
     header = read_header(journal)
     spec = (header.get("fingerprint") or {}).get("shard")

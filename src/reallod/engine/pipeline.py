@@ -276,7 +276,7 @@ def generate(opts: GenerateOptions, *, roles: Roles | None = None, monitor: RunM
           "classes": fingerprint_file(opts.classes) if opts.classes else None,
           "settings": fingerprint(settings),
           "clip": [opts.clip_model if scorer is not None else None, opts.clip_threshold if scorer is not None else None],
-          "shard": opts.shard}
+          "shard": f"{shard[0]}/{shard[1]}" if shard else None}  # as parsed: " 1/2" is 1/2
     fp = check_resume(journal_path, fp, settings, roles, force=opts.force_resume)
     loader = ImageLoader(opts.images, max_pixels=opts.max_pixels, hint=MAX_PIXELS_HINT)
     monitor = monitor or RunMonitor()
