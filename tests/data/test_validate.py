@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ from reallod.cli import main
 from reallod.data.chunks import RangeLines, plan_ranges
 from reallod.data.images import resolve_image
 from reallod.data.validate import Issue, check_image, validate_file
-from reallod.errors import DataError
+from reallod.errors import ConfigError, DataError
 
 from .image_files import png_claiming_size
 
@@ -233,6 +234,27 @@ def test_image_checks(tmp_path, image_root):
     assert report.invalid == 6 and report.valid == 3
     par_issues, _ = collect(path, images=image_root, workers=2, chunk_bytes=100)
     assert par_issues == issues
+
+
+def test_decode_finds_a_file_cut_after_its_header(tmp_path, image_root):
+    """--images reads headers only: a JPEG cut after its header passed as valid ("decodes", said the help),
+    and training met it later. --decode decodes each image, in the workers too."""
+    full = io.BytesIO()
+    Image.effect_noise((64, 48), 40).convert("RGB").save(full, "JPEG", quality=95)
+    (image_root / "img" / "cut.jpg").write_bytes(full.getvalue()[:len(full.getvalue()) // 2])
+    png_claiming_size(image_root / "img" / "huge.png", 30_000, 20_000)
+    path = tmp_path / "d.jsonl"
+    path.write_text(dump(rec(0)) + dump(rec(1, filename="img/cut.jpg", width=64, height=48))
+                    + dump(rec(2, filename="img/huge.png", width=30_000, height=20_000)))
+    assert collect(path, images=image_root)[1].ok  # the headers are whole
+    issues, report = collect(path, images=image_root, decode=True)
+    assert [(i.line, i.kind) for i in issues] == [(2, "unreadable_image"), (3, "unreadable_image")]
+    assert report.valid == 1
+    assert "cut.jpg: cannot decode" in issues[0].message and "truncated" in issues[0].message
+    assert "30000x20000 pixels, above the 89,478,485 that training and detection decode" in issues[1].message
+    assert collect(path, images=image_root, decode=True, workers=2, chunk_bytes=100)[0] == issues
+    with pytest.raises(ConfigError, match="--decode decodes the images: give --images ROOT as well"):
+        collect(path, decode=True)
 
 
 def test_a_very_large_image_is_checked_by_its_header(tmp_path):

@@ -32,7 +32,11 @@ _Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout
 def data_validate(
     file: Annotated[Path, typer.Argument(help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
     images: Annotated[Path | None, typer.Option(
-        "--images", metavar="ROOT", help="Image root: also check each image exists, decodes and has the recorded size.")] = None,
+        "--images", metavar="ROOT", help="Image root: also check each image exists, is an image and has the recorded "
+        "size (from its header).")] = None,
+    decode: Annotated[bool, typer.Option(
+        "--decode", help="With --images: decode every image whole, as training does, to find truncated or "
+        "corrupt files (slower: a header read is instant, a decode takes milliseconds).")] = False,
     max_errors: Annotated[int | None, typer.Option(
         "--max-errors", min=0, metavar="N", help="Print at most N problems; the counts stay complete.")] = None,
     fix: Annotated[Path | None, typer.Option(
@@ -66,7 +70,7 @@ def data_validate(
 
     try:
         report = validate_file(file, images=images, max_errors=max_errors, fix=fix, clamp=clamp,
-                               workers=workers, on_issue=on_issue)
+                               workers=workers, on_issue=on_issue, decode=decode)
     except BrokenPipeError:  # `validate ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), report_out.fileno())
         raise typer.Exit(1) from None

@@ -169,8 +169,9 @@ def _json_message(e: orjson.JSONDecodeError, text: str) -> str:
     return f"invalid JSON at column {e.pos + 1}: {msg}"
 
 
-def check_image(obj: Any, root: str) -> list[Problem]:
-    """Image problems of one record: only the header is read (PIL opens lazily)."""
+def check_image(obj: Any, root: str, decode: bool = False) -> list[Problem]:
+    """Image problems of one record: only the header is read (PIL opens lazily), or with ``decode`` the
+    whole image, as training loads it (a truncated file has a whole header)."""
     if not isinstance(obj, dict):
         return []
     filename = obj.get("filename")
@@ -180,11 +181,17 @@ def check_image(obj: Any, root: str) -> list[Problem]:
     if path is None:
         return [Problem("image_outside_root", "filename",
                         f"{filename!r} is absolute or leads out of the image root; refusing to open it")]
-    from reallod.data.images import ROTATING_ORIENTATIONS, header_orientation, open_header
+    from reallod.data.images import DEFAULT_MAX_PIXELS, ROTATING_ORIENTATIONS, header_orientation, open_header
 
     try:
-        with open_header(path) as im:  # no size limit: nothing is decoded
+        with open_header(path) as im:  # no size limit: nothing is decoded (unless asked to: by its size)
             stored, orientation = im.size, header_orientation(im)
+            if decode and stored[0] * stored[1] > DEFAULT_MAX_PIXELS:
+                return [Problem("unreadable_image", "filename", f"{path}: {stored[0]}x{stored[1]} pixels, above "
+                                f"the {DEFAULT_MAX_PIXELS:,} that training and detection decode unless given "
+                                "--max-pixels; not decoded")]
+            if decode:
+                im.load()
     except (FileNotFoundError, NotADirectoryError):
         return [Problem("missing_image", "filename", f"{path} not found")]
     except IsADirectoryError:
@@ -223,8 +230,8 @@ class LineChecker:
     """Checks lines one at a time; counts problems and, with ``fix_out``, writes the records to keep."""
 
     def __init__(self, *, image_root: str | None = None, clamp: bool = False,
-                 fix_out: IO[bytes] | None = None) -> None:
-        self.image_root, self.clamp, self.fix_out = image_root, clamp, fix_out
+                 fix_out: IO[bytes] | None = None, decode: bool = False) -> None:
+        self.image_root, self.clamp, self.fix_out, self.decode = image_root, clamp, fix_out, decode
         self.records = self.invalid = self.written = self.clamped = 0
         self.counts: Counter = Counter()
 
@@ -237,7 +244,7 @@ class LineChecker:
                 problems.pop()  # lenient JSON: the schema problems say what is wrong more precisely
             problems.extend(schema)
             if self.image_root is not None:
-                problems.extend(check_image(obj, self.image_root))
+                problems.extend(check_image(obj, self.image_root, self.decode))
         if problems:
             self.invalid += 1
             self.counts.update(p.kind for p in problems)
@@ -281,7 +288,7 @@ def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
     spill = part = None
     try:
         part = open(cfg["part"], "wb") if cfg["part"] else None  # noqa: SIM115 - closed in finally
-        checker = LineChecker(image_root=cfg["image_root"], clamp=cfg["clamp"], fix_out=part)
+        checker = LineChecker(image_root=cfg["image_root"], clamp=cfg["clamp"], fix_out=part, decode=cfg["decode"])
         cap = cfg["cap"]
         lines = RangeLines(path, start, end, keep_bom=True)  # reported: other JSON readers refuse it
         for lineno, line in lines:
@@ -317,7 +324,7 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
                   max_errors: int | None = None, fix: str | os.PathLike | None = None,
                   clamp: bool = False, workers: int | None = None,
                   on_issue: Callable[[Issue], None] | None = None,
-                  chunk_bytes: int = MIN_CHUNK_BYTES) -> ValidationReport:
+                  chunk_bytes: int = MIN_CHUNK_BYTES, decode: bool = False) -> ValidationReport:
     """Check every line of ``path``; ``on_issue`` receives the first ``max_errors`` problems in line order.
 
     File-level problems (not gzip, truncated gzip, empty file) are always passed on. With ``fix`` the
@@ -336,6 +343,8 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if clamp and fix is None:
         raise ConfigError("--clamp changes what --fix writes: give --fix OUT as well")
+    if decode and images is None:
+        raise ConfigError("--decode decodes the images: give --images ROOT as well")
     image_root = None
     if images is not None:
         image_root = os.fspath(images)
@@ -360,9 +369,10 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
     writer = AtomicWriter(fix) if fix is not None else None
     try:
         if gz or stream:
-            _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit, file_issue)
+            _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit, file_issue, decode)
         else:
-            _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers, chunk_bytes)
+            _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers, chunk_bytes,
+                             decode)
         if report.records == 0 and not report.counts.get("read_error"):
             file_issue("empty_file", "no records (the file is empty or holds only blank lines)")
         if writer is not None:
@@ -379,9 +389,10 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
 
 def _validate_sequential(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                          writer: AtomicWriter | None, max_errors: int | None,
-                         emit: Callable[[Issue], None], file_issue: Callable[[str, str], None]) -> None:
+                         emit: Callable[[Issue], None], file_issue: Callable[[str, str], None],
+                         decode: bool = False) -> None:
     """Gzip, a pipe, a device: one pass in this process, problems passed on as they are found."""
-    checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer)
+    checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer, decode=decode)
     last, whole = 0, None
     try:
         for lineno, line in iter_lines(path, keep_bom=True):  # reallod reads a BOM, other JSON readers do not
@@ -404,7 +415,7 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
 
 def _validate_ranges(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                      writer: AtomicWriter | None, max_errors: int | None,
-                     emit: Callable[[Issue], None], workers: int, chunk_bytes: int) -> None:
+                     emit: Callable[[Issue], None], workers: int, chunk_bytes: int, decode: bool = False) -> None:
     """Uncompressed: byte ranges in worker processes, replayed here in range order.
 
     The workers' parts go to a folder beside ``--fix`` OUT (or in the temporary folder), named as
@@ -412,7 +423,7 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
     ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
     tmp = make_temp_dir(writer.path if writer is not None else Path(tempfile.gettempdir()) / "reallod-validate")
     try:
-        jobs = [(path, s, e, {"image_root": image_root, "clamp": clamp, "cap": max_errors,
+        jobs = [(path, s, e, {"image_root": image_root, "clamp": clamp, "cap": max_errors, "decode": decode,
                               "spill": os.path.join(tmp, f"{i}.issues"),
                               "part": os.path.join(tmp, f"{i}.part") if writer is not None else None,
                               "out": os.fspath(writer.path) if writer is not None else None})
