@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 
 import pytest
@@ -294,3 +295,28 @@ def test_a_missing_shard_trace_is_said_and_an_earlier_merged_trace_removed(tmp_p
     assert code == 0, err
     assert f"no trace written: 1 shard trace(s) missing, e.g. {tmp_path / 's2.trace.jsonl'}" in err
     assert "was removed (it was not this output's)" in err and not (tmp_path / "m.trace.jsonl").exists()
+
+
+def test_a_damaged_or_cut_shard_trace_is_said_and_no_trace_written(tmp_path, capsys, scripted):
+    """A shard trace overwritten with garbage, or cut, was merged silently: the merged trace lacked that
+    shard's tasks (it trains the agent's successor)."""
+    src = EXAMPLES / "realdata.jsonl"
+    s1, s2, m = tmp_path / "s1.jsonl", tmp_path / "s2.jsonl", tmp_path / "m.jsonl"
+    realign(capsys, src, s1, "--shard", "1/2")
+    realign(capsys, src, s2, "--shard", "2/2")
+    trace = tmp_path / "s1.trace.jsonl"
+    whole = trace.read_bytes()
+    trace.write_bytes(os.urandom(300))
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    assert code == 0, err
+    assert f"no trace written: the shard trace {trace} is damaged (its first line is no trace header)" in err
+    assert not (tmp_path / "m.trace.jsonl").exists()
+    lines = whole.splitlines(keepends=True)
+    trace.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # its last entry cut short
+    code, _, err = run_cli(["realign", "merge", s1, s2, "--out", m], capsys)
+    assert code == 0 and f"the shard trace {trace} holds {len(lines) - 2} of its {len(lines) - 1} task(s)" in err
+    assert not (tmp_path / "m.trace.jsonl").exists()
+    trace.write_bytes(whole)
+    assert run_cli(["realign", "merge", s1, s2, "--out", m], capsys)[0] == 0
+    assert len((tmp_path / "m.trace.jsonl").read_bytes().splitlines()) == len(lines) + len(
+        (tmp_path / "s2.trace.jsonl").read_bytes().splitlines()) - 1  # one header

@@ -185,6 +185,7 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
         if len(examples) < MAX_EXAMPLES:
             examples.append(text)
 
+    tasks_of: dict[int, int] = {}  # shard → its tasks: its trace holds an entry for each
     for path, journal, _, (k, _) in sorted(shards, key=lambda s: s[3][0]):
         for tid, entry in iter_journal(journal):
             if tid in results:
@@ -193,6 +194,7 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
                 continue
             results.add(tid, entry, shard=k)
             summary.add(entry)
+            tasks_of[k] = tasks_of.get(k, 0) + 1
     seen = 0
     for item in iter_tasks(input_path, captions=captions, fmt=fmt):
         seen += 1
@@ -214,7 +216,8 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
 
     summary.assembly = assemble(fmt, input_path, results, out, policy=policy, source=source,
                                 agent=meta.get("agent"), captions=captions)
-    trace, trace_note = _merge_traces([p for p, *_ in sorted(shards, key=lambda s: s[3][0])], out)
+    trace, trace_note = _merge_traces([(p, tasks_of.get(k, 0)) for p, _, _, (k, _) in sorted(shards, key=lambda s: s[3][0])],
+                                      out)
     return MergeResult(Path(out), trace, summary, n, cast(Policy, policy), policy_note, source=source,
                        source_note=source_note if fmt != "records" else "", trace_note=trace_note)
 
@@ -243,30 +246,52 @@ def _refuse_overwrite(out: Path, input_path: Path, captions: str | None, shard_o
             raise ConfigError(f"--out {out} would overwrite {read[mine.resolve()]} ({mine}): give another --out")
 
 
-def _merge_traces(shard_outs: list[Path], out: Path) -> tuple[Path | None, str]:
-    """The shards' traces one after the other under one header, and what to say of it. With a shard's
-    trace missing there is none (a trace of the output trains the agent's successor: a partial one
-    would train on part of it), and a trace an earlier merge left at the target is removed: it
-    belongs to another output."""
+class _TraceDamaged(Exception):
+    """A shard's trace that is not whole: no merged trace is written (why: the message)."""
+
+
+def _merge_traces(shards: list[tuple[Path, int]], out: Path) -> tuple[Path | None, str]:
+    """The shards' traces one after the other under one header, and what to say of it; ``shards``: each
+    shard's output and the tasks its journal holds. With a shard's trace missing, damaged (no trace
+    header) or short of entries, there is none (a trace of the output trains the agent's successor: a
+    partial one would train on part of it), and a trace an earlier merge left at the target is removed:
+    it belongs to another output."""
+    shard_outs = [p for p, _ in shards]
     traces = [trace_path_for(p) for p in shard_outs]
     target = trace_path_for(out)
     missing = [t for t in traces if not t.is_file()]
-    if missing:
-        stale = target.is_file()
-        target.unlink(missing_ok=True)
-        return None, (f"no trace written: {len(missing)} shard trace(s) missing, e.g. {missing[0]}"
-                      + (f"; the earlier {target} was removed (it was not this output's)" if stale else ""))
-    with AtomicWriter(target) as w:
-        for i, t in enumerate(traces):
-            lines = whole_lines(t)
-            first = next(lines, b"")
-            if i == 0:
-                try:
-                    header = orjson.loads(first)
-                except orjson.JSONDecodeError:
-                    header = {"trace": TRACE_VERSION}
-                header.update(shard=None, merged_from=[os.fspath(p) for p in shard_outs])
-                w.write(orjson.dumps(header) + b"\n")
-            for line in lines:
-                w.write(line)
-    return target, ""
+    why = f"{len(missing)} shard trace(s) missing, e.g. {missing[0]}" if missing else ""
+    if not missing:
+        try:
+            with AtomicWriter(target) as w:
+                for i, (t, (_, tasks)) in enumerate(zip(traces, shards, strict=True)):
+                    lines = whole_lines(t)
+                    first = next(lines, b"")
+                    header = _trace_header(first) if first or tasks else {"trace": TRACE_VERSION}  # an empty shard
+                    if header is None:
+                        raise _TraceDamaged(f"the shard trace {t} is damaged (its first line is no trace header)")
+                    if i == 0:
+                        header.update(shard=None, merged_from=[os.fspath(p) for p in shard_outs])
+                        w.write(orjson.dumps(header) + b"\n")
+                    entries = 0
+                    for line in lines:
+                        w.write(line)
+                        entries += 1
+                    if entries < tasks:
+                        raise _TraceDamaged(f"the shard trace {t} holds {entries} of its {tasks} task(s) (cut or "
+                                            "damaged)")
+            return target, ""
+        except _TraceDamaged as e:
+            why = str(e)
+    stale = target.is_file()
+    target.unlink(missing_ok=True)
+    return None, (f"no trace written: {why}"
+                  + (f"; the earlier {target} was removed (it was not this output's)" if stale else ""))
+
+
+def _trace_header(line: bytes) -> dict[str, Any] | None:
+    try:
+        header = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) and "trace" in header else None
