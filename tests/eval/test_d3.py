@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import warnings
 from collections import defaultdict
 
@@ -143,6 +144,11 @@ def test_bad_input(pickles, tmp_path):
         d3.load(tmp_path / "partial")
     with pytest.raises(DataError, match="folder of annotation pickles"):
         d3.load(tmp_path / "p.json")
+    broken = tmp_path / "broken"  # it named the folder: which of four pickles?
+    shutil.copytree(folder, broken)
+    (broken / "images.pkl").write_bytes(b",random bytes")
+    with pytest.raises(DataError, match=r"broken/images\.pkl: D³ annotations: cannot read the pickles"):
+        d3.load(broken)
 
 
 def test_a_sentence_without_words_is_named(tmp_path):

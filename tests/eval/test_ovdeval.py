@@ -110,6 +110,22 @@ def test_equals_the_official_script(tmp_path, seed):
     assert 0 < ours["color/AP"] < 1
 
 
+def test_a_box_of_a_category_the_file_does_not_list_is_said_and_scored_as_officially(tmp_path):
+    """The official script leaves such a box out of the scores (pycocotools evaluates the listed categories);
+    it was left out without a word."""
+    gt = ovdeval_subset(0, n_images=8)
+    gt["annotations"].append({**gt["annotations"][0], "id": 999, "category_id": 77})
+    bench = _bench(gt)
+    assert bench.subsets[0].notes == [f"color.json: 1 annotation(s) of a category or image the file does not list, "
+                                      f"not scored (as in the official script), e.g. annotations"
+                                      f"[{len(gt['annotations']) - 1}]"]
+    prompts = {img.image_id: img.keys for img in bench.subsets[0].images}
+    preds = coco_predictions(gt, prompts, seed=0, per_label=8)
+    ours = ov.evaluate(bench, parse_coco_results(json.loads(json.dumps(preds)), None))
+    assert ours.metrics["color/AP"] == _official_flow(gt, preds, tmp_path)[0]
+    assert any("not scored" in note for note in ours.notes)
+
+
 def test_prompts_and_subsets(tmp_path):
     folder = tmp_path / "annotations"
     folder.mkdir()

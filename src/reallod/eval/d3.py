@@ -97,6 +97,20 @@ def _sentences(sents: list[dict[str, Any]], path: Path) -> dict[int, str]:
     return out
 
 
+def _unreadable_pickle(folder: Path) -> Path | None:
+    """The first of the folder's pickles that does not load (named in the error), once the package's reader
+    failed on one of them; None when each loads alone (the failure was elsewhere)."""
+    import pickle
+
+    for name in PICKLES:
+        try:
+            with open(folder / name, "rb") as f:
+                pickle.load(f)  # the files the package's reader was about to load
+        except Exception:
+            return folder / name
+    return None
+
+
 def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | None = None) -> D3Benchmark:
     """Read the pickles and build the FULL / PRES / ABS ground truths for the chosen setting."""
     folder = Path(anno_dir)
@@ -110,7 +124,8 @@ def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | 
     try:
         d3 = D3(str(image_root or ""), str(folder))
     except Exception as e:  # pickle errors come in many types
-        raise DataError(f"D³ annotations: cannot read the pickles ({type(e).__name__}: {e})", path=str(folder)) from e
+        raise DataError(f"D³ annotations: cannot read the pickles ({type(e).__name__}: {e})",
+                        path=str(_unreadable_pickle(folder) or folder)) from e
     try:
         gts = {}
         with tempfile.TemporaryDirectory(prefix="reallod-d3-") as tmp:

@@ -128,6 +128,10 @@ def parse_subset(obj: Any, path: str, part: int = 0, name: str | None = None) ->
     for i, a in enumerate(obj["annotations"]):
         _check_annotation(path, i, a)
     annotations, notes = _renumbered(path, obj["annotations"])
+    unscored = [i for i, a in enumerate(obj["annotations"]) if a["category_id"] not in cat_ids or a["image_id"] not in seen]
+    if unscored:  # pycocotools evaluates the listed images and categories only, as the official script
+        notes.append(f"{Path(path).name}: {len(unscored)} annotation(s) of a category or image the file does not "
+                     f"list, not scored (as in the official script), e.g. annotations[{unscored[0]}]")
     return Subset(name, path, {**obj, "annotations": annotations}, images, notes)
 
 
