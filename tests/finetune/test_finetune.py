@@ -247,6 +247,15 @@ def test_bad_input_is_a_clear_error(teacher_data, tiny_lm, tmp_path) -> None:
         with pytest.raises(ConfigError, match=rf"{name} must be a finite number above 0, got (nan|inf)"):
             finetune(opts(teacher_data, tiny_lm, tmp_path / "f", **bad))
         assert not (tmp_path / "f").exists()
+    empty = tmp_path / "empty-data"
+    shutil.copytree(teacher_data, empty)
+    (empty / "reflector" / "train.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"reflector/train\.jsonl: no reflector training examples in the file"):
+        finetune(opts(empty, tiny_lm, tmp_path / "h"))  # it said every example was longer than --max-length
+    (empty / "reflector" / "train.jsonl").write_text('{"messages": 5}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl:1: not an sft-data example: \"messages\" must be a list of "
+                                        r"messages, got 5"):  # it said "'int' object is not subscriptable"
+        finetune(opts(empty, tiny_lm, tmp_path / "h"))
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_lm, damaged)
     (damaged / "model.safetensors").write_bytes(os.urandom(100))

@@ -127,6 +127,28 @@ def test_a_gzip_trace_its_run_never_closed_gives_the_same_data(teacher_run, teac
     assert rep.examples == json.loads((teacher_data / "manifest.json").read_text())["examples"]
 
 
+def test_a_trace_whose_last_line_is_cut_counts_it_left_out(teacher_run, tmp_path) -> None:
+    """A run killed mid-write (or still running) leaves its last line torn: it was left out silently."""
+    whole = (teacher_run / "teacher.trace.jsonl").read_bytes()
+    cut = tmp_path / "cut.trace.jsonl"
+    cut.write_bytes(whole[:whole.rindex(b"\n", 0, len(whole) - 1) + 40])
+    rep = build_sft_data([cut], tmp_path / "sft", val_fraction=0.25)
+    entries = len(whole.splitlines()) - 1
+    assert rep.tasks_read == entries - 1
+    assert rep.skipped["tasks whose trace line is cut short (its run killed while writing it, or still running)"] == 1
+
+
+def test_a_trace_given_twice_or_a_folder_for_a_trace_is_refused(teacher_run, tmp_path) -> None:
+    trace = teacher_run / "teacher.trace.jsonl"
+    with pytest.raises(ConfigError, match=r"teacher\.trace\.jsonl is given twice: give each trace once"):
+        build_sft_data([trace, trace], tmp_path / "sft")  # its tasks were read, and counted, twice
+    with pytest.raises(ConfigError, match=r"is given twice \(also as"):
+        build_sft_data([trace, teacher_run / ".." / teacher_run.name / trace.name], tmp_path / "sft")
+    with pytest.raises(DataError, match=r": a folder, not a trace file"):  # it said "no such trace file"
+        build_sft_data([teacher_run], tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
+
+
 def test_vlm_examples_carry_their_re_rendered_views(teacher_data) -> None:
     ex = rows(teacher_data, "vlm", "train")[0]
     assert [p["type"] for p in ex["messages"][1]["content"]] == ["image", "text"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -192,10 +192,12 @@ def _cut_torn_tail(path: Path) -> None:
         f.truncate(0)
 
 
-def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+def read_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = None
+               ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """(header, iterator over task entries) of a trace file; a torn last line (no newline after it: a
-    write a crash cut short; in a gzip trace, what follows its last sync point) is skipped, any other
-    line that does not parse is damage and raises."""
+    write a crash cut short; in a gzip trace, what follows its last sync point) is skipped, and its number
+    given to ``on_torn`` (a plain trace's: a gzip one's sync points fall between lines), any other line
+    that does not parse is damage and raises."""
     gz = probe_gzip(path)
     lines = iter_lines(path, on_cut=lambda _: None)
     try:
@@ -223,6 +225,8 @@ def read_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[s
         # written whole: damage, not a torn write (a gzip trace's torn line never reaches here)
         if torn is not None and (gz or _ends_with_newline(path)):
             raise _damaged(path, torn)
+        if torn is not None and on_torn is not None:
+            on_torn(torn)
 
     return header, entries()
 

@@ -330,8 +330,8 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
     """The examples of one trace (selected, not yet deduplicated nor split). A field that does not have
     the shape the agent writes is an error naming the trace, the line, the task and the field."""
     if not trace.is_file():
-        raise DataError("no such trace file", path=str(trace))
-    header, entries = read_trace(trace)
+        raise DataError("a folder, not a trace file" if trace.is_dir() else "no such trace file", path=str(trace))
+    header, entries = read_trace(trace, on_torn=lambda _: report.skipped.update([TORN_LINE]))
     check_trace_header(trace, header)
     root = image_root(trace, header, images)
     loader: ImageLoader | None = None
@@ -423,6 +423,9 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
                           str(decision.get(label_field, "")) if label_field else "", int(step.get("cycle") or 0),
                           str(trace))
 
+
+TORN_LINE = "tasks whose trace line is cut short (its run killed while writing it, or still running)"
+"""Why a plain trace's last line, torn, is left out (counted: it was left out without a word)."""
 
 UNPARSED_DECISION = "calls whose decision lacks a field or has an invalid one (no made-up labels)"
 """Why a call whose recorded decision the reply parser would not have given is left out (counted)."""
@@ -534,6 +537,11 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
         raise ConfigError("--from gold needs the labelled task file: --from gold LABELLED")
     if not traces:
         raise ConfigError("no trace given")
+    seen: dict[Path, Path] = {}
+    for t in traces:  # its tasks would be read twice, counted twice
+        if (first := seen.setdefault(Path(t).resolve(), Path(t))) != Path(t) or traces.count(t) > 1:
+            raise ConfigError(f"the trace {t} is given twice{f' (also as {first})' if first != Path(t) else ''}: "
+                              "give each trace once")
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the dataset")

@@ -209,8 +209,10 @@ def _text_rows(path: Path, tokenizer: Any, role: str, max_length: int) -> tuple[
     for lineno, line in split_lines(path):
         try:
             messages = json.loads(line)["messages"]
+            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+                raise ValueError(f'"messages" must be a list of messages, got {json.dumps(messages)[:60]}')
             prompt, reply = messages[:-1], messages[-1]
-            if reply["role"] != "assistant":
+            if reply.get("role") != "assistant":
                 raise ValueError("the last message is not the assistant's reply")
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise DataError(f"not an sft-data example: {e}", path=str(path), line=lineno) from None
@@ -499,6 +501,9 @@ def _finetune(opts: FinetuneOptions, manifest: dict[str, Any], files: dict[str, 
         if rows:
             splits[split] = Dataset.from_list(rows)
     if "train" not in splits:
+        if not too_long:  # an empty file (only blank lines): no example was too long
+            raise DataError(f"no {opts.role} training examples in the file (rebuild the dataset with "
+                            "`reallod agent sft-data`)", path=str(files["train"]))
         raise DataError(f"every {opts.role} training example is longer than --max-length {opts.max_length} "
                         "tokens", path=str(files["train"]))
     record = {"status": "training", "settings": opts.settings(), "length": _training_length(opts),
