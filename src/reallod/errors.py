@@ -77,6 +77,24 @@ def not_utf8(error: UnicodeDecodeError) -> str:
             "save the file as UTF-8")
 
 
+def json_kind(value: object) -> str:
+    """What a JSON (or YAML) value is, in the file's words, for "expected ..., got ..." messages: ``null``,
+    not Python's ``NoneType``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def first_few(items: Sequence[str], shown: int, *, sep: str = ", ", rest: str = "more") -> str:
     """The first ``shown`` items and how many more (``"a, b, c and 7 more"``): a message names enough to
     find the problems and counts them all, whatever their number."""

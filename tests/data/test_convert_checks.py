@@ -43,6 +43,20 @@ def test_from_coco_refuses_duplicate_ids(data, field, message):
     assert exc.value.path == "ann.json" and exc.value.field == field and message in exc.value.message
 
 
+@pytest.mark.parametrize(("change", "field", "message"), [
+    (lambda d: d["annotations"].__setitem__(0, None), "annotations[0]", "expected an object, got null"),
+    (lambda d: d.__setitem__("images", {"id": 1}), "images", "expected a list, got an object"),
+    (lambda d: d["annotations"].__setitem__(0, 7), "annotations[0]", "expected an object, got the number 7"),
+])
+def test_from_coco_names_a_wrong_kind_in_json_words(change, field, message):
+    """It said Python's names: "expected an object, got NoneType"."""
+    data = _coco()
+    change(data)
+    with pytest.raises(DataError) as exc:
+        list(coco_to_records(data, path="ann.json"))
+    assert exc.value.field == field and exc.value.message == message
+
+
 def test_cli_from_coco_duplicate_id_names_the_file_and_writes_nothing(tmp_path, capsys):
     src = tmp_path / "dup.json"
     src.write_bytes(orjson.dumps(_coco(images=[{"id": 1, "height": 10, "width": 10, "file_name": "a.jpg"},

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from reallod.agent.roles import LLM_ROLES, ROLE_NAMES, Role, Roles, load_prompt, make_role
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, json_kind
 from reallod.llm.backends import BACKENDS, Backend, make_backend
 from reallod.llm.backends.http import TRANSPORTS
 from reallod.llm.backends.openai_backend import IMAGE_FORMATS, STRUCTURED_MODES, base_url_problem, public_url
@@ -165,7 +165,7 @@ def _role(name: str, raw: Any, at: At, base_dir: Path, url: tuple[str, str] | No
             raise ConfigError(f"{at(f'roles.{name}', own_line=True)}: the {name} role is required")
         return None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where()}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{where()}: expected a mapping, got {json_kind(raw)}")
     backend = raw.get("backend")
     _choice(backend, where("backend"), BACKENDS)
     unknown = set(raw) - _COMMON - _OPTIONS[backend]

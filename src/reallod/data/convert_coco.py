@@ -41,7 +41,7 @@ from reallod.data.convert_common import (
 from reallod.data.io import JsonlWriter, read_whole
 from reallod.data.records import Pair, Record
 from reallod.data.schema import MAX_SIDE
-from reallod.errors import DataError
+from reallod.errors import DataError, json_kind
 
 # ----------------------------------------------------------------------------------------------
 # Real-Data → COCO
@@ -186,13 +186,13 @@ def _check_list(data: dict[str, Any], key: str, path: str) -> list[Any]:
     if value is None:
         raise _fail(path, key, "missing (not a COCO detection json?)")
     if not isinstance(value, list):
-        raise _fail(path, key, f"expected a list, got {type(value).__name__}")
+        raise _fail(path, key, f"expected a list, got {json_kind(value)}")
     return value
 
 
 def _int_field(obj: Any, key: str, where: str, path: str) -> int:
     if not isinstance(obj, dict):
-        raise _fail(path, where, f"expected an object, got {type(obj).__name__}")
+        raise _fail(path, where, f"expected an object, got {json_kind(obj)}")
     v = obj.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
         raise _fail(path, f"{where}.{key}", "missing" if v is None else f"expected an integer, got {v!r}")
@@ -221,7 +221,7 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
     """
     stats = stats if stats is not None else ConvertStats()
     if not isinstance(data, dict):
-        raise _fail(path, "", f"expected a COCO json object, got {type(data).__name__}")
+        raise _fail(path, "", f"expected a COCO json object, got {json_kind(data)}")
     images = _check_list(data, "images", path)
     anns = _check_list(data, "annotations", path)
     cats = _check_list(data, "categories", path)

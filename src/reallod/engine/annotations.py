@@ -36,7 +36,7 @@ from reallod.data.convert_coco import category_expression, coco_to_records, imag
 from reallod.data.convert_common import ConvertStats
 from reallod.data.images import open_header, upright_size
 from reallod.data.io import is_stream, open_input
-from reallod.errors import ConfigError, DataError, first_few
+from reallod.errors import ConfigError, DataError, first_few, json_kind
 from reallod.runs.image_root import ImageError, ImageLoader
 
 OUTSIDE_TOLERANCE_PX = 1.0
@@ -174,7 +174,7 @@ def _lvis_ids(raw: dict[str, Any], key: str, names: dict[Any, str], path: str, w
     """The category names of an LVIS image's id list (missing: none)."""
     ids = raw.get(key, [])
     if not isinstance(ids, list):
-        raise DataError(f"expected a list of category ids, got {type(ids).__name__}", path=path,
+        raise DataError(f"expected a list of category ids, got {json_kind(ids)}", path=path,
                         field=f"{where}.{key}")
     out = []
     for j, cid in enumerate(ids):

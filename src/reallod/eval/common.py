@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from reallod.errors import DataError
+from reallod.errors import DataError, json_kind
 from reallod.model.token_prompt import sanitize, tokenizer_kept
 
 BOX_DECIMALS = 2  # pixels: what is written to a predictions file
@@ -244,7 +244,7 @@ class EntryChecker:
 
     def entry(self, index: int, entry: Any, keys: tuple[str, ...]) -> dict:
         if not isinstance(entry, dict):
-            raise DataError(f"expected an object, got {type(entry).__name__}", path=self.path,
+            raise DataError(f"expected an object, got {json_kind(entry)}", path=self.path,
                             field=f"{self.list_name}[{index}]")
         for key in keys:
             if key not in entry:
@@ -382,7 +382,7 @@ def boxes_and_scores_ok(bbox: np.ndarray, score: np.ndarray) -> bool:
 def parse_coco_results(entries: Any, path: str | None, part: int = 0) -> Predictions:
     """COCO result entries (D³, OVDEval) → Predictions, each field checked (by column; per entry on failure)."""
     if not isinstance(entries, list):
-        raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
+        raise DataError(f"expected a JSON list of predictions, got {json_kind(entries)}", path=path)
     n = len(entries)
     cols = fast_columns(entries, ("image_id", "category_id", "bbox", "score"))
     if cols is not None:

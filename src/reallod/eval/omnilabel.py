@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from reallod.errors import DataError
+from reallod.errors import DataError, json_kind
 from reallod.eval import coco_ap
 from reallod.eval.common import (
     INT64_MAX,
@@ -276,7 +276,7 @@ def _check_annotations_slowly(anns: list[Any], path: str | None) -> None:
     for i, a in enumerate(anns):
         where = f"annotations[{i}]"
         if not isinstance(a, dict):
-            raise _field(path, where, f"expected an object, got {type(a).__name__}")
+            raise _field(path, where, f"expected an object, got {json_kind(a)}")
         for key in _ANNOTATION_KEYS:
             if key not in a:
                 raise _field(path, f"{where}.{key}", "missing")
@@ -315,7 +315,7 @@ def parse_predictions(entries: Any, path: str | None = None) -> Predictions:
 
 def _parse_predictions(entries: Any, path: str | None) -> Predictions:
     if not isinstance(entries, list):
-        raise DataError(f"expected a JSON list of predictions, got {type(entries).__name__}", path=path)
+        raise DataError(f"expected a JSON list of predictions, got {json_kind(entries)}", path=path)
     cols = fast_columns(entries, ("image_id", "bbox", "description_ids", "scores"))
     if cols is not None and all_instances(cols["description_ids"], {list}) and all_instances(cols["scores"], {list}):
         counts = np.fromiter(map(len, cols["description_ids"]), dtype=np.int64, count=len(entries))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, json_kind
 
 # bert-base-uncased ids that Grounding-DINO hard-codes (DESIGN §6).
 CLS_ID, SEP_ID, DOT_ID, QUESTION_ID, PAD_ID = 101, 102, 1012, 1029, 0
@@ -57,7 +57,7 @@ def check_expressions(expressions: Sequence[str]) -> list[str]:
     out = []
     for i, e in enumerate(expressions):
         if not isinstance(e, str):
-            raise ConfigError(f"expression {i}: expected a string, got {type(e).__name__}")
+            raise ConfigError(f"expression {i}: expected a string, got {json_kind(e)}")
         if not sanitize(e):
             raise ConfigError(f"expression {i} ({e!r}) is empty once '.' and '?' are removed")
         out.append(e)
