@@ -88,3 +88,17 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
         assert code == 2 and f"--out {out}: " in err and "unexpected" not in err, err
     assert "a file, not a folder" in run_cli(["data", "show", src, "--images", tmp_path, "--out",
                                               tmp_path / "notes.txt"], capsys)[2]
+
+
+def test_an_image_not_of_its_records_size_is_said(tmp_path, capsys):
+    """Its boxes were drawn where they do not fit, without a word (`data validate --images` flags it)."""
+    Image.new("RGB", (16, 12)).save(tmp_path / "a.png")  # the record says 160x120
+    src = tmp_path / "rd.jsonl"
+    write_records(src, [_record("a cup").to_dict()])
+    code, out, err = run_cli(["data", "show", src, "--images", tmp_path, "--out", tmp_path / "pngs"], capsys)
+    assert code == 0, err
+    assert (f"1 image(s) not of their record's size, their boxes drawn as recorded (e.g. {src}:1 a.png is 16x12, "
+            "its record says 160x120") in " ".join(out.split())
+    Image.new("RGB", (160, 120)).save(tmp_path / "a.png")
+    assert "not of their record's size" not in run_cli(["data", "show", src, "--images", tmp_path, "--out",
+                                                        tmp_path / "pngs2"], capsys)[1]

@@ -47,11 +47,15 @@ class ShowStats:
 
     written: list[Path] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    resized: list[str] = field(default_factory=list)  # drawn images whose size is not their record's
 
     def summary(self, out_dir: str | os.PathLike) -> str:
         text = f"wrote {len(self.written)} PNGs to {out_dir}"
         if self.skipped:
             text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+        if self.resized:
+            text += (f"; {len(self.resized)} image(s) not of their record's size, their boxes drawn as recorded "
+                     f"(e.g. {self.resized[0]}: `reallod data validate --images` names them all)")
         return text
 
 
@@ -420,6 +424,9 @@ def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | 
             stats.skipped["records whose image is missing or unreadable"] = \
                 stats.skipped.get("records whose image is missing or unreadable", 0) + 1
             continue
+        if image.size != (record.width, record.height):
+            stats.resized.append(f"{src}:{lineno} {record.filename} is {image.width}x{image.height}, its record "
+                                 f"says {record.width}x{record.height}")
         picture = render_record(record, image, sources=sources)
         buf = io.BytesIO()
         picture.save(buf, format="PNG", optimize=False)
