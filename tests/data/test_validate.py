@@ -435,3 +435,13 @@ def test_the_fast_check_of_a_record_read_from_its_line_finds_what_the_full_check
     r["pairs"]["llm"][0].update(positive_expressions=[positive], negative_expressions=["a cat", negative])
     line = orjson.dumps(r) + b"\n"
     assert check_record(orjson.loads(line), line) == check_record(orjson.loads(line))
+
+
+@pytest.mark.parametrize("size", [True, 0, -3, "30"])
+def test_a_bad_size_is_said_once_not_again_for_every_box(size):
+    """``"height": true`` also gave 'extends past the image (40xTrue)' for every box (true was 1)."""
+    from reallod.data.schema import check_record
+
+    problems = check_record(rec(height=size, pairs={"llm": [{**rec()["pairs"]["llm"][0],
+                                                            "relation": "multi", "bboxes": [[1, 2, 20, 25], [3, 4, 30, 28]]}]}))
+    assert [p.field for p in problems] == ["height"]

@@ -55,6 +55,11 @@ class Problem:
     message: str
 
 
+def _is_size(v: Any) -> bool:
+    """A usable height or width (``true`` is an int to Python, and was compared as 1)."""
+    return isinstance(v, _INT) and not isinstance(v, bool) and v > 0
+
+
 def check_box(box: Any, where: str, height: Any, width: Any, out: list[Problem]) -> None:
     """Append the problems of one xyxy box to ``out``."""
     if not isinstance(box, list) or len(box) != 4 or not all(
@@ -70,7 +75,7 @@ def check_box(box: Any, where: str, height: Any, width: Any, out: list[Problem])
         out.append(Problem("degenerate_box", where, f"no area: {box} (need x2 > x1 and y2 > y1)"))
     if x1 < 0 or y1 < 0:
         out.append(Problem("negative_box", where, f"negative coordinate in {box}"))
-    if isinstance(width, _INT) and isinstance(height, _INT) and (x2 > width or y2 > height):
+    if _is_size(width) and _is_size(height) and (x2 > width or y2 > height):  # else bad_size says it
         out.append(Problem("box_outside_image", where, f"{box} extends past the image ({width}x{height})"))
 
 
