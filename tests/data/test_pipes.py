@@ -20,7 +20,7 @@ import pytest
 
 from reallod.data import read_records
 from reallod.data.chunks import plan_ranges
-from reallod.data.io import is_stream, iter_lines, read_whole
+from reallod.data.io import is_stream, iter_lines, read_whole, writes_through
 from reallod.data.stats import file_stats
 from reallod.data.validate import validate_file
 from reallod.errors import DataError
@@ -160,6 +160,19 @@ def test_records_on_stdout_and_the_report_on_stderr():
         assert done.returncode == 0, done.stderr
         assert all(json.loads(line)["filename"] for line in done.stdout.splitlines()) and done.stdout
         assert b"/dev/stdout" in done.stderr
+
+
+def test_stdout_redirected_to_a_file_gets_the_records_and_dev_shm_is_a_file(tmp_path):
+    """/dev/stdout is a link to /proc/self/fd/1: with stdout a file it resolves to a regular file, and the
+    output, made aside and renamed, replaced the link itself (for every process on the machine)."""
+    src = Path(__file__).resolve().parents[2] / "examples" / "realdata.jsonl"
+    with open(tmp_path / "out.jsonl", "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "reallod", "data", "sample", str(src), "/dev/stdout", "-n", "2"],
+                              stdout=stdout, stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len([json.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]) == 2
+    assert os.path.islink("/dev/stdout") and writes_through("/dev/stdout") and writes_through("/dev/fd/1")
+    assert not writes_through("/dev/shm/x.jsonl") and not writes_through(tmp_path / "x.jsonl")
 
 
 def test_a_journaled_run_refuses_a_pipe_or_a_device_as_its_output(tmp_path, capsys):

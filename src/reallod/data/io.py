@@ -176,10 +176,18 @@ def is_stream(path: str | os.PathLike) -> bool:
 
 def writes_through(path: str | os.PathLike) -> bool:
     """Whether an output at ``path`` is written through as it is, not made aside and renamed into place:
-    a pipe, a FIFO or a device, and any name under ``/dev`` or ``/proc`` (``/dev/stdout`` is a link to
-    ``/proc/self/fd/1``, whatever stdout is: a file put in place of the link would break it for the
-    machine)."""
-    return is_stream(path) or os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    a pipe, a FIFO or a device, and a process's file descriptor (``/dev/stdout`` is a link to
+    ``/proc/self/fd/1`` whatever stdout is, a file included: a file put in place of the link would break
+    it for the machine). A regular file under ``/dev/shm`` is a file like any other."""
+    if is_stream(path):
+        return True
+    full = os.path.abspath(path)
+    if full.startswith(("/proc/", "/dev/fd/")):
+        return True
+    try:
+        return os.path.islink(full) and os.readlink(full).startswith("/proc/")
+    except OSError:
+        return False
 
 
 def is_gzip_file(path: str | os.PathLike) -> bool:
