@@ -183,4 +183,7 @@ def test_a_journaled_run_refuses_a_pipe_or_a_device_as_its_output(tmp_path, caps
     code, _, err = run_cli(["generate", "--annotations", examples / "annotations.json", "--images",
                             examples / "images", "--config", "offline", "--out", "/dev/null"], capsys)
     assert code == 2 and "--out /dev/null is a pipe or a device" in err
+    code, _, err = run_cli(["realign", "merge", tmp_path / "a.jsonl", tmp_path / "b.jsonl", "--out", "/dev/stdout"],
+                           capsys)
+    assert code == 2 and "--out /dev/stdout is a pipe or a device: the merge writes its trace beside its output" in err
     assert not list(Path("/dev").glob("*.journal.jsonl")) and not list(Path("/dev").glob("*.trace.jsonl"))

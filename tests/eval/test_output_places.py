@@ -4,6 +4,7 @@ file with ``..`` included (the OS does not step out: ``afile/../m.json`` cannot 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from reallod.eval import jobs
 from tests.cli_helpers import run_cli
@@ -26,3 +27,14 @@ def test_a_metrics_out_through_a_file_is_refused_before_scoring(tmp_path, capsys
                             tmp_path / "preds.json", "--metrics-out", metrics], capsys)
     assert code == 2 and f"--metrics-out {metrics}: {tmp_path / 'afile'} is a file, not a folder" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "gt.json", "preds.json"]
+
+
+def test_a_model_run_refuses_a_pipe_or_a_device_as_its_out(tmp_path, capsys, tiny_model_dir):
+    """Its journal would be made beside it, in /dev; --metrics-out /dev/stdout is written through."""
+    gt = omnilabel_gt(2, 3)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "images").mkdir()
+    code, _, err = run_cli(["eval", "omnilabel", "--annotations", tmp_path / "gt.json", "--images",
+                            tmp_path / "images", "--model", tiny_model_dir, "--out", "/dev/stdout"], capsys)
+    assert code == 2 and "--out /dev/stdout is a pipe or a device: a run keeps its journal beside its output" in err
+    assert not list(Path("/dev").glob("stdout.*"))

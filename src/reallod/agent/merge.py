@@ -24,7 +24,7 @@ from reallod.agent.assemble import DEFAULT_SOURCE, POLICIES, Policy, Results, as
 from reallod.agent.inputs import iter_tasks, load_captions, shard_key
 from reallod.agent.summary import RunSummary
 from reallod.agent.trace import TRACE_VERSION, trace_path_for, whole_lines
-from reallod.data.io import AtomicWriter
+from reallod.data.io import AtomicWriter, writes_through
 from reallod.errors import ConfigError, ReallodError
 from reallod.runs.journal import (
     JournalBusy,
@@ -123,6 +123,9 @@ def merge_shards(shard_outs: list[Path], out: Path, *, unresolved: str | None = 
         raise ConfigError(f"--unresolved {unresolved!r}: expected drop, keep or negative")
     if not shard_outs:
         raise MergeError("no shard outputs given")
+    if writes_through(out):  # the trace goes beside it
+        raise ConfigError(f"--out {out} is a pipe or a device: the merge writes its trace beside its output; "
+                          "give a file")
     locks: list[JournalLock] = []
     try:
         distinct: dict[Path, Path] = {}  # journal → shard output; a shard given twice is said below

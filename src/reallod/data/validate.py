@@ -51,6 +51,7 @@ from reallod.data.io import (
     probe_gzip,
     raise_with_path,
     refuse_one_document,
+    writes_through,
 )
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
@@ -421,7 +422,8 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
     The workers' parts go to a folder beside ``--fix`` OUT (or in the temporary folder), named as
     OUT's temporary file is: a killed run's folder is removed by the next write there."""
     ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
-    tmp = make_temp_dir(writer.path if writer is not None else Path(tempfile.gettempdir()) / "reallod-validate")
+    beside = writer is not None and not writes_through(writer.path)  # never a folder in /dev for /dev/stdout
+    tmp = make_temp_dir(writer.path if beside else Path(tempfile.gettempdir()) / "reallod-validate")
     try:
         jobs = [(path, s, e, {"image_root": image_root, "clamp": clamp, "cap": max_errors, "decode": decode,
                               "spill": os.path.join(tmp, f"{i}.issues"),

@@ -30,6 +30,7 @@ from reallod.eval.predict import (
 )
 from reallod.eval.resume import PredictionJournal, own_journal, remove_journals
 from reallod.hub import as_found
+from reallod.runs.journal import check_journaled_output
 
 BENCHMARKS = ("omnilabel", "d3", "ovdeval")
 
@@ -156,6 +157,7 @@ def _check_outputs(job: EvalJob) -> None:
     goes, in a writable place, over no input (the ground truth, the predictions read) nor each other."""
     outputs: list[tuple[str, Path]] = []
     if job.model is not None and job.out is not None:
+        check_journaled_output(job.out)
         files = prediction_paths(job)
         if not is_json_name(job.out):
             check_writable(job.out, option="--out", folder=True,
