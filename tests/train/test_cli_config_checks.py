@@ -4,6 +4,8 @@ not there, named by its config field (the run left TensorBoard files in the work
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reallod.cli.train import split_extra_args
@@ -59,3 +61,12 @@ def test_a_missing_data_file_or_image_root_is_named_by_its_field_before_the_work
     assert code == 2 and ("--cfg-options eval.file=held.jsonl: eval.file: held.jsonl: evaluation data file not "
                           "found") in _said(err), err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_work_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    """It said only the OS's "FILE: File exists"."""
+    (tmp_path / "w").write_text("notes\n")
+    config = Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny-cpu.yaml"
+    code, _, err = run_cli(["train", config, "--work-dir", tmp_path / "w"], capsys)
+    assert code == 2 and f"--work-dir {tmp_path / 'w'}: a file, where a folder is written; give a folder" in err
+    assert (tmp_path / "w").read_text() == "notes\n"

@@ -101,3 +101,11 @@ def test_text_options_name_the_data_field():
         TextOptions(max_negatives=-1)
     with pytest.raises(ConfigError, match=r"^data\.positives_per_instance: must be >= 1, not 0$"):
         TextOptions(positives_per_instance=0)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing set yet\n"])
+def test_an_empty_config_is_called_empty(tmp_path, text):
+    """It was told of the first field a config must set ('model.tiny: set exactly one of ...')."""
+    (tmp_path / "e.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"e\.yaml: the config is empty: set at least model"):
+        load_config(tmp_path / "e.yaml")

@@ -71,6 +71,21 @@ def test_index_skips_unusable_lines_with_reasons(files):
     assert [orjson.loads(b.read(i))["filename"] for i in range(3)] == ["im0.png", "im1.png", "im2.png"]
 
 
+def test_the_summary_names_the_lines_left_out_and_the_pairs_dropped(files):
+    """It counted lines by reason ("skipped 1 bad_json") and said nothing of an inverted box in a record
+    that kept another pair: neither could be found in a file of millions of lines."""
+    two = _record("im0.png")
+    two["pairs"]["llm"] = [{**two["pairs"]["vlm_short"][0], "bboxes": [[50, 40, 10, 10]]}]  # inverted
+    _write(files / "c.jsonl", [_record("im1.png"), b"{oops", two, {"filename": "x.png"}, b"[1",
+                               b"{also bad", b"{and this", two])
+    c = index_file(DataFile(str(files / "c.jsonl"), str(files)))
+    assert len(c) == 3 and c.pairs_dropped == 2
+    said = skipped_summary([c])
+    assert (f"{files / 'c.jsonl'}: 3 records, skipped 4 bad_json, 1 missing_field (lines 2, 4, 5, ...), 2 pair(s) "
+            "without a usable box (degenerate, inverted or outside the image) dropped (lines 3, 8); "
+            f"`reallod data validate {files / 'c.jsonl'}` says why") == said
+
+
 @pytest.mark.parametrize("name", ["bom.jsonl", "bom.jsonl.gz"])
 def test_a_byte_order_mark_does_not_cost_the_first_record(files, name):
     """It was counted as bad JSON and the first record left out, without a word beyond the count."""

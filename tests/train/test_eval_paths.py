@@ -39,3 +39,18 @@ def test_the_given_eval_images_are_used_not_the_synthetic_ones(tmp_path, shapes)
 def test_an_empty_image_root_is_not_the_current_folder(shapes):
     with pytest.raises(DataError, match=r"image root not found \(eval\.images\)"):
         load_eval_records(shapes / "val.jsonl", "")
+
+
+def test_eval_lines_left_out_are_said_with_their_lines(tmp_path, shapes):
+    """A held-out line that does not parse, or a record with a wrong type, was dropped without a word:
+    the scores were over fewer images than the file holds."""
+    lines = (shapes / "val.jsonl").read_text().splitlines()
+    bad = tmp_path / "val.jsonl"
+    bad.write_text("\n".join([*lines, "{oops"]) + "\n")
+    said: list[str] = []
+    records = load_eval_records(bad, shapes, say=said.append)
+    assert len(records) == len(lines)
+    assert said == [f"eval: {bad}: {len(lines)} records, skipped 1 bad_json (line {len(lines) + 1}); "
+                    f"`reallod data validate {bad}` says why"]
+    load_eval_records(shapes / "val.jsonl", shapes, say=said.append)
+    assert len(said) == 1  # a whole file: nothing to say

@@ -4,6 +4,7 @@ and names a damaged checkpoint file; setup refuses what would fail or do nothing
 from __future__ import annotations
 
 import csv
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -96,6 +97,11 @@ def test_a_damaged_checkpoint_file_is_named_with_what_to_do(tmp_path, shapes):
     with pytest.raises(ConfigError) as e:
         train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=quiet)
     assert str(ckpt / "optimizer.pt") in str(e.value) and f"--resume {older}" in str(e.value)
+    (ckpt / "optimizer.pt").write_bytes(pickle.dumps({"state": object}))  # no tensors: refused, never run
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(shapes, ["schedule.max_steps=3"]), tmp_path, resume=True, echo=quiet)
+    assert "(UnpicklingError: " in str(e.value) and "weights_only" not in str(e.value)  # torch's advice to load it
+    assert f"--resume {older}" in str(e.value)  # unsafely (with weights_only=False) is not passed on
     weights = ckpt / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ConfigError) as e:

@@ -141,6 +141,7 @@ def train_cmd(
     reallod train configs/train/tiny-cpu.yaml --work-dir work/tiny --resume;
     accelerate launch --multi_gpu --num_processes 8 -m reallod train configs/train/real-model-t.yaml --amp
     """
+    from reallod.data.io import check_writable
     from reallod.train.config import load_config
     from reallod.train.loop import train
 
@@ -149,6 +150,7 @@ def train_cmd(
     cfg = load_config(config, overrides)
     quiet_transformers()
     work_dir = work_dir or Path("work_dirs") / config.stem
+    check_writable(work_dir, option="--work-dir", folder=True, hint="give a folder for the checkpoints and logs")
     check_config_kept(config, work_dir)
     check_data_paths(config, overrides, cfg, work_dir)
     again = ["reallod", "train", str(config), "--work-dir", str(work_dir), "--resume",

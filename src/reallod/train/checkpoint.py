@@ -175,8 +175,11 @@ def load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # whatever the unpickler raises, the file is unusable
-        detail = " ".join(str(e).split())[:200]
-        raise damaged(path, f"{path}: cannot read this checkpoint file ({type(e).__name__}: {detail})") from None
+        detail = " ".join(str(e).split())
+        if "weights_only" in detail:  # torch's advice to load it unsafely: only the unpickler's own reason
+            detail = detail.rpartition("WeightsUnpickler error:")[2].partition(" Check the documentation")[0]
+            detail = detail.strip() or "not a file of tensors"
+        raise damaged(path, f"{path}: cannot read this checkpoint file ({type(e).__name__}: {detail[:200]})") from None
 
 
 def damaged(path: Path, message: str) -> ConfigError:

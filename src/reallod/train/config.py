@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from reallod.data.images import DEFAULT_MAX_PIXELS
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, json_kind
 from reallod.model.token_prompt import MAX_TEXT_LEN
 from reallod.train.augment import AugmentOptions
 from reallod.train.sampling import DEFAULT_SOURCE_PROBS
@@ -364,6 +364,9 @@ def load_config(path: str | Path | None = None, options: list[str] | None = None
     """Read a YAML config (or take ``data``), apply overrides, build and check the dataclasses. A bad value
     is named with where it was set (``FILE:LINE``, or the ``--cfg-options`` word; a default: the config file)."""
     raw, sources = read_yaml_sources(path) if path is not None else (copy.deepcopy(data or {}), {})
+    if path is not None and not raw and not options:  # else told of the first field a config must set
+        raise ConfigError(f"{path}: the config is empty: set at least model (model.init or model.tiny) and data "
+                          "(the configs in configs/train/ are examples)")
     raw = apply_overrides(raw, list(options or []), sources)
     try:
         cfg = build(TrainConfig, raw, "")
@@ -379,7 +382,7 @@ def build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise FieldError(where or "config", f"expected a mapping, got {type(data).__name__}")
+        raise FieldError(where or "config", f"expected a mapping, got {json_kind(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))

@@ -70,6 +70,9 @@ class FileIndex:
     skipped: Counter = field(default_factory=Counter)  # reason -> lines left out
     categories: set[str] = field(default_factory=set)
     sources: set[str] = field(default_factory=set)  # text sources its records have (data.source_probs keys)
+    skipped_at: list[int] = field(default_factory=list)  # the first lines left out (one more than named)
+    pairs_dropped: int = 0  # pairs of kept records with no usable box (degenerate, inverted, outside)
+    pairs_dropped_at: list[int] = field(default_factory=list)  # the first lines that had one (as skipped_at)
 
     def __len__(self) -> int:
         return len(self.line_numbers)
@@ -139,6 +142,8 @@ def index_file(spec: DataFile) -> FileIndex:
     categories: set[str] = set()
     sources: set[str] = set()
     source = ((n, 0, line) for n, line in iter_lines(spec.path)) if gz else _plain_lines(spec.path)
+    skipped_at: list[int] = []
+    pairs_dropped, pairs_dropped_at = 0, []
     for lineno, offset, line in source:
         if lineno == 1:
             line = line.removeprefix(BOM)
@@ -146,11 +151,19 @@ def index_file(spec: DataFile) -> FileIndex:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             skipped["bad_json"] += 1
+            if len(skipped_at) <= LINES_NAMED:  # one more: there are more than those named
+                skipped_at.append(lineno)
             continue
         record, reason = clean_record(obj, line)
         if record is None:
             skipped[reason or "invalid"] += 1
+            if len(skipped_at) <= LINES_NAMED:  # one more: there are more than those named
+                skipped_at.append(lineno)
             continue
+        if dropped := _pairs_in(obj) - sum(len(items) for items in record.pairs.values()):
+            pairs_dropped += dropped
+            if len(pairs_dropped_at) <= LINES_NAMED:
+                pairs_dropped_at.append(lineno)
         numbers.append(lineno)
         if blob is not None:
             offsets.append(len(blob))
@@ -164,7 +177,15 @@ def index_file(spec: DataFile) -> FileIndex:
     if blob is not None:
         offsets.append(len(blob))
     return FileIndex(spec, np.asarray(numbers, dtype=np.int64), np.asarray(offsets, dtype=np.int64), blob, skipped,
-                     categories, sources)
+                     categories, sources, skipped_at, pairs_dropped, pairs_dropped_at)
+
+
+LINES_NAMED = 3  # lines a summary names per kind of problem: enough to find them, `data validate` lists all
+
+
+def _pairs_in(obj: dict[str, Any]) -> int:
+    """The pairs a usable record's line holds (its sources' lists, as the schema checked them)."""
+    return sum(len(items) for items in obj["pairs"].values())
 
 
 def epoch_plan(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
@@ -400,7 +421,22 @@ def _skipped_text(files: Sequence[FileIndex]) -> str:
 
 
 def skipped_summary(files: Sequence[FileIndex]) -> str:
-    """One line per file: usable records and lines left out by reason."""
-    return "; ".join(f"{f.spec.path}: {len(f)} records" + (f", skipped {_skipped_text([f])}" if f.skipped else "")
-                     for f in files)
+    """One part per file: usable records, lines left out by reason and pairs dropped, each with the first
+    lines where (`reallod data validate FILE` lists every one and says why)."""
+    def lines(at: list[int]) -> str:
+        named = at[:LINES_NAMED]
+        return f" (line{'s' if len(at) > 1 else ''} {', '.join(map(str, named))}{', ...' if len(at) > len(named) else ''})"
+
+    parts = []
+    for f in files:
+        text = f"{f.spec.path}: {len(f)} records"
+        if f.skipped:
+            text += f", skipped {_skipped_text([f])}" + lines(f.skipped_at)
+        if f.pairs_dropped:
+            text += (f", {f.pairs_dropped} pair(s) without a usable box (degenerate, inverted or outside the image) "
+                     "dropped" + lines(f.pairs_dropped_at))
+        if f.skipped or f.pairs_dropped:
+            text += f"; `reallod data validate {f.spec.path}` says why"
+        parts.append(text)
+    return "; ".join(parts)
 

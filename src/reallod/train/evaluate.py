@@ -11,7 +11,7 @@ one expression per forward pass (the benchmarks' "parallel" mode) through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from reallod.errors import DataError
 from reallod.eval.coco_tools import coco_evaluate
 from reallod.eval.common import xyxy_to_xywh
 from reallod.model.detections import Detections
-from reallod.train.dataset import MAX_PIXELS_HINT, DataFile, fits_record, index_file
+from reallod.train.dataset import MAX_PIXELS_HINT, DataFile, fits_record, index_file, skipped_summary
 from reallod.train.targets import clean_record
 
 if TYPE_CHECKING:
@@ -115,12 +115,15 @@ def detect_queries(detector: Detector, queries: Sequence[EvalQuery], *, batch_si
     return [o if o is not None else Detections.empty([queries[i].expression]) for i, o in enumerate(out)]
 
 
-def load_eval_records(path: str | Path, images: str | Path, max_images: int | None = None
-                      ) -> list[tuple[Record, str]]:
-    """Records of an evaluation file (cleaned as for training), with their image paths."""
+def load_eval_records(path: str | Path, images: str | Path, max_images: int | None = None, *,
+                      say: Callable[[str], None] | None = None) -> list[tuple[Record, str]]:
+    """Records of an evaluation file (cleaned as for training), with their image paths. ``say`` is told
+    what was left out, and where (the scores are over fewer images than the file's lines)."""
     if not str(images) or not Path(images).is_dir():  # named here: index_file would call it data.train[].images
         raise DataError("image root not found (eval.images)", path=str(images))
     fidx = index_file(DataFile(str(path), str(images)))
+    if say is not None and (fidx.skipped or fidx.pairs_dropped):
+        say("eval: " + skipped_summary([fidx]))
     out = []
     for i in range(len(fidx) if max_images is None else min(max_images, len(fidx))):
         record, _ = clean_record(orjson.loads(fidx.read(i)))

@@ -327,7 +327,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     # the steps after the checkpoint are done again: a resume's, and a new start's in a work dir whose
     # earlier run was killed before its first checkpoint (its rows would be doubled)
     log.drop_after(progress.step)
-    eval_queries = _eval_queries(cfg) if main else None
+    eval_queries = _eval_queries(cfg, log) if main else None
     if main:  # checkpoints and a best/ from the steps after the checkpoint are not part of this run's history
         if dropped := C.drop_after(work_dir, progress.step):
             log.info(f"checkpoint(s) after step {progress.step}, where this run starts (those steps are done again), "
@@ -609,12 +609,12 @@ def _keep_configured(optimizer: Any, scheduler: Any, configured: list[dict[str, 
     return ", ".join(f"{k} {v}" for k, v in changed.items())
 
 
-def _eval_queries(cfg: TrainConfig) -> list | None:
+def _eval_queries(cfg: TrainConfig, log: MetricsLog) -> list | None:
     if not cfg.eval.file:
         return None
     from reallod.train.evaluate import check_images, eval_queries, load_eval_records
 
-    records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images)
+    records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images, say=log.info)
     check_images(records, cfg.data.max_pixels)  # now, not at the first evaluation an epoch later
     queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
     if not queries:
