@@ -105,6 +105,7 @@ LISTS = [  # a list step's reply → its phrases, as accept cleans them
     ("the cat on the left\nthe grey cat\nI hope this helps!", ["the cat on the left", "the grey cat"]),
     ("the cat\n\nthe grey cat\n\nLet me know if you need more.", ["the cat", "the grey cat"]),
     ("These are two phrases for the cat.\nthe cat on the left\nthe grey cat", ["the cat on the left", "the grey cat"]),
+    ("These are the phrases.\nthe cat\n\nthe grey cat", ["the cat", "the grey cat"]),  # a remark is no phrase
     ("the cat on the left\nthe grey cat\nEach of these expressions names the cat alone.",
      ["the cat on the left", "the grey cat"]),
     # replies that keep their phrases as they were

@@ -264,9 +264,11 @@ def _unmarked(lines: list[str]) -> list[str]:
     """The phrases of a list written one a line without marks: its first paragraph where that holds two or
     more of them (a paragraph after it is the model's remark), else every line; a line that is a remark
     about the list (``_REMARK``) is none."""
-    first = list(itertools.takewhile(lambda ln: ln.strip(), lines))
-    lines = first if sum(1 for ln in first if _phrase(ln)) >= 2 else lines
-    return [ln for ln in lines if (p := _phrase(ln)) and not _REMARK.match(p)]
+    def phrases(block: list[str]) -> list[str]:
+        return [ln for ln in block if (p := _phrase(ln)) and not _REMARK.match(p)]
+
+    first = phrases(list(itertools.takewhile(lambda ln: ln.strip(), lines)))
+    return first if len(first) >= 2 else phrases(lines)
 
 
 def clean(text: str) -> str:
