@@ -54,6 +54,9 @@ def test_a_list_reply_cut_at_the_token_limit_is_unusable_unless_it_is_whole() ->
                                        r"max_tokens of the config's rewriter role above 96"):
         read_list(reply(cut, "length"), 96)
     with pytest.raises(Unusable, match=r"cut at the token limit .* does not parse"):
+        read_list(reply("1. the cat on the", "length"), 96)
+    with pytest.raises(Unusable, match=r"empty and was cut at the token limit \(max_tokens 96\): a reasoning model "
+                                       r"may have spent it all on reasoning"):  # nothing written: no phrase was cut
         read_list(reply("", "length"), 96)
     assert read_list(reply(cut, "stop"), 96)[-1] == "the item standing next to the wood"  # repaired, not cut
     assert read_list(reply('{"expression_1": "a cat"}', "length"), 96) == ["a cat"]  # whole: it fit
