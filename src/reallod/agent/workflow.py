@@ -23,7 +23,7 @@ from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
-from reallod.llm.backends.base import BackendError, Message, map_parts
+from reallod.llm.backends.base import THINKING_OFF, BackendError, Message, map_parts
 from reallod.llm.memo import IdentityMemo
 from reallod.llm.policy import backoff_delay
 from reallod.llm.replies import forget_reply
@@ -154,8 +154,7 @@ class _TaskRun:
                     why = str(e)
                     if not completion.text.strip() and completion.meta.get("reasoning_chars"):
                         why = ("the reply is only the model's reasoning (the server's reasoning parser returned it "
-                               "apart) with an empty answer; turn thinking off (the role's params: "
-                               "chat_template_kwargs: {enable_thinking: false})")
+                               f"apart) with an empty answer; {THINKING_OFF}")
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer
                         why += (f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
                                 "the config)" if role.max_tokens else " (the reply was cut at the token limit)")

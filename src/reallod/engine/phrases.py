@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from reallod.llm.backends.base import Completion
+from reallod.llm.backends.base import THINKING_OFF, Completion
 from reallod.llm.replies import parse_json_object
 
 _THINK = re.compile(r"<(think(?:ing)?)>.*?</\1>", re.S | re.I)
@@ -185,8 +185,7 @@ def _no_answer(reply: Completion, max_tokens: int) -> None:
                    + ("(the server's reasoning parser returned it apart) with an empty answer: " if separate
                       else "(<think>) with no answer after it: ")
                    + (f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
-                   + ("turn thinking off (the role's params: chat_template_kwargs: {enable_thinking: false})"
-                      if separate else "serve the model with a reasoning parser or with thinking turned off"),
+                   + (THINKING_OFF if separate else "serve the model with a reasoning parser or with thinking turned off"),
                    tell="it held only your reasoning and no answer")
 
 

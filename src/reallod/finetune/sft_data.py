@@ -537,11 +537,11 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
         raise ConfigError("--from gold needs the labelled task file: --from gold LABELLED")
     if not traces:
         raise ConfigError("no trace given")
-    seen: dict[Path, Path] = {}
-    for t in traces:  # its tasks would be read twice, counted twice
-        if (first := seen.setdefault(Path(t).resolve(), Path(t))) != Path(t) or traces.count(t) > 1:
-            raise ConfigError(f"the trace {t} is given twice{f' (also as {first})' if first != Path(t) else ''}: "
-                              "give each trace once")
+    seen: dict[Path, Path] = {}  # resolved → as given
+    for t in map(Path, traces):  # its tasks would be read twice, counted twice
+        if (first := seen.setdefault(t.resolve(), t)) is not t:
+            also = f" (also as {first})" if first != t else ""
+            raise ConfigError(f"the trace {t} is given twice{also}: give each trace once")
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the dataset")

@@ -46,6 +46,11 @@ class Completion:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+THINKING_OFF = "turn thinking off (the role's params: chat_template_kwargs: {enable_thinking: false})"
+"""The fix for a reply whose token limit a reasoning model spent on thinking the server returned apart
+(``meta["reasoning_chars"]``), as every reader of replies words it."""
+
+
 class BackendError(Exception):
     """A call that failed; ``retryable`` says whether trying again may help (timeouts, 429, 5xx).
 
