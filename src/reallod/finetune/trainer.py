@@ -56,6 +56,7 @@ from reallod.errors import ConfigError, DataError, Interrupted, OutOfMemory, out
 from reallod.finetune.run_file import RUN_FILE, has_json_key
 from reallod.finetune.sft_data import MANIFEST, open_view, read_manifest, role_files
 from reallod.hub import config_errors, resolve_source
+from reallod.llm.backends.gguf_copy import keep_copy, load_copy
 from reallod.runs.journal import JournalBusy, JournalLock, lock_holder, lock_journal, lock_path_for
 from reallod.runs.launch import launch_place
 
@@ -152,10 +153,13 @@ def resolve_base(base: str, gguf_file: str | None) -> tuple[str, str | None]:
 
 def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "auto",
               trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer or processor) to train; a ConfigError naming the model when it cannot load."""
+    """(model, tokenizer or processor) to train; a ConfigError naming the model when it cannot load (a local
+    GGUF language model from the copy its first float32 load kept: :mod:`reallod.llm.backends.gguf_copy`)."""
     import torch
     import transformers as tf
     from safetensors import SafetensorError
+
+    from reallod.llm.backends.transformers_backend import gguf_identity
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -168,6 +172,9 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
         base = resolve_source(base, "GGUF model" if gguf_file else "model")  # a typo: at once, not after retries
     except ConfigError as e:
         raise ConfigError(f"--base {e}") from None
+    identity = None if vision else gguf_identity(base, gguf_file)
+    if identity and (kept := load_copy(identity, getattr(torch, dtype), base)) is not None:
+        return kept[1], kept[0]
     try:
         if vision:
             processor = tf.AutoProcessor.from_pretrained(base, **{k: v for k, v in kwargs.items()
@@ -182,6 +189,8 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
         kind = "vision-language (image-text-to-text)" if vision else "causal language"
         raise ConfigError(f"cannot load the base model {what} as a {kind} model: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if identity:
+        keep_copy(identity, processor, model)  # the next fine-tune of this GGUF loads it in seconds
     return model, processor
 
 

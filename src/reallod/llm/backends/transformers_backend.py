@@ -40,6 +40,7 @@ from PIL import Image
 from reallod.errors import ConfigError, out_of_memory
 from reallod.hub import config_errors, one_line, resolve_source
 from reallod.llm.backends.base import BackendError, Completion, Message
+from reallod.llm.backends.gguf_copy import keep_copy, load_copy
 from reallod.llm.threads import in_daemon_thread
 
 KINDS: tuple[str, ...] = ("causal_lm", "image_text_to_text")
@@ -130,7 +131,8 @@ def _load_new(model: str, gguf_file: str | None, kind: str, dtype: str, device: 
 
 
 def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
-    """(tokenizer or processor, model) from the hub, a folder or a GGUF file; a ConfigError if it cannot."""
+    """(tokenizer or processor, model) from the hub, a folder or a GGUF file (a local GGUF language model
+    from the copy its first load kept: :mod:`reallod.llm.backends.gguf_copy`); a ConfigError if it cannot."""
     import torch
     import transformers as tf
     from safetensors import SafetensorError
@@ -140,6 +142,9 @@ def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_r
         kwargs["gguf_file"] = gguf_file
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = resolve_source(model, "GGUF model" if gguf_file else "model")  # a typo: at once, not after hub retries
+    identity = gguf_identity(model, gguf_file) if kind == "causal_lm" else None
+    if identity and (kept := load_copy(identity, torch_dtype, model)) is not None:
+        return kept
     try:
         if kind == "causal_lm":
             tok = tf.AutoTokenizer.from_pretrained(model, **kwargs)
@@ -150,14 +155,25 @@ def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_r
     except (OSError, ValueError, ImportError, KeyError, RuntimeError, *config_errors(), SafetensorError) as e:
         raise ConfigError(f"cannot load {kind} model {model}" + (f" ({gguf_file})" if gguf_file else "")
                           + f": {type(e).__name__}: {one_line(e)}") from e
+    if identity:
+        keep_copy(identity, tok, net)  # the next load reads that in seconds instead of a minute
     return tok, net
+
+
+def gguf_identity(model: str, gguf_file: str | None) -> str | None:
+    """The identity a kept copy of this GGUF is named by; None without a GGUF, or when the file cannot be
+    read (loading it says why)."""
+    try:
+        return model_identity(model, gguf_file) if gguf_file else None
+    except OSError:
+        return None
 
 
 def _load_adapted(model: str, gguf_file: str | None, kind: str, dtype: str, device: str, trust_remote_code: bool,
                   adapter: str) -> tuple[Any, Any]:
     """The base model with a PEFT (LoRA) adapter merged into its weights: a plain model again, as fast as
-    the base. The base comes as a copy of the already loaded instance when another role uses it (a GGUF
-    takes a minute to load, a copy a second), else it is loaded for this adapter alone."""
+    the base. The base comes as a copy of the already loaded instance when another role uses it (a GGUF's
+    first load takes a minute, a copy a second), else it is loaded for this adapter alone."""
     base = _CACHE.get((model, gguf_file, kind, dtype, device, None))
     if base is not None:
         tok, net = base.tokenizer, copy.deepcopy(base.model)
