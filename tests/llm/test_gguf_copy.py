@@ -115,6 +115,9 @@ def test_a_damaged_copy_is_removed_and_made_again(tiny_lm, capsys):
     assert f"the converted copy {folder} does not load" in capsys.readouterr().err
     assert not folder.exists()
     assert keep_copy(IDENTITY, tok, net) == folder and load_copy(IDENTITY, torch.float32, "x") is not None
+    (folder / "config.json").unlink()  # a file deleted by hand: the copy is made again, not skipped for good
+    assert load_copy(IDENTITY, torch.float32, "x") is None and not folder.exists()
+    assert keep_copy(IDENTITY, tok, net) == folder
 
 
 def test_a_copy_another_process_kept_first_is_used(tiny_lm, monkeypatch):

@@ -47,11 +47,12 @@ def copy_folder(identity: str) -> Path | None:
 
 def load_copy(identity: str, dtype: Any, source: str) -> tuple[Any, Any] | None:
     """(tokenizer, causal LM in ``dtype``) from the copy an earlier load kept; None when there is none, or
-    when it does not load (damaged): that one is removed, so the GGUF is loaded and kept anew. Both are
+    when it does not load (damaged, or files deleted from it): that one is removed, so the GGUF is loaded
+    and kept anew. Both are
     named ``source`` (the GGUF's folder), as loading the GGUF names them, so what records the name (an
     adapter's ``base_model_name_or_path``) is the same whether a copy was read or not."""
     folder = copy_folder(identity)
-    if folder is None or not (folder / "config.json").is_file():
+    if folder is None or not folder.exists():
         return None
     import transformers as tf
     from safetensors import SafetensorError

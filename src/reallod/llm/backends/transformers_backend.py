@@ -132,7 +132,7 @@ def _load_new(model: str, gguf_file: str | None, kind: str, dtype: str, device: 
 
 def _load_base(model: str, gguf_file: str | None, kind: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
     """(tokenizer or processor, model) from the hub, a folder or a GGUF file (a local GGUF language model
-    from the copy its first load kept: :mod:`reallod.llm.backends.gguf_copy`); a ConfigError if it cannot."""
+    from the copy its first float32 load kept: :mod:`reallod.llm.backends.gguf_copy`); a ConfigError if it cannot."""
     import torch
     import transformers as tf
     from safetensors import SafetensorError
