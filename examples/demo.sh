@@ -11,7 +11,7 @@ LIMIT=${LIMIT:-6}
 MAX_CYCLES=${MAX_CYCLES:-2}
 
 echo "Re-aligning the first $LIMIT expressions of examples/realdata.jsonl with the offline agent"
-echo "(loading the model takes about a minute; each model call some seconds on a CPU)..."
+echo "(loading the model takes about a minute the first time, seconds after; each model call some seconds on a CPU)..."
 "$REALLOD" realign examples/realdata.jsonl --config offline --images examples/images \
     --out "$OUT/realigned.jsonl" --report-dir "$OUT/report" --report "$OUT/run" \
     --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
