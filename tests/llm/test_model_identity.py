@@ -23,6 +23,7 @@ def offline_roles(cache, monkeypatch):
     target = cache / "models" / module.MODEL_NAME
     target.parent.mkdir(parents=True)
     target.write_bytes(b"GGUF stand-in")
+    target.with_name(f".{module.MODEL_NAME}.sha256").write_text(module.EXPECTED_SHA256)  # as if assembled
     monkeypatch.setenv("REALLOD_CACHE", str(cache))
     return build_roles(load_agent_config("offline"))
 

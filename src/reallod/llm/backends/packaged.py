@@ -4,6 +4,9 @@ The offline config's LLM is the Gemma 3 270M GGUF from the ``gemma3-270m-q4-k-m-
 stores the file in chunks and has an ``assemble(path)`` function. It is assembled into
 ``$REALLOD_CACHE`` (default ``$XDG_CACHE_HOME/reallod``, else ``~/.cache/reallod``) under ``models/``,
 through a temporary name and a rename, so an interrupted assembly never leaves a broken file behind.
+Beside it a stamp keeps the checksum the package gave for the file (``EXPECTED_SHA256``): a file assembled
+from another version of the package, or without a stamp, is assembled again, so the model a run loads is
+the one its fingerprint (the package's version) names.
 Such a model is named by its package and version (:func:`packaged_identity`), not by where the cache
 put it.
 """
@@ -39,18 +42,29 @@ def packaged_gguf(package: str) -> Path:
     if not isinstance(name, str) or not callable(assemble):
         raise ConfigError(f"{package} does not look like a packaged GGUF (no MODEL_NAME/assemble)")
     target = cache_dir() / "models" / name
-    if target.is_file() and target.stat().st_size > 0:
+    expected = getattr(module, "EXPECTED_SHA256", None)  # the package's own checksum of the file it ships
+    stamp = target.with_name(f".{name}.sha256")
+    if target.is_file() and target.stat().st_size > 0 and (not expected or _read(stamp) == expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
     try:
         assemble(tmp, overwrite=True)
         os.replace(tmp, target)
+        if expected:
+            stamp.write_text(expected)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot assemble {name} from {package} into {target.parent}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def packaged_identity(package: str) -> str:
