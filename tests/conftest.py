@@ -1,5 +1,5 @@
 """Fixtures more than one test suite uses: a private response cache for every test, a tiny
-random-initialised detector and the bert-base-uncased tokenizer (nothing downloaded)."""
+random-initialised detector and causal LM, and the bert-base-uncased tokenizer (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def _private_response_cache(tmp_path_factory, monkeypatch):
     private = tmp_path_factory.mktemp("reallod-cache")
     (private / "models").symlink_to(models.resolve(), target_is_directory=True)
     monkeypatch.setenv("REALLOD_CACHE", str(private))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A loadable tiny random causal LM folder (Llama layout, bert-base-uncased vocabulary)."""
+    from tests.finetune.tiny_models import save_tiny_causal_lm
+
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
 
 
 @pytest.fixture(scope="session")

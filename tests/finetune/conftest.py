@@ -10,7 +10,6 @@ import pytest
 from reallod.agent.realign import RealignOptions, realign
 from tests.agent.scripted import scripted_roles
 from tests.finetune.teacher import EXAMPLES, keyword_teacher, teacher_tasks
-from tests.finetune.tiny_models import save_tiny_causal_lm
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +32,3 @@ def teacher_data(teacher_run, tmp_path_factory) -> Path:
     build_sft_data([teacher_run / "teacher.trace.jsonl"], out, val_fraction=0.25)
     return out
 
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")

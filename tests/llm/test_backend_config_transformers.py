@@ -19,12 +19,6 @@ from reallod.llm.cache import ResponseCache, new_scope
 from reallod.llm.endpoints import model_id
 from reallod.llm.retry import ResilientBackend
 from tests.agent.io_helpers import EXAMPLES
-from tests.finetune.tiny_models import save_tiny_causal_lm
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> Path:
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
 
 
 @pytest.fixture

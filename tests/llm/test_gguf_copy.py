@@ -15,7 +15,6 @@ import torch
 
 from reallod.llm.backends import gguf_copy
 from reallod.llm.backends.gguf_copy import copy_folder, keep_copy, load_copy
-from tests.finetune.tiny_models import save_tiny_causal_lm
 
 IDENTITY = "file:model-q4.gguf:1234:0123abcd"
 
@@ -29,11 +28,6 @@ def own_cache(tmp_path, monkeypatch) -> Path:
     shared = cache_dir() / "models"
     monkeypatch.setenv("REALLOD_CACHE", str(tmp_path / "cache"))
     return shared
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> Path:
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
 
 
 def loaded(folder: Path, dtype: torch.dtype = torch.float32):
