@@ -1,5 +1,6 @@
 """`examples/demo.sh` (what `make demo` runs) ends by printing a command that reads one task of the trace:
-with `LIMIT=1` it named 0/vlm_short/0/1, a task the run never did, and that command failed."""
+with `LIMIT=1` it named 0/vlm_short/0/1, a task the run never did, and that command failed; then it printed
+the id again on two lines of their own (the trace's line holds it three times)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def test_the_printed_explain_command_names_a_task_the_run_did(task, tmp_path):
     done = subprocess.run(["bash", str(ROOT / "examples" / "demo.sh")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    line = next(x for x in done.stdout.splitlines() if "read one task:" in x)
-    assert line.split("read one task:")[1].split() == [str(stub), "realign", "--explain",
-                                                      str(out / "realigned.trace.jsonl"), "--task", task]
+    lines = done.stdout.splitlines()
+    at = next(i for i, x in enumerate(lines) if "read one task:" in x)
+    assert lines[at].split("read one task:")[1].split() == [str(stub), "realign", "--explain",
+                                                           str(out / "realigned.trace.jsonl"), "--task", task]
+    # the trace line holds the id more than once: it was printed again on lines of its own
+    assert lines[at + 1].lstrip().startswith("report:") and task not in "\n".join(lines[at + 1:]), done.stdout
