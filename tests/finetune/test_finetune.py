@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -503,3 +504,20 @@ def test_the_progress_bar_is_on_a_terminal_unless_asked(tmp_path, capsys, monkey
     code, _, _ = run_cli(["agent", "finetune", tmp_path / "d.jsonl", "--role", "planner", "--base", "b", "--out",
                           tmp_path / "o", *flags], capsys)
     assert code == 2 and seen == [expected]
+
+
+def test_gradient_checkpointing_trains_and_uses_the_name_transformers_keeps(teacher_data, tiny_lm, tmp_path,
+                                                                            monkeypatch) -> None:
+    """``gradient_checkpointing`` is a deprecated alias in transformers 5.x (gone in v6): passing it warned
+    at every run. The option is on by default on a GPU only, so here it is asked for."""
+    made = []
+    make_trainer = trainer_mod._trainer
+    monkeypatch.setattr(trainer_mod, "_trainer", lambda *a, **kw: made.append(make_trainer(*a, **kw)) or made[-1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = finetune(opts(teacher_data, tiny_lm, tmp_path / "student", max_steps=2, gradient_checkpointing=True))
+    assert res.steps == 2 and res.train_loss is not None
+    assert made[0].args.gradient_checkpointing
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in made[0].model.modules())
+    said = [str(w.message) for w in caught if "`gradient_checkpointing` is deprecated" in str(w.message)]
+    assert said == []

@@ -45,7 +45,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -654,6 +654,7 @@ def _trainer(opts: FinetuneOptions, model: Any, processor: Any, splits: dict[str
                            target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
     checkpointing = cuda if opts.gradient_checkpointing is None else opts.gradient_checkpointing
     args = SFTConfig(
+        **{_checkpointing_field(SFTConfig): checkpointing},
         output_dir=str(out / CHECKPOINTS), num_train_epochs=opts.epochs,
         max_steps=opts.max_steps if opts.max_steps is not None else -1,
         per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
@@ -661,12 +662,19 @@ def _trainer(opts: FinetuneOptions, model: Any, processor: Any, splits: dict[str
         lr_scheduler_type="linear", warmup_steps=0, logging_steps=opts.logging_steps,
         eval_strategy="epoch" if "val" in splits else "no", save_strategy="steps", save_steps=opts.save_steps,
         save_total_limit=2, seed=opts.seed, data_seed=opts.seed, bf16=bf16, use_cpu=not cuda,
-        gradient_checkpointing=checkpointing, report_to=[], completion_only_loss=True,
+        report_to=[], completion_only_loss=True,
         max_length=None if opts.role == "vlm" else opts.max_length, disable_tqdm=not opts.progress,
         dataloader_num_workers=0, remove_unused_columns=opt_remove_columns(opts.role), logging_first_step=True,
     )
     return SFTTrainer(model=model, args=args, train_dataset=splits["train"], eval_dataset=splits.get("val"),
                       processing_class=processor, peft_config=lora)
+
+
+def _checkpointing_field(config: type) -> str:
+    """transformers 5.x renamed ``gradient_checkpointing`` ``activation_checkpointing`` (the old name warns at
+    every run and goes in v6); earlier 5.x releases know only the old one."""
+    names = {f.name for f in fields(config)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def _layer_linears(model: Any) -> list[str]:
