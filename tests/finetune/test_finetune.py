@@ -521,3 +521,30 @@ def test_gradient_checkpointing_trains_and_uses_the_name_transformers_keeps(teac
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in made[0].model.modules())
     said = [str(w.message) for w in caught if "`gradient_checkpointing` is deprecated" in str(w.message)]
     assert said == []
+
+
+def test_the_adapter_names_its_base_by_an_absolute_folder_and_peft_looks_nowhere_else(teacher_data, tiny_lm, tmp_path,
+                                                                                      monkeypatch) -> None:
+    """peft names the adapter's base by the model's name, and at each save looks for that base's config.json
+    (to tell a resized vocabulary): a GGUF's folder has none, so every checkpoint warned, and a relative
+    one (``--base models/x.gguf``: "models") was asked for on the Hugging Face hub."""
+    shutil.copytree(tiny_lm, tmp_path / "lm" / "model")
+    monkeypatch.chdir(tmp_path)
+    load = trainer_mod.load_base
+    gguf_folder = tmp_path / "gguf"  # what a GGUF's load is named by: its folder, with no config.json
+    gguf_folder.mkdir()
+
+    def named_as_a_gguf_folder(*a, **kw):
+        model, tok = load(*a, **kw)
+        assert model.name_or_path == str(tmp_path / "lm" / "model")  # absolute, though given relative
+        model.name_or_path = model.config._name_or_path = str(gguf_folder)
+        return model, tok
+
+    monkeypatch.setattr(trainer_mod, "load_base", named_as_a_gguf_folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(opts(teacher_data, Path("lm/model"), tmp_path / "student", max_steps=2))
+    said = [str(w.message) for w in caught if "config file" in str(w.message) or "remote file" in str(w.message)]
+    assert said == []
+    adapter = json.loads((tmp_path / "student" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(gguf_folder)

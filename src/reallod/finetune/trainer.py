@@ -44,6 +44,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from fnmatch import fnmatch
@@ -172,6 +173,8 @@ def load_base(base: str, gguf_file: str | None, *, vision: bool, dtype: str = "a
         base = resolve_source(base, "GGUF model" if gguf_file else "model")  # a typo: at once, not after retries
     except ConfigError as e:
         raise ConfigError(f"--base {e}") from None
+    if os.path.isdir(base):  # peft names the adapter's base by it, and asked the hub for a relative one at each save
+        base = os.path.abspath(base)
     identity = None if vision else gguf_identity(base, gguf_file)
     if identity and (kept := load_copy(identity, getattr(torch, dtype), base)) is not None:
         return kept[1], kept[0]
@@ -454,7 +457,12 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
     created = not out.exists()
     lock = _lock_out(opts) if main else None
     try:
-        return _finetune(opts, manifest, files, digest, main, t0)
+        with warnings.catch_warnings():
+            # at each save peft looks for the base's config.json, to tell a resized vocabulary (never resized
+            # here); a GGUF's folder has none, and every checkpoint warned of it
+            warnings.filterwarnings("ignore", message="Could not find a config file in .* the vocabulary was not "
+                                    "modified", category=UserWarning)
+            return _finetune(opts, manifest, files, digest, main, t0)
     finally:
         if lock is not None:
             lock.release()
