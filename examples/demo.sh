@@ -16,7 +16,7 @@ echo "(loading the model takes about a minute the first time, seconds after; eac
     --out "$OUT/realigned.jsonl" --report-dir "$OUT/report" --report "$OUT/run" \
     --limit "$LIMIT" --max-cycles "$MAX_CYCLES"
 # a task this run did (with LIMIT=1 only the first: a fixed id could name one it never ran)
-# (-m1 stops at the first line, but -o prints each id on it: the task's, its task's and its result's)
+# (-m1 stops at the first task's line, which holds its id three times: -o prints each, head keeps one)
 TASK=$(grep -o -m1 '"task_id":"[^"]*"' "$OUT/realigned.trace.jsonl" | head -n1 | cut -d'"' -f4 || true)
 
 cat <<MSG
