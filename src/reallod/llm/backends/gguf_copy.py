@@ -48,9 +48,8 @@ def copy_folder(identity: str) -> Path | None:
 def load_copy(identity: str, dtype: Any, source: str) -> tuple[Any, Any] | None:
     """(tokenizer, causal LM in ``dtype``) from the copy an earlier load kept; None when there is none, or
     when it does not load (damaged, or files deleted from it): that one is removed, so the GGUF is loaded
-    and kept anew. Both are
-    named ``source`` (the GGUF's folder), as loading the GGUF names them, so what records the name (an
-    adapter's ``base_model_name_or_path``) is the same whether a copy was read or not."""
+    and kept anew. Both are named ``source`` (the GGUF's folder), as loading the GGUF names them, so what
+    records the name (an adapter's ``base_model_name_or_path``) is the same whether a copy was read or not."""
     folder = copy_folder(identity)
     if folder is None or not folder.exists():
         return None
@@ -106,4 +105,3 @@ def keep_copy(identity: str, tokenizer: Any, model: Any) -> Path | None:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
