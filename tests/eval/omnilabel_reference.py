@@ -3,7 +3,7 @@
 This is the oracle the vectorised metric is checked against (tests) and timed against (benchmark):
 pycocotools' own ``computeIoU`` and ``evaluateImg`` run on every pair of every label space, with the
 pair as (image, category), and the per-pair results are pooled per group in plain Python/numpy, as
-the OmniLabel protocol prescribes (DESIGN §5). Only the area range "all" is evaluated (the summary
+the OmniLabel protocol prescribes. Only the area range "all" is evaluated (the summary
 uses nothing else), which keeps the oracle as fast as it can honestly be.
 """
 

@@ -3,7 +3,7 @@
 The data is made here: 128-pixel images of 1-3 red/green/blue/yellow circles, squares and triangles
 at known places, with expressions such as "red circle" and "the red circle left of the blue square",
 and negatives that name colour/shape combinations absent from the image (reallod.train.synthetic).
-The model: the tiny Swin image backbone and the real MiniLM-L6 text encoder (DESIGN §6), trained with
+The model: the tiny Swin image backbone and the real MiniLM-L6 text encoder, trained with
 ``configs/train/tiny-cpu.yaml`` for 8 epochs of 300 images (304 steps, about 3-6 minutes on two
 shared cores). Quality: AP50 pooled over (image, expression) pairs of 100 held-out images, each
 positive expression with its box and 3 negative expressions per image with none, so a box found for

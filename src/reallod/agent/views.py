@@ -1,4 +1,4 @@
-"""The edited views of an image the VLM tool is shown (DESIGN §3), at exact pixel geometry.
+"""The edited views of an image the VLM tool is shown, at exact pixel geometry.
 
 Boxes are float pixel xyxy. A box covers every pixel it touches: ``floor(x1) .. ceil(x2)``, so a box
 smaller than a pixel still covers one pixel and every view is non-empty. Views:

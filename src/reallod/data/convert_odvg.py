@@ -8,7 +8,7 @@ pixels; a list of boxes for a group). Negatives are in the caption with no regio
 grounding model learns that they match nothing.
 
 By default one line is written per image × source, with a ``"source"`` key, because the Real-Model
-recipe draws one text source per image (DESIGN §4); ``per_source=False`` puts every chosen source
+recipe draws one text source per image; ``per_source=False`` puts every chosen source
 of an image in one line.
 """
 
@@ -36,7 +36,7 @@ _SPLIT_CHARS = re.compile(r"[.?]+")
 
 
 def sanitize_phrase(text: str) -> str:
-    """Remove ``.`` and ``?``: Grounding-DINO splits its prompt into phrases at these tokens (DESIGN §6)."""
+    """Remove ``.`` and ``?``: Grounding-DINO splits its prompt into phrases at these tokens."""
     text = _SPLIT_CHARS.sub(" ", text)
     text = " ".join(text.split())
     return text.strip(" ,;:")

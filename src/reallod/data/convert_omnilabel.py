@@ -1,6 +1,6 @@
 """Real-Data → OmniLabel-style ground-truth json, so a Real-Data split can be scored as a LOD benchmark.
 
-Format (DESIGN §5): ``images`` {id, file_name, height, width}; ``descriptions`` {id, text, image_ids,
+Format: ``images`` {id, file_name, height, width}; ``descriptions`` {id, text, image_ids,
 anno_info{type}}; ``annotations`` {id, image_id, bbox xywh, description_ids}. Per image:
 
 - every positive expression is a free-form description (``anno_info.type == "object_description"``,

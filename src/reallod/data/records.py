@@ -1,6 +1,6 @@
 """Typed Real-Data records: image → sources → pairs → boxes and expressions.
 
-Every spelling found in the wild (DESIGN §2) is accepted on the way in; only the canonical form is
+Every spelling found in the wild is accepted on the way in; only the canonical form is
 written. The mapping from variants to canonical keys lives here and nowhere else.
 """
 

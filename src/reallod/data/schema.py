@@ -2,7 +2,7 @@
 
 Pure and I/O-free, so the reader, ``data validate`` and the tests share one definition of "valid".
 Each problem names the field by its path (``pairs.llm[2].bboxes[0]``) and a kind used for the
-summary counts. Checks run on the canonical form, so every spelling variant of DESIGN §2 passes.
+summary counts. Checks run on the canonical form, so every spelling variant that `records` reads passes.
 """
 
 from __future__ import annotations

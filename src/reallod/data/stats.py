@@ -1,6 +1,6 @@
 """Counts of a Real-Data file: images / instances / expressions, by source, relation and length.
 
-The columns are the published table's (DESIGN §2): images are records (one line each), instances
+The columns are the published table's: images are records (one line each), instances
 are the distinct boxes of an image across all its sources (the same object described by
 ``vlm_short``, ``vlm_long`` and ``llm`` is one instance), expressions are positive plus negative
 expressions. Pairs (one box or box group with its expressions, per source) are counted too.
@@ -35,7 +35,7 @@ from reallod.data.io import is_stream, iter_lines, not_json_lines, probe_gzip, r
 from reallod.data.records import RELATION_ALIASES
 from reallod.data.schema import check_record
 
-# word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words (DESIGN §5)
+# word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words
 LENGTH_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 8), (9, 12), (13, 16), (17, 24), (25, 32), (33, None))
 LENGTH_GROUPS = (("S (<=3 words)", 0, 3), ("M (4-8)", 4, 8), ("L (>=9)", 9, None))
 PERCENTILES = (50, 90, 99)

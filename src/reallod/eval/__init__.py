@@ -1,4 +1,4 @@
-"""Benchmark evaluation: OmniLabel, D³ and OVDEval with their official protocols (DESIGN §5).
+"""Benchmark evaluation: OmniLabel, D³ and OVDEval with their official protocols.
 
 ``omnilabel``, ``d3`` and ``ovdeval`` read each benchmark's ground truth and predictions and score
 them; ``coco_ap`` holds the vectorised COCO matching and pooled curves, ``coco_tools`` the

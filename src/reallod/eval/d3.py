@@ -5,7 +5,7 @@ The annotation folder holds the four pickles of the release (``sentences.pkl``, 
 the ``eval`` extra). Its COCO conversion gives the three ground truths: FULL (all 422 descriptions),
 PRES (presence descriptions) and ABS (absence descriptions, such as "dog without a leash"); the
 conversion numbers annotations from 0, which pycocotools reads as "unmatched", so they are
-renumbered from 1 (DESIGN §6).
+renumbered from 1.
 
 Settings: intra-scenario (default) prompts each image with its scenario's (group's) descriptions;
 inter-scenario prompts every image with all of them. The ground truth is the same in both (the

@@ -1,4 +1,4 @@
-"""OmniLabel: ground truth, predictions and the official metric (DESIGN §5).
+"""OmniLabel: ground truth, predictions and the official metric.
 
 Ground truth (any version): ``images`` {id, file_name, ...}; ``descriptions`` {id, text, image_ids,
 anno_info.type}, where type ``object_description`` is a free-form description (D) and anything else

@@ -1,4 +1,4 @@
-"""OVDEval: COCO-style subsets with hard negatives, and the NMS-AP metric (DESIGN §5).
+"""OVDEval: COCO-style subsets with hard negatives, and the NMS-AP metric.
 
 Each subset is one COCO json (negation, celebrity, color, landmark, logo, material, position,
 relationship, ...) whose images carry ``text`` (the positive labels) and ``neg_text`` (hard

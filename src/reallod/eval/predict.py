@@ -8,7 +8,7 @@ are the same as a single-process run. An error on any rank is passed to the othe
 no process is left waiting.
 
 Inference is the Real-Model API (``reallod.model``): ``Detector.detect`` per image with the image's
-texts, in ``parallel`` mode by default (one prompt per expression, DESIGN §4).
+texts, in ``parallel`` mode by default (one prompt per expression).
 """
 
 from __future__ import annotations

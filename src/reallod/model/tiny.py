@@ -48,7 +48,7 @@ def minilm_dir() -> Path:
 def load_vocab_tokenizer(path: str | Path | None = None):
     """A ``BertTokenizer`` over the real bert-base-uncased vocabulary.
 
-    ``BertTokenizer(vocab_file=...)`` silently ignores the file (DESIGN §6), so load the folder.
+    ``BertTokenizer(vocab_file=...)`` silently ignores the file, so load the folder.
     """
     from transformers import BertTokenizer
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 from reallod.errors import ConfigError, json_kind
 
-# bert-base-uncased ids that Grounding-DINO hard-codes (DESIGN §6).
+# bert-base-uncased ids that Grounding-DINO hard-codes.
 CLS_ID, SEP_ID, DOT_ID, QUESTION_ID, PAD_ID = 101, 102, 1012, 1029, 0
 DELIMITER_IDS = frozenset({CLS_ID, SEP_ID, DOT_ID, QUESTION_ID, PAD_ID})
 MAX_TEXT_LEN = 512  # BERT's position embeddings end here

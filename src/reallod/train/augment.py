@@ -41,7 +41,7 @@ def swap_left_right(text: str) -> str:
 
 @dataclass(frozen=True)
 class AugmentOptions:
-    """The published recipe (DESIGN §4) by default; the tiny config uses smaller sizes."""
+    """The published recipe by default; the tiny config uses smaller sizes."""
 
     flip_prob: float = 0.5
     swap_left_right: bool = True

@@ -1,7 +1,7 @@
 """Detection quality on held-out Real-Data, for the periodic evaluation and the learning test.
 
 Every (image, expression) pair is scored COCO-style as its own "image" with one category, and
-precision/recall are pooled over all pairs (OmniLabel's way, DESIGN §5): a positive expression's
+precision/recall are pooled over all pairs (OmniLabel's way): a positive expression's
 ground truth is its pair's boxes; a negative expression has none, so any box it gets is a false
 positive. A detector that finds shapes but ignores the words therefore scores low. Inference runs
 one expression per forward pass (the benchmarks' "parallel" mode) through

@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the learning-rate schedule of the published recipe (DESIGN §4).
+"""AdamW parameter groups and the learning-rate schedule of the published recipe.
 
 Groups: the image backbone and the text encoder train at a learning-rate multiplier (0.1), the
 rest at the base rate; within each, norms, biases and position embeddings get no weight decay.

@@ -1,6 +1,6 @@
 """Per image: which text source, which positive and negative expressions, the prompt and its loss labels.
 
-The recipe (DESIGN §4): draw one text source per image (category 0.5, vlm_short 0.2, llm 0.2,
+The recipe: draw one text source per image (category 0.5, vlm_short 0.2, llm 0.2,
 vlm_long 0.1 by default; sources the record lacks are renormalised away), take N positive
 expressions per instance (default 1) and up to M negatives (default 50) while the prompt fits the
 token budget (default 512), positives first, then shuffle the phrase order. The ``category`` source,
@@ -10,7 +10,7 @@ names of the dataset.
 
 The prompt is ``[CLS] p0 . p1 . ... [SEP]``; each box's label is the index of its phrase in the
 prompt, which is what transformers' Grounding-DINO loss expects (phrases are the token runs between
-delimiter ids, DESIGN §6). Pure logic: the tokenizer is passed in as text → token ids.
+delimiter ids). Pure logic: the tokenizer is passed in as text → token ids.
 """
 
 from __future__ import annotations
