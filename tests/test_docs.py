@@ -53,6 +53,31 @@ def test_relative_links_resolve(doc: Path) -> None:
     assert not broken, f"{doc.relative_to(ROOT)}: links to missing files: {broken}"
 
 
+_REPO_PATH = re.compile(r"(?:src|tests|benchmarks|configs|examples|docs)/[\w./-]*")
+
+
+def _repo_paths(text: str) -> list[str]:
+    """Paths into this checkout named in the prose's code spans (a fence's commands may create files)."""
+    spans = _CODE_SPAN.findall(_FENCE.sub("", text))
+    return [m.group(0).rstrip(".") for span in spans for m in _REPO_PATH.finditer(span)
+            if m.start() == 0 or span[m.start() - 1] in " (\"'`"]
+
+
+def test_repo_path_extraction() -> None:
+    text = "`tests/llm/x.py::test_a` and `make -C src/` (`docs/a.md`)\n```bash\nls `examples/out/b`\n```\n`my/tests/c.py`"
+    assert _repo_paths(text) == ["tests/llm/x.py", "src/", "docs/a.md"]
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_repo_paths_exist(doc: Path) -> None:
+    missing = [p for p in _repo_paths(doc.read_text(encoding="utf-8")) if not (ROOT / p).exists()]
+    assert not missing, f"{doc.relative_to(ROOT)}: names files this checkout lacks: {missing}"
+
+
+def test_the_docs_name_repo_paths() -> None:
+    assert sum(len(_repo_paths(d.read_text(encoding="utf-8"))) for d in DOC_FILES) > 50
+
+
 def test_readme_links_every_docs_page() -> None:
     readme_links = {unquote(t.split("#", 1)[0]) for t in _relative_links((ROOT / "README.md").read_text("utf-8"))}
     pages = {f"docs/{p.name}" for p in DOC_FILES[1:]}
