@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,8 +21,21 @@ app = typer.Typer(cls=ordered_group(*COMMANDS), no_args_is_help=True,
                   help=f"Real-Data toolkit: {', '.join(COMMANDS)}.")
 
 
-_Src = Annotated[Path, typer.Argument(help="Real-Data file.", show_default=False)]
-_Out = Annotated[Path, typer.Argument(help="Real-Data file to write.", show_default=False)]
+def _stdin(path: Any) -> Any:
+    """``-`` is standard input, as for most Unix tools: read as ``/dev/stdin`` (a pipe, read once)."""
+    if isinstance(path, list):
+        return [_stdin(p) for p in path]
+    return Path("/dev/stdin") if path is not None and str(path) == "-" else path
+
+
+def _stdout(path: Any) -> Any:
+    """``-`` is standard output (written through as ``/dev/stdout``; the command's report goes to stderr)."""
+    return Path("/dev/stdout") if path is not None and str(path) == "-" else path
+
+
+
+_Src = Annotated[Path, typer.Argument(callback=_stdin, help="Real-Data file.", show_default=False)]
+_Out = Annotated[Path, typer.Argument(callback=_stdout, help="Real-Data file to write.", show_default=False)]
 _Workers = Annotated[int | None, typer.Option(
     "--workers", min=1, help="Processes for an uncompressed file (default: the CPU count).")]
 _Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
@@ -30,7 +43,8 @@ _Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout
 
 @app.command("validate")
 def data_validate(
-    file: Annotated[Path, typer.Argument(help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
+    file: Annotated[Path, typer.Argument(
+        callback=_stdin, help="Real-Data file, .jsonl or .jsonl.gz.", show_default=False)],
     images: Annotated[Path | None, typer.Option(
         "--images", metavar="ROOT", help="Image root: also check each image exists, is an image and has the recorded "
         "size (from its header).")] = None,
@@ -40,7 +54,8 @@ def data_validate(
     max_errors: Annotated[int | None, typer.Option(
         "--max-errors", min=0, metavar="N", help="Print at most N problems; the counts stay complete.")] = None,
     fix: Annotated[Path | None, typer.Option(
-        "--fix", metavar="OUT", help="Write the valid records, in canonical form, to OUT (atomically).")] = None,
+        "--fix", metavar="OUT", callback=_stdout,
+        help="Write the valid records, in canonical form, to OUT (atomically).")] = None,
     clamp: Annotated[bool, typer.Option(
         "--clamp", help="With --fix: clamp boxes to the image and keep records whose only problem was that.")] = False,
     workers: _Workers = None,
@@ -88,7 +103,8 @@ def data_validate(
 
 @app.command("stats")
 def data_stats(
-    files: Annotated[list[Path], typer.Argument(help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        callback=_stdin, help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
     workers: _Workers = None,
     as_json: _Json = False,
 ) -> None:
@@ -126,7 +142,8 @@ convert_app = typer.Typer(
 )
 app.add_typer(convert_app, name="convert")
 
-_ConvertSrc = Annotated[Path, typer.Argument(help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)]
+_ConvertSrc = Annotated[Path, typer.Argument(
+    callback=_stdin, help="Real-Data file (.jsonl or .jsonl.gz).", show_default=False)]
 _KeepEmpty = Annotated[bool, typer.Option("--keep-empty", help="Keep images that have no box.")]
 _SourcesOpt = Annotated[list[str] | None, typer.Option(
     "--source", "-s", help="Use only this source (vlm_short, vlm_long, llm, category...); repeat for several. "
@@ -142,8 +159,8 @@ def _done(summary: str, *outputs: Path) -> None:
 def data_convert_odvg(
     src: _ConvertSrc,
     out: Annotated[Path, typer.Argument(
-        help="ODVG jsonl to write (.gz compresses, but mmdet's ODVGDataset reads plain text only: "
-        "give it a .jsonl).", show_default=False)],
+        callback=_stdout, help="ODVG jsonl to write (.gz compresses, but mmdet's ODVGDataset reads plain text "
+        "only: give it a .jsonl).", show_default=False)],
     sources: _SourcesOpt = None,
     merge_sources: Annotated[bool, typer.Option(
         "--merge-sources", help="One line per image with every chosen source, instead of one per image x source.")] = False,
@@ -173,7 +190,7 @@ def data_convert_odvg(
 @convert_app.command("coco")
 def data_convert_coco(
     src: _ConvertSrc,
-    out: Annotated[Path, typer.Argument(help="COCO json to write.", show_default=False)],
+    out: Annotated[Path, typer.Argument(callback=_stdout, help="COCO json to write.", show_default=False)],
     sources: _SourcesOpt = None,
     keep_empty: _KeepEmpty = False,
 ) -> None:
@@ -192,7 +209,8 @@ def data_convert_coco(
 @convert_app.command("omnilabel")
 def data_convert_omnilabel(
     src: _ConvertSrc,
-    out: Annotated[Path, typer.Argument(help="OmniLabel-style ground-truth json to write.", show_default=False)],
+    out: Annotated[Path, typer.Argument(
+        callback=_stdout, help="OmniLabel-style ground-truth json to write.", show_default=False)],
     sources: _SourcesOpt = None,
     categories: Annotated[bool, typer.Option(
         "--categories", help="Also add each pair's category name as a plain-category (type C) description.")] = False,
@@ -209,9 +227,11 @@ def data_convert_omnilabel(
 
 @convert_app.command("from-coco")
 def data_convert_from_coco(
-    ann: Annotated[Path, typer.Argument(help="COCO / LVIS / Objects365 detection json (.json or .json.gz).",
+    ann: Annotated[Path, typer.Argument(
+        callback=_stdin, help="COCO / LVIS / Objects365 detection json (.json or .json.gz).",
                                         show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Real-Data jsonl to write (.gz compresses).", show_default=False)],
+    out: Annotated[Path, typer.Argument(
+        callback=_stdout, help="Real-Data jsonl to write (.gz compresses).", show_default=False)],
     skip_crowd: Annotated[bool, typer.Option("--skip-crowd", help="Drop boxes marked iscrowd.")] = False,
     min_area: Annotated[float, typer.Option("--min-area", min=0, help="Drop boxes smaller than this (w x h, pixels).")] = 0.0,
     prefix: Annotated[str, typer.Option(
@@ -266,8 +286,10 @@ def data_sample(
 @app.command("split")
 def data_split(
     src: _Src,
-    train: Annotated[Path, typer.Option("--train", help="Train file to write.", show_default=False)],
-    val: Annotated[Path, typer.Option("--val", help="Validation file to write.", show_default=False)],
+    train: Annotated[Path, typer.Option(
+        "--train", callback=_stdout, help="Train file to write.", show_default=False)],
+    val: Annotated[Path, typer.Option(
+        "--val", callback=_stdout, help="Validation file to write.", show_default=False)],
     val_fraction: Annotated[float, typer.Option(
         "--val-fraction", help="Share of images that go to --val, strictly between 0 and 1 (each side gets "
         "images).")] = 0.1,
@@ -281,8 +303,10 @@ def data_split(
 
 @app.command("merge")
 def data_merge(
-    srcs: Annotated[list[Path], typer.Argument(help="Real-Data files to merge.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Real-Data file to write.", show_default=False)],
+    srcs: Annotated[list[Path], typer.Argument(
+        callback=_stdin, help="Real-Data files to merge.", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", callback=_stdout, help="Real-Data file to write.", show_default=False)],
 ) -> None:
     """Concatenate files; records of the same image are combined into one (sizes must agree).
 

@@ -8,10 +8,12 @@ are renamed into place only when complete: a crash never leaves a half-written o
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import secrets
 import shutil
@@ -89,6 +91,22 @@ def _create_beside(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+def _replaced_mode(path: Path) -> int | None:
+    """The permissions of the file ``path`` replaces, for the new one to keep (a private file must not
+    become readable by all, as ``sed -i`` keeps them too); None where nothing is there. A file this
+    process may not write is refused: renaming over it would replace another user's read-only file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, "a read-only file: not replaced (make it writable, or write "
+                              "another file)", os.fspath(path))
+    return stat.S_IMODE(st.st_mode)
 
 
 def make_temp_dir(path: str | os.PathLike) -> Path:
@@ -196,7 +214,7 @@ def is_gzip_file(path: str | os.PathLike) -> bool:
 
 
 def wants_gzip(path: str | os.PathLike) -> bool:
-    return str(path).endswith(".gz")
+    return str(path).lower().endswith(".gz")
 
 
 def probe_gzip(path: str | os.PathLike) -> bool:
@@ -447,12 +465,27 @@ def not_json_lines(path: str | os.PathLike, lineno: int, line: bytes) -> DataErr
     """The error every strict reader gives a file whose first non-blank line, ``line``, shows it is one JSON
     document (:func:`one_document`: a COCO json) rather than JSON Lines; None for any other line, a valid
     record included. For the readers that go on past a bad line (``data validate``, ``data stats``), which
-    else gave a problem for each line of the document."""
+    else gave a problem for each line of the document. UTF-16 text (what Windows PowerShell's ``>``
+    writes) is refused the same way: every line of it would be a problem of its own."""
+    if utf16 := _utf16(line):
+        return DataError(f"UTF-16 text ({utf16}), where UTF-8 JSON Lines are read: save the file as UTF-8 "
+                         "(iconv -f UTF-16 -t UTF-8)", path=os.fspath(path), line=lineno)
     line = line.removeprefix(BOM)
     whole = one_document(line)
     if whole is None or _is_record(line):
         return None
     return DataError(whole, path=os.fspath(path), line=lineno)
+
+
+def _utf16(line: bytes) -> str | None:
+    """How ``line`` shows it is UTF-16: its byte-order mark, or (without one) a NUL in every other byte
+    of mostly ASCII text; None for anything else."""
+    if line[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "by its byte-order mark"
+    body = line.rstrip(b"\r\n\x00")
+    if len(body) >= 8 and (body[0::2].count(0) > 0.9 * len(body[0::2]) or body[1::2].count(0) > 0.9 * len(body[1::2])):
+        return "a NUL byte in every other place, with no byte-order mark"
+    return None
 
 
 def _is_record(line: bytes) -> bool:
@@ -488,15 +521,33 @@ def _line_error(path: str | os.PathLike, lineno: int, line: bytes, first: bool, 
 
 
 def json_problem(line: bytes, error: orjson.JSONDecodeError) -> str:
-    """Why a line does not parse: its first byte that is not UTF-8 (orjson says only "str is not valid
-    UTF-8: surrogates not allowed"), else the parser's message."""
+    """Why a line does not parse, in ``data validate``'s words: its first byte that is not UTF-8 (orjson
+    says only "str is not valid UTF-8: surrogates not allowed"), a byte-order mark inside the file, JSON
+    only a lenient parser reads (orjson's "unexpected character" for NaN), else the parser's message
+    at the column (orjson's own text says "line 1" of every line)."""
+    if utf16 := _utf16(line):
+        return f"not UTF-8 text (UTF-16, {utf16}); save the file as UTF-8"
     try:
-        line.decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        kind = " (UTF-16, by its byte-order mark)" if line[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        return (f"not UTF-8 text{kind}: byte 0x{line[e.start]:02x} at column {e.start + 1}; save the file as "
+        return (f"not UTF-8 text: byte 0x{line[e.start]:02x} at column {e.start + 1}; save the file as "
                 "UTF-8")
-    return f"invalid JSON: {error}"
+    if text.startswith("\ufeff"):
+        return ("the line starts with a UTF-8 byte-order mark (files joined with cat?); `reallod data validate "
+                "FILE --fix OUT` removes it")
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return invalid_json_message(error, text)
+    return (f"not strict JSON at column {error.pos + 1} ({error.msg}): NaN, Infinity, an out-of-range number "
+            "or a lone surrogate, which only lenient parsers read")
+
+
+def invalid_json_message(error: json.JSONDecodeError, text: str) -> str:
+    """The parser's message at its column, with a hint when the line ends inside a value."""
+    if error.pos >= len(text.rstrip()) and "recursion" not in error.msg:
+        return f"invalid JSON: the line ends inside a JSON value ({error.msg}); truncated?"
+    return f"invalid JSON at column {error.pos + 1}: {error.msg}"
 
 
 def iter_json(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -664,7 +715,14 @@ class AtomicWriter(AtomicOutput):
             # permission is the OS's to refuse, as the OSError the writers' callers handle
             check_writable(self.path, access=False)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = _create_beside(self.path)
+            mode = _replaced_mode(self.path)
+            try:
+                fd, self._tmp = _create_beside(self.path)
+            except OSError as e:  # it names the hidden temporary file: the user knows the output
+                folder = os.path.dirname(self.path) or "."
+                raise OSError(e.errno, f"cannot write in {folder} ({e.strerror})", os.fspath(self.path)) from e
+            if mode is not None:
+                os.fchmod(fd, mode)
             self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._out: IO[bytes] = (
             gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0)
