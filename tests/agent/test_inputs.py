@@ -194,15 +194,15 @@ def test_a_line_that_is_not_json_says_why_as_the_data_readers_do(tmp_path):
     errors = [item.describe() for item in items[1:]]
     at = surrogate.index("\\ud800")
     assert errors == [
-        f"{path}:2: invalid JSON: unexpected character, expected a JSON value: line 1 column {nan.index('NaN') + 1} "
-        f"(char {nan.index('NaN')})",
-        f"{path}:3: invalid JSON: no low surrogate in string: line 1 column {at + 1} "
-        f"(char {at})",
-        f"{path}:4: invalid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"]
+        f"{path}:2: not strict JSON at column {nan.index('NaN') + 1} (unexpected character, expected a JSON "
+        "value): NaN, Infinity, an out-of-range number or a lone surrogate, which only lenient parsers read",
+        f"{path}:3: not strict JSON at column {at + 1} (no low surrogate in string): NaN, Infinity, an "
+        "out-of-range number or a lone surrogate, which only lenient parsers read",
+        f"{path}:4: invalid JSON at column 2: unexpected character, expected a string key"]
     assert all(item.kind == "bad_record" for item in items[1:])
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps(published("a.jpg", "x", [1, 1, 5, 5])) + "\n{not json\n")
     _, problem = list(iter_tasks(tasks))
     assert problem.kind == "bad_task" and problem.as_result().error.startswith(
-        f"{tasks}:2: invalid JSON: unexpected character, expected a string key")
+        f"{tasks}:2: invalid JSON at column 2: unexpected character, expected a string key")
 

@@ -39,6 +39,9 @@ def test_split_refuses_train_and_val_that_are_one_file_under_two_names(tmp_path)
                        (tmp_path / "d" / "t.jsonl", tmp_path / "link" / "T.jsonl")):  # one file where case is ignored
         with pytest.raises(ConfigError, match=f"--train {train} and --val {val} are one file"):
             split_file(src, train, val, val_fraction=0.3)
+    with pytest.raises(ConfigError, match=r"one file \(names that differ only in case, one file where the file "
+                                          r"system ignores case"):  # not said to be one file where it is not
+        split_file(src, tmp_path / "d" / "t.jsonl", tmp_path / "d" / "T.jsonl", val_fraction=0.3)
     (tmp_path / "d" / "t.jsonl").write_text("previous\n")
     (tmp_path / "d" / "hard.jsonl").hardlink_to(tmp_path / "d" / "t.jsonl")
     with pytest.raises(ConfigError, match="are one file"):
@@ -110,3 +113,38 @@ def test_from_coco_refuses_a_size_over_the_real_data_limit(tmp_path):
         with pytest.raises(DataError, match=rf"ann\.json: images\[0\]\.{key}: {MAX_SIDE + 1} is too large"):
             coco_to_realdata(ann, tmp_path / "out.jsonl")
         assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("where", ["name", "synonyms"])
+def test_from_coco_refuses_a_category_text_no_tokenizer_reads(tmp_path, where):
+    """A name (or, with --synonyms, a synonym) of zero-width characters passed from-coco, and every other
+    command then refused the file it wrote (invisible_expression)."""
+    cat = {"id": 1, "name": "dog", "synonyms": ["hound"]}
+    cat[where] = "\u200b" if where == "name" else ["hound", "\u200b\u2060"]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+                               "categories": [cat],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]}))
+    with pytest.raises(DataError, match=rf"ann\.json: categories\[0\]\.{where}: .* only zero-width"):
+        coco_to_realdata(ann, tmp_path / "out.jsonl", synonyms=True)
+    assert not (tmp_path / "out.jsonl").exists()
+    if where == "synonyms":  # without --synonyms they are not read
+        coco_to_realdata(ann, tmp_path / "out.jsonl")
+        (record,) = read_records(tmp_path / "out.jsonl")
+        assert record.pairs["category"][0].positive_expressions == ["dog"]
+
+
+@pytest.mark.parametrize("fmt", ["coco", "omnilabel"])
+def test_convert_refuses_an_image_given_by_two_records_and_names_the_merge(tmp_path, capsys, fmt):
+    """Each record became an image entry of its own: one file name twice in the json, each with part of
+    the image's boxes (the other part unannotated background)."""
+    src, out = tmp_path / "dup.jsonl", tmp_path / "out.json"
+    records = many(4)
+    write_records(src, [*map(Record.from_dict, records), Record.from_dict(records[1])])
+    code, _, err = run_cli(["data", "convert", fmt, src, out], capsys)
+    assert code == 2 and "dup.jsonl:5: 'img0001.jpg' is also the image of line 2" in err, err
+    assert f"reallod data merge {src} -o merged.jsonl" in err and not out.exists()
+    merged = tmp_path / "merged.jsonl"
+    assert run_cli(["data", "merge", src, "-o", merged], capsys)[0] == 0
+    assert run_cli(["data", "convert", fmt, merged, out], capsys)[0] == 0
+    assert len(json.loads(out.read_text())["images"]) == 4

@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 from reallod.cli import main
+from reallod.data import read_records
 from reallod.data.chunks import RangeLines, plan_ranges
 from reallod.data.images import resolve_image
 from reallod.data.validate import Issue, check_image, validate_file
 from reallod.errors import ConfigError, DataError
+from tests.cli_helpers import run_cli
 
 from .image_files import png_claiming_size
 
@@ -183,6 +185,36 @@ def test_fix_on_an_unreadable_input_leaves_the_output_alone(tmp_path):
     issues, report = collect(tmp_path / "not.jsonl.gz", fix=out)
     assert [i.kind for i in issues] == ["read_error"]
     assert out.read_text() == "precious\n" and report.fix_path is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_fix_of_a_gzip_that_cannot_be_read_to_its_end(tmp_path, capsys, damage):
+    """Fixed in place, a truncated or corrupt gzip was replaced by the records before the damage (half the
+    file gone, "dropped 3" said) and the next validate said OK: now refused. Into another file the records
+    before the damage are kept, and the summary says the rest is not there."""
+    path = tmp_path / "d.jsonl.gz"
+    whole = gzip.compress("".join(dump(rec(i)) for i in range(3000)).encode(), mtime=0)
+    if damage == "truncated":
+        data = whole[: len(whole) // 2]
+    else:
+        data = bytearray(whole)
+        for i in range(len(data) // 2, len(data) // 2 + 16):
+            data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, _, err = run_cli(["data", "validate", path, "--fix", path], capsys)
+    assert code == 2 and "fixed in place, what follows the damage would be lost" in err, err
+    assert path.read_bytes() == bytes(data)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    out = tmp_path / "salvaged.jsonl"
+    code, text, _ = run_cli(["data", "validate", path, "--fix", out], capsys)
+    assert code == 1 and "[read_error]" in text
+    assert "the input could not be read to its end (read_error): the records after the damage are not in it" in \
+        " ".join(text.split())
+    salvaged = [json.loads(line)["filename"] for line in out.read_text().splitlines()]
+    assert 1000 < len(salvaged) < 3000  # (a corrupt stream may decode a few altered lines before it fails)
+    assert salvaged[:1000] == [rec(i)["filename"] for i in range(1000)]
+    code, text, _ = run_cli(["data", "validate", path, "--fix", out, "--json"], capsys)
+    assert json.loads(text)["summary"]["fix"]["input_read_to_its_end"] is False
 
 
 def test_fix_in_place_is_atomic(tmp_path):
@@ -445,3 +477,28 @@ def test_a_bad_size_is_said_once_not_again_for_every_box(size):
     problems = check_record(rec(height=size, pairs={"llm": [{**rec()["pairs"]["llm"][0],
                                                             "relation": "multi", "bboxes": [[1, 2, 20, 25], [3, 4, 30, 28]]}]}))
     assert [p.field for p in problems] == ["height"]
+
+
+def test_a_pair_with_both_spellings_of_its_positives_is_a_problem_unless_they_agree(tmp_path):
+    """The canonical spelling silently won: a pair whose misspelt list (the one the published training
+    code reads) held other expressions lost them in every command."""
+    differ, agree = rec(0), rec(1)
+    differ["pairs"]["llm"][0]["postive_expressions"] = ["another dog"]
+    agree["pairs"]["llm"][0]["postive_expressions"] = ["dog number 1"]
+    path = tmp_path / "both.jsonl"
+    path.write_text(dump(differ) + dump(agree))
+    issues, report = collect(path, fix=tmp_path / "fixed.jsonl")
+    assert [(i.line, i.kind, i.field) for i in issues] == [(1, "two_spellings", "pairs.llm[0].postive_expressions")]
+    assert report.written == 1
+    kept = json.loads((tmp_path / "fixed.jsonl").read_text())
+    assert "postive_expressions" not in kept["pairs"]["llm"][0]
+    with pytest.raises(DataError, match=r"both\.jsonl:1: pairs\.llm\[0\]\.postive_expressions: both"):
+        list(read_records(path))
+
+
+def test_a_size_too_large_for_an_integer_is_said_to_be_too_large(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text(dump(rec()).replace('"height": 30', '"height": 99999999999999999999'))
+    issues, _ = collect(path)
+    assert [(i.kind, i.field) for i in issues] == [("bad_size", "height")]
+    assert "too large (at most 2147483647)" in issues[0].message

@@ -40,7 +40,7 @@ from reallod.data.convert_common import (
 )
 from reallod.data.io import JsonlWriter, read_whole
 from reallod.data.records import Pair, Record
-from reallod.data.schema import MAX_SIDE
+from reallod.data.schema import MAX_SIDE, visible
 from reallod.errors import DataError, json_kind
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def _area(w: float, h: float) -> float | int:
 
 def realdata_to_coco(src: str | os.PathLike, dst: str | os.PathLike, *,
                      sources: Sequence[str] | None = None, keep_empty: bool = False) -> ConvertStats:
-    """Stream ``src`` into a COCO json at ``dst`` (atomic; memory holds only the category names).
+    """Stream ``src`` into a COCO json at ``dst`` (atomic; memory holds the category and image names).
 
     Images with no pair of the chosen sources are left out unless ``keep_empty``. ``multi`` pairs
     become entries of the ``groups`` section (see the module's docstring).
@@ -241,6 +241,11 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
         texts = [cat_names[cid]]
         if synonyms and isinstance(cat.get("synonyms"), list):
             texts += [category_expression(s) for s in cat["synonyms"] if isinstance(s, str)]
+        for j, text in enumerate(texts):  # every other command refuses such an expression
+            if text and not visible(text):
+                where = "name" if j == 0 else "synonyms"
+                raise _fail(path, f"categories[{i}].{where}", f"{text!r} has only zero-width, format or control "
+                            "characters: a tokenizer gives it no token; rename it in the json")
         cat_texts[cid] = unique_texts(texts)
 
     sizes: dict[int, tuple[int, int]] = {}

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from reallod.data.io import AtomicOutput, AtomicWriter, raise_with_path, read_records
+from reallod.data.io import AtomicOutput, AtomicWriter, raise_with_path, read_numbered_records
 from reallod.data.records import TRAINING_SOURCES, Pair, Record
 from reallod.data.schema import text_key
 from reallod.errors import ConfigError, DataError
@@ -60,8 +60,8 @@ class ConvertStats:
 
 
 class EmptyRunError(DataError):
-    """A run that read no record, or that would write nothing: nothing was written, and what was at the
-    output path before is still there."""
+    """A run that read no record, would write nothing, or could not read its input to the end: nothing
+    was written, and what was at the output path before is still there."""
 
 
 def require_records(records_in: int, src: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
@@ -284,9 +284,16 @@ def add_image_records(src: str | os.PathLike, out: JsonSectionsWriter,
     of each section gets, from 1), or None when the record has nothing of the chosen sources. Records
     are counted in ``stats`` and shown to ``check``; then a ``--source`` that no record has, or a run
     that wrote no image (``what`` names one), is refused: raised inside ``out``'s ``with`` block, nothing
-    is written.
+    is written. An image given by two records is refused: listed once, it would have only one record's
+    objects, and the other's would be unannotated background in it (``data merge`` combines them).
     """
-    for record in read_records(src):
+    first_line: dict[str, int] = {}
+    for lineno, record in read_numbered_records(src):
+        if (first := first_line.setdefault(record.filename, lineno)) != lineno:
+            raise DataError(f"{record.filename!r} is also the image of line {first}: the json lists each image "
+                            "once, with all its objects, so one record's objects would be unannotated background "
+                            f"in the other's; combine them first: reallod data merge {src} -o merged.jsonl",
+                            path=str(src), line=lineno)
         stats.records_in += 1
         check.see(record)
         items = convert(record, {name: n + 1 for name, n in out.counts.items()})

@@ -12,7 +12,7 @@ anno_info{type}}; ``annotations`` {id, image_id, bbox xywh, description_ids}. Pe
   plain categories (``"object_class"``, type C).
 
 Descriptions are numbered per image (a text on two images is two descriptions): the evaluator pools
-(image, description) pairs anyway, and it keeps memory constant whatever the file size.
+(image, description) pairs anyway, and it keeps memory from growing with the descriptions.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def record_to_omnilabel(record: Record, image_id: int, first_desc_id: int, first
 
 def realdata_to_omnilabel(src: str | os.PathLike, dst: str | os.PathLike, *,
                           sources: Sequence[str] | None = None, categories: bool = False) -> ConvertStats:
-    """Stream ``src`` into an OmniLabel-style GT json at ``dst`` (atomic, constant memory)."""
+    """Stream ``src`` into an OmniLabel-style GT json at ``dst`` (atomic; memory holds the image names)."""
     refuse_same_file(src, dst)
     stats = ConvertStats()
     # "name" must not contain "omnilabel": the official tools then demand their own version string.

@@ -183,8 +183,10 @@ def split_file(src: str | os.PathLike, train: str | os.PathLike, val: str | os.P
         raise ConfigError(f"--val-fraction must be between 0 and 1 (both excluded: a split writes two non-empty "
                           f"files), got {val_fraction}")
     if one_file(train, val):
-        raise ConfigError(f"--train {train} and --val {val} are one file (the val records would be lost): give "
-                          "two different files")
+        how = "" if same_file(train, val) else ("names that differ only in case, one file where the file system "
+                                                 "ignores case (macOS, Windows); ")
+        raise ConfigError(f"--train {train} and --val {val} are one file ({how}the val records would be lost): "
+                          "give two different files")
     for side in (train, val):
         refuse_same_file(src, side, "splitting would replace the input with one side of the split")
     stats = ConvertStats()

@@ -28,12 +28,17 @@ Box = list[float]  # [x1, y1, x2, y2] in pixels
 
 
 def canonical_pair_dict(pair: dict[str, Any]) -> dict[str, Any]:
-    """Rename variant keys and relation spellings; the input is not modified."""
+    """Rename variant keys and relation spellings; the input is not modified. A misspelt key beside its
+    canonical one is dropped when both hold the same value, and kept as it is when they differ: neither
+    list may be lost without a word (the published training code reads the misspelt one), and the
+    schema check names the conflict."""
     out: dict[str, Any] = {}
     for key, value in pair.items():
         canon = PAIR_KEY_ALIASES.get(key, key)
         if canon != key and canon in pair:
-            continue  # the canonical spelling wins over the misspelt one
+            if pair[canon] != value:
+                out[key] = value
+            continue
         out[canon] = value
     relation = out.get("relation")
     if isinstance(relation, str):

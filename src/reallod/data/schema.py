@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from reallod.data.records import RELATIONS, canonical_pairs
+from reallod.data.records import PAIR_KEY_ALIASES, RELATIONS, canonical_pairs
 
 # kind → short description (the validate summary lists them in this order)
 PROBLEM_KINDS = {
@@ -30,6 +30,7 @@ PROBLEM_KINDS = {
     "box_outside_image": "box extends past the image width/height",
     "empty_category": "category is empty",
     "unknown_relation": "relation is not single/multi",
+    "two_spellings": "a key given in both spellings (postive_/positive_) with different values",
     "relation_mismatch": "relation does not match the number of boxes",
     "empty_expression": "expression is empty or whitespace only",
     "invisible_expression": "expression has only zero-width, format or control characters (no token)",
@@ -175,6 +176,11 @@ def check_pair(pair: Any, where: str, height: Any, width: Any, out: list[Problem
     for key in ("origin_positive_expressions",):
         if key in pair and pair[key] is not None:
             _check_expressions(pair[key], f"{where}.{key}", out, plain)
+    for alias, canon in PAIR_KEY_ALIASES.items():
+        if alias in pair:  # kept by canonicalisation only when the two values differ
+            out.append(Problem("two_spellings", f"{where}.{alias}",
+                               f"both {alias!r} and {canon!r}, with different values: a reader of one spelling "
+                               "(the published training code reads the misspelt one) sees another list; keep one"))
 
 
 def check_record(obj: Any, line: bytes | None = None) -> list[Problem]:
@@ -192,6 +198,8 @@ def check_record(obj: Any, line: bytes | None = None) -> list[Problem]:
         v = obj.get(key)
         if v is None:
             out.append(Problem("missing_field", key, "missing"))
+        elif isinstance(v, float) and v.is_integer() and v > MAX_SIDE:  # 1e20: JSON's big integers read as floats
+            out.append(Problem("bad_size", key, f"{_short(v)} is too large (at most {MAX_SIDE})"))
         elif not isinstance(v, _INT) or isinstance(v, bool) or v <= 0:
             out.append(Problem("bad_size", key, f"expected a positive integer, got {_short(v)}"))
         elif v > MAX_SIDE:

@@ -44,6 +44,7 @@ from reallod.data.io import (
     BOM,
     AtomicWriter,
     check_openable,
+    invalid_json_message,
     is_stream,
     iter_lines,
     make_temp_dir,
@@ -51,6 +52,7 @@ from reallod.data.io import (
     probe_gzip,
     raise_with_path,
     refuse_one_document,
+    same_file,
     writes_through,
 )
 from reallod.data.records import Record
@@ -118,7 +120,7 @@ class ValidationReport:
         }
         if self.fix_path:
             out["fix"] = {"path": self.fix_path, "written": self.written, "dropped": self.dropped,
-                          "clamped": self.clamped}
+                          "clamped": self.clamped, "input_read_to_its_end": not self.counts.get("read_error")}
         return out
 
 
@@ -155,19 +157,12 @@ def parse_line(line: bytes) -> tuple[Any, list[Problem]]:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        problems.append(Problem("bad_json", "", _json_message(strict_error, text)))
+        problems.append(Problem("bad_json", "", invalid_json_message(strict_error, text)))
         return _UNPARSED, problems
     problems.append(Problem("bad_json", "", f"not strict JSON at column {strict_error.pos + 1} ({strict_error.msg}): "
                                             "NaN, Infinity, an out-of-range number or a lone surrogate, "
                                             "which only lenient parsers read"))
     return obj, problems
-
-
-def _json_message(e: orjson.JSONDecodeError, text: str) -> str:
-    msg = e.msg
-    if e.pos >= len(text.rstrip()) and "recursion" not in msg:
-        return f"invalid JSON: the line ends inside a JSON value ({msg}); truncated?"
-    return f"invalid JSON at column {e.pos + 1}: {msg}"
 
 
 def check_image(obj: Any, root: str, decode: bool = False) -> list[Problem]:
@@ -377,6 +372,11 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
         if report.records == 0 and not report.counts.get("read_error"):
             file_issue("empty_file", "no records (the file is empty or holds only blank lines)")
         if writer is not None:
+            if report.counts.get("read_error") and same_file(fix, path):  # what follows the damage is lost
+                raise EmptyRunError("--fix: the input could not be read to its end: fixed in place, what "
+                                    "follows the damage would be lost (a recovery tool may still read it); "
+                                    "nothing written: give --fix another file to keep the records read "
+                                    "before it", path=path)
             if not report.written:  # an empty --fix would replace an earlier output, even the input itself
                 raise EmptyRunError(f"--fix: no record to write ({report.records:,} read, all dropped); nothing "
                                     f"written, {os.fspath(fix)} left as it was", path=path)
@@ -485,5 +485,7 @@ def render_summary(report: ValidationReport, *, max_errors: int | None = None) -
                     f"{report.invalid:,} with problems ({total:,} problems)"))
     if report.fix_path:
         out.append(Text(f"--fix: wrote {report.written:,} records to {report.fix_path}, dropped "
-                        f"{report.dropped:,}" + (f", clamped boxes in {report.clamped:,}" if report.clamped else "")))
+                        f"{report.dropped:,}" + (f", clamped boxes in {report.clamped:,}" if report.clamped else "")
+                        + ("; the input could not be read to its end (read_error): the records after the damage "
+                           "are not in it" if report.counts.get("read_error") else "")))
     return out
