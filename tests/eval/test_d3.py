@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import warnings
 from collections import defaultdict
@@ -162,4 +163,25 @@ def test_a_sentence_without_words_is_named(tmp_path):
     sentences[first]["raw_sent"] = " ? . "
     (folder / "sentences.pkl").write_bytes(pickle.dumps(sentences))
     with pytest.raises(DataError, match=rf"sentences\.pkl: sentence {first}: raw_sent ' \? \. ' has no words"):
+        d3.load(folder)
+
+
+@pytest.mark.parametrize(("name", "damage", "said"), [
+    ("images.pkl", lambda entries, first: entries[first].pop("file_name"), r"entry 0 \(id \d+\): no 'file_name'"),
+    ("sentences.pkl", lambda entries, first: entries[first].pop("raw_sent"), r"entry 0 \(id \d+\): no 'raw_sent'"),
+    ("images.pkl", lambda entries, first: entries.__setitem__(first, "x"), r"entry 0: expected a dict, got str"),
+])
+def test_an_entry_of_a_pickle_without_its_keys_is_named_with_its_file(tmp_path, name, damage, said):
+    """The package's reading said "unexpected pickle contents (KeyError: 'file_name')" of the folder."""
+    import pickle
+
+    folder = tmp_path / "d3_pkl"
+    d3_pickles(folder, seed=1, n_groups=2, images_per_group=1)
+    entries = pickle.loads((folder / name).read_bytes())
+    damage(entries, next(iter(entries)))
+    (folder / name).write_bytes(pickle.dumps(entries))
+    with pytest.raises(DataError, match=rf"d3_pkl/{re.escape(name)}: {said}"):
+        d3.load(folder)
+    (folder / name).write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DataError, match=rf"d3_pkl/{re.escape(name)}: D³ annotations: expected a dict of entries"):
         d3.load(folder)

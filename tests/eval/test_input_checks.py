@@ -9,6 +9,7 @@ import copy
 import gzip
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -337,3 +338,48 @@ def test_a_tokenizer_that_cannot_be_found_is_named_as_the_option(omni, tiny_mode
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run_cli(_run(omni, tiny_model_dir, "--tokenizer", tokenizer), capsys)
     assert code == 2 and err.startswith(f"error: --tokenizer {tokenizer}: ") and said in err, err
+
+
+def test_an_image_not_the_size_its_ground_truth_gives_is_named(omni, tiny_model_dir, capsys):
+    """A copy of the set resized to save space was scored without a word: its boxes, in the small image's
+    pixels, against the ground truth's, so its AP was wrong."""
+    from PIL import Image
+
+    gt = json.loads((omni / "gt.json").read_text())
+    first = gt["images"][0]
+    path = omni / "images" / first["file_name"]
+    with Image.open(path) as im:
+        im.resize((first["width"] // 2, first["height"] // 2)).save(path)
+    said = (f"1 image(s) are not the size the ground truth gives: {first['file_name']} is "
+            f"{first['width'] // 2}x{first['height'] // 2} (width x height), the ground truth says "
+            f"{first['width']}x{first['height']}; their boxes are predicted in the image's pixels")
+    with pytest.warns(UserWarning) as caught:
+        code, _, err = run_cli(_run(omni, tiny_model_dir, "--out", omni / "preds.json"), capsys)
+    assert code == 0, err
+    assert [str(w.message) for w in caught if said in str(w.message)], [str(w.message) for w in caught]
+    Image.new("RGB", (first["width"], first["height"])).save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(_run(omni, tiny_model_dir, "--out", omni / "again.json"), capsys)
+    assert code == 0 and not [w for w in caught if "not the size the ground truth" in str(w.message)]
+
+
+def test_ctrl_c_while_scoring_says_every_image_is_kept_and_the_rerun_scores(omni, tiny_model_dir, capsys,
+                                                                            monkeypatch):
+    """Ctrl-C after the last image, while the predictions were written or scored, said only
+    "interrupted"."""
+    finish = jobs._finish
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "_finish", pressed)
+    out = omni / "preds.json"
+    code, _, err = run_cli(_run(omni, tiny_model_dir, "--out", out), capsys)
+    assert code == 130, err
+    assert "interrupted while writing or scoring: every image is predicted and kept in" in err
+    assert journal_files(out)
+    monkeypatch.setattr(jobs, "_finish", finish)
+    code, _, err = run_cli(_run(omni, tiny_model_dir, "--out", out), capsys)
+    assert code == 0, err
+    assert (omni / "preds.metrics.json").is_file() and not journal_files(out)

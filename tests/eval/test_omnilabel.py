@@ -201,6 +201,7 @@ def _set(path, value):
     (("descriptions", 3, "anno_info", "type"), [1], "descriptions[3].anno_info.type", "expected a string"),
     (("descriptions", 2, "text"), "?", "descriptions[2].text", "'?' has no words once '.' and '?' are removed"),
     (("descriptions", 2, "text"), " . ", "descriptions[2].text", "no words once"),
+    (("descriptions", 2, "text"), 5, "descriptions[2].text", "expected a string, got 5"),
     (("images", 1, "id"), 2 ** 63, "images[1].id", "does not fit in 64 bits"),
 ])
 def test_bad_ground_truth_fields_are_named(tmp_path, path, value, field, message):

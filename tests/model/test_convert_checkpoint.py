@@ -1,6 +1,7 @@
 """MMDetection-layout checkpoints → Hugging Face folders, checked by comparing predictions."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -107,7 +108,8 @@ def test_missing_keys_are_listed_by_name(mmdet_checkpoint, tmp_path):
 
 def test_checkpoint_that_does_not_fit_the_variant(mmdet_checkpoint, tmp_path):
     src, _, _ = mmdet_checkpoint
-    with pytest.raises(ConfigError, match=r"does not fit --variant base: Swin embed dim 16 \(expected 128\)"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(src))}: checkpoint does not fit --variant base: Swin "
+                                          r"embed dim 16 \(expected 128\)"):
         convert_checkpoint(src, tmp_path / "out", variant="base", tokenizer=minilm_dir())
     with pytest.raises(ConfigError, match="neither Swin-T"):
         convert_checkpoint(src, tmp_path / "out", tokenizer=minilm_dir())  # variant read from the checkpoint

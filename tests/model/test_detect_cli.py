@@ -119,6 +119,23 @@ def test_an_image_too_thin_to_resize_is_skipped_and_the_others_go_on(tmp_path, c
     assert [p.name for p in (tmp_path / "o" / "preds").iterdir()] == ["b.json"]
 
 
+def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path, capsys, tiny_model_dir, photo):
+    """Opening a FIFO named like an image waits for a writer: the run stopped there for good. Given as
+    the input itself, it was "no images in the folder"."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    photo.save(imgs / "a.jpg")
+    os.mkfifo(imgs / "b.jpg")
+    code, _, stderr = run_cli(["detect", str(imgs), str(tiny_model_dir), "--texts", "dog", "--device", "cpu",
+                               "--out-dir", str(tmp_path / "o"), "--no-save-vis"], capsys)
+    assert code == 0 and "b.jpg: not a regular file (a named pipe, a device or a socket)" in stderr, stderr
+    assert [p.name for p in (tmp_path / "o" / "preds").iterdir()] == ["a.json"]
+    with pytest.raises(DataError, match="neither an image file nor a folder"):
+        find_images(imgs / "b.jpg")
+    with pytest.raises(DataError, match=r"b\.jpg: not a regular file"):
+        open_image(imgs / "b.jpg")
+
+
 def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capsys, tiny_model_dir, photo):
     bomb = tmp_path / "imgs" / "bomb.png"
     bomb.parent.mkdir()

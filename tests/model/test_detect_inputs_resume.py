@@ -10,7 +10,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from reallod.errors import ConfigError
+from reallod.errors import ConfigError, DataError
 from reallod.model.detect_journal import JOURNAL_NAME
 from reallod.model.texts import parse_texts
 from tests.cli_helpers import run_cli
@@ -145,6 +145,12 @@ def test_an_expression_empty_once_sanitised_is_refused_before_anything(capsys, f
     with pytest.raises(ConfigError, match=r"--texts: the expression '\?' is empty once '\.' and '\?' are removed"):
         parse_texts(["a dog . ?"])
     assert parse_texts(["Mr. Smith . a dog ?"]) == ["Mr. Smith", "a dog ?"]
+    texts = tmp_path / "texts.txt"  # a file of thousands of lines: its line is named
+    texts.write_text("a dog\n\n   \n?\n")
+    with pytest.raises(DataError, match=r"texts\.txt:4: the expression '\?' is empty once"):
+        parse_texts([str(texts)])
+    with pytest.raises(ConfigError, match=r"no expressions given: --texts holds only whitespace and ' \.' "):
+        parse_texts([" . . "])
 
     import reallod.model.loading
 

@@ -9,6 +9,7 @@ the agent's) compare sizes in that space (:func:`upright_size`)."""
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -35,10 +36,19 @@ def resolve_image(root: str, filename: str) -> str | None:
     return os.path.join(root, norm)
 
 
+class NotAFileError(OSError):
+    """A named pipe, a device or a socket where an image file was expected: opening a pipe waits for a
+    writer, so a FIFO in an image folder would stop a run for good."""
+
+
 def open_header(path: str | Path) -> Image.Image:
     """``Image.open`` (it reads only the header) with Pillow's own size check off: the caller decides
     what size is too large (:func:`open_image`'s budget, with its message, whether Pillow's limit is above
-    or below it), or only reads the header (validation). Pillow's errors are the caller's to name."""
+    or below it), or only reads the header (validation). Pillow's errors are the caller's to name, and so
+    is :class:`NotAFileError`."""
+    mode = os.stat(path).st_mode  # a missing file: FileNotFoundError, as Image.open raises
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: Image.open's IsADirectoryError
+        raise NotAFileError("not a regular file (a named pipe, a device or a socket), so not read as an image")
     with _PILLOW_LIMIT:
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None  # no check, hence no warning either: warnings filters are not thread-safe
@@ -96,6 +106,8 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, hint: 
             return _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
     except FileNotFoundError:
         raise DataError("image not found", path=str(path)) from None
+    except NotAFileError as e:
+        raise DataError(str(e), path=str(path)) from None
     except Image.DecompressionBombError as e:  # a frame larger than the file's header said (GIF)
         raise DataError(f"image too large: {e}", path=str(path)) from e
     except UnidentifiedImageError as e:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,22 @@ def _sentences(sents: list[dict[str, Any]], path: Path) -> dict[int, str]:
     return out
 
 
+def _check_entries(entries: Callable[[], list[Any]], keys: tuple[str, ...], path: Path) -> None:
+    """Each entry a dict with ``keys``: the package's own reading of a damaged pickle says only
+    ``KeyError: 'file_name'``, naming neither the file nor the entry."""
+    try:
+        listed = entries()
+    except (AttributeError, TypeError) as e:  # the pickle holds no dict of entries by id
+        raise DataError(f"D³ annotations: expected a dict of entries by id ({type(e).__name__}: {e})",
+                        path=str(path)) from e
+    for k, entry in enumerate(listed):
+        if not isinstance(entry, dict):
+            raise DataError(f"entry {k}: expected a dict, got {type(entry).__name__}", path=str(path))
+        if missing := [key for key in keys if key not in entry]:
+            name = f" (id {entry['id']!r})" if "id" in entry else ""
+            raise DataError(f"entry {k}{name}: no {', '.join(map(repr, missing))}", path=str(path))
+
+
 def _unreadable_pickle(folder: Path) -> Path | None:
     """The first of the folder's pickles that does not load (named in the error), once the package's reader
     failed on one of them; None when each loads alone (the failure was elsewhere)."""
@@ -126,6 +143,9 @@ def load(anno_dir: str | Path, *, inter: bool = False, image_root: str | Path | 
     except Exception as e:  # pickle errors come in many types
         raise DataError(f"D³ annotations: cannot read the pickles ({type(e).__name__}: {e})",
                         path=str(_unreadable_pickle(folder) or folder)) from e
+    for name, keys, entries in (("images.pkl", ("id", "file_name"), d3.load_imgs),  # before the package reads them
+                                ("sentences.pkl", ("id", "raw_sent", "is_negative"), d3.load_sents)):
+        _check_entries(entries, keys, folder / name)
     try:
         gts = {}
         with tempfile.TemporaryDirectory(prefix="reallod-d3-") as tmp:

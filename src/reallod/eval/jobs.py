@@ -28,7 +28,7 @@ from reallod.eval.predict import (
     predict,
     shard,
 )
-from reallod.eval.resume import PredictionJournal, own_journal, remove_journals
+from reallod.eval.resume import EvalInterrupted, PredictionJournal, own_journal, remove_journals
 from reallod.hub import as_found
 from reallod.runs.journal import check_journaled_output
 
@@ -316,9 +316,12 @@ def run_job(job: EvalJob, *, dist: Dist | None = None) -> JobOutcome:
                        journal=journal)
         if pred is None:
             return JobOutcome(None, processes=dist.world_size)
-        written = bench.write(out, pred) if out is not None else []
-        result = bench.score(pred, str(written[0]) if len(written) == 1 else None)
-        outcome = _finish(job, bench, result, len(pred), written, dist.world_size)
+        try:
+            written = bench.write(out, pred) if out is not None else []
+            result = bench.score(pred, str(written[0]) if len(written) == 1 else None)
+            outcome = _finish(job, bench, result, len(pred), written, dist.world_size)
+        except KeyboardInterrupt:  # every image is predicted: say so, not a bare "interrupted"
+            raise EvalInterrupted.after_predicting(journal) from None
         if journal is not None and out is not None:  # kept to the end: a run that fails to score resumes
             journal.close()
             remove_journals(out)

@@ -153,6 +153,8 @@ def _parse_gt(obj: Any, path: str | None, skip_categories: bool) -> OmniLabelGT:
         if not isinstance(d, dict) or "id" not in d:
             raise _field(path, f"{where}.id", "missing")
         _id(path, f"{where}.id", d["id"])
+        if "text" in d and not isinstance(d["text"], str):
+            raise _field(path, f"{where}.text", f"expected a string, got {d['text']!r}")
         if not isinstance(d.get("text"), str) or not d["text"].split():
             raise _field(path, f"{where}.text", "missing or empty")
         if problem := prompt_problem(d["text"]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -175,6 +176,8 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
     bar = tqdm(total=len(indices), initial=len(indices) - len(todo), desc=label, unit="img", file=sys.stderr,
                disable=not options.progress or not dist.is_main)
 
+    resized: list[tuple[str, tuple[int, int], tuple[int, int]]] = []  # (name, on disk, in the ground truth)
+
     def load(i: int):  # in a worker thread on CUDA: the next images are decoded while the GPU works
         path = resolve_image(str(image_root), images[i].file_name)
         if path is None:
@@ -182,6 +185,8 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
                             path=images[i].file_name)
         source = file_stamp(path)  # before it is read: an image replaced meanwhile is predicted again
         picture = open_image(path, options.max_pixels, hint=MAX_PIXELS_HINT)
+        if (said := _ground_truth_size(images[i])) is not None and picture.size != said:
+            resized.append((images[i].file_name, picture.size, said))
         try:
             return picture, prepare_pixels(detector, picture), source
         except DataError as e:  # too thin to resize: name the image
@@ -217,7 +222,30 @@ def _predict_shard(images: list[EvalImage], indices: range, detector: Detector, 
         bar.close()
         if journal is not None:
             journal.flush()
+        if resized:
+            warnings.warn(_resized_note(resized), stacklevel=1)
     return sorted(out, key=lambda item: item[0])
+
+
+def _ground_truth_size(image: EvalImage) -> tuple[int, int] | None:
+    """(width, height) as the ground truth gives them, None where it gives none usable."""
+    w, h = image.width, image.height
+    sizes = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h))
+    return (w, h) if sizes else None  # type: ignore[return-value]
+
+
+def _resized_note(resized: list[tuple[str, tuple[int, int], tuple[int, int]]]) -> str:
+    """Images not the size their ground truth gives (copies resized to save space, another version of the
+    set): their boxes are in the image's pixels and are scored against the ground truth's, so they score
+    wrong, and nothing else would tell."""
+    name, (w, h), (gw, gh) = resized[0]
+    swapped = (" (width and height swapped: an EXIF orientation, which images are read with, as MMDetection "
+               "reads them, that the ground truth did not apply?)") if (w, h) == (gh, gw) else ""
+    more = f" and {len(resized) - 1:,} more" if len(resized) > 1 else ""
+    return (f"{len(resized):,} image(s) are not the size the ground truth gives: {name} is {w}x{h} (width x height), "
+            f"the ground truth says {gw}x{gh}{swapped}{more}; their boxes are predicted in the image's pixels and "
+            "scored against the ground truth's, so those images score wrong: evaluate on the images the ground "
+            "truth was made on")
 
 
 def predict(images: list[EvalImage], detector: Detector, image_root: str | Path, options: RunOptions | None = None,

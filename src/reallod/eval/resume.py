@@ -290,3 +290,12 @@ class EvalInterrupted(Interrupted):
             return cls("interrupted: the predictions were not kept (give --out to make a model run resumable)")
         return cls(f"interrupted: {journal.kept} of {total} images done, kept in {journal.path}; rerun the same "
                    "command to go on from there")
+
+    @classmethod
+    def after_predicting(cls, journal: PredictionJournal | None) -> EvalInterrupted:
+        """Ctrl-C once every image was predicted, while the predictions were written or scored."""
+        if journal is None:
+            return cls("interrupted while scoring: the predictions were not kept (give --out to make a model run "
+                       "resumable)")
+        return cls(f"interrupted while writing or scoring: every image is predicted and kept in {journal.path}; "
+                   "rerun the same command to write and score them (no image is run again)")

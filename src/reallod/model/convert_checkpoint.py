@@ -507,7 +507,10 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, variant: Variant
         variant = variant or guess_variant(state, str(src))
         config = variant_config(variant, max_text_len=max_text_len)
     name = variant or "custom"
-    check_fits(state, config, f"--variant {name}")
+    try:
+        check_fits(state, config, f"--variant {variant}" if variant else "--config")
+    except ConfigError as e:  # name the user's file, as every other refusal of it does
+        raise ConfigError(f"{src}: {e}") from e
     try:
         hf_state, report = convert_state_dict(state, config)
     except DataError as e:  # name the user's file: the message names the key

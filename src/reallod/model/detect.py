@@ -65,6 +65,8 @@ def find_images(inputs: str | Path, out_dir: str | Path | None = None) -> tuple[
         return root.parent, [root.name]
     if not root.exists():
         raise DataError("input not found (expected an image file or a folder of images)", path=str(root))
+    if not root.is_dir():
+        raise DataError("neither an image file nor a folder (a named pipe, a device or a socket)", path=str(root))
     own = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     found = []
     passed_over: list[tuple[Path, str, set[str], list[Path]]] = []  # output folder, vis/preds, its images,

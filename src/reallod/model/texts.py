@@ -52,16 +52,20 @@ def parse_texts(values: Iterable[str]) -> list[str]:
         elif stripped.lower().endswith(".txt") and "\n" not in stripped:
             out.extend(_read_text_file(Path(stripped)))
         else:
-            out.extend(split_caption(value))
+            for e in split_caption(value):
+                if not sanitize(e):
+                    raise ConfigError(f"--texts: {_no_words(e)}")
+                out.append(e)
     seen: set[str] = set()
     unique = [e for e in out if not (e in seen or seen.add(e))]
     if not unique:
-        raise ConfigError("no expressions given: --texts is empty or only whitespace")
-    for e in unique:
-        if not sanitize(e):
-            raise ConfigError(f"--texts: the expression {e!r} is empty once '.' and '?' are removed (they split "
-                              "phrases inside the model); give it words, or leave it out")
+        raise ConfigError("no expressions given: --texts holds only whitespace and ' .' separators")
     return unique
+
+
+def _no_words(expression: str) -> str:
+    return (f"the expression {expression!r} is empty once '.' and '?' are removed (they split phrases inside the "
+            "model); give it words, or leave it out")
 
 
 def _read_text_file(path: Path) -> list[str]:
@@ -73,7 +77,12 @@ def _read_text_file(path: Path) -> list[str]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(not_utf8(e), path=str(path)) from e
-    out = [e for line in text.splitlines() for e in split_caption(line)]
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):  # each refused where it is, in a file of thousands
+        for e in split_caption(line):
+            if not sanitize(e):
+                raise DataError(_no_words(e), path=str(path), line=lineno)
+            out.append(e)
     if not out:
         raise DataError("no expressions in the file (it is empty or only whitespace)", path=str(path))
     return out
