@@ -78,7 +78,7 @@ def test_explain_prints_one_task(tmp_path, capsys, scripted):
     (["realign", "{tmp}/missing.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl"], "missing.jsonl: no such file"),
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "nonesuch", "--out", "{tmp}/o.jsonl"], "nonesuch: no such config"),
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--images", "{tmp}/no"],
-     "image root is not a directory"),
+     "no: image root not found (no such folder)"),
     # a Real-Data input keeps its sources: --source would have been ignored and every source re-aligned
     (["realign", EXAMPLES / "realdata.jsonl", "--config", "offline", "--out", "{tmp}/o.jsonl", "--source", "llm"],
      "--source llm: names the source of a published task list's output pairs"),

@@ -102,3 +102,14 @@ def test_an_image_not_of_its_records_size_is_said(tmp_path, capsys):
     Image.new("RGB", (160, 120)).save(tmp_path / "a.png")
     assert "not of their record's size" not in run_cli(["data", "show", src, "--images", tmp_path, "--out",
                                                         tmp_path / "pngs2"], capsys)[1]
+
+
+def test_a_run_that_draws_nothing_makes_no_folder_and_a_missing_root_is_said(tmp_path, capsys):
+    """An empty input said "nothing written" and left the --out folder made; an image root that does not
+    exist was "not a directory"."""
+    src = tmp_path / "empty.jsonl"
+    src.write_text("")
+    code, _, err = run_cli(["data", "show", src, "--images", tmp_path, "--out", tmp_path / "pngs"], capsys)
+    assert code == 2 and "nothing written" in err and not (tmp_path / "pngs").exists()
+    code, _, err = run_cli(["data", "show", src, "--images", tmp_path / "nope", "--out", tmp_path / "pngs"], capsys)
+    assert code == 2 and "nope: image root not found (no such folder)" in err, err

@@ -502,3 +502,13 @@ def test_a_size_too_large_for_an_integer_is_said_to_be_too_large(tmp_path):
     issues, _ = collect(path)
     assert [(i.kind, i.field) for i in issues] == [("bad_size", "height")]
     assert "too large (at most 2147483647)" in issues[0].message
+
+
+def test_a_filename_with_a_nul_is_named_as_such(tmp_path):
+    """It was "absolute or leads out of the image root"."""
+    path = tmp_path / "nul.jsonl"
+    path.write_text(dump(rec(filename="a\u0000b.png")))
+    (tmp_path / "images").mkdir()
+    issues, _ = collect(path, images=tmp_path / "images")
+    assert [(i.kind, i.field) for i in issues] == [("wrong_type", "filename")]
+    assert "holds a NUL character" in issues[0].message

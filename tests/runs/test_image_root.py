@@ -106,5 +106,8 @@ def test_loader_for_is_lazy(tmp_path):
 
 
 def test_root_must_be_a_directory(tmp_path):
-    with pytest.raises(DataError, match="image root is not a directory"):
+    with pytest.raises(DataError, match=r"nope: image root not found \(no such folder\)"):
         ImageLoader(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="file: image root is not a folder"):
+        ImageLoader(tmp_path / "file")

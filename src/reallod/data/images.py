@@ -26,6 +26,13 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (ab
 _PILLOW_LIMIT = threading.Lock()
 
 
+def check_image_root(root: str | os.PathLike) -> None:
+    """Refuse an image root that is not a folder, saying whether it is missing or something else."""
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "not found (no such folder)"
+        raise DataError(f"image root {what}", path=os.fspath(root))
+
+
 def resolve_image(root: str, filename: str) -> str | None:
     """Path of an image under ``root``; None when the filename is absolute or climbs out with ``..``."""
     if os.path.isabs(filename) or "\0" in filename:

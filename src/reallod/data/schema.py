@@ -194,6 +194,9 @@ def check_record(obj: Any, line: bytes | None = None) -> list[Problem]:
         out.append(Problem("missing_field", "filename", "missing"))
     elif not isinstance(filename, str) or not filename.strip():
         out.append(Problem("wrong_type", "filename", f"expected a non-empty string, got {_short(filename)}"))
+    elif "\0" in filename:
+        out.append(Problem("wrong_type", "filename", f"{_short(filename)} holds a NUL character, which no file "
+                           "name can"))
     for key in ("height", "width"):
         v = obj.get(key)
         if v is None:

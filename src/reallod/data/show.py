@@ -24,8 +24,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, features
 
 from reallod.data.convert_common import EmptyRunError, SourceCheck, require_records
-from reallod.data.images import open_image, resolve_image
-from reallod.data.io import AtomicWriter, read_numbered_records
+from reallod.data.images import check_image_root, open_image, resolve_image
+from reallod.data.io import AtomicWriter, check_writable, read_numbered_records
 from reallod.data.records import Pair, Record
 from reallod.errors import ConfigError, DataError
 
@@ -385,23 +385,20 @@ def load_image(root: str | os.PathLike, record: Record, *, path: str, line: int)
 
 
 def _out_folder(out_dir: str | os.PathLike, src: str | os.PathLike) -> Path:
-    """``--out``, created: a folder, never a file (the input itself, given by mistake, stays as it is)."""
+    """``--out``: a folder, never a file (the input itself, given by mistake, stays as it is), made with
+    its first PNG (a run that draws nothing leaves none); one that cannot be made is refused first."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         what = "the input file" if out.resolve() == Path(src).resolve() else "a file"
         raise ConfigError(f"--out {out}: {what}, not a folder; give a folder for the PNGs (created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot create the folder for the PNGs ({e.strerror or e})") from None
+    check_writable(out, option="--out", folder=True)
     return out
 
 
 def show_file(src: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike, *, n: int = 20,
               sources: Sequence[str] | None = None, skip_missing: bool = False) -> ShowStats:
     """Draw the first ``n`` records of ``src`` that have pairs of the chosen sources, one PNG each."""
-    if not Path(images).is_dir():
-        raise DataError("image root is not a directory", path=str(images))
+    check_image_root(images)
     check = SourceCheck(sources)
     out = _out_folder(out_dir, src)
     stats = ShowStats()

@@ -39,7 +39,7 @@ from reallod.data.chunks import (
     plan_ranges,
 )
 from reallod.data.convert_common import EmptyRunError
-from reallod.data.images import resolve_image
+from reallod.data.images import check_image_root, resolve_image
 from reallod.data.io import (
     BOM,
     AtomicWriter,
@@ -171,7 +171,7 @@ def check_image(obj: Any, root: str, decode: bool = False) -> list[Problem]:
     if not isinstance(obj, dict):
         return []
     filename = obj.get("filename")
-    if not isinstance(filename, str) or not filename.strip():
+    if not isinstance(filename, str) or not filename.strip() or "\0" in filename:
         return []  # the schema check reports it
     path = resolve_image(root, filename)
     if path is None:
@@ -344,8 +344,7 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
     image_root = None
     if images is not None:
         image_root = os.fspath(images)
-        if not os.path.isdir(image_root):
-            raise ConfigError(f"image root {image_root} is not a directory")
+        check_image_root(image_root)
     check_openable(path)
     refuse_one_document(path)  # a pipe is checked on its first line as it is read
     report = ValidationReport(path=path)

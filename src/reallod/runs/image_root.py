@@ -24,7 +24,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from reallod.data.images import DEFAULT_MAX_PIXELS, open_header, open_image, upright_size
+from reallod.data.images import DEFAULT_MAX_PIXELS, check_image_root, open_header, open_image, upright_size
 from reallod.errors import DataError
 
 
@@ -53,8 +53,7 @@ class ImageLoader:
         message ends with ``hint``, what the user can do)."""
         self.root = Path(root)
         self.max_pixels, self._hint = max_pixels, hint
-        if not self.root.is_dir():
-            raise DataError("image root is not a directory", path=str(root))
+        check_image_root(self.root)
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_size = cache_size
         self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()  # image_path → (width, height) read
