@@ -118,3 +118,30 @@ def test_a_lock_taken_first_is_held_by_the_journal_it_is_handed_to(tmp_path):
     with pytest.raises(JournalMismatch):
         Journal.open(path, {"config": "other", "input": "def"}, lock=lock_journal(path))
     Journal.open(path, FP).close()  # released by the failed open
+
+
+FORK_AND_DIE = """
+import os, signal, sys, time
+from reallod.runs.journal import lock_journal
+lock = lock_journal(sys.argv[1])
+if os.fork() == 0:  # a worker (a DataLoader's, forked): it outlives its parent for a while
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # not the test's pipe: the test reads on as soon as the run is dead
+    os.dup2(null, 2)
+    time.sleep(10)
+    os._exit(0)
+print("ready", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_run_killed_outright_leaves_no_lock_in_the_workers_it_forked(tmp_path):
+    """DataLoader workers held a copy of the run's lock descriptor: after `kill -9` of the run, its rerun
+    was refused for seconds, naming the dead process."""
+    journal = tmp_path / "out.journal.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    done = subprocess.run([sys.executable, "-c", FORK_AND_DIE, str(journal)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == -signal.SIGKILL and "ready" in done.stdout, done.stderr
+    lock = lock_journal(journal)  # the worker still sleeps: the lock is free all the same
+    lock.release()

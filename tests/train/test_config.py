@@ -52,11 +52,33 @@ def test_overrides_set_nested_fields_and_list_items(tmp_path):
     (["model.init=x"], "set exactly one of model.init"),
     (["schedule.max_steps=0"], "schedule.max_steps: must be >= 1"),
     (["augment.crop_size=[1]"], "augment.crop_size: takes two numbers"),
+    # they were "unexpected TypeError: 'float' object does not support item assignment", and a key with an
+    # empty part was blamed on the config file's line
+    (["optim.lr=1", "optim.lr.x=1"], "--cfg-options optim.lr.x=1: optim.lr is a number, not a section"),
+    (["optim..lr=1"], "the key 'optim..lr' has an empty part"),
+    (["optim.lr.=1"], "the key 'optim.lr.' has an empty part"),
 ])
 def test_bad_configs_name_the_key(options, message):
     raw = {"model": {"tiny": {}}, "data": {"train": [{"file": "a", "images": "i"}]}}
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(data=raw, options=options)
+
+
+def test_an_empty_section_keeps_the_bases_and_a_yaml_boolean_key_is_named(tmp_path):
+    """`optim:` with every line under it commented out reset the base's optim to the defaults (lr 2e-6);
+    a key `on:` (YAML's true) beside a string key was "unexpected TypeError: '<' not supported"."""
+    (tmp_path / "base.yaml").write_text("model: {tiny: {d_model: 32}}\ndata: {synthetic: {num_train: 5}}\n"
+                                        "optim: {lr: 0.1, clip_grad: 2.0}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n#  lr: 0.2\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.optim.lr, cfg.optim.clip_grad) == (0.1, 2.0)
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml:3: optim\.lr: expected a number"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "bools.yaml").write_text("_base_: base.yaml\naugment:\n  on: 1\n  flip: 0.5\n")
+    with pytest.raises(ConfigError, match=r"augment\.True: unknown key \(YAML reads an unquoted on, off, yes or no "
+                                          r"as True: quote the key if it is a word\)"):
+        load_config(tmp_path / "bools.yaml")
 
 
 def test_base_inheritance_and_file_errors(tmp_path):

@@ -54,3 +54,24 @@ def test_eval_lines_left_out_are_said_with_their_lines(tmp_path, shapes):
                     f"`reallod data validate {bad}` says why"]
     load_eval_records(shapes / "val.jsonl", shapes, say=said.append)
     assert len(said) == 1  # a whole file: nothing to say
+
+
+def test_a_held_out_set_with_no_positive_expression_or_an_unknown_source_is_refused(tmp_path, shapes):
+    """Negatives alone gave ap=nan at every evaluation and never a best/; a typo in eval.sources was said
+    only as "no evaluation queries", after the model was built."""
+    import json
+
+    records = [json.loads(line) for line in (shapes / "val.jsonl").read_text().splitlines()]
+    for r in records:
+        for pairs in r["pairs"].values():
+            for p in pairs:
+                p["positive_expressions"] = []
+    negatives = tmp_path / "negatives.jsonl"
+    negatives.write_text("".join(json.dumps(r) + "\n" for r in records))
+    base = ["schedule.max_steps=1", "eval.every_epochs=1", f"eval.images={shapes}"]
+    with pytest.raises(ConfigError, match=r"negatives\.jsonl: no evaluation queries \(no positive expressions"):
+        train(tiny_config(shapes, [*base, f"eval.file={negatives}"]), tmp_path / "w", echo=quiet)
+    with pytest.raises(ConfigError, match=r"eval\.sources: unknown source vlm-short; the sources of .*val\.jsonl "
+                                          r"are llm, vlm_long, vlm_short"):
+        train(tiny_config(shapes, [*base, f"eval.file={shapes / 'val.jsonl'}", "eval.sources=[vlm-short]"]),
+              tmp_path / "w2", echo=quiet)

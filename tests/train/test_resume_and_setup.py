@@ -80,6 +80,21 @@ def test_a_rerun_without_resume_does_not_write_over_a_run(tmp_path, shapes):
     assert (tmp_path / "log.csv").read_bytes() == before
 
 
+def test_a_folder_with_a_config_yaml_of_no_run_is_refused_and_a_killed_runs_is_replaced(tmp_path, shapes):
+    """`--work-dir "$WORK"` with WORK unset trains in the current folder, and replaced a project's own
+    config.yaml by the run's resolved config."""
+    (tmp_path / "config.yaml").write_text("my: precious settings\n")
+    with pytest.raises(ConfigError, match=r"its config\.yaml is not one a training run wrote"):
+        train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, echo=quiet)
+    assert (tmp_path / "config.yaml").read_text() == "my: precious settings\n"
+    assert not (tmp_path / "checkpoints").exists()
+    run = tmp_path / "run"  # a run killed before its first checkpoint left its own: the rerun replaces it
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), run, echo=quiet)
+    shutil.rmtree(run / "checkpoints")
+    train(tiny_config(shapes, ["schedule.max_steps=1"]), run, echo=quiet)
+    assert C.list_checkpoints(run)
+
+
 def test_a_resume_that_freezes_a_part_says_why_it_cannot_go_on(tmp_path, shapes):
     """A multiplier set to 0 drops the part's parameter groups: PyTorch's bare ValueError said only that
     the groups differ."""
@@ -200,3 +215,34 @@ def test_a_resized_held_out_copy_is_evaluated_in_its_records_frame(tmp_path, tin
     a, b = evaluate.detect_queries(tiny_detector, queries)
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(b.xyxy, a.xyxy / 2, atol=1e-4)
+
+
+def test_amp_and_auto_scale_lr_are_in_the_resolved_config_and_a_resume_without_them_says_so(tmp_path, shapes):
+    """config.yaml said mixed_precision 'no' of a run trained with --amp, and a resume that forgot --amp
+    went on in fp32 without a word."""
+    import yaml
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, one precision: this test's own
+    try:
+        train(tiny_config(shapes, ["schedule.max_steps=1"]), tmp_path, amp=True, auto_scale_lr=True, echo=quiet)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["train"]["mixed_precision"] == "bf16" and written["optim"]["auto_scale_lr"] is True
+    messages: list[str] = []
+    train(tiny_config(shapes, ["schedule.max_steps=2"]), tmp_path, resume=True, echo=messages.append)
+    said = next(m for m in messages if "the config differs from the checkpoint's" in m)
+    assert "train.mixed_precision bf16 → no" in said and "optim.auto_scale_lr True → False" in said, said
+
+
+def test_a_tokenizer_folder_without_a_vocabulary_is_refused_naming_the_key(tmp_path, shapes):
+    """The tiny model's tokenizer from a folder with no vocab.txt was one of 5 special tokens: every word
+    [UNK], trained on without a word; a missing path was "unexpected OSError: Repo id must use..."."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty: no tokenizer vocabulary .* set model\.tokenizer to a folder"):
+        train(tiny_config(shapes, ["schedule.max_steps=1", f"model.tokenizer={tmp_path / 'empty'}"]),
+              tmp_path / "run", echo=quiet)
+    with pytest.raises(ConfigError, match=r"nonesuch: tokenizer folder not found"):
+        train(tiny_config(shapes, ["schedule.max_steps=1", f"model.tokenizer={tmp_path / 'nonesuch'}"]),
+              tmp_path / "run2", echo=quiet)

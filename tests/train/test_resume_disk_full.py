@@ -76,3 +76,17 @@ def test_a_best_the_disk_refuses_leaves_the_former_one(tmp_path):
                                                      r"; the last complete checkpoint, .*ckpt-00000002, is intact"):
         B.save(tmp_path, {"metric": "ap50", "value": 0.5, "step": 3}, full, 2)
     assert B.read(tmp_path / "best")["step"] == 2 and not (tmp_path / "best.new").exists()
+
+
+def test_a_failed_write_on_a_nearly_full_disk_says_so(tmp_path, monkeypatch):
+    """torch says of a full disk only "unexpected pos": the free space is named where it is nearly none."""
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    (tmp_path / "checkpoints" / "ckpt-00000002.tmp").mkdir(parents=True)
+    error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2294080 vs 2293972")
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
+    said = str(C.write_failed(tmp_path / "checkpoints" / "ckpt-00000002.tmp", "the checkpoint", error, tmp_path))
+    assert "unexpected pos 2294080 vs 2293972; the disk has 3.0 MiB free: full?)" in said, said
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    assert "full?" not in str(C.write_failed(tmp_path / "x.tmp", "the checkpoint", error, tmp_path))

@@ -134,7 +134,10 @@ TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_toke
 VOCABULARY_FILES = ("vocab.txt", "tokenizer.json")
 
 
-def check_tokenizer_folder(source: str | Path, folder: Path) -> None:
+TOKENIZER_HINT = "pass --tokenizer with a folder or hub id holding it"  # the commands' option; train names its key
+
+
+def check_tokenizer_folder(source: str | Path, folder: Path, hint: str = TOKENIZER_HINT) -> None:
     """A local tokenizer folder's files, before transformers reads them: its JSON files must each be a JSON
     object (a broken one is named as broken, not reported as missing), and it must hold a vocabulary:
     without one transformers builds a tokenizer of a handful of special tokens, whose ids then fail the
@@ -153,21 +156,22 @@ def check_tokenizer_folder(source: str | Path, folder: Path) -> None:
     if not any((folder / name).is_file() for name in VOCABULARY_FILES):
         where = "" if Path(source) == folder else f" in {folder}"
         raise ConfigError(f"{source}: no tokenizer vocabulary (neither vocab.txt nor tokenizer.json{where}); copy "
-                          "bert-base-uncased's vocab.txt there, or pass --tokenizer with a folder or hub id holding it")
+                          f"bert-base-uncased's vocab.txt there, or {hint}")
 
 
-def load_tokenizer(source: str | Path):
-    """The BERT tokenizer, checked to use bert-base-uncased ids for the delimiters the model hard-codes."""
+def load_tokenizer(source: str | Path, *, hint: str = TOKENIZER_HINT):
+    """The BERT tokenizer, checked to use bert-base-uncased ids for the delimiters the model hard-codes.
+    ``hint``: how the user names another one (a command's option, a config key)."""
     from transformers import BertTokenizer
 
     src = resolve_source(source, "tokenizer")
     if Path(src).is_dir():
-        check_tokenizer_folder(source, Path(src))
+        check_tokenizer_folder(source, Path(src), hint)
     try:
         tok = BertTokenizer.from_pretrained(src)
     except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{source}: no BERT tokenizer files (vocab.txt) found: {one_line(e)}; pass --tokenizer with a "
-                          "folder or hub id holding the bert-base-uncased vocabulary") from e
+        raise ConfigError(f"{source}: no BERT tokenizer files (vocab.txt) found: {one_line(e)}; {hint} (the "
+                          "bert-base-uncased vocabulary)") from e
     got = tok.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?", "[PAD]"])
     want = [P.CLS_ID, P.SEP_ID, P.DOT_ID, P.QUESTION_ID, P.PAD_ID]
     if got != want:

@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,8 @@ class JournalLock:
     def __init__(self, path: Path, fd: int | None) -> None:
         self.path = path
         self._fd = fd  # None: the filesystem knows no locks, nothing is held
+        if fd is not None:
+            _HELD.add(self)
 
     def release(self) -> None:
         """Removed while still held, so a run that opened it meanwhile sees it gone and takes a new one."""
@@ -360,6 +363,25 @@ class JournalLock:
             os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
+
+
+_HELD: weakref.WeakSet[JournalLock] = weakref.WeakSet()
+
+
+def _not_in_a_child() -> None:
+    """A forked child (a DataLoader worker, a pool process) gets a copy of each lock's descriptor, and a
+    ``flock`` lasts while any copy is open: killed with ``kill -9``, the run's workers outlived it by
+    seconds, holding its lock, and the rerun was refused naming a dead process. The child closes its
+    copies (never unlocks: the lock is the parent's) and forgets them."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_not_in_a_child)
 
 
 def lock_journal(journal: str | os.PathLike) -> JournalLock:

@@ -28,6 +28,9 @@ def reset_class_bias(model: Any, prior: float = PRIOR_PROB) -> None:
                 head.bias.fill_(math.log(prior / (1 - prior)))
 
 
+TOKENIZER_KEY_HINT = "set model.tokenizer to a folder or hub id holding it"
+
+
 def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], folder: str | Path | None = None
                    ) -> tuple[Any, Any, Any]:
     """(model in train mode, tokenizer, image processor). ``folder`` (a checkpoint's model) wins over the config."""
@@ -37,7 +40,8 @@ def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], 
     if folder is not None:
         config = read_detector_config(folder)
         model = load_model_checked(folder, config)
-        tokenizer = load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder, hint="copy the tokenizer files of the run's model.init (or of an earlier "
+                                   "checkpoint's model/) there, or set model.tokenizer to a folder or hub id holding them")
         processor = load_image_processor(folder, test_scale)
     elif cfg.tiny is not None:
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
@@ -51,14 +55,15 @@ def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], 
                                     d_model=t.d_model, num_queries=t.num_queries, encoder_layers=t.encoder_layers,
                                     decoder_layers=t.decoder_layers)
         reset_class_bias(model)
-        tokenizer = load_vocab_tokenizer(cfg.tokenizer)
+        # a folder with no vocabulary made a tokenizer of 5 special tokens: every word [UNK], trained on
+        tokenizer = load_tokenizer(cfg.tokenizer, hint=TOKENIZER_KEY_HINT) if cfg.tokenizer else load_vocab_tokenizer()
         processor = GroundingDinoImageProcessorPil(size={"shortest_edge": test_scale[0],
                                                          "longest_edge": test_scale[1]})
     else:
         init = resolve_model_source(cfg.init)  # one hub look-up; a cached snapshot when offline
         config = read_detector_config(init, cfg.max_text_len, resolved=True)
         model = load_model_checked(init, config)
-        tokenizer = load_tokenizer(cfg.tokenizer or init)
+        tokenizer = load_tokenizer(cfg.tokenizer or init, hint=TOKENIZER_KEY_HINT)
         processor = load_image_processor(init, test_scale)
     model.config.auxiliary_loss = bool(cfg.aux_loss)
     return model.train(), tokenizer, processor

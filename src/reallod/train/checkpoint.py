@@ -203,14 +203,25 @@ def write_failed(path: Path, what: str, error: BaseException, work_dir: Path, *,
     """The error for a failed write of ``path`` (removed unless ``remove`` is false, another process's to
     do: a partial folder only takes space), naming the cause and the last complete checkpoint, which
     ``--resume`` continues from."""
+    full = _nearly_full(path.parent)  # before the partial folder is removed: torch names no full disk
     if remove:
         shutil.rmtree(path, ignore_errors=True)
-    detail = " ".join(str(error).split())[:300]
+    detail = " ".join(str(error).split())[:300] + full
     last = latest_checkpoint(work_dir)
     then = (f"the last complete checkpoint, {last}, is intact: free disk space (or fix the cause), then `--resume` "
             "continues from it" if last is not None else
             "no checkpoint is complete yet: free disk space (or fix the cause), then `--resume` starts over")
     return CheckpointWriteError(f"{path}: cannot write {what} ({type(error).__name__}: {detail}); {then}")
+
+
+def _nearly_full(folder: Path) -> str:
+    """What to add to a write error's cause when the disk is (nearly) full: torch says of it only
+    ``[enforce fail at inline_container.cc] . unexpected pos``."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f"; the disk has {free / 2**20:.1f} MiB free: full?" if free < 64 * 2**20 else ""
 
 
 def replace_folder(new: Path, dst: Path) -> None:

@@ -230,8 +230,9 @@ def read_yaml_sources(path: str | Path, chain: tuple[Path, ...] = ()) -> tuple[d
             raise ConfigError(f"{at}: _base_ {base}: config file not found ({base_path}; a _base_ "
                               "path is relative to the file that names it)")
         base_data, base_sources = read_yaml_sources(base_path, chain)
-        merged, merged_sources = deep_merge(merged, base_data), _merge_sources(merged_sources, base_sources, base_data)
-    return deep_merge(merged, data), _merge_sources(merged_sources, sources, data)
+        merged, merged_sources = (deep_merge(merged, base_data),
+                                  _merge_sources(merged_sources, base_sources, base_data, merged))
+    return deep_merge(merged, data), _merge_sources(merged_sources, sources, data, merged)
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], Sources]:
@@ -245,25 +246,30 @@ def _read_file(path: Path) -> tuple[dict[str, Any], Sources]:
     return data, sources
 
 
-def _merge_sources(base: Sources, over: Sources, over_data: dict[str, Any]) -> Sources:
-    """Where each key of ``deep_merge(base, over)`` was set: a value that is not a mapping replaces all the
-    base set under its key."""
-    replaced = tuple(k + "." for k in _replacing_keys(over_data, ""))
+def _merge_sources(base: Sources, over: Sources, over_data: dict[str, Any], base_data: dict[str, Any]) -> Sources:
+    """Where each key of ``deep_merge(base_data, over_data)`` was set: a value that is not a mapping replaces
+    all the base set under its key (an empty section replaces nothing)."""
+    replaced = tuple(k + "." for k in _replacing_keys(over_data, "", base_data))
     return {**{k: v for k, v in base.items() if not k.startswith(replaced)}, **over}
 
 
-def _replacing_keys(data: dict[str, Any], where: str) -> list[str]:
+def _replacing_keys(data: dict[str, Any], where: str, base: Any) -> list[str]:
     out = []
     for k, v in data.items():
-        key = join_key(where, str(k))
-        out += _replacing_keys(v, key) if isinstance(v, dict) else [key]
+        key, under = join_key(where, str(k)), base.get(k) if isinstance(base, dict) else None
+        if v is None and isinstance(under, dict):
+            continue
+        out += _replacing_keys(v, key, under) if isinstance(v, dict) else [key]
     return out
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced."""
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced; an empty section
+    (``optim:`` with every line under it commented out) keeps the base's, where it reset it to the defaults."""
     out = copy.deepcopy(base)
     for k, v in over.items():
+        if v is None and isinstance(out.get(k), dict):
+            continue
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
@@ -281,12 +287,18 @@ def apply_overrides(data: dict[str, Any], options: list[str], sources: Sources |
         except yaml.YAMLError as e:
             raise ConfigError(f"--cfg-options {opt!r}: the value is not valid YAML ({e})") from None
         parts = key.strip().split(".")
+        if "" in parts:  # optim..lr, optim.lr.: blamed on the config file's line of the key before
+            raise ConfigError(f"--cfg-options {opt}: the key {key.strip()!r} has an empty part (two dots in a row, or "
+                              "one at an end)")
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, dict) and node.get(part) is None:
                 _default_list(node, part, ".".join(parts[: i + 1]), parts[i + 1], opt)
             node, parts[i] = _child(node, part, ".".join(parts[: i + 1]), create=True)
         last = parts[-1]
+        if not isinstance(node, dict | list):  # optim.lr.x=1: "'float' object does not support item assignment"
+            raise ConfigError(f"--cfg-options {opt}: {'.'.join(parts[:-1])} is {_a(node)}, not a section: "
+                              "nothing can be set inside it")
         if isinstance(node, list):
             parts[-1] = str(_index(node, last, key))
             node[int(parts[-1])] = value
@@ -347,6 +359,13 @@ def _index(node: list, part: str, where: str) -> int:
     return i % len(node)
 
 
+def _a(value: Any) -> str:
+    """A value's kind in words: "a number", "a string", "true"..."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return {int: "a number", float: "a number", str: "a string"}.get(type(value), f"a {type(value).__name__}")
+
+
 def _child(node: Any, part: str, where: str, create: bool) -> tuple[Any, str]:
     """The child and its key (a list index counted from the start)."""
     if isinstance(node, list):
@@ -385,9 +404,11 @@ def build(cls: type, data: Any, where: str) -> Any:
         raise FieldError(where or "config", f"expected a mapping, got {json_kind(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted((k for k in data if k not in names), key=str)  # a key `on:` is YAML's true: not a str
     if unknown:
-        raise FieldError(join_key(where, unknown[0]), f"unknown key; known keys here: {', '.join(names)}")
+        read = ("" if isinstance(unknown[0], str) else f" (YAML reads an unquoted on, off, yes or no as {unknown[0]}: "
+                "quote the key if it is a word)")
+        raise FieldError(join_key(where, str(unknown[0])), f"unknown key{read}; known keys here: {', '.join(names)}")
     kwargs = {k: _value(hints[k], v, join_key(where, k)) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from reallod.data.io import AtomicWriter
+from reallod.data.records import TRAINING_SOURCES
 from reallod.errors import ConfigError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
 from reallod.train import best as B
 from reallod.train import checkpoint as C
@@ -123,6 +125,12 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     mixed = pick_mixed_precision(cfg.train.mixed_precision, amp, cfg.train.cpu)
+    # --amp and --auto-scale-lr as the resolved config's own: its config.yaml says what the run did, and a
+    # resume without them names the change (it went from bf16 to fp32 without a word)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, mixed_precision=mixed),
+        optim=dataclasses.replace(cfg.optim, auto_scale_lr=cfg.optim.auto_scale_lr if auto_scale_lr is None
+                                  else auto_scale_lr))
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.train.cpu, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)])
     main = accelerator.is_main_process
@@ -150,11 +158,29 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
 
 
 def _check_not_a_rerun(work_dir: Path, resume: Any) -> None:
-    """A rerun that forgot ``--resume`` would start over on top of the run there."""
+    """A rerun that forgot ``--resume`` would start over on top of the run there; and a folder that holds a
+    ``config.yaml`` of no run (a project folder: ``--work-dir "$WORK"`` with WORK unset is the current
+    one) would have it replaced by the run's resolved config."""
     if not resume and (found := C.list_checkpoints(work_dir)):
         raise ConfigError(f"{work_dir} already holds a training run (latest checkpoint {found[-1].name}); starting "
                           "over there would write over its checkpoints and logs: add --resume to continue it, or "
                           "give another --work-dir (or delete that one) to start a new run")
+    config = work_dir / "config.yaml"
+    if config.is_file() and not _a_runs_config(config):
+        raise ConfigError(f"--work-dir {work_dir}: its config.yaml is not one a training run wrote, and the run "
+                          "writes its resolved config there: give a folder of its own (an empty or new one)")
+
+
+def _a_runs_config(path: Path) -> bool:
+    """Whether ``path`` is the resolved config a run of this command wrote (a run killed before its first
+    checkpoint leaves one: the rerun starts over and replaces it)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.keys() == TrainConfig().to_dict().keys()
 
 
 def _locked_train(cfg: TrainConfig, work_dir: Path, accelerator: Any, main: bool, resume: Any, mixed: str,
@@ -337,7 +363,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     accelerator.wait_for_everyone()
     best = B.read(work_dir / B.BEST)
     if main:
-        (work_dir / "config.yaml").write_text(dump_yaml(cfg))
+        with AtomicWriter(work_dir / "config.yaml") as w:  # a full disk names it and leaves the earlier one whole
+            w.write(dump_yaml(cfg).encode("utf-8"))
         log.info(f"reallod train: {world} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
                  f"batch {cfg.train.batch_size}/process × {world} × accum {accum} = {total_batch}, lr {lr:.3g}"
                  f"{' (auto-scaled)' if lr != cfg.optim.lr else ''}, {steps_per_epoch} steps/epoch, "
@@ -616,8 +643,12 @@ def _eval_queries(cfg: TrainConfig, log: MetricsLog) -> list | None:
 
     records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images, say=log.info)
     check_images(records, cfg.data.max_pixels)  # now, not at the first evaluation an epoch later
+    present = {s for record, _ in records for s in record.pairs}
+    if unknown := sorted(set(cfg.eval.sources) - present - set(TRAINING_SOURCES)):  # a typo: vlm-short
+        raise ConfigError(f"eval.sources: unknown source {', '.join(unknown)}; the sources of {cfg.eval.file} are "
+                          f"{', '.join(sorted(present)) or 'none'}")
     queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
-    if not queries:
+    if not any(len(q.boxes) for q in queries):  # negatives alone: every evaluation's AP was nan, no best/
         raise ConfigError(f"{cfg.eval.file}: no evaluation queries (no positive expressions in sources "
                           f"{cfg.eval.sources})")
     return queries

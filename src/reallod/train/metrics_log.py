@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from reallod.data.io import raise_with_path
+
 
 def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
@@ -100,8 +102,11 @@ class MetricsLog:
                 writer.writeheader()
             self._files[table] = (handle, writer)
         handle, writer = self._files[table]
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
-        handle.flush()
+        try:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+            handle.flush()
+        except OSError as e:  # a full disk: the OS's reason, and which file it was for
+            raise_with_path(e, self._path(table))
 
     def close(self) -> None:
         for handle, _ in self._files.values():
