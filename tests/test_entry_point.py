@@ -33,6 +33,39 @@ def test_ctrl_c_while_importing_ends_as_an_interrupt_without_a_traceback():
     assert (p.returncode, p.stderr) == (130, "interrupted\n")
 
 
+# A command interrupted while an in-process model still generates in a worker thread (torch busy).
+_INTERRUPTED_WHILE_GENERATING = """
+import sys, threading, time
+import torch
+import reallod.cli
+from reallod.llm.threads import THREAD_PREFIX
+
+def generate():
+    a = torch.randn(800, 800)
+    while True:
+        a = (a @ a).clamp(-1, 1)
+
+def command():
+    threading.Thread(target=generate, name=THREAD_PREFIX + ":generate", daemon=True).start()
+    time.sleep(1)
+    print("kept: 3 tasks", flush=True)
+    sys.stderr.write("interrupted: 3 task(s) are in the journal\\n")
+    sys.exit(130)
+
+reallod.cli.main = command
+from reallod.__main__ import run
+run()
+"""
+
+
+def test_an_interrupt_while_a_model_generates_in_a_thread_exits_130_not_134():
+    """The process aborted at its teardown ("terminate called without an active exception", 134), torch's
+    threads still busy, after saying "interrupted"."""
+    p = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_GENERATING], capture_output=True, text=True,
+                       timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (130, "kept: 3 tasks\n", "interrupted: 3 task(s) are in the journal\n")
+
+
 def test_run_is_the_cli():
     p = subprocess.run([sys.executable, "-m", "reallod", "--version"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == __import__("reallod").__version__

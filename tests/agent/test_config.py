@@ -139,6 +139,15 @@ def test_a_base_url_option_without_a_scheme_is_named() -> None:
         load_agent_config("vllm", base_url="localhost:8000")
 
 
+@pytest.mark.parametrize("url", ["http://localhost:80000/v1", "http://localhost:abc/v1", "http:///v1"])
+def test_a_base_url_without_a_host_or_with_a_port_out_of_range_is_refused_before_any_task(url: str) -> None:
+    """Each task failed after 3 requests as a "bad HTTP reply: InvalidUrlClientError", read as a fault of
+    the server."""
+    with pytest.raises(ConfigError, match=r"no host, or a port that is not a number from 1 to 65535"):
+        load_agent_config("vllm", base_url=url)
+    load_agent_config("vllm", base_url="http://[::1]:8080/v1")
+
+
 def test_a_missing_config_lists_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="no such config file; shipped configs: offline, published, vllm, "
                                           "vllm-student"):

@@ -311,3 +311,23 @@ def test_a_limit_rerun_retries_only_the_failed_tasks_it_selects_and_keeps_the_ot
     assert read_jsonl(tmp_path / "o.jsonl") == read_jsonl(tmp_path / "ref.jsonl")
     ids = trace_ids(tmp_path / "o.trace.jsonl")
     assert len(ids) == len(set(ids)) == ref.summary.tasks
+
+
+def test_a_changed_config_is_refused_naming_what_changed_in_it(tmp_path):
+    """It said only "this journal was started with a different config"."""
+    from dataclasses import replace
+
+    def with_rewriter(max_tokens: int, system_extra: str = ""):
+        roles = scripted_roles(colour_judge, vlm=False)
+        rewriter = roles.rewriter
+        return replace(roles, rewriter=replace(rewriter, max_tokens=max_tokens, prompt=replace(
+            rewriter.prompt, system=rewriter.prompt.system + system_extra)))
+
+    opts = RealignOptions(input=EXAMPLES / "realdata.jsonl", config="scripted", out=tmp_path / "o.jsonl",
+                          images=EXAMPLES / "images", limit=3)
+    realign(opts, roles=with_rewriter(96))
+    with pytest.raises(ReallodError) as e:
+        realign(opts, roles=with_rewriter(97, " "))
+    said = str(e.value)
+    assert ("this journal was started with a different config (roles.rewriter.system, "
+            "roles.rewriter.max_tokens (96 in the journal, 97 now))") in said, said

@@ -86,6 +86,35 @@ def test_a_refusal_for_every_request_stops_the_run_at_once_charging_no_task(code
     assert f"HTTP {code}: {message}" in said and hint in said and server.url in said
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_web_page_for_every_request_stops_the_run_at_once_and_says_what_it_is(transport):
+    """A web UI at the base URL answered 200 with HTML: every task failed after 3 requests each, as
+    "unreadable reply: unexpected character ... line 1 column 1", and the run went on to the end."""
+    from aiohttp import web
+
+    async def respond(body, request):
+        return web.Response(text="<html><body>Welcome to nginx</body></html>", content_type="text/html")
+
+    with AioServer(respond) as server:
+        results = ask(wrapped(server, transport=transport), [f"task {i}" for i in range(200)])
+    said = str(stopped_charging_no_task(results))
+    assert len(server.bodies) < 40
+    assert re.search(r"answered \d+ requests in a row with a web page, not the API's JSON", said), said
+    assert "'<html><body>Welcome to nginx</body></html>'" in said and "/v1" in said
+
+
+def test_a_reply_that_is_no_json_nor_a_page_fails_its_task_saying_how_it_starts():
+    async def respond(body, request):
+        from aiohttp import web
+
+        return ok() if "fine" in user_text(body) else web.Response(text="not json at all")
+
+    with AioServer(respond) as server:
+        results = ask(wrapped(server), ["broken", "fine"], concurrency=1)
+    assert kinds(results) == ["failed", "ok"]
+    assert "unreadable reply" in str(results[0]) and "it starts 'not json at all'" in str(results[0])
+
+
 def test_refusals_after_it_answered_stop_the_run_once_nothing_is_answered_between():
     """The model unloaded, the key revoked mid-run: the run stops; the tasks already done are done."""
     async def respond(body, request):

@@ -233,3 +233,26 @@ def test_retry_takes_results_out_of_the_journal_on_open(tmp_path):
                                      "b": {"verdict": "correct"}}
     with Journal.open(path, {"config": "c"}, retry=lambda r: r["verdict"] == "failed") as last:
         assert last.retried == 0
+
+
+def test_a_journaled_run_refuses_another_runs_journal_or_trace_or_a_folder_as_its_output(tmp_path, capsys):
+    """`--out old.journal.jsonl` replaced a finished run's journal with Real-Data (1,320 tasks lost); `--out
+    shard.trace.jsonl.gz` replaced the trace the successor trains on; `--out .` was "unexpected ValueError:
+    PosixPath('.') has an empty name"."""
+    import gzip
+    from pathlib import Path
+
+    from tests.cli_helpers import run_cli
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    journal = tmp_path / "old.journal.jsonl"
+    journal.write_text('{"journal": 1, "fingerprint": {}}\n{"task": "0", "result": {}}\n')
+    trace = tmp_path / "old.trace.jsonl.gz"
+    trace.write_bytes(gzip.compress(b'{"trace": 1, "input": "x"}\n'))
+    before = journal.read_bytes(), trace.read_bytes()
+    for out, said in ((journal, "is a run's journal: the output written there would replace what it holds"),
+                      (trace, "is a run's trace: the output written there would replace what it holds"),
+                      (Path("."), "--out . is a folder: give the path of a file")):
+        code, _, err = run_cli(["realign", examples / "realdata.jsonl", "--config", "offline", "--out", out], capsys)
+        assert code == 2 and said in err, err
+    assert (journal.read_bytes(), trace.read_bytes()) == before

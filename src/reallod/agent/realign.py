@@ -43,7 +43,7 @@ from reallod.agent.inputs import (
 )
 from reallod.agent.ordering import group_by_image
 from reallod.agent.roles import Roles
-from reallod.agent.run_roles import harden, roles_fingerprint
+from reallod.agent.run_roles import harden, roles_fingerprint, roles_settings
 from reallod.agent.summary import RunSummary, summarize
 from reallod.agent.task import TaskResult
 from reallod.agent.trace import TraceWriter, result_to_json, trace_path_for
@@ -299,7 +299,8 @@ def realign(opts: RealignOptions, *, roles: Roles | None = None, monitor: RunMon
     meta = {"input": str(opts.input.resolve()), "format": fmt, "agent": agent, "config": str(opts.config),
             "captions": str(opts.captions.resolve()) if opts.captions else None,
             "images": str(images.root.resolve()), "shard": shard_text, "max_cycles": max_cycles,
-            "unresolved": opts.unresolved, "source": source}  # not fingerprinted: another only re-assembles
+            "unresolved": opts.unresolved, "source": source,  # not fingerprinted: another only re-assembles
+            "settings": roles_settings(roles)}  # names what a changed config changed
     select = selection(fmt, shard)
 
     def tasks() -> Iterator[TaskItem]:

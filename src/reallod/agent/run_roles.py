@@ -26,13 +26,24 @@ def harden(roles: Roles, *, cache: ResponseCache | None = None, endpoint_limit: 
     return Roles(**new, retry=roles.retry), endpoints
 
 
-def roles_fingerprint(roles: Roles) -> str:
-    """What in the config changes results: per role the model (not its URL), sampling parameters,
-    prompt text and token limit."""
+def _role_parts(roles: Roles) -> dict[str, dict[str, object]]:
     parts = {}
     for name in ROLE_NAMES:
         role = roles.get(name)
         if role is not None:
             parts[name] = {"model": model_id(role.backend), "system": role.prompt.system, "user": role.prompt.user,
                            "max_tokens": role.max_tokens, "temperature": role.temperature}
-    return fingerprint(parts)
+    return parts
+
+
+def roles_fingerprint(roles: Roles) -> str:
+    """What in the config changes results: per role the model (not its URL), sampling parameters,
+    prompt text and token limit."""
+    return fingerprint(_role_parts(roles))
+
+
+def roles_settings(roles: Roles) -> dict[str, dict[str, object]]:
+    """:func:`roles_fingerprint`'s parts as a journal keeps them to name what a changed config changed
+    (``roles.rewriter.max_tokens``); prompts by a short digest of their text."""
+    return {"roles": {name: {k: fingerprint(v)[:16] if k in ("system", "user") else v for k, v in part.items()}
+                      for name, part in _role_parts(roles).items()}}

@@ -65,11 +65,13 @@ def ordered_group(*names: str) -> type[OrderedGroup]:
 
 
 def console(stderr: bool = False) -> Console:
-    """Rich console on stdout (or stderr); wide when piped, so tables are not squeezed to 80 columns."""
+    """Rich console on stdout (or stderr); wide when piped, so tables are not squeezed to 80 columns. No
+    markup: what it prints holds the user's paths, file names and errors, in which Rich took ``[x]`` for a
+    tag and dropped it (``out-[x].jsonl`` shown as ``out-.jsonl``); styles are given as ``Text`` styles."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(width=None if stream.isatty() else 160, highlight=False, stderr=stderr)
+    return Console(width=None if stream.isatty() else 160, highlight=False, markup=False, stderr=stderr)
 
 
 def reports_to_stderr(*outputs: str | os.PathLike | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from reallod.eval.common import EvalResult
 
@@ -41,7 +42,7 @@ def render(result: EvalResult) -> Table:
         if plain:
             for name, value in plain.items():
                 label = "average" if name == "AP" else name
-                table.add_row(f"[bold]{label}[/bold]", format_value(value), *[""] * (len(columns) - 1))
+                table.add_row(Text(label, style="bold"), format_value(value), *[""] * (len(columns) - 1))
     if result.notes:
         table.caption = "; ".join(result.notes)
         table.caption_justify = "left"

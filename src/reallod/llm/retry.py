@@ -3,12 +3,13 @@ backend. The backend itself stays simple: it makes one call and raises :class:`B
 
 A request that got no answer says something about the request or about the endpoint. When the
 endpoint answers nobody — no connection, a 502/503/504 (a proxy whose server is gone, a server still
-loading its model), a 401/403/404 (a wrong key or model name), requests that time out or whose
+loading its model), a 401/403/404 (a wrong key or model name), a web page where the API's JSON is due
+(a web UI or proxy at the base URL), requests that time out or whose
 connection is closed without a reply — the run stops (:class:`EndpointDown`) instead of failing every
 task on the way and recording those failures as if they were the tasks' own.
 
 Down means ``down_after`` requests in a row got no answer, none sent since the first of them answered,
-and: at once for a refusal (401/403/404, never a blip) and for an endpoint that never answered in this
+and: at once for a refusal (401/403/404 or a web page, never a blip) and for an endpoint that never answered in this
 run (a wrong URL, a server not started, a hung one) unless it replied 502/503/504 (it, or a proxy, is
 there: a model still loading is waited for); else after ``down_after_s`` of it (a server restarting,
 a blip of a few seconds, must not stop a long run).
@@ -33,13 +34,13 @@ from typing import Any
 
 from reallod.errors import ConfigError
 from reallod.llm.backends.base import Backend, BackendError, Completion, Message, message_images
-from reallod.llm.backends.http import HTTPStatusError, NoReply
+from reallod.llm.backends.http import HTTPStatusError, NoReply, NotTheAPI
 from reallod.llm.cache import ResponseCache, digests_known, occurrence_key, request_key
 from reallod.llm.policy import RetryPolicy, backoff_delay
 
 UNAVAILABLE_STATUSES = (502, 503, 504)  # a proxy whose server is gone, a server loading its model
 REFUSED_STATUSES = (401, 403, 404)  # a wrong API key or model name: every request gets the same
-WAITED = ("connection", "unavailable", "refused")  # not charged while the endpoint answers nobody
+WAITED = ("connection", "unavailable", "refused", "page")  # not charged while the endpoint answers nobody
 REFUSAL_HINTS = {401: "the API key (the variable the role's api_key_env names)",
                  403: "that the API key may use this model",
                  404: "the role's model name (GET BASE_URL/models lists the server's) and that the base URL "
@@ -71,6 +72,8 @@ def no_answer(error: BackendError) -> str | None:
             "refused" if cause.status in REFUSED_STATUSES else None
     if isinstance(cause, NoReply):
         return "no_reply"
+    if isinstance(cause, NotTheAPI):
+        return "page"
     return error.kind if error.kind in ("connection", "timeout") else None
 
 
@@ -203,7 +206,7 @@ class ResilientBackend:
         self._silent_since = min(self._silent_since, sent)
         self._silent_count += 1
         silent_for = time.monotonic() - self._silent_since
-        at_once = why == "refused" or (not self._answered and why != "unavailable")
+        at_once = why in ("refused", "page") or (not self._answered and why != "unavailable")
         if self._silent_count < self.policy.down_after or not (at_once or silent_for >= self.policy.down_after_s):
             return
         self.stats.failures[error.kind] += 1
@@ -218,6 +221,10 @@ class ResilientBackend:
             status = error.__cause__.status if isinstance(error.__cause__, HTTPStatusError) else 0
             return (f"{name}: the server refused {count} requests in a row ({error}); check "
                     f"{REFUSAL_HINTS.get(status, 'the API key, the model name and the base URL')}")
+        if why == "page":
+            return (f"{name}: the server answered {count} requests in a row with a web page, not the API's JSON "
+                    f"({error}); check that the base URL is the API's, not a web UI or proxy page (an "
+                    "OpenAI-compatible API usually ends in /v1)")
         if why == "unavailable":
             after = " after it had answered" if self._answered else ""
             return (f"{name}: endpoint unavailable for {silent_for:.0f} s{after} ({error}); check that the server "

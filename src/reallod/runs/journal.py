@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 
-from reallod.data.io import AtomicWriter, writes_through
+from reallod.data.io import AtomicWriter, iter_lines, writes_through
 from reallod.errors import ConfigError, ReallodError
+from reallod.runs.settings_diff import diff_settings
 
 JOURNAL_VERSION = 1
 
@@ -98,6 +99,26 @@ def check_journaled_output(out: str | os.PathLike, option: str = "--out") -> Non
     if writes_through(out):
         raise ConfigError(f"{option} {out} is a pipe or a device: a run keeps its journal beside its output, "
                           "to resume from; give a file, and read it once the run ends")
+    if Path(out).name in ("", ".", ".."):  # `--out .`: "PosixPath('.') has an empty name"
+        raise ConfigError(f"{option} {out} is a folder: give the path of a file")
+    if kind := _run_file(out):
+        raise ConfigError(f"{option} {out} is a run's {kind}: the output written there would replace what it "
+                          f"holds; give the output's own name (its {kind} is kept beside it)")
+
+
+def _run_file(path: str | os.PathLike) -> str | None:
+    """"journal" or "trace" when ``path`` is an existing file whose first line is one's header (another
+    run's finished work: a new output there lost it); None otherwise."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        first = next(iter_lines(path), (0, b""))[1]
+        header = orjson.loads(first)
+    except (ReallodError, OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return "journal" if "journal" in header else "trace" if "trace" in header else None
 
 
 class Journal:
@@ -172,7 +193,7 @@ class Journal:
             loaded = None  # another setup's journal without a finished task: nothing to keep, nothing to mix
         if loaded is not None:
             header, done, good_bytes, again = loaded
-            _check_fingerprint(path, header, fp, force)
+            _check_fingerprint(path, header, fp, force, meta)
             if again:
                 try:
                     _drop(path, again)
@@ -448,8 +469,10 @@ def _busy(journal: Path, fd: int) -> str:
             "(two runs on one output would both run every task and mix their lines)")
 
 
-def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], force: bool) -> None:
-    """Refuse another setup's journal: any change unless ``force``; a changed input always."""
+def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], force: bool,
+                       meta: dict[str, Any] | None = None) -> None:
+    """Refuse another setup's journal: any change unless ``force``; a changed input always. The
+    ``settings`` both metas keep (a config's, readable) name what in it changed."""
     before = header.get("fingerprint")
     before = before if isinstance(before, dict) else {}
     if before == fp:
@@ -468,6 +491,10 @@ def _check_fingerprint(path: Path, header: dict[str, Any], fp: dict[str, Any], f
             "mixes two inputs): write this run to another --out, or delete the journal to start over")
     if not force:
         said = ", ".join(_change(k, before.get(k), fp.get(k)) for k in changed)
+        old_meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+        was, now = old_meta.get("settings"), (meta or {}).get("settings")
+        if isinstance(was, dict) and isinstance(now, dict) and (named := diff_settings(was, now)):
+            said += " (" + ", ".join(_change(c.key, c.was, c.now) for c in named) + ")"
         raise JournalMismatch(
             f"{path}: this journal was started with a different {said or 'setup'}; "
             "rerun with the original config and options, pass --force-resume to continue anyway, "

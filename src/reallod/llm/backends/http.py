@@ -53,6 +53,24 @@ class NoReply(Exception):
     unreachable, but it answered nothing."""
 
 
+class NotTheAPI(Exception):
+    """The server answered a request with a web page (HTML), not the API's JSON: a web UI, a login page or
+    a proxy at the base URL. Every request gets the same: the run stops (:mod:`reallod.llm.retry`)."""
+
+
+def parse_reply(name: str, raw: bytes) -> dict[str, Any]:
+    """A 200 reply's JSON; one that is no JSON is a :class:`BackendError` saying what came instead."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        start = raw[:120].decode("utf-8", "replace").strip()
+        if start[:1] == "<":  # retried 3 times a task, every task, as "unexpected character ... column 1"
+            raise BackendError(f"{name}: the server answered with a web page, not the API's JSON ({start!r}...)",
+                               retryable=False, kind="server") from NotTheAPI(start)
+        raise BackendError(f"{name}: unreadable reply: {e} (it starts {start[:60]!r})", retryable=True,
+                           kind="server") from e
+
+
 def no_reply(error: BaseException) -> NoReply:
     """``error`` (a connection closed before any reply) as the cause of a :class:`BackendError`."""
     marker = NoReply(f"{type(error).__name__}: {error}")
@@ -138,10 +156,7 @@ class AiohttpTransport:
         except aiohttp.ClientError as e:  # malformed HTTP from the server
             raise BackendError(f"{self.name}: bad HTTP reply: {type(e).__name__}: {e}", retryable=True,
                                kind="server") from e
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise BackendError(f"{self.name}: unreadable reply: {e}", retryable=True, kind="server") from e
+        return parse_reply(self.name, raw)
 
     async def aclose(self) -> None:
         session, loop, self._session = self._session, self._loop, None
@@ -226,10 +241,7 @@ class OpenAIClientTransport:
                                kind=kind) from e
         finally:
             await response.aclose()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:  # a 200 whose body is no JSON
-            raise BackendError(f"{self.name}: unreadable reply: {e}", retryable=True, kind="server") from e
+        return parse_reply(self.name, raw)  # a 200 whose body is no JSON: said
 
     async def aclose(self) -> None:
         client = self._client

@@ -120,6 +120,13 @@ def base_url_problem(url: Any) -> str | None:
         shown = public_url(url) if isinstance(url, str) else url
         return f"expected a URL starting with http:// or https://, got {shown!r} (e.g. http://localhost:8000/v1)"
     parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port  # raises for one that is no number or above 65535
+    except ValueError:
+        port = -1
+    if port == -1 or port == 0 or not parts.hostname:  # every request failed as a "bad HTTP reply", 3 tries each
+        return (f"{public_url(url)}: no host, or a port that is not a number from 1 to 65535 "
+                "(e.g. http://localhost:8000/v1)")
     if parts.username is not None or parts.password is not None:
         return (f"a user or password in the URL is not accepted ({public_url(url)} without them): it would be "
                 "written to traces and reports, and the API key goes in a header: put the key in an environment "
