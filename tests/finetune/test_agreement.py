@@ -98,3 +98,39 @@ def test_the_student_config_says_what_its_other_roles_run() -> None:
     assert cfg.roles["vlm"] is None and "no VLM (vlm: null)" in comment and "unavailable" in comment
     assert cfg.roles["rewriter"].temperature == 0.0 and "temperature 0.0" in comment
     assert "not the student reflector alone" in comment
+
+
+def test_examples_are_asked_as_many_at_once_as_the_config_says_and_ctrl_c_says_how_far(
+        teacher_data, tmp_path, capsys, monkeypatch) -> None:
+    """One example at a time, with no progress, and a bare "interrupted": against vLLM with thousands of
+    held-out examples it took hours without a word."""
+    import asyncio
+
+    from reallod.finetune import agreement
+    from tests.agent.io_helpers import fake_server_config
+    from tests.llm.aio_server import AioServer, ok
+
+    in_flight, most = 0, 0
+
+    async def respond(body, request):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return ok('{"missing": "", "feedback": "", "verdict": "correct"}')
+
+    with AioServer(respond) as server:
+        cfg = fake_server_config(tmp_path / "fake.yaml", server.url, vlm=False, concurrency=4)
+        rep = measure_agreement(teacher_data, "reflector", cfg, split="train")
+    assert rep.examples == len(server.bodies) > 4 and rep.unusable == 0
+    assert 1 < most <= 4
+
+    def pressed(coroutine):
+        coroutine.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agreement.asyncio, "run", pressed)
+    code, _, err = run_cli(["agent", "agreement", teacher_data, "--role", "reflector", "--config", cfg,
+                            "--split", "train"], capsys)
+    assert code == 130 and f"interrupted: 0 of {rep.examples} example(s) asked" in err and "starts over" in err, err

@@ -208,7 +208,7 @@ def agreement_cmd(
 
     quiet_transformers()
     rep = measure_agreement(data, role, config, split=split, limit=limit, base_url=base_url,
-                            llm_base_url=llm_base_url, vlm_base_url=vlm_base_url)
+                            llm_base_url=llm_base_url, vlm_base_url=vlm_base_url, progress=sys.stderr.isatty())
     c = console()
     rate = "n/a" if rep.rate is None else f"{100 * rep.rate:.1f}%"
     c.print(f"{role} on {split}: {rep.equal} of {rep.examples} decision(s) equal the teacher's ({rate})"

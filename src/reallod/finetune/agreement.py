@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from reallod.agent.agent_eval import match_f1
 from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import Role
-from reallod.errors import ConfigError, DataError, ReallodError
+from reallod.errors import ConfigError, DataError, Interrupted, ReallodError
 from reallod.finetune.sft_data import SPLITS, open_view, read_manifest, role_files, template_hash
 from reallod.finetune.trainer import split_lines
 from reallod.llm.backends.base import BackendError, map_parts
@@ -131,18 +132,23 @@ def _rebuild_command(manifest: dict[str, Any], config: Path) -> str:
 
 
 async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]], data: Path,
-                   rep: Agreement) -> None:
+                   rep: Agreement, concurrency: int, bar: Any) -> None:
+    """Ask every row, ``concurrency`` at a time (a vLLM server answers many at once: one after the other,
+    thousands of examples took hours); counted as each answer comes (the counts do not depend on order)."""
     spec = SPECS[rep.role]
-    for row, teacher in rows:
-        images = [open_view(data, rel) for rel in row.get("images") or []]
-        try:
-            completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
-                                                     max_tokens=role.max_tokens, temperature=role.temperature)
-        except BackendError as e:
-            advice = ("; check that the server is running and the base URL is right (--base-url)"
-                      if e.kind == "connection" else "")
-            raise ReallodError(f"the {rep.role} role's model failed on example {rep.examples + 1} "
-                               f"({e.kind}: {e}){advice}") from None
+    limit = asyncio.Semaphore(concurrency)
+
+    async def ask(number: int, row: dict[str, Any], teacher: dict[str, Any]) -> None:
+        async with limit:
+            images = [open_view(data, rel) for rel in row.get("images") or []]
+            try:
+                completion = await role.backend.complete(_prompt(row["messages"], images), schema=spec.schema,
+                                                         max_tokens=role.max_tokens, temperature=role.temperature)
+            except BackendError as e:
+                advice = ("; check that the server is running and the base URL is right (--base-url)"
+                          if e.kind == "connection" else "")
+                raise ReallodError(f"the {rep.role} role's model failed on example {number} "
+                                   f"({e.kind}: {e}){advice}") from None
         rep.seconds += completion.latency_s
         try:
             decision, _ = spec.parse(completion.text)
@@ -154,13 +160,23 @@ async def _measure(role: Role, rows: list[tuple[dict[str, Any], dict[str, Any]]]
         rep.equal += equal
         rep.confusion[(_label(rep.role, teacher), "match" if equal and rep.role in ("rewriter", "vlm")
                        else _label(rep.role, decision) if rep.role in ("reflector", "planner") else "differs")] += 1
+        bar.update(1)
+
+    tasks = [asyncio.ensure_future(ask(k + 1, row, teacher)) for k, (row, teacher) in enumerate(rows)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # the first failure (or Ctrl-C) cancels the others: no request is left running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: str = "val",
                       limit: int | None = None, base_url: str | None = None, llm_base_url: str | None = None,
-                      vlm_base_url: str | None = None) -> Agreement:
-    """Ask the ``split`` examples of ``role_name`` through that role of ``config``; count agreement.
-    The base URLs point the config's openai roles at a server, as in ``realign``."""
+                      vlm_base_url: str | None = None, progress: bool = False) -> Agreement:
+    """Ask the ``split`` examples of ``role_name`` through that role of ``config`` (as many at once as its
+    ``concurrency``); count agreement. The base URLs point the config's openai roles at a server, as in
+    ``realign``; ``progress`` shows a bar on stderr."""
     from reallod.agent.agent_config import build_role, load_agent_config
 
     if split not in SPLITS:
@@ -179,12 +195,21 @@ def measure_agreement(data: Path, role_name: str, config: str | Path, *, split: 
     backends, _ = harden_backends({role_name: role.backend}, retry=cfg.retry)
     role = replace(role, backend=backends[role_name])
     rep = Agreement(role_name, split)
+    asked = rows[:limit] if limit else rows
+    from tqdm import tqdm
 
     async def go() -> None:
         try:
-            await _measure(role, rows[:limit] if limit else rows, Path(data), rep)
+            await _measure(role, asked, Path(data), rep, cfg.concurrency, bar)
         finally:
             await role.backend.aclose()
 
-    asyncio.run(go())
+    with tqdm(total=len(asked), desc=f"agreement {role_name}", unit="example", file=sys.stderr,
+              disable=not progress) as bar:
+        try:
+            asyncio.run(go())
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: {rep.examples} of {len(asked)} example(s) asked, {rep.equal} equal "
+                              "the teacher's so far; nothing is kept: the measure starts over when run again "
+                              "(--limit N asks fewer)") from None
     return rep
