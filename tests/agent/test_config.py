@@ -112,6 +112,7 @@ def test_a_local_model_folder_is_found_relative_to_the_config(tmp_path: Path, mo
     ("roles: {reflector: {backend: openai, model: m, gguf_file: x}}", "unknown key(s) gguf_file for backend openai"),
     ("roles: {reflector: {backend: openai, model: m}, planner: null}", "the planner role is required"),
     ("roles: {judge: {backend: openai, model: m}}", "unknown role(s) judge"),
+    ("name: [vllm]\nroles: {reflector: {backend: openai, model: m}}", "name: expected a string, got ['vllm']"),
     ("rolez: {}", "unknown key(s) rolez"),
     ("roles: {reflector: {backend: openai, model: m, max_tokens: lots}}", "max_tokens: expected an integer"),
     ("max_cycles: 0\nroles: {reflector: &m {backend: openai, model: m}, planner: *m, rewriter: *m}",

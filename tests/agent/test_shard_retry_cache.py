@@ -25,6 +25,12 @@ def test_bad_shard_spec(spec):
         parse_shard(spec)
 
 
+def test_a_shard_count_below_one_is_named_as_such():
+    """`3/0` was "K must be between 1 and N"."""
+    with pytest.raises(ConfigError, match=r"--shard '3/0': N, the number of shards, must be at least 1"):
+        parse_shard("3/0")
+
+
 def test_backoff_grows_and_honours_retry_after():
     policy = RetryPolicy(base_delay_s=1, max_delay_s=8)
     rng = random.Random(0)

@@ -309,6 +309,9 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
     at: At = partial(_at, p, sources)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):  # `name: [vllm]` was the name "['vllm']"
+        raise ConfigError(f"{at('name')}: expected a string, got {name!r}")
     unknown = sorted(map(str, set(raw) - _TOP))
     if unknown:
         raise ConfigError(f"{at(unknown[0])}: unknown key(s) {', '.join(unknown)}; an agent config has "
@@ -337,7 +340,7 @@ def load_agent_config(path: str | Path, *, base_url: str | None = None, llm_base
         max_retry_after_s=_num(retry_raw.get("max_retry_after_s", default.max_retry_after_s),
                                at("retry.max_retry_after_s"), float, minimum=0))
     return AgentConfig(
-        name=str(raw.get("name") or p.stem), path=p, roles=roles,
+        name=name or p.stem, path=p, roles=roles,
         max_cycles=_num(raw.get("max_cycles", 3), at("max_cycles"), int, minimum=1),
         concurrency=_num(raw.get("concurrency", 64), at("concurrency"), int, minimum=1), retry=retry)
 

@@ -227,7 +227,7 @@ def _merge(shards: list[tuple[Path, Path, dict[str, Any], tuple[int, int]]], out
 
 # What to do about each kind of merge problem
 MERGE_HINTS = {
-    "missing": "an unfinished shard resumes when its command is run again",
+    "missing": "an unfinished shard resumes when its command is run again (without --limit, if it had one)",
     "doubled": "a task in two shards' outputs: one of them was run with another --shard (or another input "
                "order); rerun that shard into a fresh --out",
     "misplaced": "a shard holds tasks of another: it was run with another --shard; rerun it into a fresh --out",

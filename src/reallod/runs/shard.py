@@ -16,7 +16,9 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
         k, n = int(k_str), int(n_str)
     except ValueError:
         raise ConfigError(f"--shard {spec!r}: expected K/N, e.g. 1/4") from None
-    if n < 1 or not 1 <= k <= n:
+    if n < 1:
+        raise ConfigError(f"--shard {spec!r}: N, the number of shards, must be at least 1")
+    if not 1 <= k <= n:
         raise ConfigError(f"--shard {spec!r}: K must be between 1 and N (shards are numbered 1..N)")
     return k, n
 
