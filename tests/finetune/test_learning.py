@@ -10,9 +10,9 @@ photos' 35 examples for 36 steps (about 4 epochs, batch 4, learning rate 1e-3, L
 layers); then the base model and the student judge the held-out examples with constrained decoding, each
 through its agent config.
 
-Measured on the 2-core CPU (one run of this test, 412 s): the base model agrees with the teacher on
+Measured on the 2-core CPU (one run of this test, 140 s): the base model agrees with the teacher on
 5 of 20 held-out decisions (25%), the student on 20 of 20 (100%): a margin of 75 points (validation
-loss 0.397 after epoch 1, 0.0003 at the end; the training loop took 194 s for 7,588 tokens). The same
+loss 0.210 after epoch 1, 0.0006 at the end; the training loop took 85 s for 7,588 tokens). The same
 recipe with training seeds 1 and 2 also scored 20 of 20. The test asserts a margin of at least 40 points
 and then runs ``reallod agent-eval`` with the student's config.
 
