@@ -64,7 +64,8 @@ def _repo_paths(text: str) -> list[str]:
 
 
 def test_repo_path_extraction() -> None:
-    text = "`tests/llm/x.py::test_a` and `make -C src/` (`docs/a.md`)\n```bash\nls `examples/out/b`\n```\n`my/tests/c.py`"
+    text = ("`tests/llm/x.py::test_a` and `make -C src/` (`docs/a.md`)\n```bash\nls `examples/out/b`\n```\n"
+            "`my/tests/c.py`")
     assert _repo_paths(text) == ["tests/llm/x.py", "src/", "docs/a.md"]
 
 

@@ -64,7 +64,8 @@ def test_a_coco_json_on_one_line_read_as_real_data_is_named_a_coco_json(tmp_path
 def test_a_json_lines_file_with_a_bad_first_line_is_still_a_bad_line(tmp_path):
     path = tmp_path / "cut.jsonl"
     path.write_text('{"filename": "a.jpg", "hei\n' + json.dumps(RECORD) + "\n")  # cut where no pretty-printer breaks
-    with pytest.raises(DataError, match=r"cut\.jsonl:1: invalid JSON: the line ends inside a JSON value \(unexpected end of data\); truncated\?"):
+    with pytest.raises(DataError, match=r"cut\.jsonl:1: invalid JSON: the line ends inside a JSON value "
+                                        r"\(unexpected end of data\); truncated\?"):
         list(read_records(path))
 
 

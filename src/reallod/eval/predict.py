@@ -239,8 +239,8 @@ def _resized_note(resized: list[tuple[str, tuple[int, int], tuple[int, int]]]) -
     set): their boxes are in the image's pixels and are scored against the ground truth's, so they score
     wrong, and nothing else would tell."""
     name, (w, h), (gw, gh) = resized[0]
-    swapped = (" (width and height swapped: an EXIF orientation, which images are read with, as MMDetection "
-               "reads them, that the ground truth did not apply?)") if (w, h) == (gh, gw) else ""
+    swapped = (" (width and height swapped: the image has an EXIF orientation, applied here as MMDetection "
+               "applies it, and the ground truth gives its stored size?)") if (w, h) == (gh, gw) else ""
     more = f" and {len(resized) - 1:,} more" if len(resized) > 1 else ""
     return (f"{len(resized):,} image(s) are not the size the ground truth gives: {name} is {w}x{h} (width x height), "
             f"the ground truth says {gw}x{gh}{swapped}{more}; their boxes are predicted in the image's pixels and "

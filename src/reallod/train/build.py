@@ -40,8 +40,9 @@ def build_detector(cfg: ModelConfig, *, seed: int, test_scale: tuple[int, int], 
     if folder is not None:
         config = read_detector_config(folder)
         model = load_model_checked(folder, config)
-        tokenizer = load_tokenizer(folder, hint="copy the tokenizer files of the run's model.init (or of an earlier "
-                                   "checkpoint's model/) there, or set model.tokenizer to a folder or hub id holding them")
+        tokenizer = load_tokenizer(folder, hint="copy the tokenizer files of the run's model.init (or of an "
+                                   "earlier checkpoint's model/) there, or set model.tokenizer to a folder or hub id "
+                                   "holding them")
         processor = load_image_processor(folder, test_scale)
     elif cfg.tiny is not None:
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
