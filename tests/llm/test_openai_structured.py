@@ -96,7 +96,9 @@ def test_a_structured_output_error_falls_back_once_the_lower_level_works(
     assert (first.text, second.text) == ('{"answer": "a"}', '{"answer": "b"}')
     assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_object", "json_object"]
     assert b.structured == first.meta["structured"] == "json_object+schema"
-    (record,) = caplog.records  # one warning, naming the level kept
+    # one warning, naming the level kept (reallod's own: another test's leftovers, an asyncio task collected
+    # now, may log too, and once did in the full suite)
+    (record,) = [r for r in caplog.records if r.name.startswith("reallod")]
     assert record.getMessage().endswith("; using json_object+schema from now on")
 
 
