@@ -32,6 +32,9 @@ def as_nobody(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     else:
         pytest.skip("running as root without setpriv: no unprivileged user to run as")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "HOME": str(cwd)}
+    probe = [*cmd[: cmd.index("-m")], "-c", "import reallod.data.io"]
+    if subprocess.run(probe, cwd=cwd, capture_output=True, timeout=120, env=env).returncode != 0:
+        pytest.skip("the unprivileged user cannot run this Python or read the checkout here")
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
