@@ -54,7 +54,7 @@ def test_overrides_set_nested_fields_and_list_items(tmp_path):
     (["augment.crop_size=[1]"], "augment.crop_size: takes two numbers"),
     # they were "unexpected TypeError: 'float' object does not support item assignment", and a key with an
     # empty part was blamed on the config file's line
-    (["optim.lr=1", "optim.lr.x=1"], "--cfg-options optim.lr.x=1: optim.lr is a number, not a section"),
+    (["optim.lr=1", "optim.lr.x=1"], "--cfg-options optim.lr.x=1: optim.lr is the number 1, not a section"),
     (["optim..lr=1"], "the key 'optim..lr' has an empty part"),
     (["optim.lr.=1"], "the key 'optim.lr.' has an empty part"),
 ])

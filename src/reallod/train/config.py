@@ -297,7 +297,7 @@ def apply_overrides(data: dict[str, Any], options: list[str], sources: Sources |
             node, parts[i] = _child(node, part, ".".join(parts[: i + 1]), create=True)
         last = parts[-1]
         if not isinstance(node, dict | list):  # optim.lr.x=1: "'float' object does not support item assignment"
-            raise ConfigError(f"--cfg-options {opt}: {'.'.join(parts[:-1])} is {_a(node)}, not a section: "
+            raise ConfigError(f"--cfg-options {opt}: {'.'.join(parts[:-1])} is {json_kind(node)}, not a section: "
                               "nothing can be set inside it")
         if isinstance(node, list):
             parts[-1] = str(_index(node, last, key))
@@ -357,13 +357,6 @@ def _index(node: list, part: str, where: str) -> int:
     if not -len(node) <= i < len(node):
         raise ConfigError(f"--cfg-options {where}: index {i} is out of range (the list has {len(node)} items)")
     return i % len(node)
-
-
-def _a(value: Any) -> str:
-    """A value's kind in words: "a number", "a string", "true"..."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return {int: "a number", float: "a number", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _child(node: Any, part: str, where: str, create: bool) -> tuple[Any, str]:
