@@ -25,8 +25,28 @@ def _match(dts, scores, gts, crowd=None, ignore=None, zero=None):
     gts_a = np.asarray(gts, float).reshape(-1, 4)[g_order]
     m = coco_ap.match_pairs(np.zeros(len(idx), np.int64), dts_a, dts_a[:, 2] * dts_a[:, 3], np.zeros(n_g, np.int64),
                             gts_a, crowd[g_order], ignore[g_order], zero[g_order], 1)
-    matched, ignored = m.dense()
+    matched, ignored = _dense(m)
     return matched.T, ignored.T  # (detection, threshold)
+
+
+def _dense(m: coco_ap.Matches) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse matches as (matched, ignored) ``(T, n_dt)`` arrays."""
+    matched = np.zeros((m.matched.shape[0], m.n_dt), dtype=bool)
+    ignored = np.zeros_like(matched)
+    matched[:, m.index] = m.matched
+    ignored[:, m.index] = m.ignored
+    return matched, ignored
+
+
+def pooled_curve(scores, matched, ignored, n_gt, *, has_pairs=True) -> coco_ap.Curve:
+    """The pooled curve from dense ``(T, n)`` flags: detections sorted stably by score, then only the
+    matched or ignored ones handed to the sparse form the evaluation uses."""
+    n = matched.shape[1]
+    if n:
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+        matched, ignored = matched[:, order], ignored[:, order]
+    keep = np.flatnonzero((matched | ignored).any(axis=0))
+    return coco_ap.sparse_curve(n, keep, matched[:, keep], ignored[:, keep], n_gt, has_pairs=has_pairs)
 
 
 def _pycoco(dts, scores, gts, crowd=None, gt_ids=None):
@@ -109,7 +129,7 @@ def test_many_pairs_at_once_equal_one_pair_at_a_time():
     m = coco_ap.match_pairs(np.array(dt_pair)[idx], np.asarray(dt_box), np.prod(np.asarray(dt_box)[:, 2:], axis=1),
                             np.array(gt_pair), np.asarray(gt_box), np.zeros(len(gt_pair), bool),
                             np.zeros(len(gt_pair), bool), np.zeros(len(gt_pair), bool), 60, dt_rows=idx)
-    dense_matched, _ = m.dense()
+    dense_matched, _ = _dense(m)
     for p in range(60):
         rows = np.flatnonzero(np.array(dt_pair)[idx] == p)
         gts = [b for q, b in zip(gt_pair, gt_box, strict=True) if q == p]
@@ -124,17 +144,17 @@ def test_many_pairs_at_once_equal_one_pair_at_a_time():
 def test_pooled_curve_known_answers():
     # two boxes; detections in score order: FP, TP, TP → precision envelope 2/3 at every recall point
     matched = np.array([[False] * 10, [True] * 10, [True] * 10]).T  # (threshold, detection)
-    curve = coco_ap.pooled_curve(np.array([0.9, 0.8, 0.7]), matched, np.zeros_like(matched), 2)
+    curve = pooled_curve(np.array([0.9, 0.8, 0.7]), matched, np.zeros_like(matched), 2)
     assert coco_ap.ap(curve) == pytest.approx(2 / 3, abs=1e-12)
     assert coco_ap.ar(curve) == 1.0
     # one of two boxes found, first: precision 1 up to recall 0.5 → 51 of 101 recall points
-    curve = coco_ap.pooled_curve(np.array([0.9]), matched[:, 1:2], np.zeros((10, 1), bool), 2)
+    curve = pooled_curve(np.array([0.9]), matched[:, 1:2], np.zeros((10, 1), bool), 2)
     assert coco_ap.ap(curve) == pytest.approx(51 / 101, abs=1e-12)
     assert coco_ap.ap(curve, .5) == pytest.approx(51 / 101, abs=1e-12)
     # no boxes: undefined (-1), as pycocotools
-    assert coco_ap.ap(coco_ap.pooled_curve(np.array([0.5]), matched[:, :1], np.zeros((10, 1), bool), 0)) == -1
-    assert coco_ap.ap(coco_ap.pooled_curve(np.zeros(0), np.zeros((10, 0), bool), np.zeros((10, 0), bool), 0,
-                                           has_pairs=False)) == -1
+    assert coco_ap.ap(pooled_curve(np.array([0.5]), matched[:, :1], np.zeros((10, 1), bool), 0)) == -1
+    assert coco_ap.ap(pooled_curve(np.zeros(0), np.zeros((10, 0), bool), np.zeros((10, 0), bool), 0,
+                                   has_pairs=False)) == -1
 
 
 def _accumulate_like_pycocotools(scores, matched, ignored, n_gt, rec_thrs):
@@ -171,6 +191,6 @@ def test_sparse_curve_equals_the_dense_accumulation(seed):
     matched = rng.random((n_t, n)) < rng.uniform(0.01, 0.4)
     ignored = rng.random((n_t, n)) < 0.05
     n_gt = int(matched.sum(axis=1).max()) + int(rng.integers(0, 5)) or 1
-    curve = coco_ap.pooled_curve(scores, matched, ignored, n_gt)
+    curve = pooled_curve(scores, matched, ignored, n_gt)
     precision, recall = _accumulate_like_pycocotools(scores, matched, ignored, n_gt, coco_ap.RECALL_THRESHOLDS)
     assert np.array_equal(curve.precision, precision) and np.array_equal(curve.recall, recall)

@@ -56,7 +56,6 @@ from reallod.errors import DataError, ReallodError
 from reallod.runs.journal import iter_journal, journal_path_for
 from reallod.runs.session import RunInterrupted
 
-KEPT = ("correct", "rewritten")
 _STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "is", "are", "its", "his", "her", "their", "this", "that", "there"])
 
 

@@ -54,7 +54,6 @@ def check_policy(unresolved: str) -> None:
     """Refuse an ``--unresolved`` that is none of :data:`POLICIES`."""
     if unresolved not in POLICIES:
         raise ConfigError(f"--unresolved {unresolved!r}: expected {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
-ACCEPTED: tuple[str, ...] = ("correct", "rewritten")
 Action = Literal["kept", "replaced", "dropped", "negative"]
 
 

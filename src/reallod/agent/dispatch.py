@@ -28,7 +28,6 @@ class RealignOutcome:
     text: str | None = None
     run: RealignRun | None = None
     merged: MergeResult | None = None
-    shard_infos: tuple[dict[str, Any], ...] = ()
 
     def renderables(self) -> list[Any]:
         """Rich renderables to print, in order: the summary tables, the run's own numbers and where
@@ -81,7 +80,7 @@ def run_realign(opts: RealignOptions | None = None, *, explain: Path | None = No
     if ray is not None:
         from reallod.agent.realign_ray import realign_on_ray
 
-        merged, infos = realign_on_ray(opts, address=None if ray == "local" else ray, shards=ray_shards,
+        merged, _ = realign_on_ray(opts, address=None if ray == "local" else ray, shards=ray_shards,
                                        on_shard_done=on_shard_done)
-        return RealignOutcome(merged=merged, shard_infos=tuple(infos))
+        return RealignOutcome(merged=merged)
     return RealignOutcome(run=realign(opts, monitor=monitor))

@@ -397,15 +397,3 @@ def _image_size(loader: ImageLoader, filename: str, path: str, line: int) -> tup
         raise DataError(f"image {filename!r} is not readable ({e})", path=path, line=line, field="ImageID") from None
 
 
-def image_ann_from_dict(obj: dict[str, Any]) -> ImageAnnotation:
-    """The inverse of :func:`image_ann_to_dict` (the journal keeps generated images as dicts)."""
-    return ImageAnnotation(obj["filename"], obj["height"], obj["width"],
-                           [AnnObject(o["category"], o["box"]) for o in obj["objects"]], obj.get("entry", ""),
-                           obj.get("present", []), obj.get("absent"), obj.get("partial", []))
-
-
-def image_ann_to_dict(img: ImageAnnotation) -> dict[str, Any]:
-    return {"filename": img.filename, "height": img.height, "width": img.width, "entry": img.entry,
-            "objects": [{"category": o.category, "box": o.box} for o in img.objects], "present": img.present,
-            "absent": img.absent, "partial": img.partial}
-

@@ -118,14 +118,6 @@ class Matches:
     matched: np.ndarray  # (T, k) bool — pycocotools' dtMatches > 0
     ignored: np.ndarray  # (T, k) bool — pycocotools' dtIgnore
 
-    def dense(self) -> tuple[np.ndarray, np.ndarray]:
-        """(matched, ignored) as ``(T, n_dt)`` arrays."""
-        matched = np.zeros((self.matched.shape[0], self.n_dt), dtype=bool)
-        ignored = np.zeros_like(matched)
-        matched[:, self.index] = self.matched
-        ignored[:, self.index] = self.ignored
-        return matched, ignored
-
 
 def match_pairs(dt_pair: np.ndarray, dt_boxes: np.ndarray, dt_area: np.ndarray,
                 gt_pair: np.ndarray, gt_boxes: np.ndarray, gt_crowd: np.ndarray, gt_ignore: np.ndarray,
@@ -257,23 +249,6 @@ class Curve:
     precision: np.ndarray
     recall: np.ndarray
     n_gt: int  # regular (not ignored) boxes; -1 when the group has no pair at all
-
-
-def pooled_curve(scores: np.ndarray | None, matched: np.ndarray, ignored: np.ndarray, n_gt: int, *,
-                 has_pairs: bool = True, presorted: bool = False,
-                 recall_thresholds: np.ndarray = RECALL_THRESHOLDS) -> Curve:
-    """Precision/recall of detections pooled over pairs (pycocotools' accumulate), from dense flags.
-
-    ``matched``/``ignored`` are ``(T, n)``. Detections come in pair order, each pair best first; they
-    are sorted stably by score here, unless ``presorted`` says the caller already did so.
-    """
-    n = matched.shape[1]
-    if not presorted and n:
-        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-        matched, ignored = matched[:, order], ignored[:, order]
-    keep = np.flatnonzero((matched | ignored).any(axis=0))
-    return sparse_curve(n, keep, matched[:, keep], ignored[:, keep], n_gt, has_pairs=has_pairs,
-                        recall_thresholds=recall_thresholds)
 
 
 def sparse_curve(n_det: int, position: np.ndarray, matched: np.ndarray, ignored: np.ndarray, n_gt: int, *,

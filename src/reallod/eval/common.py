@@ -202,11 +202,6 @@ def is_finite(v: int | float) -> bool:
         return False
 
 
-def is_id(v: Any) -> bool:
-    """An integer id the columns can hold: an int (not a bool) within 64 bits."""
-    return _is_int(v) and INT64_MIN <= v <= INT64_MAX
-
-
 def id_problem(v: Any) -> str | None:
     """What is wrong with ``v`` as an integer id, None when nothing is."""
     if isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) > INT64_MAX:

@@ -24,7 +24,6 @@ from reallod.model import token_prompt as P
 from reallod.model.convert_checkpoint import hf_state_from_file
 from reallod.model.hf_folder import (
     DETECTOR_CLASSES,
-    check_local_folder,
     load_model_checked,
     load_tokenizer,
     resolve_detector_source,
@@ -65,14 +64,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if name is None:
         raise ConfigError(f"unknown dtype {dtype!r} (use fp32, fp16 or bf16)")
     return getattr(torch, name)
-
-
-def check_local_model(model: str | Path) -> Path | None:
-    """A path-like ``model`` as a checked folder (no network, no transformers); None for a hub id.
-
-    A path that does not exist, or is not a model folder, is a :class:`ConfigError` naming it, at once.
-    """
-    return check_local_folder(model, "model")
 
 
 def resolve_model_source(model: str | Path) -> str:

@@ -555,11 +555,6 @@ def iter_journal(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]
             yield tid, obj["result"]
 
 
-def iter_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    for _, result in iter_journal(path):
-        yield result
-
-
 def _lines(path: Path, _good: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """Task lines after checking the header; ``_good`` receives the byte length of complete lines."""
     header_seen = False

@@ -200,13 +200,9 @@ class FieldError(ConfigError):
         self.field = field
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping, with ``_base_`` (a path relative to this file, or a list of them) merged under it."""
-    return read_yaml_sources(path)[0]
-
-
 def read_yaml_sources(path: str | Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Sources]:
-    """:func:`read_yaml`, and the file and line that set each key (``chain``: the files inheriting from this
+    """A YAML mapping, with ``_base_`` (a path relative to this file, or a list of them) merged under it,
+    and the file and line that set each key (``chain``: the files inheriting from this
     one, to refuse a ``_base_`` cycle, which would otherwise recurse until Python gives up)."""
     path = Path(path)
     chain = (*chain, path)

@@ -31,7 +31,6 @@ from reallod.train.targets import clean_record
 if TYPE_CHECKING:
     from reallod.model.inference import Detector
 
-METRICS = ("ap50", "ap", "ap50_pos", "ap_pos")
 
 
 @dataclass(frozen=True)

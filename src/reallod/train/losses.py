@@ -30,7 +30,6 @@ from transformers.loss.loss_grounding_dino import GroundingDinoHungarianMatcher,
 
 # transformers weights its classification loss by this constant (loss_grounding_dino.py).
 CLASS_WEIGHT = 2.0
-TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 class GroundingLoss(GroundingDinoImageLoss):
