@@ -98,6 +98,10 @@ def test_threshold_and_nms_options(tiny_detector, photo):
     assert 0 < len(kept) < len(full)
     iou = box_iou(torch.from_numpy(kept.xyxy), torch.from_numpy(kept.xyxy)).fill_diagonal_(0)
     assert iou.max() <= thr_iou + 1e-6
+    # per expression: the same boxes under another expression do not suppress each other
+    twice = tiny_detector.detect(photo, ["a dog", "a dog"], nms_iou=thr_iou)
+    for e in (0, 1):
+        np.testing.assert_allclose(twice.for_expression(e).xyxy, kept.xyxy, atol=1e-4)  # a batch of 2
 
 
 def test_concat_mode_chunks_and_keeps_each_expression(tiny_model_dir, photo):

@@ -4,7 +4,7 @@ import torch
 
 from reallod.errors import DataError
 from reallod.model.detections import Detections
-from reallod.model.nms import batched_nms, box_iou, cxcywh_to_xyxy, nms
+from reallod.model.nms import box_iou, cxcywh_to_xyxy, nms
 
 
 def test_box_iou_known_values():
@@ -34,12 +34,13 @@ def test_nms_matches_a_brute_force_reference():
         assert nms(boxes, scores, thr).tolist() == _reference_nms(boxes, scores, thr)
 
 
-def test_batched_nms_is_class_wise():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]])
-    scores = torch.tensor([0.9, 0.8, 0.7])
-    assert nms(boxes, scores, 0.5).tolist() == [0]
-    assert batched_nms(boxes, scores, torch.tensor([0, 0, 1]), 0.5).tolist() == [0, 2]
-    assert batched_nms(boxes[:0], scores[:0], torch.tensor([], dtype=torch.long), 0.5).numel() == 0
+def test_nms_overlaps_empty_and_half_precision():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+    scores = torch.tensor([0.8, 0.9, 0.7])
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes.half(), scores.half(), 0.5).tolist() == [1, 2]
+    assert nms(boxes.double(), scores, 0.9).tolist() == [1, 0, 2]
+    assert nms(boxes[:0], scores[:0], 0.5).numel() == 0
 
 
 def test_cxcywh_to_xyxy():

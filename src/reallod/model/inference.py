@@ -32,7 +32,7 @@ from torch import nn
 from reallod.errors import ConfigError, DataError
 from reallod.model import token_prompt as P
 from reallod.model.detections import Detections
-from reallod.model.nms import batched_nms, cxcywh_to_xyxy
+from reallod.model.nms import cxcywh_to_xyxy, nms
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -376,7 +376,7 @@ def select(prompts: Sequence[P.Prompt], outputs: Sequence[tuple[torch.Tensor, to
             top = scores.topk(k).indices  # sorted, descending
             b, sc = xyxy[top], scores[top]
             if options.nms_iou is not None:
-                keep = batched_nms(b, sc, torch.zeros(len(sc), dtype=torch.long), options.nms_iou)
+                keep = nms(b, sc, options.nms_iou)  # this expression's boxes alone
                 b, sc = b[keep], sc[keep]
             if options.score_thr > 0:
                 ok = sc >= options.score_thr

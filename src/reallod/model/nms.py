@@ -1,7 +1,8 @@
-"""Box utilities and class-wise non-maximum suppression in plain torch (torchvision is not allowed)."""
+"""Box utilities and greedy non-maximum suppression in plain torch (torchvision is not allowed)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -26,24 +27,18 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
-    ordered = boxes[order].double()
-    over = (box_iou(ordered, ordered) > iou_threshold).cpu()
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    # In the boxes' own precision, as torchvision's: float64 took four times float32's time here (300
+    # boxes, 2.8 ms against 0.6, once per expression of every image). The greedy pass is sequential,
+    # O(n) Python steps over the precomputed IoU matrix (n ≤ a few thousand here), on numpy arrays, whose
+    # single-element reads cost a tenth of a tensor's.
+    ordered = boxes[order] if boxes.dtype in (torch.float32, torch.float64) else boxes[order].float()
+    over = (box_iou(ordered, ordered) > iou_threshold).cpu().numpy()
+    suppressed = np.zeros(len(order), dtype=bool)
     keep = []
-    for i in range(len(order)):  # O(n) python steps over a precomputed IoU matrix; n ≤ a few thousand here
+    for i in range(len(order)):
         if suppressed[i]:
             continue
         keep.append(i)
         suppressed |= over[i]
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
-
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
-                ) -> torch.Tensor:
-    """Class-wise NMS: boxes only suppress boxes with the same label. Returns kept indices by score."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    # Shift each label's boxes into its own region so boxes of different labels never overlap.
-    span = (boxes.max() - boxes.min()).abs() + 1
-    shifted = boxes.double() + (labels.double() * (span.double() + 1))[:, None]
-    return nms(shifted, scores, iou_threshold)
