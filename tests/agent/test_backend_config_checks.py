@@ -40,6 +40,8 @@ def write(tmp_path: Path, vlm: str, *, llm: str = LLM, extra: str = "") -> Path:
     ("{backend: openai, model: v, params: {messages: []}}", "roles.vlm.params.messages: messages is set by the wor"),
     ("{backend: openai, model: v, params: {max_tokens: 9}}", "roles.vlm.params.max_tokens: max_tokens is set by th"),
     ("{backend: openai, model: v, params: {stream: true}}", "roles.vlm.params.stream: stream is set by the workflow"),
+    ("{backend: openai, model: v, params: {max_completion_tokens: 9}}",
+     "roles.vlm.params.max_completion_tokens: max_completion_tokens is set by the role's max_tokens"),
     ("{backend: openai, model: v, params: {response_format: {type: json_object}}}",
      "roles.vlm.params.response_format: response_format is set by the role's structured"),
     ("{backend: openai, model: v, params: {1: 2}}", "roles.vlm.params: a request field is named by a string, got 1"),

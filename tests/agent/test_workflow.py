@@ -223,6 +223,32 @@ def test_a_reply_of_reasoning_the_server_returned_apart_says_to_turn_thinking_of
     assert "enable_thinking: false" in r.error and "cut at the token limit" in r.error
 
 
+def test_a_reply_the_server_stopped_below_max_tokens_names_the_servers_limit() -> None:
+    """llama-server stops a request whose slot's context is full with finish_reason "length": raising
+    max_tokens, which the message advised, changes nothing."""
+    cut = Completion('{"missing": "", "feedback": "because the', 10, 8, 0.0,
+                     {"finish_reason": "length", "stopped_below_max_tokens": 96})
+    r, _ = run(make_task(), {"reflector": [cut] * 3})
+    assert r.verdict == "failed" and "the server stopped it after 8 tokens, below max_tokens 96" in r.error
+    assert "llama-server's -c divided by --parallel" in r.error and "raise it in the config" not in r.error
+
+
+def test_a_think_block_is_no_part_of_the_answer() -> None:
+    """A reasoning model served without a reasoning parser writes <think>...</think> before its answer:
+    a brace in the thinking was read as the answer's start, and a think block alone was "not a JSON
+    object" with no word of the fix."""
+    thinking = ('<think>The schema is {"missing": ..., "verdict": ...}; the cup looks white, so the verdict '
+                "is correct.</think>\n")
+    r, _ = run(make_task(), {"reflector": [thinking + reflect("correct", feedback="the cup is white")],
+                             "planner": [plan("correct")]})
+    assert r.verdict == "correct" and not r.steps[0].rejected
+    assert r.steps[0].decision["feedback"] == "the cup is white"
+    only = Completion("<think>The cup is white, so I should answer", 10, 64, 0.0, {"finish_reason": "length"})
+    r, _ = run(make_task(), {"reflector": [only] * 3})
+    assert r.verdict == "failed" and "only reasoning (<think>) with no answer after it" in r.error
+    assert "serve the model with a reasoning parser or with thinking turned off" in r.error
+
+
 def test_a_cut_reply_that_repairs_into_a_decision_is_not_taken() -> None:
     """JSON repair closes a reply cut mid-string, so it parsed, and the half-written expression went
     into the output ("the rewritten object on the le")."""

@@ -168,3 +168,16 @@ def test_a_reply_of_reasoning_alone_is_unusable_and_says_what_to_do() -> None:
             read(Completion(" ", meta={"finish_reason": "stop"}), 64)
     # the caption is the answer, not the reasoning
     assert read_text(Completion("<think>hmm</think>\nA cat on a sofa.", meta={}), 64) == "\nA cat on a sofa."
+
+
+def test_a_reply_the_server_stopped_below_max_tokens_names_the_servers_limit() -> None:
+    """llama-server stops a request whose context is full ("length" after fewer tokens than max_tokens):
+    the fix is the server's context, not max_tokens."""
+    limit = {"finish_reason": "length", "stopped_below_max_tokens": 64}
+    server = r"the server stopped it after 7 tokens, below max_tokens 64: its context ran out"
+    with pytest.raises(Unusable, match=rf"cut and needed repair: {server}"):
+        read_list(Completion('{"expression_1": "the cat on', completion_tokens=7, meta=limit), 64)
+    with pytest.raises(Unusable, match=rf"the reply is empty: {server}"):
+        read_text(Completion("", completion_tokens=7, meta=limit), 64)
+    with pytest.raises(Unusable, match=rf"apart\) with an empty answer: {server}.*; or turn thinking off"):
+        read_text(Completion("", completion_tokens=7, meta={**limit, "reasoning_chars": 50}), 64)

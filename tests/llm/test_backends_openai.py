@@ -329,3 +329,62 @@ def test_each_run_opens_one_pool_and_every_pool_is_closed(http_client, monkeypat
         asyncio.run(run(8, close=True))  # eight tasks start together on a new loop
         asyncio.run(run(2, close=True))
     assert len(made) == 3 and all(is_closed(pool) for pool in made)
+
+
+def _reply(content: Any, finish: str = "stop", completion_tokens: int = 5, **message: Any):
+    status, body, headers = chat_reply("", completion_tokens=completion_tokens)
+    body["choices"][0].update(finish_reason=finish, message={"role": "assistant", "content": content, **message})
+    return status, body, headers
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_a_schema_answer_the_reasoning_parser_took_for_reasoning_is_the_answer(field: str) -> None:
+    """vLLM's deepseek_r1 parser on Qwen3 with thinking off (vllm-project/vllm#19222) returns the whole
+    constrained reply as reasoning and no content. Only a whole JSON object, only for a schema request,
+    and not for a reply cut at the limit; real reasoning stays unread."""
+    answer_json = '{"expression": "the cat on the left"}'
+    with FakeChatServer() as server:
+        server.replies = [_reply(None, **{field: answer_json}), _reply("", **{field: answer_json}),
+                          _reply(None, **{field: "I think the answer is {x}"}),
+                          _reply(None, "length", **{field: answer_json})]
+        took = complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}], schema=SCHEMA)
+        free = complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}])
+        prose = complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}], schema=SCHEMA)
+        cut = complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}], schema=SCHEMA)
+    assert took.text == answer_json and took.meta["answer_from_reasoning"] is True
+    assert SPECS["rewriter"].parse(took.text)[0]["expression"] == "the cat on the left"
+    for c in (free, prose, cut):
+        assert c.text == "" and "answer_from_reasoning" not in c.meta and c.meta["reasoning_chars"] > 0
+
+
+def test_an_sglang_abort_is_asked_again_not_taken_as_a_reply() -> None:
+    with FakeChatServer() as server:
+        server.replies = [_reply('{"expression": "the c', "abort")]
+        b = OpenAIBackend("m", base_url=server.url)
+        with pytest.raises(BackendError) as e:
+            complete(b, [{"role": "user", "content": "a"}], schema=SCHEMA)
+    assert e.value.retryable and e.value.kind == "server" and "aborted" in str(e.value)
+
+
+def test_a_reply_stopped_below_max_tokens_is_told_from_one_that_reached_it() -> None:
+    with FakeChatServer() as server:
+        server.replies = [_reply('{"expression": "the c', "length", completion_tokens=40),
+                          _reply('{"expression": "the c', "length", completion_tokens=96),
+                          _reply('{"expression": "the c', "length", completion_tokens=0)]
+        short, full, unknown = (complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}],
+                                         schema=SCHEMA, max_tokens=96) for _ in range(3))
+    assert short.meta["stopped_below_max_tokens"] == 96
+    assert "stopped_below_max_tokens" not in full.meta and "stopped_below_max_tokens" not in unknown.meta
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    ({"object": "error", "message": "This model's maximum context length is 8192 tokens", "type": "BadRequestError",
+      "code": 400}, "HTTP 400: This model's maximum context length is 8192 tokens"),  # SGLang
+    ({"detail": "Not Found"}, "HTTP 400: Not Found"),  # FastAPI
+])
+def test_flat_error_bodies_show_their_message(body: dict[str, Any], shown: str) -> None:
+    with FakeChatServer() as server:
+        server.replies = [(400, body, {})]
+        with pytest.raises(BackendError) as e:
+            complete(OpenAIBackend("m", base_url=server.url), [{"role": "user", "content": "a"}])
+    assert shown in str(e.value) and "{" not in str(e.value)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reallod.llm.replies import parse_json_object
+from reallod.llm.replies import answer_text, parse_json_object
 
 REFLECT_VERDICTS: tuple[str, ...] = ("correct", "uncertain", "wrong")
 PLAN_STATES: tuple[str, ...] = ("correct", "wrong", "uncertain")
@@ -160,7 +160,13 @@ class DecisionSpec:
     kept_fields: tuple[str, ...] = ()  # written into the output: one the token limit cut is refused
 
     def parse(self, text: str) -> tuple[dict[str, Any], bool]:
-        """Return (decision, repaired); raise DecisionError when the reply cannot be used."""
+        """Return (decision, repaired); raise DecisionError when the reply cannot be used. A reasoning
+        model's ``<think>`` block (served without a reasoning parser) is no part of the answer: braces in
+        it would be read as the answer's."""
+        answer = answer_text(text)
+        if not answer.strip() and text.strip():
+            raise DecisionError("the reply is only reasoning (<think>) with no answer after it")
+        text = answer
         obj, repaired = parse_json_object(text)
         if obj is None:
             stripped = " ".join(text.split())

@@ -23,10 +23,10 @@ from reallod.agent.roles import Role, Roles
 from reallod.agent.task import Step, Task, TaskResult
 from reallod.agent.views import EXTENDED_CROP, OBJECT_CROP, make_view, pixel_box
 from reallod.errors import ConfigError, DataError
-from reallod.llm.backends.base import THINKING_OFF, BackendError, Message, map_parts
+from reallod.llm.backends.base import REASONING_PARSER, THINKING_OFF, BackendError, Message, map_parts
 from reallod.llm.memo import IdentityMemo
 from reallod.llm.policy import backoff_delay
-from reallod.llm.replies import forget_reply
+from reallod.llm.replies import answer_text, forget_reply, server_limit
 
 _JITTER = random.Random()  # backoff jitter when a backend is used without the runner's retry wrapper
 
@@ -155,8 +155,12 @@ class _TaskRun:
                     if not completion.text.strip() and completion.meta.get("reasoning_chars"):
                         why = ("the reply is only the model's reasoning (the server's reasoning parser returned it "
                                f"apart) with an empty answer; {THINKING_OFF}")
+                    elif not answer_text(completion.text).strip() and completion.text.strip():
+                        why += f"; {REASONING_PARSER}"
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer
-                        why += (f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
+                        limit = server_limit(completion)
+                        why += (f" ({limit})" if limit else
+                                f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
                                 "the config)" if role.max_tokens else " (the reply was cut at the token limit)")
                     step.rejected.append({"attempt": attempt, "raw": completion.text, "error": why})
                     if attempt < policy.max_attempts:

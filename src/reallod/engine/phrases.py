@@ -20,11 +20,9 @@ import json
 import re
 from typing import Any
 
-from reallod.llm.backends.base import THINKING_OFF, Completion
-from reallod.llm.replies import parse_json_object
+from reallod.llm.backends.base import REASONING_PARSER, THINKING_OFF, Completion
+from reallod.llm.replies import answer_text, parse_json_object, server_limit
 
-_THINK = re.compile(r"<(think(?:ing)?)>.*?</\1>", re.S | re.I)
-_THINK_END = re.compile(r"</think(?:ing)?>", re.I)
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
 # a list item's mark: a bullet, "1." "1)" "1:" "(1)" "#1" (not the "3." of "3.5-inch")
 _MARK = re.compile(r"^(?:[-–—•·*+]\s+|[-•](?=\S)|(?:\d{1,3}[.):]|\(\d{1,3}\)|#\d{1,3}[.):]?)(?=\s|[^\W\d]|[\"“'‘*]|$))\s*")
@@ -78,16 +76,6 @@ class Unusable(Exception):
 
 EMPTY_REPLY = ("empty reply: the model wrote no text (check the server's log; a server that cannot apply the "
                "model's chat template may answer nothing)")
-
-
-def answer_text(text: str) -> str:
-    """``text`` without a reasoning model's ``<think>`` blocks (served without a reasoning parser). A reply
-    that holds a closing tag alone (the chat template opened the block in the prompt) is its text after
-    it; one that opens a block and never closes it (cut in its reasoning) holds no answer: ""."""
-    text = _THINK.sub("", text)
-    if (end := list(_THINK_END.finditer(text))):
-        text = text[end[-1].end():]
-    return "" if re.match(r"\s*<think(?:ing)?>", text, re.I) else text
 
 
 def _unfence(text: str) -> str:
@@ -175,7 +163,10 @@ def _no_answer(reply: Completion, max_tokens: int) -> None:
     asking again rarely helps)."""
     separate = bool(reply.meta.get("reasoning_chars"))
     cut = reply.meta.get("finish_reason") == "length"
+    limit = server_limit(reply) if cut else None
     if not reply.text.strip() and not separate:
+        if limit:
+            raise Unusable(f"the reply is empty: {limit}", tell="it was empty")
         if cut:  # an API that keeps the reasoning to itself (OpenAI's reasoning models) spent the limit on it
             raise Unusable(f"the reply is empty and was cut at the token limit (max_tokens {max_tokens}): a "
                            "reasoning model may have spent it all on reasoning; raise max_tokens",
@@ -184,8 +175,9 @@ def _no_answer(reply: Completion, max_tokens: int) -> None:
     raise Unusable("the reply is only the model's reasoning "
                    + ("(the server's reasoning parser returned it apart) with an empty answer: " if separate
                       else "(<think>) with no answer after it: ")
-                   + (f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
-                   + (THINKING_OFF if separate else "serve the model with a reasoning parser or with thinking turned off"),
+                   + (f"{limit}; or " if limit else
+                      f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
+                   + (THINKING_OFF if separate else REASONING_PARSER),
                    tell="it held only your reasoning and no answer")
 
 
@@ -204,6 +196,9 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
         _no_answer(reply, max_tokens)
     obj, repaired = parse_json_object(text)
     if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
+        if limit := server_limit(reply):
+            raise Unusable(f"the reply was cut and {'needed repair' if obj is not None else 'does not parse'}: "
+                           f"{limit}", tell="it was cut off; answer again")
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
                        f"config's rewriter role above {max_tokens} (generation uses it where it is higher)",

@@ -14,6 +14,30 @@ from typing import Any
 import json_repair
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_THINK = re.compile(r"<(think(?:ing)?)>.*?</\1>", re.S | re.I)
+_THINK_END = re.compile(r"</think(?:ing)?>", re.I)
+
+
+def answer_text(text: str) -> str:
+    """``text`` without a reasoning model's ``<think>`` blocks (served without a reasoning parser). A reply
+    that holds a closing tag alone (the chat template opened the block in the prompt) is its text after
+    it; one that opens a block and never closes it (cut in its reasoning) holds no answer: ""."""
+    text = _THINK.sub("", text)
+    if (end := list(_THINK_END.finditer(text))):
+        text = text[end[-1].end():]
+    return "" if re.match(r"\s*<think(?:ing)?>", text, re.I) else text
+
+
+def server_limit(completion: Any) -> str | None:
+    """Why a reply the server cut (``finish_reason`` "length") stopped before ``max_tokens``, with the fix,
+    or None when it reached it: raising max_tokens does nothing for a reply cut by the server's context
+    (llama-server stops a request whose slot is full) or by a cap of its own."""
+    if completion.meta.get("stopped_below_max_tokens") is None:
+        return None
+    return (f"the server stopped it after {completion.completion_tokens} tokens, below max_tokens "
+            f"{completion.meta['stopped_below_max_tokens']}: its context ran out (the prompt and the reply must "
+            "fit the context it gives one request: llama-server's -c divided by --parallel, Ollama's "
+            "OLLAMA_CONTEXT_LENGTH) or it caps replies itself (llama-server's -n)")
 
 
 def _first_dict(value: Any) -> dict[str, Any] | None:

@@ -85,7 +85,7 @@ class Transport(Protocol):
 
 
 def _error_text(raw: bytes) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else the body's start."""
+    """The message of an error body (OpenAI's ``error.message``, SGLang's, FastAPI's), else its start."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -95,6 +95,10 @@ def _error_text(raw: bytes) -> str:
         return str(err["message"])
     if isinstance(err, str):
         return err
+    if isinstance(obj, dict):  # SGLang's flat {"object": "error", "message": ...}; FastAPI's {"detail": ...}
+        for key in ("message", "detail"):
+            if isinstance(obj.get(key), str) and obj[key].strip():
+                return obj[key]
     return orjson.dumps(obj).decode()[:500]
 
 

@@ -276,17 +276,39 @@ class OpenAIBackend:
             raise BackendError(f"{self.name}: reply has no choices", retryable=True, kind="server") from None
         if not isinstance(text, str):
             text = str(text)
-        if choices:
-            text = _unwrap_choice(text, choices)
+        finish = choice.get("finish_reason")
+        if finish == "abort":  # SGLang ended the request early (its partial text is no answer): ask again
+            raise BackendError(f"{self.name}: the server aborted the request (finish_reason abort)", retryable=True,
+                               kind="server")
         usage = data.get("usage")
-        meta = {"finish_reason": choice.get("finish_reason"), "structured": mode}
+        completion_tokens = _token_count(usage, "completion_tokens")
+        meta: dict[str, Any] = {"finish_reason": finish, "structured": mode}
         if reasoning := _reasoning(message):
             meta["reasoning_chars"] = len(reasoning)
+            if not text.strip() and schema is not None and finish != "length" and _json_object(reasoning):
+                # the answer the schema constrained, returned as reasoning: a reasoning parser that takes a
+                # reply with thinking off for reasoning (vLLM's deepseek_r1 parser on Qwen3, LM Studio)
+                text, meta["answer_from_reasoning"] = reasoning.strip(), True
+        if finish == "length" and max_tokens and 0 < completion_tokens < max_tokens:
+            meta["stopped_below_max_tokens"] = max_tokens  # the server's context or cap, not ours
+        if choices:
+            text = _unwrap_choice(text, choices)
         return Completion(text, prompt_tokens=_token_count(usage, "prompt_tokens"),
-                          completion_tokens=_token_count(usage, "completion_tokens"), latency_s=latency, meta=meta)
+                          completion_tokens=completion_tokens, latency_s=latency, meta=meta)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _json_object(text: str) -> bool:
+    """Whether ``text`` is one JSON object and nothing else (an answer, not reasoning about one)."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _reasoning(message: dict[str, Any]) -> str:
