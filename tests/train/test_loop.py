@@ -171,3 +171,22 @@ def test_cli_errors_are_one_line(tmp_path, shapes):
     proc = _cli(str(config), "--resume", str(tmp_path / "nope"), cwd=tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "not a training checkpoint" in out and "Traceback" not in out
+
+
+def test_evaluation_runs_in_the_trainings_precision(tmp_path, shapes, monkeypatch):
+    """Under bf16 training the unwrapped model kept accelerate's autocast on its forward alone: the
+    backbone, called apart, ran in float32, so eval.csv scored neither `reallod eval`'s fp32 nor its bf16."""
+    from reallod.train import evaluate
+
+    seen = []
+    detect_queries = evaluate.detect_queries
+
+    def noting(detector, *args, **kwargs):
+        seen.append((detector.dtype, next(detector.model.parameters()).dtype))
+        return detect_queries(detector, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "detect_queries", noting)
+    cfg = tiny_config(shapes, ["schedule.max_steps=2", "eval.every_steps=2", "train.mixed_precision=bf16"])
+    train(cfg, tmp_path / "run", echo=lambda s: None)
+    assert seen == [(torch.bfloat16, torch.float32)]
+    assert [int(r["step"]) for r in _csv(tmp_path / "run" / "eval.csv")] == [2]

@@ -252,7 +252,11 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
 
     ``weights`` replaces the folder's weights with a state dict file: Hugging Face layout
     (.safetensors / .bin / .pth) or an MMDetection MM-Grounding-DINO checkpoint, converted on the fly.
+    The weights stay in float32 whatever ``dtype``: bf16 and fp16 run as mixed precision
+    (:func:`reallod.model.inference.mixed_precision`), which keeps the boxes' precision.
     """
+    import torch
+
     src = resolve_model_source(model)
     config = read_detector_config(src, max_text_len, resolved=True)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -260,12 +264,12 @@ def load_detector(model: str | Path, *, weights: str | Path | None = None, devic
     check_input_size(proc, config, _size_source(src, image_size))
     tok = load_tokenizer(tokenizer if tokenizer is not None else src)
     if weights is None:
-        net = load_model_checked(src, config, dt)
+        net = load_model_checked(src, config, torch.float32)
     else:
         state = hf_state_from_file(weights, config)
         with tempfile.TemporaryDirectory(prefix="reallod-weights-") as tmp:
             write_model_folder(state, config, tmp)
-            net = load_model_checked(tmp, config, dt, source=weights)  # errors name the user's file
+            net = load_model_checked(tmp, config, torch.float32, source=weights)  # errors name the user's file
     net = net.to(dev).eval()
     return Detector(net, tok, proc, dev, dt, source=str(model) if weights is None else f"{model} + {weights}",
                     stamp=weights_stamp(src, weights))

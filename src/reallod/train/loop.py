@@ -689,7 +689,10 @@ def _evaluate_here(accelerator: Any, model: Any, tokenizer: Any, processor: Any,
     net.eval()
     tic = time.perf_counter()
     try:
-        dtype = next(net.parameters()).dtype
+        # in the training's precision, the whole forward (backbone too) under autocast as `reallod eval
+        # --dtype bf16` runs it: the unwrapped model keeps accelerate's autocast on its forward alone
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision),
+                                                                   next(net.parameters()).dtype)
         detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
         metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size,
                                                     max_pixels=cfg.data.max_pixels))
