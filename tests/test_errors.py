@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reallod.errors import out_of_memory, smaller_batches
+from reallod.errors import out_of_memory, release_after_oom, smaller_batches
 from tests.cli_helpers import CUDA_OOM_SAID, cuda_out_of_memory
 
 
@@ -30,3 +30,26 @@ def test_other_errors_are_not_taken_for_it(error: BaseException) -> None:
                                                           (1, 4, None)])
 def test_the_same_examples_per_step_in_smaller_batches(batch: int, accum: int, smaller) -> None:
     assert smaller_batches(batch, accum) == smaller
+
+
+def test_what_an_out_of_memory_errors_frames_hold_is_freed_while_the_error_is_kept() -> None:
+    """The error's traceback keeps the failed call's tensors (its activations on a GPU) for as long as it,
+    or an error raised from it, is referenced: a long-lived process (the demo) held them."""
+    import weakref
+
+    import torch
+
+    held: list[weakref.ref] = []
+
+    def forward() -> None:
+        activations = torch.zeros(1000)
+        held.append(weakref.ref(activations))
+        raise cuda_out_of_memory()
+
+    try:
+        forward()
+    except torch.OutOfMemoryError as e:
+        kept = e
+        assert held[0]() is not None  # what it held before
+        release_after_oom(e)
+    assert held[0]() is None and out_of_memory(kept) == CUDA_OOM_SAID

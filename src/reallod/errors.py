@@ -62,6 +62,22 @@ def out_of_memory(error: BaseException) -> str | None:
     return ". ".join(kept) or "out of memory"
 
 
+def release_after_oom(error: BaseException) -> None:
+    """Free what an out-of-memory error keeps alive, for a process that goes on after it (the demo, the
+    agent's in-process model): its traceback's ended frames hold the failed call's tensors (activations,
+    a key-value cache), as long as the error (or an error raised from it) is referenced. Their locals are
+    cleared, and the accelerator's cached blocks given back, so the next, smaller request fits."""
+    import gc
+    import sys
+    import traceback
+
+    traceback.clear_frames(error.__traceback__)  # a frame still running (the caller's) is left as it is
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def smaller_batches(batch_size: int, grad_accum: int) -> tuple[int, int] | None:
     """The batch size and accumulation that give the same examples per step in less memory (the batch
     divided by its smallest factor, the least change that frees memory); None for a batch of one."""

@@ -88,10 +88,17 @@ class FullGPUDetector:
     def __init__(self, detector: Any, limit: int) -> None:
         self.detector, self.limit = detector, limit
         self.device, self.source = detector.device, detector.source
+        self.held: list[Any] = []  # weak references to what each failed call held when it ran out
 
     def detect(self, image: Any, expressions: list[str], *args: Any, **kwargs: Any) -> Any:
         if len(expressions) >= self.limit:
+            import weakref
+
+            import torch
+
             from tests.cli_helpers import cuda_out_of_memory
 
+            activations = torch.zeros(1000)  # on a GPU: the memory the request filled
+            self.held.append(weakref.ref(activations))
             raise cuda_out_of_memory()
         return self.detector.detect(image, expressions, *args, **kwargs)

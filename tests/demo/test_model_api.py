@@ -121,14 +121,15 @@ def test_a_request_that_fills_the_gpu_is_told_so_and_the_next_one_is_served(tiny
     from tests.cli_helpers import CUDA_OOM_SAID
     from tests.demo.doubles import FullGPUDetector
 
-    with serve_model_demo(FullGPUDetector(tiny_detector, 3), ServerOptions(server_port=free_port()),
-                          block=False) as running:
+    full = FullGPUDetector(tiny_detector, 3)
+    with serve_model_demo(full, ServerOptions(server_port=free_port()), block=False) as running:
         c = api_client(running.url)
         try:
             with pytest.raises(AppError) as e:
                 c.predict(handle_file(str(COFFEE)), "a cup . a mug . a table", "parallel", 0.3, api_name="/detect")
             assert str(e.value) == (f"the cpu device ran out of memory for this request ({CUDA_OOM_SAID}); try fewer "
                                     "expressions or a smaller image")
+            assert len(full.held) == 1 and full.held[0]() is None  # the error's frames no longer hold it
             assert "box(es)" in c.predict(handle_file(str(COFFEE)), "a cup", "parallel", 0.3, api_name="/detect")[-1]
         finally:
             c.close()

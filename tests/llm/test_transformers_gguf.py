@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 
 import pytest
+import torch
 
 from reallod.agent.agent_config import build_roles, load_agent_config
 from reallod.agent.roles import Role, Roles
@@ -136,12 +138,17 @@ def test_out_of_memory_fails_the_task_in_one_line_and_the_next_reply_comes(offli
     b = offline_roles.reflector.backend
     real = b._llm
 
+    held = []
+
     def full(*args, **kwargs):
+        cache = torch.zeros(1000)  # what the failed generation held (its key-value cache on a GPU)
+        held.append(weakref.ref(cache))
         raise cuda_out_of_memory()
 
     monkeypatch.setattr(b, "_llm", full)
     with pytest.raises(BackendError) as raised:
         asyncio.run(b.complete([{"role": "user", "content": "Name a colour."}], max_tokens=5))
+    assert held[0]() is None  # freed, although the error that says so is still held
     said = str(raised.value)
     assert CUDA_OOM_SAID in said and "PYTORCH_" not in said and "\n" not in said
     assert "smaller max_tokens" in said and "the others go on" in said and not raised.value.retryable

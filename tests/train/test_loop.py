@@ -186,7 +186,13 @@ def test_evaluation_runs_in_the_trainings_precision(tmp_path, shapes, monkeypatc
         return detect_queries(detector, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "detect_queries", noting)
+    from accelerate.state import AcceleratorState
+
     cfg = tiny_config(shapes, ["schedule.max_steps=2", "eval.every_steps=2", "train.mixed_precision=bf16"])
-    train(cfg, tmp_path / "run", echo=lambda s: None)
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, one precision: this test's own
+    try:
+        train(cfg, tmp_path / "run", echo=lambda s: None)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert seen == [(torch.bfloat16, torch.float32)]
     assert [int(r["step"]) for r in _csv(tmp_path / "run" / "eval.csv")] == [2]

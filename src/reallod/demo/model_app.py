@@ -25,7 +25,7 @@ from reallod.demo.examples import detect_examples
 from reallod.demo.forms import TABLE_HEADERS, detection_rows, legend_html, parse_expressions
 from reallod.demo.limits import ClientGate, DemoInputError, DemoLimits, WorkSlots, client_key, open_upload
 from reallod.demo.server import RunningDemo, ServerOptions, launch, prune, upload_roots
-from reallod.errors import out_of_memory
+from reallod.errors import out_of_memory, release_after_oom
 from reallod.model.detections import Detections
 from reallod.model.draw import draw_detections, palette
 from reallod.model.inference import Detector, InferenceOptions, ScoreOver
@@ -91,6 +91,7 @@ class ModelPage:
             except Exception as e:  # one large request filled the GPU: say so; the next one gets its memory back
                 if (what := out_of_memory(e)) is None:
                     raise
+                release_after_oom(e)  # the request's activations, held by the error's frames
                 raise DemoInputError(f"the {self.detector.device} device ran out of memory for this request "
                                      f"({what}); try fewer expressions or a smaller image") from None
         shown = Shown(image_path, detections, seconds)

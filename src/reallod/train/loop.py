@@ -411,7 +411,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
             sync = batch_idx + 1 == group_end
             group_size = group_end - max(group_start, start_batch)  # a resume with another split may cut one
             inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS}
-            labels = [{k: v.to(accelerator.device) for k, v in t.items()} for t in batch["labels"]]
+            labels = [{k: v.to(accelerator.device, non_blocking=True) for k, v in t.items()}
+                      for t in batch["labels"]]  # pinned by the loader on CUDA: copies that do not block
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 out = model(**inputs, labels=labels)
                 loss, terms = training_loss(model_config, out, labels, inputs["input_ids"], inputs["attention_mask"],
@@ -426,7 +427,8 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
             batch_idx += 1
             if sync:
                 if cfg.optim.clip_grad:
-                    window.grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad))
+                    # a tensor until the log row reads it: float() here would wait for the backward pass
+                    window.grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                 window.lrs = [(str(g.get("name", "other")), g["lr"]) for g in optimizer.param_groups]
                 optimizer.step()
                 if not accelerator.optimizer_step_was_skipped:
@@ -484,7 +486,7 @@ class _Window:
         self.images = 0
         self.failed = 0
         self.data_time = 0.0
-        self.grad_norm = float("nan")
+        self.grad_norm: torch.Tensor | float = float("nan")
         self.lrs: list[tuple[str, float]] = []
         self.start = time.perf_counter()
 
@@ -508,7 +510,7 @@ class _Window:
         for name, lr in self.lrs:  # the rates the last step used: lr (base groups), lr_backbone, lr_text
             part = name.split(".")[0]
             row.setdefault("lr" if part == "other" else f"lr_{part}", lr)
-        row["grad_norm"] = self.grad_norm
+        row["grad_norm"] = float(self.grad_norm)
         row["images_per_s"] = self.images * world / elapsed
         row["data_time_frac"] = self.data_time / elapsed
         row["peak_mem_mb"] = peak_memory_mb(accelerator.device)

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-from reallod.errors import ConfigError, out_of_memory
+from reallod.errors import ConfigError, out_of_memory, release_after_oom
 from reallod.hub import config_errors, one_line, resolve_source
 from reallod.llm.backends.base import BackendError, Completion, Message
 from reallod.llm.backends.gguf_copy import keep_copy, load_copy
@@ -428,18 +428,6 @@ def model_identity(model: str, gguf_file: str | None = None) -> str:
     return f"hub:{model}" + (f"/{gguf_file}" if gguf_file else "")
 
 
-def _free_cached_memory() -> None:
-    """Give the accelerator's cached blocks back after an out-of-memory error: the reply's activations and
-    key-value cache are garbage now, and the next, maybe shorter, prompt fits where they were."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class TransformersBackend:
     """One in-process model. ``kind``: ``causal_lm`` (LLM roles) or ``image_text_to_text`` (VLM).
 
@@ -532,7 +520,7 @@ class TransformersBackend:
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             if (what := out_of_memory(e)) is None:
                 raise BackendError(f"{self.name}: generation failed: {type(e).__name__}: {e}") from e
-            _free_cached_memory()  # what this reply held, so the next task's fits where it can
+            release_after_oom(e)  # what this reply held, so the next task's fits where it can
             raise BackendError(f"{self.name}: out of memory generating a reply ({what}): this task fails and "
                                "the others go on (a rerun runs the failed ones again); for fewer, give the role a "
                                "smaller max_tokens, or the backend a smaller dtype or a device with more memory"
