@@ -91,3 +91,57 @@ def test_a_checkpoint_one_process_cannot_write_stops_every_process_with_its_reas
     assert any("writing the checkpoint of step 2 failed in 1 other process(es)" in e for e in errors), errors
     assert not any("unexpected" in e for e in errors), errors
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+NOTING_DETECT = '''
+import os, sys
+from reallod.train import evaluate
+detect = evaluate.detect_queries
+def noting(detector, queries, **kwargs):  # which held-out images this process detects
+    print(f"rank {os.environ['RANK']} detects {sorted({q.image for q in queries})}", file=sys.stderr, flush=True)
+    return detect(detector, queries, **kwargs)
+evaluate.detect_queries = noting
+from reallod.cli import main
+main(sys.argv[1:])
+'''
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_every_process_detects_a_share_of_the_held_out_images_and_the_scores_are_one_processs(tmp_path):
+    """The main process evaluated alone while the others waited: N times the time, and a wait longer than
+    NCCL's timeout (ten minutes) ended the run."""
+    import csv
+
+    import numpy as np
+
+    from reallod.model.loading import load_detector
+    from reallod.train.evaluate import detect_queries, eval_queries, load_eval_records, pooled_ap
+
+    raw = tiny_raw(tmp_path / "shapes", schedule={"epochs": 1, "max_steps": 3},
+                   train={"cpu": True, "threads": 1, "batch_size": 2}, eval={"every_steps": 3})
+    config = write_yaml(tmp_path / "tiny.yaml", raw)
+    script = tmp_path / "noting_detect.py"
+    script.write_text(NOTING_DETECT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         str(script), "train", str(config), "--work-dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    shares = {line.split()[1]: eval(line.split(" detects ", 1)[1]) for line in out.splitlines()
+              if line.startswith("rank ") and " detects " in line}
+    val = tmp_path / "shapes" / "val.jsonl"
+    records = load_eval_records(val, val.parent)
+    assert len(records) == 3 and set(shares) == {"0", "1"}
+    assert len(shares["0"]) == 2 and len(shares["1"]) == 1  # every second image, from its rank on
+    assert sorted(shares["0"] + shares["1"]) == sorted(path for _, path in records)
+    with open(tmp_path / "run" / "eval.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [3]
+    # one process detecting every image with the checkpoint's weights scores the same
+    detector = load_detector(tmp_path / "run" / "checkpoints" / "ckpt-00000003" / "model", device="cpu")
+    queries = eval_queries(records, negatives_per_image=raw["eval"].get("negatives_per_image", 3))
+    alone = pooled_ap(queries, detect_queries(detector, queries))
+    for key in ("ap", "ap50", "ap_pos", "ap50_pos"):
+        assert np.isclose(float(rows[0][key]), alone[key], rtol=1e-6, atol=1e-9, equal_nan=True), (key, rows, alone)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import math
 import resource
 import shutil
 import time
@@ -29,10 +28,10 @@ from typing import Any
 import torch
 
 from reallod.data.io import AtomicWriter
-from reallod.data.records import TRAINING_SOURCES
 from reallod.errors import ConfigError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
 from reallod.train import best as B
 from reallod.train import checkpoint as C
+from reallod.train import held_out
 from reallod.train.build import build_detector
 from reallod.train.config import TrainConfig, check, dump_yaml, resolve_paths
 from reallod.train.ctrl_c import CtrlC
@@ -353,7 +352,7 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     # the steps after the checkpoint are done again: a resume's, and a new start's in a work dir whose
     # earlier run was killed before its first checkpoint (its rows would be doubled)
     log.drop_after(progress.step)
-    eval_queries = _eval_queries(cfg, log) if main else None
+    eval_queries = held_out.shared_queries(accelerator, cfg, log)
     if main:  # checkpoints and a best/ from the steps after the checkpoint are not part of this run's history
         if dropped := C.drop_after(work_dir, progress.step):
             log.info(f"checkpoint(s) after step {progress.step}, where this run starts (those steps are done again), "
@@ -394,8 +393,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
     window = _Window()
     if ckpt is not None and cfg.eval.file and _eval_due(cfg, step, progress, skip == 0, stop):
         # The checkpoint is written before its evaluation, which an interrupt may have cut short: do it now.
-        result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg, eval_queries, step,
-                                                  progress, work_dir, result, log, checkpoint_step, missing_only=True)
+        result.last_eval, result.best = held_out.evaluate(accelerator, model, tokenizer, processor, cfg, eval_queries,
+                                                          step, progress, work_dir, result.best, log, checkpoint_step,
+                                                          missing_only=True)
 
     while epoch < cfg.schedule.epochs and not stop:
         batches.set_epoch(epoch, skip)
@@ -454,9 +454,9 @@ def _train(cfg: TrainConfig, work_dir: Path, accelerator: Any, log: MetricsLog, 
                     if main:
                         B.checkpoint_written(work_dir)
                 if _eval_due(cfg, step, pos, epoch_end, stop) and cfg.eval.file:
-                    result.last_eval, result.best = _evaluate(accelerator, model, tokenizer, processor, cfg,
-                                                              eval_queries, step, pos, work_dir, result, log,
-                                                              checkpoint_step)
+                    result.last_eval, result.best = held_out.evaluate(accelerator, model, tokenizer, processor,
+                                                                      cfg, eval_queries, step, pos, work_dir,
+                                                                      result.best, log, checkpoint_step)
                 if stop:
                     break
             tic = time.perf_counter()
@@ -637,82 +637,3 @@ def _keep_configured(optimizer: Any, scheduler: Any, configured: list[dict[str, 
         group["lr"] = want["initial_lr"] * scheduler.lr_lambdas[i](scheduler.last_epoch)
     return ", ".join(f"{k} {v}" for k, v in changed.items())
 
-
-def _eval_queries(cfg: TrainConfig, log: MetricsLog) -> list | None:
-    if not cfg.eval.file:
-        return None
-    from reallod.train.evaluate import check_images, eval_queries, load_eval_records
-
-    records = load_eval_records(cfg.eval.file, cfg.eval.images or "", cfg.eval.max_images, say=log.info)
-    check_images(records, cfg.data.max_pixels)  # now, not at the first evaluation an epoch later
-    present = {s for record, _ in records for s in record.pairs}
-    if unknown := sorted(set(cfg.eval.sources) - present - set(TRAINING_SOURCES)):  # a typo: vlm-short
-        raise ConfigError(f"eval.sources: unknown source {', '.join(unknown)}; the sources of {cfg.eval.file} are "
-                          f"{', '.join(sorted(present)) or 'none'}")
-    queries = eval_queries(records, sources=tuple(cfg.eval.sources), negatives_per_image=cfg.eval.negatives_per_image)
-    if not any(len(q.boxes) for q in queries):  # negatives alone: every evaluation's AP was nan, no best/
-        raise ConfigError(f"{cfg.eval.file}: no evaluation queries (no positive expressions in sources "
-                          f"{cfg.eval.sources})")
-    return queries
-
-
-def _evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
-              step: int, pos: C.Progress, work_dir: Path, result: TrainResult, log: MetricsLog,
-              checkpoint_step: int, missing_only: bool = False) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-    """Main process: score the held-out queries; keep the model as ``best/`` when the metric improves
-    (:func:`reallod.train.best.save`; ``checkpoint_step``: the latest checkpoint's). ``best/`` is settled
-    before the ``eval.csv`` row is written, so a row means this step is done (``missing_only``: skip a
-    step that has one)."""
-    metrics, best, error = None, result.best, None
-    if accelerator.is_main_process and not (missing_only and step in log.steps("eval")):
-        try:
-            metrics, best = _evaluate_here(accelerator, model, tokenizer, processor, cfg, queries, step, pos,
-                                           work_dir, best, log, checkpoint_step)
-        except Exception as e:  # the other processes stop with it, not at the next synchronisation
-            error = e
-            if (what := out_of_memory(e)) is not None:
-                error = OutOfMemory(f"{what} (evaluating step {step} with eval.batch_size {cfg.eval.batch_size}); "
-                                    "resume with a smaller one (--cfg-options eval.batch_size=N): the evaluation of "
-                                    f"step {step} is done again")
-                error.__cause__ = e
-    settle(accelerator, error, f"the evaluation of step {step}")
-    return metrics, best
-
-
-def _evaluate_here(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: Any,
-                   step: int, pos: C.Progress, work_dir: Path, best: dict[str, Any] | None, log: MetricsLog,
-                   checkpoint_step: int) -> tuple[dict[str, float], dict[str, Any] | None]:
-    """:func:`_evaluate`'s work, in the main process."""
-    from reallod.model.hf_folder import save_tokenizer
-    from reallod.model.inference import Detector
-    from reallod.train.evaluate import detect_queries, pooled_ap
-
-    net = accelerator.unwrap_model(model)
-    net.eval()
-    tic = time.perf_counter()
-    try:
-        # in the training's precision, the whole forward (backbone too) under autocast as `reallod eval
-        # --dtype bf16` runs it: the unwrapped model keeps accelerate's autocast on its forward alone
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision),
-                                                                   next(net.parameters()).dtype)
-        detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
-        metrics = pooled_ap(queries, detect_queries(detector, queries, batch_size=cfg.eval.batch_size,
-                                                    max_pixels=cfg.data.max_pixels))
-    finally:
-        net.train()
-    value = metrics[cfg.eval.metric]
-    row = {**metrics, "epoch": pos.epoch, "eval_s": time.perf_counter() - tic}
-    improved = not math.isnan(value) and (best is None or value > best["value"])
-    if improved:
-        best = {"metric": cfg.eval.metric, "value": value, "step": step, "epoch": pos.epoch, "metrics": metrics}
-
-        def write(folder: Path) -> None:
-            net.save_pretrained(str(folder))
-            save_tokenizer(tokenizer, folder)
-            processor.save_pretrained(str(folder))
-
-        B.save(work_dir, best, write, checkpoint_step)
-    log.scalars(step, row, table="eval")
-    if improved:
-        log.info(f"new best {cfg.eval.metric} {value:.4f} at step {step}: {work_dir / 'best'}")
-    return metrics, best
