@@ -67,7 +67,8 @@ def build(device: torch.device, size: tuple[int, int], dtype: torch.dtype, model
     if model == "tiny":  # reallod.model.tiny: 2-level tiny Swin, 1-layer text encoder, 30 queries
         from reallod.model.tiny import build_tiny_detector
 
-        net = build_tiny_detector(seed=0).to(device).eval()  # float32 weights: bf16/fp16 run as reallod's autocast
+        # float32 weights: bf16/fp16 run as reallod's autocast (reallod.model.inference.mixed_precision)
+        net = build_tiny_detector(seed=0).to(device).eval()
         return Detector(net, load_vocab_tokenizer(), proc, device, dtype, source="tiny random model")
     net = MMGroundingDinoForObjectDetection(variant_config("tiny", max_text_len=256)).to(device).eval()
     return Detector(net, load_vocab_tokenizer(), proc, device, dtype, source="random Swin-T layout")
@@ -163,7 +164,7 @@ def measure(args, device: torch.device, dtype_name: str, dtype: torch.dtype, siz
     naive_opts = InferenceOptions(reuse_backbone=False, batch_size=1)
     fast_opts = InferenceOptions(batch_size=args.batch_size)
     det.detect(image, exprs[:2], naive_opts)  # warm-up (allocator, kernels)
-    det.detect(image, exprs[:args.batch_size], fast_opts)  # a whole batch: the allocator grows to its size here
+    det.detect(image, exprs[:args.batch_size], fast_opts)  # a whole batch: the allocator grows to it here
 
     t_naive = t_fast = t_naive_backbone = 0.0
     naive_parts, fast_parts = [], []

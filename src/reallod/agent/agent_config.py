@@ -227,7 +227,7 @@ def _openai_options(options: dict[str, Any], where: Callable[..., str], url: tup
 # silently win over it or break the reply's parsing).
 _SET_BY_BACKEND = {"model": "the role's model", "messages": "the workflow (its prompts)",
                    "max_tokens": "the role's max_tokens", "temperature": "the role's temperature",
-                   "max_completion_tokens": "the role's max_tokens (sent as max_tokens, which it would override)",
+                   "max_completion_tokens": "the role's max_tokens (sent as max_tokens, which it overrides)",
                    "response_format": "the role's structured", "stream": "the workflow (it reads whole replies)",
                    "n": "the workflow (it reads one reply)"}
 

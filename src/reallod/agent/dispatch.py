@@ -81,6 +81,6 @@ def run_realign(opts: RealignOptions | None = None, *, explain: Path | None = No
         from reallod.agent.realign_ray import realign_on_ray
 
         merged, _ = realign_on_ray(opts, address=None if ray == "local" else ray, shards=ray_shards,
-                                       on_shard_done=on_shard_done)
+                                   on_shard_done=on_shard_done)
         return RealignOutcome(merged=merged)
     return RealignOutcome(run=realign(opts, monitor=monitor))

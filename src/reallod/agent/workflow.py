@@ -159,9 +159,8 @@ class _TaskRun:
                         why += f"; {REASONING_PARSER}"
                     if completion.meta.get("finish_reason") == "length":  # the server stopped it mid-answer
                         limit = server_limit(completion)
-                        why += (f" ({limit})" if limit else
-                                f" (the reply was cut at the token limit, max_tokens {role.max_tokens}: raise it in "
-                                "the config)" if role.max_tokens else " (the reply was cut at the token limit)")
+                        raise_it = f", max_tokens {role.max_tokens}: raise it in the config" if role.max_tokens else ""
+                        why += f" ({limit})" if limit else f" (the reply was cut at the token limit{raise_it})"
                     step.rejected.append({"attempt": attempt, "raw": completion.text, "error": why})
                     if attempt < policy.max_attempts:
                         convo = [*messages, {"role": "assistant", "content": completion.text},

@@ -176,7 +176,8 @@ def _no_answer(reply: Completion, max_tokens: int) -> None:
                    + ("(the server's reasoning parser returned it apart) with an empty answer: " if separate
                       else "(<think>) with no answer after it: ")
                    + (f"{limit}; or " if limit else
-                      f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut else "")
+                      f"it was cut at the token limit (max_tokens {max_tokens}); raise max_tokens, or " if cut
+                      else "")
                    + (THINKING_OFF if separate else REASONING_PARSER),
                    tell="it held only your reasoning and no answer")
 
@@ -197,8 +198,8 @@ def read_list(reply: Completion, max_tokens: int) -> list[str]:
     obj, repaired = parse_json_object(text)
     if reply.meta.get("finish_reason") == "length" and (obj is None or repaired):
         if limit := server_limit(reply):
-            raise Unusable(f"the reply was cut and {'needed repair' if obj is not None else 'does not parse'}: "
-                           f"{limit}", tell="it was cut off; answer again")
+            how = "needed repair" if obj is not None else "does not parse"
+            raise Unusable(f"the reply was cut and {how}: {limit}", tell="it was cut off; answer again")
         raise Unusable(f"the reply was cut at the token limit (max_tokens {max_tokens}) and "
                        f"{'needed repair' if obj is not None else 'does not parse'}: raise max_tokens of the "
                        f"config's rewriter role above {max_tokens} (generation uses it where it is higher)",

@@ -35,8 +35,8 @@ def server_limit(completion: Any) -> str | None:
     if completion.meta.get("stopped_below_max_tokens") is None:
         return None
     return (f"the server stopped it after {completion.completion_tokens} tokens, below max_tokens "
-            f"{completion.meta['stopped_below_max_tokens']}: its context ran out (the prompt and the reply must "
-            "fit the context it gives one request: llama-server's -c divided by --parallel, Ollama's "
+            f"{completion.meta['stopped_below_max_tokens']}: its context ran out (the prompt and the reply "
+            "must fit the context it gives one request: llama-server's -c divided by --parallel, Ollama's "
             "OLLAMA_CONTEXT_LENGTH) or it caps replies itself (llama-server's -n)")
 
 

@@ -50,7 +50,7 @@ class Detector:
     tokenizer: Any  # BertTokenizer with the bert-base-uncased vocabulary
     image_processor: Any  # GroundingDinoImageProcessorPil
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # what it runs in: bf16/fp16 over float32 weights is autocast (mixed_precision)
     source: str = ""  # where it was loaded from (folder or hub id, + the weights file that replaced its own)
     stamp: list = field(default_factory=list)  # which weights (loading.weights_stamp): what resumes compare
 
@@ -275,7 +275,7 @@ def prepare_pixels(detector: Detector, image: Image.Image) -> tuple[torch.Tensor
 
 
 def to_device(detector: Detector, pixels: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prepared (CPU) pixels → the detector's device and its weights' dtype; asynchronous from pinned memory."""
+    """Prepared (CPU) pixels → the detector's device and its weights' dtype; asynchronous when pinned."""
     pixel_values, pixel_mask = pixels
     non_blocking = detector.device.type == "cuda"
     return (pixel_values.to(detector.device, non_blocking=non_blocking).to(weights_dtype(detector.model)),
@@ -290,8 +290,8 @@ def mixed_precision(detector: Detector) -> contextlib.AbstractContextManager:
     """A bf16/fp16 detector over float32 weights runs under autocast: matrix products and convolutions
     in half precision, box arithmetic, reference points and sampling grids in float32. A model cast to
     bf16 whole gives boxes on a grid of 2.6 px at 1333 px, and places the encoder's reference points
-    past column 128 half a cell off (bf16 holds integers only there), so :func:`reallod.model.loading.load_detector` keeps
-    the weights in float32."""
+    past column 128 half a cell off (bf16 holds integers only there), so
+    :func:`reallod.model.loading.load_detector` keeps the weights in float32."""
     if detector.dtype in (torch.float16, torch.bfloat16) and weights_dtype(detector.model) == torch.float32:
         return torch.autocast(detector.device.type, dtype=detector.dtype)
     return contextlib.nullcontext()

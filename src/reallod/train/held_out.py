@@ -63,7 +63,8 @@ def _read_queries(cfg: TrainConfig, log: MetricsLog) -> list:
 
 def evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: TrainConfig, queries: list,
              step: int, pos: C.Progress, work_dir: Path, best: dict[str, Any] | None, log: MetricsLog,
-             checkpoint_step: int, missing_only: bool = False) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+             checkpoint_step: int, missing_only: bool = False
+             ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
     """Score the held-out queries (every process detects, the main one scores); keep the model as
     ``best/`` when the metric improves (:func:`reallod.train.best.save`; ``checkpoint_step``: the latest
     checkpoint's). ``best/`` is settled before the ``eval.csv`` row is written, so a row means this step
@@ -71,7 +72,8 @@ def evaluate(accelerator: Any, model: Any, tokenizer: Any, processor: Any, cfg: 
     (None, ``best``) in the others."""
     due = accelerator.is_main_process and not (missing_only and step in log.steps("eval"))
     if accelerator.num_processes > 1:  # the main process's log decides for all
-        due = bool(accelerator.reduce(torch.tensor([int(due)], device=accelerator.device), reduction="sum").item())
+        flag = torch.tensor([int(due)], device=accelerator.device)
+        due = bool(accelerator.reduce(flag, reduction="sum").item())
     if not due:
         return None, best
     tic = time.perf_counter()

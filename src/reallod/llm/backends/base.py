@@ -46,8 +46,9 @@ class Completion:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-THINKING_OFF = ("turn thinking off (the role's params: chat_template_kwargs: {enable_thinking: false} on vLLM, "
-                "SGLang and llama-server; reasoning_effort: none on Ollama, which ignores chat_template_kwargs)")
+THINKING_OFF = ("turn thinking off (the role's params: chat_template_kwargs: {enable_thinking: false} on "
+                "vLLM, SGLang and llama-server; reasoning_effort: none on Ollama, which ignores "
+                "chat_template_kwargs)")
 """The fix for a reply whose token limit a reasoning model spent on thinking the server returned apart
 (``meta["reasoning_chars"]``), as every reader of replies words it."""
 REASONING_PARSER = "serve the model with a reasoning parser or with thinking turned off"

@@ -278,8 +278,8 @@ class OpenAIBackend:
             text = str(text)
         finish = choice.get("finish_reason")
         if finish == "abort":  # SGLang ended the request early (its partial text is no answer): ask again
-            raise BackendError(f"{self.name}: the server aborted the request (finish_reason abort)", retryable=True,
-                               kind="server")
+            raise BackendError(f"{self.name}: the server aborted the request (finish_reason abort)",
+                               retryable=True, kind="server")
         usage = data.get("usage")
         completion_tokens = _token_count(usage, "completion_tokens")
         meta: dict[str, Any] = {"finish_reason": finish, "structured": mode}
