@@ -94,11 +94,12 @@ def test_a_checkpoint_one_process_cannot_write_stops_every_process_with_its_reas
 
 
 NOTING_DETECT = '''
-import os, sys
+import json, os, sys
 from reallod.train import evaluate
 detect = evaluate.detect_queries
-def noting(detector, queries, **kwargs):  # which held-out images this process detects
-    print(f"rank {os.environ['RANK']} detects {sorted({q.image for q in queries})}", file=sys.stderr, flush=True)
+def noting(detector, queries, **kwargs):  # which held-out images this process detects (a file each: their
+    with open(os.path.join(os.environ["NOTES"], "rank-" + os.environ["RANK"]), "w") as f:  # stderr interleaves)
+        json.dump(sorted({q.image for q in queries}), f)
     return detect(detector, queries, **kwargs)
 evaluate.detect_queries = noting
 from reallod.cli import main
@@ -122,15 +123,15 @@ def test_every_process_detects_a_share_of_the_held_out_images_and_the_scores_are
     config = write_yaml(tmp_path / "tiny.yaml", raw)
     script = tmp_path / "noting_detect.py"
     script.write_text(NOTING_DETECT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), "NOTES": str(notes)}
     proc = subprocess.run(
         [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
          str(script), "train", str(config), "--work-dir", str(tmp_path / "run")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    shares = {line.split()[1]: eval(line.split(" detects ", 1)[1]) for line in out.splitlines()
-              if line.startswith("rank ") and " detects " in line}
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shares = {p.name.removeprefix("rank-"): json.loads(p.read_text()) for p in notes.iterdir()}
     val = tmp_path / "shapes" / "val.jsonl"
     records = load_eval_records(val, val.parent)
     assert len(records) == 3 and set(shares) == {"0", "1"}
