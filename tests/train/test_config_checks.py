@@ -32,6 +32,7 @@ RAW = {"model": {"tiny": {}}, "data": {"train": [{"file": "a", "images": "i"}]}}
     ("optim.clip_grad=-1", "optim.clip_grad: must be > 0"),  # would flip the gradient's sign
     ("schedule.gamma=0", "schedule.gamma: must be > 0"),
     ("train.threads=0", "train.threads: must be >= 1"),
+    ("train.dist_timeout_s=0", "train.dist_timeout_s: must be >= 1"),
     ("optim.lr=.nan", "optim.lr: must be a finite number, not nan"),  # NaN passes every comparison
     ("data.train.0.ratio=.inf", "data.train.0.ratio: must be a finite number"),
     ("model.tiny.d_model=48", "model.tiny.d_model: must be a multiple of 32"),

@@ -98,8 +98,12 @@ import json, os, sys
 from reallod.train import evaluate
 detect = evaluate.detect_queries
 def noting(detector, queries, **kwargs):  # which held-out images this process detects (a file each: their
-    with open(os.path.join(os.environ["NOTES"], "rank-" + os.environ["RANK"]), "w") as f:  # stderr interleaves)
-        json.dump(sorted({q.image for q in queries}), f)
+    import torch.distributed as td  # stderr interleaves), and how long it would wait for the others
+    import torch
+    group = td.distributed_c10d._get_default_group()
+    timeout = group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+    with open(os.path.join(os.environ["NOTES"], "rank-" + os.environ["RANK"]), "w") as f:
+        json.dump({"images": sorted({q.image for q in queries}), "timeout_s": timeout}, f)
     return detect(detector, queries, **kwargs)
 evaluate.detect_queries = noting
 from reallod.cli import main
@@ -119,7 +123,7 @@ def test_every_process_detects_a_share_of_the_held_out_images_and_the_scores_are
     from reallod.train.evaluate import detect_queries, eval_queries, load_eval_records, pooled_ap
 
     raw = tiny_raw(tmp_path / "shapes", schedule={"epochs": 1, "max_steps": 3},
-                   train={"cpu": True, "threads": 1, "batch_size": 2}, eval={"every_steps": 3})
+                   train={"cpu": True, "threads": 1, "batch_size": 2, "dist_timeout_s": 1234}, eval={"every_steps": 3})
     config = write_yaml(tmp_path / "tiny.yaml", raw)
     script = tmp_path / "noting_detect.py"
     script.write_text(NOTING_DETECT)
@@ -131,7 +135,9 @@ def test_every_process_detects_a_share_of_the_held_out_images_and_the_scores_are
          str(script), "train", str(config), "--work-dir", str(tmp_path / "run")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    shares = {p.name.removeprefix("rank-"): json.loads(p.read_text()) for p in notes.iterdir()}
+    notes_of = {p.name.removeprefix("rank-"): json.loads(p.read_text()) for p in notes.iterdir()}
+    shares = {rank: note["images"] for rank, note in notes_of.items()}
+    assert {note["timeout_s"] for note in notes_of.values()} == {1234}  # train.dist_timeout_s
     val = tmp_path / "shapes" / "val.jsonl"
     records = load_eval_records(val, val.parent)
     assert len(records) == 3 and set(shares) == {"0", "1"}

@@ -137,6 +137,9 @@ class RunConfig:
     cpu: bool = False  # train on the CPU even when a GPU is there
     threads: int | None = None  # torch CPU threads per process; null: torch's default
     find_unused_parameters: bool = True  # DDP: some heads get no gradient without the auxiliary loss
+    # how long a process waits for the others at a synchronisation (NCCL's own default: ten minutes), e.g.
+    # while the main process checks the held-out images or writes a checkpoint; as HF Trainer's ddp_timeout
+    dist_timeout_s: int = 1800
 
 
 @dataclass
@@ -472,6 +475,7 @@ def check(cfg: TrainConfig) -> None:
     _at_least("train.grad_accum", t.grad_accum, 1)
     if t.threads is not None:
         _at_least("train.threads", t.threads, 1)
+    _at_least("train.dist_timeout_s", t.dist_timeout_s, 1)
     # 0 would still save at every epoch end: refused rather than read as "off", as eval.every_epochs: 0 is
     _at_least("checkpoint.every_epochs", cfg.checkpoint.every_epochs, 1)
     _at_least("checkpoint.every_steps", cfg.checkpoint.every_steps, 0)

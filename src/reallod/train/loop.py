@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import resource
 import shutil
@@ -113,7 +114,7 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
     the pid of the run there), in every one of its processes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     work_dir = Path(work_dir).resolve()
     cfg = resolve_paths(cfg, work_dir)
@@ -131,7 +132,8 @@ def train(cfg: TrainConfig, work_dir: str | Path, *, resume: str | Path | bool |
         optim=dataclasses.replace(cfg.optim, auto_scale_lr=cfg.optim.auto_scale_lr if auto_scale_lr is None
                                   else auto_scale_lr))
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.train.cpu, kwargs_handlers=[
-        DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)])
+        DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters),
+        InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.train.dist_timeout_s))])
     main = accelerator.is_main_process
     lock, error = None, None
     try:
