@@ -196,3 +196,19 @@ def test_evaluation_runs_in_the_trainings_precision(tmp_path, shapes, monkeypatc
         AcceleratorState._reset_state(reset_partial_state=True)
     assert seen == [(torch.bfloat16, torch.float32)]
     assert [int(r["step"]) for r in _csv(tmp_path / "run" / "eval.csv")] == [2]
+
+
+def test_a_diverged_run_says_so_and_what_to_lower(tmp_path, shapes):
+    """A NaN model failed in transformers' matcher: "unexpected ValueError: boxes1 must be in [x0, y0, x1, y1]
+    (corner) format, but got tensor([[nan, nan, nan, nan], ..." over hundreds of lines."""
+    from reallod.train.loop import TrainingDiverged
+
+    cfg = tiny_config(shapes, ["optim.lr=1e8", "optim.clip_grad=null", "schedule.warmup_steps=0",
+                               "checkpoint.every_steps=1"])
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, tmp_path / "run", echo=lambda s: None, resume_command="reallod train x.yaml --resume")
+    said = str(e.value)
+    assert said.startswith("training diverged: the model's boxes are NaN or infinite at step ") and "\n" not in said
+    assert "lower optim.lr (now 1e+08) or set optim.clip_grad" in said and "tensor" not in said
+    assert "resume from the checkpoint at step" in said and "`reallod train x.yaml --resume --cfg-options optim.lr=...`" \
+        in said

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from reallod.data.io import AtomicWriter
-from reallod.errors import ConfigError, Interrupted, OutOfMemory, out_of_memory, smaller_batches
+from reallod.errors import ConfigError, Interrupted, OutOfMemory, ReallodError, out_of_memory, smaller_batches
 from reallod.train import best as B
 from reallod.train import checkpoint as C
 from reallod.train import held_out
@@ -46,8 +46,8 @@ from reallod.train.dataset import (
     index_file,
     skipped_summary,
 )
+from reallod.train.losses import NonFiniteOutputs, training_loss
 from reallod.train.losses import install as install_loss
-from reallod.train.losses import training_loss
 from reallod.train.metrics_log import MetricsLog
 from reallod.train.optim import build_optimizer, build_scheduler, freeze_zero_lr, scaled_lr
 from reallod.train.processes import PeerFailed, settle
@@ -198,6 +198,8 @@ def _locked_train(cfg: TrainConfig, work_dir: Path, accelerator: Any, main: bool
             except KeyboardInterrupt:
                 live.ctrl_c.pressed = True  # however it came: what its frames held is freed next, quietly
             gc.collect()  # what the interrupt left half-built complains from __del__: here, not after our message
+    except NonFiniteOutputs:
+        raise _diverged(live.step, cfg, mixed, work_dir, resume_command) from None
     except Exception as e:
         if (what := out_of_memory(e)) is None:
             raise
@@ -232,6 +234,25 @@ def _step_out_of_memory(what: str, step: int | None, cfg: TrainConfig, mixed: st
         advice = ("one image per batch does not fit: lower augment.scales and augment.max_size"
                   + (", train with --amp" if mixed == "no" else "") + f", or use a GPU with more memory, then `{how}`")
     return OutOfMemory(f"{what} ({where}, train.batch_size {cfg.train.batch_size} per process); {saved}; {advice}")
+
+
+class TrainingDiverged(ReallodError):
+    """The model's outputs became NaN or infinite: the message says at which step, what to lower and
+    which checkpoint to resume from."""
+
+
+def _diverged(step: int | None, cfg: TrainConfig, mixed: str, work_dir: Path,
+              resume_command: str | None) -> TrainingDiverged:
+    ckpt, ckpt_step = _latest_checkpoint(work_dir)
+    at = "at the first step" if not step else f"at step {step + 1} (log.csv holds the steps before it)"
+    fix = (f"lower optim.lr (now {cfg.optim.lr:g})" + ("" if cfg.optim.clip_grad else " or set optim.clip_grad")
+           + (", or train in bf16 (fp16 overflows where bf16 does not)" if mixed == "fp16" else ""))
+    how = ("train(...) with the lower optim.lr and resume=True" if resume_command is None else
+           f"{resume_command} optim.lr=..." if "--cfg-options" in resume_command else
+           f"{resume_command} --cfg-options optim.lr=...")
+    then = (f"resume from the checkpoint at step {ckpt_step} ({ckpt.name}) if its loss in log.csv is finite: "
+            f"`{how}`" if ckpt else "start again")
+    return TrainingDiverged(f"training diverged: the model's boxes are NaN or infinite {at}; {fix}, then {then}")
 
 
 def _latest_checkpoint(work_dir: Path) -> tuple[Path | None, int | None]:

@@ -32,6 +32,20 @@ from transformers.loss.loss_grounding_dino import GroundingDinoHungarianMatcher,
 CLASS_WEIGHT = 2.0
 
 
+class NonFiniteOutputs(Exception):
+    """The model's predicted boxes are NaN or infinite (the training diverged, or fp16 overflowed):
+    transformers' matcher then fails with its box-format ValueError and a printout of every box."""
+
+
+def _apply(crit: GroundingLoss, outputs: dict[str, Any], labels: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    try:
+        return crit(outputs, labels)
+    except ValueError:  # checked only then: no device synchronisation on a good step
+        if not torch.isfinite(outputs["pred_boxes"]).all():
+            raise NonFiniteOutputs from None
+        raise
+
+
 class GroundingLoss(GroundingDinoImageLoss):
     """transformers' criterion with each image's phrase labels offset by the phrases of the images before it."""
 
@@ -79,15 +93,15 @@ class GroundingDinoTrainingLoss:
             auxiliary = [{"logits": c, "pred_boxes": b, "label_maps": label_maps, "text_mask": text_mask}
                          for c, b in zip(outputs_class[:-1], outputs_coord[:-1], strict=True)]
             outputs["auxiliary_outputs"] = auxiliary
-        loss_dict = crit(outputs, labels)
+        loss_dict = _apply(crit, outputs, labels)
         weights = loss_weights(config)
         weight_dict = dict(weights)
         if config.auxiliary_loss:
             for i in range(config.decoder_layers - 1):
                 weight_dict.update({f"{k}_{i}": v for k, v in weights.items()})
         if config.two_stage and not self.fix_encoder_loss and encoder_logits is not None:
-            enc = crit({"logits": encoder_logits, "pred_boxes": encoder_pred_boxes, "label_maps": label_maps,
-                        "text_mask": text_mask}, labels)
+            enc = _apply(crit, {"logits": encoder_logits, "pred_boxes": encoder_pred_boxes,
+                                "label_maps": label_maps, "text_mask": text_mask}, labels)
             loss_dict.update({f"{k}_enc": v for k, v in enc.items()})
             weight_dict.update({f"{k}_enc": v for k, v in weights.items()})
         loss = sum(loss_dict[k] * w for k, w in weight_dict.items() if k in loss_dict)
@@ -112,8 +126,8 @@ def encoder_proposal_loss(config: Any, outputs: Any, labels: list[dict[str, torc
     logits = torch.gather(scores, 1, topk.unsqueeze(-1).expand(-1, -1, scores.shape[-1]))
     boxes = torch.gather(coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).sigmoid()
     crit = criterion(config, ("labels", "boxes"))
-    return crit({"logits": logits, "pred_boxes": boxes, "label_maps": build_label_maps(logits, input_ids),
-                 "text_mask": build_text_mask(logits, attention_mask)}, labels)
+    return _apply(crit, {"logits": logits, "pred_boxes": boxes, "label_maps": build_label_maps(logits, input_ids),
+                         "text_mask": build_text_mask(logits, attention_mask)}, labels)
 
 
 def training_loss(config: Any, outputs: Any, labels: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
