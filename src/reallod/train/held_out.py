@@ -108,6 +108,7 @@ def _detect_share(accelerator: Any, model: Any, tokenizer: Any, processor: Any, 
                   queries: list) -> dict[int, Any]:
     """This process's detections (query index → detections) of its share of the images."""
     from reallod.model.inference import Detector
+    from reallod.model.loading import resolve_dtype
     from reallod.train.evaluate import detect_queries
 
     images = list(dict.fromkeys(q.image for q in queries))
@@ -118,8 +119,8 @@ def _detect_share(accelerator: Any, model: Any, tokenizer: Any, processor: Any, 
     try:
         # in the training's precision, the whole forward (backbone too) under autocast as `reallod eval
         # --dtype bf16` runs it: the unwrapped model keeps accelerate's autocast on its forward alone
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision),
-                                                                   next(net.parameters()).dtype)
+        mixed = str(accelerator.mixed_precision)
+        dtype = resolve_dtype(mixed) if mixed in ("bf16", "fp16") else next(net.parameters()).dtype
         detector = Detector(net, tokenizer, processor, accelerator.device, dtype)
         found = detect_queries(detector, [queries[i] for i in index], batch_size=cfg.eval.batch_size,
                                max_pixels=cfg.data.max_pixels)
