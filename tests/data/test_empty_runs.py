@@ -180,7 +180,7 @@ def test_sample_that_keeps_no_record_writes_nothing(files, capsys):
 def test_sample_of_no_image_is_refused_as_an_argument(files, capsys, args):
     """-n 0 and --fraction 0 keep nothing whatever the file: refused before it is read, as their help shows."""
     code, _, err = run_cli(["data", "sample", files / "data.jsonl", files / "out.jsonl", *args], capsys)
-    assert code == 2 and args[0] in err and any(s in err for s in ("greater than or equal to 1", "0 excluded"))
+    assert code == 2 and args[0] in err and any(s in err for s in ("greater than or equal to 1", "range x>=1", "0 excluded"))
     assert (files / "out.jsonl").read_text() == OLD
 
 
