@@ -15,6 +15,11 @@ import torch
 
 from reallod.errors import ReallodError
 
+# The tensor of the latest reduction, kept: were its last reference gloo's worker thread's, the thread would
+# take the GIL to free it, and with torch 2.6-2.7 destroying the process group (as a refused run does)
+# joins that thread holding the GIL: the process hung until torchrun killed it, its error unsaid.
+_last_total: list[torch.Tensor] = []
+
 
 class PeerFailed(ReallodError):
     """Another process of the run failed (its own error says why); this one stops with it."""
@@ -27,8 +32,9 @@ def settle(accelerator: Any, error: BaseException | None, what: str) -> None:
     ``error`` in the process it happened in, :class:`PeerFailed` in the others; returns when none failed."""
     failed = int(error is not None)
     if accelerator.num_processes > 1:
-        flag = torch.tensor([failed], device=accelerator.device)
-        failed = int(accelerator.reduce(flag, reduction="sum").item())
+        total = accelerator.reduce(torch.tensor([failed], device=accelerator.device), reduction="sum")
+        _last_total[:] = [total]
+        failed = int(total.item())
     if error is not None:
         raise error
     if failed:
