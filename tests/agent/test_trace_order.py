@@ -100,3 +100,17 @@ def test_a_bad_line_in_the_middle_is_reported_the_same_way(tmp_path):
     with pytest.raises(DataError, match="invalid JSON in the trace: the file is damaged") as err:
         list(read_trace(path)[1])
     assert err.value.line == 5
+
+
+@pytest.mark.parametrize("line, says", [
+    (b'[1, 2, 3]\n', r"a JSON array \(\[1,2,3\]\), not a task entry: the trace is damaged or was edited"),
+    (b'{"result": {}}\n', "an object without a task_id, not a task entry"),
+    (b'{"trace": 2, "images": "/elsewhere"}\n', "a second trace header: two traces were joined into one file"),
+])
+def test_a_whole_line_that_is_no_task_entry_is_named_not_skipped(tmp_path, line, says):
+    # the writer writes nothing else; a second header (two traces joined with cat) would have its part read
+    # with the first header's image root and config
+    path = trace_with_last_line(tmp_path, line + b'{"task_id":"10"}\n')
+    with pytest.raises(DataError, match=says) as err:
+        list(read_trace(path)[1])
+    assert err.value.line == 5 and err.value.path == str(path)

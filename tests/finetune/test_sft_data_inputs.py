@@ -178,3 +178,15 @@ def test_verdicts_per_split_count_every_used_task(teacher_run, tmp_path) -> None
     assert sum(sum(c.values()) for c in rep.task_verdicts.values()) == 110
     manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
     assert sum(sum(c.values()) for c in manifest["task_verdicts"].values()) == 110
+
+
+def test_two_traces_joined_into_one_file_are_refused_at_the_second_header(teacher_run, tmp_path) -> None:
+    """``cat a.trace.jsonl b.trace.jsonl`` would have b's tasks read with a's header (its image root, its
+    config): named at b's header line, nothing written. Each trace as its own argument is the way."""
+    data = (teacher_run / "teacher.trace.jsonl").read_bytes()
+    joined = tmp_path / "joined.trace.jsonl"
+    joined.write_bytes(data + data)
+    second = data.count(b"\n") + 1
+    with pytest.raises(DataError, match=rf"joined.trace.jsonl:{second}: a second trace header: two traces were joined"):
+        build_sft_data([joined], tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()

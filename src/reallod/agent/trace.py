@@ -194,10 +194,19 @@ def _cut_torn_tail(path: Path) -> None:
 
 def read_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = None
                ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
-    """(header, iterator over task entries) of a trace file; a torn last line (no newline after it: a
-    write a crash cut short; in a gzip trace, what follows its last sync point) is skipped, and its number
-    given to ``on_torn`` (a plain trace's: a gzip one's sync points fall between lines), any other line
-    that does not parse is damage and raises."""
+    """(header, iterator over task entries) of a trace file, as :func:`read_numbered_trace` reads it."""
+    header, numbered = read_numbered_trace(path, on_torn)
+    return header, (entry for _, entry in numbered)
+
+
+def read_numbered_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = None
+                        ) -> tuple[dict[str, Any], Iterator[tuple[int, dict[str, Any]]]]:
+    """(header, iterator over (line number, task entry)) of a trace file; a torn last line (no newline
+    after it: a write a crash cut short; in a gzip trace, what follows its last sync point) is skipped, and
+    its number given to ``on_torn`` (a plain trace's: a gzip one's sync points fall between lines). Any
+    other line that is not a task entry is damage and raises: the writer writes nothing else, and a
+    second header means two traces joined into one, whose second part the first header (its image root,
+    its config) would misdescribe."""
     gz = probe_gzip(path)
     lines = iter_lines(path, on_cut=lambda _: None)
     try:
@@ -210,7 +219,7 @@ def read_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = 
     if not isinstance(header, dict) or "trace" not in header:
         raise ReallodError(f"{path}: not a reallod trace (its first line is no trace header)")
 
-    def entries() -> Iterator[dict[str, Any]]:
+    def entries() -> Iterator[tuple[int, dict[str, Any]]]:
         torn: int | None = None  # a line that did not parse: fine as the last one if cut short
         for lineno, line in lines:
             if torn is not None:
@@ -220,8 +229,9 @@ def read_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = 
             except orjson.JSONDecodeError:
                 torn = lineno
                 continue
-            if isinstance(obj, dict) and "task_id" in obj:
-                yield obj
+            if not isinstance(obj, dict) or "task_id" not in obj:
+                raise _not_an_entry(path, lineno, obj)
+            yield lineno, obj
         # written whole: damage, not a torn write (a gzip trace's torn line never reaches here)
         if torn is not None and (gz or _ends_with_newline(path)):
             raise _damaged(path, torn)
@@ -234,6 +244,17 @@ def read_trace(path: str | os.PathLike, on_torn: Callable[[int], None] | None = 
 def _damaged(path: str | os.PathLike, line: int) -> DataError:
     return DataError("invalid JSON in the trace: the file is damaged (not a write cut short by a crash); "
                      "restore it from a copy or rerun the run that wrote it", path=str(path), line=line)
+
+
+def _not_an_entry(path: str | os.PathLike, line: int, obj: Any) -> DataError:
+    if isinstance(obj, dict) and "trace" in obj:
+        return DataError("a second trace header: two traces were joined into one file, and each part needs its "
+                         "own header (image root, config); give each trace as its run wrote it (`agent "
+                         "sft-data` takes several)", path=str(path), line=line)
+    what = ("an object without a task_id" if isinstance(obj, dict)
+            else f"a JSON {'array' if isinstance(obj, list) else 'value'} ({orjson.dumps(obj).decode()[:40]})")
+    return DataError(f"{what}, not a task entry: the trace is damaged or was edited; restore it from a copy or "
+                     "rerun the run that wrote it", path=str(path), line=line)
 
 
 def _ends_with_newline(path: str | os.PathLike) -> bool:

@@ -57,9 +57,9 @@ from reallod.agent.agent_eval import Gold, acceptable, load_gold, match_f1
 from reallod.agent.decisions import SPECS, DecisionError
 from reallod.agent.roles import ROLE_NAMES, load_prompt, render_messages
 from reallod.agent.task import ObjectRef
-from reallod.agent.trace import TRACE_VERSION, read_trace
+from reallod.agent.trace import TRACE_VERSION, read_numbered_trace
 from reallod.agent.views import make_view
-from reallod.data.io import atomic_text, iter_lines
+from reallod.data.io import atomic_text
 from reallod.errors import ConfigError, DataError
 from reallod.finetune.run_file import is_finetune
 from reallod.llm.backends.base import map_parts
@@ -331,11 +331,11 @@ def iter_examples(trace: Path, *, templates: dict[str, PromptTemplate], views: _
     the shape the agent writes is an error naming the trace, the line, the task and the field."""
     if not trace.is_file():
         raise DataError("a folder, not a trace file" if trace.is_dir() else "no such trace file", path=str(trace))
-    header, entries = read_trace(trace, on_torn=lambda _: report.skipped.update([TORN_LINE]))
+    header, entries = read_numbered_trace(trace, on_torn=lambda _: report.skipped.update([TORN_LINE]))
     check_trace_header(trace, header)
     root = image_root(trace, header, images)
     loader: ImageLoader | None = None
-    for lineno, entry in _numbered(trace, entries):
+    for lineno, entry in entries:
         report.tasks_read += 1
         tid = entry["task_id"]
         shape = _Shape(trace, lineno, tid)
@@ -492,23 +492,6 @@ def _union_box(shape: _Shape, chosen: Any) -> list[float]:
                                                         for x in b) for b in boxes):
         raise shape.error("task.chosen.bboxes", "a list of [x1, y1, x2, y2] boxes", boxes)
     return ObjectRef(str(chosen.get("category")), boxes).union_box()
-
-
-def _numbered(trace: Path, entries: Iterator[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each entry of :func:`read_trace` (which checks the lines) with the number of the line it is on."""
-    lines = iter_lines(trace, on_cut=lambda _: None)  # a gzip trace a run still writes: read_trace's lines
-    next(lines, None)  # the header
-    for entry in entries:
-        yield next((n for n, raw in lines if _is_entry(raw)), 0), entry
-
-
-def _is_entry(raw: bytes) -> bool:
-    """Whether a trace line is one :func:`read_trace` yields (a task entry)."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and "task_id" in obj
 
 
 def missing_values(template: PromptTemplate, task: dict[str, Any], values: dict[str, Any]) -> list[str]:
