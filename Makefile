@@ -25,7 +25,7 @@ $(VENV)/.installed-%: $(BIN)/python pyproject.toml
 	CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(BIN)/pip install -q $(if $(filter dev server,$*),--no-cache-dir) -e '.[$*]'
 	touch $@
 
-# The flags above, for .ci/lowest-versions.sh, which builds llama.cpp the same way
+# The flags above, for .ci/versions.sh, which builds llama.cpp the same way
 llama-cmake-args:
 	@echo "$(LLAMA_CMAKE_ARGS)"
 
