@@ -3,7 +3,7 @@
 #   lowest  every declared dependency at its floor (uv's lowest-direct resolution; their own
 #           dependencies at their newest), in .venv-lowest;
 #   newest  every dependency at the newest version the ranges allow, torch included (`make test`
-#           pins torch to the CPU build it was last moved to), in .venv-newest.
+#           pins the CPU build of torch 2.13), in .venv-newest.
 # The test tools go in at their newest. Not part of `make test`: PyPI's torch for Linux is the CUDA
 # build, several GB with its NVIDIA libraries, so run it when a floor or a cap moves.
 #   bash .ci/versions.sh lowest                 # the whole suite
