@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
@@ -19,7 +20,7 @@ import typer.core
 from reallod.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from rich.console import Console
 
@@ -137,6 +138,35 @@ def progress_interval() -> float:
         raise ConfigError(f"{PROGRESS_INTERVAL_ENV}={raw!r}: expected seconds between progress lines, a number > 0 "
                           f"(default {DEFAULT_LINE_INTERVAL_S:g})")
     return seconds
+
+
+@contextmanager
+def data_progress(progress: bool | None, command: str, inputs: Sequence[str | os.PathLike], *,
+                  passes: int = 1) -> Iterator[None]:
+    """How far a data command has read ``inputs`` (``passes`` times each), shown while the block runs: a
+    bar on stderr when ``--progress`` says so (None: when stderr is a terminal); into a log, a plain line
+    every ``$REALLOD_PROGRESS_INTERVAL`` seconds. The total is unknown when an input is a pipe."""
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    if not (progress if progress is not None else err.is_terminal):
+        yield
+        return
+    from reallod.data.io import is_stream
+    from reallod.data.meter import metered
+    from reallod.runs.meter_display import LineMeter, RichMeter
+
+    meter = (RichMeter(err, command, stdout_too=sys.stdout.isatty()) if err.is_terminal
+             else LineMeter(sys.stderr, command, interval=progress_interval()))
+    try:
+        total: int | None = None if any(is_stream(p) for p in inputs) else passes * sum(
+            os.path.getsize(p) for p in inputs)
+    except OSError:  # missing, unreadable: the command's reading names it
+        total = None
+    names = [os.path.basename(os.fspath(p)) for p in inputs]
+    with metered(meter):
+        meter.phase(f"reading {names[0]}" if len(names) == 1 else f"reading {len(names)} files", total)
+        yield
 
 
 # --- options that read the same in several commands ---------------------------------------------

@@ -39,9 +39,12 @@ from reallod.data.convert_common import (
     xyxy_to_xywh,
 )
 from reallod.data.io import JsonlWriter, read_whole
+from reallod.data.meter import current_meter
 from reallod.data.records import Pair, Record
 from reallod.data.schema import MAX_SIDE, visible
 from reallod.errors import DataError, json_kind
+
+_METER_STEP = 4096  # boxes or images told to the progress meter at a time (once each would cost seconds)
 
 # ----------------------------------------------------------------------------------------------
 # Real-Data → COCO
@@ -262,8 +265,12 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
                             "image's size in the json")
         sizes[iid] = (h, w)
 
+    meter = current_meter()
+    meter.phase("converting", len(anns) + len(images), unit="boxes + images")
     by_image: dict[int, list[tuple[int, list[float]]]] = {}
     for i, ann in enumerate(anns):
+        if not i % _METER_STEP:
+            meter.advance(min(_METER_STEP, len(anns) - i))
         where = f"annotations[{i}]"
         iid = _int_field(ann, "image_id", where, path)
         cid = _int_field(ann, "category_id", where, path)
@@ -296,6 +303,8 @@ def coco_to_records(data: Any, *, path: str = "<coco>", skip_crowd: bool = False
         by_image.setdefault(iid, []).append((cid, [x1, y1, x2, y2]))
 
     for i, img in enumerate(images):
+        if not i % _METER_STEP:
+            meter.advance(min(_METER_STEP, len(images) - i))
         iid = img["id"]
         filename = image_filename(img)
         if filename is None:

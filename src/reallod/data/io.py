@@ -28,6 +28,7 @@ from typing import IO, Any, Literal, NoReturn, Self
 
 import orjson
 
+from reallod.data.meter import current_meter
 from reallod.data.records import Record
 from reallod.data.schema import check_record
 from reallod.errors import ConfigError, DataError, ReallodError
@@ -227,20 +228,26 @@ def probe_gzip(path: str | os.PathLike) -> bool:
     return gz
 
 
-def open_input(path: str | os.PathLike) -> tuple[IO[bytes], bool]:
+def open_input(path: str | os.PathLike, *, counted: bool = False) -> tuple[IO[bytes], bool]:
     """``path`` opened once for buffered reading, and whether its content is gzip; errors name the file.
 
     The magic bytes are read off this one open file and put back: a pipe (``/dev/stdin``,
-    ``<(zcat ...)``) can be read only once, so a probe that opened it apart took its first lines."""
+    ``<(zcat ...)``) can be read only once, so a probe that opened it apart took its first lines.
+    ``counted``: the bytes read (of the file: gzip's compressed ones) go to the current
+    :class:`~reallod.data.meter.Meter`; a probe of a file's head is not counted, its reading is."""
     path = str(path)
     raw = _open_raw(path)
+    meter = current_meter()
     try:
         head = _read_head(raw, len(GZIP_MAGIC))
         if raw.seekable():
             raw.seek(0)
-            stream = io.BufferedReader(raw, buffer_size=_BUFFER)
+            source: IO[bytes] = raw
         else:
-            stream = io.BufferedReader(_Prefixed(head, raw), buffer_size=_BUFFER)
+            source = _Prefixed(head, raw)
+        if counted and meter.active:
+            source = _Counted(source, meter.advance)
+        stream = io.BufferedReader(source, buffer_size=_BUFFER)
     except OSError as e:
         raw.close()
         raise DataError(f"cannot read: {e.strerror}", path=path) from None
@@ -305,11 +312,36 @@ class _Prefixed(io.RawIOBase):
         super().close()
 
 
+class _Counted(io.RawIOBase):
+    """``raw``, each read's length told to ``on_read`` (a meter: once a buffer, 1 MiB, not once a line)."""
+
+    def __init__(self, raw: IO[bytes], on_read: Callable[[int], None]) -> None:
+        self._raw, self._on_read = raw, on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self._raw.readinto(buf)
+        if n:
+            self._on_read(n)
+        return n
+
+    def readall(self) -> bytes:  # the base class's reads 8 KiB at a time
+        data = self._raw.read()
+        self._on_read(len(data))
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def read_whole(path: str | os.PathLike) -> bytes:
     """A whole (small) file's content, gunzipped when it is gzip, without a leading byte-order mark;
     errors name the file."""
     path = str(path)
-    stream, gz = open_input(path)
+    stream, gz = open_input(path, counted=True)
     with stream:
         data = stream.read()
     if gz:
@@ -383,8 +415,8 @@ def _replay(member: Any, data: bytes, size: int) -> bytes:
     return bytes(out)
 
 
-def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False,
-               on_cut: Callable[[int], None] | None = None) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False, on_cut: Callable[[int], None] | None = None,
+               counted: bool = True) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the newline), skipping blank lines.
 
     A byte-order mark that starts the (gunzipped) content is dropped, unless ``keep_bom`` (for
@@ -395,10 +427,11 @@ def iter_lines(path: str | os.PathLike, *, keep_bom: bool = False,
     truncated or corrupt gzip stream breaks off is yielded first. With ``on_cut``, a gzip stream that
     only ends inside a member (a file its writer has not closed: a trace of a run that goes on or was
     killed) ends the lines instead, ``on_cut`` called with the last line's number; the line the cut
-    broke off is not yielded.
+    broke off is not yielded. ``counted``: the bytes read go to the current meter (not for a look at
+    the first line).
     """
     path = str(path)
-    raw, gz = open_input(path)
+    raw, gz = open_input(path, counted=counted)
     with raw:
         gunzip = _Gunzip(raw) if gz else None
         stream: IO[bytes] = io.BufferedReader(gunzip, buffer_size=_BUFFER) if gunzip is not None else raw
@@ -501,7 +534,7 @@ def refuse_one_document(path: str | os.PathLike) -> None:
     read once: its reader checks the first line as it comes."""
     if is_stream(path):
         return
-    lines = iter_lines(path)
+    lines = iter_lines(path, counted=False)
     try:
         first = next(lines, None)
     except DataError:

@@ -32,6 +32,7 @@ from reallod.data.chunks import (
     plan_ranges,
 )
 from reallod.data.io import is_stream, iter_lines, not_json_lines, probe_gzip, refuse_one_document
+from reallod.data.meter import report_read
 from reallod.data.records import RELATION_ALIASES
 from reallod.data.schema import check_record
 
@@ -316,9 +317,11 @@ def file_stats(path: str | os.PathLike, *, workers: int | None = None,
         return stats
     ranges = plan_ranges(path, workers * CHUNKS_PER_WORKER, min_bytes=chunk_bytes)
     offset = 0
-    for part, nlines in map_ranges(_stats_range, [(path, s, e) for s, e in ranges], workers):
+    for (start, end), (part, nlines) in zip(
+            ranges, map_ranges(_stats_range, [(path, s, e) for s, e in ranges], workers), strict=True):
         stats.merge(part, line_offset=offset)
         offset += nlines
+        report_read(end - start)
     return stats
 
 

@@ -55,6 +55,7 @@ from reallod.data.io import (
     same_file,
     writes_through,
 )
+from reallod.data.meter import report_read
 from reallod.data.records import Record
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
 from reallod.errors import ConfigError, DataError
@@ -446,6 +447,7 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
                     shutil.copyfileobj(f, writer, 1 << 20)
                 os.unlink(cfg["part"])
             offset += res.lines
+            report_read(job[2] - job[1])
             report.records += res.records
             report.invalid += res.invalid
             report.written += res.written

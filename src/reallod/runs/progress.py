@@ -61,7 +61,7 @@ class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         rate = self.pace.rate()
         left = (task.total - task.completed) if task.total is not None else None
-        eta = "?" if not rate or left is None else _clock(left / rate)
+        eta = "?" if not rate or left is None else clock_text(left / rate)
         return Text(f"{rate:6.1f} tasks/s  ETA {eta}", style="progress.data.speed")
 
 
@@ -174,7 +174,7 @@ class LineMonitor(RunMonitor):
         self._stopped.set()
         self._thread.join()
         self._thread = None
-        self._write(self.line(final=True))
+        write_line(self.stream, self.line(final=True))
 
     def line(self, *, final: bool = False) -> str:
         """The progress as one line; ``final``: the run's time instead of the ETA."""
@@ -185,9 +185,9 @@ class LineMonitor(RunMonitor):
         if total:
             of += f" ({100 * done / total:.1f}%)"
         if final:
-            when = f"took {_clock(elapsed)}"
+            when = f"took {clock_text(elapsed)}"
         else:
-            when = "ETA " + (_clock((total - done) / rate) if rate and total is not None else "?")
+            when = "ETA " + (clock_text((total - done) / rate) if rate and total is not None else "?")
         shown = counts if self.labels is None else self.labels
         outcomes = " ".join(f"{v} {counts[v]:,}" for v in shown if counts.get(v))
         parts = [f"{self.description}: {of}", f"{rate:.1f} tasks/s", when, f"in flight {self.in_flight()}"]
@@ -195,17 +195,20 @@ class LineMonitor(RunMonitor):
 
     def _every_interval(self) -> None:
         while not self._stopped.wait(self.interval):
-            self._write(self.line())
-
-    def _write(self, line: str) -> None:
-        try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed or full log: progress is no reason to stop the run
-            pass
+            write_line(self.stream, self.line())
 
 
-def _clock(seconds: float) -> str:
+def write_line(stream: TextIO, line: str) -> None:
+    """``line`` written and flushed to a log, or dropped when it cannot be (a closed or full log):
+    progress is no reason to stop the work."""
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def clock_text(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
