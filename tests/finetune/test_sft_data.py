@@ -276,3 +276,21 @@ def test_cli_prints_counts_per_role_verdict_and_split(teacher_run, tmp_path, cap
     code, out, err = run_cli(["agent", "sft-data", teacher_run / "teacher.trace.jsonl", "--from", "gold",
                               "--out", tmp_path / "sft2"], capsys)
     assert code == 2 and "--from gold needs the labelled file" in err
+
+
+def test_progress_is_of_the_traces_bytes_the_gold_labels_read_apart(teacher_run, tmp_path, capsys,
+                                                                    monkeypatch) -> None:
+    from reallod.data.meter import metered
+    from tests.data.test_meter import RecordingMeter
+
+    labelled = tmp_path / "labelled.jsonl"
+    write_labelled(teacher_run, labelled)
+    trace = teacher_run / "teacher.trace.jsonl"
+    with metered(RecordingMeter()) as meter:
+        build_sft_data([trace], tmp_path / "sft", source="gold", labelled=labelled)
+    assert sum(meter.steps) == trace.stat().st_size  # the bar's total: the labels would run it past the end
+    monkeypatch.setenv("REALLOD_PROGRESS_INTERVAL", "0.000001")
+    code, out, err = run_cli(["agent", "sft-data", trace, "--out", tmp_path / "sft2", "--progress"], capsys)
+    assert code == 0, err
+    assert err.startswith("sft-data: reading teacher.trace.jsonl ") and "(100.0%)" in err, err
+    assert "example(s) in" in out  # the counts, on stdout as without --progress

@@ -18,9 +18,11 @@ from reallod.cli.common import (
     AgentConfig,
     BaseUrl,
     LlmBaseUrl,
+    ReadProgress,
     VlmBaseUrl,
     config_file_value,
     console,
+    data_progress,
     ordered_group,
     quiet_transformers,
 )
@@ -79,6 +81,7 @@ def sft_data_cmd(
     min_f1: Annotated[float, typer.Option(
         "--match-f1", min=0.0, max=1.0, help="With --from gold: a rewrite matches at this content-word F1.")] = 0.6,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
+    progress: ReadProgress = None,
 ) -> None:
     """Turn agent traces into chat datasets, one per role, split by image; print the counts.
 
@@ -87,8 +90,9 @@ def sft_data_cmd(
     from reallod.finetune.sft_data import build_sft_data
 
     source, labelled = _parse_from(select)
-    rep = build_sft_data(traces, out, source=source, labelled=labelled, images=images, config=config,
-                         val_fraction=val_fraction, seed=seed, min_f1=min_f1, overwrite=overwrite)
+    with data_progress(progress, "sft-data", traces):
+        rep = build_sft_data(traces, out, source=source, labelled=labelled, images=images, config=config,
+                             val_fraction=val_fraction, seed=seed, min_f1=min_f1, overwrite=overwrite)
     from rich.table import Table
 
     table = Table(title=f"{rep.total()} example(s) in {out}")

@@ -227,6 +227,10 @@ def config_file_value(value: str | None) -> str | None:
     return value
 
 
+ReadProgress = Annotated[bool | None, typer.Option(
+    "--progress/--no-progress", help="Bar of the bytes read, speed and time left, on stderr; into a log (stderr no "
+    "terminal), a plain line every 30 s ($REALLOD_PROGRESS_INTERVAL) (default: on a terminal only).",
+    show_default=False)]
 AgentConfig = Annotated[str, typer.Option("--config", help=AGENT_CONFIG_HELP, callback=config_file_value)]
 ResponseCache = Annotated[Path | None, typer.Option("--cache", help=(
     "Response cache, an SQLite file (default: responses.sqlite in the folder $REALLOD_CACHE, else in "

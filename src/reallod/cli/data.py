@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from reallod.cli.common import console, data_progress, ordered_group, reports_to_stderr
-from reallod.cli.data_args import ProgressOpt, SourcesOpt, say_written, stdin_path, stdout_path
+from reallod.cli.common import ReadProgress, console, data_progress, ordered_group, reports_to_stderr
+from reallod.cli.data_args import SourcesOpt, say_written, stdin_path, stdout_path
 from reallod.cli.data_convert import convert_app
 
 COMMANDS = ("validate", "stats", "convert", "filter", "sample", "split", "merge", "show")
@@ -49,7 +49,7 @@ def data_validate(
         "--clamp", help="With --fix: clamp boxes to the image and keep records whose only problem was that.")] = False,
     workers: _Workers = None,
     as_json: _Json = False,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Check every line; print each problem as FILE:LINE: field: message, then counts per kind.
 
@@ -99,7 +99,7 @@ def data_stats(
         callback=stdin_path, help="Real-Data files, .jsonl or .jsonl.gz.", show_default=False)],
     workers: _Workers = None,
     as_json: _Json = False,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Images / instances / expressions per file and in total, by source, relation and length.
 
@@ -143,7 +143,7 @@ def data_filter(
     categories: Annotated[list[str] | None, typer.Option(
         "--category", "-c", help="Keep only pairs of this category (case-insensitive); repeat for several.",
         show_default=False)] = None,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Keep the pairs that match every criterion; images left with no pair are dropped."""
     from reallod.data.ops import filter_file
@@ -161,7 +161,7 @@ def data_sample(
     fraction: Annotated[float | None, typer.Option(
         "--fraction", help="About this share of the images, above 0 and at most 1 (constant memory).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same sample.")] = 0,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Random sample of images, kept in input order, deterministic for a seed."""
     from reallod.data.ops import sample_file
@@ -182,7 +182,7 @@ def data_split(
         "--val-fraction", help="Share of images that go to --val, strictly between 0 and 1 (each side gets "
         "images).")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same split.")] = 0,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Image-level train/val split by a seeded hash of the filename: streaming and reproducible."""
     from reallod.data.ops import split_file
@@ -198,7 +198,7 @@ def data_merge(
         callback=stdin_path, help="Real-Data files to merge.", show_default=False)],
     out: Annotated[Path, typer.Option(
         "--out", "-o", callback=stdout_path, help="Real-Data file to write.", show_default=False)],
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Concatenate files; records of the same image are combined into one (sizes must agree).
 

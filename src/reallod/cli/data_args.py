@@ -1,5 +1,5 @@
-"""What the ``reallod data`` commands share: ``-`` for standard input and output, ``--source``,
-``--progress``, and the line that says what a command wrote."""
+"""What the ``reallod data`` commands share: ``-`` for standard input and output, ``--source``, and the
+line that says what a command wrote."""
 
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ def stdout_path(path: Any) -> Any:
     return Path("/dev/stdout") if path is not None and str(path) == "-" else path
 
 
-ProgressOpt = Annotated[bool | None, typer.Option(
-    "--progress/--no-progress", help="Bar of the bytes read, speed and time left, on stderr; into a log (stderr no "
-    "terminal), a plain line every 30 s ($REALLOD_PROGRESS_INTERVAL) (default: on a terminal only).",
-    show_default=False)]
 SourcesOpt = Annotated[list[str] | None, typer.Option(
     "--source", "-s", help="Use only this source (vlm_short, vlm_long, llm, category...); repeat for several. "
     "Default: every source.", show_default=False)]

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from reallod.cli.common import data_progress
-from reallod.cli.data_args import ProgressOpt, SourcesOpt, say_written, stdin_path, stdout_path
+from reallod.cli.common import ReadProgress, data_progress
+from reallod.cli.data_args import SourcesOpt, say_written, stdin_path, stdout_path
 
 convert_app = typer.Typer(
     no_args_is_help=True,
@@ -39,7 +39,7 @@ def data_convert_odvg(
         "an image with neither gets none.")] = False,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Pick positives and negatives at random with this seed (default: the first ones).")] = None,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Real-Data → ODVG grounding jsonl (MM-Grounding-DINO / mmdet ODVGDataset).
 
@@ -60,7 +60,7 @@ def data_convert_coco(
     out: Annotated[Path, typer.Argument(callback=stdout_path, help="COCO json to write.", show_default=False)],
     sources: SourcesOpt = None,
     keep_empty: _KeepEmpty = False,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Real-Data → COCO detection json: categories from the category names, boxes xywh.
 
@@ -84,7 +84,7 @@ def data_convert_omnilabel(
     sources: SourcesOpt = None,
     categories: Annotated[bool, typer.Option(
         "--categories", help="Also add each pair's category name as a plain-category (type C) description.")] = False,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """Real-Data → OmniLabel-style GT json, to evaluate a Real-Data split as a LOD benchmark.
 
@@ -112,7 +112,7 @@ def data_convert_from_coco(
     synonyms: Annotated[bool, typer.Option(
         "--synonyms", help="LVIS: add the category synonyms as extra positive expressions.")] = False,
     keep_empty: _KeepEmpty = False,
-    progress: ProgressOpt = None,
+    progress: ReadProgress = None,
 ) -> None:
     """COCO detection json → Real-Data skeleton: one 'category' pair per box, the name as its expression.
 

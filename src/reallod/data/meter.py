@@ -53,6 +53,17 @@ def metered(meter: Meter) -> Iterator[Meter]:
         meter.stop()
 
 
+@contextmanager
+def unmetered() -> Iterator[None]:
+    """Reads in the block go uncounted: a small side file (gold labels) read before the inputs the
+    command's total is made of."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 def report_read(n: int) -> None:
     """``n`` more bytes of input were read: for readers that do not go through :mod:`reallod.data.io`
     (worker processes over byte ranges report each range in the parent as it is done)."""

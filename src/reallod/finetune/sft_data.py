@@ -60,6 +60,7 @@ from reallod.agent.task import ObjectRef
 from reallod.agent.trace import TRACE_VERSION, read_numbered_trace
 from reallod.agent.views import make_view
 from reallod.data.io import atomic_text
+from reallod.data.meter import unmetered
 from reallod.errors import ConfigError, DataError
 from reallod.finetune.run_file import is_finetune
 from reallod.llm.backends.base import map_parts
@@ -545,7 +546,8 @@ def build_sft_data(traces: list[Path], out: Path, *, source: str = "teacher", la
             raise ConfigError(f"--overwrite would delete {foreign}, which sft-data did not write (a student "
                               f"saved inside the dataset, say): move it out of {out} or give another --out")
     templates = role_templates(config)
-    gold = load_gold(labelled) if source == "gold" and labelled is not None else None
+    with unmetered():  # the progress bar is of the traces
+        gold = load_gold(labelled) if source == "gold" and labelled is not None else None
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
