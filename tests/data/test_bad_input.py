@@ -79,7 +79,8 @@ CASES: dict[str, tuple[bytes, str, list[tuple[str, str, int | None]]]] = {
     "empty_file": (b"", "x.jsonl", [("empty_file", "", None)]),
     "only_blank_lines": (b"\n  \n\r\n", "x.jsonl", [("empty_file", "", None)]),
     "gz_that_is_not_gzip": (GOOD, "x.jsonl.gz", [("read_error", "", None)]),
-    "truncated_gzip": (gzip.compress(GOOD * 400)[:-200], "x.jsonl.gz", [("read_error", "", None)]),
+    "truncated_gzip": (gzip.compress(b"".join(line(rec(filename=f"{i}.jpg")) for i in range(400)))[:-200],
+                       "x.jsonl.gz", [("read_error", "", None)]),
     "blank_lines_keep_numbering": (GOOD + b"\n\n" + line(rec(height=-1)), "x.jsonl", [("bad_size", "height", 4)]),
     "json_array_instead_of_object": (GOOD + b"[1, 2, 3]\n", "x.jsonl", [("not_object", "", 2)]),
     "json_string_line": (b'"filename"\n', "x.jsonl", [("not_object", "", 1)]),
@@ -105,8 +106,10 @@ CASES: dict[str, tuple[bytes, str, list[tuple[str, str, int | None]]]] = {
     "byte_order_mark": (b"\xef\xbb\xbf" + GOOD + GOOD, "x.jsonl", [("bom", "", 1)]),
     "byte_order_mark_gzip": (gzip.compress(b"\xef\xbb\xbf" + GOOD + GOOD), "x.jsonl.gz", [("bom", "", 1)]),
     "byte_order_mark_inside": (GOOD + b"\xef\xbb\xbf" + GOOD, "x.jsonl", [("bom", "", 2)]),
-    "crlf_line_endings_are_fine": (GOOD.replace(b"\n", b"\r\n") * 2 + line(rec(width=-2)).replace(b"\n", b"\r\n"),
+    "crlf_line_endings_are_fine": ((GOOD + line(rec(filename="2.jpg")) + line(rec(width=-2))).replace(b"\n", b"\r\n"),
                                    "x.jsonl", [("bad_size", "width", 3)]),
+    "an_image_with_two_records": (GOOD + line(rec(filename="2.jpg")) + line(rec(height=-1)) + GOOD, "x.jsonl",
+                                  [("bad_size", "height", 3), ("duplicate_image", "filename", 4)]),
 }
 
 
@@ -138,7 +141,7 @@ def test_corpus_is_large_enough():
 
 
 def test_valid_file_with_variants_passes(tmp_path, capsys):
-    variant = rec(pairs={"vlm_short": {"bboxes": [10, 10, 50, 60], "category": "dog", "relation": "single",
+    variant = rec(filename="img/2.jpg", pairs={"vlm_short": {"bboxes": [10, 10, 50, 60], "category": "dog", "relation": "single",
                                        "postive_expressions": ["a dog"], "negative_expressions": []},
                          "llm": [pair(bboxes=[[10, 10, 50, 60], [60, 10, 90, 60]], relation="multiple")]})
     path = tmp_path / "ok.jsonl"

@@ -512,3 +512,51 @@ def test_a_filename_with_a_nul_is_named_as_such(tmp_path):
     issues, _ = collect(path, images=tmp_path / "images")
     assert [(i.kind, i.field) for i in issues] == [("wrong_type", "filename")]
     assert "holds a NUL character" in issues[0].message
+
+
+def test_an_image_with_more_than_one_record_is_found_across_ranges_and_in_gzip(tmp_path, capsys):
+    lines = [dump(rec(i)) for i in range(400)]
+    lines[150] = dump(rec(3))  # image 3 again, far from its first record: another range
+    lines[390] = dump(rec(3))  # and a third time
+    lines[391] = dump(rec(20, height=-1))  # a bad record of image 20: reported as bad, not as a repeat
+    lines[399] = dump(rec(7))
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(lines))
+    gz = tmp_path / "d.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    reports = [collect(path, workers=2, chunk_bytes=2000), collect(path, workers=1), collect(gz)]
+    for issues, report in reports:
+        got = [(i.line, i.kind, i.field) for i in issues]
+        assert got == [(392, "bad_size", "height"), (151, "duplicate_image", "filename"),
+                       (400, "duplicate_image", "filename")], got
+        assert issues[1].message.startswith("the image of line 4 again (3 records of it: lines 4, 151, 391): ")
+        assert issues[2].message.startswith("the image of line 8 again: training and stats count each record")
+        assert f"`reallod data merge {path if issues[1].path == str(path) else gz} -o OUT`" in issues[1].message
+        assert report.counts["duplicate_image"] == 2 and not report.ok and report.invalid == 1
+    code, out, _ = run_cli(["data", "validate", path, "--max-errors", "2"], capsys)
+    assert code == 1
+    assert out.count("[duplicate_image]") == 1 and "1 more problems not shown" in out
+    assert "399 valid, 1 with problems, 2 images with more than one record (3 problems)" in out
+
+
+def test_fix_keeps_each_record_of_a_repeated_image_and_says_so(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    path.write_text(dump(rec(1)) + dump(rec(2)) + dump(rec(1)))
+    out_file = tmp_path / "fixed.jsonl"
+    code, out, _ = run_cli(["data", "validate", path, "--fix", out_file], capsys)
+    assert code == 1 and len(out_file.read_text().splitlines()) == 3
+    assert "an image's records are each kept (data merge combines them)" in out
+    merged = tmp_path / "merged.jsonl"
+    assert run_cli(["data", "merge", out_file, "-o", merged], capsys)[0] == 0
+    assert run_cli(["data", "validate", merged], capsys)[0] == 0
+
+
+def test_repeated_images_groups_lines_in_file_order_by_second_record():
+    import numpy as np
+
+    from reallod.data.validate import repeated_images
+
+    names = np.array([5, 9, 5, 7, 9, 9, 1], dtype=np.uint64)
+    lines = np.array([1, 2, 4, 5, 6, 10, 12], dtype=np.uint64)
+    assert repeated_images(names, lines) == [[1, 4], [2, 6, 10]]
+    assert repeated_images(names[:1], lines[:1]) == [] and repeated_images(names[[0, 1, 3]], lines[:3]) == []

@@ -34,7 +34,7 @@ from reallod.data.convert_common import (
     unique_texts,
 )
 from reallod.data.io import JsonlWriter, is_stream, iter_json, read_numbered_records, same_file
-from reallod.data.records import RELATIONS, Pair, Record
+from reallod.data.records import RELATIONS, Pair, Record, filename_hash
 from reallod.errors import ConfigError, DataError, first_few
 
 
@@ -56,10 +56,6 @@ def _held(record: Record) -> bytes:
     about 8 KB for a 1 KB one), so a held reservoir or merge group took several times the size of its
     lines; a copy is allocated at the line's length, and the line written out is the same."""
     return bytes(memoryview(orjson.dumps(record.to_dict())))
-
-
-def _name_hash(filename: str) -> int:
-    return int.from_bytes(hashlib.blake2b(filename.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +350,7 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
         for _, obj in iter_json(src):
             name = obj.get("filename") if isinstance(obj, dict) else None
             if isinstance(name, str):
-                hashes.append(_name_hash(name))
+                hashes.append(filename_hash(name))
     values, counts = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_counts=True)
     expected = {int(h): int(c) for h, c in zip(values[counts > 1], counts[counts > 1], strict=True)}
     del hashes, values, counts
@@ -367,7 +363,7 @@ def merge_files(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike) -> Co
         for src in srcs:
             for lineno, record in read_numbered_records(src):
                 stats.records_in += 1
-                h = _name_hash(record.filename)
+                h = filename_hash(record.filename)
                 if h not in expected:
                     out.write_record(record)
                     continue

@@ -6,6 +6,7 @@ written. The mapping from variants to canonical keys lives here and nowhere else
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,12 @@ PAIR_KEYS = (
 )
 
 Box = list[float]  # [x1, y1, x2, y2] in pixels
+
+
+def filename_hash(filename: str) -> int:
+    """64 bits that stand for a record's image: what ``merge`` and ``validate`` keep of each record to find
+    an image's other records (8 bytes a record, not its name)."""
+    return int.from_bytes(hashlib.blake2b(filename.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def canonical_pair_dict(pair: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ PROBLEM_KINDS = {
     "missing_image": "image file not found under the image root",
     "unreadable_image": "image file cannot be decoded",
     "image_size_mismatch": "image size differs from height/width",
+    "duplicate_image": "image has more than one record (data merge combines them)",
     "empty_file": "file holds no records",
     "read_error": "file cannot be read (not gzip, truncated or corrupt)",
 }

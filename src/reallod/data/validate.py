@@ -2,11 +2,13 @@
 
 Schema checks are :func:`reallod.data.schema.check_record`; this module adds what needs more than
 one parsed line: raw-byte problems (invalid UTF-8, a byte-order mark, JSON that only a lenient
-parser reads such as ``NaN`` or ``1e400``), file-level problems (empty, not gzip, truncated gzip)
-and, with an image root, the image checks (missing, undecodable, size differs). An input that
-cannot be opened, or that is one JSON document (a COCO json), is refused as every command refuses it.
+parser reads such as ``NaN`` or ``1e400``), file-level problems (empty, not gzip, truncated gzip),
+images with more than one record (found once the whole file is read), and, with an image root, the
+image checks (missing, undecodable, size differs). An input that cannot be opened, or that is one JSON
+document (a COCO json), is refused as every command refuses it.
 
-It streams in constant memory. Uncompressed regular files are checked by worker processes over
+It streams, holding 16 bytes a record (a hash of its filename and its line, to find an image's
+other records) and nothing else that grows with the file. Uncompressed regular files are checked by worker processes over
 newline-aligned byte ranges; each worker keeps only its first ``max_errors`` problems (in a
 temporary file, so an all-bad file does not fill memory) and its share of the ``--fix`` output,
 and the parent replays both in range order, so problems print in line order and the fixed file
@@ -22,12 +24,14 @@ import json
 import os
 import shutil
 import tempfile
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from reallod.data.chunks import (
@@ -56,9 +60,9 @@ from reallod.data.io import (
     writes_through,
 )
 from reallod.data.meter import report_read
-from reallod.data.records import Record
+from reallod.data.records import Record, filename_hash
 from reallod.data.schema import PROBLEM_KINDS, Problem, check_record
-from reallod.errors import ConfigError, DataError
+from reallod.errors import ConfigError, DataError, first_few
 
 FIXABLE = frozenset({"bom"})  # the canonical rewrite removes these by itself
 CLAMPABLE = frozenset({"box_outside_image", "negative_box"})  # what --clamp repairs
@@ -224,15 +228,17 @@ def clamp_record(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class LineChecker:
-    """Checks lines one at a time; counts problems and, with ``fix_out``, writes the records to keep."""
+    """Checks lines one at a time; counts problems and, with ``fix_out``, writes the records to keep.
+    Keeps each valid record's :func:`filename_hash` and line (16 bytes) for :func:`repeated_images`."""
 
     def __init__(self, *, image_root: str | None = None, clamp: bool = False,
                  fix_out: IO[bytes] | None = None, decode: bool = False) -> None:
         self.image_root, self.clamp, self.fix_out, self.decode = image_root, clamp, fix_out, decode
         self.records = self.invalid = self.written = self.clamped = 0
         self.counts: Counter = Counter()
+        self.names, self.name_lines = array("Q"), array("Q")
 
-    def check(self, line: bytes) -> list[Problem]:
+    def check(self, line: bytes, lineno: int) -> list[Problem]:
         self.records += 1
         obj, problems = parse_line(line)
         if obj is not _UNPARSED:
@@ -245,6 +251,9 @@ class LineChecker:
         if problems:
             self.invalid += 1
             self.counts.update(p.kind for p in problems)
+        else:  # a bad record is reported for what it is, not also as another record of its image
+            self.names.append(filename_hash(obj["filename"]))
+            self.name_lines.append(lineno)
         if self.fix_out is not None and obj is not _UNPARSED:
             self._fix(obj, problems)
         return problems
@@ -276,6 +285,8 @@ class _RangeResult:
     spilled: int
     written: int
     clamped: int
+    names: array
+    name_lines: array
 
 
 def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
@@ -290,7 +301,7 @@ def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
         lines = RangeLines(path, start, end, keep_bom=True)  # reported: other JSON readers refuse it
         for lineno, line in lines:
             try:  # check() reads nothing: an OSError is its write of the part beside OUT (a full disk)
-                problems = checker.check(line)
+                problems = checker.check(line, lineno)
             except OSError as e:
                 raise_with_path(e, cfg["out"])
             for p in problems:
@@ -311,7 +322,7 @@ def _validate_range(job: tuple[str, int, int, dict[str, Any]]) -> _RangeResult:
                 except OSError as e:
                     raise_with_path(e, name)
     return _RangeResult(lines.lines, checker.records, checker.invalid, checker.counts, spilled,
-                        checker.written, checker.clamped)
+                        checker.written, checker.clamped, checker.names, checker.name_lines)
 
 
 # ------------------------------------------------------------------------------------ per file
@@ -365,10 +376,12 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
     writer = AtomicWriter(fix) if fix is not None else None
     try:
         if gz or stream:
-            _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit, file_issue, decode)
+            names, lines = _validate_sequential(path, report, image_root, clamp, writer, max_errors, emit,
+                                                file_issue, decode)
         else:
-            _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers, chunk_bytes,
-                             decode)
+            names, lines = _validate_ranges(path, report, image_root, clamp, writer, max_errors, emit, workers,
+                                            chunk_bytes, decode)
+        _report_repeated_images(path, report, repeated_images(names, lines), max_errors, emit)
         if report.records == 0 and not report.counts.get("read_error"):
             file_issue("empty_file", "no records (the file is empty or holds only blank lines)")
         if writer is not None:
@@ -391,8 +404,9 @@ def validate_file(path: str | os.PathLike, *, images: str | os.PathLike | None =
 def _validate_sequential(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                          writer: AtomicWriter | None, max_errors: int | None,
                          emit: Callable[[Issue], None], file_issue: Callable[[str, str], None],
-                         decode: bool = False) -> None:
-    """Gzip, a pipe, a device: one pass in this process, problems passed on as they are found."""
+                         decode: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Gzip, a pipe, a device: one pass in this process, problems passed on as they are found. Returns
+    each record's filename hash and line."""
     checker = LineChecker(image_root=image_root, clamp=clamp, fix_out=writer, decode=decode)
     last, whole = 0, None
     try:
@@ -400,7 +414,7 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
             if not last and (whole := not_json_lines(path, lineno, line)):
                 break  # raised below: this reports a file's read errors as problems, not this one
             last = lineno
-            for p in checker.check(line):
+            for p in checker.check(line, lineno):
                 if max_errors is None or report.shown < max_errors:
                     report.shown += 1
                     emit(Issue(path, lineno, p.kind, p.field, p.message))
@@ -412,12 +426,15 @@ def _validate_sequential(path: str, report: ValidationReport, image_root: str | 
     report.records, report.invalid = checker.records, checker.invalid
     report.written, report.clamped = checker.written, checker.clamped
     report.counts.update(checker.counts)
+    return np.frombuffer(checker.names, dtype=np.uint64), np.frombuffer(checker.name_lines, dtype=np.uint64)
 
 
 def _validate_ranges(path: str, report: ValidationReport, image_root: str | None, clamp: bool,
                      writer: AtomicWriter | None, max_errors: int | None,
-                     emit: Callable[[Issue], None], workers: int, chunk_bytes: int, decode: bool = False) -> None:
-    """Uncompressed: byte ranges in worker processes, replayed here in range order.
+                     emit: Callable[[Issue], None], workers: int, chunk_bytes: int,
+                     decode: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Uncompressed: byte ranges in worker processes, replayed here in range order. Returns each record's
+    filename hash and line, as :func:`_validate_sequential`.
 
     The workers' parts go to a folder beside ``--fix`` OUT (or in the temporary folder), named as
     OUT's temporary file is: a killed run's folder is removed by the next write there."""
@@ -431,6 +448,8 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
                               "out": os.fspath(writer.path) if writer is not None else None})
                 for i, (s, e) in enumerate(ranges)]
         offset = 0
+        names: list[np.ndarray] = []
+        lines: list[np.ndarray] = []
         for job, res in zip(jobs, map_ranges(_validate_range, jobs, workers), strict=True):
             cfg = job[3]
             if res.spilled:
@@ -446,6 +465,8 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
                 with open(cfg["part"], "rb") as f:
                     shutil.copyfileobj(f, writer, 1 << 20)
                 os.unlink(cfg["part"])
+            names.append(np.frombuffer(res.names, dtype=np.uint64))
+            lines.append(np.frombuffer(res.name_lines, dtype=np.uint64) + np.uint64(offset))
             offset += res.lines
             report_read(job[2] - job[1])
             report.records += res.records
@@ -456,6 +477,37 @@ def _validate_ranges(path: str, report: ValidationReport, image_root: str | None
         report.lines = offset
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return np.concatenate(names), np.concatenate(lines)
+
+
+def repeated_images(names: np.ndarray, lines: np.ndarray) -> list[list[int]]:
+    """The lines of the records of each image that has more than one, in line order, ordered by each
+    image's second record (where it is reported). ``names``: :func:`filename_hash` of each record."""
+    if len(names) < 2:
+        return []
+    order = np.argsort(names, kind="stable")  # stable: an image's lines stay in file order
+    ordered = names[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    groups = [lines[order[s:s + n]].tolist() for s, n in zip(starts[sizes > 1], sizes[sizes > 1], strict=True)]
+    return sorted(groups, key=lambda g: g[1])
+
+
+def _report_repeated_images(path: str, report: ValidationReport, groups: list[list[int]], max_errors: int | None,
+                            emit: Callable[[Issue], None]) -> None:
+    """One problem per image with more than one record, at its second record's line (after the problems
+    found line by line: finding them takes the whole file)."""
+    report.counts["duplicate_image"] += len(groups)
+    if not groups:
+        del report.counts["duplicate_image"]
+    for group in groups:
+        if max_errors is not None and report.shown >= max_errors:
+            break
+        report.shown += 1
+        others = f" ({len(group)} records of it: lines {first_few([str(n) for n in group], 5)})" if len(group) > 2 else ""
+        emit(Issue(path, group[1], "duplicate_image", "filename",
+                   f"the image of line {group[0]} again{others}: training and stats count each record as an image "
+                   f"of its own; `reallod data merge {path} -o OUT` combines them into one"))
 
 
 def summary_rows(report: ValidationReport) -> Iterable[tuple[str, int, str]]:
@@ -482,11 +534,15 @@ def render_summary(report: ValidationReport, *, max_errors: int | None = None) -
             table.add_row(kind, f"{n:,}", meaning)
         out.append(table)
     verdict = "OK" if report.ok else "INVALID"
+    repeated = report.counts.get("duplicate_image", 0)
     out.append(Text(f"{verdict}: {report.records:,} records checked, {report.valid:,} valid, "
-                    f"{report.invalid:,} with problems ({total:,} problems)"))
+                    f"{report.invalid:,} with problems"
+                    + (f", {repeated:,} images with more than one record" if repeated else "")
+                    + f" ({total:,} problems)"))
     if report.fix_path:
         out.append(Text(f"--fix: wrote {report.written:,} records to {report.fix_path}, dropped "
                         f"{report.dropped:,}" + (f", clamped boxes in {report.clamped:,}" if report.clamped else "")
                         + ("; the input could not be read to its end (read_error): the records after the damage "
-                           "are not in it" if report.counts.get("read_error") else "")))
+                           "are not in it" if report.counts.get("read_error") else "")
+                        + ("; an image's records are each kept (data merge combines them)" if repeated else "")))
     return out
