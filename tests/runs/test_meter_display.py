@@ -90,3 +90,14 @@ def test_on_a_terminal_a_bar_per_phase_with_amounts_speed_and_time_left():
     assert "a line the command printed" in text
     assert "convert odvg: reading big.jsonl" in text and "268.4 MB/268.4 MB (100.0%)" in text, text
     meter.advance(1)  # after the end: nothing to draw on, no error
+
+
+def test_a_file_name_with_brackets_is_shown_as_it_is_and_lines_above_the_bar_keep_their_text():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=140, color_system=None, markup=False, highlight=False)
+    meter = RichMeter(console, "filter")
+    meter.phase("reading out-[x].jsonl", 10)
+    console.print("FILE:3: height: missing [missing_field]")
+    meter.advance(10)
+    meter.stop()
+    assert "filter: reading out-[x].jsonl" in out.getvalue() and "[missing_field]" in out.getvalue()

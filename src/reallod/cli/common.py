@@ -148,7 +148,7 @@ def data_progress(progress: bool | None, command: str, inputs: Sequence[str | os
     every ``$REALLOD_PROGRESS_INTERVAL`` seconds. The total is unknown when an input is a pipe."""
     from rich.console import Console
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, markup=False, highlight=False)  # a command's lines put above the bar stay as written
     if not (progress if progress is not None else err.is_terminal):
         yield
         return

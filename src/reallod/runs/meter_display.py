@@ -58,7 +58,8 @@ class RichMeter(Meter):
     def __init__(self, console: Console, description: str, *, stdout_too: bool = False) -> None:
         self.description = description
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), _AmountColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}", style="bold", markup=False),  # file names: "[x]" is no tag
+            BarColumn(), _AmountColumn(), TimeRemainingColumn(),
             console=console, transient=True, redirect_stdout=stdout_too, redirect_stderr=False)
         self._task: TaskID | None = None
         self._done = 0
