@@ -106,6 +106,7 @@ def test_parallel_ranges_equal_sequential_and_gzip(tmp_path):
     par = file_stats(path, workers=2, chunk_bytes=3000)
     assert par.to_dict() == seq.to_dict()
     assert seq.first_bad_lines[:2] == [3, 3 + 40]
+    assert seq.repeated_images() == 2 and seq.images == 400 + 11  # a.jpg and b.jpg: each record counted
     gz = tmp_path / "big.jsonl.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert file_stats(gz, workers=2).to_dict() == seq.to_dict()
@@ -183,3 +184,24 @@ def test_a_file_whose_lines_all_fail_the_record_check_warns_and_exits_1(tmp_path
     with pytest.raises(SystemExit) as exc:
         main(["data", "stats", str(good), "--workers", str(workers)])
     assert exc.value.code in (0, None) and not capsys.readouterr().err
+
+
+def test_images_with_more_than_one_record_are_counted_and_said(tmp_path, capsys):
+    a = write(tmp_path / "a.jsonl", [json.dumps(RECORD_A), json.dumps(RECORD_B), json.dumps(RECORD_A)])
+    b = write(tmp_path / "b.jsonl", [json.dumps(RECORD_C), json.dumps(RECORD_B)])
+    per_file, total = stats_files([a, b], workers=1)
+    assert [s.repeated_images() for _, s in per_file] == [1, 0] and total.repeated_images() == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "stats", str(a), str(b), "--json"])
+    assert exc.value.code in (0, None)
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert [f["repeated_images"] for f in doc["files"]] == [1, 0] and doc["total"]["repeated_images"] == 2
+    assert captured.err.splitlines() == [
+        f"warning: {a}: 1 image has more than one record, each record counted as an image (`reallod data "
+        f"validate {a}` names their lines; `reallod data merge` combines them)",
+        "warning: 2 images have more than one record across the 2 files (1 within one file), each record counted "
+        "as an image in the total (`reallod data merge` combines them)"]
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "stats", str(b)])
+    assert exc.value.code in (0, None) and capsys.readouterr().err == ""

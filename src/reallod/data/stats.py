@@ -5,8 +5,9 @@ are the distinct boxes of an image across all its sources (the same object descr
 ``vlm_short``, ``vlm_long`` and ``llm`` is one instance), expressions are positive plus negative
 expressions. Pairs (one box or box group with its expressions, per source) are counted too.
 
-Streaming and constant memory: a record is parsed with orjson, counted and dropped; expression
-lengths (whitespace-separated words) go into a histogram, which gives exact percentiles. No typed
+Streaming: a record is parsed with orjson, counted and dropped, keeping 8 bytes of it (a hash of its
+filename, to count the images that have more than one record, which are counted once a record);
+expression lengths (whitespace-separated words) go into a histogram, which gives exact percentiles. No typed
 :class:`~reallod.data.records.Record` is built on this path, and uncompressed files are counted
 by several processes over newline-aligned byte ranges (:mod:`reallod.data.chunks`).
 """
@@ -14,6 +15,7 @@ by several processes over newline-aligned byte ranges (:mod:`reallod.data.chunks
 from __future__ import annotations
 
 import os
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from reallod.data.chunks import (
 )
 from reallod.data.io import is_stream, iter_lines, not_json_lines, probe_gzip, refuse_one_document
 from reallod.data.meter import report_read
-from reallod.data.records import RELATION_ALIASES
+from reallod.data.records import RELATION_ALIASES, filename_hash
 from reallod.data.schema import check_record
 
 # word-count bins shown in the table: OmniLabel's S/M/L split is at 3 and 8 words
@@ -46,7 +48,8 @@ _SOURCE_FIELDS = ("images", "instances", "pairs", "positives", "negatives")
 
 @dataclass
 class Stats:
-    """Counts of one file (or the sum of several: :meth:`merge`). All counters are bounded in size."""
+    """Counts of one file (or the sum of several: :meth:`merge`). All counters are bounded in size but
+    ``names``, 8 bytes a counted record."""
 
     images: int = 0
     instances: int = 0
@@ -63,10 +66,16 @@ class Stats:
     relations: Counter = field(default_factory=Counter)
     positive_lengths: Counter = field(default_factory=Counter)  # word count → expressions
     negative_lengths: Counter = field(default_factory=Counter)
+    names: array = field(default_factory=lambda: array("Q"))  # filename_hash of each record with a filename
 
     @property
     def expressions(self) -> int:
         return self.positives + self.negatives
+
+    def repeated_images(self) -> int:
+        """Images that have more than one record (each record is counted as an image)."""
+        _, counts = np.unique(np.frombuffer(self.names, dtype=np.uint64), return_counts=True)
+        return int((counts > 1).sum())
 
     def add(self, obj: Any) -> bool:
         """Count one parsed line; False (and nothing counted) when it is not a usable record.
@@ -122,6 +131,8 @@ class Stats:
             return False
         self.images += 1
         self.instances += len(all_boxes)
+        if (name := obj.get("filename")).__class__ is str:
+            self.names.append(filename_hash(name))
         for source, ninst, npairs, npos, nneg in per_source:
             s = self.sources.get(source)
             if s is None:
@@ -164,6 +175,7 @@ class Stats:
         self.relations.update(other.relations)
         self.positive_lengths.update(other.positive_lengths)
         self.negative_lengths.update(other.negative_lengths)
+        self.names.extend(other.names)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: the ``--json`` output of ``reallod data stats``."""
@@ -179,6 +191,7 @@ class Stats:
             "instances_per_image": _ratio(self.instances, self.images),
             "bad_lines": self.bad_lines,
             "first_bad_lines": self.first_bad_lines,
+            "repeated_images": self.repeated_images(),
             "sources": {src: dict(zip(_SOURCE_FIELDS, counts, strict=True))
                         for src, counts in sorted(self.sources.items())},
             "relations": dict(sorted(self.relations.items())),
