@@ -6,10 +6,10 @@ are the distinct boxes of an image across all its sources (the same object descr
 expressions. Pairs (one box or box group with its expressions, per source) are counted too.
 
 Streaming: a record is parsed with orjson, counted and dropped, keeping 8 bytes of it (a hash of its
-filename, to count the images that have more than one record, which are counted once a record);
-expression lengths (whitespace-separated words) go into a histogram, which gives exact percentiles. No typed
-:class:`~reallod.data.records.Record` is built on this path, and uncompressed files are counted
-by several processes over newline-aligned byte ranges (:mod:`reallod.data.chunks`).
+filename, to count the images that have more than one record: each record counts as an image);
+expression lengths (whitespace-separated words) go into a histogram, which gives exact percentiles.
+No typed :class:`~reallod.data.records.Record` is built on this path, and uncompressed files are
+counted by several processes over newline-aligned byte ranges (:mod:`reallod.data.chunks`).
 """
 
 from __future__ import annotations

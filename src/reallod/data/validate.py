@@ -8,11 +8,11 @@ image checks (missing, undecodable, size differs). An input that cannot be opene
 document (a COCO json), is refused as every command refuses it.
 
 It streams, holding 16 bytes a record (a hash of its filename and its line, to find an image's
-other records) and nothing else that grows with the file. Uncompressed regular files are checked by worker processes over
-newline-aligned byte ranges; each worker keeps only its first ``max_errors`` problems (in a
-temporary file, so an all-bad file does not fill memory) and its share of the ``--fix`` output,
-and the parent replays both in range order, so problems print in line order and the fixed file
-keeps the input's order. ``--fix`` writes valid records in canonical form through an atomic
+other records) and nothing else that grows with the file. Uncompressed regular files are checked by
+worker processes over newline-aligned byte ranges; each worker keeps only its first ``max_errors``
+problems (in a temporary file, so an all-bad file does not fill memory) and its share of the
+``--fix`` output, and the parent replays both in range order, so problems print in line order (an
+image's other records come last) and the fixed file keeps the input's order. ``--fix`` writes valid records in canonical form through an atomic
 writer: an interrupted run leaves no partial output, and the workers' folder of parts, named as the
 writer's temporary files, is removed by the next write beside it when a killed run left it. Gzip, a
 pipe and a device are checked in one process, in order.
