@@ -4,6 +4,7 @@ head is not counted), parallel ranges as each is done, merge's two passes, from-
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import threading
@@ -11,7 +12,7 @@ import threading
 import pytest
 
 from reallod.data.convert_coco import coco_to_realdata
-from reallod.data.io import iter_lines, read_records, read_whole
+from reallod.data.io import iter_lines, open_input, read_records, read_whole
 from reallod.data.meter import Meter, current_meter, metered, report_read
 from reallod.data.ops import filter_file, merge_files
 from reallod.data.stats import stats_files
@@ -51,9 +52,18 @@ def write_records(path, n: int) -> int:
     return os.path.getsize(path)
 
 
-def test_nothing_watching_reads_go_uncounted_and_the_meter_is_a_no_op():
+def test_with_nothing_watching_a_reader_is_not_wrapped(tmp_path):
+    path = tmp_path / "a.jsonl"
+    write_records(path, 3)
     assert not current_meter().active
-    report_read(10)  # no meter: nothing happens
+    report_read(10)  # no meter: nothing to tell, no error
+    stream, _ = open_input(path, counted=True)
+    with stream:
+        assert type(stream.raw) is io.FileIO  # no counting layer between the reader and the file
+    with metered(RecordingMeter()):
+        stream, _ = open_input(path, counted=True)
+        with stream:
+            assert type(stream.raw) is not io.FileIO
 
 
 def test_a_plain_file_and_a_gzip_one_report_their_size_on_disk(tmp_path):

@@ -118,13 +118,14 @@ def data_stats(
         sys.stdout.write(orjson.dumps(stats_report(per_file, total), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         console().print(*render_stats(per_file, total))
-    for path, st in per_file:
-        if repeated := st.repeated_images():
+    repeats = [(path, st.repeated_images()) for path, st in per_file]  # a sort of every record's hash: once
+    for path, repeated in repeats:
+        if repeated:
             some = "1 image has" if repeated == 1 else f"{repeated:,} images have"
             typer.echo(f"warning: {path}: {some} more than one record, each record counted as an "
                        f"image (`reallod data validate {path}` names their lines; `reallod data merge` combines "
                        "them)", err=True)
-    within = sum(st.repeated_images() for _, st in per_file)
+    within = sum(n for _, n in repeats)
     if len(per_file) > 1 and (across := total.repeated_images()) > within:
         typer.echo(f"warning: {across:,} images have more than one record across the {len(per_file)} files "
                    f"({within:,} within one file), each record counted as an image in the total (`reallod data "

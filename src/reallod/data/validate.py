@@ -497,9 +497,8 @@ def _report_repeated_images(path: str, report: ValidationReport, groups: list[li
                             emit: Callable[[Issue], None]) -> None:
     """One problem per image with more than one record, at its second record's line (after the problems
     found line by line: finding them takes the whole file)."""
-    report.counts["duplicate_image"] += len(groups)
-    if not groups:
-        del report.counts["duplicate_image"]
+    if groups:
+        report.counts["duplicate_image"] = len(groups)
     for group in groups:
         if max_errors is not None and report.shown >= max_errors:
             break
